@@ -1,0 +1,6 @@
+//! Cloud Discovery: every input (live kernel events, pcap files, firewall and proxy logs)
+//! becomes [`record::FlowRecord`]s; records are classified against the catalog, aggregated
+//! per app, user and source IP, and rendered as reports.
+#![forbid(unsafe_code)]
+
+pub mod record;

@@ -1,0 +1,55 @@
+//! The one record every input produces: a flow seen on the wire, or one transaction in a log.
+
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Transport protocol of a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum L4Proto {
+    Tcp,
+    Udp,
+}
+
+/// Where a flow's name came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NameSource {
+    /// TLS ClientHello server_name over TCP.
+    Sni,
+    /// server_name from a decrypted QUIC Initial.
+    Quic,
+    /// The DNS query name (for DNS flows) or the IP-to-name cache built from DNS answers.
+    Dns,
+    /// HTTP/1 Host header.
+    Http,
+    /// A firewall or proxy log named the host (URL, domain or host field).
+    Log,
+}
+
+/// One flow (live or pcap) or one log transaction. "up" is from the user (LAN side) toward
+/// the internet; `src` is the user side.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlowRecord {
+    pub proto: L4Proto,
+    pub src: IpAddr,
+    pub sport: u16,
+    pub dst: IpAddr,
+    pub dport: u16,
+    pub name: Option<String>,
+    pub name_source: Option<NameSource>,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub packets_up: u64,
+    pub packets_down: u64,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    /// The user side's MAC address, where the input carries it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_mac: Option<[u8; 6]>,
+    /// A user name the input itself carries (proxy logs often do).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
