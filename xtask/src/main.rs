@@ -1,1 +1,363 @@
-fn main() {}
+//! Tollgate's orchestration: `cargo xtask setup | run | test | bench`.
+//!
+//! `setup` is idempotent: it installs what a fresh machine lacks (the pinned nightly with
+//! rust-src, bpf-linker built against exactly that nightly's libLLVM into `.tools/`, Debian
+//! and Python packages the tests use) and returns in a few seconds when all is there.
+//! `run` and `test` call `setup` first, so a newcomer needs only those two commands.
+
+use std::env;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, bail};
+
+/// The nightly that builds the eBPF probes. bpf-linker is linked against this nightly's
+/// libLLVM, so changing it means rebuilding bpf-linker (setup does it: the stamp differs).
+const NIGHTLY: &str = "nightly-2026-05-20";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Debian packages: (a command or file that proves the package is there, the package).
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    ("bpftool", "bpftool"),
+    ("ethtool", "ethtool"),
+    ("tcpdump", "tcpdump"),
+    ("tshark", "tshark"),
+    ("iperf3", "iperf3"),
+    ("nginx", "nginx"),
+    ("dnsmasq", "dnsmasq"),
+    ("ndpiReader", "libndpi-bin"),
+    ("ip", "iproute2"),
+    ("dig", "dnsutils"),
+    ("openssl", "openssl"),
+    ("curl", "curl"),
+    ("nft", "nftables"),
+    ("chromium", "chromium"),
+    ("certutil", "libnss3-tools"),
+    ("python3", "python3"),
+];
+
+/// Python modules the end-to-end tests drive real clients and servers with.
+const PYTHON_PACKAGES: &[(&str, &str)] = &[("aioquic", "aioquic"), ("curl_cffi", "curl_cffi")];
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> Result<()> {
+    let mut args = env::args().skip(1);
+    let cmd = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    match cmd.as_str() {
+        "setup" => setup(true),
+        "build" => {
+            setup(false)?;
+            build_release()
+        }
+        "run" => run(&rest),
+        "test" => test(&rest),
+        "bench" => bench(&rest),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <setup|build|run|test|bench> [args]\n\
+                 \n  setup   install toolchain, bpf-linker and test packages (idempotent)\
+                 \n  build   release build of the tollgate binary (with the embedded eBPF object)\
+                 \n  run     setup, build and run `tollgate run` on the embedded default config\
+                 \n          (extra args go to `tollgate`, e.g. `cargo xtask run -- --config F`)\
+                 \n  test    setup and run every test (root-only tests skip when not root)\
+                 \n  bench   run the benchmarks that print ratios"
+            );
+            bail!("unknown command {cmd:?}")
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn tools_dir() -> PathBuf {
+    workspace_root().join(".tools")
+}
+
+/// PATH with the project's tools first, so the probes' build finds bpf-linker.
+fn tool_path() -> OsString {
+    let mut paths = vec![tools_dir().join("bin")];
+    if let Some(p) = env::var_os("PATH") {
+        paths.extend(env::split_paths(&p));
+    }
+    env::join_paths(paths).unwrap_or_default()
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn have_command(name: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {name} >/dev/null 2>&1")])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn status(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let st = cmd.status().with_context(|| format!("starting {shown}"))?;
+    if !st.success() {
+        bail!("{shown} failed with {st}");
+    }
+    Ok(())
+}
+
+/// Installs what is missing. `with_test_deps` adds the Debian and Python packages the
+/// tests need; `run` only needs the toolchain.
+fn setup(with_test_deps: bool) -> Result<()> {
+    ensure_nightly()?;
+    ensure_bpf_linker()?;
+    if with_test_deps {
+        ensure_debian_packages()?;
+        ensure_python_packages()?;
+    }
+    ensure_bpffs();
+    Ok(())
+}
+
+fn ensure_nightly() -> Result<()> {
+    let list = Command::new("rustup")
+        .args(["toolchain", "list"])
+        .output()
+        .context("rustup is needed to install the nightly that builds the eBPF probes")?;
+    let have = String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .any(|l| l.starts_with(NIGHTLY));
+    let has_src = have
+        && Command::new("rustup")
+            .args(["component", "list", "--installed", "--toolchain", NIGHTLY])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("rust-src"))
+            .unwrap_or(false);
+    if !has_src {
+        eprintln!("setup: installing {NIGHTLY} with rust-src");
+        status(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            NIGHTLY,
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))?;
+    }
+    Ok(())
+}
+
+fn nightly_sysroot() -> Result<PathBuf> {
+    let out = Command::new("rustc")
+        .args([&format!("+{NIGHTLY}"), "--print", "sysroot"])
+        .output()
+        .context("rustc +nightly --print sysroot")?;
+    if !out.status.success() {
+        bail!("rustc +{NIGHTLY} --print sysroot failed");
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+fn ensure_bpf_linker() -> Result<()> {
+    let tools = tools_dir();
+    let linker = tools.join("bin/bpf-linker");
+    let stamp = tools.join("bpf-linker.stamp");
+    let want = format!("{BPF_LINKER_VERSION} {NIGHTLY}");
+    let works = Command::new(&linker)
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if works && std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == want) {
+        return Ok(());
+    }
+    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against {NIGHTLY}'s libLLVM");
+    let sysroot = nightly_sysroot()?;
+    let libdir = sysroot.join("lib");
+    let libllvm = std::fs::read_dir(&libdir)
+        .with_context(|| format!("reading {}", libdir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("libLLVM.so.") || (n.starts_with("libLLVM-") && n.ends_with(".so")))
+        .with_context(|| format!("no libLLVM in {}", libdir.display()))?;
+    // libLLVM.so.22.1-rust-... or libLLVM-22-rust-...so: the major version picks the feature.
+    let major: String = libllvm
+        .trim_start_matches("libLLVM.so.")
+        .trim_start_matches("libLLVM-")
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    if major.is_empty() {
+        bail!("cannot tell the LLVM major version from {libllvm}");
+    }
+    // The binary keeps an rpath to this folder, so it lives in the project, not /tmp.
+    let prefix = tools.join("llvm");
+    let prefix_lib = prefix.join("lib");
+    std::fs::create_dir_all(&prefix_lib)?;
+    for name in ["libLLVM.so", libllvm.as_str()] {
+        let link = prefix_lib.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(libdir.join(&libllvm), &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+    }
+    status(
+        Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+                "--force",
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+                "--root",
+            ])
+            .arg(&tools)
+            .env("LLVM_PREFIX", &prefix),
+    )?;
+    std::fs::write(&stamp, want)?;
+    Ok(())
+}
+
+fn ensure_debian_packages() -> Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .filter(|(probe, _)| !have_command(probe))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        eprintln!(
+            "setup: not root, cannot install {}; tests that need them will skip",
+            missing.join(" ")
+        );
+        return Ok(());
+    }
+    eprintln!("setup: apt-get install {}", missing.join(" "));
+    // Packages like nginx and dnsmasq start services on install; tests start their own.
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let had_policy = policy.exists();
+    if !had_policy {
+        std::fs::write(policy, "#!/bin/sh\nexit 101\n")?;
+        status(Command::new("chmod").args(["755", "/usr/sbin/policy-rc.d"]))?;
+    }
+    let result = status(Command::new("apt-get").args(["update", "-q"])).and_then(|()| {
+        status(
+            Command::new("apt-get")
+                .args(["install", "-y", "-q", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+    });
+    if !had_policy {
+        let _ = std::fs::remove_file(policy);
+    }
+    result
+}
+
+fn ensure_python_packages() -> Result<()> {
+    let missing: Vec<&str> = PYTHON_PACKAGES
+        .iter()
+        .filter(|(module, _)| {
+            !Command::new("python3")
+                .args(["-c", &format!("import {module}")])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        })
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: pip install {}", missing.join(" "));
+    status(
+        Command::new("python3")
+            .args(["-m", "pip", "install", "-q", "--root-user-action=ignore"])
+            .args(&missing),
+    )
+}
+
+/// bpffs is not mounted by default on these machines; the daemon mounts it too.
+fn ensure_bpffs() {
+    if !is_root() {
+        return;
+    }
+    let mounted = std::fs::read_to_string("/proc/mounts")
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split_whitespace().nth(2) == Some("bpf"))
+        })
+        .unwrap_or(false);
+    if !mounted {
+        let _ = Command::new("mount")
+            .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+            .status();
+    }
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(workspace_root()).env("PATH", tool_path());
+    c
+}
+
+fn build_release() -> Result<()> {
+    status(cargo().args(["build", "--release", "-p", "tollgate"]))
+}
+
+fn run(args: &[String]) -> Result<()> {
+    setup(false)?;
+    build_release()?;
+    let bin = workspace_root().join("target/release/tollgate");
+    let args: Vec<&String> = args.iter().skip_while(|a| *a == "--").collect();
+    let mut cmd = Command::new(bin);
+    if args.is_empty() {
+        cmd.arg("run");
+    } else {
+        cmd.args(args);
+    }
+    status(&mut cmd)
+}
+
+fn test(args: &[String]) -> Result<()> {
+    setup(true)?;
+    if !is_root() {
+        eprintln!("test: not root: tests that need root (kernel programs, namespaces) will skip");
+    }
+    // Build the release binary first: the end-to-end tests drive it as a real user would.
+    build_release()?;
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace", "--no-fail-fast"])
+        .args(args);
+    // The namespace tests share the machine's two cores; running them concurrently with
+    // each other makes real traffic flaky, so tests that need that serialise themselves.
+    status(&mut cmd)
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    setup(false)?;
+    status(cargo().args(["bench", "--workspace"]).args(args))
+}

@@ -1,0 +1,311 @@
+//! The daemon's configuration: TOML, validated at load, with errors that name the file, the
+//! line and the key. With no file, an embedded default runs monitor mode on the interface of
+//! the default route with the shipped catalog.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The embedded default: what `tollgate run` does with no `--config`.
+pub const DEFAULT_CONFIG: &str = include_str!("../../../configs/default.toml");
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `monitor` observes and logs what would be blocked; `enforce` blocks.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Where live changes (tags), the CA and spools persist across restarts.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// The root-only unix socket that `tollgate flows`, `apps`, `app tag`, `stop` talk to.
+    #[serde(default = "default_control_socket")]
+    pub control_socket: PathBuf,
+    /// Interfaces to attach to. Empty: the interface of the default route, as `wan`.
+    #[serde(default)]
+    pub interfaces: Vec<InterfaceConfig>,
+    /// Seconds between the one-line status reports of `tollgate run` (0: none).
+    #[serde(default = "default_status_interval")]
+    pub status_interval_secs: u64,
+    /// Flow table limits.
+    #[serde(default)]
+    pub flows: FlowsConfig,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Monitor,
+    Enforce,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Monitor => "monitor",
+            Mode::Enforce => "enforce",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterfaceConfig {
+    pub name: String,
+    pub role: Role,
+}
+
+/// Which side an interface faces: that decides what "up" (user to internet) means there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Faces the users: traffic arriving here goes up.
+    Lan,
+    /// Faces the internet: traffic leaving here goes up.
+    Wan,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Lan => "lan",
+            Role::Wan => "wan",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowsConfig {
+    /// Flows tracked at once; the oldest idle flows are evicted beyond it.
+    #[serde(default = "default_max_flows")]
+    pub max_flows: usize,
+    /// Seconds without packets after which a flow leaves the live table.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for FlowsConfig {
+    fn default() -> Self {
+        Self {
+            max_flows: default_max_flows(),
+            idle_timeout_secs: default_idle_timeout(),
+        }
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/tollgate")
+}
+fn default_control_socket() -> PathBuf {
+    PathBuf::from("/run/tollgate/control.sock")
+}
+fn default_status_interval() -> u64 {
+    10
+}
+fn default_max_flows() -> usize {
+    262_144
+}
+fn default_idle_timeout() -> u64 {
+    300
+}
+
+/// A config that could not be used: where and why. Exit code 64 (EX_USAGE) at the binary.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}:{column}: {key}{message}")]
+    Invalid {
+        file: String,
+        line: usize,
+        column: usize,
+        /// `key: ` prefix, or empty when the error is not about one key (syntax).
+        key: String,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Loads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// The embedded default config.
+    pub fn embedded_default() -> Result<Config, ConfigError> {
+        Self::parse(DEFAULT_CONFIG, "<embedded default config>")
+    }
+
+    /// Parses `text`; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let located = |offset: Option<usize>, key: String, message: String| {
+            let (line, column) = offset.map_or((1, 1), |o| line_column(text, o));
+            ConfigError::Invalid {
+                file: file.to_string(),
+                line,
+                column,
+                key,
+                message,
+            }
+        };
+        let de = toml::de::Deserializer::parse(text)
+            .map_err(|e| located(e.span().map(|s| s.start), String::new(), e.message().into()))?;
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let key = if path == "." || path.is_empty() {
+                String::new()
+            } else {
+                format!("{path}: ")
+            };
+            located(inner.span().map(|s| s.start), key, inner.message().into())
+        })?;
+        config.validate(text, file)?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot: names that must not be empty or repeat.
+    fn validate(&self, text: &str, file: &str) -> Result<(), ConfigError> {
+        let fail = |key: &str, needle: &str, message: String| {
+            let (line, column) = text.find(needle).map_or((1, 1), |o| line_column(text, o));
+            Err(ConfigError::Invalid {
+                file: file.to_string(),
+                line,
+                column,
+                key: format!("{key}: "),
+                message,
+            })
+        };
+        for (i, iface) in self.interfaces.iter().enumerate() {
+            let key = format!("interfaces[{i}].name");
+            if iface.name.is_empty() || iface.name.len() > 15 || iface.name.contains('/') {
+                return fail(
+                    &key,
+                    &iface.name,
+                    format!("{:?} is not a valid interface name", iface.name),
+                );
+            }
+            if self.interfaces[..i].iter().any(|o| o.name == iface.name) {
+                return fail(
+                    &key,
+                    &iface.name,
+                    format!("interface {:?} is listed twice", iface.name),
+                );
+            }
+        }
+        if self.flows.max_flows == 0 {
+            return fail("flows.max_flows", "max_flows", "must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
+    (line, column)
+}
+
+/// The interface that carries the default route (IPv4 first, then IPv6), from /proc.
+pub fn default_route_interface() -> Option<String> {
+    if let Ok(routes) = std::fs::read_to_string("/proc/net/route") {
+        for line in routes.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() > 2 && cols[1] == "00000000" && cols[2] != "00000000"
+                || cols.len() > 7 && cols[1] == "00000000" && cols[7] == "00000000"
+            {
+                return Some(cols[0].to_string());
+            }
+        }
+    }
+    if let Ok(routes) = std::fs::read_to_string("/proc/net/ipv6_route") {
+        for line in routes.lines() {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() == 10 && cols[0] == "0".repeat(32) && cols[1] == "00" && cols[9] != "lo" {
+                return Some(cols[9].to_string());
+            }
+        }
+    }
+    None
+}
+
+/// Parses an IP or returns a message fit for a config error.
+pub fn parse_ip(s: &str) -> Result<IpAddr, String> {
+    s.parse().map_err(|_| format!("{s:?} is not an IP address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses_as_monitor() {
+        let c = Config::embedded_default().expect("embedded default must parse");
+        assert_eq!(c.mode, Mode::Monitor);
+        assert!(
+            c.interfaces.is_empty(),
+            "default picks the default-route interface"
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let text =
+            "mode = \"monitor\"\n\n[[interfaces]]\nname = \"eth0\"\nrole = \"lan\"\ncolour = 3\n";
+        let err = Config::parse(text, "gw.toml").unwrap_err().to_string();
+        assert!(err.starts_with("gw.toml:6:"), "{err}");
+        assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn bad_enum_value_names_the_key_path() {
+        let text = "[[interfaces]]\nname = \"eth0\"\nrole = \"dmz\"\n";
+        let err = Config::parse(text, "gw.toml").unwrap_err().to_string();
+        assert!(err.starts_with("gw.toml:3:"), "{err}");
+        assert!(err.contains("interfaces[0].role"), "{err}");
+        assert!(err.contains("dmz"), "{err}");
+    }
+
+    #[test]
+    fn bad_mode_and_syntax_errors_are_located() {
+        let err = Config::parse("\n\nmode = \"block\"\n", "a.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("a.toml:3:"), "{err}");
+        assert!(err.contains("mode"), "{err}");
+        let err = Config::parse("mode = \n", "b.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("b.toml:1:"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_interface_is_rejected() {
+        let text = "[[interfaces]]\nname = \"eth0\"\nrole = \"lan\"\n[[interfaces]]\nname = \"eth0\"\nrole = \"wan\"\n";
+        let err = Config::parse(text, "c.toml").unwrap_err().to_string();
+        assert!(err.contains("listed twice"), "{err}");
+    }
+
+    #[test]
+    fn line_column_counts_from_one() {
+        assert_eq!(line_column("ab\ncd", 0), (1, 1));
+        assert_eq!(line_column("ab\ncd", 4), (2, 2));
+    }
+}
