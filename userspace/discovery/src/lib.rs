@@ -3,4 +3,5 @@
 //! per app, user and source IP, and rendered as reports.
 #![forbid(unsafe_code)]
 
+pub mod logs;
 pub mod record;

@@ -1,0 +1,598 @@
+//! Firewall and proxy log importers.
+//!
+//! A log file is read line by line (plain or gzip, told apart by the gzip magic), its format
+//! is detected from the first non-empty lines (or forced by name), and every line that is a
+//! transaction becomes one [`FlowRecord`] (`name_source = Log`, `user` from the log when it
+//! has one) handed to a sink. Memory stays constant: one line buffer, no per-file state
+//! except the W3C `#Fields` header and at most [`SNIFF_LINES`] lines held for detection.
+//!
+//! Every line is counted: `parsed` lines fit the format (transactions and well-formed
+//! non-transaction lines such as headers, system events or session-start records),
+//! `unparsed` lines do not; the first few of those are kept with their line number.
+
+mod cef;
+pub mod custom;
+mod firewall;
+mod squid;
+mod umbrella;
+pub(crate) mod util;
+mod w3c;
+mod zscaler;
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub use custom::CustomFormat;
+pub use util::LineOutcome;
+
+use crate::record::FlowRecord;
+
+/// Lines looked at to detect the format.
+pub const SNIFF_LINES: usize = 32;
+/// Lines longer than this are counted as unparsed (and not buffered whole).
+pub const MAX_LINE: usize = 256 * 1024;
+/// Bad lines kept per file for the report, by default.
+pub const DEFAULT_MAX_BAD_LINES: usize = 5;
+
+/// Errors of the log importers.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "{path}: unknown log format (first lines match none of the built-in or configured formats)"
+    )]
+    UnknownFormat { path: PathBuf },
+    #[error("{path}: format {name:?} forced but not known (built-in names: {known})")]
+    UnknownFormatName {
+        path: PathBuf,
+        name: String,
+        known: String,
+    },
+    #[error("log format {name:?}: {reason}")]
+    BadCustomFormat { name: String, reason: String },
+}
+
+/// The built-in formats. `name()` is what reports show and what `--format` takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    SquidNative,
+    SquidCommon,
+    W3c,
+    ZscalerNss,
+    PaloAlto,
+    Fortigate,
+    CiscoAsa,
+    CheckPoint,
+    JuniperSrx,
+    SophosXg,
+    Watchguard,
+    Pfsense,
+    UmbrellaDns,
+    UmbrellaProxy,
+    Cef,
+    Leef,
+}
+
+impl LogFormat {
+    /// Detection order: when two formats match the same number of sample lines, the earlier wins.
+    pub const ALL: [LogFormat; 16] = [
+        LogFormat::Cef,
+        LogFormat::Leef,
+        LogFormat::CiscoAsa,
+        LogFormat::Pfsense,
+        LogFormat::JuniperSrx,
+        LogFormat::CheckPoint,
+        LogFormat::Fortigate,
+        LogFormat::SophosXg,
+        LogFormat::Watchguard,
+        LogFormat::ZscalerNss,
+        LogFormat::PaloAlto,
+        LogFormat::UmbrellaProxy,
+        LogFormat::UmbrellaDns,
+        LogFormat::SquidNative,
+        LogFormat::SquidCommon,
+        LogFormat::W3c,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LogFormat::SquidNative => "squid-native",
+            LogFormat::SquidCommon => "squid-common",
+            LogFormat::W3c => "w3c",
+            LogFormat::ZscalerNss => "zscaler-nss",
+            LogFormat::PaloAlto => "palo-alto",
+            LogFormat::Fortigate => "fortigate",
+            LogFormat::CiscoAsa => "cisco-asa",
+            LogFormat::CheckPoint => "check-point",
+            LogFormat::JuniperSrx => "juniper-srx",
+            LogFormat::SophosXg => "sophos-xg",
+            LogFormat::Watchguard => "watchguard",
+            LogFormat::Pfsense => "pfsense",
+            LogFormat::UmbrellaDns => "umbrella-dns",
+            LogFormat::UmbrellaProxy => "umbrella-proxy",
+            LogFormat::Cef => "cef",
+            LogFormat::Leef => "leef",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<LogFormat> {
+        LogFormat::ALL
+            .iter()
+            .copied()
+            .find(|f| f.name().eq_ignore_ascii_case(s))
+    }
+
+    fn sniff(self, line: &str) -> bool {
+        match self {
+            LogFormat::SquidNative => squid::sniff_native(line),
+            LogFormat::SquidCommon => squid::sniff_common(line),
+            LogFormat::W3c => w3c::sniff(line),
+            LogFormat::ZscalerNss => zscaler::sniff(line),
+            LogFormat::PaloAlto => firewall::pan_sniff(line),
+            LogFormat::Fortigate => firewall::fortigate_sniff(line),
+            LogFormat::CiscoAsa => firewall::asa_sniff(line),
+            LogFormat::CheckPoint => firewall::checkpoint_sniff(line),
+            LogFormat::JuniperSrx => firewall::srx_sniff(line),
+            LogFormat::SophosXg => firewall::sophos_sniff(line),
+            LogFormat::Watchguard => firewall::watchguard_sniff(line),
+            LogFormat::Pfsense => firewall::pfsense_sniff(line),
+            LogFormat::UmbrellaDns => umbrella::dns_sniff(line),
+            LogFormat::UmbrellaProxy => umbrella::proxy_sniff(line),
+            LogFormat::Cef => cef::cef_sniff(line),
+            LogFormat::Leef => cef::leef_sniff(line),
+        }
+    }
+}
+
+/// A line that did not parse, for the report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BadLine {
+    pub line: u64,
+    pub reason: String,
+    /// The start of the line (at most 160 characters).
+    pub text: String,
+}
+
+/// Per-input counts. `lines` counts non-empty lines; `parsed + unparsed == lines`;
+/// `records` is how many of the parsed lines were transactions.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InputStats {
+    pub file: String,
+    pub format: String,
+    pub lines: u64,
+    pub parsed: u64,
+    pub unparsed: u64,
+    pub records: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bad_lines: Vec<BadLine>,
+    /// Set when the file could not be read or its format not told; the counts are what was
+    /// read before that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// How to import logs.
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    /// `[[log_formats]]` from the config, tried after the built-in formats.
+    pub custom: Vec<CustomFormat>,
+    /// A format name (built-in or custom) that skips detection.
+    pub force_format: Option<String>,
+    /// Bad lines kept per file.
+    pub max_bad_lines: usize,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions {
+            custom: Vec::new(),
+            force_format: None,
+            max_bad_lines: DEFAULT_MAX_BAD_LINES,
+        }
+    }
+}
+
+enum Parser<'a> {
+    Builtin(LogFormat, w3c::W3cState),
+    Custom(custom::CustomParser<'a>),
+}
+
+impl Parser<'_> {
+    fn name(&self) -> String {
+        match self {
+            Parser::Builtin(f, _) => f.name().to_owned(),
+            Parser::Custom(c) => c.name().to_owned(),
+        }
+    }
+
+    fn parse(&mut self, line: &str, fallback: DateTime<Utc>) -> LineOutcome {
+        match self {
+            Parser::Builtin(f, w) => match f {
+                LogFormat::SquidNative => squid::parse_native(line, fallback),
+                LogFormat::SquidCommon => squid::parse_common(line, fallback),
+                LogFormat::W3c => w.parse(line, fallback),
+                LogFormat::ZscalerNss => zscaler::parse(line, fallback),
+                LogFormat::PaloAlto => firewall::pan(line, fallback),
+                LogFormat::Fortigate => firewall::fortigate(line, fallback),
+                LogFormat::CiscoAsa => firewall::asa(line, fallback),
+                LogFormat::CheckPoint => firewall::checkpoint(line, fallback),
+                LogFormat::JuniperSrx => firewall::srx(line, fallback),
+                LogFormat::SophosXg => firewall::sophos(line, fallback),
+                LogFormat::Watchguard => firewall::watchguard(line, fallback),
+                LogFormat::Pfsense => firewall::pfsense(line, fallback),
+                LogFormat::UmbrellaDns => umbrella::dns(line, fallback),
+                LogFormat::UmbrellaProxy => umbrella::proxy(line, fallback),
+                LogFormat::Cef => cef::cef(line, fallback),
+                LogFormat::Leef => cef::leef(line, fallback),
+            },
+            Parser::Custom(c) => c.parse(line, fallback),
+        }
+    }
+}
+
+/// Pick the format that matches most of the sample lines.
+fn detect<'a>(sample: &[String], custom: &'a [CustomFormat]) -> Option<Parser<'a>> {
+    if sample.iter().any(|l| l.starts_with("#Fields:")) {
+        return Some(Parser::Builtin(LogFormat::W3c, w3c::W3cState::default()));
+    }
+    let mut best: Option<(usize, Parser<'a>)> = None;
+    for f in LogFormat::ALL {
+        let n = sample.iter().filter(|l| f.sniff(l)).count();
+        if n > 0 && best.as_ref().is_none_or(|(b, _)| n > *b) {
+            best = Some((n, Parser::Builtin(f, w3c::W3cState::default())));
+        }
+    }
+    for c in custom {
+        let mut p = custom::CustomParser::new(c);
+        let n = sample.iter().filter(|l| p.sniff(l)).count();
+        if n > 0 && best.as_ref().is_none_or(|(b, _)| n > *b) {
+            best = Some((n, Parser::Custom(custom::CustomParser::new(c))));
+        }
+    }
+    // At least a quarter of the sample must look right.
+    best.filter(|(n, _)| n * 4 >= sample.len()).map(|(_, p)| p)
+}
+
+/// Open a file for line reading; gzip (by magic, whatever the name) is decompressed.
+pub fn open_input(path: &Path) -> Result<Box<dyn BufRead + Send>, LogError> {
+    let io_err = |source| LogError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut f = File::open(path).map_err(io_err)?;
+    let mut magic = [0u8; 2];
+    let n = read_fully(&mut f, &mut magic).map_err(io_err)?;
+    let f = File::open(path).map_err(io_err)?;
+    if n == 2 && magic == [0x1f, 0x8b] {
+        let gz = flate2::read::MultiGzDecoder::new(BufReader::with_capacity(256 * 1024, f));
+        Ok(Box::new(BufReader::with_capacity(256 * 1024, gz)))
+    } else {
+        Ok(Box::new(BufReader::with_capacity(256 * 1024, f)))
+    }
+}
+
+fn read_fully(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(buf.get_mut(n..).unwrap_or(&mut [])) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Import one log file: detect, parse, hand each record to `sink`.
+pub fn import_file(
+    path: &Path,
+    opts: &LogOptions,
+    sink: &mut dyn FnMut(FlowRecord),
+) -> Result<InputStats, LogError> {
+    let reader = open_input(path)?;
+    import_reader(reader, path, opts, sink)
+}
+
+/// Streams lines out of a reader without holding more than one line.
+struct Lines<R> {
+    r: R,
+    buf: Vec<u8>,
+    line_no: u64,
+}
+
+enum Next {
+    Line(u64),
+    TooLong(u64),
+    Eof,
+}
+
+impl<R: BufRead> Lines<R> {
+    /// Reads the next line into `self.buf` (without the newline and a trailing CR).
+    fn next(&mut self) -> io::Result<Next> {
+        self.buf.clear();
+        let mut too_long = false;
+        let mut any = false;
+        loop {
+            let avail = match self.r.fill_buf() {
+                Ok(a) => a,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if avail.is_empty() {
+                if !any {
+                    return Ok(Next::Eof);
+                }
+                break;
+            }
+            any = true;
+            match memchr::memchr(b'\n', avail) {
+                Some(i) => {
+                    if !too_long {
+                        if self.buf.len() + i > MAX_LINE {
+                            too_long = true;
+                        } else {
+                            self.buf.extend_from_slice(avail.get(..i).unwrap_or(&[]));
+                        }
+                    }
+                    self.r.consume(i + 1);
+                    break;
+                }
+                None => {
+                    let n = avail.len();
+                    if !too_long {
+                        if self.buf.len() + n > MAX_LINE {
+                            too_long = true;
+                            self.buf.clear();
+                        } else {
+                            self.buf.extend_from_slice(avail);
+                        }
+                    }
+                    self.r.consume(n);
+                }
+            }
+        }
+        self.line_no += 1;
+        if too_long {
+            self.buf.clear();
+            return Ok(Next::TooLong(self.line_no));
+        }
+        if self.buf.last() == Some(&b'\r') {
+            self.buf.pop();
+        }
+        Ok(Next::Line(self.line_no))
+    }
+}
+
+struct Counter<'s> {
+    stats: InputStats,
+    max_bad: usize,
+    last_time: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    sink: &'s mut dyn FnMut(FlowRecord),
+}
+
+impl Counter<'_> {
+    fn bad(&mut self, line_no: u64, reason: &str, text: &str) {
+        self.stats.unparsed += 1;
+        if self.stats.bad_lines.len() < self.max_bad {
+            let mut t: String = text.chars().take(160).collect();
+            if t.len() < text.len() {
+                t.push('…');
+            }
+            self.stats.bad_lines.push(BadLine {
+                line: line_no,
+                reason: reason.to_owned(),
+                text: t,
+            });
+        }
+    }
+
+    fn line(&mut self, parser: &mut Parser<'_>, line_no: u64, text: &str) {
+        self.stats.lines += 1;
+        let fallback = self.last_time.unwrap_or(self.now);
+        match parser.parse(text, fallback) {
+            LineOutcome::Record(r) => {
+                self.stats.parsed += 1;
+                self.stats.records += 1;
+                self.last_time = Some(r.last_seen);
+                (self.sink)(*r);
+            }
+            LineOutcome::Skip => self.stats.parsed += 1,
+            LineOutcome::Bad(reason) => self.bad(line_no, reason, text),
+        }
+    }
+}
+
+fn is_blank(b: &[u8]) -> bool {
+    b.iter().all(u8::is_ascii_whitespace)
+}
+
+/// Import from any reader (`label` names it in stats and errors).
+pub fn import_reader<R: BufRead>(
+    reader: R,
+    label: &Path,
+    opts: &LogOptions,
+    sink: &mut dyn FnMut(FlowRecord),
+) -> Result<InputStats, LogError> {
+    let io_err = |source| LogError::Io {
+        path: label.to_owned(),
+        source,
+    };
+    let mut lines = Lines {
+        r: reader,
+        buf: Vec::with_capacity(4096),
+        line_no: 0,
+    };
+    let mut c = Counter {
+        stats: InputStats {
+            file: label.display().to_string(),
+            ..InputStats::default()
+        },
+        max_bad: opts.max_bad_lines,
+        last_time: None,
+        now: Utc::now(),
+        sink,
+    };
+    // Forced format?
+    let forced = match &opts.force_format {
+        Some(name) => Some(if let Some(f) = LogFormat::from_name(name) {
+            Parser::Builtin(f, w3c::W3cState::default())
+        } else if let Some(cf) = opts
+            .custom
+            .iter()
+            .find(|c| c.name.eq_ignore_ascii_case(name))
+        {
+            Parser::Custom(custom::CustomParser::new(cf))
+        } else {
+            let known = LogFormat::ALL
+                .iter()
+                .map(|f| f.name())
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(LogError::UnknownFormatName {
+                path: label.to_owned(),
+                name: name.clone(),
+                known,
+            });
+        }),
+        None => None,
+    };
+    // Sample lines for detection (kept with their numbers; too-long lines noted).
+    let mut sample: Vec<(u64, Option<String>)> = Vec::new();
+    let mut parser = match forced {
+        Some(p) => p,
+        None => {
+            let mut texts = Vec::new();
+            loop {
+                if texts.len() >= SNIFF_LINES {
+                    break;
+                }
+                match lines.next().map_err(io_err)? {
+                    Next::Eof => break,
+                    Next::TooLong(n) => sample.push((n, None)),
+                    Next::Line(n) => {
+                        if is_blank(&lines.buf) {
+                            continue;
+                        }
+                        let s = String::from_utf8_lossy(&lines.buf).into_owned();
+                        texts.push(s.clone());
+                        sample.push((n, Some(s)));
+                    }
+                }
+            }
+            match detect(&texts, &opts.custom) {
+                Some(p) => p,
+                None => {
+                    if texts.is_empty() && sample.is_empty() {
+                        // An empty file: nothing to do, nothing wrong.
+                        c.stats.format = "empty".to_owned();
+                        return Ok(c.stats);
+                    }
+                    return Err(LogError::UnknownFormat {
+                        path: label.to_owned(),
+                    });
+                }
+            }
+        }
+    };
+    c.stats.format = parser.name();
+    for (n, text) in sample {
+        match text {
+            Some(t) => c.line(&mut parser, n, &t),
+            None => {
+                c.stats.lines += 1;
+                c.bad(n, "line too long", "");
+            }
+        }
+    }
+    loop {
+        match lines.next().map_err(io_err)? {
+            Next::Eof => break,
+            Next::TooLong(n) => {
+                c.stats.lines += 1;
+                c.bad(n, "line too long", "");
+            }
+            Next::Line(n) => {
+                if is_blank(&lines.buf) {
+                    continue;
+                }
+                let line_no = n;
+                match std::str::from_utf8(&lines.buf) {
+                    Ok(s) => c.line(&mut parser, line_no, s),
+                    Err(_) => {
+                        let s = String::from_utf8_lossy(&lines.buf).into_owned();
+                        c.line(&mut parser, line_no, &s);
+                    }
+                }
+            }
+        }
+    }
+    Ok(c.stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(text: &str) -> (InputStats, Vec<FlowRecord>) {
+        let mut recs = Vec::new();
+        let st = import_reader(
+            text.as_bytes(),
+            Path::new("t.log"),
+            &LogOptions::default(),
+            &mut |r| recs.push(r),
+        )
+        .expect("import");
+        (st, recs)
+    }
+
+    #[test]
+    fn bad_lines_counted_with_numbers() {
+        let text = "1157689312.049   5006 10.105.21.199 TCP_MISS/200 19763 CONNECT login.yahoo.com:443 badeyek DIRECT/209.73.177.115 -\n\
+                    \n\
+                    this is not squid\n\
+                    1157689320.327   2864 10.105.21.199 TCP_MISS/200 10182 GET http://www.goonernews.com/ badeyek DIRECT/207.58.145.61 text/html\r\n\
+                    1157689320.327   2864 10.105.21.199 TCP_MISS/200 x GET http://www.goonernews.com/ badeyek DIRECT/207.58.145.61 text/html\n";
+        let (st, recs) = run(text);
+        assert_eq!(st.format, "squid-native");
+        assert_eq!((st.lines, st.parsed, st.unparsed, st.records), (4, 2, 2, 2));
+        assert_eq!(
+            st.bad_lines.iter().map(|b| b.line).collect::<Vec<_>>(),
+            vec![3, 5]
+        );
+        assert_eq!(recs.len(), 2);
+    }
+
+    #[test]
+    fn unknown_and_empty() {
+        let e = import_reader(
+            "hello\nworld\n".as_bytes(),
+            Path::new("x"),
+            &LogOptions::default(),
+            &mut |_| {},
+        );
+        assert!(matches!(e, Err(LogError::UnknownFormat { .. })));
+        let (st, _) = run("\n\n");
+        assert_eq!(st.format, "empty");
+    }
+
+    #[test]
+    fn too_long_line_is_counted() {
+        let good = "1157689312.049 5006 10.105.21.199 TCP_MISS/200 19763 CONNECT login.yahoo.com:443 - DIRECT/209.73.177.115 -\n";
+        let text = format!("{good}{}\n{good}", "x".repeat(MAX_LINE + 10));
+        let (st, recs) = run(&text);
+        assert_eq!((st.lines, st.parsed, st.unparsed), (3, 2, 1));
+        assert_eq!(recs.len(), 2);
+    }
+}
