@@ -1,3 +1,310 @@
-//! The inline session proxy: terminates TLS for flows steered to it, applies access and
-//! session policies to each request and response, and splices everything else.
+//! The inline session proxy: Conditional Access App Control at the edge.
+//!
+//! Connections of apps under session control are steered to the proxy's listening socket
+//! (nft `redirect` — the original destination comes from `SO_ORIGINAL_DST` — or TPROXY,
+//! where the local address is the original destination; [`steering::Steering`] installs an
+//! nft redirect for a set of destination IPs). For each connection:
+//!
+//! 1. read the ClientHello (rustls `Acceptor`) and look the SNI up with the daemon's
+//!    `app_lookup`; when the app is not under session control, or is bypassed (domain, app,
+//!    category, or a client that recently rejected our CA), the raw bytes are spliced to the
+//!    original destination: never decrypted, the client sees the real certificate;
+//! 2. otherwise connect to the origin first and verify its certificate against the system
+//!    trust store (SSL_CERT_FILE / SSL_CERT_DIR honoured) plus `upstream_ca_files`. A failure
+//!    is never hidden: the client handshake completes and every request gets a block page
+//!    explaining it;
+//! 3. complete the client handshake with a leaf for the SNI minted by the local CA
+//!    ([`ca::CertAuthority`]), ALPN h2 or http/1.1 to match the origin, TLS session
+//!    tickets for resumption;
+//! 4. serve HTTP with hyper; every request passes framing checks (smuggling), access
+//!    policies, activity rules, upload inspection; every response download inspection
+//!    ([`policy`], [`dlp`]); block pages are HTML for `Accept: text/html`, JSON otherwise;
+//!    every decision is an audit record ([`audit`]).
+//!
+//! # Configuration (TOML)
+//!
+//! ```toml
+//! [proxy]
+//! listen = "0.0.0.0:8443"              # where redirected connections arrive
+//! tproxy = false                       # set IP_TRANSPARENT on the listener (TPROXY steering)
+//! ca_dir = "/var/lib/tollgate/ca"      # ca.pem + ca.key (0600), created on first start
+//! # ca_cert_file / ca_key_file          # use an existing CA instead (PKCS#8 key)
+//! upstream_ca_files = []               # extra trust anchors for origins
+//! upstream_no_system_roots = false
+//! bypass_domains = ["bank.example"]    # the name and its subdomains are never decrypted
+//! bypass_apps = []                     # app ids never decrypted (pinning apps)
+//! bypass_categories = ["health", "finance"]
+//! client_reject_bypass_secs = 3600     # a client that rejected our CA is spliced this long
+//! handshake_timeout_secs = 10          # ClientHello + client handshake
+//! header_read_timeout_secs = 15        # slowloris guard
+//! upstream_connect_timeout_secs = 10
+//! body_read_timeout_secs = 60          # bodies buffered for inspection
+//! max_header_bytes = 65536             # larger request heads: 431 / closed
+//! max_inspect_bytes = "16MiB"          # largest body buffered for inspection
+//! over_limit_action = "block"          # body above max_inspect_bytes: block, or allow =
+//!                                      # inspect the first max_inspect_bytes, pass the rest,
+//!                                      # and write an audit record saying so
+//! max_connections = 10000
+//! leaf_cache_size = 1024
+//! audit_log = "/var/log/tollgate/proxy-audit.jsonl"
+//! ip_tags = { corporate = ["10.0.0.0/8"], risky = ["198.51.100.0/24"] }
+//! users = { alice = ["10.1.2.3/32"] }  # user by source address
+//! managed_devices = { ips = ["10.9.0.0/16"], macs = ["02:00:00:00:00:01"] }
+//!
+//! [[session_policies]]
+//! name = "no executables from cloud storage"
+//! apps = ["dropbox"]                   # "*" = every app under session control
+//! action = "block"                     # block | audit | allow
+//! download = { file_extensions = ["exe", "msi"], mime_types = ["application/x-msdownload"], max_size = "100MB" }
+//!
+//! [[session_policies]]
+//! name = "no card numbers out"
+//! apps = ["dropbox"]
+//! action = "block"
+//! upload = { content = ["credit_card", "iban", "us_ssn", "email", "private_key", "cloud_api_key"],
+//!            custom = ["(?i)project\\s+falcon"], min_matches = 1,
+//!            file_extensions = ["pst"], mime_types = ["application/zip"], max_size = "50MB" }
+//!
+//! [[session_policies]]
+//! name = "no public links"
+//! apps = ["dropbox"]
+//! action = "block"
+//! activities = [{ method = "POST", host = "*.dropboxapi.com", path = "/2/sharing/*" }]
+//!
+//! [[session_policies]]
+//! name = "monitor everything"          # no download/upload/activities: every request
+//! apps = ["*"]
+//! action = "audit"
+//!
+//! [[access_policies]]
+//! name = "no access from risky networks on unmanaged devices"
+//! apps = ["dropbox"]
+//! action = "block"                     # allow | block | monitor
+//! source_ips = ["198.18.0.0/15"]       # every condition given must hold
+//! ip_tags = ["risky"]
+//! device = "unmanaged"                 # managed | unmanaged
+//! users = ["alice"]
+//! user_agents = ["(?i)curl"]           # regexes
+//! time = { from = "18:00", to = "08:00", days = ["sat", "sun"], utc_offset_minutes = 60 }
+//! ```
+//!
+//! A transfer rule matches when any of its conditions holds (extension of the
+//! Content-Disposition filename, a multipart part's filename, or the URL's last segment;
+//! media type of the body or a part; size above `max_size`; at least `min_matches` validated
+//! findings of the content detectors). The most restrictive matching policy wins
+//! (block > audit > allow).
 #![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod ca;
+pub mod config;
+pub mod dlp;
+mod error;
+pub mod http;
+pub mod policy;
+pub mod server;
+pub mod steering;
+pub mod upstream;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use ca::CertAuthority;
+pub use config::{AccessPolicy, Action, PolicySet, ProxyConfig, SessionPolicy};
+pub use error::{ProxyError, Result};
+pub use policy::Policies;
+pub use steering::Steering;
+
+/// What the daemon's catalog says about a server name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppInfo {
+    pub id: String,
+    pub category: Option<String>,
+}
+
+/// Server name (lower case, no trailing dot) -> app.
+pub type AppLookup = Arc<dyn Fn(&str) -> Option<AppInfo> + Send + Sync>;
+
+/// How a connection's origin is found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    /// SO_ORIGINAL_DST (nft redirect), else the local address (TPROXY). The normal mode.
+    Original,
+    /// Every connection goes to this address (reverse-proxy use and loopback tests).
+    Fixed(SocketAddr),
+}
+
+/// Extra start options; [`SessionProxy::start`] uses the defaults.
+#[derive(Clone)]
+pub struct StartOptions {
+    pub destination: Destination,
+    /// Use this CA instead of loading / creating one from the config.
+    pub ca: Option<Arc<CertAuthority>>,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        StartOptions {
+            destination: Destination::Original,
+            ca: None,
+        }
+    }
+}
+
+/// Entry point.
+pub struct SessionProxy;
+
+/// A running proxy. Dropping it does not stop it; call [`ProxyHandle::shutdown`].
+pub struct ProxyHandle {
+    local_addr: SocketAddr,
+    shared: Arc<server::Shared>,
+    policies_tx: watch::Sender<Arc<Policies>>,
+    shutdown_tx: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Counter snapshot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub accepted: u64,
+    pub intercepted: u64,
+    pub spliced: u64,
+    pub client_rejected_ca: u64,
+    pub upstream_cert_failures: u64,
+    pub rejected_requests: u64,
+    pub audit_dropped: u64,
+}
+
+impl SessionProxy {
+    /// Load or create the CA, compile `policies`, bind `cfg.listen` and start serving.
+    /// `session_apps` holds the app ids under session control (the daemon updates it).
+    pub async fn start(
+        cfg: ProxyConfig,
+        policies: &PolicySet,
+        app_lookup: AppLookup,
+        session_apps: watch::Receiver<HashSet<String>>,
+    ) -> Result<ProxyHandle> {
+        Self::start_with(
+            cfg,
+            policies,
+            app_lookup,
+            session_apps,
+            StartOptions::default(),
+        )
+        .await
+    }
+
+    pub async fn start_with(
+        cfg: ProxyConfig,
+        policies: &PolicySet,
+        app_lookup: AppLookup,
+        session_apps: watch::Receiver<HashSet<String>>,
+        opts: StartOptions,
+    ) -> Result<ProxyHandle> {
+        let compiled = Arc::new(Policies::compile(policies, &cfg.ip_tags)?);
+        let ca = match opts.ca {
+            Some(ca) => ca,
+            None => Arc::new(load_ca(&cfg)?),
+        };
+        let listener = bind(&cfg)?;
+        let local_addr = listener.local_addr()?;
+        let audit = audit::AuditSink::open(cfg.audit_log.clone()).await?;
+        let (policies_tx, policies_rx) = watch::channel(compiled);
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let shared = Arc::new(server::Shared::new(
+            cfg,
+            ca,
+            audit,
+            policies_rx,
+            session_apps,
+            app_lookup,
+            opts.destination,
+        )?);
+        let task = tokio::spawn(server::serve(shared.clone(), listener, shutdown_rx));
+        tracing::info!("session proxy listening on {local_addr}");
+        Ok(ProxyHandle {
+            local_addr,
+            shared,
+            policies_tx,
+            shutdown_tx,
+            task,
+        })
+    }
+}
+
+/// The CA named by the config: `ca_cert_file` + `ca_key_file`, else `ca_dir`.
+pub fn load_ca(cfg: &ProxyConfig) -> Result<CertAuthority> {
+    match (&cfg.ca_cert_file, &cfg.ca_key_file) {
+        (Some(c), Some(k)) => CertAuthority::from_files(c, k, cfg.leaf_cache_size),
+        (None, None) => CertAuthority::load_or_create(&cfg.ca_dir, cfg.leaf_cache_size),
+        _ => Err(ProxyError::Config {
+            key: "ca_cert_file".into(),
+            message: "ca_cert_file and ca_key_file go together".into(),
+        }),
+    }
+}
+
+fn bind(cfg: &ProxyConfig) -> Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let domain = if cfg.listen.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if cfg.tproxy {
+        if cfg.listen.is_ipv4() {
+            s.set_ip_transparent_v4(true)?;
+        } else {
+            s.set_ip_transparent_v6(true)?;
+        }
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&cfg.listen.into())?;
+    s.listen(1024)?;
+    Ok(TcpListener::from_std(s.into())?)
+}
+
+impl ProxyHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The CA certificate clients must trust (`tollgate ca export`).
+    pub fn ca_pem(&self) -> &str {
+        self.shared.ca.ca_pem()
+    }
+
+    /// Replace the policies (takes effect for the next request). Invalid policies leave the
+    /// running set untouched.
+    pub fn update_policies(&self, set: &PolicySet) -> Result<()> {
+        let compiled = Policies::compile(set, &self.shared.cfg.ip_tags)?;
+        self.policies_tx.send_replace(Arc::new(compiled));
+        Ok(())
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        let s = &self.shared.stats;
+        StatsSnapshot {
+            accepted: s.accepted.load(Ordering::Relaxed),
+            intercepted: s.intercepted.load(Ordering::Relaxed),
+            spliced: s.spliced.load(Ordering::Relaxed),
+            client_rejected_ca: s.client_rejected_ca.load(Ordering::Relaxed),
+            upstream_cert_failures: s.upstream_cert_failures.load(Ordering::Relaxed),
+            rejected_requests: s.rejected_requests.load(Ordering::Relaxed),
+            audit_dropped: self.shared.audit.dropped(),
+        }
+    }
+
+    /// Stop accepting; connections in flight finish on their own.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown_tx.send(true);
+        let _ = self.task.await;
+    }
+}

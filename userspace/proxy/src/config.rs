@@ -1,0 +1,399 @@
+//! Configuration as admins write it (TOML): the `[proxy]` section, `[[session_policies]]` and
+//! `[[access_policies]]`. Plain serde types with `deny_unknown_fields`; [`crate::policy`]
+//! compiles them (regexes, CIDRs) into the form the proxy evaluates.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+
+/// The `[proxy]` section.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Address the proxy listens on for redirected (nft `redirect`, SO_ORIGINAL_DST) or
+    /// TPROXY-delivered connections.
+    pub listen: SocketAddr,
+    /// Set IP_TRANSPARENT on the listener (connections delivered by a TPROXY rule).
+    pub tproxy: bool,
+    /// Directory holding the local CA (`ca.pem`, `ca.key` mode 0600); created on first start.
+    pub ca_dir: PathBuf,
+    /// Use an existing CA instead of the one in `ca_dir` (both must be set).
+    pub ca_cert_file: Option<PathBuf>,
+    pub ca_key_file: Option<PathBuf>,
+    /// Extra PEM files of CAs trusted for upstream servers, on top of the system trust store
+    /// (which honours SSL_CERT_FILE / SSL_CERT_DIR).
+    pub upstream_ca_files: Vec<PathBuf>,
+    /// Do not use the system trust store for upstream verification (only `upstream_ca_files`).
+    pub upstream_no_system_roots: bool,
+    /// Domains never decrypted (exact name or any subdomain of it), e.g. pinned apps.
+    pub bypass_domains: Vec<String>,
+    /// App ids never decrypted.
+    pub bypass_apps: Vec<String>,
+    /// App categories never decrypted (e.g. "health", "finance").
+    pub bypass_categories: Vec<String>,
+    /// How long a client that rejected our CA is spliced instead of intercepted.
+    pub client_reject_bypass_secs: u64,
+    /// Time allowed for the ClientHello plus the client-side TLS handshake.
+    pub handshake_timeout_secs: u64,
+    /// Time allowed to receive a request's headers (slowloris guard).
+    pub header_read_timeout_secs: u64,
+    /// Time allowed to connect (TCP + TLS) to the origin.
+    pub upstream_connect_timeout_secs: u64,
+    /// Time allowed to read a body that is being buffered for inspection.
+    pub body_read_timeout_secs: u64,
+    /// Largest request head accepted (bytes); larger heads get 431 / connection close.
+    pub max_header_bytes: usize,
+    /// Largest body buffered for content inspection.
+    pub max_inspect_bytes: ByteSize,
+    /// What to do with a body larger than `max_inspect_bytes` when a policy wants its content:
+    /// `block` (default) or `allow` (pass it, inspect the first `max_inspect_bytes` only, and
+    /// write an audit record saying so).
+    pub over_limit_action: OverLimitAction,
+    /// Concurrent client connections; further connections wait in the accept queue.
+    pub max_connections: usize,
+    /// Leaf certificates kept in memory (LRU).
+    pub leaf_cache_size: usize,
+    /// JSON-lines audit log; none = decisions are only traced.
+    pub audit_log: Option<PathBuf>,
+    /// Named IP ranges for access policies (`ip_tags = ["corporate"]`).
+    pub ip_tags: BTreeMap<String, Vec<IpNet>>,
+    /// Users by source address (`alice = ["10.1.2.3/32"]`).
+    pub users: BTreeMap<String, Vec<IpNet>>,
+    /// Which devices count as managed.
+    pub managed_devices: ManagedDevices,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            tproxy: false,
+            ca_dir: PathBuf::from("/var/lib/tollgate/ca"),
+            ca_cert_file: None,
+            ca_key_file: None,
+            upstream_ca_files: Vec::new(),
+            upstream_no_system_roots: false,
+            bypass_domains: Vec::new(),
+            bypass_apps: Vec::new(),
+            bypass_categories: Vec::new(),
+            client_reject_bypass_secs: 3600,
+            handshake_timeout_secs: 10,
+            header_read_timeout_secs: 15,
+            upstream_connect_timeout_secs: 10,
+            body_read_timeout_secs: 60,
+            max_header_bytes: 64 * 1024,
+            max_inspect_bytes: ByteSize(16 * 1024 * 1024),
+            over_limit_action: OverLimitAction::Block,
+            max_connections: 10_000,
+            leaf_cache_size: 1024,
+            audit_log: None,
+            ip_tags: BTreeMap::new(),
+            users: BTreeMap::new(),
+            managed_devices: ManagedDevices::default(),
+        }
+    }
+}
+
+/// `[proxy.managed_devices]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ManagedDevices {
+    /// Source ranges of managed devices.
+    pub ips: Vec<IpNet>,
+    /// MAC addresses of managed devices (looked up in the neighbour table, /proc/net/arp).
+    pub macs: Vec<String>,
+    /// A device presenting a client certificate issued by this CA counts as managed. Setting
+    /// it makes the proxy ask for (but not require) a client certificate.
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// `over_limit_action`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OverLimitAction {
+    Block,
+    Allow,
+}
+
+/// A policy's action, ordered from least to most restrictive.
+#[derive(
+    Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Allow,
+    /// Record and let pass. `monitor` is accepted as a synonym.
+    #[serde(alias = "monitor")]
+    Audit,
+    Block,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Audit => "audit",
+            Action::Block => "block",
+        }
+    }
+}
+
+/// Everything policy-related that can be reloaded at run time.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct PolicySet {
+    pub session_policies: Vec<SessionPolicy>,
+    pub access_policies: Vec<AccessPolicy>,
+}
+
+/// `[[session_policies]]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SessionPolicy {
+    pub name: String,
+    /// App ids; `"*"` = every app under session control.
+    pub apps: Vec<String>,
+    pub action: Action,
+    #[serde(default)]
+    pub download: Option<TransferRule>,
+    #[serde(default)]
+    pub upload: Option<TransferRule>,
+    #[serde(default)]
+    pub activities: Vec<ActivityRule>,
+}
+
+/// `download = {..}` / `upload = {..}`: the policy matches a transfer when any listed
+/// condition holds (extension, MIME type, size above `max_size`, or at least `min_matches`
+/// findings of the listed content detectors and custom regexes). An empty table matches
+/// every transfer that has a body.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransferRule {
+    /// Without the dot, case-insensitive; checked against the Content-Disposition filename,
+    /// multipart part filenames and the last path segment of the URL.
+    pub file_extensions: Vec<String>,
+    /// `type/subtype` or `type/*`; checked against Content-Type and multipart part types.
+    pub mime_types: Vec<String>,
+    /// Bodies larger than this match.
+    pub max_size: Option<ByteSize>,
+    /// Built-in detectors: credit_card, iban, us_ssn, email, private_key, cloud_api_key.
+    pub content: Vec<ContentKind>,
+    /// Custom regular expressions (Rust regex syntax), counted like detectors.
+    pub custom: Vec<String>,
+    /// Findings needed for the content condition to match (default 1).
+    pub min_matches: Option<u32>,
+}
+
+/// Built-in sensitive-data detectors.
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum ContentKind {
+    CreditCard,
+    Iban,
+    UsSsn,
+    Email,
+    PrivateKey,
+    CloudApiKey,
+}
+
+/// `activities = [{ method = "POST", host = "*.example.com", path = "/share/*" }]`. Patterns
+/// use `*` as a wildcard (any run of characters); absent fields match anything.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActivityRule {
+    pub method: Option<String>,
+    pub host: Option<String>,
+    pub path: Option<String>,
+}
+
+/// `[[access_policies]]`: every condition given must hold (lists match when any entry does).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AccessPolicy {
+    pub name: String,
+    /// App ids; `"*"` = every app under session control.
+    pub apps: Vec<String>,
+    /// allow | block | monitor (= audit).
+    pub action: Action,
+    #[serde(default)]
+    pub source_ips: Vec<IpNet>,
+    /// Names from `[proxy.ip_tags]`.
+    #[serde(default)]
+    pub ip_tags: Vec<String>,
+    /// managed | unmanaged.
+    #[serde(default)]
+    pub device: Option<DeviceState>,
+    /// Names from `[proxy.users]` (or a client certificate's common name).
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Regexes matched against User-Agent.
+    #[serde(default)]
+    pub user_agents: Vec<String>,
+    /// Time-of-day window.
+    #[serde(default)]
+    pub time: Option<TimeWindow>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceState {
+    Managed,
+    Unmanaged,
+}
+
+/// `time = { from = "08:00", to = "18:00", days = ["mon", "tue"], utc_offset_minutes = 60 }`.
+/// `from > to` wraps past midnight. Times are local to `utc_offset_minutes` (default 0 = UTC).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TimeWindow {
+    pub from: String,
+    pub to: String,
+    #[serde(default)]
+    pub days: Vec<String>,
+    #[serde(default)]
+    pub utc_offset_minutes: i32,
+}
+
+/// A byte count written as an integer or a string with a unit ("10MB", "512 KiB").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn parse(s: &str) -> Option<ByteSize> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let num: f64 = num.trim().parse().ok()?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1000,
+            "kib" => 1024,
+            "m" | "mb" => 1000 * 1000,
+            "mib" => 1024 * 1024,
+            "g" | "gb" => 1000 * 1000 * 1000,
+            "gib" => 1024 * 1024 * 1024,
+            _ => return None,
+        };
+        let v = num * mult as f64;
+        if !(0.0..=(u64::MAX as f64)).contains(&v) {
+            return None;
+        }
+        Some(ByteSize(v as u64))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => ByteSize::parse(&s)
+                .ok_or_else(|| serde::de::Error::custom(format!("invalid size {s:?}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Doc {
+        proxy: ProxyConfig,
+        #[serde(default)]
+        session_policies: Vec<SessionPolicy>,
+        #[serde(default)]
+        access_policies: Vec<AccessPolicy>,
+        #[serde(default)]
+        #[allow(
+            dead_code,
+            reason = "the [apps] table belongs to the daemon; parsed to prove coexistence"
+        )]
+        apps: toml::Table,
+    }
+
+    #[test]
+    fn issue_example_parses() {
+        let doc: Doc = toml::from_str(
+            r#"
+[proxy]
+listen = "127.0.0.1:8443"
+ca_dir = "/tmp/ca"
+bypass_categories = ["health", "finance"]
+max_inspect_bytes = "8MiB"
+over_limit_action = "allow"
+ip_tags = { corporate = ["10.0.0.0/8"], risky = ["198.51.100.0/24"] }
+users = { alice = ["10.1.2.3/32"] }
+managed_devices = { ips = ["10.9.0.0/16"], macs = ["02:00:00:00:00:01"] }
+
+[apps.dropbox]
+session_control = true
+
+[[session_policies]]
+name = "no executables from cloud storage"
+apps = ["dropbox"]
+action = "block"
+download = { file_extensions = ["exe", "msi"] }
+
+[[session_policies]]
+name = "no card numbers out"
+apps = ["dropbox"]
+action = "block"
+upload = { content = ["credit_card"], min_matches = 1 }
+
+[[session_policies]]
+name = "no sharing"
+apps = ["*"]
+action = "audit"
+activities = [{ method = "POST", path = "/2/sharing/*" }]
+
+[[access_policies]]
+name = "risky networks"
+apps = ["dropbox"]
+action = "block"
+ip_tags = ["risky"]
+device = "unmanaged"
+time = { from = "18:00", to = "08:00", days = ["sat", "sun"] }
+"#,
+        )
+        .unwrap();
+        assert_eq!(doc.proxy.max_inspect_bytes, ByteSize(8 * 1024 * 1024));
+        assert_eq!(doc.proxy.over_limit_action, OverLimitAction::Allow);
+        assert_eq!(doc.session_policies.len(), 3);
+        assert_eq!(
+            doc.session_policies[1].upload.as_ref().unwrap().content,
+            vec![ContentKind::CreditCard]
+        );
+        assert_eq!(doc.access_policies[0].device, Some(DeviceState::Unmanaged));
+    }
+
+    #[test]
+    fn unknown_keys_rejected() {
+        let r: Result<Doc, _> = toml::from_str("[proxy]\nlisten_port = 1\n");
+        assert!(r.is_err());
+        let r: Result<Doc, _> = toml::from_str(
+            "[proxy]\n[[session_policies]]\nname='x'\napps=[]\naction='block'\ndownload={ extension=['exe'] }\n",
+        );
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(ByteSize::parse("10MB"), Some(ByteSize(10_000_000)));
+        assert_eq!(ByteSize::parse("1.5 KiB"), Some(ByteSize(1536)));
+        assert_eq!(ByteSize::parse("12"), Some(ByteSize(12)));
+        assert_eq!(ByteSize::parse("ten"), None);
+        assert_eq!(ByteSize::parse("5XB"), None);
+    }
+}

@@ -1,0 +1,491 @@
+//! Connection handling: accept a redirected connection, recover its original destination,
+//! read the ClientHello, and either splice the raw bytes to the destination (never
+//! decrypted) or intercept: verify the origin first, then complete the client handshake
+//! with a leaf from our CA and serve HTTP/1.1 or HTTP/2 with the policy service.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::server::{Acceptor, ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{AlertDescription, ServerConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+
+use crate::audit::AuditSink;
+use crate::ca::CertAuthority;
+use crate::config::ProxyConfig;
+use crate::http::ConnCtx;
+use crate::policy::Policies;
+use crate::upstream::{self, Key, Pool, UpstreamFailure, UpstreamTls};
+use crate::{AppInfo, AppLookup, Destination};
+
+/// Most ClientHello bytes read before giving up on finding one (then: splice).
+const MAX_HELLO_BYTES: usize = 64 * 1024;
+/// Entries kept in the "client rejected our CA" memory.
+const MAX_REJECTED: usize = 65_536;
+
+/// Counters, readable through [`crate::ProxyHandle::stats`].
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub accepted: AtomicU64,
+    pub intercepted: AtomicU64,
+    pub spliced: AtomicU64,
+    pub client_rejected_ca: AtomicU64,
+    pub upstream_cert_failures: AtomicU64,
+    pub rejected_requests: AtomicU64,
+}
+
+/// State shared by all connections.
+pub struct Shared {
+    pub cfg: ProxyConfig,
+    pub ca: Arc<CertAuthority>,
+    pub upstream: UpstreamTls,
+    pub pool: Pool,
+    pub audit: AuditSink,
+    pub policies: watch::Receiver<Arc<Policies>>,
+    pub session_apps: watch::Receiver<HashSet<String>>,
+    pub app_lookup: AppLookup,
+    pub destination: Destination,
+    pub stats: Stats,
+    server_h2: Arc<ServerConfig>,
+    server_h1: Arc<ServerConfig>,
+    rejected: Mutex<HashMap<(IpAddr, String), Instant>>,
+}
+
+#[derive(Debug)]
+struct LeafResolver(Arc<CertAuthority>);
+
+impl ResolvesServerCert for LeafResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let name = hello.server_name()?;
+        match self.0.leaf(name) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                tracing::warn!("no leaf for {name}: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl Shared {
+    pub fn new(
+        cfg: ProxyConfig,
+        ca: Arc<CertAuthority>,
+        audit: AuditSink,
+        policies: watch::Receiver<Arc<Policies>>,
+        session_apps: watch::Receiver<HashSet<String>>,
+        app_lookup: AppLookup,
+        destination: Destination,
+    ) -> Result<Shared, crate::ProxyError> {
+        let upstream = UpstreamTls::new(&cfg.upstream_ca_files, cfg.upstream_no_system_roots)?;
+        tracing::info!("upstream trust anchors: {}", upstream.anchors);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let ticketer = rustls::crypto::ring::Ticketer::new()?;
+        let cache = rustls::server::ServerSessionMemoryCache::new(8192);
+        let resolver = Arc::new(LeafResolver(ca.clone()));
+        let build = |alpn: Vec<Vec<u8>>| -> Result<Arc<ServerConfig>, crate::ProxyError> {
+            let mut c = ServerConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()?
+                .with_no_client_auth()
+                .with_cert_resolver(resolver.clone());
+            c.alpn_protocols = alpn;
+            c.ticketer = ticketer.clone();
+            c.session_storage = cache.clone();
+            c.send_tls13_tickets = 2;
+            Ok(Arc::new(c))
+        };
+        Ok(Shared {
+            server_h2: build(vec![b"h2".to_vec(), b"http/1.1".to_vec()])?,
+            server_h1: build(vec![b"http/1.1".to_vec()])?,
+            upstream,
+            cfg,
+            ca,
+            pool: Pool::default(),
+            audit,
+            policies,
+            session_apps,
+            app_lookup,
+            destination,
+            stats: Stats::default(),
+            rejected: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn rejected_recently(&self, ip: IpAddr, sni: &str) -> bool {
+        let Ok(mut m) = self.rejected.lock() else {
+            return false;
+        };
+        let key = (ip, sni.to_string());
+        match m.get(&key) {
+            Some(t) if t.elapsed() < Duration::from_secs(self.cfg.client_reject_bypass_secs) => {
+                true
+            }
+            Some(_) => {
+                m.remove(&key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn remember_rejection(&self, ip: IpAddr, sni: &str) {
+        self.stats
+            .client_rejected_ca
+            .fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut m) = self.rejected.lock() {
+            if m.len() >= MAX_REJECTED {
+                let ttl = Duration::from_secs(self.cfg.client_reject_bypass_secs);
+                m.retain(|_, t| t.elapsed() < ttl);
+                if m.len() >= MAX_REJECTED {
+                    m.clear();
+                }
+            }
+            m.insert((ip, sni.to_string()), Instant::now());
+        }
+    }
+
+    /// Should a connection to `sni` from `src` be decrypted? Returns the app if so.
+    pub fn intercept_decision(&self, src: IpAddr, sni: &str) -> Option<AppInfo> {
+        let cfg = &self.cfg;
+        let name = sni.trim_end_matches('.').to_ascii_lowercase();
+        if cfg.bypass_domains.iter().any(|d| {
+            let d = d
+                .trim_start_matches("*.")
+                .trim_end_matches('.')
+                .to_ascii_lowercase();
+            name == d
+                || name
+                    .strip_suffix(&d)
+                    .is_some_and(|rest| rest.ends_with('.'))
+        }) {
+            return None;
+        }
+        let app = (self.app_lookup)(&name)?;
+        if !self.session_apps.borrow().contains(&app.id) {
+            return None;
+        }
+        if cfg.bypass_apps.contains(&app.id) {
+            return None;
+        }
+        if let Some(c) = &app.category
+            && cfg
+                .bypass_categories
+                .iter()
+                .any(|b| b.eq_ignore_ascii_case(c))
+        {
+            return None;
+        }
+        if self.rejected_recently(src, &name) {
+            return None;
+        }
+        Some(app)
+    }
+
+    fn user_of(&self, ip: IpAddr) -> Option<String> {
+        self.cfg
+            .users
+            .iter()
+            .find(|(_, nets)| nets.iter().any(|n| n.contains(&ip)))
+            .map(|(u, _)| u.clone())
+    }
+
+    fn managed(&self, ip: IpAddr) -> bool {
+        let md = &self.cfg.managed_devices;
+        if md.ips.iter().any(|n| n.contains(&ip)) {
+            return true;
+        }
+        if md.macs.is_empty() {
+            return false;
+        }
+        let Some(mac) = mac_of(ip) else { return false };
+        md.macs.iter().any(|m| m.eq_ignore_ascii_case(&mac))
+    }
+}
+
+/// MAC address of a neighbour from /proc/net/arp (IPv4 only).
+fn mac_of(ip: IpAddr) -> Option<String> {
+    let table = std::fs::read_to_string("/proc/net/arp").ok()?;
+    let want = ip.to_string();
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.first() == Some(&want.as_str()))
+            .then(|| f.get(3).map(|m| m.to_string()))
+            .flatten()
+    })
+}
+
+/// The accept loop; ends when `shutdown` turns true.
+pub async fn serve(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let limit = Arc::new(Semaphore::new(shared.cfg.max_connections.max(1)));
+    loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = shutdown.changed() => return,
+        };
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            handle(shared, tcp, peer).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Where was this connection going?
+fn original_destination(shared: &Shared, tcp: &TcpStream) -> Option<SocketAddr> {
+    let local = tcp.local_addr().ok()?;
+    let dst = match shared.destination {
+        Destination::Fixed(a) => return Some(a),
+        Destination::Original => {
+            let s = socket2::SockRef::from(tcp);
+            let r = if local.is_ipv4() {
+                s.original_dst_v4()
+            } else {
+                s.original_dst_v6()
+            };
+            // Not NATed: under TPROXY the local address is the original destination.
+            r.ok().and_then(|a| a.as_socket()).unwrap_or(local)
+        }
+    };
+    if dst.port() == shared.cfg.listen.port() && (dst == local || dst.ip().is_unspecified()) {
+        // A client connected to the proxy port itself: forwarding would loop.
+        return None;
+    }
+    Some(dst)
+}
+
+enum Hello {
+    /// ClientHello parsed (rustls holds the bytes; `raw` is our copy for splicing).
+    Tls {
+        accepted: Box<rustls::server::Accepted>,
+        raw: Vec<u8>,
+    },
+    /// Not TLS, or not parseable: splice what was read.
+    Other { raw: Vec<u8> },
+}
+
+async fn read_hello(tcp: &mut TcpStream, timeout: Duration) -> std::io::Result<Hello> {
+    let mut acceptor = Acceptor::default();
+    let mut raw = Vec::with_capacity(2048);
+    let mut tmp = vec![0u8; 4096];
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let n = tokio::time::timeout_at(deadline, tcp.read(&mut tmp))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "no ClientHello in time")
+            })??;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed before ClientHello",
+            ));
+        }
+        let chunk = tmp.get(..n).unwrap_or(&[]);
+        raw.extend_from_slice(chunk);
+        let mut rd: &[u8] = chunk;
+        while !rd.is_empty() {
+            match acceptor.read_tls(&mut rd) {
+                Ok(0) | Err(_) => return Ok(Hello::Other { raw }),
+                Ok(_) => {}
+            }
+        }
+        match acceptor.accept() {
+            Ok(Some(accepted)) => {
+                return Ok(Hello::Tls {
+                    accepted: Box::new(accepted),
+                    raw,
+                });
+            }
+            Ok(None) if raw.len() < MAX_HELLO_BYTES => continue,
+            Ok(None) => return Ok(Hello::Other { raw }),
+            Err(_) => return Ok(Hello::Other { raw }),
+        }
+    }
+}
+
+async fn splice(shared: &Shared, mut client: TcpStream, dst: SocketAddr, raw: &[u8]) {
+    shared.stats.spliced.fetch_add(1, Ordering::Relaxed);
+    let timeout = Duration::from_secs(shared.cfg.upstream_connect_timeout_secs);
+    let mut server = match tokio::time::timeout(timeout, TcpStream::connect(dst)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!("splice to {dst}: {e}");
+            return;
+        }
+        Err(_) => return,
+    };
+    let _ = server.set_nodelay(true);
+    if server.write_all(raw).await.is_err() {
+        return;
+    }
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+}
+
+fn is_ca_rejection(e: &std::io::Error) -> bool {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof
+        || e.kind() == std::io::ErrorKind::ConnectionReset
+    {
+        return true;
+    }
+    matches!(
+        e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::AlertReceived(
+            AlertDescription::UnknownCA
+                | AlertDescription::BadCertificate
+                | AlertDescription::CertificateUnknown
+                | AlertDescription::UnsupportedCertificate
+                | AlertDescription::AccessDenied
+        ))
+    )
+}
+
+async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    let Some(dst) = original_destination(&shared, &tcp) else {
+        tracing::debug!("{peer}: connection to the proxy itself refused");
+        return;
+    };
+    let hs_timeout = Duration::from_secs(shared.cfg.handshake_timeout_secs);
+    let hello = match read_hello(&mut tcp, hs_timeout).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::debug!("{peer} -> {dst}: {e}");
+            return;
+        }
+    };
+    let (accepted, raw) = match hello {
+        Hello::Other { raw } => return splice(&shared, tcp, dst, &raw).await,
+        Hello::Tls { accepted, raw } => (accepted, raw),
+    };
+    let (sni, offer_h2) = {
+        let ch = accepted.client_hello();
+        let sni = ch.server_name().map(str::to_string);
+        let h2 = ch.alpn().is_some_and(|mut a| a.any(|p| p == b"h2"));
+        (sni, h2)
+    };
+    let Some(sni) = sni else {
+        return splice(&shared, tcp, dst, &raw).await;
+    };
+    let Some(app) = shared.intercept_decision(peer.ip(), &sni) else {
+        return splice(&shared, tcp, dst, &raw).await;
+    };
+    shared.stats.intercepted.fetch_add(1, Ordering::Relaxed);
+    let key = Key {
+        dst,
+        name: sni.to_ascii_lowercase(),
+        offer_h2,
+    };
+
+    // The origin first: its certificate and its protocol decide how we answer the client.
+    let (first, upstream_error, h2) = if let Some(c) = shared.pool.checkout(&key).await {
+        let h2 = c.is_h2();
+        (Some(c), None, h2)
+    } else {
+        let timeout = Duration::from_secs(shared.cfg.upstream_connect_timeout_secs);
+        match upstream::connect(&shared.upstream, &key, timeout).await {
+            Ok(c) => {
+                let h2 = c.is_h2();
+                if let upstream::Conn::H2(s) = &c {
+                    shared.pool.put_h2(&key, s);
+                }
+                (Some(c), None, h2)
+            }
+            Err(UpstreamFailure::Connect(e)) => {
+                tracing::info!("{peer} -> {dst} ({sni}): origin unreachable: {e}");
+                return; // as if the origin refused: the client sees a closed connection
+            }
+            Err(e) => {
+                shared
+                    .stats
+                    .upstream_cert_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!("{peer} -> {dst} ({sni}): {e}");
+                (None, Some(e), false)
+            }
+        }
+    };
+    // Make sure the leaf exists before the (synchronous) resolver runs.
+    if let Err(e) = shared.ca.leaf(&sni) {
+        tracing::warn!("{sni}: {e}");
+        return;
+    }
+    let cfg = if h2 {
+        shared.server_h2.clone()
+    } else {
+        shared.server_h1.clone()
+    };
+    let start = tokio_rustls::StartHandshake::from_parts(*accepted, tcp);
+    let tls = match tokio::time::timeout(hs_timeout, start.into_stream(cfg)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            if is_ca_rejection(&e) {
+                tracing::info!(
+                    "{peer} rejected our certificate for {sni} ({e}); bypassing for a while"
+                );
+                shared.remember_rejection(peer.ip(), &sni);
+            } else {
+                tracing::debug!("{peer} ({sni}): client handshake: {e}");
+            }
+            return;
+        }
+        Err(_) => return,
+    };
+    let client_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let ctx = Arc::new(ConnCtx {
+        user: shared.user_of(peer.ip()),
+        managed: shared.managed(peer.ip()),
+        shared: shared.clone(),
+        app: app.id,
+        src: peer,
+        sni,
+        key,
+        upstream_error,
+        first: Mutex::new(first),
+    });
+    let io = TokioIo::new(tls);
+    let svc = service_fn(move |req| ctx.clone().handle(req));
+    let cfg = &shared.cfg;
+    let res = if client_h2 {
+        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(256)
+            .keep_alive_interval(Some(Duration::from_secs(60)))
+            .serve_connection(io, svc)
+            .await
+    } else {
+        hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(cfg.header_read_timeout_secs))
+            .max_buf_size(cfg.max_header_bytes.max(8192))
+            .serve_connection(io, svc)
+            .await
+    };
+    if let Err(e) = res {
+        tracing::debug!("{peer}: connection ended: {e}");
+    }
+}

@@ -1,0 +1,299 @@
+//! The origin side: rustls client configuration (system trust store honouring SSL_CERT_FILE /
+//! SSL_CERT_DIR, plus extra CA files), TLS connections to the original destination with ALPN
+//! h2 / http/1.1, and a small pool of idle HTTP/1.1 and shared HTTP/2 connections keyed by
+//! (destination address, server name, whether h2 was offered).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
+use rustls::pki_types::pem::PemObject;
+use rustls::{ClientConfig, RootCertStore};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::error::ProxyError;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// Idle HTTP/1.1 connections are dropped after this long.
+const IDLE_MAX: Duration = Duration::from_secs(30);
+/// Idle HTTP/1.1 connections kept per key.
+const IDLE_PER_KEY: usize = 64;
+
+/// Rustls client configurations for the origin side.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    h2: Arc<ClientConfig>,
+    h1: Arc<ClientConfig>,
+    /// Number of trust anchors loaded (for the log).
+    pub anchors: usize,
+}
+
+impl UpstreamTls {
+    /// System roots (unless `no_system`) plus every certificate in `extra` PEM files.
+    pub fn new(extra: &[PathBuf], no_system: bool) -> Result<UpstreamTls, ProxyError> {
+        let mut roots = RootCertStore::empty();
+        if !no_system {
+            let native = rustls_native_certs::load_native_certs();
+            for e in &native.errors {
+                tracing::warn!("system trust store: {e}");
+            }
+            let (added, ignored) = roots.add_parsable_certificates(native.certs);
+            if ignored > 0 {
+                tracing::warn!(
+                    "system trust store: {ignored} certificates ignored ({added} loaded)"
+                );
+            }
+        }
+        for path in extra {
+            let data = std::fs::read(path).map_err(|e| ProxyError::io(path, e))?;
+            let mut n = 0;
+            for c in rustls::pki_types::CertificateDer::pem_slice_iter(&data) {
+                let c = c.map_err(|e| ProxyError::Config {
+                    key: "upstream_ca_files".into(),
+                    message: format!("{}: {e}", path.display()),
+                })?;
+                roots.add(c).map_err(|e| ProxyError::Config {
+                    key: "upstream_ca_files".into(),
+                    message: format!("{}: {e}", path.display()),
+                })?;
+                n += 1;
+            }
+            if n == 0 {
+                return Err(ProxyError::Config {
+                    key: "upstream_ca_files".into(),
+                    message: format!("{}: no certificate found", path.display()),
+                });
+            }
+        }
+        let anchors = roots.len();
+        let roots = Arc::new(roots);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let build = |alpn: Vec<Vec<u8>>| -> Result<Arc<ClientConfig>, ProxyError> {
+            let mut c = ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth();
+            c.alpn_protocols = alpn;
+            Ok(Arc::new(c))
+        };
+        Ok(UpstreamTls {
+            h2: build(vec![b"h2".to_vec(), b"http/1.1".to_vec()])?,
+            h1: build(vec![b"http/1.1".to_vec()])?,
+            anchors,
+        })
+    }
+}
+
+/// Why the origin could not be reached.
+#[derive(Debug, Clone)]
+pub enum UpstreamFailure {
+    /// TCP connect failed or timed out.
+    Connect(String),
+    /// The origin's certificate did not verify: never hidden from the user.
+    Certificate(String),
+    /// Any other TLS or HTTP handshake failure.
+    Protocol(String),
+}
+
+impl std::fmt::Display for UpstreamFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamFailure::Connect(m) => write!(f, "cannot connect to the server: {m}"),
+            UpstreamFailure::Certificate(m) => {
+                write!(f, "the server's certificate is not valid: {m}")
+            }
+            UpstreamFailure::Protocol(m) => write!(f, "TLS with the server failed: {m}"),
+        }
+    }
+}
+
+fn describe_cert_error(e: &rustls::CertificateError) -> String {
+    use rustls::CertificateError as C;
+    match e {
+        C::UnknownIssuer => "it is signed by an unknown or untrusted certificate authority".into(),
+        C::NotValidForName | C::NotValidForNameContext { .. } => {
+            "it was issued for a different name than the one requested".into()
+        }
+        C::Expired | C::ExpiredContext { .. } => "it has expired".into(),
+        C::NotValidYet | C::NotValidYetContext { .. } => "it is not valid yet".into(),
+        C::Revoked => "it has been revoked".into(),
+        C::BadSignature => "its signature is invalid".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn classify(e: std::io::Error) -> UpstreamFailure {
+    if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        return match inner {
+            rustls::Error::InvalidCertificate(c) => {
+                UpstreamFailure::Certificate(describe_cert_error(c))
+            }
+            other => UpstreamFailure::Protocol(other.to_string()),
+        };
+    }
+    UpstreamFailure::Protocol(e.to_string())
+}
+
+/// An HTTP connection to the origin.
+pub enum Conn {
+    H1(http1::SendRequest<ProxyBody>),
+    H2(http2::SendRequest<ProxyBody>),
+}
+
+impl Conn {
+    pub fn is_h2(&self) -> bool {
+        matches!(self, Conn::H2(_))
+    }
+}
+
+/// Pool key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub dst: SocketAddr,
+    pub name: String,
+    pub offer_h2: bool,
+}
+
+/// Connect TCP + TLS + HTTP handshake to `key.dst`, verifying the certificate for `key.name`.
+pub async fn connect(
+    tls: &UpstreamTls,
+    key: &Key,
+    timeout: Duration,
+) -> Result<Conn, UpstreamFailure> {
+    let server_name = match key.name.parse::<std::net::IpAddr>() {
+        Ok(ip) => ServerName::IpAddress(ip.into()),
+        Err(_) => ServerName::try_from(key.name.clone())
+            .map_err(|e| UpstreamFailure::Protocol(format!("server name: {e}")))?,
+    };
+    let cfg = if key.offer_h2 {
+        tls.h2.clone()
+    } else {
+        tls.h1.clone()
+    };
+    let fut = async {
+        let tcp = TcpStream::connect(key.dst)
+            .await
+            .map_err(|e| UpstreamFailure::Connect(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let stream = TlsConnector::from(cfg)
+            .connect(server_name, tcp)
+            .await
+            .map_err(classify)?;
+        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+        let io = TokioIo::new(stream);
+        if h2 {
+            let (send, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Duration::from_secs(30))
+                .handshake(io)
+                .await
+                .map_err(|e| UpstreamFailure::Protocol(e.to_string()))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!("upstream h2 connection: {e}");
+                }
+            });
+            Ok(Conn::H2(send))
+        } else {
+            let (send, conn) = http1::Builder::new()
+                .handshake(io)
+                .await
+                .map_err(|e| UpstreamFailure::Protocol(e.to_string()))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!("upstream h1 connection: {e}");
+                }
+            });
+            Ok(Conn::H1(send))
+        }
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(UpstreamFailure::Connect(format!(
+            "timed out after {}s",
+            timeout.as_secs()
+        ))),
+    }
+}
+
+/// An idle HTTP/1.1 connection and since when it is idle.
+type IdleH1 = (Instant, http1::SendRequest<ProxyBody>);
+
+/// Idle and shared origin connections.
+#[derive(Default)]
+pub struct Pool {
+    h1: Mutex<HashMap<Key, Vec<IdleH1>>>,
+    h2: Mutex<HashMap<Key, http2::SendRequest<ProxyBody>>>,
+}
+
+impl Pool {
+    /// A ready connection for `key`, if one is idle (h1) or shared (h2).
+    pub async fn checkout(&self, key: &Key) -> Option<Conn> {
+        if let Ok(m) = self.h2.lock()
+            && let Some(s) = m.get(key)
+            && !s.is_closed()
+        {
+            return Some(Conn::H2(s.clone()));
+        }
+        loop {
+            let candidate = {
+                let mut m = self.h1.lock().ok()?;
+                let list = m.get_mut(key)?;
+                let c = list.pop();
+                if list.is_empty() {
+                    m.remove(key);
+                }
+                c
+            };
+            let (since, mut s) = candidate?;
+            if s.is_closed() || since.elapsed() > IDLE_MAX {
+                continue;
+            }
+            // The previous exchange has ended; readiness follows within a poll or two.
+            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(1), s.ready()).await {
+                return Some(Conn::H1(s));
+            }
+        }
+    }
+
+    /// Whether a connection for `key` is known (the origin's certificate was verified).
+    pub fn has(&self, key: &Key) -> bool {
+        let h2 = self
+            .h2
+            .lock()
+            .map(|m| m.get(key).is_some_and(|s| !s.is_closed()))
+            .unwrap_or(false);
+        h2 || self.h1.lock().map(|m| m.contains_key(key)).unwrap_or(false)
+    }
+
+    /// Share an h2 connection.
+    pub fn put_h2(&self, key: &Key, s: &http2::SendRequest<ProxyBody>) {
+        if let Ok(mut m) = self.h2.lock() {
+            m.insert(key.clone(), s.clone());
+        }
+    }
+
+    /// Return an idle h1 connection.
+    pub fn put_h1(&self, key: Key, s: http1::SendRequest<ProxyBody>) {
+        if s.is_closed() {
+            return;
+        }
+        if let Ok(mut m) = self.h1.lock() {
+            let list = m.entry(key).or_default();
+            list.retain(|(t, s)| !s.is_closed() && t.elapsed() < IDLE_MAX);
+            if list.len() < IDLE_PER_KEY {
+                list.push((Instant::now(), s));
+            }
+        }
+    }
+}
