@@ -1,0 +1,405 @@
+#!/usr/bin/env python3
+"""Generates configs/catalog/catalog.json, Tollgate's shipped cloud app catalog.
+
+Inputs (see SOURCES.md):
+  manual_apps.txt            hand-written public facts (this folder): vendors, attribute bundles,
+                             apps, and how nDPI / gdpr-tracker entries map onto app ids.
+  <corpus>/catalog/ndpi_hosts.tsv          nDPI host_match[] (LGPL-3.0-or-later), domain rules.
+  <corpus>/catalog/gdpr-tracker/data/*.json privacyradius/gdpr-tracker (MIT): HQ country,
+                             certifications, hosting, data centres, breaches, GDPR status.
+
+The corpus is found through --corpus, else $TOLLGATE_CORPUS, else ../../../shared/corpus next to
+this script. Output: one JSON document {"version", "generated_by", "apps": [...]}, one app per
+line, sorted by id. Every app records the source of each fact in "sources" ("manual", "ndpi",
+"gdpr-tracker"; "domains" may combine them with "+").
+
+Priorities when two sources disagree: manual beats nDPI beats gdpr-tracker for domains (a rule
+already claimed by an app is not given to another one), manual beats gdpr-tracker for attributes.
+
+Run:  python3 configs/catalog/gen_catalog.py            (rewrites catalog.json, prints counts)
+      python3 configs/catalog/gen_catalog.py --check    (exit 1 if catalog.json is stale)
+"""
+
+import argparse
+import glob
+import json
+import os
+import re
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+CATEGORIES = [
+    "Accounting and finance", "Advertising", "AI model provider", "Business intelligence",
+    "Business management", "Cloud computing platform", "Cloud storage", "Code hosting",
+    "Collaboration", "Communications", "Content management", "Content sharing", "CRM",
+    "Customer support", "Data analytics", "Development tools", "E-commerce", "Education",
+    "Forums", "Gaming", "Generative AI", "Health", "Hosting services", "HR",
+    "Internet of Things", "IT services", "Marketing", "Media", "News and entertainment",
+    "Online meetings", "Operations management", "Personal instant messaging", "Productivity",
+    "Project management", "Property management", "Sales", "Security", "Social network",
+    "Supply chain and logistics", "Transportation and travel", "Vendor management systems",
+    "Web analytics", "Webmail", "Website monitoring",
+]
+CANON = {c.lower(): c for c in CATEGORIES}
+
+# nDPI category -> catalog category, for nDPI apps the manual file does not place itself.
+NDPI_CATEGORY = {
+    "Cloud": "Cloud storage", "Collaborative": "Collaboration",
+    "Chat": "Personal instant messaging", "SocialNetwork": "Social network",
+    "Streaming": "News and entertainment", "Video": "News and entertainment",
+    "Music": "News and entertainment", "Media": "Media", "Game": "Gaming",
+    "VoIP": "Online meetings", "VPN": "Security", "Email": "Webmail",
+    "Shopping": "E-commerce", "RemoteAccess": "IT services", "SoftwareUpdate": "IT services",
+    "VirtAssistant": "Internet of Things", "Web": "News and entertainment",
+    "Download": "Content sharing", "Database": "Cloud computing platform",
+    "DataTransfer": "Development tools", "Advertisement": "Advertising",
+    "Cybersecurity": "Security",
+}
+# nDPI categories that are not cloud apps (protocol plumbing, adult sites).
+NDPI_SKIP_CATEGORIES = {"AdultContent", "Network", "System", "ConnCheck"}
+
+BOOL_KEYS = {
+    "mfa", "encryption_at_rest", "http_security_headers", "trusted_certificate", "audit_trail",
+    "saml", "ip_restrictions", "password_policy", "pen_testing", "file_sharing", "upload",
+    "iso_27001", "iso_27017", "iso_27018", "iso_27701", "soc1", "soc2", "soc3", "pci_dss",
+    "hipaa", "csa_star", "fedramp", "gdpr", "dmca", "data_ownership", "data_retention_policy",
+    "gdpr_dpa", "gdpr_right_to_erasure", "gdpr_data_portability",
+}
+# Short names accepted in manual_apps.txt.
+ALIASES = {"hq": "hq_country", "host": "hosting_company", "dc": "data_centers",
+           "breach": "latest_breach", "tls": "tls_version", "domain": "domain_registered"}
+
+LABEL_RE = re.compile(r"^[a-z0-9_-]{1,63}$")
+SLUG_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+
+
+def fail(msg):
+    sys.exit(f"gen_catalog: {msg}")
+
+
+def valid_host(host):
+    return 0 < len(host) <= 253 and all(LABEL_RE.match(l) for l in host.split("."))
+
+
+def slug(text):
+    s = re.sub(r"([a-z0-9])([A-Z])", r"\1-\2", text)
+    s = re.sub(r"[^a-z0-9]+", "-", s.lower()).strip("-")
+    return s
+
+
+def expand_domain(tok, where):
+    """manual token -> rules: `x.com` both exact and `*.x.com`; `=x.com` exact; `*.x.com`."""
+    tok = tok.strip().lower().rstrip(".")
+    if tok.startswith("="):
+        rules = [tok[1:]]
+    elif tok.startswith("*."):
+        rules = [tok]
+    else:
+        rules = [tok, "*." + tok]
+    for r in rules:
+        host = r[2:] if r.startswith("*.") else r
+        if not valid_host(host):
+            fail(f"{where}: bad domain {tok!r}")
+    return rules
+
+
+def parse_attrs(text, bundles, where):
+    out = {}
+    for tok in text.split():
+        if tok.startswith("%"):
+            if tok[1:] not in bundles:
+                fail(f"{where}: unknown bundle {tok}")
+            out.update(bundles[tok[1:]])
+            continue
+        neg = tok.startswith("!")
+        tok = tok.lstrip("!")
+        key, _, val = tok.partition("=")
+        key = ALIASES.get(key, key)
+        if key in BOOL_KEYS:
+            if val:
+                fail(f"{where}: {key} takes no value")
+            out[key] = not neg
+        elif key in ("founded", "domain_registered", "popularity"):
+            out[key] = int(val)
+        elif key == "latest_breach":
+            out[key] = "none" if val == "none" else int(val)
+        elif key == "hq_country":
+            if not re.match(r"^[A-Z]{2}$", val):
+                fail(f"{where}: bad country {val!r}")
+            out[key] = val
+        elif key == "holding":
+            if val not in ("public", "private"):
+                fail(f"{where}: bad holding {val!r}")
+            out[key] = val
+        elif key == "tls_version":
+            if val not in ("1.0", "1.1", "1.2", "1.3"):
+                fail(f"{where}: bad tls {val!r}")
+            out[key] = val
+        elif key == "data_centers":
+            out[key] = val.split(",")
+        elif key == "hosting_company":
+            out[key] = val.replace("_", " ")
+        else:
+            fail(f"{where}: unknown attribute {key!r}")
+    return out
+
+
+class App:
+    def __init__(self, id_, name, vendor, category, source):
+        if not SLUG_RE.match(id_):
+            fail(f"bad id {id_!r}")
+        self.id, self.name, self.vendor = id_, name, vendor
+        if category.lower() not in CANON:
+            fail(f"{id_}: unknown category {category!r}")
+        self.category = CANON[category.lower()]
+        self.domains = []
+        self.domain_sources = set()
+        self.attributes = {}
+        self.sources = {"app": source}
+
+    def set_attrs(self, attrs, source, overwrite=True):
+        for k, v in attrs.items():
+            if k in self.attributes and not overwrite:
+                continue
+            self.attributes[k] = v
+            self.sources[k] = source
+
+    def to_json(self):
+        d = {"id": self.id, "name": self.name}
+        if self.vendor:
+            d["vendor"] = self.vendor
+        d["category"] = self.category
+        d["domains"] = self.domains
+        if self.attributes:
+            d["attributes"] = dict(sorted(self.attributes.items()))
+        srcs = dict(self.sources)
+        if self.domain_sources:
+            srcs["domains"] = "+".join(s for s in ("manual", "ndpi", "gdpr-tracker")
+                                       if s in self.domain_sources)
+        d["sources"] = dict(sorted(srcs.items()))
+        return d
+
+
+class Builder:
+    def __init__(self):
+        self.apps = {}
+        self.rule_owner = {}
+        self.dropped = []
+
+    def add_rules(self, app, rules, source):
+        for r in rules:
+            owner = self.rule_owner.get(r)
+            if owner is None:
+                self.rule_owner[r] = app.id
+                app.domains.append(r)
+                app.domain_sources.add(source)
+            elif owner != app.id:
+                self.dropped.append((source, app.id, r, owner))
+
+
+def read_manual(path, b):
+    vendors, bundles = {}, {}
+    ndpi_map, gdpr_map = {}, {}
+    section = "apps"
+    for n, raw in enumerate(open(path, encoding="utf-8"), 1):
+        line = raw.split("#", 1)[0].rstrip() if not raw.lstrip().startswith("#") else ""
+        if not line.strip():
+            continue
+        where = f"{os.path.basename(path)}:{n}"
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+            continue
+        f = [x.strip() for x in line.split("|")]
+        if section == "vendors":
+            # key|Display name|attrs
+            if len(f) != 3:
+                fail(f"{where}: vendor lines have 3 fields")
+            vendors[f[0]] = (f[1], parse_attrs(f[2], bundles, where))
+        elif section == "bundles":
+            if len(f) != 2:
+                fail(f"{where}: bundle lines have 2 fields")
+            bundles[f[0]] = parse_attrs(f[1], bundles, where)
+        elif section == "ndpi":
+            # nDPI display name|app id or -|category (optional)
+            ndpi_map[f[0]] = (f[1], f[2] if len(f) > 2 and f[2] else None)
+        elif section == "gdpr":
+            # tracker id|app id or -|category (optional)|extra domains (optional)
+            gdpr_map[f[0]] = (f[1], f[2] if len(f) > 2 and f[2] else None,
+                              f[3].split() if len(f) > 3 else [])
+        elif section == "apps":
+            # id|Name|vendor key or text|Category|domains|attrs
+            if len(f) != 6:
+                fail(f"{where}: app lines have 6 fields, got {len(f)}")
+            id_, name, vkey, cat, doms, attrs = f
+            if id_ in b.apps:
+                fail(f"{where}: duplicate id {id_}")
+            vattrs = {}
+            vendor = vkey or None
+            if vkey in vendors:
+                vendor, vattrs = vendors[vkey]
+            app = App(id_, name, vendor, cat, "manual")
+            app.set_attrs(vattrs, "manual")
+            app.set_attrs(parse_attrs(attrs, bundles, where), "manual")
+            rules = [r for tok in doms.split() for r in expand_domain(tok, where)]
+            b.add_rules(app, rules, "manual")
+            b.apps[id_] = app
+        else:
+            fail(f"{where}: unknown section [{section}]")
+    return ndpi_map, gdpr_map
+
+
+def read_ndpi(path, b, ndpi_map):
+    by_app = {}
+    header = None
+    for raw in open(path, encoding="utf-8"):
+        if raw.startswith("#"):
+            continue
+        cols = raw.rstrip("\n").split("\t")
+        if header is None:
+            header = cols
+            continue
+        row = dict(zip(header, cols))
+        by_app.setdefault(row["app"], []).append(row)
+    used = 0
+    for name, rows in sorted(by_app.items()):
+        target, cat = ndpi_map.get(name, (None, None))
+        if target == "-":
+            continue
+        cats = [r["category"] for r in rows]
+        main_cat = max(set(cats), key=cats.count)
+        if target is None and main_cat in NDPI_SKIP_CATEGORIES:
+            continue
+        id_ = target or slug(name)
+        app = b.apps.get(id_)
+        if app is None:
+            category = cat or NDPI_CATEGORY.get(main_cat)
+            if category is None:
+                fail(f"nDPI app {name}: no category for {main_cat}")
+            app = App(id_, name, None, category, "ndpi")
+            b.apps[id_] = app
+        used += 1
+        rules = []
+        for r in rows:
+            p = r["hostname_pattern"].strip().lower()
+            if not p or p.endswith(".") or p.endswith("-"):
+                continue  # not end-anchored in nDPI: no equivalent rule
+            if p.startswith("."):
+                p = p[1:]
+                cand = ["*." + p]
+            else:
+                cand = [p, "*." + p]
+            if not valid_host(p) or "." not in p:
+                continue
+            rules += cand
+        b.add_rules(app, rules, "ndpi")
+    return used
+
+
+CERTS = [
+    (re.compile(r"ISO 27001"), "iso_27001"), (re.compile(r"ISO 27017"), "iso_27017"),
+    (re.compile(r"ISO 27018"), "iso_27018"), (re.compile(r"SOC 1"), "soc1"),
+    (re.compile(r"SOC 2"), "soc2"), (re.compile(r"SOC 3"), "soc3"),
+    (re.compile(r"PCI DSS"), "pci_dss"), (re.compile(r"HIPAA"), "hipaa"),
+    (re.compile(r"^CSA"), "csa_star"),
+]
+HOSTS = {"AWS": "AWS", "Google Cloud": "Google Cloud", "Microsoft Azure": "Azure",
+         "Azure": "Azure"}
+
+
+def read_gdpr(folder, b, gdpr_map):
+    used = 0
+    for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
+        d = json.load(open(path, encoding="utf-8"))
+        tid = d.get("id") or os.path.basename(path)[:-5]
+        target, cat, extra = gdpr_map.get(tid, (None, None, []))
+        if target == "-":
+            continue
+        id_ = target or tid
+        app = b.apps.get(id_)
+        if app is None:
+            if cat is None:
+                fail(f"gdpr-tracker {tid}: no category (add it to [gdpr] in manual_apps.txt)")
+            app = App(id_, d["name"].strip(), None, cat, "gdpr-tracker")
+            b.apps[id_] = app
+        used += 1
+        attrs = {}
+        hq = (d.get("countryHQ") or "").strip().upper()
+        hq = {"UK": "GB"}.get(hq, hq)
+        if re.match(r"^[A-Z]{2}$", hq):
+            attrs["hq_country"] = hq
+        for c in d.get("certifications") or []:
+            for rx, key in CERTS:
+                if rx.search(c):
+                    attrs[key] = True
+        hosts = [h.strip() for h in d.get("hostingProviders") or [] if h.strip()]
+        if hosts:
+            attrs["hosting_company"] = HOSTS.get(hosts[0], hosts[0])
+        dcs = [x.strip() for x in d.get("dataCenters") or [] if x.strip()]
+        if dcs:
+            attrs["data_centers"] = dcs
+        breaches = d.get("dataBreaches") or []
+        years = [int(y) for br in breaches for y in re.findall(r"(?:19|20)\d\d", br.get("date") or "")]
+        if years:
+            attrs["latest_breach"] = max(years)
+        elif not breaches:
+            attrs["latest_breach"] = "none"
+        if d.get("gdprReadyStatus") == "ready":
+            attrs["gdpr"] = True
+        if (d.get("dpaUrl") or "").strip():
+            attrs["gdpr_dpa"] = True
+        app.set_attrs(attrs, "gdpr-tracker", overwrite=False)
+        rules = []
+        site = re.sub(r"^https?://", "", (d.get("website") or "").strip().lower())
+        host = site.split("/")[0].split("?")[0]
+        if host.startswith("www."):
+            host = host[4:]
+        for h in ([host] if host else []) + extra:
+            if valid_host(h) and "." in h:
+                rules += [h, "*." + h]
+        b.add_rules(app, rules, "gdpr-tracker")
+    return used
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--corpus", default=os.environ.get("TOLLGATE_CORPUS") or
+                    os.path.join(HERE, "..", "..", "..", "shared", "corpus"))
+    ap.add_argument("--out", default=os.path.join(HERE, "catalog.json"))
+    ap.add_argument("--check", action="store_true")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args()
+    cat_dir = os.path.join(args.corpus, "catalog")
+    if not os.path.isdir(cat_dir):
+        fail(f"corpus not found at {cat_dir} (use --corpus or TOLLGATE_CORPUS)")
+    b = Builder()
+    ndpi_map, gdpr_map = read_manual(os.path.join(HERE, "manual_apps.txt"), b)
+    manual = len(b.apps)
+    n_ndpi = read_ndpi(os.path.join(cat_dir, "ndpi_hosts.tsv"), b, ndpi_map)
+    n_gdpr = read_gdpr(os.path.join(cat_dir, "gdpr-tracker", "data"), b, gdpr_map)
+    empty = [a.id for a in b.apps.values() if not a.domains]
+    if empty:
+        fail(f"apps without any domain rule: {', '.join(sorted(empty))}")
+    apps = [b.apps[k].to_json() for k in sorted(b.apps)]
+    lines = [json.dumps(a, ensure_ascii=False, separators=(",", ":")) for a in apps]
+    text = ('{"version":1,"generated_by":"configs/catalog/gen_catalog.py",'
+            '"licence":"data derived from nDPI (LGPL-3.0-or-later) and gdpr-tracker (MIT); '
+            'see configs/catalog/SOURCES.md",\n"apps":[\n' + ",\n".join(lines) + "\n]}\n")
+    rules = sum(len(a["domains"]) for a in apps)
+    print(f"apps {len(apps)} (manual {manual}, from nDPI {n_ndpi}, from gdpr-tracker {n_gdpr}); "
+          f"domain rules {rules}; rules dropped as already claimed {len(b.dropped)}",
+          file=sys.stderr)
+    if args.verbose:
+        for src, app, rule, owner in b.dropped:
+            print(f"  dropped {src} {app}: {rule} (owned by {owner})", file=sys.stderr)
+    if args.check:
+        old = open(args.out, encoding="utf-8").read() if os.path.exists(args.out) else ""
+        if old != text:
+            sys.exit("gen_catalog: catalog.json is stale; run gen_catalog.py")
+        return
+    with open(args.out, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()
