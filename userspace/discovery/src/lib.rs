@@ -3,5 +3,9 @@
 //! per app, user and source IP, and rendered as reports.
 #![forbid(unsafe_code)]
 
+pub mod aggregate;
+pub mod discover;
 pub mod logs;
 pub mod record;
+pub mod report;
+pub mod users;

@@ -301,7 +301,13 @@ pub fn import_file(
     sink: &mut dyn FnMut(FlowRecord),
 ) -> Result<InputStats, LogError> {
     let reader = open_input(path)?;
-    import_reader(reader, path, opts, sink)
+    // Lines without a usable time take the previous line's; before the first, the file's
+    // modification time (when the log was last written).
+    let mtime = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .map(DateTime::<Utc>::from);
+    import_reader_at(reader, path, opts, sink, mtime.unwrap_or_else(Utc::now))
 }
 
 /// Streams lines out of a reader without holding more than one line.
@@ -418,12 +424,23 @@ fn is_blank(b: &[u8]) -> bool {
     b.iter().all(u8::is_ascii_whitespace)
 }
 
-/// Import from any reader (`label` names it in stats and errors).
+/// Import from any reader (`label` names it in stats and errors). Lines without a usable
+/// time take the previous line's time, or the current time before the first.
 pub fn import_reader<R: BufRead>(
     reader: R,
     label: &Path,
     opts: &LogOptions,
     sink: &mut dyn FnMut(FlowRecord),
+) -> Result<InputStats, LogError> {
+    import_reader_at(reader, label, opts, sink, Utc::now())
+}
+
+fn import_reader_at<R: BufRead>(
+    reader: R,
+    label: &Path,
+    opts: &LogOptions,
+    sink: &mut dyn FnMut(FlowRecord),
+    default_time: DateTime<Utc>,
 ) -> Result<InputStats, LogError> {
     let io_err = |source| LogError::Io {
         path: label.to_owned(),
@@ -441,7 +458,7 @@ pub fn import_reader<R: BufRead>(
         },
         max_bad: opts.max_bad_lines,
         last_time: None,
-        now: Utc::now(),
+        now: default_time,
         sink,
     };
     // Forced format?

@@ -163,7 +163,7 @@ pub(crate) fn normalize_host(s: &str) -> Option<HostPart> {
             .map(|ip| HostPart::Ip(ip, default_port));
     }
     let (host, port) = match auth.rsplit_once(':') {
-        Some((h, p)) if p.is_empty() => (h, default_port),
+        Some((h, "")) => (h, default_port),
         Some((h, p)) => (h, Some(p.parse::<u16>().ok()?)),
         None => (auth, default_port),
     };

@@ -1,0 +1,988 @@
+//! Aggregation: classify each [`FlowRecord`] with the catalog and add it up per app, per
+//! user/device and per source IP, with per-hour buckets; names no app claims are grouped
+//! by their registrable domain as "unknown".
+//!
+//! The [`Aggregator`] takes records one at a time (the live daemon feeds it continuously,
+//! the offline importers stream files into it) and [`Aggregator::snapshot`] renders the
+//! current state at any moment. Memory is bounded by the number of distinct apps, users,
+//! source IPs and hours, plus at most `max_unknown_domains` unknown domains (the least
+//! used are dropped and counted when the cap is hit).
+//!
+//! Classification: the record's name first (`matched_by` is its name source: "sni",
+//! "quic", "dns", "http", "log"), the destination IP as fallback (`matched_by` = "ip").
+//! A transaction is one record: one flow, or one log line.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+use tollgate_catalog::Catalog;
+
+use crate::record::{FlowRecord, L4Proto, NameSource};
+use crate::users::Users;
+
+/// Default cap on distinct unknown domains kept.
+pub const DEFAULT_MAX_UNKNOWN_DOMAINS: usize = 50_000;
+/// Source IPs listed per user, and example hosts per unknown domain.
+const MAX_LISTED: usize = 16;
+
+/// The per-app view: exactly what `tollgate apps --json` prints and the JSON report's
+/// `apps` holds. `tag` is the caller's sanction tag for the app, `null` when untagged.
+/// `users` and `ips` are distinct counts. Times are RFC 3339 (UTC).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppView {
+    pub id: String,
+    pub name: String,
+    pub category: String,
+    pub risk_score: Option<f64>,
+    pub tag: Option<String>,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub transactions: u64,
+    pub users: u64,
+    pub ips: u64,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+}
+
+/// How an app was recognised and when it was used (per-hour buckets).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppDetail {
+    pub id: String,
+    /// Transactions per match method ("sni", "quic", "dns", "http", "log", "ip").
+    pub matched_by: BTreeMap<String, u64>,
+    /// The catalog rules that matched (at most 16), most used first.
+    pub rules: Vec<String>,
+    pub hourly: Vec<HourBucket>,
+}
+
+/// One hour of traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HourBucket {
+    /// Start of the hour.
+    pub hour: DateTime<Utc>,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub transactions: u64,
+}
+
+/// A user (or, when no user name is known, a device).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserView {
+    pub user: String,
+    /// "user" or "device" (a device name from a DHCP lease or static map without a user).
+    pub kind: String,
+    pub devices: Vec<String>,
+    pub ips: Vec<IpAddr>,
+    pub apps: u64,
+    /// App ids by traffic, at most 5.
+    pub top_apps: Vec<String>,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub transactions: u64,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+}
+
+/// A source address.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceView {
+    pub ip: IpAddr,
+    pub users: Vec<String>,
+    pub apps: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub transactions: u64,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+}
+
+/// Names no app claims, grouped by registrable domain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnknownDomain {
+    pub domain: String,
+    /// Example host names under it (at most 16).
+    pub hosts: Vec<String>,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub transactions: u64,
+    pub users: u64,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+}
+
+/// Overall counts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Totals {
+    pub records: u64,
+    pub transactions: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub matched_transactions: u64,
+    pub unknown_transactions: u64,
+    /// Records with neither a name nor an IP any app claims.
+    pub unnamed_transactions: u64,
+    pub excluded_records: u64,
+    pub outside_window_records: u64,
+    /// Unknown domains dropped because of the cap.
+    pub unknown_domains_dropped: u64,
+}
+
+/// One record as classified, for the `--flows` list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlowRow {
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    pub proto: L4Proto,
+    pub src: IpAddr,
+    pub sport: u16,
+    pub dst: IpAddr,
+    pub dport: u16,
+    pub name: Option<String>,
+    pub user: Option<String>,
+    pub device: Option<String>,
+    pub app: Option<String>,
+    pub matched_by: Option<String>,
+    pub rule: Option<String>,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
+/// A point-in-time rendering of the aggregates, sorted by traffic (bytes up + down).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub apps: Vec<AppView>,
+    pub app_details: Vec<AppDetail>,
+    pub users: Vec<UserView>,
+    pub sources: Vec<SourceView>,
+    pub unknown_domains: Vec<UnknownDomain>,
+    pub hourly: Vec<HourBucket>,
+    pub totals: Totals,
+    /// First and last time seen over everything counted.
+    pub first_seen: Option<DateTime<Utc>>,
+    pub last_seen: Option<DateTime<Utc>>,
+}
+
+/// Aggregation settings.
+#[derive(Debug, Clone)]
+pub struct AggregateOptions {
+    /// Only records whose first_seen is in `[start, end)` count.
+    pub window: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    pub max_unknown_domains: usize,
+    /// Keep every record as a [`FlowRow`] (memory grows with the input).
+    pub keep_flows: bool,
+}
+
+impl Default for AggregateOptions {
+    fn default() -> Self {
+        AggregateOptions {
+            window: None,
+            max_unknown_domains: DEFAULT_MAX_UNKNOWN_DOMAINS,
+            keep_flows: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    up: u64,
+    down: u64,
+    tx: u64,
+}
+
+impl Counts {
+    fn add(&mut self, r: &FlowRecord) {
+        self.up = self.up.saturating_add(r.bytes_up);
+        self.down = self.down.saturating_add(r.bytes_down);
+        self.tx = self.tx.saturating_add(1);
+    }
+    fn bytes(&self) -> u64 {
+        self.up.saturating_add(self.down)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    first: DateTime<Utc>,
+    last: DateTime<Utc>,
+}
+
+impl Span {
+    fn new(r: &FlowRecord) -> Span {
+        Span {
+            first: r.first_seen,
+            last: r.last_seen.max(r.first_seen),
+        }
+    }
+    fn add(&mut self, r: &FlowRecord) {
+        self.first = self.first.min(r.first_seen);
+        self.last = self.last.max(r.last_seen).max(r.first_seen);
+    }
+}
+
+#[derive(Debug, Clone)]
+struct AppAgg {
+    c: Counts,
+    span: Span,
+    users: HashSet<String>,
+    ips: HashSet<IpAddr>,
+    matched_by: BTreeMap<&'static str, u64>,
+    rules: HashMap<String, u64>,
+    hours: BTreeMap<i64, Counts>,
+}
+
+#[derive(Debug, Clone)]
+struct UserAgg {
+    is_user: bool,
+    c: Counts,
+    span: Span,
+    devices: HashSet<String>,
+    ips: HashSet<IpAddr>,
+    apps: HashMap<String, u64>,
+}
+
+#[derive(Debug, Clone)]
+struct SourceAgg {
+    c: Counts,
+    span: Span,
+    users: HashSet<String>,
+    apps: HashSet<String>,
+}
+
+#[derive(Debug, Clone)]
+struct UnknownAgg {
+    c: Counts,
+    span: Span,
+    hosts: HashSet<String>,
+    users: HashSet<String>,
+}
+
+/// The incremental aggregator.
+#[derive(Debug, Clone, Default)]
+pub struct Aggregator {
+    opts: AggregateOptions,
+    apps: HashMap<String, AppAgg>,
+    users: HashMap<String, UserAgg>,
+    sources: HashMap<IpAddr, SourceAgg>,
+    unknown: HashMap<String, UnknownAgg>,
+    hours: BTreeMap<i64, Counts>,
+    totals: Totals,
+    span: Option<Span>,
+    flows: Vec<FlowRow>,
+}
+
+fn method(src: Option<NameSource>) -> &'static str {
+    match src {
+        Some(NameSource::Sni) => "sni",
+        Some(NameSource::Quic) => "quic",
+        Some(NameSource::Dns) => "dns",
+        Some(NameSource::Http) => "http",
+        Some(NameSource::Log) | None => "log",
+    }
+}
+
+/// The registrable part of a host name, by a short list of common two-level public
+/// suffixes (`example.co.uk`); otherwise the last two labels.
+pub fn base_domain(name: &str) -> &str {
+    let labels: Vec<&str> = name.rsplitn(4, '.').collect();
+    let n = match (labels.first(), labels.get(1)) {
+        (Some(tld), Some(sld))
+            if tld.len() == 2
+                && matches!(
+                    *sld,
+                    "co" | "com" | "net" | "org" | "gov" | "ac" | "edu" | "ne" | "or" | "go"
+                ) =>
+        {
+            3
+        }
+        _ => 2,
+    };
+    if labels.len() <= n {
+        return name;
+    }
+    // Byte offset where the last n labels start.
+    let keep: usize = labels.iter().take(n).map(|l| l.len()).sum::<usize>() + (n - 1);
+    name.get(name.len().saturating_sub(keep)..).unwrap_or(name)
+}
+
+fn hour_of(t: DateTime<Utc>) -> i64 {
+    t.timestamp().div_euclid(3600)
+}
+
+fn hour_start(h: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(h.saturating_mul(3600), 0)
+        .single()
+        .unwrap_or_default()
+}
+
+fn insert_capped<T: std::hash::Hash + Eq + Clone>(set: &mut HashSet<T>, v: &T, cap: usize) {
+    if set.len() < cap && !set.contains(v) {
+        set.insert(v.clone());
+    }
+}
+
+fn insert_str(set: &mut HashSet<String>, v: &str) {
+    if !set.contains(v) {
+        set.insert(v.to_owned());
+    }
+}
+
+impl Aggregator {
+    pub fn new(opts: AggregateOptions) -> Aggregator {
+        Aggregator {
+            opts,
+            ..Aggregator::default()
+        }
+    }
+
+    pub fn totals(&self) -> &Totals {
+        &self.totals
+    }
+
+    /// Add one record.
+    pub fn add(&mut self, rec: &FlowRecord, catalog: &Catalog, users: &Users) {
+        self.totals.records += 1;
+        if let Some((start, end)) = self.opts.window
+            && (rec.first_seen < start || rec.first_seen >= end)
+        {
+            self.totals.outside_window_records += 1;
+            return;
+        }
+        let who = users.resolve(rec);
+        if who.excluded {
+            self.totals.excluded_records += 1;
+            return;
+        }
+        let key = who.user.or(who.device);
+        let t = &mut self.totals;
+        t.transactions += 1;
+        t.bytes_up = t.bytes_up.saturating_add(rec.bytes_up);
+        t.bytes_down = t.bytes_down.saturating_add(rec.bytes_down);
+        match &mut self.span {
+            Some(s) => s.add(rec),
+            None => self.span = Some(Span::new(rec)),
+        }
+        self.hours
+            .entry(hour_of(rec.first_seen))
+            .or_default()
+            .add(rec);
+
+        let name = rec.name.as_deref().filter(|n| !n.is_empty());
+        let by_name = name.and_then(|n| catalog.classify_name(n));
+        let (m, how) = match by_name {
+            Some(m) => (Some(m), method(rec.name_source)),
+            None => (
+                if rec.dst.is_unspecified() {
+                    None
+                } else {
+                    catalog.classify_ip(rec.dst)
+                },
+                "ip",
+            ),
+        };
+        let app_id = m.map(|m| m.app.id.as_str());
+
+        if let Some(m) = m {
+            self.totals.matched_transactions += 1;
+            let a = match self.apps.get_mut(m.app.id.as_str()) {
+                Some(a) => a,
+                None => self.apps.entry(m.app.id.clone()).or_insert_with(|| AppAgg {
+                    c: Counts::default(),
+                    span: Span::new(rec),
+                    users: HashSet::new(),
+                    ips: HashSet::new(),
+                    matched_by: BTreeMap::new(),
+                    rules: HashMap::new(),
+                    hours: BTreeMap::new(),
+                }),
+            };
+            a.c.add(rec);
+            a.span.add(rec);
+            if let Some(k) = key {
+                insert_str(&mut a.users, k);
+            }
+            if !a.ips.contains(&rec.src) {
+                a.ips.insert(rec.src);
+            }
+            *a.matched_by.entry(how).or_default() += 1;
+            let full = a.rules.len() >= MAX_LISTED;
+            match a.rules.get_mut(m.rule) {
+                Some(n) => *n += 1,
+                None if !full => {
+                    a.rules.insert(m.rule.to_owned(), 1);
+                }
+                None => {}
+            }
+            a.hours.entry(hour_of(rec.first_seen)).or_default().add(rec);
+        } else if let Some(n) = name {
+            self.totals.unknown_transactions += 1;
+            let dom = base_domain(n);
+            if !self.unknown.contains_key(dom)
+                && self.unknown.len() >= self.opts.max_unknown_domains.max(1)
+            {
+                self.prune_unknown();
+            }
+            let u = match self.unknown.get_mut(dom) {
+                Some(u) => u,
+                None => self
+                    .unknown
+                    .entry(dom.to_owned())
+                    .or_insert_with(|| UnknownAgg {
+                        c: Counts::default(),
+                        span: Span::new(rec),
+                        hosts: HashSet::new(),
+                        users: HashSet::new(),
+                    }),
+            };
+            u.c.add(rec);
+            u.span.add(rec);
+            if u.hosts.len() < MAX_LISTED {
+                insert_str(&mut u.hosts, n);
+            }
+            if let Some(k) = key
+                && u.users.len() < 1024
+            {
+                insert_str(&mut u.users, k);
+            }
+        } else {
+            self.totals.unnamed_transactions += 1;
+        }
+
+        if let Some(k) = key {
+            let u = match self.users.get_mut(k) {
+                Some(u) => u,
+                None => self.users.entry(k.to_owned()).or_insert_with(|| UserAgg {
+                    is_user: who.user.is_some(),
+                    c: Counts::default(),
+                    span: Span::new(rec),
+                    devices: HashSet::new(),
+                    ips: HashSet::new(),
+                    apps: HashMap::new(),
+                }),
+            };
+            u.c.add(rec);
+            u.span.add(rec);
+            if let Some(d) = who.device
+                && who.user.is_some()
+                && u.devices.len() < MAX_LISTED
+            {
+                insert_str(&mut u.devices, d);
+            }
+            insert_capped(&mut u.ips, &rec.src, MAX_LISTED);
+            if let Some(id) = app_id {
+                let b = rec.bytes_up.saturating_add(rec.bytes_down);
+                match u.apps.get_mut(id) {
+                    Some(x) => *x = x.saturating_add(b),
+                    None => {
+                        u.apps.insert(id.to_owned(), b);
+                    }
+                }
+            }
+        }
+
+        let s = self.sources.entry(rec.src).or_insert_with(|| SourceAgg {
+            c: Counts::default(),
+            span: Span::new(rec),
+            users: HashSet::new(),
+            apps: HashSet::new(),
+        });
+        s.c.add(rec);
+        s.span.add(rec);
+        if let Some(k) = key
+            && s.users.len() < MAX_LISTED
+        {
+            insert_str(&mut s.users, k);
+        }
+        if let Some(id) = app_id {
+            insert_str(&mut s.apps, id);
+        }
+
+        if self.opts.keep_flows {
+            self.flows.push(FlowRow {
+                first_seen: rec.first_seen,
+                last_seen: rec.last_seen,
+                proto: rec.proto,
+                src: rec.src,
+                sport: rec.sport,
+                dst: rec.dst,
+                dport: rec.dport,
+                name: rec.name.clone(),
+                user: who.user.map(str::to_owned),
+                device: who.device.map(str::to_owned),
+                app: app_id.map(str::to_owned),
+                matched_by: m.map(|_| how.to_owned()),
+                rule: m.map(|m| m.rule.to_owned()),
+                bytes_up: rec.bytes_up,
+                bytes_down: rec.bytes_down,
+            });
+        }
+    }
+
+    /// Drop the less used half of the unknown domains.
+    fn prune_unknown(&mut self) {
+        let mut counts: Vec<u64> = self.unknown.values().map(|u| u.c.tx).collect();
+        let mid = counts.len() / 2;
+        counts.select_nth_unstable(mid);
+        let cut = counts.get(mid).copied().unwrap_or(0);
+        let before = self.unknown.len();
+        self.unknown.retain(|_, u| u.c.tx > cut);
+        // Everything had the same count: drop arbitrarily down to half.
+        if self.unknown.len() == before {
+            let keys: Vec<String> = self.unknown.keys().take(mid).cloned().collect();
+            for k in keys {
+                self.unknown.remove(&k);
+            }
+        }
+        self.totals.unknown_domains_dropped += (before - self.unknown.len()) as u64;
+    }
+
+    /// The flows kept with `keep_flows`.
+    pub fn flows(&self) -> &[FlowRow] {
+        &self.flows
+    }
+
+    /// Render the current state. `tag` gives an app's sanction tag (`None` = untagged).
+    pub fn snapshot(&self, catalog: &Catalog, tag: &dyn Fn(&str) -> Option<String>) -> Snapshot {
+        let mut apps: Vec<(&String, &AppAgg)> = self.apps.iter().collect();
+        apps.sort_by(|a, b| {
+            b.1.c
+                .bytes()
+                .cmp(&a.1.c.bytes())
+                .then(b.1.c.tx.cmp(&a.1.c.tx))
+                .then(a.0.cmp(b.0))
+        });
+        let hourly = |h: &BTreeMap<i64, Counts>| -> Vec<HourBucket> {
+            h.iter()
+                .map(|(k, c)| HourBucket {
+                    hour: hour_start(*k),
+                    bytes_up: c.up,
+                    bytes_down: c.down,
+                    transactions: c.tx,
+                })
+                .collect()
+        };
+        let app_views = apps
+            .iter()
+            .map(|(id, a)| {
+                let app = catalog.app(id);
+                AppView {
+                    id: (*id).clone(),
+                    name: app.map_or_else(|| (*id).clone(), |x| x.name.clone()),
+                    category: app.map_or_else(String::new, |x| x.category.clone()),
+                    risk_score: catalog.risk_score(id),
+                    tag: tag(id),
+                    bytes_up: a.c.up,
+                    bytes_down: a.c.down,
+                    transactions: a.c.tx,
+                    users: a.users.len() as u64,
+                    ips: a.ips.len() as u64,
+                    first_seen: a.span.first,
+                    last_seen: a.span.last,
+                }
+            })
+            .collect();
+        let app_details = apps
+            .iter()
+            .map(|(id, a)| {
+                let mut rules: Vec<(&String, &u64)> = a.rules.iter().collect();
+                rules.sort_by(|x, y| y.1.cmp(x.1).then(x.0.cmp(y.0)));
+                AppDetail {
+                    id: (*id).clone(),
+                    matched_by: a
+                        .matched_by
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), *v))
+                        .collect(),
+                    rules: rules.into_iter().map(|(r, _)| r.clone()).collect(),
+                    hourly: hourly(&a.hours),
+                }
+            })
+            .collect();
+        let mut users: Vec<UserView> = self
+            .users
+            .iter()
+            .map(|(k, u)| {
+                let mut top: Vec<(&String, &u64)> = u.apps.iter().collect();
+                top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+                let mut devices: Vec<String> = u.devices.iter().cloned().collect();
+                devices.sort();
+                let mut ips: Vec<IpAddr> = u.ips.iter().copied().collect();
+                ips.sort();
+                UserView {
+                    user: k.clone(),
+                    kind: if u.is_user { "user" } else { "device" }.to_owned(),
+                    devices,
+                    ips,
+                    apps: u.apps.len() as u64,
+                    top_apps: top.into_iter().take(5).map(|(a, _)| a.clone()).collect(),
+                    bytes_up: u.c.up,
+                    bytes_down: u.c.down,
+                    transactions: u.c.tx,
+                    first_seen: u.span.first,
+                    last_seen: u.span.last,
+                }
+            })
+            .collect();
+        users.sort_by(|a, b| {
+            (b.bytes_up + b.bytes_down)
+                .cmp(&(a.bytes_up + a.bytes_down))
+                .then(a.user.cmp(&b.user))
+        });
+        let mut sources: Vec<SourceView> = self
+            .sources
+            .iter()
+            .map(|(ip, s)| {
+                let mut users: Vec<String> = s.users.iter().cloned().collect();
+                users.sort();
+                SourceView {
+                    ip: *ip,
+                    users,
+                    apps: s.apps.len() as u64,
+                    bytes_up: s.c.up,
+                    bytes_down: s.c.down,
+                    transactions: s.c.tx,
+                    first_seen: s.span.first,
+                    last_seen: s.span.last,
+                }
+            })
+            .collect();
+        sources.sort_by(|a, b| {
+            (b.bytes_up + b.bytes_down)
+                .cmp(&(a.bytes_up + a.bytes_down))
+                .then(a.ip.cmp(&b.ip))
+        });
+        let mut unknown: Vec<UnknownDomain> = self
+            .unknown
+            .iter()
+            .map(|(d, u)| {
+                let mut hosts: Vec<String> = u.hosts.iter().cloned().collect();
+                hosts.sort();
+                UnknownDomain {
+                    domain: d.clone(),
+                    hosts,
+                    bytes_up: u.c.up,
+                    bytes_down: u.c.down,
+                    transactions: u.c.tx,
+                    users: u.users.len() as u64,
+                    first_seen: u.span.first,
+                    last_seen: u.span.last,
+                }
+            })
+            .collect();
+        unknown.sort_by(|a, b| {
+            b.transactions
+                .cmp(&a.transactions)
+                .then(a.domain.cmp(&b.domain))
+        });
+        Snapshot {
+            apps: app_views,
+            app_details,
+            users,
+            sources,
+            unknown_domains: unknown,
+            hourly: hourly(&self.hours),
+            totals: self.totals.clone(),
+            first_seen: self.span.map(|s| s.first),
+            last_seen: self.span.map(|s| s.last),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::users::{StaticUser, UsersConfig};
+    use tollgate_catalog::CatalogConfig;
+
+    const DATA: &str = r#"{"apps":[
+      {"id":"dropbox","name":"Dropbox","category":"Cloud storage","domains":["dropbox.com","*.dropbox.com"],"ip_ranges":["162.125.0.0/16"],"attributes":{"mfa":true,"soc2":true}},
+      {"id":"slack","name":"Slack","category":"Collaboration","domains":["*.slack.com"]}
+    ]}"#;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s)
+            .expect("time")
+            .with_timezone(&Utc)
+    }
+
+    #[allow(clippy::too_many_arguments, reason = "test record builder")]
+    fn rec(
+        src: &str,
+        dst: &str,
+        name: Option<&str>,
+        ns: NameSource,
+        up: u64,
+        down: u64,
+        at: &str,
+        user: Option<&str>,
+    ) -> FlowRecord {
+        FlowRecord {
+            proto: L4Proto::Tcp,
+            src: src.parse().expect("src"),
+            sport: 40000,
+            dst: dst.parse().expect("dst"),
+            dport: 443,
+            name: name.map(str::to_owned),
+            name_source: name.map(|_| ns),
+            bytes_up: up,
+            bytes_down: down,
+            packets_up: 1,
+            packets_down: 1,
+            first_seen: t(at),
+            last_seen: t(at),
+            src_mac: None,
+            user: user.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn aggregation_math() {
+        let cat = Catalog::from_data(DATA, &CatalogConfig::default(), &[]).expect("catalog");
+        let users = Users::from_config(&UsersConfig {
+            static_users: vec![StaticUser {
+                ip: Some("10.0.0.2".parse().expect("ip")),
+                user: Some("bob".into()),
+                ..StaticUser::default()
+            }],
+            exclude_ips: vec!["10.0.0.99".into()],
+            ..UsersConfig::default()
+        })
+        .expect("users");
+        let mut agg = Aggregator::new(AggregateOptions {
+            keep_flows: true,
+            ..AggregateOptions::default()
+        });
+        let recs = [
+            rec(
+                "10.0.0.1",
+                "0.0.0.0",
+                Some("www.dropbox.com"),
+                NameSource::Log,
+                100,
+                1000,
+                "2025-11-26T08:10:00Z",
+                Some("alice"),
+            ),
+            rec(
+                "10.0.0.2",
+                "1.2.3.4",
+                Some("DL.Dropbox.com"),
+                NameSource::Sni,
+                50,
+                500,
+                "2025-11-26T09:20:00Z",
+                None,
+            ),
+            rec(
+                "10.0.0.2",
+                "162.125.1.1",
+                None,
+                NameSource::Sni,
+                1,
+                2,
+                "2025-11-26T09:30:00Z",
+                None,
+            ),
+            rec(
+                "10.0.0.3",
+                "0.0.0.0",
+                Some("app.slack.com"),
+                NameSource::Quic,
+                7,
+                8,
+                "2025-11-26T08:00:00Z",
+                None,
+            ),
+            rec(
+                "10.0.0.3",
+                "0.0.0.0",
+                Some("a.unknown-thing.io"),
+                NameSource::Dns,
+                3,
+                4,
+                "2025-11-26T08:00:00Z",
+                None,
+            ),
+            rec(
+                "10.0.0.3",
+                "0.0.0.0",
+                Some("b.unknown-thing.io"),
+                NameSource::Dns,
+                3,
+                4,
+                "2025-11-26T08:05:00Z",
+                None,
+            ),
+            rec(
+                "10.0.0.3",
+                "9.9.9.9",
+                None,
+                NameSource::Dns,
+                1,
+                1,
+                "2025-11-26T08:05:00Z",
+                None,
+            ),
+            rec(
+                "10.0.0.99",
+                "0.0.0.0",
+                Some("www.dropbox.com"),
+                NameSource::Log,
+                1,
+                1,
+                "2025-11-26T08:05:00Z",
+                None,
+            ),
+        ];
+        for r in &recs {
+            agg.add(r, &cat, &users);
+        }
+        let snap = agg.snapshot(&cat, &|id| {
+            (id == "dropbox").then(|| "sanctioned".to_owned())
+        });
+        let d = snap
+            .apps
+            .iter()
+            .find(|a| a.id == "dropbox")
+            .expect("dropbox");
+        assert_eq!(
+            (d.bytes_up, d.bytes_down, d.transactions, d.users, d.ips),
+            (151, 1502, 3, 2, 2)
+        );
+        assert_eq!(d.first_seen, t("2025-11-26T08:10:00Z"));
+        assert_eq!(d.last_seen, t("2025-11-26T09:30:00Z"));
+        assert_eq!(d.tag.as_deref(), Some("sanctioned"));
+        assert_eq!(d.category, "Cloud storage");
+        let s = snap.apps.iter().find(|a| a.id == "slack").expect("slack");
+        assert_eq!(
+            (s.transactions, s.users, s.ips, s.tag.clone()),
+            (1, 0, 1, None)
+        );
+        let dd = snap
+            .app_details
+            .iter()
+            .find(|a| a.id == "dropbox")
+            .expect("detail");
+        assert_eq!(dd.matched_by.get("log"), Some(&1));
+        assert_eq!(dd.matched_by.get("sni"), Some(&1));
+        assert_eq!(dd.matched_by.get("ip"), Some(&1));
+        assert_eq!(dd.hourly.len(), 2);
+        assert_eq!(dd.hourly.iter().map(|h| h.transactions).sum::<u64>(), 3);
+        assert_eq!(snap.unknown_domains.len(), 1);
+        let u = &snap.unknown_domains[0];
+        assert_eq!(
+            (u.domain.as_str(), u.transactions, u.hosts.len()),
+            ("unknown-thing.io", 2, 2)
+        );
+        let tot = &snap.totals;
+        assert_eq!(
+            (tot.records, tot.transactions, tot.excluded_records),
+            (8, 7, 1)
+        );
+        assert_eq!(
+            (
+                tot.matched_transactions,
+                tot.unknown_transactions,
+                tot.unnamed_transactions
+            ),
+            (4, 2, 1)
+        );
+        assert_eq!(tot.bytes_up, 100 + 50 + 1 + 7 + 3 + 3 + 1);
+        let bob = snap.users.iter().find(|u| u.user == "bob").expect("bob");
+        assert_eq!((bob.transactions, bob.apps, bob.bytes_down), (2, 1, 502));
+        assert_eq!(snap.sources.len(), 3);
+        assert_eq!(agg.flows().len(), 7);
+        assert_eq!(agg.flows()[1].matched_by.as_deref(), Some("sni"));
+        // The per-app view has exactly the fields of `tollgate apps --json`.
+        let v = serde_json::to_value(d).expect("json");
+        let mut keys: Vec<&str> = v
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "bytes_down",
+                "bytes_up",
+                "category",
+                "first_seen",
+                "id",
+                "ips",
+                "last_seen",
+                "name",
+                "risk_score",
+                "tag",
+                "transactions",
+                "users"
+            ]
+        );
+        assert_eq!(v["first_seen"], "2025-11-26T08:10:00Z");
+        assert_eq!(
+            serde_json::to_value(s).expect("json")["tag"],
+            serde_json::Value::Null
+        );
+    }
+
+    #[test]
+    fn window_and_unknown_cap() {
+        let cat = Catalog::from_data(DATA, &CatalogConfig::default(), &[]).expect("catalog");
+        let mut agg = Aggregator::new(AggregateOptions {
+            window: Some((t("2025-11-26T08:00:00Z"), t("2025-11-26T09:00:00Z"))),
+            max_unknown_domains: 4,
+            keep_flows: false,
+        });
+        for i in 0..10 {
+            let name = format!("h.d{i}.example");
+            agg.add(
+                &rec(
+                    "10.0.0.1",
+                    "0.0.0.0",
+                    Some(&name),
+                    NameSource::Dns,
+                    1,
+                    1,
+                    "2025-11-26T08:30:00Z",
+                    None,
+                ),
+                &cat,
+                &Users::default(),
+            );
+        }
+        agg.add(
+            &rec(
+                "10.0.0.1",
+                "0.0.0.0",
+                Some("x.slack.com"),
+                NameSource::Sni,
+                1,
+                1,
+                "2025-11-26T09:00:00Z",
+                None,
+            ),
+            &cat,
+            &Users::default(),
+        );
+        let snap = agg.snapshot(&cat, &|_| None);
+        assert!(snap.unknown_domains.len() <= 4);
+        assert_eq!(
+            snap.totals.unknown_domains_dropped as usize + snap.unknown_domains.len(),
+            10
+        );
+        assert_eq!(snap.totals.outside_window_records, 1);
+        assert!(snap.apps.is_empty());
+    }
+
+    #[test]
+    fn base_domains() {
+        assert_eq!(base_domain("a.b.example.com"), "example.com");
+        assert_eq!(base_domain("example.com"), "example.com");
+        assert_eq!(base_domain("www.bbc.co.uk"), "bbc.co.uk");
+        assert_eq!(base_domain("localhost"), "localhost");
+        assert_eq!(base_domain("x.y.z.w.v"), "w.v");
+    }
+}

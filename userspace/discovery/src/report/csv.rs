@@ -1,0 +1,73 @@
+//! CSV: one row per app, or one row per flow when the report carries flows.
+
+use std::io::{self, Write};
+
+use super::{DiscoveryReport, risk_level};
+
+/// Quote a field when it needs it (RFC 4180).
+fn q(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+pub(super) fn render(r: &DiscoveryReport, out: &mut dyn Write) -> io::Result<()> {
+    if let Some(flows) = &r.flows {
+        writeln!(
+            out,
+            "first_seen,last_seen,proto,src,sport,dst,dport,name,user,device,app,matched_by,rule,bytes_up,bytes_down"
+        )?;
+        for f in flows {
+            let proto = match f.proto {
+                crate::record::L4Proto::Tcp => "tcp",
+                crate::record::L4Proto::Udp => "udp",
+            };
+            writeln!(
+                out,
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                f.first_seen.to_rfc3339(),
+                f.last_seen.to_rfc3339(),
+                proto,
+                f.src,
+                f.sport,
+                f.dst,
+                f.dport,
+                q(f.name.as_deref().unwrap_or("")),
+                q(f.user.as_deref().unwrap_or("")),
+                q(f.device.as_deref().unwrap_or("")),
+                q(f.app.as_deref().unwrap_or("")),
+                f.matched_by.as_deref().unwrap_or(""),
+                q(f.rule.as_deref().unwrap_or("")),
+                f.bytes_up,
+                f.bytes_down
+            )?;
+        }
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "id,name,category,risk_score,risk_level,tag,bytes_up,bytes_down,transactions,users,ips,first_seen,last_seen"
+    )?;
+    for a in &r.apps {
+        writeln!(
+            out,
+            "{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            q(&a.id),
+            q(&a.name),
+            q(&a.category),
+            a.risk_score.map(|s| format!("{s:.1}")).unwrap_or_default(),
+            risk_level(a.risk_score),
+            q(a.tag.as_deref().unwrap_or("")),
+            a.bytes_up,
+            a.bytes_down,
+            a.transactions,
+            a.users,
+            a.ips,
+            a.first_seen.to_rfc3339(),
+            a.last_seen.to_rfc3339()
+        )?;
+    }
+    Ok(())
+}
