@@ -152,6 +152,16 @@ fn framing_problem(req: &Request<Incoming>) -> Option<&'static str> {
     if te > 0 && req.version() != Version::HTTP_11 {
         return Some("Transfer-Encoding is not allowed in this HTTP version");
     }
+    // Only plain `chunked` is forwarded: any other coding list could be framed differently
+    // by the origin.
+    if te > 1
+        || h.get(header::TRANSFER_ENCODING).is_some_and(|v| {
+            !v.to_str()
+                .is_ok_and(|s| s.trim().eq_ignore_ascii_case("chunked"))
+        })
+    {
+        return Some("unsupported Transfer-Encoding");
+    }
     if let Some(v) = cl.first()
         && v.to_str()
             .ok()

@@ -100,6 +100,7 @@ pub mod ca;
 pub mod config;
 pub mod dlp;
 mod error;
+pub mod guard;
 pub mod http;
 pub mod policy;
 pub mod server;

@@ -21,6 +21,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::audit::AuditSink;
 use crate::ca::CertAuthority;
 use crate::config::ProxyConfig;
+use crate::guard::H1Guard;
 use crate::http::ConnCtx;
 use crate::policy::Policies;
 use crate::upstream::{self, Key, Pool, UpstreamFailure, UpstreamTls};
@@ -466,7 +467,6 @@ async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
         upstream_error,
         first: Mutex::new(first),
     });
-    let io = TokioIo::new(tls);
     let svc = service_fn(move |req| ctx.clone().handle(req));
     let cfg = &shared.cfg;
     let res = if client_h2 {
@@ -475,15 +475,37 @@ async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
             .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
             .max_concurrent_streams(256)
             .keep_alive_interval(Some(Duration::from_secs(60)))
-            .serve_connection(io, svc)
+            .serve_connection(TokioIo::new(tls), svc)
             .await
     } else {
-        hyper::server::conn::http1::Builder::new()
+        let guard = H1Guard::new(tls, cfg.max_header_bytes.max(8192));
+        let r = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(cfg.header_read_timeout_secs))
             .max_buf_size(cfg.max_header_bytes.max(8192))
-            .serve_connection(io, svc)
-            .await
+            .serve_connection(TokioIo::new(guard), svc)
+            .without_shutdown()
+            .await;
+        match r {
+            Ok(parts) => {
+                let mut guard = parts.io.into_inner();
+                if let Some(why) = guard.rejected() {
+                    shared
+                        .stats
+                        .rejected_requests
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::info!("{peer}: request rejected: {why}");
+                    let msg = format!(
+                        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{why}\n",
+                        why.len() + 1
+                    );
+                    let _ = guard.get_mut().write_all(msg.as_bytes()).await;
+                }
+                let _ = guard.get_mut().shutdown().await;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     };
     if let Err(e) = res {
         tracing::debug!("{peer}: connection ended: {e}");

@@ -1,0 +1,527 @@
+//! End-to-end tests with a real client (curl, HTTP/1.1 and HTTP/2) on loopback: curl ->
+//! proxy -> a hyper/rustls origin whose certificate comes from a throw-away test CA.
+//! The proxy runs with `Destination::Fixed` (no NAT on loopback); the transparent path
+//! (nft redirect + SO_ORIGINAL_DST) is exercised by `steering_netns` below and by the bench.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tollgate_proxy::{AppInfo, Destination, PolicySet, ProxyConfig, SessionProxy, StartOptions};
+
+const POLICIES: &str = r#"
+[[session_policies]]
+name = "no executables from cloud storage"
+apps = ["files"]
+action = "block"
+download = { file_extensions = ["exe", "msi"] }
+
+[[session_policies]]
+name = "no card numbers out"
+apps = ["files"]
+action = "block"
+upload = { content = ["credit_card"], min_matches = 1 }
+
+[[session_policies]]
+name = "no public links"
+apps = ["files"]
+action = "block"
+activities = [{ method = "POST", path = "/2/sharing/*" }]
+"#;
+
+struct TestCa {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl TestCa {
+    fn new(cn: &str) -> TestCa {
+        let mut p = CertificateParams::default();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate().unwrap();
+        TestCa {
+            issuer: CertifiedIssuer::self_signed(p, key).unwrap(),
+        }
+    }
+
+    fn leaf(&self, name: &str) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let key = KeyPair::generate().unwrap();
+        let p = CertificateParams::new(vec![name.to_string()]).unwrap();
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        (
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+    }
+}
+
+fn big_body() -> Vec<u8> {
+    (0..1_048_576u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect()
+}
+
+async fn origin_service(
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let version = format!("{:?}", req.version());
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let resp = match path.as_str() {
+        "/file.exe" => Response::new(Full::new(Bytes::from_static(b"MZ\x90\x00 fake executable"))),
+        "/report" => Response::builder()
+            .header("content-disposition", "attachment; filename=\"setup.MSI\"")
+            .body(Full::new(Bytes::from_static(b"installer")))
+            .unwrap(),
+        "/big.bin" => Response::new(Full::new(Bytes::from(big_body()))),
+        _ => Response::new(Full::new(Bytes::from(format!(
+            "origin saw {method} {path} over {version} with {} body bytes\n",
+            body.len()
+        )))),
+    };
+    Ok(resp)
+}
+
+/// A TLS origin on 127.0.0.1 serving `origin_service`.
+async fn start_origin(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> SocketAddr {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                let io = TokioIo::new(tls);
+                let svc = hyper::service::service_fn(origin_service);
+                if h2 {
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(io, svc)
+                        .await;
+                } else {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, svc)
+                        .await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+struct Env {
+    dir: PathBuf,
+    origin_ca: PathBuf,
+    proxy_ca: PathBuf,
+    audit: PathBuf,
+    _tx: watch::Sender<HashSet<String>>,
+}
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tgp-e2e-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A proxy in front of `origin`, with the test policies; app "files" = *.files.test is under
+/// session control, "plain" = plain.test is not.
+async fn start_proxy(tag: &str, origin: SocketAddr, origin_ca_pem: &str) -> (Env, SocketAddr) {
+    let dir = tmpdir(tag);
+    let origin_ca = dir.join("origin-ca.pem");
+    std::fs::write(&origin_ca, origin_ca_pem).unwrap();
+    let audit = dir.join("audit.jsonl");
+    let cfg = ProxyConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ca_dir: dir.join("ca"),
+        upstream_ca_files: vec![origin_ca.clone()],
+        upstream_no_system_roots: true,
+        audit_log: Some(audit.clone()),
+        max_inspect_bytes: tollgate_proxy::config::ByteSize(4 * 1024 * 1024),
+        ..ProxyConfig::default()
+    };
+    let policies: PolicySet = toml::from_str(POLICIES).unwrap();
+    let lookup: tollgate_proxy::AppLookup = Arc::new(|name: &str| {
+        if name == "files.test" || name.ends_with(".files.test") {
+            Some(AppInfo {
+                id: "files".into(),
+                category: Some("cloud_storage".into()),
+            })
+        } else if name == "plain.test" {
+            Some(AppInfo {
+                id: "plain".into(),
+                category: None,
+            })
+        } else {
+            None
+        }
+    });
+    let (tx, rx) = watch::channel(HashSet::from(["files".to_string()]));
+    let opts = StartOptions {
+        destination: Destination::Fixed(origin),
+        ca: None,
+    };
+    let h = SessionProxy::start_with(cfg, &policies, lookup, rx, opts)
+        .await
+        .unwrap();
+    let proxy_ca = dir.join("proxy-ca.pem");
+    std::fs::write(&proxy_ca, h.ca_pem()).unwrap();
+    let addr = h.local_addr();
+    std::mem::forget(h); // runs until the test process ends
+    (
+        Env {
+            dir,
+            origin_ca,
+            proxy_ca,
+            audit,
+            _tx: tx,
+        },
+        addr,
+    )
+}
+
+fn have_curl() -> bool {
+    Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Run curl (blocking, in a thread) and return (status code, body bytes, stderr).
+async fn curl(
+    proxy: SocketAddr,
+    host: &str,
+    path: &str,
+    cacert: &Path,
+    extra: &[&str],
+) -> (u16, Vec<u8>, String) {
+    let url = format!("https://{host}:{}{path}", proxy.port());
+    let resolve = format!("{host}:{}:127.0.0.1", proxy.port());
+    let mut args: Vec<String> = vec![
+        "-sS".into(),
+        "--max-time".into(),
+        "20".into(),
+        "--cacert".into(),
+        cacert.display().to_string(),
+        "--resolve".into(),
+        resolve,
+        "-o".into(),
+        "-".into(),
+        "-w".into(),
+        "\n%{http_code}".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.push(url);
+    let out =
+        tokio::task::spawn_blocking(move || Command::new("curl").args(&args).output().unwrap())
+            .await
+            .unwrap();
+    let mut stdout = out.stdout;
+    let pos = stdout.iter().rposition(|b| *b == b'\n').unwrap_or(0);
+    let code = String::from_utf8_lossy(stdout.get(pos + 1..).unwrap_or(&[]))
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    stdout.truncate(pos);
+    (
+        code,
+        stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_through_the_proxy() {
+    if !have_curl() {
+        eprintln!("skip: curl not installed");
+        return;
+    }
+    let ca = TestCa::new("tollgate test origin CA");
+    let (certs, key) = ca.leaf("files.test");
+    let origin = start_origin(certs, key).await;
+    let (env, proxy) = start_proxy("main", origin, &ca.issuer.pem()).await;
+
+    for proto in ["--http1.1", "--http2"] {
+        // An allowed download passes byte-identical, and is really intercepted (our CA).
+        let (code, body, err) =
+            curl(proxy, "files.test", "/big.bin", &env.proxy_ca, &[proto]).await;
+        assert_eq!(code, 200, "{proto}: {err}");
+        assert!(
+            body == big_body(),
+            "{proto}: body differs ({} bytes)",
+            body.len()
+        );
+
+        // A blocked download type: HTML block page for browsers, JSON for API clients.
+        let (code, body, _) = curl(
+            proxy,
+            "files.test",
+            "/file.exe",
+            &env.proxy_ca,
+            &[proto, "-H", "Accept: text/html"],
+        )
+        .await;
+        let page = String::from_utf8_lossy(&body);
+        assert_eq!(code, 403, "{proto}: {page}");
+        assert!(
+            page.contains("<html>") && page.contains("no executables from cloud storage"),
+            "{page}"
+        );
+        let (code, body, _) = curl(proxy, "files.test", "/report", &env.proxy_ca, &[proto]).await;
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(code, 403);
+        assert_eq!(json["error"], "blocked_by_tollgate");
+        assert!(
+            json["reason"].as_str().unwrap().contains("setup.MSI"),
+            "{json}"
+        );
+
+        // Upload with a valid card number is blocked; a Luhn failure passes.
+        let (code, body, _) = curl(
+            proxy,
+            "files.test",
+            "/upload",
+            &env.proxy_ca,
+            &[proto, "--data", "card=4111 1111 1111 1111"],
+        )
+        .await;
+        assert_eq!(code, 403, "{}", String::from_utf8_lossy(&body));
+        let (code, body, _) = curl(
+            proxy,
+            "files.test",
+            "/upload",
+            &env.proxy_ca,
+            &[proto, "--data", "card=4111 1111 1111 1112"],
+        )
+        .await;
+        assert_eq!(code, 200);
+        assert!(
+            String::from_utf8_lossy(&body).contains("POST /upload"),
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+        // Multipart file upload with a card number inside the file.
+        let file = env.dir.join("cards.csv");
+        std::fs::write(&file, "name,card\nalice,5500-0055-5555-5559\n").unwrap();
+        let form = format!("f=@{}", file.display());
+        let (code, _, _) = curl(
+            proxy,
+            "files.test",
+            "/upload",
+            &env.proxy_ca,
+            &[proto, "-F", &form],
+        )
+        .await;
+        assert_eq!(code, 403);
+
+        // Activity pattern.
+        let (code, _, _) = curl(
+            proxy,
+            "files.test",
+            "/2/sharing/create_link",
+            &env.proxy_ca,
+            &[proto, "-X", "POST"],
+        )
+        .await;
+        assert_eq!(code, 403);
+        let (code, _, _) = curl(
+            proxy,
+            "files.test",
+            "/2/files/list",
+            &env.proxy_ca,
+            &[proto, "-X", "POST"],
+        )
+        .await;
+        assert_eq!(code, 200);
+    }
+
+    // HTTP/2 end to end: the origin saw HTTP/2 when the client spoke it.
+    let (_, body, _) = curl(proxy, "files.test", "/v", &env.proxy_ca, &["--http2"]).await;
+    assert!(
+        String::from_utf8_lossy(&body).contains("HTTP/2.0"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+
+    // A domain not under session control is spliced: the client sees the origin's real
+    // certificate (verifies with the origin CA alone, fails with ours alone).
+    let (certs, key) = ca.leaf("plain.test");
+    let plain_origin = start_origin(certs, key).await;
+    let (env2, proxy2) = start_proxy("plain", plain_origin, &ca.issuer.pem()).await;
+    let (code, _, err) = curl(proxy2, "plain.test", "/x", &env2.origin_ca, &[]).await;
+    assert_eq!(code, 200, "{err}");
+    let (code, _, _) = curl(proxy2, "plain.test", "/x", &env2.proxy_ca, &[]).await;
+    assert_eq!(
+        code, 0,
+        "our CA must not be able to verify a spliced connection"
+    );
+
+    // The audit log has the decisions with masked evidence only.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let log = std::fs::read_to_string(&env.audit).unwrap();
+    assert!(log.contains("4111********1111"), "{log}");
+    assert!(!log.contains("4111 1111 1111 1111") && !log.contains("4111111111111111"));
+    let first: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    for k in ["time", "app", "src_ip", "policy", "action", "evidence"] {
+        assert!(first.get(k).is_some(), "{k} missing in {first}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_origin_certificates_are_explained() {
+    if !have_curl() {
+        eprintln!("skip: curl not installed");
+        return;
+    }
+    let ca = TestCa::new("tollgate test origin CA");
+    // Wrong name.
+    let (certs, key) = ca.leaf("someone-else.test");
+    let origin = start_origin(certs, key).await;
+    let (env, proxy) = start_proxy("wrongname", origin, &ca.issuer.pem()).await;
+    let (code, body, _) = curl(
+        proxy,
+        "files.test",
+        "/",
+        &env.proxy_ca,
+        &["-H", "Accept: text/html"],
+    )
+    .await;
+    let page = String::from_utf8_lossy(&body);
+    assert_eq!(code, 502, "{page}");
+    assert!(page.contains("different name"), "{page}");
+
+    // Untrusted CA.
+    let rogue = TestCa::new("rogue CA");
+    let (certs, key) = rogue.leaf("files.test");
+    let origin = start_origin(certs, key).await;
+    let (env, proxy) = start_proxy("untrusted", origin, &ca.issuer.pem()).await;
+    let (code, body, _) = curl(proxy, "files.test", "/", &env.proxy_ca, &["--http2"]).await;
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(code, 502);
+    assert!(
+        json["reason"].as_str().unwrap().contains("untrusted"),
+        "{json}"
+    );
+}
+
+/// Raw HTTP/1.1 over TLS, for requests curl refuses to send.
+async fn raw_request(proxy: SocketAddr, proxy_ca: &Path, request: &[u8]) -> String {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(proxy_ca).unwrap())
+        .unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("files.test").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ =
+        tokio::time::timeout(std::time::Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggling_and_bad_input_rejected() {
+    let ca = TestCa::new("tollgate test origin CA");
+    let (certs, key) = ca.leaf("files.test");
+    let origin = start_origin(certs, key).await;
+    let (env, proxy) = start_proxy("smuggle", origin, &ca.issuer.pem()).await;
+
+    let cl_te = b"POST /a HTTP/1.1\r\nHost: files.test\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: files.test\r\n\r\n";
+    let r = raw_request(proxy, &env.proxy_ca, cl_te).await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    assert!(!r.contains("origin saw"), "nothing forwarded: {r}");
+
+    let double_cl = b"POST /a HTTP/1.1\r\nHost: files.test\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc";
+    let r = raw_request(proxy, &env.proxy_ca, double_cl).await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+
+    let conflicting_cl = b"POST /a HTTP/1.1\r\nHost: files.test\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd";
+    let r = raw_request(proxy, &env.proxy_ca, conflicting_cl).await;
+    assert!(r.starts_with("HTTP/1.1 400") || r.is_empty(), "{r}");
+    assert!(!r.contains("origin saw"));
+
+    let te_identity =
+        b"POST /a HTTP/1.1\r\nHost: files.test\r\nTransfer-Encoding: identity\r\n\r\nabc";
+    let r = raw_request(proxy, &env.proxy_ca, te_identity).await;
+    assert!(!r.contains("origin saw"), "{r}");
+
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: files.test\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(200_000)
+    );
+    let r = raw_request(proxy, &env.proxy_ca, huge.as_bytes()).await;
+    assert!(
+        r.starts_with("HTTP/1.1 431") || r.is_empty(),
+        "{}",
+        &r[..r.len().min(200)]
+    );
+
+    // A well-formed request on the same kind of connection works.
+    let ok = b"GET /fine HTTP/1.1\r\nHost: files.test\r\nConnection: close\r\n\r\n";
+    let r = raw_request(proxy, &env.proxy_ca, ok).await;
+    assert!(
+        r.starts_with("HTTP/1.1 200") && r.contains("origin saw GET /fine"),
+        "{r}"
+    );
+
+    // Garbage instead of a ClientHello, and an abrupt disconnect mid-hello: no panic, and the
+    // proxy keeps serving.
+    let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    s.write_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+        .await
+        .unwrap();
+    drop(s);
+    let r = raw_request(proxy, &env.proxy_ca, ok).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+}
