@@ -5,7 +5,10 @@
 
 pub mod aggregate;
 pub mod discover;
+pub mod flow_table;
 pub mod logs;
+pub mod packet;
+pub mod pcap;
 pub mod record;
 pub mod report;
 pub mod users;

@@ -246,6 +246,17 @@ fn initial_keys(kind: VersionKind, dcid: &[u8]) -> Result<InitialKeys> {
 /// packet, corruption, an unknown version); a non-QUIC payload is also an error
 /// (`BadValue`), so callers sniff with [`sniff_version`] first.
 pub fn parse_client_datagram(dgram: &[u8]) -> Result<QuicDatagram> {
+    parse_client_datagram_with(dgram, None)
+}
+
+/// Like [`parse_client_datagram`], for a later datagram of a connection: after the server's
+/// first Initial the client sends to the server's chosen connection id, but its Initial keys
+/// stay derived from the destination id of its very first Initial (`original_dcid`; RFC
+/// 9001 section 5.2; only a Retry changes them). Both are tried.
+pub fn parse_client_datagram_with(
+    dgram: &[u8],
+    original_dcid: Option<&[u8]>,
+) -> Result<QuicDatagram> {
     let version = sniff_version(dgram).ok_or(Error::BadValue {
         what: "quic: not a long header",
         value: u64::from(dgram.first().copied().unwrap_or(0)),
@@ -276,7 +287,7 @@ pub fn parse_client_datagram(dgram: &[u8]) -> Result<QuicDatagram> {
         if rest.first().is_none_or(|b| b & 0x80 == 0) {
             break;
         }
-        match decrypt_one(rest, kind, &mut out) {
+        match decrypt_one(rest, kind, original_dcid, &mut out) {
             Ok(consumed) => rest = rest.get(consumed..).unwrap_or(&[]),
             Err((e, consumed)) => {
                 last_err = Some(e);
@@ -287,12 +298,12 @@ pub fn parse_client_datagram(dgram: &[u8]) -> Result<QuicDatagram> {
             }
         }
     }
-    if out.initials == 0 {
-        return Err(last_err.unwrap_or(Error::Truncated {
-            what: "quic: no initial packet",
-        }));
+    // No Initial at all (a Handshake or 0-RTT datagram) is not an error; an Initial that
+    // did not decrypt is.
+    match (out.initials, last_err) {
+        (0, Some(e)) => Err(e),
+        _ => Ok(out),
     }
-    Ok(out)
 }
 
 /// Decrypt one long-header packet at the start of `pkt`. Ok(consumed); on error, the
@@ -300,6 +311,7 @@ pub fn parse_client_datagram(dgram: &[u8]) -> Result<QuicDatagram> {
 fn decrypt_one(
     pkt: &[u8],
     kind: VersionKind,
+    original_dcid: Option<&[u8]>,
     out: &mut QuicDatagram,
 ) -> std::result::Result<usize, (Error, Option<usize>)> {
     let mut r = Reader::new(pkt, "quic: long header");
@@ -362,16 +374,40 @@ fn decrypt_one(
         // A server's Initial toward a client with a zero-length connection id.
         return Err((Error::Decrypt, Some(end)));
     }
-    let keys = initial_keys(kind, dcid).map_err(|e| (e, Some(end)))?;
+    let mut plain = None;
+    let mut last = Error::Decrypt;
+    let candidates = [Some(dcid), original_dcid.filter(|o| *o != dcid)];
+    for cid in candidates.into_iter().flatten() {
+        match open_initial(pkt, first, pn_offset, end, kind, cid) {
+            Ok(p) => {
+                plain = Some(p);
+                break;
+            }
+            Err(e) => last = e,
+        }
+    }
+    let plain = plain.ok_or((last, Some(end)))?;
+    out.initials += 1;
+    parse_frames(&plain, kind, out).map_err(|e| (e, Some(end)))?;
+    Ok(end)
+}
+
+/// Remove header protection and decrypt one Initial packet with keys from `cid`.
+fn open_initial(
+    pkt: &[u8],
+    first: u8,
+    pn_offset: usize,
+    end: usize,
+    kind: VersionKind,
+    cid: &[u8],
+) -> Result<Vec<u8>> {
+    let keys = initial_keys(kind, cid)?;
     let sample = pkt
         .get(pn_offset + 4..pn_offset + 20)
         .filter(|_| pn_offset + 20 <= end)
-        .ok_or((
-            Error::Truncated {
-                what: "quic: header protection sample",
-            },
-            Some(end),
-        ))?;
+        .ok_or(Error::Truncated {
+            what: "quic: header protection sample",
+        })?;
     let mut block = GenericArray::clone_from_slice(sample);
     keys.hp.encrypt_block(&mut block);
     let mask = block;
@@ -380,12 +416,9 @@ fn decrypt_one(
     let hdr_len = pn_offset + pn_len;
     let mut header = pkt
         .get(..hdr_len)
-        .ok_or((
-            Error::Truncated {
-                what: "quic: header",
-            },
-            Some(end),
-        ))?
+        .ok_or(Error::Truncated {
+            what: "quic: header",
+        })?
         .to_vec();
     header[0] = first_clear;
     let mut pn: u64 = 0;
@@ -398,14 +431,10 @@ fn decrypt_one(
     for (i, b) in pn.to_be_bytes().iter().enumerate() {
         nonce[4 + i] ^= b;
     }
-    let ciphertext = pkt.get(hdr_len..end).ok_or((
-        Error::Truncated {
-            what: "quic: payload",
-        },
-        Some(end),
-    ))?;
-    let plain = keys
-        .key
+    let ciphertext = pkt.get(hdr_len..end).ok_or(Error::Truncated {
+        what: "quic: payload",
+    })?;
+    keys.key
         .decrypt(
             GenericArray::from_slice(&nonce),
             Payload {
@@ -413,10 +442,7 @@ fn decrypt_one(
                 aad: &header,
             },
         )
-        .map_err(|_| (Error::Decrypt, Some(end)))?;
-    out.initials += 1;
-    parse_frames(&plain, kind, out).map_err(|e| (e, Some(end)))?;
-    Ok(end)
+        .map_err(|_| Error::Decrypt)
 }
 
 fn parse_frames(plain: &[u8], kind: VersionKind, out: &mut QuicDatagram) -> Result<()> {

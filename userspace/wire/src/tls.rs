@@ -77,6 +77,10 @@ pub struct ClientHello {
     pub esni: bool,
     /// Length of the handshake message (without the 4-byte header).
     pub hello_len: usize,
+    /// Extensions whose content did not parse (skipped; the others are kept).
+    pub malformed_extensions: u16,
+    /// The extension list ended before its announced length (or mid-extension).
+    pub extensions_truncated: bool,
 }
 
 /// Outcome of feeding the bytes of a stream seen so far.
@@ -248,14 +252,31 @@ pub fn parse_client_hello_body(body: &[u8]) -> Result<ClientHello> {
     if r.is_empty() {
         return Ok(ch); // SSL 3.0-style hello without extensions
     }
-    let exts = r.vec16()?;
+    // Extensions are parsed leniently, as middleboxes must: one whose content does not
+    // parse is counted and skipped, and a list cut short keeps the extensions before the
+    // cut. The framing before them (version, random, suites) must be sound.
+    let ext_len = usize::from(r.u16()?);
+    let exts = match r.take(ext_len) {
+        Ok(e) => e,
+        Err(_) => {
+            ch.extensions_truncated = true;
+            r.rest()
+        }
+    };
     let mut er = Reader::new(exts, "tls: extensions");
     ch.extensions.reserve(exts.len() / 8);
     while !er.is_empty() {
-        let ty = er.u16()?;
-        let data = er.vec16()?;
+        let (Ok(ty), Ok(data)) = (er.u16(), er.vec16()) else {
+            ch.extensions_truncated = true;
+            break;
+        };
         ch.extensions.push(ty);
-        parse_extension(&mut ch, ty, data)?;
+        if let Err(e) = parse_extension(&mut ch, ty, data) {
+            if matches!(e, Error::Limit { .. }) {
+                return Err(e);
+            }
+            ch.malformed_extensions = ch.malformed_extensions.saturating_add(1);
+        }
     }
     Ok(ch)
 }
@@ -583,13 +604,39 @@ mod tests {
     }
 
     #[test]
-    fn bad_lengths_are_errors_not_panics() {
+    fn bad_lengths_are_flagged_or_errors_not_panics() {
         let mut hs = sample_hello("x.example");
-        // Corrupt the extensions length to point past the end.
-        let n = hs.len();
+        // Corrupt the extensions length to point past the end: the extensions that are
+        // whole are kept and the hello is flagged.
         hs[4 + 2 + 32 + 1 + 32 + 2 + 6 + 2] = 0xff;
+        let HelloStatus::Parsed(ch) = parse_record_stream(&in_records(&hs, 16384)).unwrap() else {
+            panic!()
+        };
+        assert!(ch.extensions_truncated);
+        assert_eq!(ch.sni.as_deref(), Some("x.example"));
+        // Corrupt the cipher suites length: an error.
+        let mut hs = sample_hello("x.example");
+        hs[4 + 2 + 32 + 1 + 32] = 0xff;
         assert!(parse_record_stream(&in_records(&hs, 16384)).is_err());
-        assert_eq!(hs.len(), n);
+    }
+
+    /// The ClientHello of nDPI's tls_invalid_reads.pcap (GTP-tunnelled): its ALPN extension
+    /// claims an 0xb889-byte list inside 11 bytes. The SNI before it must still be found.
+    #[test]
+    fn garbage_alpn_is_skipped() {
+        let mut hs = sample_hello("e.crashlytics.com");
+        let alpn_at = hs
+            .windows(4)
+            .position(|w| w == [0x00, 0x10, 0x00, 0x0e])
+            .unwrap();
+        hs[alpn_at + 4] = 0xb8;
+        hs[alpn_at + 5] = 0x89;
+        let HelloStatus::Parsed(ch) = parse_record_stream(&in_records(&hs, 16384)).unwrap() else {
+            panic!()
+        };
+        assert_eq!(ch.sni.as_deref(), Some("e.crashlytics.com"));
+        assert_eq!(ch.malformed_extensions, 1);
+        assert!(ch.alpn.is_empty());
     }
 
     #[test]

@@ -1,0 +1,1333 @@
+//! The flow table: joins packet counters with names found in the first flight of each flow.
+//! Stateful but still free of I/O; the same code serves pcap import
+//! ([`FlowTable::observe_packet`]) and the live daemon ([`FlowTable::observe_payload`] for the
+//! kernel's first-flight payload copies, [`FlowTable::update_counters`] for its counters).
+//!
+//! # Who is the client
+//!
+//! A flow is stored under an unordered pair of endpoints; which side is the user (client)
+//! is decided by the strongest evidence seen so far, and may change as better evidence
+//! arrives: the live daemon's direction (strongest), a TCP SYN / SYN-ACK, the first
+//! ClientHello / HTTP request / QUIC client Initial / DNS query, and finally port
+//! heuristics for captures that start mid-flow. Counters and per-side parse state are kept
+//! per side, so a late change of mind loses nothing.
+//!
+//! # Names
+//!
+//! SNI from a TLS ClientHello (reassembled across segments and records), SNI from a QUIC
+//! Initial (decrypted, CRYPTO frames reassembled across packets) or a gQUIC CHLO, the HTTP/1
+//! Host header, the DNS query name for DNS flows, and for flows with none of those the name a
+//! DNS answer gave for the server address (an IP-to-name cache with TTLs). The first name
+//! found from the flow's own payload wins; the DNS cache is only a fallback.
+//!
+//! # Bounds
+//!
+//! Every structure has a fixed cap ([`FlowTableLimits`]): flows, buffered stream bytes per
+//! side, packets inspected per side, DNS cache entries, finished records kept. Hitting a cap
+//! counts a drop in [`FlowTableStats`]; it never fails a packet.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use tollgate_wire::reasm::{CryptoReassembler, TcpReassembler};
+use tollgate_wire::{dns, http, quic, tls};
+
+use crate::packet::{PacketView, tcp_flags};
+use crate::record::{FlowRecord, L4Proto, NameSource};
+
+/// Fixed capacities and timeouts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowTableLimits {
+    /// Flows tracked at once; a new flow past this evicts idle ones or is dropped.
+    pub max_flows: usize,
+    /// Stream bytes buffered per side for reassembly (a ClientHello, an HTTP head).
+    pub max_stream_bytes: usize,
+    /// Payload-carrying packets inspected per side before giving up on a name.
+    pub max_inspect_packets: u32,
+    /// IP-to-name entries learned from DNS answers.
+    pub max_dns_cache: usize,
+    /// Shortest lifetime given to a DNS cache entry, whatever the TTL said.
+    pub dns_min_ttl: Duration,
+    /// A flow idle this long is finished (moved out of the active table).
+    pub idle_timeout: Duration,
+    /// Finished flows kept for [`FlowTable::records`] / [`FlowTable::drain_finished`].
+    pub max_finished: usize,
+}
+
+impl Default for FlowTableLimits {
+    fn default() -> Self {
+        FlowTableLimits {
+            max_flows: 262_144,
+            max_stream_bytes: 16 * 1024,
+            max_inspect_packets: 24,
+            max_dns_cache: 65_536,
+            dns_min_ttl: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(600),
+            max_finished: 262_144,
+        }
+    }
+}
+
+/// Which way a live payload copy travelled. Up is from the user (LAN side).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Up,
+    Down,
+}
+
+/// A first-flight payload copy from the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayloadObservation<'a> {
+    pub proto: L4Proto,
+    pub src: IpAddr,
+    pub sport: u16,
+    pub dst: IpAddr,
+    pub dport: u16,
+    pub direction: Direction,
+    pub ts: DateTime<Utc>,
+    pub tcp_seq: u32,
+    pub tcp_flags: u8,
+    pub payload: &'a [u8],
+}
+
+/// A flow key with the user side first (`src` is the client).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub proto: L4Proto,
+    pub src: IpAddr,
+    pub sport: u16,
+    pub dst: IpAddr,
+    pub dport: u16,
+}
+
+/// Absolute counters for a flow, as the kernel keeps them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    pub packets_up: u64,
+    pub packets_down: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    /// TCP flags seen, OR-ed ([`crate::packet::tcp_flags`]).
+    pub tcp_flags: u8,
+}
+
+/// What the first flight told beyond the name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlowMeta {
+    pub ja4: Option<String>,
+    pub alpn: Vec<String>,
+    /// The ClientHello carried an encrypted_client_hello extension.
+    pub ech: bool,
+    /// QUIC version label ("V-1", "Draft-29", "Q046"...), for QUIC flows.
+    pub quic_version: Option<String>,
+    /// Every distinct question name seen on a DNS flow (queries and responses), up to
+    /// [`MAX_DNS_QUERIES_KEPT`]; the flow's name is the first.
+    pub dns_queries: Vec<String>,
+    pub http_method: Option<String>,
+    pub http_path: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// Counters about the table itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlowTableStats {
+    /// Active flows.
+    pub flows: usize,
+    /// Active flows with a name (own payload or DNS cache).
+    pub named_flows: usize,
+    /// Finished flows kept.
+    pub finished_flows: usize,
+    /// Names found, by source ("sni", "quic", "dns", "http"), counted once per flow.
+    pub names_by_source: BTreeMap<&'static str, u64>,
+    /// Parse errors by "protocol:kind" (e.g. "tls:bad_length", "dns:dns_pointer_loop").
+    pub parse_errors: BTreeMap<String, u64>,
+    /// QUIC long-header packets that did not decrypt as a client Initial (mostly server
+    /// Initials, which use keys we do not derive): expected, so not a parse error.
+    pub quic_undecryptable: u64,
+    /// New flows refused because the table was full of live flows.
+    pub flows_dropped: u64,
+    /// Flows moved out for being idle.
+    pub flows_expired: u64,
+    /// Finished records discarded because the finished list was full.
+    pub finished_dropped: u64,
+    pub dns_cache_entries: usize,
+    /// DNS cache entries evicted for room (not for expiry).
+    pub dns_cache_evicted: u64,
+    /// Stream bytes not buffered because a reassembly cap was hit.
+    pub reassembly_dropped_bytes: u64,
+}
+
+/// Strength of the evidence for which side is the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Evidence {
+    FirstPacket = 0,
+    Port = 1,
+    Payload = 2,
+    Syn = 3,
+    Given = 4,
+}
+
+type Endpoint = (IpAddr, u16);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct CanonKey {
+    proto: L4Proto,
+    a: Endpoint,
+    b: Endpoint,
+}
+
+impl CanonKey {
+    /// The canonical key and the index (0 = a, 1 = b) of `sender`.
+    fn of(proto: L4Proto, sender: Endpoint, receiver: Endpoint) -> (Self, usize) {
+        if sender <= receiver {
+            (
+                CanonKey {
+                    proto,
+                    a: sender,
+                    b: receiver,
+                },
+                0,
+            )
+        } else {
+            (
+                CanonKey {
+                    proto,
+                    a: receiver,
+                    b: sender,
+                },
+                1,
+            )
+        }
+    }
+}
+
+/// What a TCP side's stream turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamKind {
+    Unknown,
+    Dns,
+    Done,
+}
+
+#[derive(Debug)]
+struct Side {
+    stream: Option<TcpReassembler>,
+    kind: StreamKind,
+    /// For DNS over TCP: bytes of the stream already parsed.
+    dns_parsed: usize,
+    inspected: u32,
+    isn: Option<u32>,
+}
+
+impl Side {
+    fn new() -> Self {
+        Side {
+            stream: None,
+            kind: StreamKind::Unknown,
+            dns_parsed: 0,
+            inspected: 0,
+            isn: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inspect {
+    sides: [Side; 2],
+    crypto: Option<CryptoReassembler>,
+    /// Destination connection id of the client's first Initial: its Initial keys.
+    quic_dcid: Option<Vec<u8>>,
+}
+
+#[derive(Debug)]
+struct Flow {
+    key: CanonKey,
+    /// Index of the client side (0 = key.a, 1 = key.b).
+    client: usize,
+    evidence: Evidence,
+    packets: [u64; 2],
+    bytes: [u64; 2],
+    first_seen: DateTime<Utc>,
+    last_seen: DateTime<Utc>,
+    tcp_flags: u8,
+    macs: [Option<[u8; 6]>; 2],
+    name: Option<(String, NameSource)>,
+    meta: Option<Box<FlowMeta>>,
+    inspect: Option<Box<Inspect>>,
+}
+
+#[derive(Debug, Clone)]
+struct DnsEntry {
+    name: Arc<str>,
+    learned: DateTime<Utc>,
+    expires: DateTime<Utc>,
+}
+
+/// The flow table. See the module documentation.
+#[derive(Debug)]
+pub struct FlowTable {
+    limits: FlowTableLimits,
+    flows: HashMap<CanonKey, Flow>,
+    finished: Vec<FlowRecord>,
+    dns_cache: HashMap<IpAddr, DnsEntry>,
+    dns_order: VecDeque<IpAddr>,
+    stats: FlowTableStats,
+    now: DateTime<Utc>,
+    ops_since_sweep: u32,
+}
+
+const SWEEP_EVERY: u32 = 8192;
+
+/// Question names kept per DNS flow in [`FlowMeta::dns_queries`].
+pub const MAX_DNS_QUERIES_KEPT: usize = 8;
+
+impl FlowTable {
+    pub fn new(limits: FlowTableLimits) -> Self {
+        FlowTable {
+            limits,
+            flows: HashMap::new(),
+            finished: Vec::new(),
+            dns_cache: HashMap::new(),
+            dns_order: VecDeque::new(),
+            stats: FlowTableStats::default(),
+            now: DateTime::UNIX_EPOCH,
+            ops_since_sweep: 0,
+        }
+    }
+
+    pub fn limits(&self) -> &FlowTableLimits {
+        &self.limits
+    }
+
+    /// A decoded packet from a capture: counts it and inspects its payload.
+    pub fn observe_packet(&mut self, pkt: &PacketView<'_>) {
+        let sender = (pkt.src, pkt.sport);
+        let receiver = (pkt.dst, pkt.dport);
+        let Some((ck, side)) = self.flow_for(
+            pkt.proto,
+            sender,
+            receiver,
+            pkt.ts,
+            None,
+            pkt.tcp_flags,
+            pkt.payload,
+        ) else {
+            return;
+        };
+        if let Some(f) = self.flows.get_mut(&ck) {
+            f.packets[side] += 1;
+            f.bytes[side] += u64::from(pkt.ip_len);
+            if f.macs[side].is_none() {
+                f.macs[side] = pkt.src_mac;
+            }
+        }
+        self.inspect(ck, side, pkt.ts, pkt.tcp_seq, pkt.tcp_flags, pkt.payload);
+    }
+
+    /// A first-flight payload copy from the kernel (counters arrive separately).
+    pub fn observe_payload(&mut self, ev: &PayloadObservation<'_>) {
+        let sender = (ev.src, ev.sport);
+        let receiver = (ev.dst, ev.dport);
+        let sender_is_client = ev.direction == Direction::Up;
+        let Some((ck, side)) = self.flow_for(
+            ev.proto,
+            sender,
+            receiver,
+            ev.ts,
+            Some(sender_is_client),
+            ev.tcp_flags,
+            ev.payload,
+        ) else {
+            return;
+        };
+        self.inspect(ck, side, ev.ts, ev.tcp_seq, ev.tcp_flags, ev.payload);
+    }
+
+    /// The kernel's absolute counters for a flow (`key.src` is the user side).
+    pub fn update_counters(&mut self, key: FlowKey, c: Counters) {
+        let client = (key.src, key.sport);
+        let server = (key.dst, key.dport);
+        let Some((ck, side)) =
+            self.flow_for(key.proto, client, server, c.last_seen, Some(true), 0, &[])
+        else {
+            return;
+        };
+        if let Some(f) = self.flows.get_mut(&ck) {
+            f.packets[side] = c.packets_up;
+            f.packets[1 - side] = c.packets_down;
+            f.bytes[side] = c.bytes_up;
+            f.bytes[1 - side] = c.bytes_down;
+            f.first_seen = f.first_seen.min(c.first_seen);
+            f.last_seen = f.last_seen.max(c.last_seen);
+            f.tcp_flags |= c.tcp_flags;
+        }
+    }
+
+    /// Every flow, active then finished, as records (`src` is the client).
+    pub fn records(&self) -> impl Iterator<Item = FlowRecord> + '_ {
+        self.flows
+            .values()
+            .map(|f| self.record_of(f))
+            .chain(self.finished.iter().cloned())
+    }
+
+    /// Active flows with what their first flight told beyond the name.
+    pub fn records_with_meta(&self) -> impl Iterator<Item = (FlowRecord, FlowMeta)> + '_ {
+        self.flows.values().map(|f| {
+            (
+                self.record_of(f),
+                f.meta.as_deref().cloned().unwrap_or_default(),
+            )
+        })
+    }
+
+    /// Take the finished records (flows expired or evicted), e.g. to export them.
+    pub fn drain_finished(&mut self) -> Vec<FlowRecord> {
+        std::mem::take(&mut self.finished)
+    }
+
+    pub fn stats(&self) -> FlowTableStats {
+        let mut s = self.stats.clone();
+        s.flows = self.flows.len();
+        s.named_flows = self
+            .flows
+            .values()
+            .filter(|f| f.name.is_some() || self.cached_name(f).is_some())
+            .count();
+        s.finished_flows = self.finished.len();
+        s.dns_cache_entries = self.dns_cache.len();
+        s
+    }
+
+    /// The DNS cache's name for `ip` at time `at`, if an answer covering it was seen.
+    pub fn dns_name(&self, ip: IpAddr, at: DateTime<Utc>) -> Option<&str> {
+        let e = self.dns_cache.get(&ip)?;
+        (e.learned <= at + TimeDelta::seconds(2) && at <= e.expires).then_some(&*e.name)
+    }
+
+    /// Finish flows idle for longer than the idle timeout as of `now`, and drop expired DNS
+    /// cache entries. Called by the table itself every few thousand packets; the daemon may
+    /// call it on a timer.
+    pub fn expire(&mut self, now: DateTime<Utc>) {
+        let idle = TimeDelta::from_std(self.limits.idle_timeout).unwrap_or(TimeDelta::MAX);
+        let stale: Vec<CanonKey> = self
+            .flows
+            .iter()
+            .filter(|(_, f)| f.last_seen + idle < now)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in stale {
+            self.finish(k);
+            self.stats.flows_expired += 1;
+        }
+        self.dns_cache.retain(|_, e| e.expires >= now);
+        let cache = &self.dns_cache;
+        self.dns_order.retain(|ip| cache.contains_key(ip));
+    }
+
+    // ---- internals -------------------------------------------------------------------
+
+    fn record_of(&self, f: &Flow) -> FlowRecord {
+        let c = f.client;
+        let s = 1 - c;
+        let (client, server) = if c == 0 {
+            (f.key.a, f.key.b)
+        } else {
+            (f.key.b, f.key.a)
+        };
+        let (name, name_source) = match &f.name {
+            Some((n, src)) => (Some(n.clone()), Some(*src)),
+            None => match self.cached_name(f) {
+                Some(n) => (Some(n.to_string()), Some(NameSource::Dns)),
+                None => (None, None),
+            },
+        };
+        FlowRecord {
+            proto: f.key.proto,
+            src: client.0,
+            sport: client.1,
+            dst: server.0,
+            dport: server.1,
+            name,
+            name_source,
+            bytes_up: f.bytes[c],
+            bytes_down: f.bytes[s],
+            packets_up: f.packets[c],
+            packets_down: f.packets[s],
+            first_seen: f.first_seen,
+            last_seen: f.last_seen,
+            src_mac: f.macs[c],
+            user: None,
+        }
+    }
+
+    fn cached_name(&self, f: &Flow) -> Option<&str> {
+        let server = if f.client == 0 { f.key.b } else { f.key.a };
+        self.dns_name(server.0, f.first_seen)
+    }
+
+    fn finish(&mut self, k: CanonKey) {
+        if let Some(f) = self.flows.remove(&k) {
+            if self.finished.len() >= self.limits.max_finished {
+                self.stats.finished_dropped += 1;
+            } else {
+                let r = self.record_of(&f);
+                self.finished.push(r);
+            }
+        }
+    }
+
+    /// Find or create the flow; apply client evidence. Returns the key and the sender's side.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one internal entry shared by the three public feeds"
+    )]
+    fn flow_for(
+        &mut self,
+        proto: L4Proto,
+        sender: Endpoint,
+        receiver: Endpoint,
+        ts: DateTime<Utc>,
+        given: Option<bool>,
+        flags: u8,
+        payload: &[u8],
+    ) -> Option<(CanonKey, usize)> {
+        if ts > self.now {
+            self.now = ts;
+        }
+        self.ops_since_sweep += 1;
+        if self.ops_since_sweep >= SWEEP_EVERY {
+            self.ops_since_sweep = 0;
+            let now = self.now;
+            self.expire(now);
+        }
+        let (ck, side) = CanonKey::of(proto, sender, receiver);
+        // Evidence from this packet: (sender is client?, strength).
+        let ev = match given {
+            Some(up) => Some((up, Evidence::Given)),
+            None => packet_evidence(proto, sender, receiver, flags, payload),
+        };
+        if !self.flows.contains_key(&ck) {
+            if self.flows.len() >= self.limits.max_flows {
+                let now = self.now;
+                self.expire(now);
+                if self.flows.len() >= self.limits.max_flows {
+                    self.stats.flows_dropped += 1;
+                    return None;
+                }
+            }
+            let (sender_is_client, evidence) = ev.unwrap_or((true, Evidence::FirstPacket));
+            let client = if sender_is_client { side } else { 1 - side };
+            self.flows.insert(
+                ck,
+                Flow {
+                    key: ck,
+                    client,
+                    evidence,
+                    packets: [0; 2],
+                    bytes: [0; 2],
+                    first_seen: ts,
+                    last_seen: ts,
+                    tcp_flags: 0,
+                    macs: [None; 2],
+                    name: None,
+                    meta: None,
+                    inspect: None,
+                },
+            );
+        }
+        let f = self.flows.get_mut(&ck)?;
+        if let Some((sender_is_client, strength)) = ev {
+            set_client(f, side, sender_is_client, strength);
+        }
+        f.first_seen = f.first_seen.min(ts);
+        f.last_seen = f.last_seen.max(ts);
+        f.tcp_flags |= flags;
+        Some((ck, side))
+    }
+
+    fn inspect(
+        &mut self,
+        ck: CanonKey,
+        side: usize,
+        ts: DateTime<Utc>,
+        seq: u32,
+        flags: u8,
+        payload: &[u8],
+    ) {
+        let limits = self.limits.clone();
+        let Some(f) = self.flows.get_mut(&ck) else {
+            return;
+        };
+        if ck.proto == L4Proto::Tcp && flags & tcp_flags::SYN != 0 {
+            let insp = f.inspect.get_or_insert_with(new_inspect);
+            if let Some(s) = insp.sides.get_mut(side) {
+                s.isn = Some(seq);
+                if let Some(r) = s.stream.as_mut() {
+                    r.set_isn(seq);
+                }
+            }
+        }
+        if payload.is_empty() {
+            return;
+        }
+        let is_dns_port = ck.a.1 == 53 || ck.b.1 == 53;
+        match ck.proto {
+            L4Proto::Udp => {
+                if is_dns_port {
+                    self.udp_dns(ck, side, ts, payload);
+                } else if f.name.is_none() {
+                    self.udp_quic(ck, side, payload);
+                }
+            }
+            L4Proto::Tcp => {
+                if f.name.is_some() && !is_dns_port {
+                    return;
+                }
+                let insp = f.inspect.get_or_insert_with(new_inspect);
+                let Some(s) = insp.sides.get_mut(side) else {
+                    return;
+                };
+                if s.kind == StreamKind::Done || s.inspected >= limits.max_inspect_packets {
+                    return;
+                }
+                s.inspected += 1;
+                let r = s.stream.get_or_insert_with(|| {
+                    let mut r = TcpReassembler::new(limits.max_stream_bytes);
+                    if let Some(isn) = s.isn {
+                        r.set_isn(isn);
+                    }
+                    r
+                });
+                let before = r.dropped_bytes;
+                let grew = r.insert(seq, payload);
+                self.stats.reassembly_dropped_bytes += r.dropped_bytes - before;
+                if grew {
+                    self.tcp_stream(ck, side, ts);
+                }
+            }
+        }
+    }
+
+    /// Try to name a TCP flow from one side's contiguous stream.
+    fn tcp_stream(&mut self, ck: CanonKey, side: usize, ts: DateTime<Utc>) {
+        let Some(f) = self.flows.get_mut(&ck) else {
+            return;
+        };
+        let Some(insp) = f.inspect.as_deref_mut() else {
+            return;
+        };
+        let Some(s) = insp.sides.get_mut(side) else {
+            return;
+        };
+        let Some(r) = s.stream.as_ref() else { return };
+        let buf = r.contiguous();
+        let full = r.is_full();
+        let mut verdict_done = false;
+        let mut found: Option<(String, NameSource)> = None;
+        let mut sender_is_client: Option<bool> = None;
+        let mut meta: Option<FlowMeta> = None;
+        let mut errs: Vec<String> = Vec::new();
+        let mut dns_msgs: Vec<dns::Message> = Vec::new();
+        if s.kind == StreamKind::Dns
+            || (s.kind == StreamKind::Unknown && (ck.a.1 == 53 || ck.b.1 == 53))
+        {
+            s.kind = StreamKind::Dns;
+            loop {
+                let rest = buf.get(s.dns_parsed..).unwrap_or(&[]);
+                match dns::parse_tcp_stream(rest) {
+                    Ok(dns::TcpStatus::Parsed(m, n)) => {
+                        s.dns_parsed += n;
+                        dns_msgs.push(m);
+                    }
+                    Ok(dns::TcpStatus::NeedMore(_)) => {
+                        verdict_done = full;
+                        break;
+                    }
+                    Err(e) => {
+                        errs.push(format!("dns:{}", e.kind()));
+                        verdict_done = true;
+                        break;
+                    }
+                }
+            }
+        } else {
+            match tls::parse_record_stream(buf) {
+                Ok(tls::HelloStatus::Parsed(ch)) => {
+                    verdict_done = true;
+                    sender_is_client = Some(true);
+                    meta = Some(FlowMeta {
+                        ja4: Some(ch.ja4(tls::Transport::Tcp)),
+                        alpn: ch.alpn.clone(),
+                        ech: ch.ech.is_some(),
+                        ..Default::default()
+                    });
+                    if let Some(sni) = ch.sni {
+                        found = Some((sni, NameSource::Sni));
+                    }
+                }
+                Ok(tls::HelloStatus::NeedMore(_)) => verdict_done = full,
+                Err(e) => {
+                    errs.push(format!("tls:{}", e.kind()));
+                    verdict_done = true;
+                }
+                Ok(tls::HelloStatus::NotTls) => match http::parse_request_head(buf) {
+                    Ok(http::HttpStatus::Parsed(h)) => {
+                        verdict_done = true;
+                        sender_is_client = Some(true);
+                        if let Some(host) = h.host_name() {
+                            found = Some((host.to_string(), NameSource::Http));
+                        }
+                        meta = Some(FlowMeta {
+                            http_method: Some(h.method.clone()),
+                            http_path: Some(h.path.clone()),
+                            user_agent: h.user_agent.clone(),
+                            ..Default::default()
+                        });
+                    }
+                    Ok(http::HttpStatus::NeedMore(_)) => {
+                        if full {
+                            verdict_done = true;
+                        }
+                        // A head cut by the cap or by the end of the capture still names the
+                        // flow by its Host line; a later complete parse cannot disagree.
+                        if let Some(h) = http::partial_host(buf) {
+                            sender_is_client = Some(true);
+                            let probe = http::RequestHead {
+                                method: String::new(),
+                                path: String::new(),
+                                version: 1,
+                                host: Some(h),
+                                user_agent: None,
+                                head_len: 0,
+                            };
+                            if let Some(n) = probe.host_name() {
+                                found = Some((n.to_string(), NameSource::Http));
+                            }
+                        }
+                    }
+                    Ok(http::HttpStatus::NotHttp) => verdict_done = true,
+                    Err(e) => {
+                        errs.push(format!("http:{}", e.kind()));
+                        verdict_done = true;
+                    }
+                },
+            }
+        }
+        if verdict_done {
+            s.kind = StreamKind::Done;
+            s.stream = None;
+        }
+        for e in errs {
+            *self.stats.parse_errors.entry(e).or_default() += 1;
+        }
+        for m in dns_msgs {
+            self.dns_message(ck, side, ts, &m);
+        }
+        let Some(f) = self.flows.get_mut(&ck) else {
+            return;
+        };
+        if let Some(c) = sender_is_client {
+            set_client(f, side, c, Evidence::Payload);
+        }
+        if let Some(m) = meta
+            && f.meta.is_none()
+        {
+            f.meta = Some(Box::new(m));
+        }
+        if let Some((name, src)) = found
+            && f.name.is_none()
+        {
+            *self
+                .stats
+                .names_by_source
+                .entry(source_label(src))
+                .or_default() += 1;
+            f.name = Some((name, src));
+            // Named: the buffers are no longer needed.
+            if ck.a.1 != 53 && ck.b.1 != 53 {
+                f.inspect = None;
+            }
+        }
+    }
+
+    fn udp_dns(&mut self, ck: CanonKey, side: usize, ts: DateTime<Utc>, payload: &[u8]) {
+        match dns::parse_message(payload) {
+            Ok(m) => self.dns_message(ck, side, ts, &m),
+            Err(e) => {
+                *self
+                    .stats
+                    .parse_errors
+                    .entry(format!("dns:{}", e.kind()))
+                    .or_default() += 1
+            }
+        }
+    }
+
+    fn dns_message(&mut self, ck: CanonKey, side: usize, ts: DateTime<Utc>, m: &dns::Message) {
+        if m.opcode() != 0 {
+            return;
+        }
+        let response = m.is_response();
+        if response {
+            for (ip, name, ttl) in m.address_map() {
+                self.dns_learn(ip, &name, ttl, ts);
+            }
+        }
+        let Some(f) = self.flows.get_mut(&ck) else {
+            return;
+        };
+        // A query is sent by the client; a response by the server.
+        set_client(f, side, !response, Evidence::Payload);
+        if let Some(q) = m.query_name().filter(|q| !q.is_empty()) {
+            let meta = f.meta.get_or_insert_with(Default::default);
+            if meta.dns_queries.len() < MAX_DNS_QUERIES_KEPT
+                && !meta.dns_queries.iter().any(|x| x == q)
+            {
+                meta.dns_queries.push(q.to_string());
+            }
+        }
+        if f.name.is_none()
+            && let Some(q) = m.query_name().filter(|q| !q.is_empty())
+        {
+            *self.stats.names_by_source.entry("dns").or_default() += 1;
+            f.name = Some((q.to_string(), NameSource::Dns));
+        }
+    }
+
+    fn dns_learn(&mut self, ip: IpAddr, name: &str, ttl: u32, ts: DateTime<Utc>) {
+        let life = Duration::from_secs(u64::from(ttl)).max(self.limits.dns_min_ttl);
+        let expires = ts + TimeDelta::from_std(life).unwrap_or(TimeDelta::MAX);
+        if !self.dns_cache.contains_key(&ip) {
+            while self.dns_cache.len() >= self.limits.max_dns_cache {
+                let Some(old) = self.dns_order.pop_front() else {
+                    break;
+                };
+                if self.dns_cache.remove(&old).is_some() {
+                    self.stats.dns_cache_evicted += 1;
+                }
+            }
+            if self.limits.max_dns_cache == 0 {
+                return;
+            }
+            self.dns_order.push_back(ip);
+        }
+        self.dns_cache.insert(
+            ip,
+            DnsEntry {
+                name: Arc::from(name),
+                learned: ts,
+                expires,
+            },
+        );
+    }
+
+    fn udp_quic(&mut self, ck: CanonKey, side: usize, payload: &[u8]) {
+        let limits = self.limits.clone();
+        let Some(f) = self.flows.get_mut(&ck) else {
+            return;
+        };
+        // Packets from a side known to be the server are not client Initials.
+        if f.evidence >= Evidence::Payload && f.client != side {
+            return;
+        }
+        let Some(version) = quic::sniff_version(payload) else {
+            return;
+        };
+        let kind = quic::VersionKind::of(version);
+        if matches!(
+            kind,
+            quic::VersionKind::Negotiation
+                | quic::VersionKind::Grease
+                | quic::VersionKind::Unknown(_)
+        ) {
+            return;
+        }
+        let insp = f.inspect.get_or_insert_with(new_inspect);
+        let Some(s) = insp.sides.get_mut(side) else {
+            return;
+        };
+        if s.inspected >= limits.max_inspect_packets {
+            return;
+        }
+        s.inspected += 1;
+        let meta = f.meta.get_or_insert_with(Default::default);
+        if meta.quic_version.is_none() {
+            meta.quic_version = Some(kind.label());
+        }
+        let d = match quic::parse_client_datagram_with(payload, insp.quic_dcid.as_deref()) {
+            Ok(d) => {
+                if insp.quic_dcid.is_none() && d.initials > 0 {
+                    insp.quic_dcid = Some(d.dcid.clone());
+                }
+                d
+            }
+            Err(tollgate_wire::Error::Decrypt) => {
+                self.stats.quic_undecryptable += 1;
+                return;
+            }
+            Err(e) => {
+                *self
+                    .stats
+                    .parse_errors
+                    .entry(format!("quic:{}", e.kind()))
+                    .or_default() += 1;
+                return;
+            }
+        };
+        let mut found: Option<String> = None;
+        let mut client_hello: Option<tls::ClientHello> = None;
+        let mut err: Option<String> = None;
+        if let Some(chlo) = &d.chlo {
+            found = chlo.sni.clone();
+            if chlo.user_agent.is_some() {
+                meta.user_agent = chlo.user_agent.clone();
+            }
+        }
+        let is_initial_sender = d.initials > 0 || d.chlo.is_some();
+        if !d.crypto.is_empty() {
+            let c = insp
+                .crypto
+                .get_or_insert_with(|| CryptoReassembler::new(limits.max_stream_bytes));
+            let before = c.dropped_bytes;
+            for fr in &d.crypto {
+                c.insert(fr.offset, &fr.data);
+            }
+            self.stats.reassembly_dropped_bytes += c.dropped_bytes - before;
+            match tls::parse_handshake_stream(c.contiguous()) {
+                Ok(tls::HelloStatus::Parsed(ch)) => client_hello = Some(ch),
+                Ok(_) => {}
+                Err(e) => err = Some(format!("quic-tls:{}", e.kind())),
+            }
+        }
+        if let Some(e) = err {
+            *self.stats.parse_errors.entry(e).or_default() += 1;
+            insp.crypto = None;
+        }
+        if let Some(ch) = client_hello {
+            meta.ja4 = Some(ch.ja4(tls::Transport::Quic));
+            meta.alpn = ch.alpn.clone();
+            meta.ech = ch.ech.is_some();
+            found = ch.sni;
+            insp.crypto = None;
+            // The hello is done: nothing more to learn from this flow's Initials.
+            if let Some(s) = insp.sides.get_mut(side) {
+                s.inspected = limits.max_inspect_packets;
+            }
+        }
+        if is_initial_sender {
+            set_client(f, side, true, Evidence::Payload);
+        }
+        if let Some(n) = found.filter(|n| !n.is_empty())
+            && f.name.is_none()
+        {
+            *self.stats.names_by_source.entry("quic").or_default() += 1;
+            f.name = Some((n, NameSource::Quic));
+        }
+    }
+}
+
+fn new_inspect() -> Box<Inspect> {
+    Box::new(Inspect {
+        sides: [Side::new(), Side::new()],
+        crypto: None,
+        quic_dcid: None,
+    })
+}
+
+fn set_client(f: &mut Flow, side: usize, sender_is_client: bool, strength: Evidence) {
+    // Only stronger evidence changes an earlier decision.
+    if strength > f.evidence {
+        f.client = if sender_is_client { side } else { 1 - side };
+        f.evidence = strength;
+    }
+}
+
+fn source_label(s: NameSource) -> &'static str {
+    match s {
+        NameSource::Sni => "sni",
+        NameSource::Quic => "quic",
+        NameSource::Dns => "dns",
+        NameSource::Http => "http",
+        NameSource::Log => "log",
+    }
+}
+
+/// Ports that mark the server side of a flow when nothing better is known.
+fn is_service_port(p: u16) -> bool {
+    p < 1024
+        || matches!(
+            p,
+            1080 | 1194
+                | 1433
+                | 1521
+                | 1723
+                | 1883
+                | 3128
+                | 3306
+                | 3389
+                | 3478
+                | 4443
+                | 5060
+                | 5061
+                | 5222
+                | 5228
+                | 5353
+                | 5432
+                | 5938
+                | 6379
+                | 8000
+                | 8008
+                | 8080
+                | 8081
+                | 8443
+                | 8801
+                | 8802
+                | 8883
+                | 8888
+                | 9000
+                | 9443
+                | 19302
+        )
+}
+
+/// Client evidence carried by one packet alone (no flow state): SYN flags, a payload that
+/// only a client sends, or ports.
+fn packet_evidence(
+    proto: L4Proto,
+    sender: Endpoint,
+    receiver: Endpoint,
+    flags: u8,
+    payload: &[u8],
+) -> Option<(bool, Evidence)> {
+    if proto == L4Proto::Tcp && flags & tcp_flags::SYN != 0 {
+        return Some((flags & tcp_flags::ACK == 0, Evidence::Syn));
+    }
+    if !payload.is_empty() {
+        match proto {
+            L4Proto::Tcp => {
+                // A TLS handshake record holding a ClientHello, or an HTTP request line.
+                if payload.len() >= 6
+                    && payload.first() == Some(&0x16)
+                    && payload.get(1) == Some(&3)
+                    && payload.get(5) == Some(&1)
+                {
+                    return Some((true, Evidence::Payload));
+                }
+                if http::looks_like_request(payload) && payload.len() >= 4 {
+                    return Some((true, Evidence::Payload));
+                }
+            }
+            L4Proto::Udp => {
+                if (sender.1 == 53 || receiver.1 == 53) && payload.len() >= 12 {
+                    let qr = payload.get(2).is_some_and(|b| b & 0x80 != 0);
+                    return Some((!qr, Evidence::Payload));
+                }
+            }
+        }
+    }
+    let (s, r) = (is_service_port(sender.1), is_service_port(receiver.1));
+    match (s, r) {
+        (false, true) => Some((true, Evidence::Port)),
+        (true, false) => Some((false, Evidence::Port)),
+        (true, true) if sender.1 != receiver.1 => Some((sender.1 > receiver.1, Evidence::Port)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn ts(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap_or_default()
+    }
+
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "test helper spelling out every header field"
+    )]
+    fn pkt<'a>(
+        src: [u8; 4],
+        sport: u16,
+        dst: [u8; 4],
+        dport: u16,
+        proto: L4Proto,
+        seq: u32,
+        flags: u8,
+        payload: &'a [u8],
+        t: i64,
+    ) -> PacketView<'a> {
+        PacketView {
+            ts: ts(t),
+            proto,
+            src: IpAddr::V4(Ipv4Addr::from(src)),
+            sport,
+            dst: IpAddr::V4(Ipv4Addr::from(dst)),
+            dport,
+            ip_len: 40 + payload.len() as u32,
+            tcp_seq: seq,
+            tcp_flags: flags,
+            payload,
+            src_mac: None,
+        }
+    }
+
+    fn hello(sni: &str) -> Vec<u8> {
+        // A ClientHello with only an SNI extension, in one TLS record.
+        let name = sni.as_bytes();
+        let mut ext = vec![0, 0];
+        ext.extend_from_slice(&((name.len() + 5) as u16).to_be_bytes());
+        ext.extend_from_slice(&((name.len() + 3) as u16).to_be_bytes());
+        ext.push(0);
+        ext.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        ext.extend_from_slice(name);
+        let mut body = vec![3, 3];
+        body.extend_from_slice(&[0u8; 32]);
+        body.push(0);
+        body.extend_from_slice(&[0, 2, 0x13, 0x01, 1, 0]);
+        body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+        body.extend_from_slice(&ext);
+        let mut hs = vec![1, 0];
+        hs.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        hs.extend_from_slice(&body);
+        let mut rec = vec![0x16, 3, 1];
+        rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+        rec.extend_from_slice(&hs);
+        rec
+    }
+
+    #[test]
+    fn sni_split_over_segments_out_of_order_with_retransmit() {
+        let mut t = FlowTable::new(FlowTableLimits::default());
+        let c = [10, 0, 0, 2];
+        let s = [93, 184, 216, 34];
+        let h = hello("www.example.com");
+        t.observe_packet(&pkt(
+            s,
+            443,
+            c,
+            50000,
+            L4Proto::Tcp,
+            7000,
+            tcp_flags::SYN | tcp_flags::ACK,
+            &[],
+            0,
+        ));
+        t.observe_packet(&pkt(
+            c,
+            50000,
+            s,
+            443,
+            L4Proto::Tcp,
+            1000,
+            tcp_flags::SYN,
+            &[],
+            0,
+        ));
+        let (a, rest) = h.split_at(20);
+        let (b, d) = rest.split_at(30);
+        t.observe_packet(&pkt(
+            c,
+            50000,
+            s,
+            443,
+            L4Proto::Tcp,
+            1001 + 50,
+            tcp_flags::ACK,
+            d,
+            1,
+        ));
+        t.observe_packet(&pkt(
+            c,
+            50000,
+            s,
+            443,
+            L4Proto::Tcp,
+            1001,
+            tcp_flags::ACK,
+            a,
+            1,
+        ));
+        t.observe_packet(&pkt(
+            c,
+            50000,
+            s,
+            443,
+            L4Proto::Tcp,
+            1001,
+            tcp_flags::ACK,
+            a,
+            1,
+        ));
+        assert_eq!(t.records().next().and_then(|r| r.name), None);
+        t.observe_packet(&pkt(
+            c,
+            50000,
+            s,
+            443,
+            L4Proto::Tcp,
+            1021,
+            tcp_flags::ACK,
+            b,
+            2,
+        ));
+        let r: Vec<FlowRecord> = t.records().collect();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].name.as_deref(), Some("www.example.com"));
+        assert_eq!(r[0].name_source, Some(NameSource::Sni));
+        assert_eq!(r[0].src, IpAddr::V4(Ipv4Addr::from(c)));
+        assert_eq!(r[0].packets_up, 5);
+        assert_eq!(r[0].packets_down, 1);
+        assert_eq!(t.stats().names_by_source.get("sni"), Some(&1));
+    }
+
+    #[test]
+    fn dns_cache_names_later_flow_and_expires() {
+        let mut t = FlowTable::new(FlowTableLimits::default());
+        let c = [10, 0, 0, 2];
+        let resolver = [10, 0, 0, 1];
+        // Response for www.github.com -> CNAME github.com -> 140.82.121.3, TTL 60.
+        let mut m = vec![0x12, 0x34, 0x81, 0x80, 0, 1, 0, 2, 0, 0, 0, 0];
+        m.extend_from_slice(b"\x03www\x06github\x03com\x00\x00\x01\x00\x01");
+        m.extend_from_slice(&[0xc0, 0x0c, 0, 5, 0, 1, 0, 0, 0x0e, 0x10, 0, 2, 0xc0, 0x10]);
+        m.extend_from_slice(&[0xc0, 0x10, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 140, 82, 121, 3]);
+        t.observe_packet(&pkt(resolver, 53, c, 40000, L4Proto::Udp, 0, 0, &m, 0));
+        t.observe_packet(&pkt(
+            c,
+            40001,
+            [140, 82, 121, 3],
+            443,
+            L4Proto::Tcp,
+            5,
+            tcp_flags::SYN,
+            &[],
+            1,
+        ));
+        t.observe_packet(&pkt(
+            c,
+            40002,
+            [140, 82, 121, 3],
+            443,
+            L4Proto::Tcp,
+            5,
+            tcp_flags::SYN,
+            &[],
+            500,
+        ));
+        let mut recs: Vec<FlowRecord> = t.records().collect();
+        recs.sort_by_key(|r| r.sport);
+        assert_eq!(recs[0].name.as_deref(), Some("www.github.com"));
+        assert_eq!(recs[0].name_source, Some(NameSource::Dns));
+        assert_eq!(recs[0].src, IpAddr::V4(Ipv4Addr::from(c))); // response: receiver is client
+        assert_eq!(recs[1].name.as_deref(), Some("www.github.com"));
+        assert_eq!(recs[2].name, None, "TTL 60 s expired before t=500");
+    }
+
+    #[test]
+    fn flow_cap_counts_drops() {
+        let mut t = FlowTable::new(FlowTableLimits {
+            max_flows: 2,
+            ..Default::default()
+        });
+        for p in 0..5u16 {
+            t.observe_packet(&pkt(
+                [10, 0, 0, 2],
+                1000 + p,
+                [10, 0, 0, 3],
+                80,
+                L4Proto::Tcp,
+                0,
+                tcp_flags::SYN,
+                &[],
+                0,
+            ));
+        }
+        let s = t.stats();
+        assert_eq!(s.flows, 2);
+        assert_eq!(s.flows_dropped, 3);
+    }
+
+    #[test]
+    fn live_payload_and_counters() {
+        let mut t = FlowTable::new(FlowTableLimits::default());
+        let key = FlowKey {
+            proto: L4Proto::Tcp,
+            src: IpAddr::V4(Ipv4Addr::new(192, 168, 1, 5)),
+            sport: 51000,
+            dst: IpAddr::V4(Ipv4Addr::new(1, 2, 3, 4)),
+            dport: 8443,
+        };
+        let h = hello("api.example.net");
+        let (a, b) = h.split_at(10);
+        for (seq, part) in [(101u32, a), (111, b)] {
+            t.observe_payload(&PayloadObservation {
+                proto: key.proto,
+                src: key.src,
+                sport: key.sport,
+                dst: key.dst,
+                dport: key.dport,
+                direction: Direction::Up,
+                ts: ts(0),
+                tcp_seq: seq,
+                tcp_flags: tcp_flags::ACK | tcp_flags::PSH,
+                payload: part,
+            });
+        }
+        t.update_counters(
+            key,
+            Counters {
+                packets_up: 3,
+                packets_down: 2,
+                bytes_up: 700,
+                bytes_down: 5000,
+                first_seen: ts(0),
+                last_seen: ts(3),
+                tcp_flags: 0x1b,
+            },
+        );
+        let r: Vec<FlowRecord> = t.records().collect();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].name.as_deref(), Some("api.example.net"));
+        assert_eq!((r[0].src, r[0].sport), (key.src, key.sport));
+        assert_eq!(
+            (r[0].bytes_up, r[0].bytes_down, r[0].packets_up),
+            (700, 5000, 3)
+        );
+        assert_eq!(r[0].last_seen, ts(3));
+    }
+
+    #[test]
+    fn http_host_and_idle_expiry() {
+        let mut t = FlowTable::new(FlowTableLimits {
+            idle_timeout: Duration::from_secs(10),
+            ..Default::default()
+        });
+        let req = b"GET /x HTTP/1.1\r\nHost: example.org\r\nUser-Agent: t\r\n\r\n";
+        t.observe_packet(&pkt(
+            [10, 0, 0, 2],
+            5555,
+            [1, 1, 1, 1],
+            80,
+            L4Proto::Tcp,
+            9,
+            tcp_flags::ACK,
+            req,
+            0,
+        ));
+        t.expire(ts(100));
+        let s = t.stats();
+        assert_eq!((s.flows, s.finished_flows, s.flows_expired), (0, 1, 1));
+        let r: Vec<FlowRecord> = t.records().collect();
+        assert_eq!(r[0].name.as_deref(), Some("example.org"));
+        assert_eq!(r[0].name_source, Some(NameSource::Http));
+        assert_eq!(t.drain_finished().len(), 1);
+        assert_eq!(t.records().count(), 0);
+    }
+}
