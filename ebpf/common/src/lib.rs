@@ -1,3 +1,541 @@
 //! The kernel/user ABI: every map key, map value and event shared by the eBPF probes and the
 //! userspace dataplane, as `#[repr(C)]` plain data with explicit padding.
+//!
+//! Data flow: the probes (`tollgate-probes`, TCX on each configured interface) parse every
+//! packet into a [`FlowKey`] (user side first), update a [`FlowValue`] in [`MAP_FLOWS`], and
+//! copy the first flight of interesting payload (TLS handshake, QUIC Initial, DNS, HTTP/1
+//! request head) into [`MAP_EVENTS`] as an [`EventHeader`] followed by up to [`PAYLOAD_CAP`]
+//! bytes. Userspace (`tollgate-dataplane`, built with the `user` feature for `aya::Pod`) reads
+//! those, and writes [`Config`] and the verdict maps ([`FlowVerdict`], [`NameVerdict`],
+//! [`IpVerdict`] in LPM tries) that the probes consult.
+//!
+//! Rules for this file: values stored in maps use `u32`/`u64` fields and flag words instead of
+//! `bool`, enums or `Option`; numeric ids are stable (new ids take unused numbers); every struct
+//! carries its padding as named fields and has its size asserted below, because the kernel and
+//! userspace must agree byte for byte.
 #![no_std]
+
+/// Bumped whenever a map key, value or event layout changes. Pins live under a directory named
+/// after it, so a daemon of a different ABI never reuses incompatible pinned maps.
+pub const ABI_VERSION: u32 = 1;
+
+// ---- map names (the symbol names of the statics in the probes; at most 15 bytes) ----
+
+/// LRU hash: [`FlowKey`] -> [`FlowValue`]; per-flow counters.
+pub const MAP_FLOWS: &str = "TG_FLOWS";
+/// LRU hash: [`FlowKey`] -> [`HelloState`]; ClientHello continuation tracking.
+pub const MAP_HELLO: &str = "TG_HELLO";
+/// Ring buffer of [`EventHeader`] + payload bytes.
+pub const MAP_EVENTS: &str = "TG_EVENTS";
+/// LRU hash: [`FlowKey`] -> [`FlowVerdict`] (written by userspace).
+pub const MAP_FLOW_VERDICTS: &str = "TG_FLOW_VERDICT";
+/// Hash: [`NameKey`] -> [`NameVerdict`] (written by userspace).
+pub const MAP_NAME_VERDICTS: &str = "TG_NAME_VERDICT";
+/// LPM trie: [`Ipv4LpmKey`] -> [`IpVerdict`] (written by userspace).
+pub const MAP_BLOCK_V4: &str = "TG_BLOCK_V4";
+/// LPM trie: [`Ipv6LpmKey`] -> [`IpVerdict`] (written by userspace).
+pub const MAP_BLOCK_V6: &str = "TG_BLOCK_V6";
+/// Array of one [`Config`] (written by userspace).
+pub const MAP_CONFIG: &str = "TG_CONFIG";
+/// Per-CPU array of one [`Stats`].
+pub const MAP_STATS: &str = "TG_STATS";
+/// Per-CPU array of one [`EventBuf`]; scratch space to assemble an event (kernel only).
+pub const MAP_SCRATCH: &str = "TG_SCRATCH";
+/// Hash: ifindex (`u32`) -> [`IfaceInfo`]; interfaces Tollgate is attached to.
+pub const MAP_IFACES: &str = "TG_IFACES";
+
+/// Every map name, for pin management.
+pub const ALL_MAPS: [&str; 11] = [
+    MAP_FLOWS,
+    MAP_HELLO,
+    MAP_EVENTS,
+    MAP_FLOW_VERDICTS,
+    MAP_NAME_VERDICTS,
+    MAP_BLOCK_V4,
+    MAP_BLOCK_V6,
+    MAP_CONFIG,
+    MAP_STATS,
+    MAP_SCRATCH,
+    MAP_IFACES,
+];
+
+// ---- program names (function names in the probes) ----
+
+/// TCX ingress on a "lan" interface: packets from users (direction up).
+pub const PROG_LAN_INGRESS: &str = "tg_lan_ingress";
+/// TCX egress on a "lan" interface: packets to users (direction down).
+pub const PROG_LAN_EGRESS: &str = "tg_lan_egress";
+/// TCX ingress on a "wan" interface: packets from the internet (direction down).
+pub const PROG_WAN_INGRESS: &str = "tg_wan_ingress";
+/// TCX egress on a "wan" interface: packets to the internet (direction up).
+pub const PROG_WAN_EGRESS: &str = "tg_wan_egress";
+/// Returns `TC_ACT_UNSPEC` and does nothing else: the floor of the per-packet cost benchmark.
+pub const PROG_NOOP: &str = "tg_noop";
+
+// ---- capacities (every map is bounded) ----
+
+/// Flows tracked at once; the LRU map evicts the least recently used flow beyond this.
+pub const FLOWS_CAPACITY: u32 = 131_072;
+/// ClientHellos being followed across segments at once (LRU).
+pub const HELLO_CAPACITY: u32 = 8_192;
+/// Ring buffer size in bytes (power-of-two multiple of the page size).
+pub const EVENTS_RING_BYTES: u32 = 8 << 20;
+/// Flow verdicts (LRU).
+pub const FLOW_VERDICTS_CAPACITY: u32 = 65_536;
+/// Name verdicts (hash; a full map makes userspace inserts fail, never packets).
+pub const NAME_VERDICTS_CAPACITY: u32 = 65_536;
+/// Blocked prefixes per address family.
+pub const BLOCK_PREFIX_CAPACITY: u32 = 65_536;
+/// Interfaces that can be attached at once.
+pub const IFACES_CAPACITY: u32 = 64;
+
+/// Payload bytes copied into one event at most (a power of two: the probes mask with it).
+pub const PAYLOAD_CAP: usize = 4096;
+
+// ---- small ids ----
+
+/// Flow direction: from the user (LAN side) toward the internet.
+pub const DIR_UP: u8 = 1;
+/// Flow direction: from the internet toward the user.
+pub const DIR_DOWN: u8 = 2;
+
+/// Address family in [`FlowKey::family`].
+pub const FAMILY_V4: u8 = 4;
+/// Address family in [`FlowKey::family`].
+pub const FAMILY_V6: u8 = 6;
+
+/// IP protocol numbers in [`FlowKey::proto`].
+pub const PROTO_TCP: u8 = 6;
+/// IP protocol numbers in [`FlowKey::proto`].
+pub const PROTO_UDP: u8 = 17;
+
+/// Event kind: a TLS handshake record (ClientHello and its continuation segments, ServerHello).
+pub const KIND_TLS: u8 = 1;
+/// Event kind: a QUIC long-header Initial packet (the whole UDP payload).
+pub const KIND_QUIC: u8 = 2;
+/// Event kind: a DNS message (UDP payload, or TCP segment with the 2-byte length prefix).
+pub const KIND_DNS: u8 = 3;
+/// Event kind: an HTTP/1 request head (segment starting with a method token).
+pub const KIND_HTTP: u8 = 4;
+
+/// Event flag: this segment continues a ClientHello that began in an earlier segment.
+pub const EVENT_F_CONTINUATION: u8 = 1;
+/// Event flag: the payload was longer than [`PAYLOAD_CAP`] (or than the skb) and was cut.
+pub const EVENT_F_TRUNCATED: u8 = 2;
+/// Event flag: the flow reached its event cap with this event; later payload is not sent.
+pub const EVENT_F_LAST: u8 = 4;
+
+/// Interface role in [`IfaceInfo::role`]: faces users.
+pub const ROLE_LAN: u32 = 1;
+/// Interface role in [`IfaceInfo::role`]: faces the internet.
+pub const ROLE_WAN: u32 = 2;
+
+/// [`Config::mode`]: observe and count, never drop.
+pub const MODE_MONITOR: u32 = 0;
+/// [`Config::mode`]: enforce verdicts.
+pub const MODE_ENFORCE: u32 = 1;
+
+/// Verdict action: no decision (packets pass).
+pub const ACTION_NONE: u32 = 0;
+/// Verdict action: explicitly allowed (packets pass, nothing further is checked).
+pub const ACTION_ALLOW: u32 = 1;
+/// Verdict action: block with a clean failure (TCP reset, ICMP unreachable for UDP).
+pub const ACTION_BLOCK: u32 = 2;
+/// Verdict action: drop silently.
+pub const ACTION_DROP: u32 = 3;
+
+/// [`FlowValue::flags`]: a ClientHello of this flow is being followed in [`MAP_HELLO`].
+pub const FLOW_F_HELLO_PENDING: u32 = 1;
+/// [`FlowValue::flags`]: a TLS ClientHello was seen.
+pub const FLOW_F_TLS: u32 = 2;
+/// [`FlowValue::flags`]: a QUIC Initial was seen.
+pub const FLOW_F_QUIC: u32 = 4;
+/// [`FlowValue::flags`]: DNS payload was seen.
+pub const FLOW_F_DNS: u32 = 8;
+/// [`FlowValue::flags`]: an HTTP/1 request head was seen.
+pub const FLOW_F_HTTP: u32 = 16;
+/// [`FlowValue::flags`]: the flow hit its event cap.
+pub const FLOW_F_CAPPED: u32 = 32;
+
+// ---- stats counter ids (indices into [`Stats::counters`]; stable, gaps allowed) ----
+
+/// Packets seen by any Tollgate program (each hook counts).
+pub const STAT_PACKETS: usize = 0;
+/// L3 bytes seen.
+pub const STAT_BYTES: usize = 1;
+/// Events written to the ring buffer.
+pub const STAT_EVENTS: usize = 2;
+/// Events dropped because the ring buffer was full.
+pub const STAT_RINGBUF_FULL: usize = 3;
+/// Flow counter inserts that failed (LRU map could not take the flow).
+pub const STAT_FLOW_MAP_FULL: usize = 4;
+/// ClientHello continuation inserts that failed.
+pub const STAT_HELLO_MAP_FULL: usize = 5;
+/// Interesting payload not sent because the flow hit its event cap.
+pub const STAT_EVENTS_CAPPED: usize = 6;
+/// Frames that are not IPv4/IPv6 (ARP, LLDP, ...); passed, not counted per flow.
+pub const STAT_NON_IP: usize = 7;
+/// Truncated or malformed Ethernet/VLAN header.
+pub const STAT_ERR_L2: usize = 8;
+/// Truncated or malformed IPv4 header (bad version, IHL, length).
+pub const STAT_ERR_IPV4: usize = 9;
+/// Truncated or malformed IPv6 header.
+pub const STAT_ERR_IPV6: usize = 10;
+/// Truncated or malformed TCP header (bad data offset, short header).
+pub const STAT_ERR_TCP: usize = 11;
+/// Truncated or malformed UDP header.
+pub const STAT_ERR_UDP: usize = 12;
+/// Non-first IP fragments (no L4 header to read); passed.
+pub const STAT_FRAGMENTS: usize = 13;
+/// IP packets that are neither TCP nor UDP (ICMP, ESP, IPv6 extension chains); passed.
+pub const STAT_OTHER_L4: usize = 14;
+/// Payload shorter than the IP header claims (cut skb); inspected as far as present.
+pub const STAT_ERR_PAYLOAD: usize = 15;
+/// Forwarded packets skipped on egress because an attached ingress already counted them.
+pub const STAT_DEDUP: usize = 16;
+/// ClientHello continuation segments sent.
+pub const STAT_HELLO_CONT: usize = 17;
+/// Packets dropped by a verdict (enforce mode).
+pub const STAT_DROPS: usize = 18;
+/// Packets that a verdict would have dropped in monitor mode.
+pub const STAT_WOULD_DROP: usize = 19;
+/// TCP resets sent by the probes.
+pub const STAT_RST_SENT: usize = 20;
+/// ICMP unreachables sent by the probes.
+pub const STAT_ICMP_SENT: usize = 21;
+/// Number of counter slots (room to grow without changing the value size).
+pub const STATS_LEN: usize = 32;
+
+/// Human names of the counter ids, for logs and `tollgate` status lines.
+pub const STAT_NAMES: [(usize, &str); 22] = [
+    (STAT_PACKETS, "packets"),
+    (STAT_BYTES, "bytes"),
+    (STAT_EVENTS, "events"),
+    (STAT_RINGBUF_FULL, "ringbuf_full"),
+    (STAT_FLOW_MAP_FULL, "flow_map_full"),
+    (STAT_HELLO_MAP_FULL, "hello_map_full"),
+    (STAT_EVENTS_CAPPED, "events_capped"),
+    (STAT_NON_IP, "non_ip"),
+    (STAT_ERR_L2, "err_l2"),
+    (STAT_ERR_IPV4, "err_ipv4"),
+    (STAT_ERR_IPV6, "err_ipv6"),
+    (STAT_ERR_TCP, "err_tcp"),
+    (STAT_ERR_UDP, "err_udp"),
+    (STAT_FRAGMENTS, "fragments"),
+    (STAT_OTHER_L4, "other_l4"),
+    (STAT_ERR_PAYLOAD, "err_payload"),
+    (STAT_DEDUP, "dedup"),
+    (STAT_HELLO_CONT, "hello_continuations"),
+    (STAT_DROPS, "drops"),
+    (STAT_WOULD_DROP, "would_drop"),
+    (STAT_RST_SENT, "rst_sent"),
+    (STAT_ICMP_SENT, "icmp_sent"),
+];
+
+// ---- defaults the probes use when the config map is still zero ----
+
+/// Events one flow may produce (all kinds) unless [`Config::max_events_per_flow`] says otherwise.
+pub const DEFAULT_MAX_EVENTS_PER_FLOW: u32 = 24;
+/// DNS events one flow may produce (a resolver may reuse one port pair for many queries).
+pub const DEFAULT_MAX_DNS_EVENTS_PER_FLOW: u32 = 256;
+/// Payload-carrying packets per direction whose first bytes are looked at.
+pub const DEFAULT_INSPECT_PACKETS: u32 = 8;
+
+// ---- keys and values ----
+
+/// A flow, normalized so that the user side comes first whatever the packet's direction.
+///
+/// Addresses are in network byte order as four `u32` words exactly as read from the packet;
+/// an IPv4 address occupies word 0 and words 1..3 are zero. Ports are in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub user_addr: [u32; 4],
+    pub remote_addr: [u32; 4],
+    pub user_port: u16,
+    pub remote_port: u16,
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub proto: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// 802.1Q VLAN id (0 when untagged); overlapping address plans on different VLANs stay apart.
+    pub vlan: u16,
+}
+
+/// Per-flow counters. Written by the probes only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowValue {
+    pub packets_up: u64,
+    pub packets_down: u64,
+    /// L3 bytes (IP header included) from the user.
+    pub bytes_up: u64,
+    /// L3 bytes (IP header included) toward the user.
+    pub bytes_down: u64,
+    /// `bpf_ktime_get_boot_ns` (CLOCK_BOOTTIME) of the first packet.
+    pub first_seen_ns: u64,
+    /// `bpf_ktime_get_boot_ns` (CLOCK_BOOTTIME) of the latest packet.
+    pub last_seen_ns: u64,
+    /// TCP flags seen: bits 0..8 from the user, bits 8..16 toward the user.
+    pub tcp_flags: u32,
+    /// `FLOW_F_*` bits.
+    pub flags: u32,
+    /// Events sent for this flow (all kinds).
+    pub events: u32,
+    /// Payload-carrying packets inspected from the user.
+    pub inspected_up: u32,
+    /// Payload-carrying packets inspected toward the user.
+    pub inspected_down: u32,
+    /// Interface of the first packet.
+    pub ifindex: u32,
+}
+
+/// A ClientHello being followed across TCP segments (user -> remote direction).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct HelloState {
+    /// Sequence number of the first hello byte (the record header).
+    pub start_seq: u32,
+    /// Bytes of hello expected in total from `start_seq` (record headers included).
+    pub total_len: u32,
+    /// Next in-order sequence number expected.
+    pub next_seq: u32,
+    pub _pad: u32,
+}
+
+/// Interfaces Tollgate is attached to (key: ifindex).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct IfaceInfo {
+    /// [`ROLE_LAN`] or [`ROLE_WAN`].
+    pub role: u32,
+    pub _pad: u32,
+}
+
+/// Runtime configuration, one entry in [`MAP_CONFIG`]. Zero fields mean "default".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Config {
+    /// [`MODE_MONITOR`] or [`MODE_ENFORCE`].
+    pub mode: u32,
+    /// 1: when the daemon's heartbeat is older than `heartbeat_timeout_ns`, stop enforcing
+    /// (fail-open); 0: keep enforcing the last verdicts forever (fail-closed).
+    pub fail_open: u32,
+    pub max_events_per_flow: u32,
+    pub max_dns_events_per_flow: u32,
+    pub inspect_packets: u32,
+    /// 1: refuse every QUIC Initial (enforce mode) so browsers fall back to TCP.
+    pub block_quic: u32,
+    pub flags: u32,
+    pub _pad: u32,
+    /// CLOCK_BOOTTIME ns of the daemon's last heartbeat.
+    pub heartbeat_ns: u64,
+    /// 0: no fail-open timeout.
+    pub heartbeat_timeout_ns: u64,
+}
+
+/// Per-CPU counters, one entry in [`MAP_STATS`]; indices are the `STAT_*` ids.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stats {
+    pub counters: [u64; STATS_LEN],
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            counters: [0; STATS_LEN],
+        }
+    }
+}
+
+/// A decision for one flow (key: [`FlowKey`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowVerdict {
+    /// `ACTION_*`.
+    pub action: u32,
+    /// Catalog app id the decision is about (0: none).
+    pub app_id: u32,
+    /// CLOCK_BOOTTIME ns after which the verdict no longer applies (0: never expires).
+    pub expires_ns: u64,
+}
+
+/// Key of [`MAP_NAME_VERDICTS`]: [`name_hash`] of a lower-case DNS name.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct NameKey {
+    pub hash: u64,
+}
+
+/// A decision for a server name (SNI, QUIC SNI, HTTP Host, DNS name).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NameVerdict {
+    /// `ACTION_*`.
+    pub action: u32,
+    pub app_id: u32,
+    /// `NAME_F_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// [`NameVerdict::flags`]: the verdict also covers every subdomain of the name.
+pub const NAME_F_SUBDOMAINS: u32 = 1;
+
+/// Key of [`MAP_BLOCK_V4`]: layout of the kernel's `bpf_lpm_trie_key` with 4 address bytes.
+#[repr(C, packed)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Ipv4LpmKey {
+    pub prefix_len: u32,
+    pub addr: [u8; 4],
+}
+
+/// Key of [`MAP_BLOCK_V6`].
+#[repr(C, packed)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Ipv6LpmKey {
+    pub prefix_len: u32,
+    pub addr: [u8; 16],
+}
+
+/// A decision for an address prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct IpVerdict {
+    /// `ACTION_*`.
+    pub action: u32,
+    pub app_id: u32,
+    /// CLOCK_BOOTTIME ns after which the entry no longer applies (0: never).
+    pub expires_ns: u64,
+}
+
+/// The fixed part of a ring-buffer record; `cap_len` payload bytes follow it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EventHeader {
+    pub key: FlowKey,
+    /// CLOCK_BOOTTIME ns when the packet was seen.
+    pub timestamp_ns: u64,
+    /// TCP sequence number of the first payload byte (0 for UDP).
+    pub tcp_seq: u32,
+    pub ifindex: u32,
+    /// L4 payload length of the packet.
+    pub orig_len: u32,
+    /// Payload bytes following this header in the record.
+    pub cap_len: u32,
+    /// `KIND_*`.
+    pub kind: u8,
+    /// [`DIR_UP`] or [`DIR_DOWN`].
+    pub direction: u8,
+    pub tcp_flags: u8,
+    /// `EVENT_F_*` bits.
+    pub flags: u8,
+    /// [`ABI_VERSION`] of the probes that wrote the record.
+    pub abi: u32,
+}
+
+/// Length of [`EventHeader`] in a record.
+pub const EVENT_HEADER_LEN: usize = core::mem::size_of::<EventHeader>();
+
+/// Scratch buffer in which the probes assemble one record before copying it to the ring.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EventBuf {
+    pub header: EventHeader,
+    pub payload: [u8; PAYLOAD_CAP],
+}
+
+/// FNV-1a 64 over the ASCII-lower-cased bytes of a DNS name (no trailing dot). One definition
+/// for both sides: the probes hash names they read from packets, userspace hashes names it
+/// puts in [`MAP_NAME_VERDICTS`].
+#[inline(always)]
+pub fn name_hash(name: &[u8]) -> u64 {
+    let mut h = NAME_HASH_SEED;
+    for &b in name {
+        h = name_hash_step(h, b);
+    }
+    h
+}
+
+/// Start value of [`name_hash`].
+pub const NAME_HASH_SEED: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// One step of [`name_hash`] (the probes call it byte by byte).
+#[inline(always)]
+pub fn name_hash_step(h: u64, b: u8) -> u64 {
+    let b = if b.is_ascii_uppercase() { b | 0x20 } else { b };
+    (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+}
+
+// ---- layout assertions: both sides compile these ----
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 72);
+const _: () = assert!(core::mem::size_of::<HelloState>() == 16);
+const _: () = assert!(core::mem::size_of::<IfaceInfo>() == 8);
+const _: () = assert!(core::mem::size_of::<Config>() == 48);
+const _: () = assert!(core::mem::size_of::<Stats>() == 8 * STATS_LEN);
+const _: () = assert!(core::mem::size_of::<FlowVerdict>() == 16);
+const _: () = assert!(core::mem::size_of::<NameKey>() == 8);
+const _: () = assert!(core::mem::size_of::<NameVerdict>() == 16);
+const _: () = assert!(core::mem::size_of::<Ipv4LpmKey>() == 8);
+const _: () = assert!(core::mem::size_of::<Ipv6LpmKey>() == 20);
+const _: () = assert!(core::mem::size_of::<IpVerdict>() == 16);
+const _: () = assert!(EVENT_HEADER_LEN == 72);
+const _: () = assert!(core::mem::size_of::<EventBuf>() == EVENT_HEADER_LEN + PAYLOAD_CAP);
+const _: () = assert!(PAYLOAD_CAP.is_power_of_two());
+
+#[cfg(feature = "user")]
+mod user {
+    //! `aya::Pod` impls: every type here is `repr(C)`, `Copy`, with all padding spelled out as
+    //! named fields, so any byte pattern is a valid value.
+    use super::*;
+
+    macro_rules! pod {
+        ($($t:ty),* $(,)?) => {$(
+            // SAFETY: repr(C)/repr(C, packed) plain integers and integer arrays, no implicit
+            // padding (sizes asserted above), every bit pattern valid.
+            unsafe impl aya::Pod for $t {}
+        )*};
+    }
+    pod!(
+        FlowKey,
+        FlowValue,
+        HelloState,
+        IfaceInfo,
+        Config,
+        Stats,
+        FlowVerdict,
+        NameKey,
+        NameVerdict,
+        Ipv4LpmKey,
+        Ipv6LpmKey,
+        IpVerdict,
+        EventHeader,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_hash_ignores_ascii_case() {
+        assert_eq!(name_hash(b"Example.COM"), name_hash(b"example.com"));
+        assert_ne!(name_hash(b"example.com"), name_hash(b"example.org"));
+        // FNV-1a 64 of the empty input is the offset basis.
+        assert_eq!(name_hash(b""), NAME_HASH_SEED);
+        // Known FNV-1a 64 value for "a".
+        assert_eq!(name_hash(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn map_names_fit_the_kernel_limit() {
+        for name in ALL_MAPS {
+            assert!(
+                name.len() <= 15,
+                "{name} is longer than BPF_OBJ_NAME_LEN - 1"
+            );
+        }
+    }
+}

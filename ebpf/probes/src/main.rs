@@ -1,0 +1,807 @@
+//! Tollgate's TCX programs. One body, four entry points (LAN/WAN x ingress/egress) so that the
+//! direction of a packet is a constant: on a "lan" interface ingress is up (from users) and
+//! egress is down; on a "wan" interface egress is up and ingress is down.
+//!
+//! Per packet: parse Ethernet (+ up to two 802.1Q/802.1ad tags), IPv4/IPv6, TCP/UDP into a
+//! normalized `FlowKey` (user side first); add to the flow's counters in `TG_FLOWS`; for the
+//! first few payload-carrying packets of each direction look at the first bytes and, if they
+//! are a TLS handshake record, a QUIC long-header Initial, DNS or an HTTP/1 request head, copy
+//! the payload into the `TG_EVENTS` ring buffer. A ClientHello longer than its first segment is
+//! followed in `TG_HELLO` so that its continuation segments are sent too.
+//!
+//! Everything is bounded: maps are fixed-size (LRU maps evict), a full ring buffer drops the
+//! event and counts it, a flow may produce at most a configured number of events, and the
+//! packet always passes (`TC_ACT_UNSPEC`, TCX_NEXT) unless an enforce-mode verdict says
+//! otherwise.
+#![no_std]
+#![no_main]
+// The bpfel target has no `AtomicU64::fetch_add`; the intrinsic lowers to BPF's atomic add.
+#![feature(core_intrinsics)]
+#![allow(
+    internal_features,
+    reason = "atomic_xadd is the only way to reach BPF_ATOMIC add"
+)]
+
+use core::{
+    intrinsics::{AtomicOrdering, atomic_xadd},
+    ptr,
+};
+
+use aya_ebpf::{
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
+    helpers::{bpf_ktime_get_boot_ns, bpf_skb_load_bytes},
+    macros::{classifier, map},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    programs::TcContext,
+};
+use tollgate_common::{
+    ABI_VERSION, BLOCK_PREFIX_CAPACITY, Config, DEFAULT_INSPECT_PACKETS,
+    DEFAULT_MAX_DNS_EVENTS_PER_FLOW, DEFAULT_MAX_EVENTS_PER_FLOW, DIR_UP, EVENT_F_CONTINUATION,
+    EVENT_F_LAST, EVENT_F_TRUNCATED, EVENT_HEADER_LEN, EVENTS_RING_BYTES, EventBuf, EventHeader,
+    FAMILY_V4, FAMILY_V6, FLOW_F_CAPPED, FLOW_F_DNS, FLOW_F_HELLO_PENDING, FLOW_F_HTTP,
+    FLOW_F_QUIC, FLOW_F_TLS, FLOW_VERDICTS_CAPACITY, FLOWS_CAPACITY, FlowKey, FlowValue,
+    FlowVerdict, HELLO_CAPACITY, HelloState, IFACES_CAPACITY, IfaceInfo, IpVerdict, KIND_DNS,
+    KIND_HTTP, KIND_QUIC, KIND_TLS, NAME_VERDICTS_CAPACITY, NameKey, NameVerdict, PAYLOAD_CAP,
+    PROTO_TCP, PROTO_UDP, STAT_BYTES, STAT_DEDUP, STAT_ERR_IPV4, STAT_ERR_IPV6, STAT_ERR_L2,
+    STAT_ERR_PAYLOAD, STAT_ERR_TCP, STAT_ERR_UDP, STAT_EVENTS, STAT_EVENTS_CAPPED,
+    STAT_FLOW_MAP_FULL, STAT_FRAGMENTS, STAT_HELLO_CONT, STAT_HELLO_MAP_FULL, STAT_NON_IP,
+    STAT_OTHER_L4, STAT_PACKETS, STAT_RINGBUF_FULL, Stats,
+};
+
+// ---- maps (names are the ABI's MAP_* constants; the loader pins them under its pin dir) ----
+
+#[map]
+static TG_FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(FLOWS_CAPACITY, 0);
+#[map]
+static TG_HELLO: LruHashMap<FlowKey, HelloState> = LruHashMap::with_max_entries(HELLO_CAPACITY, 0);
+#[map]
+static TG_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+#[map]
+static TG_FLOW_VERDICT: LruHashMap<FlowKey, FlowVerdict> =
+    LruHashMap::with_max_entries(FLOW_VERDICTS_CAPACITY, 0);
+#[map]
+static TG_NAME_VERDICT: HashMap<NameKey, NameVerdict> =
+    HashMap::with_max_entries(NAME_VERDICTS_CAPACITY, 0);
+#[map]
+static TG_BLOCK_V4: LpmTrie<[u8; 4], IpVerdict> =
+    LpmTrie::with_max_entries(BLOCK_PREFIX_CAPACITY, 0);
+#[map]
+static TG_BLOCK_V6: LpmTrie<[u8; 16], IpVerdict> =
+    LpmTrie::with_max_entries(BLOCK_PREFIX_CAPACITY, 0);
+#[map]
+static TG_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+#[map]
+static TG_STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static TG_SCRATCH: PerCpuArray<EventBuf> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static TG_IFACES: HashMap<u32, IfaceInfo> = HashMap::with_max_entries(IFACES_CAPACITY, 0);
+
+// ---- actions ----
+
+/// Pass in a TCX chain: TCX_NEXT lets later programs and the stack decide (`TC_ACT_OK` would
+/// end the chain).
+const PASS: i32 = TC_ACT_UNSPEC;
+/// A packet we cannot parse passes (fail-open on parse errors, counted in `STAT_ERR_*`): the
+/// gateway must never break traffic it does not understand.
+const ON_PARSE_ERROR: i32 = PASS;
+/// Drop (used by enforce-mode verdicts only).
+#[allow(dead_code, reason = "enforcement (issue 5) uses it")]
+const DROP: i32 = TC_ACT_SHOT;
+
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const ETH_HLEN: usize = 14;
+
+const DNS_PORT: u16 = 53;
+
+// ---- entry points ----
+
+#[classifier]
+pub fn tg_lan_ingress(ctx: TcContext) -> i32 {
+    run(&ctx, DIR_UP, false)
+}
+
+#[classifier]
+pub fn tg_lan_egress(ctx: TcContext) -> i32 {
+    run(&ctx, tollgate_common::DIR_DOWN, true)
+}
+
+#[classifier]
+pub fn tg_wan_ingress(ctx: TcContext) -> i32 {
+    run(&ctx, tollgate_common::DIR_DOWN, false)
+}
+
+#[classifier]
+pub fn tg_wan_egress(ctx: TcContext) -> i32 {
+    run(&ctx, DIR_UP, true)
+}
+
+/// The floor of the per-packet cost benchmark: does nothing.
+#[classifier]
+pub fn tg_noop(_ctx: TcContext) -> i32 {
+    PASS
+}
+
+#[inline(always)]
+fn run(ctx: &TcContext, dir: u8, egress: bool) -> i32 {
+    match try_run(ctx, dir, egress) {
+        Ok(action) | Err(action) => action,
+    }
+}
+
+// ---- packet access: every read goes through here ----
+
+/// Reads a `T` (a byte array) at `off`: directly from the linear packet data when it is there,
+/// else through `bpf_skb_load_bytes` (non-linear skbs). `None` when the packet is too short.
+#[inline(always)]
+fn read<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
+    // Single bytes go through the helper: LLVM turns `p + 1 <= end` into `p < end`, which the
+    // verifier does not accept as a bound for p.
+    if off > MAX_DIRECT_OFF || core::mem::size_of::<T>() < 2 {
+        return ctx.load::<T>(off).ok();
+    }
+    // The verifier only allows a packet pointer plus a bounded offset; the mask (a no-op after
+    // the check above) is applied to a volatile re-read so that LLVM cannot drop it.
+    // SAFETY: reads a local.
+    let off = unsafe { ptr::read_volatile(&off) } & MAX_DIRECT_OFF;
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + core::mem::size_of::<T>() <= end {
+        // SAFETY: [start + off, start + off + size_of::<T>()) lies inside the linear packet
+        // data (checked against data_end just above); T is a plain byte array.
+        return Some(unsafe { ptr::read_unaligned((start + off) as *const T) });
+    }
+    ctx.load::<T>(off).ok()
+}
+
+/// Largest offset read through direct packet access (the rest use bpf_skb_load_bytes).
+const MAX_DIRECT_OFF: usize = 0x3fff;
+
+#[inline(always)]
+fn stat(idx: usize, n: u64) {
+    if let Some(s) = TG_STATS.get_ptr_mut(0) {
+        // SAFETY: per-CPU array value of this CPU; programs do not migrate while running.
+        unsafe {
+            if let Some(c) = (*s).counters.get_mut(idx) {
+                *c += n;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn sk_field_ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: ctx.skb.skb is the __sk_buff the kernel handed to the program.
+    unsafe { (*ctx.skb.skb).ifindex }
+}
+
+#[inline(always)]
+fn sk_field_ingress_ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: as above.
+    unsafe { (*ctx.skb.skb).ingress_ifindex }
+}
+
+#[inline(always)]
+fn sk_vlan(ctx: &TcContext) -> Option<u16> {
+    // SAFETY: as above.
+    let (present, tci) = unsafe { ((*ctx.skb.skb).vlan_present, (*ctx.skb.skb).vlan_tci) };
+    if present != 0 {
+        Some((tci & 0x0fff) as u16)
+    } else {
+        None
+    }
+}
+
+#[inline(always)]
+fn sk_gso_segs(ctx: &TcContext) -> u32 {
+    // SAFETY: as above.
+    let segs = unsafe { (*ctx.skb.skb).gso_segs };
+    if segs == 0 { 1 } else { segs }
+}
+
+// ---- parsing ----
+
+/// What the header parse found.
+struct Pkt {
+    key: FlowKey,
+    /// L3 length (IP header and payload) of the skb (GSO: all segments).
+    l3_len: u32,
+    payload_off: u32,
+    /// Payload bytes present in the skb from `payload_off`.
+    payload_len: u32,
+    /// Payload length the headers claim (what `orig_len` reports).
+    claimed_len: u32,
+    tcp_seq: u32,
+    tcp_flags: u8,
+}
+
+/// Source/destination of a parsed packet before normalization.
+struct Raw {
+    family: u8,
+    proto: u8,
+    src: [u32; 4],
+    dst: [u32; 4],
+    l4_off: usize,
+    /// Bytes from `l4_off` to the end of the IP payload.
+    l4_len: u32,
+    l3_len: u32,
+}
+
+#[inline(always)]
+fn parse(ctx: &TcContext, dir: u8) -> Result<Pkt, i32> {
+    let eth: [u8; ETH_HLEN] = read(ctx, 0).ok_or_else(|| err(STAT_ERR_L2))?;
+    let mut proto = u16::from_be_bytes([eth[12], eth[13]]);
+    let mut l3_off = ETH_HLEN;
+    let mut vlan = sk_vlan(ctx).unwrap_or(0);
+    // Up to two tags inline (802.1ad outer + 802.1Q inner); the key keeps the innermost id.
+    for _ in 0..2 {
+        if proto != ETH_P_8021Q && proto != ETH_P_8021AD {
+            break;
+        }
+        let tag: [u8; 4] = read(ctx, l3_off).ok_or_else(|| err(STAT_ERR_L2))?;
+        vlan = u16::from_be_bytes([tag[0], tag[1]]) & 0x0fff;
+        proto = u16::from_be_bytes([tag[2], tag[3]]);
+        l3_off += 4;
+    }
+    let skb_len = ctx.len();
+    let raw = match proto {
+        ETH_P_IPV4 => parse_ipv4(ctx, l3_off, skb_len)?,
+        ETH_P_IPV6 => parse_ipv6(ctx, l3_off, skb_len)?,
+        _ => return Err(err(STAT_NON_IP)),
+    };
+    let (sport, dport, hdr_len, tcp_seq, tcp_flags) = match raw.proto {
+        PROTO_TCP => {
+            let h: [u8; 20] = read(ctx, raw.l4_off).ok_or_else(|| err(STAT_ERR_TCP))?;
+            let doff = u32::from(h[12] >> 4) * 4;
+            if doff < 20 || doff > raw.l4_len {
+                return Err(err(STAT_ERR_TCP));
+            }
+            (
+                u16::from_be_bytes([h[0], h[1]]),
+                u16::from_be_bytes([h[2], h[3]]),
+                doff,
+                u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+                h[13],
+            )
+        }
+        PROTO_UDP => {
+            let h: [u8; 8] = read(ctx, raw.l4_off).ok_or_else(|| err(STAT_ERR_UDP))?;
+            if raw.l4_len < 8 {
+                return Err(err(STAT_ERR_UDP));
+            }
+            (
+                u16::from_be_bytes([h[0], h[1]]),
+                u16::from_be_bytes([h[2], h[3]]),
+                8,
+                0,
+                0,
+            )
+        }
+        _ => return Err(err(STAT_OTHER_L4)),
+    };
+    let payload_off = raw.l4_off as u32 + hdr_len;
+    let claimed_len = raw.l4_len - hdr_len;
+    let present = skb_len.saturating_sub(payload_off);
+    let payload_len = if present < claimed_len {
+        stat(STAT_ERR_PAYLOAD, 1);
+        present
+    } else {
+        claimed_len
+    };
+    let (user_addr, user_port, remote_addr, remote_port) = if dir == DIR_UP {
+        (raw.src, sport, raw.dst, dport)
+    } else {
+        (raw.dst, dport, raw.src, sport)
+    };
+    Ok(Pkt {
+        key: FlowKey {
+            user_addr,
+            remote_addr,
+            user_port,
+            remote_port,
+            proto: raw.proto,
+            family: raw.family,
+            vlan,
+        },
+        l3_len: raw.l3_len,
+        payload_off,
+        payload_len,
+        claimed_len,
+        tcp_seq,
+        tcp_flags,
+    })
+}
+
+#[inline(always)]
+fn err(idx: usize) -> i32 {
+    stat(idx, 1);
+    ON_PARSE_ERROR
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &TcContext, l3_off: usize, skb_len: u32) -> Result<Raw, i32> {
+    let h: [u8; 20] = read(ctx, l3_off).ok_or_else(|| err(STAT_ERR_IPV4))?;
+    if h[0] >> 4 != 4 {
+        return Err(err(STAT_ERR_IPV4));
+    }
+    let ihl = u32::from(h[0] & 0x0f) * 4;
+    let avail = skb_len.saturating_sub(l3_off as u32);
+    let tot = u32::from(u16::from_be_bytes([h[2], h[3]]));
+    // GSO/BIG TCP packets may carry a zero total length: the skb then says how long it is.
+    let l3_len = if tot == 0 { avail } else { tot };
+    if ihl < 20 || l3_len < ihl {
+        return Err(err(STAT_ERR_IPV4));
+    }
+    let frag = u16::from_be_bytes([h[6], h[7]]);
+    if frag & 0x1fff != 0 {
+        return Err(err(STAT_FRAGMENTS));
+    }
+    Ok(Raw {
+        family: FAMILY_V4,
+        proto: h[9],
+        src: [u32::from_ne_bytes([h[12], h[13], h[14], h[15]]), 0, 0, 0],
+        dst: [u32::from_ne_bytes([h[16], h[17], h[18], h[19]]), 0, 0, 0],
+        l4_off: l3_off + ihl as usize,
+        l4_len: l3_len - ihl,
+        l3_len,
+    })
+}
+
+#[inline(always)]
+fn words(b: &[u8; 40], at: usize) -> [u32; 4] {
+    let mut w = [0u32; 4];
+    let mut i = 0;
+    while i < 4 {
+        let o = at + i * 4;
+        if let (Some(a), Some(b1), Some(c), Some(d)) =
+            (b.get(o), b.get(o + 1), b.get(o + 2), b.get(o + 3))
+        {
+            w[i] = u32::from_ne_bytes([*a, *b1, *c, *d]);
+        }
+        i += 1;
+    }
+    w
+}
+
+#[inline(always)]
+fn parse_ipv6(ctx: &TcContext, l3_off: usize, skb_len: u32) -> Result<Raw, i32> {
+    let h: [u8; 40] = read(ctx, l3_off).ok_or_else(|| err(STAT_ERR_IPV6))?;
+    if h[0] >> 4 != 6 {
+        return Err(err(STAT_ERR_IPV6));
+    }
+    let plen = u32::from(u16::from_be_bytes([h[4], h[5]]));
+    let avail = skb_len.saturating_sub(l3_off as u32 + 40);
+    // Jumbograms / BIG TCP carry a zero payload length.
+    let mut l4_len = if plen == 0 { avail } else { plen };
+    let mut next = h[6];
+    let mut off = l3_off + 40;
+    // A few extension headers (hop-by-hop, routing, destination options, fragment).
+    for _ in 0..4 {
+        match next {
+            0 | 43 | 60 => {
+                let e: [u8; 2] = read(ctx, off).ok_or_else(|| err(STAT_ERR_IPV6))?;
+                let len = (u32::from(e[1]) + 1) * 8;
+                if len > l4_len {
+                    return Err(err(STAT_ERR_IPV6));
+                }
+                next = e[0];
+                off += len as usize;
+                l4_len -= len;
+            }
+            44 => {
+                let e: [u8; 4] = read(ctx, off).ok_or_else(|| err(STAT_ERR_IPV6))?;
+                if 8 > l4_len {
+                    return Err(err(STAT_ERR_IPV6));
+                }
+                if u16::from_be_bytes([e[2], e[3]]) & 0xfff8 != 0 {
+                    return Err(err(STAT_FRAGMENTS));
+                }
+                next = e[0];
+                off += 8;
+                l4_len -= 8;
+            }
+            _ => break,
+        }
+    }
+    Ok(Raw {
+        family: FAMILY_V6,
+        proto: next,
+        src: words(&h, 8),
+        dst: words(&h, 24),
+        l4_off: off,
+        l4_len,
+        l3_len: plen + 40,
+    })
+}
+
+// ---- the per-packet work ----
+
+#[inline(always)]
+fn try_run(ctx: &TcContext, dir: u8, egress: bool) -> Result<i32, i32> {
+    let segs = sk_gso_segs(ctx);
+    stat(STAT_PACKETS, u64::from(segs));
+    // A forwarded packet that one of our ingress hooks already saw is not counted twice.
+    if egress {
+        let iif = sk_field_ingress_ifindex(ctx);
+        if iif != 0 && TG_IFACES.get_ptr(iif).is_some() {
+            stat(STAT_DEDUP, 1);
+            return Ok(PASS);
+        }
+    }
+    let pkt = parse(ctx, dir)?;
+    stat(STAT_BYTES, u64::from(pkt.l3_len));
+    // SAFETY: bpf_ktime_get_boot_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let ifindex = sk_field_ifindex(ctx);
+    let up = dir == DIR_UP;
+
+    let flow = match TG_FLOWS.get_ptr_mut(&pkt.key) {
+        Some(f) => {
+            // SAFETY: pointer to a live LRU map value; counters shared between CPUs are added
+            // atomically, the rest are last-writer-wins.
+            unsafe {
+                let (p, b) = if up {
+                    (&raw mut (*f).packets_up, &raw mut (*f).bytes_up)
+                } else {
+                    (&raw mut (*f).packets_down, &raw mut (*f).bytes_down)
+                };
+                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, u64::from(segs));
+                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(b, u64::from(pkt.l3_len));
+                (*f).last_seen_ns = now;
+                let fl = if up {
+                    u32::from(pkt.tcp_flags)
+                } else {
+                    u32::from(pkt.tcp_flags) << 8
+                };
+                if (*f).tcp_flags & fl != fl {
+                    (*f).tcp_flags |= fl;
+                }
+            }
+            f
+        }
+        None => {
+            let mut v = FlowValue {
+                first_seen_ns: now,
+                last_seen_ns: now,
+                ifindex,
+                ..FlowValue::default()
+            };
+            if up {
+                v.packets_up = u64::from(segs);
+                v.bytes_up = u64::from(pkt.l3_len);
+                v.tcp_flags = u32::from(pkt.tcp_flags);
+            } else {
+                v.packets_down = u64::from(segs);
+                v.bytes_down = u64::from(pkt.l3_len);
+                v.tcp_flags = u32::from(pkt.tcp_flags) << 8;
+            }
+            if TG_FLOWS.insert(&pkt.key, &v, 0).is_err() {
+                stat(STAT_FLOW_MAP_FULL, 1);
+                return Ok(PASS);
+            }
+            match TG_FLOWS.get_ptr_mut(&pkt.key) {
+                Some(f) => f,
+                None => return Ok(PASS),
+            }
+        }
+    };
+
+    if pkt.payload_len == 0 {
+        return Ok(PASS);
+    }
+    // SAFETY: live LRU map value (see above); the inspection fields are updated by the CPU
+    // that handles the packet, a lost update only costs or gains one inspection.
+    let flow = unsafe { &mut *flow };
+    inspect(ctx, &pkt, flow, dir, ifindex, now);
+    Ok(PASS)
+}
+
+/// Config values with defaults for zero fields.
+struct Limits {
+    max_events: u32,
+    max_dns_events: u32,
+    inspect_packets: u32,
+}
+
+#[inline(always)]
+fn limits() -> Limits {
+    let mut l = Limits {
+        max_events: DEFAULT_MAX_EVENTS_PER_FLOW,
+        max_dns_events: DEFAULT_MAX_DNS_EVENTS_PER_FLOW,
+        inspect_packets: DEFAULT_INSPECT_PACKETS,
+    };
+    if let Some(c) = TG_CONFIG.get(0) {
+        if c.max_events_per_flow != 0 {
+            l.max_events = c.max_events_per_flow;
+        }
+        if c.max_dns_events_per_flow != 0 {
+            l.max_dns_events = c.max_dns_events_per_flow;
+        }
+        if c.inspect_packets != 0 {
+            l.inspect_packets = c.inspect_packets;
+        }
+    }
+    l
+}
+
+const fn be32(b: &[u8; 4]) -> u32 {
+    u32::from_be_bytes(*b)
+}
+
+const HTTP_METHODS: [u32; 9] = [
+    be32(b"GET "),
+    be32(b"POST"),
+    be32(b"HEAD"),
+    be32(b"PUT "),
+    be32(b"DELE"),
+    be32(b"OPTI"),
+    be32(b"PATC"),
+    be32(b"CONN"),
+    be32(b"TRAC"),
+];
+
+/// Longest span of bytes a followed ClientHello may claim (records of 16 KiB + slack).
+const HELLO_MAX_TOTAL: u32 = 32 * 1024;
+
+#[inline(always)]
+fn inspect(ctx: &TcContext, pkt: &Pkt, flow: &mut FlowValue, dir: u8, ifindex: u32, now: u64) {
+    let up = dir == DIR_UP;
+    let tcp = pkt.key.proto == PROTO_TCP;
+    let lim = limits();
+
+    // Continuation of a ClientHello that began in an earlier segment.
+    if up && tcp && flow.flags & FLOW_F_HELLO_PENDING != 0 {
+        match TG_HELLO.get_ptr_mut(&pkt.key) {
+            Some(h) => {
+                // SAFETY: live LRU map value.
+                let h = unsafe { &mut *h };
+                let off = pkt.tcp_seq.wrapping_sub(h.start_seq);
+                if off != 0 && off < h.total_len {
+                    emit(
+                        ctx,
+                        pkt,
+                        flow,
+                        dir,
+                        KIND_TLS,
+                        EVENT_F_CONTINUATION,
+                        ifindex,
+                        now,
+                        &lim,
+                    );
+                    stat(STAT_HELLO_CONT, 1);
+                    if pkt.tcp_seq == h.next_seq {
+                        h.next_seq = pkt.tcp_seq.wrapping_add(pkt.payload_len);
+                    }
+                    if h.next_seq.wrapping_sub(h.start_seq) >= h.total_len {
+                        let _ = TG_HELLO.remove(&pkt.key);
+                        flow.flags &= !FLOW_F_HELLO_PENDING;
+                    }
+                    return;
+                }
+            }
+            None => flow.flags &= !FLOW_F_HELLO_PENDING,
+        }
+    }
+
+    let dns = pkt.key.remote_port == DNS_PORT || pkt.key.user_port == DNS_PORT;
+    if !dns {
+        let n = if up {
+            &mut flow.inspected_up
+        } else {
+            &mut flow.inspected_down
+        };
+        if *n >= lim.inspect_packets {
+            return;
+        }
+        *n += 1;
+    }
+
+    let mut b = [0u8; 12];
+    let avail = pkt.payload_len;
+    if avail >= 12 {
+        match read::<[u8; 12]>(ctx, pkt.payload_off as usize) {
+            Some(v) => b = v,
+            None => return,
+        }
+    } else {
+        // A short segment (a hello cut after a few bytes, a tiny DNS message): byte by byte.
+        let mut i = 0u32;
+        while i < 11 {
+            if i >= avail {
+                break;
+            }
+            match (
+                read::<u8>(ctx, (pkt.payload_off + i) as usize),
+                b.get_mut(i as usize),
+            ) {
+                (Some(v), Some(slot)) => *slot = v,
+                _ => return,
+            }
+            i += 1;
+        }
+    }
+    let first4 = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+
+    if dns {
+        flow.flags |= FLOW_F_DNS;
+        emit(ctx, pkt, flow, dir, KIND_DNS, 0, ifindex, now, &lim);
+        return;
+    }
+    if tcp {
+        // TLS handshake record header 0x16 0x03 0x0{0..4}; bytes the segment does not carry
+        // (a first segment cut very short) are not held against it.
+        let tls = b[0] == 0x16
+            && (avail < 2 || b[1] == 0x03)
+            && (avail < 3 || b[2] <= 0x04)
+            && (avail < 6 || b[5] == 0x01 || b[5] == 0x02);
+        if tls {
+            // From the user: ClientHello (followed across segments); toward the user:
+            // ServerHello (one event).
+            if up && (avail < 6 || b[5] == 0x01) {
+                flow.flags |= FLOW_F_TLS;
+                let mut total = if avail >= 5 {
+                    5 + u32::from(u16::from_be_bytes([b[3], b[4]]))
+                } else {
+                    // Record length not seen yet: follow up to one maximal record.
+                    5 + 16_384
+                };
+                if avail >= 9 {
+                    let hs_total =
+                        4 + ((u32::from(b[6]) << 16) | (u32::from(b[7]) << 8) | u32::from(b[8]));
+                    if hs_total + 5 > total {
+                        // The hello continues in further records: their headers add bytes.
+                        total = 5 + hs_total + 64;
+                    }
+                }
+                if total > HELLO_MAX_TOTAL {
+                    total = HELLO_MAX_TOTAL;
+                }
+                if total > avail {
+                    let st = HelloState {
+                        start_seq: pkt.tcp_seq,
+                        total_len: total,
+                        next_seq: pkt.tcp_seq.wrapping_add(avail),
+                        _pad: 0,
+                    };
+                    if TG_HELLO.insert(&pkt.key, &st, 0).is_ok() {
+                        flow.flags |= FLOW_F_HELLO_PENDING;
+                    } else {
+                        stat(STAT_HELLO_MAP_FULL, 1);
+                    }
+                }
+                emit(ctx, pkt, flow, dir, KIND_TLS, 0, ifindex, now, &lim);
+            } else if !up && avail >= 6 && b[5] == 0x02 {
+                emit(ctx, pkt, flow, dir, KIND_TLS, 0, ifindex, now, &lim);
+            }
+            return;
+        }
+        if up && avail >= 4 {
+            let mut i = 0;
+            while i < HTTP_METHODS.len() {
+                if HTTP_METHODS[i] == first4 {
+                    flow.flags |= FLOW_F_HTTP;
+                    emit(ctx, pkt, flow, dir, KIND_HTTP, 0, ifindex, now, &lim);
+                    return;
+                }
+                i += 1;
+            }
+        }
+        return;
+    }
+    // UDP: QUIC long header (form bit set) with a known version, packet type Initial.
+    if up && pkt.payload_len >= 5 && b[0] & 0x80 != 0 {
+        let version = u32::from_be_bytes([b[1], b[2], b[3], b[4]]);
+        let ptype = b[0] & 0x30;
+        let initial = match version {
+            0x0000_0001 => ptype == 0x00,
+            0x6b33_43cf => ptype == 0x10,
+            v if v & 0xffff_ff00 == 0xff00_0000 => ptype == 0x00,
+            _ => false,
+        };
+        if initial {
+            flow.flags |= FLOW_F_QUIC;
+            emit(ctx, pkt, flow, dir, KIND_QUIC, 0, ifindex, now, &lim);
+        }
+    }
+}
+
+/// Copies the packet's payload (up to `PAYLOAD_CAP` bytes) into the ring buffer as one record,
+/// unless the flow has used up its events.
+#[allow(clippy::too_many_arguments, reason = "inlined helper of one call tree")]
+#[inline(always)]
+fn emit(
+    ctx: &TcContext,
+    pkt: &Pkt,
+    flow: &mut FlowValue,
+    dir: u8,
+    kind: u8,
+    mut flags: u8,
+    ifindex: u32,
+    now: u64,
+    lim: &Limits,
+) {
+    let cap = if kind == KIND_DNS {
+        lim.max_dns_events
+    } else {
+        lim.max_events
+    };
+    if flow.events >= cap {
+        flow.flags |= FLOW_F_CAPPED;
+        stat(STAT_EVENTS_CAPPED, 1);
+        return;
+    }
+    flow.events += 1;
+    if flow.events >= cap {
+        flags |= EVENT_F_LAST;
+    }
+    let Some(buf) = TG_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch value; nothing else uses it while the program runs.
+    let buf = unsafe { &mut *buf };
+    let mut n = pkt.payload_len;
+    if n > PAYLOAD_CAP as u32 {
+        n = PAYLOAD_CAP as u32;
+    }
+    if n < pkt.claimed_len {
+        flags |= EVENT_F_TRUNCATED;
+    }
+    if n == 0 {
+        return;
+    }
+    // The verifier must see 1 <= len <= PAYLOAD_CAP at the helper call; LLVM would fold a
+    // plain clamp, so the bound is applied to a value read back through a volatile load.
+    let nm1 = n - 1;
+    // SAFETY: reads a local.
+    let nm1 = unsafe { ptr::read_volatile(&nm1) } & (PAYLOAD_CAP as u32 - 1);
+    let len = nm1 + 1;
+    buf.header = EventHeader {
+        key: pkt.key,
+        timestamp_ns: now,
+        tcp_seq: pkt.tcp_seq,
+        ifindex,
+        orig_len: pkt.claimed_len,
+        cap_len: len,
+        kind,
+        direction: dir,
+        tcp_flags: pkt.tcp_flags,
+        flags,
+        abi: ABI_VERSION,
+    };
+    // SAFETY: the destination is this CPU's scratch payload of PAYLOAD_CAP bytes and
+    // len <= PAYLOAD_CAP; the helper bounds-checks the packet side.
+    let ret = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            pkt.payload_off,
+            buf.payload.as_mut_ptr() as *mut _,
+            len,
+        )
+    };
+    if ret != 0 {
+        stat(STAT_ERR_PAYLOAD, 1);
+        return;
+    }
+    let total = EVENT_HEADER_LEN + len as usize;
+    // SAFETY: `buf` is EVENT_HEADER_LEN + PAYLOAD_CAP bytes and total <= that.
+    let bytes = unsafe { core::slice::from_raw_parts(buf as *const EventBuf as *const u8, total) };
+    match TG_EVENTS.output::<[u8]>(bytes, 0) {
+        Ok(()) => stat(STAT_EVENTS, 1),
+        Err(_) => stat(STAT_RINGBUF_FULL, 1),
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+// The kernel object declares a GPL-compatible license, which the kernel requires before it lets
+// a program call GPL-only helpers.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,249 @@
+//! Runs the embedded probes on crafted packets with `BPF_PROG_TEST_RUN`, without attaching or
+//! pinning anything: for the kernel-program tests and the per-packet cost benchmark. Needs
+//! root (or CAP_BPF + CAP_NET_ADMIN).
+
+use std::time::Duration;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, RingBuf},
+    programs::{SchedClassifier, TestRun, TestRunOptions},
+};
+use tollgate_common::{self as abi, FlowKey, FlowValue, HelloState};
+
+use crate::{
+    BootClock, DataplaneError, DataplaneStats, FlowCounters, Mode, PayloadEvent, classifier,
+    decode_record, map_err, map_mut, read_flows, read_stats, take_reader, write_config,
+};
+
+/// The probes loaded privately (no pins, no links).
+pub struct ProbeHarness {
+    ebpf: Ebpf,
+    ring: RingBuf<MapData>,
+}
+
+/// Result of one program run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunResult {
+    /// The program's return code (`TC_ACT_*`, -1 is `TC_ACT_UNSPEC`).
+    pub action: i32,
+    /// Average time per run, as the kernel measured it.
+    pub duration: Duration,
+}
+
+/// `TC_ACT_UNSPEC`: the pass verdict in a TCX chain.
+pub const TC_ACT_UNSPEC: i32 = -1;
+/// `TC_ACT_SHOT`: drop.
+pub const TC_ACT_SHOT: i32 = 2;
+
+/// Every program in the object.
+pub const PROGRAMS: [&str; 5] = [
+    abi::PROG_LAN_INGRESS,
+    abi::PROG_LAN_EGRESS,
+    abi::PROG_WAN_INGRESS,
+    abi::PROG_WAN_EGRESS,
+    abi::PROG_NOOP,
+];
+
+impl ProbeHarness {
+    /// Loads the object and every program (this runs the verifier on each).
+    pub fn load() -> Result<Self, DataplaneError> {
+        let mut ebpf = EbpfLoader::new().load(crate::PROBES)?;
+        for name in PROGRAMS {
+            classifier(&mut ebpf, name)?
+                .load()
+                .map_err(|source| DataplaneError::Program { name, source })?;
+        }
+        let ring = take_reader(&mut ebpf)?;
+        Ok(Self { ebpf, ring })
+    }
+
+    fn prog(&self, name: &'static str) -> Result<&SchedClassifier, DataplaneError> {
+        let p = self
+            .ebpf
+            .program(name)
+            .ok_or(DataplaneError::MissingProgram(name))?;
+        p.try_into()
+            .map_err(|source| DataplaneError::Program { name, source })
+    }
+
+    /// Runs `program` on one Ethernet frame `repeat` times.
+    pub fn run(
+        &self,
+        program: &'static str,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<RunResult, DataplaneError> {
+        let mut out = vec![0u8; frame.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat,
+            ..TestRunOptions::default()
+        };
+        let r = self
+            .prog(program)?
+            .test_run(opts)
+            .map_err(|source| DataplaneError::Program {
+                name: program,
+                source,
+            })?;
+        Ok(RunResult {
+            action: r.return_value as i32,
+            duration: r.duration,
+        })
+    }
+
+    /// Events waiting in the ring buffer.
+    pub fn drain_events(&mut self) -> Vec<PayloadEvent> {
+        let clock = BootClock::now();
+        let mut out = Vec::new();
+        while let Some(item) = self.ring.next() {
+            if let Ok(ev) = decode_record(&item, &clock) {
+                out.push(ev);
+            }
+        }
+        out
+    }
+
+    /// Flow counters.
+    pub fn flows(&self) -> Result<Vec<FlowCounters>, DataplaneError> {
+        read_flows(&self.ebpf)
+    }
+
+    /// Summed stats.
+    pub fn stats(&self) -> Result<DataplaneStats, DataplaneError> {
+        read_stats(&self.ebpf)
+    }
+
+    /// Sets monitor/enforce.
+    pub fn set_mode(&mut self, mode: Mode) -> Result<(), DataplaneError> {
+        write_config(&mut self.ebpf, mode)
+    }
+
+    /// Forgets every flow and followed ClientHello (so tests start clean).
+    pub fn clear_flows(&mut self) -> Result<(), DataplaneError> {
+        {
+            let mut m: BpfHashMap<&mut MapData, FlowKey, FlowValue> =
+                BpfHashMap::try_from(map_mut(&mut self.ebpf, abi::MAP_FLOWS)?)
+                    .map_err(map_err(abi::MAP_FLOWS))?;
+            let keys: Vec<FlowKey> = m.keys().filter_map(Result::ok).collect();
+            for k in keys {
+                let _ = m.remove(&k);
+            }
+        }
+        let mut m: BpfHashMap<&mut MapData, FlowKey, HelloState> =
+            BpfHashMap::try_from(map_mut(&mut self.ebpf, abi::MAP_HELLO)?)
+                .map_err(map_err(abi::MAP_HELLO))?;
+        let keys: Vec<FlowKey> = m.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            let _ = m.remove(&k);
+        }
+        Ok(())
+    }
+}
+
+/// Whether this process may load BPF programs (tests skip with a message when not).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Layer 4 of a crafted packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L4 {
+    Tcp { seq: u32, flags: u8 },
+    Udp,
+}
+
+/// TCP flag bits.
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+}
+
+/// A packet to craft: Ethernet (optionally 802.1Q-tagged), IPv4 or IPv6 (by the address
+/// family of `src`), TCP or UDP, payload. Checksums are left zero: TC programs do not check them.
+#[derive(Clone, Debug)]
+pub struct PacketSpec {
+    pub src: std::net::IpAddr,
+    pub dst: std::net::IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+    pub l4: L4,
+    pub vlan: Option<u16>,
+    pub payload: Vec<u8>,
+}
+
+impl PacketSpec {
+    /// The Ethernet frame.
+    pub fn frame(&self) -> Vec<u8> {
+        use std::net::IpAddr;
+        let mut l4 = Vec::new();
+        l4.extend_from_slice(&self.sport.to_be_bytes());
+        l4.extend_from_slice(&self.dport.to_be_bytes());
+        let proto = match self.l4 {
+            L4::Tcp { seq, flags } => {
+                l4.extend_from_slice(&seq.to_be_bytes());
+                l4.extend_from_slice(&1u32.to_be_bytes()); // ack
+                l4.push(5 << 4); // data offset 20
+                l4.push(flags);
+                l4.extend_from_slice(&64240u16.to_be_bytes()); // window
+                l4.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent
+                abi::PROTO_TCP
+            }
+            L4::Udp => {
+                let len = u16::try_from(8 + self.payload.len()).unwrap_or(u16::MAX);
+                l4.extend_from_slice(&len.to_be_bytes());
+                l4.extend_from_slice(&[0, 0]);
+                abi::PROTO_UDP
+            }
+        };
+        l4.extend_from_slice(&self.payload);
+        let mut f = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1];
+        let ethertype: u16 = match self.src {
+            IpAddr::V4(_) => 0x0800,
+            IpAddr::V6(_) => 0x86dd,
+        };
+        if let Some(vid) = self.vlan {
+            f.extend_from_slice(&0x8100u16.to_be_bytes());
+            f.extend_from_slice(&(vid & 0x0fff).to_be_bytes());
+        }
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        match (self.src, self.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let tot = u16::try_from(20 + l4.len()).unwrap_or(u16::MAX);
+                f.extend_from_slice(&[0x45, 0]);
+                f.extend_from_slice(&tot.to_be_bytes());
+                f.extend_from_slice(&[0, 1, 0x40, 0, 64, proto, 0, 0]);
+                f.extend_from_slice(&s.octets());
+                f.extend_from_slice(&d.octets());
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                let plen = u16::try_from(l4.len()).unwrap_or(u16::MAX);
+                f.extend_from_slice(&[0x60, 0, 0, 0]);
+                f.extend_from_slice(&plen.to_be_bytes());
+                f.extend_from_slice(&[proto, 64]);
+                f.extend_from_slice(&s.octets());
+                f.extend_from_slice(&d.octets());
+            }
+            _ => {}
+        }
+        f.extend_from_slice(&l4);
+        f
+    }
+}
+
+/// Decodes a hex fixture (whitespace ignored); `None` on a bad digit.
+pub fn hex(s: &str) -> Option<Vec<u8>> {
+    let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    digits
+        .chunks(2)
+        .map(|c| {
+            let s = std::str::from_utf8(c).ok()?;
+            u8::from_str_radix(s, 16).ok()
+        })
+        .collect()
+}
