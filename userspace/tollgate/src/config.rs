@@ -2,11 +2,15 @@
 //! line and the key. With no file, an embedded default runs monitor mode on the interface of
 //! the default route with the shipped catalog.
 
+use std::collections::BTreeMap;
 use std::fmt;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use tollgate_catalog::{CatalogConfig, CustomApp};
+use tollgate_discovery::logs::CustomFormat;
+use tollgate_discovery::users::UsersConfig;
+use tollgate_policy::{AppSettings, TagRule};
 
 /// The embedded default: what `tollgate run` does with no `--config`.
 pub const DEFAULT_CONFIG: &str = include_str!("../../../configs/default.toml");
@@ -33,6 +37,24 @@ pub struct Config {
     /// Flow table limits.
     #[serde(default)]
     pub flows: FlowsConfig,
+    /// Risk weights (`[catalog]`, `[catalog.weights]`).
+    #[serde(default)]
+    pub catalog: CatalogConfig,
+    /// The admin's own apps (`[[custom_apps]]`).
+    #[serde(default)]
+    pub custom_apps: Vec<CustomApp>,
+    /// Per-app settings (`[apps.<id>]`: tag, session_control, risk_score, risk_note).
+    #[serde(default)]
+    pub apps: BTreeMap<String, AppSettings>,
+    /// Tags by category or risk score (`[[tag_rules]]`), first match wins.
+    #[serde(default)]
+    pub tag_rules: Vec<TagRule>,
+    /// Users and devices (`[users]`, `[[users.static]]`).
+    #[serde(default)]
+    pub users: UsersConfig,
+    /// Custom log formats for `tollgate discover` (`[[log_formats]]`).
+    #[serde(default)]
+    pub log_formats: Vec<CustomFormat>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -244,11 +266,6 @@ pub fn default_route_interface() -> Option<String> {
         }
     }
     None
-}
-
-/// Parses an IP or returns a message fit for a config error.
-pub fn parse_ip(s: &str) -> Result<IpAddr, String> {
-    s.parse().map_err(|_| format!("{s:?} is not an IP address"))
 }
 
 #[cfg(test)]

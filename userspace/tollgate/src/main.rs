@@ -1,20 +1,29 @@
 //! Tollgate's binary: parses the command line, loads and validates the config, and calls
-//! into the library crates. Exit codes: 0 ok, 1 runtime failure, 64 bad config or usage.
+//! into the library. Exit codes: 0 ok, 1 runtime failure, 64 bad config or usage.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use tollgate::config::{Config, ConfigError};
-
-/// sysexits' EX_USAGE: the config or the command line is wrong.
-const EXIT_BAD_CONFIG: u8 = 64;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tollgate::commands::{self, Failure, OutputFormat};
+use tollgate::config::Config;
 
 #[derive(Parser)]
 #[command(name = "tollgate", version, about = "Edge CASB for Linux gateways")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// Where a client command finds the daemon: the config's control_socket, or a socket path.
+#[derive(Args, Clone)]
+struct DaemonAddr {
+    /// Config file whose control_socket to use (default: the embedded default's).
+    #[arg(long, conflicts_with = "control")]
+    config: Option<PathBuf>,
+    /// The control socket path.
+    #[arg(long)]
+    control: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -27,43 +36,241 @@ enum Command {
         #[arg(long)]
         netns: Option<String>,
     },
+    /// The live flow table of a running daemon.
+    Flows {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        daemon: DaemonAddr,
+    },
+    /// The cloud apps a running daemon discovered.
+    Apps {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        daemon: DaemonAddr,
+    },
+    /// A running daemon's counters.
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        daemon: DaemonAddr,
+    },
+    /// Stop a running daemon: detach its programs and remove its pins.
+    Stop {
+        #[command(flatten)]
+        daemon: DaemonAddr,
+    },
+    /// Change an app's settings on a running daemon.
+    App {
+        #[command(subcommand)]
+        action: AppAction,
+    },
+    /// Offline Cloud Discovery from pcap/pcapng files and firewall/proxy logs.
+    Discover {
+        #[arg(long, value_enum, default_value = "table")]
+        format: ReportFormatArg,
+        /// List every flow / transaction too.
+        #[arg(long)]
+        flows: bool,
+        /// Print only `flows=N`, `sni_flows=N` and `proc_ms=X` (for benchmark harnesses).
+        #[arg(long)]
+        summary: bool,
+        /// Write the report here instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Config with users, custom apps, tags and custom log formats.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// The cloud app catalog.
+    Catalog {
+        #[command(subcommand)]
+        action: CatalogAction,
+        /// Config with custom apps, weights and overrides.
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+    },
+    /// Export decisions for other devices.
+    Export {
+        #[command(subcommand)]
+        what: ExportWhat,
+    },
     /// Check a config file and print what it means.
     CheckConfig { config: PathBuf },
 }
 
+#[derive(Subcommand)]
+enum AppAction {
+    /// Tag an app (sanctioned, unsanctioned, monitored, or a custom tag); persists.
+    Tag {
+        app_id: String,
+        tag: String,
+        #[command(flatten)]
+        daemon: DaemonAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum CatalogAction {
+    /// Every app: id, name, category, domains, risk score.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One app, its risk score and how it was made.
+    Show {
+        app_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apps whose name, id or domain contains TEXT.
+    Search {
+        text: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ExportWhat {
+    /// The unsanctioned apps as a blocklist.
+    Blocklist {
+        #[arg(long, value_enum)]
+        format: BlocklistFormatArg,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ReportFormatArg {
+    Table,
+    Json,
+    Csv,
+    Html,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BlocklistFormatArg {
+    Nft,
+    Squid,
+    PaloaltoEdl,
+    Domains,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::CheckConfig { config } => match Config::load(&config) {
-            Ok(c) => {
+    let result = match cli.command {
+        Command::CheckConfig { config } => {
+            Config::load(&config).map_err(Failure::Config).map(|c| {
                 println!(
-                    "{}: ok ({} mode, {} interfaces)",
+                    "{}: ok ({} mode, {} interface(s), {} app setting(s), {} custom app(s))",
                     config.display(),
                     c.mode,
-                    c.interfaces.len()
+                    c.interfaces.len(),
+                    c.apps.len(),
+                    c.custom_apps.len()
                 );
-                ExitCode::SUCCESS
+            })
+        }
+        Command::Run { config, netns } => commands::run_daemon(config.as_deref(), netns.as_deref()),
+        Command::Flows { json, daemon } => commands::flows(
+            daemon.config.as_deref(),
+            daemon.control.as_deref(),
+            out(json),
+        ),
+        Command::Apps { json, daemon } => commands::apps(
+            daemon.config.as_deref(),
+            daemon.control.as_deref(),
+            out(json),
+        ),
+        Command::Status { json, daemon } => commands::status(
+            daemon.config.as_deref(),
+            daemon.control.as_deref(),
+            out(json),
+        ),
+        Command::Stop { daemon } => {
+            commands::stop(daemon.config.as_deref(), daemon.control.as_deref())
+        }
+        Command::App {
+            action:
+                AppAction::Tag {
+                    app_id,
+                    tag,
+                    daemon,
+                },
+        } => commands::tag(
+            daemon.config.as_deref(),
+            daemon.control.as_deref(),
+            &app_id,
+            &tag,
+        ),
+        Command::Discover {
+            format,
+            flows,
+            summary,
+            output,
+            config,
+            files,
+        } => commands::discover(&commands::DiscoverArgs {
+            format: match format {
+                ReportFormatArg::Table => "table",
+                ReportFormatArg::Json => "json",
+                ReportFormatArg::Csv => "csv",
+                ReportFormatArg::Html => "html",
+            },
+            flows,
+            summary,
+            output: output.as_deref(),
+            config: config.as_deref(),
+            files: &files,
+        }),
+        Command::Catalog { action, config } => match action {
+            CatalogAction::List { json } => commands::catalog_list(config.as_deref(), out(json)),
+            CatalogAction::Show { app_id, json } => {
+                commands::catalog_show(config.as_deref(), &app_id, out(json))
             }
-            Err(e) => bad_config(e),
+            CatalogAction::Search { text, json } => {
+                commands::catalog_search(config.as_deref(), &text, out(json))
+            }
         },
-        Command::Run { config, netns: _ } => {
-            let _cfg = match load_config(config.as_deref()) {
-                Ok(c) => c,
-                Err(e) => return bad_config(e),
-            };
-            ExitCode::SUCCESS
+        Command::Export {
+            what: ExportWhat::Blocklist { format, config },
+        } => commands::export_blocklist(
+            config.as_deref(),
+            match format {
+                BlocklistFormatArg::Nft => tollgate_policy::BlocklistFormat::Nft,
+                BlocklistFormatArg::Squid => tollgate_policy::BlocklistFormat::Squid,
+                BlocklistFormatArg::PaloaltoEdl => tollgate_policy::BlocklistFormat::PaloaltoEdl,
+                BlocklistFormatArg::Domains => tollgate_policy::BlocklistFormat::Domains,
+            },
+        ),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(e)) => {
+            eprintln!("tollgate: bad config: {e}");
+            ExitCode::from(commands::EXIT_BAD_CONFIG)
+        }
+        Err(Failure::Usage(msg)) => {
+            eprintln!("tollgate: {msg}");
+            ExitCode::from(commands::EXIT_BAD_CONFIG)
+        }
+        Err(Failure::Runtime(e)) => {
+            eprintln!("tollgate: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }
 
-fn load_config(path: Option<&std::path::Path>) -> Result<Config, ConfigError> {
-    match path {
-        Some(p) => Config::load(p),
-        None => Config::embedded_default(),
+fn out(json: bool) -> OutputFormat {
+    if json {
+        OutputFormat::Json
+    } else {
+        OutputFormat::Table
     }
-}
-
-fn bad_config(e: ConfigError) -> ExitCode {
-    eprintln!("tollgate: bad config: {e}");
-    ExitCode::from(EXIT_BAD_CONFIG)
 }

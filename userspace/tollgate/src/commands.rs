@@ -1,0 +1,357 @@
+//! What each subcommand does, callable from tests. Each returns a [`Failure`] that says
+//! whether the config or the usage was wrong (exit 64) or something failed at run time.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use tollgate_catalog::{AppOverride, Catalog};
+use tollgate_discovery::users::Users;
+use tollgate_policy::{BlocklistFormat, TagBook, TagStore};
+
+use crate::config::{Config, ConfigError};
+use crate::control::{self, Request};
+use crate::view;
+
+/// sysexits' EX_USAGE: the config or the command line is wrong.
+pub const EXIT_BAD_CONFIG: u8 = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Runtime(#[from] anyhow::Error),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+/// The config at `path`, or the embedded default.
+pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
+    match path {
+        Some(p) => Config::load(p),
+        None => Config::embedded_default(),
+    }
+}
+
+/// A config error that is about a semantic check done after parsing (unknown app id in
+/// `[apps.x]`, bad custom app): it names the file and the section, exit 64.
+fn semantic(file: Option<&Path>, key: &str, message: String) -> Failure {
+    Failure::Config(ConfigError::Invalid {
+        file: file.map_or("<embedded default config>".into(), |p| {
+            p.display().to_string()
+        }),
+        line: 0,
+        column: 0,
+        key: format!("{key}: "),
+        message,
+    })
+}
+
+/// The catalog the config describes: shipped apps, custom apps, weights, score overrides.
+pub fn load_catalog(cfg: &Config, file: Option<&Path>) -> Result<Catalog, Failure> {
+    let mut catalog = Catalog::from_config(&cfg.catalog, &cfg.custom_apps)
+        .map_err(|e| semantic(file, "catalog/custom_apps", e.to_string()))?;
+    let overrides: Vec<(String, AppOverride)> = cfg
+        .apps
+        .iter()
+        .map(|(id, s)| {
+            (
+                id.clone(),
+                AppOverride {
+                    risk_score: s.risk_score,
+                    risk_note: s.risk_note.clone(),
+                },
+            )
+        })
+        .collect();
+    catalog
+        .apply_overrides(overrides.iter().map(|(id, o)| (id.as_str(), o)))
+        .map_err(|e| semantic(file, "apps", e.to_string()))?;
+    Ok(catalog)
+}
+
+/// Tags from the config and the live tags persisted in state_dir.
+pub fn load_tags(cfg: &Config, file: Option<&Path>, catalog: &Catalog) -> Result<TagBook, Failure> {
+    let live = match TagStore::new(&cfg.state_dir).load() {
+        Ok(t) => t,
+        Err(e) => {
+            // Moved aside or unreadable: report and go on with the config's tags.
+            tracing::warn!("live tags: {e}");
+            Default::default()
+        }
+    };
+    TagBook::new(catalog, &cfg.apps, cfg.tag_rules.clone(), live)
+        .map_err(|e| semantic(file, "apps/tag_rules", e.to_string()))
+}
+
+fn socket_path(config: Option<&Path>, control: Option<&Path>) -> Result<PathBuf, Failure> {
+    if let Some(c) = control {
+        return Ok(c.to_path_buf());
+    }
+    Ok(load_config(config)?.control_socket)
+}
+
+fn ask(
+    config: Option<&Path>,
+    control: Option<&Path>,
+    req: Request,
+) -> Result<serde_json::Value, Failure> {
+    let path = socket_path(config, control)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime")?;
+    Ok(rt.block_on(control::request(&path, &req))?)
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v).context("writing JSON")?;
+    writeln!(out).context("writing JSON")?;
+    Ok(())
+}
+
+pub fn flows(
+    config: Option<&Path>,
+    control: Option<&Path>,
+    fmt: OutputFormat,
+) -> Result<(), Failure> {
+    let data = ask(config, control, Request::Flows)?;
+    match fmt {
+        OutputFormat::Json => print_json(&data),
+        OutputFormat::Table => {
+            print!("{}", view::flows_table(&data));
+            Ok(())
+        }
+    }
+}
+
+pub fn apps(
+    config: Option<&Path>,
+    control: Option<&Path>,
+    fmt: OutputFormat,
+) -> Result<(), Failure> {
+    let data = ask(config, control, Request::Apps)?;
+    match fmt {
+        OutputFormat::Json => print_json(&data["apps"]),
+        OutputFormat::Table => {
+            print!("{}", view::apps_table(&data));
+            Ok(())
+        }
+    }
+}
+
+pub fn status(
+    config: Option<&Path>,
+    control: Option<&Path>,
+    fmt: OutputFormat,
+) -> Result<(), Failure> {
+    let data = ask(config, control, Request::Status)?;
+    match fmt {
+        OutputFormat::Json => print_json(&data),
+        OutputFormat::Table => {
+            if let Some(obj) = data.as_object() {
+                for (k, v) in obj {
+                    println!("{k}: {v}");
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+pub fn stop(config: Option<&Path>, control: Option<&Path>) -> Result<(), Failure> {
+    ask(config, control, Request::Stop)?;
+    println!("stopped: programs detached, pins removed");
+    Ok(())
+}
+
+pub fn tag(
+    config: Option<&Path>,
+    control: Option<&Path>,
+    app: &str,
+    tag: &str,
+) -> Result<(), Failure> {
+    // Check the tag here too, so a typo is a usage error even without a daemon.
+    tag.parse::<tollgate_policy::Tag>()
+        .map_err(|e| Failure::Usage(e.to_string()))?;
+    let data = ask(
+        config,
+        control,
+        Request::Tag {
+            app: app.to_string(),
+            tag: tag.to_string(),
+        },
+    )?;
+    println!("{app}: {}", data["tag"].as_str().unwrap_or(tag));
+    Ok(())
+}
+
+pub fn catalog_list(config: Option<&Path>, fmt: OutputFormat) -> Result<(), Failure> {
+    let cfg = load_config(config)?;
+    let cat = load_catalog(&cfg, config)?;
+    let rows = tollgate_catalog::views::list(&cat);
+    match fmt {
+        OutputFormat::Json => print_json(&rows),
+        OutputFormat::Table => {
+            print!("{}", tollgate_catalog::views::render_table(&rows));
+            Ok(())
+        }
+    }
+}
+
+pub fn catalog_search(config: Option<&Path>, text: &str, fmt: OutputFormat) -> Result<(), Failure> {
+    let cfg = load_config(config)?;
+    let cat = load_catalog(&cfg, config)?;
+    let rows = tollgate_catalog::views::search(&cat, text);
+    match fmt {
+        OutputFormat::Json => print_json(&rows),
+        OutputFormat::Table => {
+            if rows.is_empty() {
+                println!("no app matches {text:?}");
+            } else {
+                print!("{}", tollgate_catalog::views::render_table(&rows));
+            }
+            Ok(())
+        }
+    }
+}
+
+pub fn catalog_show(config: Option<&Path>, id: &str, fmt: OutputFormat) -> Result<(), Failure> {
+    let cfg = load_config(config)?;
+    let cat = load_catalog(&cfg, config)?;
+    let Some(v) = tollgate_catalog::views::show(&cat, id) else {
+        let hint = tollgate_catalog::views::search(&cat, id);
+        let hint = if hint.is_empty() {
+            String::new()
+        } else {
+            let ids: Vec<&str> = hint.iter().take(5).map(|a| a.id.as_str()).collect();
+            format!(" (did you mean: {}?)", ids.join(", "))
+        };
+        return Err(Failure::Usage(format!(
+            "no app with id {id:?} in the catalog{hint}"
+        )));
+    };
+    match fmt {
+        OutputFormat::Json => print_json(&v),
+        OutputFormat::Table => {
+            print!("{}", tollgate_catalog::views::render_detail(&v));
+            Ok(())
+        }
+    }
+}
+
+pub fn export_blocklist(config: Option<&Path>, format: BlocklistFormat) -> Result<(), Failure> {
+    let cfg = load_config(config)?;
+    let cat = load_catalog(&cfg, config)?;
+    let tags = load_tags(&cfg, config, &cat)?;
+    let apps = tags.unsanctioned(&cat);
+    let learned = crate::daemon::load_learned_ips(&cfg.state_dir);
+    print!(
+        "{}",
+        tollgate_policy::export_blocklist(format, &apps, &learned)
+    );
+    Ok(())
+}
+
+/// Arguments of `tollgate discover`.
+pub struct DiscoverArgs<'a> {
+    pub format: &'a str,
+    pub flows: bool,
+    pub summary: bool,
+    pub output: Option<&'a Path>,
+    pub config: Option<&'a Path>,
+    pub files: &'a [PathBuf],
+}
+
+pub fn discover(args: &DiscoverArgs<'_>) -> Result<(), Failure> {
+    use tollgate_discovery::discover::{DiscoverOptions, discover};
+    use tollgate_discovery::report::{ReportFormat, render};
+
+    let cfg = load_config(args.config)?;
+    let catalog = load_catalog(&cfg, args.config)?;
+    let tags = load_tags(&cfg, args.config, &catalog)?;
+    let users = Users::from_config(&cfg.users)
+        .map_err(|e| semantic(args.config, "users", e.to_string()))?;
+    let format: ReportFormat = args
+        .format
+        .parse()
+        .map_err(|e| Failure::Usage(format!("{e}")))?;
+    let mut opts = DiscoverOptions {
+        format,
+        include_flows: args.flows || args.summary,
+        ..Default::default()
+    };
+    opts.logs.custom = cfg.log_formats.clone();
+    opts.tags = catalog
+        .apps()
+        .filter_map(|a| {
+            tags.tag(&catalog, &a.id)
+                .map(|(t, _)| (a.id.clone(), t.to_string()))
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let report = discover(args.files, &opts, &catalog, &users);
+    let proc_ms = started.elapsed().as_secs_f64() * 1000.0;
+    for failed in report.failed_inputs() {
+        eprintln!(
+            "tollgate: {}",
+            failed.error.as_deref().unwrap_or("input failed")
+        );
+    }
+    if args.summary {
+        let rows = report.flows.as_deref().unwrap_or(&[]);
+        let flows = rows.len();
+        let named = rows.iter().filter(|r| r.name.is_some()).count();
+        println!("flows={flows}\nsni_flows={named}\nproc_ms={proc_ms:.3}");
+    } else {
+        let mut sink: Box<dyn Write> = match args.output {
+            Some(p) => Box::new(std::io::BufWriter::new(
+                std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+            )),
+            None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+        };
+        render(&report, format, &mut sink).context("writing the report")?;
+        sink.flush().context("writing the report")?;
+    }
+    if report.failed_inputs().count() == args.files.len() {
+        return Err(Failure::Runtime(anyhow::anyhow!("no input could be read")));
+    }
+    Ok(())
+}
+
+/// `tollgate run`: enters the namespace, builds the runtime, runs the daemon.
+pub fn run_daemon(config: Option<&Path>, netns: Option<&str>) -> Result<(), Failure> {
+    let cfg = load_config(config)?;
+    // Validate everything that can be wrong in the config before touching the system.
+    let catalog = load_catalog(&cfg, config)?;
+    let tags = load_tags(&cfg, config, &catalog)?;
+    let users =
+        Users::from_config(&cfg.users).map_err(|e| semantic(config, "users", e.to_string()))?;
+    if let Some(ns) = netns {
+        // Before any thread exists: threads created later inherit the namespace.
+        crate::netns::enter(ns).map_err(Failure::Runtime)?;
+    }
+    crate::daemon::init_logging();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(crate::daemon::run(crate::daemon::DaemonParts {
+        config: cfg,
+        config_path: config.map(Path::to_path_buf),
+        netns: netns.map(str::to_string),
+        catalog,
+        tags,
+        users,
+    }))
+    .map_err(Failure::Runtime)
+}

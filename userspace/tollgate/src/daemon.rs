@@ -1,0 +1,491 @@
+//! The daemon: one core task owns the dataplane (and so every BPF map), the flow table and
+//! the discovery aggregates. It receives ring-buffer events, polls the kernel's flow
+//! counters, answers control-socket requests through a channel, and prints a status line.
+//! Nothing else touches that state, so no lock is ever held across an await.
+//!
+//! Stopping: SIGINT/SIGTERM end the daemon but leave the programs attached and pinned, so a
+//! restarted daemon adopts them (and enforcement never lapses while it restarts);
+//! `tollgate stop` detaches the programs and removes the pins.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+use anyhow::{Context, Result, bail};
+use tokio::sync::{mpsc, oneshot};
+use tollgate_catalog::Catalog;
+use tollgate_dataplane::{Dataplane, DataplaneOptions, Direction, FlowCounters, PayloadEvent};
+use tollgate_discovery::aggregate::{AggregateOptions, Aggregator};
+use tollgate_discovery::flow_table::{self, FlowTable, FlowTableLimits};
+use tollgate_discovery::record::{FlowRecord, L4Proto};
+use tollgate_discovery::users::Users;
+use tollgate_policy::{Tag, TagBook, TagStore};
+
+use crate::config::{Config, Mode, Role, default_route_interface};
+use crate::control::{self, Request, Response};
+
+/// Everything `tollgate run` validated before the runtime started.
+pub struct DaemonParts {
+    pub config: Config,
+    pub config_path: Option<PathBuf>,
+    pub netns: Option<String>,
+    pub catalog: Catalog,
+    pub tags: TagBook,
+    pub users: Users,
+}
+
+/// How often the kernel's flow counters are read into the flow table.
+const COUNTER_POLL: Duration = Duration::from_secs(2);
+/// Events drained per wake-up before other work gets a turn.
+const EVENT_BATCH: usize = 4096;
+
+const LEARNED_IPS_FILE: &str = "learned_ips.json";
+
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// IPs the daemon saw DNS give for unsanctioned apps (for `export blocklist --format nft`).
+pub fn load_learned_ips(state_dir: &Path) -> Vec<IpAddr> {
+    std::fs::read(state_dir.join(LEARNED_IPS_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn resolve_interfaces(cfg: &Config) -> Result<Vec<(String, Role)>> {
+    if !cfg.interfaces.is_empty() {
+        return Ok(cfg
+            .interfaces
+            .iter()
+            .map(|i| (i.name.clone(), i.role))
+            .collect());
+    }
+    match default_route_interface() {
+        Some(name) => Ok(vec![(name, Role::Wan)]),
+        None => bail!(
+            "no [[interfaces]] in the config and no default route to pick one from; \
+             name the interfaces in a config file (see configs/example-gateway.toml)"
+        ),
+    }
+}
+
+/// A request from the control socket with the way back.
+struct ControlCall {
+    request: Request,
+    reply: oneshot::Sender<Response>,
+}
+
+struct ControlHandler {
+    tx: mpsc::Sender<ControlCall>,
+}
+
+impl control::Handler for ControlHandler {
+    async fn handle(&self, request: Request) -> Response {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(ControlCall { request, reply }).await.is_err() {
+            return Response::err("the daemon is shutting down");
+        }
+        rx.await
+            .unwrap_or_else(|_| Response::err("the daemon dropped the request"))
+    }
+}
+
+/// The state the core task owns.
+struct Core {
+    cfg: Config,
+    dp: Dataplane,
+    flows: FlowTable,
+    catalog: Catalog,
+    tags: TagBook,
+    live_tags: BTreeMap<String, Tag>,
+    tag_store: TagStore,
+    users: Users,
+    /// Flows that left the live table, folded into the discovery aggregates.
+    history: Aggregator,
+    /// Flows already folded into `history`, with the last_seen they had, so the kernel's
+    /// still-present counters do not bring them back twice.
+    retired: HashMap<flow_table::FlowKey, DateTime<Utc>>,
+    events_total: u64,
+    events_at_last_status: u64,
+    last_status: Instant,
+    decode_errors: u64,
+}
+
+enum Next {
+    Continue,
+    Stop,
+}
+
+impl Core {
+    fn on_event(&mut self, ev: &PayloadEvent) {
+        self.events_total += 1;
+        let user = (ev.user_ip, ev.user_port);
+        let remote = (ev.remote_ip, ev.remote_port);
+        let ((src, sport), (dst, dport), direction) = match ev.direction {
+            Direction::Up => (user, remote, flow_table::Direction::Up),
+            Direction::Down => (remote, user, flow_table::Direction::Down),
+        };
+        self.flows.observe_payload(&flow_table::PayloadObservation {
+            proto: l4(ev.proto),
+            src,
+            sport,
+            dst,
+            dport,
+            direction,
+            ts: ev.timestamp.into(),
+            tcp_seq: ev.tcp_seq,
+            tcp_flags: ev.tcp_flags,
+            payload: &ev.payload,
+        });
+    }
+
+    fn poll_counters(&mut self) {
+        let counters = match self.dp.flow_counters() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("reading flow counters: {e}");
+                return;
+            }
+        };
+        for c in &counters {
+            let key = flow_key(c);
+            let last_seen: DateTime<Utc> = c.last_seen.into();
+            if let Some(seen) = self.retired.get(&key) {
+                if *seen >= last_seen {
+                    continue;
+                }
+                // The same 5-tuple came back to life: a new flow.
+                self.retired.remove(&key);
+            }
+            self.flows.update_counters(
+                key,
+                flow_table::Counters {
+                    packets_up: c.packets_up,
+                    packets_down: c.packets_down,
+                    bytes_up: c.bytes_up,
+                    bytes_down: c.bytes_down,
+                    first_seen: c.first_seen.into(),
+                    last_seen,
+                    tcp_flags: c.tcp_flags,
+                },
+            );
+        }
+        self.retire_idle();
+    }
+
+    /// Moves idle flows out of the live table into the discovery history.
+    fn retire_idle(&mut self) {
+        let now = Utc::now();
+        self.flows.expire(now);
+        for rec in self.flows.drain_finished() {
+            self.history.add(&rec, &self.catalog, &self.users);
+            self.retired.insert(record_key(&rec), rec.last_seen);
+        }
+        // Forget retirements the kernel's LRU map has surely evicted by now.
+        if self.retired.len() > self.cfg.flows.max_flows {
+            let idle = TimeDelta::seconds(
+                i64::try_from(self.cfg.flows.idle_timeout_secs).unwrap_or(i64::MAX / 8),
+            );
+            let horizon = now - idle * 4;
+            self.retired.retain(|_, seen| *seen > horizon);
+        }
+    }
+
+    fn flows_json(&self) -> serde_json::Value {
+        let mut recs: Vec<FlowRecord> = self.flows.records().collect();
+        recs.sort_by(|a, b| b.last_seen.cmp(&a.last_seen));
+        serde_json::to_value(recs).unwrap_or_default()
+    }
+
+    fn apps_json(&self) -> serde_json::Value {
+        let mut agg = self.history.clone();
+        for rec in self.flows.records() {
+            agg.add(&rec, &self.catalog, &self.users);
+        }
+        let snap = agg.snapshot(&self.catalog, &|id| {
+            self.tags.tag(&self.catalog, id).map(|(t, _)| t.to_string())
+        });
+        serde_json::json!({
+            "apps": snap.apps,
+            "users": snap.users,
+            "unknown_domains": snap.unknown_domains,
+            "totals": snap.totals,
+        })
+    }
+
+    fn status_json(&self) -> serde_json::Value {
+        let st = self.flows.stats();
+        let dp = self.dp.stats().unwrap_or_default();
+        serde_json::json!({
+            "mode": self.cfg.mode.to_string(),
+            "flows": st.flows,
+            "named_flows": st.named_flows,
+            "events": self.events_total,
+            "kernel_events": dp.events,
+            "ring_drops": dp.ringbuf_full,
+            "kernel_parse_errors": dp.parse_errors(),
+            "flow_map_full": dp.flow_map_full,
+            "event_decode_errors": self.decode_errors,
+            "packets": dp.packets,
+            "drops": dp.drops,
+            "would_drop": dp.would_drop,
+        })
+    }
+
+    fn print_status(&mut self) {
+        let st = self.flows.stats();
+        let dp = self.dp.stats().unwrap_or_default();
+        let secs = self.last_status.elapsed().as_secs_f64().max(0.001);
+        let rate = (self.events_total - self.events_at_last_status) as f64 / secs;
+        self.events_at_last_status = self.events_total;
+        self.last_status = Instant::now();
+        println!(
+            "status: flows {} (named {}), events {} ({:.0}/s), ring drops {}, parse errors {}, {} {}",
+            st.flows,
+            st.named_flows,
+            self.events_total,
+            rate,
+            dp.ringbuf_full,
+            dp.parse_errors() + self.decode_errors,
+            if self.cfg.mode == Mode::Enforce {
+                "dropped"
+            } else {
+                "would drop"
+            },
+            if self.cfg.mode == Mode::Enforce {
+                dp.drops
+            } else {
+                dp.would_drop
+            },
+        );
+    }
+
+    fn set_tag(&mut self, app: &str, tag: &str) -> Response {
+        if self.catalog.app(app).is_none() {
+            return Response::err(format!("app {app:?} is not in the catalog"));
+        }
+        let tag: Tag = match tag.parse() {
+            Ok(t) => t,
+            Err(e) => return Response::err(e.to_string()),
+        };
+        let mut live = self.live_tags.clone();
+        live.insert(app.to_string(), tag.clone());
+        if let Err(e) = self.tag_store.save(&live) {
+            return Response::err(format!("could not persist the tag: {e}"));
+        }
+        self.live_tags = live;
+        self.tags = self.tags.with_live(self.live_tags.clone());
+        tracing::info!(app, tag = %tag, "tag set");
+        Response::ok(serde_json::json!({ "app": app, "tag": tag.to_string() }))
+    }
+
+    fn on_control(&mut self, request: Request) -> (Response, Next) {
+        match request {
+            Request::Flows => (Response::ok(self.flows_json()), Next::Continue),
+            Request::Apps => (Response::ok(self.apps_json()), Next::Continue),
+            Request::Status => (Response::ok(self.status_json()), Next::Continue),
+            Request::Tag { app, tag } => (self.set_tag(&app, &tag), Next::Continue),
+            Request::Stop => (Response::ok(serde_json::Value::Null), Next::Stop),
+        }
+    }
+}
+
+fn l4(proto: u8) -> L4Proto {
+    if proto == 6 {
+        L4Proto::Tcp
+    } else {
+        L4Proto::Udp
+    }
+}
+
+fn flow_key(c: &FlowCounters) -> flow_table::FlowKey {
+    flow_table::FlowKey {
+        proto: l4(c.proto),
+        src: c.user_ip,
+        sport: c.user_port,
+        dst: c.remote_ip,
+        dport: c.remote_port,
+    }
+}
+
+fn record_key(r: &FlowRecord) -> flow_table::FlowKey {
+    flow_table::FlowKey {
+        proto: r.proto,
+        src: r.src,
+        sport: r.sport,
+        dst: r.dst,
+        dport: r.dport,
+    }
+}
+
+pub async fn run(parts: DaemonParts) -> Result<()> {
+    let DaemonParts {
+        config: cfg,
+        config_path,
+        netns,
+        catalog,
+        tags,
+        users,
+    } = parts;
+    let interfaces = resolve_interfaces(&cfg)?;
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating state_dir {}", cfg.state_dir.display()))?;
+    let instance = netns.clone().unwrap_or_else(|| "host".into());
+    let pin_dir = PathBuf::from("/sys/fs/bpf/tollgate").join(&instance);
+    let mut dp = Dataplane::start(DataplaneOptions {
+        interfaces: interfaces
+            .iter()
+            .map(|(n, r)| {
+                (
+                    n.clone(),
+                    match r {
+                        Role::Lan => tollgate_dataplane::Role::Lan,
+                        Role::Wan => tollgate_dataplane::Role::Wan,
+                    },
+                )
+            })
+            .collect(),
+        pin_dir: pin_dir.clone(),
+        mode: match cfg.mode {
+            Mode::Monitor => tollgate_dataplane::Mode::Monitor,
+            Mode::Enforce => tollgate_dataplane::Mode::Enforce,
+        },
+    })
+    .context("starting the dataplane")?;
+
+    println!(
+        "tollgate {}: {} mode, catalog {} apps, config {}, control socket {}",
+        env!("CARGO_PKG_VERSION"),
+        cfg.mode,
+        catalog.len(),
+        config_path
+            .as_deref()
+            .map_or("<embedded default>".to_string(), |p| p
+                .display()
+                .to_string()),
+        cfg.control_socket.display()
+    );
+    if let Some(ns) = &netns {
+        println!("  network namespace {ns}");
+    }
+    for a in dp.attached() {
+        println!(
+            "  attached tcx {:<7} on {} ({}, {} traffic) program {} id {} link {}{}",
+            a.hook.to_string(),
+            a.interface,
+            a.role,
+            match a.direction {
+                Direction::Up => "up",
+                Direction::Down => "down",
+            },
+            a.program,
+            a.program_id,
+            a.link_id,
+            if a.adopted {
+                " (adopted pinned link)"
+            } else {
+                ""
+            }
+        );
+    }
+    println!("  pins under {}", pin_dir.display());
+
+    let mut events = dp.take_event_reader().context("opening the ring buffer")?;
+    let (tx, mut rx) = mpsc::channel::<ControlCall>(64);
+    let socket = cfg.control_socket.clone();
+    let server = tokio::spawn(async move {
+        if let Err(e) = control::serve(&socket, Arc::new(ControlHandler { tx })).await {
+            tracing::error!("control socket: {e:#}");
+        }
+    });
+
+    let live_tags = TagStore::new(&cfg.state_dir).load().unwrap_or_default();
+    let mut core = Core {
+        flows: FlowTable::new(FlowTableLimits {
+            max_flows: cfg.flows.max_flows,
+            idle_timeout: Duration::from_secs(cfg.flows.idle_timeout_secs),
+            ..FlowTableLimits::default()
+        }),
+        history: Aggregator::new(AggregateOptions::default()),
+        retired: HashMap::new(),
+        tag_store: TagStore::new(&cfg.state_dir),
+        live_tags,
+        dp,
+        catalog,
+        tags,
+        users,
+        events_total: 0,
+        events_at_last_status: 0,
+        last_status: Instant::now(),
+        decode_errors: 0,
+        cfg,
+    };
+
+    let mut poll = tokio::time::interval(COUNTER_POLL);
+    let status_every = Duration::from_secs(core.cfg.status_interval_secs.max(1));
+    let mut status =
+        tokio::time::interval_at(tokio::time::Instant::now() + status_every, status_every);
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let mut detach = false;
+    loop {
+        tokio::select! {
+            ev = events.next() => {
+                match ev {
+                    Ok(ev) => {
+                        core.on_event(&ev);
+                        for _ in 0..EVENT_BATCH {
+                            match events.try_next() {
+                                Some(ev) => core.on_event(&ev),
+                                None => break,
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        core.decode_errors += 1;
+                        tracing::debug!("ring buffer: {e}");
+                    }
+                }
+            }
+            _ = poll.tick() => core.poll_counters(),
+            _ = status.tick(), if core.cfg.status_interval_secs > 0 => core.print_status(),
+            Some(call) = rx.recv() => {
+                // Counters are fresh when someone asks.
+                if matches!(call.request, Request::Flows | Request::Apps | Request::Status) {
+                    core.poll_counters();
+                }
+                let (resp, next) = core.on_control(call.request);
+                let _ = call.reply.send(resp);
+                if let Next::Stop = next {
+                    detach = true;
+                    break;
+                }
+            }
+            _ = sigterm.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    server.abort();
+    let _ = std::fs::remove_file(&core.cfg.control_socket);
+    if detach {
+        core.dp.detach().context("detaching")?;
+        println!("tollgate: stopped; programs detached and pins removed");
+    } else {
+        println!(
+            "tollgate: exiting; programs stay attached and pinned under {} (`tollgate stop` removes them)",
+            pin_dir.display()
+        );
+    }
+    Ok(())
+}
