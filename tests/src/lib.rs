@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+pub mod servers;
+
 pub const CLIENT_IP4: &str = "198.18.1.2";
 pub const GW_C_IP4: &str = "198.18.1.1";
 pub const GW_S_IP4: &str = "198.18.2.1";
@@ -205,6 +207,36 @@ impl Topology {
         Ok(())
     }
 
+    /// Starts a background process in the host's namespaces (e.g. a daemon that enters the
+    /// gateway namespace itself); it is killed when the topology drops.
+    pub fn spawn_host(&mut self, cmd: &str, log: &str) -> Result<()> {
+        let log_path = self.scratch.join(log);
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
+        let child = Command::new("sh")
+            .args(["-c", &format!("exec {cmd}")])
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("spawning {cmd}"))?;
+        self.children.push(child);
+        Ok(())
+    }
+
+    /// Kills (SIGKILL) the background processes started so far whose command line contains
+    /// `needle`, as `kill -9` would.
+    pub fn kill9(&mut self, needle: &str) {
+        let _ = Command::new("pkill")
+            .args(["-9", "-f", "--", needle])
+            .status();
+        for c in &mut self.children {
+            let _ = c.try_wait();
+        }
+    }
+
     /// Reads a log written by a spawned process.
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.scratch.join(name)).unwrap_or_default()
@@ -243,7 +275,10 @@ impl Topology {
                 .args(["netns", "del", ns])
                 .stderr(Stdio::null())
                 .status();
+            let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(ns));
         }
+        // A daemon killed with -9 leaves its pins; the namespace (and its links) are gone.
+        let _ = std::fs::remove_dir_all(Path::new("/sys/fs/bpf/tollgate").join(&self.gateway));
     }
 }
 

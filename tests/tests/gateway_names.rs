@@ -1,0 +1,297 @@
+//! End to end: Tollgate on a forwarding gateway names every flow that real clients make
+//! through it, and counts its bytes. Client offloads are off, so Chrome-sized hellos cross
+//! the gateway as several segments.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tollgate_e2e::servers::{
+    BIG_FILE, Daemon, NOSNI_NAME, Origins, SERVER_ALT_IP4, SERVER_ALT_IP6, fixture,
+};
+use tollgate_e2e::{
+    SERVER_IP4, SERVER_IP6, Topology, require_command, require_python_module, require_root, serial,
+};
+
+const WAIT: Duration = Duration::from_secs(8);
+
+fn has(f: &Value, name: &str, source: &str, proto: &str) -> bool {
+    f["name"] == name && f["name_source"] == source && f["proto"] == proto
+}
+
+fn ready(test: &str) -> bool {
+    require_root(test)
+        && ["nginx", "dnsmasq", "curl", "openssl", "dig", "ethtool"]
+            .iter()
+            .all(|c| require_command(test, c))
+        && require_python_module(test, "aioquic")
+        && require_python_module(test, "curl_cffi")
+}
+
+/// Every client kind through one gateway; `v6` picks the address family, `mtu` the links'.
+fn names_and_counters(test: &str, mtu: u32, v6: bool) {
+    if !ready(test) {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = Topology::new(if v6 { "n6" } else { "n4" }, mtu).expect("topology");
+    let _origins = Origins::start(&mut topo, true).expect("origins");
+    let daemon = Daemon::start(&mut topo, "monitor", "").expect("daemon");
+    let c = topo.client.clone();
+    let (ip, alt, bracket) = if v6 {
+        (SERVER_IP6, SERVER_ALT_IP6, format!("[{SERVER_IP6}]"))
+    } else {
+        (SERVER_IP4, SERVER_ALT_IP4, SERVER_IP4.to_string())
+    };
+
+    // curl HTTP/1.1: a 1 MiB download, to check the byte counters.
+    let out = topo
+        .exec(
+            &c,
+            &format!(
+                "curl -sk --http1.1 --resolve www.dropbox.com:443:{bracket} \
+                 https://www.dropbox.com/1m.bin -o /dev/null -w %{{size_download}}"
+            ),
+        )
+        .expect("curl http/1.1");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), BIG_FILE.to_string());
+    // curl HTTP/2.
+    topo.exec(
+        &c,
+        &format!(
+            "curl -sk --http2 --resolve slack.com:443:{bracket} https://slack.com/ -o /dev/null"
+        ),
+    )
+    .expect("curl http/2");
+    // openssl s_client.
+    topo.exec(
+        &c,
+        &format!(
+            "sh -c 'echo Q | timeout 5 openssl s_client -connect {bracket}:443 -servername github.com >/dev/null 2>&1'"
+        ),
+    )
+    .expect("openssl s_client");
+    // Chrome's fingerprint (curl_cffi): ~2 KB post-quantum hello over several segments.
+    let out = topo
+        .exec(
+            &c,
+            &format!(
+                "python3 {} https://www.youtube.com/ --resolve www.youtube.com:443:{ip}",
+                fixture("chrome_get.py").display()
+            ),
+        )
+        .expect("curl_cffi chrome");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("status=200"));
+    // aioquic HTTP/3 client: the name comes from the decrypted Initial.
+    let out = topo
+        .exec(
+            &c,
+            &format!(
+                "python3 {} --connect {ip} --sni meet.google.com --path /20000.bin",
+                fixture("h3_client.py").display()
+            ),
+        )
+        .expect("aioquic client");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("status=200 bytes=20000"));
+    // Plain HTTP: the Host header.
+    topo.exec(
+        &c,
+        &format!("curl -s -H 'Host: zoom.us' http://{bracket}/ -o /dev/null"),
+    )
+    .expect("curl http");
+    // dig: the DNS flow is named by its query; the answer names a later flow without SNI.
+    let rr = if v6 { "AAAA" } else { "A" };
+    let out = topo
+        .exec(&c, &format!("dig +short {rr} {NOSNI_NAME} @{SERVER_IP4}"))
+        .expect("dig");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), alt);
+    let alt_bracket = if v6 {
+        format!("[{alt}]")
+    } else {
+        alt.to_string()
+    };
+    topo.exec(
+        &c,
+        &format!(
+            "sh -c 'echo Q | timeout 5 openssl s_client -connect {alt_bracket}:443 -noservername >/dev/null 2>&1'"
+        ),
+    )
+    .expect("openssl without SNI");
+
+    let expect = [
+        ("www.dropbox.com", "sni", "tcp"),
+        ("slack.com", "sni", "tcp"),
+        ("github.com", "sni", "tcp"),
+        ("www.youtube.com", "sni", "tcp"),
+        ("meet.google.com", "quic", "udp"),
+        ("zoom.us", "http", "tcp"),
+        (NOSNI_NAME, "dns", "udp"),
+    ];
+    for (name, source, proto) in expect {
+        let found = daemon.wait_flow(WAIT, |f| has(f, name, source, proto));
+        assert!(
+            found.is_some(),
+            "{test}: no {proto} flow named {name} by {source}; flows: {:#}",
+            daemon.query("flows").unwrap_or_default()
+        );
+    }
+    // The no-SNI TLS flow to the address only DNS named.
+    let nosni = daemon
+        .wait_flow(WAIT, |f| {
+            f["dst"] == alt && f["dport"] == 443 && f["proto"] == "tcp"
+        })
+        .expect("the no-SNI flow");
+    assert_eq!(nosni["name"], NOSNI_NAME, "{nosni:#}");
+    assert_eq!(nosni["name_source"], "dns", "{nosni:#}");
+
+    // Byte counters: L3 bytes of a 1 MiB body over TLS, within header overhead.
+    let big = daemon
+        .wait_flow(WAIT, |f| {
+            has(f, "www.dropbox.com", "sni", "tcp")
+                && f["bytes_down"].as_u64().unwrap_or(0) > BIG_FILE as u64
+        })
+        .expect("the 1 MiB download's flow with its counters");
+    let down = big["bytes_down"].as_u64().unwrap_or(0) as f64;
+    assert!(
+        down >= BIG_FILE as f64 && down <= BIG_FILE as f64 * 1.12,
+        "bytes_down {down} for a {BIG_FILE}-byte body"
+    );
+    assert!(big["packets_down"].as_u64().unwrap_or(0) > (BIG_FILE / mtu as usize) as u64 / 2);
+    assert!(
+        big["bytes_up"].as_u64().unwrap_or(0) > 0 && big["packets_up"].as_u64().unwrap_or(0) > 3
+    );
+    for key in ["first_seen", "last_seen"] {
+        let t = big[key].as_str().unwrap_or("");
+        assert!(chrono_like_rfc3339(t), "{key} = {t:?} is not RFC 3339");
+    }
+    // Discovery: the named flows are apps.
+    let apps = daemon.query("apps").expect("apps");
+    let ids: Vec<&str> = apps
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["id"].as_str())
+        .collect();
+    for id in ["dropbox", "slack", "github", "zoom"] {
+        assert!(ids.contains(&id), "{id} missing from apps: {ids:?}");
+    }
+    daemon.stop();
+}
+
+fn chrono_like_rfc3339(t: &str) -> bool {
+    t.len() >= 20
+        && t.as_bytes().get(4) == Some(&b'-')
+        && t.contains('T')
+        && (t.ends_with('Z') || t.contains('+'))
+}
+
+#[test]
+fn names_and_counters_ipv4_mtu1500() {
+    names_and_counters("names_and_counters_ipv4_mtu1500", 1500, false);
+}
+
+#[test]
+fn names_and_counters_ipv4_mtu1400() {
+    names_and_counters("names_and_counters_ipv4_mtu1400", 1400, false);
+}
+
+#[test]
+fn names_and_counters_ipv6_mtu1500() {
+    names_and_counters("names_and_counters_ipv6_mtu1500", 1500, true);
+}
+
+/// Chrome's hello at MTU 1400 without offloads does not fit one segment: the gateway must
+/// reassemble it. Many connections, every one named.
+#[test]
+fn chrome_hellos_split_over_segments_are_all_named() {
+    let test = "chrome_hellos_split_over_segments_are_all_named";
+    if !ready(test) {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = Topology::new("cs", 1400).expect("topology");
+    let _origins = Origins::start(&mut topo, false).expect("origins");
+    let daemon = Daemon::start(&mut topo, "monitor", "").expect("daemon");
+    let c = topo.client.clone();
+    const N: usize = 20;
+    for _ in 0..N {
+        let out = topo
+            .exec(
+                &c,
+                &format!(
+                    "python3 {} https://chat.openai.com/ --resolve chat.openai.com:443:{SERVER_IP4}",
+                    fixture("chrome_get.py").display()
+                ),
+            )
+            .expect("curl_cffi");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("status=200"));
+    }
+    let flows = tollgate_e2e::wait_for(WAIT, || {
+        let f = daemon.query("flows").ok()?;
+        let tls: Vec<Value> = f
+            .as_array()?
+            .iter()
+            .filter(|f| f["dport"] == 443 && f["proto"] == "tcp")
+            .cloned()
+            .collect();
+        (tls.len() >= N && tls.iter().all(|f| f["name"] != Value::Null)).then_some(tls)
+    });
+    let flows = flows.unwrap_or_else(|| {
+        panic!(
+            "not all {N} flows named: {:#}",
+            daemon.query("flows").unwrap_or_default()
+        )
+    });
+    assert!(
+        flows
+            .iter()
+            .all(|f| f["name"] == "chat.openai.com" && f["name_source"] == "sni")
+    );
+    daemon.stop();
+}
+
+/// kill -9 leaves the programs pinned; a new daemon adopts them instead of attaching twice,
+/// and goes on naming flows.
+#[test]
+fn restart_after_kill9_adopts_pins() {
+    let test = "restart_after_kill9_adopts_pins";
+    if !ready(test) {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = Topology::new("rs", 1500).expect("topology");
+    let _origins = Origins::start(&mut topo, false).expect("origins");
+    let daemon = Daemon::start(&mut topo, "monitor", "").expect("daemon");
+    let gw = topo.gateway.clone();
+    topo.kill9(&format!("--netns {gw}"));
+    let dead = tollgate_e2e::wait_for(Duration::from_secs(5), || {
+        daemon.query("status").is_err().then_some(())
+    });
+    assert!(dead.is_some(), "the daemon still answers after kill -9");
+    let links = |topo: &Topology| {
+        let out = topo.exec_any(&gw, "bpftool net show dev gc");
+        String::from_utf8_lossy(&out.stdout).matches("tcx/").count()
+    };
+    let before = links(&topo);
+    daemon.spawn(&mut topo).expect("restart");
+    let log = topo.log(&daemon.log);
+    assert!(
+        log.contains("adopted"),
+        "restart did not adopt the pins:\n{log}"
+    );
+    let after = links(&topo);
+    if before > 0 {
+        assert_eq!(before, after, "attached twice");
+    }
+    let c = topo.client.clone();
+    topo.exec(
+        &c,
+        &format!("curl -sk --resolve github.com:443:{SERVER_IP4} https://github.com/ -o /dev/null"),
+    )
+    .expect("curl");
+    assert!(
+        daemon
+            .wait_flow(WAIT, |f| has(f, "github.com", "sni", "tcp"))
+            .is_some()
+    );
+    daemon.stop();
+}
