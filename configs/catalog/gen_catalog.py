@@ -138,6 +138,15 @@ def parse_attrs(text, bundles, where):
             out[key] = val
         elif key == "data_centers":
             out[key] = val.split(",")
+        elif key == "ip":
+            import ipaddress
+            nets = []
+            for cidr in val.split(","):
+                try:
+                    nets.append(str(ipaddress.ip_network(cidr, strict=True)))
+                except ValueError:
+                    fail(f"{where}: bad CIDR {cidr!r}")
+            out["ip_ranges"] = nets
         elif key == "hosting_company":
             out[key] = val.replace("_", " ")
         else:
@@ -154,6 +163,7 @@ class App:
             fail(f"{id_}: unknown category {category!r}")
         self.category = CANON[category.lower()]
         self.domains = []
+        self.ip_ranges = []
         self.domain_sources = set()
         self.attributes = {}
         self.sources = {"app": source}
@@ -171,9 +181,13 @@ class App:
             d["vendor"] = self.vendor
         d["category"] = self.category
         d["domains"] = self.domains
+        if self.ip_ranges:
+            d["ip_ranges"] = self.ip_ranges
         if self.attributes:
             d["attributes"] = dict(sorted(self.attributes.items()))
         srcs = dict(self.sources)
+        if self.ip_ranges:
+            srcs["ip_ranges"] = "manual"
         if self.domain_sources:
             srcs["domains"] = "+".join(s for s in ("manual", "ndpi", "gdpr-tracker")
                                        if s in self.domain_sources)
@@ -196,6 +210,32 @@ class Builder:
                 app.domain_sources.add(source)
             elif owner != app.id:
                 self.dropped.append((source, app.id, r, owner))
+
+
+def prune_redundant(b):
+    """Drops rules that the same app's nearest enclosing wildcard already covers (nDPI lists
+    e.g. both `getdropbox.com` and `log.getdropbox.com`). The nearest enclosing wildcard is
+    the one the matcher would use, so dropping such a rule changes no classification."""
+    pruned = 0
+    for app in b.apps.values():
+        keep = []
+        for r in app.domains:
+            host = r[2:] if r.startswith("*.") else r
+            labels = host.split(".")
+            owner = None
+            for i in range(1, len(labels) - 1):
+                owner = b.rule_owner.get("*." + ".".join(labels[i:]))
+                if owner is not None:
+                    break
+            # Without this rule a name it matches falls through to that nearest wildcard
+            # (nothing lies between them), which gives the same app. Removing a wildcard this
+            # way leaves rules below it with a nearest wildcard of the same app, by induction.
+            if owner == app.id:
+                pruned += 1
+                continue
+            keep.append(r)
+        app.domains = keep
+    return pruned
 
 
 def read_manual(path, b):
@@ -221,8 +261,15 @@ def read_manual(path, b):
                 fail(f"{where}: bundle lines have 2 fields")
             bundles[f[0]] = parse_attrs(f[1], bundles, where)
         elif section == "ndpi":
-            # nDPI display name|app id or -|category (optional)
-            ndpi_map[f[0]] = (f[1], f[2] if len(f) > 2 and f[2] else None)
+            # nDPI display name|app id or -|category|display name|vendor key or name|attrs
+            # (all but the first two optional; used when the app is not in [apps])
+            f += [""] * (6 - len(f))
+            vendor, vattrs = (f[4] or None), {}
+            if f[4] in vendors:
+                vendor, vattrs = vendors[f[4]]
+            attrs = dict(vattrs)
+            attrs.update(parse_attrs(f[5], bundles, where))
+            ndpi_map[f[0]] = (f[1], f[2] or None, f[3] or None, vendor, attrs)
         elif section == "gdpr":
             # tracker id|app id or -|category (optional)|extra domains (optional)
             gdpr_map[f[0]] = (f[1], f[2] if len(f) > 2 and f[2] else None,
@@ -240,7 +287,9 @@ def read_manual(path, b):
                 vendor, vattrs = vendors[vkey]
             app = App(id_, name, vendor, cat, "manual")
             app.set_attrs(vattrs, "manual")
-            app.set_attrs(parse_attrs(attrs, bundles, where), "manual")
+            parsed = parse_attrs(attrs, bundles, where)
+            app.ip_ranges = parsed.pop("ip_ranges", [])
+            app.set_attrs(parsed, "manual")
             rules = [r for tok in doms.split() for r in expand_domain(tok, where)]
             b.add_rules(app, rules, "manual")
             b.apps[id_] = app
@@ -263,7 +312,7 @@ def read_ndpi(path, b, ndpi_map):
         by_app.setdefault(row["app"], []).append(row)
     used = 0
     for name, rows in sorted(by_app.items()):
-        target, cat = ndpi_map.get(name, (None, None))
+        target, cat, display, vendor, attrs = ndpi_map.get(name, (None, None, None, None, {}))
         if target == "-":
             continue
         cats = [r["category"] for r in rows]
@@ -276,7 +325,10 @@ def read_ndpi(path, b, ndpi_map):
             category = cat or NDPI_CATEGORY.get(main_cat)
             if category is None:
                 fail(f"nDPI app {name}: no category for {main_cat}")
-            app = App(id_, name, None, category, "ndpi")
+            app = App(id_, display or name, vendor, category, "ndpi")
+            if display or vendor:
+                app.sources["app"] = "ndpi+manual"
+            app.set_attrs(attrs, "manual")
             b.apps[id_] = app
         used += 1
         rules = []
@@ -377,6 +429,7 @@ def main():
     manual = len(b.apps)
     n_ndpi = read_ndpi(os.path.join(cat_dir, "ndpi_hosts.tsv"), b, ndpi_map)
     n_gdpr = read_gdpr(os.path.join(cat_dir, "gdpr-tracker", "data"), b, gdpr_map)
+    pruned = prune_redundant(b)
     empty = [a.id for a in b.apps.values() if not a.domains]
     if empty:
         fail(f"apps without any domain rule: {', '.join(sorted(empty))}")
@@ -387,7 +440,7 @@ def main():
             'see configs/catalog/SOURCES.md",\n"apps":[\n' + ",\n".join(lines) + "\n]}\n")
     rules = sum(len(a["domains"]) for a in apps)
     print(f"apps {len(apps)} (manual {manual}, from nDPI {n_ndpi}, from gdpr-tracker {n_gdpr}); "
-          f"domain rules {rules}; rules dropped as already claimed {len(b.dropped)}",
+          f"domain rules {rules}; dropped as already claimed {len(b.dropped)}, as redundant {pruned}",
           file=sys.stderr)
     if args.verbose:
         for src, app, rule, owner in b.dropped:

@@ -510,7 +510,8 @@ impl Catalog {
 
     /// Apps whose id, name, vendor or domain contains `text` (case-insensitive), best first:
     /// exact id or name, then the app a host name `text` classifies to, then names starting
-    /// with it, then other name/id/vendor hits, then domain hits.
+    /// with it, then names with a word starting with it, then other name/id/vendor hits, then
+    /// domain hits; by name within each rank.
     pub fn search(&self, text: &str) -> Vec<&App> {
         let t = text.trim().to_lowercase();
         if t.is_empty() {
@@ -528,15 +529,20 @@ impl Catalog {
                     1
                 } else if name.starts_with(&t) || a.id.starts_with(&t) {
                     2
+                } else if name
+                    .split(|c: char| !c.is_alphanumeric())
+                    .any(|w| w.starts_with(&t))
+                {
+                    3
                 } else if name.contains(&t)
                     || a.id.contains(&t)
                     || a.vendor
                         .as_ref()
                         .is_some_and(|v| v.to_lowercase().contains(&t))
                 {
-                    3
-                } else if a.domains.iter().any(|d| d.contains(&t)) {
                     4
+                } else if a.domains.iter().any(|d| d.contains(&t)) {
+                    5
                 } else {
                     return None;
                 };

@@ -195,3 +195,53 @@ fn match_kind_is_reported() {
     assert_eq!(m.kind, MatchKind::Suffix);
     assert_eq!(m.rule, "*.dropbox.com");
 }
+
+/// IP ranges the vendors publish (Microsoft 365 "Optimize" endpoints, GitHub meta, Telegram)
+/// classify addresses seen in nDPI's captures when no name is known.
+#[test]
+fn published_ip_ranges() {
+    let cat = Catalog::builtin().expect("loads");
+    for (ip, id, rule) in [
+        ("52.114.250.153", "microsoft-teams", "52.112.0.0/14"),
+        ("140.82.114.4", "github", "140.82.112.0/20"),
+        ("149.154.167.51", "telegram", "149.154.160.0/20"),
+        ("52.97.1.1", "microsoft-outlook", "52.96.0.0/14"),
+        ("1.1.1.1", "cloudflare", "1.1.1.1/32"),
+        ("::ffff:8.8.8.8", "google", "8.8.8.8/32"),
+        ("2606:50c0:8000::154", "github", "2606:50c0::/32"),
+    ] {
+        let m = cat.classify_ip(ip.parse().expect("ip")).expect(ip);
+        assert_eq!(
+            (m.app.id.as_str(), m.rule, m.kind),
+            (id, rule, MatchKind::Ip),
+            "{ip}"
+        );
+    }
+    assert!(cat.classify_ip("192.0.2.1".parse().expect("ip")).is_none());
+}
+
+/// The committed catalog.json is what gen_catalog.py makes from manual_apps.txt and the
+/// corpus (skips without python3 or the corpus).
+#[test]
+fn generated_data_is_current() {
+    let Some(dir) = corpus() else {
+        eprintln!("skip: corpus not found (set TOLLGATE_CORPUS)");
+        return;
+    };
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs/catalog/gen_catalog.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg("--check")
+        .arg("--corpus")
+        .arg(&dir)
+        .output();
+    match out {
+        Err(e) => eprintln!("skip: python3 not runnable: {e}"),
+        Ok(o) => assert!(
+            o.status.success(),
+            "catalog.json is stale: {}",
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    }
+}
