@@ -295,3 +295,72 @@ fn restart_after_kill9_adopts_pins() {
     );
     daemon.stop();
 }
+
+/// Headless Chromium through the gateway: a TLS page load over TCP, and a page forced onto
+/// QUIC (HTTP/3 to the aioquic origin), each named.
+#[test]
+fn chromium_tcp_and_quic_are_named() {
+    let test = "chromium_tcp_and_quic_are_named";
+    if !ready(test) || !require_command(test, "chromium") {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = Topology::new("ch", 1500).expect("topology");
+    let _origins = Origins::start(&mut topo, true).expect("origins");
+    let daemon = Daemon::start(&mut topo, "monitor", "").expect("daemon");
+    let c = topo.client.clone();
+    let profile = topo.scratch().join("chromium-profile");
+    // Chromium's QUIC refuses a certificate that does not chain to a known root even with
+    // --ignore-certificate-errors, unless its key is listed by SPKI hash.
+    let spki = tollgate_e2e::sh(&format!(
+        "openssl x509 -in {}/server.pem -pubkey -noout | openssl pkey -pubin -outform der \
+         | openssl dgst -sha256 -binary | base64",
+        topo.scratch().display()
+    ))
+    .expect("spki hash");
+    let spki = String::from_utf8_lossy(&spki.stdout).trim().to_string();
+    let chromium = |extra: &str, url: &str| {
+        format!(
+            "timeout 30 chromium --headless --no-sandbox --disable-gpu --no-first-run \
+             --disable-background-networking --disable-component-update --disable-sync \
+             --user-data-dir={} --host-resolver-rules='MAP * {SERVER_IP4}' \
+             --ignore-certificate-errors --ignore-certificate-errors-spki-list={spki} \
+             {extra} --dump-dom {url}",
+            profile.display()
+        )
+    };
+    let out = topo.exec_any(
+        &c,
+        &chromium("--disable-quic", "https://www.salesforce.com/"),
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("origin"),
+        "chromium over TCP: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = topo.exec_any(
+        &c,
+        &chromium(
+            "--enable-quic --origin-to-force-quic-on=meet.google.com:443",
+            "https://meet.google.com/",
+        ),
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("hello over h3"),
+        "chromium over QUIC: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        daemon
+            .wait_flow(WAIT, |f| has(f, "www.salesforce.com", "sni", "tcp"))
+            .is_some()
+    );
+    assert!(
+        daemon
+            .wait_flow(WAIT, |f| has(f, "meet.google.com", "quic", "udp"))
+            .is_some(),
+        "{:#}",
+        daemon.query("flows").unwrap_or_default()
+    );
+    daemon.stop();
+}
