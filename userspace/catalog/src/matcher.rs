@@ -384,6 +384,39 @@ mod tests {
         );
     }
 
+    /// Arbitrary bytes (as a gateway may see in a broken SNI or DNS name) never panic and
+    /// only ever match through a real label boundary.
+    #[test]
+    fn random_names_never_panic() {
+        let m = dm(&[("*.example.com", 1), ("a.example.com", 2), ("b.c", 3)]);
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let alphabet = b"abcABC.-:_\xc3\xa9\x00exampl.com";
+        for len in 0..300usize {
+            for _ in 0..20 {
+                let bytes: Vec<u8> = (0..len)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        alphabet[usize::try_from(x % alphabet.len() as u64).unwrap_or(0)]
+                    })
+                    .collect();
+                let name = String::from_utf8_lossy(&bytes);
+                if let Some((_, rule, kind)) = m.lookup(&name) {
+                    let lower = name.to_ascii_lowercase();
+                    let lower = lower.trim_end_matches('.');
+                    match kind {
+                        MatchKind::Suffix => {
+                            let host = rule.trim_start_matches("*.");
+                            assert!(lower.contains(&format!(".{host}")), "{name:?} {rule}");
+                        }
+                        _ => assert!(lower.starts_with(rule), "{name:?} {rule}"),
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn bad_rules() {
         for r in [
