@@ -29,6 +29,11 @@
 //! ignored. IP ranges (CIDR, longest prefix wins) are a fallback the caller uses when it has no
 //! name. Custom apps' rules win over shipped rules with the same pattern.
 //!
+//! Speed (`cargo bench -p tollgate-catalog --bench matcher`, 30k rules, names from nDPI's
+//! captures plus generated hits and misses): about 15M lookups/s per core of thread CPU time
+//! on the development VMs, 12–24x a linear scan over 1k rules measured in the same run. The
+//! shipped catalog loads in about 5 ms (release build).
+//!
 //! # Risk score
 //!
 //! 0–10, 10 the most trustworthy (Defender for Cloud Apps' convention). Each known property
