@@ -266,6 +266,34 @@ impl<IO: AsyncRead + Unpin> AsyncRead for H1Guard<IO> {
             if this.reject.is_some() || this.eof {
                 return Poll::Ready(Ok(())); // end of stream at a message boundary
             }
+            // Body bytes of a known length need no holding: read them straight into `buf`.
+            if this.held.is_empty()
+                && let State::Body(n) = this.state
+            {
+                let want = usize::try_from(n)
+                    .unwrap_or(usize::MAX)
+                    .min(buf.remaining());
+                let mut direct = ReadBuf::new(buf.initialize_unfilled_to(want));
+                match Pin::new(&mut this.inner).poll_read(cx, &mut direct) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) => {
+                        let got = direct.filled().len();
+                        if got == 0 {
+                            this.eof = true;
+                            return Poll::Ready(Ok(()));
+                        }
+                        buf.advance(got);
+                        let left = n - got as u64;
+                        this.state = if left == 0 {
+                            State::Head
+                        } else {
+                            State::Body(left)
+                        };
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+            }
             let mut tmp = [0u8; 16 * 1024];
             let mut rb = ReadBuf::new(&mut tmp);
             match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {

@@ -480,6 +480,8 @@ async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
     } else {
         let guard = H1Guard::new(tls, cfg.max_header_bytes.max(8192));
         let r = hyper::server::conn::http1::Builder::new()
+            // One TLS record (and one write) per response head + small body, not one per part.
+            .writev(false)
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(cfg.header_read_timeout_secs))
             .max_buf_size(cfg.max_header_bytes.max(8192))

@@ -22,10 +22,15 @@ pub const TABLE: &str = "tollgate_proxy";
 pub struct Steering {
     installed: bool,
     element_timeout: Duration,
+    cmd: Vec<String>,
 }
 
-fn nft(script: &str) -> Result<(), ProxyError> {
-    let mut child = Command::new("nft")
+fn nft(cmd: &[String], script: &str) -> Result<(), ProxyError> {
+    let (prog, pre) = cmd
+        .split_first()
+        .ok_or_else(|| ProxyError::Nft("empty nft command".into()))?;
+    let mut child = Command::new(prog)
+        .args(pre)
         .arg("-f")
         .arg("-")
         .stdin(Stdio::piped())
@@ -85,15 +90,27 @@ impl Steering {
         ifaces: &[String],
         element_timeout: Duration,
     ) -> Result<Steering, ProxyError> {
-        // `add` then `delete` makes the delete succeed whether or not the table existed.
+        Self::install_with(vec!["nft".into()], port, ifaces, element_timeout)
+    }
+
+    /// As [`Steering::install`], running `cmd` instead of `nft` (e.g. `ip netns exec NS nft`).
+    pub fn install_with(
+        cmd: Vec<String>,
+        port: u16,
+        ifaces: &[String],
+        element_timeout: Duration,
+    ) -> Result<Steering, ProxyError> {
+        // `add` then `delete` makes the delete succeed whether or not the table existed; the
+        // whole script is one nft transaction.
         let script = format!(
             "add table inet {TABLE}\ndelete table inet {TABLE}\n{}",
             ruleset(port, ifaces, element_timeout)
         );
-        nft(&script)?;
+        nft(&cmd, &script)?;
         Ok(Steering {
             installed: true,
             element_timeout,
+            cmd,
         })
     }
 
@@ -145,7 +162,7 @@ impl Steering {
         if script.is_empty() {
             return Ok(());
         }
-        nft(&script)
+        nft(&self.cmd, &script)
     }
 
     /// Delete the table. Idempotent.
@@ -154,9 +171,10 @@ impl Steering {
             return Ok(());
         }
         self.installed = false;
-        nft(&format!(
-            "add table inet {TABLE}\ndelete table inet {TABLE}\n"
-        ))
+        nft(
+            &self.cmd,
+            &format!("add table inet {TABLE}\ndelete table inet {TABLE}\n"),
+        )
     }
 }
 

@@ -206,6 +206,7 @@ pub async fn connect(
             Ok(Conn::H2(send))
         } else {
             let (send, conn) = http1::Builder::new()
+                .writev(false)
                 .handshake(io)
                 .await
                 .map_err(|e| UpstreamFailure::Protocol(e.to_string()))?;
@@ -258,6 +259,9 @@ impl Pool {
             let (since, mut s) = candidate?;
             if s.is_closed() || since.elapsed() > IDLE_MAX {
                 continue;
+            }
+            if s.is_ready() {
+                return Some(Conn::H1(s));
             }
             // The previous exchange has ended; readiness follows within a poll or two.
             if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(1), s.ready()).await {

@@ -166,11 +166,21 @@ fn tmpdir(tag: &str) -> PathBuf {
 /// A proxy in front of `origin`, with the test policies; app "files" = *.files.test is under
 /// session control, "plain" = plain.test is not.
 async fn start_proxy(tag: &str, origin: SocketAddr, origin_ca_pem: &str) -> (Env, SocketAddr) {
+    start_proxy_with(tag, origin, origin_ca_pem, POLICIES, |_| {}).await
+}
+
+async fn start_proxy_with(
+    tag: &str,
+    origin: SocketAddr,
+    origin_ca_pem: &str,
+    policies: &str,
+    tweak: impl FnOnce(&mut ProxyConfig),
+) -> (Env, SocketAddr) {
     let dir = tmpdir(tag);
     let origin_ca = dir.join("origin-ca.pem");
     std::fs::write(&origin_ca, origin_ca_pem).unwrap();
     let audit = dir.join("audit.jsonl");
-    let cfg = ProxyConfig {
+    let mut cfg = ProxyConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         ca_dir: dir.join("ca"),
         upstream_ca_files: vec![origin_ca.clone()],
@@ -179,7 +189,8 @@ async fn start_proxy(tag: &str, origin: SocketAddr, origin_ca_pem: &str) -> (Env
         max_inspect_bytes: tollgate_proxy::config::ByteSize(4 * 1024 * 1024),
         ..ProxyConfig::default()
     };
-    let policies: PolicySet = toml::from_str(POLICIES).unwrap();
+    tweak(&mut cfg);
+    let policies: PolicySet = toml::from_str(policies).unwrap();
     let lookup: tollgate_proxy::AppLookup = Arc::new(|name: &str| {
         if name == "files.test" || name.ends_with(".files.test") {
             Some(AppInfo {
@@ -524,4 +535,211 @@ async fn smuggling_and_bad_input_rejected() {
     drop(s);
     let r = raw_request(proxy, &env.proxy_ca, ok).await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_rejecting_our_ca_is_bypassed() {
+    if !have_curl() {
+        eprintln!("skip: curl not installed");
+        return;
+    }
+    let ca = TestCa::new("tollgate test origin CA");
+    let (certs, key) = ca.leaf("files.test");
+    let origin = start_origin(certs, key).await;
+    let (env, proxy) = start_proxy("reject", origin, &ca.issuer.pem()).await;
+    // A client that trusts only the real CA (a pinning app) rejects our leaf...
+    let (code, _, err) = curl(proxy, "files.test", "/x", &env.origin_ca, &[]).await;
+    assert_eq!(code, 0, "first attempt must fail: {err}");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // ...and is spliced from then on: it sees the origin's real certificate.
+    let (code, body, err) = curl(proxy, "files.test", "/x", &env.origin_ca, &[]).await;
+    assert_eq!(code, 200, "{err}");
+    assert!(String::from_utf8_lossy(&body).contains("origin saw GET /x"));
+    // Other clients (addresses) are still intercepted: here the same address, so the
+    // proxy's CA no longer verifies for it.
+    let (code, _, _) = curl(proxy, "files.test", "/x", &env.proxy_ca, &[]).await;
+    assert_eq!(code, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_policies_by_user_agent_and_source() {
+    if !have_curl() {
+        eprintln!("skip: curl not installed");
+        return;
+    }
+    let ca = TestCa::new("tollgate test origin CA");
+    let (certs, key) = ca.leaf("files.test");
+    let origin = start_origin(certs, key).await;
+    let policies = r#"
+[[access_policies]]
+name = "no scripted access from unmanaged devices"
+apps = ["files"]
+action = "block"
+device = "unmanaged"
+user_agents = ["^python-requests/"]
+
+[[access_policies]]
+name = "watch loopback"
+apps = ["*"]
+action = "monitor"
+ip_tags = ["lab"]
+"#;
+    let (env, proxy) = start_proxy_with("access", origin, &ca.issuer.pem(), policies, |c| {
+        c.ip_tags
+            .insert("lab".into(), vec!["127.0.0.0/8".parse().unwrap()]);
+        c.users
+            .insert("alice".into(), vec!["127.0.0.1/32".parse().unwrap()]);
+    })
+    .await;
+    let (code, body, _) = curl(
+        proxy,
+        "files.test",
+        "/x",
+        &env.proxy_ca,
+        &["-A", "python-requests/2.31"],
+    )
+    .await;
+    assert_eq!(code, 403, "{}", String::from_utf8_lossy(&body));
+    let (code, _, _) = curl(
+        proxy,
+        "files.test",
+        "/x",
+        &env.proxy_ca,
+        &["-A", "Mozilla/5.0"],
+    )
+    .await;
+    assert_eq!(code, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let log = std::fs::read_to_string(&env.audit).unwrap();
+    let recs: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        recs.iter()
+            .any(|r| r["action"] == "block" && r["user"] == "alice"),
+        "{log}"
+    );
+    assert!(
+        recs.iter()
+            .any(|r| r["action"] == "audit" && r["policy"] == "watch loopback"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_are_cut_off() {
+    let ca = TestCa::new("tollgate test origin CA");
+    let (certs, key) = ca.leaf("files.test");
+    let origin = start_origin(certs, key).await;
+    let (env, proxy) = start_proxy_with("slow", origin, &ca.issuer.pem(), POLICIES, |c| {
+        c.header_read_timeout_secs = 1
+    })
+    .await;
+    // A head that never completes: the proxy closes the connection (bounded wait).
+    let started = std::time::Instant::now();
+    let r = raw_request(
+        proxy,
+        &env.proxy_ca,
+        b"GET / HTTP/1.1\r\nHost: files.test\r\nX-Slow: ",
+    )
+    .await;
+    assert!(!r.contains("origin saw"), "{r}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "connection was not closed by the proxy"
+    );
+    // A silent TCP client (no ClientHello) is dropped after the handshake timeout too; and
+    // the proxy still serves.
+    let ok = b"GET /fine HTTP/1.1\r\nHost: files.test\r\nConnection: close\r\n\r\n";
+    assert!(
+        raw_request(proxy, &env.proxy_ca, ok)
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+}
+
+/// The nft steering table in a namespace of our own (root only).
+#[test]
+fn steering_netns() {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false);
+    let have = |c: &str| {
+        Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !root || !have("nft") || !have("ip") {
+        eprintln!("skip: needs root, nft and ip");
+        return;
+    }
+    let ns = format!("tgp-steer-{}", std::process::id());
+    assert!(
+        Command::new("ip")
+            .args(["netns", "add", &ns])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let nft = |args: &[&str]| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns, "nft"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let cmd = vec![
+        "ip".to_string(),
+        "netns".into(),
+        "exec".into(),
+        ns.clone(),
+        "nft".into(),
+    ];
+    let run = || -> Result<(), String> {
+        let mut s = tollgate_proxy::Steering::install_with(
+            cmd.clone(),
+            8443,
+            &[],
+            std::time::Duration::from_secs(600),
+        )
+        .map_err(|e| e.to_string())?;
+        // Idempotent: installing again replaces, no duplicate rules.
+        let s2 = tollgate_proxy::Steering::install_with(
+            cmd.clone(),
+            8443,
+            &[],
+            std::time::Duration::from_secs(600),
+        )
+        .map_err(|e| e.to_string())?;
+        std::mem::forget(s2);
+        s.add_ips(&[
+            "198.18.2.2".parse().unwrap(),
+            "2001:2:0:2::2".parse().unwrap(),
+        ])
+        .map_err(|e| e.to_string())?;
+        let listing = nft(&["list", "table", "inet", "tollgate_proxy"]);
+        assert_eq!(listing.matches("redirect to :8443").count(), 2, "{listing}");
+        assert!(
+            listing.contains("198.18.2.2") && listing.contains("2001:2:0:2::2"),
+            "{listing}"
+        );
+        s.remove_ips(&["198.18.2.2".parse().unwrap()])
+            .map_err(|e| e.to_string())?;
+        assert!(!nft(&["list", "set", "inet", "tollgate_proxy", "steer4"]).contains("198.18.2.2"));
+        s.remove().map_err(|e| e.to_string())?;
+        s.remove().map_err(|e| e.to_string())?;
+        assert!(!nft(&["list", "tables"]).contains("tollgate_proxy"));
+        Ok(())
+    };
+    let r = run();
+    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+    r.unwrap();
 }

@@ -1,0 +1,99 @@
+//! The proxy as the bench harness runs it (`/work/shared/bench/proxy.sh`, mode `sut`):
+//! transparent (nft redirect + SO_ORIGINAL_DST), intercepting every SNI, leaves minted by
+//! the harness's interceptor CA, origins verified with the harness's origin CA.
+//!
+//! ```sh
+//! cargo build --release -p tollgate-proxy --example bench_proxy
+//! MODES="direct squid mitmproxy sut" SUT_PROXY_PORT=8443 \
+//!   SUT_PROXY_CMD="exec $PWD/target/release/examples/bench_proxy" /work/shared/bench/proxy.sh
+//! ```
+//!
+//! Settings come from the harness's environment (GW_C_IP4, SUT_PROXY_PORT,
+//! INTERCEPT_CA_CERT, INTERCEPT_CA_KEY, ORIGIN_CA_CERT) or from flags: `--listen ADDR`,
+//! `--ca CERT --ca-key KEY`, `--upstream-ca FILE`, `--policies FILE.toml` (session and
+//! access policies to evaluate on every request), `--audit FILE`.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tollgate_proxy::{AppInfo, PolicySet, ProxyConfig, SessionProxy};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let env = |k: &str| std::env::var(k).ok();
+    let mut listen = format!(
+        "{}:{}",
+        env("GW_C_IP4").unwrap_or_else(|| "0.0.0.0".into()),
+        env("SUT_PROXY_PORT").unwrap_or_else(|| "8443".into())
+    );
+    let mut ca = env("INTERCEPT_CA_CERT");
+    let mut ca_key = env("INTERCEPT_CA_KEY");
+    let mut upstream_ca = env("ORIGIN_CA_CERT");
+    let mut policies_file = None;
+    let mut audit = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut val = || args.next().ok_or_else(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--listen" => listen = val()?,
+            "--ca" => ca = Some(val()?),
+            "--ca-key" => ca_key = Some(val()?),
+            "--upstream-ca" => upstream_ca = Some(val()?),
+            "--policies" => policies_file = Some(val()?),
+            "--audit" => audit = Some(val()?),
+            other => return Err(format!("unknown argument {other}").into()),
+        }
+    }
+    let cfg = ProxyConfig {
+        listen: listen.parse()?,
+        ca_cert_file: ca.map(PathBuf::from),
+        ca_key_file: ca_key.map(PathBuf::from),
+        ca_dir: std::env::temp_dir().join(format!("tollgate-bench-ca-{}", std::process::id())),
+        upstream_ca_files: upstream_ca.map(PathBuf::from).into_iter().collect(),
+        audit_log: audit.map(PathBuf::from),
+        ..ProxyConfig::default()
+    };
+    let policies: PolicySet = match policies_file {
+        Some(f) => {
+            #[derive(serde::Deserialize)]
+            struct Doc {
+                #[serde(default)]
+                session_policies: Vec<tollgate_proxy::SessionPolicy>,
+                #[serde(default)]
+                access_policies: Vec<tollgate_proxy::AccessPolicy>,
+            }
+            let d: Doc = toml::from_str(&std::fs::read_to_string(f)?)?;
+            PolicySet {
+                session_policies: d.session_policies,
+                access_policies: d.access_policies,
+            }
+        }
+        None => PolicySet::default(),
+    };
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let lookup: tollgate_proxy::AppLookup = Arc::new(|_: &str| {
+            Some(AppInfo {
+                id: "bench".into(),
+                category: None,
+            })
+        });
+        let (_tx, rx) = watch::channel(HashSet::from(["bench".to_string()]));
+        let h = SessionProxy::start(cfg, &policies, lookup, rx).await?;
+        eprintln!(
+            "bench_proxy listening on {} ({threads} worker threads)",
+            h.local_addr()
+        );
+        tokio::signal::ctrl_c().await.ok();
+        eprintln!("stats: {:?}", h.stats());
+        h.shutdown().await;
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })
+}
