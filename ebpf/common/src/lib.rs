@@ -272,9 +272,9 @@ pub struct FlowValue {
     pub bytes_up: u64,
     /// L3 bytes (IP header included) toward the user.
     pub bytes_down: u64,
-    /// `bpf_ktime_get_boot_ns` (CLOCK_BOOTTIME) of the first packet.
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC, jiffy resolution) of the first packet.
     pub first_seen_ns: u64,
-    /// `bpf_ktime_get_boot_ns` (CLOCK_BOOTTIME) of the latest packet.
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC, jiffy resolution) of the latest packet.
     pub last_seen_ns: u64,
     /// TCP flags seen: bits 0..8 from the user, bits 8..16 toward the user.
     pub tcp_flags: u32,
@@ -328,7 +328,7 @@ pub struct Config {
     pub block_quic: u32,
     pub flags: u32,
     pub _pad: u32,
-    /// CLOCK_BOOTTIME ns of the daemon's last heartbeat.
+    /// CLOCK_MONOTONIC ns of the daemon's last heartbeat.
     pub heartbeat_ns: u64,
     /// 0: no fail-open timeout.
     pub heartbeat_timeout_ns: u64,
@@ -357,7 +357,7 @@ pub struct FlowVerdict {
     pub action: u32,
     /// Catalog app id the decision is about (0: none).
     pub app_id: u32,
-    /// CLOCK_BOOTTIME ns after which the verdict no longer applies (0: never expires).
+    /// CLOCK_MONOTONIC ns after which the verdict no longer applies (0: never expires).
     pub expires_ns: u64,
 }
 
@@ -406,7 +406,7 @@ pub struct IpVerdict {
     /// `ACTION_*`.
     pub action: u32,
     pub app_id: u32,
-    /// CLOCK_BOOTTIME ns after which the entry no longer applies (0: never).
+    /// CLOCK_MONOTONIC ns after which the entry no longer applies (0: never).
     pub expires_ns: u64,
 }
 
@@ -415,7 +415,7 @@ pub struct IpVerdict {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct EventHeader {
     pub key: FlowKey,
-    /// CLOCK_BOOTTIME ns when the packet was seen.
+    /// CLOCK_MONOTONIC ns (coarse) when the packet was seen.
     pub timestamp_ns: u64,
     /// TCP sequence number of the first payload byte (0 for UDP).
     pub tcp_seq: u32,

@@ -101,18 +101,19 @@ pub enum RecordError {
     Unknown { field: &'static str, value: u32 },
 }
 
-/// Converts CLOCK_BOOTTIME nanoseconds (what `bpf_ktime_get_boot_ns` returns) to wall-clock
-/// time, by reading both clocks now. Wall-clock steps (NTP) are picked up on the next call.
+/// Converts the probes' timestamps (CLOCK_MONOTONIC nanoseconds from
+/// `bpf_ktime_get_coarse_ns`, jiffy resolution) to wall-clock time, by reading both clocks now.
+/// Wall-clock steps (NTP) are picked up on the next call.
 #[derive(Clone, Copy, Debug)]
-pub struct BootClock {
+pub struct KernelClock {
     realtime: SystemTime,
-    boot_ns: u64,
+    mono_ns: u64,
 }
 
-impl BootClock {
+impl KernelClock {
     /// Samples both clocks.
     pub fn now() -> Self {
-        let boot = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        let boot = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
             .map(|t| {
                 u64::try_from(t.tv_sec())
                     .unwrap_or(0)
@@ -122,27 +123,27 @@ impl BootClock {
             .unwrap_or(0);
         Self {
             realtime: SystemTime::now(),
-            boot_ns: boot,
+            mono_ns: boot,
         }
     }
 
     /// A clock with a fixed correspondence (tests).
-    pub fn fixed(realtime: SystemTime, boot_ns: u64) -> Self {
-        Self { realtime, boot_ns }
+    pub fn fixed(realtime: SystemTime, mono_ns: u64) -> Self {
+        Self { realtime, mono_ns }
     }
 
-    /// Wall-clock time of a CLOCK_BOOTTIME instant.
+    /// Wall-clock time of a CLOCK_MONOTONIC instant.
     pub fn to_system(&self, ns: u64) -> SystemTime {
-        if ns <= self.boot_ns {
-            self.realtime - Duration::from_nanos(self.boot_ns - ns)
+        if ns <= self.mono_ns {
+            self.realtime - Duration::from_nanos(self.mono_ns - ns)
         } else {
-            self.realtime + Duration::from_nanos(ns - self.boot_ns)
+            self.realtime + Duration::from_nanos(ns - self.mono_ns)
         }
     }
 
-    /// The CLOCK_BOOTTIME instant this clock was sampled at.
-    pub fn boot_ns(&self) -> u64 {
-        self.boot_ns
+    /// The CLOCK_MONOTONIC instant this clock was sampled at.
+    pub fn mono_ns(&self) -> u64 {
+        self.mono_ns
     }
 }
 
@@ -247,7 +248,7 @@ pub fn flow_key(
 }
 
 /// Decodes one ring-buffer record.
-pub fn decode_record(rec: &[u8], clock: &BootClock) -> Result<PayloadEvent, RecordError> {
+pub fn decode_record(rec: &[u8], clock: &KernelClock) -> Result<PayloadEvent, RecordError> {
     if rec.len() < EVENT_HEADER_LEN {
         return Err(RecordError::Short { len: rec.len() });
     }
@@ -305,7 +306,7 @@ pub fn decode_record(rec: &[u8], clock: &BootClock) -> Result<PayloadEvent, Reco
 }
 
 /// Converts a flow map entry; `None` for a key with an unknown address family.
-pub fn flow_counters(key: &FlowKey, v: &FlowValue, clock: &BootClock) -> Option<FlowCounters> {
+pub fn flow_counters(key: &FlowKey, v: &FlowValue, clock: &KernelClock) -> Option<FlowCounters> {
     let up = (v.tcp_flags & 0xff) as u8;
     let down = ((v.tcp_flags >> 8) & 0xff) as u8;
     Some(FlowCounters {
@@ -387,7 +388,7 @@ mod tests {
     #[test]
     fn decodes_a_record() {
         let (_, rec) = sample();
-        let clock = BootClock::fixed(
+        let clock = KernelClock::fixed(
             SystemTime::UNIX_EPOCH + Duration::from_secs(100),
             10_000_000_000,
         );
@@ -410,7 +411,7 @@ mod tests {
     #[test]
     fn every_truncation_is_an_error_not_a_panic() {
         let (_, rec) = sample();
-        let clock = BootClock::now();
+        let clock = KernelClock::now();
         for n in 0..rec.len() {
             assert!(decode_record(&rec[..n], &clock).is_err(), "prefix {n}");
         }
@@ -419,7 +420,7 @@ mod tests {
     #[test]
     fn rejects_unknown_values() {
         let (_, rec) = sample();
-        let clock = BootClock::now();
+        let clock = KernelClock::now();
         let mut bad = rec.clone();
         bad[OFF_KIND] = 99;
         assert!(matches!(

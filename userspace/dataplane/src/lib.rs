@@ -44,7 +44,7 @@ pub use tollgate_common as abi;
 use tollgate_common::{Config, FlowKey, FlowValue, IfaceInfo, Stats};
 
 pub use event::{
-    BootClock, Direction, FlowCounters, PayloadEvent, PayloadKind, RecordError, decode_record,
+    Direction, FlowCounters, KernelClock, PayloadEvent, PayloadKind, RecordError, decode_record,
     flow_key, key_addr,
 };
 
@@ -339,7 +339,7 @@ fn write_config(ebpf: &mut Ebpf, mode: Mode) -> Result<(), DataplaneError> {
 fn read_flows(ebpf: &Ebpf) -> Result<Vec<FlowCounters>, DataplaneError> {
     let flows: BpfHashMap<&MapData, FlowKey, FlowValue> =
         BpfHashMap::try_from(map_ref(ebpf, abi::MAP_FLOWS)?).map_err(map_err(abi::MAP_FLOWS))?;
-    let clock = BootClock::now();
+    let clock = KernelClock::now();
     let mut out = Vec::new();
     for item in flows.iter() {
         // An entry evicted between key iteration and lookup is simply gone.
@@ -693,7 +693,7 @@ impl EventReader {
 
     /// The next event if one is waiting.
     pub fn try_next(&mut self) -> Option<PayloadEvent> {
-        let clock = BootClock::now();
+        let clock = KernelClock::now();
         let ring = self.fd.get_mut();
         loop {
             let item = ring.next()?;

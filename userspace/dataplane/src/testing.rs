@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, MapData, RingBuf},
     programs::{SchedClassifier, TestRun, TestRunOptions},
 };
-use tollgate_common::{self as abi, FlowKey, FlowValue, HelloState};
+use tollgate_common::{self as abi, Config, FlowKey, FlowValue, HelloState};
 
 use crate::{
-    BootClock, DataplaneError, DataplaneStats, FlowCounters, Mode, PayloadEvent, classifier,
+    DataplaneError, DataplaneStats, FlowCounters, KernelClock, Mode, PayloadEvent, classifier,
     decode_record, map_err, map_mut, read_flows, read_stats, take_reader, write_config,
 };
 
@@ -96,7 +96,7 @@ impl ProbeHarness {
 
     /// Events waiting in the ring buffer.
     pub fn drain_events(&mut self) -> Vec<PayloadEvent> {
-        let clock = BootClock::now();
+        let clock = KernelClock::now();
         let mut out = Vec::new();
         while let Some(item) = self.ring.next() {
             if let Ok(ev) = decode_record(&item, &clock) {
@@ -119,6 +119,16 @@ impl ProbeHarness {
     /// Sets monitor/enforce.
     pub fn set_mode(&mut self, mode: Mode) -> Result<(), DataplaneError> {
         write_config(&mut self.ebpf, mode)
+    }
+
+    /// Edits the config entry the probes read (limits, mode, ...).
+    pub fn update_config(&mut self, f: impl FnOnce(&mut Config)) -> Result<(), DataplaneError> {
+        let mut cfg: Array<&mut MapData, Config> =
+            Array::try_from(map_mut(&mut self.ebpf, abi::MAP_CONFIG)?)
+                .map_err(map_err(abi::MAP_CONFIG))?;
+        let mut c = cfg.get(&0, 0).map_err(map_err(abi::MAP_CONFIG))?;
+        f(&mut c);
+        cfg.set(0, c, 0).map_err(map_err(abi::MAP_CONFIG))
     }
 
     /// Forgets every flow and followed ClientHello (so tests start clean).
