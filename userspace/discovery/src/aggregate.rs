@@ -12,7 +12,7 @@
 //! "quic", "dns", "http", "log"), the destination IP as fallback (`matched_by` = "ip").
 //! A transaction is one record: one flow, or one log line.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -21,6 +21,11 @@ use tollgate_catalog::Catalog;
 
 use crate::record::{FlowRecord, L4Proto, NameSource};
 use crate::users::Users;
+
+// Keys come from traffic and logs (attacker-influenced), so a keyed, DoS-resistant hasher;
+// ahash is several times faster than SipHash on these short strings.
+type HashMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
+type HashSet<T> = std::collections::HashSet<T, ahash::RandomState>;
 
 /// Default cap on distinct unknown domains kept.
 pub const DEFAULT_MAX_UNKNOWN_DOMAINS: usize = 50_000;
@@ -226,7 +231,8 @@ impl Span {
 struct AppAgg {
     c: Counts,
     span: Span,
-    users: HashSet<String>,
+    /// Interned user keys.
+    users: HashSet<u32>,
     ips: HashSet<IpAddr>,
     matched_by: BTreeMap<&'static str, u64>,
     rules: HashMap<String, u64>,
@@ -240,31 +246,39 @@ struct UserAgg {
     span: Span,
     devices: HashSet<String>,
     ips: HashSet<IpAddr>,
-    apps: HashMap<String, u64>,
+    /// Bytes per interned app id.
+    apps: HashMap<u32, u64>,
 }
 
 #[derive(Debug, Clone)]
 struct SourceAgg {
     c: Counts,
     span: Span,
-    users: HashSet<String>,
-    apps: HashSet<String>,
+    users: HashSet<u32>,
+    apps: HashSet<u32>,
 }
 
 #[derive(Debug, Clone)]
 struct UnknownAgg {
     c: Counts,
     span: Span,
-    hosts: HashSet<String>,
-    users: HashSet<String>,
+    /// Up to MAX_LISTED example hosts and their hashes (compared instead of the strings).
+    hosts: Vec<String>,
+    host_hashes: Vec<u64>,
+    users: HashSet<u32>,
 }
 
 /// The incremental aggregator.
 #[derive(Debug, Clone, Default)]
 pub struct Aggregator {
     opts: AggregateOptions,
-    apps: HashMap<String, AppAgg>,
-    users: HashMap<String, UserAgg>,
+    /// Per-record work uses small integer ids for app ids and user keys: one string
+    /// lookup each, then integer sets.
+    app_ids: HashMap<String, u32>,
+    apps: Vec<(String, AppAgg)>,
+    user_ids: HashMap<String, u32>,
+    users: Vec<(String, UserAgg)>,
+    hasher: ahash::RandomState,
     sources: HashMap<IpAddr, SourceAgg>,
     unknown: HashMap<String, UnknownAgg>,
     hours: BTreeMap<i64, Counts>,
@@ -286,25 +300,23 @@ fn method(src: Option<NameSource>) -> &'static str {
 /// The registrable part of a host name, by a short list of common two-level public
 /// suffixes (`example.co.uk`); otherwise the last two labels.
 pub fn base_domain(name: &str) -> &str {
-    let labels: Vec<&str> = name.rsplitn(4, '.').collect();
-    let n = match (labels.first(), labels.get(1)) {
-        (Some(tld), Some(sld))
-            if tld.len() == 2
-                && matches!(
-                    *sld,
-                    "co" | "com" | "net" | "org" | "gov" | "ac" | "edu" | "ne" | "or" | "go"
-                ) =>
-        {
-            3
-        }
-        _ => 2,
-    };
-    if labels.len() <= n {
-        return name;
+    let b = name.as_bytes();
+    // The dots before the last three labels.
+    let mut dots = memchr::memrchr_iter(b'.', b);
+    let (d1, d2, d3) = (dots.next(), dots.next(), dots.next());
+    let Some(d1) = d1 else { return name };
+    let tld = name.get(d1 + 1..).unwrap_or("");
+    let sld = name.get(d2.map_or(0, |d| d + 1)..d1).unwrap_or("");
+    let three = tld.len() == 2
+        && matches!(
+            sld,
+            "co" | "com" | "net" | "org" | "gov" | "ac" | "edu" | "ne" | "or" | "go"
+        );
+    let cut = if three { d3 } else { d2 };
+    match cut {
+        Some(c) if !three || d2.is_some() => name.get(c + 1..).unwrap_or(name),
+        _ => name,
     }
-    // Byte offset where the last n labels start.
-    let keep: usize = labels.iter().take(n).map(|l| l.len()).sum::<usize>() + (n - 1);
-    name.get(name.len().saturating_sub(keep)..).unwrap_or(name)
 }
 
 fn hour_of(t: DateTime<Utc>) -> i64 {
@@ -320,12 +332,6 @@ fn hour_start(h: i64) -> DateTime<Utc> {
 fn insert_capped<T: std::hash::Hash + Eq + Clone>(set: &mut HashSet<T>, v: &T, cap: usize) {
     if set.len() < cap && !set.contains(v) {
         set.insert(v.clone());
-    }
-}
-
-fn insert_str(set: &mut HashSet<String>, v: &str) {
-    if !set.contains(v) {
-        set.insert(v.to_owned());
     }
 }
 
@@ -383,44 +389,34 @@ impl Aggregator {
             ),
         };
         let app_id = m.map(|m| m.app.id.as_str());
+        let app_ix = m.map(|m| self.intern_app(m.app.id.as_str(), rec));
+        let key_ix = key.map(|k| self.intern_user(k, who.user.is_some(), rec));
 
-        if let Some(m) = m {
+        if let (Some(m), Some(ix)) = (m, app_ix) {
             self.totals.matched_transactions += 1;
-            let a = match self.apps.get_mut(m.app.id.as_str()) {
-                Some(a) => a,
-                None => self.apps.entry(m.app.id.clone()).or_insert_with(|| AppAgg {
-                    c: Counts::default(),
-                    span: Span::new(rec),
-                    users: HashSet::new(),
-                    ips: HashSet::new(),
-                    matched_by: BTreeMap::new(),
-                    rules: HashMap::new(),
-                    hours: BTreeMap::new(),
-                }),
-            };
-            a.c.add(rec);
-            a.span.add(rec);
-            if let Some(k) = key {
-                insert_str(&mut a.users, k);
-            }
-            if !a.ips.contains(&rec.src) {
-                a.ips.insert(rec.src);
-            }
-            *a.matched_by.entry(how).or_default() += 1;
-            let full = a.rules.len() >= MAX_LISTED;
-            match a.rules.get_mut(m.rule) {
-                Some(n) => *n += 1,
-                None if !full => {
-                    a.rules.insert(m.rule.to_owned(), 1);
+            if let Some((_, a)) = self.apps.get_mut(ix as usize) {
+                a.c.add(rec);
+                a.span.add(rec);
+                if let Some(k) = key_ix {
+                    a.users.insert(k);
                 }
-                None => {}
+                a.ips.insert(rec.src);
+                *a.matched_by.entry(how).or_default() += 1;
+                let full = a.rules.len() >= MAX_LISTED;
+                match a.rules.get_mut(m.rule) {
+                    Some(n) => *n += 1,
+                    None if !full => {
+                        a.rules.insert(m.rule.to_owned(), 1);
+                    }
+                    None => {}
+                }
+                a.hours.entry(hour_of(rec.first_seen)).or_default().add(rec);
             }
-            a.hours.entry(hour_of(rec.first_seen)).or_default().add(rec);
         } else if let Some(n) = name {
             self.totals.unknown_transactions += 1;
             let dom = base_domain(n);
-            if !self.unknown.contains_key(dom)
-                && self.unknown.len() >= self.opts.max_unknown_domains.max(1)
+            if self.unknown.len() >= self.opts.max_unknown_domains.max(1)
+                && !self.unknown.contains_key(dom)
             {
                 self.prune_unknown();
             }
@@ -432,71 +428,64 @@ impl Aggregator {
                     .or_insert_with(|| UnknownAgg {
                         c: Counts::default(),
                         span: Span::new(rec),
-                        hosts: HashSet::new(),
-                        users: HashSet::new(),
+                        hosts: Vec::new(),
+                        host_hashes: Vec::new(),
+                        users: HashSet::default(),
                     }),
             };
             u.c.add(rec);
             u.span.add(rec);
             if u.hosts.len() < MAX_LISTED {
-                insert_str(&mut u.hosts, n);
+                let h = self.hasher.hash_one(n);
+                if !u.host_hashes.contains(&h) {
+                    u.host_hashes.push(h);
+                    u.hosts.push(n.to_owned());
+                }
             }
-            if let Some(k) = key
+            if let Some(k) = key_ix
                 && u.users.len() < 1024
             {
-                insert_str(&mut u.users, k);
+                u.users.insert(k);
             }
         } else {
             self.totals.unnamed_transactions += 1;
         }
 
-        if let Some(k) = key {
-            let u = match self.users.get_mut(k) {
-                Some(u) => u,
-                None => self.users.entry(k.to_owned()).or_insert_with(|| UserAgg {
-                    is_user: who.user.is_some(),
-                    c: Counts::default(),
-                    span: Span::new(rec),
-                    devices: HashSet::new(),
-                    ips: HashSet::new(),
-                    apps: HashMap::new(),
-                }),
-            };
+        if let Some(k) = key_ix
+            && let Some((_, u)) = self.users.get_mut(k as usize)
+        {
             u.c.add(rec);
             u.span.add(rec);
             if let Some(d) = who.device
                 && who.user.is_some()
                 && u.devices.len() < MAX_LISTED
+                && !u.devices.contains(d)
             {
-                insert_str(&mut u.devices, d);
+                u.devices.insert(d.to_owned());
             }
             insert_capped(&mut u.ips, &rec.src, MAX_LISTED);
-            if let Some(id) = app_id {
+            if let Some(ix) = app_ix {
                 let b = rec.bytes_up.saturating_add(rec.bytes_down);
-                match u.apps.get_mut(id) {
-                    Some(x) => *x = x.saturating_add(b),
-                    None => {
-                        u.apps.insert(id.to_owned(), b);
-                    }
-                }
+                let x = u.apps.entry(ix).or_default();
+                *x = x.saturating_add(b);
             }
         }
 
         let s = self.sources.entry(rec.src).or_insert_with(|| SourceAgg {
             c: Counts::default(),
             span: Span::new(rec),
-            users: HashSet::new(),
-            apps: HashSet::new(),
+            users: HashSet::default(),
+            apps: HashSet::default(),
         });
         s.c.add(rec);
         s.span.add(rec);
-        if let Some(k) = key
+        if let Some(k) = key_ix
             && s.users.len() < MAX_LISTED
         {
-            insert_str(&mut s.users, k);
+            s.users.insert(k);
         }
-        if let Some(id) = app_id {
-            insert_str(&mut s.apps, id);
+        if let Some(ix) = app_ix {
+            s.apps.insert(ix);
         }
 
         if self.opts.keep_flows {
@@ -518,6 +507,55 @@ impl Aggregator {
                 bytes_down: rec.bytes_down,
             });
         }
+    }
+
+    fn intern_app(&mut self, id: &str, rec: &FlowRecord) -> u32 {
+        if let Some(&ix) = self.app_ids.get(id) {
+            return ix;
+        }
+        let ix = u32::try_from(self.apps.len()).unwrap_or(u32::MAX);
+        self.app_ids.insert(id.to_owned(), ix);
+        self.apps.push((
+            id.to_owned(),
+            AppAgg {
+                c: Counts::default(),
+                span: Span::new(rec),
+                users: HashSet::default(),
+                ips: HashSet::default(),
+                matched_by: BTreeMap::new(),
+                rules: HashMap::default(),
+                hours: BTreeMap::new(),
+            },
+        ));
+        ix
+    }
+
+    fn intern_user(&mut self, key: &str, is_user: bool, rec: &FlowRecord) -> u32 {
+        if let Some(&ix) = self.user_ids.get(key) {
+            return ix;
+        }
+        let ix = u32::try_from(self.users.len()).unwrap_or(u32::MAX);
+        self.user_ids.insert(key.to_owned(), ix);
+        self.users.push((
+            key.to_owned(),
+            UserAgg {
+                is_user,
+                c: Counts::default(),
+                span: Span::new(rec),
+                devices: HashSet::default(),
+                ips: HashSet::default(),
+                apps: HashMap::default(),
+            },
+        ));
+        ix
+    }
+
+    fn user_name(&self, ix: u32) -> &str {
+        self.users.get(ix as usize).map_or("", |u| u.0.as_str())
+    }
+
+    fn app_name(&self, ix: u32) -> &str {
+        self.apps.get(ix as usize).map_or("", |a| a.0.as_str())
     }
 
     /// Drop the less used half of the unknown domains.
@@ -545,7 +583,7 @@ impl Aggregator {
 
     /// Render the current state. `tag` gives an app's sanction tag (`None` = untagged).
     pub fn snapshot(&self, catalog: &Catalog, tag: &dyn Fn(&str) -> Option<String>) -> Snapshot {
-        let mut apps: Vec<(&String, &AppAgg)> = self.apps.iter().collect();
+        let mut apps: Vec<(&String, &AppAgg)> = self.apps.iter().map(|(k, a)| (k, a)).collect();
         apps.sort_by(|a, b| {
             b.1.c
                 .bytes()
@@ -604,8 +642,12 @@ impl Aggregator {
             .users
             .iter()
             .map(|(k, u)| {
-                let mut top: Vec<(&String, &u64)> = u.apps.iter().collect();
-                top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+                let mut top: Vec<(&str, u64)> = u
+                    .apps
+                    .iter()
+                    .map(|(ix, b)| (self.app_name(*ix), *b))
+                    .collect();
+                top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
                 let mut devices: Vec<String> = u.devices.iter().cloned().collect();
                 devices.sort();
                 let mut ips: Vec<IpAddr> = u.ips.iter().copied().collect();
@@ -616,7 +658,7 @@ impl Aggregator {
                     devices,
                     ips,
                     apps: u.apps.len() as u64,
-                    top_apps: top.into_iter().take(5).map(|(a, _)| a.clone()).collect(),
+                    top_apps: top.into_iter().take(5).map(|(a, _)| a.to_owned()).collect(),
                     bytes_up: u.c.up,
                     bytes_down: u.c.down,
                     transactions: u.c.tx,
@@ -634,7 +676,11 @@ impl Aggregator {
             .sources
             .iter()
             .map(|(ip, s)| {
-                let mut users: Vec<String> = s.users.iter().cloned().collect();
+                let mut users: Vec<String> = s
+                    .users
+                    .iter()
+                    .map(|ix| self.user_name(*ix).to_owned())
+                    .collect();
                 users.sort();
                 SourceView {
                     ip: *ip,
@@ -657,7 +703,7 @@ impl Aggregator {
             .unknown
             .iter()
             .map(|(d, u)| {
-                let mut hosts: Vec<String> = u.hosts.iter().cloned().collect();
+                let mut hosts: Vec<String> = u.hosts.clone();
                 hosts.sort();
                 UnknownDomain {
                     domain: d.clone(),

@@ -99,3 +99,172 @@ fn fixtures_detect_and_parse() {
     assert!(cases.len() >= 16, "fixtures missing: {} found", cases.len());
     check(&dir, &cases);
 }
+
+fn fixture(name: &str) -> Vec<FlowRecord> {
+    import(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata/logs")
+            .join(name),
+    )
+    .1
+}
+
+#[test]
+fn fixture_fields() {
+    let t = |r: &FlowRecord| r.first_seen.to_rfc3339();
+    // FortiGate: local time with tz="+0100" becomes UTC; the event line is not a transaction.
+    let fg = fixture("fortinet_fortigate.log");
+    assert_eq!(fg.len(), 2);
+    assert_eq!(t(&fg[0]), "2025-11-26T08:00:00+00:00");
+    assert_eq!(
+        (fg[0].bytes_up, fg[0].bytes_down, fg[0].user.as_deref()),
+        (1200, 34000, Some("grace"))
+    );
+    assert_eq!(fg[1].name.as_deref(), Some("teams.microsoft.com"));
+    // ASA: Built is skipped, Teardown carries the bytes with the inside host as source.
+    let asa = fixture("cisco_asa.log");
+    assert_eq!(asa.len(), 3);
+    assert_eq!(
+        (asa[0].src.to_string(), asa[0].dport, asa[0].bytes_down),
+        ("192.0.2.60".into(), 443, 54321)
+    );
+    assert_eq!(asa[2].name.as_deref(), Some("www.zoom.us"));
+    // SRX: only the close record, with both byte directions.
+    let srx = fixture("juniper_srx.log");
+    assert_eq!(srx.len(), 1);
+    assert_eq!(
+        (srx[0].bytes_up, srx[0].bytes_down, srx[0].user.as_deref()),
+        (2048, 65536, Some("ivan"))
+    );
+    // pfSense IPv6 over RFC 5424.
+    let pf = fixture("pfsense_filterlog.log");
+    assert_eq!(pf[1].dst.to_string(), "2001:db8:1::53");
+    assert_eq!(pf[1].proto, tollgate_discovery::record::L4Proto::Udp);
+    // LEEF 2.0 with '^' delimiter and devTimeFormat.
+    let leef = fixture("leef.log");
+    assert_eq!(leef.len(), 2);
+    assert_eq!(t(&leef[1]), "2025-11-26T08:00:01+00:00");
+    assert_eq!(leef[1].user.as_deref(), Some("oscar"));
+    // Check Point: URL resource and user.
+    let cp = fixture("checkpoint.log");
+    assert_eq!(cp.len(), 1);
+    assert_eq!(
+        (cp[0].name.as_deref(), cp[0].user.as_deref()),
+        (Some("www.salesforce.com"), Some("heidi"))
+    );
+    // Zscaler: user, sizes.
+    let z = fixture("zscaler_nss_web.jsonl");
+    assert_eq!(
+        (z[0].name.as_deref(), z[0].bytes_up, z[0].bytes_down),
+        (Some("web.whatsapp.com"), 912, 20440)
+    );
+    // W3C: cs-bytes up, sc-bytes down, r-ip.
+    let w = fixture("bluecoat_proxysg_elff.log");
+    assert_eq!(
+        (w[0].bytes_up, w[0].bytes_down, w[0].dst.to_string()),
+        (2211, 60022, "198.51.100.20".into())
+    );
+}
+
+#[test]
+fn gzip_input_is_detected_by_magic() {
+    use std::io::Write;
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/logs/squid_native.log");
+    let text = std::fs::read(&src).expect("fixture");
+    let dir = tempfile::tempdir().expect("tmp");
+    // No .gz suffix on purpose: detection is by content.
+    let gz = dir.path().join("access.log.1");
+    let mut enc = flate2::write::GzEncoder::new(
+        std::fs::File::create(&gz).expect("create"),
+        flate2::Compression::fast(),
+    );
+    enc.write_all(&text).expect("write");
+    enc.finish().expect("finish");
+    let (st, recs) = import(&gz);
+    let (plain, _) = import(&src);
+    assert_eq!(st.format, "squid-native");
+    assert_eq!(
+        (st.lines, st.parsed, st.records),
+        (plain.lines, plain.parsed, plain.records)
+    );
+    assert_eq!(recs.len() as u64, plain.records);
+}
+
+#[test]
+fn custom_format_from_toml() {
+    #[derive(serde::Deserialize)]
+    struct Cfg {
+        log_formats: Vec<tollgate_discovery::logs::CustomFormat>,
+    }
+    let cfg: Cfg = toml::from_str(
+        r#"
+        [[log_formats]]
+        name = "acme-proxy"
+        kind = "csv"
+        delimiter = ";"
+        header = true
+        time = "when"
+        time_format = "%d/%m/%Y %H:%M:%S"
+        src_ip = "client"
+        user = "who"
+        dst_url = "url"
+        bytes_up = "out"
+        bytes_down = "in"
+        action = "verdict"
+        ignore_actions = ["probe"]
+
+        [[log_formats]]
+        name = "acme-fw"
+        kind = "kv"
+        match = "ACMEFW"
+        src_ip = "s"
+        dst_ip = "d"
+        dst_host = "h"
+        "#,
+    )
+    .expect("toml");
+    for f in &cfg.log_formats {
+        f.validate().expect("valid");
+    }
+    assert!(
+        toml::from_str::<Cfg>("[[log_formats]]\nname='x'\nkind='csv'\nsrc_ip='a'\nbogus=1")
+            .is_err()
+    );
+    let opts = LogOptions {
+        custom: cfg.log_formats.clone(),
+        ..LogOptions::default()
+    };
+    let csv = "when;client;who;url;out;in;verdict\n\
+               26/11/2025 08:00:00;192.0.2.1;alice;https://www.dropbox.com/x;10;20;ok\n\
+               26/11/2025 08:00:01;192.0.2.2;-;https://slack.com/;1;2;probe\n\
+               garbage;;;\n";
+    let mut recs = Vec::new();
+    let st = tollgate_discovery::logs::import_reader(
+        csv.as_bytes(),
+        Path::new("acme.csv"),
+        &opts,
+        &mut |r| recs.push(r),
+    )
+    .expect("import");
+    assert_eq!(st.format, "acme-proxy");
+    assert_eq!((st.lines, st.parsed, st.unparsed, st.records), (4, 3, 1, 1));
+    assert_eq!(st.bad_lines[0].line, 4);
+    assert_eq!(
+        (
+            recs[0].name.as_deref(),
+            recs[0].user.as_deref(),
+            recs[0].bytes_down
+        ),
+        (Some("www.dropbox.com"), Some("alice"), 20)
+    );
+    assert_eq!(recs[0].first_seen.to_rfc3339(), "2025-11-26T08:00:00+00:00");
+    let kv = "<13>Nov 26 08:00:00 gw ACMEFW s=192.0.2.9 d=198.51.100.9 h=github.com\n";
+    let mut recs = Vec::new();
+    let st =
+        tollgate_discovery::logs::import_reader(kv.as_bytes(), Path::new("fw"), &opts, &mut |r| {
+            recs.push(r)
+        })
+        .expect("kv");
+    assert_eq!((st.format.as_str(), recs.len()), ("acme-fw", 1));
+    assert_eq!(recs[0].name.as_deref(), Some("github.com"));
+}

@@ -412,7 +412,7 @@ impl Counter<'_> {
                 self.stats.parsed += 1;
                 self.stats.records += 1;
                 self.last_time = Some(r.last_seen);
-                (self.sink)(*r);
+                (self.sink)(r);
             }
             LineOutcome::Skip => self.stats.parsed += 1,
             LineOutcome::Bad(reason) => self.bad(line_no, reason, text),

@@ -10,7 +10,7 @@ use super::util::{LineFields, LineOutcome, parse_ip, parse_u64};
 /// One native-format line. This is the hot path of the log benchmark: no allocation
 /// except the record's own strings.
 pub(crate) fn parse_native(line: &str, fallback: DateTime<Utc>) -> LineOutcome {
-    let mut it = line.split_ascii_whitespace();
+    let mut it = Fields { s: line, pos: 0 };
     let (Some(ts), Some(_elapsed), Some(client), Some(code), Some(bytes), Some(method), Some(url)) = (
         it.next(),
         it.next(),
@@ -55,6 +55,37 @@ pub(crate) fn parse_native(line: &str, fallback: DateTime<Utc>) -> LineOutcome {
         ..LineFields::default()
     }
     .into_record(fallback)
+}
+
+/// Space/tab-separated fields, scanned over bytes (faster than `split_ascii_whitespace`,
+/// which walks chars).
+struct Fields<'a> {
+    s: &'a str,
+    pos: usize,
+}
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = &'a str;
+    fn next(&mut self) -> Option<&'a str> {
+        let b = self.s.as_bytes();
+        let mut i = self.pos;
+        while matches!(b.get(i), Some(b' ' | b'\t')) {
+            i += 1;
+        }
+        if i >= b.len() {
+            self.pos = i;
+            return None;
+        }
+        let start = i;
+        while let Some(&c) = b.get(i) {
+            if c == b' ' || c == b'\t' {
+                break;
+            }
+            i += 1;
+        }
+        self.pos = i;
+        self.s.get(start..i)
+    }
 }
 
 /// "1157689312.049" or "1157689312" without going through a float.
@@ -163,7 +194,7 @@ mod tests {
 
     fn rec(o: LineOutcome) -> crate::record::FlowRecord {
         match o {
-            LineOutcome::Record(r) => *r,
+            LineOutcome::Record(r) => r,
             other => panic!("expected a record, got {other:?}"),
         }
     }

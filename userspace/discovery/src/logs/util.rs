@@ -30,9 +30,13 @@ pub(crate) struct LineFields<'a> {
 
 /// What became of one line.
 #[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per line on the hot path: no box, no allocation"
+)]
 pub enum LineOutcome {
     /// A transaction.
-    Record(Box<FlowRecord>),
+    Record(FlowRecord),
     /// A well-formed line of the format that is not a transaction (a header, a system
     /// event, a session-start record whose session-end record carries the bytes).
     Skip,
@@ -74,7 +78,7 @@ impl<'a> LineFields<'a> {
         }
         let time = self.time.unwrap_or(fallback_time);
         let user = self.user.and_then(clean_user).map(str::to_owned);
-        LineOutcome::Record(Box::new(FlowRecord {
+        LineOutcome::Record(FlowRecord {
             proto: self.proto.unwrap_or(L4Proto::Tcp),
             src,
             sport: self.sport,
@@ -90,7 +94,7 @@ impl<'a> LineFields<'a> {
             last_seen: time,
             src_mac: None,
             user,
-        }))
+        })
     }
 }
 
@@ -119,71 +123,86 @@ pub(crate) enum HostPart {
 /// (`host:443`), or a bare `host/path`; lowercases it and drops a trailing dot. IP
 /// literals (also `[v6]`) come back as [`HostPart::Ip`].
 pub(crate) fn normalize_host(s: &str) -> Option<HostPart> {
+    // Byte scanning throughout: this runs once per log line on the import hot path.
     let s = s.trim();
+    let b = s.as_bytes();
     let mut default_port = None;
-    let rest = match s.find("://") {
-        Some(i) => {
-            let scheme = s.get(..i)?;
-            default_port = if scheme.eq_ignore_ascii_case("https") {
-                Some(443)
-            } else if scheme.eq_ignore_ascii_case("http") {
-                Some(80)
-            } else if scheme.eq_ignore_ascii_case("ftp") {
-                Some(21)
-            } else {
-                None
-            };
-            s.get(i + 3..)?
-        }
-        None => s,
-    };
-    let end = rest
-        .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace())
-        .unwrap_or(rest.len());
+    let mut rest = s;
+    if let Some(i) = memchr::memchr(b':', b)
+        && b.get(i + 1) == Some(&b'/')
+        && b.get(i + 2) == Some(&b'/')
+    {
+        let scheme = s.get(..i)?;
+        default_port = if scheme.eq_ignore_ascii_case("https") {
+            Some(443)
+        } else if scheme.eq_ignore_ascii_case("http") {
+            Some(80)
+        } else if scheme.eq_ignore_ascii_case("ftp") {
+            Some(21)
+        } else {
+            None
+        };
+        rest = s.get(i + 3..)?;
+    }
+    let rb = rest.as_bytes();
+    let end = rb
+        .iter()
+        .position(|&c| matches!(c, b'/' | b'?' | b'#' | b' ' | b'\t'))
+        .unwrap_or(rb.len());
     let mut auth = rest.get(..end)?;
-    if let Some(at) = auth.rfind('@') {
+    if let Some(at) = memchr::memrchr(b'@', auth.as_bytes()) {
         auth = auth.get(at + 1..)?;
     }
+    let ab = auth.as_bytes();
     // Bracketed IPv6.
-    if let Some(inner) = auth.strip_prefix('[') {
-        let close = inner.find(']')?;
-        let ip: IpAddr = inner.get(..close)?.parse().ok()?;
-        let port = inner
+    if ab.first() == Some(&b'[') {
+        let close = memchr::memchr(b']', ab)?;
+        let ip: IpAddr = auth.get(1..close)?.parse().ok()?;
+        let port = auth
             .get(close + 1..)
             .and_then(|p| p.strip_prefix(':'))
             .and_then(|p| p.parse().ok())
             .or(default_port);
         return Some(HostPart::Ip(ip, port));
     }
-    // A bare IPv6 literal (no port possible without brackets).
-    if auth.matches(':').count() > 1 {
-        return auth
-            .parse::<IpAddr>()
-            .ok()
-            .map(|ip| HostPart::Ip(ip, default_port));
-    }
-    let (host, port) = match auth.rsplit_once(':') {
-        Some((h, "")) => (h, default_port),
-        Some((h, p)) => (h, Some(p.parse::<u16>().ok()?)),
+    let (host, port) = match memchr::memrchr(b':', ab) {
+        // A bare IPv6 literal (no port possible without brackets).
+        Some(i) if memchr::memchr(b':', ab) != Some(i) => {
+            return auth
+                .parse::<IpAddr>()
+                .ok()
+                .map(|ip| HostPart::Ip(ip, default_port));
+        }
+        Some(i) if i + 1 == ab.len() => (auth.get(..i)?, default_port),
+        Some(i) => (
+            auth.get(..i)?,
+            Some(auth.get(i + 1..)?.parse::<u16>().ok()?),
+        ),
         None => (auth, default_port),
     };
     let host = host.trim_end_matches('.');
-    if host.is_empty() || host == "-" {
+    let hb = host.as_bytes();
+    if hb.is_empty() || hb.len() > 253 {
         return None;
     }
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return Some(HostPart::Ip(ip, port));
+    let mut alpha = false;
+    let mut upper = false;
+    for &c in hb {
+        match c {
+            b'a'..=b'z' => alpha = true,
+            b'A'..=b'Z' => {
+                alpha = true;
+                upper = true;
+            }
+            b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {}
+            _ => return None,
+        }
     }
-    // A host name: letters, digits, '-', '_', '.', '*' only.
-    if !host
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'*'))
-        || host.len() > 253
-        || !host.bytes().any(|b| b.is_ascii_alphabetic())
-    {
-        return None;
+    if !alpha {
+        // Digits and dots only: an IPv4 address or nothing.
+        return host.parse::<IpAddr>().ok().map(|ip| HostPart::Ip(ip, port));
     }
-    let name = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+    let name = if upper {
         host.to_ascii_lowercase()
     } else {
         host.to_owned()

@@ -106,7 +106,7 @@ fn donut(name: &str, items: &[(String, u64, &str)]) -> String {
     let n = items.iter().filter(|i| i.1 > 0).count();
     let _ = write!(
         s,
-        r#"<svg class="chart" data-chart="{name}" data-items="{n}" viewBox="0 0 400 180" width="100%" role="img" aria-label="{name}">"#
+        r#"<svg class="chart" data-chart="{name}" data-items="{n}" viewBox="0 0 400 180" width="440" style="max-width:100%" role="img" aria-label="{name}">"#
     );
     let (cx, cy, r) = (90.0f64, 90.0f64, 62.0f64);
     let circ = 2.0 * std::f64::consts::PI * r;
@@ -195,6 +195,56 @@ fn columns(name: &str, items: &[(String, u64)]) -> String {
     }
     s.push_str("</svg>");
     s
+}
+
+/// Hourly buckets as a chart series: every hour when the data spans at most four days,
+/// else every day when it spans at most 180 days, else only the days with traffic.
+fn time_series(hourly: &[crate::aggregate::HourBucket]) -> (&'static str, Vec<(String, u64)>) {
+    let (Some(first), Some(last)) = (hourly.first(), hourly.last()) else {
+        return ("Traffic over time", Vec::new());
+    };
+    let bytes = |b: &crate::aggregate::HourBucket| b.bytes_up.saturating_add(b.bytes_down);
+    let span_h = (last.hour - first.hour).num_hours();
+    if span_h <= 96 {
+        let mut out = Vec::new();
+        let mut it = hourly.iter().peekable();
+        let mut t = first.hour;
+        while t <= last.hour {
+            let v = match it.peek() {
+                Some(b) if b.hour == t => it.next().map_or(0, bytes),
+                _ => 0,
+            };
+            out.push((t.format("%m-%d %H:00").to_string(), v));
+            t += chrono::Duration::hours(1);
+        }
+        return ("Traffic per hour", out);
+    }
+    let mut days: BTreeMap<chrono::NaiveDate, u64> = BTreeMap::new();
+    for b in hourly {
+        *days.entry(b.hour.date_naive()).or_default() += bytes(b);
+    }
+    let (Some(d0), Some(d1)) = (days.keys().next().copied(), days.keys().last().copied()) else {
+        return ("Traffic per day", Vec::new());
+    };
+    if (d1 - d0).num_days() <= 180 {
+        let out = d0
+            .iter_days()
+            .take_while(|d| *d <= d1)
+            .map(|d| {
+                (
+                    d.format("%Y-%m-%d").to_string(),
+                    days.get(&d).copied().unwrap_or(0),
+                )
+            })
+            .collect();
+        return ("Traffic per day", out);
+    }
+    (
+        "Traffic per day (days with traffic)",
+        days.into_iter()
+            .map(|(d, v)| (d.format("%Y-%m-%d").to_string(), v))
+            .collect(),
+    )
 }
 
 const CSS: &str = r#"
@@ -422,8 +472,16 @@ pub(super) fn render(r: &DiscoveryReport, out: &mut dyn Write) -> io::Result<()>
     if r.new_apps.is_empty() {
         h.push_str(r#"<p class="empty">No new apps in this window.</p>"#);
     }
-    for id in &r.new_apps {
-        if let Some(a) = r.apps.iter().find(|a| &a.id == id) {
+    const MAX_NEW: usize = 12;
+    // Newest first, at most MAX_NEW cards.
+    let mut new_apps: Vec<&crate::aggregate::AppView> = r
+        .new_apps
+        .iter()
+        .filter_map(|id| r.apps.iter().find(|a| &a.id == id))
+        .collect();
+    new_apps.sort_by(|a, b| b.first_seen.cmp(&a.first_seen).then(a.name.cmp(&b.name)));
+    for a in new_apps.iter().take(MAX_NEW) {
+        {
             let lvl = risk_level(a.risk_score);
             let _ = write!(
                 h,
@@ -439,23 +497,21 @@ pub(super) fn render(r: &DiscoveryReport, out: &mut dyn Write) -> io::Result<()>
             );
         }
     }
+    if new_apps.len() > MAX_NEW {
+        let _ = write!(
+            h,
+            r#"<p class="empty">… and {} more (see the table below).</p>"#,
+            new_apps.len() - MAX_NEW
+        );
+    }
     h.push_str("</div></div>");
 
     // Traffic over time.
-    let hours: Vec<(String, u64)> = r
-        .hourly
-        .iter()
-        .map(|b| {
-            (
-                b.hour.format("%m-%d %H:00").to_string(),
-                b.bytes_up.saturating_add(b.bytes_down),
-            )
-        })
-        .collect();
+    let (title, series) = time_series(&r.hourly);
     let _ = write!(
         h,
-        r#"<div class="card wide"><h2>Traffic per hour</h2>{}</div></section>"#,
-        columns("traffic-per-hour", &hours)
+        r#"<div class="card wide"><h2>{title}</h2>{}</div></section>"#,
+        columns("traffic-over-time", &series)
     );
 
     // Apps table.
