@@ -17,7 +17,7 @@
 
 /// Bumped whenever a map key, value or event layout changes. Pins live under a directory named
 /// after it, so a daemon of a different ABI never reuses incompatible pinned maps.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 // ---- map names (the symbol names of the statics in the probes; at most 15 bytes) ----
 
@@ -288,6 +288,11 @@ pub struct FlowValue {
     pub inspected_down: u32,
     /// Interface of the first packet.
     pub ifindex: u32,
+    /// Cached decision (`ACTION_*`) for this flow, valid while `verdict_gen` equals
+    /// [`Config::generation`]; the probes re-evaluate the verdict maps when it does not.
+    pub verdict: u32,
+    /// [`Config::generation`] the cached verdict was computed at (0: never).
+    pub verdict_gen: u32,
 }
 
 /// A ClientHello being followed across TCP segments (user -> remote direction).
@@ -327,7 +332,9 @@ pub struct Config {
     /// 1: refuse every QUIC Initial (enforce mode) so browsers fall back to TCP.
     pub block_quic: u32,
     pub flags: u32,
-    pub _pad: u32,
+    /// Bumped by userspace after it changes any verdict map; flows whose cached verdict is
+    /// of another generation look the maps up again. 0: no verdicts, nothing is looked up.
+    pub generation: u32,
     /// CLOCK_MONOTONIC ns of the daemon's last heartbeat.
     pub heartbeat_ns: u64,
     /// 0: no fail-open timeout.
@@ -446,13 +453,15 @@ pub struct EventBuf {
     pub payload: [u8; PAYLOAD_CAP],
 }
 
-/// FNV-1a 64 over the ASCII-lower-cased bytes of a DNS name (no trailing dot). One definition
-/// for both sides: the probes hash names they read from packets, userspace hashes names it
-/// puts in [`MAP_NAME_VERDICTS`].
+/// FNV-1a 64 over the ASCII-lower-cased bytes of a DNS name (no trailing dot), taken from the
+/// LAST byte to the first. One definition for both sides: userspace hashes the names it puts in
+/// [`MAP_NAME_VERDICTS`], the probes hash names they read from packets. Hashing backwards means
+/// one pass over "www.example.com" passes through the hashes of "com" and "example.com" at
+/// each dot, so a subdomain rule ([`NAME_F_SUBDOMAINS`]) costs one lookup per label.
 #[inline(always)]
 pub fn name_hash(name: &[u8]) -> u64 {
     let mut h = NAME_HASH_SEED;
-    for &b in name {
+    for &b in name.iter().rev() {
         h = name_hash_step(h, b);
     }
     h
@@ -461,7 +470,7 @@ pub fn name_hash(name: &[u8]) -> u64 {
 /// Start value of [`name_hash`].
 pub const NAME_HASH_SEED: u64 = 0xcbf2_9ce4_8422_2325;
 
-/// One step of [`name_hash`] (the probes call it byte by byte).
+/// One step of [`name_hash`] (the probes call it byte by byte, last byte first).
 #[inline(always)]
 pub fn name_hash_step(h: u64, b: u8) -> u64 {
     let b = if b.is_ascii_uppercase() { b | 0x20 } else { b };
@@ -470,7 +479,7 @@ pub fn name_hash_step(h: u64, b: u8) -> u64 {
 
 // ---- layout assertions: both sides compile these ----
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 72);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 80);
 const _: () = assert!(core::mem::size_of::<HelloState>() == 16);
 const _: () = assert!(core::mem::size_of::<IfaceInfo>() == 8);
 const _: () = assert!(core::mem::size_of::<Config>() == 48);
@@ -525,8 +534,22 @@ mod tests {
         assert_ne!(name_hash(b"example.com"), name_hash(b"example.org"));
         // FNV-1a 64 of the empty input is the offset basis.
         assert_eq!(name_hash(b""), NAME_HASH_SEED);
-        // Known FNV-1a 64 value for "a".
+        // Known FNV-1a 64 value for "a" (one byte: direction does not matter).
         assert_eq!(name_hash(b"a"), 0xaf63_dc4c_8601_ec8c);
+        // Backwards: the hash of "example.com" is a prefix state of "www.example.com".
+        let full = b"www.example.com";
+        let mut h = NAME_HASH_SEED;
+        let mut suffixes = 0;
+        for (i, &b) in full.iter().enumerate().rev() {
+            if b == b'.' {
+                let suffix = &full[i + 1..];
+                assert_eq!(h, name_hash(suffix));
+                suffixes += 1;
+            }
+            h = name_hash_step(h, b);
+        }
+        assert_eq!(suffixes, 2);
+        assert_eq!(h, name_hash(full));
     }
 
     #[test]

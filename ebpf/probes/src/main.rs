@@ -20,23 +20,24 @@ use core::ptr;
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
-    helpers::{bpf_ktime_get_coarse_ns, bpf_skb_load_bytes},
+    helpers::{bpf_ktime_get_coarse_ns, bpf_skb_change_tail, bpf_skb_load_bytes},
     macros::{classifier, map},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key as LpmKey},
     programs::TcContext,
 };
 use tollgate_common::{
-    ABI_VERSION, BLOCK_PREFIX_CAPACITY, Config, DEFAULT_INSPECT_PACKETS,
-    DEFAULT_MAX_DNS_EVENTS_PER_FLOW, DEFAULT_MAX_EVENTS_PER_FLOW, DIR_UP, EVENT_F_CONTINUATION,
-    EVENT_F_LAST, EVENT_F_TRUNCATED, EVENT_HEADER_LEN, EVENTS_RING_BYTES, EventBuf, EventHeader,
-    FAMILY_V4, FAMILY_V6, FLOW_F_CAPPED, FLOW_F_DNS, FLOW_F_HELLO_PENDING, FLOW_F_HTTP,
-    FLOW_F_QUIC, FLOW_F_TLS, FLOW_VERDICTS_CAPACITY, FLOWS_CAPACITY, FlowKey, FlowValue,
-    FlowVerdict, HELLO_CAPACITY, HelloState, IFACES_CAPACITY, IfaceInfo, IpVerdict, KIND_DNS,
-    KIND_HTTP, KIND_QUIC, KIND_TLS, NAME_VERDICTS_CAPACITY, NameKey, NameVerdict, PAYLOAD_CAP,
-    PROTO_TCP, PROTO_UDP, STAT_BYTES, STAT_DEDUP, STAT_ERR_IPV4, STAT_ERR_IPV6, STAT_ERR_L2,
-    STAT_ERR_PAYLOAD, STAT_ERR_TCP, STAT_ERR_UDP, STAT_EVENTS, STAT_EVENTS_CAPPED,
-    STAT_FLOW_MAP_FULL, STAT_FRAGMENTS, STAT_HELLO_CONT, STAT_HELLO_MAP_FULL, STAT_NON_IP,
-    STAT_OTHER_L4, STAT_PACKETS, STAT_RINGBUF_FULL, Stats,
+    ABI_VERSION, ACTION_BLOCK, ACTION_DROP, ACTION_NONE, BLOCK_PREFIX_CAPACITY, Config,
+    DEFAULT_INSPECT_PACKETS, DEFAULT_MAX_DNS_EVENTS_PER_FLOW, DEFAULT_MAX_EVENTS_PER_FLOW, DIR_UP,
+    EVENT_F_CONTINUATION, EVENT_F_LAST, EVENT_F_TRUNCATED, EVENT_HEADER_LEN, EVENTS_RING_BYTES,
+    EventBuf, EventHeader, FAMILY_V4, FAMILY_V6, FLOW_F_CAPPED, FLOW_F_DNS, FLOW_F_HELLO_PENDING,
+    FLOW_F_HTTP, FLOW_F_QUIC, FLOW_F_TLS, FLOW_VERDICTS_CAPACITY, FLOWS_CAPACITY, FlowKey,
+    FlowValue, FlowVerdict, HELLO_CAPACITY, HelloState, IFACES_CAPACITY, IfaceInfo, IpVerdict,
+    KIND_DNS, KIND_HTTP, KIND_QUIC, KIND_TLS, MODE_ENFORCE, NAME_VERDICTS_CAPACITY, NameKey,
+    NameVerdict, PAYLOAD_CAP, PROTO_TCP, PROTO_UDP, STAT_BYTES, STAT_DEDUP, STAT_DROPS,
+    STAT_ERR_IPV4, STAT_ERR_IPV6, STAT_ERR_L2, STAT_ERR_PAYLOAD, STAT_ERR_TCP, STAT_ERR_UDP,
+    STAT_EVENTS, STAT_EVENTS_CAPPED, STAT_FLOW_MAP_FULL, STAT_FRAGMENTS, STAT_HELLO_CONT,
+    STAT_HELLO_MAP_FULL, STAT_ICMP_SENT, STAT_NON_IP, STAT_OTHER_L4, STAT_PACKETS,
+    STAT_RINGBUF_FULL, STAT_RST_SENT, STAT_WOULD_DROP, Stats,
 };
 
 // ---- maps (names are the ABI's MAP_* constants; the loader pins them under its pin dir) ----
@@ -77,7 +78,6 @@ const PASS: i32 = TC_ACT_UNSPEC;
 /// gateway must never break traffic it does not understand.
 const ON_PARSE_ERROR: i32 = PASS;
 /// Drop (used by enforce-mode verdicts only).
-#[allow(dead_code, reason = "enforcement (issue 5) uses it")]
 const DROP: i32 = TC_ACT_SHOT;
 
 const ETH_P_IPV4: u16 = 0x0800;
@@ -222,7 +222,10 @@ struct Pkt {
     /// Payload length the headers claim (what `orig_len` reports).
     claimed_len: u32,
     tcp_seq: u32,
+    tcp_ack: u32,
     tcp_flags: u8,
+    l3_off: u32,
+    l4_off: u32,
 }
 
 /// Source/destination of a parsed packet before normalization.
@@ -259,7 +262,7 @@ fn parse(ctx: &TcContext, dir: u8) -> Result<Pkt, i32> {
         ETH_P_IPV6 => parse_ipv6(ctx, l3_off, skb_len)?,
         _ => return Err(err(STAT_NON_IP)),
     };
-    let (sport, dport, hdr_len, tcp_seq, tcp_flags) = match raw.proto {
+    let (sport, dport, hdr_len, tcp_seq, tcp_ack, tcp_flags) = match raw.proto {
         PROTO_TCP => {
             let h: [u8; 20] = read(ctx, raw.l4_off).ok_or_else(|| err(STAT_ERR_TCP))?;
             let doff = u32::from(h[12] >> 4) * 4;
@@ -271,6 +274,7 @@ fn parse(ctx: &TcContext, dir: u8) -> Result<Pkt, i32> {
                 u16::from_be_bytes([h[2], h[3]]),
                 doff,
                 u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+                u32::from_be_bytes([h[8], h[9], h[10], h[11]]),
                 h[13],
             )
         }
@@ -283,6 +287,7 @@ fn parse(ctx: &TcContext, dir: u8) -> Result<Pkt, i32> {
                 u16::from_be_bytes([h[0], h[1]]),
                 u16::from_be_bytes([h[2], h[3]]),
                 8,
+                0,
                 0,
                 0,
             )
@@ -318,7 +323,10 @@ fn parse(ctx: &TcContext, dir: u8) -> Result<Pkt, i32> {
         payload_len,
         claimed_len,
         tcp_seq,
+        tcp_ack,
         tcp_flags,
+        l3_off: l3_off as u32,
+        l4_off: raw.l4_off as u32,
     })
 }
 
@@ -510,14 +518,290 @@ fn try_run(ctx: &TcContext, dir: u8, egress: bool) -> Result<i32, i32> {
         }
     };
 
+    // SAFETY: live LRU map value (see above); the inspection and verdict-cache fields are
+    // updated by the CPU that handles the packet (a lost update costs one extra lookup).
+    let flow = unsafe { &mut *flow };
+
+    let cfg = TG_CONFIG.get(0);
+    if let Some(c) = cfg
+        && c.generation != 0
+    {
+        if flow.verdict_gen != c.generation {
+            flow.verdict = evaluate(&pkt.key, now);
+            flow.verdict_gen = c.generation;
+        }
+        if flow.verdict == ACTION_BLOCK || flow.verdict == ACTION_DROP {
+            return Ok(enforce(ctx, &pkt, dir, egress, flow.verdict, c, now));
+        }
+    }
+
     if pkt.payload_len == 0 {
         return Ok(PASS);
     }
-    // SAFETY: live LRU map value (see above); the inspection fields are updated by the CPU
-    // that handles the packet, a lost update only costs or gains one inspection.
-    let flow = unsafe { &mut *flow };
-    inspect(ctx, &pkt, flow, dir, ifindex, now);
+    let kind = inspect(ctx, &pkt, flow, dir, ifindex, now);
+    if kind == KIND_QUIC
+        && let Some(c) = cfg
+        && c.block_quic != 0
+    {
+        return Ok(enforce(ctx, &pkt, dir, egress, ACTION_BLOCK, c, now));
+    }
     Ok(PASS)
+}
+
+// ---- verdicts ----
+
+/// The decision for a flow: its own verdict if userspace set one, else the blocked prefix the
+/// remote address falls in.
+#[inline(always)]
+fn evaluate(key: &FlowKey, now: u64) -> u32 {
+    let live = |expires: u64| expires == 0 || expires > now;
+    if let Some(v) = TG_FLOW_VERDICT.get_ptr(key) {
+        // SAFETY: live map value, read only.
+        let v = unsafe { &*v };
+        if live(v.expires_ns) {
+            return v.action;
+        }
+    }
+    let hit = if key.family == FAMILY_V4 {
+        TG_BLOCK_V4.get(LpmKey::new(32, key.remote_addr[0].to_ne_bytes()))
+    } else {
+        let mut a = [0u8; 16];
+        let w = key.remote_addr;
+        let b = [
+            w[0].to_ne_bytes(),
+            w[1].to_ne_bytes(),
+            w[2].to_ne_bytes(),
+            w[3].to_ne_bytes(),
+        ];
+        let mut i = 0;
+        while i < 16 {
+            a[i] = b[i / 4][i % 4];
+            i += 1;
+        }
+        TG_BLOCK_V6.get(LpmKey::new(128, a))
+    };
+    match hit {
+        Some(v) if live(v.expires_ns) => v.action,
+        _ => ACTION_NONE,
+    }
+}
+
+/// Applies a blocking verdict. Monitor mode (or an expired daemon heartbeat with fail-open
+/// configured) only counts what would have been dropped.
+#[inline(always)]
+fn enforce(
+    ctx: &TcContext,
+    pkt: &Pkt,
+    dir: u8,
+    egress: bool,
+    action: u32,
+    cfg: &Config,
+    now: u64,
+) -> i32 {
+    let daemon_gone = cfg.fail_open != 0
+        && cfg.heartbeat_timeout_ns != 0
+        && now > cfg.heartbeat_ns.saturating_add(cfg.heartbeat_timeout_ns);
+    if cfg.mode != MODE_ENFORCE || daemon_gone {
+        stat(STAT_WOULD_DROP, 1);
+        return PASS;
+    }
+    stat(STAT_DROPS, 1);
+    if action != ACTION_BLOCK {
+        return DROP;
+    }
+    let up = dir == DIR_UP;
+    if pkt.key.proto == PROTO_TCP {
+        if pkt.tcp_flags & TCP_RST != 0 {
+            return DROP;
+        }
+        if up {
+            // Answer the user with a reset from the remote end: rewrite, send a copy back
+            // (out of a LAN interface, or into the stack from a WAN interface), drop this one.
+            if make_rst(ctx, pkt, dir, true) && redirect_to_user(ctx, egress) {
+                stat(STAT_RST_SENT, 1);
+            }
+            return DROP;
+        }
+        // Toward the user: the packet itself becomes the reset and goes on.
+        if make_rst(ctx, pkt, dir, false) {
+            stat(STAT_RST_SENT, 1);
+            return PASS;
+        }
+        return DROP;
+    }
+    if up
+        && pkt.key.family == FAMILY_V4
+        && make_icmp_unreachable(ctx, pkt)
+        && redirect_to_user(ctx, egress)
+    {
+        stat(STAT_ICMP_SENT, 1);
+    }
+    DROP
+}
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+const BPF_F_INGRESS: u64 = 1;
+const BPF_ADJ_ROOM_MAC: u32 = 1;
+
+/// Sends the (rewritten) skb back toward the user: out of the same interface when the packet
+/// came in from the user (ingress), into the stack when it was leaving toward the internet.
+#[inline(always)]
+fn redirect_to_user(ctx: &TcContext, egress: bool) -> bool {
+    let flags = if egress { BPF_F_INGRESS } else { 0 };
+    ctx.clone_redirect(sk_field_ifindex(ctx), flags).is_ok()
+}
+
+/// Trims (or grows) the packet to `len` bytes.
+#[inline(always)]
+fn change_tail(ctx: &TcContext, len: u32) -> bool {
+    // SAFETY: the helper validates the skb and length itself.
+    unsafe { bpf_skb_change_tail(ctx.skb.skb, len, 0) == 0 }
+}
+
+/// Internet checksum accumulation over big-endian 16-bit words.
+#[inline(always)]
+fn csum_add<const N: usize>(mut sum: u32, b: &[u8; N]) -> u32 {
+    let mut i = 0;
+    while i + 1 < N {
+        sum += u32::from(u16::from_be_bytes([b[i], b[i + 1]]));
+        i += 2;
+    }
+    sum
+}
+
+#[inline(always)]
+fn csum_fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+#[inline(always)]
+fn swap_macs(ctx: &TcContext) -> bool {
+    let Some(m) = read::<[u8; 12]>(ctx, 0) else {
+        return false;
+    };
+    let sw = [
+        m[6], m[7], m[8], m[9], m[10], m[11], m[0], m[1], m[2], m[3], m[4], m[5],
+    ];
+    ctx.store(0, &sw, 0).is_ok()
+}
+
+/// Rewrites the packet into a TCP reset from the remote end to the user (headers only).
+/// `reply`: the packet came from the user (swap MACs, take seq/ack from its ack/seq).
+#[inline(always)]
+fn make_rst(ctx: &TcContext, pkt: &Pkt, dir: u8, reply: bool) -> bool {
+    let (seq, ack, flags) = if dir == DIR_UP {
+        let mut consumed = pkt.claimed_len;
+        if pkt.tcp_flags & (TCP_SYN | TCP_FIN) != 0 {
+            consumed += 1;
+        }
+        let seq = if pkt.tcp_flags & TCP_ACK != 0 {
+            pkt.tcp_ack
+        } else {
+            0
+        };
+        (seq, pkt.tcp_seq.wrapping_add(consumed), TCP_RST | TCP_ACK)
+    } else {
+        (pkt.tcp_seq, pkt.tcp_ack, TCP_RST | TCP_ACK)
+    };
+    let k = &pkt.key;
+    let sp = k.remote_port.to_be_bytes();
+    let dp = k.user_port.to_be_bytes();
+    let sq = seq.to_be_bytes();
+    let ak = ack.to_be_bytes();
+    let mut tcp = [
+        sp[0], sp[1], dp[0], dp[1], sq[0], sq[1], sq[2], sq[3], ak[0], ak[1], ak[2], ak[3], 0x50,
+        flags, 0, 0, 0, 0, 0, 0,
+    ];
+    let l3 = pkt.l3_off;
+    if k.family == FAMILY_V4 {
+        let s = k.remote_addr[0].to_ne_bytes();
+        let d = k.user_addr[0].to_ne_bytes();
+        let mut ip = [
+            0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, PROTO_TCP, 0, 0, s[0], s[1], s[2], s[3], d[0], d[1],
+            d[2], d[3],
+        ];
+        let c = csum_fold(csum_add(0, &ip)).to_be_bytes();
+        ip[10] = c[0];
+        ip[11] = c[1];
+        let pseudo = [
+            s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3], 0, PROTO_TCP, 0, 20,
+        ];
+        let c = csum_fold(csum_add(csum_add(0, &pseudo), &tcp)).to_be_bytes();
+        tcp[16] = c[0];
+        tcp[17] = c[1];
+        if !change_tail(ctx, l3 + 40)
+            || ctx.store(l3 as usize, &ip, 0).is_err()
+            || ctx.store(l3 as usize + 20, &tcp, 0).is_err()
+        {
+            return false;
+        }
+    } else {
+        let mut ip = [0u8; 40];
+        ip[0] = 0x60;
+        ip[5] = 20;
+        ip[6] = PROTO_TCP;
+        ip[7] = 64;
+        let mut i = 0;
+        while i < 16 {
+            ip[8 + i] = k.remote_addr[i / 4].to_ne_bytes()[i % 4];
+            ip[24 + i] = k.user_addr[i / 4].to_ne_bytes()[i % 4];
+            i += 1;
+        }
+        let mut pseudo = [0u8; 40];
+        let mut i = 0;
+        while i < 32 {
+            pseudo[i] = ip[8 + i];
+            i += 1;
+        }
+        pseudo[35] = 20;
+        pseudo[39] = PROTO_TCP;
+        let c = csum_fold(csum_add(csum_add(0, &pseudo), &tcp)).to_be_bytes();
+        tcp[16] = c[0];
+        tcp[17] = c[1];
+        if !change_tail(ctx, l3 + 60)
+            || ctx.store(l3 as usize, &ip, 0).is_err()
+            || ctx.store(l3 as usize + 40, &tcp, 0).is_err()
+        {
+            return false;
+        }
+    }
+    !reply || swap_macs(ctx)
+}
+
+/// Rewrites an IPv4 UDP packet from the user into an ICMP port unreachable from the remote
+/// end that quotes its IP and UDP headers (so a QUIC client fails over to TCP at once).
+#[inline(always)]
+fn make_icmp_unreachable(ctx: &TcContext, pkt: &Pkt) -> bool {
+    if pkt.l4_off != pkt.l3_off + 20 {
+        return false; // IP options: not worth quoting; the packet is still dropped.
+    }
+    let Some(orig) = read::<[u8; 28]>(ctx, pkt.l3_off as usize) else {
+        return false;
+    };
+    let k = &pkt.key;
+    let s = k.remote_addr[0].to_ne_bytes();
+    let d = k.user_addr[0].to_ne_bytes();
+    let mut ip = [
+        0x45, 0, 0, 56, 0, 0, 0x40, 0, 64, 1, 0, 0, s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3],
+    ];
+    let c = csum_fold(csum_add(0, &ip)).to_be_bytes();
+    ip[10] = c[0];
+    ip[11] = c[1];
+    let mut icmp = [3u8, 3, 0, 0, 0, 0, 0, 0];
+    let c = csum_fold(csum_add(csum_add(0, &icmp), &orig)).to_be_bytes();
+    icmp[2] = c[0];
+    icmp[3] = c[1];
+    let l3 = pkt.l3_off;
+    ctx.adjust_room(28, BPF_ADJ_ROOM_MAC, 0).is_ok()
+        && change_tail(ctx, l3 + 56)
+        && ctx.store(l3 as usize, &ip, 0).is_ok()
+        && ctx.store(l3 as usize + 20, &icmp, 0).is_ok()
+        && swap_macs(ctx)
 }
 
 /// Config values with defaults for zero fields.
@@ -568,7 +852,14 @@ const HTTP_METHODS: [u32; 9] = [
 const HELLO_MAX_TOTAL: u32 = 32 * 1024;
 
 #[inline(always)]
-fn inspect(ctx: &TcContext, pkt: &Pkt, flow: &mut FlowValue, dir: u8, ifindex: u32, now: u64) {
+fn inspect(
+    ctx: &TcContext,
+    pkt: &Pkt,
+    flow: &mut FlowValue,
+    dir: u8,
+    ifindex: u32,
+    now: u64,
+) -> u8 {
     let up = dir == DIR_UP;
     let tcp = pkt.key.proto == PROTO_TCP;
     let lim = limits();
@@ -600,7 +891,7 @@ fn inspect(ctx: &TcContext, pkt: &Pkt, flow: &mut FlowValue, dir: u8, ifindex: u
                         let _ = TG_HELLO.remove(&pkt.key);
                         flow.flags &= !FLOW_F_HELLO_PENDING;
                     }
-                    return;
+                    return 0;
                 }
             }
             None => flow.flags &= !FLOW_F_HELLO_PENDING,
@@ -615,7 +906,7 @@ fn inspect(ctx: &TcContext, pkt: &Pkt, flow: &mut FlowValue, dir: u8, ifindex: u
             &mut flow.inspected_down
         };
         if *n >= lim.inspect_packets {
-            return;
+            return 0;
         }
         *n += 1;
     }
@@ -625,7 +916,7 @@ fn inspect(ctx: &TcContext, pkt: &Pkt, flow: &mut FlowValue, dir: u8, ifindex: u
     if avail >= 12 {
         match read::<[u8; 12]>(ctx, pkt.payload_off as usize) {
             Some(v) => b = v,
-            None => return,
+            None => return 0,
         }
     } else {
         // A short segment (a hello cut after a few bytes, a tiny DNS message): byte by byte.
@@ -639,7 +930,7 @@ fn inspect(ctx: &TcContext, pkt: &Pkt, flow: &mut FlowValue, dir: u8, ifindex: u
                 b.get_mut(i as usize),
             ) {
                 (Some(v), Some(slot)) => *slot = v,
-                _ => return,
+                _ => return 0,
             }
             i += 1;
         }
@@ -649,7 +940,7 @@ fn inspect(ctx: &TcContext, pkt: &Pkt, flow: &mut FlowValue, dir: u8, ifindex: u
     if dns {
         flow.flags |= FLOW_F_DNS;
         emit(ctx, pkt, flow, dir, KIND_DNS, 0, ifindex, now, &lim);
-        return;
+        return KIND_DNS;
     }
     if tcp {
         // TLS handshake record header 0x16 0x03 0x0{0..4}; bytes the segment does not carry
@@ -697,7 +988,7 @@ fn inspect(ctx: &TcContext, pkt: &Pkt, flow: &mut FlowValue, dir: u8, ifindex: u
             } else if !up && avail >= 6 && b[5] == 0x02 {
                 emit(ctx, pkt, flow, dir, KIND_TLS, 0, ifindex, now, &lim);
             }
-            return;
+            return 0;
         }
         if up && avail >= 4 {
             let mut i = 0;
@@ -705,12 +996,12 @@ fn inspect(ctx: &TcContext, pkt: &Pkt, flow: &mut FlowValue, dir: u8, ifindex: u
                 if HTTP_METHODS[i] == first4 {
                     flow.flags |= FLOW_F_HTTP;
                     emit(ctx, pkt, flow, dir, KIND_HTTP, 0, ifindex, now, &lim);
-                    return;
+                    return KIND_HTTP;
                 }
                 i += 1;
             }
         }
-        return;
+        return 0;
     }
     // UDP: QUIC long header (form bit set) with a known version, packet type Initial.
     if up && pkt.payload_len >= 5 && b[0] & 0x80 != 0 {
@@ -725,8 +1016,10 @@ fn inspect(ctx: &TcContext, pkt: &Pkt, flow: &mut FlowValue, dir: u8, ifindex: u
         if initial {
             flow.flags |= FLOW_F_QUIC;
             emit(ctx, pkt, flow, dir, KIND_QUIC, 0, ifindex, now, &lim);
+            return KIND_QUIC;
         }
     }
+    0
 }
 
 /// Copies the packet's payload (up to `PAYLOAD_CAP` bytes) into the ring buffer as one record,

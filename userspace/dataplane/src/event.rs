@@ -88,6 +88,34 @@ pub struct FlowCounters {
     pub ifindex: u32,
 }
 
+impl PayloadEvent {
+    /// The flow's key in the kernel maps (for flow verdicts).
+    pub fn flow_key(&self) -> Option<FlowKey> {
+        flow_key(
+            self.proto,
+            self.user_ip,
+            self.user_port,
+            self.remote_ip,
+            self.remote_port,
+            self.vlan,
+        )
+    }
+}
+
+impl FlowCounters {
+    /// The flow's key in the kernel maps (for flow verdicts).
+    pub fn flow_key(&self) -> Option<FlowKey> {
+        flow_key(
+            self.proto,
+            self.user_ip,
+            self.user_port,
+            self.remote_ip,
+            self.remote_port,
+            self.vlan,
+        )
+    }
+}
+
 /// Why a ring-buffer record could not be decoded (counted by the reader, never fatal).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {

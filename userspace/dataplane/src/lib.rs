@@ -22,6 +22,9 @@
 
 mod event;
 pub mod testing;
+mod verdicts;
+
+pub use verdicts::{Action, EnforceOptions, VerdictWriter, monotonic_ns, normalize_name};
 
 use std::{
     collections::HashSet,
@@ -525,6 +528,13 @@ impl Dataplane {
     /// Counters summed over CPUs.
     pub fn stats(&self) -> Result<DataplaneStats, DataplaneError> {
         read_stats(&self.ebpf)
+    }
+
+    /// The verdict maps (issue 5): flow, name and prefix decisions, enforcement options.
+    pub fn verdicts(&mut self) -> VerdictWriter<'_> {
+        VerdictWriter {
+            ebpf: &mut self.ebpf,
+        }
     }
 
     /// Switches between monitor and enforce at runtime.

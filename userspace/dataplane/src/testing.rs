@@ -23,12 +23,14 @@ pub struct ProbeHarness {
 }
 
 /// Result of one program run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunResult {
     /// The program's return code (`TC_ACT_*`, -1 is `TC_ACT_UNSPEC`).
     pub action: i32,
     /// Average time per run, as the kernel measured it.
     pub duration: Duration,
+    /// The packet as the program left it.
+    pub data_out: Vec<u8>,
 }
 
 /// `TC_ACT_UNSPEC`: the pass verdict in a TCX chain.
@@ -88,9 +90,11 @@ impl ProbeHarness {
                 name: program,
                 source,
             })?;
+        out.truncate(r.data_size_out as usize);
         Ok(RunResult {
             action: r.return_value as i32,
             duration: r.duration,
+            data_out: out,
         })
     }
 
@@ -119,6 +123,13 @@ impl ProbeHarness {
     /// Sets monitor/enforce.
     pub fn set_mode(&mut self, mode: Mode) -> Result<(), DataplaneError> {
         write_config(&mut self.ebpf, mode)
+    }
+
+    /// The verdict maps.
+    pub fn verdicts(&mut self) -> crate::VerdictWriter<'_> {
+        crate::VerdictWriter {
+            ebpf: &mut self.ebpf,
+        }
     }
 
     /// Edits the config entry the probes read (limits, mode, ...).

@@ -1,0 +1,239 @@
+//! Writing decisions into the probes' verdict maps (issue 5). One writer: the task that owns
+//! the [`crate::Dataplane`]. Every change becomes visible to existing flows after
+//! [`VerdictWriter::commit`], which bumps the config generation so that each flow looks the maps
+//! up again on its next packet (flows cache their verdict between generations).
+
+use std::{net::IpAddr, time::Duration};
+
+use aya::{
+    Ebpf,
+    maps::{
+        Array, HashMap as BpfHashMap, MapData,
+        lpm_trie::{Key, LpmTrie},
+    },
+};
+use tollgate_common::{
+    self as abi, Config, FlowKey, FlowVerdict, IpVerdict, NameKey, NameVerdict, name_hash,
+};
+
+use crate::{DataplaneError, map_err, map_mut};
+
+/// What to do with matching packets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// Pass, and stop looking further (an exception to a broader block).
+    Allow,
+    /// Drop with a clean failure: a TCP reset to the user, an ICMP port unreachable for
+    /// IPv4 UDP (QUIC falls back to TCP at once); IPv6 UDP is dropped.
+    Block,
+    /// Drop silently.
+    Drop,
+}
+
+impl Action {
+    fn code(self) -> u32 {
+        match self {
+            Action::Allow => abi::ACTION_ALLOW,
+            Action::Block => abi::ACTION_BLOCK,
+            Action::Drop => abi::ACTION_DROP,
+        }
+    }
+}
+
+/// Enforcement behaviour that is not a verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EnforceOptions {
+    /// When the daemon's heartbeat is older than `heartbeat_timeout`, stop enforcing
+    /// (fail-open). `false`: the last verdicts stay enforced while the daemon is gone.
+    pub fail_open: bool,
+    pub heartbeat_timeout: Duration,
+    /// Refuse every QUIC Initial (enforce mode) so that browsers use TCP, where names are seen.
+    pub block_quic: bool,
+}
+
+/// CLOCK_MONOTONIC now, in ns (the probes' clock).
+pub fn monotonic_ns() -> u64 {
+    crate::KernelClock::now().mono_ns()
+}
+
+fn expiry(ttl: Option<Duration>) -> u64 {
+    ttl.map_or(0, |t| {
+        monotonic_ns().saturating_add(u64::try_from(t.as_nanos()).unwrap_or(u64::MAX))
+    })
+}
+
+/// Normalises a DNS name for [`name_hash`]: ASCII lower case, no trailing dot.
+pub fn normalize_name(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Borrowed access to the verdict maps.
+pub struct VerdictWriter<'a> {
+    pub(crate) ebpf: &'a mut Ebpf,
+}
+
+impl VerdictWriter<'_> {
+    fn config(&mut self, f: impl FnOnce(&mut Config)) -> Result<(), DataplaneError> {
+        let mut cfg: Array<&mut MapData, Config> =
+            Array::try_from(map_mut(self.ebpf, abi::MAP_CONFIG)?)
+                .map_err(map_err(abi::MAP_CONFIG))?;
+        let mut c = cfg.get(&0, 0).map_err(map_err(abi::MAP_CONFIG))?;
+        f(&mut c);
+        cfg.set(0, c, 0).map_err(map_err(abi::MAP_CONFIG))
+    }
+
+    /// Makes every change since the last commit visible to existing flows.
+    pub fn commit(&mut self) -> Result<(), DataplaneError> {
+        self.config(|c| {
+            c.generation = c.generation.wrapping_add(1);
+            if c.generation == 0 {
+                c.generation = 1;
+            }
+        })
+    }
+
+    /// Sets fail-open/closed and QUIC refusal.
+    pub fn set_enforce_options(&mut self, o: EnforceOptions) -> Result<(), DataplaneError> {
+        self.config(|c| {
+            c.fail_open = u32::from(o.fail_open);
+            c.heartbeat_timeout_ns =
+                u64::try_from(o.heartbeat_timeout.as_nanos()).unwrap_or(u64::MAX);
+            c.block_quic = u32::from(o.block_quic);
+        })?;
+        self.commit()
+    }
+
+    /// Records that the daemon is alive (see [`EnforceOptions::fail_open`]).
+    pub fn heartbeat(&mut self) -> Result<(), DataplaneError> {
+        let now = monotonic_ns();
+        self.config(|c| c.heartbeat_ns = now)
+    }
+
+    /// A decision for one flow (key from [`crate::PayloadEvent::flow_key`] or
+    /// [`crate::FlowCounters::flow_key`]).
+    pub fn set_flow(
+        &mut self,
+        key: &FlowKey,
+        action: Action,
+        app_id: u32,
+        ttl: Option<Duration>,
+    ) -> Result<(), DataplaneError> {
+        let mut m: BpfHashMap<&mut MapData, FlowKey, FlowVerdict> =
+            BpfHashMap::try_from(map_mut(self.ebpf, abi::MAP_FLOW_VERDICTS)?)
+                .map_err(map_err(abi::MAP_FLOW_VERDICTS))?;
+        let v = FlowVerdict {
+            action: action.code(),
+            app_id,
+            expires_ns: expiry(ttl),
+        };
+        m.insert(*key, v, 0)
+            .map_err(map_err(abi::MAP_FLOW_VERDICTS))
+    }
+
+    /// Forgets a flow's decision.
+    pub fn clear_flow(&mut self, key: &FlowKey) -> Result<(), DataplaneError> {
+        let mut m: BpfHashMap<&mut MapData, FlowKey, FlowVerdict> =
+            BpfHashMap::try_from(map_mut(self.ebpf, abi::MAP_FLOW_VERDICTS)?)
+                .map_err(map_err(abi::MAP_FLOW_VERDICTS))?;
+        match m.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(abi::MAP_FLOW_VERDICTS)(e)),
+        }
+    }
+
+    /// Blocks (or allows) every flow whose remote address is in `addr/prefix_len`.
+    pub fn set_prefix(
+        &mut self,
+        addr: IpAddr,
+        prefix_len: u8,
+        action: Action,
+        app_id: u32,
+        ttl: Option<Duration>,
+    ) -> Result<(), DataplaneError> {
+        let v = IpVerdict {
+            action: action.code(),
+            app_id,
+            expires_ns: expiry(ttl),
+        };
+        match addr {
+            IpAddr::V4(a) => {
+                let mut m: LpmTrie<&mut MapData, [u8; 4], IpVerdict> =
+                    LpmTrie::try_from(map_mut(self.ebpf, abi::MAP_BLOCK_V4)?)
+                        .map_err(map_err(abi::MAP_BLOCK_V4))?;
+                let k = Key::new(u32::from(prefix_len.min(32)), a.octets());
+                m.insert(&k, v, 0).map_err(map_err(abi::MAP_BLOCK_V4))
+            }
+            IpAddr::V6(a) => {
+                let mut m: LpmTrie<&mut MapData, [u8; 16], IpVerdict> =
+                    LpmTrie::try_from(map_mut(self.ebpf, abi::MAP_BLOCK_V6)?)
+                        .map_err(map_err(abi::MAP_BLOCK_V6))?;
+                let k = Key::new(u32::from(prefix_len.min(128)), a.octets());
+                m.insert(&k, v, 0).map_err(map_err(abi::MAP_BLOCK_V6))
+            }
+        }
+    }
+
+    /// Removes a prefix.
+    pub fn remove_prefix(&mut self, addr: IpAddr, prefix_len: u8) -> Result<(), DataplaneError> {
+        let r = match addr {
+            IpAddr::V4(a) => {
+                let mut m: LpmTrie<&mut MapData, [u8; 4], IpVerdict> =
+                    LpmTrie::try_from(map_mut(self.ebpf, abi::MAP_BLOCK_V4)?)
+                        .map_err(map_err(abi::MAP_BLOCK_V4))?;
+                m.remove(&Key::new(u32::from(prefix_len.min(32)), a.octets()))
+            }
+            IpAddr::V6(a) => {
+                let mut m: LpmTrie<&mut MapData, [u8; 16], IpVerdict> =
+                    LpmTrie::try_from(map_mut(self.ebpf, abi::MAP_BLOCK_V6)?)
+                        .map_err(map_err(abi::MAP_BLOCK_V6))?;
+                m.remove(&Key::new(u32::from(prefix_len.min(128)), a.octets()))
+            }
+        };
+        match r {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(abi::MAP_BLOCK_V4)(e)),
+        }
+    }
+
+    /// A decision for a server name (matched by the probes against the ClientHello SNI when
+    /// they can read it; `subdomains` also covers every name below it).
+    pub fn set_name(
+        &mut self,
+        name: &str,
+        action: Action,
+        app_id: u32,
+        subdomains: bool,
+    ) -> Result<(), DataplaneError> {
+        let mut m: BpfHashMap<&mut MapData, NameKey, NameVerdict> =
+            BpfHashMap::try_from(map_mut(self.ebpf, abi::MAP_NAME_VERDICTS)?)
+                .map_err(map_err(abi::MAP_NAME_VERDICTS))?;
+        let key = NameKey {
+            hash: name_hash(normalize_name(name).as_bytes()),
+        };
+        let v = NameVerdict {
+            action: action.code(),
+            app_id,
+            flags: if subdomains {
+                abi::NAME_F_SUBDOMAINS
+            } else {
+                0
+            },
+            _pad: 0,
+        };
+        m.insert(key, v, 0).map_err(map_err(abi::MAP_NAME_VERDICTS))
+    }
+
+    /// Removes a name's decision.
+    pub fn remove_name(&mut self, name: &str) -> Result<(), DataplaneError> {
+        let mut m: BpfHashMap<&mut MapData, NameKey, NameVerdict> =
+            BpfHashMap::try_from(map_mut(self.ebpf, abi::MAP_NAME_VERDICTS)?)
+                .map_err(map_err(abi::MAP_NAME_VERDICTS))?;
+        let key = NameKey {
+            hash: name_hash(normalize_name(name).as_bytes()),
+        };
+        match m.remove(&key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(abi::MAP_NAME_VERDICTS)(e)),
+        }
+    }
+}

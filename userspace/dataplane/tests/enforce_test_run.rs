@@ -1,0 +1,356 @@
+//! Enforcement in the kernel programs (issue 5) through BPF_PROG_TEST_RUN: verdicts from the
+//! flow map and the LPM tries, TCP resets and ICMP unreachables built by the probes, monitor
+//! mode and fail-open. Runs in a private network namespace (the probes send their resets with
+//! bpf_clone_redirect; in a test run that is the namespace's loopback). Needs root.
+
+use std::{net::IpAddr, time::Duration};
+
+use tollgate_dataplane::{
+    Action, EnforceOptions, Mode, abi,
+    testing::{L4, PacketSpec, ProbeHarness, TC_ACT_SHOT, TC_ACT_UNSPEC, is_root, tcp_flags},
+};
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("address literal")
+}
+
+const USER4: &str = "192.0.2.10";
+const REMOTE4: &str = "198.51.100.20";
+const OTHER4: &str = "203.0.113.9";
+const USER6: &str = "2001:db8:1::10";
+const REMOTE6: &str = "2001:db8:2::20";
+
+/// Runs `f` with a harness on a thread inside a fresh network namespace.
+fn with_harness(f: impl FnOnce(&mut ProbeHarness) + Send + 'static) {
+    if !is_root() {
+        eprintln!("skipping: needs root");
+        return;
+    }
+    std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare netns");
+        // Resets are redirected to the test device (this namespace's loopback): it must be up.
+        let up = std::process::Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(up, "ip link set lo up");
+        let mut h = ProbeHarness::load().expect("probes load");
+        f(&mut h);
+    })
+    .join()
+    .expect("test thread");
+}
+
+fn tcp(
+    src: &str,
+    dst: &str,
+    sport: u16,
+    dport: u16,
+    seq: u32,
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    PacketSpec {
+        src: ip(src),
+        dst: ip(dst),
+        sport,
+        dport,
+        l4: L4::Tcp { seq, flags },
+        vlan: None,
+        payload: payload.to_vec(),
+    }
+    .frame()
+}
+
+fn csum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for c in bytes.chunks(2) {
+        let w = u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]);
+        sum += u32::from(w);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+struct Rst {
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+}
+
+/// Parses an Ethernet/IPv4|IPv6/TCP frame without options and checks both checksums.
+fn parse_rst(f: &[u8]) -> Rst {
+    let et = u16::from_be_bytes([f[12], f[13]]);
+    let (src, dst, tcp, pseudo) = if et == 0x0800 {
+        let ip_hdr = &f[14..34];
+        assert_eq!(csum(ip_hdr), 0, "IPv4 header checksum");
+        assert_eq!(u16::from_be_bytes([ip_hdr[2], ip_hdr[3]]), 40);
+        assert_eq!(f.len(), 14 + 40, "trimmed to headers");
+        let s: [u8; 4] = ip_hdr[12..16].try_into().unwrap();
+        let d: [u8; 4] = ip_hdr[16..20].try_into().unwrap();
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&s);
+        pseudo.extend_from_slice(&d);
+        pseudo.extend_from_slice(&[0, 6, 0, 20]);
+        (IpAddr::from(s), IpAddr::from(d), &f[34..54], pseudo)
+    } else {
+        assert_eq!(et, 0x86dd);
+        let ip_hdr = &f[14..54];
+        assert_eq!(f.len(), 14 + 60);
+        let s: [u8; 16] = ip_hdr[8..24].try_into().unwrap();
+        let d: [u8; 16] = ip_hdr[24..40].try_into().unwrap();
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&s);
+        pseudo.extend_from_slice(&d);
+        pseudo.extend_from_slice(&[0, 0, 0, 20, 0, 0, 0, 6]);
+        (IpAddr::from(s), IpAddr::from(d), &f[54..74], pseudo)
+    };
+    let mut all = pseudo;
+    all.extend_from_slice(tcp);
+    assert_eq!(csum(&all), 0, "TCP checksum");
+    Rst {
+        src,
+        dst,
+        sport: u16::from_be_bytes([tcp[0], tcp[1]]),
+        dport: u16::from_be_bytes([tcp[2], tcp[3]]),
+        seq: u32::from_be_bytes(tcp[4..8].try_into().unwrap()),
+        ack: u32::from_be_bytes(tcp[8..12].try_into().unwrap()),
+        flags: tcp[13],
+    }
+}
+
+fn enforce_mode(h: &mut ProbeHarness) {
+    h.set_mode(Mode::Enforce).unwrap();
+}
+
+#[test]
+fn blocked_prefix_resets_the_user_in_both_directions() {
+    with_harness(|h| {
+        enforce_mode(h);
+        let mut v = h.verdicts();
+        v.set_prefix(ip("198.51.100.0"), 24, Action::Block, 7, None)
+            .unwrap();
+        v.commit().unwrap();
+        // From the user, data with ACK: dropped, and the copy became a reset from the remote.
+        let payload = [0x16u8, 3, 1, 0, 4, 1, 0, 0, 0];
+        let f = tcp(
+            USER4,
+            REMOTE4,
+            40000,
+            443,
+            1000,
+            tcp_flags::ACK | tcp_flags::PSH,
+            &payload,
+        );
+        let r = h.run(abi::PROG_LAN_INGRESS, &f, 1).unwrap();
+        assert_eq!(r.action, TC_ACT_SHOT);
+        let rst = parse_rst(&r.data_out);
+        assert_eq!((rst.src, rst.dst), (ip(REMOTE4), ip(USER4)));
+        assert_eq!((rst.sport, rst.dport), (443, 40000));
+        assert_eq!(rst.seq, 1, "the user's ack number");
+        assert_eq!(rst.ack, 1000 + payload.len() as u32);
+        assert_eq!(rst.flags, tcp_flags::RST | tcp_flags::ACK);
+        // MACs swapped: the reset goes back where the packet came from.
+        assert_eq!(&r.data_out[0..6], &f[6..12]);
+        // A SYN: reset with ack = seq + 1 (connection refused at once).
+        let syn = tcp(USER4, REMOTE4, 40001, 443, 5000, tcp_flags::SYN, &[]);
+        let r = h.run(abi::PROG_LAN_INGRESS, &syn, 1).unwrap();
+        assert_eq!(r.action, TC_ACT_SHOT);
+        let rst = parse_rst(&r.data_out);
+        assert_eq!((rst.seq, rst.ack), (0, 5001));
+        // Toward the user: the packet itself becomes the reset and passes.
+        let down = tcp(REMOTE4, USER4, 443, 40000, 777, tcp_flags::ACK, &[0u8; 300]);
+        let r = h.run(abi::PROG_LAN_EGRESS, &down, 1).unwrap();
+        assert_eq!(r.action, TC_ACT_UNSPEC);
+        let rst = parse_rst(&r.data_out);
+        assert_eq!((rst.src, rst.dst, rst.seq), (ip(REMOTE4), ip(USER4), 777));
+        // Another remote is untouched.
+        let other = tcp(USER4, OTHER4, 40002, 443, 1, tcp_flags::ACK, b"x");
+        assert_eq!(
+            h.run(abi::PROG_LAN_INGRESS, &other, 1).unwrap().action,
+            TC_ACT_UNSPEC
+        );
+        let s = h.stats().unwrap();
+        assert_eq!(s.drops, 3);
+        assert_eq!(s.rst_sent, 3);
+        // Resets from the user are dropped without an answer.
+        let rst_in = tcp(USER4, REMOTE4, 40000, 443, 1, tcp_flags::RST, &[]);
+        assert_eq!(
+            h.run(abi::PROG_LAN_INGRESS, &rst_in, 1).unwrap().action,
+            TC_ACT_SHOT
+        );
+        assert_eq!(h.stats().unwrap().rst_sent, 3);
+    });
+}
+
+#[test]
+fn ipv6_prefix_block_and_monitor_mode() {
+    with_harness(|h| {
+        let mut v = h.verdicts();
+        v.set_prefix(ip("2001:db8:2::"), 48, Action::Block, 1, None)
+            .unwrap();
+        v.commit().unwrap();
+        let f = tcp(USER6, REMOTE6, 41000, 443, 10, tcp_flags::ACK, b"hello");
+        // Monitor mode (the default): passes, counted as would-drop.
+        let r = h.run(abi::PROG_LAN_INGRESS, &f, 1).unwrap();
+        assert_eq!(r.action, TC_ACT_UNSPEC);
+        assert_eq!(r.data_out, f, "monitor mode leaves the packet alone");
+        assert_eq!(h.stats().unwrap().would_drop, 1);
+        enforce_mode(h);
+        let r = h.run(abi::PROG_LAN_INGRESS, &f, 1).unwrap();
+        assert_eq!(r.action, TC_ACT_SHOT);
+        let rst = parse_rst(&r.data_out);
+        assert_eq!(
+            (rst.src, rst.dst, rst.sport, rst.dport),
+            (ip(REMOTE6), ip(USER6), 443, 41000)
+        );
+    });
+}
+
+#[test]
+fn flow_verdicts_apply_after_commit_and_can_be_lifted() {
+    with_harness(|h| {
+        enforce_mode(h);
+        let f = tcp(USER4, REMOTE4, 42000, 8443, 1, tcp_flags::ACK, b"data");
+        assert_eq!(
+            h.run(abi::PROG_LAN_INGRESS, &f, 1).unwrap().action,
+            TC_ACT_UNSPEC
+        );
+        let key = h.flows().unwrap()[0].flow_key().unwrap();
+        h.verdicts().set_flow(&key, Action::Drop, 3, None).unwrap();
+        // Before commit the flow keeps its cached verdict only if one was cached: generation
+        // 0 means nothing was ever looked up, so the commit is what arms the flow.
+        h.verdicts().commit().unwrap();
+        let r = h.run(abi::PROG_LAN_INGRESS, &f, 1).unwrap();
+        assert_eq!(r.action, TC_ACT_SHOT);
+        assert_eq!(r.data_out, f, "a silent drop does not rewrite the packet");
+        // Other flows of the same hosts are not affected.
+        let g = tcp(USER4, REMOTE4, 42001, 8443, 1, tcp_flags::ACK, b"data");
+        assert_eq!(
+            h.run(abi::PROG_LAN_INGRESS, &g, 1).unwrap().action,
+            TC_ACT_UNSPEC
+        );
+        h.verdicts().clear_flow(&key).unwrap();
+        h.verdicts().commit().unwrap();
+        assert_eq!(
+            h.run(abi::PROG_LAN_INGRESS, &f, 1).unwrap().action,
+            TC_ACT_UNSPEC
+        );
+        // An expired verdict does not apply.
+        h.verdicts()
+            .set_flow(&key, Action::Drop, 3, Some(Duration::from_nanos(1)))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        h.verdicts().commit().unwrap();
+        assert_eq!(
+            h.run(abi::PROG_LAN_INGRESS, &f, 1).unwrap().action,
+            TC_ACT_UNSPEC
+        );
+    });
+}
+
+#[test]
+fn quic_refused_with_icmp_port_unreachable() {
+    with_harness(|h| {
+        enforce_mode(h);
+        h.verdicts()
+            .set_enforce_options(EnforceOptions {
+                fail_open: false,
+                heartbeat_timeout: Duration::ZERO,
+                block_quic: true,
+            })
+            .unwrap();
+        let mut initial = vec![0u8; 1200];
+        initial[..5].copy_from_slice(&[0xc3, 0, 0, 0, 1]);
+        let f = PacketSpec {
+            src: ip(USER4),
+            dst: ip(REMOTE4),
+            sport: 50000,
+            dport: 443,
+            l4: L4::Udp,
+            vlan: None,
+            payload: initial,
+        }
+        .frame();
+        let r = h.run(abi::PROG_LAN_INGRESS, &f, 1).unwrap();
+        assert_eq!(r.action, TC_ACT_SHOT);
+        let o = &r.data_out;
+        assert_eq!(o.len(), 14 + 20 + 8 + 28);
+        assert_eq!(&o[0..6], &f[6..12], "MACs swapped");
+        let iph = &o[14..34];
+        assert_eq!(csum(iph), 0);
+        assert_eq!(iph[9], 1, "ICMP");
+        assert_eq!(
+            IpAddr::from(<[u8; 4]>::try_from(&iph[12..16]).unwrap()),
+            ip(REMOTE4)
+        );
+        assert_eq!(
+            IpAddr::from(<[u8; 4]>::try_from(&iph[16..20]).unwrap()),
+            ip(USER4)
+        );
+        let icmp = &o[34..];
+        assert_eq!((icmp[0], icmp[1]), (3, 3), "port unreachable");
+        assert_eq!(csum(icmp), 0);
+        assert_eq!(
+            &icmp[8..36],
+            &f[14..42],
+            "quotes the original IP + UDP headers"
+        );
+        assert_eq!(h.stats().unwrap().icmp_sent, 1);
+        // Non-QUIC UDP passes.
+        let dns = PacketSpec {
+            src: ip(USER4),
+            dst: ip(REMOTE4),
+            sport: 50001,
+            dport: 53,
+            l4: L4::Udp,
+            vlan: None,
+            payload: vec![0u8; 40],
+        }
+        .frame();
+        assert_eq!(
+            h.run(abi::PROG_LAN_INGRESS, &dns, 1).unwrap().action,
+            TC_ACT_UNSPEC
+        );
+    });
+}
+
+#[test]
+fn fail_open_when_the_heartbeat_is_stale() {
+    with_harness(|h| {
+        enforce_mode(h);
+        let mut v = h.verdicts();
+        v.set_prefix(ip(REMOTE4), 32, Action::Drop, 1, None)
+            .unwrap();
+        v.set_enforce_options(EnforceOptions {
+            fail_open: true,
+            heartbeat_timeout: Duration::from_millis(50),
+            block_quic: false,
+        })
+        .unwrap();
+        v.heartbeat().unwrap();
+        let f = tcp(USER4, REMOTE4, 43000, 443, 1, tcp_flags::ACK, b"x");
+        assert_eq!(
+            h.run(abi::PROG_LAN_INGRESS, &f, 1).unwrap().action,
+            TC_ACT_SHOT
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        // The daemon is gone: fail-open passes and counts.
+        assert_eq!(
+            h.run(abi::PROG_LAN_INGRESS, &f, 1).unwrap().action,
+            TC_ACT_UNSPEC
+        );
+        assert_eq!(h.stats().unwrap().would_drop, 1);
+        h.verdicts().heartbeat().unwrap();
+        assert_eq!(
+            h.run(abi::PROG_LAN_INGRESS, &f, 1).unwrap().action,
+            TC_ACT_SHOT
+        );
+    });
+}
