@@ -177,7 +177,7 @@ fn run(path: &Path) {
         force_format: None,
         ..LogOptions::default()
     };
-    let t = Instant::now();
+    let (t, c) = (Instant::now(), cpu_secs());
     let mut recs = 0u64;
     let mut bytes = 0u64;
     let st = import_file(path, &opts, &mut |rec| {
@@ -185,28 +185,30 @@ fn run(path: &Path) {
         bytes = bytes.wrapping_add(rec.bytes_down);
     })
     .expect("import");
-    let imp_s = t.elapsed().as_secs_f64();
+    let (imp_s, imp_cpu) = (t.elapsed().as_secs_f64(), cpu_secs() - c);
     println!(
-        "tollgate import:          {} lines ({} records, {} unparsed, format {}) in {imp_s:.2} s = {:.0} MB/s, {:.2}x wc -l time",
+        "tollgate import:          {} lines ({} records, {} unparsed, format {}) in {imp_s:.2} s = {:.0} MB/s ({imp_cpu:.2} s CPU = {:.0} MB/s per core), {:.2}x wc -l time",
         st.lines,
         recs,
         st.unparsed,
         st.format,
         mbs(size, imp_s),
+        mbs(size, imp_cpu),
         imp_s / wc_s
     );
 
     let catalog = Catalog::builtin().expect("catalog");
     let users = Users::default();
     let mut agg = Aggregator::new(AggregateOptions::default());
-    let t = Instant::now();
+    let (t, c) = (Instant::now(), cpu_secs());
     let st = import_file(path, &opts, &mut |rec| agg.add(&rec, &catalog, &users)).expect("import");
-    let agg_s = t.elapsed().as_secs_f64();
+    let (agg_s, agg_cpu) = (t.elapsed().as_secs_f64(), cpu_secs() - c);
     let snap = agg.snapshot(&catalog, &|_| None);
     println!(
-        "tollgate import+classify+aggregate: {} lines in {agg_s:.2} s = {:.0} MB/s, {:.2}x wc -l time; {} apps, {} unknown domains kept, {} dropped",
+        "tollgate import+classify+aggregate: {} lines in {agg_s:.2} s = {:.0} MB/s ({agg_cpu:.2} s CPU = {:.0} MB/s per core), {:.2}x wc -l time; {} apps, {} unknown domains kept, {} dropped",
         st.lines,
         mbs(size, agg_s),
+        mbs(size, agg_cpu),
         agg_s / wc_s,
         snap.apps.len(),
         snap.unknown_domains.len(),
@@ -214,11 +216,11 @@ fn run(path: &Path) {
     );
     let gb_h = |s: f64| size as f64 / 1e9 / s * 3600.0;
     println!(
-        "per core: import {:.0} GB/hour, import+aggregate {:.0} GB/hour (Defender's log collector: 50 GB/hour) -> {:.1}x / {:.1}x",
-        gb_h(imp_s),
-        gb_h(agg_s),
-        gb_h(imp_s) / 50.0,
-        gb_h(agg_s) / 50.0
+        "per core (CPU time): import {:.0} GB/hour, import+aggregate {:.0} GB/hour; Defender's log collector is rated 50 GB/hour -> {:.1}x / {:.1}x",
+        gb_h(imp_cpu),
+        gb_h(agg_cpu),
+        gb_h(imp_cpu) / 50.0,
+        gb_h(agg_cpu) / 50.0
     );
     std::hint::black_box(bytes);
 }

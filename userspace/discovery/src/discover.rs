@@ -1,5 +1,6 @@
 //! Offline discovery over input files: each file is a pcap/pcapng capture (told by its
-//! magic number) or a firewall/proxy log (format detected); every record goes through one
+//! magic number, imported by [`crate::pcap`] into a [`FlowTable`]) or a firewall/proxy log
+//! (format detected); every record goes through one
 //! [`Aggregator`]; the result is a [`DiscoveryReport`]. A file that cannot be read or
 //! recognised gets an entry with `error` set, and the other files are still processed.
 
@@ -12,7 +13,9 @@ use chrono::{DateTime, Utc};
 use tollgate_catalog::Catalog;
 
 use crate::aggregate::{AggregateOptions, Aggregator};
-use crate::logs::{InputStats, LogOptions, import_file};
+use crate::flow_table::{FlowTable, FlowTableLimits};
+use crate::logs::{BadLine, InputStats, LogOptions, import_file};
+use crate::pcap::import_pcap;
 use crate::report::{DiscoveryReport, ReportFormat, Window};
 use crate::users::Users;
 
@@ -126,24 +129,48 @@ pub fn discover(
     DiscoveryReport::new(stats, snap, window, new_since, flows)
 }
 
-/// A pcap/pcapng file.
-// TODO(lead): wire the pcap importer of the wire helper here once `crate::pcap` lands:
-//   let mut table = crate::flow_table::FlowTable::new(..);
-//   crate::pcap::import_pcap(path, &mut table)?; for r in table.records() { agg.add(&r, catalog, users) }
-//   and fill InputStats { format: "pcap"/"pcapng", lines: packets, parsed, unparsed, records }.
+/// A pcap/pcapng file: packets go through the wire helper's importer and flow table; each
+/// flow becomes one record. In the stats `lines` are frames, `parsed` frames that decoded
+/// (TCP/UDP packets, fragments and other protocols), `unparsed` malformed frames.
 fn import_capture(
     path: &std::path::Path,
-    _agg: &mut Aggregator,
-    _catalog: &Catalog,
-    _users: &Users,
+    agg: &mut Aggregator,
+    catalog: &Catalog,
+    users: &Users,
 ) -> InputStats {
     let label = path.display().to_string();
-    InputStats {
-        file: label.clone(),
-        format: "pcap".into(),
-        error: Some(format!(
-            "{label}: pcap import is not wired into discovery in this build"
-        )),
-        ..InputStats::default()
+    let mut table = FlowTable::new(FlowTableLimits::default());
+    match import_pcap(path, &mut table) {
+        Ok(ps) => {
+            let mut records = 0u64;
+            for r in table.records() {
+                agg.add(&r, catalog, users);
+                records += 1;
+            }
+            InputStats {
+                file: label,
+                format: ps.format.to_owned(),
+                lines: ps.frames,
+                parsed: ps.frames.saturating_sub(ps.malformed),
+                unparsed: ps.malformed,
+                records,
+                bad_lines: if ps.truncated {
+                    vec![BadLine {
+                        line: ps.frames + 1,
+                        reason: "capture truncated here; the frames before were used".to_owned(),
+                        text: String::new(),
+                    }]
+                } else {
+                    Vec::new()
+                },
+                error: None,
+            }
+        }
+        Err(e) => InputStats {
+            file: label,
+            format: "pcap".into(),
+            error: Some(e.to_string()),
+            ..InputStats::default()
+        },
     }
 }

@@ -254,3 +254,32 @@ fn html_report_renders_in_chromium() {
         std::fs::copy(&shot, keep).expect("copy screenshot");
     }
 }
+
+#[test]
+fn pcap_and_logs_in_one_run() {
+    let base = std::env::var_os("TOLLGATE_CORPUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus"));
+    let pcap = base.join("ndpi/pcap/443-firefox.pcap");
+    if !pcap.exists() {
+        println!("SKIP: corpus pcap not found (set TOLLGATE_CORPUS)");
+        return;
+    }
+    let log = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/logs/squid_native.log");
+    let catalog = Catalog::builtin().expect("catalog");
+    let r = discover(
+        &[pcap, log],
+        &DiscoverOptions::default(),
+        &catalog,
+        &Users::default(),
+    );
+    let p = &r.inputs[0];
+    assert_eq!(p.format, "pcap");
+    assert!(p.error.is_none(), "{:?}", p.error);
+    assert!(p.lines > 100 && p.records >= 1, "{p:?}");
+    assert_eq!(r.inputs[1].format, "squid-native");
+    assert_eq!(
+        r.totals.transactions,
+        r.inputs.iter().map(|i| i.records).sum::<u64>()
+    );
+}
