@@ -576,6 +576,16 @@ impl Aggregator {
         self.totals.unknown_domains_dropped += (before - self.unknown.len()) as u64;
     }
 
+    /// Drop hour buckets (overall and per app) that start before `t`; the other counters
+    /// keep their totals. A long-running daemon calls this to bound memory.
+    pub fn forget_hours_before(&mut self, t: DateTime<Utc>) {
+        let h = hour_of(t);
+        self.hours = self.hours.split_off(&h);
+        for (_, a) in &mut self.apps {
+            a.hours = a.hours.split_off(&h);
+        }
+    }
+
     /// The flows kept with `keep_flows`.
     pub fn flows(&self) -> &[FlowRow] {
         &self.flows
@@ -971,6 +981,23 @@ mod tests {
         assert_eq!(
             serde_json::to_value(s).expect("json")["tag"],
             serde_json::Value::Null
+        );
+        // Old hour buckets can be dropped; totals stay.
+        agg.forget_hours_before(t("2025-11-26T09:00:00Z"));
+        let snap = agg.snapshot(&cat, &|_| None);
+        let dd = snap
+            .app_details
+            .iter()
+            .find(|a| a.id == "dropbox")
+            .expect("detail");
+        assert_eq!(dd.hourly.len(), 1);
+        assert_eq!(snap.hourly.len(), 1);
+        assert_eq!(
+            snap.apps
+                .iter()
+                .find(|a| a.id == "dropbox")
+                .map(|a| a.transactions),
+            Some(3)
         );
     }
 

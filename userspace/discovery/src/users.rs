@@ -325,6 +325,16 @@ lease 192.0.2.8 {
 "#;
 
     #[test]
+    fn lease_prefixes_do_not_panic() {
+        for text in [DNSMASQ, ISC] {
+            for i in (0..=text.len()).filter(|i| text.is_char_boundary(*i)) {
+                let mut u = Users::default();
+                u.load_leases(&text[..i]);
+            }
+        }
+    }
+
+    #[test]
     fn leases_and_static() {
         let cfg: UsersConfig = toml::from_str(
             r#"

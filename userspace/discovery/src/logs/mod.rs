@@ -442,6 +442,9 @@ fn import_reader_at<R: BufRead>(
     sink: &mut dyn FnMut(FlowRecord),
     default_time: DateTime<Utc>,
 ) -> Result<InputStats, LogError> {
+    for c in &opts.custom {
+        c.validate()?;
+    }
     let io_err = |source| LogError::Io {
         path: label.to_owned(),
         source,
@@ -589,6 +592,54 @@ mod tests {
             vec![3, 5]
         );
         assert_eq!(recs.len(), 2);
+    }
+
+    /// Bad input is normal input: every prefix of every fixture line, and some mangled
+    /// bytes, through every parser; nothing may panic.
+    #[test]
+    fn parsers_survive_prefixes_and_garbage() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/logs");
+        let mut lines: Vec<String> = Vec::new();
+        for e in std::fs::read_dir(&dir).expect("testdata/logs") {
+            let text = std::fs::read_to_string(e.expect("entry").path()).expect("read");
+            lines.extend(text.lines().map(str::to_owned));
+        }
+        lines.push("\u{0}\u{7f}ÿ\\|=\"[:;,{}".to_owned());
+        let now = Utc::now();
+        let custom = CustomFormat {
+            name: "c".into(),
+            kind: custom::CustomKind::Csv,
+            delimiter: None,
+            header: false,
+            columns: Vec::new(),
+            match_text: None,
+            time: Some("0".into()),
+            time_format: None,
+            src_ip: "1".into(),
+            user: Some("2".into()),
+            dst_host: Some("3".into()),
+            dst_url: None,
+            dst_ip: Some("4".into()),
+            dst_port: None,
+            bytes_up: Some("5".into()),
+            bytes_down: Some("6".into()),
+            action: None,
+            ignore_actions: Vec::new(),
+        };
+        for line in &lines {
+            let cuts: Vec<usize> = (0..=line.len())
+                .filter(|i| line.is_char_boundary(*i))
+                .collect();
+            for &i in &cuts {
+                let p = &line[..i];
+                for f in LogFormat::ALL {
+                    let _ = f.sniff(p);
+                    let mut parser = Parser::Builtin(f, w3c::W3cState::default());
+                    let _ = parser.parse(p, now);
+                }
+                let _ = custom::CustomParser::new(&custom).parse(p, now);
+            }
+        }
     }
 
     #[test]

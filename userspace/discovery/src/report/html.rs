@@ -155,7 +155,8 @@ fn columns(name: &str, items: &[(String, u64)]) -> String {
     let w = 1160.0;
     let h = 170.0;
     let n = items.len() as f64;
-    let bw = (w - 60.0) / n;
+    // Columns at most 36 units wide, so a few buckets do not become slabs.
+    let bw = ((w - 60.0) / n).min(36.0);
     let max = items.iter().map(|i| i.1).max().unwrap_or(1).max(1) as f64;
     let _ = write!(
         s,
