@@ -52,6 +52,9 @@ pub struct ProxyConfig {
     /// `block` (default) or `allow` (pass it, inspect the first `max_inspect_bytes` only, and
     /// write an audit record saying so).
     pub over_limit_action: OverLimitAction,
+    /// HTTP/1.1 connections to one origin (address + server name) at a time; requests beyond
+    /// wait for a free one (up to `upstream_connect_timeout_secs`). 0 = unlimited.
+    pub max_upstream_connections_per_origin: usize,
     /// Concurrent client connections; further connections wait in the accept queue.
     pub max_connections: usize,
     /// Leaf certificates kept in memory (LRU).
@@ -87,6 +90,7 @@ impl Default for ProxyConfig {
             max_header_bytes: 64 * 1024,
             max_inspect_bytes: ByteSize(16 * 1024 * 1024),
             over_limit_action: OverLimitAction::Block,
+            max_upstream_connections_per_origin: 256,
             max_connections: 10_000,
             leaf_cache_size: 1024,
             audit_log: None,

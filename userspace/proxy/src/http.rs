@@ -202,11 +202,7 @@ impl Body for PrefixedBody {
 /// Returns the HTTP/1.1 origin connection to the pool when the response body is done.
 struct PoolReturn {
     inner: Incoming,
-    ret: Option<(
-        Arc<Shared>,
-        Key,
-        hyper::client::conn::http1::SendRequest<ProxyBody>,
-    )>,
+    ret: Option<(Arc<Shared>, Key, upstream::H1)>,
     done: bool,
 }
 
@@ -599,17 +595,12 @@ impl ConnCtx {
         if let Some(c) = first {
             return Ok((c, false));
         }
-        if let Some(c) = self.shared.pool.checkout(&self.key).await {
-            return Ok((c, true));
-        }
         let timeout = Duration::from_secs(self.shared.cfg.upstream_connect_timeout_secs);
-        let c = upstream::connect(&self.shared.upstream, &self.key, timeout)
+        self.shared
+            .pool
+            .get(&self.shared.upstream, &self.key, timeout)
             .await
-            .map_err(|e| e.to_string())?;
-        if let Conn::H2(s) = &c {
-            self.shared.pool.put_h2(&self.key, s);
-        }
-        Ok((c, false))
+            .map_err(|e| e.to_string())
     }
 
     async fn forward(
@@ -660,7 +651,7 @@ impl ConnCtx {
                             .map_err(|e| format!("bad host: {e}"))?;
                         req.headers_mut().insert(header::HOST, v);
                     }
-                    match s.try_send_request(req).await {
+                    match s.send.try_send_request(req).await {
                         Ok(r) => {
                             let (mut p, b) = r.into_parts();
                             strip_hop_by_hop(&mut p.headers);

@@ -44,6 +44,7 @@
 //! over_limit_action = "block"          # body above max_inspect_bytes: block, or allow =
 //!                                      # inspect the first max_inspect_bytes, pass the rest,
 //!                                      # and write an audit record saying so
+//! max_upstream_connections_per_origin = 256  # h1 connections per origin; 0 = unlimited
 //! max_connections = 10000
 //! leaf_cache_size = 1024
 //! audit_log = "/var/log/tollgate/proxy-audit.jsonl"

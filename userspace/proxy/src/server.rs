@@ -24,7 +24,7 @@ use crate::config::ProxyConfig;
 use crate::guard::H1Guard;
 use crate::http::ConnCtx;
 use crate::policy::Policies;
-use crate::upstream::{self, Key, Pool, UpstreamFailure, UpstreamTls};
+use crate::upstream::{Key, Pool, UpstreamFailure, UpstreamTls};
 use crate::{AppInfo, AppLookup, Destination};
 
 /// Most ClientHello bytes read before giving up on finding one (then: splice).
@@ -107,9 +107,9 @@ impl Shared {
             server_h2: build(vec![b"h2".to_vec(), b"http/1.1".to_vec()])?,
             server_h1: build(vec![b"http/1.1".to_vec()])?,
             upstream,
+            pool: Pool::new(cfg.max_upstream_connections_per_origin),
             cfg,
             ca,
-            pool: Pool::default(),
             audit,
             policies,
             session_apps,
@@ -402,17 +402,18 @@ async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
     };
 
     // The origin first: its certificate and its protocol decide how we answer the client.
+    // The origin first: its certificate and its protocol decide how we answer the client.
+    // An idle connection, or an origin verified moments ago, lets the handshake go ahead.
     let (first, upstream_error, h2) = if let Some(c) = shared.pool.checkout(&key).await {
         let h2 = c.is_h2();
         (Some(c), None, h2)
+    } else if let Some(h2) = shared.pool.known(&key) {
+        (None, None, h2)
     } else {
         let timeout = Duration::from_secs(shared.cfg.upstream_connect_timeout_secs);
-        match upstream::connect(&shared.upstream, &key, timeout).await {
-            Ok(c) => {
+        match shared.pool.get(&shared.upstream, &key, timeout).await {
+            Ok((c, _)) => {
                 let h2 = c.is_h2();
-                if let upstream::Conn::H2(s) = &c {
-                    shared.pool.put_h2(&key, s);
-                }
                 (Some(c), None, h2)
             }
             Err(UpstreamFailure::Connect(e)) => {

@@ -17,6 +17,7 @@ use rustls::pki_types::ServerName;
 use rustls::pki_types::pem::PemObject;
 use rustls::{ClientConfig, RootCertStore};
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsConnector;
 
 use crate::error::ProxyError;
@@ -26,8 +27,10 @@ pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// Idle HTTP/1.1 connections are dropped after this long.
 const IDLE_MAX: Duration = Duration::from_secs(30);
+/// Largest read buffer of an origin HTTP/1.1 connection (also the largest response head).
+const UPSTREAM_READ_BUF: usize = 32 * 1024;
 /// Idle HTTP/1.1 connections kept per key.
-const IDLE_PER_KEY: usize = 64;
+const IDLE_PER_KEY: usize = 256;
 
 /// Rustls client configurations for the origin side.
 #[derive(Clone)]
@@ -144,9 +147,15 @@ fn classify(e: std::io::Error) -> UpstreamFailure {
     UpstreamFailure::Protocol(e.to_string())
 }
 
+/// An HTTP/1.1 origin connection and the per-origin slot it occupies.
+pub struct H1 {
+    pub send: http1::SendRequest<ProxyBody>,
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
 /// An HTTP connection to the origin.
 pub enum Conn {
-    H1(http1::SendRequest<ProxyBody>),
+    H1(H1),
     H2(http2::SendRequest<ProxyBody>),
 }
 
@@ -169,6 +178,7 @@ pub async fn connect(
     tls: &UpstreamTls,
     key: &Key,
     timeout: Duration,
+    slot: Option<OwnedSemaphorePermit>,
 ) -> Result<Conn, UpstreamFailure> {
     let server_name = match key.name.parse::<std::net::IpAddr>() {
         Ok(ip) => ServerName::IpAddress(ip.into()),
@@ -207,6 +217,9 @@ pub async fn connect(
         } else {
             let (send, conn) = http1::Builder::new()
                 .writev(false)
+                // hyper grows its read buffer up to ~400 KiB on large bodies; a few TLS
+                // records' worth keeps memory per origin connection small.
+                .max_buf_size(UPSTREAM_READ_BUF)
                 .handshake(io)
                 .await
                 .map_err(|e| UpstreamFailure::Protocol(e.to_string()))?;
@@ -215,7 +228,7 @@ pub async fn connect(
                     tracing::debug!("upstream h1 connection: {e}");
                 }
             });
-            Ok(Conn::H1(send))
+            Ok(Conn::H1(H1 { send, _slot: slot }))
         }
     };
     match tokio::time::timeout(timeout, fut).await {
@@ -228,16 +241,43 @@ pub async fn connect(
 }
 
 /// An idle HTTP/1.1 connection and since when it is idle.
-type IdleH1 = (Instant, http1::SendRequest<ProxyBody>);
+type IdleH1 = (Instant, H1);
 
-/// Idle and shared origin connections.
-#[derive(Default)]
+enum Waited {
+    Slot(OwnedSemaphorePermit),
+    Conn(Conn),
+    Closed,
+}
+
+/// Most keys remembered in the per-origin maps before they are cleared.
+const MAX_KEYS: usize = 16_384;
+
+/// Idle and shared origin connections, per-origin connection slots, and what is known about
+/// each origin (its certificate verified, whether it speaks h2).
 pub struct Pool {
     h1: Mutex<HashMap<Key, Vec<IdleH1>>>,
     h2: Mutex<HashMap<Key, http2::SendRequest<ProxyBody>>>,
+    slots: Mutex<HashMap<Key, Arc<Semaphore>>>,
+    known: Mutex<HashMap<Key, (bool, Instant)>>,
+    /// Connections per origin (0 = unlimited).
+    limit: usize,
 }
 
+/// How long a verified origin's protocol is remembered (every new connection is still
+/// verified; this only lets a client handshake proceed before that connection exists).
+const KNOWN_FOR: Duration = Duration::from_secs(60);
+
 impl Pool {
+    pub fn new(limit: usize) -> Pool {
+        Pool {
+            h1: Mutex::default(),
+            h2: Mutex::default(),
+            slots: Mutex::default(),
+            known: Mutex::default(),
+            limit,
+        }
+    }
+
     /// A ready connection for `key`, if one is idle (h1) or shared (h2).
     pub async fn checkout(&self, key: &Key) -> Option<Conn> {
         if let Ok(m) = self.h2.lock()
@@ -256,47 +296,119 @@ impl Pool {
                 }
                 c
             };
-            let (since, mut s) = candidate?;
-            if s.is_closed() || since.elapsed() > IDLE_MAX {
+            let (since, mut c) = candidate?;
+            if c.send.is_closed() || since.elapsed() > IDLE_MAX {
                 continue;
             }
-            if s.is_ready() {
-                return Some(Conn::H1(s));
+            if c.send.is_ready() {
+                return Some(Conn::H1(c));
             }
             // The previous exchange has ended; readiness follows within a poll or two.
-            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(1), s.ready()).await {
-                return Some(Conn::H1(s));
+            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(1), c.send.ready()).await {
+                return Some(Conn::H1(c));
             }
         }
     }
 
-    /// Whether a connection for `key` is known (the origin's certificate was verified).
-    pub fn has(&self, key: &Key) -> bool {
-        let h2 = self
-            .h2
-            .lock()
-            .map(|m| m.get(key).is_some_and(|s| !s.is_closed()))
-            .unwrap_or(false);
-        h2 || self.h1.lock().map(|m| m.contains_key(key)).unwrap_or(false)
+    /// A connection for `key`: an idle or shared one, else a new one once a per-origin slot
+    /// is free. The bool says whether it came from the pool (may have been closed since).
+    pub async fn get(
+        &self,
+        tls: &UpstreamTls,
+        key: &Key,
+        timeout: Duration,
+    ) -> Result<(Conn, bool), UpstreamFailure> {
+        if let Some(c) = self.checkout(key).await {
+            return Ok((c, true));
+        }
+        let slot = if self.limit == 0 {
+            None
+        } else {
+            let sem = {
+                let mut m = self
+                    .slots
+                    .lock()
+                    .map_err(|_| UpstreamFailure::Protocol("pool poisoned".into()))?;
+                if m.len() >= MAX_KEYS {
+                    m.retain(|_, s| s.available_permits() < self.limit);
+                }
+                m.entry(key.clone())
+                    .or_insert_with(|| Arc::new(Semaphore::new(self.limit)))
+                    .clone()
+            };
+            match sem.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    let wait = async {
+                        tokio::select! {
+                            p = sem.clone().acquire_owned() => p.map(Waited::Slot).unwrap_or(Waited::Closed),
+                            // An h1 connection may come back to the pool while we wait.
+                            c = async {
+                                loop {
+                                    tokio::time::sleep(Duration::from_millis(2)).await;
+                                    if let Some(c) = self.checkout(key).await {
+                                        break c;
+                                    }
+                                }
+                            } => Waited::Conn(c),
+                        }
+                    };
+                    match tokio::time::timeout(timeout, wait).await {
+                        Ok(Waited::Slot(p)) => Some(p),
+                        Ok(Waited::Conn(c)) => return Ok((c, true)),
+                        _ => {
+                            return Err(UpstreamFailure::Connect(
+                                "every connection to this server is busy".into(),
+                            ));
+                        }
+                    }
+                }
+            }
+        };
+        let c = connect(tls, key, timeout, slot).await?;
+        self.remember(key, c.is_h2());
+        if let Conn::H2(s) = &c {
+            self.put_h2(key, s);
+        }
+        Ok((c, false))
+    }
+
+    fn remember(&self, key: &Key, h2: bool) {
+        if let Ok(mut m) = self.known.lock() {
+            if m.len() >= MAX_KEYS {
+                m.clear();
+            }
+            m.insert(key.clone(), (h2, Instant::now()));
+        }
+    }
+
+    /// Whether the origin was reached and verified recently, and if so whether it speaks h2.
+    pub fn known(&self, key: &Key) -> Option<bool> {
+        let m = self.known.lock().ok()?;
+        let (h2, at) = m.get(key)?;
+        (at.elapsed() < KNOWN_FOR).then_some(*h2)
     }
 
     /// Share an h2 connection.
     pub fn put_h2(&self, key: &Key, s: &http2::SendRequest<ProxyBody>) {
         if let Ok(mut m) = self.h2.lock() {
+            if m.len() >= MAX_KEYS {
+                m.retain(|_, s| !s.is_closed());
+            }
             m.insert(key.clone(), s.clone());
         }
     }
 
     /// Return an idle h1 connection.
-    pub fn put_h1(&self, key: Key, s: http1::SendRequest<ProxyBody>) {
-        if s.is_closed() {
+    pub fn put_h1(&self, key: Key, c: H1) {
+        if c.send.is_closed() {
             return;
         }
         if let Ok(mut m) = self.h1.lock() {
             let list = m.entry(key).or_default();
-            list.retain(|(t, s)| !s.is_closed() && t.elapsed() < IDLE_MAX);
+            list.retain(|(t, c)| !c.send.is_closed() && t.elapsed() < IDLE_MAX);
             if list.len() < IDLE_PER_KEY {
-                list.push((Instant::now(), s));
+                list.push((Instant::now(), c));
             }
         }
     }
