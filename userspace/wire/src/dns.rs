@@ -8,6 +8,7 @@
 //! [`MAX_RECORDS`] records kept per section (the rest sets `truncated_records`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::reader::Reader;
@@ -24,9 +25,13 @@ pub const TYPE_AAAA: u16 = 28;
 pub const TYPE_SVCB: u16 = 64;
 pub const TYPE_HTTPS: u16 = 65;
 
+/// A decoded name. Shared: the many records whose owner is a compression pointer to the
+/// question name share its one allocation.
+pub type Name = Arc<str>;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Question {
-    pub name: String,
+    pub name: Name,
     pub qtype: u16,
     pub qclass: u16,
 }
@@ -49,14 +54,14 @@ pub struct Svcb {
 pub enum RData {
     A(Ipv4Addr),
     Aaaa(Ipv6Addr),
-    Cname(String),
+    Cname(Name),
     Svcb(Svcb),
     Other { rtype: u16, len: usize },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
-    pub name: String,
+    pub name: Name,
     pub rtype: u16,
     pub class: u16,
     pub ttl: u32,
@@ -69,7 +74,8 @@ pub struct Message {
     pub flags: u16,
     pub questions: Vec<Question>,
     pub answers: Vec<Record>,
-    /// More records than [`MAX_RECORDS`], or additional/authority sections cut short.
+    /// More answers than [`MAX_RECORDS`], or an answer that did not parse (the ones before
+    /// it are kept).
     pub truncated_records: bool,
 }
 
@@ -85,7 +91,7 @@ impl Message {
     }
     /// The first question's name.
     pub fn query_name(&self) -> Option<&str> {
-        self.questions.first().map(|q| q.name.as_str())
+        self.questions.first().map(|q| &*q.name)
     }
 
     /// Every A/AAAA answer (and HTTPS/SVCB address hint) mapped back through CNAME chains
@@ -161,9 +167,10 @@ pub fn parse_message(buf: &[u8]) -> Result<Message> {
         });
     }
     let mut pos = r.pos();
+    let mut names = NameCache::default();
     m.questions.reserve(qd);
     for _ in 0..qd {
-        let (name, next) = read_name(buf, pos)?;
+        let (name, next) = names.name_at(buf, pos)?;
         let mut qr = Reader::new(buf.get(next..).unwrap_or(&[]), "dns: question");
         let qtype = qr.u16()?;
         let qclass = qr.u16()?;
@@ -174,20 +181,56 @@ pub fn parse_message(buf: &[u8]) -> Result<Message> {
         });
         pos = next + 4;
     }
+    m.answers.reserve(an.min(MAX_RECORDS));
     for i in 0..an {
         if i >= MAX_RECORDS {
             m.truncated_records = true;
             break;
         }
-        let (rec, next) = read_record(buf, pos)?;
+        // A record that does not parse (a message cut by IP fragmentation or a snap length,
+        // or garbage) ends the answers; the question and the answers before it are kept.
+        let Ok((rec, next)) = read_record(buf, pos, &mut names) else {
+            m.truncated_records = true;
+            break;
+        };
         m.answers.push(rec);
         pos = next;
     }
     Ok(m)
 }
 
-fn read_record(buf: &[u8], pos: usize) -> Result<(Record, usize)> {
-    let (name, next) = read_name(buf, pos)?;
+/// Names already decoded in this message, by start offset (a handful: a message names a
+/// few things many times over).
+#[derive(Default)]
+struct NameCache {
+    entries: Vec<(usize, Name)>,
+}
+
+impl NameCache {
+    fn name_at(&mut self, buf: &[u8], pos: usize) -> Result<(Name, usize)> {
+        // The common case: a bare pointer to a name decoded before.
+        if let (Some(&hi), Some(&lo)) = (buf.get(pos), buf.get(pos + 1))
+            && hi & 0xc0 == 0xc0
+        {
+            let target = (usize::from(hi & 0x3f) << 8) | usize::from(lo);
+            if target < pos
+                && let Some((_, n)) = self.entries.iter().find(|(o, _)| *o == target)
+            {
+                return Ok((n.clone(), pos + 2));
+            }
+        }
+        let mut out = [0u8; NAME_BUF];
+        let (len, next) = decode_name(buf, pos, &mut out)?;
+        let n: Name = Arc::from(text(&out, len));
+        if self.entries.len() < 16 {
+            self.entries.push((pos, n.clone()));
+        }
+        Ok((n, next))
+    }
+}
+
+fn read_record(buf: &[u8], pos: usize, names: &mut NameCache) -> Result<(Record, usize)> {
+    let (name, next) = names.name_at(buf, pos)?;
     let mut r = Reader::new(buf.get(next..).unwrap_or(&[]), "dns: record");
     let rtype = r.u16()?;
     let class = r.u16()?;
@@ -216,7 +259,7 @@ fn read_record(buf: &[u8], pos: usize) -> Result<(Record, usize)> {
                 });
             }
         },
-        TYPE_CNAME => RData::Cname(read_name(buf, rdata_start)?.0),
+        TYPE_CNAME => RData::Cname(names.name_at(buf, rdata_start)?.0),
         TYPE_HTTPS | TYPE_SVCB => RData::Svcb(parse_svcb(buf, rdata_start, rdata)?),
         _ => RData::Other {
             rtype,
@@ -317,23 +360,40 @@ fn ech_public_names(list: &[u8]) -> Vec<String> {
 /// bytes outside printable ASCII escaped as `\DDD`, as in zone files) and the offset just
 /// past the name's in-place bytes.
 pub fn read_name(buf: &[u8], pos: usize) -> Result<(String, usize)> {
-    let mut name = String::new();
+    let mut out = [0u8; NAME_BUF];
+    let (len, next) = decode_name(buf, pos, &mut out)?;
+    Ok((text(&out, len).to_string(), next))
+}
+
+/// 255 wire bytes escape to at most 4 x 255 characters.
+const NAME_BUF: usize = 4 * MAX_NAME_LEN;
+
+fn text(out: &[u8; NAME_BUF], len: usize) -> &str {
+    // Only printable ASCII is ever written.
+    std::str::from_utf8(out.get(..len).unwrap_or(&[])).unwrap_or("")
+}
+
+/// Decode into a stack buffer, so the caller allocates once at the final size (names are
+/// the bulk of a DNS message; growing a String label by label reallocates several times).
+/// Returns the text length and the offset past the name's in-place bytes.
+fn decode_name(buf: &[u8], pos: usize, out: &mut [u8; NAME_BUF]) -> Result<(usize, usize)> {
+    let mut len = 0usize;
     let mut cur = pos;
     let mut end: Option<usize> = None;
     let mut hops = 0usize;
     let mut labels = 0usize;
     let mut wire_len = 0usize;
     loop {
-        let len = *buf.get(cur).ok_or(Error::Truncated { what: "dns: name" })?;
-        match len & 0xc0 {
+        let l = *buf.get(cur).ok_or(Error::Truncated { what: "dns: name" })?;
+        match l & 0xc0 {
             0x00 => {
-                if len == 0 {
+                if l == 0 {
                     if end.is_none() {
                         end = Some(cur + 1);
                     }
                     break;
                 }
-                let l = usize::from(len);
+                let l = usize::from(l);
                 let label = buf
                     .get(cur + 1..cur + 1 + l)
                     .ok_or(Error::Truncated { what: "dns: label" })?;
@@ -345,15 +405,17 @@ pub fn read_name(buf: &[u8], pos: usize) -> Result<(String, usize)> {
                         max: MAX_NAME_LEN,
                     });
                 }
-                if !name.is_empty() {
-                    name.push('.');
+                if len > 0 {
+                    push(out, &mut len, b'.');
                 }
                 for &c in label {
                     if c.is_ascii_graphic() && c != b'.' && c != b'\\' {
-                        name.push(c as char);
+                        push(out, &mut len, c);
                     } else {
-                        name.push('\\');
-                        name.push_str(&format!("{c:03}"));
+                        push(out, &mut len, b'\\');
+                        push(out, &mut len, b'0' + c / 100);
+                        push(out, &mut len, b'0' + (c / 10) % 10);
+                        push(out, &mut len, b'0' + c % 10);
                     }
                 }
                 cur += 1 + l;
@@ -362,7 +424,7 @@ pub fn read_name(buf: &[u8], pos: usize) -> Result<(String, usize)> {
                 let lo = *buf.get(cur + 1).ok_or(Error::Truncated {
                     what: "dns: pointer",
                 })?;
-                let target = (usize::from(len & 0x3f) << 8) | usize::from(lo);
+                let target = (usize::from(l & 0x3f) << 8) | usize::from(lo);
                 if end.is_none() {
                     end = Some(cur + 2);
                 }
@@ -377,12 +439,19 @@ pub fn read_name(buf: &[u8], pos: usize) -> Result<(String, usize)> {
             _ => {
                 return Err(Error::BadValue {
                     what: "dns: label type",
-                    value: u64::from(len),
+                    value: u64::from(l),
                 });
             }
         }
     }
-    Ok((name, end.unwrap_or(pos + 1)))
+    Ok((len, end.unwrap_or(pos + 1)))
+}
+
+fn push(out: &mut [u8], len: &mut usize, b: u8) {
+    if let Some(slot) = out.get_mut(*len) {
+        *slot = b;
+        *len += 1;
+    }
 }
 
 /// Outcome of feeding a DNS-over-TCP stream seen so far.
@@ -444,6 +513,20 @@ pub(crate) mod tests {
                 60
             )]
         );
+    }
+
+    #[test]
+    fn answers_cut_short_keep_the_question() {
+        let full = github_response();
+        // Cut inside the A record (as a first IP fragment or a snap length would).
+        let m = parse_message(&full[..full.len() - 3]).unwrap();
+        assert_eq!(m.query_name(), Some("www.github.com"));
+        assert_eq!(m.answers.len(), 1);
+        assert!(m.truncated_records);
+        // Non-printable label bytes are escaped, dots inside labels too.
+        let mut q = vec![0, 0, 0x01, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        q.extend_from_slice(b"\x03a\x04.\x00\x00\x01\x00\x01");
+        assert_eq!(parse_message(&q).unwrap().query_name(), Some("a\\004\\046"));
     }
 
     #[test]

@@ -1,0 +1,111 @@
+//! Offline discovery speed: every corpus pcap (`<corpus>/ndpi/pcap`, held in memory so disk
+//! does not count) through pcap reading, L2-L4 decoding, the flow table and the parsers,
+//! against a baseline measured in the same run: reading the same captures with pcap-file
+//! alone (no decoding). Prints packets/s and the ratio.
+//!
+//! `cargo bench -p tollgate-discovery --bench pcap_import`
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use pcap_file::pcap::PcapReader;
+use pcap_file::pcapng::PcapNgReader;
+use tollgate_discovery::flow_table::{FlowTable, FlowTableLimits};
+use tollgate_discovery::pcap::import_reader;
+
+fn corpus() -> Option<PathBuf> {
+    let base = match std::env::var_os("TOLLGATE_CORPUS") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus"),
+    };
+    let d = base.join("ndpi/pcap");
+    d.is_dir().then_some(d)
+}
+
+fn read_only(files: &[(PathBuf, Vec<u8>)]) -> u64 {
+    let mut n = 0;
+    for (_, b) in files {
+        if b.starts_with(&[0x0a, 0x0d, 0x0d, 0x0a]) {
+            let Ok(mut r) = PcapNgReader::new(&b[..]) else {
+                continue;
+            };
+            while let Some(Ok(_)) = r.next_block() {
+                n += 1;
+            }
+        } else {
+            let Ok(mut r) = PcapReader::new(&b[..]) else {
+                continue;
+            };
+            while let Some(Ok(_)) = r.next_packet() {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+fn full(files: &[(PathBuf, Vec<u8>)]) -> (u64, usize) {
+    let mut frames = 0;
+    let mut named = 0;
+    for (p, b) in files {
+        let mut t = FlowTable::new(FlowTableLimits::default());
+        let ng = b.starts_with(&[0x0a, 0x0d, 0x0d, 0x0a]);
+        if let Ok(s) = import_reader(p, &b[..], ng, &mut t) {
+            frames += s.frames;
+        }
+        named += t.records().filter(|r| r.name.is_some()).count();
+    }
+    (frames, named)
+}
+
+fn main() {
+    let Some(dir) = corpus() else {
+        println!("SKIP pcap_import bench: corpus not found (set TOLLGATE_CORPUS)");
+        return;
+    };
+    let mut files: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|p| std::fs::read(&p).ok().map(|b| (p, b)))
+        .collect();
+    files.sort();
+    let reps = std::env::var("REPEATS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(7u32);
+    let (mut best_full, mut best_read) = (f64::MAX, f64::MAX);
+    let (mut frames, mut named) = (0, 0);
+    let mut ratios = Vec::new();
+    for _ in 0..reps {
+        // Alternate the two measurements and pair them per repetition.
+        let t = Instant::now();
+        std::hint::black_box(read_only(&files));
+        let r = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        (frames, named) = std::hint::black_box(full(&files));
+        let f = t.elapsed().as_secs_f64();
+        best_full = best_full.min(f);
+        best_read = best_read.min(r);
+        ratios.push(f / r);
+    }
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios.get(ratios.len() / 2).copied().unwrap_or(0.0);
+    println!(
+        "{} pcaps, {frames} frames, {named} named flows per pass; best of {reps}:",
+        files.len()
+    );
+    println!(
+        "  read only (pcap-file)      {:>8.2} M frames/s",
+        frames as f64 / best_read / 1e6
+    );
+    println!(
+        "  import + flow table + DPI  {:>8.2} M frames/s",
+        frames as f64 / best_full / 1e6
+    );
+    println!("  full import costs {median:.2}x reading alone (median of paired runs)");
+}
