@@ -231,9 +231,9 @@ impl Span {
 struct AppAgg {
     c: Counts,
     span: Span,
-    /// Interned user keys.
+    /// Interned user keys and source addresses.
     users: HashSet<u32>,
-    ips: HashSet<IpAddr>,
+    ips: HashSet<u32>,
     matched_by: BTreeMap<&'static str, u64>,
     rules: HashMap<String, u64>,
     hours: BTreeMap<i64, Counts>,
@@ -279,7 +279,8 @@ pub struct Aggregator {
     user_ids: HashMap<String, u32>,
     users: Vec<(String, UserAgg)>,
     hasher: ahash::RandomState,
-    sources: HashMap<IpAddr, SourceAgg>,
+    source_ids: HashMap<IpAddr, u32>,
+    sources: Vec<(IpAddr, SourceAgg)>,
     unknown: HashMap<String, UnknownAgg>,
     hours: BTreeMap<i64, Counts>,
     totals: Totals,
@@ -391,6 +392,7 @@ impl Aggregator {
         let app_id = m.map(|m| m.app.id.as_str());
         let app_ix = m.map(|m| self.intern_app(m.app.id.as_str(), rec));
         let key_ix = key.map(|k| self.intern_user(k, who.user.is_some(), rec));
+        let src_ix = self.intern_source(rec);
 
         if let (Some(m), Some(ix)) = (m, app_ix) {
             self.totals.matched_transactions += 1;
@@ -400,7 +402,7 @@ impl Aggregator {
                 if let Some(k) = key_ix {
                     a.users.insert(k);
                 }
-                a.ips.insert(rec.src);
+                a.ips.insert(src_ix);
                 *a.matched_by.entry(how).or_default() += 1;
                 let full = a.rules.len() >= MAX_LISTED;
                 match a.rules.get_mut(m.rule) {
@@ -471,21 +473,17 @@ impl Aggregator {
             }
         }
 
-        let s = self.sources.entry(rec.src).or_insert_with(|| SourceAgg {
-            c: Counts::default(),
-            span: Span::new(rec),
-            users: HashSet::default(),
-            apps: HashSet::default(),
-        });
-        s.c.add(rec);
-        s.span.add(rec);
-        if let Some(k) = key_ix
-            && s.users.len() < MAX_LISTED
-        {
-            s.users.insert(k);
-        }
-        if let Some(ix) = app_ix {
-            s.apps.insert(ix);
+        if let Some((_, s)) = self.sources.get_mut(src_ix as usize) {
+            s.c.add(rec);
+            s.span.add(rec);
+            if let Some(k) = key_ix
+                && s.users.len() < MAX_LISTED
+            {
+                s.users.insert(k);
+            }
+            if let Some(ix) = app_ix {
+                s.apps.insert(ix);
+            }
         }
 
         if self.opts.keep_flows {
@@ -545,6 +543,24 @@ impl Aggregator {
                 devices: HashSet::default(),
                 ips: HashSet::default(),
                 apps: HashMap::default(),
+            },
+        ));
+        ix
+    }
+
+    fn intern_source(&mut self, rec: &FlowRecord) -> u32 {
+        if let Some(&ix) = self.source_ids.get(&rec.src) {
+            return ix;
+        }
+        let ix = u32::try_from(self.sources.len()).unwrap_or(u32::MAX);
+        self.source_ids.insert(rec.src, ix);
+        self.sources.push((
+            rec.src,
+            SourceAgg {
+                c: Counts::default(),
+                span: Span::new(rec),
+                users: HashSet::default(),
+                apps: HashSet::default(),
             },
         ));
         ix
