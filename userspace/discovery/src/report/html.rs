@@ -185,7 +185,7 @@ fn columns(name: &str, items: &[(String, u64)]) -> String {
             esc(label),
             esc(&human_bytes(*v))
         );
-        if i % label_every == 0 {
+        if i % label_every == 0 && x < w - 70.0 {
             let _ = write!(
                 s,
                 r#"<text x="{x:.1}" y="{}" class="axis">{}</text>"#,
