@@ -121,7 +121,7 @@ pub(crate) fn cef(line: &str, fallback: DateTime<Utc>) -> LineOutcome {
     {
         return LineOutcome::Bad("cef: bad version");
     }
-    let (syslog_t, _) = syslog_time(line);
+    let (syslog_t, _) = syslog_time(line, fallback);
     let mut lf = LineFields {
         time: syslog_t,
         ..LineFields::default()
@@ -188,7 +188,7 @@ pub(crate) fn leef(line: &str, fallback: DateTime<Utc>) -> LineOutcome {
     } else if !ext.contains('\t') && ext.contains('|') {
         delim = '|';
     }
-    let (syslog_t, _) = syslog_time(line);
+    let (syslog_t, _) = syslog_time(line, fallback);
     let mut lf = LineFields {
         time: syslog_t,
         ..LineFields::default()

@@ -142,7 +142,7 @@ pub(crate) fn fortigate(line: &str, fallback: DateTime<Utc>) -> LineOutcome {
         "srcmac",
         "tz",
     ];
-    let (_, body) = syslog_time(line);
+    let (_, body) = syslog_time(line, fallback);
     let v = kv_lookup(body, K);
     let Some(kind) = at(&v, 3) else {
         return LineOutcome::Bad("fortigate: no type=");
@@ -227,7 +227,7 @@ pub(crate) fn sophos(line: &str, fallback: DateTime<Utc>) -> LineOutcome {
         "bytes_sent",
         "bytes_received",
     ];
-    let (_, body) = syslog_time(line);
+    let (_, body) = syslog_time(line, fallback);
     let v = kv_lookup(body, K);
     if at(&v, 13).is_none() {
         return LineOutcome::Bad("sophos: no log_id=");
@@ -264,7 +264,7 @@ pub(crate) fn watchguard(line: &str, fallback: DateTime<Utc>) -> LineOutcome {
     let Some(i) = line.find("msg_id=\"") else {
         return LineOutcome::Bad("watchguard: no msg_id");
     };
-    let (mut time, _) = syslog_time(line);
+    let (mut time, _) = syslog_time(line, fallback);
     // The device's own stamp "(2024-01-10T09:49:05)" is better than the syslog one.
     if let Some(p) = line.get(..i).and_then(|h| h.find("(20"))
         && let Some(inner) = line.get(p + 1..).and_then(|r| r.split(')').next())
@@ -329,7 +329,7 @@ pub(crate) fn pfsense_sniff(line: &str) -> bool {
 /// One pfSense/OPNsense `filterlog` line: a logged packet (its IP length is counted as
 /// bytes up).
 pub(crate) fn pfsense(line: &str, fallback: DateTime<Utc>) -> LineOutcome {
-    let (time, _) = syslog_time(line);
+    let (time, _) = syslog_time(line, fallback);
     let Some(csv) = line.split_ascii_whitespace().last() else {
         return LineOutcome::Bad("pfsense: empty");
     };
@@ -428,7 +428,7 @@ pub(crate) fn asa(line: &str, fallback: DateTime<Utc>) -> LineOutcome {
     else {
         return LineOutcome::Bad("asa: no %ASA- tag");
     };
-    let (time, _) = syslog_time(line);
+    let (time, _) = syslog_time(line, fallback);
     let tag = line.get(p + 5..).unwrap_or("");
     // "4-106023: msg" or "session-5-106100: msg" or "6-302016 msg".
     let id_end = tag.find([':', ' ']).unwrap_or(tag.len());
@@ -589,7 +589,7 @@ fn cp_pairs(s: &str) -> impl Iterator<Item = (&str, &str)> {
 }
 
 pub(crate) fn checkpoint(line: &str, fallback: DateTime<Utc>) -> LineOutcome {
-    let (time, _) = syslog_time(line);
+    let (time, _) = syslog_time(line, fallback);
     let Some(b) = line.find('[') else {
         return LineOutcome::Bad("checkpoint: no [key:\"value\"] block");
     };
@@ -646,7 +646,7 @@ pub(crate) fn srx_sniff(line: &str) -> bool {
 }
 
 pub(crate) fn srx(line: &str, fallback: DateTime<Utc>) -> LineOutcome {
-    let (time, rest) = syslog_time(line);
+    let (time, rest) = syslog_time(line, fallback);
     let Some(b) = rest.find('[') else {
         return LineOutcome::Bad("srx: no structured data");
     };

@@ -356,15 +356,19 @@ pub(crate) fn parse_epoch_any(s: &str) -> Option<DateTime<Utc>> {
     Utc.timestamp_opt(secs, u32::try_from(nanos).ok()?).single()
 }
 
-/// Year for BSD syslog stamps that carry none: the current year, or the previous one when
-/// that would put the stamp more than a day in the future.
-pub(crate) fn guess_year(mo: u32, d: u32) -> i32 {
-    let now = Utc::now();
-    let y = now.year();
-    match NaiveDate::from_ymd_opt(y, mo, d) {
-        Some(date) if date > now.date_naive().succ_opt().unwrap_or(now.date_naive()) => y - 1,
-        _ => y,
-    }
+/// Year for BSD syslog stamps that carry none: the year (of the reference's, one before or
+/// one after) that puts the stamp closest to `reference` — the previous line's time, or the
+/// file's modification time at its start — so old files and New Year rollovers come out right.
+pub(crate) fn guess_year(mo: u32, d: u32, reference: DateTime<Utc>) -> i32 {
+    let y = reference.year();
+    let r = reference.date_naive();
+    [y, y - 1, y + 1]
+        .into_iter()
+        .filter_map(|c| {
+            NaiveDate::from_ymd_opt(c, mo, d).map(|date| (c, (date - r).num_days().abs()))
+        })
+        .min_by_key(|(_, dist)| *dist)
+        .map_or(y, |(c, _)| c)
 }
 
 /// Strip a `<PRI>` prefix.
@@ -385,7 +389,7 @@ pub(crate) fn strip_pri(s: &str) -> &str {
 /// (`1 TIMESTAMP HOST APP PROCID MSGID `) or BSD (`Mmm dd hh:mm:ss [yyyy] `, also the Cisco
 /// `Mmm dd yyyy hh:mm:ss[ TZ]:` form). Returns the time (if any) and the rest after the
 /// timestamp (for BSD the host is left in place: callers look for their own marker).
-pub(crate) fn syslog_time(line: &str) -> (Option<DateTime<Utc>>, &str) {
+pub(crate) fn syslog_time(line: &str, reference: DateTime<Utc>) -> (Option<DateTime<Utc>>, &str) {
     let s = strip_pri(line.trim_start());
     // RFC 5424: "1 2019-11-14T09:37:51.184+01:00 ..."
     if let Some(rest) = s.strip_prefix("1 ") {
@@ -419,7 +423,7 @@ pub(crate) fn syslog_time(line: &str) -> (Option<DateTime<Utc>>, &str) {
     } else {
         (None, tok.trim_end_matches(':'), r)
     };
-    let year = year.unwrap_or_else(|| guess_year(mo, d));
+    let year = year.unwrap_or_else(|| guess_year(mo, d, reference));
     (ymd_hms(year, mo, d, time), after)
 }
 
@@ -626,20 +630,38 @@ mod tests {
 
     #[test]
     fn syslog() {
-        let (t, rest) = syslog_time("<134>1 2020-03-29T13:19:20Z gw CheckPoint 1930 - [x]");
+        let (t, rest) = syslog_time(
+            "<134>1 2020-03-29T13:19:20Z gw CheckPoint 1930 - [x]",
+            Utc::now(),
+        );
         assert_eq!(
             t.map(|t| t.to_rfc3339()),
             Some("2020-03-29T13:19:20+00:00".into())
         );
         assert_eq!(rest, "gw CheckPoint 1930 - [x]");
-        let (t, rest) = syslog_time("Apr 15 2013 09:36:50: %ASA-4-106023: Deny");
+        let (t, rest) = syslog_time("Apr 15 2013 09:36:50: %ASA-4-106023: Deny", Utc::now());
         assert_eq!(
             t.map(|t| t.to_rfc3339()),
             Some("2013-04-15T09:36:50+00:00".into())
         );
         assert_eq!(rest, "%ASA-4-106023: Deny");
-        let (t, _) = syslog_time("Jan  6 19:47:37 host date=2021");
+        let (t, _) = syslog_time("Jan  6 19:47:37 host date=2021", Utc::now());
         assert!(t.is_some());
+        // The year comes from the reference time: across New Year both ways.
+        let r = parse_rfc3339("2020-12-31T23:59:00Z").expect("ref");
+        assert_eq!(
+            syslog_time("Jan  1 00:00:10 h x", r)
+                .0
+                .map(|t| t.to_rfc3339()),
+            Some("2021-01-01T00:00:10+00:00".into())
+        );
+        let r = parse_rfc3339("2021-01-01T00:00:30Z").expect("ref");
+        assert_eq!(
+            syslog_time("Dec 31 23:59:50 h x", r)
+                .0
+                .map(|t| t.to_rfc3339()),
+            Some("2020-12-31T23:59:50+00:00".into())
+        );
         assert_eq!(
             parse_epoch_any("1609960622").map(|t| t.timestamp()),
             Some(1609960622)
