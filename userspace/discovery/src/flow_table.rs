@@ -123,6 +123,8 @@ pub struct FlowMeta {
     pub alpn: Vec<String>,
     /// The ClientHello carried an encrypted_client_hello extension.
     pub ech: bool,
+    /// The ClientHello offered a post-quantum hybrid key share (X25519MLKEM768...).
+    pub pq_key_share: bool,
     /// QUIC version label ("V-1", "Draft-29", "Q046"...), for QUIC flows.
     pub quic_version: Option<String>,
     /// Every distinct question name seen on a DNS flow (queries and responses), up to
@@ -404,6 +406,26 @@ impl FlowTable {
         s
     }
 
+    /// The name the flow's own first flight gave it (SNI, QUIC, HTTP Host, DNS query), not
+    /// the DNS cache's: what enforcement decides a flow by. Either endpoint order works.
+    pub fn own_name(
+        &self,
+        proto: L4Proto,
+        one: (IpAddr, u16),
+        other: (IpAddr, u16),
+    ) -> Option<(&str, NameSource)> {
+        let (ck, _) = CanonKey::of(proto, one, other);
+        let f = self.flows.get(&ck)?;
+        f.name.as_ref().map(|(n, src)| (n.as_str(), *src))
+    }
+
+    /// Every live entry of the IP-to-name cache: address, name, expiry.
+    pub fn dns_entries(&self) -> impl Iterator<Item = (IpAddr, &str, DateTime<Utc>)> + '_ {
+        self.dns_cache
+            .iter()
+            .map(|(ip, e)| (*ip, &*e.name, e.expires))
+    }
+
     /// The DNS cache's name for `ip` at time `at`, if an answer covering it was seen.
     pub fn dns_name(&self, ip: IpAddr, at: DateTime<Utc>) -> Option<&str> {
         let e = self.dns_cache.get(&ip)?;
@@ -665,6 +687,7 @@ impl FlowTable {
                         ja4: Some(ch.ja4(tls::Transport::Tcp)),
                         alpn: ch.alpn.clone(),
                         ech: ch.ech.is_some(),
+                        pq_key_share: ch.has_pq_key_share(),
                         ..Default::default()
                     });
                     if let Some(sni) = ch.sni {
@@ -913,6 +936,7 @@ impl FlowTable {
             meta.ja4 = Some(ch.ja4(tls::Transport::Quic));
             meta.alpn = ch.alpn.clone();
             meta.ech = ch.ech.is_some();
+            meta.pq_key_share = ch.has_pq_key_share();
             found = ch.sni;
             insp.crypto = None;
             // The hello is done: nothing more to learn from this flow's Initials.

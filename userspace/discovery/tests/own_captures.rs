@@ -1,0 +1,77 @@
+//! Names from captures of real clients made for Tollgate (testdata/pcap/README.md): a
+//! Chrome-like post-quantum ClientHello split over two TCP segments, QUIC v1 and v2
+//! Initials from aioquic (one hello spanning three Initial packets), curl over HTTP/1.1.
+
+use std::path::Path;
+
+use tollgate_discovery::flow_table::{FlowTable, FlowTableLimits};
+use tollgate_discovery::pcap::import_pcap;
+use tollgate_discovery::record::{FlowRecord, L4Proto, NameSource};
+
+fn import(name: &str) -> (Vec<FlowRecord>, FlowTable) {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata/pcap")
+        .join(name);
+    let mut t = FlowTable::new(FlowTableLimits::default());
+    let s = import_pcap(&p, &mut t).unwrap_or_else(|e| panic!("{e}"));
+    assert!(s.packets > 0 && !s.truncated && s.malformed == 0, "{s:?}");
+    let mut r: Vec<FlowRecord> = t.records().collect();
+    r.sort_by_key(|r| r.sport);
+    (r, t)
+}
+
+#[test]
+fn chrome_post_quantum_hello_over_two_segments() {
+    let (recs, t) = import("tls_chrome.pcap");
+    assert_eq!(recs.len(), 4);
+    for r in &recs {
+        assert_eq!(r.proto, L4Proto::Tcp);
+        assert_eq!(r.name.as_deref(), Some("www.tollgate-test.example"));
+        assert_eq!(r.name_source, Some(NameSource::Sni));
+        assert_eq!(r.src.to_string(), "10.77.0.1");
+        assert_eq!(r.dport, 443);
+        assert!(r.bytes_up > 2000 && r.bytes_down > 4000, "{r:?}");
+    }
+    for (_, m) in t.records_with_meta() {
+        let ja4 = m.ja4.expect("ja4");
+        assert!(ja4.starts_with("t13d"), "{ja4}");
+        assert!(m.ech, "Chrome sends GREASE ECH");
+        assert!(m.pq_key_share, "X25519MLKEM768");
+        assert_eq!(m.alpn, vec!["h2", "http/1.1"]);
+    }
+}
+
+#[test]
+fn aioquic_v1_multi_packet_hello_and_v2() {
+    let (recs, t) = import("quic_aioquic.pcap");
+    assert_eq!(recs.len(), 3);
+    for r in &recs {
+        assert_eq!(r.proto, L4Proto::Udp);
+        assert_eq!(
+            r.name.as_deref(),
+            Some("quic.tollgate-test.example"),
+            "{r:?}"
+        );
+        assert_eq!(r.name_source, Some(NameSource::Quic));
+        assert_eq!(r.src.to_string(), "10.77.0.1");
+    }
+    let mut versions: Vec<String> = t
+        .records_with_meta()
+        .filter_map(|(_, m)| m.quic_version)
+        .collect();
+    versions.sort();
+    assert_eq!(versions, vec!["V-1", "V-1", "V-2"]);
+    // The padded hello (10 ALPN values) needed three Initial packets.
+    assert!(t.records_with_meta().any(|(_, m)| m.alpn.len() == 10));
+}
+
+#[test]
+fn curl_http_host() {
+    let (recs, t) = import("http_curl.pcap");
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].name.as_deref(), Some("www.tollgate-test.example"));
+    assert_eq!(recs[0].name_source, Some(NameSource::Http));
+    let (_, m) = t.records_with_meta().next().expect("one flow");
+    assert_eq!(m.user_agent.as_deref(), Some("tollgate-test/1.0"));
+    assert_eq!(m.http_method.as_deref(), Some("GET"));
+}
