@@ -55,6 +55,33 @@ pub struct Config {
     /// Custom log formats for `tollgate discover` (`[[log_formats]]`).
     #[serde(default)]
     pub log_formats: Vec<CustomFormat>,
+    /// How decisions are enforced (`[enforcement]`).
+    #[serde(default)]
+    pub enforcement: crate::enforce::EnforcementConfig,
+    /// How long the live daemon keeps per-hour discovery history (`[discovery]`).
+    #[serde(default)]
+    pub discovery: DiscoveryConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// Hours of per-hour history `tollgate apps` keeps; older hours are forgotten so a
+    /// long-running daemon's memory stays bounded.
+    #[serde(default = "default_history_hours")]
+    pub history_hours: u32,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        Self {
+            history_hours: default_history_hours(),
+        }
+    }
+}
+
+fn default_history_hours() -> u32 {
+    24 * 7
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -228,6 +255,11 @@ impl Config {
                 );
             }
         }
+        for (i, f) in self.log_formats.iter().enumerate() {
+            if let Err(e) = f.validate() {
+                return fail(&format!("log_formats[{i}]"), &f.name, e.to_string());
+            }
+        }
         if self.flows.max_flows == 0 {
             return fail("flows.max_flows", "max_flows", "must be at least 1".into());
         }
@@ -318,6 +350,14 @@ mod tests {
         let text = "[[interfaces]]\nname = \"eth0\"\nrole = \"lan\"\n[[interfaces]]\nname = \"eth0\"\nrole = \"wan\"\n";
         let err = Config::parse(text, "c.toml").unwrap_err().to_string();
         assert!(err.contains("listed twice"), "{err}");
+    }
+
+    #[test]
+    fn bad_custom_log_format_is_a_config_error() {
+        let text = "[[log_formats]]\nname = \"x\"\nkind = \"csv\"\n";
+        let err = Config::parse(text, "d.toml").unwrap_err().to_string();
+        assert!(err.contains("d.toml:"), "{err}");
+        assert!(err.contains("log_formats"), "{err}");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! restarted daemon adopts them (and enforcement never lapses while it restarts);
 //! `tollgate stop` detaches the programs and removes the pins.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,15 +18,18 @@ use chrono::{DateTime, TimeDelta, Utc};
 use anyhow::{Context, Result, bail};
 use tokio::sync::{mpsc, oneshot};
 use tollgate_catalog::Catalog;
-use tollgate_dataplane::{Dataplane, DataplaneOptions, Direction, FlowCounters, PayloadEvent};
+use tollgate_dataplane::{
+    Dataplane, DataplaneOptions, Direction, FlowCounters, PayloadEvent, PayloadKind, abi,
+};
 use tollgate_discovery::aggregate::{AggregateOptions, Aggregator};
 use tollgate_discovery::flow_table::{self, FlowTable, FlowTableLimits};
 use tollgate_discovery::record::{FlowRecord, L4Proto};
 use tollgate_discovery::users::Users;
-use tollgate_policy::{Tag, TagBook, TagStore};
+use tollgate_policy::{Decision, Tag, TagBook, TagStore};
 
 use crate::config::{Config, Mode, Role, default_route_interface};
 use crate::control::{self, Request, Response};
+use crate::enforce::Enforcer;
 
 /// Everything `tollgate run` validated before the runtime started.
 pub struct DaemonParts {
@@ -116,6 +119,10 @@ struct Core {
     /// Flows already folded into `history`, with the last_seen they had, so the kernel's
     /// still-present counters do not bring them back twice.
     retired: HashMap<flow_table::FlowKey, DateTime<Utc>>,
+    enforcer: Enforcer,
+    /// Flows already decided in userspace (cleared when it grows past the flow cap).
+    decided: HashSet<abi::FlowKey>,
+    learned_saved: Vec<IpAddr>,
     events_total: u64,
     events_at_last_status: u64,
     last_status: Instant,
@@ -148,6 +155,161 @@ impl Core {
             tcp_flags: ev.tcp_flags,
             payload: &ev.payload,
         });
+        match ev.kind {
+            PayloadKind::Dns if ev.direction == Direction::Down => self.on_dns(ev),
+            PayloadKind::Dns => {}
+            PayloadKind::Tls | PayloadKind::Quic | PayloadKind::Http => self.decide_flow(ev),
+        }
+    }
+
+    /// Once the flow table has a name from the flow's own payload, decide the flow.
+    fn decide_flow(&mut self, ev: &PayloadEvent) {
+        let Some(key) = ev.flow_key() else { return };
+        if self.decided.contains(&key) {
+            return;
+        }
+        let Some((name, source)) = self.flows.own_name(
+            l4(ev.proto),
+            (ev.user_ip, ev.user_port),
+            (ev.remote_ip, ev.remote_port),
+        ) else {
+            return;
+        };
+        let name = name.to_string();
+        if self.decided.len() >= self.cfg.flows.max_flows {
+            self.decided.clear();
+        }
+        self.decided.insert(key);
+        match self
+            .enforcer
+            .on_named_flow(&mut self.dp, &self.catalog, &self.tags, &key, &name)
+        {
+            Ok(Some((app, Decision::Block))) => tracing::info!(
+                app, name = %name, by = ?source, user = %ev.user_ip, "blocked"
+            ),
+            Ok(Some((app, Decision::WouldBlock))) => tracing::info!(
+                app, name = %name, by = ?source, user = %ev.user_ip, "would block (monitor mode)"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("writing a flow verdict: {e}"),
+        }
+    }
+
+    /// A DNS response: addresses of unsanctioned apps go into the kernel's block tries.
+    fn on_dns(&mut self, ev: &PayloadEvent) {
+        // DNS over TCP carries a two-byte length first.
+        let body = if ev.proto == 6 {
+            ev.payload.get(2..).unwrap_or(&[])
+        } else {
+            &ev.payload[..]
+        };
+        let Ok(msg) = tollgate_wire::dns::parse_message(body) else {
+            return;
+        };
+        if !msg.is_response() {
+            return;
+        }
+        for (ip, name, ttl) in msg.address_map() {
+            if let Err(e) = self.enforcer.on_dns_answer(
+                &mut self.dp,
+                &self.catalog,
+                &self.tags,
+                &name,
+                ip,
+                Duration::from_secs(u64::from(ttl)),
+            ) {
+                tracing::warn!("writing an address verdict: {e}");
+            }
+        }
+    }
+
+    /// After a tag change: bring the kernel in line, and cut the existing flows of apps
+    /// that are now blocked (their addresses learned from DNS too).
+    fn apply_tags(&mut self) {
+        match self.enforcer.sync(&mut self.dp, &self.catalog, &self.tags) {
+            Ok(r) => tracing::info!(
+                names_set = r.names_set,
+                names_removed = r.names_removed,
+                "verdicts synced"
+            ),
+            Err(e) => tracing::error!("syncing verdicts: {e}"),
+        }
+        self.decided.clear();
+        if !self.enforcer.cut_existing_flows() {
+            return;
+        }
+        let now = Utc::now();
+        let cached: Vec<(IpAddr, String, Duration)> = self
+            .flows
+            .dns_entries()
+            .filter_map(|(ip, name, expires)| {
+                let left = (expires - now).to_std().ok()?;
+                Some((ip, name.to_string(), left))
+            })
+            .collect();
+        for (ip, name, left) in cached {
+            let _ = self.enforcer.on_dns_answer(
+                &mut self.dp,
+                &self.catalog,
+                &self.tags,
+                &name,
+                ip,
+                left,
+            );
+        }
+        let counters = self.dp.flow_counters().unwrap_or_default();
+        for c in &counters {
+            let Some(key) = c.flow_key() else { continue };
+            let name = self
+                .flows
+                .own_name(
+                    l4(c.proto),
+                    (c.user_ip, c.user_port),
+                    (c.remote_ip, c.remote_port),
+                )
+                .map(|(n, _)| n.to_string())
+                .or_else(|| {
+                    self.flows
+                        .dns_name(c.remote_ip, c.first_seen.into())
+                        .map(str::to_string)
+                });
+            if let Some(name) = name {
+                self.decided.insert(key);
+                let _ = self.enforcer.on_named_flow(
+                    &mut self.dp,
+                    &self.catalog,
+                    &self.tags,
+                    &key,
+                    &name,
+                );
+            }
+        }
+        if let Err(e) = self.dp.verdicts().commit() {
+            tracing::error!("committing verdicts: {e}");
+        }
+    }
+
+    /// Heartbeat for the kernel's fail-open rule, expiry of learned addresses, and their
+    /// persistence for `export blocklist`.
+    fn housekeeping(&mut self) {
+        if let Err(e) = self.dp.verdicts().heartbeat() {
+            tracing::warn!("heartbeat: {e}");
+        }
+        self.enforcer.expire(&mut self.dp);
+        let keep = TimeDelta::hours(i64::from(self.cfg.discovery.history_hours));
+        self.history.forget_hours_before(Utc::now() - keep);
+        let learned = self.enforcer.learned_ips();
+        if learned != self.learned_saved {
+            let path = self.cfg.state_dir.join(LEARNED_IPS_FILE);
+            let tmp = path.with_extension("json.tmp");
+            let body = serde_json::to_vec(&learned).unwrap_or_default();
+            if std::fs::write(&tmp, body)
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .is_ok()
+            {
+                self.learned_saved = learned;
+            }
+        }
     }
 
     fn poll_counters(&mut self) {
@@ -286,6 +448,7 @@ impl Core {
         }
         self.live_tags = live;
         self.tags = self.tags.with_live(self.live_tags.clone());
+        self.apply_tags();
         tracing::info!(app, tag = %tag, "tag set");
         Response::ok(serde_json::json!({ "app": app, "tag": tag.to_string() }))
     }
@@ -411,7 +574,14 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
     });
 
     let live_tags = TagStore::new(&cfg.state_dir).load().unwrap_or_default();
+    let enforcer = Enforcer::new(cfg.mode == Mode::Enforce, cfg.enforcement.clone(), &catalog);
+    enforcer
+        .apply_options(&mut dp)
+        .context("writing the enforcement options")?;
     let mut core = Core {
+        enforcer,
+        decided: HashSet::new(),
+        learned_saved: load_learned_ips(&cfg.state_dir),
         flows: FlowTable::new(FlowTableLimits {
             max_flows: cfg.flows.max_flows,
             idle_timeout: Duration::from_secs(cfg.flows.idle_timeout_secs),
@@ -432,6 +602,8 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
         cfg,
     };
 
+    // Name verdicts for what the config and the live tags leave unsanctioned.
+    core.apply_tags();
     let mut poll = tokio::time::interval(COUNTER_POLL);
     let status_every = Duration::from_secs(core.cfg.status_interval_secs.max(1));
     let mut status =
@@ -458,7 +630,10 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
                     }
                 }
             }
-            _ = poll.tick() => core.poll_counters(),
+            _ = poll.tick() => {
+                core.poll_counters();
+                core.housekeeping();
+            }
             _ = status.tick(), if core.cfg.status_interval_secs > 0 => core.print_status(),
             Some(call) = rx.recv() => {
                 // Counters are fresh when someone asks.

@@ -8,5 +8,6 @@ pub mod commands;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod enforce;
 pub mod netns;
 pub mod view;

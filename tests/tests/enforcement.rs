@@ -1,0 +1,229 @@
+//! End to end: sanctioning in the kernel. Unsanctioned apps fail at once with a reset or a
+//! refusal (never a 30-second hang), everything else works, QUIC falls back to TCP and is
+//! blocked there, DNS-learned addresses are blocked without SNI, monitor mode blocks
+//! nothing, and enforcement survives kill -9.
+
+use std::time::{Duration, Instant};
+
+use tollgate_e2e::servers::{Daemon, NOSNI_NAME, Origins, SERVER_ALT_IP4, fixture};
+use tollgate_e2e::{
+    SERVER_IP4, Topology, require_command, require_python_module, require_root, serial,
+};
+
+fn ready(test: &str) -> bool {
+    require_root(test)
+        && ["nginx", "dnsmasq", "curl", "openssl", "dig"]
+            .iter()
+            .all(|c| require_command(test, c))
+        && require_python_module(test, "aioquic")
+        && require_python_module(test, "curl_cffi")
+}
+
+/// Runs a client command in the client namespace; returns (succeeded, seconds, output).
+fn attempt(topo: &Topology, cmd: &str) -> (bool, f64, String) {
+    let t = Instant::now();
+    let out = topo.exec_any(&topo.client, cmd);
+    let secs = t.elapsed().as_secs_f64();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), secs, text)
+}
+
+fn curl(host: &str) -> String {
+    format!("curl -sk --max-time 10 --resolve {host}:443:{SERVER_IP4} https://{host}/ -o /dev/null")
+}
+
+fn chrome(host: &str) -> String {
+    format!(
+        "python3 {} https://{host}/ --resolve {host}:443:{SERVER_IP4} --timeout 10",
+        fixture("chrome_get.py").display()
+    )
+}
+
+fn h3(host: &str) -> String {
+    format!(
+        "python3 {} --connect {SERVER_IP4} --sni {host} --timeout 10",
+        fixture("h3_client.py").display()
+    )
+}
+
+/// Blocked within a second, by a reset or refusal.
+fn assert_blocked_fast(topo: &Topology, what: &str, cmd: &str) {
+    let (ok, secs, out) = attempt(topo, cmd);
+    assert!(!ok, "{what} was not blocked: {out}");
+    assert!(
+        secs < 1.5,
+        "{what} took {secs:.2}s to fail (a hang, not a reset): {out}"
+    );
+}
+
+fn assert_allowed(topo: &Topology, what: &str, cmd: &str) {
+    let (ok, _, out) = attempt(topo, cmd);
+    assert!(ok, "{what} should work: {out}");
+}
+
+const CONFIG: &str =
+    "[apps.dropbox]\ntag = \"unsanctioned\"\n\n[apps.box]\ntag = \"unsanctioned\"\n";
+
+#[test]
+fn unsanctioned_apps_fail_fast_and_others_work() {
+    let test = "unsanctioned_apps_fail_fast_and_others_work";
+    if !ready(test) {
+        return;
+    }
+    let _serial = serial();
+    for mtu in [1500, 1400] {
+        let mut topo = Topology::new("en", mtu).expect("topology");
+        let _origins = Origins::start(&mut topo, true).expect("origins");
+        let daemon = Daemon::start(&mut topo, "enforce", CONFIG).expect("daemon");
+        assert_allowed(&topo, "curl slack", &curl("slack.com"));
+        assert_allowed(&topo, "chrome github", &chrome("github.com"));
+        assert_allowed(&topo, "h3 meet", &h3("meet.google.com"));
+        assert_blocked_fast(&topo, "curl dropbox", &curl("www.dropbox.com"));
+        // Chrome's hello puts the SNI past the first segment: no handshake may complete.
+        assert_blocked_fast(&topo, "chrome dropbox", &chrome("www.dropbox.com"));
+        let (_, _, out) = attempt(&topo, &chrome("www.dropbox.com"));
+        assert!(!out.contains("status="), "a response came back: {out}");
+        assert_blocked_fast(
+            &topo,
+            "openssl dropbox",
+            &format!(
+                "sh -c 'echo Q | timeout 5 openssl s_client -connect {SERVER_IP4}:443 -servername www.dropbox.com'"
+            ),
+        );
+        // QUIC to a blocked app is refused (ICMP), not left to time out.
+        assert_blocked_fast(&topo, "h3 dropbox", &h3("www.dropbox.com"));
+        // No SNI: the address DNS gave for a blocked app's name.
+        let (ok, _, ip) = attempt(&topo, &format!("dig +short {NOSNI_NAME} @{SERVER_IP4}"));
+        assert!(ok && ip.trim() == SERVER_ALT_IP4, "dig: {ip}");
+        assert_blocked_fast(
+            &topo,
+            "no-SNI TLS to a DNS-learned address",
+            &format!(
+                "sh -c 'echo Q | timeout 5 openssl s_client -connect {SERVER_ALT_IP4}:443 -noservername'"
+            ),
+        );
+        let status = daemon.query("status").expect("status");
+        assert!(status["drops"].as_u64().unwrap_or(0) > 0, "{status:#}");
+        daemon.stop();
+    }
+}
+
+#[test]
+fn live_tag_blocks_new_flows_quickly_and_persists() {
+    let test = "live_tag_blocks_new_flows_quickly_and_persists";
+    if !ready(test) {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = Topology::new("lt", 1500).expect("topology");
+    let _origins = Origins::start(&mut topo, false).expect("origins");
+    let mut daemon = Daemon::start(&mut topo, "enforce", CONFIG).expect("daemon");
+    assert_allowed(&topo, "curl slack before", &curl("slack.com"));
+    let t = Instant::now();
+    let out = daemon
+        .cli(&["app", "tag", "slack", "unsanctioned"])
+        .expect("tag");
+    let took = t.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("tag command round trip: {took:?}");
+    assert_blocked_fast(&topo, "curl slack after tag", &curl("slack.com"));
+    // A bad tag is a usage error.
+    let out = daemon
+        .cli(&["app", "tag", "slack", "not a tag"])
+        .expect("tag");
+    assert_eq!(out.status.code(), Some(64));
+    // Restart: the live tag persisted in state_dir.
+    daemon.stop();
+    std::thread::sleep(Duration::from_millis(200));
+    daemon.log = format!("{}-2", daemon.log);
+    daemon.spawn(&mut topo).expect("restart");
+    assert_blocked_fast(&topo, "curl slack after restart", &curl("slack.com"));
+    let out = daemon
+        .cli(&["app", "tag", "slack", "sanctioned"])
+        .expect("tag");
+    assert!(out.status.success());
+    assert_allowed(&topo, "curl slack after sanctioning", &curl("slack.com"));
+    daemon.stop();
+}
+
+#[test]
+fn monitor_mode_blocks_nothing_but_counts() {
+    let test = "monitor_mode_blocks_nothing_but_counts";
+    if !ready(test) {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = Topology::new("mo", 1500).expect("topology");
+    let _origins = Origins::start(&mut topo, false).expect("origins");
+    let daemon = Daemon::start(&mut topo, "monitor", CONFIG).expect("daemon");
+    assert_allowed(
+        &topo,
+        "curl dropbox in monitor mode",
+        &curl("www.dropbox.com"),
+    );
+    assert_allowed(
+        &topo,
+        "chrome dropbox in monitor mode",
+        &chrome("www.dropbox.com"),
+    );
+    let status = tollgate_e2e::wait_for(Duration::from_secs(5), || {
+        let s = daemon.query("status").ok()?;
+        (s["would_drop"].as_u64().unwrap_or(0) > 0).then_some(s)
+    });
+    assert!(
+        status.is_some(),
+        "no would-drop counted: {:#}",
+        daemon.query("status").unwrap_or_default()
+    );
+    assert_eq!(daemon.query("status").unwrap()["drops"], 0);
+    daemon.stop();
+}
+
+#[test]
+fn enforcement_survives_kill9() {
+    let test = "enforcement_survives_kill9";
+    if !ready(test) {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = Topology::new("k9", 1500).expect("topology");
+    let _origins = Origins::start(&mut topo, false).expect("origins");
+    let daemon = Daemon::start(&mut topo, "enforce", CONFIG).expect("daemon");
+    assert_blocked_fast(&topo, "curl dropbox", &curl("www.dropbox.com"));
+    let gw = topo.gateway.clone();
+    topo.kill9(&format!("--netns {gw}"));
+    let dead = tollgate_e2e::wait_for(Duration::from_secs(5), || {
+        daemon.query("status").is_err().then_some(())
+    });
+    assert!(dead.is_some());
+    // No daemon: the pinned programs still block, and still let others through.
+    assert_blocked_fast(
+        &topo,
+        "curl dropbox with the daemon dead",
+        &curl("www.dropbox.com"),
+    );
+    assert_blocked_fast(
+        &topo,
+        "chrome dropbox with the daemon dead",
+        &chrome("www.dropbox.com"),
+    );
+    assert_allowed(&topo, "curl slack with the daemon dead", &curl("slack.com"));
+    let mut daemon = daemon;
+    daemon.log = format!("{}-2", daemon.log);
+    daemon.spawn(&mut topo).expect("restart");
+    assert!(topo.log(&daemon.log).contains("adopted"));
+    assert_blocked_fast(
+        &topo,
+        "curl dropbox after restart",
+        &curl("www.dropbox.com"),
+    );
+    daemon.stop();
+}
