@@ -26,7 +26,7 @@
 //! side, packets inspected per side, DNS cache entries, finished records kept. Hitting a cap
 //! counts a drop in [`FlowTableStats`]; it never fails a packet.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,6 +55,9 @@ pub struct FlowTableLimits {
     pub idle_timeout: Duration,
     /// Finished flows kept for [`FlowTable::records`] / [`FlowTable::drain_finished`].
     pub max_finished: usize,
+    /// Stream bytes buffered for reassembly across all flows (TCP streams and QUIC CRYPTO
+    /// streams together). Past it, new data for an unnamed flow is not buffered.
+    pub max_buffered_bytes: usize,
 }
 
 impl Default for FlowTableLimits {
@@ -67,6 +70,7 @@ impl Default for FlowTableLimits {
             dns_min_ttl: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(600),
             max_finished: 262_144,
+            max_buffered_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -125,6 +129,11 @@ pub struct FlowMeta {
     pub ech: bool,
     /// The ClientHello offered a post-quantum hybrid key share (X25519MLKEM768...).
     pub pq_key_share: bool,
+    /// For a hello with ECH: `Some(true)` when it must be GREASE (a DNS HTTPS record for
+    /// the name was seen and published no ECH config), `Some(false)` when it is real ECH
+    /// (the outer SNI is the public_name of an ECH config seen in DNS), `None` when the
+    /// table cannot tell (GREASE is built to look real).
+    pub ech_grease: Option<bool>,
     /// QUIC version label ("V-1", "Draft-29", "Q046"...), for QUIC flows.
     pub quic_version: Option<String>,
     /// Every distinct question name seen on a DNS flow (queries and responses), up to
@@ -162,6 +171,10 @@ pub struct FlowTableStats {
     pub dns_cache_evicted: u64,
     /// Stream bytes not buffered because a reassembly cap was hit.
     pub reassembly_dropped_bytes: u64,
+    /// Stream bytes buffered now, across flows.
+    pub buffered_bytes: usize,
+    /// Payloads not buffered because the table-wide byte budget was spent.
+    pub buffer_budget_drops: u64,
 }
 
 /// Strength of the evidence for which side is the client.
@@ -270,6 +283,59 @@ struct DnsEntry {
     expires: DateTime<Utc>,
 }
 
+/// What DNS HTTPS/SVCB answers said about ECH, for telling GREASE ECH from real ECH.
+#[derive(Debug, Default)]
+struct EchHints {
+    /// Lower-cased name -> whether its HTTPS record carried an ECH config.
+    published: HashMap<String, bool>,
+    /// Lower-cased public_name values from ECH configs.
+    public_names: HashSet<String>,
+    order: VecDeque<(bool, String)>,
+}
+
+impl EchHints {
+    fn learn(&mut self, cap: usize, name: &str, ech: bool, public_names: &[String]) {
+        let add = |public: bool, n: String, this: &mut Self| {
+            while this.order.len() >= cap.max(1) {
+                match this.order.pop_front() {
+                    Some((true, old)) => {
+                        this.public_names.remove(&old);
+                    }
+                    Some((false, old)) => {
+                        this.published.remove(&old);
+                    }
+                    None => break,
+                }
+            }
+            this.order.push_back((public, n));
+        };
+        let key = name.to_ascii_lowercase();
+        if self.published.insert(key.clone(), ech).is_none() {
+            add(false, key, self);
+        }
+        for p in public_names {
+            let p = p.to_ascii_lowercase();
+            if self.public_names.insert(p.clone()) {
+                add(true, p, self);
+            }
+        }
+    }
+
+    fn grease(&self, sni: Option<&str>, has_ech: bool) -> Option<bool> {
+        let sni = sni?.to_ascii_lowercase();
+        if !has_ech {
+            return None;
+        }
+        if self.public_names.contains(&sni) {
+            return Some(false);
+        }
+        match self.published.get(&sni) {
+            Some(false) => Some(true),
+            _ => None,
+        }
+    }
+}
+
 /// The flow table. See the module documentation.
 #[derive(Debug)]
 pub struct FlowTable {
@@ -281,6 +347,9 @@ pub struct FlowTable {
     stats: FlowTableStats,
     now: DateTime<Utc>,
     ops_since_sweep: u32,
+    /// Sum of the bytes held by every reassembler (see `max_buffered_bytes`).
+    buffered: usize,
+    ech: EchHints,
 }
 
 const SWEEP_EVERY: u32 = 8192;
@@ -299,6 +368,8 @@ impl FlowTable {
             stats: FlowTableStats::default(),
             now: DateTime::UNIX_EPOCH,
             ops_since_sweep: 0,
+            buffered: 0,
+            ech: EchHints::default(),
         }
     }
 
@@ -403,6 +474,7 @@ impl FlowTable {
             .count();
         s.finished_flows = self.finished.len();
         s.dns_cache_entries = self.dns_cache.len();
+        s.buffered_bytes = self.buffered;
         s
     }
 
@@ -488,6 +560,18 @@ impl FlowTable {
         }
     }
 
+    /// Give back the budget held by a flow's reassemblers.
+    fn release(&mut self, insp: Option<&Inspect>) {
+        let Some(i) = insp else { return };
+        let held: usize = i
+            .sides
+            .iter()
+            .filter_map(|s| s.stream.as_ref().map(TcpReassembler::buffered))
+            .sum::<usize>()
+            + i.crypto.as_ref().map_or(0, CryptoReassembler::buffered);
+        self.buffered = self.buffered.saturating_sub(held);
+    }
+
     fn cached_name(&self, f: &Flow) -> Option<&str> {
         let server = if f.client == 0 { f.key.b } else { f.key.a };
         self.dns_name(server.0, f.first_seen)
@@ -495,6 +579,7 @@ impl FlowTable {
 
     fn finish(&mut self, k: CanonKey) {
         if let Some(f) = self.flows.remove(&k) {
+            self.release(f.inspect.as_deref());
             if self.finished.len() >= self.limits.max_finished {
                 self.stats.finished_dropped += 1;
             } else {
@@ -619,6 +704,15 @@ impl FlowTable {
                     return;
                 }
                 s.inspected += 1;
+                if self.buffered + payload.len() > limits.max_buffered_bytes {
+                    // The budget is spent: this side is not followed further.
+                    self.stats.buffer_budget_drops += 1;
+                    if let Some(r) = s.stream.take() {
+                        self.buffered = self.buffered.saturating_sub(r.buffered());
+                    }
+                    s.kind = StreamKind::Done;
+                    return;
+                }
                 let r = s.stream.get_or_insert_with(|| {
                     let mut r = TcpReassembler::new(limits.max_stream_bytes);
                     if let Some(isn) = s.isn {
@@ -627,7 +721,9 @@ impl FlowTable {
                     r
                 });
                 let before = r.dropped_bytes;
+                let held = r.buffered();
                 let grew = r.insert(seq, payload);
+                self.buffered = (self.buffered + r.buffered()).saturating_sub(held);
                 self.stats.reassembly_dropped_bytes += r.dropped_bytes - before;
                 if grew {
                     self.tcp_stream(ck, side, ts);
@@ -688,6 +784,7 @@ impl FlowTable {
                         alpn: ch.alpn.clone(),
                         ech: ch.ech.is_some(),
                         pq_key_share: ch.has_pq_key_share(),
+                        ech_grease: self.ech.grease(ch.sni.as_deref(), ch.ech.is_some()),
                         ..Default::default()
                     });
                     if let Some(sni) = ch.sni {
@@ -744,7 +841,9 @@ impl FlowTable {
         }
         if verdict_done {
             s.kind = StreamKind::Done;
-            s.stream = None;
+            if let Some(r) = s.stream.take() {
+                self.buffered = self.buffered.saturating_sub(r.buffered());
+            }
         }
         for e in errs {
             *self.stats.parse_errors.entry(e).or_default() += 1;
@@ -774,7 +873,8 @@ impl FlowTable {
             f.name = Some((name, src));
             // Named: the buffers are no longer needed.
             if ck.a.1 != 53 && ck.b.1 != 53 {
-                f.inspect = None;
+                let insp = f.inspect.take();
+                self.release(insp.as_deref());
             }
         }
     }
@@ -800,6 +900,15 @@ impl FlowTable {
         if response {
             for (ip, name, ttl) in m.address_map() {
                 self.dns_learn(ip, &name, ttl, ts);
+            }
+            if let Some(q) = m.query_name() {
+                for rec in &m.answers {
+                    if let dns::RData::Svcb(svcb) = &rec.data {
+                        let cap = self.limits.max_dns_cache;
+                        self.ech
+                            .learn(cap, q, svcb.ech_config, &svcb.ech_public_names);
+                    }
+                }
             }
         }
         let Some(f) = self.flows.get_mut(&ck) else {
@@ -918,9 +1027,16 @@ impl FlowTable {
                 .crypto
                 .get_or_insert_with(|| CryptoReassembler::new(limits.max_stream_bytes));
             let before = c.dropped_bytes;
-            for fr in &d.crypto {
-                c.insert(fr.offset, &fr.data);
+            let held = c.buffered();
+            let incoming: usize = d.crypto.iter().map(|f| f.data.len()).sum();
+            if self.buffered + incoming > limits.max_buffered_bytes {
+                self.stats.buffer_budget_drops += 1;
+            } else {
+                for fr in &d.crypto {
+                    c.insert(fr.offset, &fr.data);
+                }
             }
+            self.buffered = (self.buffered + c.buffered()).saturating_sub(held);
             self.stats.reassembly_dropped_bytes += c.dropped_bytes - before;
             match tls::parse_handshake_stream(c.contiguous()) {
                 Ok(tls::HelloStatus::Parsed(ch)) => client_hello = Some(ch),
@@ -930,15 +1046,20 @@ impl FlowTable {
         }
         if let Some(e) = err {
             *self.stats.parse_errors.entry(e).or_default() += 1;
-            insp.crypto = None;
+            if let Some(c) = insp.crypto.take() {
+                self.buffered = self.buffered.saturating_sub(c.buffered());
+            }
         }
         if let Some(ch) = client_hello {
             meta.ja4 = Some(ch.ja4(tls::Transport::Quic));
             meta.alpn = ch.alpn.clone();
             meta.ech = ch.ech.is_some();
             meta.pq_key_share = ch.has_pq_key_share();
+            meta.ech_grease = self.ech.grease(ch.sni.as_deref(), ch.ech.is_some());
             found = ch.sni;
-            insp.crypto = None;
+            if let Some(c) = insp.crypto.take() {
+                self.buffered = self.buffered.saturating_sub(c.buffered());
+            }
             // The hello is done: nothing more to learn from this flow's Initials.
             if let Some(s) = insp.sides.get_mut(side) {
                 s.inspected = limits.max_inspect_packets;
@@ -1104,7 +1225,11 @@ mod tests {
     }
 
     fn hello(sni: &str) -> Vec<u8> {
-        // A ClientHello with only an SNI extension, in one TLS record.
+        hello_with(sni, false)
+    }
+
+    fn hello_with(sni: &str, ech: bool) -> Vec<u8> {
+        // A ClientHello with an SNI extension (and an outer ECH one), in one TLS record.
         let name = sni.as_bytes();
         let mut ext = vec![0, 0];
         ext.extend_from_slice(&((name.len() + 5) as u16).to_be_bytes());
@@ -1112,6 +1237,16 @@ mod tests {
         ext.push(0);
         ext.extend_from_slice(&(name.len() as u16).to_be_bytes());
         ext.extend_from_slice(name);
+        if ech {
+            // outer, HKDF-SHA256, AES-128-GCM, config 7, enc 32 bytes, payload 16 bytes
+            let mut e = vec![0, 0, 1, 0, 1, 7, 0, 32];
+            e.extend_from_slice(&[9u8; 32]);
+            e.extend_from_slice(&[0, 16]);
+            e.extend_from_slice(&[5u8; 16]);
+            ext.extend_from_slice(&[0xfe, 0x0d]);
+            ext.extend_from_slice(&(e.len() as u16).to_be_bytes());
+            ext.extend_from_slice(&e);
+        }
         let mut body = vec![3, 3];
         body.extend_from_slice(&[0u8; 32]);
         body.push(0);
@@ -1252,6 +1387,114 @@ mod tests {
         assert_eq!(recs[0].src, IpAddr::V4(Ipv4Addr::from(c))); // response: receiver is client
         assert_eq!(recs[1].name.as_deref(), Some("www.github.com"));
         assert_eq!(recs[2].name, None, "TTL 60 s expired before t=500");
+    }
+
+    /// A DNS response for `q` with one HTTPS record, with or without an ECH config whose
+    /// public_name is `public`.
+    fn https_response(q: &str, public: Option<&str>) -> Vec<u8> {
+        let mut m = vec![0, 1, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0];
+        for l in q.split('.') {
+            m.push(l.len() as u8);
+            m.extend_from_slice(l.as_bytes());
+        }
+        m.extend_from_slice(&[0, 0, 65, 0, 1]);
+        let mut rd = vec![0, 1, 0, 0, 1, 0, 3, 2, b'h', b'2'];
+        if let Some(pn) = public {
+            let mut cfg = vec![7, 0, 0x20, 0, 1, 0xaa, 0, 4, 0, 1, 0, 1, 0, pn.len() as u8];
+            cfg.extend_from_slice(pn.as_bytes());
+            cfg.extend_from_slice(&[0, 0]);
+            let mut one = vec![0xfe, 0x0d];
+            one.extend_from_slice(&(cfg.len() as u16).to_be_bytes());
+            one.extend_from_slice(&cfg);
+            let mut list = (one.len() as u16).to_be_bytes().to_vec();
+            list.extend_from_slice(&one);
+            rd.extend_from_slice(&[0, 5]);
+            rd.extend_from_slice(&(list.len() as u16).to_be_bytes());
+            rd.extend_from_slice(&list);
+        }
+        m.extend_from_slice(&[0xc0, 12, 0, 65, 0, 1, 0, 0, 1, 0]);
+        m.extend_from_slice(&(rd.len() as u16).to_be_bytes());
+        m.extend_from_slice(&rd);
+        m
+    }
+
+    #[test]
+    fn ech_grease_told_from_real_by_dns_https_records() {
+        let mut t = FlowTable::new(FlowTableLimits::default());
+        let (c, r) = ([10, 0, 0, 2], [10, 0, 0, 1]);
+        let a = https_response("secret.example", Some("public.example"));
+        let b = https_response("plain.example", None);
+        t.observe_packet(&pkt(r, 53, c, 3000, L4Proto::Udp, 0, 0, &a, 0));
+        t.observe_packet(&pkt(r, 53, c, 3001, L4Proto::Udp, 0, 0, &b, 0));
+        let cases = [
+            ("public.example", true, Some(false)),
+            ("plain.example", true, Some(true)),
+            ("other.example", true, None),
+            ("plain.example", false, None),
+        ];
+        for (i, (sni, ech, _)) in cases.iter().enumerate() {
+            let h = hello_with(sni, *ech);
+            t.observe_packet(&pkt(
+                c,
+                4000 + i as u16,
+                [1, 1, 1, 1],
+                443,
+                L4Proto::Tcp,
+                1,
+                tcp_flags::ACK,
+                &h,
+                1,
+            ));
+        }
+        for (i, (sni, _, want)) in cases.iter().enumerate() {
+            let (rec, meta) = t
+                .records_with_meta()
+                .find(|(r, _)| r.sport == 4000 + i as u16)
+                .expect("flow");
+            assert_eq!(rec.name.as_deref(), Some(*sni));
+            assert_eq!(meta.ech_grease, *want, "{sni}");
+        }
+    }
+
+    #[test]
+    fn buffer_budget_is_table_wide_and_released() {
+        let mut t = FlowTable::new(FlowTableLimits {
+            max_buffered_bytes: 100,
+            ..Default::default()
+        });
+        // Incomplete hellos: each holds its bytes until the budget is spent.
+        let h = hello("budget.example");
+        for p in 0..4u16 {
+            t.observe_packet(&pkt(
+                [10, 0, 0, 2],
+                2000 + p,
+                [10, 0, 0, 3],
+                443,
+                L4Proto::Tcp,
+                1,
+                tcp_flags::ACK,
+                &h[..40],
+                0,
+            ));
+        }
+        let s = t.stats();
+        assert_eq!(s.buffered_bytes, 80);
+        assert_eq!(s.buffer_budget_drops, 2);
+        // Completing one hello names the flow and gives its 40 bytes back.
+        t.observe_packet(&pkt(
+            [10, 0, 0, 2],
+            2000,
+            [10, 0, 0, 3],
+            443,
+            L4Proto::Tcp,
+            41,
+            tcp_flags::ACK,
+            &h[40..],
+            1,
+        ));
+        assert_eq!(t.stats().buffered_bytes, 40);
+        t.expire(ts(10_000));
+        assert_eq!(t.stats().buffered_bytes, 0);
     }
 
     #[test]

@@ -145,8 +145,14 @@ impl TcpReassembler {
         take > 0
     }
 
+    /// Bytes held: the contiguous prefix plus out-of-order pieces.
+    pub fn buffered(&self) -> usize {
+        self.data.len() + self.pending.iter().map(|(_, d)| d.len()).sum::<usize>()
+    }
+
     fn stash(&mut self, seq: u32, data: Vec<u8>) {
-        if self.pending.len() >= MAX_PENDING_SEGMENTS {
+        // Out-of-order pieces count against the same cap as the stream.
+        if self.pending.len() >= MAX_PENDING_SEGMENTS || self.buffered() + data.len() > self.cap {
             self.dropped_bytes += data.len() as u64;
             return;
         }
@@ -205,6 +211,11 @@ impl CryptoReassembler {
         &self.data
     }
 
+    /// Bytes held: the contiguous prefix plus out-of-order frames.
+    pub fn buffered(&self) -> usize {
+        self.data.len() + self.pending.iter().map(|(_, d)| d.len()).sum::<usize>()
+    }
+
     /// Add one CRYPTO frame. Returns true when the contiguous prefix grew.
     pub fn insert(&mut self, offset: u64, frame: &[u8]) -> bool {
         let Ok(off) = usize::try_from(offset) else {
@@ -216,7 +227,9 @@ impl CryptoReassembler {
             return false;
         }
         if off > self.data.len() {
-            if self.pending.len() >= MAX_PENDING_SEGMENTS {
+            if self.pending.len() >= MAX_PENDING_SEGMENTS
+                || self.buffered() + frame.len() > self.cap
+            {
                 self.dropped_bytes += frame.len() as u64;
             } else {
                 self.pending.push((offset, frame.to_vec()));

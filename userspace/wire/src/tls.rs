@@ -38,7 +38,10 @@ pub fn is_grease(v: u16) -> bool {
     (v & 0x0f0f) == 0x0a0a && (v >> 8) == (v & 0xff)
 }
 
-/// The encrypted_client_hello extension as seen in an outer ClientHello.
+/// The encrypted_client_hello extension as seen in an outer ClientHello. GREASE ECH
+/// (RFC 9849 section 6.2) is built to look exactly like this, so the hello alone cannot
+/// tell them apart; the flow table does when DNS HTTPS records for the name were seen
+/// (`tollgate_discovery::flow_table::FlowMeta::ech_grease`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EchInfo {
     /// 0 = outer, 1 = inner (an inner hello should never be seen in clear).
@@ -48,10 +51,6 @@ pub struct EchInfo {
     pub config_id: u8,
     pub enc_len: usize,
     pub payload_len: usize,
-    /// Whether this is GREASE ECH (RFC 9849 section 6.2) rather than real ECH. GREASE is built
-    /// to look real, so the parser alone cannot tell: `None` here. The flow table sets it
-    /// when a DNS HTTPS record for the name published (or did not publish) an ECH config.
-    pub grease: Option<bool>,
 }
 
 /// Everything Tollgate keeps from a ClientHello.
@@ -352,7 +351,6 @@ fn parse_extension(ch: &mut ClientHello, ty: u16, data: &[u8]) -> Result<()> {
                 config_id: 0,
                 enc_len: 0,
                 payload_len: 0,
-                grease: None,
             };
             if ech_type == 0 {
                 info.kdf_id = r.u16()?;
