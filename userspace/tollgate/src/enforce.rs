@@ -85,6 +85,8 @@ struct NameEntry {
 pub struct SyncReport {
     pub names_set: usize,
     pub names_removed: usize,
+    pub ranges_set: usize,
+    pub ranges_removed: usize,
     pub prefixes_removed: usize,
 }
 
@@ -94,6 +96,8 @@ pub struct Enforcer {
     /// Small stable numbers for app ids (the kernel's verdicts carry a u32).
     app_numbers: HashMap<String, u32>,
     names: BTreeMap<String, NameEntry>,
+    /// Catalog IP ranges of unsanctioned apps, as written to the kernel.
+    ranges: BTreeMap<(IpAddr, u8), u32>,
     /// Addresses blocked because DNS named an unsanctioned app: app, until.
     learned: HashMap<IpAddr, (String, Instant)>,
     pub flows_blocked: u64,
@@ -123,6 +127,7 @@ impl Enforcer {
                 .map(|(i, id)| (id.to_string(), u32::try_from(i + 1).unwrap_or(u32::MAX)))
                 .collect(),
             names: BTreeMap::new(),
+            ranges: BTreeMap::new(),
             learned: HashMap::new(),
             flows_blocked: 0,
         }
@@ -219,6 +224,30 @@ impl Enforcer {
                 report.names_set += 1;
             }
         }
+        // The catalog's published IP ranges of unsanctioned apps.
+        let want_ranges: BTreeMap<(IpAddr, u8), u32> = tags
+            .unsanctioned(catalog)
+            .iter()
+            .flat_map(|a| {
+                let n = self.number(&a.id);
+                a.ip_ranges
+                    .iter()
+                    .map(move |r| ((r.trunc().addr(), r.prefix_len()), n))
+            })
+            .collect();
+        for (addr, len) in self.ranges.keys() {
+            if !want_ranges.contains_key(&(*addr, *len)) {
+                w.remove_prefix(*addr, *len)?;
+                report.ranges_removed += 1;
+            }
+        }
+        for ((addr, len), n) in &want_ranges {
+            if self.ranges.get(&(*addr, *len)) != Some(n) {
+                w.set_prefix(*addr, *len, Action::Block, *n, None)?;
+                report.ranges_set += 1;
+            }
+        }
+        self.ranges = want_ranges;
         let stale: Vec<IpAddr> = self
             .learned
             .iter()
