@@ -215,9 +215,16 @@ fn from_sliced<'a>(
                 IpAddr::V6(h.source_addr()),
                 IpAddr::V6(h.destination_addr()),
                 u32::from(h.payload_length()) + 40,
-                // etherparse leaves the fragment header's offset to us; a fragmented IPv6
-                // payload is only decoded when its first bytes are a transport header.
-                true,
+                // The first fragment is the one whose fragment header says offset 0. The
+                // header is read here by RFC 8200's layout (offset in the top 13 bits):
+                // etherparse 0.19's Ipv6FragmentHeaderSlice::fragment_offset reads other bits.
+                v6.extensions().clone().into_iter().all(|e| match e {
+                    etherparse::Ipv6ExtensionSlice::Fragment(f) => f
+                        .slice()
+                        .get(2..4)
+                        .is_some_and(|b| u16::from_be_bytes([b[0], b[1]]) >> 3 == 0),
+                    _ => true,
+                }),
             )
         }
         LaxNetSlice::Arp(_) => return Decoded::Other,
@@ -225,6 +232,9 @@ fn from_sliced<'a>(
     let Some(ipp) = net.ip_payload_ref() else {
         return Decoded::Other;
     };
+    if !first_fragment {
+        return Decoded::Fragment;
+    }
     let mut view = PacketView {
         ts,
         proto: L4Proto::Udp,
@@ -377,6 +387,52 @@ mod tests {
         assert_eq!(p.ip_len, 40);
         assert_eq!(p.payload.len(), 12);
         assert_eq!(p.src_mac, Some([6, 7, 8, 9, 10, 11]));
+    }
+
+    /// Raw IPv6 with a fragment header at `offset` (8-byte units) carrying UDP 5353 -> 53.
+    fn v6_fragment(offset: u16, more: bool) -> Vec<u8> {
+        let body = [0x14, 0xe9, 0, 53, 0, 20, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+        let plen = (8 + body.len()) as u16;
+        let mut f = vec![0x60, 0, 0, 0];
+        f.extend_from_slice(&plen.to_be_bytes());
+        f.extend_from_slice(&[44, 64]);
+        f.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        f.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        let fo = (offset << 3) | u16::from(more);
+        f.extend_from_slice(&[17, 0]);
+        f.extend_from_slice(&fo.to_be_bytes());
+        f.extend_from_slice(&[0, 0, 0, 9]);
+        f.extend_from_slice(&body);
+        f
+    }
+
+    #[test]
+    fn ipv6_fragments_first_decoded_later_counted() {
+        let first = v6_fragment(0, true);
+        let d = decode(LinkType::RawIp, &first, ts());
+        let Decoded::Packet(p) = d else {
+            panic!("first fragment: {d:?}")
+        };
+        assert_eq!(p.payload, &[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!((p.sport, p.dport), (5353, 53));
+        assert_eq!(
+            decode(LinkType::RawIp, &v6_fragment(185, false), ts()),
+            Decoded::Fragment
+        );
+    }
+
+    #[test]
+    fn ipv4_fragments_first_decoded_later_counted() {
+        let mut f = vlan_udp();
+        // Set "more fragments" on the IPv4 header (after 14 + 4 bytes of link layer).
+        f[18 + 6] = 0x20;
+        let Decoded::Packet(p) = decode(LinkType::Ethernet, &f, ts()) else {
+            panic!("first fragment")
+        };
+        assert_eq!(p.dport, 53);
+        f[18 + 6] = 0x00;
+        f[18 + 7] = 0x10; // offset 16 x 8 bytes
+        assert_eq!(decode(LinkType::Ethernet, &f, ts()), Decoded::Fragment);
     }
 
     #[test]
