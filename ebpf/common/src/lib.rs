@@ -17,7 +17,7 @@
 
 /// Bumped whenever a map key, value or event layout changes. Pins live under a directory named
 /// after it, so a daemon of a different ABI never reuses incompatible pinned maps.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 // ---- map names (the symbol names of the statics in the probes; at most 15 bytes) ----
 
@@ -41,11 +41,17 @@ pub const MAP_CONFIG: &str = "TG_CONFIG";
 pub const MAP_STATS: &str = "TG_STATS";
 /// Per-CPU array of one [`EventBuf`]; scratch space to assemble an event (kernel only).
 pub const MAP_SCRATCH: &str = "TG_SCRATCH";
+/// Per-CPU array of one [`HelloState`]; scratch space for the SNI walk (kernel only).
+pub const MAP_HELLO_SCRATCH: &str = "TG_HSCRATCH";
+/// Per-CPU hand-over from the packet programs to the SNI pipeline (kernel only).
+pub const MAP_JOB: &str = "TG_JOB";
+/// Program array for tail calls, filled as [`TAIL_CALLS`] says.
+pub const MAP_PROGS: &str = "TG_PROGS";
 /// Hash: ifindex (`u32`) -> [`IfaceInfo`]; interfaces Tollgate is attached to.
 pub const MAP_IFACES: &str = "TG_IFACES";
 
 /// Every map name, for pin management.
-pub const ALL_MAPS: [&str; 11] = [
+pub const ALL_MAPS: [&str; 14] = [
     MAP_FLOWS,
     MAP_HELLO,
     MAP_EVENTS,
@@ -56,6 +62,9 @@ pub const ALL_MAPS: [&str; 11] = [
     MAP_CONFIG,
     MAP_STATS,
     MAP_SCRATCH,
+    MAP_HELLO_SCRATCH,
+    MAP_JOB,
+    MAP_PROGS,
     MAP_IFACES,
 ];
 
@@ -69,6 +78,14 @@ pub const PROG_LAN_EGRESS: &str = "tg_lan_egress";
 pub const PROG_WAN_INGRESS: &str = "tg_wan_ingress";
 /// TCX egress on a "wan" interface: packets to the internet (direction up).
 pub const PROG_WAN_EGRESS: &str = "tg_wan_egress";
+/// Tail-called program, stage 1: finds a ClientHello's SNI.
+pub const PROG_SNI: &str = "tg_sni";
+/// Tail-called program, stage 2: hashes the name and its parent domains.
+pub const PROG_NAME: &str = "tg_name";
+/// Tail-called program, stage 3: looks up and applies name verdicts.
+pub const PROG_VERDICT: &str = "tg_verdict";
+/// The tail-called programs with their slot in [`MAP_PROGS`].
+pub const TAIL_CALLS: [(u32, &str); 3] = [(0, PROG_SNI), (1, PROG_NAME), (2, PROG_VERDICT)];
 /// Returns `TC_ACT_UNSPEC` and does nothing else: the floor of the per-packet cost benchmark.
 pub const PROG_NOOP: &str = "tg_noop";
 
@@ -76,8 +93,8 @@ pub const PROG_NOOP: &str = "tg_noop";
 
 /// Flows tracked at once; the LRU map evicts the least recently used flow beyond this.
 pub const FLOWS_CAPACITY: u32 = 131_072;
-/// ClientHellos being followed across segments at once (LRU).
-pub const HELLO_CAPACITY: u32 = 8_192;
+/// ClientHellos being followed across segments at once (LRU; 8 KiB each).
+pub const HELLO_CAPACITY: u32 = 1_024;
 /// Ring buffer size in bytes (power-of-two multiple of the page size).
 pub const EVENTS_RING_BYTES: u32 = 8 << 20;
 /// Flow verdicts (LRU).
@@ -199,6 +216,10 @@ pub const STAT_HELLO_CONT: usize = 17;
 pub const STAT_DROPS: usize = 18;
 /// Packets that a verdict would have dropped in monitor mode.
 pub const STAT_WOULD_DROP: usize = 19;
+/// ClientHellos whose SNI the probes read (for name verdicts).
+pub const STAT_SNI_FOUND: usize = 22;
+/// Flows decided by a name verdict in the kernel.
+pub const STAT_NAME_VERDICTS: usize = 23;
 /// TCP resets sent by the probes.
 pub const STAT_RST_SENT: usize = 20;
 /// ICMP unreachables sent by the probes.
@@ -207,7 +228,7 @@ pub const STAT_ICMP_SENT: usize = 21;
 pub const STATS_LEN: usize = 32;
 
 /// Human names of the counter ids, for logs and `tollgate` status lines.
-pub const STAT_NAMES: [(usize, &str); 22] = [
+pub const STAT_NAMES: [(usize, &str); 24] = [
     (STAT_PACKETS, "packets"),
     (STAT_BYTES, "bytes"),
     (STAT_EVENTS, "events"),
@@ -230,6 +251,8 @@ pub const STAT_NAMES: [(usize, &str); 22] = [
     (STAT_WOULD_DROP, "would_drop"),
     (STAT_RST_SENT, "rst_sent"),
     (STAT_ICMP_SENT, "icmp_sent"),
+    (STAT_SNI_FOUND, "sni_found"),
+    (STAT_NAME_VERDICTS, "name_verdicts"),
 ];
 
 // ---- defaults the probes use when the config map is still zero ----
@@ -295,9 +318,11 @@ pub struct FlowValue {
     pub verdict_gen: u32,
 }
 
-/// A ClientHello being followed across TCP segments (user -> remote direction).
+/// A ClientHello being followed across TCP segments (user -> remote direction), with its
+/// first [`HELLO_WINDOW`] bytes kept so that the probes can find the SNI when it sits in a
+/// later segment (Chrome's ~2 KB post-quantum hellos).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HelloState {
     /// Sequence number of the first hello byte (the record header).
     pub start_seq: u32,
@@ -305,8 +330,19 @@ pub struct HelloState {
     pub total_len: u32,
     /// Next in-order sequence number expected.
     pub next_seq: u32,
+    /// Hello bytes held in `buf` (in order from `start_seq`).
+    pub have: u32,
+    /// 1 once the SNI was found (or is known to be absent); no more bytes are kept.
+    pub sni_done: u32,
     pub _pad: u32,
+    /// Twice the window so that "offset < window" plus "length <= window" is provably in bounds.
+    pub buf: [u8; HELLO_BUF_LEN],
 }
+
+/// Hello bytes kept per followed ClientHello.
+pub const HELLO_WINDOW: u32 = 4096;
+/// Size of [`HelloState::buf`].
+pub const HELLO_BUF_LEN: usize = 8192;
 
 /// Interfaces Tollgate is attached to (key: ifindex).
 #[repr(C)]
@@ -480,7 +516,8 @@ pub fn name_hash_step(h: u64, b: u8) -> u64 {
 // ---- layout assertions: both sides compile these ----
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 80);
-const _: () = assert!(core::mem::size_of::<HelloState>() == 16);
+const _: () = assert!(core::mem::size_of::<HelloState>() == 24 + HELLO_BUF_LEN);
+const _: () = assert!(HELLO_BUF_LEN as u32 == 2 * HELLO_WINDOW);
 const _: () = assert!(core::mem::size_of::<IfaceInfo>() == 8);
 const _: () = assert!(core::mem::size_of::<Config>() == 48);
 const _: () = assert!(core::mem::size_of::<Stats>() == 8 * STATS_LEN);

@@ -20,9 +20,15 @@ use core::ptr;
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
-    helpers::{bpf_ktime_get_coarse_ns, bpf_skb_change_tail, bpf_skb_load_bytes},
+    helpers::{
+        bpf_ktime_get_coarse_ns, bpf_skb_change_tail, bpf_skb_load_bytes,
+        generated::bpf_probe_read_kernel,
+    },
     macros::{classifier, map},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key as LpmKey},
+    maps::{
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf,
+        lpm_trie::Key as LpmKey,
+    },
     programs::TcContext,
 };
 use tollgate_common::{
@@ -31,13 +37,14 @@ use tollgate_common::{
     EVENT_F_CONTINUATION, EVENT_F_LAST, EVENT_F_TRUNCATED, EVENT_HEADER_LEN, EVENTS_RING_BYTES,
     EventBuf, EventHeader, FAMILY_V4, FAMILY_V6, FLOW_F_CAPPED, FLOW_F_DNS, FLOW_F_HELLO_PENDING,
     FLOW_F_HTTP, FLOW_F_QUIC, FLOW_F_TLS, FLOW_VERDICTS_CAPACITY, FLOWS_CAPACITY, FlowKey,
-    FlowValue, FlowVerdict, HELLO_CAPACITY, HelloState, IFACES_CAPACITY, IfaceInfo, IpVerdict,
-    KIND_DNS, KIND_HTTP, KIND_QUIC, KIND_TLS, MODE_ENFORCE, NAME_VERDICTS_CAPACITY, NameKey,
-    NameVerdict, PAYLOAD_CAP, PROTO_TCP, PROTO_UDP, STAT_BYTES, STAT_DEDUP, STAT_DROPS,
-    STAT_ERR_IPV4, STAT_ERR_IPV6, STAT_ERR_L2, STAT_ERR_PAYLOAD, STAT_ERR_TCP, STAT_ERR_UDP,
-    STAT_EVENTS, STAT_EVENTS_CAPPED, STAT_FLOW_MAP_FULL, STAT_FRAGMENTS, STAT_HELLO_CONT,
-    STAT_HELLO_MAP_FULL, STAT_ICMP_SENT, STAT_NON_IP, STAT_OTHER_L4, STAT_PACKETS,
-    STAT_RINGBUF_FULL, STAT_RST_SENT, STAT_WOULD_DROP, Stats,
+    FlowValue, FlowVerdict, HELLO_BUF_LEN, HELLO_CAPACITY, HELLO_WINDOW, HelloState,
+    IFACES_CAPACITY, IfaceInfo, IpVerdict, KIND_DNS, KIND_HTTP, KIND_QUIC, KIND_TLS, MODE_ENFORCE,
+    NAME_F_SUBDOMAINS, NAME_HASH_SEED, NAME_VERDICTS_CAPACITY, NameKey, NameVerdict, PAYLOAD_CAP,
+    PROTO_TCP, PROTO_UDP, STAT_BYTES, STAT_DEDUP, STAT_DROPS, STAT_ERR_IPV4, STAT_ERR_IPV6,
+    STAT_ERR_L2, STAT_ERR_PAYLOAD, STAT_ERR_TCP, STAT_ERR_UDP, STAT_EVENTS, STAT_EVENTS_CAPPED,
+    STAT_FLOW_MAP_FULL, STAT_FRAGMENTS, STAT_HELLO_CONT, STAT_HELLO_MAP_FULL, STAT_ICMP_SENT,
+    STAT_NAME_VERDICTS, STAT_NON_IP, STAT_OTHER_L4, STAT_PACKETS, STAT_RINGBUF_FULL, STAT_RST_SENT,
+    STAT_SNI_FOUND, STAT_WOULD_DROP, Stats, name_hash_step,
 };
 
 // ---- maps (names are the ABI's MAP_* constants; the loader pins them under its pin dir) ----
@@ -66,6 +73,12 @@ static TG_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 static TG_STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static TG_SCRATCH: PerCpuArray<EventBuf> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static TG_HSCRATCH: PerCpuArray<HelloState> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static TG_JOB: PerCpuArray<Job> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static TG_PROGS: ProgramArray = ProgramArray::with_max_entries(4, 0);
 #[map]
 static TG_IFACES: HashMap<u32, IfaceInfo> = HashMap::with_max_entries(IFACES_CAPACITY, 0);
 
@@ -212,6 +225,7 @@ fn sk_gso_segs(ctx: &TcContext) -> u32 {
 // ---- parsing ----
 
 /// What the header parse found.
+#[derive(Clone, Copy)]
 struct Pkt {
     key: FlowKey,
     /// L3 length (IP header and payload) of the skb (GSO: all segments).
@@ -538,7 +552,25 @@ fn try_run(ctx: &TcContext, dir: u8, egress: bool) -> Result<i32, i32> {
     if pkt.payload_len == 0 {
         return Ok(PASS);
     }
-    let kind = inspect(ctx, &pkt, flow, dir, ifindex, now);
+    let names = cfg.is_some_and(|c| c.generation != 0);
+    let mut sni_job = 0;
+    let kind = inspect(ctx, &pkt, flow, dir, ifindex, now, names, &mut sni_job);
+    if sni_job != 0
+        && let Some(job) = TG_JOB.get_ptr_mut(0)
+    {
+        // The SNI walk and name lookup run in their own program (a tail call), so that their
+        // loops are verified once instead of on every path of this one.
+        // SAFETY: this CPU's scratch value; the tail call runs on the same CPU.
+        unsafe {
+            (*job).pkt = pkt;
+            (*job).dir = dir;
+            (*job).egress = u8::from(egress);
+            (*job).source = sni_job;
+            TG_PROGS.tail_call(ctx, PROG_INDEX_SNI);
+        }
+        // Only reached when the tail call failed (program array not populated).
+        return Ok(PASS);
+    }
     if kind == KIND_QUIC
         && let Some(c) = cfg
         && c.block_quic != 0
@@ -852,6 +884,7 @@ const HTTP_METHODS: [u32; 9] = [
 const HELLO_MAX_TOTAL: u32 = 32 * 1024;
 
 #[inline(always)]
+#[allow(clippy::too_many_arguments, reason = "inlined helper of one call tree")]
 fn inspect(
     ctx: &TcContext,
     pkt: &Pkt,
@@ -859,6 +892,8 @@ fn inspect(
     dir: u8,
     ifindex: u32,
     now: u64,
+    names: bool,
+    sni_job: &mut u32,
 ) -> u8 {
     let up = dir == DIR_UP;
     let tcp = pkt.key.proto == PROTO_TCP;
@@ -885,9 +920,17 @@ fn inspect(
                     );
                     stat(STAT_HELLO_CONT, 1);
                     if pkt.tcp_seq == h.next_seq {
+                        if names && h.sni_done == 0 {
+                            hello_append(ctx, pkt, h);
+                            *sni_job = JOB_HELLO_MAP;
+                        }
                         h.next_seq = pkt.tcp_seq.wrapping_add(pkt.payload_len);
                     }
-                    if h.next_seq.wrapping_sub(h.start_seq) >= h.total_len {
+                    // A complete hello is forgotten here, or by tg_sni when it still has to
+                    // read the bytes.
+                    if h.next_seq.wrapping_sub(h.start_seq) >= h.total_len
+                        && *sni_job != JOB_HELLO_MAP
+                    {
                         let _ = TG_HELLO.remove(&pkt.key);
                         flow.flags &= !FLOW_F_HELLO_PENDING;
                     }
@@ -971,17 +1014,30 @@ fn inspect(
                 if total > HELLO_MAX_TOTAL {
                     total = HELLO_MAX_TOTAL;
                 }
-                if total > avail {
-                    let st = HelloState {
-                        start_seq: pkt.tcp_seq,
-                        total_len: total,
-                        next_seq: pkt.tcp_seq.wrapping_add(avail),
-                        _pad: 0,
-                    };
-                    if TG_HELLO.insert(&pkt.key, &st, 0).is_ok() {
-                        flow.flags |= FLOW_F_HELLO_PENDING;
-                    } else {
-                        stat(STAT_HELLO_MAP_FULL, 1);
+                let incomplete = total > avail;
+                if (incomplete || names)
+                    && let Some(hs) = TG_HSCRATCH.get_ptr_mut(0)
+                {
+                    // SAFETY: this CPU's scratch value; nothing else uses it meanwhile.
+                    let hs = unsafe { &mut *hs };
+                    hs.start_seq = pkt.tcp_seq;
+                    hs.total_len = total;
+                    hs.next_seq = pkt.tcp_seq.wrapping_add(avail);
+                    hs.have = 0;
+                    hs.sni_done = u32::from(!names);
+                    if names {
+                        hello_append(ctx, pkt, hs);
+                        *sni_job = JOB_SCRATCH;
+                    }
+                    if incomplete {
+                        if TG_HELLO.insert(&pkt.key, &*hs, 0).is_ok() {
+                            flow.flags |= FLOW_F_HELLO_PENDING;
+                            if names {
+                                *sni_job = JOB_HELLO_MAP;
+                            }
+                        } else {
+                            stat(STAT_HELLO_MAP_FULL, 1);
+                        }
                     }
                 }
                 emit(ctx, pkt, flow, dir, KIND_TLS, 0, ifindex, now, &lim);
@@ -1020,6 +1076,336 @@ fn inspect(
         }
     }
     0
+}
+
+/// Appends the segment's payload to the hello window (in order; the caller checks the seq).
+#[inline(always)]
+fn hello_append(ctx: &TcContext, pkt: &Pkt, h: &mut HelloState) {
+    let have = h.have;
+    if have >= HELLO_WINDOW || pkt.payload_len == 0 {
+        return;
+    }
+    let mut n = pkt.payload_len;
+    if n > HELLO_WINDOW - have {
+        n = HELLO_WINDOW - have;
+    }
+    // Bounds the verifier can follow: offset < WINDOW, 1 <= len <= WINDOW, buf = 2 * WINDOW.
+    let nm1 = n - 1;
+    // SAFETY: reads locals.
+    let (off, nm1) = unsafe { (ptr::read_volatile(&have), ptr::read_volatile(&nm1)) };
+    let off = off & (HELLO_WINDOW - 1);
+    let len = (nm1 & (HELLO_WINDOW - 1)) + 1;
+    // SAFETY: destination is inside `h.buf` (off + len <= 2 * WINDOW); the helper checks the
+    // packet side.
+    let ret = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            pkt.payload_off,
+            h.buf.as_mut_ptr().add(off as usize) as *mut _,
+            len,
+        )
+    };
+    if ret == 0 {
+        h.have = have + len;
+    } else {
+        h.sni_done = 1;
+    }
+}
+
+/// Where the SNI of a ClientHello is, as far as the bytes held tell.
+enum Sni {
+    Found { off: u32, len: u32 },
+    NeedMore,
+    Absent,
+}
+
+/// Labels of a name checked against name verdicts (a name with more labels is checked on its
+/// last 7 suffixes and not as a whole).
+const MAX_SUFFIXES: usize = 8;
+
+/// Extensions looked at before giving up (Chrome sends ~18 including GREASE).
+const MAX_EXTENSIONS: u32 = 32;
+const HELLO_MASK: u32 = HELLO_BUF_LEN as u32 - 1;
+
+#[inline(always)]
+fn hb(h: &HelloState, i: u32) -> u32 {
+    u32::from(h.buf[(i & HELLO_MASK) as usize])
+}
+
+#[inline(always)]
+fn hb16(h: &HelloState, i: u32) -> u32 {
+    (hb(h, i) << 8) | hb(h, i + 1)
+}
+
+/// Walks record header, handshake header, version, random, session id, cipher suites,
+/// compression and extension headers up to server_name. Extensions in a second TLS record
+/// are left to userspace.
+#[inline(always)]
+fn sni_walk(h: &HelloState) -> Sni {
+    let have = h.have;
+    if have < 44 {
+        return Sni::NeedMore;
+    }
+    if hb(h, 0) != 0x16 || hb(h, 5) != 0x01 {
+        return Sni::Absent;
+    }
+    let rec_end = 5 + hb16(h, 3);
+    let mut p = 44 + hb(h, 43);
+    if p + 2 > have {
+        return Sni::NeedMore;
+    }
+    p += 2 + hb16(h, p);
+    if p + 1 > have {
+        return Sni::NeedMore;
+    }
+    p += 1 + hb(h, p);
+    if p + 2 > have {
+        return Sni::NeedMore;
+    }
+    let end = p + 2 + hb16(h, p);
+    p += 2;
+    let mut i = 0;
+    while i < MAX_EXTENSIONS {
+        if p + 4 > end || p + 4 > rec_end {
+            return Sni::Absent;
+        }
+        if p + 4 > have {
+            return Sni::NeedMore;
+        }
+        let typ = hb16(h, p);
+        let len = hb16(h, p + 2);
+        if typ == 0 {
+            // server_name: list length (2), name type (1) = host_name, name length (2), name.
+            if p + 9 > have {
+                return Sni::NeedMore;
+            }
+            let n = hb16(h, p + 7);
+            if hb(h, p + 6) != 0 || n == 0 || n > 253 {
+                return Sni::Absent;
+            }
+            if p + 9 + n > have {
+                return Sni::NeedMore;
+            }
+            return Sni::Found { off: p + 9, len: n };
+        }
+        p += 4 + len;
+        if p > 0xffff {
+            return Sni::Absent;
+        }
+        // No-op after the check; keeps the verifier's range for p the same every iteration so
+        // that loop states prune.
+        // SAFETY: reads a local.
+        p = unsafe { ptr::read_volatile(&p) } & 0xffff;
+        i += 1;
+    }
+    Sni::Absent
+}
+
+/// Where the SNI program finds the hello bytes.
+const JOB_SCRATCH: u32 = 1;
+const JOB_HELLO_MAP: u32 = 2;
+/// Slots in `TG_PROGS`: the SNI pipeline is three tail calls so that each loop is verified
+/// once from a clean entry instead of on every path of the programs before it.
+const PROG_INDEX_SNI: u32 = 0;
+const PROG_INDEX_NAME: u32 = 1;
+const PROG_INDEX_VERDICT: u32 = 2;
+/// Longest SNI considered (DNS names are at most 253 bytes).
+const NAME_MAX: u32 = 256;
+
+/// Hand-over between the packet programs and the SNI pipeline (per-CPU, same CPU throughout).
+#[derive(Clone, Copy)]
+pub struct Job {
+    pkt: Pkt,
+    dir: u8,
+    egress: u8,
+    source: u32,
+    name_len: u32,
+    count: u32,
+    suffixes: [u64; MAX_SUFFIXES],
+    name: [u8; NAME_MAX as usize],
+}
+
+#[inline(always)]
+fn job() -> Option<&'static mut Job> {
+    // SAFETY: this CPU's scratch value; the pipeline runs on one CPU, one packet at a time.
+    TG_JOB.get_ptr_mut(0).map(|j| unsafe { &mut *j })
+}
+
+/// Drops a completely received hello's state (the packet program left it for us).
+#[inline(always)]
+fn forget_hello(key: &FlowKey, complete: bool) {
+    if !complete {
+        return;
+    }
+    let _ = TG_HELLO.remove(key);
+    if let Some(f) = TG_FLOWS.get_ptr_mut(key) {
+        // SAFETY: live LRU map value.
+        unsafe { (*f).flags &= !FLOW_F_HELLO_PENDING };
+    }
+}
+
+/// Stage 1: find the SNI in the held hello bytes and copy the name into the job.
+#[classifier]
+pub fn tg_sni(ctx: TcContext) -> i32 {
+    let Some(job) = job() else {
+        return PASS;
+    };
+    let h = if job.source == JOB_HELLO_MAP {
+        TG_HELLO.get_ptr_mut(&job.pkt.key)
+    } else {
+        TG_HSCRATCH.get_ptr_mut(0)
+    };
+    let Some(h) = h else {
+        return PASS;
+    };
+    // SAFETY: live map value (LRU entry or this CPU's scratch).
+    let h = unsafe { &mut *h };
+    let complete =
+        job.source == JOB_HELLO_MAP && h.next_seq.wrapping_sub(h.start_seq) >= h.total_len;
+    let (off, len) = match sni_walk(h) {
+        Sni::NeedMore => {
+            if h.have >= HELLO_WINDOW {
+                h.sni_done = 1;
+            }
+            forget_hello(&job.pkt.key, complete);
+            return PASS;
+        }
+        Sni::Absent => {
+            h.sni_done = 1;
+            forget_hello(&job.pkt.key, complete);
+            return PASS;
+        }
+        Sni::Found { off, len } => (off, len),
+    };
+    h.sni_done = 1;
+    stat(STAT_SNI_FOUND, 1);
+    // SAFETY: reads locals.
+    let (off, len) = unsafe { (ptr::read_volatile(&off), ptr::read_volatile(&len)) };
+    let off = off & (HELLO_WINDOW - 1);
+    let len = ((len - 1) & (NAME_MAX - 1)) + 1;
+    // SAFETY: source: inside h.buf (off < WINDOW, len <= 256, buf = 2 * WINDOW); destination:
+    // job.name of NAME_MAX bytes.
+    let ret = unsafe {
+        bpf_probe_read_kernel(
+            job.name.as_mut_ptr() as *mut _,
+            len,
+            h.buf.as_ptr().add(off as usize) as *const _,
+        )
+    };
+    if ret != 0 {
+        return PASS;
+    }
+    job.name_len = len;
+    forget_hello(&job.pkt.key, complete);
+    // SAFETY: tail call into the next stage; returns only when it fails.
+    unsafe { TG_PROGS.tail_call(&ctx, PROG_INDEX_NAME) };
+    PASS
+}
+
+/// Stage 2: hash the name from its last byte backwards, recording the hash at each label
+/// start (the hash of that suffix).
+#[classifier]
+pub fn tg_name(ctx: TcContext) -> i32 {
+    let Some(job) = job() else {
+        return PASS;
+    };
+    let len = job.name_len & (NAME_MAX - 1);
+    let mut hash = NAME_HASH_SEED;
+    // The label count lives in map memory and is read back each time: the verifier then
+    // treats it as unknown, so loop states with different counts prune (a register count would
+    // make the states per iteration grow with the iteration number).
+    // SAFETY: job is this CPU's map value.
+    unsafe { ptr::write_volatile(&mut job.count, 0) };
+    let mut i = 0u32;
+    while i < NAME_MAX {
+        if i >= len {
+            break;
+        }
+        let pos = (len - 1 - i) & (NAME_MAX - 1);
+        let c = job.name[pos as usize];
+        if c == b'.' {
+            // The bytes after this dot are a parent domain: its hash is the hash so far.
+            // SAFETY: as above.
+            let n = unsafe { ptr::read_volatile(&job.count) };
+            job.suffixes[(n & (MAX_SUFFIXES as u32 - 1)) as usize] = hash;
+            // SAFETY: as above.
+            unsafe { ptr::write_volatile(&mut job.count, n.wrapping_add(1)) };
+        }
+        hash = name_hash_step(hash, c);
+        i += 1;
+    }
+    // SAFETY: as above.
+    let count = unsafe { ptr::read_volatile(&job.count) };
+    job.suffixes[(count & (MAX_SUFFIXES as u32 - 1)) as usize] = hash;
+    let count = count.wrapping_add(1);
+    job.count = count;
+    // SAFETY: tail call into the next stage; returns only when it fails.
+    unsafe { TG_PROGS.tail_call(&ctx, PROG_INDEX_VERDICT) };
+    PASS
+}
+
+/// Stage 3: the most specific name verdict (the whole name, else the longest parent domain
+/// whose verdict covers subdomains), recorded as the flow's verdict and applied to this very
+/// packet.
+#[classifier]
+pub fn tg_verdict(ctx: TcContext) -> i32 {
+    let Some(job) = job() else {
+        return PASS;
+    };
+    // Suffix hashes were recorded shortest first; a name with more than MAX_SUFFIXES labels
+    // wrapped around and only its whole-name slot is trusted.
+    let count = job.count;
+    let wslot = count.wrapping_sub(1) & (MAX_SUFFIXES as u32 - 1);
+    // Plain scalars, not an Option: LLVM would spill the None payload uninitialised.
+    let mut found = false;
+    let mut best_action = ACTION_NONE;
+    let mut best_app = 0u32;
+    let mut k = 0u32;
+    while k < MAX_SUFFIXES as u32 {
+        let whole = count > 0 && k == wslot;
+        let usable = if count <= MAX_SUFFIXES as u32 {
+            k < count
+        } else {
+            whole
+        };
+        if usable {
+            let hash = job.suffixes[(k & (MAX_SUFFIXES as u32 - 1)) as usize];
+            if let Some(v) = TG_NAME_VERDICT.get_ptr(NameKey { hash }) {
+                // SAFETY: live map value, read only.
+                let v = unsafe { *v };
+                if whole || v.flags & NAME_F_SUBDOMAINS != 0 {
+                    found = true;
+                    best_action = v.action;
+                    best_app = v.app_id;
+                }
+            }
+        }
+        k += 1;
+    }
+    if !found {
+        return PASS;
+    }
+    stat(STAT_NAME_VERDICTS, 1);
+    let pkt = job.pkt;
+    let fv = FlowVerdict {
+        action: best_action,
+        app_id: best_app,
+        expires_ns: 0,
+    };
+    let _ = TG_FLOW_VERDICT.insert(&pkt.key, &fv, 0);
+    if let Some(f) = TG_FLOWS.get_ptr_mut(&pkt.key) {
+        // SAFETY: live LRU map value.
+        unsafe { (*f).verdict = best_action };
+    }
+    if best_action != ACTION_BLOCK && best_action != ACTION_DROP {
+        return PASS;
+    }
+    let Some(c) = TG_CONFIG.get(0) else {
+        return PASS;
+    };
+    // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    enforce(&ctx, &pkt, job.dir, job.egress != 0, best_action, c, now)
 }
 
 /// Copies the packet's payload (up to `PAYLOAD_CAP` bytes) into the ring buffer as one record,

@@ -259,7 +259,7 @@ pub struct Dataplane {
 }
 
 /// Maps pinned under `abi<N>/maps` (the per-CPU scratch map is private to each load).
-const PINNED_MAPS: [&str; 10] = [
+const PINNED_MAPS: [&str; 11] = [
     abi::MAP_FLOWS,
     abi::MAP_HELLO,
     abi::MAP_EVENTS,
@@ -270,6 +270,9 @@ const PINNED_MAPS: [&str; 10] = [
     abi::MAP_CONFIG,
     abi::MAP_STATS,
     abi::MAP_IFACES,
+    // Pinned so that its entries survive the daemon (the kernel empties a program array when
+    // its last user reference goes away).
+    abi::MAP_PROGS,
 ];
 
 const BPFFS_ROOT: &str = "/sys/fs/bpf";
@@ -436,7 +439,7 @@ impl Dataplane {
         }
 
         // Load each needed program once, pin it.
-        let mut needed: Vec<&'static str> = Vec::new();
+        let mut needed: Vec<&'static str> = abi::TAIL_CALLS.iter().map(|(_, n)| *n).collect();
         for (_, _, role) in &ifaces {
             for hook in [Hook::Ingress, Hook::Egress] {
                 let (p, _) = program_for(*role, hook);
@@ -456,6 +459,8 @@ impl Dataplane {
                 source,
             })?;
         }
+
+        install_tail_calls(&mut ebpf)?;
 
         let mut attached = Vec::new();
         let mut links = Vec::new();
@@ -576,6 +581,31 @@ impl Dataplane {
         }
         Ok(())
     }
+}
+
+/// Puts the SNI pipeline into the program array the packet programs tail-call.
+fn install_tail_calls(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
+    let mut fds = Vec::new();
+    for (slot, name) in abi::TAIL_CALLS {
+        let p = ebpf
+            .program(name)
+            .ok_or(DataplaneError::MissingProgram(name))?;
+        let p: &SchedClassifier = p
+            .try_into()
+            .map_err(|source| DataplaneError::Program { name, source })?;
+        let fd = p
+            .fd()
+            .and_then(|fd| fd.try_clone().map_err(Into::into))
+            .map_err(|source| DataplaneError::Program { name, source })?;
+        fds.push((slot, fd));
+    }
+    let mut progs: aya::maps::ProgramArray<&mut MapData> =
+        aya::maps::ProgramArray::try_from(map_mut(ebpf, abi::MAP_PROGS)?)
+            .map_err(map_err(abi::MAP_PROGS))?;
+    for (slot, fd) in &fds {
+        progs.set(*slot, fd, 0).map_err(map_err(abi::MAP_PROGS))?;
+    }
+    Ok(())
 }
 
 fn classifier<'a>(

@@ -39,12 +39,15 @@ pub const TC_ACT_UNSPEC: i32 = -1;
 pub const TC_ACT_SHOT: i32 = 2;
 
 /// Every program in the object.
-pub const PROGRAMS: [&str; 5] = [
+pub const PROGRAMS: [&str; 8] = [
     abi::PROG_LAN_INGRESS,
     abi::PROG_LAN_EGRESS,
     abi::PROG_WAN_INGRESS,
     abi::PROG_WAN_EGRESS,
     abi::PROG_NOOP,
+    abi::PROG_SNI,
+    abi::PROG_NAME,
+    abi::PROG_VERDICT,
 ];
 
 impl ProbeHarness {
@@ -56,6 +59,7 @@ impl ProbeHarness {
                 .load()
                 .map_err(|source| DataplaneError::Program { name, source })?;
         }
+        crate::install_tail_calls(&mut ebpf)?;
         let ring = take_reader(&mut ebpf)?;
         Ok(Self { ebpf, ring })
     }
@@ -142,8 +146,17 @@ impl ProbeHarness {
         cfg.set(0, c, 0).map_err(map_err(abi::MAP_CONFIG))
     }
 
-    /// Forgets every flow and followed ClientHello (so tests start clean).
+    /// Forgets every flow, flow verdict and followed ClientHello (so tests start clean).
     pub fn clear_flows(&mut self) -> Result<(), DataplaneError> {
+        {
+            let mut m: BpfHashMap<&mut MapData, FlowKey, abi::FlowVerdict> =
+                BpfHashMap::try_from(map_mut(&mut self.ebpf, abi::MAP_FLOW_VERDICTS)?)
+                    .map_err(map_err(abi::MAP_FLOW_VERDICTS))?;
+            let keys: Vec<FlowKey> = m.keys().filter_map(Result::ok).collect();
+            for k in keys {
+                let _ = m.remove(&k);
+            }
+        }
         {
             let mut m: BpfHashMap<&mut MapData, FlowKey, FlowValue> =
                 BpfHashMap::try_from(map_mut(&mut self.ebpf, abi::MAP_FLOWS)?)

@@ -354,3 +354,146 @@ fn fail_open_when_the_heartbeat_is_stale() {
         );
     });
 }
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = format!("{}/testdata/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).expect("fixture present");
+    tollgate_dataplane::testing::hex(&text).expect("fixture is hex")
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> usize {
+    hay.windows(needle.len())
+        .position(|w| w == needle)
+        .expect("needle present")
+}
+
+#[test]
+fn sni_name_verdicts_in_the_kernel() {
+    with_harness(|h| {
+        enforce_mode(h);
+        let hello = fixture("tls_clienthello_chrome.hex"); // SNI www.iit.cnr.it
+        let mut v = h.verdicts();
+        v.set_name("cnr.it", Action::Block, 11, true).unwrap();
+        v.set_name("iit.cnr.it", Action::Allow, 12, false).unwrap(); // exact only
+        v.commit().unwrap();
+        let f = tcp(
+            USER4,
+            REMOTE4,
+            44000,
+            443,
+            100,
+            tcp_flags::ACK | tcp_flags::PSH,
+            &hello,
+        );
+        let r = h.run(abi::PROG_LAN_INGRESS, &f, 1).unwrap();
+        assert_eq!(r.action, TC_ACT_SHOT, "hello for a blocked parent domain");
+        let rst = parse_rst(&r.data_out);
+        assert_eq!(
+            (rst.src, rst.dst, rst.ack),
+            (ip(REMOTE4), ip(USER4), 100 + hello.len() as u32)
+        );
+        let s = h.stats().unwrap();
+        assert_eq!(
+            (s.raw[abi::STAT_SNI_FOUND], s.raw[abi::STAT_NAME_VERDICTS]),
+            (1, 1)
+        );
+        // Later packets of the flow are dropped by the recorded flow verdict.
+        let later = tcp(
+            USER4,
+            REMOTE4,
+            44000,
+            443,
+            100,
+            tcp_flags::ACK,
+            &[0x17, 3, 3, 0, 1, 0],
+        );
+        assert_eq!(
+            h.run(abi::PROG_LAN_INGRESS, &later, 1).unwrap().action,
+            TC_ACT_SHOT
+        );
+        // The event was still sent before the verdict (userspace sees what was blocked).
+        assert_eq!(h.drain_events().len(), 1);
+
+        // A more specific allow wins over the parent's block.
+        h.verdicts()
+            .set_name("www.iit.cnr.it", Action::Allow, 13, false)
+            .unwrap();
+        h.verdicts().commit().unwrap();
+        let g = tcp(
+            USER4,
+            REMOTE4,
+            44001,
+            443,
+            1,
+            tcp_flags::ACK | tcp_flags::PSH,
+            &hello,
+        );
+        assert_eq!(
+            h.run(abi::PROG_LAN_INGRESS, &g, 1).unwrap().action,
+            TC_ACT_UNSPEC
+        );
+
+        // Monitor mode: found and counted, not dropped.
+        h.verdicts().remove_name("www.iit.cnr.it").unwrap();
+        h.verdicts().commit().unwrap();
+        h.set_mode(Mode::Monitor).unwrap();
+        let m = tcp(
+            USER4,
+            REMOTE4,
+            44002,
+            443,
+            1,
+            tcp_flags::ACK | tcp_flags::PSH,
+            &hello,
+        );
+        assert_eq!(
+            h.run(abi::PROG_LAN_INGRESS, &m, 1).unwrap().action,
+            TC_ACT_UNSPEC
+        );
+        assert!(h.stats().unwrap().would_drop >= 1);
+    });
+}
+
+#[test]
+fn sni_in_a_later_segment_blocks_that_segment_at_every_split() {
+    with_harness(|h| {
+        enforce_mode(h);
+        let hello = fixture("tls_clienthello_ech.hex"); // SNI performance.radar.cloudflare.com
+        let name = b"performance.radar.cloudflare.com";
+        let sni_end = find(&hello, name) + name.len();
+        h.verdicts()
+            .set_name("cloudflare.com", Action::Block, 21, true)
+            .unwrap();
+        h.verdicts().commit().unwrap();
+        for k in 1..hello.len() {
+            h.clear_flows().unwrap();
+            let start = 5000u32;
+            let a = tcp(
+                USER4,
+                REMOTE4,
+                45000,
+                443,
+                start,
+                tcp_flags::ACK,
+                &hello[..k],
+            );
+            let b = tcp(
+                USER4,
+                REMOTE4,
+                45000,
+                443,
+                start + k as u32,
+                tcp_flags::ACK,
+                &hello[k..],
+            );
+            let ra = h.run(abi::PROG_LAN_INGRESS, &a, 1).unwrap().action;
+            let rb = h.run(abi::PROG_LAN_INGRESS, &b, 1).unwrap().action;
+            if k >= sni_end {
+                assert_eq!((ra, rb), (TC_ACT_SHOT, TC_ACT_SHOT), "split at {k}");
+            } else {
+                assert_eq!((ra, rb), (TC_ACT_UNSPEC, TC_ACT_SHOT), "split at {k}");
+            }
+            h.drain_events();
+        }
+    });
+}
