@@ -15,7 +15,8 @@ use std::{
 
 use aya::programs::{SchedClassifier, tc::TcAttachType};
 use tollgate_dataplane::{
-    Dataplane, DataplaneOptions, Direction, Mode, PayloadEvent, PayloadKind, Role, testing::is_root,
+    Action, Dataplane, DataplaneOptions, Direction, Mode, PayloadEvent, PayloadKind, Role,
+    testing::is_root,
 };
 
 const SERVER_IP: &str = "198.19.203.2";
@@ -68,17 +69,21 @@ fn tools_present() -> bool {
 }
 
 fn setup() -> Topo {
+    setup_named("")
+}
+
+fn setup_named(tag: &str) -> Topo {
     let id = std::process::id();
-    let client_ns = format!("tgd-c{id}");
-    let server_ns = format!("tgd-s{id}");
-    let dir = std::env::temp_dir().join(format!("tgd-smoke-{id}"));
+    let client_ns = format!("tgd-c{tag}{id}");
+    let server_ns = format!("tgd-s{tag}{id}");
+    let dir = std::env::temp_dir().join(format!("tgd-smoke{tag}-{id}"));
     fs::create_dir_all(&dir).unwrap();
     let topo = Topo {
         client_ns: client_ns.clone(),
         server_ns: server_ns.clone(),
         children: Vec::new(),
         dir,
-        pin_dir: PathBuf::from(format!("/sys/fs/bpf/tollgate/tgd-smoke-{id}")),
+        pin_dir: PathBuf::from(format!("/sys/fs/bpf/tollgate/tgd-smoke{tag}-{id}")),
     };
     for ns in [&client_ns, &server_ns] {
         assert!(sh(&["ip", "netns", "add", ns]), "ip netns add {ns}");
@@ -169,6 +174,10 @@ fn start_server(topo: &mut Topo) {
 }
 
 fn curl(client_ns: &str) -> bool {
+    curl_name(client_ns, SNI)
+}
+
+fn curl_name(client_ns: &str, name: &str) -> bool {
     ns_exec(
         client_ns,
         &[
@@ -179,8 +188,8 @@ fn curl(client_ns: &str) -> bool {
             "-o",
             "/dev/null",
             "--resolve",
-            &format!("{SNI}:4433:{SERVER_IP}"),
-            &format!("https://{SNI}:4433/"),
+            &format!("{name}:4433:{SERVER_IP}"),
+            &format!("https://{name}:4433/"),
         ],
     )
 }
@@ -365,4 +374,65 @@ fn attach_capture_adopt_detach() {
     });
     assert_eq!(counts3, (0, 0));
     assert!(!Path::new(&pin_dir).exists());
+}
+
+#[test]
+fn enforce_resets_blocked_names_and_prefixes_for_real_clients() {
+    if !is_root() {
+        eprintln!("skipping: needs root");
+        return;
+    }
+    if !tools_present() {
+        eprintln!("skipping: needs ip, openssl, curl, ethtool");
+        return;
+    }
+    let mut topo = setup_named("e");
+    start_server(&mut topo);
+    let opts = DataplaneOptions {
+        interfaces: vec![("tgds0".to_owned(), Role::Lan)],
+        pin_dir: topo.pin_dir.clone(),
+        mode: Mode::Enforce,
+    };
+    let cns = topo.client_ns.clone();
+    let server_ns = topo.server_ns.clone();
+    let (allowed, blocked_name, name_secs, blocked_ip, ip_secs, stats) =
+        in_ns(&server_ns, move |_rt| {
+            let mut dp = Dataplane::start(opts).expect("start");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !curl(&cns) {
+                assert!(Instant::now() < deadline, "curl never succeeded");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let mut v = dp.verdicts();
+            v.set_name("blocked.tollgate.test", Action::Block, 5, true)
+                .unwrap();
+            v.commit().unwrap();
+            let allowed = curl(&cns);
+            let t = Instant::now();
+            let blocked_name = curl_name(&cns, "www.blocked.tollgate.test");
+            let name_secs = t.elapsed().as_secs_f64();
+            let mut v = dp.verdicts();
+            v.set_prefix(SERVER_IP.parse().unwrap(), 32, Action::Block, 6, None)
+                .unwrap();
+            v.commit().unwrap();
+            let t = Instant::now();
+            let blocked_ip = curl(&cns);
+            let ip_secs = t.elapsed().as_secs_f64();
+            let stats = dp.stats().unwrap();
+            dp.detach().expect("detach");
+            (allowed, blocked_name, name_secs, blocked_ip, ip_secs, stats)
+        });
+    assert!(allowed, "an allowed name still loads");
+    assert!(!blocked_name, "a blocked SNI must fail");
+    assert!(
+        name_secs < 1.0,
+        "blocked name failed after {name_secs:.2}s, not at once"
+    );
+    assert!(!blocked_ip, "a blocked prefix must fail");
+    assert!(
+        ip_secs < 1.0,
+        "blocked prefix failed after {ip_secs:.2}s, not at once"
+    );
+    assert!(stats.rst_sent >= 2, "{stats:?}");
+    assert!(stats.raw[tollgate_dataplane::abi::STAT_NAME_VERDICTS] >= 1);
 }
