@@ -144,6 +144,60 @@ pub struct FlowMeta {
     pub user_agent: Option<String>,
 }
 
+/// Compact per-flow storage of [`FlowMeta`] (a flow table holds many; the public form is
+/// built on demand).
+#[derive(Debug, Default)]
+struct Meta {
+    ja4: Option<[u8; 36]>,
+    alpn: Box<[Box<str>]>,
+    /// 1: ECH extension present; 2: post-quantum key share.
+    bits: u8,
+    ech_grease: Option<bool>,
+    quic_version: Option<u32>,
+    extra: Option<Box<MetaExtra>>,
+}
+
+/// The rarer parts: HTTP and DNS flows.
+#[derive(Debug, Default)]
+struct MetaExtra {
+    dns_queries: Vec<Box<str>>,
+    http_method: Option<Box<str>>,
+    http_path: Option<Box<str>>,
+    user_agent: Option<Box<str>>,
+}
+
+impl Meta {
+    fn set_hello(&mut self, ch: &tls::ClientHello, t: tls::Transport, grease: Option<bool>) {
+        self.ja4 = ch.ja4(t).as_bytes().try_into().ok();
+        self.alpn = ch.alpn.iter().map(|a| a.as_str().into()).collect();
+        self.bits = u8::from(ch.ech.is_some()) | (u8::from(ch.has_pq_key_share()) << 1);
+        self.ech_grease = grease;
+    }
+
+    fn extra(&mut self) -> &mut MetaExtra {
+        self.extra.get_or_insert_with(Default::default)
+    }
+
+    fn to_public(&self) -> FlowMeta {
+        let x = self.extra.as_deref();
+        let s = |v: Option<&Box<str>>| v.map(|b| b.to_string());
+        FlowMeta {
+            ja4: self.ja4.map(|j| String::from_utf8_lossy(&j).into_owned()),
+            alpn: self.alpn.iter().map(|a| a.to_string()).collect(),
+            ech: self.bits & 1 != 0,
+            pq_key_share: self.bits & 2 != 0,
+            ech_grease: self.ech_grease,
+            quic_version: self.quic_version.map(|v| quic::VersionKind::of(v).label()),
+            dns_queries: x
+                .map(|x| x.dns_queries.iter().map(|q| q.to_string()).collect())
+                .unwrap_or_default(),
+            http_method: s(x.and_then(|x| x.http_method.as_ref())),
+            http_path: s(x.and_then(|x| x.http_path.as_ref())),
+            user_agent: s(x.and_then(|x| x.user_agent.as_ref())),
+        }
+    }
+}
+
 /// Counters about the table itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FlowTableStats {
@@ -261,7 +315,6 @@ struct Inspect {
 
 #[derive(Debug)]
 struct Flow {
-    key: CanonKey,
     /// Index of the client side (0 = key.a, 1 = key.b).
     client: usize,
     evidence: Evidence,
@@ -271,8 +324,8 @@ struct Flow {
     last_seen: DateTime<Utc>,
     tcp_flags: u8,
     macs: [Option<[u8; 6]>; 2],
-    name: Option<(String, NameSource)>,
-    meta: Option<Box<FlowMeta>>,
+    name: Option<(Box<str>, NameSource)>,
+    meta: Option<Box<Meta>>,
     inspect: Option<Box<Inspect>>,
 }
 
@@ -444,17 +497,17 @@ impl FlowTable {
     /// Every flow, active then finished, as records (`src` is the client).
     pub fn records(&self) -> impl Iterator<Item = FlowRecord> + '_ {
         self.flows
-            .values()
-            .map(|f| self.record_of(f))
+            .iter()
+            .map(|(k, f)| self.record_of(k, f))
             .chain(self.finished.iter().cloned())
     }
 
     /// Active flows with what their first flight told beyond the name.
     pub fn records_with_meta(&self) -> impl Iterator<Item = (FlowRecord, FlowMeta)> + '_ {
-        self.flows.values().map(|f| {
+        self.flows.iter().map(|(k, f)| {
             (
-                self.record_of(f),
-                f.meta.as_deref().cloned().unwrap_or_default(),
+                self.record_of(k, f),
+                f.meta.as_deref().map(Meta::to_public).unwrap_or_default(),
             )
         })
     }
@@ -469,8 +522,8 @@ impl FlowTable {
         s.flows = self.flows.len();
         s.named_flows = self
             .flows
-            .values()
-            .filter(|f| f.name.is_some() || self.cached_name(f).is_some())
+            .iter()
+            .filter(|(k, f)| f.name.is_some() || self.cached_name(k, f).is_some())
             .count();
         s.finished_flows = self.finished.len();
         s.dns_cache_entries = self.dns_cache.len();
@@ -488,7 +541,7 @@ impl FlowTable {
     ) -> Option<(&str, NameSource)> {
         let (ck, _) = CanonKey::of(proto, one, other);
         let f = self.flows.get(&ck)?;
-        f.name.as_ref().map(|(n, src)| (n.as_str(), *src))
+        f.name.as_ref().map(|(n, src)| (&**n, *src))
     }
 
     /// Every live entry of the IP-to-name cache: address, name, expiry.
@@ -526,23 +579,23 @@ impl FlowTable {
 
     // ---- internals -------------------------------------------------------------------
 
-    fn record_of(&self, f: &Flow) -> FlowRecord {
+    fn record_of(&self, key: &CanonKey, f: &Flow) -> FlowRecord {
         let c = f.client;
         let s = 1 - c;
         let (client, server) = if c == 0 {
-            (f.key.a, f.key.b)
+            (key.a, key.b)
         } else {
-            (f.key.b, f.key.a)
+            (key.b, key.a)
         };
         let (name, name_source) = match &f.name {
-            Some((n, src)) => (Some(n.clone()), Some(*src)),
-            None => match self.cached_name(f) {
+            Some((n, src)) => (Some(n.to_string()), Some(*src)),
+            None => match self.cached_name(key, f) {
                 Some(n) => (Some(n.to_string()), Some(NameSource::Dns)),
                 None => (None, None),
             },
         };
         FlowRecord {
-            proto: f.key.proto,
+            proto: key.proto,
             src: client.0,
             sport: client.1,
             dst: server.0,
@@ -572,8 +625,8 @@ impl FlowTable {
         self.buffered = self.buffered.saturating_sub(held);
     }
 
-    fn cached_name(&self, f: &Flow) -> Option<&str> {
-        let server = if f.client == 0 { f.key.b } else { f.key.a };
+    fn cached_name(&self, key: &CanonKey, f: &Flow) -> Option<&str> {
+        let server = if f.client == 0 { key.b } else { key.a };
         self.dns_name(server.0, f.first_seen)
     }
 
@@ -583,7 +636,7 @@ impl FlowTable {
             if self.finished.len() >= self.limits.max_finished {
                 self.stats.finished_dropped += 1;
             } else {
-                let r = self.record_of(&f);
+                let r = self.record_of(&k, &f);
                 self.finished.push(r);
             }
         }
@@ -633,7 +686,6 @@ impl FlowTable {
             self.flows.insert(
                 ck,
                 Flow {
-                    key: ck,
                     client,
                     evidence,
                     packets: [0; 2],
@@ -749,7 +801,7 @@ impl FlowTable {
         let mut verdict_done = false;
         let mut found: Option<(String, NameSource)> = None;
         let mut sender_is_client: Option<bool> = None;
-        let mut meta: Option<FlowMeta> = None;
+        let mut meta: Option<Meta> = None;
         let mut errs: Vec<String> = Vec::new();
         let mut dns_msgs: Vec<dns::Message> = Vec::new();
         if s.kind == StreamKind::Dns
@@ -779,14 +831,10 @@ impl FlowTable {
                 Ok(tls::HelloStatus::Parsed(ch)) => {
                     verdict_done = true;
                     sender_is_client = Some(true);
-                    meta = Some(FlowMeta {
-                        ja4: Some(ch.ja4(tls::Transport::Tcp)),
-                        alpn: ch.alpn.clone(),
-                        ech: ch.ech.is_some(),
-                        pq_key_share: ch.has_pq_key_share(),
-                        ech_grease: self.ech.grease(ch.sni.as_deref(), ch.ech.is_some()),
-                        ..Default::default()
-                    });
+                    let mut m = Meta::default();
+                    let grease = self.ech.grease(ch.sni.as_deref(), ch.ech.is_some());
+                    m.set_hello(&ch, tls::Transport::Tcp, grease);
+                    meta = Some(m);
                     if let Some(sni) = ch.sni {
                         found = Some((sni, NameSource::Sni));
                     }
@@ -803,12 +851,12 @@ impl FlowTable {
                         if let Some(host) = h.host_name() {
                             found = Some((host.to_string(), NameSource::Http));
                         }
-                        meta = Some(FlowMeta {
-                            http_method: Some(h.method.clone()),
-                            http_path: Some(h.path.clone()),
-                            user_agent: h.user_agent.clone(),
-                            ..Default::default()
-                        });
+                        let mut m = Meta::default();
+                        let x = m.extra();
+                        x.http_method = Some(h.method.as_str().into());
+                        x.http_path = Some(h.path.as_str().into());
+                        x.user_agent = h.user_agent.as_deref().map(Into::into);
+                        meta = Some(m);
                     }
                     Ok(http::HttpStatus::NeedMore(_)) => {
                         if full {
@@ -844,6 +892,10 @@ impl FlowTable {
             if let Some(r) = s.stream.take() {
                 self.buffered = self.buffered.saturating_sub(r.buffered());
             }
+            // Both directions judged: the per-flow parse state is no longer needed.
+            if insp.sides.iter().all(|x| x.kind == StreamKind::Done) {
+                f.inspect = None;
+            }
         }
         for e in errs {
             *self.stats.parse_errors.entry(e).or_default() += 1;
@@ -870,7 +922,7 @@ impl FlowTable {
                 .names_by_source
                 .entry(source_label(src))
                 .or_default() += 1;
-            f.name = Some((name, src));
+            f.name = Some((name.into(), src));
             // Named: the buffers are no longer needed.
             if ck.a.1 != 53 && ck.b.1 != 53 {
                 let insp = f.inspect.take();
@@ -917,18 +969,18 @@ impl FlowTable {
         // A query is sent by the client; a response by the server.
         set_client(f, side, !response, Evidence::Payload);
         if let Some(q) = m.query_name().filter(|q| !q.is_empty()) {
-            let meta = f.meta.get_or_insert_with(Default::default);
-            if meta.dns_queries.len() < MAX_DNS_QUERIES_KEPT
-                && !meta.dns_queries.iter().any(|x| x == q)
+            let x = f.meta.get_or_insert_with(Default::default).extra();
+            if x.dns_queries.len() < MAX_DNS_QUERIES_KEPT
+                && !x.dns_queries.iter().any(|e| &**e == q)
             {
-                meta.dns_queries.push(q.to_string());
+                x.dns_queries.push(q.into());
             }
         }
         if f.name.is_none()
             && let Some(q) = m.query_name().filter(|q| !q.is_empty())
         {
             *self.stats.names_by_source.entry("dns").or_default() += 1;
-            f.name = Some((q.to_string(), NameSource::Dns));
+            f.name = Some((q.into(), NameSource::Dns));
         }
     }
 
@@ -990,7 +1042,7 @@ impl FlowTable {
         s.inspected += 1;
         let meta = f.meta.get_or_insert_with(Default::default);
         if meta.quic_version.is_none() {
-            meta.quic_version = Some(kind.label());
+            meta.quic_version = Some(version);
         }
         let d = match quic::parse_client_datagram_with(payload, insp.quic_dcid.as_deref()) {
             Ok(d) => {
@@ -1017,8 +1069,8 @@ impl FlowTable {
         let mut err: Option<String> = None;
         if let Some(chlo) = &d.chlo {
             found = chlo.sni.clone();
-            if chlo.user_agent.is_some() {
-                meta.user_agent = chlo.user_agent.clone();
+            if let Some(ua) = &chlo.user_agent {
+                meta.extra().user_agent = Some(ua.as_str().into());
             }
         }
         let is_initial_sender = d.initials > 0 || d.chlo.is_some();
@@ -1051,11 +1103,8 @@ impl FlowTable {
             }
         }
         if let Some(ch) = client_hello {
-            meta.ja4 = Some(ch.ja4(tls::Transport::Quic));
-            meta.alpn = ch.alpn.clone();
-            meta.ech = ch.ech.is_some();
-            meta.pq_key_share = ch.has_pq_key_share();
-            meta.ech_grease = self.ech.grease(ch.sni.as_deref(), ch.ech.is_some());
+            let grease = self.ech.grease(ch.sni.as_deref(), ch.ech.is_some());
+            meta.set_hello(&ch, tls::Transport::Quic, grease);
             found = ch.sni;
             if let Some(c) = insp.crypto.take() {
                 self.buffered = self.buffered.saturating_sub(c.buffered());
@@ -1072,7 +1121,7 @@ impl FlowTable {
             && f.name.is_none()
         {
             *self.stats.names_by_source.entry("quic").or_default() += 1;
-            f.name = Some((n, NameSource::Quic));
+            f.name = Some((n.into(), NameSource::Quic));
         }
     }
 }
