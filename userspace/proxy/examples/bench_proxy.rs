@@ -11,7 +11,8 @@
 //! Settings come from the harness's environment (GW_C_IP4, SUT_PROXY_PORT,
 //! INTERCEPT_CA_CERT, INTERCEPT_CA_KEY, ORIGIN_CA_CERT) or from flags: `--listen ADDR`,
 //! `--ca CERT --ca-key KEY`, `--upstream-ca FILE`, `--policies FILE.toml` (session and
-//! access policies to evaluate on every request), `--audit FILE`.
+//! access policies to evaluate on every request), `--audit FILE`,
+//! `--max-upstream-per-origin N`.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -21,6 +22,13 @@ use tokio::sync::watch;
 use tollgate_proxy::{AppInfo, PolicySet, ProxyConfig, SessionProxy};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Logs to stderr when RUST_LOG is set (e.g. RUST_LOG=tollgate_proxy=debug).
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let env = |k: &str| std::env::var(k).ok();
     let mut listen = format!(
         "{}:{}",
@@ -32,6 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut upstream_ca = env("ORIGIN_CA_CERT");
     let mut policies_file = None;
     let mut audit = None;
+    let mut per_origin = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().ok_or_else(|| format!("{a} needs a value"));
@@ -42,6 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--upstream-ca" => upstream_ca = Some(val()?),
             "--policies" => policies_file = Some(val()?),
             "--audit" => audit = Some(val()?),
+            "--max-upstream-per-origin" => per_origin = Some(val()?.parse()?),
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -53,6 +63,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         upstream_ca_files: upstream_ca.map(PathBuf::from).into_iter().collect(),
         audit_log: audit.map(PathBuf::from),
         ..ProxyConfig::default()
+    };
+    let cfg = ProxyConfig {
+        max_upstream_connections_per_origin: per_origin
+            .unwrap_or(cfg.max_upstream_connections_per_origin),
+        ..cfg
     };
     let policies: PolicySet = match policies_file {
         Some(f) => {
@@ -91,7 +106,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "bench_proxy listening on {} ({threads} worker threads)",
             h.local_addr()
         );
-        tokio::signal::ctrl_c().await.ok();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
         eprintln!("stats: {:?}", h.stats());
         h.shutdown().await;
         Ok::<_, Box<dyn std::error::Error>>(())

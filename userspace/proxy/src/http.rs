@@ -133,6 +133,8 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
         "trailer",
         "transfer-encoding",
         "upgrade",
+        // The proxy has already answered 100-continue (hyper does when the body is read).
+        "expect",
     ] {
         h.remove(n);
     }
@@ -531,7 +533,7 @@ impl ConnCtx {
                 let meta = transfer_meta(&parts.headers, &path);
                 let boundary = header_str(&parts.headers, header::CONTENT_TYPE)
                     .and_then(policy::multipart_boundary);
-                let ins = self.inspect(&rules, meta, boundary, body).await;
+                let ins = Box::pin(self.inspect(&rules, meta, boundary, body)).await;
                 body = ins.body;
                 if let Some(d) = ins.decision {
                     self.audit(&info, &d);
@@ -571,7 +573,7 @@ impl ConnCtx {
                 let meta = transfer_meta(&rparts.headers, &path);
                 let boundary = header_str(&rparts.headers, header::CONTENT_TYPE)
                     .and_then(policy::multipart_boundary);
-                let ins = self.inspect(&rules, meta, boundary, rbody).await;
+                let ins = Box::pin(self.inspect(&rules, meta, boundary, rbody)).await;
                 if let Some(d) = ins.decision {
                     self.audit(&info, &d);
                     if d.action == Action::Block {
@@ -596,11 +598,13 @@ impl ConnCtx {
             return Ok((c, false));
         }
         let timeout = Duration::from_secs(self.shared.cfg.upstream_connect_timeout_secs);
-        self.shared
-            .pool
-            .get(&self.shared.upstream, &self.key, timeout)
-            .await
-            .map_err(|e| e.to_string())
+        Box::pin(
+            self.shared
+                .pool
+                .get(&self.shared.upstream, &self.key, timeout),
+        )
+        .await
+        .map_err(|e| e.to_string())
     }
 
     async fn forward(

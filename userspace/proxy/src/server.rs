@@ -57,8 +57,33 @@ pub struct Shared {
     pub stats: Stats,
     server_h2: Arc<ServerConfig>,
     server_h1: Arc<ServerConfig>,
-    rejected: Mutex<HashMap<(IpAddr, String), Instant>>,
+    trust: Mutex<HashMap<(IpAddr, String), Trust>>,
 }
+
+/// What a client did with our certificate for one server name.
+#[derive(Debug, Default, Clone, Copy)]
+struct Trust {
+    /// Last completed handshake.
+    accepted: Option<Instant>,
+    /// Handshakes that ended without a word (EOF / reset) since the last completed one.
+    silent_drops: u8,
+    /// When the client was judged to reject our CA.
+    rejected: Option<Instant>,
+}
+
+/// How a client handshake ended badly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeEnd {
+    /// The client said so (alert unknown_ca, bad_certificate, ...).
+    RejectedCertificate,
+    /// The client closed or reset the connection during the handshake: a rejection by a
+    /// client that sends no alert, or just a client going away.
+    Silent,
+    Other,
+}
+
+/// Silent drops (without any completed handshake in between) that count as a rejection.
+const SILENT_DROPS_TO_REJECT: u8 = 2;
 
 #[derive(Debug)]
 struct LeafResolver(Arc<CertAuthority>);
@@ -116,41 +141,77 @@ impl Shared {
             app_lookup,
             destination,
             stats: Stats::default(),
-            rejected: Mutex::new(HashMap::new()),
+            trust: Mutex::new(HashMap::new()),
         })
     }
 
     fn rejected_recently(&self, ip: IpAddr, sni: &str) -> bool {
-        let Ok(mut m) = self.rejected.lock() else {
+        let ttl = Duration::from_secs(self.cfg.client_reject_bypass_secs);
+        let Ok(m) = self.trust.lock() else {
             return false;
         };
-        let key = (ip, sni.to_string());
-        match m.get(&key) {
-            Some(t) if t.elapsed() < Duration::from_secs(self.cfg.client_reject_bypass_secs) => {
-                true
-            }
-            Some(_) => {
-                m.remove(&key);
-                false
-            }
-            None => false,
-        }
+        m.get(&(ip, sni.to_string()))
+            .and_then(|t| t.rejected)
+            .is_some_and(|at| at.elapsed() < ttl)
     }
 
-    fn remember_rejection(&self, ip: IpAddr, sni: &str) {
-        self.stats
-            .client_rejected_ca
-            .fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut m) = self.rejected.lock() {
+    fn trust_entry(&self, ip: IpAddr, sni: &str, f: impl FnOnce(&mut Trust)) {
+        let Ok(mut m) = self.trust.lock() else { return };
+        if m.len() >= MAX_REJECTED && !m.contains_key(&(ip, sni.to_string())) {
+            let ttl = Duration::from_secs(self.cfg.client_reject_bypass_secs);
+            m.retain(|_, t| t.rejected.is_some_and(|at| at.elapsed() < ttl));
             if m.len() >= MAX_REJECTED {
-                let ttl = Duration::from_secs(self.cfg.client_reject_bypass_secs);
-                m.retain(|_, t| t.elapsed() < ttl);
-                if m.len() >= MAX_REJECTED {
-                    m.clear();
-                }
+                m.clear();
             }
-            m.insert((ip, sni.to_string()), Instant::now());
         }
+        f(m.entry((ip, sni.to_string())).or_default());
+    }
+
+    /// A client completed a handshake with our certificate.
+    fn handshake_ok(&self, ip: IpAddr, sni: &str) {
+        // Cheap path for the common case: nothing to update but the time, rarely.
+        if let Ok(m) = self.trust.lock()
+            && let Some(t) = m.get(&(ip, sni.to_string()))
+            && t.silent_drops == 0
+            && t.rejected.is_none()
+            && t.accepted
+                .is_some_and(|a| a.elapsed() < Duration::from_secs(10))
+        {
+            return;
+        }
+        self.trust_entry(ip, sni, |t| {
+            t.accepted = Some(Instant::now());
+            t.silent_drops = 0;
+            t.rejected = None;
+        });
+    }
+
+    /// A client handshake failed; returns true when the client is now bypassed.
+    fn handshake_failed(&self, ip: IpAddr, sni: &str, how: HandshakeEnd) -> bool {
+        let ttl = Duration::from_secs(self.cfg.client_reject_bypass_secs);
+        let mut now_rejected = false;
+        self.trust_entry(ip, sni, |t| {
+            let trusted_before = t.accepted.is_some_and(|a| a.elapsed() < ttl);
+            match how {
+                HandshakeEnd::RejectedCertificate => now_rejected = true,
+                // A client that accepted our certificate before and now goes away mid-handshake
+                // is not rejecting it (load generators, timeouts, closed tabs).
+                HandshakeEnd::Silent if !trusted_before => {
+                    t.silent_drops = t.silent_drops.saturating_add(1);
+                    now_rejected = t.silent_drops >= SILENT_DROPS_TO_REJECT;
+                }
+                _ => {}
+            }
+            if now_rejected {
+                t.rejected = Some(Instant::now());
+            }
+        });
+        if now_rejected {
+            self.stats
+                .client_rejected_ca
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        now_rejected
     }
 
     /// Should a connection to `sni` from `src` be decrypted? Returns the app if so.
@@ -346,22 +407,25 @@ async fn splice(shared: &Shared, mut client: TcpStream, dst: SocketAddr, raw: &[
     let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
 }
 
-fn is_ca_rejection(e: &std::io::Error) -> bool {
-    if e.kind() == std::io::ErrorKind::UnexpectedEof
-        || e.kind() == std::io::ErrorKind::ConnectionReset
-    {
-        return true;
+/// Classify a failed client handshake (pure).
+pub fn handshake_end(e: &std::io::Error) -> HandshakeEnd {
+    use std::io::ErrorKind::*;
+    if matches!(
+        e.kind(),
+        UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
+    ) {
+        return HandshakeEnd::Silent;
     }
-    matches!(
-        e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()),
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
         Some(rustls::Error::AlertReceived(
             AlertDescription::UnknownCA
-                | AlertDescription::BadCertificate
-                | AlertDescription::CertificateUnknown
-                | AlertDescription::UnsupportedCertificate
-                | AlertDescription::AccessDenied
-        ))
-    )
+            | AlertDescription::BadCertificate
+            | AlertDescription::CertificateUnknown
+            | AlertDescription::UnsupportedCertificate
+            | AlertDescription::AccessDenied,
+        )) => HandshakeEnd::RejectedCertificate,
+        _ => HandshakeEnd::Other,
+    }
 }
 
 async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
@@ -411,7 +475,7 @@ async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
         (None, None, h2)
     } else {
         let timeout = Duration::from_secs(shared.cfg.upstream_connect_timeout_secs);
-        match shared.pool.get(&shared.upstream, &key, timeout).await {
+        match Box::pin(shared.pool.get(&shared.upstream, &key, timeout)).await {
             Ok((c, _)) => {
                 let h2 = c.is_h2();
                 (Some(c), None, h2)
@@ -444,11 +508,10 @@ async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
     let tls = match tokio::time::timeout(hs_timeout, start.into_stream(cfg)).await {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => {
-            if is_ca_rejection(&e) {
+            if shared.handshake_failed(peer.ip(), &sni, handshake_end(&e)) {
                 tracing::info!(
                     "{peer} rejected our certificate for {sni} ({e}); bypassing for a while"
                 );
-                shared.remember_rejection(peer.ip(), &sni);
             } else {
                 tracing::debug!("{peer} ({sni}): client handshake: {e}");
             }
@@ -456,6 +519,7 @@ async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
         }
         Err(_) => return,
     };
+    shared.handshake_ok(peer.ip(), &sni);
     let client_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let ctx = Arc::new(ConnCtx {
         user: shared.user_of(peer.ip()),

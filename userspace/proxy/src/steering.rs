@@ -4,6 +4,9 @@
 //! Everything else never reaches the proxy. The table is created idempotently (replaced if
 //! present), elements carry a timeout, and it is deleted by [`Steering::remove`] or on drop.
 //!
+//! QUIC (udp/443) to the same addresses is rejected in the forward hook, so that browsers
+//! fall back to TCP, where the proxy sees the session.
+//!
 //! Connections the gateway itself makes (the proxy's own upstream connections) pass the
 //! `output` hook, not `prerouting`, so they are not redirected again.
 
@@ -75,6 +78,11 @@ pub fn ruleset(port: u16, ifaces: &[String], element_timeout: Duration) -> Strin
     type nat hook prerouting priority dstnat; policy accept;
     {iif}ip daddr @steer4 tcp dport 443 redirect to :{port}
     {iif}ip6 daddr @steer6 tcp dport 443 redirect to :{port}
+  }}
+  chain forward {{
+    type filter hook forward priority filter; policy accept;
+    {iif}ip daddr @steer4 udp dport 443 reject
+    {iif}ip6 daddr @steer6 udp dport 443 reject
   }}
 }}
 "

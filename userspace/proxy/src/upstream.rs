@@ -365,7 +365,8 @@ impl Pool {
                 }
             }
         };
-        let c = connect(tls, key, timeout, slot).await?;
+        // Boxed: a connect future is large and rarely alive; callers keep theirs per connection.
+        let c = Box::pin(connect(tls, key, timeout, slot)).await?;
         self.remember(key, c.is_h2());
         if let Conn::H2(s) = &c {
             self.put_h2(key, s);

@@ -743,3 +743,71 @@ fn steering_netns() {
     let _ = Command::new("ip").args(["netns", "del", &ns]).status();
     r.unwrap();
 }
+
+/// Send a real ClientHello, then close without answering the server's flight.
+async fn drop_mid_handshake(proxy: SocketAddr, ca: &Path) {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(ca).unwrap())
+        .unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("files.test").unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).unwrap();
+    let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    s.write_all(&hello).await.unwrap();
+    let mut buf = [0u8; 1];
+    // Wait for the server's first bytes (its flight), then vanish.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf)).await;
+    drop(s);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_drops_bypass_only_clients_that_never_trusted_us() {
+    if !have_curl() {
+        eprintln!("skip: curl not installed");
+        return;
+    }
+    let ca = TestCa::new("tollgate test origin CA");
+    let (certs, key) = ca.leaf("files.test");
+    let origin = start_origin(certs, key).await;
+    let ok = b"GET /fine HTTP/1.1\r\nHost: files.test\r\nConnection: close\r\n\r\n";
+
+    // A client that has completed handshakes with our CA and then drops some mid-handshake
+    // (a load generator stopping, a closed tab) stays intercepted.
+    let (env, proxy) = start_proxy("silent1", origin, &ca.issuer.pem()).await;
+    assert!(
+        raw_request(proxy, &env.proxy_ca, ok)
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    for _ in 0..3 {
+        drop_mid_handshake(proxy, &env.proxy_ca).await;
+    }
+    assert!(
+        raw_request(proxy, &env.proxy_ca, ok)
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+
+    // A client that never completes a handshake and closes silently (a pinning app without
+    // alerts) is spliced after two tries: it then sees the origin's own certificate.
+    let (env, proxy) = start_proxy("silent2", origin, &ca.issuer.pem()).await;
+    drop_mid_handshake(proxy, &env.proxy_ca).await;
+    let (code, _, _) = curl(proxy, "files.test", "/x", &env.proxy_ca, &[]).await;
+    assert_eq!(code, 200, "one silent drop is not enough");
+    let (env, proxy) = start_proxy("silent3", origin, &ca.issuer.pem()).await;
+    drop_mid_handshake(proxy, &env.proxy_ca).await;
+    drop_mid_handshake(proxy, &env.proxy_ca).await;
+    let (code, _, err) = curl(proxy, "files.test", "/x", &env.origin_ca, &[]).await;
+    assert_eq!(code, 200, "spliced after two silent drops: {err}");
+}
