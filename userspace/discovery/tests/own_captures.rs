@@ -75,3 +75,29 @@ fn curl_http_host() {
     assert_eq!(m.user_agent.as_deref(), Some("tollgate-test/1.0"));
     assert_eq!(m.http_method.as_deref(), Some("GET"));
 }
+
+#[test]
+fn chromium_at_mtu_1400_tls_and_quic() {
+    // Chromium 14x headless, every host mapped to the test server, MTU 1400: its own
+    // background connections (update.googleapis.com, ...) are real Chromium hellos too.
+    let (recs, t) = import("chromium_mtu1400.pcap");
+    let tls: Vec<&FlowRecord> = recs.iter().filter(|r| r.proto == L4Proto::Tcp).collect();
+    assert!(tls.len() >= 8);
+    for r in &tls {
+        assert_eq!(r.name_source, Some(NameSource::Sni), "{r:?}");
+        assert_eq!(r.src.to_string(), "10.77.0.1");
+    }
+    let names: Vec<&str> = tls.iter().filter_map(|r| r.name.as_deref()).collect();
+    assert!(names.contains(&"www.tollgate-test.example"));
+    assert!(names.contains(&"accounts.google.com"));
+    let quic: Vec<&FlowRecord> = recs.iter().filter(|r| r.proto == L4Proto::Udp).collect();
+    assert_eq!(quic.len(), 1);
+    assert_eq!(quic[0].name.as_deref(), Some("quic.tollgate-test.example"));
+    assert_eq!(quic[0].name_source, Some(NameSource::Quic));
+    // Chromium's hellos carry a post-quantum key share, hence two segments at MTU 1400
+    // and two Initial packets for QUIC.
+    assert!(
+        t.records_with_meta().all(|(_, m)| m.pq_key_share),
+        "every hello is post-quantum"
+    );
+}
