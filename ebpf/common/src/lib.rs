@@ -84,8 +84,15 @@ pub const PROG_SNI: &str = "tg_sni";
 pub const PROG_NAME: &str = "tg_name";
 /// Tail-called program, stage 3: looks up and applies name verdicts.
 pub const PROG_VERDICT: &str = "tg_verdict";
+/// Tail-called program: rewrites a blocked packet into a reset / ICMP error to the user.
+pub const PROG_ENFORCE: &str = "tg_enforce";
 /// The tail-called programs with their slot in [`MAP_PROGS`].
-pub const TAIL_CALLS: [(u32, &str); 3] = [(0, PROG_SNI), (1, PROG_NAME), (2, PROG_VERDICT)];
+pub const TAIL_CALLS: [(u32, &str); 4] = [
+    (0, PROG_SNI),
+    (1, PROG_NAME),
+    (2, PROG_VERDICT),
+    (3, PROG_ENFORCE),
+];
 /// Returns `TC_ACT_UNSPEC` and does nothing else: the floor of the per-packet cost benchmark.
 pub const PROG_NOOP: &str = "tg_noop";
 

@@ -19,7 +19,7 @@
 use core::ptr;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
+    bindings::{__sk_buff, TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::{
         bpf_ktime_get_coarse_ns, bpf_skb_change_tail, bpf_skb_load_bytes,
         generated::bpf_probe_read_kernel,
@@ -545,7 +545,7 @@ fn try_run(ctx: &TcContext, dir: u8, egress: bool) -> Result<i32, i32> {
             flow.verdict_gen = c.generation;
         }
         if flow.verdict == ACTION_BLOCK || flow.verdict == ACTION_DROP {
-            return Ok(enforce(ctx, &pkt, dir, egress, flow.verdict, c, now));
+            return Ok(enforce_tail(ctx, &pkt, dir, egress, flow.verdict, c, now));
         }
     }
 
@@ -575,7 +575,7 @@ fn try_run(ctx: &TcContext, dir: u8, egress: bool) -> Result<i32, i32> {
         && let Some(c) = cfg
         && c.block_quic != 0
     {
-        return Ok(enforce(ctx, &pkt, dir, egress, ACTION_BLOCK, c, now));
+        return Ok(enforce_tail(ctx, &pkt, dir, egress, ACTION_BLOCK, c, now));
     }
     Ok(PASS)
 }
@@ -618,6 +618,46 @@ fn evaluate(key: &FlowKey, now: u64) -> u32 {
     }
 }
 
+/// Whether verdicts are applied now: enforce mode, and the daemon alive or fail-closed.
+#[inline(always)]
+fn enforcing(cfg: &Config, now: u64) -> bool {
+    let daemon_gone = cfg.fail_open != 0
+        && cfg.heartbeat_timeout_ns != 0
+        && now > cfg.heartbeat_ns.saturating_add(cfg.heartbeat_timeout_ns);
+    cfg.mode == MODE_ENFORCE && !daemon_gone
+}
+
+/// `enforce` for the packet programs: drops are decided here; building a reset or an ICMP
+/// error happens in `tg_enforce` (a tail call), which keeps those buffers off this program's
+/// stack and out of its verification.
+#[inline(always)]
+fn enforce_tail(
+    ctx: &TcContext,
+    pkt: &Pkt,
+    dir: u8,
+    egress: bool,
+    action: u32,
+    cfg: &Config,
+    now: u64,
+) -> i32 {
+    if !enforcing(cfg, now) {
+        stat(STAT_WOULD_DROP, 1);
+        return PASS;
+    }
+    let answerable =
+        action == ACTION_BLOCK && !(pkt.key.proto == PROTO_TCP && pkt.tcp_flags & TCP_RST != 0);
+    if answerable && let Some(job) = job() {
+        job.pkt = *pkt;
+        job.dir = dir;
+        job.egress = u8::from(egress);
+        job.action = action;
+        // SAFETY: tail call; returns only when it fails.
+        unsafe { TG_PROGS.tail_call(ctx, PROG_INDEX_ENFORCE) };
+    }
+    stat(STAT_DROPS, 1);
+    DROP
+}
+
 /// Applies a blocking verdict. Monitor mode (or an expired daemon heartbeat with fail-open
 /// configured) only counts what would have been dropped.
 #[inline(always)]
@@ -630,10 +670,7 @@ fn enforce(
     cfg: &Config,
     now: u64,
 ) -> i32 {
-    let daemon_gone = cfg.fail_open != 0
-        && cfg.heartbeat_timeout_ns != 0
-        && now > cfg.heartbeat_ns.saturating_add(cfg.heartbeat_timeout_ns);
-    if cfg.mode != MODE_ENFORCE || daemon_gone {
+    if !enforcing(cfg, now) {
         stat(STAT_WOULD_DROP, 1);
         return PASS;
     }
@@ -649,23 +686,25 @@ fn enforce(
         if up {
             // Answer the user with a reset from the remote end: rewrite, send a copy back
             // (out of a LAN interface, or into the stack from a WAN interface), drop this one.
-            if make_rst(ctx, pkt, dir, true) && redirect_to_user(ctx, egress) {
+            if make_rst(ctx.skb.skb, pkt, dir, true) && redirect_to_user(ctx, egress) {
                 stat(STAT_RST_SENT, 1);
             }
             return DROP;
         }
         // Toward the user: the packet itself becomes the reset and goes on.
-        if make_rst(ctx, pkt, dir, false) {
+        if make_rst(ctx.skb.skb, pkt, dir, false) {
             stat(STAT_RST_SENT, 1);
             return PASS;
         }
         return DROP;
     }
-    if up
-        && pkt.key.family == FAMILY_V4
-        && make_icmp_unreachable(ctx, pkt)
-        && redirect_to_user(ctx, egress)
-    {
+    let made = up
+        && if pkt.key.family == FAMILY_V4 {
+            make_icmp_unreachable(ctx.skb.skb, pkt)
+        } else {
+            make_icmp6_unreachable(ctx.skb.skb, pkt)
+        };
+    if made && redirect_to_user(ctx, egress) {
         stat(STAT_ICMP_SENT, 1);
     }
     DROP
@@ -724,8 +763,10 @@ fn swap_macs(ctx: &TcContext) -> bool {
 
 /// Rewrites the packet into a TCP reset from the remote end to the user (headers only).
 /// `reply`: the packet came from the user (swap MACs, take seq/ack from its ack/seq).
-#[inline(always)]
-fn make_rst(ctx: &TcContext, pkt: &Pkt, dir: u8, reply: bool) -> bool {
+// A BPF subprogram of its own: its header buffers get their own stack frame.
+#[inline(never)]
+fn make_rst(skb: *mut __sk_buff, pkt: &Pkt, dir: u8, reply: bool) -> bool {
+    let ctx = &TcContext::new(skb);
     let (seq, ack, flags) = if dir == DIR_UP {
         let mut consumed = pkt.claimed_len;
         if pkt.tcp_flags & (TCP_SYN | TCP_FIN) != 0 {
@@ -805,10 +846,56 @@ fn make_rst(ctx: &TcContext, pkt: &Pkt, dir: u8, reply: bool) -> bool {
     !reply || swap_macs(ctx)
 }
 
+/// Rewrites an IPv6 UDP packet from the user into an ICMPv6 port unreachable from the remote
+/// end that quotes its IPv6 and UDP headers.
+// A BPF subprogram of its own: its header buffers get their own stack frame.
+#[inline(never)]
+fn make_icmp6_unreachable(skb: *mut __sk_buff, pkt: &Pkt) -> bool {
+    let ctx = &TcContext::new(skb);
+    if pkt.l4_off != pkt.l3_off + 40 {
+        return false; // extension headers: dropped without an answer.
+    }
+    let Some(orig) = read::<[u8; 48]>(ctx, pkt.l3_off as usize) else {
+        return false;
+    };
+    let k = &pkt.key;
+    let mut ip = [0u8; 40];
+    ip[0] = 0x60;
+    ip[5] = 56; // ICMPv6 header + quoted 48 bytes
+    ip[6] = 58; // ICMPv6
+    ip[7] = 64;
+    let mut i = 0;
+    while i < 16 {
+        ip[8 + i] = k.remote_addr[i / 4].to_ne_bytes()[i % 4];
+        ip[24 + i] = k.user_addr[i / 4].to_ne_bytes()[i % 4];
+        i += 1;
+    }
+    let mut pseudo = [0u8; 40];
+    let mut i = 0;
+    while i < 32 {
+        pseudo[i] = ip[8 + i];
+        i += 1;
+    }
+    pseudo[35] = 56;
+    pseudo[39] = 58;
+    let mut icmp = [1u8, 4, 0, 0, 0, 0, 0, 0]; // destination unreachable, port unreachable
+    let c = csum_fold(csum_add(csum_add(csum_add(0, &pseudo), &icmp), &orig)).to_be_bytes();
+    icmp[2] = c[0];
+    icmp[3] = c[1];
+    let l3 = pkt.l3_off;
+    ctx.adjust_room(48, BPF_ADJ_ROOM_MAC, 0).is_ok()
+        && change_tail(ctx, l3 + 96)
+        && ctx.store(l3 as usize, &ip, 0).is_ok()
+        && ctx.store(l3 as usize + 40, &icmp, 0).is_ok()
+        && swap_macs(ctx)
+}
+
 /// Rewrites an IPv4 UDP packet from the user into an ICMP port unreachable from the remote
 /// end that quotes its IP and UDP headers (so a QUIC client fails over to TCP at once).
-#[inline(always)]
-fn make_icmp_unreachable(ctx: &TcContext, pkt: &Pkt) -> bool {
+// A BPF subprogram of its own: its header buffers get their own stack frame.
+#[inline(never)]
+fn make_icmp_unreachable(skb: *mut __sk_buff, pkt: &Pkt) -> bool {
+    let ctx = &TcContext::new(skb);
     if pkt.l4_off != pkt.l3_off + 20 {
         return false; // IP options: not worth quoting; the packet is still dropped.
     }
@@ -1209,6 +1296,7 @@ const JOB_HELLO_MAP: u32 = 2;
 const PROG_INDEX_SNI: u32 = 0;
 const PROG_INDEX_NAME: u32 = 1;
 const PROG_INDEX_VERDICT: u32 = 2;
+const PROG_INDEX_ENFORCE: u32 = 3;
 /// Longest SNI considered (DNS names are at most 253 bytes).
 const NAME_MAX: u32 = 256;
 
@@ -1221,6 +1309,7 @@ pub struct Job {
     source: u32,
     name_len: u32,
     count: u32,
+    action: u32,
     suffixes: [u64; MAX_SUFFIXES],
     name: [u8; NAME_MAX as usize],
 }
@@ -1386,14 +1475,13 @@ pub fn tg_verdict(ctx: TcContext) -> i32 {
         return PASS;
     }
     stat(STAT_NAME_VERDICTS, 1);
-    let pkt = job.pkt;
     let fv = FlowVerdict {
         action: best_action,
         app_id: best_app,
         expires_ns: 0,
     };
-    let _ = TG_FLOW_VERDICT.insert(&pkt.key, &fv, 0);
-    if let Some(f) = TG_FLOWS.get_ptr_mut(&pkt.key) {
+    let _ = TG_FLOW_VERDICT.insert(&job.pkt.key, &fv, 0);
+    if let Some(f) = TG_FLOWS.get_ptr_mut(&job.pkt.key) {
         // SAFETY: live LRU map value.
         unsafe { (*f).verdict = best_action };
     }
@@ -1405,7 +1493,32 @@ pub fn tg_verdict(ctx: TcContext) -> i32 {
     };
     // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    enforce(&ctx, &pkt, job.dir, job.egress != 0, best_action, c, now)
+    if !enforcing(c, now) {
+        stat(STAT_WOULD_DROP, 1);
+        return PASS;
+    }
+    if best_action == ACTION_BLOCK {
+        job.action = best_action;
+        // SAFETY: tail call into tg_enforce (reset / ICMP error); returns only on failure.
+        unsafe { TG_PROGS.tail_call(&ctx, PROG_INDEX_ENFORCE) };
+    }
+    stat(STAT_DROPS, 1);
+    DROP
+}
+
+/// Tail-called by the packet programs for a blocked packet that gets an answer: rewrites it
+/// into a TCP reset or an ICMP error toward the user.
+#[classifier]
+pub fn tg_enforce(ctx: TcContext) -> i32 {
+    let Some(job) = job() else {
+        return DROP;
+    };
+    let Some(c) = TG_CONFIG.get(0) else {
+        return DROP;
+    };
+    // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    enforce(&ctx, &job.pkt, job.dir, job.egress != 0, job.action, c, now)
 }
 
 /// Copies the packet's payload (up to `PAYLOAD_CAP` bytes) into the ring buffer as one record,

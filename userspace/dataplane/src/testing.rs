@@ -39,7 +39,7 @@ pub const TC_ACT_UNSPEC: i32 = -1;
 pub const TC_ACT_SHOT: i32 = 2;
 
 /// Every program in the object.
-pub const PROGRAMS: [&str; 8] = [
+pub const PROGRAMS: [&str; 9] = [
     abi::PROG_LAN_INGRESS,
     abi::PROG_LAN_EGRESS,
     abi::PROG_WAN_INGRESS,
@@ -48,6 +48,7 @@ pub const PROGRAMS: [&str; 8] = [
     abi::PROG_SNI,
     abi::PROG_NAME,
     abi::PROG_VERDICT,
+    abi::PROG_ENFORCE,
 ];
 
 impl ProbeHarness {

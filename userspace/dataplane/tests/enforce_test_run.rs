@@ -497,3 +497,62 @@ fn sni_in_a_later_segment_blocks_that_segment_at_every_split() {
         }
     });
 }
+
+#[test]
+fn quic_over_ipv6_refused_with_icmpv6_port_unreachable() {
+    with_harness(|h| {
+        enforce_mode(h);
+        h.verdicts()
+            .set_enforce_options(EnforceOptions {
+                fail_open: false,
+                heartbeat_timeout: Duration::ZERO,
+                block_quic: true,
+            })
+            .unwrap();
+        let mut initial = vec![0u8; 1200];
+        initial[..5].copy_from_slice(&[0xc3, 0, 0, 0, 1]);
+        let f = PacketSpec {
+            src: ip(USER6),
+            dst: ip(REMOTE6),
+            sport: 50000,
+            dport: 443,
+            l4: L4::Udp,
+            vlan: None,
+            payload: initial,
+        }
+        .frame();
+        let r = h.run(abi::PROG_LAN_INGRESS, &f, 1).unwrap();
+        assert_eq!(r.action, TC_ACT_SHOT);
+        let o = &r.data_out;
+        assert_eq!(o.len(), 14 + 40 + 8 + 48);
+        let iph = &o[14..54];
+        assert_eq!(
+            (iph[0] >> 4, iph[6], u16::from_be_bytes([iph[4], iph[5]])),
+            (6, 58, 56)
+        );
+        assert_eq!(
+            IpAddr::from(<[u8; 16]>::try_from(&iph[8..24]).unwrap()),
+            ip(REMOTE6)
+        );
+        assert_eq!(
+            IpAddr::from(<[u8; 16]>::try_from(&iph[24..40]).unwrap()),
+            ip(USER6)
+        );
+        let icmp = &o[54..];
+        assert_eq!(
+            (icmp[0], icmp[1]),
+            (1, 4),
+            "destination unreachable, port unreachable"
+        );
+        let mut all = iph[8..40].to_vec();
+        all.extend_from_slice(&[0, 0, 0, 56, 0, 0, 0, 58]);
+        all.extend_from_slice(icmp);
+        assert_eq!(csum(&all), 0, "ICMPv6 checksum");
+        assert_eq!(
+            &icmp[8..56],
+            &f[14..62],
+            "quotes the original IPv6 + UDP headers"
+        );
+        assert_eq!(h.stats().unwrap().icmp_sent, 1);
+    });
+}
