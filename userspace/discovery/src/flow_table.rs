@@ -403,6 +403,7 @@ pub struct FlowTable {
     /// Sum of the bytes held by every reassembler (see `max_buffered_bytes`).
     buffered: usize,
     ech: EchHints,
+    full_sweep_at: Option<DateTime<Utc>>,
 }
 
 const SWEEP_EVERY: u32 = 8192;
@@ -423,6 +424,7 @@ impl FlowTable {
             ops_since_sweep: 0,
             buffered: 0,
             ech: EchHints::default(),
+            full_sweep_at: None,
         }
     }
 
@@ -674,8 +676,16 @@ impl FlowTable {
         };
         if !self.flows.contains_key(&ck) {
             if self.flows.len() >= self.limits.max_flows {
+                // A full table is swept for idle flows at most once a second: a flood of
+                // new flows must not turn every packet into a scan of the table.
                 let now = self.now;
-                self.expire(now);
+                if self
+                    .full_sweep_at
+                    .is_none_or(|t| now >= t + TimeDelta::seconds(1))
+                {
+                    self.full_sweep_at = Some(now);
+                    self.expire(now);
+                }
                 if self.flows.len() >= self.limits.max_flows {
                     self.stats.flows_dropped += 1;
                     return None;
