@@ -81,10 +81,47 @@ impl ProbeHarness {
         frame: &[u8],
         repeat: u32,
     ) -> Result<RunResult, DataplaneError> {
+        self.run_ctx(program, frame, repeat, None)
+    }
+
+    /// Like [`ProbeHarness::run`], with the skb's `ingress_ifindex` set (as for a packet the
+    /// host forwards from that interface).
+    pub fn run_forwarded(
+        &self,
+        program: &'static str,
+        frame: &[u8],
+        ingress_ifindex: u32,
+    ) -> Result<RunResult, DataplaneError> {
+        // struct __sk_buff up to tc_index; ingress_ifindex sits at byte 36.
+        let mut ctx = [0u8; 48];
+        ctx[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+        self.run_ctx(program, frame, 1, Some(&ctx))
+    }
+
+    /// Marks an ifindex as one Tollgate is attached to (what `Dataplane::start` does).
+    pub fn add_iface(&mut self, ifindex: u32, lan: bool) -> Result<(), DataplaneError> {
+        let mut m: BpfHashMap<&mut MapData, u32, abi::IfaceInfo> =
+            BpfHashMap::try_from(map_mut(&mut self.ebpf, abi::MAP_IFACES)?)
+                .map_err(map_err(abi::MAP_IFACES))?;
+        let info = abi::IfaceInfo {
+            role: if lan { abi::ROLE_LAN } else { abi::ROLE_WAN },
+            _pad: 0,
+        };
+        m.insert(ifindex, info, 0).map_err(map_err(abi::MAP_IFACES))
+    }
+
+    fn run_ctx(
+        &self,
+        program: &'static str,
+        frame: &[u8],
+        repeat: u32,
+        ctx: Option<&[u8]>,
+    ) -> Result<RunResult, DataplaneError> {
         let mut out = vec![0u8; frame.len() + 256];
         let opts = TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
+            ctx_in: ctx,
             repeat,
             ..TestRunOptions::default()
         };

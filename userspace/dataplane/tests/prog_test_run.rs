@@ -438,3 +438,27 @@ fn malformed_and_truncated_packets_pass_and_are_counted() {
     assert_eq!(after.non_ip - before.non_ip, 1);
     assert_eq!(after.fragments - before.fragments, 1);
 }
+
+#[test]
+fn forwarded_packets_are_counted_once() {
+    let Some(mut h) = harness() else { return };
+    h.add_iface(7, true).unwrap();
+    let p = tcp(USER4, REMOTE4, 40400, 443, 1, b"data").frame();
+    // Seen at our ingress on interface 7 first, then leaving through a WAN egress hook.
+    run(
+        &h,
+        abi::PROG_LAN_INGRESS,
+        &tcp(USER4, REMOTE4, 40400, 443, 1, b"data"),
+    );
+    let r = h.run_forwarded(abi::PROG_WAN_EGRESS, &p, 7).unwrap();
+    assert_eq!(r.action, TC_ACT_UNSPEC);
+    // Forwarded from an interface we are not attached to: counted.
+    let r = h.run_forwarded(abi::PROG_WAN_EGRESS, &p, 9).unwrap();
+    assert_eq!(r.action, TC_ACT_UNSPEC);
+    let f = &h.flows().unwrap()[0];
+    assert_eq!(
+        f.packets_up, 2,
+        "once at ingress, once from the unattached interface"
+    );
+    assert_eq!(h.stats().unwrap().dedup, 1);
+}
