@@ -329,7 +329,10 @@ impl Enforcer {
         };
         if decision != Decision::Allow {
             let number = self.number(app);
-            dp.verdicts().set_flow(key, Action::Block, number, None)?;
+            let mut w = dp.verdicts();
+            w.set_flow(key, Action::Block, number, None)?;
+            // Flows cache their verdict until the generation changes.
+            w.commit()?;
             self.flows_blocked += 1;
         }
         Ok(Some((app, decision)))
