@@ -392,6 +392,24 @@ fn decrypt_one(
     Ok(end)
 }
 
+/// Parse the frames of an already decrypted Initial packet payload of `version`: the
+/// CRYPTO frames (or, for Q050, the CHLO) it carries. Used by [`parse_client_datagram`];
+/// public so callers holding plaintext (and the fuzzer) reach the frame parser directly.
+pub fn parse_initial_payload(plain: &[u8], version: u32) -> Result<QuicDatagram> {
+    let kind = VersionKind::of(version);
+    let mut out = QuicDatagram {
+        version,
+        kind,
+        dcid: Vec::new(),
+        scid: Vec::new(),
+        initials: 1,
+        crypto: Vec::new(),
+        chlo: None,
+    };
+    parse_frames(plain, kind, &mut out)?;
+    Ok(out)
+}
+
 /// Remove header protection and decrypt one Initial packet with keys from `cid`.
 fn open_initial(
     pkt: &[u8],

@@ -18,7 +18,22 @@ fuzz_target!(|data: &[u8]| {
         let _ = tls::parse_handshake_stream(c.contiguous());
         let _ = d.kind.label();
     }
-    // Frames of a decrypted payload are reached mostly through the corpus seeds; parse
-    // the input as a bare CHLO too.
+    // Random bytes almost never decrypt, so also feed them as decrypted Initial payloads
+    // (frames) of each version family, and as a bare gQUIC CHLO.
+    if let Some((&sel, plain)) = data.split_first() {
+        let version = match sel % 4 {
+            0 => quic::VERSION_1,
+            1 => quic::VERSION_2,
+            2 => 0x5130_3530, // Q050: frame 0x08 carries a CHLO
+            _ => 0x5430_3531, // T051
+        };
+        if let Ok(d) = quic::parse_initial_payload(plain, version) {
+            let mut c = CryptoReassembler::new(16 * 1024);
+            for f in &d.crypto {
+                c.insert(f.offset, &f.data);
+            }
+            let _ = tls::parse_handshake_stream(c.contiguous());
+        }
+    }
     let _ = quic::parse_chlo(data);
 });
