@@ -117,11 +117,42 @@ impl Shared {
         let ticketer = rustls::crypto::ring::Ticketer::new()?;
         let cache = rustls::server::ServerSessionMemoryCache::new(8192);
         let resolver = Arc::new(LeafResolver(ca.clone()));
+        // Managed devices may prove themselves with a client certificate: asked for, never
+        // required (opt-in: some browsers show a certificate picker when asked).
+        let client_verifier = match &cfg.managed_devices.client_ca_file {
+            None => None,
+            Some(path) => {
+                use rustls::pki_types::pem::PemObject;
+                let bad = |m: String| crate::ProxyError::Config {
+                    key: "managed_devices.client_ca_file".into(),
+                    message: m,
+                };
+                let data = std::fs::read(path).map_err(|e| crate::ProxyError::io(path, e))?;
+                let mut roots = rustls::RootCertStore::empty();
+                for c in rustls::pki_types::CertificateDer::pem_slice_iter(&data) {
+                    let c = c.map_err(|e| bad(format!("{}: {e}", path.display())))?;
+                    roots
+                        .add(c)
+                        .map_err(|e| bad(format!("{}: {e}", path.display())))?;
+                }
+                let v = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider.clone(),
+                )
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| bad(format!("{}: {e}", path.display())))?;
+                Some(v)
+            }
+        };
         let build = |alpn: Vec<Vec<u8>>| -> Result<Arc<ServerConfig>, crate::ProxyError> {
-            let mut c = ServerConfig::builder_with_provider(provider.clone())
-                .with_safe_default_protocol_versions()?
-                .with_no_client_auth()
-                .with_cert_resolver(resolver.clone());
+            let b = ServerConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()?;
+            let b = match &client_verifier {
+                Some(v) => b.with_client_cert_verifier(v.clone()),
+                None => b.with_no_client_auth(),
+            };
+            let mut c = b.with_cert_resolver(resolver.clone());
             c.alpn_protocols = alpn;
             c.ticketer = ticketer.clone();
             c.session_storage = cache.clone();
@@ -521,9 +552,15 @@ async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
     };
     shared.handshake_ok(peer.ip(), &sni);
     let client_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let client_cert = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .is_some_and(|c| !c.is_empty());
     let ctx = Arc::new(ConnCtx {
         user: shared.user_of(peer.ip()),
-        managed: shared.managed(peer.ip()),
+        // A verified client certificate (only asked for with managed_devices.client_ca_file).
+        managed: client_cert || shared.managed(peer.ip()),
         shared: shared.clone(),
         app: app.id,
         src: peer,

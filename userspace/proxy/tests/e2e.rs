@@ -154,6 +154,7 @@ struct Env {
     proxy_ca: PathBuf,
     audit: PathBuf,
     _tx: watch::Sender<HashSet<String>>,
+    handle: tollgate_proxy::ProxyHandle,
 }
 
 fn tmpdir(tag: &str) -> PathBuf {
@@ -217,7 +218,6 @@ async fn start_proxy_with(
     let proxy_ca = dir.join("proxy-ca.pem");
     std::fs::write(&proxy_ca, h.ca_pem()).unwrap();
     let addr = h.local_addr();
-    std::mem::forget(h); // runs until the test process ends
     (
         Env {
             dir,
@@ -225,6 +225,7 @@ async fn start_proxy_with(
             proxy_ca,
             audit,
             _tx: tx,
+            handle: h,
         },
         addr,
     )
@@ -810,4 +811,68 @@ async fn silent_drops_bypass_only_clients_that_never_trusted_us() {
     drop_mid_handshake(proxy, &env.proxy_ca).await;
     let (code, _, err) = curl(proxy, "files.test", "/x", &env.origin_ca, &[]).await;
     assert_eq!(code, 200, "spliced after two silent drops: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_devices_by_client_certificate_and_policy_reload() {
+    if !have_curl() {
+        eprintln!("skip: curl not installed");
+        return;
+    }
+    let ca = TestCa::new("tollgate test origin CA");
+    let (certs, key) = ca.leaf("files.test");
+    let origin = start_origin(certs, key).await;
+    // A device CA and one device certificate.
+    let device_ca = TestCa::new("device CA");
+    let dev_key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(vec!["laptop-17.corp.test".to_string()]).unwrap();
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let dev_cert = p.signed_by(&dev_key, &device_ca.issuer).unwrap();
+    let dir = tmpdir("device-files");
+    let (ca_path, cert_path, key_path) = (
+        dir.join("device-ca.pem"),
+        dir.join("dev.pem"),
+        dir.join("dev.key"),
+    );
+    std::fs::write(&ca_path, device_ca.issuer.pem()).unwrap();
+    std::fs::write(&cert_path, dev_cert.pem()).unwrap();
+    std::fs::write(&key_path, dev_key.serialize_pem()).unwrap();
+
+    let policies = r#"
+[[access_policies]]
+name = "managed devices only"
+apps = ["files"]
+action = "block"
+device = "unmanaged"
+"#;
+    let ca_for_cfg = ca_path.clone();
+    let (env, proxy) = start_proxy_with("device", origin, &ca.issuer.pem(), policies, move |c| {
+        c.managed_devices.client_ca_file = Some(ca_for_cfg);
+    })
+    .await;
+    let (code, _, _) = curl(proxy, "files.test", "/x", &env.proxy_ca, &[]).await;
+    assert_eq!(code, 403, "no client certificate: unmanaged");
+    let cert_arg = cert_path.display().to_string();
+    let key_arg = key_path.display().to_string();
+    let (code, body, err) = curl(
+        proxy,
+        "files.test",
+        "/x",
+        &env.proxy_ca,
+        &["--cert", &cert_arg, "--key", &key_arg],
+    )
+    .await;
+    assert_eq!(code, 200, "{err} {}", String::from_utf8_lossy(&body));
+
+    // Reload: drop the access policy; an invalid set is refused and leaves the running one.
+    let bad: PolicySet = toml::from_str(
+        "[[access_policies]]\nname='x'\napps=['*']\naction='block'\nip_tags=['nope']\n",
+    )
+    .unwrap();
+    assert!(env.handle.update_policies(&bad).is_err());
+    let (code, _, _) = curl(proxy, "files.test", "/x", &env.proxy_ca, &[]).await;
+    assert_eq!(code, 403);
+    env.handle.update_policies(&PolicySet::default()).unwrap();
+    let (code, _, _) = curl(proxy, "files.test", "/x", &env.proxy_ca, &[]).await;
+    assert_eq!(code, 200);
 }
