@@ -21,7 +21,10 @@
 //!   [`tls::ClientHello`] has SNI, ALPN, versions, ciphers, groups, key shares, ECH, and
 //!   [`tls::ClientHello::ja4`].
 //! - [`quic`]: [`quic::sniff_version`], [`quic::parse_client_datagram`] (v1, v2, drafts,
-//!   mvfst, gQUIC Q024..Q050/T050/T051) returning CRYPTO frames or a gQUIC CHLO.
+//!   mvfst, gQUIC Q024..Q050/T050/T051) returning CRYPTO frames or a gQUIC CHLO;
+//!   [`quic::parse_client_datagram_with`] for later datagrams of a connection (Initial keys
+//!   stay those of the client's first destination connection id);
+//!   [`quic::parse_initial_payload`] for an already decrypted payload.
 //! - [`dns`]: [`dns::parse_message`], [`dns::parse_tcp_stream`], [`dns::Message::address_map`].
 //! - [`http`]: [`http::parse_request_head`] answers `Parsed` / `NeedMore` / `NotHttp`.
 //! - [`reasm`]: [`reasm::TcpReassembler`] and [`reasm::CryptoReassembler`], byte-capped.
