@@ -167,10 +167,36 @@ pub fn status(
     }
 }
 
-pub fn stop(config: Option<&Path>, control: Option<&Path>) -> Result<(), Failure> {
-    ask(config, control, Request::Stop)?;
-    println!("stopped: programs detached, pins removed");
-    Ok(())
+/// Stops the daemon; when none answers (it was killed), removes the instance's pins, which
+/// detaches its programs.
+pub fn stop(
+    config: Option<&Path>,
+    control: Option<&Path>,
+    netns: Option<&str>,
+) -> Result<(), Failure> {
+    match ask(config, control, Request::Stop) {
+        Ok(_) => {
+            println!("stopped: programs detached, pins removed");
+            Ok(())
+        }
+        Err(Failure::Runtime(e)) => {
+            let pins = crate::daemon::pin_dir(netns);
+            if !pins.exists() {
+                return Err(Failure::Runtime(e.context(format!(
+                    "no daemon answered and there are no pins under {}",
+                    pins.display()
+                ))));
+            }
+            std::fs::remove_dir_all(&pins)
+                .with_context(|| format!("removing the pins under {}", pins.display()))?;
+            println!(
+                "no daemon answered; removed the pins under {} (programs detached)",
+                pins.display()
+            );
+            Ok(())
+        }
+        Err(other) => Err(other),
+    }
 }
 
 pub fn tag(

@@ -48,6 +48,11 @@ const EVENT_BATCH: usize = 4096;
 
 const LEARNED_IPS_FILE: &str = "learned_ips.json";
 
+/// The instance's pins: one directory per network namespace the daemon runs in.
+pub fn pin_dir(netns: Option<&str>) -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/tollgate").join(netns.unwrap_or("host"))
+}
+
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -504,8 +509,7 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
     let interfaces = resolve_interfaces(&cfg)?;
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating state_dir {}", cfg.state_dir.display()))?;
-    let instance = netns.clone().unwrap_or_else(|| "host".into());
-    let pin_dir = PathBuf::from("/sys/fs/bpf/tollgate").join(&instance);
+    let pin_dir = pin_dir(netns.as_deref());
     let mut dp = Dataplane::start(DataplaneOptions {
         interfaces: interfaces
             .iter()

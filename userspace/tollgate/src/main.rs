@@ -61,6 +61,10 @@ enum Command {
     Stop {
         #[command(flatten)]
         daemon: DaemonAddr,
+        /// The instance's namespace (as given to `run --netns`), for removing the pins
+        /// when no daemon answers.
+        #[arg(long)]
+        netns: Option<String>,
     },
     /// Change an app's settings on a running daemon.
     App {
@@ -193,9 +197,11 @@ fn main() -> ExitCode {
             daemon.control.as_deref(),
             out(json),
         ),
-        Command::Stop { daemon } => {
-            commands::stop(daemon.config.as_deref(), daemon.control.as_deref())
-        }
+        Command::Stop { daemon, netns } => commands::stop(
+            daemon.config.as_deref(),
+            daemon.control.as_deref(),
+            netns.as_deref(),
+        ),
         Command::App {
             action:
                 AppAction::Tag {
