@@ -876,3 +876,85 @@ device = "unmanaged"
     let (code, _, _) = curl(proxy, "files.test", "/x", &env.proxy_ca, &[]).await;
     assert_eq!(code, 200);
 }
+
+/// Headless Chromium trusting our CA through an NSS database (skips without chromium and
+/// certutil): the block page renders for a blocked download, a page loads over HTTP/2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_headless_through_the_proxy() {
+    let have = |c: &str, a: &str| {
+        Command::new(c)
+            .arg(a)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !have("chromium", "--version") || !have("which", "certutil") {
+        eprintln!("skip: chromium or certutil (libnss3-tools) not installed");
+        return;
+    }
+    let ca = TestCa::new("tollgate test origin CA");
+    let (certs, key) = ca.leaf("files.test");
+    let origin = start_origin(certs, key).await;
+    let (env, proxy) = start_proxy("chromium", origin, &ca.issuer.pem()).await;
+    let home = env.dir.join("home");
+    let nssdb = home.join(".pki/nssdb");
+    std::fs::create_dir_all(&nssdb).unwrap();
+    let db = format!("sql:{}", nssdb.display());
+    let ok = Command::new("certutil")
+        .args(["-N", "-d", &db, "--empty-password"])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "certutil -N");
+    let ca_file = env.proxy_ca.display().to_string();
+    let ok = Command::new("certutil")
+        .args([
+            "-A",
+            "-d",
+            &db,
+            "-n",
+            "tollgate-test",
+            "-t",
+            "C,,",
+            "-i",
+            &ca_file,
+        ])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "certutil -A");
+    let dump = |path: &str| {
+        let url = format!("https://files.test:{}{path}", proxy.port());
+        let home = home.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = Command::new("timeout")
+                .args([
+                    "60",
+                    "chromium",
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--no-first-run",
+                ])
+                .arg("--host-resolver-rules=MAP files.test 127.0.0.1")
+                .arg(format!(
+                    "--user-data-dir={}",
+                    home.join("profile").display()
+                ))
+                .args(["--dump-dom", &url])
+                .env("HOME", &home)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+    };
+    let page = dump("/file.exe").await.unwrap();
+    assert!(
+        page.contains("Download blocked") && page.contains("no executables from cloud storage"),
+        "{page}"
+    );
+    let page = dump("/hello").await.unwrap();
+    assert!(
+        page.contains("origin saw GET /hello over HTTP/2.0"),
+        "{page}"
+    );
+}
