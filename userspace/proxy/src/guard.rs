@@ -7,6 +7,13 @@
 //! `400` and closes. (hyper alone would drop the Content-Length and read the body as
 //! chunked: safe, but not a rejection.)
 //!
+//! The rejection itself travels to the service as a synthetic request carrying a
+//! per-connection secret token (so that the normal hyper connection, with upgrades, can
+//! answer it); clients cannot forge it.
+//!
+//! A head with `Upgrade` (WebSocket) switches the guard to pass-through: after a `101` the
+//! bytes are no longer HTTP. (The service closes the connection when the upgrade is refused.)
+//!
 //! Head bytes are held until the head is complete (bounded by the header limit; above it
 //! they are released so that hyper answers 431); body bytes flow through as they arrive.
 
@@ -100,11 +107,24 @@ pub struct H1Guard<IO> {
     ready: BytesMut,
     max_head: usize,
     reject: Option<&'static str>,
+    /// Shared with the service: why the stream was cut.
+    verdict: std::sync::Arc<std::sync::OnceLock<&'static str>>,
+    token: String,
+    injected: bool,
     eof: bool,
 }
 
+/// Header of the synthetic request that carries a rejection to the service.
+pub const GUARD_HEADER: &str = "x-tollgate-guard";
+
 impl<IO> H1Guard<IO> {
-    pub fn new(inner: IO, max_head: usize) -> Self {
+    /// `token` is the connection's secret; `verdict` receives the reason of a rejection.
+    pub fn new(
+        inner: IO,
+        max_head: usize,
+        token: String,
+        verdict: std::sync::Arc<std::sync::OnceLock<&'static str>>,
+    ) -> Self {
         H1Guard {
             inner,
             state: State::Head,
@@ -112,6 +132,9 @@ impl<IO> H1Guard<IO> {
             ready: BytesMut::new(),
             max_head,
             reject: None,
+            verdict,
+            token,
+            injected: false,
             eof: false,
         }
     }
@@ -154,10 +177,12 @@ impl<IO> H1Guard<IO> {
                     match check_head(head) {
                         Err(why) => {
                             self.reject = Some(why);
+                            let _ = self.verdict.set(why);
                             self.held.clear();
                             return;
                         }
                         Ok(None) => self.state = State::Passthrough,
+                        Ok(Some(_)) if has_upgrade(head) => self.state = State::Passthrough,
                         Ok(Some(f)) => {
                             self.state = match f {
                                 Framing::None | Framing::Length(0) => State::Head,
@@ -245,6 +270,17 @@ impl<IO> H1Guard<IO> {
     }
 }
 
+/// Does a (complete, parseable) head carry an Upgrade header?
+fn has_upgrade(head: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    matches!(req.parse(head), Ok(httparse::Status::Complete(_)))
+        && req
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("upgrade"))
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
@@ -263,8 +299,23 @@ impl<IO: AsyncRead + Unpin> AsyncRead for H1Guard<IO> {
                 this.ready.advance(n);
                 return Poll::Ready(Ok(()));
             }
-            if this.reject.is_some() || this.eof {
-                return Poll::Ready(Ok(())); // end of stream at a message boundary
+            if this.reject.is_some() && !this.injected {
+                // Hand the rejection to the service as a request only it can recognise.
+                this.injected = true;
+                let synthetic = format!(
+                    "GET /.tollgate/rejected HTTP/1.1\r\nhost: tollgate.invalid\r\nconnection: close\r\n{GUARD_HEADER}: {}\r\n\r\n",
+                    this.token
+                );
+                this.ready.extend_from_slice(synthetic.as_bytes());
+                continue;
+            }
+            if this.reject.is_some() {
+                // Nothing more is read from this client. Not EOF: hyper would drop the
+                // pending answer on a closed read side; it closes after the 400 instead.
+                return Poll::Pending;
+            }
+            if this.eof {
+                return Poll::Ready(Ok(()));
             }
             // Body bytes of a known length need no holding: read them straight into `buf`.
             if this.held.is_empty()
@@ -350,9 +401,18 @@ mod tests {
     async fn pass(input: &[u8], split: usize) -> (Vec<u8>, Option<&'static str>) {
         let (a, b) = input.split_at(split.min(input.len()));
         let reader = tokio_test_reader(vec![a.to_vec(), b.to_vec()]);
-        let mut g = H1Guard::new(reader, 65536);
+        let mut g = H1Guard::new(reader, 65536, "t0k3n".into(), Default::default());
         let mut out = Vec::new();
-        g.read_to_end(&mut out).await.unwrap();
+        let mut buf = [0u8; 256];
+        // A rejecting guard never ends the stream (it waits for the 400 to go out).
+        while let Ok(r) =
+            tokio::time::timeout(std::time::Duration::from_millis(10), g.read(&mut buf)).await
+        {
+            match r.unwrap() {
+                0 => break,
+                n => out.extend_from_slice(&buf[..n]),
+            }
+        }
         (out, g.rejected())
     }
 
@@ -403,9 +463,10 @@ mod tests {
         let ok: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
         let bad: &[u8] = b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
         let all = [ok, bad].concat();
+        let synthetic: &[u8] = b"GET /.tollgate/rejected HTTP/1.1\r\nhost: tollgate.invalid\r\nconnection: close\r\nx-tollgate-guard: t0k3n\r\n\r\n";
         for split in 0..=all.len() {
             let (out, rej) = pass(&all, split).await;
-            assert_eq!(out, ok, "split {split}");
+            assert_eq!(out, [ok, synthetic].concat(), "split {split}");
             assert!(rej.is_some());
         }
         // Smuggling hidden in a body is body, not a head.

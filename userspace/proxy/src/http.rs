@@ -35,6 +35,9 @@ pub struct ConnCtx {
     pub upstream_error: Option<UpstreamFailure>,
     /// The connection opened before the client handshake, used by the first request.
     pub first: Mutex<Option<Conn>>,
+    /// Secret of the HTTP/1.1 framing guard's synthetic "rejected" request.
+    pub guard_token: String,
+    pub guard_verdict: Arc<std::sync::OnceLock<&'static str>>,
 }
 
 fn full(b: impl Into<Bytes>) -> ProxyBody {
@@ -451,7 +454,18 @@ impl ConnCtx {
         Ok(self.handle_inner(req).await)
     }
 
-    async fn handle_inner(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn handle_inner(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
+        if let Some(v) = req.headers_mut().remove(crate::guard::GUARD_HEADER)
+            && v.as_bytes() == self.guard_token.as_bytes()
+            && let Some(why) = self.guard_verdict.get()
+        {
+            self.shared
+                .stats
+                .rejected_requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(src = %self.src, sni = %self.sni, "rejected: {why}");
+            return bad_request(why);
+        }
         if let Some(problem) = framing_problem(&req) {
             self.shared
                 .stats
@@ -525,6 +539,10 @@ impl ConnCtx {
             }
         }
 
+        if req.version() == Version::HTTP_11 && req.headers().contains_key(header::UPGRADE) {
+            return Box::pin(self.upgrade(req, &host, html)).await;
+        }
+
         let (mut parts, body) = req.into_parts();
         let mut body: ProxyBody = body.map_err(BoxError::from).boxed();
         if concerned && !body.is_end_stream() {
@@ -590,6 +608,93 @@ impl ConnCtx {
             }
         }
         resp
+    }
+
+    /// `Upgrade` (WebSocket): forward the handshake; on `101` splice the two upgraded
+    /// streams (frames are not inspected); otherwise answer and close the connection.
+    async fn upgrade(
+        &self,
+        mut req: Request<Incoming>,
+        host: &str,
+        html: bool,
+    ) -> Response<ProxyBody> {
+        let client_side = hyper::upgrade::on(&mut req);
+        let proto = req.headers().get(header::UPGRADE).cloned();
+        let (mut parts, body) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some(p) = proto {
+            parts.headers.insert(header::UPGRADE, p);
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        if !parts.headers.contains_key(header::HOST)
+            && let Ok(v) = HeaderValue::from_str(host)
+        {
+            parts.headers.insert(header::HOST, v);
+        }
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        let Ok(uri) = Uri::try_from(pq.as_str()) else {
+            return bad_request("bad request target");
+        };
+        parts.uri = uri;
+        let req = Request::from_parts(parts, body.map_err(BoxError::from).boxed());
+        let fail = |msg: String| {
+            let mut r = block_response(
+                StatusCode::BAD_GATEWAY,
+                html,
+                "Server unreachable",
+                &self.app,
+                "-",
+                &msg,
+            );
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            r
+        };
+        let mut h1 = match self.conn().await {
+            Ok((Conn::H1(h), _)) => h,
+            Ok((Conn::H2(_), _)) => {
+                return fail(
+                    "the server speaks HTTP/2; HTTP/1.1 upgrades cannot be relayed".into(),
+                );
+            }
+            Err(e) => return fail(e),
+        };
+        let mut resp = match h1.send.send_request(req).await {
+            Ok(r) => r,
+            Err(e) => return fail(format!("request to the server failed: {e}")),
+        };
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let (mut p, b) = resp.into_parts();
+            strip_hop_by_hop(&mut p.headers);
+            p.headers
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return Response::from_parts(p, b.map_err(BoxError::from).boxed());
+        }
+        let server_side = hyper::upgrade::on(&mut resp);
+        let (src, sni) = (self.src, self.sni.clone());
+        tokio::spawn(async move {
+            let _slot = h1; // the origin connection's slot stays taken while the tunnel lives
+            match (client_side.await, server_side.await) {
+                (Ok(c), Ok(s)) => {
+                    let (mut c, mut s) = (
+                        hyper_util::rt::TokioIo::new(c),
+                        hyper_util::rt::TokioIo::new(s),
+                    );
+                    let _ = tokio::io::copy_bidirectional(&mut c, &mut s).await;
+                }
+                (c, s) => {
+                    tracing::debug!(%src, %sni, "upgrade failed: client {:?}, server {:?}", c.err(), s.err())
+                }
+            }
+        });
+        let (p, _) = resp.into_parts();
+        Response::from_parts(p, full(Bytes::new()))
     }
 
     async fn conn(&self) -> Result<(Conn, bool), String> {

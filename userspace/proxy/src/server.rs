@@ -438,6 +438,16 @@ async fn splice(shared: &Shared, mut client: TcpStream, dst: SocketAddr, raw: &[
     let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
 }
 
+/// A per-connection secret (hex) for the framing guard's synthetic requests.
+fn random_token() -> Option<String> {
+    let mut b = [0u8; 16];
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut b)
+        .ok()?;
+    Some(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
 /// Classify a failed client handshake (pure).
 pub fn handshake_end(e: &std::io::Error) -> HandshakeEnd {
     use std::io::ErrorKind::*;
@@ -557,7 +567,14 @@ async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
         .1
         .peer_certificates()
         .is_some_and(|c| !c.is_empty());
+    let Some(token) = random_token() else {
+        tracing::warn!("no randomness for the connection secret; closing {peer}");
+        return;
+    };
+    let verdict: Arc<std::sync::OnceLock<&'static str>> = Arc::default();
     let ctx = Arc::new(ConnCtx {
+        guard_token: token.clone(),
+        guard_verdict: verdict.clone(),
         user: shared.user_of(peer.ip()),
         // A verified client certificate (only asked for with managed_devices.client_ca_file).
         managed: client_cert || shared.managed(peer.ip()),
@@ -580,36 +597,16 @@ async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
             .serve_connection(TokioIo::new(tls), svc)
             .await
     } else {
-        let guard = H1Guard::new(tls, cfg.max_header_bytes.max(8192));
-        let r = hyper::server::conn::http1::Builder::new()
+        let guard = H1Guard::new(tls, cfg.max_header_bytes.max(8192), token, verdict);
+        hyper::server::conn::http1::Builder::new()
             // One TLS record (and one write) per response head + small body, not one per part.
             .writev(false)
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(cfg.header_read_timeout_secs))
             .max_buf_size(cfg.max_header_bytes.max(8192))
             .serve_connection(TokioIo::new(guard), svc)
-            .without_shutdown()
-            .await;
-        match r {
-            Ok(parts) => {
-                let mut guard = parts.io.into_inner();
-                if let Some(why) = guard.rejected() {
-                    shared
-                        .stats
-                        .rejected_requests
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::info!("{peer}: request rejected: {why}");
-                    let msg = format!(
-                        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{why}\n",
-                        why.len() + 1
-                    );
-                    let _ = guard.get_mut().write_all(msg.as_bytes()).await;
-                }
-                let _ = guard.get_mut().shutdown().await;
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
+            .with_upgrades()
+            .await
     };
     if let Err(e) = res {
         tracing::debug!("{peer}: connection ended: {e}");

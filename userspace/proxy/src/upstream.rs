@@ -224,7 +224,7 @@ pub async fn connect(
                 .await
                 .map_err(|e| UpstreamFailure::Protocol(e.to_string()))?;
             tokio::spawn(async move {
-                if let Err(e) = conn.await {
+                if let Err(e) = conn.with_upgrades().await {
                     tracing::debug!("upstream h1 connection: {e}");
                 }
             });

@@ -80,8 +80,29 @@ fn big_body() -> Vec<u8> {
 }
 
 async fn origin_service(
-    req: Request<hyper::body::Incoming>,
+    mut req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.headers().get("upgrade").is_some_and(|v| v == "echo") {
+        let up = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = up.await {
+                let mut io = TokioIo::new(up);
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let r = Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "echo")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        return Ok(r);
+    }
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let version = format!("{:?}", req.version());
@@ -140,6 +161,7 @@ async fn start_origin(
                 } else {
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(io, svc)
+                        .with_upgrades()
                         .await;
                 }
             });
@@ -517,6 +539,14 @@ async fn smuggling_and_bad_input_rejected() {
         r.starts_with("HTTP/1.1 431") || r.is_empty(),
         "{}",
         &r[..r.len().min(200)]
+    );
+
+    // A client cannot forge the guard's internal rejection request.
+    let forged = b"GET /forged HTTP/1.1\r\nHost: files.test\r\nx-tollgate-guard: 00112233445566778899aabbccddeeff\r\nConnection: close\r\n\r\n";
+    let r = raw_request(proxy, &env.proxy_ca, forged).await;
+    assert!(
+        r.starts_with("HTTP/1.1 200") && r.contains("origin saw GET /forged"),
+        "{r}"
     );
 
     // A well-formed request on the same kind of connection works.
@@ -957,4 +987,59 @@ async fn chromium_headless_through_the_proxy() {
         page.contains("origin saw GET /hello over HTTP/2.0"),
         "{page}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_are_relayed() {
+    use rustls::pki_types::pem::PemObject;
+    let ca = TestCa::new("tollgate test origin CA");
+    let (certs, key) = ca.leaf("files.test");
+    let origin = start_origin(certs, key).await;
+    let (env, proxy) = start_proxy("upgrade", origin, &ca.issuer.pem()).await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(&env.proxy_ca).unwrap())
+        .unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("files.test").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: files.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), tls.read(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 1, "closed early: {}", String::from_utf8_lossy(&head));
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(
+        head.starts_with("http/1.1 101") && head.contains("upgrade: echo"),
+        "{head}"
+    );
+    // Bytes that look like an ambiguous HTTP head are just tunnel data now.
+    let payload = b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+    tls.write_all(payload).await.unwrap();
+    let mut echo = vec![0u8; payload.len()];
+    tokio::time::timeout(std::time::Duration::from_secs(5), tls.read_exact(&mut echo))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(echo, payload);
 }
