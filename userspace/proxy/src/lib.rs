@@ -19,7 +19,27 @@
 //! 4. serve HTTP with hyper; every request passes framing checks (smuggling), access
 //!    policies, activity rules, upload inspection; every response download inspection
 //!    ([`policy`], [`dlp`]); block pages are HTML for `Accept: text/html`, JSON otherwise;
-//!    every decision is an audit record ([`audit`]).
+//!    every decision is an audit record ([`audit`]). HTTP/1.1 request framing is checked
+//!    before hyper sees it ([`guard`]): Content-Length with Transfer-Encoding, double
+//!    Content-Length and unknown codings get `400`, never forwarded. `Upgrade` (WebSocket)
+//!    handshakes pass the policies and are then relayed (frames are not inspected).
+//!
+//! # For the daemon
+//!
+//! ```ignore
+//! let (apps_tx, apps_rx) = tokio::sync::watch::channel(HashSet::from(["dropbox".to_string()]));
+//! let lookup: AppLookup = Arc::new(move |sni| catalog.classify_name(sni)
+//!     .map(|m| AppInfo { id: m.app.id.clone(), category: Some(m.app.category.clone()) }));
+//! let proxy = SessionProxy::start(cfg.proxy, &policy_set, lookup, apps_rx).await?;
+//! let steering = Steering::install(proxy.local_addr().port(), &lan_ifaces, Duration::from_secs(3600))?;
+//! steering.add_ips(&ips_learned_from_dns_for_session_apps)?;   // again to refresh
+//! proxy.update_policies(&new_policy_set)?;                       // on config reload
+//! println!("{}", proxy.ca_pem());                                // `tollgate ca export`
+//! // without a running proxy: tollgate_proxy::load_ca(&cfg.proxy)?.ca_pem()
+//! ```
+//!
+//! Counters: [`ProxyHandle::stats`]. Bodies are buffered only when a policy needs their
+//! content (up to `max_inspect_bytes`); everything else streams.
 //!
 //! # Configuration (TOML)
 //!
@@ -50,7 +70,8 @@
 //! audit_log = "/var/log/tollgate/proxy-audit.jsonl"
 //! ip_tags = { corporate = ["10.0.0.0/8"], risky = ["198.51.100.0/24"] }
 //! users = { alice = ["10.1.2.3/32"] }  # user by source address
-//! managed_devices = { ips = ["10.9.0.0/16"], macs = ["02:00:00:00:00:01"] }
+//! managed_devices = { ips = ["10.9.0.0/16"], macs = ["02:00:00:00:00:01"],
+//!                     client_ca_file = "/etc/tollgate/device-ca.pem" }  # cert asked, not required
 //!
 //! [[session_policies]]
 //! name = "no executables from cloud storage"
