@@ -146,6 +146,8 @@ pub struct FlowRow {
     pub dst: IpAddr,
     pub dport: u16,
     pub name: Option<String>,
+    /// Where the name came from: "sni", "quic", "dns", "http" (wire inputs) or "log".
+    pub name_source: Option<NameSource>,
     pub user: Option<String>,
     pub device: Option<String>,
     pub app: Option<String>,
@@ -153,6 +155,8 @@ pub struct FlowRow {
     pub rule: Option<String>,
     pub bytes_up: u64,
     pub bytes_down: u64,
+    pub packets_up: u64,
+    pub packets_down: u64,
 }
 
 /// A point-in-time rendering of the aggregates, sorted by traffic (bytes up + down).
@@ -496,6 +500,7 @@ impl Aggregator {
                 dst: rec.dst,
                 dport: rec.dport,
                 name: rec.name.clone(),
+                name_source: rec.name_source,
                 user: who.user.map(str::to_owned),
                 device: who.device.map(str::to_owned),
                 app: app_id.map(str::to_owned),
@@ -503,6 +508,8 @@ impl Aggregator {
                 rule: m.map(|m| m.rule.to_owned()),
                 bytes_up: rec.bytes_up,
                 bytes_down: rec.bytes_down,
+                packets_up: rec.packets_up,
+                packets_down: rec.packets_down,
             });
         }
     }
