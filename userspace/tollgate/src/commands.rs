@@ -287,6 +287,17 @@ pub fn export_blocklist(config: Option<&Path>, format: BlocklistFormat) -> Resul
     Ok(())
 }
 
+/// `tollgate ca export`: the session proxy's CA certificate, created on first use (its key
+/// stays in the CA directory, mode 0600).
+pub fn ca_export(config: Option<&Path>) -> Result<(), Failure> {
+    let cfg = load_config(config)?;
+    let pcfg = crate::session::proxy_config(&cfg);
+    let ca = tollgate_proxy::load_ca(&pcfg)
+        .map_err(|e| Failure::Runtime(anyhow::anyhow!("the session proxy's CA: {e}")))?;
+    print!("{}", ca.ca_pem());
+    Ok(())
+}
+
 /// Arguments of `tollgate discover`.
 pub struct DiscoverArgs<'a> {
     pub format: &'a str,

@@ -58,6 +58,15 @@ pub struct Config {
     /// How decisions are enforced (`[enforcement]`).
     #[serde(default)]
     pub enforcement: crate::enforce::EnforcementConfig,
+    /// The session proxy (`[proxy]`), started when an app has `session_control = true`.
+    #[serde(default)]
+    pub proxy: tollgate_proxy::ProxyConfig,
+    /// Session policies for apps under session control (`[[session_policies]]`).
+    #[serde(default)]
+    pub session_policies: Vec<tollgate_proxy::SessionPolicy>,
+    /// Access policies for apps under session control (`[[access_policies]]`).
+    #[serde(default)]
+    pub access_policies: Vec<tollgate_proxy::AccessPolicy>,
     /// How long the live daemon keeps per-hour discovery history (`[discovery]`).
     #[serde(default)]
     pub discovery: DiscoveryConfig,

@@ -58,6 +58,7 @@ pub fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
@@ -114,7 +115,7 @@ struct Core {
     cfg: Config,
     dp: Dataplane,
     flows: FlowTable,
-    catalog: Catalog,
+    catalog: Arc<Catalog>,
     tags: TagBook,
     live_tags: BTreeMap<String, Tag>,
     tag_store: TagStore,
@@ -125,6 +126,7 @@ struct Core {
     /// still-present counters do not bring them back twice.
     retired: HashMap<flow_table::FlowKey, DateTime<Utc>>,
     enforcer: Enforcer,
+    session: Option<crate::session::SessionControl>,
     /// Flows already decided in userspace (cleared when it grows past the flow cap).
     decided: HashSet<abi::FlowKey>,
     learned_saved: Vec<IpAddr>,
@@ -181,6 +183,9 @@ impl Core {
             return;
         };
         let name = name.to_string();
+        if let Some(s) = &mut self.session {
+            s.on_name(&self.catalog, &name, ev.remote_ip);
+        }
         if self.decided.len() >= self.cfg.flows.max_flows {
             self.decided.clear();
         }
@@ -215,6 +220,9 @@ impl Core {
             return;
         }
         for (ip, name, ttl) in msg.address_map() {
+            if let Some(s) = &mut self.session {
+                s.on_name(&self.catalog, &name, ip);
+            }
             if let Err(e) = self.enforcer.on_dns_answer(
                 &mut self.dp,
                 &self.catalog,
@@ -301,6 +309,12 @@ impl Core {
             tracing::warn!("heartbeat: {e}");
         }
         self.enforcer.expire(&mut self.dp);
+        // Flows re-check verdicts (and so their TTLs) only when the generation changes.
+        if !self.enforcer.learned_ips().is_empty()
+            && let Err(e) = self.dp.verdicts().commit()
+        {
+            tracing::warn!("committing verdicts: {e}");
+        }
         let keep = TimeDelta::hours(i64::from(self.cfg.discovery.history_hours));
         self.history.forget_hours_before(Utc::now() - keep);
         let learned = self.enforcer.learned_ips();
@@ -569,21 +583,17 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
     println!("  pins under {}", pin_dir.display());
 
     let mut events = dp.take_event_reader().context("opening the ring buffer")?;
-    let (tx, mut rx) = mpsc::channel::<ControlCall>(64);
-    let socket = cfg.control_socket.clone();
-    let server = tokio::spawn(async move {
-        if let Err(e) = control::serve(&socket, Arc::new(ControlHandler { tx })).await {
-            tracing::error!("control socket: {e:#}");
-        }
-    });
 
     let live_tags = TagStore::new(&cfg.state_dir).load().unwrap_or_default();
+    let catalog = Arc::new(catalog);
+    let session = crate::session::SessionControl::start(&cfg, catalog.clone()).await?;
     let enforcer = Enforcer::new(cfg.mode == Mode::Enforce, cfg.enforcement.clone(), &catalog);
     enforcer
         .apply_options(&mut dp)
         .context("writing the enforcement options")?;
     let mut core = Core {
         enforcer,
+        session,
         decided: HashSet::new(),
         learned_saved: load_learned_ips(&cfg.state_dir),
         flows: FlowTable::new(FlowTableLimits {
@@ -608,6 +618,15 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
 
     // Name verdicts for what the config and the live tags leave unsanctioned.
     core.apply_tags();
+    // The control socket comes last: when it answers, the daemon is ready.
+    let (tx, mut rx) = mpsc::channel::<ControlCall>(64);
+    let socket = core.cfg.control_socket.clone();
+    let server = tokio::spawn(async move {
+        if let Err(e) = control::serve(&socket, Arc::new(ControlHandler { tx })).await {
+            tracing::error!("control socket: {e:#}");
+        }
+    });
+
     let mut poll = tokio::time::interval(COUNTER_POLL);
     let status_every = Duration::from_secs(core.cfg.status_interval_secs.max(1));
     let mut status =
@@ -657,6 +676,9 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
     }
     server.abort();
     let _ = std::fs::remove_file(&core.cfg.control_socket);
+    if let Some(s) = core.session.take() {
+        s.shutdown().await;
+    }
     if detach {
         core.dp.detach().context("detaching")?;
         println!("tollgate: stopped; programs detached and pins removed");

@@ -10,4 +10,5 @@ pub mod control;
 pub mod daemon;
 pub mod enforce;
 pub mod netns;
+pub mod session;
 pub mod view;

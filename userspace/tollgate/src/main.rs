@@ -103,8 +103,22 @@ enum Command {
         #[command(subcommand)]
         what: ExportWhat,
     },
+    /// The session proxy's CA.
+    Ca {
+        #[command(subcommand)]
+        action: CaAction,
+    },
     /// Check a config file and print what it means.
     CheckConfig { config: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum CaAction {
+    /// Print the CA certificate (PEM) for clients to trust; creates the CA if there is none.
+    Export {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -244,6 +258,9 @@ fn main() -> ExitCode {
                 commands::catalog_search(config.as_deref(), &text, out(json))
             }
         },
+        Command::Ca {
+            action: CaAction::Export { config },
+        } => commands::ca_export(config.as_deref()),
         Command::Export {
             what: ExportWhat::Blocklist { format, config },
         } => commands::export_blocklist(

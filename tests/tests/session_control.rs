@@ -1,0 +1,158 @@
+//! End to end: session control through the daemon. An app with `session_control = true` is
+//! steered into the proxy (after DNS names it), which terminates TLS with Tollgate's CA and
+//! applies session policies; every other app is never decrypted.
+
+use std::time::Duration;
+
+use tollgate_e2e::servers::{Daemon, Origins};
+use tollgate_e2e::{SERVER_IP4, Topology, require_command, require_root, serial, sh, tollgate_bin};
+
+fn ready(test: &str) -> bool {
+    require_root(test)
+        && ["nginx", "dnsmasq", "curl", "openssl", "dig", "nft"]
+            .iter()
+            .all(|c| require_command(test, c))
+}
+
+#[test]
+fn steered_app_gets_policies_others_keep_their_certificate() {
+    let test = "steered_app_gets_policies_others_keep_their_certificate";
+    if !ready(test) {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = Topology::new("sc", 1500).expect("topology");
+    let origins = Origins::start(&mut topo, false).expect("origins");
+    let dir = topo.scratch().to_path_buf();
+    std::fs::write(dir.join("www/setup.exe"), b"MZ fake executable").unwrap();
+    let audit = dir.join("audit.jsonl");
+    let extra = format!(
+        "[apps.dropbox]\nsession_control = true\n\n\
+         [proxy]\nlisten = \"0.0.0.0:8443\"\nupstream_ca_files = [\"{}\"]\naudit_log = \"{}\"\n\n\
+         [[session_policies]]\nname = \"no executables\"\napps = [\"dropbox\"]\naction = \"block\"\n\
+         download = {{ file_extensions = [\"exe\"] }}\n\n\
+         [[session_policies]]\nname = \"no card numbers out\"\napps = [\"dropbox\"]\naction = \"block\"\n\
+         upload = {{ content = [\"credit_card\"], min_matches = 1 }}\n",
+        origins.ca.display(),
+        audit.display()
+    );
+    let daemon = Daemon::start(&mut topo, "monitor", &extra).expect("daemon");
+    // The client trusts Tollgate's CA (exported as an admin would) and the origin's.
+    let tg_ca = dir.join("tollgate-ca.pem");
+    let out = std::process::Command::new(tollgate_bin())
+        .args(["ca", "export", "--config"])
+        .arg(&daemon.config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(&tg_ca, &out.stdout).unwrap();
+    let bundle = dir.join("trust.pem");
+    sh(&format!(
+        "cat {} {} > {}",
+        tg_ca.display(),
+        origins.ca.display(),
+        bundle.display()
+    ))
+    .unwrap();
+    let c = topo.client.clone();
+    // DNS names the app: its address is steered into the proxy.
+    topo.exec(&c, &format!("dig +short www.dropbox.com @{SERVER_IP4}"))
+        .unwrap();
+    topo.exec(&c, &format!("dig +short slack.com @{SERVER_IP4}"))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+
+    let curl = |args: &str| {
+        let out = topo.exec_any(
+            &c,
+            &format!("curl -s --max-time 10 --cacert {} {args}", bundle.display()),
+        );
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    for proto in ["--http1.1", "--http2"] {
+        // A blocked download type: the block page, from Tollgate's certificate.
+        let (ok, body, err) = curl(&format!(
+            "{proto} -H 'Accept: text/html' -w '\\n%{{http_code}}' https://www.dropbox.com/setup.exe"
+        ));
+        assert!(ok, "{proto}: {err}");
+        assert!(
+            body.trim_end().ends_with("403"),
+            "{proto}: not blocked: {body}"
+        );
+        assert!(
+            body.contains("no executables"),
+            "{proto}: block page lacks the policy: {body}"
+        );
+        // An allowed download passes byte-identical.
+        let want = sh(&format!("sha256sum < {}/www/1m.bin", dir.display())).unwrap();
+        let out = topo.exec_any(
+            &c,
+            &format!(
+                "sh -c 'curl -s --max-time 10 --cacert {} {proto} https://www.dropbox.com/1m.bin | sha256sum'",
+                bundle.display()
+            ),
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .next(),
+            String::from_utf8_lossy(&want.stdout)
+                .split_whitespace()
+                .next(),
+            "{proto}: the allowed download changed"
+        );
+        // An upload with a valid card number is blocked; a Luhn-invalid one passes to the
+        // origin (nginx answers 405 to a POST on a static file).
+        let (_, body, _) = curl(&format!(
+            "{proto} -w '\\n%{{http_code}}' -H 'Accept: application/json' --data 'card=4111 1111 1111 1111' https://www.dropbox.com/upload"
+        ));
+        assert!(
+            body.trim_end().ends_with("403"),
+            "{proto}: card upload not blocked: {body}"
+        );
+        let (_, body, _) = curl(&format!(
+            "{proto} -w '\\n%{{http_code}}' --data 'card=4111 1111 1111 1112' https://www.dropbox.com/upload"
+        ));
+        assert!(
+            !body.trim_end().ends_with("403"),
+            "{proto}: Luhn-invalid upload blocked: {body}"
+        );
+    }
+    // The steered app's certificate is Tollgate's; a non-steered app keeps its own.
+    let issuer = |host: &str| {
+        let out = topo.exec_any(
+            &c,
+            &format!(
+                "sh -c 'echo Q | timeout 5 openssl s_client -connect {SERVER_IP4}:443 -servername {host} 2>/dev/null | openssl x509 -noout -issuer'"
+            ),
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert!(
+        issuer("www.dropbox.com").contains("Tollgate"),
+        "{}",
+        issuer("www.dropbox.com")
+    );
+    let slack = issuer("slack.com");
+    assert!(
+        slack.contains("tollgate-e2e-origin-ca"),
+        "slack was decrypted: {slack}"
+    );
+    // Every decision is in the audit log.
+    let log = std::fs::read_to_string(&audit).unwrap_or_default();
+    assert!(log.contains("no executables"), "audit log: {log}");
+    assert!(log.contains("no card numbers out"), "audit log: {log}");
+    assert!(
+        !log.contains("4111 1111 1111 1111"),
+        "the audit log must mask evidence: {log}"
+    );
+    daemon.stop();
+}
