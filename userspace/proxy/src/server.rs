@@ -597,7 +597,12 @@ async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
             .serve_connection(TokioIo::new(tls), svc)
             .await
     } else {
-        let guard = H1Guard::new(tls, cfg.max_header_bytes.max(8192), token, verdict);
+        let guard = H1Guard::new(
+            Linger { io: Some(tls) },
+            cfg.max_header_bytes.max(8192),
+            token,
+            verdict,
+        );
         hyper::server::conn::http1::Builder::new()
             // One TLS record (and one write) per response head + small body, not one per part.
             .writev(false)
@@ -610,5 +615,87 @@ async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
     };
     if let Err(e) = res {
         tracing::debug!("{peer}: connection ended: {e}");
+    }
+}
+
+/// Wraps the client stream of an HTTP/1.1 connection so that, when hyper drops it, the
+/// remaining client bytes are read for a moment before the socket closes ("lingering
+/// close", as nginx does): closing with unread bytes makes the kernel send a reset, which
+/// can destroy the response the client has not read yet.
+struct Linger {
+    io: Option<tokio_rustls::server::TlsStream<TcpStream>>,
+}
+
+/// How long a closed HTTP/1.1 connection keeps draining the client.
+const LINGER: Duration = Duration::from_secs(2);
+
+impl Linger {
+    fn io(&mut self) -> std::io::Result<&mut tokio_rustls::server::TlsStream<TcpStream>> {
+        self.io
+            .as_mut()
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotConnected))
+    }
+}
+
+impl Drop for Linger {
+    fn drop(&mut self) {
+        let (Some(mut io), Ok(rt)) = (self.io.take(), tokio::runtime::Handle::try_current()) else {
+            return;
+        };
+        rt.spawn(async move {
+            let _ = tokio::time::timeout(LINGER, async {
+                let mut buf = [0u8; 2048];
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            })
+            .await;
+        });
+    }
+}
+
+impl tokio::io::AsyncRead for Linger {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.io() {
+            Ok(io) => std::pin::Pin::new(io).poll_read(cx, buf),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Linger {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.io() {
+            Ok(io) => std::pin::Pin::new(io).poll_write(cx, buf),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.io() {
+            Ok(io) => std::pin::Pin::new(io).poll_flush(cx),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.io() {
+            Ok(io) => std::pin::Pin::new(io).poll_shutdown(cx),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
     }
 }
