@@ -180,6 +180,20 @@ pub const FLOW_F_DNS: u32 = 8;
 pub const FLOW_F_HTTP: u32 = 16;
 /// [`FlowValue::flags`]: the flow hit its event cap.
 pub const FLOW_F_CAPPED: u32 = 32;
+/// [`FlowValue::flags`]: a QUIC flow waiting for its verdict (enforce mode): packets toward
+/// the user are dropped until userspace writes a flow verdict or [`QUIC_HOLD_NS`] passes.
+pub const FLOW_F_QUIC_HOLD: u32 = 64;
+/// [`FlowValue::flags`]: the QUIC hold of this flow ended (verdict seen or timed out); the
+/// flow is never held again.
+pub const FLOW_F_QUIC_RELEASED: u32 = 128;
+
+/// How long a QUIC flow without a verdict is held (its packets toward the user dropped),
+/// counted from the flow's first packet (`first_seen_ns`, its first Initial); after that the
+/// flow passes (fail-open: a slow daemon delays QUIC, it never breaks it).
+pub const QUIC_HOLD_NS: u64 = 300_000_000;
+
+/// [`Config::flags`]: do not hold QUIC flows waiting for a verdict (see [`FLOW_F_QUIC_HOLD`]).
+pub const CONFIG_F_NO_QUIC_HOLD: u32 = 1;
 
 // ---- stats counter ids (indices into [`Stats::counters`]; stable, gaps allowed) ----
 
@@ -231,11 +245,15 @@ pub const STAT_NAME_VERDICTS: usize = 23;
 pub const STAT_RST_SENT: usize = 20;
 /// ICMP unreachables sent by the probes.
 pub const STAT_ICMP_SENT: usize = 21;
+/// Packets toward the user dropped because their QUIC flow was waiting for a verdict.
+pub const STAT_QUIC_HELD: usize = 24;
+/// QUIC flows released by the hold timeout (no verdict came in time; they pass).
+pub const STAT_QUIC_HOLD_EXPIRED: usize = 25;
 /// Number of counter slots (room to grow without changing the value size).
 pub const STATS_LEN: usize = 32;
 
 /// Human names of the counter ids, for logs and `tollgate` status lines.
-pub const STAT_NAMES: [(usize, &str); 24] = [
+pub const STAT_NAMES: [(usize, &str); 26] = [
     (STAT_PACKETS, "packets"),
     (STAT_BYTES, "bytes"),
     (STAT_EVENTS, "events"),
@@ -260,6 +278,8 @@ pub const STAT_NAMES: [(usize, &str); 24] = [
     (STAT_ICMP_SENT, "icmp_sent"),
     (STAT_SNI_FOUND, "sni_found"),
     (STAT_NAME_VERDICTS, "name_verdicts"),
+    (STAT_QUIC_HELD, "quic_held"),
+    (STAT_QUIC_HOLD_EXPIRED, "quic_hold_expired"),
 ];
 
 // ---- defaults the probes use when the config map is still zero ----
@@ -374,6 +394,7 @@ pub struct Config {
     pub inspect_packets: u32,
     /// 1: refuse every QUIC Initial (enforce mode) so browsers fall back to TCP.
     pub block_quic: u32,
+    /// `CONFIG_F_*` bits.
     pub flags: u32,
     /// Bumped by userspace after it changes any verdict map; flows whose cached verdict is
     /// of another generation look the maps up again. 0: no verdicts, nothing is looked up.

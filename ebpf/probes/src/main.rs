@@ -32,19 +32,21 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use tollgate_common::{
-    ABI_VERSION, ACTION_BLOCK, ACTION_DROP, ACTION_NONE, BLOCK_PREFIX_CAPACITY, Config,
-    DEFAULT_INSPECT_PACKETS, DEFAULT_MAX_DNS_EVENTS_PER_FLOW, DEFAULT_MAX_EVENTS_PER_FLOW, DIR_UP,
-    EVENT_F_CONTINUATION, EVENT_F_LAST, EVENT_F_TRUNCATED, EVENT_HEADER_LEN, EVENTS_RING_BYTES,
-    EventBuf, EventHeader, FAMILY_V4, FAMILY_V6, FLOW_F_CAPPED, FLOW_F_DNS, FLOW_F_HELLO_PENDING,
-    FLOW_F_HTTP, FLOW_F_QUIC, FLOW_F_TLS, FLOW_VERDICTS_CAPACITY, FLOWS_CAPACITY, FlowKey,
-    FlowValue, FlowVerdict, HELLO_BUF_LEN, HELLO_CAPACITY, HELLO_WINDOW, HelloState,
-    IFACES_CAPACITY, IfaceInfo, IpVerdict, KIND_DNS, KIND_HTTP, KIND_QUIC, KIND_TLS, MODE_ENFORCE,
+    ABI_VERSION, ACTION_BLOCK, ACTION_DROP, ACTION_NONE, BLOCK_PREFIX_CAPACITY,
+    CONFIG_F_NO_QUIC_HOLD, Config, DEFAULT_INSPECT_PACKETS, DEFAULT_MAX_DNS_EVENTS_PER_FLOW,
+    DEFAULT_MAX_EVENTS_PER_FLOW, DIR_UP, EVENT_F_CONTINUATION, EVENT_F_LAST, EVENT_F_TRUNCATED,
+    EVENT_HEADER_LEN, EVENTS_RING_BYTES, EventBuf, EventHeader, FAMILY_V4, FAMILY_V6,
+    FLOW_F_CAPPED, FLOW_F_DNS, FLOW_F_HELLO_PENDING, FLOW_F_HTTP, FLOW_F_QUIC, FLOW_F_QUIC_HOLD,
+    FLOW_F_QUIC_RELEASED, FLOW_F_TLS, FLOW_VERDICTS_CAPACITY, FLOWS_CAPACITY, FlowKey, FlowValue,
+    FlowVerdict, HELLO_BUF_LEN, HELLO_CAPACITY, HELLO_WINDOW, HelloState, IFACES_CAPACITY,
+    IfaceInfo, IpVerdict, KIND_DNS, KIND_HTTP, KIND_QUIC, KIND_TLS, MODE_ENFORCE,
     NAME_F_SUBDOMAINS, NAME_HASH_SEED, NAME_VERDICTS_CAPACITY, NameKey, NameVerdict, PAYLOAD_CAP,
-    PROTO_TCP, PROTO_UDP, STAT_BYTES, STAT_DEDUP, STAT_DROPS, STAT_ERR_IPV4, STAT_ERR_IPV6,
-    STAT_ERR_L2, STAT_ERR_PAYLOAD, STAT_ERR_TCP, STAT_ERR_UDP, STAT_EVENTS, STAT_EVENTS_CAPPED,
-    STAT_FLOW_MAP_FULL, STAT_FRAGMENTS, STAT_HELLO_CONT, STAT_HELLO_MAP_FULL, STAT_ICMP_SENT,
-    STAT_NAME_VERDICTS, STAT_NON_IP, STAT_OTHER_L4, STAT_PACKETS, STAT_RINGBUF_FULL, STAT_RST_SENT,
-    STAT_SNI_FOUND, STAT_WOULD_DROP, Stats, name_hash_step,
+    PROTO_TCP, PROTO_UDP, QUIC_HOLD_NS, STAT_BYTES, STAT_DEDUP, STAT_DROPS, STAT_ERR_IPV4,
+    STAT_ERR_IPV6, STAT_ERR_L2, STAT_ERR_PAYLOAD, STAT_ERR_TCP, STAT_ERR_UDP, STAT_EVENTS,
+    STAT_EVENTS_CAPPED, STAT_FLOW_MAP_FULL, STAT_FRAGMENTS, STAT_HELLO_CONT, STAT_HELLO_MAP_FULL,
+    STAT_ICMP_SENT, STAT_NAME_VERDICTS, STAT_NON_IP, STAT_OTHER_L4, STAT_PACKETS, STAT_QUIC_HELD,
+    STAT_QUIC_HOLD_EXPIRED, STAT_RINGBUF_FULL, STAT_RST_SENT, STAT_SNI_FOUND, STAT_WOULD_DROP,
+    Stats, name_hash_step,
 };
 
 // ---- maps (names are the ABI's MAP_* constants; the loader pins them under its pin dir) ----
@@ -549,6 +551,12 @@ fn try_run(ctx: &TcContext, dir: u8, egress: bool) -> Result<i32, i32> {
         }
     }
 
+    if flow.flags & FLOW_F_QUIC_HOLD != 0
+        && let Some(action) = quic_hold(ctx, &pkt, flow, dir, egress, now)
+    {
+        return Ok(action);
+    }
+
     if pkt.payload_len == 0 {
         return Ok(PASS);
     }
@@ -573,11 +581,72 @@ fn try_run(ctx: &TcContext, dir: u8, egress: bool) -> Result<i32, i32> {
     }
     if kind == KIND_QUIC
         && let Some(c) = cfg
-        && c.block_quic != 0
     {
-        return Ok(enforce_tail(ctx, &pkt, dir, egress, ACTION_BLOCK, c, now));
+        if c.block_quic != 0 {
+            return Ok(enforce_tail(ctx, &pkt, dir, egress, ACTION_BLOCK, c, now));
+        }
+        // A QUIC flow nobody has decided on yet: hold the server's answers until userspace
+        // (which decrypts the Initial) writes a verdict, so that a fast server cannot complete
+        // the handshake of an app that is about to be blocked.
+        if flow.flags & (FLOW_F_QUIC_HOLD | FLOW_F_QUIC_RELEASED) == 0
+            && c.flags & CONFIG_F_NO_QUIC_HOLD == 0
+            && flow.verdict == ACTION_NONE
+            && now.wrapping_sub(flow.first_seen_ns) < QUIC_HOLD_NS
+            && enforcing(c, now)
+        {
+            flow.flags |= FLOW_F_QUIC_HOLD;
+        }
     }
     Ok(PASS)
+}
+
+/// A packet of a held QUIC flow (see `FLOW_F_QUIC_HOLD`): `Some(action)` decides the packet,
+/// `None` lets the normal path go on. The flow verdict map is read here directly, so a verdict
+/// needs no commit: a blocking one is applied (the flow stays held, so it keeps applying), any
+/// other ends the hold. The hold also ends when it times out without a verdict, or when
+/// verdicts are not enforced (monitor mode, fail-open).
+#[inline(always)]
+fn quic_hold(
+    ctx: &TcContext,
+    pkt: &Pkt,
+    flow: &mut FlowValue,
+    dir: u8,
+    egress: bool,
+    now: u64,
+) -> Option<i32> {
+    let release = |flow: &mut FlowValue| {
+        flow.flags = (flow.flags & !FLOW_F_QUIC_HOLD) | FLOW_F_QUIC_RELEASED;
+    };
+    let Some(c) = TG_CONFIG.get(0) else {
+        release(flow);
+        return None;
+    };
+    if c.flags & CONFIG_F_NO_QUIC_HOLD != 0 || !enforcing(c, now) {
+        release(flow);
+        return None;
+    }
+    if let Some(v) = TG_FLOW_VERDICT.get_ptr(&pkt.key) {
+        // SAFETY: live map value, read only.
+        let v = unsafe { *v };
+        if v.expires_ns == 0 || v.expires_ns > now {
+            if v.action == ACTION_BLOCK || v.action == ACTION_DROP {
+                // The flow stays held: every packet of it sees this verdict, committed or not.
+                return Some(enforce_tail(ctx, pkt, dir, egress, v.action, c, now));
+            }
+            release(flow);
+            return None;
+        }
+    }
+    if now.wrapping_sub(flow.first_seen_ns) >= QUIC_HOLD_NS {
+        release(flow);
+        stat(STAT_QUIC_HOLD_EXPIRED, 1);
+        return None;
+    }
+    if dir == DIR_UP {
+        return None;
+    }
+    stat(STAT_QUIC_HELD, 1);
+    Some(DROP)
 }
 
 // ---- verdicts ----

@@ -152,6 +152,10 @@ pub struct DataplaneStats {
     pub would_drop: u64,
     pub rst_sent: u64,
     pub icmp_sent: u64,
+    /// Packets toward users dropped while their QUIC flow waited for a verdict.
+    pub quic_held: u64,
+    /// QUIC flows whose hold timed out without a verdict (they passed: fail-open).
+    pub quic_hold_expired: u64,
     /// Every counter by id (including ids this build has no field for).
     pub raw: Vec<u64>,
 }
@@ -183,6 +187,8 @@ impl DataplaneStats {
             would_drop: g(STAT_WOULD_DROP),
             rst_sent: g(STAT_RST_SENT),
             icmp_sent: g(STAT_ICMP_SENT),
+            quic_held: g(STAT_QUIC_HELD),
+            quic_hold_expired: g(STAT_QUIC_HOLD_EXPIRED),
             raw,
         }
     }

@@ -103,6 +103,23 @@ impl VerdictWriter<'_> {
         self.commit()
     }
 
+    /// Whether QUIC flows without a verdict are held (on by default). In enforce mode the
+    /// probes drop packets toward the user of a flow whose client sent a QUIC Initial until a
+    /// flow verdict for it exists ([`VerdictWriter::set_flow`], no commit needed) or
+    /// [`abi::QUIC_HOLD_NS`] has passed since its first packet; so a fast server cannot
+    /// complete the handshake of an app that userspace is about to block. With the hold on,
+    /// the daemon must write [`Action::Allow`] for the QUIC flows it lets through, or each of
+    /// them waits out the timeout.
+    pub fn set_quic_hold(&mut self, hold: bool) -> Result<(), DataplaneError> {
+        self.config(|c| {
+            if hold {
+                c.flags &= !abi::CONFIG_F_NO_QUIC_HOLD;
+            } else {
+                c.flags |= abi::CONFIG_F_NO_QUIC_HOLD;
+            }
+        })
+    }
+
     /// Records that the daemon is alive (see [`EnforceOptions::fail_open`]).
     pub fn heartbeat(&mut self) -> Result<(), DataplaneError> {
         let now = monotonic_ns();
