@@ -2,7 +2,10 @@
 //! pinning anything: for the kernel-program tests and the per-packet cost benchmark. Needs
 //! root (or CAP_BPF + CAP_NET_ADMIN).
 
-use std::time::Duration;
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -213,6 +216,89 @@ impl ProbeHarness {
         }
         Ok(())
     }
+}
+
+/// A program pinned by a running daemon (`<pin_dir>/abi<N>/progs/<name>`), run with
+/// `BPF_PROG_TEST_RUN`: the run uses the daemon's maps, so its flows, events (read by the
+/// daemon from its ring buffer) and counters are what the daemon sees. For load tests such as
+/// the event-storm benchmark (`examples/event_storm.rs`).
+pub struct PinnedProgram {
+    prog: SchedClassifier,
+    path: PathBuf,
+}
+
+/// Where a daemon pins `program` under its instance pin directory (e.g.
+/// `/sys/fs/bpf/tollgate/<instance>`).
+pub fn pinned_program_path(pin_dir: &Path, program: &str) -> PathBuf {
+    pin_dir
+        .join(format!("abi{}", abi::ABI_VERSION))
+        .join("progs")
+        .join(program)
+}
+
+/// Where a daemon pins `map` under its instance pin directory.
+pub fn pinned_map_path(pin_dir: &Path, map: &str) -> PathBuf {
+    pin_dir
+        .join(format!("abi{}", abi::ABI_VERSION))
+        .join("maps")
+        .join(map)
+}
+
+impl PinnedProgram {
+    /// Opens a pinned TC program.
+    pub fn open(path: &Path) -> Result<Self, DataplaneError> {
+        let prog = SchedClassifier::from_pin(path).map_err(|source| DataplaneError::Program {
+            name: "pinned program",
+            source,
+        })?;
+        Ok(Self {
+            prog,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The pin path it was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs the program once on `frame`; returns its action (`TC_ACT_*`). The output packet
+    /// is not copied back (load generation wants no extra work per run).
+    pub fn run(&self, frame: &[u8]) -> Result<i32, DataplaneError> {
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat: 1,
+            ..TestRunOptions::default()
+        };
+        let r = self
+            .prog
+            .test_run(opts)
+            .map_err(|source| DataplaneError::Program {
+                name: "pinned program",
+                source,
+            })?;
+        Ok(r.return_value as i32)
+    }
+}
+
+/// The counters of a running daemon's probes, read from its pinned stats map.
+pub fn pinned_stats(pin_dir: &Path) -> Result<DataplaneStats, DataplaneError> {
+    let path = pinned_map_path(pin_dir, abi::MAP_STATS);
+    let data = MapData::from_pin(&path).map_err(|source| DataplaneError::Map {
+        name: abi::MAP_STATS,
+        source,
+    })?;
+    let stats: aya::maps::PerCpuArray<MapData, abi::Stats> =
+        aya::maps::PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))
+            .map_err(map_err(abi::MAP_STATS))?;
+    let per_cpu = stats.get(&0, 0).map_err(map_err(abi::MAP_STATS))?;
+    let mut sum = vec![0u64; abi::STATS_LEN];
+    for cpu in per_cpu.iter() {
+        for (s, c) in sum.iter_mut().zip(cpu.counters.iter()) {
+            *s = s.wrapping_add(*c);
+        }
+    }
+    Ok(DataplaneStats::from_raw(sum))
 }
 
 /// Whether this process may load BPF programs (tests skip with a message when not).
