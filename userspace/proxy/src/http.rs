@@ -572,6 +572,10 @@ impl ConnCtx {
         let resp = match self.forward(parts, body, &host).await {
             Ok(r) => r,
             Err(msg) => {
+                self.shared
+                    .stats
+                    .upstream_request_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(src = %self.src, sni = %self.sni, "upstream request failed: {msg}");
                 return block_response(
                     StatusCode::BAD_GATEWAY,

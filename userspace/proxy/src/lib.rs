@@ -200,6 +200,8 @@ pub struct StatsSnapshot {
     pub client_rejected_ca: u64,
     pub upstream_cert_failures: u64,
     pub rejected_requests: u64,
+    pub upstream_request_failures: u64,
+    pub client_handshake_failures: u64,
     pub audit_dropped: u64,
 }
 
@@ -321,6 +323,8 @@ impl ProxyHandle {
             client_rejected_ca: s.client_rejected_ca.load(Ordering::Relaxed),
             upstream_cert_failures: s.upstream_cert_failures.load(Ordering::Relaxed),
             rejected_requests: s.rejected_requests.load(Ordering::Relaxed),
+            upstream_request_failures: s.upstream_request_failures.load(Ordering::Relaxed),
+            client_handshake_failures: s.client_handshake_failures.load(Ordering::Relaxed),
             audit_dropped: self.shared.audit.dropped(),
         }
     }

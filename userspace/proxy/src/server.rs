@@ -41,6 +41,10 @@ pub struct Stats {
     pub client_rejected_ca: AtomicU64,
     pub upstream_cert_failures: AtomicU64,
     pub rejected_requests: AtomicU64,
+    /// Requests answered 502 because the origin could not be reached or failed mid-request.
+    pub upstream_request_failures: AtomicU64,
+    /// Client handshakes that failed for reasons other than rejecting our CA.
+    pub client_handshake_failures: AtomicU64,
 }
 
 /// State shared by all connections.
@@ -554,6 +558,10 @@ async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
                     "{peer} rejected our certificate for {sni} ({e}); bypassing for a while"
                 );
             } else {
+                shared
+                    .stats
+                    .client_handshake_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::debug!("{peer} ({sni}): client handshake: {e}");
             }
             return;
