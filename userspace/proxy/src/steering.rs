@@ -148,14 +148,20 @@ impl Steering {
             .map(|i| i.to_string())
             .collect();
         let mut script = String::new();
-        // With "add", re-adding an element refreshes nothing; delete first so the timeout restarts.
         for (set, list) in [("steer4", &v4), ("steer6", &v6)] {
             if list.is_empty() {
                 continue;
             }
             if verb == "add" {
+                // Re-adding an existing element does not restart its timeout: add (no-op if
+                // present), delete, add again, all in one nft transaction.
                 let t = self.element_timeout.as_secs().max(1);
+                let plain = list.join(", ");
                 let elems: Vec<String> = list.iter().map(|a| format!("{a} timeout {t}s")).collect();
+                script.push_str(&format!("add element inet {TABLE} {set} {{ {plain} }}\n"));
+                script.push_str(&format!(
+                    "delete element inet {TABLE} {set} {{ {plain} }}\n"
+                ));
                 script.push_str(&format!(
                     "add element inet {TABLE} {set} {{ {} }}\n",
                     elems.join(", ")
