@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use pcap_file::pcap::PcapReader;
+use pcap_file::pcap::{PcapParser, PcapReader};
 use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption;
-use pcap_file::pcapng::{Block, PcapNgReader};
+use pcap_file::pcapng::{Block, PcapNgParser, PcapNgReader};
 use thiserror::Error;
 
 use crate::flow_table::FlowTable;
@@ -59,13 +59,27 @@ pub enum PcapError {
     },
 }
 
+/// Files up to this size are read whole and parsed in place; larger ones are streamed.
+/// (pcap-file's streaming readers zero an 8 MB buffer per file, which dominates the cost of
+/// the small captures that are the common case.)
+pub const IN_MEMORY_MAX: u64 = 256 * 1024 * 1024;
+
 /// Read a pcap or pcapng file into `table`. An unreadable or non-capture file is an error
 /// naming the file; a file cut short imports what it holds (`truncated` is set).
 pub fn import_pcap(path: &Path, table: &mut FlowTable) -> Result<PcapStats, PcapError> {
-    let file = File::open(path).map_err(|source| PcapError::Open {
+    let open_err = |source| PcapError::Open {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let len = std::fs::metadata(path).map_err(open_err)?.len();
+    if len <= IN_MEMORY_MAX {
+        let data = std::fs::read(path).map_err(|source| PcapError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        return import_bytes(path, &data, table);
+    }
+    let file = File::open(path).map_err(open_err)?;
     let mut reader = BufReader::with_capacity(1 << 16, file);
     let mut magic = [0u8; 4];
     reader
@@ -75,7 +89,116 @@ pub fn import_pcap(path: &Path, table: &mut FlowTable) -> Result<PcapStats, Pcap
             source,
         })?;
     let chained = std::io::Cursor::new(magic).chain(reader);
-    import_reader(path, chained, magic == [0x0a, 0x0d, 0x0d, 0x0a], table)
+    import_reader(path, chained, magic == PCAPNG_MAGIC, table)
+}
+
+const PCAPNG_MAGIC: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
+
+/// Import a capture held in memory; `path` only names the source in errors.
+pub fn import_bytes(
+    path: &Path,
+    data: &[u8],
+    table: &mut FlowTable,
+) -> Result<PcapStats, PcapError> {
+    let fmt_err = |source| PcapError::Format {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut stats = PcapStats::default();
+    if data.starts_with(&PCAPNG_MAGIC) {
+        stats.format = "pcapng";
+        let (mut rest, mut parser) = PcapNgParser::new(data).map_err(fmt_err)?;
+        let mut ng = NgState::default();
+        while !rest.is_empty() {
+            match parser.next_block(rest) {
+                Ok((r, block)) => {
+                    rest = r;
+                    ng.block(&mut stats, table, block);
+                }
+                Err(_) => {
+                    stats.truncated = true;
+                    break;
+                }
+            }
+        }
+    } else {
+        stats.format = "pcap";
+        let (mut rest, parser) = PcapParser::new(data).map_err(fmt_err)?;
+        let link = LinkType::from_linktype(u32::from(parser.header().datalink));
+        while !rest.is_empty() {
+            match parser.next_packet(rest) {
+                Ok((r, pkt)) => {
+                    rest = r;
+                    feed(
+                        &mut stats,
+                        table,
+                        link,
+                        &pkt.data,
+                        to_datetime(pkt.timestamp),
+                    );
+                }
+                Err(_) => {
+                    stats.truncated = true;
+                    break;
+                }
+            }
+        }
+    }
+    Ok(stats)
+}
+
+/// Per-section pcapng state: each interface's link type and timestamp units per second.
+#[derive(Default)]
+struct NgState {
+    ifaces: Vec<(LinkType, u64)>,
+}
+
+impl NgState {
+    fn block(&mut self, stats: &mut PcapStats, table: &mut FlowTable, block: Block<'_>) {
+        match block {
+            Block::SectionHeader(_) => self.ifaces.clear(),
+            Block::InterfaceDescription(idb) => {
+                let mut units = 1_000_000u64;
+                for opt in &idb.options {
+                    if let InterfaceDescriptionOption::IfTsResol(v) = opt {
+                        units = tsresol_units(*v);
+                    }
+                }
+                self.ifaces
+                    .push((LinkType::from_linktype(u32::from(idb.linktype)), units));
+            }
+            Block::EnhancedPacket(epb) => {
+                let (link, units) = self
+                    .ifaces
+                    .get(epb.interface_id as usize)
+                    .copied()
+                    .unwrap_or((LinkType::Ethernet, 1_000_000));
+                // pcap-file reports the raw timestamp as nanoseconds; rescale by the
+                // interface's resolution.
+                let raw = u64::try_from(epb.timestamp.as_nanos()).unwrap_or(u64::MAX);
+                feed(stats, table, link, &epb.data, ts_from_units(raw, units));
+            }
+            Block::SimplePacket(spb) => {
+                let link = self.ifaces.first().map_or(LinkType::Ethernet, |i| i.0);
+                feed(stats, table, link, &spb.data, DateTime::UNIX_EPOCH);
+            }
+            Block::Packet(pb) => {
+                let (link, units) = self
+                    .ifaces
+                    .get(usize::from(pb.interface_id))
+                    .copied()
+                    .unwrap_or((LinkType::Ethernet, 1_000_000));
+                feed(
+                    stats,
+                    table,
+                    link,
+                    &pb.data,
+                    ts_from_units(pb.timestamp, units),
+                );
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Import from any reader; `path` only names the source in errors.
@@ -93,51 +216,14 @@ pub fn import_reader<R: Read>(
     if pcapng {
         stats.format = "pcapng";
         let mut r = PcapNgReader::new(reader).map_err(fmt_err)?;
-        // Per interface: link type and timestamp units per second.
-        let mut ifaces: Vec<(LinkType, u64)> = Vec::new();
+        let mut ng = NgState::default();
         while let Some(block) = r.next_block() {
-            let block = match block {
-                Ok(b) => b,
+            match block {
+                Ok(b) => ng.block(&mut stats, table, b),
                 Err(_) => {
                     stats.truncated = true;
                     break;
                 }
-            };
-            match block {
-                Block::SectionHeader(_) => ifaces.clear(),
-                Block::InterfaceDescription(idb) => {
-                    let mut units = 1_000_000u64;
-                    for opt in &idb.options {
-                        if let InterfaceDescriptionOption::IfTsResol(v) = opt {
-                            units = tsresol_units(*v);
-                        }
-                    }
-                    ifaces.push((LinkType::from_linktype(u32::from(idb.linktype)), units));
-                }
-                Block::EnhancedPacket(epb) => {
-                    let (link, units) = ifaces
-                        .get(epb.interface_id as usize)
-                        .copied()
-                        .unwrap_or((LinkType::Ethernet, 1_000_000));
-                    // pcap-file reports the raw timestamp as nanoseconds; rescale by the
-                    // interface's resolution.
-                    let raw = u64::try_from(epb.timestamp.as_nanos()).unwrap_or(u64::MAX);
-                    let ts = ts_from_units(raw, units);
-                    feed(&mut stats, table, link, &epb.data, ts);
-                }
-                Block::SimplePacket(spb) => {
-                    let link = ifaces.first().map_or(LinkType::Ethernet, |i| i.0);
-                    feed(&mut stats, table, link, &spb.data, DateTime::UNIX_EPOCH);
-                }
-                Block::Packet(pb) => {
-                    let (link, units) = ifaces
-                        .get(usize::from(pb.interface_id))
-                        .copied()
-                        .unwrap_or((LinkType::Ethernet, 1_000_000));
-                    let ts = ts_from_units(pb.timestamp, units);
-                    feed(&mut stats, table, link, &pb.data, ts);
-                }
-                _ => {}
             }
         }
     } else {

@@ -101,3 +101,45 @@ fn chromium_at_mtu_1400_tls_and_quic() {
         "every hello is post-quantum"
     );
 }
+
+/// The in-memory path (files up to IN_MEMORY_MAX) and the streaming path (larger files)
+/// give the same records, for pcap and (with the nDPI corpus present) pcapng.
+#[test]
+fn streaming_and_in_memory_imports_agree() {
+    use tollgate_discovery::pcap::{import_bytes, import_reader};
+    let mut files = vec![
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/pcap/tls_chrome.pcap"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/pcap/quic_aioquic.pcap"),
+    ];
+    let corpus = match std::env::var_os("TOLLGATE_CORPUS") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus"),
+    };
+    let ng = corpus.join("ndpi/pcap/sites.pcapng");
+    if ng.is_file() {
+        files.push(ng);
+    } else {
+        eprintln!("corpus absent: pcapng case skipped");
+    }
+    for f in files {
+        let data = std::fs::read(&f).expect("read");
+        let mut a = FlowTable::new(FlowTableLimits::default());
+        let mut b = FlowTable::new(FlowTableLimits::default());
+        let sa = import_bytes(&f, &data, &mut a).expect("in memory");
+        let sb = import_reader(
+            &f,
+            &data[..],
+            data.starts_with(&[0x0a, 0x0d, 0x0d, 0x0a]),
+            &mut b,
+        )
+        .expect("streaming");
+        assert_eq!(sa, sb, "{}", f.display());
+        let key = |r: &FlowRecord| (r.proto, r.src, r.sport, r.dst, r.dport);
+        let mut ra: Vec<FlowRecord> = a.records().collect();
+        let mut rb: Vec<FlowRecord> = b.records().collect();
+        ra.sort_by_key(key);
+        rb.sort_by_key(key);
+        assert_eq!(ra, rb, "{}", f.display());
+        assert!(!ra.is_empty());
+    }
+}
