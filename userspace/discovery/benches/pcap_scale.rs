@@ -7,9 +7,9 @@
 //!
 //! `cargo bench -p tollgate-discovery --bench pcap_scale`
 
+use cpu_time::ThreadTime;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
-use cpu_time::ThreadTime;
 
 use chrono::{DateTime, Utc};
 use tollgate_discovery::flow_table::{Direction, FlowTable, FlowTableLimits, PayloadObservation};
