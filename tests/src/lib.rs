@@ -75,6 +75,14 @@ pub fn require_python_module(test: &str, module: &str) -> bool {
     ok
 }
 
+/// Root, every command in `commands` and every python module in `modules`; otherwise the
+/// test prints why it skips.
+pub fn ready(test: &str, commands: &[&str], modules: &[&str]) -> bool {
+    require_root(test)
+        && commands.iter().all(|c| require_command(test, c))
+        && modules.iter().all(|m| require_python_module(test, m))
+}
+
 /// The path of the `tollgate` binary built next to the running test.
 pub fn tollgate_bin() -> PathBuf {
     if let Ok(p) = std::env::var("TOLLGATE_BIN") {

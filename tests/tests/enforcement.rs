@@ -6,17 +6,14 @@
 use std::time::{Duration, Instant};
 
 use tollgate_e2e::servers::{Daemon, NOSNI_NAME, Origins, SERVER_ALT_IP4, fixture};
-use tollgate_e2e::{
-    SERVER_IP4, Topology, require_command, require_python_module, require_root, serial,
-};
+use tollgate_e2e::{SERVER_IP4, Topology, serial};
 
 fn ready(test: &str) -> bool {
-    require_root(test)
-        && ["nginx", "dnsmasq", "curl", "openssl", "dig"]
-            .iter()
-            .all(|c| require_command(test, c))
-        && require_python_module(test, "aioquic")
-        && require_python_module(test, "curl_cffi")
+    tollgate_e2e::ready(
+        test,
+        &["nginx", "dnsmasq", "curl", "openssl", "dig"],
+        &["aioquic", "curl_cffi"],
+    )
 }
 
 /// Runs a client command in the client namespace; returns (succeeded, seconds, output).
@@ -45,8 +42,15 @@ fn chrome(host: &str) -> String {
 
 fn h3(host: &str) -> String {
     format!(
-        "python3 {} --connect {SERVER_IP4} --sni {host} --timeout 10",
+        "python3 {} --connect {SERVER_IP4} --sni {host}",
         fixture("h3_client.py").display()
+    )
+}
+
+fn quic_probe(host: &str) -> String {
+    format!(
+        "python3 {} --connect {SERVER_IP4} --sni {host} --timeout 3",
+        fixture("quic_probe.py").display()
     )
 }
 
@@ -94,8 +98,22 @@ fn unsanctioned_apps_fail_fast_and_others_work() {
                 "sh -c 'echo Q | timeout 5 openssl s_client -connect {SERVER_IP4}:443 -servername www.dropbox.com'"
             ),
         );
-        // QUIC to a blocked app is refused (ICMP), not left to time out.
-        assert_blocked_fast(&topo, "h3 dropbox", &h3("www.dropbox.com"));
+        // QUIC to a blocked app is refused (ICMP unreachable), not left to time out: a
+        // connected socket, as Chrome uses, sees the refusal within its first retransmits,
+        // and the server's answer never gets through.
+        let (_, secs, out) = attempt(&topo, &quic_probe("www.dropbox.com"));
+        assert!(
+            out.contains("refused") && secs < 1.5,
+            "QUIC to dropbox: {out} after {secs:.2}s"
+        );
+        let (_, _, out) = attempt(&topo, &quic_probe("meet.google.com"));
+        assert!(out.contains("answered"), "QUIC to meet: {out}");
+        // aioquic's own client never completes a request to the blocked app.
+        let (ok, _, out) = attempt(&topo, &format!("{} --timeout 3", h3("www.dropbox.com")));
+        assert!(
+            !ok && !out.contains("status="),
+            "h3 dropbox got through: {out}"
+        );
         // No SNI: the address DNS gave for a blocked app's name.
         let (ok, _, ip) = attempt(&topo, &format!("dig +short {NOSNI_NAME} @{SERVER_IP4}"));
         assert!(ok && ip.trim() == SERVER_ALT_IP4, "dig: {ip}");

@@ -8,9 +8,7 @@ use serde_json::Value;
 use tollgate_e2e::servers::{
     BIG_FILE, Daemon, NOSNI_NAME, Origins, SERVER_ALT_IP4, SERVER_ALT_IP6, fixture,
 };
-use tollgate_e2e::{
-    SERVER_IP4, SERVER_IP6, Topology, require_command, require_python_module, require_root, serial,
-};
+use tollgate_e2e::{SERVER_IP4, SERVER_IP6, Topology, require_command, serial};
 
 const WAIT: Duration = Duration::from_secs(8);
 
@@ -19,12 +17,11 @@ fn has(f: &Value, name: &str, source: &str, proto: &str) -> bool {
 }
 
 fn ready(test: &str) -> bool {
-    require_root(test)
-        && ["nginx", "dnsmasq", "curl", "openssl", "dig", "ethtool"]
-            .iter()
-            .all(|c| require_command(test, c))
-        && require_python_module(test, "aioquic")
-        && require_python_module(test, "curl_cffi")
+    tollgate_e2e::ready(
+        test,
+        &["nginx", "dnsmasq", "curl", "openssl", "dig", "ethtool"],
+        &["aioquic", "curl_cffi"],
+    )
 }
 
 /// Every client kind through one gateway; `v6` picks the address family, `mtu` the links'.

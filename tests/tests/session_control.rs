@@ -5,13 +5,14 @@
 use std::time::Duration;
 
 use tollgate_e2e::servers::{Daemon, Origins};
-use tollgate_e2e::{SERVER_IP4, Topology, require_command, require_root, serial, sh, tollgate_bin};
+use tollgate_e2e::{SERVER_IP4, Topology, serial, sh, tollgate_bin};
 
 fn ready(test: &str) -> bool {
-    require_root(test)
-        && ["nginx", "dnsmasq", "curl", "openssl", "dig", "nft"]
-            .iter()
-            .all(|c| require_command(test, c))
+    tollgate_e2e::ready(
+        test,
+        &["nginx", "dnsmasq", "curl", "openssl", "dig", "nft"],
+        &[],
+    )
 }
 
 #[test]

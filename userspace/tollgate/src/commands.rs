@@ -320,7 +320,7 @@ pub fn discover(args: &DiscoverArgs<'_>) -> Result<(), Failure> {
     let format: ReportFormat = args
         .format
         .parse()
-        .map_err(|e| Failure::Usage(format!("{e}")))?;
+        .map_err(Failure::Usage)?;
     let mut opts = DiscoverOptions {
         format,
         include_flows: args.flows || args.summary,

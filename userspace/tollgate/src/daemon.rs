@@ -385,7 +385,7 @@ impl Core {
 
     fn flows_json(&self) -> serde_json::Value {
         let mut recs: Vec<FlowRecord> = self.flows.records().collect();
-        recs.sort_by(|a, b| b.last_seen.cmp(&a.last_seen));
+        recs.sort_by_key(|r| std::cmp::Reverse(r.last_seen));
         serde_json::to_value(recs).unwrap_or_default()
     }
 

@@ -4,6 +4,7 @@
 use std::fmt::Write;
 
 use serde_json::Value;
+use tollgate_discovery::report::human_bytes;
 
 fn s(v: &Value) -> String {
     match v {
@@ -15,22 +16,6 @@ fn s(v: &Value) -> String {
 
 fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or(0)
-}
-
-/// Binary units, one decimal.
-pub fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i + 1 < UNITS.len() {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[i])
-    }
 }
 
 fn endpoint(ip: &Value, port: &Value) -> String {
