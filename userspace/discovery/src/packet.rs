@@ -215,16 +215,8 @@ fn from_sliced<'a>(
                 IpAddr::V6(h.source_addr()),
                 IpAddr::V6(h.destination_addr()),
                 u32::from(h.payload_length()) + 40,
-                // The first fragment is the one whose fragment header says offset 0. The
-                // header is read here by RFC 8200's layout (offset in the top 13 bits):
-                // etherparse 0.19's Ipv6FragmentHeaderSlice::fragment_offset reads other bits.
-                v6.extensions().clone().into_iter().all(|e| match e {
-                    etherparse::Ipv6ExtensionSlice::Fragment(f) => f
-                        .slice()
-                        .get(2..4)
-                        .is_some_and(|b| u16::from_be_bytes([b[0], b[1]]) >> 3 == 0),
-                    _ => true,
-                }),
+                // The first fragment is the one whose fragment header says offset 0.
+                v6_first_fragment(v6.extensions().first_header(), v6.extensions().slice()),
             )
         }
         LaxNetSlice::Arp(_) => return Decoded::Other,
@@ -318,6 +310,34 @@ fn from_sliced<'a>(
         return Decoded::Malformed; // transport header did not parse
     }
     Decoded::Other
+}
+
+/// Walk the IPv6 extension headers (raw bytes, bounds-checked) to the fragment header and
+/// tell whether this is the first fragment (offset 0), reading the offset by RFC 8200's
+/// layout. Not etherparse's extension iterator: in 0.19 its lax-mode iterator reads past
+/// the slice (found by the pcap_import fuzz target), and its Ipv6FragmentHeaderSlice reads
+/// the offset from the wrong bits.
+fn v6_first_fragment(first: Option<IpNumber>, exts: &[u8]) -> bool {
+    let mut next = first.map(|n| n.0);
+    let mut pos = 0usize;
+    for _ in 0..8 {
+        let len = match next {
+            Some(44) => {
+                return exts
+                    .get(pos + 2..pos + 4)
+                    .is_none_or(|b| u16::from_be_bytes([b[0], b[1]]) >> 3 == 0);
+            }
+            Some(0 | 43 | 60) => exts.get(pos + 1).map(|l| (usize::from(*l) + 1) * 8),
+            Some(51) => exts.get(pos + 1).map(|l| (usize::from(*l) + 2) * 4),
+            _ => return true,
+        };
+        let (Some(len), Some(&n)) = (len, exts.get(pos)) else {
+            return true;
+        };
+        next = Some(n);
+        pos += len;
+    }
+    true
 }
 
 fn tcp_flag_byte(t: &etherparse::TcpSlice<'_>) -> u8 {

@@ -1,0 +1,36 @@
+//! Whole capture files: pcap-file's parsers, the L2-L4 decoder and the flow table with all
+//! the parsers behind it. The first byte picks pcap or pcapng framing so the fuzzer need not
+//! find the magic numbers.
+#![no_main]
+
+use std::path::Path;
+
+use libfuzzer_sys::fuzz_target;
+use tollgate_discovery::flow_table::{FlowTable, FlowTableLimits};
+use tollgate_discovery::pcap::import_bytes;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&sel, rest)) = data.split_first() else { return };
+    let mut file = Vec::with_capacity(rest.len() + 32);
+    match sel % 3 {
+        // pcap, little endian, microseconds, Ethernet
+        0 => file.extend_from_slice(&[
+            0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 1, 0, 0, 0,
+        ]),
+        // pcapng section header (little endian) then the input as blocks
+        1 => file.extend_from_slice(&[
+            0x0a, 0x0d, 0x0d, 0x0a, 28, 0, 0, 0, 0x4d, 0x3c, 0x2b, 0x1a, 1, 0, 0, 0, 0xff, 0xff, 0xff,
+            0xff, 0xff, 0xff, 0xff, 0xff, 28, 0, 0, 0,
+        ]),
+        _ => {}
+    }
+    file.extend_from_slice(rest);
+    let mut t = FlowTable::new(FlowTableLimits {
+        max_flows: 256,
+        ..FlowTableLimits::default()
+    });
+    if import_bytes(Path::new("fuzz"), &file, &mut t).is_ok() {
+        let _ = t.records().count();
+        let _ = t.stats();
+    }
+});
