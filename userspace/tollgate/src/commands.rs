@@ -127,7 +127,7 @@ pub fn flows(
     match fmt {
         OutputFormat::Json => print_json(&data),
         OutputFormat::Table => {
-            print!("{}", view::flows_table(&data));
+            crate::out!("{}", view::flows_table(&data));
             Ok(())
         }
     }
@@ -142,7 +142,7 @@ pub fn apps(
     match fmt {
         OutputFormat::Json => print_json(&data["apps"]),
         OutputFormat::Table => {
-            print!("{}", view::apps_table(&data));
+            crate::out!("{}", view::apps_table(&data));
             Ok(())
         }
     }
@@ -159,7 +159,7 @@ pub fn status(
         OutputFormat::Table => {
             if let Some(obj) = data.as_object() {
                 for (k, v) in obj {
-                    println!("{k}: {v}");
+                    crate::outln!("{k}: {v}");
                 }
             }
             Ok(())
@@ -176,7 +176,7 @@ pub fn stop(
 ) -> Result<(), Failure> {
     match ask(config, control, Request::Stop) {
         Ok(_) => {
-            println!("stopped: programs detached, pins removed");
+            crate::outln!("stopped: programs detached, pins removed");
             Ok(())
         }
         Err(Failure::Runtime(e)) => {
@@ -189,7 +189,7 @@ pub fn stop(
             }
             std::fs::remove_dir_all(&pins)
                 .with_context(|| format!("removing the pins under {}", pins.display()))?;
-            println!(
+            crate::outln!(
                 "no daemon answered; removed the pins under {} (programs detached)",
                 pins.display()
             );
@@ -216,7 +216,7 @@ pub fn tag(
             tag: tag.to_string(),
         },
     )?;
-    println!("{app}: {}", data["tag"].as_str().unwrap_or(tag));
+    crate::outln!("{app}: {}", data["tag"].as_str().unwrap_or(tag));
     Ok(())
 }
 
@@ -227,7 +227,7 @@ pub fn catalog_list(config: Option<&Path>, fmt: OutputFormat) -> Result<(), Fail
     match fmt {
         OutputFormat::Json => print_json(&rows),
         OutputFormat::Table => {
-            print!("{}", tollgate_catalog::views::render_table(&rows));
+            crate::out!("{}", tollgate_catalog::views::render_table(&rows));
             Ok(())
         }
     }
@@ -241,9 +241,9 @@ pub fn catalog_search(config: Option<&Path>, text: &str, fmt: OutputFormat) -> R
         OutputFormat::Json => print_json(&rows),
         OutputFormat::Table => {
             if rows.is_empty() {
-                println!("no app matches {text:?}");
+                crate::outln!("no app matches {text:?}");
             } else {
-                print!("{}", tollgate_catalog::views::render_table(&rows));
+                crate::out!("{}", tollgate_catalog::views::render_table(&rows));
             }
             Ok(())
         }
@@ -268,7 +268,7 @@ pub fn catalog_show(config: Option<&Path>, id: &str, fmt: OutputFormat) -> Resul
     match fmt {
         OutputFormat::Json => print_json(&v),
         OutputFormat::Table => {
-            print!("{}", tollgate_catalog::views::render_detail(&v));
+            crate::out!("{}", tollgate_catalog::views::render_detail(&v));
             Ok(())
         }
     }
@@ -280,7 +280,7 @@ pub fn export_blocklist(config: Option<&Path>, format: BlocklistFormat) -> Resul
     let tags = load_tags(&cfg, config, &cat)?;
     let apps = tags.unsanctioned(&cat);
     let learned = crate::daemon::load_learned_ips(&cfg.state_dir);
-    print!(
+    crate::out!(
         "{}",
         tollgate_policy::export_blocklist(format, &apps, &learned)
     );
@@ -294,7 +294,7 @@ pub fn ca_export(config: Option<&Path>) -> Result<(), Failure> {
     let pcfg = crate::session::proxy_config(&cfg);
     let ca = tollgate_proxy::load_ca(&pcfg)
         .map_err(|e| Failure::Runtime(anyhow::anyhow!("the session proxy's CA: {e}")))?;
-    print!("{}", ca.ca_pem());
+    crate::out!("{}", ca.ca_pem());
     Ok(())
 }
 
@@ -317,10 +317,7 @@ pub fn discover(args: &DiscoverArgs<'_>) -> Result<(), Failure> {
     let tags = load_tags(&cfg, args.config, &catalog)?;
     let users = Users::from_config(&cfg.users)
         .map_err(|e| semantic(args.config, "users", e.to_string()))?;
-    let format: ReportFormat = args
-        .format
-        .parse()
-        .map_err(Failure::Usage)?;
+    let format: ReportFormat = args.format.parse().map_err(Failure::Usage)?;
     let mut opts = DiscoverOptions {
         format,
         include_flows: args.flows || args.summary,
@@ -347,7 +344,7 @@ pub fn discover(args: &DiscoverArgs<'_>) -> Result<(), Failure> {
         let rows = report.flows.as_deref().unwrap_or(&[]);
         let flows = rows.len();
         let named = rows.iter().filter(|r| r.name.is_some()).count();
-        println!("flows={flows}\nsni_flows={named}\nproc_ms={proc_ms:.3}");
+        crate::outln!("flows={flows}\nsni_flows={named}\nproc_ms={proc_ms:.3}");
     } else {
         let mut sink: Box<dyn Write> = match args.output {
             Some(p) => Box::new(std::io::BufWriter::new(

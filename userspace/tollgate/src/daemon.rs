@@ -431,7 +431,7 @@ impl Core {
         let rate = (self.events_total - self.events_at_last_status) as f64 / secs;
         self.events_at_last_status = self.events_total;
         self.last_status = Instant::now();
-        println!(
+        crate::outln!(
             "status: flows {} (named {}), events {} ({:.0}/s), ring drops {}, parse errors {}, {} {}",
             st.flows,
             st.named_flows,
@@ -545,7 +545,7 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
     })
     .context("starting the dataplane")?;
 
-    println!(
+    crate::outln!(
         "tollgate {}: {} mode, catalog {} apps, config {}, control socket {}",
         env!("CARGO_PKG_VERSION"),
         cfg.mode,
@@ -558,10 +558,10 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
         cfg.control_socket.display()
     );
     if let Some(ns) = &netns {
-        println!("  network namespace {ns}");
+        crate::outln!("  network namespace {ns}");
     }
     for a in dp.attached() {
-        println!(
+        crate::outln!(
             "  attached tcx {:<7} on {} ({}, {} traffic) program {} id {} link {}{}",
             a.hook.to_string(),
             a.interface,
@@ -580,7 +580,7 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
             }
         );
     }
-    println!("  pins under {}", pin_dir.display());
+    crate::outln!("  pins under {}", pin_dir.display());
 
     let mut events = dp.take_event_reader().context("opening the ring buffer")?;
 
@@ -681,9 +681,9 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
     }
     if detach {
         core.dp.detach().context("detaching")?;
-        println!("tollgate: stopped; programs detached and pins removed");
+        crate::outln!("tollgate: stopped; programs detached and pins removed");
     } else {
-        println!(
+        crate::outln!(
             "tollgate: exiting; programs stay attached and pinned under {} (`tollgate stop` removes them)",
             pin_dir.display()
         );

@@ -4,6 +4,25 @@
 //! and calls in here, so that tests can reach every piece.
 #![forbid(unsafe_code)]
 
+/// `println!` that never panics: a reader that went away (`tollgate flows | head`, a
+/// closed terminal) is not an error worth dying for.
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// `print!` that never panics (see [`outln!`]).
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 pub mod commands;
 pub mod config;
 pub mod control;

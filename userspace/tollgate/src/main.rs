@@ -185,7 +185,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::CheckConfig { config } => {
             Config::load(&config).map_err(Failure::Config).map(|c| {
-                println!(
+                tollgate::outln!(
                     "{}: ok ({} mode, {} interface(s), {} app setting(s), {} custom app(s))",
                     config.display(),
                     c.mode,

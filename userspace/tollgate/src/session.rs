@@ -81,7 +81,7 @@ impl SessionControl {
             .context("installing the nft redirect for session control")?;
         let mut ids: Vec<&String> = apps.iter().collect();
         ids.sort();
-        println!(
+        crate::outln!(
             "  session proxy on {} for {} (steering tcp/443 from {})",
             handle.local_addr(),
             ids.iter()

@@ -63,3 +63,21 @@ fn shipped_example_configs_are_valid() {
         root.display()
     );
 }
+
+/// A reader that goes away (`tollgate catalog list | head -1`) must not make it panic.
+#[test]
+fn closed_stdout_is_not_a_panic() {
+    for args in [&["catalog", "list"][..], &["catalog", "list", "--json"][..]] {
+        let mut child = tollgate()
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Close our end of the pipe at once.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
