@@ -17,7 +17,7 @@
 
 /// Bumped whenever a map key, value or event layout changes. Pins live under a directory named
 /// after it, so a daemon of a different ABI never reuses incompatible pinned maps.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 // ---- map names (the symbol names of the statics in the probes; at most 15 bytes) ----
 
@@ -86,13 +86,21 @@ pub const PROG_NAME: &str = "tg_name";
 pub const PROG_VERDICT: &str = "tg_verdict";
 /// Tail-called program: rewrites a blocked packet into a reset / ICMP error to the user.
 pub const PROG_ENFORCE: &str = "tg_enforce";
+/// Tail-called program, stage 1 for HTTP/1: finds the Host of a request head (then stages 2
+/// and 3 as for an SNI).
+pub const PROG_HOST: &str = "tg_host";
 /// The tail-called programs with their slot in [`MAP_PROGS`].
-pub const TAIL_CALLS: [(u32, &str); 4] = [
+pub const TAIL_CALLS: [(u32, &str); 5] = [
     (0, PROG_SNI),
     (1, PROG_NAME),
     (2, PROG_VERDICT),
     (3, PROG_ENFORCE),
+    (4, PROG_HOST),
 ];
+
+/// `skb->mark` of packets the daemon sends itself (the HTTP block page): the probes pass them
+/// untouched and uncounted.
+pub const BLOCK_PAGE_MARK: u32 = 0x7467_0b10;
 /// Returns `TC_ACT_UNSPEC` and does nothing else: the floor of the per-packet cost benchmark.
 pub const PROG_NOOP: &str = "tg_noop";
 
@@ -249,11 +257,16 @@ pub const STAT_ICMP_SENT: usize = 21;
 pub const STAT_QUIC_HELD: usize = 24;
 /// QUIC flows released by the hold timeout (no verdict came in time; they pass).
 pub const STAT_QUIC_HOLD_EXPIRED: usize = 25;
+/// HTTP/1 request heads whose Host the probes read (for name verdicts).
+pub const STAT_HTTP_HOST_FOUND: usize = 26;
+/// Blocked HTTP/1 requests turned into a reset toward the server (the daemon answers the user
+/// with a block page).
+pub const STAT_HTTP_BLOCKED: usize = 27;
 /// Number of counter slots (room to grow without changing the value size).
 pub const STATS_LEN: usize = 32;
 
 /// Human names of the counter ids, for logs and `tollgate` status lines.
-pub const STAT_NAMES: [(usize, &str); 26] = [
+pub const STAT_NAMES: [(usize, &str); 28] = [
     (STAT_PACKETS, "packets"),
     (STAT_BYTES, "bytes"),
     (STAT_EVENTS, "events"),
@@ -280,6 +293,8 @@ pub const STAT_NAMES: [(usize, &str); 26] = [
     (STAT_NAME_VERDICTS, "name_verdicts"),
     (STAT_QUIC_HELD, "quic_held"),
     (STAT_QUIC_HOLD_EXPIRED, "quic_hold_expired"),
+    (STAT_HTTP_HOST_FOUND, "http_host_found"),
+    (STAT_HTTP_BLOCKED, "http_blocked"),
 ];
 
 // ---- defaults the probes use when the config map is still zero ----
@@ -504,6 +519,10 @@ pub struct EventHeader {
     pub flags: u8,
     /// [`ABI_VERSION`] of the probes that wrote the record.
     pub abi: u32,
+    /// TCP acknowledgment number of the packet (0 for UDP): a block page answering an HTTP
+    /// request starts at this sequence number.
+    pub tcp_ack: u32,
+    pub _pad: u32,
 }
 
 /// Length of [`EventHeader`] in a record.
@@ -555,7 +574,7 @@ const _: () = assert!(core::mem::size_of::<NameVerdict>() == 16);
 const _: () = assert!(core::mem::size_of::<Ipv4LpmKey>() == 8);
 const _: () = assert!(core::mem::size_of::<Ipv6LpmKey>() == 20);
 const _: () = assert!(core::mem::size_of::<IpVerdict>() == 16);
-const _: () = assert!(EVENT_HEADER_LEN == 72);
+const _: () = assert!(EVENT_HEADER_LEN == 80);
 const _: () = assert!(core::mem::size_of::<EventBuf>() == EVENT_HEADER_LEN + PAYLOAD_CAP);
 const _: () = assert!(PAYLOAD_CAP.is_power_of_two());
 

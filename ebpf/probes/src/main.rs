@@ -32,7 +32,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use tollgate_common::{
-    ABI_VERSION, ACTION_BLOCK, ACTION_DROP, ACTION_NONE, BLOCK_PREFIX_CAPACITY,
+    ABI_VERSION, ACTION_BLOCK, ACTION_DROP, ACTION_NONE, BLOCK_PAGE_MARK, BLOCK_PREFIX_CAPACITY,
     CONFIG_F_NO_QUIC_HOLD, Config, DEFAULT_INSPECT_PACKETS, DEFAULT_MAX_DNS_EVENTS_PER_FLOW,
     DEFAULT_MAX_EVENTS_PER_FLOW, DIR_UP, EVENT_F_CONTINUATION, EVENT_F_LAST, EVENT_F_TRUNCATED,
     EVENT_HEADER_LEN, EVENTS_RING_BYTES, EventBuf, EventHeader, FAMILY_V4, FAMILY_V6,
@@ -44,9 +44,9 @@ use tollgate_common::{
     PROTO_TCP, PROTO_UDP, QUIC_HOLD_NS, STAT_BYTES, STAT_DEDUP, STAT_DROPS, STAT_ERR_IPV4,
     STAT_ERR_IPV6, STAT_ERR_L2, STAT_ERR_PAYLOAD, STAT_ERR_TCP, STAT_ERR_UDP, STAT_EVENTS,
     STAT_EVENTS_CAPPED, STAT_FLOW_MAP_FULL, STAT_FRAGMENTS, STAT_HELLO_CONT, STAT_HELLO_MAP_FULL,
-    STAT_ICMP_SENT, STAT_NAME_VERDICTS, STAT_NON_IP, STAT_OTHER_L4, STAT_PACKETS, STAT_QUIC_HELD,
-    STAT_QUIC_HOLD_EXPIRED, STAT_RINGBUF_FULL, STAT_RST_SENT, STAT_SNI_FOUND, STAT_WOULD_DROP,
-    Stats, name_hash_step,
+    STAT_HTTP_BLOCKED, STAT_HTTP_HOST_FOUND, STAT_ICMP_SENT, STAT_NAME_VERDICTS, STAT_NON_IP,
+    STAT_OTHER_L4, STAT_PACKETS, STAT_QUIC_HELD, STAT_QUIC_HOLD_EXPIRED, STAT_RINGBUF_FULL,
+    STAT_RST_SENT, STAT_SNI_FOUND, STAT_WOULD_DROP, Stats, name_hash_step,
 };
 
 // ---- maps (names are the ABI's MAP_* constants; the loader pins them under its pin dir) ----
@@ -80,7 +80,7 @@ static TG_HSCRATCH: PerCpuArray<HelloState> = PerCpuArray::with_max_entries(1, 0
 #[map]
 static TG_JOB: PerCpuArray<Job> = PerCpuArray::with_max_entries(1, 0);
 #[map]
-static TG_PROGS: ProgramArray = ProgramArray::with_max_entries(4, 0);
+static TG_PROGS: ProgramArray = ProgramArray::with_max_entries(5, 0);
 #[map]
 static TG_IFACES: HashMap<u32, IfaceInfo> = HashMap::with_max_entries(IFACES_CAPACITY, 0);
 
@@ -198,6 +198,12 @@ fn stat2(a: usize, na: u64, b: usize, nb: u64) {
 fn sk_field_ifindex(ctx: &TcContext) -> u32 {
     // SAFETY: ctx.skb.skb is the __sk_buff the kernel handed to the program.
     unsafe { (*ctx.skb.skb).ifindex }
+}
+
+#[inline(always)]
+fn sk_mark(ctx: &TcContext) -> u32 {
+    // SAFETY: ctx.skb.skb is the __sk_buff the kernel handed to the program.
+    unsafe { (*ctx.skb.skb).mark }
 }
 
 #[inline(always)]
@@ -452,6 +458,10 @@ fn parse_ipv6(ctx: &TcContext, l3_off: usize, skb_len: u32) -> Result<Raw, i32> 
 
 #[inline(always)]
 fn try_run(ctx: &TcContext, dir: u8, egress: bool) -> Result<i32, i32> {
+    // The daemon's own block page (a blocked flow: anything else would become a reset).
+    if sk_mark(ctx) == BLOCK_PAGE_MARK {
+        return Ok(PASS);
+    }
     let segs = sk_gso_segs(ctx);
     // A forwarded packet that one of our ingress hooks already saw is not counted twice.
     if egress {
@@ -574,7 +584,12 @@ fn try_run(ctx: &TcContext, dir: u8, egress: bool) -> Result<i32, i32> {
             (*job).dir = dir;
             (*job).egress = u8::from(egress);
             (*job).source = sni_job;
-            TG_PROGS.tail_call(ctx, PROG_INDEX_SNI);
+            let stage = if sni_job == JOB_HTTP {
+                PROG_INDEX_HOST
+            } else {
+                PROG_INDEX_SNI
+            };
+            TG_PROGS.tail_call(ctx, stage);
         }
         // Only reached when the tail call failed (program array not populated).
         return Ok(PASS);
@@ -915,6 +930,88 @@ fn make_rst(skb: *mut __sk_buff, pkt: &Pkt, dir: u8, reply: bool) -> bool {
     !reply || swap_macs(ctx)
 }
 
+/// Rewrites a packet from the user into a TCP reset from the user to the remote end (same
+/// addresses and ports, the packet's seq/ack, no payload); it then goes on to the remote end.
+// A BPF subprogram of its own: its header buffers get their own stack frame.
+#[inline(never)]
+fn make_rst_to_remote(skb: *mut __sk_buff, pkt: &Pkt) -> bool {
+    let ctx = &TcContext::new(skb);
+    let k = &pkt.key;
+    let sp = k.user_port.to_be_bytes();
+    let dp = k.remote_port.to_be_bytes();
+    let sq = pkt.tcp_seq.to_be_bytes();
+    let ak = pkt.tcp_ack.to_be_bytes();
+    let mut tcp = [
+        sp[0],
+        sp[1],
+        dp[0],
+        dp[1],
+        sq[0],
+        sq[1],
+        sq[2],
+        sq[3],
+        ak[0],
+        ak[1],
+        ak[2],
+        ak[3],
+        0x50,
+        TCP_RST | TCP_ACK,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ];
+    let l3 = pkt.l3_off;
+    if k.family == FAMILY_V4 {
+        let s = k.user_addr[0].to_ne_bytes();
+        let d = k.remote_addr[0].to_ne_bytes();
+        let mut ip = [
+            0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, PROTO_TCP, 0, 0, s[0], s[1], s[2], s[3], d[0], d[1],
+            d[2], d[3],
+        ];
+        let c = csum_fold(csum_add(0, &ip)).to_be_bytes();
+        ip[10] = c[0];
+        ip[11] = c[1];
+        let pseudo = [
+            s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3], 0, PROTO_TCP, 0, 20,
+        ];
+        let c = csum_fold(csum_add(csum_add(0, &pseudo), &tcp)).to_be_bytes();
+        tcp[16] = c[0];
+        tcp[17] = c[1];
+        change_tail(ctx, l3 + 40)
+            && ctx.store(l3 as usize, &ip, 0).is_ok()
+            && ctx.store(l3 as usize + 20, &tcp, 0).is_ok()
+    } else {
+        let mut ip = [0u8; 40];
+        ip[0] = 0x60;
+        ip[5] = 20;
+        ip[6] = PROTO_TCP;
+        ip[7] = 64;
+        let mut i = 0;
+        while i < 16 {
+            ip[8 + i] = k.user_addr[i / 4].to_ne_bytes()[i % 4];
+            ip[24 + i] = k.remote_addr[i / 4].to_ne_bytes()[i % 4];
+            i += 1;
+        }
+        let mut pseudo = [0u8; 40];
+        let mut i = 0;
+        while i < 32 {
+            pseudo[i] = ip[8 + i];
+            i += 1;
+        }
+        pseudo[35] = 20;
+        pseudo[39] = PROTO_TCP;
+        let c = csum_fold(csum_add(csum_add(0, &pseudo), &tcp)).to_be_bytes();
+        tcp[16] = c[0];
+        tcp[17] = c[1];
+        change_tail(ctx, l3 + 60)
+            && ctx.store(l3 as usize, &ip, 0).is_ok()
+            && ctx.store(l3 as usize + 40, &tcp, 0).is_ok()
+    }
+}
+
 /// Rewrites an IPv6 UDP packet from the user into an ICMPv6 port unreachable from the remote
 /// end that quotes its IPv6 and UDP headers.
 // A BPF subprogram of its own: its header buffers get their own stack frame.
@@ -1207,6 +1304,9 @@ fn inspect(
             while i < HTTP_METHODS.len() {
                 if HTTP_METHODS[i] == first4 {
                     flow.flags |= FLOW_F_HTTP;
+                    if names {
+                        *sni_job = JOB_HTTP;
+                    }
                     emit(ctx, pkt, flow, dir, KIND_HTTP, 0, ifindex, now, &lim);
                     return KIND_HTTP;
                 }
@@ -1360,12 +1460,17 @@ fn sni_walk(h: &HelloState) -> Sni {
 /// Where the SNI program finds the hello bytes.
 const JOB_SCRATCH: u32 = 1;
 const JOB_HELLO_MAP: u32 = 2;
+/// An HTTP/1 request head in the packet itself (tg_host reads its Host).
+const JOB_HTTP: u32 = 3;
 /// Slots in `TG_PROGS`: the SNI pipeline is three tail calls so that each loop is verified
 /// once from a clean entry instead of on every path of the programs before it.
 const PROG_INDEX_SNI: u32 = 0;
 const PROG_INDEX_NAME: u32 = 1;
 const PROG_INDEX_VERDICT: u32 = 2;
 const PROG_INDEX_ENFORCE: u32 = 3;
+const PROG_INDEX_HOST: u32 = 4;
+/// Request-head bytes searched for the Host header.
+const HOST_SCAN: u32 = 2048;
 /// Longest SNI considered (DNS names are at most 253 bytes).
 const NAME_MAX: u32 = 256;
 
@@ -1455,6 +1560,111 @@ pub fn tg_sni(ctx: TcContext) -> i32 {
     }
     job.name_len = len;
     forget_hello(&job.pkt.key, complete);
+    // SAFETY: tail call into the next stage; returns only when it fails.
+    unsafe { TG_PROGS.tail_call(&ctx, PROG_INDEX_NAME) };
+    PASS
+}
+
+/// Stage 1 for HTTP/1: find the Host header of the request head in the packet and copy its
+/// name (without port) into the job.
+#[classifier]
+pub fn tg_host(ctx: TcContext) -> i32 {
+    let Some(job) = job() else {
+        return PASS;
+    };
+    let Some(h) = TG_HSCRATCH.get_ptr_mut(0) else {
+        return PASS;
+    };
+    // SAFETY: this CPU's scratch value; the pipeline runs on one CPU, one packet at a time.
+    let h = unsafe { &mut *h };
+    let mut n = job.pkt.payload_len;
+    if n > HOST_SCAN {
+        n = HOST_SCAN;
+    }
+    if n < 16 {
+        return PASS;
+    }
+    let nm1 = n - 1;
+    // SAFETY: reads a local.
+    let len = (unsafe { ptr::read_volatile(&nm1) } & (HOST_SCAN - 1)) + 1;
+    // SAFETY: destination: h.buf (HELLO_BUF_LEN > HOST_SCAN >= len); the helper checks the
+    // packet side.
+    let ret = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            job.pkt.payload_off,
+            h.buf.as_mut_ptr() as *mut _,
+            len,
+        )
+    };
+    if ret != 0 {
+        return PASS;
+    }
+    // "\nhost:" (ASCII case-insensitive) in a rolling window of the last six bytes.
+    let mut w: u64 = 0;
+    let mut start = 0u32;
+    let mut i = 0u32;
+    while i < HOST_SCAN {
+        if i >= len {
+            break;
+        }
+        w = ((w << 8) | u64::from(hb(h, i))) & 0xffff_ffff_ffff;
+        // The four letters compared with bit 5 set (no branch per byte: a branch per byte
+        // doubles the verifier's paths each iteration).
+        if w | 0x0000_2020_2020_00 == 0x0a68_6f73_743a {
+            start = i + 1;
+            break;
+        }
+        if w & 0xffff_ffff == 0x0d0a_0d0a {
+            break;
+        }
+        i += 1;
+    }
+    if start == 0 {
+        return PASS;
+    }
+    // Through map memory: the verifier then sees an unknown start, so the loops below are
+    // verified once and not once per place the Host header could start.
+    // SAFETY: job is this CPU's map value.
+    unsafe { ptr::write_volatile(&mut job.count, start) };
+    // SAFETY: as above.
+    let mut p = unsafe { ptr::read_volatile(&job.count) } & (HOST_SCAN - 1);
+    let mut k = 0;
+    while k < 8 {
+        let c = hb(h, p);
+        if c != u32::from(b' ') && c != u32::from(b'\t') {
+            break;
+        }
+        p += 1;
+        k += 1;
+    }
+    let mut nlen = 0u32;
+    let mut ended = false;
+    while nlen < NAME_MAX - 1 {
+        let q = p + nlen;
+        if q >= len {
+            break;
+        }
+        let c = hb(h, q) as u8;
+        if c == b':' || c == b'\r' || c == b'\n' || c == b' ' || c == b'\t' {
+            ended = true;
+            break;
+        }
+        job.name[(nlen & (NAME_MAX - 1)) as usize] = c;
+        nlen += 1;
+    }
+    // A Host cut by the end of what we read is not matched on a prefix of itself.
+    if !ended {
+        return PASS;
+    }
+    if nlen > 0 && job.name[((nlen - 1) & (NAME_MAX - 1)) as usize] == b'.' {
+        nlen -= 1;
+    }
+    if nlen == 0 {
+        return PASS;
+    }
+    job.name_len = nlen;
+    stat(STAT_HTTP_HOST_FOUND, 1);
     // SAFETY: tail call into the next stage; returns only when it fails.
     unsafe { TG_PROGS.tail_call(&ctx, PROG_INDEX_NAME) };
     PASS
@@ -1566,6 +1776,16 @@ pub fn tg_verdict(ctx: TcContext) -> i32 {
         stat(STAT_WOULD_DROP, 1);
         return PASS;
     }
+    if job.source == JOB_HTTP {
+        // The request is not forwarded: it becomes a reset to the server, and the daemon
+        // answers the user with a block page in the server's place.
+        if make_rst_to_remote(ctx.skb.skb, &job.pkt) {
+            stat2(STAT_HTTP_BLOCKED, 1, STAT_RST_SENT, 1);
+            return PASS;
+        }
+        stat(STAT_DROPS, 1);
+        return DROP;
+    }
     if best_action == ACTION_BLOCK {
         job.action = best_action;
         // SAFETY: tail call into tg_enforce (reset / ICMP error); returns only on failure.
@@ -1652,6 +1872,8 @@ fn emit(
         tcp_flags: pkt.tcp_flags,
         flags,
         abi: ABI_VERSION,
+        tcp_ack: pkt.tcp_ack,
+        _pad: 0,
     };
     // SAFETY: the destination is this CPU's scratch payload of PAYLOAD_CAP bytes and
     // len <= PAYLOAD_CAP; the helper bounds-checks the packet side.

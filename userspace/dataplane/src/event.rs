@@ -47,6 +47,8 @@ pub struct PayloadEvent {
     pub timestamp: SystemTime,
     /// TCP sequence number of the first payload byte (0 for UDP).
     pub tcp_seq: u32,
+    /// TCP acknowledgment number of the packet (0 for UDP).
+    pub tcp_ack: u32,
     pub tcp_flags: u8,
     pub ifindex: u32,
     /// 802.1Q VLAN id (0 untagged).
@@ -210,6 +212,7 @@ const OFF_DIR: usize = 65;
 const OFF_TCP_FLAGS: usize = 66;
 const OFF_FLAGS: usize = 67;
 const OFF_ABI: usize = 68;
+const OFF_ACK: usize = 72;
 
 fn key_from(f: &Fields<'_>, at: usize) -> FlowKey {
     let w = |i: usize| f.u32(at + i * 4);
@@ -322,6 +325,7 @@ pub fn decode_record(rec: &[u8], clock: &KernelClock) -> Result<PayloadEvent, Re
         direction,
         timestamp: clock.to_system(f.u64(OFF_TS)),
         tcp_seq: f.u32(OFF_SEQ),
+        tcp_ack: f.u32(OFF_ACK),
         tcp_flags: f.u8(OFF_TCP_FLAGS),
         ifindex: f.u32(OFF_IFINDEX),
         vlan: key.vlan,
@@ -381,6 +385,8 @@ mod tests {
         v.extend_from_slice(&h.cap_len.to_ne_bytes());
         v.extend_from_slice(&[h.kind, h.direction, h.tcp_flags, h.flags]);
         v.extend_from_slice(&h.abi.to_ne_bytes());
+        v.extend_from_slice(&h.tcp_ack.to_ne_bytes());
+        v.extend_from_slice(&h._pad.to_ne_bytes());
         assert_eq!(v.len(), EVENT_HEADER_LEN);
         v
     }
@@ -407,6 +413,8 @@ mod tests {
             tcp_flags: 0x18,
             flags: abi::EVENT_F_CONTINUATION,
             abi: abi::ABI_VERSION,
+            tcp_ack: 0x0102_0304,
+            _pad: 0,
         };
         let mut rec = header_bytes(&h);
         rec.extend_from_slice(&[0x16, 0x03, 0x01, 0x02]);
@@ -428,6 +436,7 @@ mod tests {
         assert_eq!(ev.direction, Direction::Up);
         assert!(ev.continuation);
         assert_eq!(ev.tcp_seq, 0xdead_beef);
+        assert_eq!(ev.tcp_ack, 0x0102_0304);
         assert_eq!(ev.orig_len, 517);
         assert_eq!(&ev.payload[..], &[0x16, 0x03, 0x01, 0x02]);
         assert_eq!(

@@ -20,10 +20,14 @@
 // One unsafe call (registering the ring buffer's fd with tokio) is allowed where it is made.
 #![deny(unsafe_code)]
 
+mod blockpage;
 mod event;
 pub mod testing;
 mod verdicts;
 
+pub use blockpage::{
+    BLOCK_PAGE_MAX, block_page_html, block_page_packet, block_page_response, send_block_page,
+};
 pub use verdicts::{Action, EnforceOptions, VerdictWriter, monotonic_ns, normalize_name};
 
 use std::{
@@ -156,6 +160,10 @@ pub struct DataplaneStats {
     pub quic_held: u64,
     /// QUIC flows whose hold timed out without a verdict (they passed: fail-open).
     pub quic_hold_expired: u64,
+    /// HTTP/1 requests whose Host the probes read.
+    pub http_host_found: u64,
+    /// Blocked HTTP/1 requests the probes turned into a reset toward the server.
+    pub http_blocked: u64,
     /// Every counter by id (including ids this build has no field for).
     pub raw: Vec<u64>,
 }
@@ -189,6 +197,8 @@ impl DataplaneStats {
             icmp_sent: g(STAT_ICMP_SENT),
             quic_held: g(STAT_QUIC_HELD),
             quic_hold_expired: g(STAT_QUIC_HOLD_EXPIRED),
+            http_host_found: g(STAT_HTTP_HOST_FOUND),
+            http_blocked: g(STAT_HTTP_BLOCKED),
             raw,
         }
     }
