@@ -6,7 +6,7 @@
 //! `tollgate status --json`.
 //!
 //! ```text
-//! event_storm PIN_DIR [--flows N] [--threads T] [--kind tls|dns]
+//! event_storm PIN_DIR [--flows N] [--threads T] [--kind tls|dns] [--rate FRAMES_PER_SEC]
 //! # e.g. event_storm /sys/fs/bpf/tollgate/tge-s --flows 200000 --threads 2
 //! ```
 //! Needs root.
@@ -20,10 +20,7 @@ use std::{
 
 use tollgate_dataplane::{
     abi,
-    testing::{
-        L4, PacketSpec, PinnedProgram, TC_ACT_UNSPEC, hex, pinned_program_path, pinned_stats,
-        tcp_flags,
-    },
+    testing::{L4, PacketSpec, PinnedProgram, TC_ACT_UNSPEC, hex, pinned_stats, tcp_flags},
 };
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -38,6 +35,8 @@ fn main() {
     let mut flows: u32 = 200_000;
     let mut threads: u32 = 2;
     let mut kind = String::from("tls");
+    // Frames per second to aim for (0: as fast as possible).
+    let mut rate_limit: u32 = 0;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--flows" => flows = args.next().and_then(|v| v.parse().ok()).expect("--flows N"),
@@ -48,11 +47,30 @@ fn main() {
                     .expect("--threads T")
             }
             "--kind" => kind = args.next().expect("--kind tls|dns"),
+            "--rate" => {
+                rate_limit = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--rate FRAMES_PER_SEC")
+            }
             _ => pin_dir = Some(PathBuf::from(a)),
         }
     }
     let pin_dir = pin_dir.expect("usage: event_storm PIN_DIR [--flows N] [--threads T]");
-    let prog_path = pinned_program_path(&pin_dir, abi::PROG_LAN_INGRESS);
+    // This build's ABI directory, else the one the daemon made (a daemon of an older build:
+    // program runs and the stats layout do not depend on the ABI version).
+    let mut root = pin_dir.join(format!("abi{}", abi::ABI_VERSION));
+    if !root.exists()
+        && let Some(e) = std::fs::read_dir(&pin_dir)
+            .expect("pin dir")
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with("abi"))
+    {
+        root = e.path();
+    }
+    println!("pins: {}", root.display());
+    let prog_path = root.join("progs").join(abi::PROG_LAN_INGRESS);
+    let stats_path = root.join("maps").join(abi::MAP_STATS);
     let (payload, l4, dport) = match kind.as_str() {
         "dns" => (fixture("dns_query.hex"), L4::Udp, 53),
         _ => (
@@ -74,7 +92,7 @@ fn main() {
         payload,
     }
     .frame();
-    let before = pinned_stats(&pin_dir).expect("pinned stats");
+    let before = pinned_stats(&stats_path).expect("pinned stats");
     let not_passed = AtomicU64::new(0);
     let start = Instant::now();
     std::thread::scope(|s| {
@@ -86,7 +104,19 @@ fn main() {
                 let prog = PinnedProgram::open(prog_path).expect("pinned program");
                 let mut frame = template.clone();
                 let mut i = t;
+                let mut sent = 0u64;
+                let begun = Instant::now();
                 while i < flows {
+                    if rate_limit > 0 && sent.is_multiple_of(256) {
+                        // Paced: each thread sends its share of the rate.
+                        let due = std::time::Duration::from_secs_f64(
+                            sent as f64 * f64::from(threads) / f64::from(rate_limit),
+                        );
+                        if let Some(wait) = due.checked_sub(begun.elapsed()) {
+                            std::thread::sleep(wait);
+                        }
+                    }
+                    sent += 1;
                     // Distinct 5-tuples: user address 10.x.y.z and source port from i.
                     let host = 1 + (i / 50_000);
                     let port = 1024 + (i % 50_000) as u16;
@@ -105,7 +135,7 @@ fn main() {
         }
     });
     let elapsed = start.elapsed();
-    let after = pinned_stats(&pin_dir).expect("pinned stats");
+    let after = pinned_stats(&stats_path).expect("pinned stats");
     let rate = f64::from(flows) / elapsed.as_secs_f64();
     println!(
         "injected {flows} {kind} frames of distinct flows in {:.3} s with {threads} threads: {rate:.0} flows/s ({} not passed)",
@@ -119,5 +149,21 @@ fn main() {
         after.ringbuf_full - before.ringbuf_full,
         after.flow_map_full - before.flow_map_full,
         after.events_capped - before.events_capped,
+    );
+    // What one `Dataplane::flow_counters` call (the daemon's counter poll) costs at this size:
+    // the same aya iteration over the pinned flow map (two bpf syscalls per entry).
+    let flows_map = root.join("maps").join(abi::MAP_FLOWS);
+    let data = aya::maps::MapData::from_pin(&flows_map).expect("pinned flow map");
+    let map: aya::maps::HashMap<_, abi::FlowKey, abi::FlowValue> =
+        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).expect("flow map");
+    let t = Instant::now();
+    let n = map.iter().filter(Result::is_ok).count();
+    let took = t.elapsed();
+    println!(
+        "flow map walk: {n} entries in {:.1} ms ({:.2} us/entry); FlowCounters is {} B, so a snapshot Vec holds {:.1} MiB",
+        took.as_secs_f64() * 1e3,
+        took.as_secs_f64() * 1e6 / n.max(1) as f64,
+        std::mem::size_of::<tollgate_dataplane::FlowCounters>(),
+        (n * std::mem::size_of::<tollgate_dataplane::FlowCounters>()) as f64 / 1048576.0
     );
 }

@@ -282,10 +282,10 @@ impl PinnedProgram {
     }
 }
 
-/// The counters of a running daemon's probes, read from its pinned stats map.
-pub fn pinned_stats(pin_dir: &Path) -> Result<DataplaneStats, DataplaneError> {
-    let path = pinned_map_path(pin_dir, abi::MAP_STATS);
-    let data = MapData::from_pin(&path).map_err(|source| DataplaneError::Map {
+/// The counters of a running daemon's probes, read from its pinned stats map (e.g.
+/// [`pinned_map_path`]`(pin_dir, abi::MAP_STATS)`; the layout is the same in every ABI so far).
+pub fn pinned_stats(path: &Path) -> Result<DataplaneStats, DataplaneError> {
+    let data = MapData::from_pin(path).map_err(|source| DataplaneError::Map {
         name: abi::MAP_STATS,
         source,
     })?;
