@@ -68,8 +68,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let data_8080 = tcp(8080, &data);
     let data_443 = tcp(443, &data);
     let hello_frame = tcp(8443, &hello);
+    // The forwarding benchmark's 64-byte UDP frames (18 payload bytes).
+    let udp64 = tollgate_dataplane::testing::PacketSpec {
+        src: "192.0.2.1".parse()?,
+        dst: "198.51.100.1".parse()?,
+        sport: 40000,
+        dport: 5201,
+        l4: tollgate_dataplane::testing::L4::Udp,
+        vlan: None,
+        payload: vec![0x5a; 18],
+    }
+    .frame();
     // Warm the flows up past their inspection budget: steady-state established flows.
-    for f in [&data_8080, &data_443] {
+    for f in [&data_8080, &data_443, &udp64] {
         for _ in 0..=abi::DEFAULT_INSPECT_PACKETS {
             h.run(abi::PROG_LAN_INGRESS, f, 1)?;
         }
@@ -78,6 +89,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut floor = Vec::new();
     let mut non443 = Vec::new();
     let mut est443 = Vec::new();
+    let mut udp_ns = Vec::new();
     let mut hello_ns = Vec::new();
     let mut events = 0usize;
     let mut runs = 0usize;
@@ -94,6 +106,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         est443.push(
             h.run(abi::PROG_LAN_INGRESS, &data_443, REPEAT)?
+                .duration
+                .as_nanos() as f64,
+        );
+        udp_ns.push(
+            h.run(abi::PROG_LAN_INGRESS, &udp64, REPEAT)?
                 .duration
                 .as_nanos() as f64,
         );
@@ -196,6 +213,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Some(60.0),
             f,
         ),
+        ("UDP 64 B frame, established", median(&mut udp_ns), None, f),
         (
             "ClientHello 517 B + ring-buffer event",
             median(&mut hello_ns),
