@@ -124,6 +124,26 @@ fn unsanctioned_apps_fail_fast_and_others_work() {
                 "sh -c 'echo Q | timeout 5 openssl s_client -connect {SERVER_ALT_IP4}:443 -noservername'"
             ),
         );
+        // Plain HTTP to a blocked app: a block page that says which app, at once.
+        let (_, secs, out) = attempt(
+            &topo,
+            &format!(
+                "curl -s --max-time 10 -w '\n%{{http_code}}' -H 'Host: www.dropbox.com' http://{SERVER_IP4}/"
+            ),
+        );
+        assert!(out.trim_end().ends_with("403"), "no block page: {out}");
+        assert!(
+            out.contains("Dropbox"),
+            "the block page does not name the app: {out}"
+        );
+        assert!(secs < 1.5, "block page after {secs:.2}s");
+        assert_allowed(
+            &topo,
+            "plain HTTP to slack",
+            &format!(
+                "curl -sf --max-time 10 -H 'Host: slack.com' http://{SERVER_IP4}/ -o /dev/null"
+            ),
+        );
         let status = daemon.query("status").expect("status");
         assert!(status["drops"].as_u64().unwrap_or(0) > 0, "{status:#}");
         daemon.stop();

@@ -194,9 +194,26 @@ impl Core {
             .enforcer
             .on_named_flow(&mut self.dp, &self.catalog, &self.tags, &key, &name)
         {
-            Ok(Some((app, Decision::Block))) => tracing::info!(
-                app, name = %name, by = ?source, user = %ev.user_ip, "blocked"
-            ),
+            Ok(Some((app, Decision::Block))) => {
+                tracing::info!(app, name = %name, by = ?source, user = %ev.user_ip, "blocked");
+                // Plain HTTP: the kernel reset the server side; tell the user why.
+                if ev.kind == PayloadKind::Http
+                    && ev.direction == Direction::Up
+                    && self.enforcer.kernel_blocks_name(&name)
+                {
+                    let page = tollgate_dataplane::block_page_html(
+                        &self
+                            .catalog
+                            .app(app)
+                            .map_or(app, |a| a.name.as_str())
+                            .to_string(),
+                        "This application is unsanctioned on this network.",
+                    );
+                    if let Err(e) = tollgate_dataplane::send_block_page(ev, &page) {
+                        tracing::warn!("sending the block page: {e}");
+                    }
+                }
+            }
             Ok(Some((app, Decision::WouldBlock))) => tracing::info!(
                 app, name = %name, by = ?source, user = %ev.user_ip, "would block (monitor mode)"
             ),
@@ -332,24 +349,20 @@ impl Core {
     }
 
     fn poll_counters(&mut self) {
-        let counters = match self.dp.flow_counters() {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("reading flow counters: {e}");
-                return;
-            }
-        };
-        for c in &counters {
+        let Core {
+            dp, flows, retired, ..
+        } = self;
+        let result = dp.visit_flow_counters(|c| {
             let key = flow_key(c);
             let last_seen: DateTime<Utc> = c.last_seen.into();
-            if let Some(seen) = self.retired.get(&key) {
+            if let Some(seen) = retired.get(&key) {
                 if *seen >= last_seen {
-                    continue;
+                    return;
                 }
                 // The same 5-tuple came back to life: a new flow.
-                self.retired.remove(&key);
+                retired.remove(&key);
             }
-            self.flows.update_counters(
+            flows.update_counters(
                 key,
                 flow_table::Counters {
                     packets_up: c.packets_up,
@@ -361,6 +374,9 @@ impl Core {
                     tcp_flags: c.tcp_flags,
                 },
             );
+        });
+        if let Err(e) = result {
+            tracing::warn!("reading flow counters: {e}");
         }
         self.retire_idle();
     }

@@ -324,18 +324,47 @@ impl Enforcer {
         key: &tollgate_dataplane::abi::FlowKey,
         name: &str,
     ) -> Result<Option<(&'c str, Decision)>, DataplaneError> {
-        let Some((app, decision)) = decide_name(catalog, tags, name, self.enforce) else {
-            return Ok(None);
-        };
-        if decision != Decision::Allow {
-            let number = self.number(app);
-            let mut w = dp.verdicts();
-            w.set_flow(key, Action::Block, number, None)?;
-            // Flows cache their verdict until the generation changes.
-            w.commit()?;
-            self.flows_blocked += 1;
+        let decided = decide_name(catalog, tags, name, self.enforce);
+        match decided {
+            Some((app, Decision::Block)) => {
+                let number = self.number(app);
+                let mut w = dp.verdicts();
+                w.set_flow(key, Action::Block, number, None)?;
+                // Flows cache their verdict until the generation changes.
+                w.commit()?;
+                self.flows_blocked += 1;
+            }
+            _ if key.proto == tollgate_dataplane::abi::PROTO_UDP => {
+                // The kernel holds a new QUIC flow's answers until it has a verdict (or a
+                // short timeout passes): release allowed flows at once.
+                let number = decided.map_or(0, |(app, _)| self.number(app));
+                dp.verdicts().set_flow(key, Action::Allow, number, None)?;
+            }
+            _ => {}
         }
-        Ok(Some((app, decision)))
+        Ok(decided)
+    }
+
+    /// Whether the kernel itself blocks this name (a name verdict that resets the server
+    /// side of an HTTP request), so that a block page sent to the user cannot race the
+    /// origin's own answer.
+    pub fn kernel_blocks_name(&self, name: &str) -> bool {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let name = name.split(':').next().unwrap_or("");
+        let mut suffix = name;
+        loop {
+            if let Some(e) = self.names.get(suffix) {
+                return e.action == Action::Block && (suffix == name || e.subdomains);
+            }
+            match suffix.split_once('.') {
+                Some((_, rest)) => suffix = rest,
+                None => return false,
+            }
+        }
+    }
+
+    pub fn enforcing(&self) -> bool {
+        self.enforce
     }
 
     pub fn cut_existing_flows(&self) -> bool {
