@@ -58,6 +58,9 @@ pub struct FlowTableLimits {
     /// Stream bytes buffered for reassembly across all flows (TCP streams and QUIC CRYPTO
     /// streams together). Past it, new data for an unnamed flow is not buffered.
     pub max_buffered_bytes: usize,
+    /// Compute each hello's JA4 fingerprint ([`FlowMeta::ja4`]): about a sixth of the cost
+    /// of naming a new TLS flow, so a daemon that does not report it turns it off.
+    pub fingerprints: bool,
 }
 
 impl Default for FlowTableLimits {
@@ -71,6 +74,7 @@ impl Default for FlowTableLimits {
             idle_timeout: Duration::from_secs(600),
             max_finished: 262_144,
             max_buffered_bytes: 64 * 1024 * 1024,
+            fingerprints: true,
         }
     }
 }
@@ -167,8 +171,16 @@ struct MetaExtra {
 }
 
 impl Meta {
-    fn set_hello(&mut self, ch: &tls::ClientHello, t: tls::Transport, grease: Option<bool>) {
-        self.ja4 = ch.ja4(t).as_bytes().try_into().ok();
+    fn set_hello(
+        &mut self,
+        ch: &tls::ClientHello,
+        t: tls::Transport,
+        grease: Option<bool>,
+        with_ja4: bool,
+    ) {
+        if with_ja4 {
+            self.ja4 = ch.ja4(t).as_bytes().try_into().ok();
+        }
         self.alpn = ch.alpn.iter().map(|a| a.as_str().into()).collect();
         self.bits = u8::from(ch.ech.is_some()) | (u8::from(ch.has_pq_key_share()) << 1);
         self.ech_grease = grease;
@@ -843,7 +855,7 @@ impl FlowTable {
                     sender_is_client = Some(true);
                     let mut m = Meta::default();
                     let grease = self.ech.grease(ch.sni.as_deref(), ch.ech.is_some());
-                    m.set_hello(&ch, tls::Transport::Tcp, grease);
+                    m.set_hello(&ch, tls::Transport::Tcp, grease, self.limits.fingerprints);
                     meta = Some(m);
                     if let Some(sni) = ch.sni {
                         found = Some((sni, NameSource::Sni));
@@ -1114,7 +1126,7 @@ impl FlowTable {
         }
         if let Some(ch) = client_hello {
             let grease = self.ech.grease(ch.sni.as_deref(), ch.ech.is_some());
-            meta.set_hello(&ch, tls::Transport::Quic, grease);
+            meta.set_hello(&ch, tls::Transport::Quic, grease, self.limits.fingerprints);
             found = ch.sni;
             if let Some(c) = insp.crypto.take() {
                 self.buffered = self.buffered.saturating_sub(c.buffered());
