@@ -10,7 +10,7 @@
 use std::{
     fs,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -19,50 +19,14 @@ use tollgate_dataplane::{
     testing::is_root,
 };
 
+mod common;
+use common::{Topo, ns_exec, sh};
+
 const SERVER_IP: &str = "198.19.208.2";
 const CLIENT_IP: &str = "198.19.208.1";
 
-struct Topo {
-    client_ns: String,
-    server_ns: String,
-    children: Vec<Child>,
-    dir: PathBuf,
-    pin_dir: PathBuf,
-}
-
-impl Drop for Topo {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for ns in [&self.client_ns, &self.server_ns] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-        let _ = fs::remove_dir_all(&self.dir);
-        let _ = fs::remove_dir_all(&self.pin_dir);
-    }
-}
-
-fn sh(args: &[&str]) -> bool {
-    Command::new(args[0])
-        .args(&args[1..])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn ns_exec(ns: &str, args: &[&str]) -> bool {
-    let mut v = vec!["ip", "netns", "exec", ns];
-    v.extend_from_slice(args);
-    sh(&v)
-}
-
 fn tools_present() -> bool {
-    ["ip", "curl", "python3"]
-        .iter()
-        .all(|t| sh(&["sh", "-c", &format!("command -v {t}")]))
+    common::tools_present(&["ip", "curl", "python3"])
 }
 
 fn setup() -> Topo {

@@ -9,7 +9,7 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -19,54 +19,15 @@ use tollgate_dataplane::{
     testing::is_root,
 };
 
+mod common;
+use common::{Topo, ns_exec, sh};
+
 const SERVER_IP: &str = "198.19.203.2";
 const CLIENT_IP: &str = "198.19.203.1";
 const SNI: &str = "smoke.tollgate.test";
 
-struct Topo {
-    client_ns: String,
-    server_ns: String,
-    children: Vec<Child>,
-    dir: PathBuf,
-    /// Pins left behind by a failed run are removed too.
-    pin_dir: PathBuf,
-}
-
-impl Drop for Topo {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for ns in [&self.client_ns, &self.server_ns] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-        let _ = fs::remove_dir_all(&self.dir);
-        let _ = fs::remove_dir_all(&self.pin_dir);
-        let _ = fs::remove_dir_all(format!("/etc/netns/{}", self.client_ns));
-    }
-}
-
-fn sh(args: &[&str]) -> bool {
-    Command::new(args[0])
-        .args(&args[1..])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-fn ns_exec(ns: &str, args: &[&str]) -> bool {
-    let mut v = vec!["ip", "netns", "exec", ns];
-    v.extend_from_slice(args);
-    sh(&v)
-}
-
 fn tools_present() -> bool {
-    ["ip", "openssl", "curl", "ethtool"]
-        .iter()
-        .all(|t| sh(&["sh", "-c", &format!("command -v {t}")]))
+    common::tools_present(&["ip", "openssl", "curl", "ethtool"])
 }
 
 fn setup() -> Topo {

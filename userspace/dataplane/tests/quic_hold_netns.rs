@@ -13,7 +13,7 @@
 use std::{
     fs,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -21,57 +21,19 @@ use tollgate_dataplane::{
     Action, Dataplane, DataplaneOptions, DataplaneStats, Mode, PayloadKind, Role, testing::is_root,
 };
 
+mod common;
+use common::{Topo, ns_exec, sh};
+
 const SERVER_IP: &str = "198.19.207.2";
 const CLIENT_IP: &str = "198.19.207.1";
 const SNI: &str = "hold.tollgate.test";
-
-struct Topo {
-    client_ns: String,
-    server_ns: String,
-    children: Vec<Child>,
-    dir: PathBuf,
-    pin_dir: PathBuf,
-}
-
-impl Drop for Topo {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for ns in [&self.client_ns, &self.server_ns] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-        let _ = fs::remove_dir_all(&self.dir);
-        let _ = fs::remove_dir_all(&self.pin_dir);
-    }
-}
-
-fn sh(args: &[&str]) -> bool {
-    Command::new(args[0])
-        .args(&args[1..])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn ns_exec(ns: &str, args: &[&str]) -> bool {
-    let mut v = vec!["ip", "netns", "exec", ns];
-    v.extend_from_slice(args);
-    sh(&v)
-}
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
 }
 
 fn tools_present() -> bool {
-    ["ip", "openssl", "python3"]
-        .iter()
-        .all(|t| sh(&["sh", "-c", &format!("command -v {t}")]))
-        && sh(&["python3", "-c", "import aioquic"])
-        && fixtures().join("h3_client.py").exists()
+    common::tools_present(&["ip", "openssl", "python3"])
 }
 
 fn setup() -> Topo {

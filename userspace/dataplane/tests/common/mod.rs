@@ -1,0 +1,62 @@
+//! What the namespace tests share: a client/server namespace pair that cleans up after
+//! itself, and small command helpers.
+#![allow(dead_code, reason = "each test file uses a different part")]
+
+use std::{
+    fs,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+};
+
+/// Two namespaces, the processes started in them, a scratch dir and the pins of the test's
+/// dataplane. Dropping it kills the processes and removes everything, pins included (a
+/// failed run must not leave programs attached).
+pub struct Topo {
+    pub client_ns: String,
+    pub server_ns: String,
+    pub children: Vec<Child>,
+    pub dir: PathBuf,
+    pub pin_dir: PathBuf,
+}
+
+impl Drop for Topo {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in [&self.client_ns, &self.server_ns] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+        let _ = fs::remove_dir_all(&self.pin_dir);
+        let _ = fs::remove_dir_all(format!("/etc/netns/{}", self.client_ns));
+    }
+}
+
+/// Runs a command quietly; true when it succeeded.
+pub fn sh(args: &[&str]) -> bool {
+    let Some((cmd, rest)) = args.split_first() else {
+        return false;
+    };
+    Command::new(cmd)
+        .args(rest)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Runs a command in a namespace quietly; true when it succeeded.
+pub fn ns_exec(ns: &str, args: &[&str]) -> bool {
+    let mut v = vec!["ip", "netns", "exec", ns];
+    v.extend_from_slice(args);
+    sh(&v)
+}
+
+/// Every tool is on PATH.
+pub fn tools_present(tools: &[&str]) -> bool {
+    tools
+        .iter()
+        .all(|t| sh(&["sh", "-c", &format!("command -v {t}")]))
+}
