@@ -477,8 +477,11 @@ async fn invalid_origin_certificates_are_explained() {
     );
 }
 
-/// Raw HTTP/1.1 over TLS, for requests curl refuses to send.
-async fn raw_request(proxy: SocketAddr, proxy_ca: &Path, request: &[u8]) -> String {
+/// A TLS connection to the proxy as `files.test`, trusting only the proxy's CA.
+async fn tls_to_proxy(
+    proxy: SocketAddr,
+    proxy_ca: &Path,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     roots
@@ -493,10 +496,15 @@ async fn raw_request(proxy: SocketAddr, proxy_ca: &Path, request: &[u8]) -> Stri
     .with_no_client_auth();
     let tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("files.test").unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(name, tcp)
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Raw HTTP/1.1 over TLS, for requests curl refuses to send.
+async fn raw_request(proxy: SocketAddr, proxy_ca: &Path, request: &[u8]) -> String {
+    let mut tls = tls_to_proxy(proxy, proxy_ca).await;
     tls.write_all(request).await.unwrap();
     let mut out = Vec::new();
     let _ =
@@ -991,28 +999,11 @@ async fn chromium_headless_through_the_proxy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrades_are_relayed() {
-    use rustls::pki_types::pem::PemObject;
     let ca = TestCa::new("tollgate test origin CA");
     let (certs, key) = ca.leaf("files.test");
     let origin = start_origin(certs, key).await;
     let (env, proxy) = start_proxy("upgrade", origin, &ca.issuer.pem()).await;
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_file(&env.proxy_ca).unwrap())
-        .unwrap();
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("files.test").unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let mut tls = tls_to_proxy(proxy, &env.proxy_ca).await;
     tls.write_all(
         b"GET /ws HTTP/1.1\r\nHost: files.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
     )
