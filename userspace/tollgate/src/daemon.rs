@@ -202,11 +202,7 @@ impl Core {
                     && self.enforcer.kernel_blocks_name(&name)
                 {
                     let page = tollgate_dataplane::block_page_html(
-                        &self
-                            .catalog
-                            .app(app)
-                            .map_or(app, |a| a.name.as_str())
-                            .to_string(),
+                        self.catalog.app(app).map_or(app, |a| a.name.as_str()),
                         "This application is unsanctioned on this network.",
                     );
                     if let Err(e) = tollgate_dataplane::send_block_page(ev, &page) {
@@ -326,15 +322,15 @@ impl Core {
             tracing::warn!("heartbeat: {e}");
         }
         self.enforcer.expire(&mut self.dp);
+        let learned = self.enforcer.learned_ips();
         // Flows re-check verdicts (and so their TTLs) only when the generation changes.
-        if !self.enforcer.learned_ips().is_empty()
+        if !learned.is_empty()
             && let Err(e) = self.dp.verdicts().commit()
         {
             tracing::warn!("committing verdicts: {e}");
         }
         let keep = TimeDelta::hours(i64::from(self.cfg.discovery.history_hours));
         self.history.forget_hours_before(Utc::now() - keep);
-        let learned = self.enforcer.learned_ips();
         if learned != self.learned_saved {
             let path = self.cfg.state_dir.join(LEARNED_IPS_FILE);
             let tmp = path.with_extension("json.tmp");

@@ -211,12 +211,11 @@ impl Enforcer {
         let want = self.wanted_names(catalog, tags);
         let mut report = SyncReport::default();
         let mut w = dp.verdicts();
-        for (name, entry) in &self.names {
+        for name in self.names.keys() {
             if !want.contains_key(name) {
                 w.remove_name(name)?;
                 report.names_removed += 1;
             }
-            let _ = entry;
         }
         for (name, entry) in &want {
             if self.names.get(name) != Some(entry) {
