@@ -65,7 +65,19 @@ fn steered_app_gets_policies_others_keep_their_certificate() {
         .unwrap();
     topo.exec(&c, &format!("dig +short slack.com @{SERVER_IP4}"))
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // Wait until the daemon has put the address in the steering set (it runs nft).
+    let g = topo.gateway.clone();
+    let steered = tollgate_e2e::wait_for(Duration::from_secs(15), || {
+        let out = topo.exec_any(&g, "nft list set inet tollgate_proxy steer4");
+        String::from_utf8_lossy(&out.stdout)
+            .contains(SERVER_IP4)
+            .then_some(())
+    });
+    assert!(
+        steered.is_some(),
+        "www.dropbox.com's address was never steered:\n{}",
+        topo.log(&daemon.log)
+    );
 
     let curl = |args: &str| {
         let out = topo.exec_any(
