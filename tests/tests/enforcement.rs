@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use tollgate_e2e::servers::{Daemon, NOSNI_NAME, Origins, SERVER_ALT_IP4, fixture};
-use tollgate_e2e::{SERVER_IP4, Topology, serial};
+use tollgate_e2e::{SERVER_IP4, SERVER_IP6, Topology, serial};
 
 fn ready(test: &str) -> bool {
     tollgate_e2e::ready(
@@ -189,6 +189,65 @@ fn live_tag_blocks_new_flows_quickly_and_persists() {
         .expect("tag");
     assert!(out.status.success());
     assert_allowed(&topo, "curl slack after sanctioning", &curl("slack.com"));
+    daemon.stop();
+}
+
+/// `dig` through the gateway: (rcode, answers, seconds).
+fn dig(topo: &Topology, name: &str, server: &str, extra: &str) -> (String, String, f64) {
+    let (_, secs, out) = attempt(
+        topo,
+        &format!("dig +tries=1 +time=3 {extra} {name} @{server}"),
+    );
+    let rcode = out
+        .split("status: ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .unwrap_or("no answer")
+        .to_string();
+    (rcode, out, secs)
+}
+
+#[test]
+fn dns_refusal_answers_nxdomain_in_the_kernel() {
+    let test = "dns_refusal_answers_nxdomain_in_the_kernel";
+    if !ready(test) {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = Topology::new("dn", 1500).expect("topology");
+    let _origins = Origins::start(&mut topo, false).expect("origins");
+    let config = format!("{CONFIG}\n[enforcement]\nrefuse_dns = true\n");
+    let daemon = Daemon::start(&mut topo, "enforce", &config).expect("daemon");
+    for server in [SERVER_IP4, SERVER_IP6] {
+        // The unsanctioned app's names, any record type, over IPv4 and IPv6 transport.
+        for (name, qtype) in [
+            ("www.dropbox.com", "A"),
+            ("www.dropbox.com", "AAAA"),
+            ("dropbox.com", "HTTPS"),
+            ("WWW.DropBox.com", "A"),
+        ] {
+            let (rcode, out, secs) = dig(&topo, name, server, &format!("-t {qtype}"));
+            assert_eq!(rcode, "NXDOMAIN", "{name} {qtype} via {server}: {out}");
+            assert!(secs < 1.0, "{name}: answer after {secs:.2}s");
+            assert!(!out.contains("ANSWER SECTION"), "{out}");
+        }
+        // The DoH canary (on by default) and, with +cookie, an EDNS query.
+        let (rcode, out, _) = dig(&topo, "use-application-dns.net", server, "+cookie");
+        assert_eq!(rcode, "NXDOMAIN", "canary via {server}: {out}");
+        // Everything else is answered by the real server.
+        let (rcode, out, _) = dig(&topo, "slack.com", server, "");
+        assert_eq!(rcode, "NOERROR", "slack.com via {server}: {out}");
+        assert!(out.contains("ANSWER SECTION"), "{out}");
+    }
+    // DNS over TCP is not rewritten: the server answers (flows to the app are still blocked
+    // by name and address).
+    let (rcode, out, _) = dig(&topo, "www.dropbox.com", SERVER_IP4, "+tcp");
+    assert_eq!(rcode, "NOERROR", "TCP query: {out}");
+    let status = daemon.query("status").expect("status");
+    assert!(
+        status["dns_refused"].as_u64().unwrap_or(0) >= 10,
+        "{status:#}"
+    );
     daemon.stop();
 }
 

@@ -17,7 +17,7 @@
 
 /// Bumped whenever a map key, value or event layout changes. Pins live under a directory named
 /// after it, so a daemon of a different ABI never reuses incompatible pinned maps.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 // ---- map names (the symbol names of the statics in the probes; at most 15 bytes) ----
 
@@ -89,13 +89,18 @@ pub const PROG_ENFORCE: &str = "tg_enforce";
 /// Tail-called program, stage 1 for HTTP/1: finds the Host of a request head (then stages 2
 /// and 3 as for an SNI).
 pub const PROG_HOST: &str = "tg_host";
+/// Tail-called program, stage 1 for a DNS query from a user (only when
+/// [`CONFIG_F_REFUSE_DNS`] is set): reads the question's name (then stages 2 and 3; a name
+/// verdict with [`NAME_F_REFUSE_DNS`] turns the query into an NXDOMAIN answer).
+pub const PROG_QNAME: &str = "tg_qname";
 /// The tail-called programs with their slot in [`MAP_PROGS`].
-pub const TAIL_CALLS: [(u32, &str); 5] = [
+pub const TAIL_CALLS: [(u32, &str); 6] = [
     (0, PROG_SNI),
     (1, PROG_NAME),
     (2, PROG_VERDICT),
     (3, PROG_ENFORCE),
     (4, PROG_HOST),
+    (5, PROG_QNAME),
 ];
 
 /// `skb->mark` of packets the daemon sends itself (the HTTP block page): the probes pass them
@@ -202,6 +207,9 @@ pub const QUIC_HOLD_NS: u64 = 300_000_000;
 
 /// [`Config::flags`]: do not hold QUIC flows waiting for a verdict (see [`FLOW_F_QUIC_HOLD`]).
 pub const CONFIG_F_NO_QUIC_HOLD: u32 = 1;
+/// [`Config::flags`]: read the question name of DNS queries from users (UDP, port 53) and
+/// answer those whose name verdict carries [`NAME_F_REFUSE_DNS`] with NXDOMAIN.
+pub const CONFIG_F_REFUSE_DNS: u32 = 2;
 
 // ---- stats counter ids (indices into [`Stats::counters`]; stable, gaps allowed) ----
 
@@ -262,11 +270,14 @@ pub const STAT_HTTP_HOST_FOUND: usize = 26;
 /// Blocked HTTP/1 requests turned into a reset toward the server (the daemon answers the user
 /// with a block page).
 pub const STAT_HTTP_BLOCKED: usize = 27;
+/// DNS queries answered with NXDOMAIN by the probes (a name verdict with
+/// [`NAME_F_REFUSE_DNS`], enforce mode).
+pub const STAT_DNS_REFUSED: usize = 28;
 /// Number of counter slots (room to grow without changing the value size).
 pub const STATS_LEN: usize = 32;
 
 /// Human names of the counter ids, for logs and `tollgate` status lines.
-pub const STAT_NAMES: [(usize, &str); 28] = [
+pub const STAT_NAMES: [(usize, &str); 29] = [
     (STAT_PACKETS, "packets"),
     (STAT_BYTES, "bytes"),
     (STAT_EVENTS, "events"),
@@ -295,6 +306,7 @@ pub const STAT_NAMES: [(usize, &str); 28] = [
     (STAT_QUIC_HOLD_EXPIRED, "quic_hold_expired"),
     (STAT_HTTP_HOST_FOUND, "http_host_found"),
     (STAT_HTTP_BLOCKED, "http_blocked"),
+    (STAT_DNS_REFUSED, "dns_refused"),
 ];
 
 // ---- defaults the probes use when the config map is still zero ----
@@ -468,6 +480,11 @@ pub struct NameVerdict {
 
 /// [`NameVerdict::flags`]: the verdict also covers every subdomain of the name.
 pub const NAME_F_SUBDOMAINS: u32 = 1;
+/// [`NameVerdict::flags`]: DNS queries for the name (and, with [`NAME_F_SUBDOMAINS`], its
+/// subdomains) get an NXDOMAIN answer from the probes. A verdict whose action is
+/// [`ACTION_NONE`] with this flag refuses the DNS name only and decides no flow (the DoH
+/// canary domains).
+pub const NAME_F_REFUSE_DNS: u32 = 2;
 
 /// Key of [`MAP_BLOCK_V4`]: layout of the kernel's `bpf_lpm_trie_key` with 4 address bytes.
 #[repr(C, packed)]

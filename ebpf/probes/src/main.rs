@@ -33,20 +33,21 @@ use aya_ebpf::{
 };
 use tollgate_common::{
     ABI_VERSION, ACTION_BLOCK, ACTION_DROP, ACTION_NONE, BLOCK_PAGE_MARK, BLOCK_PREFIX_CAPACITY,
-    CONFIG_F_NO_QUIC_HOLD, Config, DEFAULT_INSPECT_PACKETS, DEFAULT_MAX_DNS_EVENTS_PER_FLOW,
-    DEFAULT_MAX_EVENTS_PER_FLOW, DIR_UP, EVENT_F_CONTINUATION, EVENT_F_LAST, EVENT_F_TRUNCATED,
-    EVENT_HEADER_LEN, EVENTS_RING_BYTES, EventBuf, EventHeader, FAMILY_V4, FAMILY_V6,
-    FLOW_F_CAPPED, FLOW_F_DNS, FLOW_F_HELLO_PENDING, FLOW_F_HTTP, FLOW_F_QUIC, FLOW_F_QUIC_HOLD,
-    FLOW_F_QUIC_RELEASED, FLOW_F_TLS, FLOW_VERDICTS_CAPACITY, FLOWS_CAPACITY, FlowKey, FlowValue,
-    FlowVerdict, HELLO_BUF_LEN, HELLO_CAPACITY, HELLO_WINDOW, HelloState, IFACES_CAPACITY,
-    IfaceInfo, IpVerdict, KIND_DNS, KIND_HTTP, KIND_QUIC, KIND_TLS, MODE_ENFORCE,
-    NAME_F_SUBDOMAINS, NAME_HASH_SEED, NAME_VERDICTS_CAPACITY, NameKey, NameVerdict, PAYLOAD_CAP,
-    PROTO_TCP, PROTO_UDP, QUIC_HOLD_NS, STAT_BYTES, STAT_DEDUP, STAT_DROPS, STAT_ERR_IPV4,
-    STAT_ERR_IPV6, STAT_ERR_L2, STAT_ERR_PAYLOAD, STAT_ERR_TCP, STAT_ERR_UDP, STAT_EVENTS,
-    STAT_EVENTS_CAPPED, STAT_FLOW_MAP_FULL, STAT_FRAGMENTS, STAT_HELLO_CONT, STAT_HELLO_MAP_FULL,
-    STAT_HTTP_BLOCKED, STAT_HTTP_HOST_FOUND, STAT_ICMP_SENT, STAT_NAME_VERDICTS, STAT_NON_IP,
-    STAT_OTHER_L4, STAT_PACKETS, STAT_QUIC_HELD, STAT_QUIC_HOLD_EXPIRED, STAT_RINGBUF_FULL,
-    STAT_RST_SENT, STAT_SNI_FOUND, STAT_WOULD_DROP, Stats, name_hash_step,
+    CONFIG_F_NO_QUIC_HOLD, CONFIG_F_REFUSE_DNS, Config, DEFAULT_INSPECT_PACKETS,
+    DEFAULT_MAX_DNS_EVENTS_PER_FLOW, DEFAULT_MAX_EVENTS_PER_FLOW, DIR_UP, EVENT_F_CONTINUATION,
+    EVENT_F_LAST, EVENT_F_TRUNCATED, EVENT_HEADER_LEN, EVENTS_RING_BYTES, EventBuf, EventHeader,
+    FAMILY_V4, FAMILY_V6, FLOW_F_CAPPED, FLOW_F_DNS, FLOW_F_HELLO_PENDING, FLOW_F_HTTP,
+    FLOW_F_QUIC, FLOW_F_QUIC_HOLD, FLOW_F_QUIC_RELEASED, FLOW_F_TLS, FLOW_VERDICTS_CAPACITY,
+    FLOWS_CAPACITY, FlowKey, FlowValue, FlowVerdict, HELLO_BUF_LEN, HELLO_CAPACITY, HELLO_WINDOW,
+    HelloState, IFACES_CAPACITY, IfaceInfo, IpVerdict, KIND_DNS, KIND_HTTP, KIND_QUIC, KIND_TLS,
+    MODE_ENFORCE, NAME_F_REFUSE_DNS, NAME_F_SUBDOMAINS, NAME_HASH_SEED, NAME_VERDICTS_CAPACITY,
+    NameKey, NameVerdict, PAYLOAD_CAP, PROTO_TCP, PROTO_UDP, QUIC_HOLD_NS, STAT_BYTES, STAT_DEDUP,
+    STAT_DNS_REFUSED, STAT_DROPS, STAT_ERR_IPV4, STAT_ERR_IPV6, STAT_ERR_L2, STAT_ERR_PAYLOAD,
+    STAT_ERR_TCP, STAT_ERR_UDP, STAT_EVENTS, STAT_EVENTS_CAPPED, STAT_FLOW_MAP_FULL,
+    STAT_FRAGMENTS, STAT_HELLO_CONT, STAT_HELLO_MAP_FULL, STAT_HTTP_BLOCKED, STAT_HTTP_HOST_FOUND,
+    STAT_ICMP_SENT, STAT_NAME_VERDICTS, STAT_NON_IP, STAT_OTHER_L4, STAT_PACKETS, STAT_QUIC_HELD,
+    STAT_QUIC_HOLD_EXPIRED, STAT_RINGBUF_FULL, STAT_RST_SENT, STAT_SNI_FOUND, STAT_WOULD_DROP,
+    Stats, name_hash_step,
 };
 
 // ---- maps (names are the ABI's MAP_* constants; the loader pins them under its pin dir) ----
@@ -80,7 +81,7 @@ static TG_HSCRATCH: PerCpuArray<HelloState> = PerCpuArray::with_max_entries(1, 0
 #[map]
 static TG_JOB: PerCpuArray<Job> = PerCpuArray::with_max_entries(1, 0);
 #[map]
-static TG_PROGS: ProgramArray = ProgramArray::with_max_entries(5, 0);
+static TG_PROGS: ProgramArray = ProgramArray::with_max_entries(6, 0);
 #[map]
 static TG_IFACES: HashMap<u32, IfaceInfo> = HashMap::with_max_entries(IFACES_CAPACITY, 0);
 
@@ -573,6 +574,14 @@ fn try_run(ctx: &TcContext, dir: u8, egress: bool) -> Result<i32, i32> {
     let names = cfg.is_some_and(|c| c.generation != 0);
     let mut sni_job = 0;
     let kind = inspect(ctx, &pkt, flow, dir, ifindex, now, names, &mut sni_job);
+    if kind == KIND_DNS
+        && dir == DIR_UP
+        && pkt.key.proto == PROTO_UDP
+        && pkt.key.remote_port == DNS_PORT
+        && cfg.is_some_and(|c| c.flags & CONFIG_F_REFUSE_DNS != 0)
+    {
+        sni_job = JOB_DNS;
+    }
     if sni_job != 0
         && let Some(job) = TG_JOB.get_ptr_mut(0)
     {
@@ -584,10 +593,10 @@ fn try_run(ctx: &TcContext, dir: u8, egress: bool) -> Result<i32, i32> {
             (*job).dir = dir;
             (*job).egress = u8::from(egress);
             (*job).source = sni_job;
-            let stage = if sni_job == JOB_HTTP {
-                PROG_INDEX_HOST
-            } else {
-                PROG_INDEX_SNI
+            let stage = match sni_job {
+                JOB_HTTP => PROG_INDEX_HOST,
+                JOB_DNS => PROG_INDEX_QNAME,
+                _ => PROG_INDEX_SNI,
             };
             TG_PROGS.tail_call(ctx, stage);
         }
@@ -1089,6 +1098,142 @@ fn make_icmp_unreachable(skb: *mut __sk_buff, pkt: &Pkt) -> bool {
         && swap_macs(ctx)
 }
 
+/// Rewrites a UDP DNS query from the user into the server's NXDOMAIN answer: the header with
+/// QR, RA and rcode 3 (RD kept), the question echoed, no other records. The message bytes are
+/// the ones `tg_qname` left in the scratch buffer.
+// A BPF subprogram of its own: its header buffers get their own stack frame.
+#[inline(never)]
+fn make_nxdomain(skb: *mut __sk_buff, pkt: &Pkt, question_len: u32) -> bool {
+    let ctx = &TcContext::new(skb);
+    let Some(h) = TG_HSCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's scratch value, filled by tg_qname for this packet.
+    let h = unsafe { &mut *h };
+    if question_len < 5 || question_len > NAME_MAX + 4 {
+        return false;
+    }
+    let msg_len = DNS_HEADER_LEN + question_len;
+    let udp_len = 8 + msg_len;
+    let mut dns = [0u8; 12];
+    dns[0] = hb(h, 0) as u8;
+    dns[1] = hb(h, 1) as u8;
+    dns[2] = 0x80 | (hb(h, 2) as u8 & 0x01);
+    dns[3] = 0x83;
+    dns[5] = 1;
+    // Message checksum: the new header, then the question bytes as they are.
+    let mut sum = csum_add(0, &dns);
+    let mut i = DNS_HEADER_LEN;
+    while i < DNS_HEADER_LEN + NAME_MAX + 4 {
+        if i >= msg_len {
+            break;
+        }
+        let lo = if i + 1 < msg_len { hb(h, i + 1) } else { 0 };
+        sum += (hb(h, i) << 8) | lo;
+        i += 2;
+    }
+    let k = &pkt.key;
+    let l3 = pkt.l3_off;
+    let l4 = pkt.l4_off;
+    let ports = [
+        (k.remote_port >> 8) as u8,
+        k.remote_port as u8,
+        (k.user_port >> 8) as u8,
+        k.user_port as u8,
+        (udp_len >> 8) as u8,
+        udp_len as u8,
+    ];
+    sum = csum_add(sum, &ports);
+    let ip_ok = if k.family == FAMILY_V4 {
+        if l4 != l3 + 20 {
+            return false; // IP options: dropped without an answer.
+        }
+        let s = k.remote_addr[0].to_ne_bytes();
+        let d = k.user_addr[0].to_ne_bytes();
+        let total = 20 + udp_len;
+        let mut ip = [
+            0x45,
+            0,
+            (total >> 8) as u8,
+            total as u8,
+            0,
+            0,
+            0x40,
+            0,
+            64,
+            17,
+            0,
+            0,
+            s[0],
+            s[1],
+            s[2],
+            s[3],
+            d[0],
+            d[1],
+            d[2],
+            d[3],
+        ];
+        let c = csum_fold(csum_add(0, &ip)).to_be_bytes();
+        ip[10] = c[0];
+        ip[11] = c[1];
+        let pseudo = [
+            s[0],
+            s[1],
+            s[2],
+            s[3],
+            d[0],
+            d[1],
+            d[2],
+            d[3],
+            0,
+            17,
+            (udp_len >> 8) as u8,
+            udp_len as u8,
+        ];
+        sum = csum_add(sum, &pseudo);
+        change_tail(ctx, l4 + udp_len) && ctx.store(l3 as usize, &ip, 0).is_ok()
+    } else {
+        if l4 != l3 + 40 {
+            return false; // extension headers: dropped without an answer.
+        }
+        let mut ip = [0u8; 40];
+        ip[0] = 0x60;
+        ip[4] = (udp_len >> 8) as u8;
+        ip[5] = udp_len as u8;
+        ip[6] = 17;
+        ip[7] = 64;
+        let mut i = 0;
+        while i < 16 {
+            ip[8 + i] = k.remote_addr[i / 4].to_ne_bytes()[i % 4];
+            ip[24 + i] = k.user_addr[i / 4].to_ne_bytes()[i % 4];
+            i += 1;
+        }
+        let mut pseudo = [0u8; 40];
+        let mut i = 0;
+        while i < 32 {
+            pseudo[i] = ip[8 + i];
+            i += 1;
+        }
+        pseudo[34] = (udp_len >> 8) as u8;
+        pseudo[35] = udp_len as u8;
+        pseudo[39] = 17;
+        sum = csum_add(sum, &pseudo);
+        change_tail(ctx, l4 + udp_len) && ctx.store(l3 as usize, &ip, 0).is_ok()
+    };
+    let mut c = csum_fold(sum);
+    if c == 0 {
+        c = 0xffff;
+    }
+    let c = c.to_be_bytes();
+    let udp = [
+        ports[0], ports[1], ports[2], ports[3], ports[4], ports[5], c[0], c[1],
+    ];
+    ip_ok
+        && ctx.store(l4 as usize, &udp, 0).is_ok()
+        && ctx.store(l4 as usize + 8, &dns, 0).is_ok()
+        && swap_macs(ctx)
+}
+
 /// Config values with defaults for zero fields.
 struct Limits {
     max_events: u32,
@@ -1462,6 +1607,8 @@ const JOB_SCRATCH: u32 = 1;
 const JOB_HELLO_MAP: u32 = 2;
 /// An HTTP/1 request head in the packet itself (tg_host reads its Host).
 const JOB_HTTP: u32 = 3;
+/// A DNS query from a user in the packet itself (tg_qname reads its question name).
+const JOB_DNS: u32 = 4;
 /// Slots in `TG_PROGS`: the SNI pipeline is three tail calls so that each loop is verified
 /// once from a clean entry instead of on every path of the programs before it.
 const PROG_INDEX_SNI: u32 = 0;
@@ -1469,6 +1616,11 @@ const PROG_INDEX_NAME: u32 = 1;
 const PROG_INDEX_VERDICT: u32 = 2;
 const PROG_INDEX_ENFORCE: u32 = 3;
 const PROG_INDEX_HOST: u32 = 4;
+const PROG_INDEX_QNAME: u32 = 5;
+/// DNS message bytes read for the question (header + a name of at most 255 bytes + type and
+/// class fit; a power of two so that indexes can be masked).
+const QNAME_SCAN: u32 = 512;
+const DNS_HEADER_LEN: u32 = 12;
 /// Request-head bytes searched for the Host header.
 const HOST_SCAN: u32 = 2048;
 /// Longest SNI considered (DNS names are at most 253 bytes).
@@ -1484,6 +1636,8 @@ pub struct Job {
     name_len: u32,
     count: u32,
     action: u32,
+    /// DNS jobs: length of the question section (name, type, class) after the header.
+    question_len: u32,
     suffixes: [u64; MAX_SUFFIXES],
     name: [u8; NAME_MAX as usize],
 }
@@ -1670,6 +1824,85 @@ pub fn tg_host(ctx: TcContext) -> i32 {
     PASS
 }
 
+/// Stage 1 for a DNS query from a user: copy the message into the scratch buffer (kept there
+/// for the NXDOMAIN answer) and its question name, as dotted text, into the job. Anything but
+/// a plain one-question query passes untouched.
+#[classifier]
+pub fn tg_qname(ctx: TcContext) -> i32 {
+    let Some(job) = job() else {
+        return PASS;
+    };
+    let Some(h) = TG_HSCRATCH.get_ptr_mut(0) else {
+        return PASS;
+    };
+    // SAFETY: this CPU's scratch value; the pipeline runs on one CPU, one packet at a time.
+    let h = unsafe { &mut *h };
+    let mut n = job.pkt.payload_len;
+    if n > QNAME_SCAN {
+        n = QNAME_SCAN;
+    }
+    // Header, the shortest name (one label of one byte + root), type and class.
+    if n < DNS_HEADER_LEN + 3 + 4 {
+        return PASS;
+    }
+    let nm1 = n - 1;
+    // SAFETY: reads a local.
+    let len = (unsafe { ptr::read_volatile(&nm1) } & (QNAME_SCAN - 1)) + 1;
+    // SAFETY: destination: h.buf (HELLO_BUF_LEN > QNAME_SCAN >= len); the helper checks the
+    // packet side.
+    let ret = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            job.pkt.payload_off,
+            h.buf.as_mut_ptr() as *mut _,
+            len,
+        )
+    };
+    if ret != 0 {
+        return PASS;
+    }
+    // A standard query (QR 0, opcode 0) with exactly one question and no answers.
+    if hb(h, 2) & 0xf8 != 0 || hb16(h, 4) != 1 || hb16(h, 6) != 0 || hb16(h, 8) != 0 {
+        return PASS;
+    }
+    // Labels to dotted text: byte i of the encoded name becomes byte i - 1 of the text, a
+    // length byte becomes a dot. A compression pointer or an over-long label ends it.
+    let mut next = 0u32;
+    let mut encoded = 0u32;
+    let mut i = 0u32;
+    while i < NAME_MAX {
+        if DNS_HEADER_LEN + i >= len {
+            break;
+        }
+        let c = hb(h, DNS_HEADER_LEN + i);
+        if i == next {
+            if c == 0 {
+                encoded = i + 1;
+                break;
+            }
+            if c > 63 {
+                return PASS;
+            }
+            if i > 0 {
+                job.name[((i - 1) & (NAME_MAX - 1)) as usize] = b'.';
+            }
+            next = i + c + 1;
+        } else {
+            job.name[((i - 1) & (NAME_MAX - 1)) as usize] = c as u8;
+        }
+        i += 1;
+    }
+    // No end within NAME_MAX or the bytes read, or the root name.
+    if encoded < 3 || DNS_HEADER_LEN + encoded + 4 > len {
+        return PASS;
+    }
+    job.name_len = encoded - 2;
+    job.question_len = encoded + 4;
+    // SAFETY: tail call into the next stage; returns only when it fails.
+    unsafe { TG_PROGS.tail_call(&ctx, PROG_INDEX_NAME) };
+    PASS
+}
+
 /// Stage 2: hash the name from its last byte backwards, recording the hash at each label
 /// start (the hash of that suffix).
 #[classifier]
@@ -1725,9 +1958,11 @@ pub fn tg_verdict(ctx: TcContext) -> i32 {
     let count = job.count;
     let wslot = count.wrapping_sub(1) & (MAX_SUFFIXES as u32 - 1);
     // Plain scalars, not an Option: LLVM would spill the None payload uninitialised.
+    let dns = job.source == JOB_DNS;
     let mut found = false;
     let mut best_action = ACTION_NONE;
     let mut best_app = 0u32;
+    let mut best_flags = 0u32;
     let mut k = 0u32;
     while k < MAX_SUFFIXES as u32 {
         let whole = count > 0 && k == wslot;
@@ -1741,10 +1976,12 @@ pub fn tg_verdict(ctx: TcContext) -> i32 {
             if let Some(v) = TG_NAME_VERDICT.get_ptr(NameKey { hash }) {
                 // SAFETY: live map value, read only.
                 let v = unsafe { *v };
-                if whole || v.flags & NAME_F_SUBDOMAINS != 0 {
+                // A verdict without an action refuses a DNS name only; it decides no flow.
+                if (whole || v.flags & NAME_F_SUBDOMAINS != 0) && (dns || v.action != ACTION_NONE) {
                     found = true;
                     best_action = v.action;
                     best_app = v.app_id;
+                    best_flags = v.flags;
                 }
             }
         }
@@ -1752,6 +1989,10 @@ pub fn tg_verdict(ctx: TcContext) -> i32 {
     }
     if !found {
         return PASS;
+    }
+    if dns {
+        // The query's own flow gets no verdict: the next query on it may be for anything.
+        return refuse_dns(&ctx, job, best_flags);
     }
     stat(STAT_NAME_VERDICTS, 1);
     let fv = FlowVerdict {
@@ -1790,6 +2031,31 @@ pub fn tg_verdict(ctx: TcContext) -> i32 {
         job.action = best_action;
         // SAFETY: tail call into tg_enforce (reset / ICMP error); returns only on failure.
         unsafe { TG_PROGS.tail_call(&ctx, PROG_INDEX_ENFORCE) };
+    }
+    stat(STAT_DROPS, 1);
+    DROP
+}
+
+/// A DNS query whose most specific name verdict is `flags`: answered with NXDOMAIN (in place
+/// of the server, back to the user) when the verdict says so and verdicts are enforced.
+#[inline(always)]
+fn refuse_dns(ctx: &TcContext, job: &Job, flags: u32) -> i32 {
+    if flags & NAME_F_REFUSE_DNS == 0 {
+        return PASS;
+    }
+    let Some(c) = TG_CONFIG.get(0) else {
+        return PASS;
+    };
+    // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if !enforcing(c, now) {
+        stat(STAT_WOULD_DROP, 1);
+        return PASS;
+    }
+    if make_nxdomain(ctx.skb.skb, &job.pkt, job.question_len)
+        && redirect_to_user(ctx, job.egress != 0)
+    {
+        stat(STAT_DNS_REFUSED, 1);
     }
     stat(STAT_DROPS, 1);
     DROP

@@ -28,7 +28,7 @@ mod verdicts;
 pub use blockpage::{
     BLOCK_PAGE_MAX, block_page_html, block_page_packet, block_page_response, send_block_page,
 };
-pub use verdicts::{Action, EnforceOptions, VerdictWriter, monotonic_ns, normalize_name};
+pub use verdicts::{Action, EnforceOptions, NameRule, VerdictWriter, monotonic_ns, normalize_name};
 
 use std::{
     collections::HashSet,
@@ -164,6 +164,8 @@ pub struct DataplaneStats {
     pub http_host_found: u64,
     /// Blocked HTTP/1 requests the probes turned into a reset toward the server.
     pub http_blocked: u64,
+    /// DNS queries the probes answered with NXDOMAIN.
+    pub dns_refused: u64,
     /// Every counter by id (including ids this build has no field for).
     pub raw: Vec<u64>,
 }
@@ -199,6 +201,7 @@ impl DataplaneStats {
             quic_hold_expired: g(STAT_QUIC_HOLD_EXPIRED),
             http_host_found: g(STAT_HTTP_HOST_FOUND),
             http_blocked: g(STAT_HTTP_BLOCKED),
+            dns_refused: g(STAT_DNS_REFUSED),
             raw,
         }
     }
@@ -568,6 +571,66 @@ impl Dataplane {
         Ok(n)
     }
 
+    /// Visits up to about `max` more flows of `walk` (whole hash buckets at a time, so a few
+    /// more or fewer), calling `f` with each one's counters; `walk.is_done()` says when the
+    /// map has been covered. Between steps the caller can read events: a walk of 300k flows
+    /// no longer stops the event reader for its whole length.
+    ///
+    /// Reads the map with `BPF_MAP_LOOKUP_BATCH` (one syscall per batch instead of two per
+    /// entry). Entries added or evicted while a walk is under way may be seen or missed, as
+    /// with any walk of a live hash map. A kernel without batch lookups gets the
+    /// entry-by-entry walk, in one step.
+    pub fn walk_flow_counters(
+        &self,
+        walk: &mut FlowWalk,
+        max: usize,
+        mut f: impl FnMut(&FlowCounters),
+    ) -> Result<usize, DataplaneError> {
+        if walk.done {
+            return Ok(0);
+        }
+        let map = map_ref(&self.ebpf, abi::MAP_FLOWS)?;
+        let (aya::maps::Map::LruHashMap(data) | aya::maps::Map::HashMap(data)) = map else {
+            return Err(DataplaneError::Io(io::Error::other(format!(
+                "map {} is not a hash map",
+                abi::MAP_FLOWS
+            ))));
+        };
+        let clock = KernelClock::now();
+        let mut n = 0;
+        while n < max && !walk.done {
+            if walk.batch_unsupported {
+                n += self.visit_flow_counters(&mut f)?;
+                walk.visited += n;
+                walk.done = true;
+                break;
+            }
+            match lookup_batch(data, walk, FlowWalk::BATCH.min(max - n).max(FlowWalk::MIN_BATCH)) {
+                Ok(got) => {
+                    for (k, v) in walk.keys.iter().zip(&walk.values).take(got) {
+                        if let Some(c) = event::flow_counters(k, v, &clock) {
+                            f(&c);
+                        }
+                    }
+                    n += got;
+                    walk.visited += got;
+                }
+                Err(e)
+                    if walk.token.is_none()
+                        && matches!(e.raw_os_error(), Some(nix::libc::EINVAL | ENOTSUPP)) =>
+                {
+                    tracing::debug!("no batch lookups on this kernel ({e}); walking entry by entry");
+                    walk.batch_unsupported = true;
+                }
+                Err(e) => {
+                    walk.done = true;
+                    return Err(DataplaneError::Io(e));
+                }
+            }
+        }
+        Ok(n)
+    }
+
     /// Counters summed over CPUs.
     pub fn stats(&self) -> Result<DataplaneStats, DataplaneError> {
         read_stats(&self.ebpf)
@@ -730,6 +793,126 @@ fn remove_other_abis(pin_dir: &Path, keep: &Path) {
             tracing::info!(dir = %p.display(), "removing pins of another ABI version");
             let _ = fs::remove_dir_all(&p);
         }
+    }
+}
+
+/// The kernel's "operation not supported" (not in libc: it is internal to the kernel, but
+/// the bpf syscall returns it for map types without batch operations).
+const ENOTSUPP: i32 = 524;
+/// `BPF_MAP_LOOKUP_BATCH` from `enum bpf_cmd` (linux/bpf.h).
+const BPF_MAP_LOOKUP_BATCH: nix::libc::c_long = 24;
+
+/// A walk of the kernel's flow map in steps ([`Dataplane::walk_flow_counters`]): the batch
+/// cursor and the buffers it reuses (120 B a flow of batch, 0.5 MiB).
+#[derive(Debug, Default)]
+pub struct FlowWalk {
+    /// The kernel's batch cursor (a bucket index for hash maps); `None` before the first.
+    token: Option<u64>,
+    done: bool,
+    batch_unsupported: bool,
+    visited: usize,
+    keys: Vec<FlowKey>,
+    values: Vec<FlowValue>,
+}
+
+impl FlowWalk {
+    /// Flows read per syscall at most.
+    const BATCH: usize = 4096;
+    /// Flows read per syscall at least: a batch holds whole buckets, and a bucket bigger
+    /// than the batch is an error (ENOSPC).
+    const MIN_BATCH: usize = 256;
+
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The whole map has been visited (or the walk failed).
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Flows visited so far.
+    pub fn visited(&self) -> usize {
+        self.visited
+    }
+}
+
+/// The argument of the `BPF_MAP_*_BATCH` commands (`union bpf_attr`'s `batch` member).
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// One `BPF_MAP_LOOKUP_BATCH` of up to `want` entries into the walk's buffers; returns how
+/// many were read and advances the cursor (`walk.done` once the map is covered).
+#[allow(
+    unsafe_code,
+    reason = "the bpf syscall itself; aya 0.14 has no batch lookup. Invariants stated below"
+)]
+fn lookup_batch(data: &MapData, walk: &mut FlowWalk, want: usize) -> Result<usize, io::Error> {
+    use std::os::fd::AsFd as _;
+    let info = data.info().map_err(io::Error::other)?;
+    let (ks, vs) = (size_of::<FlowKey>(), size_of::<FlowValue>());
+    if usize::try_from(info.key_size()).ok() != Some(ks)
+        || usize::try_from(info.value_size()).ok() != Some(vs)
+    {
+        return Err(io::Error::other(format!(
+            "flow map entries are {}+{} bytes, this build expects {ks}+{vs}",
+            info.key_size(),
+            info.value_size()
+        )));
+    }
+    walk.keys.resize(want, FlowKey::default());
+    walk.values.resize(want, FlowValue::default());
+    let mut in_batch = walk.token.unwrap_or(0);
+    let mut out_batch = 0u64;
+    let mut attr = BatchAttr {
+        in_batch: if walk.token.is_some() {
+            &raw mut in_batch as u64
+        } else {
+            0
+        },
+        out_batch: &raw mut out_batch as u64,
+        keys: walk.keys.as_mut_ptr() as u64,
+        values: walk.values.as_mut_ptr() as u64,
+        count: u32::try_from(want).unwrap_or(u32::MAX),
+        map_fd: u32::try_from(data.fd().as_fd().as_raw_fd()).unwrap_or(u32::MAX),
+        ..BatchAttr::default()
+    };
+    // SAFETY: `attr` is the kernel's `batch` layout (repr(C), no implicit padding), passed
+    // with its exact size. The kernel writes at most `count` keys and values into `keys` and
+    // `values`, which hold `want` == `count` elements of exactly the map's key and value size
+    // (checked above), and a u32 cursor into `out_batch` (8 bytes); all of them outlive the
+    // call. FlowKey and FlowValue are plain integers: any bytes are a valid value.
+    let rc = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_bpf,
+            BPF_MAP_LOOKUP_BATCH,
+            &raw mut attr,
+            size_of::<BatchAttr>(),
+        )
+    };
+    let err = (rc < 0).then(io::Error::last_os_error);
+    let got = usize::try_from(attr.count).unwrap_or(0).min(want);
+    match err {
+        None => {
+            walk.token = Some(out_batch);
+            Ok(got)
+        }
+        // The end of the map: `count` still says how many the last batch read.
+        Some(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => {
+            walk.done = true;
+            Ok(got)
+        }
+        Some(e) => Err(e),
     }
 }
 

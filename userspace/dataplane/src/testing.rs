@@ -42,7 +42,7 @@ pub const TC_ACT_UNSPEC: i32 = -1;
 pub const TC_ACT_SHOT: i32 = 2;
 
 /// Every program in the object.
-pub const PROGRAMS: [&str; 10] = [
+pub const PROGRAMS: [&str; 11] = [
     abi::PROG_LAN_INGRESS,
     abi::PROG_LAN_EGRESS,
     abi::PROG_WAN_INGRESS,
@@ -53,6 +53,7 @@ pub const PROGRAMS: [&str; 10] = [
     abi::PROG_VERDICT,
     abi::PROG_ENFORCE,
     abi::PROG_HOST,
+    abi::PROG_QNAME,
 ];
 
 impl ProbeHarness {

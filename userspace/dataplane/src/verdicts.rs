@@ -49,6 +49,22 @@ pub struct EnforceOptions {
     pub heartbeat_timeout: Duration,
     /// Refuse every QUIC Initial (enforce mode) so that browsers use TCP, where names are seen.
     pub block_quic: bool,
+    /// Read the question of users' DNS queries (UDP port 53) and answer NXDOMAIN for names
+    /// whose verdict says [`NameRule::refuse_dns`]. Off: DNS queries cost nothing extra.
+    pub refuse_dns: bool,
+}
+
+/// A decision for a DNS name, as the probes match it against SNIs, HTTP Hosts and (with
+/// [`EnforceOptions::refuse_dns`]) DNS questions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NameRule {
+    /// What flows to the name get; `None` decides no flow (a name refused in DNS only).
+    pub action: Option<Action>,
+    pub app_id: u32,
+    /// The rule also covers every name below this one.
+    pub subdomains: bool,
+    /// DNS queries for the name get an NXDOMAIN answer from the probes.
+    pub refuse_dns: bool,
 }
 
 /// CLOCK_MONOTONIC now, in ns (the probes' clock).
@@ -99,6 +115,11 @@ impl VerdictWriter<'_> {
             c.heartbeat_timeout_ns =
                 u64::try_from(o.heartbeat_timeout.as_nanos()).unwrap_or(u64::MAX);
             c.block_quic = u32::from(o.block_quic);
+            if o.refuse_dns {
+                c.flags |= abi::CONFIG_F_REFUSE_DNS;
+            } else {
+                c.flags &= !abi::CONFIG_F_REFUSE_DNS;
+            }
         })?;
         self.commit()
     }
@@ -221,20 +242,36 @@ impl VerdictWriter<'_> {
         app_id: u32,
         subdomains: bool,
     ) -> Result<(), DataplaneError> {
+        self.set_name_rule(
+            name,
+            NameRule {
+                action: Some(action),
+                app_id,
+                subdomains,
+                refuse_dns: false,
+            },
+        )
+    }
+
+    /// A decision for a name, with every option (see [`NameRule`]).
+    pub fn set_name_rule(&mut self, name: &str, rule: NameRule) -> Result<(), DataplaneError> {
         let mut m: BpfHashMap<&mut MapData, NameKey, NameVerdict> =
             BpfHashMap::try_from(map_mut(self.ebpf, abi::MAP_NAME_VERDICTS)?)
                 .map_err(map_err(abi::MAP_NAME_VERDICTS))?;
         let key = NameKey {
             hash: name_hash(normalize_name(name).as_bytes()),
         };
+        let mut flags = 0;
+        if rule.subdomains {
+            flags |= abi::NAME_F_SUBDOMAINS;
+        }
+        if rule.refuse_dns {
+            flags |= abi::NAME_F_REFUSE_DNS;
+        }
         let v = NameVerdict {
-            action: action.code(),
-            app_id,
-            flags: if subdomains {
-                abi::NAME_F_SUBDOMAINS
-            } else {
-                0
-            },
+            action: rule.action.map_or(abi::ACTION_NONE, Action::code),
+            app_id: rule.app_id,
+            flags,
             _pad: 0,
         };
         m.insert(key, v, 0).map_err(map_err(abi::MAP_NAME_VERDICTS))

@@ -6,7 +6,7 @@
 use std::{net::IpAddr, time::Duration};
 
 use tollgate_dataplane::{
-    Action, EnforceOptions, Mode, abi,
+    Action, EnforceOptions, Mode, NameRule, abi,
     testing::{L4, PacketSpec, ProbeHarness, TC_ACT_SHOT, TC_ACT_UNSPEC, is_root, tcp_flags},
 };
 
@@ -264,6 +264,7 @@ fn quic_refused_with_icmp_port_unreachable() {
                 fail_open: false,
                 heartbeat_timeout: Duration::ZERO,
                 block_quic: true,
+                refuse_dns: false,
             })
             .unwrap();
         let mut initial = vec![0u8; 1200];
@@ -332,6 +333,7 @@ fn fail_open_when_the_heartbeat_is_stale() {
             fail_open: true,
             heartbeat_timeout: Duration::from_millis(50),
             block_quic: false,
+            refuse_dns: false,
         })
         .unwrap();
         v.heartbeat().unwrap();
@@ -507,6 +509,7 @@ fn quic_over_ipv6_refused_with_icmpv6_port_unreachable() {
                 fail_open: false,
                 heartbeat_timeout: Duration::ZERO,
                 block_quic: true,
+                refuse_dns: false,
             })
             .unwrap();
         let mut initial = vec![0u8; 1200];
@@ -554,5 +557,236 @@ fn quic_over_ipv6_refused_with_icmpv6_port_unreachable() {
             "quotes the original IPv6 + UDP headers"
         );
         assert_eq!(h.stats().unwrap().icmp_sent, 1);
+    });
+}
+
+/// A DNS query message: `flags`, one question for `name` (type A), and an EDNS OPT record.
+fn dns_query(id: u16, name: &str) -> Vec<u8> {
+    let mut m = Vec::new();
+    m.extend_from_slice(&id.to_be_bytes());
+    m.extend_from_slice(&[0x01, 0x20]); // RD, AD
+    m.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 1]);
+    m.extend_from_slice(&encoded_name(name));
+    m.extend_from_slice(&[0, 1, 0, 1]);
+    m.extend_from_slice(&[0, 0, 41, 0x10, 0, 0, 0, 0, 0, 0, 0]); // OPT, 4096 bytes
+    m
+}
+
+fn encoded_name(name: &str) -> Vec<u8> {
+    let mut m = Vec::new();
+    for label in name.split('.') {
+        m.push(label.len() as u8);
+        m.extend_from_slice(label.as_bytes());
+    }
+    m.push(0);
+    m
+}
+
+fn udp(src: &str, dst: &str, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    PacketSpec {
+        src: ip(src),
+        dst: ip(dst),
+        sport,
+        dport,
+        l4: L4::Udp,
+        vlan: None,
+        payload: payload.to_vec(),
+    }
+    .frame()
+}
+
+/// Checks an NXDOMAIN answer frame built by the probes from `query` (sent by `user:port` to
+/// `server:53`): addresses and ports swapped, both checksums valid, the question echoed.
+fn assert_nxdomain(f: &[u8], query: &[u8], user: &str, server: &str, port: u16) {
+    let question = &query[12..query.len() - 11]; // without the OPT record
+    let et = u16::from_be_bytes([f[12], f[13]]);
+    let (src, dst, udp_seg, pseudo) = if et == 0x0800 {
+        let ip_hdr = &f[14..34];
+        assert_eq!(csum(ip_hdr), 0, "IPv4 header checksum");
+        let total = usize::from(u16::from_be_bytes([ip_hdr[2], ip_hdr[3]]));
+        assert_eq!(f.len(), 14 + total, "frame trimmed to the answer");
+        let s: [u8; 4] = ip_hdr[12..16].try_into().unwrap();
+        let d: [u8; 4] = ip_hdr[16..20].try_into().unwrap();
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&s);
+        pseudo.extend_from_slice(&d);
+        pseudo.extend_from_slice(&[0, 17]);
+        pseudo.extend_from_slice(&((total - 20) as u16).to_be_bytes());
+        (IpAddr::from(s), IpAddr::from(d), &f[34..], pseudo)
+    } else {
+        assert_eq!(et, 0x86dd);
+        let ip_hdr = &f[14..54];
+        let plen = usize::from(u16::from_be_bytes([ip_hdr[4], ip_hdr[5]]));
+        assert_eq!(f.len(), 54 + plen, "frame trimmed to the answer");
+        let s: [u8; 16] = ip_hdr[8..24].try_into().unwrap();
+        let d: [u8; 16] = ip_hdr[24..40].try_into().unwrap();
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&s);
+        pseudo.extend_from_slice(&d);
+        pseudo.extend_from_slice(&(plen as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, 17]);
+        (IpAddr::from(s), IpAddr::from(d), &f[54..], pseudo)
+    };
+    assert_eq!((src, dst), (ip(server), ip(user)));
+    let mut all = pseudo;
+    all.extend_from_slice(udp_seg);
+    assert_eq!(csum(&all), 0, "UDP checksum");
+    assert_eq!(
+        (
+            u16::from_be_bytes([udp_seg[0], udp_seg[1]]),
+            u16::from_be_bytes([udp_seg[2], udp_seg[3]]),
+            usize::from(u16::from_be_bytes([udp_seg[4], udp_seg[5]])),
+        ),
+        (53, port, udp_seg.len())
+    );
+    let msg = &udp_seg[8..];
+    assert_eq!(&msg[..2], &query[..2], "id kept");
+    assert_eq!(&msg[2..4], &[0x81, 0x83], "QR RD / RA NXDOMAIN");
+    assert_eq!(
+        &msg[4..12],
+        &[0, 1, 0, 0, 0, 0, 0, 0],
+        "one question, no records"
+    );
+    assert_eq!(&msg[12..], question);
+}
+
+#[test]
+fn dns_queries_for_refused_names_answered_nxdomain_in_the_kernel() {
+    with_harness(|h| {
+        enforce_mode(h);
+        let options = |refuse_dns| EnforceOptions {
+            fail_open: false,
+            heartbeat_timeout: Duration::from_secs(30),
+            block_quic: false,
+            refuse_dns,
+        };
+        let mut v = h.verdicts();
+        v.set_enforce_options(options(true)).unwrap();
+        v.set_name_rule(
+            "blocked.example",
+            NameRule {
+                action: Some(Action::Block),
+                app_id: 4,
+                subdomains: true,
+                refuse_dns: true,
+            },
+        )
+        .unwrap();
+        // Blocked for flows, not refused in DNS.
+        v.set_name("quiet.example", Action::Block, 5, true).unwrap();
+        // A canary: refused in DNS only.
+        v.set_name_rule(
+            "use-application-dns.net",
+            NameRule {
+                action: None,
+                app_id: 0,
+                subdomains: false,
+                refuse_dns: true,
+            },
+        )
+        .unwrap();
+        v.commit().unwrap();
+
+        // A subdomain, in mixed case, over IPv4 and IPv6.
+        let q = dns_query(0x1234, "WWW.Blocked.Example");
+        let r = h
+            .run(
+                abi::PROG_LAN_INGRESS,
+                &udp(USER4, REMOTE4, 40000, 53, &q),
+                1,
+            )
+            .unwrap();
+        assert_eq!(r.action, TC_ACT_SHOT, "the query goes no further");
+        assert_nxdomain(&r.data_out, &q, USER4, REMOTE4, 40000);
+        let q6 = dns_query(0x4321, "blocked.example");
+        let r = h
+            .run(
+                abi::PROG_LAN_INGRESS,
+                &udp(USER6, REMOTE6, 40001, 53, &q6),
+                1,
+            )
+            .unwrap();
+        assert_eq!(r.action, TC_ACT_SHOT);
+        assert_nxdomain(&r.data_out, &q6, USER6, REMOTE6, 40001);
+        let q = dns_query(7, "use-application-dns.net");
+        let r = h
+            .run(
+                abi::PROG_LAN_INGRESS,
+                &udp(USER4, REMOTE4, 40002, 53, &q),
+                1,
+            )
+            .unwrap();
+        assert_nxdomain(&r.data_out, &q, USER4, REMOTE4, 40002);
+        assert_eq!(h.stats().unwrap().raw[abi::STAT_DNS_REFUSED], 3);
+
+        // Everything else passes untouched: other names, a name blocked without refusal, a
+        // parent of the canary, the canary's subdomain, malformed questions.
+        let mut pointer = dns_query(8, "x.blocked.example");
+        pointer[12] = 0xc0; // a compression pointer where the name starts
+        let mut two = dns_query(9, "blocked.example");
+        two[5] = 2; // two questions
+        let mut response = dns_query(10, "blocked.example");
+        response[2] |= 0x80;
+        let cut = dns_query(11, "blocked.example")[..20].to_vec();
+        for (what, q) in [
+            ("other name", dns_query(1, "example")),
+            ("blocked without refusal", dns_query(2, "www.quiet.example")),
+            ("parent of the canary", dns_query(3, "dns.net")),
+            (
+                "below the canary",
+                dns_query(4, "x.use-application-dns.net"),
+            ),
+            ("suffix look-alike", dns_query(5, "notblocked.example")),
+            ("compression pointer", pointer),
+            ("two questions", two),
+            ("a response", response),
+            ("cut name", cut),
+        ] {
+            let f = udp(USER4, REMOTE4, 40010, 53, &q);
+            let r = h.run(abi::PROG_LAN_INGRESS, &f, 1).unwrap();
+            assert_eq!((what, r.action), (what, TC_ACT_UNSPEC));
+            assert_eq!(r.data_out, f, "{what}: unchanged");
+        }
+        assert_eq!(h.stats().unwrap().raw[abi::STAT_DNS_REFUSED], 3);
+
+        // The canary's DNS-only verdict decides no flow: a broader block still applies to the
+        // SNI below it.
+        let mut v = h.verdicts();
+        v.set_name("cnr.it", Action::Block, 11, true).unwrap();
+        v.set_name_rule(
+            "www.iit.cnr.it",
+            NameRule {
+                action: None,
+                app_id: 0,
+                subdomains: false,
+                refuse_dns: true,
+            },
+        )
+        .unwrap();
+        v.commit().unwrap();
+        let hello = fixture("tls_clienthello_chrome.hex"); // SNI www.iit.cnr.it
+        let f = tcp(USER4, REMOTE4, 44100, 443, 1, tcp_flags::ACK, &hello);
+        assert_eq!(
+            h.run(abi::PROG_LAN_INGRESS, &f, 1).unwrap().action,
+            TC_ACT_SHOT
+        );
+
+        // Monitor mode: counted, not answered.
+        h.set_mode(Mode::Monitor).unwrap();
+        let before = h.stats().unwrap().raw[abi::STAT_WOULD_DROP];
+        let f = udp(USER4, REMOTE4, 40020, 53, &dns_query(12, "blocked.example"));
+        let r = h.run(abi::PROG_LAN_INGRESS, &f, 1).unwrap();
+        assert_eq!((r.action, r.data_out == f), (TC_ACT_UNSPEC, true));
+        assert_eq!(h.stats().unwrap().raw[abi::STAT_WOULD_DROP], before + 1);
+
+        // Refusal off: the question is not even read.
+        enforce_mode(h);
+        h.verdicts().set_enforce_options(options(false)).unwrap();
+        let f = udp(USER4, REMOTE4, 40021, 53, &dns_query(13, "blocked.example"));
+        assert_eq!(
+            h.run(abi::PROG_LAN_INGRESS, &f, 1).unwrap().action,
+            TC_ACT_UNSPEC
+        );
+        assert_eq!(h.stats().unwrap().raw[abi::STAT_DNS_REFUSED], 3);
     });
 }

@@ -433,6 +433,7 @@ impl Core {
             "packets": dp.packets,
             "drops": dp.drops,
             "would_drop": dp.would_drop,
+            "dns_refused": dp.dns_refused,
         })
     }
 

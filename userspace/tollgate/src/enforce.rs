@@ -14,6 +14,12 @@
 //!    LPM tries for the record's TTL (at least `dns_block_floor`), so clients without a
 //!    readable SNI (ECH with an unrelated outer name, IP-only clients) are blocked too.
 //!
+//! 4. **DNS refusal** (`refuse_dns`): the probes read the question of users' DNS queries and
+//!    answer NXDOMAIN themselves for unsanctioned apps' domains, so clients fail at once
+//!    without an address. The DoH canary domains (`refuse_doh_canary`, on by default) get the
+//!    same answer, which tells Firefox not to turn DNS over HTTPS on by itself and Apple
+//!    devices not to use iCloud Private Relay, so that browsers keep using the gateway's DNS.
+//!
 //! In monitor mode the same verdicts are written: the probes count them as "would drop"
 //! instead of dropping, and the daemon logs "would block".
 
@@ -23,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use tollgate_catalog::Catalog;
-use tollgate_dataplane::{Action, Dataplane, DataplaneError};
+use tollgate_dataplane::{Action, Dataplane, DataplaneError, NameRule};
 use tollgate_policy::{Decision, TagBook};
 
 /// The `[enforcement]` section.
@@ -48,6 +54,17 @@ pub struct EnforcementConfig {
     pub fail_open: bool,
     #[serde(default = "default_heartbeat_timeout")]
     pub heartbeat_timeout_secs: u64,
+    /// Answer users' DNS queries for unsanctioned apps' domains with NXDOMAIN (in the kernel,
+    /// UDP port 53; enforce mode).
+    #[serde(default)]
+    pub refuse_dns: bool,
+    /// Answer NXDOMAIN for the DoH canary domains (`doh_canary_domains`), so that browsers
+    /// and devices that check them keep using the gateway's DNS (enforce mode).
+    #[serde(default = "yes")]
+    pub refuse_doh_canary: bool,
+    /// The canary domains: Firefox's, and Apple's iCloud Private Relay ones.
+    #[serde(default = "default_doh_canaries")]
+    pub doh_canary_domains: Vec<String>,
 }
 
 impl Default for EnforcementConfig {
@@ -58,6 +75,9 @@ impl Default for EnforcementConfig {
             block_quic: false,
             fail_open: false,
             heartbeat_timeout_secs: default_heartbeat_timeout(),
+            refuse_dns: false,
+            refuse_doh_canary: true,
+            doh_canary_domains: default_doh_canaries(),
         }
     }
 }
@@ -71,13 +91,24 @@ fn default_dns_floor() -> u64 {
 fn default_heartbeat_timeout() -> u64 {
     30
 }
+fn default_doh_canaries() -> Vec<String> {
+    [
+        "use-application-dns.net",
+        "mask.icloud.com",
+        "mask-h2.icloud.com",
+    ]
+    .map(String::from)
+    .to_vec()
+}
 
 /// One name verdict as written to the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct NameEntry {
-    action: Action,
+    /// `None`: the name is refused in DNS only.
+    action: Option<Action>,
     app: u32,
     subdomains: bool,
+    refuse_dns: bool,
 }
 
 /// What a sync changed.
@@ -144,6 +175,8 @@ impl Enforcer {
                 fail_open: self.cfg.fail_open,
                 heartbeat_timeout: Duration::from_secs(self.cfg.heartbeat_timeout_secs.max(1)),
                 block_quic: self.cfg.block_quic && self.enforce,
+                // Also in monitor mode, where the probes count what they would refuse.
+                refuse_dns: self.cfg.refuse_dns || self.cfg.refuse_doh_canary,
             })
     }
 
@@ -160,9 +193,10 @@ impl Enforcer {
                 let e = want
                     .entry(name.trim_end_matches('.').to_ascii_lowercase())
                     .or_insert(NameEntry {
-                        action: Action::Block,
+                        action: Some(Action::Block),
                         app: n,
                         subdomains,
+                        refuse_dns: self.cfg.refuse_dns,
                     });
                 e.subdomains |= subdomains;
             }
@@ -188,12 +222,27 @@ impl Enforcer {
                     want.insert(
                         name,
                         NameEntry {
-                            action: Action::Allow,
+                            action: Some(Action::Allow),
                             app: self.number(&app.id),
                             subdomains: rule.starts_with("*."),
+                            refuse_dns: false,
                         },
                     );
                 }
+            }
+        }
+        if self.cfg.refuse_doh_canary {
+            for canary in &self.cfg.doh_canary_domains {
+                let name = canary.trim_end_matches('.').to_ascii_lowercase();
+                // A canary that is also an app's rule keeps that rule's decision.
+                want.entry(name)
+                    .and_modify(|e| e.refuse_dns = true)
+                    .or_insert(NameEntry {
+                        action: None,
+                        app: 0,
+                        subdomains: false,
+                        refuse_dns: true,
+                    });
             }
         }
         want
@@ -219,7 +268,15 @@ impl Enforcer {
         }
         for (name, entry) in &want {
             if self.names.get(name) != Some(entry) {
-                w.set_name(name, entry.action, entry.app, entry.subdomains)?;
+                w.set_name_rule(
+                    name,
+                    NameRule {
+                        action: entry.action,
+                        app_id: entry.app,
+                        subdomains: entry.subdomains,
+                        refuse_dns: entry.refuse_dns,
+                    },
+                )?;
                 report.names_set += 1;
             }
         }
@@ -352,8 +409,11 @@ impl Enforcer {
         let name = name.split(':').next().unwrap_or("");
         let mut suffix = name;
         loop {
-            if let Some(e) = self.names.get(suffix) {
-                return e.action == Action::Block && (suffix == name || e.subdomains);
+            // DNS-only entries (canaries) decide no flow: a broader rule may.
+            if let Some(e) = self.names.get(suffix)
+                && e.action.is_some()
+            {
+                return e.action == Some(Action::Block) && (suffix == name || e.subdomains);
             }
             match suffix.split_once('.') {
                 Some((_, rest)) => suffix = rest,
