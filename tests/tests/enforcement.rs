@@ -137,6 +137,17 @@ fn unsanctioned_apps_fail_fast_and_others_work() {
             "the block page does not name the app: {out}"
         );
         assert!(secs < 1.5, "block page after {secs:.2}s");
+        // The same over IPv6 (the daemon writes the IPv6 and TCP headers itself).
+        let (_, secs, out) = attempt(
+            &topo,
+            &format!(
+                "curl -s --max-time 10 -w '\n%{{http_code}}' -H 'Host: www.dropbox.com' 'http://[{SERVER_IP6}]/'"
+            ),
+        );
+        assert!(
+            out.trim_end().ends_with("403") && out.contains("Dropbox") && secs < 1.5,
+            "no IPv6 block page after {secs:.2}s: {out}"
+        );
         assert_allowed(
             &topo,
             "plain HTTP to slack",
