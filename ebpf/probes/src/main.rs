@@ -1346,10 +1346,13 @@ fn inspect(
         } else {
             &mut flow.inspected_down
         };
-        if *n >= lim.inspect_packets {
+        if *n < lim.inspect_packets {
+            *n += 1;
+        } else if !(up && tcp && names && flow.flags & FLOW_F_HTTP != 0) {
             return 0;
         }
-        *n += 1;
+        // Plain HTTP keeps being looked at from the user's side: every request head on a
+        // kept-alive connection names a host, and a later one may name a blocked app.
     }
 
     let mut b = [0u8; 12];

@@ -115,3 +115,64 @@ fn blocked_host_becomes_a_reset_to_the_server() {
         assert!(h.stats().unwrap().would_drop >= 1);
     });
 }
+
+#[test]
+fn later_request_on_a_kept_alive_connection_is_checked_too() {
+    with_harness(|h| {
+        h.set_mode(Mode::Enforce).unwrap();
+        let mut v = h.verdicts();
+        v.set_name("blocked.example", Action::Block, 4, true)
+            .unwrap();
+        v.commit().unwrap();
+        let port = 41010;
+        let segment = |seq: u32, payload: &[u8]| {
+            PacketSpec {
+                src: ip("192.0.2.10"),
+                dst: ip("198.51.100.20"),
+                sport: port,
+                dport: 80,
+                l4: L4::Tcp {
+                    seq,
+                    flags: tcp_flags::ACK | tcp_flags::PSH,
+                },
+                vlan: None,
+                payload: payload.to_vec(),
+            }
+            .frame()
+        };
+        let (_, first) = request("www.allowed.example", port);
+        let mut seq = 7000u32;
+        let f = segment(seq, &first);
+        assert_eq!(
+            h.run(abi::PROG_LAN_INGRESS, &f, 1).unwrap().action,
+            TC_ACT_UNSPEC
+        );
+        seq += first.len() as u32;
+        // More packets than the probes inspect per flow (an upload body, other requests).
+        for _ in 0..2 * abi::DEFAULT_INSPECT_PACKETS {
+            let body = segment(seq, &[b'x'; 100]);
+            let r = h.run(abi::PROG_LAN_INGRESS, &body, 1).unwrap();
+            assert_eq!(r.action, TC_ACT_UNSPEC);
+            seq += 100;
+            let (_, again) = request("www.allowed.example", port);
+            let f = segment(seq, &again);
+            assert_eq!(
+                h.run(abi::PROG_LAN_INGRESS, &f, 1).unwrap().action,
+                TC_ACT_UNSPEC
+            );
+            seq += again.len() as u32;
+        }
+        // Then a request for a blocked app on the same connection.
+        let (_, blocked) = request("www.blocked.example", port);
+        let r = h
+            .run(abi::PROG_LAN_INGRESS, &segment(seq, &blocked), 1)
+            .unwrap();
+        assert_eq!(
+            r.data_out.len(),
+            14 + 20 + 20,
+            "became a reset to the server"
+        );
+        assert_eq!(r.data_out[34 + 13], tcp_flags::RST | tcp_flags::ACK);
+        assert_eq!(h.stats().unwrap().http_blocked, 1);
+    });
+}
