@@ -229,3 +229,29 @@ impl Daemon {
         let _ = self.cli(&["stop"]);
     }
 }
+
+/// A headless Chromium command for the client namespace: every name resolves to the origin
+/// server, and the origin's test certificate is accepted over TCP and QUIC (Chromium's QUIC
+/// refuses a certificate that does not chain to a known root even with
+/// --ignore-certificate-errors, unless its key is listed by SPKI hash). `extra` adds flags
+/// (e.g. `--disable-quic`, `--origin-to-force-quic-on=HOST:443`); prints the page's DOM.
+pub fn chromium_command(topo: &Topology, extra: &str, url: &str) -> Result<String> {
+    let spki = crate::sh(&format!(
+        "openssl x509 -in {}/server.pem -pubkey -noout | openssl pkey -pubin -outform der \
+         | openssl dgst -sha256 -binary | base64",
+        topo.scratch().display()
+    ))?;
+    let spki = String::from_utf8_lossy(&spki.stdout).trim().to_string();
+    if spki.is_empty() {
+        bail!("no SPKI hash of the origin certificate");
+    }
+    let profile = topo.scratch().join("chromium-profile");
+    Ok(format!(
+        "timeout 30 chromium --headless --no-sandbox --disable-gpu --no-first-run \
+         --disable-background-networking --disable-component-update --disable-sync \
+         --user-data-dir={} --host-resolver-rules='MAP * {SERVER_IP4}' \
+         --ignore-certificate-errors --ignore-certificate-errors-spki-list={spki} \
+         {extra} --dump-dom {url}",
+        profile.display()
+    ))
+}

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tollgate_e2e::servers::{
-    BIG_FILE, Daemon, NOSNI_NAME, Origins, SERVER_ALT_IP4, SERVER_ALT_IP6, fixture,
+    BIG_FILE, Daemon, NOSNI_NAME, Origins, SERVER_ALT_IP4, SERVER_ALT_IP6, chromium_command,
+    fixture,
 };
 use tollgate_e2e::{SERVER_IP4, SERVER_IP6, Topology, require_command, serial};
 
@@ -306,26 +307,8 @@ fn chromium_tcp_and_quic_are_named() {
     let _origins = Origins::start(&mut topo, true).expect("origins");
     let daemon = Daemon::start(&mut topo, "monitor", "").expect("daemon");
     let c = topo.client.clone();
-    let profile = topo.scratch().join("chromium-profile");
-    // Chromium's QUIC refuses a certificate that does not chain to a known root even with
-    // --ignore-certificate-errors, unless its key is listed by SPKI hash.
-    let spki = tollgate_e2e::sh(&format!(
-        "openssl x509 -in {}/server.pem -pubkey -noout | openssl pkey -pubin -outform der \
-         | openssl dgst -sha256 -binary | base64",
-        topo.scratch().display()
-    ))
-    .expect("spki hash");
-    let spki = String::from_utf8_lossy(&spki.stdout).trim().to_string();
-    let chromium = |extra: &str, url: &str| {
-        format!(
-            "timeout 30 chromium --headless --no-sandbox --disable-gpu --no-first-run \
-             --disable-background-networking --disable-component-update --disable-sync \
-             --user-data-dir={} --host-resolver-rules='MAP * {SERVER_IP4}' \
-             --ignore-certificate-errors --ignore-certificate-errors-spki-list={spki} \
-             {extra} --dump-dom {url}",
-            profile.display()
-        )
-    };
+    let chromium =
+        |extra: &str, url: &str| chromium_command(&topo, extra, url).expect("chromium command");
     let out = topo.exec_any(
         &c,
         &chromium("--disable-quic", "https://www.salesforce.com/"),
