@@ -1626,6 +1626,7 @@ const QNAME_SCAN: u32 = 512;
 const DNS_HEADER_LEN: u32 = 12;
 /// Request-head bytes searched for the Host header.
 const HOST_SCAN: u32 = 2048;
+const _: () = assert!(HOST_SCAN <= HELLO_BUF_LEN as u32 && QNAME_SCAN <= HELLO_BUF_LEN as u32);
 /// Longest SNI considered (DNS names are at most 253 bytes).
 const NAME_MAX: u32 = 256;
 
@@ -1722,6 +1723,41 @@ pub fn tg_sni(ctx: TcContext) -> i32 {
     PASS
 }
 
+/// Copies up to `SCAN` (a power of two, at most `HELLO_BUF_LEN`) payload bytes of the job's
+/// packet into the scratch buffer; how many, or `None` when fewer than `min` are present or
+/// the copy fails.
+#[inline(always)]
+fn load_payload<const SCAN: u32>(
+    ctx: &TcContext,
+    job: &Job,
+    h: &mut HelloState,
+    min: u32,
+) -> Option<u32> {
+    let mut n = job.pkt.payload_len;
+    if n > SCAN {
+        n = SCAN;
+    }
+    if n < min || n == 0 {
+        return None;
+    }
+    let nm1 = n - 1;
+    // The verifier must see 1 <= len <= SCAN at the helper call; LLVM would fold a plain
+    // clamp, so the bound is applied to a value read back through a volatile load.
+    // SAFETY: reads a local.
+    let len = (unsafe { ptr::read_volatile(&nm1) } & (SCAN - 1)) + 1;
+    // SAFETY: destination: h.buf (HELLO_BUF_LEN >= SCAN >= len); the helper checks the packet
+    // side.
+    let ret = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            job.pkt.payload_off,
+            h.buf.as_mut_ptr() as *mut _,
+            len,
+        )
+    };
+    (ret == 0).then_some(len)
+}
+
 /// Stage 1 for HTTP/1: find the Host header of the request head in the packet and copy its
 /// name (without port) into the job.
 #[classifier]
@@ -1734,29 +1770,9 @@ pub fn tg_host(ctx: TcContext) -> i32 {
     };
     // SAFETY: this CPU's scratch value; the pipeline runs on one CPU, one packet at a time.
     let h = unsafe { &mut *h };
-    let mut n = job.pkt.payload_len;
-    if n > HOST_SCAN {
-        n = HOST_SCAN;
-    }
-    if n < 16 {
+    let Some(len) = load_payload::<HOST_SCAN>(&ctx, job, h, 16) else {
         return PASS;
-    }
-    let nm1 = n - 1;
-    // SAFETY: reads a local.
-    let len = (unsafe { ptr::read_volatile(&nm1) } & (HOST_SCAN - 1)) + 1;
-    // SAFETY: destination: h.buf (HELLO_BUF_LEN > HOST_SCAN >= len); the helper checks the
-    // packet side.
-    let ret = unsafe {
-        bpf_skb_load_bytes(
-            ctx.skb.skb as *const _,
-            job.pkt.payload_off,
-            h.buf.as_mut_ptr() as *mut _,
-            len,
-        )
     };
-    if ret != 0 {
-        return PASS;
-    }
     // "\nhost:" (ASCII case-insensitive) in a rolling window of the last six bytes.
     let mut w: u64 = 0;
     let mut start = 0u32;
@@ -1840,30 +1856,10 @@ pub fn tg_qname(ctx: TcContext) -> i32 {
     };
     // SAFETY: this CPU's scratch value; the pipeline runs on one CPU, one packet at a time.
     let h = unsafe { &mut *h };
-    let mut n = job.pkt.payload_len;
-    if n > QNAME_SCAN {
-        n = QNAME_SCAN;
-    }
-    // Header, the shortest name (one label of one byte + root), type and class.
-    if n < DNS_HEADER_LEN + 3 + 4 {
+    // At least the header, the shortest name (one label of one byte + root), type and class.
+    let Some(len) = load_payload::<QNAME_SCAN>(&ctx, job, h, DNS_HEADER_LEN + 3 + 4) else {
         return PASS;
-    }
-    let nm1 = n - 1;
-    // SAFETY: reads a local.
-    let len = (unsafe { ptr::read_volatile(&nm1) } & (QNAME_SCAN - 1)) + 1;
-    // SAFETY: destination: h.buf (HELLO_BUF_LEN > QNAME_SCAN >= len); the helper checks the
-    // packet side.
-    let ret = unsafe {
-        bpf_skb_load_bytes(
-            ctx.skb.skb as *const _,
-            job.pkt.payload_off,
-            h.buf.as_mut_ptr() as *mut _,
-            len,
-        )
     };
-    if ret != 0 {
-        return PASS;
-    }
     // A standard query (QR 0, opcode 0) with exactly one question and no answers.
     if hb(h, 2) & 0xf8 != 0 || hb16(h, 4) != 1 || hb16(h, 6) != 0 || hb16(h, 8) != 0 {
         return PASS;

@@ -338,6 +338,46 @@ pub struct PacketSpec {
 }
 
 impl PacketSpec {
+    /// A TCP segment, untagged.
+    pub fn tcp(
+        src: std::net::IpAddr,
+        dst: std::net::IpAddr,
+        sport: u16,
+        dport: u16,
+        seq: u32,
+        flags: u8,
+        payload: &[u8],
+    ) -> Self {
+        PacketSpec {
+            src,
+            dst,
+            sport,
+            dport,
+            l4: L4::Tcp { seq, flags },
+            vlan: None,
+            payload: payload.to_vec(),
+        }
+    }
+
+    /// A UDP datagram, untagged.
+    pub fn udp(
+        src: std::net::IpAddr,
+        dst: std::net::IpAddr,
+        sport: u16,
+        dport: u16,
+        payload: &[u8],
+    ) -> Self {
+        PacketSpec {
+            src,
+            dst,
+            sport,
+            dport,
+            l4: L4::Udp,
+            vlan: None,
+            payload: payload.to_vec(),
+        }
+    }
+
     /// The Ethernet frame.
     pub fn frame(&self) -> Vec<u8> {
         use std::net::IpAddr;

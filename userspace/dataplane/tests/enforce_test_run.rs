@@ -50,16 +50,7 @@ fn tcp(
     flags: u8,
     payload: &[u8],
 ) -> Vec<u8> {
-    PacketSpec {
-        src: ip(src),
-        dst: ip(dst),
-        sport,
-        dport,
-        l4: L4::Tcp { seq, flags },
-        vlan: None,
-        payload: payload.to_vec(),
-    }
-    .frame()
+    PacketSpec::tcp(ip(src), ip(dst), sport, dport, seq, flags, payload).frame()
 }
 
 fn csum(bytes: &[u8]) -> u16 {
@@ -583,16 +574,17 @@ fn encoded_name(name: &str) -> Vec<u8> {
 }
 
 fn udp(src: &str, dst: &str, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    PacketSpec {
-        src: ip(src),
-        dst: ip(dst),
-        sport,
-        dport,
-        l4: L4::Udp,
-        vlan: None,
-        payload: payload.to_vec(),
+    PacketSpec::udp(ip(src), ip(dst), sport, dport, payload).frame()
+}
+
+/// A rule that refuses a name in DNS and decides no flow (as for the DoH canaries).
+fn dns_only() -> NameRule {
+    NameRule {
+        action: None,
+        app_id: 0,
+        subdomains: false,
+        refuse_dns: true,
     }
-    .frame()
 }
 
 /// Checks an NXDOMAIN answer frame built by the probes from `query` (sent by `user:port` to
@@ -675,16 +667,8 @@ fn dns_queries_for_refused_names_answered_nxdomain_in_the_kernel() {
         // Blocked for flows, not refused in DNS.
         v.set_name("quiet.example", Action::Block, 5, true).unwrap();
         // A canary: refused in DNS only.
-        v.set_name_rule(
-            "use-application-dns.net",
-            NameRule {
-                action: None,
-                app_id: 0,
-                subdomains: false,
-                refuse_dns: true,
-            },
-        )
-        .unwrap();
+        v.set_name_rule("use-application-dns.net", dns_only())
+            .unwrap();
         v.commit().unwrap();
 
         // A subdomain, in mixed case, over IPv4 and IPv6.
@@ -753,16 +737,7 @@ fn dns_queries_for_refused_names_answered_nxdomain_in_the_kernel() {
         // SNI below it.
         let mut v = h.verdicts();
         v.set_name("cnr.it", Action::Block, 11, true).unwrap();
-        v.set_name_rule(
-            "www.iit.cnr.it",
-            NameRule {
-                action: None,
-                app_id: 0,
-                subdomains: false,
-                refuse_dns: true,
-            },
-        )
-        .unwrap();
+        v.set_name_rule("www.iit.cnr.it", dns_only()).unwrap();
         v.commit().unwrap();
         let hello = fixture("tls_clienthello_chrome.hex"); // SNI www.iit.cnr.it
         let f = tcp(USER4, REMOTE4, 44100, 443, 1, tcp_flags::ACK, &hello);

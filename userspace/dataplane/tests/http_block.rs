@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use tollgate_dataplane::{
     Action, Mode, PayloadKind, abi, block_page_html, block_page_packet,
-    testing::{L4, PacketSpec, ProbeHarness, TC_ACT_UNSPEC, is_root, tcp_flags},
+    testing::{PacketSpec, ProbeHarness, TC_ACT_UNSPEC, is_root, tcp_flags},
 };
 
 fn ip(s: &str) -> IpAddr {
@@ -34,20 +34,14 @@ fn request(host: &str, sport: u16) -> (Vec<u8>, Vec<u8>) {
     let real = tollgate_dataplane::testing::hex(&text).expect("fixture is hex");
     let real = String::from_utf8(real).expect("ascii request");
     let payload = real.replace("google.com", host).into_bytes();
-    let frame = PacketSpec {
-        src: ip("192.0.2.10"),
-        dst: ip("198.51.100.20"),
-        sport,
-        dport: 80,
-        l4: L4::Tcp {
-            seq: 7000,
-            flags: tcp_flags::ACK | tcp_flags::PSH,
-        },
-        vlan: None,
-        payload: payload.clone(),
-    }
-    .frame();
-    (frame, payload)
+    (segment(sport, 7000, &payload), payload)
+}
+
+/// A segment from the user to the web server.
+fn segment(sport: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+    let flags = tcp_flags::ACK | tcp_flags::PSH;
+    let (user, server) = (ip("192.0.2.10"), ip("198.51.100.20"));
+    PacketSpec::tcp(user, server, sport, 80, seq, flags, payload).frame()
 }
 
 #[test]
@@ -125,21 +119,7 @@ fn later_request_on_a_kept_alive_connection_is_checked_too() {
             .unwrap();
         v.commit().unwrap();
         let port = 41010;
-        let segment = |seq: u32, payload: &[u8]| {
-            PacketSpec {
-                src: ip("192.0.2.10"),
-                dst: ip("198.51.100.20"),
-                sport: port,
-                dport: 80,
-                l4: L4::Tcp {
-                    seq,
-                    flags: tcp_flags::ACK | tcp_flags::PSH,
-                },
-                vlan: None,
-                payload: payload.to_vec(),
-            }
-            .frame()
-        };
+        let segment = |seq: u32, payload: &[u8]| segment(port, seq, payload);
         let (_, first) = request("www.allowed.example", port);
         let mut seq = 7000u32;
         let f = segment(seq, &first);

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use tollgate_dataplane::{
     Direction, PayloadEvent, PayloadKind, abi,
-    testing::{L4, PacketSpec, ProbeHarness, TC_ACT_UNSPEC, hex, is_root, tcp_flags},
+    testing::{PacketSpec, ProbeHarness, TC_ACT_UNSPEC, hex, is_root, tcp_flags},
 };
 
 fn harness() -> Option<ProbeHarness> {
@@ -32,30 +32,12 @@ const USER6: &str = "2001:db8:1::10";
 const REMOTE6: &str = "2001:db8:2::20";
 
 fn tcp(src: &str, dst: &str, sport: u16, dport: u16, seq: u32, payload: &[u8]) -> PacketSpec {
-    PacketSpec {
-        src: ip(src),
-        dst: ip(dst),
-        sport,
-        dport,
-        l4: L4::Tcp {
-            seq,
-            flags: tcp_flags::ACK | tcp_flags::PSH,
-        },
-        vlan: None,
-        payload: payload.to_vec(),
-    }
+    let flags = tcp_flags::ACK | tcp_flags::PSH;
+    PacketSpec::tcp(ip(src), ip(dst), sport, dport, seq, flags, payload)
 }
 
 fn udp(src: &str, dst: &str, sport: u16, dport: u16, payload: &[u8]) -> PacketSpec {
-    PacketSpec {
-        src: ip(src),
-        dst: ip(dst),
-        sport,
-        dport,
-        l4: L4::Udp,
-        vlan: None,
-        payload: payload.to_vec(),
-    }
+    PacketSpec::udp(ip(src), ip(dst), sport, dport, payload)
 }
 
 fn run(h: &ProbeHarness, prog: &'static str, p: &PacketSpec) {
