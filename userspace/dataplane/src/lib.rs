@@ -554,21 +554,9 @@ impl Dataplane {
     /// per flow in bpf syscalls (two per entry).
     pub fn visit_flow_counters(
         &self,
-        mut f: impl FnMut(&FlowCounters),
+        f: impl FnMut(&FlowCounters),
     ) -> Result<usize, DataplaneError> {
-        let flows: BpfHashMap<&MapData, FlowKey, FlowValue> =
-            BpfHashMap::try_from(map_ref(&self.ebpf, abi::MAP_FLOWS)?)
-                .map_err(map_err(abi::MAP_FLOWS))?;
-        let clock = KernelClock::now();
-        let mut n = 0;
-        for item in flows.iter() {
-            let Ok((k, v)) = item else { continue };
-            if let Some(c) = event::flow_counters(&k, &v, &clock) {
-                f(&c);
-                n += 1;
-            }
-        }
-        Ok(n)
+        visit_flows(&self.ebpf, f)
     }
 
     /// Visits up to about `max` more flows of `walk` (whole hash buckets at a time, so a few
@@ -584,51 +572,9 @@ impl Dataplane {
         &self,
         walk: &mut FlowWalk,
         max: usize,
-        mut f: impl FnMut(&FlowCounters),
+        f: impl FnMut(&FlowCounters),
     ) -> Result<usize, DataplaneError> {
-        if walk.done {
-            return Ok(0);
-        }
-        let map = map_ref(&self.ebpf, abi::MAP_FLOWS)?;
-        let (aya::maps::Map::LruHashMap(data) | aya::maps::Map::HashMap(data)) = map else {
-            return Err(DataplaneError::Io(io::Error::other(format!(
-                "map {} is not a hash map",
-                abi::MAP_FLOWS
-            ))));
-        };
-        let clock = KernelClock::now();
-        let mut n = 0;
-        while n < max && !walk.done {
-            if walk.batch_unsupported {
-                n += self.visit_flow_counters(&mut f)?;
-                walk.visited += n;
-                walk.done = true;
-                break;
-            }
-            match lookup_batch(data, walk, FlowWalk::BATCH.min(max - n).max(FlowWalk::MIN_BATCH)) {
-                Ok(got) => {
-                    for (k, v) in walk.keys.iter().zip(&walk.values).take(got) {
-                        if let Some(c) = event::flow_counters(k, v, &clock) {
-                            f(&c);
-                        }
-                    }
-                    n += got;
-                    walk.visited += got;
-                }
-                Err(e)
-                    if walk.token.is_none()
-                        && matches!(e.raw_os_error(), Some(nix::libc::EINVAL | ENOTSUPP)) =>
-                {
-                    tracing::debug!("no batch lookups on this kernel ({e}); walking entry by entry");
-                    walk.batch_unsupported = true;
-                }
-                Err(e) => {
-                    walk.done = true;
-                    return Err(DataplaneError::Io(e));
-                }
-            }
-        }
-        Ok(n)
+        walk_flows(&self.ebpf, walk, max, f)
     }
 
     /// Counters summed over CPUs.
@@ -794,6 +740,78 @@ fn remove_other_abis(pin_dir: &Path, keep: &Path) {
             let _ = fs::remove_dir_all(&p);
         }
     }
+}
+
+/// Every flow's counters, entry by entry (two bpf syscalls each).
+fn visit_flows(ebpf: &Ebpf, mut f: impl FnMut(&FlowCounters)) -> Result<usize, DataplaneError> {
+    let flows: BpfHashMap<&MapData, FlowKey, FlowValue> =
+        BpfHashMap::try_from(map_ref(ebpf, abi::MAP_FLOWS)?).map_err(map_err(abi::MAP_FLOWS))?;
+    let clock = KernelClock::now();
+    let mut n = 0;
+    for item in flows.iter() {
+        let Ok((k, v)) = item else { continue };
+        if let Some(c) = event::flow_counters(&k, &v, &clock) {
+            f(&c);
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// See [`Dataplane::walk_flow_counters`].
+fn walk_flows(
+    ebpf: &Ebpf,
+    walk: &mut FlowWalk,
+    max: usize,
+    mut f: impl FnMut(&FlowCounters),
+) -> Result<usize, DataplaneError> {
+    if walk.done {
+        return Ok(0);
+    }
+    let map = map_ref(ebpf, abi::MAP_FLOWS)?;
+    let (aya::maps::Map::LruHashMap(data) | aya::maps::Map::HashMap(data)) = map else {
+        return Err(DataplaneError::Io(io::Error::other(format!(
+            "map {} is not a hash map",
+            abi::MAP_FLOWS
+        ))));
+    };
+    let clock = KernelClock::now();
+    let mut n = 0;
+    while n < max && !walk.done {
+        if walk.batch_unsupported {
+            n += visit_flows(ebpf, &mut f)?;
+            walk.visited += n;
+            walk.done = true;
+            break;
+        }
+        match lookup_batch(
+            data,
+            walk,
+            FlowWalk::BATCH.min(max - n).max(FlowWalk::MIN_BATCH),
+        ) {
+            Ok(got) => {
+                for (k, v) in walk.keys.iter().zip(&walk.values).take(got) {
+                    if let Some(c) = event::flow_counters(k, v, &clock) {
+                        f(&c);
+                    }
+                }
+                n += got;
+                walk.visited += got;
+            }
+            Err(e)
+                if walk.token.is_none()
+                    && matches!(e.raw_os_error(), Some(nix::libc::EINVAL | ENOTSUPP)) =>
+            {
+                tracing::debug!("no batch lookups on this kernel ({e}); walking entry by entry");
+                walk.batch_unsupported = true;
+            }
+            Err(e) => {
+                walk.done = true;
+                return Err(DataplaneError::Io(e));
+            }
+        }
+    }
+    Ok(n)
 }
 
 /// The kernel's "operation not supported" (not in libc: it is internal to the kernel, but
@@ -976,5 +994,54 @@ impl EventReader {
     /// The ring buffer's file descriptor (for diagnostics).
     pub fn raw_fd(&self) -> i32 {
         self.fd.get_ref().as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    #[test]
+    fn batched_walk_in_steps_sees_every_flow_once() {
+        if !testing::is_root() {
+            eprintln!("skip: loading the probes needs root");
+            return;
+        }
+        let mut ebpf = EbpfLoader::new().load(PROBES).expect("load probes");
+        let flows = 10_000u32;
+        {
+            let mut m: BpfHashMap<&mut MapData, FlowKey, FlowValue> =
+                BpfHashMap::try_from(map_mut(&mut ebpf, abi::MAP_FLOWS).unwrap()).unwrap();
+            for i in 0..flows {
+                let user = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | (i / 1000 + 1)));
+                let remote = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7));
+                let key = flow_key(6, user, 1024 + (i % 1000) as u16, remote, 443, 0).unwrap();
+                let value = FlowValue {
+                    packets_up: u64::from(i),
+                    ..FlowValue::default()
+                };
+                m.insert(key, value, 0).expect("insert");
+            }
+        }
+        let mut walk = FlowWalk::new();
+        let mut seen = Vec::new();
+        let mut steps = 0;
+        while !walk.is_done() {
+            walk_flows(&ebpf, &mut walk, 1000, |c| seen.push(c.packets_up)).expect("walk");
+            steps += 1;
+            assert!(steps <= 100, "the walk does not end");
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (0..u64::from(flows)).collect::<Vec<_>>());
+        assert!(steps >= 10, "steps of ~1000 flows: {steps}");
+        assert_eq!(walk.visited(), flows as usize);
+        // The same flows as the entry-by-entry walk.
+        let mut one_by_one = Vec::new();
+        visit_flows(&ebpf, |c| one_by_one.push(c.packets_up)).expect("visit");
+        one_by_one.sort_unstable();
+        assert_eq!(one_by_one, seen);
+        // A finished walk stays finished.
+        assert_eq!(walk_flows(&ebpf, &mut walk, 1000, |_| {}).unwrap(), 0);
     }
 }

@@ -61,6 +61,10 @@ pub struct FlowTableLimits {
     /// Compute each hello's JA4 fingerprint ([`FlowMeta::ja4`]): about a sixth of the cost
     /// of naming a new TLS flow, so a daemon that does not report it turns it off.
     pub fingerprints: bool,
+    /// Keep what the first flight told beyond the name ([`FlowMeta`], for
+    /// [`FlowTable::records_with_meta`]): about 200 B of heap a TLS flow (ALPN list, bits,
+    /// JA4), so a daemon that never reports it turns it off.
+    pub meta: bool,
 }
 
 impl Default for FlowTableLimits {
@@ -75,6 +79,7 @@ impl Default for FlowTableLimits {
             max_finished: 262_144,
             max_buffered_bytes: 64 * 1024 * 1024,
             fingerprints: true,
+            meta: true,
         }
     }
 }
@@ -336,7 +341,8 @@ struct Flow {
     last_seen: DateTime<Utc>,
     tcp_flags: u8,
     macs: [Option<[u8; 6]>; 2],
-    name: Option<(Box<str>, NameSource)>,
+    /// Shared with every other flow of the same name ([`Names`]).
+    name: Option<(Arc<str>, NameSource)>,
     meta: Option<Box<Meta>>,
     inspect: Option<Box<Inspect>>,
 }
@@ -401,11 +407,36 @@ impl EchHints {
     }
 }
 
+/// Names shared between flows: a gateway sees the same few thousand names on most of its
+/// flows, so a flow holds a reference to one copy instead of a copy of its own.
+#[derive(Debug, Default)]
+struct Names {
+    set: HashSet<Arc<str>, ahash::RandomState>,
+}
+
+impl Names {
+    /// The shared copy of `name`. Names no flow holds any more are forgotten once the set
+    /// has grown to twice the live flows, so it stays within a small multiple of the table.
+    fn get(&mut self, name: &str, live_flows: usize) -> Arc<str> {
+        if let Some(n) = self.set.get(name) {
+            return n.clone();
+        }
+        if self.set.len() >= live_flows.max(1024).saturating_mul(2) {
+            self.set.retain(|n| Arc::strong_count(n) > 1);
+        }
+        let n: Arc<str> = Arc::from(name);
+        self.set.insert(n.clone());
+        n
+    }
+}
+
 /// The flow table. See the module documentation.
 #[derive(Debug)]
 pub struct FlowTable {
     limits: FlowTableLimits,
-    flows: HashMap<CanonKey, Flow>,
+    /// aHash: several lookups per packet, and the keys come from the network (ahash's
+    /// per-table random keys keep collision floods out).
+    flows: HashMap<CanonKey, Flow, ahash::RandomState>,
     finished: Vec<FlowRecord>,
     dns_cache: HashMap<IpAddr, DnsEntry>,
     dns_order: VecDeque<IpAddr>,
@@ -416,6 +447,7 @@ pub struct FlowTable {
     buffered: usize,
     ech: EchHints,
     full_sweep_at: Option<DateTime<Utc>>,
+    names: Names,
 }
 
 const SWEEP_EVERY: u32 = 8192;
@@ -427,7 +459,7 @@ impl FlowTable {
     pub fn new(limits: FlowTableLimits) -> Self {
         FlowTable {
             limits,
-            flows: HashMap::new(),
+            flows: HashMap::default(),
             finished: Vec::new(),
             dns_cache: HashMap::new(),
             dns_order: VecDeque::new(),
@@ -437,6 +469,7 @@ impl FlowTable {
             buffered: 0,
             ech: EchHints::default(),
             full_sweep_at: None,
+            names: Names::default(),
         }
     }
 
@@ -471,10 +504,20 @@ impl FlowTable {
 
     /// A first-flight payload copy from the kernel (counters arrive separately).
     pub fn observe_payload(&mut self, ev: &PayloadObservation<'_>) {
+        let _ = self.observe_payload_naming(ev);
+    }
+
+    /// [`FlowTable::observe_payload`], and the flow's own name (as [`FlowTable::own_name`]
+    /// gives it) when this very copy named the flow: the moment a caller that acts once per
+    /// named flow (enforcement) acts, without keeping a set of the flows it already saw.
+    pub fn observe_payload_naming(
+        &mut self,
+        ev: &PayloadObservation<'_>,
+    ) -> Option<(&str, NameSource)> {
         let sender = (ev.src, ev.sport);
         let receiver = (ev.dst, ev.dport);
         let sender_is_client = ev.direction == Direction::Up;
-        let Some((ck, side)) = self.flow_for(
+        let (ck, side) = self.flow_for(
             ev.proto,
             sender,
             receiver,
@@ -482,10 +525,14 @@ impl FlowTable {
             Some(sender_is_client),
             ev.tcp_flags,
             ev.payload,
-        ) else {
-            return;
-        };
+        )?;
+        let named_before = self.flows.get(&ck).is_some_and(|f| f.name.is_some());
         self.inspect(ck, side, ev.ts, ev.tcp_seq, ev.tcp_flags, ev.payload);
+        if named_before {
+            return None;
+        }
+        let f = self.flows.get(&ck)?;
+        f.name.as_ref().map(|(n, src)| (&**n, *src))
     }
 
     /// The kernel's absolute counters for a flow (`key.src` is the user side).
@@ -674,8 +721,10 @@ impl FlowTable {
         if ts > self.now {
             self.now = ts;
         }
-        self.ops_since_sweep += 1;
-        if self.ops_since_sweep >= SWEEP_EVERY {
+        self.ops_since_sweep = self.ops_since_sweep.saturating_add(1);
+        // A sweep visits every flow: run it once per `max(SWEEP_EVERY, flows)` operations so
+        // that its cost stays a bounded share of each operation however large the table is.
+        if self.ops_since_sweep as usize >= self.flows.len().max(SWEEP_EVERY as usize) {
             self.ops_since_sweep = 0;
             let now = self.now;
             self.expire(now);
@@ -853,10 +902,12 @@ impl FlowTable {
                 Ok(tls::HelloStatus::Parsed(ch)) => {
                     verdict_done = true;
                     sender_is_client = Some(true);
-                    let mut m = Meta::default();
-                    let grease = self.ech.grease(ch.sni.as_deref(), ch.ech.is_some());
-                    m.set_hello(&ch, tls::Transport::Tcp, grease, self.limits.fingerprints);
-                    meta = Some(m);
+                    if self.limits.meta {
+                        let mut m = Meta::default();
+                        let grease = self.ech.grease(ch.sni.as_deref(), ch.ech.is_some());
+                        m.set_hello(&ch, tls::Transport::Tcp, grease, self.limits.fingerprints);
+                        meta = Some(m);
+                    }
                     if let Some(sni) = ch.sni {
                         found = Some((sni, NameSource::Sni));
                     }
@@ -873,12 +924,14 @@ impl FlowTable {
                         if let Some(host) = h.host_name() {
                             found = Some((host.to_string(), NameSource::Http));
                         }
-                        let mut m = Meta::default();
-                        let x = m.extra();
-                        x.http_method = Some(h.method.as_str().into());
-                        x.http_path = Some(h.path.as_str().into());
-                        x.user_agent = h.user_agent.as_deref().map(Into::into);
-                        meta = Some(m);
+                        if self.limits.meta {
+                            let mut m = Meta::default();
+                            let x = m.extra();
+                            x.http_method = Some(h.method.as_str().into());
+                            x.http_path = Some(h.path.as_str().into());
+                            x.user_agent = h.user_agent.as_deref().map(Into::into);
+                            meta = Some(m);
+                        }
                     }
                     Ok(http::HttpStatus::NeedMore(_)) => {
                         if full {
@@ -925,6 +978,7 @@ impl FlowTable {
         for m in dns_msgs {
             self.dns_message(ck, side, ts, &m);
         }
+        let live = self.flows.len();
         let Some(f) = self.flows.get_mut(&ck) else {
             return;
         };
@@ -944,7 +998,7 @@ impl FlowTable {
                 .names_by_source
                 .entry(source_label(src))
                 .or_default() += 1;
-            f.name = Some((name.into(), src));
+            f.name = Some((self.names.get(&name, live), src));
             // Named: the buffers are no longer needed.
             if ck.a.1 != 53 && ck.b.1 != 53 {
                 let insp = f.inspect.take();
@@ -985,12 +1039,15 @@ impl FlowTable {
                 }
             }
         }
+        let live = self.flows.len();
         let Some(f) = self.flows.get_mut(&ck) else {
             return;
         };
         // A query is sent by the client; a response by the server.
         set_client(f, side, !response, Evidence::Payload);
-        if let Some(q) = m.query_name().filter(|q| !q.is_empty()) {
+        if let Some(q) = m.query_name().filter(|q| !q.is_empty())
+            && self.limits.meta
+        {
             let x = f.meta.get_or_insert_with(Default::default).extra();
             if x.dns_queries.len() < MAX_DNS_QUERIES_KEPT
                 && !x.dns_queries.iter().any(|e| &**e == q)
@@ -1002,7 +1059,7 @@ impl FlowTable {
             && let Some(q) = m.query_name().filter(|q| !q.is_empty())
         {
             *self.stats.names_by_source.entry("dns").or_default() += 1;
-            f.name = Some((q.into(), NameSource::Dns));
+            f.name = Some((self.names.get(q, live), NameSource::Dns));
         }
     }
 
@@ -1035,6 +1092,7 @@ impl FlowTable {
 
     fn udp_quic(&mut self, ck: CanonKey, side: usize, payload: &[u8]) {
         let limits = self.limits.clone();
+        let live = self.flows.len();
         let Some(f) = self.flows.get_mut(&ck) else {
             return;
         };
@@ -1062,7 +1120,14 @@ impl FlowTable {
             return;
         }
         s.inspected += 1;
-        let meta = f.meta.get_or_insert_with(Default::default);
+        // Without `limits.meta` the parse still runs (it names the flow); what it tells
+        // beyond the name goes to a scratch value that is dropped.
+        let mut scratch = Meta::default();
+        let meta = if limits.meta {
+            f.meta.get_or_insert_with(Default::default)
+        } else {
+            &mut scratch
+        };
         if meta.quic_version.is_none() {
             meta.quic_version = Some(version);
         }
@@ -1143,7 +1208,7 @@ impl FlowTable {
             && f.name.is_none()
         {
             *self.stats.names_by_source.entry("quic").or_default() += 1;
-            f.name = Some((n.into(), NameSource::Quic));
+            f.name = Some((self.names.get(&n, live), NameSource::Quic));
         }
     }
 }
@@ -1639,6 +1704,64 @@ mod tests {
             (700, 5000, 3)
         );
         assert_eq!(r[0].last_seen, ts(3));
+    }
+
+    #[test]
+    fn naming_is_reported_once_and_meta_can_be_off() {
+        for keep_meta in [true, false] {
+            let mut t = FlowTable::new(FlowTableLimits {
+                meta: keep_meta,
+                ..FlowTableLimits::default()
+            });
+            let h = hello_with("once.example.org", true);
+            let (a, b) = h.split_at(40);
+            let mut named = Vec::new();
+            // The second segment names the flow; a retransmission of it does not again.
+            for (seq, part) in [(1u32, a), (41, b), (41, b)] {
+                let got = t.observe_payload_naming(&PayloadObservation {
+                    proto: L4Proto::Tcp,
+                    src: IpAddr::V4(Ipv4Addr::new(10, 1, 1, 1)),
+                    sport: 40000,
+                    dst: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 80)),
+                    dport: 443,
+                    direction: Direction::Up,
+                    ts: ts(0),
+                    tcp_seq: seq,
+                    tcp_flags: tcp_flags::ACK,
+                    payload: part,
+                });
+                named.push(got.map(|(n, src)| (n.to_string(), src)));
+            }
+            assert_eq!(
+                named,
+                [
+                    None,
+                    Some(("once.example.org".to_string(), NameSource::Sni)),
+                    None
+                ]
+            );
+            let (rec, meta) = t.records_with_meta().next().expect("one flow");
+            assert_eq!(rec.name.as_deref(), Some("once.example.org"));
+            // The hello carried an ECH extension: only kept meta tells.
+            assert_eq!(meta.ech, keep_meta, "meta kept: {keep_meta}");
+        }
+    }
+
+    #[test]
+    fn names_are_shared_and_the_set_stays_bounded() {
+        let mut names = Names::default();
+        let a = names.get("www.example.com", 10);
+        let b = names.get("www.example.com", 10);
+        assert!(Arc::ptr_eq(&a, &b));
+        // Names nobody holds are forgotten once the set reaches twice max(live, 1024).
+        for i in 0..10_000 {
+            let _ = names.get(&format!("n{i}.example"), 10);
+            assert!(names.set.len() <= 2048 + 1, "{}", names.set.len());
+        }
+        assert!(
+            names.set.contains("www.example.com"),
+            "still held by a and b"
+        );
     }
 
     #[test]

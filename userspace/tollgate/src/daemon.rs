@@ -7,7 +7,7 @@
 //! restarted daemon adopts them (and enforcement never lapses while it restarts);
 //! `tollgate stop` detaches the programs and removes the pins.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,11 +19,12 @@ use anyhow::{Context, Result, bail};
 use tokio::sync::{mpsc, oneshot};
 use tollgate_catalog::Catalog;
 use tollgate_dataplane::{
-    Dataplane, DataplaneOptions, Direction, FlowCounters, PayloadEvent, PayloadKind, abi,
+    Dataplane, DataplaneOptions, Direction, EventReader, FlowCounters, FlowWalk, PayloadEvent,
+    PayloadKind,
 };
 use tollgate_discovery::aggregate::{AggregateOptions, Aggregator};
 use tollgate_discovery::flow_table::{self, FlowTable, FlowTableLimits};
-use tollgate_discovery::record::{FlowRecord, L4Proto};
+use tollgate_discovery::record::{FlowRecord, L4Proto, NameSource};
 use tollgate_discovery::users::Users;
 use tollgate_policy::{Decision, Tag, TagBook, TagStore};
 
@@ -45,6 +46,9 @@ pub struct DaemonParts {
 const COUNTER_POLL: Duration = Duration::from_secs(2);
 /// Events drained per wake-up before other work gets a turn.
 const EVENT_BATCH: usize = 4096;
+/// Flows of the kernel's counter map read between two looks at the ring buffer: ~1 ms of
+/// work, while the ring holds tens of milliseconds of a 100k flows/s storm.
+const WALK_STEP: usize = 4096;
 
 const LEARNED_IPS_FILE: &str = "learned_ips.json";
 
@@ -127,13 +131,14 @@ struct Core {
     retired: HashMap<flow_table::FlowKey, DateTime<Utc>>,
     enforcer: Enforcer,
     session: Option<crate::session::SessionControl>,
-    /// Flows already decided in userspace (cleared when it grows past the flow cap).
-    decided: HashSet<abi::FlowKey>,
     learned_saved: Vec<IpAddr>,
     events_total: u64,
     events_at_last_status: u64,
     last_status: Instant,
+    /// Ring-buffer errors (I/O) seen by the event loop.
     decode_errors: u64,
+    /// Records the event reader skipped as undecodable (its count, copied after each drain).
+    malformed: u64,
 }
 
 enum Next {
@@ -150,56 +155,69 @@ impl Core {
             Direction::Up => (user, remote, flow_table::Direction::Up),
             Direction::Down => (remote, user, flow_table::Direction::Down),
         };
-        self.flows.observe_payload(&flow_table::PayloadObservation {
-            proto: l4(ev.proto),
-            src,
-            sport,
-            dst,
-            dport,
-            direction,
-            ts: ev.timestamp.into(),
-            tcp_seq: ev.tcp_seq,
-            tcp_flags: ev.tcp_flags,
-            payload: &ev.payload,
-        });
+        let named = self
+            .flows
+            .observe_payload_naming(&flow_table::PayloadObservation {
+                proto: l4(ev.proto),
+                src,
+                sport,
+                dst,
+                dport,
+                direction,
+                ts: ev.timestamp.into(),
+                tcp_seq: ev.tcp_seq,
+                tcp_flags: ev.tcp_flags,
+                payload: &ev.payload,
+            });
+        // The flow table reports a flow's own name once, when its first flight gives it: the
+        // flow is decided then (a tag change decides every named flow again, apply_tags).
+        let named = named.map(|(n, src)| (n.to_string(), src));
         match ev.kind {
             PayloadKind::Dns if ev.direction == Direction::Down => self.on_dns(ev),
             PayloadKind::Dns => {}
-            PayloadKind::Tls | PayloadKind::Quic | PayloadKind::Http => self.decide_flow(ev),
+            PayloadKind::Tls | PayloadKind::Quic | PayloadKind::Http => {
+                if let Some((name, source)) = named {
+                    self.decide_flow(ev, &name, source);
+                } else if ev.kind == PayloadKind::Http && ev.direction == Direction::Up {
+                    self.on_later_request(ev);
+                }
+            }
         }
     }
 
-    /// Once the flow table has a name from the flow's own payload, decide the flow.
-    fn decide_flow(&mut self, ev: &PayloadEvent) {
-        let Some(key) = ev.flow_key() else { return };
-        if self.decided.contains(&key) {
-            return;
-        }
-        let Some((name, source)) = self.flows.own_name(
-            l4(ev.proto),
-            (ev.user_ip, ev.user_port),
-            (ev.remote_ip, ev.remote_port),
-        ) else {
+    /// A request head on an HTTP connection that is already named (a kept-alive connection
+    /// reused for another Host): the kernel checks every head's Host against the name
+    /// verdicts, so when it blocked this one the user gets the block page for it.
+    fn on_later_request(&mut self, ev: &PayloadEvent) {
+        let Ok(tollgate_wire::http::HttpStatus::Parsed(head)) =
+            tollgate_wire::http::parse_request_head(&ev.payload)
+        else {
             return;
         };
-        let name = name.to_string();
+        if let Some(host) = head.host_name()
+            && self.enforcer.kernel_blocks_name(host)
+        {
+            let host = host.to_string();
+            self.decide_flow(ev, &host, NameSource::Http);
+        }
+    }
+
+    /// The flow table has just named the flow from its own payload: decide the flow.
+    fn decide_flow(&mut self, ev: &PayloadEvent, name: &str, source: NameSource) {
+        let Some(key) = ev.flow_key() else { return };
         if let Some(s) = &mut self.session {
-            s.on_name(&self.catalog, &name, ev.remote_ip);
+            s.on_name(&self.catalog, name, ev.remote_ip);
         }
-        if self.decided.len() >= self.cfg.flows.max_flows {
-            self.decided.clear();
-        }
-        self.decided.insert(key);
         match self
             .enforcer
-            .on_named_flow(&mut self.dp, &self.catalog, &self.tags, &key, &name)
+            .on_named_flow(&mut self.dp, &self.catalog, &self.tags, &key, name)
         {
             Ok(Some((app, Decision::Block))) => {
                 tracing::info!(app, name = %name, by = ?source, user = %ev.user_ip, "blocked");
                 // Plain HTTP: the kernel reset the server side; tell the user why.
                 if ev.kind == PayloadKind::Http
                     && ev.direction == Direction::Up
-                    && self.enforcer.kernel_blocks_name(&name)
+                    && self.enforcer.kernel_blocks_name(name)
                 {
                     let page = tollgate_dataplane::block_page_html(
                         self.catalog.app(app).map_or(app, |a| a.name.as_str()),
@@ -260,7 +278,6 @@ impl Core {
             ),
             Err(e) => tracing::error!("syncing verdicts: {e}"),
         }
-        self.decided.clear();
         if !self.enforcer.cut_existing_flows() {
             return;
         }
@@ -300,7 +317,6 @@ impl Core {
                         .map(str::to_string)
                 });
             if let Some(name) = name {
-                self.decided.insert(key);
                 let _ = self.enforcer.on_named_flow(
                     &mut self.dp,
                     &self.catalog,
@@ -344,11 +360,12 @@ impl Core {
         }
     }
 
-    fn poll_counters(&mut self) {
+    /// Reads the next step of a walk of the kernel's flow counters into the flow table.
+    fn poll_step(&mut self, walk: &mut FlowWalk) {
         let Core {
             dp, flows, retired, ..
         } = self;
-        let result = dp.visit_flow_counters(|c| {
+        let result = dp.walk_flow_counters(walk, WALK_STEP, |c| {
             let key = flow_key(c);
             let last_seen: DateTime<Utc> = c.last_seen.into();
             if let Some(seen) = retired.get(&key) {
@@ -374,7 +391,33 @@ impl Core {
         if let Err(e) = result {
             tracing::warn!("reading flow counters: {e}");
         }
+    }
+
+    /// Handles the events waiting in the ring buffer, at most `max`.
+    fn drain_events(&mut self, events: &mut EventReader, max: usize) {
+        for _ in 0..max {
+            match events.try_next() {
+                Some(ev) => self.on_event(&ev),
+                None => break,
+            }
+        }
+        self.malformed = events.malformed();
+    }
+
+    /// A whole walk of the kernel's flow counters in steps, with the ring buffer drained
+    /// between steps (so a large table does not make the ring overflow), then the idle flows
+    /// retired. Returns the time spent walking (without the events).
+    fn poll_counters(&mut self, events: &mut EventReader) -> Duration {
+        let mut walk = FlowWalk::new();
+        let mut walking = Duration::ZERO;
+        while !walk.is_done() {
+            let t = Instant::now();
+            self.poll_step(&mut walk);
+            walking += t.elapsed();
+            self.drain_events(events, EVENT_BATCH);
+        }
         self.retire_idle();
+        walking
     }
 
     /// Moves idle flows out of the live table into the discovery history.
@@ -429,7 +472,8 @@ impl Core {
             "ring_drops": dp.ringbuf_full,
             "kernel_parse_errors": dp.parse_errors(),
             "flow_map_full": dp.flow_map_full,
-            "event_decode_errors": self.decode_errors,
+            "flows_dropped": st.flows_dropped,
+            "event_decode_errors": self.decode_errors + self.malformed,
             "packets": dp.packets,
             "drops": dp.drops,
             "would_drop": dp.would_drop,
@@ -451,7 +495,7 @@ impl Core {
             self.events_total,
             rate,
             dp.ringbuf_full,
-            dp.parse_errors() + self.decode_errors,
+            dp.parse_errors() + self.decode_errors + self.malformed,
             if self.cfg.mode == Mode::Enforce {
                 "dropped"
             } else {
@@ -607,13 +651,14 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
     let mut core = Core {
         enforcer,
         session,
-        decided: HashSet::new(),
         learned_saved: load_learned_ips(&cfg.state_dir),
         flows: FlowTable::new(FlowTableLimits {
             max_flows: cfg.flows.max_flows,
             idle_timeout: Duration::from_secs(cfg.flows.idle_timeout_secs),
             // Nothing the daemon reports uses JA4; it costs a sixth of naming a flow.
             fingerprints: false,
+            // Nor what a hello tells beyond the name (~200 B of heap a flow).
+            meta: false,
             ..FlowTableLimits::default()
         }),
         history: Aggregator::new(AggregateOptions::default()),
@@ -628,6 +673,7 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
         events_at_last_status: 0,
         last_status: Instant::now(),
         decode_errors: 0,
+        malformed: 0,
         cfg,
     };
 
@@ -655,12 +701,7 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
                 match ev {
                     Ok(ev) => {
                         core.on_event(&ev);
-                        for _ in 0..EVENT_BATCH {
-                            match events.try_next() {
-                                Some(ev) => core.on_event(&ev),
-                                None => break,
-                            }
-                        }
+                        core.drain_events(&mut events, EVENT_BATCH);
                     }
                     Err(e) => {
                         core.decode_errors += 1;
@@ -669,19 +710,19 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
                 }
             }
             _ = poll.tick() => {
+                let walking = core.poll_counters(&mut events);
                 let started = Instant::now();
-                core.poll_counters();
                 core.housekeeping();
-                // Walking the kernel's flow map costs ~1 us a flow: with a large table,
+                // Walking the kernel's flow map costs ~0.3 us a flow: with a large table,
                 // poll less often so that event reading keeps the CPU (at most ~5%).
-                let next = COUNTER_POLL.max(started.elapsed() * 20);
+                let next = COUNTER_POLL.max((walking + started.elapsed()) * 20);
                 poll.reset_after(next);
             }
             _ = status.tick(), if core.cfg.status_interval_secs > 0 => core.print_status(),
             Some(call) = rx.recv() => {
                 // Counters are fresh when someone asks.
                 if matches!(call.request, Request::Flows | Request::Apps | Request::Status) {
-                    core.poll_counters();
+                    core.poll_counters(&mut events);
                 }
                 let (resp, next) = core.on_control(call.request);
                 let _ = call.reply.send(resp);
