@@ -743,9 +743,16 @@ fn remove_other_abis(pin_dir: &Path, keep: &Path) {
 }
 
 /// Every flow's counters, entry by entry (two bpf syscalls each).
-fn visit_flows(ebpf: &Ebpf, mut f: impl FnMut(&FlowCounters)) -> Result<usize, DataplaneError> {
+fn visit_flows(ebpf: &Ebpf, f: impl FnMut(&FlowCounters)) -> Result<usize, DataplaneError> {
+    visit_flow_map(map_ref(ebpf, abi::MAP_FLOWS)?, f)
+}
+
+fn visit_flow_map(
+    map: &aya::maps::Map,
+    mut f: impl FnMut(&FlowCounters),
+) -> Result<usize, DataplaneError> {
     let flows: BpfHashMap<&MapData, FlowKey, FlowValue> =
-        BpfHashMap::try_from(map_ref(ebpf, abi::MAP_FLOWS)?).map_err(map_err(abi::MAP_FLOWS))?;
+        BpfHashMap::try_from(map).map_err(map_err(abi::MAP_FLOWS))?;
     let clock = KernelClock::now();
     let mut n = 0;
     for item in flows.iter() {
@@ -763,12 +770,22 @@ fn walk_flows(
     ebpf: &Ebpf,
     walk: &mut FlowWalk,
     max: usize,
+    f: impl FnMut(&FlowCounters),
+) -> Result<usize, DataplaneError> {
+    walk_flow_map(map_ref(ebpf, abi::MAP_FLOWS)?, walk, max, f)
+}
+
+/// [`Dataplane::walk_flow_counters`] over a flow map opened by other means (a tool that
+/// opens the daemon's pinned map, e.g. the event_storm benchmark).
+pub fn walk_flow_map(
+    map: &aya::maps::Map,
+    walk: &mut FlowWalk,
+    max: usize,
     mut f: impl FnMut(&FlowCounters),
 ) -> Result<usize, DataplaneError> {
     if walk.done {
         return Ok(0);
     }
-    let map = map_ref(ebpf, abi::MAP_FLOWS)?;
     let (aya::maps::Map::LruHashMap(data) | aya::maps::Map::HashMap(data)) = map else {
         return Err(DataplaneError::Io(io::Error::other(format!(
             "map {} is not a hash map",
@@ -779,7 +796,7 @@ fn walk_flows(
     let mut n = 0;
     while n < max && !walk.done {
         if walk.batch_unsupported {
-            n += visit_flows(ebpf, &mut f)?;
+            n += visit_flow_map(map, &mut f)?;
             walk.visited += n;
             walk.done = true;
             break;
