@@ -1,7 +1,8 @@
 //! The daemon: one core task owns the dataplane (and so every BPF map), the flow table and
-//! the discovery aggregates. It receives ring-buffer events, polls the kernel's flow
-//! counters, answers control-socket requests through a channel, and prints a status line.
-//! Nothing else touches that state, so no lock is ever held across an await.
+//! the discovery aggregates. It handles ring-buffer events (a reader task moves them from
+//! the ring into a bounded queue, so the ring empties while the core works), polls the
+//! kernel's flow counters, answers control-socket requests through a channel, and prints a
+//! status line. Nothing else touches that state, so no lock is ever held across an await.
 //!
 //! Stopping: SIGINT/SIGTERM end the daemon but leave the programs attached and pinned, so a
 //! restarted daemon adopts them (and enforcement never lapses while it restarts);
@@ -11,6 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -46,9 +48,52 @@ pub struct DaemonParts {
 const COUNTER_POLL: Duration = Duration::from_secs(2);
 /// Events drained per wake-up before other work gets a turn.
 const EVENT_BATCH: usize = 4096;
-/// Flows of the kernel's counter map read between two looks at the ring buffer: ~1 ms of
+/// Flows of the kernel's counter map read between two looks at the event queue: ~1 ms of
 /// work, while the ring holds tens of milliseconds of a 100k flows/s storm.
 const WALK_STEP: usize = 4096;
+/// Events read from the ring buffer and decoded but not yet handled. The reader task runs
+/// on a runtime worker while the core task works, so a pause of the core (a walk step, the
+/// flow table growing its index) empties the ring into this queue instead of overflowing
+/// it. Bounded (about 8 MiB of Chrome-sized hellos): when it is full the reader waits, the
+/// ring fills, and the probes count what they could not write (`ring_drops`).
+const EVENT_QUEUE: usize = 4096;
+
+/// What the reader task counts, for the status.
+#[derive(Default)]
+struct ReaderCounts {
+    /// Ring-buffer read errors (I/O).
+    io_errors: AtomicU64,
+    /// Records skipped as undecodable.
+    malformed: AtomicU64,
+}
+
+/// Moves events from the ring buffer to a bounded queue, on a runtime worker.
+fn spawn_reader(
+    mut events: EventReader,
+    counts: Arc<ReaderCounts>,
+) -> (mpsc::Receiver<PayloadEvent>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+    let task = tokio::spawn(async move {
+        loop {
+            match events.next().await {
+                Ok(ev) => {
+                    if tx.send(ev).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    counts.io_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("ring buffer: {e}");
+                    tokio::task::yield_now().await;
+                }
+            }
+            counts
+                .malformed
+                .store(events.malformed(), Ordering::Relaxed);
+        }
+    });
+    (rx, task)
+}
 
 const LEARNED_IPS_FILE: &str = "learned_ips.json";
 
@@ -135,10 +180,8 @@ struct Core {
     events_total: u64,
     events_at_last_status: u64,
     last_status: Instant,
-    /// Ring-buffer errors (I/O) seen by the event loop.
-    decode_errors: u64,
-    /// Records the event reader skipped as undecodable (its count, copied after each drain).
-    malformed: u64,
+    /// The event reader task's error counts.
+    reader: Arc<ReaderCounts>,
 }
 
 enum Next {
@@ -393,21 +436,26 @@ impl Core {
         }
     }
 
-    /// Handles the events waiting in the ring buffer, at most `max`.
-    fn drain_events(&mut self, events: &mut EventReader, max: usize) {
+    /// Handles the events waiting in the queue, at most `max`.
+    fn drain_events(&mut self, events: &mut mpsc::Receiver<PayloadEvent>, max: usize) {
         for _ in 0..max {
-            match events.try_next() {
-                Some(ev) => self.on_event(&ev),
-                None => break,
+            match events.try_recv() {
+                Ok(ev) => self.on_event(&ev),
+                Err(_) => break,
             }
         }
-        self.malformed = events.malformed();
+    }
+
+    /// Ring-buffer records lost in userspace: read errors and undecodable records.
+    fn reader_errors(&self) -> u64 {
+        self.reader.io_errors.load(Ordering::Relaxed)
+            + self.reader.malformed.load(Ordering::Relaxed)
     }
 
     /// A whole walk of the kernel's flow counters in steps, with the ring buffer drained
     /// between steps (so a large table does not make the ring overflow), then the idle flows
     /// retired. Returns the time spent walking (without the events).
-    fn poll_counters(&mut self, events: &mut EventReader) -> Duration {
+    fn poll_counters(&mut self, events: &mut mpsc::Receiver<PayloadEvent>) -> Duration {
         let mut walk = FlowWalk::new();
         let mut walking = Duration::ZERO;
         while !walk.is_done() {
@@ -473,7 +521,7 @@ impl Core {
             "kernel_parse_errors": dp.parse_errors(),
             "flow_map_full": dp.flow_map_full,
             "flows_dropped": st.flows_dropped,
-            "event_decode_errors": self.decode_errors + self.malformed,
+            "event_decode_errors": self.reader_errors(),
             "packets": dp.packets,
             "drops": dp.drops,
             "would_drop": dp.would_drop,
@@ -495,7 +543,7 @@ impl Core {
             self.events_total,
             rate,
             dp.ringbuf_full,
-            dp.parse_errors() + self.decode_errors + self.malformed,
+            dp.parse_errors() + self.reader_errors(),
             if self.cfg.mode == Mode::Enforce {
                 "dropped"
             } else {
@@ -639,7 +687,7 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
     }
     crate::outln!("  pins under {}", pin_dir.display());
 
-    let mut events = dp.take_event_reader().context("opening the ring buffer")?;
+    let reader = dp.take_event_reader().context("opening the ring buffer")?;
 
     let live_tags = TagStore::new(&cfg.state_dir).load().unwrap_or_default();
     let catalog = Arc::new(catalog);
@@ -672,13 +720,13 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
         events_total: 0,
         events_at_last_status: 0,
         last_status: Instant::now(),
-        decode_errors: 0,
-        malformed: 0,
+        reader: Arc::new(ReaderCounts::default()),
         cfg,
     };
 
     // Name verdicts for what the config and the live tags leave unsanctioned.
     core.apply_tags();
+    let (mut events, reader_task) = spawn_reader(reader, core.reader.clone());
     // The control socket comes last: when it answers, the daemon is ready.
     let (tx, mut rx) = mpsc::channel::<ControlCall>(64);
     let socket = core.cfg.control_socket.clone();
@@ -697,17 +745,9 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
     let mut detach = false;
     loop {
         tokio::select! {
-            ev = events.next() => {
-                match ev {
-                    Ok(ev) => {
-                        core.on_event(&ev);
-                        core.drain_events(&mut events, EVENT_BATCH);
-                    }
-                    Err(e) => {
-                        core.decode_errors += 1;
-                        tracing::debug!("ring buffer: {e}");
-                    }
-                }
+            Some(ev) = events.recv() => {
+                core.on_event(&ev);
+                core.drain_events(&mut events, EVENT_BATCH);
             }
             _ = poll.tick() => {
                 let walking = core.poll_counters(&mut events);
@@ -736,6 +776,7 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
         }
     }
     server.abort();
+    reader_task.abort();
     let _ = std::fs::remove_file(&core.cfg.control_socket);
     if let Some(s) = core.session.take() {
         s.shutdown().await;
