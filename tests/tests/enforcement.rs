@@ -5,8 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use tollgate_e2e::servers::{Daemon, NOSNI_NAME, Origins, SERVER_ALT_IP4, fixture};
-use tollgate_e2e::{SERVER_IP4, SERVER_IP6, Topology, serial};
+use tollgate_e2e::servers::{
+    Daemon, NOSNI_NAME, Origins, SERVER_ALT_IP4, chromium_command, fixture,
+};
+use tollgate_e2e::{SERVER_IP4, SERVER_IP6, Topology, require_command, serial};
 
 fn ready(test: &str) -> bool {
     tollgate_e2e::ready(
@@ -137,6 +139,28 @@ fn unsanctioned_apps_fail_fast_and_others_work() {
             "the block page does not name the app: {out}"
         );
         assert!(secs < 1.5, "block page after {secs:.2}s");
+        // A kept-alive connection whose later request names the blocked app (after more
+        // requests than the probes inspect by default) is caught at that request.
+        // One connection (python's http.client keeps it): ten requests for slack.com, then one
+        // for the blocked app.
+        let script = format!(
+            "import http.client\n\
+             c = http.client.HTTPConnection('{SERVER_IP4}', 80, timeout=5)\n\
+             for host in ['slack.com'] * 10 + ['www.dropbox.com']:\n\
+             \x20   c.request('GET', '/', headers={{'Host': host}})\n\
+             \x20   r = c.getresponse()\n\
+             \x20   body = r.read()\n\
+             \x20   print(host, r.status, body[:80])\n"
+        );
+        std::fs::write(topo.scratch().join("keepalive.py"), script).expect("script");
+        let (_, secs, out) = attempt(
+            &topo,
+            &format!("python3 {}", topo.scratch().join("keepalive.py").display()),
+        );
+        assert!(
+            out.contains("slack.com 200") && out.contains("www.dropbox.com 403") && secs < 1.5,
+            "later request on a kept-alive connection after {secs:.2}s: {out}"
+        );
         // The same over IPv6 (the daemon writes the IPv6 and TCP headers itself).
         let (_, secs, out) = attempt(
             &topo,
@@ -200,6 +224,56 @@ fn live_tag_blocks_new_flows_quickly_and_persists() {
         .expect("tag");
     assert!(out.status.success());
     assert_allowed(&topo, "curl slack after sanctioning", &curl("slack.com"));
+    daemon.stop();
+}
+
+/// Headless Chromium in enforce mode: an allowed app loads over TCP and over QUIC; the
+/// unsanctioned app fails at once over TCP (reset) and over QUIC (refused, so a browser that
+/// may fall back goes to TCP, where the reset awaits) instead of hanging.
+#[test]
+fn chromium_blocked_over_tcp_and_quic_at_once() {
+    let test = "chromium_blocked_over_tcp_and_quic_at_once";
+    if !ready(test) || !require_command(test, "chromium") {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = Topology::new("ce", 1500).expect("topology");
+    let _origins = Origins::start(&mut topo, true).expect("origins");
+    let daemon = Daemon::start(&mut topo, "enforce", CONFIG).expect("daemon");
+    let load = |extra: &str, url: &str| {
+        let cmd = chromium_command(&topo, extra, url).expect("chromium command");
+        let (_, secs, out) = attempt(&topo, &cmd);
+        (out, secs)
+    };
+    let (out, _) = load("--disable-quic", "https://slack.com/");
+    assert!(out.contains("origin"), "allowed app over TCP: {out}");
+    let (out, _) = load(
+        "--enable-quic --origin-to-force-quic-on=meet.google.com:443",
+        "https://meet.google.com/",
+    );
+    assert!(
+        out.contains("hello over h3"),
+        "allowed app over QUIC: {out}"
+    );
+    // The allowed loads show how long Chromium itself takes here; a blocked load must not
+    // take much longer (a silent drop would hang for tens of seconds).
+    let (_, baseline) = load("--disable-quic", "https://slack.com/");
+    let (out, secs) = load("--disable-quic", "https://www.dropbox.com/");
+    assert!(
+        !out.contains("origin") && secs < baseline + 3.0,
+        "blocked app over TCP after {secs:.1}s (allowed load {baseline:.1}s): {out}"
+    );
+    let (out, secs) = load(
+        "--enable-quic --origin-to-force-quic-on=www.dropbox.com:443",
+        "https://www.dropbox.com/",
+    );
+    assert!(
+        !out.contains("hello over h3") && !out.contains("origin") && secs < baseline + 3.0,
+        "blocked app over QUIC after {secs:.1}s (allowed load {baseline:.1}s): {out}"
+    );
+    eprintln!("chromium: allowed load {baseline:.2}s, blocked over QUIC {secs:.2}s");
+    let status = daemon.query("status").expect("status");
+    assert!(status["drops"].as_u64().unwrap_or(0) > 0, "{status:#}");
     daemon.stop();
 }
 
