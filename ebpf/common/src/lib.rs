@@ -116,7 +116,7 @@ pub const FLOWS_CAPACITY: u32 = 131_072;
 /// ClientHellos being followed across segments at once (LRU; 8 KiB each).
 pub const HELLO_CAPACITY: u32 = 1_024;
 /// Ring buffer size in bytes (power-of-two multiple of the page size).
-pub const EVENTS_RING_BYTES: u32 = 4 << 20;
+pub const EVENTS_RING_BYTES: u32 = 2 << 20; // ~1000 Chrome hellos; mapped twice: 4 MiB RSS
 /// Flow verdicts (LRU).
 pub const FLOW_VERDICTS_CAPACITY: u32 = 65_536;
 /// Name verdicts (hash; a full map makes userspace inserts fail, never packets).
