@@ -412,6 +412,7 @@ impl Dataplane {
             mkdir(d)?;
         }
         remove_other_abis(&opts.pin_dir, &root);
+        drop_resized_ring(&maps_dir);
 
         let mut loader = EbpfLoader::new();
         for name in PINNED_MAPS {
@@ -722,6 +723,32 @@ fn attach_or_adopt(
         source,
     })?;
     Ok((pinned.into(), false))
+}
+
+/// Unpins a ring buffer pinned by a build with another ring size. aya adopts a pinned map
+/// as it is, but reads a ring buffer with the size this build declares: a consumer of the
+/// wrong size would read garbage. The programs being replaced keep their ring until they
+/// are swapped out; the new ones get a new ring (the events in flight are lost).
+fn drop_resized_ring(maps_dir: &Path) {
+    let pin = maps_dir.join(abi::MAP_EVENTS);
+    if !pin.exists() {
+        return;
+    }
+    let size = MapData::from_pin(&pin)
+        .and_then(|m| m.info())
+        .map(|i| i.max_entries());
+    match size {
+        Ok(n) if n == abi::EVENTS_RING_BYTES => {}
+        found => {
+            tracing::info!(
+                pin = %pin.display(),
+                found = ?found.map_err(|e| e.to_string()),
+                expected = abi::EVENTS_RING_BYTES,
+                "ring buffer pinned with another size; making a new one"
+            );
+            let _ = fs::remove_file(&pin);
+        }
+    }
 }
 
 /// Removes pin directories of other ABI versions under `pin_dir` (their links detach).
