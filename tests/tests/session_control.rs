@@ -1,17 +1,40 @@
 //! End to end: session control through the daemon. An app with `session_control = true` is
-//! steered into the proxy (after DNS names it), which terminates TLS with Tollgate's CA and
-//! applies session policies; every other app is never decrypted.
+//! steered into the proxy in the kernel (after DNS names it: the LAN ingress program assigns
+//! its tcp/443 SYNs to the proxy's listener and marks the flow, the daemon's fwmark policy
+//! route delivers it locally), and the proxy terminates TLS with Tollgate's CA and applies
+//! session policies; every other app is never decrypted; QUIC to the steered app is refused
+//! at once so that browsers fall back to TCP. Clients have no proxy settings.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tollgate_e2e::servers::{Daemon, Origins};
+use tollgate_e2e::servers::{Daemon, Origins, fixture};
 use tollgate_e2e::{SERVER_IP4, Topology, serial, sh, tollgate_bin};
 
 fn ready(test: &str) -> bool {
     tollgate_e2e::ready(
         test,
-        &["nginx", "dnsmasq", "curl", "openssl", "dig", "nft"],
-        &[],
+        &["nginx", "dnsmasq", "curl", "openssl", "dig", "ip"],
+        &["aioquic"],
+    )
+}
+
+/// `quic_probe.py` toward SERVER_IP4 with this SNI: (output, seconds).
+fn quic_probe(topo: &Topology, sni: &str) -> (String, f64) {
+    let t = Instant::now();
+    let out = topo.exec_any(
+        &topo.client,
+        &format!(
+            "python3 {} --connect {SERVER_IP4} --sni {sni} --timeout 3",
+            fixture("quic_probe.py").display()
+        ),
+    );
+    (
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        t.elapsed().as_secs_f64(),
     )
 }
 
@@ -23,7 +46,7 @@ fn steered_app_gets_policies_others_keep_their_certificate() {
     }
     let _serial = serial();
     let mut topo = Topology::new("sc", 1500).expect("topology");
-    let origins = Origins::start(&mut topo, false).expect("origins");
+    let origins = Origins::start(&mut topo, true).expect("origins");
     let dir = topo.scratch().to_path_buf();
     std::fs::write(dir.join("www/setup.exe"), b"MZ fake executable").unwrap();
     let audit = dir.join("audit.jsonl");
@@ -60,17 +83,27 @@ fn steered_app_gets_policies_others_keep_their_certificate() {
     ))
     .unwrap();
     let c = topo.client.clone();
+    let g = topo.gateway.clone();
+    // The daemon installed the policy route for marked packets.
+    let rules = topo.exec_any(&g, "ip rule list");
+    let rules = String::from_utf8_lossy(&rules.stdout).to_string();
+    assert!(
+        rules.contains("fwmark 0x74670b11 lookup 29799"),
+        "no steering rule: {rules}"
+    );
+    // Before DNS names the app, nothing is steered: QUIC reaches the origin.
+    let (out, _) = quic_probe(&topo, "www.dropbox.com");
+    assert!(out.contains("answered"), "QUIC before steering: {out}");
     // DNS names the app: its address is steered into the proxy.
     topo.exec(&c, &format!("dig +short www.dropbox.com @{SERVER_IP4}"))
         .unwrap();
     topo.exec(&c, &format!("dig +short slack.com @{SERVER_IP4}"))
         .unwrap();
-    // Wait until the daemon has put the address in the steering set (it runs nft).
-    let g = topo.gateway.clone();
+    // Wait until the daemon has put the address in the kernel's steer trie.
     let steered = tollgate_e2e::wait_for(Duration::from_secs(15), || {
-        let out = topo.exec_any(&g, "nft list set inet tollgate_proxy steer4");
-        String::from_utf8_lossy(&out.stdout)
-            .contains(SERVER_IP4)
+        topo.log(&daemon.log)
+            .lines()
+            .any(|l| l.contains("steering to the session proxy") && l.contains(SERVER_IP4))
             .then_some(())
     });
     assert!(
@@ -159,6 +192,13 @@ fn steered_app_gets_policies_others_keep_their_certificate() {
         slack.contains("tollgate-e2e-origin-ca"),
         "slack was decrypted: {slack}"
     );
+    // QUIC to the steered address is refused by the kernel within the first retransmits
+    // (a browser falls back to TCP at once), where a moment ago the origin answered.
+    let (out, secs) = quic_probe(&topo, "www.dropbox.com");
+    assert!(
+        out.contains("refused") && secs < 1.5,
+        "QUIC to the steered app: {out} after {secs:.2}s"
+    );
     // Every decision is in the audit log.
     let log = std::fs::read_to_string(&audit).unwrap_or_default();
     assert!(log.contains("no executables"), "audit log: {log}");
@@ -168,4 +208,10 @@ fn steered_app_gets_policies_others_keep_their_certificate() {
         "the audit log must mask evidence: {log}"
     );
     daemon.stop();
+    // Stopping removes the policy route.
+    let gone = tollgate_e2e::wait_for(Duration::from_secs(10), || {
+        let out = topo.exec_any(&g, "ip rule list");
+        (!String::from_utf8_lossy(&out.stdout).contains("0x74670b11")).then_some(())
+    });
+    assert!(gone.is_some(), "the steering rule outlived the daemon");
 }

@@ -148,6 +148,7 @@ impl SteerWriter<'_> {
         };
         match r {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) if is_enoent(&e) => Ok(()),
             Err(e) => Err(map_err(name)(e)),
         }
     }
@@ -196,11 +197,14 @@ impl SteerWriter<'_> {
 fn clear_slot(m: &mut SockMap<&mut MapData>, slot: u32) -> Result<(), DataplaneError> {
     match m.clear_index(&slot) {
         Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-        Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(2) => {
-            Ok(())
-        }
+        Err(e) if is_enoent(&e) => Ok(()),
         Err(e) => Err(map_err(abi::MAP_PROXY_SOCK)(e)),
     }
+}
+
+/// Deleting an absent key: aya reports the kernel's ENOENT as a syscall error for these maps.
+fn is_enoent(e: &aya::maps::MapError) -> bool {
+    matches!(e, aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(2))
 }
 
 fn trie4(ebpf: &mut Ebpf) -> Result<LpmTrie<&mut MapData, [u8; 4], SteerEntry>, DataplaneError> {
