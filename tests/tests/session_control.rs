@@ -52,7 +52,7 @@ fn steered_app_gets_policies_others_keep_their_certificate() {
     let audit = dir.join("audit.jsonl");
     let extra = format!(
         "[apps.dropbox]\nsession_control = true\n\n\
-         [proxy]\nlisten = \"0.0.0.0:8443\"\nupstream_ca_files = [\"{}\"]\naudit_log = \"{}\"\n\n\
+         [proxy]\nlisten = \"[::]:8443\"\nupstream_ca_files = [\"{}\"]\naudit_log = \"{}\"\n\n\
          [[session_policies]]\nname = \"no executables\"\napps = [\"dropbox\"]\naction = \"block\"\n\
          download = {{ file_extensions = [\"exe\"] }}\n\n\
          [[session_policies]]\nname = \"no card numbers out\"\napps = [\"dropbox\"]\naction = \"block\"\n\
@@ -131,7 +131,8 @@ fn steered_app_gets_policies_others_keep_their_certificate() {
         assert!(ok, "{proto}: {err}");
         assert!(
             body.trim_end().ends_with("403"),
-            "{proto}: not blocked: {body}"
+            "{proto}: not blocked: {body}\n{}",
+            topo.log(&daemon.log)
         );
         assert!(
             body.contains("no executables"),
@@ -170,6 +171,17 @@ fn steered_app_gets_policies_others_keep_their_certificate() {
         assert!(
             !body.trim_end().ends_with("403"),
             "{proto}: Luhn-invalid upload blocked: {body}"
+        );
+    }
+    // Both address families are steered (the proxy listens dual-stack).
+    for fam in ["-4", "-6"] {
+        let (ok, body, err) = curl(&format!(
+            "{fam} -H 'Accept: text/html' -w '\\n%{{http_code}}' https://www.dropbox.com/setup.exe"
+        ));
+        assert!(ok, "{fam}: {err}");
+        assert!(
+            body.trim_end().ends_with("403"),
+            "{fam}: not blocked: {body}"
         );
     }
     // The steered app's certificate is Tollgate's; a non-steered app keeps its own.

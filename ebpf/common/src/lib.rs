@@ -235,8 +235,8 @@ pub const FLOW_F_QUIC_HOLD: u32 = 64;
 /// flow is never held again.
 pub const FLOW_F_QUIC_RELEASED: u32 = 128;
 /// [`FlowValue::flags`]: this TCP flow goes to the session proxy. Decided at each SYN from the
-/// user (destination in [`MAP_STEER_V4`]/[`MAP_STEER_V6`], proxy listener present, the SYN
-/// assigned to it) and kept for the flow's life: adding a destination never diverts a direct
+/// user (destination in [`MAP_STEER_V4`]/[`MAP_STEER_V6`], the SYN assigned to the proxy's
+/// listener; without a listener the SYN gets a reset) and kept for the flow's life: adding a destination never diverts a direct
 /// connection already running, removing one never breaks a proxied connection. Every packet of
 /// the flow from the user carries [`STEER_MARK`].
 pub const FLOW_F_STEERED: u32 = 256;
@@ -317,7 +317,9 @@ pub const STAT_DNS_REFUSED: usize = 28;
 /// TCP SYNs assigned to the session proxy's listener (flows steered).
 pub const STAT_STEERED: usize = 29;
 /// SYNs toward a steered destination that could not be assigned (no proxy listener for the
-/// address family, or `bpf_sk_assign` failed): the flow goes direct (fail-open).
+/// address family, the proxy gone, or `bpf_sk_assign` failed): answered with a reset, so that a
+/// dual-stack client falls back to the other family at once and session control is never
+/// bypassed.
 pub const STAT_STEER_NO_PROXY: usize = 30;
 /// QUIC Initials toward a steered destination refused with an ICMP unreachable.
 pub const STAT_STEER_QUIC_REFUSED: usize = 31;

@@ -579,7 +579,12 @@ fn try_run(ctx: &TcContext, dir: u8, egress: bool) -> Result<i32, i32> {
     // and only packets from users are steered).
     if up && !egress {
         if pkt.key.proto == PROTO_TCP && pkt.key.remote_port == STEER_TCP_PORT {
-            steer_tcp(ctx, &pkt, flow, now);
+            if !steer_tcp(ctx, &pkt, flow, now) {
+                // Toward a steered destination with no proxy listener for the family: a
+                // reset at once (a dual-stack client falls back to the other family), never a
+                // direct connection that would bypass session control.
+                return Ok(refuse_steered(ctx, &pkt, dir, egress));
+            }
         } else if pkt.key.proto == PROTO_UDP
             && pkt.key.remote_port == STEER_UDP_PORT
             && pkt.payload_len > 0
@@ -746,18 +751,20 @@ fn evaluate(key: &FlowKey, now: u64) -> u32 {
 
 // ---- session control: steering flows into the proxy ----
 
-/// Action code the packet programs hand to `tg_enforce` for a QUIC packet toward a steered
-/// destination: block (ICMP unreachable) in every mode, because session control does not
-/// depend on the enforce/monitor mode of the verdicts. Kernel-internal, never in a map.
+/// Action code the packet programs hand to `tg_enforce` for a packet toward a steered
+/// destination that must not pass (QUIC; a SYN no proxy listener can take): block in every
+/// mode, because session control does not depend on the enforce/monitor mode of the verdicts.
+/// Kernel-internal, never in a map.
 const ACTION_REFUSE_STEERED: u32 = 0x8000_0002;
 
 /// A TCP packet from a user toward the steered port. Its SYN decides the flow: steered when
-/// the destination is in a steer trie and the SYN could be assigned to the proxy's listener
-/// (`FLOW_F_STEERED` set), direct otherwise (cleared: a reused 4-tuple starts afresh). Every
-/// packet of a steered flow gets `STEER_MARK`, which the daemon's policy route delivers
-/// locally, where the SYN reaches the listener and the rest the accepted connection.
+/// the destination is in a steer trie (`FLOW_F_STEERED` set, the SYN assigned to the proxy's
+/// listener), direct otherwise (cleared: a reused 4-tuple starts afresh). Every packet of a
+/// steered flow gets `STEER_MARK`, which the daemon's policy route delivers locally, where the
+/// SYN reaches the listener and the rest the accepted connection. `false`: a SYN toward a
+/// steered destination that no listener can take (refuse it).
 #[inline(always)]
-fn steer_tcp(ctx: &TcContext, pkt: &Pkt, flow: &mut FlowValue, now: u64) {
+fn steer_tcp(ctx: &TcContext, pkt: &Pkt, flow: &mut FlowValue, now: u64) -> bool {
     if pkt.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN {
         if steered_destination(&pkt.key, now) {
             let slot = if pkt.key.family == FAMILY_V4 {
@@ -769,9 +776,9 @@ fn steer_tcp(ctx: &TcContext, pkt: &Pkt, flow: &mut FlowValue, now: u64) {
                 flow.flags |= FLOW_F_STEERED;
                 stat(STAT_STEERED, 1);
             } else {
-                // No listener for this family (or the proxy is gone): direct, never broken.
                 flow.flags &= !FLOW_F_STEERED;
                 stat(STAT_STEER_NO_PROXY, 1);
+                return false;
             }
         } else if flow.flags & FLOW_F_STEERED != 0 {
             flow.flags &= !FLOW_F_STEERED;
@@ -780,6 +787,7 @@ fn steer_tcp(ctx: &TcContext, pkt: &Pkt, flow: &mut FlowValue, now: u64) {
     if flow.flags & FLOW_F_STEERED != 0 {
         ctx.set_mark(STEER_MARK);
     }
+    true
 }
 
 /// Whether the remote address of `key` is a live entry of a steer trie.
@@ -831,8 +839,8 @@ fn assign_proxy(skb: *mut __sk_buff, slot: u32) -> bool {
     rc == 0
 }
 
-/// Refuses a QUIC packet toward a steered destination through `tg_enforce` (ICMP
-/// unreachable back to the user); drops it when the tail call fails.
+/// Refuses a packet toward a steered destination through `tg_enforce` (ICMP unreachable for
+/// QUIC, a reset for a SYN nobody can take); drops it when the tail call fails.
 #[inline(always)]
 fn refuse_steered(ctx: &TcContext, pkt: &Pkt, dir: u8, egress: bool) -> i32 {
     if let Some(job) = job() {
@@ -2216,7 +2224,16 @@ pub fn tg_enforce(ctx: TcContext) -> i32 {
     } else {
         (job.action, false)
     };
-    enforce(&ctx, &job.pkt, job.dir, job.egress != 0, action, force, c, now)
+    enforce(
+        &ctx,
+        &job.pkt,
+        job.dir,
+        job.egress != 0,
+        action,
+        force,
+        c,
+        now,
+    )
 }
 
 /// Copies the packet's payload (up to `PAYLOAD_CAP` bytes) into the ring buffer as one record,

@@ -15,15 +15,10 @@
 //! Why a sockmap rather than `bpf_skc_lookup_tcp`: the slot holds exactly the proxy's socket
 //! (no other listener on the port or address can be picked up, and the kernel needs no copy of
 //! the listen address), and the kernel empties the slot when the socket closes, so a proxy
-//! that is gone stops steering by itself (flows then go direct).
+//! that is gone is noticed by the probes at once: a SYN toward a steered destination that no
+//! listener can take gets a reset (never a direct path around session control).
 
-use std::{
-    io,
-    net::IpAddr,
-    os::fd::BorrowedFd,
-    process::Command,
-    time::Duration,
-};
+use std::{io, net::IpAddr, os::fd::BorrowedFd, process::Command, time::Duration};
 
 use aya::{
     Ebpf,
@@ -198,6 +193,10 @@ fn clear_slot(m: &mut SockMap<&mut MapData>, slot: u32) -> Result<(), DataplaneE
     match m.clear_index(&slot) {
         Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
         Err(e) if is_enoent(&e) => Ok(()),
+        // The kernel answers EINVAL for an empty slot of a sockmap (aya checked the bounds).
+        Err(aya::maps::MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(22) => {
+            Ok(())
+        }
         Err(e) => Err(map_err(abi::MAP_PROXY_SOCK)(e)),
     }
 }

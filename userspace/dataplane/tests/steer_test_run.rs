@@ -88,24 +88,38 @@ fn syn_to_a_steered_destination_is_decided_and_others_pass_unmarked() {
         let prog = abi::PROG_LAN_INGRESS;
 
         // A SYN toward a destination nobody steers: passes, unmarked, not counted.
-        let r = h.run(prog, &tcp(USER4, OTHER4, 40000, 443, SYN), 1).unwrap();
+        let r = h
+            .run(prog, &tcp(USER4, OTHER4, 40000, 443, SYN), 1)
+            .unwrap();
         assert_eq!((r.action, r.mark), (TC_ACT_UNSPEC, 0));
         assert_eq!(steered_flag(h, USER4, 40000, OTHER4), Some(false));
 
         // A SYN toward a steered destination on another port: untouched.
-        let r = h.run(prog, &tcp(USER4, STEERED4, 40001, 80, SYN), 1).unwrap();
+        let r = h
+            .run(prog, &tcp(USER4, STEERED4, 40001, 80, SYN), 1)
+            .unwrap();
         assert_eq!((r.action, r.mark), (TC_ACT_UNSPEC, 0));
 
-        // A SYN toward a steered destination, but no proxy listener in the sockmap: the flow
-        // goes direct (fail-open), counted; the packet passes unmarked. Both families.
+        // A SYN toward a steered destination, but no proxy listener in the sockmap (a test
+        // run cannot assign one either): refused with a reset (in monitor mode too), never
+        // passed direct, which would bypass session control. Both families.
         let before = h.stats().unwrap().raw[abi::STAT_STEER_NO_PROXY];
-        let r = h.run(prog, &tcp(USER4, STEERED4, 40002, 443, SYN), 1).unwrap();
-        assert_eq!((r.action, r.mark), (TC_ACT_UNSPEC, 0));
+        let r = h
+            .run(prog, &tcp(USER4, STEERED4, 40002, 443, SYN), 1)
+            .unwrap();
+        assert_eq!((r.action, r.mark), (TC_ACT_SHOT, 0));
         assert_eq!(steered_flag(h, USER4, 40002, STEERED4), Some(false));
-        let r = h.run(prog, &tcp(USER6, STEERED6, 40003, 443, SYN), 1).unwrap();
-        assert_eq!((r.action, r.mark), (TC_ACT_UNSPEC, 0));
+        let r = h
+            .run(prog, &tcp(USER6, STEERED6, 40003, 443, SYN), 1)
+            .unwrap();
+        assert_eq!((r.action, r.mark), (TC_ACT_SHOT, 0));
         let after = h.stats().unwrap().raw[abi::STAT_STEER_NO_PROXY];
         assert_eq!(after - before, 2);
+        assert_eq!(
+            h.stats().unwrap().raw[abi::STAT_RST_SENT],
+            2,
+            "no reset sent"
+        );
         assert_eq!(h.stats().unwrap().raw[abi::STAT_STEERED], 0);
 
         // An expired entry steers nothing (not even counted as a miss).
@@ -113,7 +127,9 @@ fn syn_to_a_steered_destination_is_decided_and_others_pass_unmarked() {
             .add(ip(OTHER4), 32, 7, Some(Duration::from_nanos(1)))
             .unwrap();
         std::thread::sleep(Duration::from_millis(20));
-        let r = h.run(prog, &tcp(USER4, OTHER4, 40004, 443, SYN), 1).unwrap();
+        let r = h
+            .run(prog, &tcp(USER4, OTHER4, 40004, 443, SYN), 1)
+            .unwrap();
         assert_eq!(r.mark, 0);
         assert_eq!(
             h.stats().unwrap().raw[abi::STAT_STEER_NO_PROXY],
@@ -150,7 +166,9 @@ fn a_steered_flow_is_marked_on_every_packet_until_a_new_syn_decides_again() {
         // Removing the destination does not break the proxied connection: still marked.
         h.steering().remove(ip(STEERED4), 32).unwrap();
         h.steering().remove(ip(STEERED4), 32).unwrap(); // absent: nothing to do
-        let r = h.run(prog, &tcp(USER4, STEERED4, 41000, 443, ACK), 1).unwrap();
+        let r = h
+            .run(prog, &tcp(USER4, STEERED4, 41000, 443, ACK), 1)
+            .unwrap();
         assert_eq!(r.mark, abi::STEER_MARK);
         // Only the LAN ingress hook steers: the same packet on other hooks is not marked.
         for other in [abi::PROG_WAN_EGRESS, abi::PROG_LAN_EGRESS] {
@@ -161,18 +179,26 @@ fn a_steered_flow_is_marked_on_every_packet_until_a_new_syn_decides_again() {
         }
         // A new SYN on the same 4-tuple (port reuse) toward an unsteered destination decides
         // again: direct, and its later packets are no longer marked.
-        let r = h.run(prog, &tcp(USER4, STEERED4, 41000, 443, SYN), 1).unwrap();
+        let r = h
+            .run(prog, &tcp(USER4, STEERED4, 41000, 443, SYN), 1)
+            .unwrap();
         assert_eq!(r.mark, 0);
         assert_eq!(steered_flag(h, USER4, 41000, STEERED4), Some(false));
-        let r = h.run(prog, &tcp(USER4, STEERED4, 41000, 443, ACK), 1).unwrap();
+        let r = h
+            .run(prog, &tcp(USER4, STEERED4, 41000, 443, ACK), 1)
+            .unwrap();
         assert_eq!(r.mark, 0);
 
         // Adding a destination never diverts a direct connection already running: its
         // packets after the add stay unmarked (only a SYN decides).
-        let r = h.run(prog, &tcp(USER4, OTHER4, 41001, 443, SYN), 1).unwrap();
+        let r = h
+            .run(prog, &tcp(USER4, OTHER4, 41001, 443, SYN), 1)
+            .unwrap();
         assert_eq!(r.mark, 0);
         h.steering().add(ip(OTHER4), 32, 7, None).unwrap();
-        let r = h.run(prog, &tcp(USER4, OTHER4, 41001, 443, ACK), 1).unwrap();
+        let r = h
+            .run(prog, &tcp(USER4, OTHER4, 41001, 443, ACK), 1)
+            .unwrap();
         assert_eq!((r.action, r.mark), (TC_ACT_UNSPEC, 0));
         assert_eq!(steered_flag(h, USER4, 41001, OTHER4), Some(false));
     });
