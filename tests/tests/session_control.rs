@@ -91,9 +91,34 @@ fn steered_app_gets_policies_others_keep_their_certificate() {
         rules.contains("fwmark 0x74670b11 lookup 29799"),
         "no steering rule: {rules}"
     );
-    // Before DNS names the app, nothing is steered: QUIC reaches the origin.
-    let (out, _) = quic_probe(&topo, "www.dropbox.com");
+    // Before anything names the app, nothing is steered: QUIC reaches the origin (the SNI
+    // is another app's: the daemon reads QUIC SNIs, and the app's own would steer the address).
+    let (out, _) = quic_probe(&topo, "slack.com");
     assert!(out.contains("answered"), "QUIC before steering: {out}");
+    // A connection to the app opened before its address is steered: it was decided direct at
+    // its SYN and must stay direct and working (its own SNI steers the address meanwhile).
+    let go = dir.join("kept-alive.go");
+    topo.spawn(
+        &c,
+        &format!(
+            "python3 {} --connect {SERVER_IP4} --sni www.dropbox.com --cafile {} --path /setup.exe --go {}",
+            fixture("kept_alive.py").display(),
+            bundle.display(),
+            go.display()
+        ),
+        "kept-alive.log",
+    )
+    .unwrap();
+    let first = tollgate_e2e::wait_for(Duration::from_secs(15), || {
+        let log = topo.log("kept-alive.log");
+        log.contains("first").then_some(log)
+    });
+    assert!(
+        first
+            .as_deref()
+            .is_some_and(|l| l.contains("first 200 tollgate-e2e-origin-ca")),
+        "kept-alive connection before steering: {first:?}"
+    );
     // DNS names the app: its address is steered into the proxy.
     topo.exec(&c, &format!("dig +short www.dropbox.com @{SERVER_IP4}"))
         .unwrap();
@@ -110,6 +135,17 @@ fn steered_app_gets_policies_others_keep_their_certificate() {
         steered.is_some(),
         "www.dropbox.com's address was never steered:\n{}",
         topo.log(&daemon.log)
+    );
+    // The connection opened before steering still works, still direct (the origin serves
+    // the download a steered connection would have blocked).
+    std::fs::write(&go, b"").unwrap();
+    let second = tollgate_e2e::wait_for(Duration::from_secs(15), || {
+        let log = topo.log("kept-alive.log");
+        log.contains("second").then_some(log)
+    });
+    assert!(
+        second.as_deref().is_some_and(|l| l.contains("second 200")),
+        "the connection opened before steering broke: {second:?}"
     );
 
     let curl = |args: &str| {
@@ -205,7 +241,7 @@ fn steered_app_gets_policies_others_keep_their_certificate() {
         "slack was decrypted: {slack}"
     );
     // QUIC to the steered address is refused by the kernel within the first retransmits
-    // (a browser falls back to TCP at once), where a moment ago the origin answered.
+    // (a browser falls back to TCP at once), where before steering the origin answered.
     let (out, secs) = quic_probe(&topo, "www.dropbox.com");
     assert!(
         out.contains("refused") && secs < 1.5,
