@@ -14,6 +14,11 @@
 //! `abi<N>/maps/<MAP>`, `abi<N>/progs/<program>`, `abi<N>/links/<iface>-<role>-<hook>`. A pin
 //! directory of another ABI version is removed (its links detach) when a new one starts.
 //!
+//! Session control (issue 6): [`Dataplane::steering`] writes the destinations whose new tcp/443
+//! flows the LAN ingress program assigns to the session proxy's listener, and the listener
+//! itself; [`PolicyRoute`] delivers the steered flows' marked packets locally (see the `steer`
+//! module's docs for the whole path).
+//!
 //! Direction: on a "lan" interface ingress is up (from users) and egress is down; on a "wan"
 //! interface egress is up and ingress is down. A forwarded packet seen by two attached hooks
 //! is counted once (at the ingress hook).

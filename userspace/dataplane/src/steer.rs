@@ -226,7 +226,8 @@ pub struct PolicyRoute {
     ipv6: bool,
 }
 
-/// `ip` argument lists that install the route (for both families).
+/// `ip` argument lists that install the route (for both families), as [`PolicyRoute::install`]
+/// runs them (for docs and for admins who want to see them).
 pub fn policy_route_commands() -> Vec<Vec<String>> {
     let mut out = Vec::new();
     for fam in ["-4", "-6"] {
@@ -337,5 +338,30 @@ impl PolicyRoute {
 impl Drop for PolicyRoute {
     fn drop(&mut self) {
         self.remove();
+    }
+}
+
+// The rule must come before the main table's (priority 32766) to take marked packets.
+const _: () = assert!(abi::STEER_RULE_PRIORITY < 32766);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_route_commands_name_the_mark_table_and_priority() {
+        let cmds: Vec<String> = policy_route_commands()
+            .iter()
+            .map(|c| c.join(" "))
+            .collect();
+        assert_eq!(
+            cmds,
+            [
+                "-4 rule add fwmark 0x74670b11 lookup 29799 priority 29799",
+                "-4 route replace local default dev lo table 29799",
+                "-6 rule add fwmark 0x74670b11 lookup 29799 priority 29799",
+                "-6 route replace local default dev lo table 29799",
+            ]
+        );
     }
 }
