@@ -1,17 +1,40 @@
 //! End to end: session control through the daemon. An app with `session_control = true` is
-//! steered into the proxy (after DNS names it), which terminates TLS with Tollgate's CA and
-//! applies session policies; every other app is never decrypted.
+//! steered into the proxy in the kernel (after DNS names it: the LAN ingress program assigns
+//! its tcp/443 SYNs to the proxy's listener and marks the flow, the daemon's fwmark policy
+//! route delivers it locally), and the proxy terminates TLS with Tollgate's CA and applies
+//! session policies; every other app is never decrypted; QUIC to the steered app is refused
+//! at once so that browsers fall back to TCP. Clients have no proxy settings.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tollgate_e2e::servers::{Daemon, Origins};
+use tollgate_e2e::servers::{Daemon, Origins, fixture};
 use tollgate_e2e::{SERVER_IP4, Topology, serial, sh, tollgate_bin};
 
 fn ready(test: &str) -> bool {
     tollgate_e2e::ready(
         test,
-        &["nginx", "dnsmasq", "curl", "openssl", "dig", "nft"],
-        &[],
+        &["nginx", "dnsmasq", "curl", "openssl", "dig", "ip"],
+        &["aioquic"],
+    )
+}
+
+/// `quic_probe.py` toward SERVER_IP4 with this SNI: (output, seconds).
+fn quic_probe(topo: &Topology, sni: &str) -> (String, f64) {
+    let t = Instant::now();
+    let out = topo.exec_any(
+        &topo.client,
+        &format!(
+            "python3 {} --connect {SERVER_IP4} --sni {sni} --timeout 3",
+            fixture("quic_probe.py").display()
+        ),
+    );
+    (
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        t.elapsed().as_secs_f64(),
     )
 }
 
@@ -23,13 +46,13 @@ fn steered_app_gets_policies_others_keep_their_certificate() {
     }
     let _serial = serial();
     let mut topo = Topology::new("sc", 1500).expect("topology");
-    let origins = Origins::start(&mut topo, false).expect("origins");
+    let origins = Origins::start(&mut topo, true).expect("origins");
     let dir = topo.scratch().to_path_buf();
     std::fs::write(dir.join("www/setup.exe"), b"MZ fake executable").unwrap();
     let audit = dir.join("audit.jsonl");
     let extra = format!(
         "[apps.dropbox]\nsession_control = true\n\n\
-         [proxy]\nlisten = \"0.0.0.0:8443\"\nupstream_ca_files = [\"{}\"]\naudit_log = \"{}\"\n\n\
+         [proxy]\nlisten = \"[::]:8443\"\nupstream_ca_files = [\"{}\"]\naudit_log = \"{}\"\n\n\
          [[session_policies]]\nname = \"no executables\"\napps = [\"dropbox\"]\naction = \"block\"\n\
          download = {{ file_extensions = [\"exe\"] }}\n\n\
          [[session_policies]]\nname = \"no card numbers out\"\napps = [\"dropbox\"]\naction = \"block\"\n\
@@ -60,23 +83,69 @@ fn steered_app_gets_policies_others_keep_their_certificate() {
     ))
     .unwrap();
     let c = topo.client.clone();
+    let g = topo.gateway.clone();
+    // The daemon installed the policy route for marked packets.
+    let rules = topo.exec_any(&g, "ip rule list");
+    let rules = String::from_utf8_lossy(&rules.stdout).to_string();
+    assert!(
+        rules.contains("fwmark 0x74670b11 lookup 29799"),
+        "no steering rule: {rules}"
+    );
+    // Before anything names the app, nothing is steered: QUIC reaches the origin (the SNI
+    // is another app's: the daemon reads QUIC SNIs, and the app's own would steer the address).
+    let (out, _) = quic_probe(&topo, "slack.com");
+    assert!(out.contains("answered"), "QUIC before steering: {out}");
+    // A connection to the app opened before its address is steered: it was decided direct at
+    // its SYN and must stay direct and working (its own SNI steers the address meanwhile).
+    let go = dir.join("kept-alive.go");
+    topo.spawn(
+        &c,
+        &format!(
+            "python3 {} --connect {SERVER_IP4} --sni www.dropbox.com --cafile {} --path /setup.exe --go {}",
+            fixture("kept_alive.py").display(),
+            bundle.display(),
+            go.display()
+        ),
+        "kept-alive.log",
+    )
+    .unwrap();
+    let first = tollgate_e2e::wait_for(Duration::from_secs(15), || {
+        let log = topo.log("kept-alive.log");
+        log.contains("first").then_some(log)
+    });
+    assert!(
+        first
+            .as_deref()
+            .is_some_and(|l| l.contains("first 200 tollgate-e2e-origin-ca")),
+        "kept-alive connection before steering: {first:?}"
+    );
     // DNS names the app: its address is steered into the proxy.
     topo.exec(&c, &format!("dig +short www.dropbox.com @{SERVER_IP4}"))
         .unwrap();
     topo.exec(&c, &format!("dig +short slack.com @{SERVER_IP4}"))
         .unwrap();
-    // Wait until the daemon has put the address in the steering set (it runs nft).
-    let g = topo.gateway.clone();
+    // Wait until the daemon has put the address in the kernel's steer trie.
     let steered = tollgate_e2e::wait_for(Duration::from_secs(15), || {
-        let out = topo.exec_any(&g, "nft list set inet tollgate_proxy steer4");
-        String::from_utf8_lossy(&out.stdout)
-            .contains(SERVER_IP4)
+        topo.log(&daemon.log)
+            .lines()
+            .any(|l| l.contains("steering to the session proxy") && l.contains(SERVER_IP4))
             .then_some(())
     });
     assert!(
         steered.is_some(),
         "www.dropbox.com's address was never steered:\n{}",
         topo.log(&daemon.log)
+    );
+    // The connection opened before steering still works, still direct (the origin serves
+    // the download a steered connection would have blocked).
+    std::fs::write(&go, b"").unwrap();
+    let second = tollgate_e2e::wait_for(Duration::from_secs(15), || {
+        let log = topo.log("kept-alive.log");
+        log.contains("second").then_some(log)
+    });
+    assert!(
+        second.as_deref().is_some_and(|l| l.contains("second 200")),
+        "the connection opened before steering broke: {second:?}"
     );
 
     let curl = |args: &str| {
@@ -98,7 +167,8 @@ fn steered_app_gets_policies_others_keep_their_certificate() {
         assert!(ok, "{proto}: {err}");
         assert!(
             body.trim_end().ends_with("403"),
-            "{proto}: not blocked: {body}"
+            "{proto}: not blocked: {body}\n{}",
+            topo.log(&daemon.log)
         );
         assert!(
             body.contains("no executables"),
@@ -139,6 +209,17 @@ fn steered_app_gets_policies_others_keep_their_certificate() {
             "{proto}: Luhn-invalid upload blocked: {body}"
         );
     }
+    // Both address families are steered (the proxy listens dual-stack).
+    for fam in ["-4", "-6"] {
+        let (ok, body, err) = curl(&format!(
+            "{fam} -H 'Accept: text/html' -w '\\n%{{http_code}}' https://www.dropbox.com/setup.exe"
+        ));
+        assert!(ok, "{fam}: {err}");
+        assert!(
+            body.trim_end().ends_with("403"),
+            "{fam}: not blocked: {body}"
+        );
+    }
     // The steered app's certificate is Tollgate's; a non-steered app keeps its own.
     let issuer = |host: &str| {
         let out = topo.exec_any(
@@ -159,6 +240,13 @@ fn steered_app_gets_policies_others_keep_their_certificate() {
         slack.contains("tollgate-e2e-origin-ca"),
         "slack was decrypted: {slack}"
     );
+    // QUIC to the steered address is refused by the kernel within the first retransmits
+    // (a browser falls back to TCP at once), where before steering the origin answered.
+    let (out, secs) = quic_probe(&topo, "www.dropbox.com");
+    assert!(
+        out.contains("refused") && secs < 1.5,
+        "QUIC to the steered app: {out} after {secs:.2}s"
+    );
     // Every decision is in the audit log.
     let log = std::fs::read_to_string(&audit).unwrap_or_default();
     assert!(log.contains("no executables"), "audit log: {log}");
@@ -168,4 +256,10 @@ fn steered_app_gets_policies_others_keep_their_certificate() {
         "the audit log must mask evidence: {log}"
     );
     daemon.stop();
+    // Stopping removes the policy route.
+    let gone = tollgate_e2e::wait_for(Duration::from_secs(10), || {
+        let out = topo.exec_any(&g, "ip rule list");
+        (!String::from_utf8_lossy(&out.stdout).contains("0x74670b11")).then_some(())
+    });
+    assert!(gone.is_some(), "the steering rule outlived the daemon");
 }

@@ -17,7 +17,7 @@
 
 /// Bumped whenever a map key, value or event layout changes. Pins live under a directory named
 /// after it, so a daemon of a different ABI never reuses incompatible pinned maps.
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 // ---- map names (the symbol names of the statics in the probes; at most 15 bytes) ----
 
@@ -49,9 +49,18 @@ pub const MAP_JOB: &str = "TG_JOB";
 pub const MAP_PROGS: &str = "TG_PROGS";
 /// Hash: ifindex (`u32`) -> [`IfaceInfo`]; interfaces Tollgate is attached to.
 pub const MAP_IFACES: &str = "TG_IFACES";
+/// LPM trie: [`Ipv4LpmKey`] -> [`SteerEntry`]; destinations of apps under session control
+/// (written by userspace).
+pub const MAP_STEER_V4: &str = "TG_STEER_V4";
+/// LPM trie: [`Ipv6LpmKey`] -> [`SteerEntry`].
+pub const MAP_STEER_V6: &str = "TG_STEER_V6";
+/// Sockmap of [`STEER_SOCK_SLOTS`] slots: the session proxy's listening socket for IPv4
+/// flows ([`STEER_SLOT_V4`]) and for IPv6 flows ([`STEER_SLOT_V6`]) (written by userspace
+/// with the listener's fd; the kernel drops an entry when its socket closes).
+pub const MAP_PROXY_SOCK: &str = "TG_PROXY_SOCK";
 
 /// Every map name, for pin management.
-pub const ALL_MAPS: [&str; 14] = [
+pub const ALL_MAPS: [&str; 17] = [
     MAP_FLOWS,
     MAP_HELLO,
     MAP_EVENTS,
@@ -66,6 +75,9 @@ pub const ALL_MAPS: [&str; 14] = [
     MAP_JOB,
     MAP_PROGS,
     MAP_IFACES,
+    MAP_STEER_V4,
+    MAP_STEER_V6,
+    MAP_PROXY_SOCK,
 ];
 
 // ---- program names (function names in the probes) ----
@@ -106,6 +118,27 @@ pub const TAIL_CALLS: [(u32, &str); 6] = [
 /// `skb->mark` of packets the daemon sends itself (the HTTP block page): the probes pass them
 /// untouched and uncounted.
 pub const BLOCK_PAGE_MARK: u32 = 0x7467_0b10;
+/// `skb->mark` the LAN ingress program puts on every packet of a flow steered into the session
+/// proxy. The daemon routes packets carrying it to the local stack (`ip rule add fwmark
+/// STEER_MARK lookup STEER_ROUTE_TABLE` + `ip route add local default dev lo table ..`), where
+/// the SYN finds the proxy's listener (assigned by the probes) and the later packets find the
+/// accepted connection. Without the mark they would be forwarded to the origin.
+pub const STEER_MARK: u32 = 0x7467_0b11;
+/// Routing table holding the `local default` routes for [`STEER_MARK`]ed packets.
+pub const STEER_ROUTE_TABLE: u32 = 0x7467;
+/// Priority of the daemon's `fwmark` rule (before the main table, 32766).
+pub const STEER_RULE_PRIORITY: u32 = 0x7467;
+/// TCP destination port of the flows that may be steered (TLS). Every other port passes.
+pub const STEER_TCP_PORT: u16 = 443;
+/// UDP destination port refused (ICMP unreachable) toward steered destinations, so that
+/// browsers give up QUIC at once and use TCP, where the proxy sees the session.
+pub const STEER_UDP_PORT: u16 = 443;
+/// Slot of [`MAP_PROXY_SOCK`] for IPv4 flows.
+pub const STEER_SLOT_V4: u32 = 0;
+/// Slot of [`MAP_PROXY_SOCK`] for IPv6 flows.
+pub const STEER_SLOT_V6: u32 = 1;
+/// Slots in [`MAP_PROXY_SOCK`].
+pub const STEER_SOCK_SLOTS: u32 = 2;
 /// Returns `TC_ACT_UNSPEC` and does nothing else: the floor of the per-packet cost benchmark.
 pub const PROG_NOOP: &str = "tg_noop";
 
@@ -123,6 +156,8 @@ pub const FLOW_VERDICTS_CAPACITY: u32 = 65_536;
 pub const NAME_VERDICTS_CAPACITY: u32 = 65_536;
 /// Blocked prefixes per address family.
 pub const BLOCK_PREFIX_CAPACITY: u32 = 65_536;
+/// Steered prefixes per address family.
+pub const STEER_PREFIX_CAPACITY: u32 = 65_536;
 /// Interfaces that can be attached at once.
 pub const IFACES_CAPACITY: u32 = 64;
 
@@ -199,6 +234,12 @@ pub const FLOW_F_QUIC_HOLD: u32 = 64;
 /// [`FlowValue::flags`]: the QUIC hold of this flow ended (verdict seen or timed out); the
 /// flow is never held again.
 pub const FLOW_F_QUIC_RELEASED: u32 = 128;
+/// [`FlowValue::flags`]: this TCP flow goes to the session proxy. Decided at each SYN from the
+/// user (destination in [`MAP_STEER_V4`]/[`MAP_STEER_V6`], the SYN assigned to the proxy's
+/// listener; without a listener the SYN gets a reset) and kept for the flow's life: adding a destination never diverts a direct
+/// connection already running, removing one never breaks a proxied connection. Every packet of
+/// the flow from the user carries [`STEER_MARK`].
+pub const FLOW_F_STEERED: u32 = 256;
 
 /// How long a QUIC flow without a verdict is held (its packets toward the user dropped),
 /// counted from the flow's first packet (`first_seen_ns`, its first Initial); after that the
@@ -273,11 +314,20 @@ pub const STAT_HTTP_BLOCKED: usize = 27;
 /// DNS queries answered with NXDOMAIN by the probes (a name verdict with
 /// [`NAME_F_REFUSE_DNS`], enforce mode).
 pub const STAT_DNS_REFUSED: usize = 28;
+/// TCP SYNs assigned to the session proxy's listener (flows steered).
+pub const STAT_STEERED: usize = 29;
+/// SYNs toward a steered destination that could not be assigned (no proxy listener for the
+/// address family, the proxy gone, or `bpf_sk_assign` failed): answered with a reset, so that a
+/// dual-stack client falls back to the other family at once and session control is never
+/// bypassed.
+pub const STAT_STEER_NO_PROXY: usize = 30;
+/// QUIC Initials toward a steered destination refused with an ICMP unreachable.
+pub const STAT_STEER_QUIC_REFUSED: usize = 31;
 /// Number of counter slots (room to grow without changing the value size).
 pub const STATS_LEN: usize = 32;
 
 /// Human names of the counter ids, for logs and `tollgate` status lines.
-pub const STAT_NAMES: [(usize, &str); 29] = [
+pub const STAT_NAMES: [(usize, &str); 32] = [
     (STAT_PACKETS, "packets"),
     (STAT_BYTES, "bytes"),
     (STAT_EVENTS, "events"),
@@ -307,6 +357,9 @@ pub const STAT_NAMES: [(usize, &str); 29] = [
     (STAT_HTTP_HOST_FOUND, "http_host_found"),
     (STAT_HTTP_BLOCKED, "http_blocked"),
     (STAT_DNS_REFUSED, "dns_refused"),
+    (STAT_STEERED, "steered"),
+    (STAT_STEER_NO_PROXY, "steer_no_proxy"),
+    (STAT_STEER_QUIC_REFUSED, "steer_quic_refused"),
 ];
 
 // ---- defaults the probes use when the config map is still zero ----
@@ -513,6 +566,17 @@ pub struct IpVerdict {
     pub expires_ns: u64,
 }
 
+/// A destination prefix under session control ([`MAP_STEER_V4`], [`MAP_STEER_V6`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SteerEntry {
+    /// Catalog app id the destination belongs to (0: unknown); for userspace's bookkeeping.
+    pub app_id: u32,
+    pub _pad: u32,
+    /// CLOCK_MONOTONIC ns after which new flows are no longer steered (0: never expires).
+    pub expires_ns: u64,
+}
+
 /// The fixed part of a ring-buffer record; `cap_len` payload bytes follow it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -591,6 +655,7 @@ const _: () = assert!(core::mem::size_of::<NameVerdict>() == 16);
 const _: () = assert!(core::mem::size_of::<Ipv4LpmKey>() == 8);
 const _: () = assert!(core::mem::size_of::<Ipv6LpmKey>() == 20);
 const _: () = assert!(core::mem::size_of::<IpVerdict>() == 16);
+const _: () = assert!(core::mem::size_of::<SteerEntry>() == 16);
 const _: () = assert!(EVENT_HEADER_LEN == 80);
 const _: () = assert!(core::mem::size_of::<EventBuf>() == EVENT_HEADER_LEN + PAYLOAD_CAP);
 const _: () = assert!(PAYLOAD_CAP.is_power_of_two());
@@ -621,6 +686,7 @@ mod user {
         Ipv4LpmKey,
         Ipv6LpmKey,
         IpVerdict,
+        SteerEntry,
         EventHeader,
     );
 }

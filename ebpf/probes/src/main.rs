@@ -22,11 +22,11 @@ use aya_ebpf::{
     bindings::{__sk_buff, TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::{
         bpf_ktime_get_coarse_ns, bpf_skb_change_tail, bpf_skb_load_bytes,
-        generated::bpf_probe_read_kernel,
+        generated::{bpf_map_lookup_elem, bpf_probe_read_kernel, bpf_sk_assign, bpf_sk_release},
     },
     macros::{classifier, map},
     maps::{
-        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf,
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf, SockMap,
         lpm_trie::Key as LpmKey,
     },
     programs::TcContext,
@@ -48,6 +48,11 @@ use tollgate_common::{
     STAT_ICMP_SENT, STAT_NAME_VERDICTS, STAT_NON_IP, STAT_OTHER_L4, STAT_PACKETS, STAT_QUIC_HELD,
     STAT_QUIC_HOLD_EXPIRED, STAT_RINGBUF_FULL, STAT_RST_SENT, STAT_SNI_FOUND, STAT_WOULD_DROP,
     Stats, name_hash_step,
+};
+use tollgate_common::{
+    FLOW_F_STEERED, STAT_STEER_NO_PROXY, STAT_STEER_QUIC_REFUSED, STAT_STEERED, STEER_MARK,
+    STEER_PREFIX_CAPACITY, STEER_SLOT_V4, STEER_SLOT_V6, STEER_SOCK_SLOTS, STEER_TCP_PORT,
+    STEER_UDP_PORT, SteerEntry,
 };
 
 // ---- maps (names are the ABI's MAP_* constants; the loader pins them under its pin dir) ----
@@ -84,6 +89,14 @@ static TG_JOB: PerCpuArray<Job> = PerCpuArray::with_max_entries(1, 0);
 static TG_PROGS: ProgramArray = ProgramArray::with_max_entries(6, 0);
 #[map]
 static TG_IFACES: HashMap<u32, IfaceInfo> = HashMap::with_max_entries(IFACES_CAPACITY, 0);
+#[map]
+static TG_STEER_V4: LpmTrie<[u8; 4], SteerEntry> =
+    LpmTrie::with_max_entries(STEER_PREFIX_CAPACITY, 0);
+#[map]
+static TG_STEER_V6: LpmTrie<[u8; 16], SteerEntry> =
+    LpmTrie::with_max_entries(STEER_PREFIX_CAPACITY, 0);
+#[map]
+static TG_PROXY_SOCK: SockMap = SockMap::with_max_entries(STEER_SOCK_SLOTS, 0);
 
 // ---- actions ----
 
@@ -562,6 +575,31 @@ fn try_run(ctx: &TcContext, dir: u8, egress: bool) -> Result<i32, i32> {
         }
     }
 
+    // Session control: only on a LAN ingress hook (bpf_sk_assign works at TC ingress only,
+    // and only packets from users are steered).
+    if up && !egress {
+        if pkt.key.proto == PROTO_TCP && pkt.key.remote_port == STEER_TCP_PORT {
+            if !steer_tcp(ctx, &pkt, flow, now) {
+                // Toward a steered destination with no proxy listener for the family: a
+                // reset at once (a dual-stack client falls back to the other family), never a
+                // direct connection that would bypass session control.
+                return Ok(refuse_steered(ctx, &pkt, dir, egress));
+            }
+        } else if pkt.key.proto == PROTO_UDP
+            && pkt.key.remote_port == STEER_UDP_PORT
+            && pkt.payload_len > 0
+            && read::<[u8; 1]>(ctx, pkt.payload_off as usize).is_some_and(|b| b[0] & 0x80 != 0)
+            && steered_destination(&pkt.key, now)
+        {
+            // A QUIC long-header packet (an Initial) toward an app under session control:
+            // refused at once (ICMP unreachable) so that the browser falls back to TCP, where
+            // the proxy sees the session. Short-header packets of a QUIC connection that was
+            // already running before the destination was steered keep passing.
+            stat(STAT_STEER_QUIC_REFUSED, 1);
+            return Ok(refuse_steered(ctx, &pkt, dir, egress));
+        }
+    }
+
     if flow.flags & FLOW_F_QUIC_HOLD != 0
         && let Some(action) = quic_hold(ctx, &pkt, flow, dir, egress, now)
     {
@@ -711,6 +749,112 @@ fn evaluate(key: &FlowKey, now: u64) -> u32 {
     }
 }
 
+// ---- session control: steering flows into the proxy ----
+
+/// Action code the packet programs hand to `tg_enforce` for a packet toward a steered
+/// destination that must not pass (QUIC; a SYN no proxy listener can take): block in every
+/// mode, because session control does not depend on the enforce/monitor mode of the verdicts.
+/// Kernel-internal, never in a map.
+const ACTION_REFUSE_STEERED: u32 = 0x8000_0002;
+
+/// A TCP packet from a user toward the steered port. Its SYN decides the flow: steered when
+/// the destination is in a steer trie (`FLOW_F_STEERED` set, the SYN assigned to the proxy's
+/// listener), direct otherwise (cleared: a reused 4-tuple starts afresh). Every packet of a
+/// steered flow gets `STEER_MARK`, which the daemon's policy route delivers locally, where the
+/// SYN reaches the listener and the rest the accepted connection. `false`: a SYN toward a
+/// steered destination that no listener can take (refuse it).
+#[inline(always)]
+fn steer_tcp(ctx: &TcContext, pkt: &Pkt, flow: &mut FlowValue, now: u64) -> bool {
+    if pkt.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN {
+        if steered_destination(&pkt.key, now) {
+            let slot = if pkt.key.family == FAMILY_V4 {
+                STEER_SLOT_V4
+            } else {
+                STEER_SLOT_V6
+            };
+            if assign_proxy(ctx.skb.skb, slot) {
+                flow.flags |= FLOW_F_STEERED;
+                stat(STAT_STEERED, 1);
+            } else {
+                flow.flags &= !FLOW_F_STEERED;
+                stat(STAT_STEER_NO_PROXY, 1);
+                return false;
+            }
+        } else if flow.flags & FLOW_F_STEERED != 0 {
+            flow.flags &= !FLOW_F_STEERED;
+        }
+    }
+    if flow.flags & FLOW_F_STEERED != 0 {
+        ctx.set_mark(STEER_MARK);
+    }
+    true
+}
+
+/// Whether the remote address of `key` is a live entry of a steer trie.
+#[inline(always)]
+fn steered_destination(key: &FlowKey, now: u64) -> bool {
+    let hit = if key.family == FAMILY_V4 {
+        TG_STEER_V4.get(LpmKey::new(32, key.remote_addr[0].to_ne_bytes()))
+    } else {
+        let w = key.remote_addr;
+        let b = [
+            w[0].to_ne_bytes(),
+            w[1].to_ne_bytes(),
+            w[2].to_ne_bytes(),
+            w[3].to_ne_bytes(),
+        ];
+        let mut a = [0u8; 16];
+        let mut i = 0;
+        while i < 16 {
+            a[i] = b[i / 4][i % 4];
+            i += 1;
+        }
+        TG_STEER_V6.get(LpmKey::new(128, a))
+    };
+    hit.is_some_and(|e| e.expires_ns == 0 || e.expires_ns > now)
+}
+
+/// Assigns the packet (a SYN) to the proxy's listening socket in `slot` of `TG_PROXY_SOCK`.
+/// The daemon fills the sockmap with the listener's fd; the kernel empties a slot when its
+/// socket closes, so a stopped proxy stops steering (flows then go direct).
+// A BPF subprogram of its own: the socket reference is taken and released inside it.
+#[inline(never)]
+fn assign_proxy(skb: *mut __sk_buff, slot: u32) -> bool {
+    let key = slot;
+    // SAFETY: lookup in a sockmap with a u32 key; the result is a referenced socket or null.
+    let sk = unsafe {
+        bpf_map_lookup_elem(
+            ptr::addr_of!(TG_PROXY_SOCK).cast_mut().cast(),
+            ptr::addr_of!(key).cast(),
+        )
+    };
+    if sk.is_null() {
+        return false;
+    }
+    // SAFETY: skb is the program's context; sk is the referenced socket from the lookup,
+    // released right after (bpf_sk_assign takes its own reference).
+    let rc = unsafe { bpf_sk_assign(skb.cast(), sk, 0) };
+    // SAFETY: releases the reference taken by the lookup above.
+    unsafe { bpf_sk_release(sk) };
+    rc == 0
+}
+
+/// Refuses a packet toward a steered destination through `tg_enforce` (ICMP unreachable for
+/// QUIC, a reset for a SYN nobody can take); drops it when the tail call fails.
+#[inline(always)]
+fn refuse_steered(ctx: &TcContext, pkt: &Pkt, dir: u8, egress: bool) -> i32 {
+    if let Some(job) = job() {
+        job.pkt = *pkt;
+        job.dir = dir;
+        job.egress = u8::from(egress);
+        job.action = ACTION_REFUSE_STEERED;
+        // SAFETY: tail call; returns only when it fails.
+        unsafe { TG_PROGS.tail_call(ctx, PROG_INDEX_ENFORCE) };
+    }
+    stat(STAT_DROPS, 1);
+    DROP
+}
+
 /// Whether verdicts are applied now: enforce mode, and the daemon alive or fail-closed.
 #[inline(always)]
 fn enforcing(cfg: &Config, now: u64) -> bool {
@@ -752,7 +896,9 @@ fn enforce_tail(
 }
 
 /// Applies a blocking verdict. Monitor mode (or an expired daemon heartbeat with fail-open
-/// configured) only counts what would have been dropped.
+/// configured) only counts what would have been dropped, unless `force` (session control's
+/// QUIC refusal, which applies in every mode).
+#[allow(clippy::too_many_arguments, reason = "inlined helper of one call tree")]
 #[inline(always)]
 fn enforce(
     ctx: &TcContext,
@@ -760,10 +906,11 @@ fn enforce(
     dir: u8,
     egress: bool,
     action: u32,
+    force: bool,
     cfg: &Config,
     now: u64,
 ) -> i32 {
-    if !enforcing(cfg, now) {
+    if !force && !enforcing(cfg, now) {
         stat(STAT_WOULD_DROP, 1);
         return PASS;
     }
@@ -2072,7 +2219,21 @@ pub fn tg_enforce(ctx: TcContext) -> i32 {
     };
     // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    enforce(&ctx, &job.pkt, job.dir, job.egress != 0, job.action, c, now)
+    let (action, force) = if job.action == ACTION_REFUSE_STEERED {
+        (ACTION_BLOCK, true)
+    } else {
+        (job.action, false)
+    };
+    enforce(
+        &ctx,
+        &job.pkt,
+        job.dir,
+        job.egress != 0,
+        action,
+        force,
+        c,
+        now,
+    )
 }
 
 /// Copies the packet's payload (up to `PAYLOAD_CAP` bytes) into the ring buffer as one record,

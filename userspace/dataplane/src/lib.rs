@@ -14,6 +14,11 @@
 //! `abi<N>/maps/<MAP>`, `abi<N>/progs/<program>`, `abi<N>/links/<iface>-<role>-<hook>`. A pin
 //! directory of another ABI version is removed (its links detach) when a new one starts.
 //!
+//! Session control (issue 6): [`Dataplane::steering`] writes the destinations whose new tcp/443
+//! flows the LAN ingress program assigns to the session proxy's listener, and the listener
+//! itself; [`PolicyRoute`] delivers the steered flows' marked packets locally (see the `steer`
+//! module's docs for the whole path).
+//!
 //! Direction: on a "lan" interface ingress is up (from users) and egress is down; on a "wan"
 //! interface egress is up and ingress is down. A forwarded packet seen by two attached hooks
 //! is counted once (at the ingress hook).
@@ -22,12 +27,14 @@
 
 mod blockpage;
 mod event;
+mod steer;
 pub mod testing;
 mod verdicts;
 
 pub use blockpage::{
     BLOCK_PAGE_MAX, block_page_html, block_page_packet, block_page_response, send_block_page,
 };
+pub use steer::{ListenerFamilies, PolicyRoute, SteerWriter, policy_route_commands};
 pub use verdicts::{Action, EnforceOptions, NameRule, VerdictWriter, monotonic_ns, normalize_name};
 
 use std::{
@@ -265,6 +272,8 @@ pub enum DataplaneError {
     },
     #[error("event reader: {0}")]
     Io(#[from] io::Error),
+    #[error("steering route (`{command}`): {message}")]
+    Route { command: String, message: String },
 }
 
 /// The loaded, attached probes. One owner: the daemon's dataplane task.
@@ -278,7 +287,7 @@ pub struct Dataplane {
 }
 
 /// Maps pinned under `abi<N>/maps` (the per-CPU scratch map is private to each load).
-const PINNED_MAPS: [&str; 11] = [
+const PINNED_MAPS: [&str; 13] = [
     abi::MAP_FLOWS,
     abi::MAP_HELLO,
     abi::MAP_EVENTS,
@@ -289,6 +298,10 @@ const PINNED_MAPS: [&str; 11] = [
     abi::MAP_CONFIG,
     abi::MAP_STATS,
     abi::MAP_IFACES,
+    // Steered destinations outlive a daemon restart like blocked ones (the listener sockmap
+    // does not: its socket is the old proxy's).
+    abi::MAP_STEER_V4,
+    abi::MAP_STEER_V6,
     // Pinned so that its entries survive the daemon (the kernel empties a program array when
     // its last user reference goes away).
     abi::MAP_PROGS,
@@ -586,6 +599,14 @@ impl Dataplane {
     /// The verdict maps (issue 5): flow, name and prefix decisions, enforcement options.
     pub fn verdicts(&mut self) -> VerdictWriter<'_> {
         VerdictWriter {
+            ebpf: &mut self.ebpf,
+        }
+    }
+
+    /// The session-control steering maps (issue 6): steered destinations and the proxy's
+    /// listener.
+    pub fn steering(&mut self) -> SteerWriter<'_> {
+        SteerWriter {
             ebpf: &mut self.ebpf,
         }
     }

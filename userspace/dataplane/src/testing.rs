@@ -34,6 +34,8 @@ pub struct RunResult {
     pub duration: Duration,
     /// The packet as the program left it.
     pub data_out: Vec<u8>,
+    /// `skb->mark` as the program left it.
+    pub mark: u32,
 }
 
 /// `TC_ACT_UNSPEC`: the pass verdict in a TCX chain.
@@ -123,10 +125,13 @@ impl ProbeHarness {
         ctx: Option<&[u8]>,
     ) -> Result<RunResult, DataplaneError> {
         let mut out = vec![0u8; frame.len() + 256];
+        // Larger than struct __sk_buff, so that the kernel copies all of it back.
+        let mut ctx_out = [0u8; 256];
         let opts = TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
             ctx_in: ctx,
+            ctx_out: Some(&mut ctx_out),
             repeat,
             ..TestRunOptions::default()
         };
@@ -138,10 +143,13 @@ impl ProbeHarness {
                 source,
             })?;
         out.truncate(r.data_size_out as usize);
+        // struct __sk_buff: len, pkt_type, mark, ...
+        let mark = u32::from_ne_bytes([ctx_out[8], ctx_out[9], ctx_out[10], ctx_out[11]]);
         Ok(RunResult {
             action: r.return_value as i32,
             duration: r.duration,
             data_out: out,
+            mark,
         })
     }
 
@@ -177,6 +185,34 @@ impl ProbeHarness {
         crate::VerdictWriter {
             ebpf: &mut self.ebpf,
         }
+    }
+
+    /// The session-control steering maps.
+    pub fn steering(&mut self) -> crate::SteerWriter<'_> {
+        crate::SteerWriter {
+            ebpf: &mut self.ebpf,
+        }
+    }
+
+    /// A flow's state as the probes keep it (`None`: not tracked).
+    pub fn flow_value(&self, key: &FlowKey) -> Result<Option<FlowValue>, DataplaneError> {
+        let m: BpfHashMap<&MapData, FlowKey, FlowValue> =
+            BpfHashMap::try_from(crate::map_ref(&self.ebpf, abi::MAP_FLOWS)?)
+                .map_err(map_err(abi::MAP_FLOWS))?;
+        match m.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(abi::MAP_FLOWS)(e)),
+        }
+    }
+
+    /// Writes a flow's state (to start a test from a flow the probes decided earlier, e.g. a
+    /// steered one: `bpf_sk_assign` needs a real TC ingress, which a test run is not).
+    pub fn set_flow_value(&mut self, key: &FlowKey, v: &FlowValue) -> Result<(), DataplaneError> {
+        let mut m: BpfHashMap<&mut MapData, FlowKey, FlowValue> =
+            BpfHashMap::try_from(map_mut(&mut self.ebpf, abi::MAP_FLOWS)?)
+                .map_err(map_err(abi::MAP_FLOWS))?;
+        m.insert(*key, *v, 0).map_err(map_err(abi::MAP_FLOWS))
     }
 
     /// Edits the config entry the probes read (limits, mode, ...).

@@ -12,14 +12,8 @@
 //! INTERCEPT_CA_CERT, INTERCEPT_CA_KEY, ORIGIN_CA_CERT) or from flags: `--listen ADDR`,
 //! `--ca CERT --ca-key KEY`, `--upstream-ca FILE`, `--policies FILE.toml` (session and
 //! access policies to evaluate on every request), `--audit FILE`,
-//! `--max-upstream-per-origin N`, `--steer IP` (repeatable: install the proxy's own nft
-//! steering table for these destinations, for the harness's `SUT_PROXY_MODE=inline`) and
-//! `--steer-iface IFACE` (only traffic arriving there).
-//!
-//! ```sh
-//! SUT_PROXY_MODE=inline SUT_PROXY_CMD="exec $PWD/target/release/examples/bench_proxy \
-//!   --steer \$SERVER_IP4 --steer-iface \$IF_GW_C" /work/shared/bench/proxy.sh
-//! ```
+//! `--max-upstream-per-origin N`. Steering is the harness's nft redirect here; the daemon's
+//! own steering (eBPF, `SUT_PROXY_MODE=inline`) needs the whole `tollgate run`.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -48,8 +42,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut policies_file = None;
     let mut audit = None;
     let mut per_origin = None;
-    let mut steer_ips: Vec<std::net::IpAddr> = Vec::new();
-    let mut steer_ifaces: Vec<String> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().ok_or_else(|| format!("{a} needs a value"));
@@ -61,8 +53,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--policies" => policies_file = Some(val()?),
             "--audit" => audit = Some(val()?),
             "--max-upstream-per-origin" => per_origin = Some(val()?.parse()?),
-            "--steer" => steer_ips.push(val()?.parse()?),
-            "--steer-iface" => steer_ifaces.push(val()?),
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -112,24 +102,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             })
         });
         let (_tx, rx) = watch::channel(HashSet::from(["bench".to_string()]));
-        let port = cfg.listen.port();
         let h = SessionProxy::start(cfg, &policies, lookup, rx).await?;
-        // Dropped (table deleted) when this block ends.
-        let _steering = if steer_ips.is_empty() {
-            None
-        } else {
-            let s = tollgate_proxy::Steering::install(
-                port,
-                &steer_ifaces,
-                std::time::Duration::from_secs(3600),
-            )?;
-            s.add_ips(&steer_ips)?;
-            eprintln!(
-                "steering tcp/443 to {steer_ips:?} into the proxy (nft table inet {})",
-                tollgate_proxy::steering::TABLE
-            );
-            Some(s)
-        };
         eprintln!(
             "bench_proxy listening on {} ({threads} worker threads)",
             h.local_addr()

@@ -32,9 +32,6 @@ pub enum ProxyError {
     /// A proxy setting is invalid.
     #[error("proxy config, key {key}: {message}")]
     Config { key: String, message: String },
-    /// The `nft` command failed.
-    #[error("nft: {0}")]
-    Nft(String),
 }
 
 impl ProxyError {

@@ -1,9 +1,12 @@
 //! The inline session proxy: Conditional Access App Control at the edge.
 //!
-//! Connections of apps under session control are steered to the proxy's listening socket
-//! (nft `redirect` — the original destination comes from `SO_ORIGINAL_DST` — or TPROXY,
-//! where the local address is the original destination; [`steering::Steering`] installs an
-//! nft redirect for a set of destination IPs). For each connection:
+//! Connections of apps under session control are steered to the proxy's listening socket by
+//! the daemon's eBPF programs (`bpf_sk_assign` of the SYN to this listener, which is then
+//! `IP_TRANSPARENT` — `tproxy = true` — and the original destination is the accepted
+//! socket's local address; see `tollgate-dataplane`'s steering), or by an nft `redirect`
+//! someone else installs (the original destination then comes from `SO_ORIGINAL_DST`).
+//! [`ProxyHandle::listener`] gives the daemon the listening socket to hand to the kernel.
+//! For each connection:
 //!
 //! 1. read the ClientHello (rustls `Acceptor`) and look the SNI up with the daemon's
 //!    `app_lookup`; when the app is not under session control, or is bypassed (domain, app,
@@ -31,8 +34,7 @@
 //! let lookup: AppLookup = Arc::new(move |sni| catalog.classify_name(sni)
 //!     .map(|m| AppInfo { id: m.app.id.clone(), category: Some(m.app.category.clone()) }));
 //! let proxy = SessionProxy::start(cfg.proxy, &policy_set, lookup, apps_rx).await?;
-//! let steering = Steering::install(proxy.local_addr().port(), &lan_ifaces, Duration::from_secs(3600))?;
-//! steering.add_ips(&ips_learned_from_dns_for_session_apps)?;   // again to refresh
+//! dataplane.steering().set_proxy_listener(proxy.listener(), families)?; // kernel steering
 //! proxy.update_policies(&new_policy_set)?;                       // on config reload
 //! println!("{}", proxy.ca_pem());                                // `tollgate ca export`
 //! // without a running proxy: tollgate_proxy::load_ca(&cfg.proxy)?.ca_pem()
@@ -45,8 +47,11 @@
 //!
 //! ```toml
 //! [proxy]
-//! listen = "0.0.0.0:8443"              # where redirected connections arrive
-//! tproxy = false                       # set IP_TRANSPARENT on the listener (TPROXY steering)
+//! listen = "0.0.0.0:8443"              # where steered connections arrive ("[::]:8443": both
+//!                                      # families; the daemon steers a family only if the
+//!                                      # listener takes it)
+//! tproxy = false                       # set IP_TRANSPARENT on the listener (the daemon
+//!                                      # always does: its eBPF steering needs it)
 //! ca_dir = "/var/lib/tollgate/ca"      # ca.pem + ca.key (0600), created on first start
 //! # ca_cert_file / ca_key_file          # use an existing CA instead (PKCS#8 key)
 //! upstream_ca_files = []               # extra trust anchors for origins
@@ -126,11 +131,11 @@ pub mod guard;
 pub mod http;
 pub mod policy;
 pub mod server;
-pub mod steering;
 pub mod upstream;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -141,7 +146,6 @@ pub use ca::CertAuthority;
 pub use config::{AccessPolicy, Action, PolicySet, ProxyConfig, SessionPolicy};
 pub use error::{ProxyError, Result};
 pub use policy::Policies;
-pub use steering::Steering;
 
 /// What the daemon's catalog says about a server name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,6 +189,8 @@ pub struct SessionProxy;
 /// A running proxy. Dropping it does not stop it; call [`ProxyHandle::shutdown`].
 pub struct ProxyHandle {
     local_addr: SocketAddr,
+    /// A second descriptor of the listening socket, for the daemon's sockmap.
+    listener_fd: OwnedFd,
     shared: Arc<server::Shared>,
     policies_tx: watch::Sender<Arc<Policies>>,
     shutdown_tx: watch::Sender<bool>,
@@ -238,6 +244,7 @@ impl SessionProxy {
         };
         let listener = bind(&cfg)?;
         let local_addr = listener.local_addr()?;
+        let listener_fd = listener.as_fd().try_clone_to_owned()?;
         let audit = audit::AuditSink::open(cfg.audit_log.clone()).await?;
         let (policies_tx, policies_rx) = watch::channel(compiled);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -254,6 +261,7 @@ impl SessionProxy {
         tracing::info!("session proxy listening on {local_addr}");
         Ok(ProxyHandle {
             local_addr,
+            listener_fd,
             shared,
             policies_tx,
             shutdown_tx,
@@ -299,6 +307,12 @@ fn bind(cfg: &ProxyConfig) -> Result<TcpListener> {
 impl ProxyHandle {
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The listening socket (for kernel steering: the daemon puts it in the probes' sockmap).
+    /// Valid until [`ProxyHandle::shutdown`].
+    pub fn listener(&self) -> BorrowedFd<'_> {
+        self.listener_fd.as_fd()
     }
 
     /// The CA certificate clients must trust (`tollgate ca export`).

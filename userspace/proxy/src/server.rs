@@ -343,6 +343,8 @@ pub async fn serve(
             _ = shutdown.changed() => return,
         };
         shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        // A dual-stack listener sees IPv4 clients as v4-mapped IPv6; policies match plain IPv4.
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let shared = shared.clone();
         tokio::spawn(async move {
             handle(shared, tcp, peer).await;
@@ -367,6 +369,9 @@ fn original_destination(shared: &Shared, tcp: &TcpStream) -> Option<SocketAddr> 
             r.ok().and_then(|a| a.as_socket()).unwrap_or(local)
         }
     };
+    // A dual-stack listener sees IPv4 destinations as v4-mapped IPv6 addresses.
+    let dst = SocketAddr::new(dst.ip().to_canonical(), dst.port());
+    let local = SocketAddr::new(local.ip().to_canonical(), local.port());
     if dst.port() == shared.cfg.listen.port() && (dst == local || dst.ip().is_unspecified()) {
         // A client connected to the proxy port itself: forwarding would loop.
         return None;

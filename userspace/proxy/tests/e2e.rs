@@ -1,7 +1,9 @@
 //! End-to-end tests with a real client (curl, HTTP/1.1 and HTTP/2) on loopback: curl ->
 //! proxy -> a hyper/rustls origin whose certificate comes from a throw-away test CA.
-//! The proxy runs with `Destination::Fixed` (no NAT on loopback); the transparent path
-//! (nft redirect + SO_ORIGINAL_DST) is exercised by `steering_netns` below and by the bench.
+//! The proxy runs with `Destination::Fixed` (no NAT on loopback); the transparent paths are
+//! exercised elsewhere: nft redirect + SO_ORIGINAL_DST by the bench harness, the daemon's
+//! kernel steering (bpf_sk_assign to an IP_TRANSPARENT listener) by
+//! tests/tests/session_control.rs.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -696,91 +698,6 @@ async fn slow_headers_are_cut_off() {
             .await
             .starts_with("HTTP/1.1 200")
     );
-}
-
-/// The nft steering table in a namespace of our own (root only).
-#[test]
-fn steering_netns() {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false);
-    let have = |c: &str| {
-        Command::new(c)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if !root || !have("nft") || !have("ip") {
-        eprintln!("skip: needs root, nft and ip");
-        return;
-    }
-    let ns = format!("tgp-steer-{}", std::process::id());
-    assert!(
-        Command::new("ip")
-            .args(["netns", "add", &ns])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let nft = |args: &[&str]| {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &ns, "nft"])
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let cmd = vec![
-        "ip".to_string(),
-        "netns".into(),
-        "exec".into(),
-        ns.clone(),
-        "nft".into(),
-    ];
-    let run = || -> Result<(), String> {
-        let mut s = tollgate_proxy::Steering::install_with(
-            cmd.clone(),
-            8443,
-            &[],
-            std::time::Duration::from_secs(600),
-        )
-        .map_err(|e| e.to_string())?;
-        // Idempotent: installing again replaces, no duplicate rules.
-        let s2 = tollgate_proxy::Steering::install_with(
-            cmd.clone(),
-            8443,
-            &[],
-            std::time::Duration::from_secs(600),
-        )
-        .map_err(|e| e.to_string())?;
-        std::mem::forget(s2);
-        s.add_ips(&[
-            "198.18.2.2".parse().unwrap(),
-            "2001:2:0:2::2".parse().unwrap(),
-        ])
-        .map_err(|e| e.to_string())?;
-        let listing = nft(&["list", "table", "inet", "tollgate_proxy"]);
-        assert_eq!(listing.matches("redirect to :8443").count(), 2, "{listing}");
-        assert!(
-            listing.contains("198.18.2.2") && listing.contains("2001:2:0:2::2"),
-            "{listing}"
-        );
-        s.remove_ips(&["198.18.2.2".parse().unwrap()])
-            .map_err(|e| e.to_string())?;
-        assert!(!nft(&["list", "set", "inet", "tollgate_proxy", "steer4"]).contains("198.18.2.2"));
-        s.remove().map_err(|e| e.to_string())?;
-        s.remove().map_err(|e| e.to_string())?;
-        assert!(!nft(&["list", "tables"]).contains("tollgate_proxy"));
-        Ok(())
-    };
-    let r = run();
-    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-    r.unwrap();
 }
 
 /// Send a real ClientHello, then close without answering the server's flight.

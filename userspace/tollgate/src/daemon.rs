@@ -250,7 +250,7 @@ impl Core {
     fn decide_flow(&mut self, ev: &PayloadEvent, name: &str, source: NameSource) {
         let Some(key) = ev.flow_key() else { return };
         if let Some(s) = &mut self.session {
-            s.on_name(&self.catalog, name, ev.remote_ip);
+            s.on_name(&mut self.dp, &self.catalog, name, ev.remote_ip);
         }
         match self
             .enforcer
@@ -296,7 +296,7 @@ impl Core {
         }
         for (ip, name, ttl) in msg.address_map() {
             if let Some(s) = &mut self.session {
-                s.on_name(&self.catalog, &name, ip);
+                s.on_name(&mut self.dp, &self.catalog, &name, ip);
             }
             if let Err(e) = self.enforcer.on_dns_answer(
                 &mut self.dp,
@@ -382,6 +382,9 @@ impl Core {
             tracing::warn!("heartbeat: {e}");
         }
         self.enforcer.expire(&mut self.dp);
+        if let Some(s) = &mut self.session {
+            s.housekeeping(&mut self.dp);
+        }
         let learned = self.enforcer.learned_ips();
         // Flows re-check verdicts (and so their TTLs) only when the generation changes.
         if !learned.is_empty()
@@ -692,7 +695,7 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
 
     let live_tags = TagStore::new(&cfg.state_dir).load().unwrap_or_default();
     let catalog = Arc::new(catalog);
-    let session = crate::session::SessionControl::start(&cfg, catalog.clone()).await?;
+    let session = crate::session::SessionControl::start(&cfg, catalog.clone(), &mut dp).await?;
     let enforcer = Enforcer::new(cfg.mode == Mode::Enforce, cfg.enforcement.clone(), &catalog);
     enforcer
         .apply_options(&mut dp)
@@ -780,7 +783,7 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
     reader_task.abort();
     let _ = std::fs::remove_file(&core.cfg.control_socket);
     if let Some(s) = core.session.take() {
-        s.shutdown().await;
+        s.shutdown(&mut core.dp).await;
     }
     if detach {
         core.dp.detach().context("detaching")?;
