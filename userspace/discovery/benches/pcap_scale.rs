@@ -141,6 +141,38 @@ fn main() {
     let live_rate = f64::from(FLOWS) / t.elapsed().as_secs_f64();
     assert_eq!(live.stats().named_flows, FLOWS as usize);
 
+    // The daemon's own limits: no JA4, no FlowMeta, and it asks which payload named a flow.
+    drop(table);
+    drop(live);
+    let rss2 = rss_kib();
+    let mut daemon = FlowTable::new(FlowTableLimits {
+        fingerprints: false,
+        meta: false,
+        ..FlowTableLimits::default()
+    });
+    let t = ThreadTime::now();
+    let mut named = 0u32;
+    for i in 0..FLOWS {
+        for (seq, seg) in [(101u32, seg1), (101 + 1448, seg2)] {
+            let obs = PayloadObservation {
+                proto: L4Proto::Tcp,
+                src: client(i),
+                sport: port(i),
+                dst: server,
+                dport: 443,
+                direction: Direction::Up,
+                ts: ts(i),
+                tcp_seq: seq,
+                tcp_flags: tcp_flags::ACK,
+                payload: seg,
+            };
+            named += u32::from(daemon.observe_payload_naming(&obs).is_some());
+        }
+    }
+    let daemon_rate = f64::from(FLOWS) / t.elapsed().as_secs_f64();
+    let rss3 = rss_kib();
+    assert_eq!(named, FLOWS, "each flow reported named once");
+
     println!(
         "{FLOWS} flows, each SYN + 2-segment {}-byte ClientHello + reply:",
         h.len()
@@ -164,5 +196,12 @@ fn main() {
         (rss1.saturating_sub(rss0)) as f64 / 1024.0,
         rss1.saturating_sub(rss0) * 1024 / u64::from(FLOWS),
         s.buffered_bytes
+    );
+    println!(
+        "  daemon limits (no JA4, no meta), observe_payload_naming {:>9.0} new named flows/s ({:.2}x the default limits), {:.1} MiB resident ({} bytes/flow)",
+        daemon_rate,
+        daemon_rate / live_rate,
+        (rss3.saturating_sub(rss2)) as f64 / 1024.0,
+        rss3.saturating_sub(rss2) * 1024 / u64::from(FLOWS),
     );
 }
