@@ -72,7 +72,8 @@ pub struct ProxyConfig {
 impl Default for ProxyConfig {
     fn default() -> Self {
         Self {
-            listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            // Both families (IPv4 as v4-mapped); IPv4 only on a host without IPv6.
+            listen: SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 8443)),
             tproxy: false,
             ca_dir: PathBuf::from("/var/lib/tollgate/ca"),
             ca_cert_file: None,

@@ -306,6 +306,7 @@ fn transfer_meta(h: &HeaderMap, path: &str) -> TransferMeta {
     let mut m = TransferMeta {
         content_type: header_str(h, header::CONTENT_TYPE).map(policy::media_type),
         size: header_str(h, header::CONTENT_LENGTH).and_then(|v| v.trim().parse().ok()),
+        content_encoding: header_str(h, header::CONTENT_ENCODING).map(str::to_string),
         ..Default::default()
     };
     if let Some(f) =
@@ -408,16 +409,15 @@ impl ConnCtx {
                 body: full(Bytes::new()),
             },
             Ok(Buffered::Complete(b)) => {
-                add_multipart(&mut meta, boundary.as_deref(), &b);
                 meta.size = Some(b.len() as u64);
+                let (seen, problem) = check_decoded(rules, &mut meta, boundary, &b, true, cap);
                 Inspected {
-                    decision: policy::check_transfer(rules, &meta, Some(&b)),
+                    decision: policy::stricter(seen, problem.map(limit)),
                     body: full(b),
                 }
             }
             Ok(Buffered::Partial(prefix, rest)) => {
-                add_multipart(&mut meta, boundary.as_deref(), &prefix);
-                let seen = policy::check_transfer(rules, &meta, Some(&prefix));
+                let (seen, _) = check_decoded(rules, &mut meta, boundary, &prefix, false, cap);
                 let over = limit(format!(
                     "body larger than the inspection limit of {cap} bytes; only the first part was inspected"
                 ));
@@ -431,6 +431,34 @@ impl ConnCtx {
                     .boxed(),
                 }
             }
+        }
+    }
+}
+
+/// Checks a buffered body (`complete`, or a prefix of it) in its decoded form; the second
+/// value says why the body could not be inspected whole (an unknown or corrupt coding, or a
+/// decoded size over the limit), for the over-limit action.
+fn check_decoded(
+    rules: &[policy::TransferRef<'_>],
+    meta: &mut TransferMeta,
+    boundary: Option<String>,
+    body: &[u8],
+    complete: bool,
+    cap: usize,
+) -> (Option<Decision>, Option<String>) {
+    match crate::decode::decode(meta.content_encoding.as_deref(), body, complete, cap) {
+        Ok(d) => {
+            add_multipart(meta, boundary.as_deref(), &d.bytes);
+            let problem = (d.truncated && complete).then(|| {
+                format!(
+                    "decoded body larger than the inspection limit of {cap} bytes; only the first part was inspected"
+                )
+            });
+            (policy::check_transfer(rules, meta, Some(&d.bytes)), problem)
+        }
+        Err(why) => {
+            add_multipart(meta, boundary.as_deref(), body);
+            (policy::check_transfer(rules, meta, Some(body)), Some(why))
         }
     }
 }
@@ -544,6 +572,10 @@ impl ConnCtx {
         }
 
         let (mut parts, body) = req.into_parts();
+        if concerned {
+            // Responses must come back in a coding the proxy can inspect.
+            crate::decode::narrow_accept_encoding(&mut parts.headers);
+        }
         let mut body: ProxyBody = body.map_err(BoxError::from).boxed();
         if concerned && !body.is_end_stream() {
             let rules = policies.transfer_rules(&self.app, true);

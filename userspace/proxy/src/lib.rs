@@ -47,9 +47,9 @@
 //!
 //! ```toml
 //! [proxy]
-//! listen = "0.0.0.0:8443"              # where steered connections arrive ("[::]:8443": both
-//!                                      # families; the daemon steers a family only if the
-//!                                      # listener takes it)
+//! listen = "[::]:8443"                 # where steered connections arrive: both families
+//!                                      # ("0.0.0.0:8443": IPv4 only; IPv6 SYNs to steered
+//!                                      # addresses are then reset so clients use IPv4)
 //! tproxy = false                       # set IP_TRANSPARENT on the listener (the daemon
 //!                                      # always does: its eBPF steering needs it)
 //! ca_dir = "/var/lib/tollgate/ca"      # ca.pem + ca.key (0600), created on first start
@@ -125,6 +125,7 @@
 pub mod audit;
 pub mod ca;
 pub mod config;
+pub mod decode;
 pub mod dlp;
 mod error;
 pub mod guard;
@@ -283,23 +284,45 @@ pub fn load_ca(cfg: &ProxyConfig) -> Result<CertAuthority> {
 }
 
 fn bind(cfg: &ProxyConfig) -> Result<TcpListener> {
+    match bind_at(cfg, cfg.listen) {
+        // The default `[::]` on a host without IPv6: IPv4 only.
+        Err(ProxyError::Socket(e))
+            if cfg.listen.ip() == std::net::IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED)
+                && e.raw_os_error() == Some(EAFNOSUPPORT) =>
+        {
+            let v4 = SocketAddr::from(([0, 0, 0, 0], cfg.listen.port()));
+            tracing::warn!("no IPv6 on this host: the session proxy listens on {v4} only");
+            bind_at(cfg, v4)
+        }
+        r => r,
+    }
+}
+
+/// errno when the kernel has no IPv6 (Linux).
+const EAFNOSUPPORT: i32 = 97;
+
+fn bind_at(cfg: &ProxyConfig, addr: SocketAddr) -> Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let domain = if cfg.listen.is_ipv4() {
+    let domain = if addr.is_ipv4() {
         Domain::IPV4
     } else {
         Domain::IPV6
     };
     let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        // Both families on one socket, whatever net.ipv6.bindv6only says.
+        s.set_only_v6(false)?;
+    }
     if cfg.tproxy {
-        if cfg.listen.is_ipv4() {
+        if addr.is_ipv4() {
             s.set_ip_transparent_v4(true)?;
         } else {
             s.set_ip_transparent_v6(true)?;
         }
     }
     s.set_nonblocking(true)?;
-    s.bind(&cfg.listen.into())?;
+    s.bind(&addr.into())?;
     s.listen(1024)?;
     Ok(TcpListener::from_std(s.into())?)
 }

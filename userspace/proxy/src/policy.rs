@@ -61,8 +61,10 @@ pub struct TransferMeta {
     pub filenames: Vec<String>,
     /// Media types of multipart parts.
     pub part_types: Vec<String>,
-    /// Body size if known (Content-Length or counted).
+    /// Body size if known (Content-Length or counted), as transferred (encoded).
     pub size: Option<u64>,
+    /// `Content-Encoding` as sent; content rules look at the decoded body.
+    pub content_encoding: Option<String>,
 }
 
 #[derive(Debug)]

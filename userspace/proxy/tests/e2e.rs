@@ -81,6 +81,24 @@ fn big_body() -> Vec<u8> {
         .collect()
 }
 
+const CARD_TEXT: &[u8] = b"statement for card 4111 1111 1111 1111, due in 30 days\n";
+const CLEAN_TEXT: &[u8] = b"statement for card 4111 1111 1111 1112 (not a valid number)\n";
+
+fn gzip(b: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(b).unwrap();
+    e.finish().unwrap()
+}
+
+fn encoded(coding: &str, body: &[u8]) -> Response<Full<Bytes>> {
+    Response::builder()
+        .header("content-type", "text/plain")
+        .header("content-encoding", coding)
+        .body(Full::new(Bytes::copy_from_slice(body)))
+        .unwrap()
+}
+
 async fn origin_service(
     mut req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
@@ -106,6 +124,11 @@ async fn origin_service(
         return Ok(r);
     }
     let path = req.uri().path().to_string();
+    let accept_encoding = req
+        .headers()
+        .get("accept-encoding")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let method = req.method().clone();
     let version = format!("{:?}", req.version());
     let body = req
@@ -121,6 +144,12 @@ async fn origin_service(
             .body(Full::new(Bytes::from_static(b"installer")))
             .unwrap(),
         "/big.bin" => Response::new(Full::new(Bytes::from(big_body()))),
+        "/statement.gz" => encoded("gzip", &gzip(CARD_TEXT)),
+        "/clean.gz" => encoded("gzip", &gzip(CLEAN_TEXT)),
+        "/opaque.dcb" => encoded("dcb", CLEAN_TEXT),
+        "/accept-encoding" => Response::new(Full::new(Bytes::from(
+            accept_encoding.unwrap_or_else(|| "(none)".into()),
+        ))),
         _ => Response::new(Full::new(Bytes::from(format!(
             "origin saw {method} {path} over {version} with {} body bytes\n",
             body.len()
@@ -950,4 +979,82 @@ async fn upgrades_are_relayed() {
         .unwrap()
         .unwrap();
     assert_eq!(echo, payload);
+}
+
+/// Downloads in a content coding are inspected decoded and passed on as sent; a coding the
+/// proxy cannot decode is not waved through; requests offer only decodable codings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_downloads_are_inspected() {
+    if !have_curl() {
+        eprintln!("skip: curl not installed");
+        return;
+    }
+    let ca = TestCa::new("tollgate test origin CA");
+    let (certs, key) = ca.leaf("files.test");
+    let origin = start_origin(certs, key).await;
+    let policies = r#"
+[[session_policies]]
+name = "no card numbers in"
+apps = ["files"]
+action = "block"
+download = { content = ["credit_card"], min_matches = 1 }
+"#;
+    let (env, proxy) = start_proxy_with("gzip", origin, &ca.issuer.pem(), policies, |_| {}).await;
+    for proto in ["--http1.1", "--http2"] {
+        let (code, body, err) = curl(
+            proxy,
+            "files.test",
+            "/statement.gz",
+            &env.proxy_ca,
+            &[proto, "--compressed"],
+        )
+        .await;
+        assert_eq!(
+            code, 403,
+            "{proto}: a card number inside gzip passed: {err}"
+        );
+        assert!(String::from_utf8_lossy(&body).contains("no card numbers in"));
+        // Passed on as the origin sent it: curl decodes it itself.
+        let (code, body, err) = curl(
+            proxy,
+            "files.test",
+            "/clean.gz",
+            &env.proxy_ca,
+            &[proto, "--compressed"],
+        )
+        .await;
+        assert_eq!((code, body.as_slice()), (200, CLEAN_TEXT), "{proto}: {err}");
+        let (code, body, _) = curl(proxy, "files.test", "/clean.gz", &env.proxy_ca, &[proto]).await;
+        assert_eq!(
+            (code, body),
+            (200, gzip(CLEAN_TEXT)),
+            "{proto}: bytes as sent"
+        );
+        // A coding the proxy cannot decode: blocked (over_limit_action = block), not passed.
+        let (code, body, _) =
+            curl(proxy, "files.test", "/opaque.dcb", &env.proxy_ca, &[proto]).await;
+        assert_eq!(code, 403, "{proto}: {}", String::from_utf8_lossy(&body));
+        let (_, body, _) = curl(
+            proxy,
+            "files.test",
+            "/accept-encoding",
+            &env.proxy_ca,
+            &[
+                proto,
+                "-H",
+                "Accept-Encoding: gzip, deflate, br, zstd, dcb, dcz",
+            ],
+        )
+        .await;
+        assert_eq!(String::from_utf8_lossy(&body), "gzip, deflate, br, zstd");
+    }
+    let audit = std::fs::read_to_string(&env.audit).unwrap();
+    assert!(
+        audit.contains("content coding, which cannot be inspected"),
+        "{audit}"
+    );
+    assert!(
+        !audit.contains("4111 1111 1111 1111"),
+        "evidence is masked: {audit}"
+    );
 }
