@@ -333,16 +333,19 @@ struct Inspect {
 #[derive(Debug)]
 struct Flow {
     /// Index of the client side (0 = key.a, 1 = key.b).
-    client: usize,
+    client: u8,
     evidence: Evidence,
     packets: [u64; 2],
     bytes: [u64; 2],
     first_seen: DateTime<Utc>,
     last_seen: DateTime<Utc>,
     tcp_flags: u8,
-    macs: [Option<[u8; 6]>; 2],
-    /// Shared with every other flow of the same name ([`Names`]).
-    name: Option<(Arc<str>, NameSource)>,
+    /// Per side; boxed because only captures carry them (the live daemon never does).
+    macs: Option<Box<[Option<[u8; 6]>; 2]>>,
+    /// Shared with every other flow of the same name ([`Names`]); its source is
+    /// `name_source` (apart, so that the one-byte source packs with the other small fields).
+    name: Option<Arc<str>>,
+    name_source: Option<NameSource>,
     meta: Option<Box<Meta>>,
     inspect: Option<Box<Inspect>>,
 }
@@ -495,8 +498,11 @@ impl FlowTable {
         if let Some(f) = self.flows.get_mut(&ck) {
             f.packets[side] += 1;
             f.bytes[side] += u64::from(pkt.ip_len);
-            if f.macs[side].is_none() {
-                f.macs[side] = pkt.src_mac;
+            if let Some(mac) = pkt.src_mac {
+                let macs = f.macs.get_or_insert_with(Default::default);
+                if let Some(m @ None) = macs.get_mut(side) {
+                    *m = Some(mac);
+                }
             }
         }
         self.inspect(ck, side, pkt.ts, pkt.tcp_seq, pkt.tcp_flags, pkt.payload);
@@ -532,7 +538,7 @@ impl FlowTable {
             return None;
         }
         let f = self.flows.get(&ck)?;
-        f.name.as_ref().map(|(n, src)| (&**n, *src))
+        f.name.as_deref().zip(f.name_source)
     }
 
     /// The kernel's absolute counters for a flow (`key.src` is the user side).
@@ -602,7 +608,7 @@ impl FlowTable {
     ) -> Option<(&str, NameSource)> {
         let (ck, _) = CanonKey::of(proto, one, other);
         let f = self.flows.get(&ck)?;
-        f.name.as_ref().map(|(n, src)| (&**n, *src))
+        f.name.as_deref().zip(f.name_source)
     }
 
     /// Every live entry of the IP-to-name cache: address, name, expiry.
@@ -641,16 +647,16 @@ impl FlowTable {
     // ---- internals -------------------------------------------------------------------
 
     fn record_of(&self, key: &CanonKey, f: &Flow) -> FlowRecord {
-        let c = f.client;
+        let c = usize::from(f.client);
         let s = 1 - c;
         let (client, server) = if c == 0 {
             (key.a, key.b)
         } else {
             (key.b, key.a)
         };
-        let (name, name_source) = match &f.name {
-            Some((n, src)) => (Some(n.to_string()), Some(*src)),
-            None => match self.cached_name(key, f) {
+        let (name, name_source) = match (&f.name, f.name_source) {
+            (Some(n), Some(src)) => (Some(n.to_string()), Some(src)),
+            _ => match self.cached_name(key, f) {
                 Some(n) => (Some(n.to_string()), Some(NameSource::Dns)),
                 None => (None, None),
             },
@@ -669,7 +675,7 @@ impl FlowTable {
             packets_down: f.packets[s],
             first_seen: f.first_seen,
             last_seen: f.last_seen,
-            src_mac: f.macs[c],
+            src_mac: f.macs.as_ref().and_then(|m| m.get(c).copied().flatten()),
             user: None,
         }
     }
@@ -757,15 +763,16 @@ impl FlowTable {
             self.flows.insert(
                 ck,
                 Flow {
-                    client,
+                    client: u8::from(client == 1),
                     evidence,
                     packets: [0; 2],
                     bytes: [0; 2],
                     first_seen: ts,
                     last_seen: ts,
                     tcp_flags: 0,
-                    macs: [None; 2],
+                    macs: None,
                     name: None,
+                    name_source: None,
                     meta: None,
                     inspect: None,
                 },
@@ -998,7 +1005,8 @@ impl FlowTable {
                 .names_by_source
                 .entry(source_label(src))
                 .or_default() += 1;
-            f.name = Some((self.names.get(&name, live), src));
+            f.name = Some(self.names.get(&name, live));
+            f.name_source = Some(src);
             // Named: the buffers are no longer needed.
             if ck.a.1 != 53 && ck.b.1 != 53 {
                 let insp = f.inspect.take();
@@ -1059,7 +1067,8 @@ impl FlowTable {
             && let Some(q) = m.query_name().filter(|q| !q.is_empty())
         {
             *self.stats.names_by_source.entry("dns").or_default() += 1;
-            f.name = Some((self.names.get(q, live), NameSource::Dns));
+            f.name = Some(self.names.get(q, live));
+            f.name_source = Some(NameSource::Dns);
         }
     }
 
@@ -1097,7 +1106,7 @@ impl FlowTable {
             return;
         };
         // Packets from a side known to be the server are not client Initials.
-        if f.evidence >= Evidence::Payload && f.client != side {
+        if f.evidence >= Evidence::Payload && usize::from(f.client) != side {
             return;
         }
         let Some(version) = quic::sniff_version(payload) else {
@@ -1208,7 +1217,8 @@ impl FlowTable {
             && f.name.is_none()
         {
             *self.stats.names_by_source.entry("quic").or_default() += 1;
-            f.name = Some((self.names.get(&n, live), NameSource::Quic));
+            f.name = Some(self.names.get(&n, live));
+            f.name_source = Some(NameSource::Quic);
         }
     }
 }
@@ -1224,7 +1234,7 @@ fn new_inspect() -> Box<Inspect> {
 fn set_client(f: &mut Flow, side: usize, sender_is_client: bool, strength: Evidence) {
     // Only stronger evidence changes an earlier decision.
     if strength > f.evidence {
-        f.client = if sender_is_client { side } else { 1 - side };
+        f.client = u8::from((if sender_is_client { side } else { 1 - side }) == 1);
         f.evidence = strength;
     }
 }
@@ -1762,6 +1772,44 @@ mod tests {
             names.set.contains("www.example.com"),
             "still held by a and b"
         );
+    }
+
+    #[test]
+    fn client_mac_follows_the_client_side() {
+        let mut t = FlowTable::new(FlowTableLimits::default());
+        let (user, server) = ([192, 168, 1, 9], [203, 0, 113, 5]);
+        // The server's packet comes first (a capture that starts mid-flow), then the user's
+        // SYN settles who the client is.
+        let mut p = pkt(
+            server,
+            443,
+            user,
+            50000,
+            L4Proto::Tcp,
+            7,
+            tcp_flags::ACK,
+            &[],
+            0,
+        );
+        p.src_mac = Some([2, 0, 0, 0, 0, 2]);
+        t.observe_packet(&p);
+        let mut p = pkt(
+            user,
+            50000,
+            server,
+            443,
+            L4Proto::Tcp,
+            1,
+            tcp_flags::SYN,
+            &[],
+            1,
+        );
+        p.src_mac = Some([2, 0, 0, 0, 0, 1]);
+        t.observe_packet(&p);
+        let r: Vec<FlowRecord> = t.records().collect();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].src, IpAddr::V4(Ipv4Addr::from(user)));
+        assert_eq!(r[0].src_mac, Some([2, 0, 0, 0, 0, 1]));
     }
 
     #[test]
