@@ -579,10 +579,11 @@ fn try_run(ctx: &TcContext, dir: u8, egress: bool) -> Result<i32, i32> {
     // and only packets from users are steered).
     if up && !egress {
         if pkt.key.proto == PROTO_TCP && pkt.key.remote_port == STEER_TCP_PORT {
-            if !steer_tcp(ctx, &pkt, flow, now) {
-                // Toward a steered destination with no proxy listener for the family: a
-                // reset at once (a dual-stack client falls back to the other family), never a
-                // direct connection that would bypass session control.
+            // Toward a steered destination with no proxy listener for the family: a reset at
+            // once (a dual-stack client falls back to the other family), never a direct
+            // connection that would bypass session control; unless the daemon (and its
+            // proxy) is gone for good and the admin chose fail-open.
+            if !steer_tcp(ctx, &pkt, flow, now) && !cfg.is_some_and(|c| failed_open(c, now)) {
                 return Ok(refuse_steered(ctx, &pkt, dir, egress));
             }
         } else if pkt.key.proto == PROTO_UDP
@@ -858,10 +859,15 @@ fn refuse_steered(ctx: &TcContext, pkt: &Pkt, dir: u8, egress: bool) -> i32 {
 /// Whether verdicts are applied now: enforce mode, and the daemon alive or fail-closed.
 #[inline(always)]
 fn enforcing(cfg: &Config, now: u64) -> bool {
-    let daemon_gone = cfg.fail_open != 0
+    cfg.mode == MODE_ENFORCE && !failed_open(cfg, now)
+}
+
+/// The daemon's heartbeat is stale and the admin chose fail-open: users keep working.
+#[inline(always)]
+fn failed_open(cfg: &Config, now: u64) -> bool {
+    cfg.fail_open != 0
         && cfg.heartbeat_timeout_ns != 0
-        && now > cfg.heartbeat_ns.saturating_add(cfg.heartbeat_timeout_ns);
-    cfg.mode == MODE_ENFORCE && !daemon_gone
+        && now > cfg.heartbeat_ns.saturating_add(cfg.heartbeat_timeout_ns)
 }
 
 /// `enforce` for the packet programs: drops are decided here; building a reset or an ICMP

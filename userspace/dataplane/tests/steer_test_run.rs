@@ -7,7 +7,7 @@
 use std::{net::IpAddr, time::Duration};
 
 use tollgate_dataplane::{
-    abi, flow_key,
+    EnforceOptions, abi, flow_key,
     testing::{L4, PacketSpec, ProbeHarness, TC_ACT_SHOT, TC_ACT_UNSPEC, is_root, tcp_flags},
 };
 
@@ -138,6 +138,23 @@ fn syn_to_a_steered_destination_is_decided_and_others_pass_unmarked() {
         );
         assert_eq!(h.steering().expire().unwrap(), 1);
         assert_eq!(h.steering().entries().unwrap().len(), 2);
+
+        // Fail-open chosen and the daemon (with its proxy) gone for good: users keep working,
+        // unproxied; while its heartbeat is fresh, the reset stays.
+        h.verdicts()
+            .set_enforce_options(EnforceOptions {
+                fail_open: true,
+                heartbeat_timeout: Duration::from_millis(50),
+                block_quic: false,
+                refuse_dns: false,
+            })
+            .unwrap();
+        h.verdicts().heartbeat().unwrap();
+        let syn = tcp(USER4, STEERED4, 40005, 443, SYN);
+        assert_eq!(h.run(prog, &syn, 1).unwrap().action, TC_ACT_SHOT);
+        std::thread::sleep(Duration::from_millis(200));
+        let r = h.run(prog, &syn, 1).unwrap();
+        assert_eq!((r.action, r.mark), (TC_ACT_UNSPEC, 0), "fail-open: direct");
     });
 }
 
