@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Forwarding through the gateway with the real daemon in enforce mode, 10,000 blocked domains
+# and 10,000 blocked IPs (issues 2 and 5), against bare forwarding and the nftables peer, with
+# ../shared/bench/forwarding.sh. Needs root and a release build (cargo build --release -p tollgate).
+#
+#   tests/bench/forwarding_enforce.sh            # REPEATS=5 by default
+#   REPEATS=3 MODE=monitor tests/bench/forwarding_enforce.sh
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+BENCH=${BENCH:-$ROOT/../shared/bench/forwarding.sh}
+TOLLGATE=${TOLLGATE_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/tollgate}
+[ -x "$TOLLGATE" ] || { echo "no $TOLLGATE: cargo build --release -p tollgate" >&2; exit 1; }
+[ -x "$BENCH" ] || { echo "no $BENCH (the shared bench harness)" >&2; exit 1; }
+WORK=$(mktemp -d /tmp/tollgate-fwd.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+python3 - "$WORK" "${MODE:-enforce}" <<'PY'
+import sys
+work, mode = sys.argv[1], sys.argv[2]
+domains = ", ".join(f'"blocked{i}.example-{i % 97}.net"' for i in range(10_000))
+ips = ", ".join(f'"100.64.{i // 256}.{i % 256}/32"' for i in range(10_000))
+open(f"{work}/tollgate.toml.in", "w").write(f"""mode = "{mode}"
+state_dir = "{work}/state"
+control_socket = "{work}/control.sock"
+status_interval_secs = 0
+
+[[interfaces]]
+name = "IFACE"
+role = "lan"
+
+[[custom_apps]]
+id = "bench-blocked"
+name = "Bench blocked"
+category = "Cloud storage"
+domains = [{domains}]
+ip_ranges = [{ips}]
+
+[apps.bench-blocked]
+tag = "unsanctioned"
+""")
+PY
+export SUT_CMD_BG=1 SUT_NAME="tollgate-${MODE:-enforce}"
+export SUT_CMD="sed \"s/IFACE/\$IF_GW_C/\" $WORK/tollgate.toml.in > $WORK/run.toml && exec $TOLLGATE run --config $WORK/run.toml >> $WORK/sut.log 2>&1"
+REPEATS=${REPEATS:-5} "$BENCH"
