@@ -820,12 +820,32 @@ fn walk_flows(
     max: usize,
     f: impl FnMut(&FlowCounters),
 ) -> Result<usize, DataplaneError> {
-    walk_flow_map(map_ref(ebpf, abi::MAP_FLOWS)?, walk, max, f)
+    match map_ref(ebpf, abi::MAP_FLOWS) {
+        Ok(map) => walk_flow_map(map, walk, max, f),
+        Err(e) => {
+            walk.done = true;
+            Err(e)
+        }
+    }
 }
 
 /// [`Dataplane::walk_flow_counters`] over a flow map opened by other means (a tool that
-/// opens the daemon's pinned map, e.g. the event_storm benchmark).
+/// opens the daemon's pinned map, e.g. the event_storm benchmark). An error ends the walk
+/// (`walk.is_done()`), so a caller looping until done always stops.
 pub fn walk_flow_map(
+    map: &aya::maps::Map,
+    walk: &mut FlowWalk,
+    max: usize,
+    f: impl FnMut(&FlowCounters),
+) -> Result<usize, DataplaneError> {
+    let r = walk_flow_map_inner(map, walk, max, f);
+    if r.is_err() {
+        walk.done = true;
+    }
+    r
+}
+
+fn walk_flow_map_inner(
     map: &aya::maps::Map,
     walk: &mut FlowWalk,
     max: usize,
@@ -1108,5 +1128,10 @@ mod tests {
         assert_eq!(one_by_one, seen);
         // A finished walk stays finished.
         assert_eq!(walk_flows(&ebpf, &mut walk, 1000, |_| {}).unwrap(), 0);
+        // An error ends a walk: a map that is not a hash map.
+        let mut bad = FlowWalk::new();
+        let stats = ebpf.map(abi::MAP_STATS).expect("stats map");
+        assert!(walk_flow_map(stats, &mut bad, 1000, |_| {}).is_err());
+        assert!(bad.is_done());
     }
 }

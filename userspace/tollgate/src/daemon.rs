@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tollgate_catalog::Catalog;
 use tollgate_dataplane::{
     Dataplane, DataplaneOptions, Direction, EventReader, FlowCounters, FlowWalk, PayloadEvent,
-    PayloadKind,
+    PayloadKind, abi,
 };
 use tollgate_discovery::aggregate::{AggregateOptions, Aggregator};
 use tollgate_discovery::flow_table::{self, FlowTable, FlowTableLimits};
@@ -344,30 +344,38 @@ impl Core {
                 left,
             );
         }
-        let counters = self.dp.flow_counters().unwrap_or_default();
-        for c in &counters {
-            let Some(key) = c.flow_key() else { continue };
-            let name = self
-                .flows
-                .own_name(
-                    l4(c.proto),
-                    (c.user_ip, c.user_port),
-                    (c.remote_ip, c.remote_port),
-                )
-                .map(|(n, _)| n.to_string())
-                .or_else(|| {
-                    self.flows
-                        .dns_name(c.remote_ip, c.first_seen.into())
-                        .map(str::to_string)
-                });
-            if let Some(name) = name {
-                let _ = self.enforcer.on_named_flow(
-                    &mut self.dp,
-                    &self.catalog,
-                    &self.tags,
-                    &key,
-                    &name,
-                );
+        // The live flows in steps, not as one snapshot (12 MiB at 100k flows): each step's
+        // named flows are decided before the next step is read.
+        let mut walk = FlowWalk::new();
+        let mut named: Vec<(abi::FlowKey, String)> = Vec::new();
+        while !walk.is_done() {
+            named.clear();
+            let Core { dp, flows, .. } = self;
+            let step = dp.walk_flow_counters(&mut walk, WALK_STEP, |c| {
+                let Some(key) = c.flow_key() else { return };
+                let name = flows
+                    .own_name(
+                        l4(c.proto),
+                        (c.user_ip, c.user_port),
+                        (c.remote_ip, c.remote_port),
+                    )
+                    .map(|(n, _)| n.to_string())
+                    .or_else(|| {
+                        flows
+                            .dns_name(c.remote_ip, c.first_seen.into())
+                            .map(str::to_string)
+                    });
+                if let Some(name) = name {
+                    named.push((key, name));
+                }
+            });
+            if let Err(e) = step {
+                tracing::warn!("reading flow counters: {e}");
+            }
+            for (key, name) in &named {
+                let _ =
+                    self.enforcer
+                        .on_named_flow(&mut self.dp, &self.catalog, &self.tags, key, name);
             }
         }
         if let Err(e) = self.dp.verdicts().commit() {
