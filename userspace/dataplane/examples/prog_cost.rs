@@ -19,8 +19,8 @@ use tollgate_dataplane::{
 const REPEAT: u32 = 1_000_000;
 /// The hello case produces one ring-buffer event per run; batches stay well below the ring's
 /// capacity and the ring is drained between batches.
-const HELLO_BATCH: u32 = 4_000;
-const HELLO_BATCHES: u32 = 25;
+const HELLO_BATCH: u32 = 2_000;
+const HELLO_BATCHES: u32 = 50;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))
