@@ -231,7 +231,8 @@ pub struct FlowTableStats {
     /// QUIC long-header packets that did not decrypt as a client Initial (mostly server
     /// Initials, which use keys we do not derive): expected, so not a parse error.
     pub quic_undecryptable: u64,
-    /// New flows refused because the table was full of live flows.
+    /// Observations (packets, events, counter reads) of new flows refused because the table
+    /// was full of live flows; a refused flow counts again each time it is seen.
     pub flows_dropped: u64,
     /// Flows moved out for being idle.
     pub flows_expired: u64,
