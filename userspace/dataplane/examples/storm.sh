@@ -110,3 +110,13 @@ awk '/^[0-9a-f]+-[0-9a-f]+ / { name = $6 " " $7 } /^Rss:/ { rss[name] += $2 }
      END { for (n in rss) if (rss[n] >= 1024) printf "  mapping %-40s %.1f MiB\n", n, rss[n] / 1024 }' \
   "/proc/$PID/smaps" | sort -k3 -n -r | head -8
 echo "daemon log: $D/daemon.log"
+
+# What answering `tollgate flows --json` for every tracked flow costs the daemon.
+t0=$(date +%s.%N)
+bytes=$("$BIN/tollgate" flows --json --control "$D/control.sock" | wc -c)
+t1=$(date +%s.%N)
+echo "flows --json: $bytes bytes in $(echo "$t1 - $t0" | bc) s; daemon VmRSS after $(( $(rss_kib VmRSS) / 1024 )) MiB, peak VmHWM $(( $(rss_kib VmHWM) / 1024 )) MiB"
+t0=$(date +%s.%N)
+bytes=$("$BIN/tollgate" apps --json --control "$D/control.sock" | wc -c)
+t1=$(date +%s.%N)
+echo "apps --json: $bytes bytes in $(echo "$t1 - $t0" | bc) s; daemon VmRSS after $(( $(rss_kib VmRSS) / 1024 )) MiB, peak VmHWM $(( $(rss_kib VmHWM) / 1024 )) MiB"

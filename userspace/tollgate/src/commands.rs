@@ -123,7 +123,16 @@ pub fn flows(
     control: Option<&Path>,
     fmt: OutputFormat,
 ) -> Result<(), Failure> {
-    let data = ask(config, control, Request::Flows)?;
+    let mut data = ask(config, control, Request::Flows)?;
+    // The daemon streams flows unordered: most recent first here.
+    if let Some(flows) = data.as_array_mut() {
+        let seen = |f: &serde_json::Value| {
+            f["last_seen"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        };
+        flows.sort_by_cached_key(|f| std::cmp::Reverse(seen(f)));
+    }
     match fmt {
         OutputFormat::Json => print_json(&data),
         OutputFormat::Table => {

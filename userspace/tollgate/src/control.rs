@@ -1,6 +1,8 @@
 //! The control socket: a root-only unix socket that speaks one JSON request per line and
 //! answers one JSON response per line. `tollgate flows`, `apps`, `status`, `app tag` and
-//! `stop` are clients of it.
+//! `stop` are clients of it. A large answer (every flow) is written as the daemon produces
+//! it, piece by piece, so the daemon never holds the whole answer in memory; on the wire it is
+//! the same single line.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
 
 /// Largest request line accepted; anything longer is a misbehaving client.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -57,9 +60,27 @@ impl Response {
     }
 }
 
+/// An answer to a request.
+pub enum Reply {
+    Whole(Response),
+    /// A successful answer whose `data` value arrives in pieces of JSON text (which together
+    /// make one value); the sender drops the channel when it is complete. A piece that does
+    /// not come within `STREAM_TIMEOUT` ends the answer (the client sees a cut line).
+    Stream(mpsc::Receiver<Vec<u8>>),
+}
+
+impl From<Response> for Reply {
+    fn from(r: Response) -> Self {
+        Reply::Whole(r)
+    }
+}
+
+/// How long a streamed answer may pause between pieces.
+pub const STREAM_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What answers requests: the daemon implements it.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, req: Request) -> impl std::future::Future<Output = Response> + Send;
+    fn handle(&self, req: Request) -> impl std::future::Future<Output = Reply> + Send;
 }
 
 /// Binds the socket (replacing a stale one), mode 0600, and serves until the task is dropped.
@@ -111,13 +132,28 @@ async fn serve_one<H: Handler>(stream: UnixStream, handler: Arc<H>) -> Result<()
     tokio::time::timeout(REQUEST_TIMEOUT, rd.read_line(&mut line))
         .await
         .context("request timed out")??;
-    let resp = match serde_json::from_str::<Request>(line.trim()) {
+    let reply = match serde_json::from_str::<Request>(line.trim()) {
         Ok(req) => handler.handle(req).await,
-        Err(e) => Response::err(format!("bad request: {e}")),
+        Err(e) => Response::err(format!("bad request: {e}")).into(),
     };
-    let mut out = serde_json::to_vec(&resp)?;
-    out.push(b'\n');
-    wr.write_all(&out).await?;
+    match reply {
+        Reply::Whole(resp) => {
+            let mut out = serde_json::to_vec(&resp)?;
+            out.push(b'\n');
+            wr.write_all(&out).await?;
+        }
+        Reply::Stream(mut pieces) => {
+            wr.write_all(br#"{"ok":true,"data":"#).await?;
+            loop {
+                match tokio::time::timeout(STREAM_TIMEOUT, pieces.recv()).await {
+                    Ok(Some(piece)) => wr.write_all(&piece).await?,
+                    Ok(None) => break,
+                    Err(_) => bail!("the daemon stopped producing the answer"),
+                }
+            }
+            wr.write_all(b"}\n").await?;
+        }
+    }
     wr.shutdown().await?;
     Ok(())
 }
@@ -157,11 +193,21 @@ mod tests {
 
     struct Echo;
     impl Handler for Echo {
-        async fn handle(&self, req: Request) -> Response {
+        async fn handle(&self, req: Request) -> Reply {
             match req {
-                Request::Tag { app, tag } => Response::ok(serde_json::json!({ app: tag })),
-                Request::Stop => Response::err("not now"),
-                _ => Response::ok(serde_json::json!([])),
+                Request::Tag { app, tag } => Response::ok(serde_json::json!({ app: tag })).into(),
+                Request::Stop => Response::err("not now").into(),
+                Request::Flows => {
+                    // An array of 3 numbers in 4 pieces.
+                    let (tx, rx) = mpsc::channel(1);
+                    tokio::spawn(async move {
+                        for piece in ["[1", ",2", ",", "3]"] {
+                            let _ = tx.send(piece.as_bytes().to_vec()).await;
+                        }
+                    });
+                    Reply::Stream(rx)
+                }
+                _ => Response::ok(serde_json::json!([])).into(),
             }
         }
     }
@@ -190,6 +236,12 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(data["dropbox"], "unsanctioned");
+        let flows = request(&sock, &Request::Flows).await.unwrap();
+        assert_eq!(
+            flows,
+            serde_json::json!([1, 2, 3]),
+            "a streamed answer arrives whole"
+        );
         let err = request(&sock, &Request::Stop).await.unwrap_err();
         assert!(err.to_string().contains("not now"));
         // A second daemon on the same socket is refused while the first answers.

@@ -142,7 +142,7 @@ fn resolve_interfaces(cfg: &Config) -> Result<Vec<(String, Role)>> {
 /// A request from the control socket with the way back.
 struct ControlCall {
     request: Request,
-    reply: oneshot::Sender<Response>,
+    reply: oneshot::Sender<control::Reply>,
 }
 
 struct ControlHandler {
@@ -150,13 +150,13 @@ struct ControlHandler {
 }
 
 impl control::Handler for ControlHandler {
-    async fn handle(&self, request: Request) -> Response {
+    async fn handle(&self, request: Request) -> control::Reply {
         let (reply, rx) = oneshot::channel();
         if self.tx.send(ControlCall { request, reply }).await.is_err() {
-            return Response::err("the daemon is shutting down");
+            return Response::err("the daemon is shutting down").into();
         }
         rx.await
-            .unwrap_or_else(|_| Response::err("the daemon dropped the request"))
+            .unwrap_or_else(|_| Response::err("the daemon dropped the request").into())
     }
 }
 
@@ -498,10 +498,32 @@ impl Core {
         }
     }
 
-    fn flows_json(&self) -> serde_json::Value {
-        let mut recs: Vec<FlowRecord> = self.flows.records().collect();
-        recs.sort_by_key(|r| std::cmp::Reverse(r.last_seen));
-        serde_json::to_value(recs).unwrap_or_default()
+    /// Every flow as a JSON array, written in pieces of about `FLOWS_PIECE` bytes as the
+    /// client reads them: the answer for 100k flows is ~36 MB of text that the daemon never
+    /// holds at once (built whole, with a value tree, it took ~280 MB). Unordered; the CLI
+    /// sorts. A client that stops reading for `STREAM_TIMEOUT` loses the rest.
+    async fn stream_flows(&self, tx: mpsc::Sender<Vec<u8>>) {
+        const FLOWS_PIECE: usize = 64 * 1024;
+        let mut piece = Vec::with_capacity(FLOWS_PIECE + 1024);
+        piece.push(b'[');
+        for (i, rec) in self.flows.records().enumerate() {
+            if i > 0 {
+                piece.push(b',');
+            }
+            if let Err(e) = serde_json::to_writer(&mut piece, &rec) {
+                tracing::warn!("flow record not serialisable: {e}");
+                piece.extend_from_slice(b"null");
+            }
+            if piece.len() >= FLOWS_PIECE {
+                let full = std::mem::replace(&mut piece, Vec::with_capacity(FLOWS_PIECE + 1024));
+                match tokio::time::timeout(control::STREAM_TIMEOUT, tx.send(full)).await {
+                    Ok(Ok(())) => {}
+                    _ => return,
+                }
+            }
+        }
+        piece.push(b']');
+        let _ = tokio::time::timeout(control::STREAM_TIMEOUT, tx.send(piece)).await;
     }
 
     fn apps_json(&self) -> serde_json::Value {
@@ -591,7 +613,8 @@ impl Core {
 
     fn on_control(&mut self, request: Request) -> (Response, Next) {
         match request {
-            Request::Flows => (Response::ok(self.flows_json()), Next::Continue),
+            // Streamed by the control loop (`stream_flows`).
+            Request::Flows => (Response::err("flows are streamed"), Next::Continue),
             Request::Apps => (Response::ok(self.apps_json()), Next::Continue),
             Request::Status => (Response::ok(self.status_json()), Next::Continue),
             Request::Tag { app, tag } => (self.set_tag(&app, &tag), Next::Continue),
@@ -776,8 +799,15 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
                 if matches!(call.request, Request::Flows | Request::Apps | Request::Status) {
                     core.poll_counters(&mut events);
                 }
+                if call.request == Request::Flows {
+                    let (tx, pieces) = mpsc::channel(2);
+                    if call.reply.send(control::Reply::Stream(pieces)).is_ok() {
+                        core.stream_flows(tx).await;
+                    }
+                    continue;
+                }
                 let (resp, next) = core.on_control(call.request);
-                let _ = call.reply.send(resp);
+                let _ = call.reply.send(resp.into());
                 if let Next::Stop = next {
                     detach = true;
                     break;
