@@ -996,6 +996,37 @@ fn csum_fold(mut sum: u32) -> u16 {
     !(sum as u16)
 }
 
+/// An IPv6 header from `src` to `dst` carrying `payload_len` (< 64 KiB) bytes of
+/// `next_header`, hop limit 64, and the checksum sum of its pseudo-header (addresses,
+/// upper-layer length, next header).
+#[inline(always)]
+fn ipv6_header(
+    src: &[u32; 4],
+    dst: &[u32; 4],
+    payload_len: u32,
+    next_header: u8,
+) -> ([u8; 40], u32) {
+    let mut ip = [0u8; 40];
+    ip[0] = 0x60;
+    ip[4] = (payload_len >> 8) as u8;
+    ip[5] = payload_len as u8;
+    ip[6] = next_header;
+    ip[7] = 64;
+    let mut i = 0;
+    while i < 16 {
+        ip[8 + i] = src[i / 4].to_ne_bytes()[i % 4];
+        ip[24 + i] = dst[i / 4].to_ne_bytes()[i % 4];
+        i += 1;
+    }
+    let mut sum = (payload_len & 0xffff) + u32::from(next_header);
+    let mut i = 8;
+    while i < 40 {
+        sum += u32::from(u16::from_be_bytes([ip[i], ip[i + 1]]));
+        i += 2;
+    }
+    (ip, sum)
+}
+
 #[inline(always)]
 fn swap_macs(ctx: &TcContext) -> bool {
     let Some(m) = read::<[u8; 12]>(ctx, 0) else {
@@ -1060,26 +1091,8 @@ fn make_rst(skb: *mut __sk_buff, pkt: &Pkt, dir: u8, reply: bool) -> bool {
             return false;
         }
     } else {
-        let mut ip = [0u8; 40];
-        ip[0] = 0x60;
-        ip[5] = 20;
-        ip[6] = PROTO_TCP;
-        ip[7] = 64;
-        let mut i = 0;
-        while i < 16 {
-            ip[8 + i] = k.remote_addr[i / 4].to_ne_bytes()[i % 4];
-            ip[24 + i] = k.user_addr[i / 4].to_ne_bytes()[i % 4];
-            i += 1;
-        }
-        let mut pseudo = [0u8; 40];
-        let mut i = 0;
-        while i < 32 {
-            pseudo[i] = ip[8 + i];
-            i += 1;
-        }
-        pseudo[35] = 20;
-        pseudo[39] = PROTO_TCP;
-        let c = csum_fold(csum_add(csum_add(0, &pseudo), &tcp)).to_be_bytes();
+        let (ip, pseudo) = ipv6_header(&k.remote_addr, &k.user_addr, 20, PROTO_TCP);
+        let c = csum_fold(csum_add(pseudo, &tcp)).to_be_bytes();
         tcp[16] = c[0];
         tcp[17] = c[1];
         if !change_tail(ctx, l3 + 60)
@@ -1146,26 +1159,8 @@ fn make_rst_to_remote(skb: *mut __sk_buff, pkt: &Pkt) -> bool {
             && ctx.store(l3 as usize, &ip, 0).is_ok()
             && ctx.store(l3 as usize + 20, &tcp, 0).is_ok()
     } else {
-        let mut ip = [0u8; 40];
-        ip[0] = 0x60;
-        ip[5] = 20;
-        ip[6] = PROTO_TCP;
-        ip[7] = 64;
-        let mut i = 0;
-        while i < 16 {
-            ip[8 + i] = k.user_addr[i / 4].to_ne_bytes()[i % 4];
-            ip[24 + i] = k.remote_addr[i / 4].to_ne_bytes()[i % 4];
-            i += 1;
-        }
-        let mut pseudo = [0u8; 40];
-        let mut i = 0;
-        while i < 32 {
-            pseudo[i] = ip[8 + i];
-            i += 1;
-        }
-        pseudo[35] = 20;
-        pseudo[39] = PROTO_TCP;
-        let c = csum_fold(csum_add(csum_add(0, &pseudo), &tcp)).to_be_bytes();
+        let (ip, pseudo) = ipv6_header(&k.user_addr, &k.remote_addr, 20, PROTO_TCP);
+        let c = csum_fold(csum_add(pseudo, &tcp)).to_be_bytes();
         tcp[16] = c[0];
         tcp[17] = c[1];
         change_tail(ctx, l3 + 60)
@@ -1187,27 +1182,10 @@ fn make_icmp6_unreachable(skb: *mut __sk_buff, pkt: &Pkt) -> bool {
         return false;
     };
     let k = &pkt.key;
-    let mut ip = [0u8; 40];
-    ip[0] = 0x60;
-    ip[5] = 56; // ICMPv6 header + quoted 48 bytes
-    ip[6] = 58; // ICMPv6
-    ip[7] = 64;
-    let mut i = 0;
-    while i < 16 {
-        ip[8 + i] = k.remote_addr[i / 4].to_ne_bytes()[i % 4];
-        ip[24 + i] = k.user_addr[i / 4].to_ne_bytes()[i % 4];
-        i += 1;
-    }
-    let mut pseudo = [0u8; 40];
-    let mut i = 0;
-    while i < 32 {
-        pseudo[i] = ip[8 + i];
-        i += 1;
-    }
-    pseudo[35] = 56;
-    pseudo[39] = 58;
+    // ICMPv6 (58): its header + the quoted 48 bytes.
+    let (ip, pseudo) = ipv6_header(&k.remote_addr, &k.user_addr, 56, 58);
     let mut icmp = [1u8, 4, 0, 0, 0, 0, 0, 0]; // destination unreachable, port unreachable
-    let c = csum_fold(csum_add(csum_add(csum_add(0, &pseudo), &icmp), &orig)).to_be_bytes();
+    let c = csum_fold(csum_add(csum_add(pseudo, &icmp), &orig)).to_be_bytes();
     icmp[2] = c[0];
     icmp[3] = c[1];
     let l3 = pkt.l3_off;
@@ -1349,28 +1327,8 @@ fn make_nxdomain(skb: *mut __sk_buff, pkt: &Pkt, question_len: u32) -> bool {
         if l4 != l3 + 40 {
             return false; // extension headers: dropped without an answer.
         }
-        let mut ip = [0u8; 40];
-        ip[0] = 0x60;
-        ip[4] = (udp_len >> 8) as u8;
-        ip[5] = udp_len as u8;
-        ip[6] = 17;
-        ip[7] = 64;
-        let mut i = 0;
-        while i < 16 {
-            ip[8 + i] = k.remote_addr[i / 4].to_ne_bytes()[i % 4];
-            ip[24 + i] = k.user_addr[i / 4].to_ne_bytes()[i % 4];
-            i += 1;
-        }
-        let mut pseudo = [0u8; 40];
-        let mut i = 0;
-        while i < 32 {
-            pseudo[i] = ip[8 + i];
-            i += 1;
-        }
-        pseudo[34] = (udp_len >> 8) as u8;
-        pseudo[35] = udp_len as u8;
-        pseudo[39] = 17;
-        sum = csum_add(sum, &pseudo);
+        let (ip, pseudo) = ipv6_header(&k.remote_addr, &k.user_addr, udp_len, PROTO_UDP);
+        sum += pseudo;
         change_tail(ctx, l4 + udp_len) && ctx.store(l3 as usize, &ip, 0).is_ok()
     };
     let mut c = csum_fold(sum);
