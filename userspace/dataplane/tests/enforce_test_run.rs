@@ -7,8 +7,11 @@ use std::{net::IpAddr, time::Duration};
 
 use tollgate_dataplane::{
     Action, EnforceOptions, Mode, NameRule, abi,
-    testing::{L4, PacketSpec, ProbeHarness, TC_ACT_SHOT, TC_ACT_UNSPEC, is_root, tcp_flags},
+    testing::{L4, PacketSpec, ProbeHarness, TC_ACT_SHOT, TC_ACT_UNSPEC, tcp_flags},
 };
+
+mod common;
+use common::with_harness;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("address literal")
@@ -19,27 +22,6 @@ const REMOTE4: &str = "198.51.100.20";
 const OTHER4: &str = "203.0.113.9";
 const USER6: &str = "2001:db8:1::10";
 const REMOTE6: &str = "2001:db8:2::20";
-
-/// Runs `f` with a harness on a thread inside a fresh network namespace.
-fn with_harness(f: impl FnOnce(&mut ProbeHarness) + Send + 'static) {
-    if !is_root() {
-        eprintln!("skipping: needs root");
-        return;
-    }
-    std::thread::spawn(move || {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare netns");
-        // Resets are redirected to the test device (this namespace's loopback): it must be up.
-        let up = std::process::Command::new("ip")
-            .args(["link", "set", "lo", "up"])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(up, "ip link set lo up");
-        let mut h = ProbeHarness::load().expect("probes load");
-        f(&mut h);
-    })
-    .join()
-    .expect("test thread");
-}
 
 fn tcp(
     src: &str,

@@ -7,25 +7,14 @@ use std::net::IpAddr;
 
 use tollgate_dataplane::{
     Action, Mode, PayloadKind, abi, block_page_html, block_page_packet,
-    testing::{PacketSpec, ProbeHarness, TC_ACT_UNSPEC, is_root, tcp_flags},
+    testing::{PacketSpec, TC_ACT_UNSPEC, tcp_flags},
 };
+
+mod common;
+use common::with_harness;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("address literal")
-}
-
-fn with_harness(f: impl FnOnce(&mut ProbeHarness) + Send + 'static) {
-    if !is_root() {
-        eprintln!("skipping: needs root");
-        return;
-    }
-    std::thread::spawn(move || {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare netns");
-        let mut h = ProbeHarness::load().expect("probes load");
-        f(&mut h);
-    })
-    .join()
-    .expect("test thread");
 }
 
 fn request(host: &str, sport: u16) -> (Vec<u8>, Vec<u8>) {

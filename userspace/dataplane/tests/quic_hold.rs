@@ -7,8 +7,11 @@ use std::{net::IpAddr, time::Duration};
 
 use tollgate_dataplane::{
     Action, Mode, abi, flow_key,
-    testing::{L4, PacketSpec, ProbeHarness, TC_ACT_SHOT, TC_ACT_UNSPEC, is_root},
+    testing::{L4, PacketSpec, ProbeHarness, TC_ACT_SHOT, TC_ACT_UNSPEC},
 };
+
+mod common;
+use common::with_harness;
 
 const USER: &str = "192.0.2.10";
 const REMOTE: &str = "198.51.100.20";
@@ -17,25 +20,6 @@ const REMOTE6: &str = "2001:db8:2::20";
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("address literal")
-}
-
-fn with_harness(f: impl FnOnce(&mut ProbeHarness) + Send + 'static) {
-    if !is_root() {
-        eprintln!("skipping: needs root");
-        return;
-    }
-    std::thread::spawn(move || {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare netns");
-        let up = std::process::Command::new("ip")
-            .args(["link", "set", "lo", "up"])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(up, "ip link set lo up");
-        let mut h = ProbeHarness::load().expect("probes load");
-        f(&mut h);
-    })
-    .join()
-    .expect("test thread");
 }
 
 fn initial() -> Vec<u8> {

@@ -1,5 +1,5 @@
-//! What the namespace tests share: a client/server namespace pair that cleans up after
-//! itself, and small command helpers.
+//! What the kernel-program tests share: a harness in a private network namespace, a
+//! client/server namespace pair that cleans up after itself, and small command helpers.
 #![allow(dead_code, reason = "each test file uses a different part")]
 
 use std::{
@@ -59,4 +59,24 @@ pub fn tools_present(tools: &[&str]) -> bool {
     tools
         .iter()
         .all(|t| sh(&["sh", "-c", &format!("command -v {t}")]))
+}
+
+/// Runs `f` with the probes loaded, on a thread inside a fresh network namespace whose
+/// loopback is up (resets, ICMP errors and DNS answers the probes send with
+/// bpf_clone_redirect go to the test device, that loopback). Skips when not root.
+pub fn with_harness(
+    f: impl FnOnce(&mut tollgate_dataplane::testing::ProbeHarness) + Send + 'static,
+) {
+    if !tollgate_dataplane::testing::is_root() {
+        eprintln!("skipping: needs root");
+        return;
+    }
+    std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare netns");
+        assert!(sh(&["ip", "link", "set", "lo", "up"]), "ip link set lo up");
+        let mut h = tollgate_dataplane::testing::ProbeHarness::load().expect("probes load");
+        f(&mut h);
+    })
+    .join()
+    .expect("test thread");
 }
