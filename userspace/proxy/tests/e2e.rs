@@ -284,6 +284,18 @@ async fn start_proxy_with(
     )
 }
 
+/// The test CA and a TLS origin for files.test, or `None` (skip) without curl.
+async fn files_origin() -> Option<(TestCa, SocketAddr)> {
+    if !have_curl() {
+        eprintln!("skip: curl not installed");
+        return None;
+    }
+    let ca = TestCa::new("tollgate test origin CA");
+    let (certs, key) = ca.leaf("files.test");
+    let origin = start_origin(certs, key).await;
+    Some((ca, origin))
+}
+
 fn have_curl() -> bool {
     Command::new("curl")
         .arg("--version")
@@ -336,13 +348,9 @@ async fn curl(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_through_the_proxy() {
-    if !have_curl() {
-        eprintln!("skip: curl not installed");
+    let Some((ca, origin)) = files_origin().await else {
         return;
-    }
-    let ca = TestCa::new("tollgate test origin CA");
-    let (certs, key) = ca.leaf("files.test");
-    let origin = start_origin(certs, key).await;
+    };
     let (env, proxy) = start_proxy("main", origin, &ca.issuer.pem()).await;
 
     for proto in ["--http1.1", "--http2"] {
@@ -609,13 +617,9 @@ async fn smuggling_and_bad_input_rejected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_rejecting_our_ca_is_bypassed() {
-    if !have_curl() {
-        eprintln!("skip: curl not installed");
+    let Some((ca, origin)) = files_origin().await else {
         return;
-    }
-    let ca = TestCa::new("tollgate test origin CA");
-    let (certs, key) = ca.leaf("files.test");
-    let origin = start_origin(certs, key).await;
+    };
     let (env, proxy) = start_proxy("reject", origin, &ca.issuer.pem()).await;
     // A client that trusts only the real CA (a pinning app) rejects our leaf...
     let (code, _, err) = curl(proxy, "files.test", "/x", &env.origin_ca, &[]).await;
@@ -633,13 +637,9 @@ async fn client_rejecting_our_ca_is_bypassed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_policies_by_user_agent_and_source() {
-    if !have_curl() {
-        eprintln!("skip: curl not installed");
+    let Some((ca, origin)) = files_origin().await else {
         return;
-    }
-    let ca = TestCa::new("tollgate test origin CA");
-    let (certs, key) = ca.leaf("files.test");
-    let origin = start_origin(certs, key).await;
+    };
     let policies = r#"
 [[access_policies]]
 name = "no scripted access from unmanaged devices"
@@ -758,13 +758,9 @@ async fn drop_mid_handshake(proxy: SocketAddr, ca: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_drops_bypass_only_clients_that_never_trusted_us() {
-    if !have_curl() {
-        eprintln!("skip: curl not installed");
+    let Some((ca, origin)) = files_origin().await else {
         return;
-    }
-    let ca = TestCa::new("tollgate test origin CA");
-    let (certs, key) = ca.leaf("files.test");
-    let origin = start_origin(certs, key).await;
+    };
     let ok = b"GET /fine HTTP/1.1\r\nHost: files.test\r\nConnection: close\r\n\r\n";
 
     // A client that has completed handshakes with our CA and then drops some mid-handshake
@@ -799,13 +795,9 @@ async fn silent_drops_bypass_only_clients_that_never_trusted_us() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn managed_devices_by_client_certificate_and_policy_reload() {
-    if !have_curl() {
-        eprintln!("skip: curl not installed");
+    let Some((ca, origin)) = files_origin().await else {
         return;
-    }
-    let ca = TestCa::new("tollgate test origin CA");
-    let (certs, key) = ca.leaf("files.test");
-    let origin = start_origin(certs, key).await;
+    };
     // A device CA and one device certificate.
     let device_ca = TestCa::new("device CA");
     let dev_key = KeyPair::generate().unwrap();
@@ -985,13 +977,9 @@ async fn upgrades_are_relayed() {
 /// proxy cannot decode is not waved through; requests offer only decodable codings.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compressed_downloads_are_inspected() {
-    if !have_curl() {
-        eprintln!("skip: curl not installed");
+    let Some((ca, origin)) = files_origin().await else {
         return;
-    }
-    let ca = TestCa::new("tollgate test origin CA");
-    let (certs, key) = ca.leaf("files.test");
-    let origin = start_origin(certs, key).await;
+    };
     let policies = r#"
 [[session_policies]]
 name = "no card numbers in"
