@@ -1763,6 +1763,15 @@ fn job() -> Option<&'static mut Job> {
     TG_JOB.get_ptr_mut(0).map(|j| unsafe { &mut *j })
 }
 
+/// This CPU's job and scratch buffer (the stages of one packet's pipeline share them).
+#[inline(always)]
+fn job_and_scratch() -> Option<(&'static mut Job, &'static mut HelloState)> {
+    let job = job()?;
+    let h = TG_HSCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch value; the pipeline runs on one CPU, one packet at a time.
+    Some((job, unsafe { &mut *h }))
+}
+
 /// Drops a completely received hello's state (the packet program left it for us).
 #[inline(always)]
 fn forget_hello(key: &FlowKey, complete: bool) {
@@ -1873,14 +1882,9 @@ fn load_payload<const SCAN: u32>(
 /// name (without port) into the job.
 #[classifier]
 pub fn tg_host(ctx: TcContext) -> i32 {
-    let Some(job) = job() else {
+    let Some((job, h)) = job_and_scratch() else {
         return PASS;
     };
-    let Some(h) = TG_HSCRATCH.get_ptr_mut(0) else {
-        return PASS;
-    };
-    // SAFETY: this CPU's scratch value; the pipeline runs on one CPU, one packet at a time.
-    let h = unsafe { &mut *h };
     let Some(len) = load_payload::<HOST_SCAN>(&ctx, job, h, 16) else {
         return PASS;
     };
@@ -1959,14 +1963,9 @@ pub fn tg_host(ctx: TcContext) -> i32 {
 /// a plain one-question query passes untouched.
 #[classifier]
 pub fn tg_qname(ctx: TcContext) -> i32 {
-    let Some(job) = job() else {
+    let Some((job, h)) = job_and_scratch() else {
         return PASS;
     };
-    let Some(h) = TG_HSCRATCH.get_ptr_mut(0) else {
-        return PASS;
-    };
-    // SAFETY: this CPU's scratch value; the pipeline runs on one CPU, one packet at a time.
-    let h = unsafe { &mut *h };
     // At least the header, the shortest name (one label of one byte + root), type and class.
     let Some(len) = load_payload::<QNAME_SCAN>(&ctx, job, h, DNS_HEADER_LEN + 3 + 4) else {
         return PASS;
