@@ -224,6 +224,18 @@ impl Daemon {
         })
     }
 
+    /// Sends a signal (e.g. "HUP") to this daemon's process.
+    pub fn signal(&self, sig: &str) -> Result<()> {
+        let needle = format!("run --config {}", self.config.display());
+        let st = std::process::Command::new("pkill")
+            .args([&format!("-{sig}"), "-f", "--", &needle])
+            .status()?;
+        if !st.success() {
+            bail!("no daemon process matched {needle:?}");
+        }
+        Ok(())
+    }
+
     /// Detaches the programs and removes the pins.
     pub fn stop(&self) {
         let _ = self.cli(&["stop"]);

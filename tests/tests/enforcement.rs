@@ -277,6 +277,54 @@ fn chromium_blocked_over_tcp_and_quic_at_once() {
     daemon.stop();
 }
 
+/// SIGHUP reloads the config: a tag added in the file blocks the app at once; a config that
+/// does not load is refused and changes nothing.
+#[test]
+fn sighup_reloads_tags_from_the_config() {
+    let test = "sighup_reloads_tags_from_the_config";
+    if !ready(test) {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = Topology::new("hu", 1500).expect("topology");
+    let _origins = Origins::start(&mut topo, false).expect("origins");
+    let daemon = Daemon::start(&mut topo, "enforce", CONFIG).expect("daemon");
+    assert_allowed(&topo, "curl slack before the reload", &curl("slack.com"));
+    let original = std::fs::read_to_string(&daemon.config).expect("config");
+    std::fs::write(
+        &daemon.config,
+        format!("{original}\n[apps.slack]\ntag = \"unsanctioned\"\n"),
+    )
+    .expect("config");
+    daemon.signal("HUP").expect("SIGHUP");
+    let blocked = tollgate_e2e::wait_for(Duration::from_secs(5), || {
+        let (ok, _, _) = attempt(&topo, &curl("slack.com"));
+        (!ok).then_some(())
+    });
+    assert!(
+        blocked.is_some(),
+        "slack still works after the reload: {}",
+        topo.log(&daemon.log)
+    );
+    assert_blocked_fast(&topo, "curl slack after the reload", &curl("slack.com"));
+    // A broken file: refused, the running config (slack blocked) stays.
+    std::fs::write(&daemon.config, format!("{original}\n[apps.slack\n")).expect("config");
+    daemon.signal("HUP").expect("SIGHUP");
+    let refused = tollgate_e2e::wait_for(Duration::from_secs(5), || {
+        topo.log(&daemon.log)
+            .contains("reload refused")
+            .then_some(())
+    });
+    assert!(refused.is_some(), "{}", topo.log(&daemon.log));
+    assert_blocked_fast(
+        &topo,
+        "curl slack after a refused reload",
+        &curl("slack.com"),
+    );
+    assert_allowed(&topo, "curl github", &curl("github.com"));
+    daemon.stop();
+}
+
 /// `dig` through the gateway: (rcode, answers, seconds).
 fn dig(topo: &Topology, name: &str, server: &str, extra: &str) -> (String, String, f64) {
     let (_, secs, out) = attempt(

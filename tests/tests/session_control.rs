@@ -255,6 +255,21 @@ fn steered_app_gets_policies_others_keep_their_certificate() {
         !log.contains("4111 1111 1111 1111"),
         "the audit log must mask evidence: {log}"
     );
+    // SIGHUP after the policy changed to .msi in the config: the .exe download now passes.
+    let config = std::fs::read_to_string(&daemon.config).unwrap();
+    let without = config.replace("file_extensions = [\"exe\"]", "file_extensions = [\"msi\"]");
+    assert_ne!(without, config, "the test config changed shape");
+    std::fs::write(&daemon.config, without).unwrap();
+    daemon.signal("HUP").expect("SIGHUP");
+    let reloaded = tollgate_e2e::wait_for(Duration::from_secs(5), || {
+        let (_, body, _) = curl("-w '\\n%{http_code}' https://www.dropbox.com/setup.exe");
+        body.trim_end().ends_with("200").then_some(body)
+    });
+    assert!(
+        reloaded.is_some_and(|b| b.contains("MZ fake executable")),
+        "the reloaded policies were not applied: {}",
+        topo.log(&daemon.log)
+    );
     daemon.stop();
     // Stopping removes the policy route.
     let gone = tollgate_e2e::wait_for(Duration::from_secs(10), || {

@@ -163,6 +163,8 @@ impl control::Handler for ControlHandler {
 /// The state the core task owns.
 struct Core {
     cfg: Config,
+    /// The file `cfg` came from (`None`: the embedded default), read again on SIGHUP.
+    config_path: Option<PathBuf>,
     dp: Dataplane,
     flows: FlowTable,
     catalog: Arc<Catalog>,
@@ -611,6 +613,100 @@ impl Core {
         Response::ok(serde_json::json!({ "app": app, "tag": tag.to_string() }))
     }
 
+    /// SIGHUP: reads the config file again and applies what can change without a restart:
+    /// tags and tag rules (the kernel's verdicts follow at once, as for `tollgate app tag`),
+    /// session and access policies, and which apps are under session control. A config that
+    /// does not load leaves everything as it was. Changes to anything else are reported as
+    /// needing a restart.
+    fn reload(&mut self) {
+        let Some(path) = self.config_path.clone() else {
+            crate::outln!(
+                "tollgate: SIGHUP: running on the embedded default config; nothing to reload"
+            );
+            return;
+        };
+        let new = match crate::config::Config::load(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("reload refused, the running config stays: {e}");
+                crate::outln!("tollgate: reload refused, the running config stays: {e}");
+                return;
+            }
+        };
+        let tags = match TagBook::new(
+            &self.catalog,
+            &new.apps,
+            new.tag_rules.clone(),
+            self.live_tags.clone(),
+        ) {
+            Ok(t) => t,
+            Err(e) => {
+                crate::outln!(
+                    "tollgate: reload refused ({}: apps/tag_rules: {e}), the running config stays",
+                    path.display()
+                );
+                return;
+            }
+        };
+        if let Some(s) = &mut self.session
+            && let Err(e) = s.reload(&new)
+        {
+            crate::outln!(
+                "tollgate: reload refused ({}: {e:#}), the running config stays",
+                path.display()
+            );
+            return;
+        }
+        let needs_restart: Vec<&str> = [
+            ("mode", new.mode != self.cfg.mode),
+            (
+                "interfaces",
+                format!("{:?}", new.interfaces) != format!("{:?}", self.cfg.interfaces),
+            ),
+            (
+                "custom_apps",
+                format!("{:?}", new.custom_apps) != format!("{:?}", self.cfg.custom_apps),
+            ),
+            (
+                "catalog",
+                format!("{:?}", new.catalog) != format!("{:?}", self.cfg.catalog),
+            ),
+            (
+                "enforcement",
+                format!("{:?}", new.enforcement) != format!("{:?}", self.cfg.enforcement),
+            ),
+            (
+                "proxy",
+                format!("{:?}", new.proxy) != format!("{:?}", self.cfg.proxy),
+            ),
+            (
+                "session control started",
+                self.session.is_none() && !crate::session::session_apps(&new).is_empty(),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(what, changed)| changed.then_some(what))
+        .collect();
+        self.tags = tags;
+        self.cfg.apps = new.apps;
+        self.cfg.tag_rules = new.tag_rules;
+        self.cfg.session_policies = new.session_policies;
+        self.cfg.access_policies = new.access_policies;
+        self.apply_tags();
+        crate::outln!(
+            "tollgate: reloaded {} (tags, tag rules, session and access policies){}",
+            path.display(),
+            if needs_restart.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; changes to {} take effect after a restart",
+                    needs_restart.join(", ")
+                )
+            }
+        );
+    }
+
     fn on_control(&mut self, request: Request) -> (Response, Next) {
         match request {
             // Streamed by the control loop (`stream_flows`).
@@ -757,6 +853,7 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
         last_status: Instant::now(),
         reader: Arc::new(ReaderCounts::default()),
         cfg,
+        config_path,
     };
 
     // Name verdicts for what the config and the live tags leave unsanctioned.
@@ -777,6 +874,8 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
         tokio::time::interval_at(tokio::time::Instant::now() + status_every, status_every);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
+    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
     let mut detach = false;
     loop {
         tokio::select! {
@@ -813,6 +912,7 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
                     break;
                 }
             }
+            _ = sighup.recv() => core.reload(),
             _ = sigterm.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }

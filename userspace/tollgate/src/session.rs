@@ -52,7 +52,7 @@ pub struct SessionControl {
     handle: ProxyHandle,
     route: PolicyRoute,
     apps: HashSet<String>,
-    _apps_tx: watch::Sender<HashSet<String>>,
+    apps_tx: watch::Sender<HashSet<String>>,
     /// Addresses in the kernel's steer tries, and when they were last written (entries
     /// expire after [`STEER_TIMEOUT`]).
     steered: HashMap<IpAddr, Instant>,
@@ -115,7 +115,7 @@ impl SessionControl {
             handle,
             route,
             apps,
-            _apps_tx: apps_tx,
+            apps_tx,
             steered: HashMap::new(),
         }))
     }
@@ -148,6 +148,24 @@ impl SessionControl {
 
     pub fn stats(&self) -> tollgate_proxy::StatsSnapshot {
         self.handle.stats()
+    }
+
+    /// A reloaded config: new session and access policies, and the apps under session control
+    /// (an app taken out is spliced from its next connection; one added is steered from its
+    /// next DNS answer). Nothing changes when the policies do not compile.
+    pub fn reload(&mut self, cfg: &Config) -> Result<()> {
+        self.handle
+            .update_policies(&PolicySet {
+                session_policies: cfg.session_policies.clone(),
+                access_policies: cfg.access_policies.clone(),
+            })
+            .context("the new policies")?;
+        let apps = session_apps(cfg);
+        if apps != self.apps {
+            self.apps = apps.clone();
+            self.apps_tx.send_replace(apps);
+        }
+        Ok(())
     }
 
     /// Forgets expired steered addresses (the kernel already ignores them).
