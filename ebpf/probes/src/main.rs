@@ -996,6 +996,56 @@ fn csum_fold(mut sum: u32) -> u16 {
     !(sum as u16)
 }
 
+/// An IPv4 header (no options, DF, TTL 64) from `src` to `dst` (network-order words as in
+/// `FlowKey`) carrying `payload_len` bytes of `proto`, with its checksum, and the checksum sum
+/// of the TCP/UDP pseudo-header.
+#[inline(always)]
+fn ipv4_header(src: u32, dst: u32, payload_len: u32, proto: u8) -> ([u8; 20], u32) {
+    let s = src.to_ne_bytes();
+    let d = dst.to_ne_bytes();
+    let total = 20 + payload_len;
+    let mut ip = [
+        0x45,
+        0,
+        (total >> 8) as u8,
+        total as u8,
+        0,
+        0,
+        0x40,
+        0,
+        64,
+        proto,
+        0,
+        0,
+        s[0],
+        s[1],
+        s[2],
+        s[3],
+        d[0],
+        d[1],
+        d[2],
+        d[3],
+    ];
+    let c = csum_fold(csum_add(0, &ip)).to_be_bytes();
+    ip[10] = c[0];
+    ip[11] = c[1];
+    let pseudo = [
+        s[0],
+        s[1],
+        s[2],
+        s[3],
+        d[0],
+        d[1],
+        d[2],
+        d[3],
+        0,
+        proto,
+        (payload_len >> 8) as u8,
+        payload_len as u8,
+    ];
+    (ip, csum_add(0, &pseudo))
+}
+
 /// An IPv6 header from `src` to `dst` carrying `payload_len` (< 64 KiB) bytes of
 /// `next_header`, hop limit 64, and the checksum sum of its pseudo-header (addresses,
 /// upper-layer length, next header).
@@ -1069,19 +1119,8 @@ fn make_rst(skb: *mut __sk_buff, pkt: &Pkt, dir: u8, reply: bool) -> bool {
     ];
     let l3 = pkt.l3_off;
     if k.family == FAMILY_V4 {
-        let s = k.remote_addr[0].to_ne_bytes();
-        let d = k.user_addr[0].to_ne_bytes();
-        let mut ip = [
-            0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, PROTO_TCP, 0, 0, s[0], s[1], s[2], s[3], d[0], d[1],
-            d[2], d[3],
-        ];
-        let c = csum_fold(csum_add(0, &ip)).to_be_bytes();
-        ip[10] = c[0];
-        ip[11] = c[1];
-        let pseudo = [
-            s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3], 0, PROTO_TCP, 0, 20,
-        ];
-        let c = csum_fold(csum_add(csum_add(0, &pseudo), &tcp)).to_be_bytes();
+        let (ip, pseudo) = ipv4_header(k.remote_addr[0], k.user_addr[0], 20, PROTO_TCP);
+        let c = csum_fold(csum_add(pseudo, &tcp)).to_be_bytes();
         tcp[16] = c[0];
         tcp[17] = c[1];
         if !change_tail(ctx, l3 + 40)
@@ -1140,19 +1179,8 @@ fn make_rst_to_remote(skb: *mut __sk_buff, pkt: &Pkt) -> bool {
     ];
     let l3 = pkt.l3_off;
     if k.family == FAMILY_V4 {
-        let s = k.user_addr[0].to_ne_bytes();
-        let d = k.remote_addr[0].to_ne_bytes();
-        let mut ip = [
-            0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, PROTO_TCP, 0, 0, s[0], s[1], s[2], s[3], d[0], d[1],
-            d[2], d[3],
-        ];
-        let c = csum_fold(csum_add(0, &ip)).to_be_bytes();
-        ip[10] = c[0];
-        ip[11] = c[1];
-        let pseudo = [
-            s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3], 0, PROTO_TCP, 0, 20,
-        ];
-        let c = csum_fold(csum_add(csum_add(0, &pseudo), &tcp)).to_be_bytes();
+        let (ip, pseudo) = ipv4_header(k.user_addr[0], k.remote_addr[0], 20, PROTO_TCP);
+        let c = csum_fold(csum_add(pseudo, &tcp)).to_be_bytes();
         tcp[16] = c[0];
         tcp[17] = c[1];
         change_tail(ctx, l3 + 40)
@@ -1209,14 +1237,8 @@ fn make_icmp_unreachable(skb: *mut __sk_buff, pkt: &Pkt) -> bool {
         return false;
     };
     let k = &pkt.key;
-    let s = k.remote_addr[0].to_ne_bytes();
-    let d = k.user_addr[0].to_ne_bytes();
-    let mut ip = [
-        0x45, 0, 0, 56, 0, 0, 0x40, 0, 64, 1, 0, 0, s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3],
-    ];
-    let c = csum_fold(csum_add(0, &ip)).to_be_bytes();
-    ip[10] = c[0];
-    ip[11] = c[1];
+    // ICMP (1): its header + the quoted 28 bytes; ICMP has no pseudo-header.
+    let (ip, _) = ipv4_header(k.remote_addr[0], k.user_addr[0], 36, 1);
     let mut icmp = [3u8, 3, 0, 0, 0, 0, 0, 0];
     let c = csum_fold(csum_add(csum_add(0, &icmp), &orig)).to_be_bytes();
     icmp[2] = c[0];
@@ -1279,49 +1301,8 @@ fn make_nxdomain(skb: *mut __sk_buff, pkt: &Pkt, question_len: u32) -> bool {
         if l4 != l3 + 20 {
             return false; // IP options: dropped without an answer.
         }
-        let s = k.remote_addr[0].to_ne_bytes();
-        let d = k.user_addr[0].to_ne_bytes();
-        let total = 20 + udp_len;
-        let mut ip = [
-            0x45,
-            0,
-            (total >> 8) as u8,
-            total as u8,
-            0,
-            0,
-            0x40,
-            0,
-            64,
-            17,
-            0,
-            0,
-            s[0],
-            s[1],
-            s[2],
-            s[3],
-            d[0],
-            d[1],
-            d[2],
-            d[3],
-        ];
-        let c = csum_fold(csum_add(0, &ip)).to_be_bytes();
-        ip[10] = c[0];
-        ip[11] = c[1];
-        let pseudo = [
-            s[0],
-            s[1],
-            s[2],
-            s[3],
-            d[0],
-            d[1],
-            d[2],
-            d[3],
-            0,
-            17,
-            (udp_len >> 8) as u8,
-            udp_len as u8,
-        ];
-        sum = csum_add(sum, &pseudo);
+        let (ip, pseudo) = ipv4_header(k.remote_addr[0], k.user_addr[0], udp_len, PROTO_UDP);
+        sum += pseudo;
         change_tail(ctx, l4 + udp_len) && ctx.store(l3 as usize, &ip, 0).is_ok()
     } else {
         if l4 != l3 + 40 {
