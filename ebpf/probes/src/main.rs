@@ -862,6 +862,22 @@ fn enforcing(cfg: &Config, now: u64) -> bool {
     cfg.mode == MODE_ENFORCE && !failed_open(cfg, now)
 }
 
+/// For the name-verdict stages: whether a blocking verdict applies to this packet now (see
+/// `enforcing`); when it does not, the packet counts as "would drop".
+#[inline(always)]
+fn blocking_applies() -> bool {
+    let Some(c) = TG_CONFIG.get(0) else {
+        return false;
+    };
+    // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if enforcing(c, now) {
+        return true;
+    }
+    stat(STAT_WOULD_DROP, 1);
+    false
+}
+
 /// The daemon's heartbeat is stale and the admin chose fail-open: users keep working.
 #[inline(always)]
 fn failed_open(cfg: &Config, now: u64) -> bool {
@@ -2095,16 +2111,7 @@ pub fn tg_verdict(ctx: TcContext) -> i32 {
         // SAFETY: live LRU map value.
         unsafe { (*f).verdict = best_action };
     }
-    if best_action != ACTION_BLOCK && best_action != ACTION_DROP {
-        return PASS;
-    }
-    let Some(c) = TG_CONFIG.get(0) else {
-        return PASS;
-    };
-    // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if !enforcing(c, now) {
-        stat(STAT_WOULD_DROP, 1);
+    if (best_action != ACTION_BLOCK && best_action != ACTION_DROP) || !blocking_applies() {
         return PASS;
     }
     if job.source == JOB_HTTP {
@@ -2130,16 +2137,7 @@ pub fn tg_verdict(ctx: TcContext) -> i32 {
 /// of the server, back to the user) when the verdict says so and verdicts are enforced.
 #[inline(always)]
 fn refuse_dns(ctx: &TcContext, job: &Job, flags: u32) -> i32 {
-    if flags & NAME_F_REFUSE_DNS == 0 {
-        return PASS;
-    }
-    let Some(c) = TG_CONFIG.get(0) else {
-        return PASS;
-    };
-    // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if !enforcing(c, now) {
-        stat(STAT_WOULD_DROP, 1);
+    if flags & NAME_F_REFUSE_DNS == 0 || !blocking_applies() {
         return PASS;
     }
     if make_nxdomain(ctx.skb.skb, &job.pkt, job.question_len)

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use tollgate_dataplane::{
     Action, Mode, PayloadKind, abi, block_page_html, block_page_packet,
-    testing::{PacketSpec, TC_ACT_UNSPEC, tcp_flags},
+    testing::{PacketSpec, ProbeHarness, TC_ACT_UNSPEC, tcp_flags},
 };
 
 mod common;
@@ -33,14 +33,19 @@ fn segment(sport: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
     PacketSpec::tcp(user, server, sport, 80, seq, flags, payload).frame()
 }
 
+/// Enforce mode with blocked.example and its subdomains blocked by name.
+fn block_blocked_example(h: &mut ProbeHarness) {
+    h.set_mode(Mode::Enforce).unwrap();
+    let mut v = h.verdicts();
+    v.set_name("blocked.example", Action::Block, 4, true)
+        .unwrap();
+    v.commit().unwrap();
+}
+
 #[test]
 fn blocked_host_becomes_a_reset_to_the_server() {
     with_harness(|h| {
-        h.set_mode(Mode::Enforce).unwrap();
-        let mut v = h.verdicts();
-        v.set_name("blocked.example", Action::Block, 4, true)
-            .unwrap();
-        v.commit().unwrap();
+        block_blocked_example(h);
 
         let (allowed, _) = request("www.allowed.example", 41000);
         let r = h.run(abi::PROG_LAN_INGRESS, &allowed, 1).unwrap();
@@ -102,11 +107,7 @@ fn blocked_host_becomes_a_reset_to_the_server() {
 #[test]
 fn later_request_on_a_kept_alive_connection_is_checked_too() {
     with_harness(|h| {
-        h.set_mode(Mode::Enforce).unwrap();
-        let mut v = h.verdicts();
-        v.set_name("blocked.example", Action::Block, 4, true)
-            .unwrap();
-        v.commit().unwrap();
+        block_blocked_example(h);
         let port = 41010;
         let segment = |seq: u32, payload: &[u8]| segment(port, seq, payload);
         let (_, first) = request("www.allowed.example", port);
