@@ -9,7 +9,6 @@
 
 use std::{
     fs,
-    path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -20,7 +19,7 @@ use tollgate_dataplane::{
 };
 
 mod common;
-use common::{Topo, ns_exec, sh};
+use common::Topo;
 
 const SERVER_IP: &str = "198.19.208.2";
 const CLIENT_IP: &str = "198.19.208.1";
@@ -30,37 +29,7 @@ fn tools_present() -> bool {
 }
 
 fn setup() -> Topo {
-    let id = std::process::id();
-    let client_ns = format!("tge-hc{id}");
-    let server_ns = format!("tge-hs{id}");
-    let dir = std::env::temp_dir().join(format!("tge-hblock-{id}"));
-    fs::create_dir_all(&dir).expect("temp dir");
-    let topo = Topo {
-        client_ns: client_ns.clone(),
-        server_ns: server_ns.clone(),
-        children: Vec::new(),
-        dir,
-        pin_dir: PathBuf::from(format!("/sys/fs/bpf/tollgate/tge-hblock-{id}")),
-    };
-    for ns in [&client_ns, &server_ns] {
-        assert!(sh(&["ip", "netns", "add", ns]), "ip netns add {ns}");
-        assert!(ns_exec(ns, &["ip", "link", "set", "lo", "up"]));
-    }
-    assert!(sh(&[
-        "ip", "link", "add", "tgehc0", "netns", &client_ns, "type", "veth", "peer", "name",
-        "tgehs0", "netns", &server_ns
-    ]));
-    for (ns, dev, addr) in [
-        (&client_ns, "tgehc0", CLIENT_IP),
-        (&server_ns, "tgehs0", SERVER_IP),
-    ] {
-        assert!(ns_exec(
-            ns,
-            &["ip", "addr", "add", &format!("{addr}/24"), "dev", dev]
-        ));
-        assert!(ns_exec(ns, &["ip", "link", "set", dev, "up"]));
-    }
-    topo
+    Topo::pair("tgeh", CLIENT_IP, SERVER_IP)
 }
 
 fn start_server(topo: &mut Topo) {

@@ -22,7 +22,7 @@ use tollgate_dataplane::{
 };
 
 mod common;
-use common::{Topo, ns_exec, sh};
+use common::{Topo, sh};
 
 const SERVER_IP: &str = "198.19.207.2";
 const CLIENT_IP: &str = "198.19.207.1";
@@ -37,37 +37,7 @@ fn tools_present() -> bool {
 }
 
 fn setup() -> Topo {
-    let id = std::process::id();
-    let client_ns = format!("tge-qc{id}");
-    let server_ns = format!("tge-qs{id}");
-    let dir = std::env::temp_dir().join(format!("tge-qhold-{id}"));
-    fs::create_dir_all(&dir).expect("temp dir");
-    let topo = Topo {
-        client_ns: client_ns.clone(),
-        server_ns: server_ns.clone(),
-        children: Vec::new(),
-        dir,
-        pin_dir: PathBuf::from(format!("/sys/fs/bpf/tollgate/tge-qhold-{id}")),
-    };
-    for ns in [&client_ns, &server_ns] {
-        assert!(sh(&["ip", "netns", "add", ns]), "ip netns add {ns}");
-        assert!(ns_exec(ns, &["ip", "link", "set", "lo", "up"]));
-    }
-    assert!(sh(&[
-        "ip", "link", "add", "tgeqc0", "netns", &client_ns, "type", "veth", "peer", "name",
-        "tgeqs0", "netns", &server_ns
-    ]));
-    for (ns, dev, addr) in [
-        (&client_ns, "tgeqc0", CLIENT_IP),
-        (&server_ns, "tgeqs0", SERVER_IP),
-    ] {
-        assert!(ns_exec(
-            ns,
-            &["ip", "addr", "add", &format!("{addr}/24"), "dev", dev]
-        ));
-        assert!(ns_exec(ns, &["ip", "link", "set", dev, "up"]));
-    }
-    topo
+    Topo::pair("tgeq", CLIENT_IP, SERVER_IP)
 }
 
 fn start_server(topo: &mut Topo) {

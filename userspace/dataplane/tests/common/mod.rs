@@ -34,6 +34,57 @@ impl Drop for Topo {
     }
 }
 
+impl Topo {
+    /// Client and server namespaces `{tag}c<pid>` / `{tag}s<pid>` joined by a veth pair
+    /// (`{tag}c0` / `{tag}s0`, so `tag` is at most 12 characters) with the addresses given, a
+    /// scratch dir and a pin dir named `{tag}-<pid>`.
+    pub fn pair(tag: &str, client_ip: &str, server_ip: &str) -> Topo {
+        let id = std::process::id();
+        let client_ns = format!("{tag}c{id}");
+        let server_ns = format!("{tag}s{id}");
+        let dir = std::env::temp_dir().join(format!("{tag}-{id}"));
+        fs::create_dir_all(&dir).expect("temp dir");
+        let topo = Topo {
+            client_ns: client_ns.clone(),
+            server_ns: server_ns.clone(),
+            children: Vec::new(),
+            dir,
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/tollgate/{tag}-{id}")),
+        };
+        for ns in [&client_ns, &server_ns] {
+            assert!(sh(&["ip", "netns", "add", ns]), "ip netns add {ns}");
+            assert!(ns_exec(ns, &["ip", "link", "set", "lo", "up"]));
+        }
+        let (client_dev, server_dev) = (format!("{tag}c0"), format!("{tag}s0"));
+        assert!(sh(&[
+            "ip",
+            "link",
+            "add",
+            &client_dev,
+            "netns",
+            &client_ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &server_dev,
+            "netns",
+            &server_ns
+        ]));
+        for (ns, dev, addr) in [
+            (&client_ns, &client_dev, client_ip),
+            (&server_ns, &server_dev, server_ip),
+        ] {
+            assert!(ns_exec(
+                ns,
+                &["ip", "addr", "add", &format!("{addr}/24"), "dev", dev]
+            ));
+            assert!(ns_exec(ns, &["ip", "link", "set", dev, "up"]));
+        }
+        topo
+    }
+}
+
 /// Runs a command quietly; true when it succeeded.
 pub fn sh(args: &[&str]) -> bool {
     let Some((cmd, rest)) = args.split_first() else {
