@@ -418,10 +418,44 @@ struct Names {
     set: HashSet<Arc<str>, ahash::RandomState>,
 }
 
+/// Longest name kept as sent: a DNS name has at most 253 characters in text form.
+pub const MAX_NAME_LEN: usize = 253;
+
+/// A name from the network as the flow table keeps it. An SNI, Host header or DNS name is
+/// attacker-chosen text that ends up in terminals, logs and reports, so only a plain host
+/// name is kept as sent: ASCII letters, digits, `-`, `_` and `.`, at most [`MAX_NAME_LEN`]
+/// bytes (an IP literal, as a Host header may carry, counts as plain too). Anything else is
+/// written with each other byte as `\xNN` (a backslash as `\x5c`), cut to
+/// [`MAX_NAME_LEN`] bytes on an escape boundary and then ending in `\~`: a backslash in a
+/// name always means "not as sent", and no escaped name can equal a real host name (so it
+/// never matches the catalog as one).
+pub fn clean_name(raw: &str) -> std::borrow::Cow<'_, str> {
+    let plain = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
+    if raw.len() <= MAX_NAME_LEN && (raw.bytes().all(plain) || raw.parse::<IpAddr>().is_ok()) {
+        return std::borrow::Cow::Borrowed(raw);
+    }
+    let mut out = String::with_capacity(raw.len().min(MAX_NAME_LEN + 2));
+    for b in raw.bytes() {
+        let piece_len = if plain(b) { 1 } else { 4 };
+        if out.len() + piece_len > MAX_NAME_LEN - 2 {
+            out.push_str("\\~");
+            return std::borrow::Cow::Owned(out);
+        }
+        if plain(b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 impl Names {
-    /// The shared copy of `name`. Names no flow holds any more are forgotten once the set
-    /// has grown to twice the live flows, so it stays within a small multiple of the table.
+    /// The shared copy of `name` (validated by [`clean_name`]). Names no flow holds any
+    /// more are forgotten once the set has grown to twice the live flows, so it stays within
+    /// a small multiple of the table.
     fn get(&mut self, name: &str, live_flows: usize) -> Arc<str> {
+        let name = &*clean_name(name);
         if let Some(n) = self.set.get(name) {
             return n.clone();
         }
@@ -1093,7 +1127,7 @@ impl FlowTable {
         self.dns_cache.insert(
             ip,
             DnsEntry {
-                name: Arc::from(name),
+                name: Arc::from(&*clean_name(name)),
                 learned: ts,
                 expires,
             },
@@ -1839,5 +1873,50 @@ mod tests {
         assert_eq!(r[0].name_source, Some(NameSource::Http));
         assert_eq!(t.drain_finished().len(), 1);
         assert_eq!(t.records().count(), 0);
+    }
+
+    #[test]
+    fn names_from_the_network_are_validated_at_ingestion() {
+        assert_eq!(clean_name("www.Example-1_a.com"), "www.Example-1_a.com");
+        assert_eq!(clean_name("2001:db8::1"), "2001:db8::1");
+        assert_eq!(clean_name("a\u{1b}[2J.com"), "a\\x1b\\x5b2J.com");
+        assert_eq!(clean_name("caf\u{e9}.com"), "caf\\xc3\\xa9.com");
+        assert_eq!(
+            clean_name("a\\x41"),
+            "a\\x5cx41",
+            "a backslash is escaped too"
+        );
+        let long = clean_name(&"a".repeat(300)).into_owned();
+        assert!(
+            long.len() <= MAX_NAME_LEN && long.ends_with("\\~"),
+            "{long}"
+        );
+        let long = clean_name(&"\u{e9}".repeat(300)).into_owned();
+        assert!(
+            long.len() <= MAX_NAME_LEN && long.ends_with("\\~"),
+            "{long}"
+        );
+        assert_eq!(clean_name(&"a".repeat(253)).len(), 253);
+
+        // Through the table: an SNI with an escape sequence and a multi-byte character.
+        let mut t = FlowTable::new(FlowTableLimits::default());
+        let sni = "x\u{1b}]0;owned\u{7}\u{e9}.example";
+        t.observe_packet(&pkt(
+            [10, 0, 0, 2],
+            50000,
+            [192, 0, 2, 1],
+            443,
+            L4Proto::Tcp,
+            1,
+            tcp_flags::ACK | tcp_flags::PSH,
+            &hello(sni),
+            0,
+        ));
+        let r: Vec<FlowRecord> = t.records().collect();
+        assert_eq!(
+            r[0].name.as_deref(),
+            Some("x\\x1b\\x5d0\\x3bowned\\x07\\xc3\\xa9.example")
+        );
+        assert_eq!(r[0].name_source, Some(NameSource::Sni));
     }
 }

@@ -77,18 +77,97 @@ pub fn load_catalog(cfg: &Config, file: Option<&Path>) -> Result<Catalog, Failur
     Ok(catalog)
 }
 
-/// Tags from the config and the live tags persisted in state_dir.
-pub fn load_tags(cfg: &Config, file: Option<&Path>, catalog: &Catalog) -> Result<TagBook, Failure> {
-    let live = match TagStore::new(&cfg.state_dir).load() {
-        Ok(t) => t,
-        Err(e) => {
-            // Moved aside or unreadable: report and go on with the config's tags.
-            tracing::warn!("live tags: {e}");
-            Default::default()
+/// What parsing alone cannot check: the session and access policies compile (regexes,
+/// `ip_tags` names, time windows) and every app id they name is in the catalog (a typo there
+/// would silently leave the app without its policy). Errors name the file and the key.
+pub fn check_references(
+    cfg: &Config,
+    file: Option<&Path>,
+    catalog: &Catalog,
+) -> Result<(), Failure> {
+    let lists = cfg
+        .session_policies
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (format!("session_policies[{i}].apps"), &p.name, &p.apps))
+        .chain(
+            cfg.access_policies
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (format!("access_policies[{i}].apps"), &p.name, &p.apps)),
+        );
+    for (key, name, apps) in lists {
+        if let Some(id) = apps
+            .iter()
+            .find(|id| *id != "*" && catalog.app(id).is_none())
+        {
+            let hint = tollgate_catalog::views::search(catalog, id);
+            let hint = match hint.first() {
+                Some(a) => format!(" (did you mean {:?}?)", a.id),
+                None => String::new(),
+            };
+            return Err(semantic(
+                file,
+                &key,
+                format!("policy {name:?} names app {id:?}, which is not in the catalog{hint}"),
+            ));
         }
+    }
+    let set = tollgate_proxy::PolicySet {
+        session_policies: cfg.session_policies.clone(),
+        access_policies: cfg.access_policies.clone(),
     };
+    tollgate_proxy::Policies::compile(&set, &cfg.proxy.ip_tags)
+        .map_err(|e| semantic(file, "session_policies/access_policies", e.to_string()))?;
+    Ok(())
+}
+
+/// `tollgate check-config`: everything `tollgate run` checks before it touches the system
+/// (the file, the catalog with custom apps and overrides, tags and tag rules, users, the
+/// policies and the app ids they name), so "ok" means the daemon will accept it.
+pub fn check_config(path: &Path) -> Result<(), Failure> {
+    let cfg = Config::load(path)?;
+    let catalog = load_catalog(&cfg, Some(path))?;
+    check_references(&cfg, Some(path), &catalog)?;
+    TagBook::new(
+        &catalog,
+        &cfg.apps,
+        cfg.tag_rules.clone(),
+        Default::default(),
+    )
+    .map_err(|e| semantic(Some(path), "apps/tag_rules", e.to_string()))?;
+    Users::from_config(&cfg.users).map_err(|e| semantic(Some(path), "users", e.to_string()))?;
+    crate::outln!(
+        "{}: ok ({} mode, {} interface(s), {} app setting(s), {} custom app(s), {} session and {} access polic(ies))",
+        path.display(),
+        cfg.mode,
+        cfg.interfaces.len(),
+        cfg.apps.len(),
+        cfg.custom_apps.len(),
+        cfg.session_policies.len(),
+        cfg.access_policies.len(),
+    );
+    Ok(())
+}
+
+/// Tags from the config and the live tags persisted in state_dir, for commands that only
+/// look at them (`discover`, `export blocklist`): the tag file is read, never moved.
+pub fn load_tags(cfg: &Config, file: Option<&Path>, catalog: &Catalog) -> Result<TagBook, Failure> {
+    let store = TagStore::new(&cfg.state_dir);
+    let live = store.read().map_err(|e| unreadable_tags(&store, &e))?;
     TagBook::new(catalog, &cfg.apps, cfg.tag_rules.clone(), live)
         .map_err(|e| semantic(file, "apps/tag_rules", e.to_string()))
+}
+
+/// Live tags that cannot be read stop the command: going on without them would quietly
+/// allow every app tagged unsanctioned with `tollgate app tag`.
+fn unreadable_tags(store: &TagStore, e: &tollgate_policy::TagStoreError) -> Failure {
+    Failure::Runtime(anyhow::anyhow!(
+        "the live tags cannot be read: {e}. Refusing to go on without them (apps tagged with \
+         `tollgate app tag` would lose their tag). Repair or restore {} (or remove it to \
+         start over from the config's tags)",
+        store.path().display()
+    ))
 }
 
 fn socket_path(config: Option<&Path>, control: Option<&Path>) -> Result<PathBuf, Failure> {
@@ -183,6 +262,10 @@ pub fn stop(
     control: Option<&Path>,
     netns: Option<&str>,
 ) -> Result<(), Failure> {
+    // The name picks the directory removed below when no daemon answers.
+    if let Some(ns) = netns {
+        crate::netns::validate_name(ns).map_err(|e| Failure::Usage(e.to_string()))?;
+    }
     match ask(config, control, Request::Stop) {
         Ok(_) => {
             crate::outln!("stopped: programs detached, pins removed");
@@ -372,17 +455,29 @@ pub fn discover(args: &DiscoverArgs<'_>) -> Result<(), Failure> {
 
 /// `tollgate run`: enters the namespace, builds the runtime, runs the daemon.
 pub fn run_daemon(config: Option<&Path>, netns: Option<&str>) -> Result<(), Failure> {
+    // First, so that nothing said while starting is lost (it starts no thread).
+    crate::daemon::init_logging();
     let cfg = load_config(config)?;
     // Validate everything that can be wrong in the config before touching the system.
     let catalog = load_catalog(&cfg, config)?;
-    let tags = load_tags(&cfg, config, &catalog)?;
+    check_references(&cfg, config, &catalog)?;
+    // The daemon's own read of the live tags: a file that is not valid tags is moved aside
+    // (kept for the admin) and the start is refused; the next start goes on without it.
+    let store = TagStore::new(&cfg.state_dir);
+    let live_tags = store.load().map_err(|e| unreadable_tags(&store, &e))?;
+    let tags = TagBook::new(
+        &catalog,
+        &cfg.apps,
+        cfg.tag_rules.clone(),
+        live_tags.clone(),
+    )
+    .map_err(|e| semantic(config, "apps/tag_rules", e.to_string()))?;
     let users =
         Users::from_config(&cfg.users).map_err(|e| semantic(config, "users", e.to_string()))?;
     if let Some(ns) = netns {
         // Before any thread exists: threads created later inherit the namespace.
         crate::netns::enter(ns).map_err(Failure::Runtime)?;
     }
-    crate::daemon::init_logging();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -394,6 +489,7 @@ pub fn run_daemon(config: Option<&Path>, netns: Option<&str>) -> Result<(), Fail
         netns: netns.map(str::to_string),
         catalog,
         tags,
+        live_tags,
         users,
     }))
     .map_err(Failure::Runtime)

@@ -272,6 +272,42 @@ impl Config {
         if self.flows.max_flows == 0 {
             return fail("flows.max_flows", "max_flows", "must be at least 1".into());
         }
+        // Relative paths would depend on the directory the daemon happens to start in, and
+        // `tollgate flows` run elsewhere would look for another socket.
+        for (key, path) in [
+            ("state_dir", &self.state_dir),
+            ("control_socket", &self.control_socket),
+        ] {
+            if !path.is_absolute() {
+                return fail(
+                    key,
+                    key,
+                    format!("{:?} must be an absolute path", path.display().to_string()),
+                );
+            }
+        }
+        // Steering into the session proxy happens where users' traffic enters: on a LAN
+        // interface. Without one the proxy would start and never see a connection.
+        if !self.interfaces.iter().any(|i| i.role == Role::Lan)
+            && let Some((id, _)) = self.apps.iter().find(|(_, a)| a.session_control)
+        {
+            return fail(
+                &format!("apps.{id}.session_control"),
+                "session_control",
+                format!(
+                    "session control of {id:?} needs a LAN interface (an [[interfaces]] entry \
+                     with role = \"lan\"): it steers users' connections where they enter the \
+                     gateway, and {}",
+                    if self.interfaces.is_empty() {
+                        "without [[interfaces]] the gateway watches only the default route's \
+                         interface, as wan"
+                            .to_string()
+                    } else {
+                        "every interface listed has role = \"wan\"".to_string()
+                    }
+                ),
+            );
+        }
         Ok(())
     }
 }
@@ -373,5 +409,41 @@ mod tests {
     fn line_column_counts_from_one() {
         assert_eq!(line_column("ab\ncd", 0), (1, 1));
         assert_eq!(line_column("ab\ncd", 4), (2, 2));
+    }
+
+    #[test]
+    fn session_control_without_a_lan_interface_is_refused() {
+        let text = "[[interfaces]]\nname = \"eth0\"\nrole = \"wan\"\n\n\
+                    [apps.dropbox]\nsession_control = true\n";
+        let err = Config::parse(text, "s.toml").unwrap_err().to_string();
+        assert!(err.starts_with("s.toml:6:"), "{err}");
+        assert!(err.contains("apps.dropbox.session_control"), "{err}");
+        assert!(err.contains("LAN interface"), "{err}");
+        // No [[interfaces]] at all: the default route's interface, as wan.
+        let err = Config::parse("[apps.dropbox]\nsession_control = true\n", "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("apps.dropbox.session_control"), "{err}");
+        let ok = "[[interfaces]]\nname = \"eth1\"\nrole = \"lan\"\n\
+                  [apps.dropbox]\nsession_control = true\n";
+        Config::parse(ok, "s.toml").expect("with a LAN interface");
+    }
+
+    #[test]
+    fn relative_state_paths_are_refused() {
+        let err = Config::parse("state_dir = \"var/tg\"\n", "r.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("r.toml:1:") && err.contains("state_dir"),
+            "{err}"
+        );
+        let err = Config::parse("\ncontrol_socket = \"tg.sock\"\n", "r.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("r.toml:2:") && err.contains("control_socket"),
+            "{err}"
+        );
     }
 }

@@ -1,23 +1,41 @@
 //! The control socket: a root-only unix socket that speaks one JSON request per line and
 //! answers one JSON response per line. `tollgate flows`, `apps`, `status`, `app tag` and
-//! `stop` are clients of it. A large answer (every flow) is written as the daemon produces
-//! it, piece by piece, so the daemon never holds the whole answer in memory; on the wire it is
-//! the same single line.
+//! `stop` are clients of it. A large answer (every flow) is handed over in pieces that this
+//! side writes, so a slow client holds up only its own connection task, never the daemon's
+//! core; on the wire it is the same single line.
+//!
+//! Limits: at most [`MAX_CLIENTS`] connections are served at once (more are refused with an
+//! error line and counted, [`clients_refused`]); a request must arrive within
+//! [`REQUEST_TIMEOUT`] and each write must complete within [`WRITE_TIMEOUT`].
 
+use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
 /// Largest request line accepted; anything longer is a misbehaving client.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// How long a client may take to send its request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one write to a client may take (a client that stops reading is dropped).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Clients served at once. Each may hold a whole `flows` answer (about 36 MB at 100k
+/// flows) until it has read it, so this also bounds that memory.
+pub const MAX_CLIENTS: usize = 8;
+
+static CLIENTS_REFUSED: AtomicU64 = AtomicU64::new(0);
+
+/// Connections refused because [`MAX_CLIENTS`] were being served (for `status`).
+pub fn clients_refused() -> u64 {
+    CLIENTS_REFUSED.load(Ordering::Relaxed)
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
@@ -67,6 +85,8 @@ pub enum Reply {
     /// make one value); the sender drops the channel when it is complete. A piece that does
     /// not come within `STREAM_TIMEOUT` ends the answer (the client sees a cut line).
     Stream(mpsc::Receiver<Vec<u8>>),
+    /// A successful answer whose `data` value is these pieces of JSON text, in order.
+    Pieces(Vec<Vec<u8>>),
 }
 
 impl From<Response> for Reply {
@@ -83,25 +103,12 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(&self, req: Request) -> impl std::future::Future<Output = Reply> + Send;
 }
 
-/// Binds the socket (replacing a stale one), mode 0600, and serves until the task is dropped.
+/// Binds the socket, mode 0600, and serves until the task is dropped. A socket left by a
+/// daemon that died is replaced; anything else at the path (a regular file, a directory, a
+/// symlink) is an error and is left alone.
 pub async fn serve<H: Handler>(path: &Path, handler: Arc<H>) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    if path.exists() {
-        // A live daemon answers; a stale socket from a crashed one does not.
-        if UnixStream::connect(path).await.is_ok() {
-            bail!(
-                "another tollgate daemon is answering on {}; stop it first",
-                path.display()
-            );
-        }
-        std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
-    }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .with_context(|| format!("chmod 0600 {}", path.display()))?;
+    let listener = bind(path).await?;
+    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -116,13 +123,69 @@ pub async fn serve<H: Handler>(path: &Path, handler: Arc<H>) -> Result<()> {
             Ok(cred) if cred.uid() == 0 || cred.uid() == nix::unistd::geteuid().as_raw() => {}
             _ => continue,
         }
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            CLIENTS_REFUSED.fetch_add(1, Ordering::Relaxed);
+            // Best effort, never waiting: the answer fits in the socket buffer.
+            let mut line = serde_json::to_vec(&Response::err(format!(
+                "busy: {MAX_CLIENTS} control clients are being served; try again"
+            )))
+            .unwrap_or_default();
+            line.push(b'\n');
+            let _ = stream.try_write(&line);
+            continue;
+        };
         let handler = handler.clone();
         tokio::spawn(async move {
             if let Err(e) = serve_one(stream, handler).await {
                 tracing::debug!("control client: {e:#}");
             }
+            drop(slot);
         });
     }
+}
+
+/// Binds `path` under umask 077 (the socket is never accessible to others, not even between
+/// bind and chmod), after removing a stale socket there.
+async fn bind(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            // A live daemon answers; a stale socket from a crashed one does not.
+            if UnixStream::connect(path).await.is_ok() {
+                bail!(
+                    "another tollgate daemon is answering on {}; stop it first",
+                    path.display()
+                );
+            }
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing stale {}", path.display()))?;
+        }
+        Ok(meta) => bail!(
+            "{} exists and is not a socket ({:?}); not removing it: choose another \
+             control_socket or remove it yourself",
+            path.display(),
+            meta.file_type()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("looking at {}", path.display())),
+    }
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let bound = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = bound.with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .with_context(|| format!("chmod 0600 {}", path.display()))?;
+    Ok(listener)
+}
+
+/// One write, bounded by [`WRITE_TIMEOUT`].
+async fn write(wr: &mut (impl AsyncWriteExt + Unpin), bytes: &[u8]) -> Result<()> {
+    tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(bytes))
+        .await
+        .context("the client stopped reading")??;
+    Ok(())
 }
 
 async fn serve_one<H: Handler>(stream: UnixStream, handler: Arc<H>) -> Result<()> {
@@ -140,21 +203,30 @@ async fn serve_one<H: Handler>(stream: UnixStream, handler: Arc<H>) -> Result<()
         Reply::Whole(resp) => {
             let mut out = serde_json::to_vec(&resp)?;
             out.push(b'\n');
-            wr.write_all(&out).await?;
+            write(&mut wr, &out).await?;
         }
         Reply::Stream(mut pieces) => {
-            wr.write_all(br#"{"ok":true,"data":"#).await?;
+            write(&mut wr, br#"{"ok":true,"data":"#).await?;
             loop {
                 match tokio::time::timeout(STREAM_TIMEOUT, pieces.recv()).await {
-                    Ok(Some(piece)) => wr.write_all(&piece).await?,
+                    Ok(Some(piece)) => write(&mut wr, &piece).await?,
                     Ok(None) => break,
                     Err(_) => bail!("the daemon stopped producing the answer"),
                 }
             }
-            wr.write_all(b"}\n").await?;
+            write(&mut wr, b"}\n").await?;
+        }
+        Reply::Pieces(pieces) => {
+            write(&mut wr, br#"{"ok":true,"data":"#).await?;
+            for piece in pieces {
+                write(&mut wr, &piece).await?;
+            }
+            write(&mut wr, b"}\n").await?;
         }
     }
-    wr.shutdown().await?;
+    tokio::time::timeout(WRITE_TIMEOUT, wr.shutdown())
+        .await
+        .context("the client stopped reading")??;
     Ok(())
 }
 
@@ -207,7 +279,12 @@ mod tests {
                     });
                     Reply::Stream(rx)
                 }
-                _ => Response::ok(serde_json::json!([])).into(),
+                Request::Apps => Reply::Pieces(vec![b"{\"a\"".to_vec(), b":1}".to_vec()]),
+                Request::Status => {
+                    // Slow: holds its client slot.
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    Response::ok(serde_json::json!([])).into()
+                }
             }
         }
     }
@@ -262,5 +339,84 @@ mod tests {
                 tag: "y".into()
             }
         );
+    }
+
+    async fn wait_for(sock: &Path) {
+        for _ in 0..200 {
+            if sock.exists() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_regular_file_at_the_socket_path_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ctl.sock");
+        std::fs::write(&path, b"not a socket").unwrap();
+        let err = serve(&path, Arc::new(Echo)).await.unwrap_err().to_string();
+        assert!(err.contains("not a socket"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"not a socket");
+        // A symlink to a file is not followed or removed either.
+        let link = dir.path().join("link.sock");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(serve(&link, Arc::new(Echo)).await.is_err());
+        assert!(std::fs::symlink_metadata(&link).is_ok());
+    }
+
+    #[tokio::test]
+    async fn stale_socket_is_replaced_and_the_new_one_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("ctl.sock");
+        drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+        let server = tokio::spawn({
+            let sock = sock.clone();
+            async move { serve(&sock, Arc::new(Echo)).await }
+        });
+        for _ in 0..200 {
+            if request(&sock, &Request::Apps).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let apps = request(&sock, &Request::Apps).await.unwrap();
+        assert_eq!(apps, serde_json::json!({"a": 1}), "pieces arrive whole");
+        let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn clients_beyond_the_cap_are_refused_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("ctl.sock");
+        let server = tokio::spawn({
+            let sock = sock.clone();
+            async move { serve(&sock, Arc::new(Echo)).await }
+        });
+        wait_for(&sock).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let before = clients_refused();
+        let slow: Vec<_> = (0..MAX_CLIENTS)
+            .map(|_| {
+                let sock = sock.clone();
+                tokio::spawn(async move { request(&sock, &Request::Status).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let err = request(&sock, &Request::Apps)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("busy"), "{err}");
+        assert!(clients_refused() > before);
+        for s in slow {
+            s.await.unwrap().unwrap();
+        }
+        // Slots come back.
+        assert!(request(&sock, &Request::Apps).await.is_ok());
+        server.abort();
     }
 }

@@ -41,6 +41,8 @@ pub struct DaemonParts {
     pub netns: Option<String>,
     pub catalog: Catalog,
     pub tags: TagBook,
+    /// The live tags `tags` holds, as read from state_dir (an unreadable file stops the start).
+    pub live_tags: BTreeMap<String, Tag>,
     pub users: Users,
 }
 
@@ -500,12 +502,13 @@ impl Core {
         }
     }
 
-    /// Every flow as a JSON array, written in pieces of about `FLOWS_PIECE` bytes as the
-    /// client reads them: the answer for 100k flows is ~36 MB of text that the daemon never
-    /// holds at once (built whole, with a value tree, it took ~280 MB). Unordered; the CLI
-    /// sorts. A client that stops reading for `STREAM_TIMEOUT` loses the rest.
-    async fn stream_flows(&self, tx: mpsc::Sender<Vec<u8>>) {
+    /// Every flow as a JSON array in pieces of about `FLOWS_PIECE` bytes, for the control
+    /// socket's task to write: the core serialises (the flow table is its own) and goes
+    /// back to its events at once, however slowly the client reads. The pieces are plain
+    /// text, ~360 B a flow (a value tree took ~8x that); unordered, the CLI sorts.
+    fn flows_pieces(&self) -> Vec<Vec<u8>> {
         const FLOWS_PIECE: usize = 64 * 1024;
+        let mut pieces = Vec::new();
         let mut piece = Vec::with_capacity(FLOWS_PIECE + 1024);
         piece.push(b'[');
         for (i, rec) in self.flows.records().enumerate() {
@@ -517,15 +520,15 @@ impl Core {
                 piece.extend_from_slice(b"null");
             }
             if piece.len() >= FLOWS_PIECE {
-                let full = std::mem::replace(&mut piece, Vec::with_capacity(FLOWS_PIECE + 1024));
-                match tokio::time::timeout(control::STREAM_TIMEOUT, tx.send(full)).await {
-                    Ok(Ok(())) => {}
-                    _ => return,
-                }
+                pieces.push(std::mem::replace(
+                    &mut piece,
+                    Vec::with_capacity(FLOWS_PIECE + 1024),
+                ));
             }
         }
         piece.push(b']');
-        let _ = tokio::time::timeout(control::STREAM_TIMEOUT, tx.send(piece)).await;
+        pieces.push(piece);
+        pieces
     }
 
     fn apps_json(&self) -> serde_json::Value {
@@ -562,6 +565,8 @@ impl Core {
             "drops": dp.drops,
             "would_drop": dp.would_drop,
             "dns_refused": dp.dns_refused,
+            "control_clients_refused": control::clients_refused(),
+            "audit_dropped": self.session.as_ref().map(|s| s.stats().audit_dropped),
         })
     }
 
@@ -754,6 +759,7 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
         netns,
         catalog,
         tags,
+        live_tags,
         users,
     } = parts;
     let interfaces = resolve_interfaces(&cfg)?;
@@ -820,7 +826,6 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
 
     let reader = dp.take_event_reader().context("opening the ring buffer")?;
 
-    let live_tags = TagStore::new(&cfg.state_dir).load().unwrap_or_default();
     let catalog = Arc::new(catalog);
     let session = crate::session::SessionControl::start(&cfg, catalog.clone(), &mut dp).await?;
     let enforcer = Enforcer::new(cfg.mode == Mode::Enforce, cfg.enforcement.clone(), &catalog);
@@ -899,10 +904,7 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
                     core.poll_counters(&mut events);
                 }
                 if call.request == Request::Flows {
-                    let (tx, pieces) = mpsc::channel(2);
-                    if call.reply.send(control::Reply::Stream(pieces)).is_ok() {
-                        core.stream_flows(tx).await;
-                    }
+                    let _ = call.reply.send(control::Reply::Pieces(core.flows_pieces()));
                     continue;
                 }
                 let (resp, next) = core.on_control(call.request);

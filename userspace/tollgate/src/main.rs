@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tollgate::commands::{self, Failure, OutputFormat};
-use tollgate::config::Config;
 
 #[derive(Parser)]
 #[command(name = "tollgate", version, about = "Edge CASB for Linux gateways")]
@@ -183,18 +182,7 @@ enum BlocklistFormatArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::CheckConfig { config } => {
-            Config::load(&config).map_err(Failure::Config).map(|c| {
-                tollgate::outln!(
-                    "{}: ok ({} mode, {} interface(s), {} app setting(s), {} custom app(s))",
-                    config.display(),
-                    c.mode,
-                    c.interfaces.len(),
-                    c.apps.len(),
-                    c.custom_apps.len()
-                );
-            })
-        }
+        Command::CheckConfig { config } => commands::check_config(&config),
         Command::Run { config, netns } => commands::run_daemon(config.as_deref(), netns.as_deref()),
         Command::Flows { json, daemon } => commands::flows(
             daemon.config.as_deref(),

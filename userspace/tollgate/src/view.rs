@@ -1,5 +1,10 @@
 //! Terminal tables for what the daemon answers (`tollgate flows`, `tollgate apps`). The
 //! daemon answers JSON; these render the same JSON, so the table and `--json` never differ.
+//!
+//! Names in these tables come from the network (an SNI, a Host header, a DNS name): every
+//! cell goes through [`cell`], which escapes control characters (a name must not be able to
+//! move the admin's cursor, recolour the terminal or rewrite the title) and cuts long text
+//! on a character boundary.
 
 use std::fmt::Write;
 
@@ -9,9 +14,49 @@ use tollgate_discovery::report::human_bytes;
 fn s(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
+        Value::String(s) => escape(s),
         other => other.to_string(),
     }
+}
+
+/// Characters a terminal acts on rather than prints: C0 and C1 controls, DEL, and the
+/// bidirectional overrides and isolates that reorder what follows them on the line.
+fn is_unsafe(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `text` with every character a terminal would act on written as an escape (`\x1b`,
+/// `\u{202e}`). The daemon already stores a name that is not a plain host name in this
+/// escaped form; this catches whatever else reaches a table.
+pub fn escape(text: &str) -> String {
+    if !text.chars().any(is_unsafe) {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            c if is_unsafe(c) && u32::from(c) < 0x100 => {
+                let _ = write!(out, "\\x{:02x}", u32::from(c));
+            }
+            c if is_unsafe(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// An escaped cell at most `width` characters wide: longer text is cut on a character
+/// boundary and ends with `~`.
+pub fn cell(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_string();
+    }
+    let mut out: String = text.chars().take(width.saturating_sub(1)).collect();
+    out.push('~');
+    out
 }
 
 fn u(v: &Value) -> u64 {
@@ -37,19 +82,14 @@ pub fn flows_table(data: &Value) -> String {
         "PROTO", "SOURCE", "DESTINATION", "NAME", "BY", "UP", "DOWN", "PKT_UP", "PKT_DN"
     );
     for r in rows {
-        let mut name = s(&r["name"]);
-        if name.len() > 34 {
-            name.truncate(33);
-            name.push('~');
-        }
         let _ = writeln!(
             out,
             "{:<5} {:<41} {:<41} {:<34} {:<6} {:>10} {:>10} {:>7} {:>7}",
-            s(&r["proto"]),
-            endpoint(&r["src"], &r["sport"]),
-            endpoint(&r["dst"], &r["dport"]),
-            name,
-            s(&r["name_source"]),
+            cell(&s(&r["proto"]), 5),
+            cell(&endpoint(&r["src"], &r["sport"]), 41),
+            cell(&endpoint(&r["dst"], &r["dport"]), 41),
+            cell(&s(&r["name"]), 34),
+            cell(&s(&r["name_source"]), 6),
             human_bytes(u(&r["bytes_up"])),
             human_bytes(u(&r["bytes_down"])),
             u(&r["packets_up"]),
@@ -77,10 +117,10 @@ pub fn apps_table(data: &Value) -> String {
         let _ = writeln!(
             out,
             "{:<28} {:<26} {:>5} {:<13} {:>10} {:>10} {:>6} {:>5} {:>4}",
-            s(&a["id"]),
-            s(&a["category"]),
+            cell(&s(&a["id"]), 28),
+            cell(&s(&a["category"]), 26),
             risk,
-            s(&a["tag"]),
+            cell(&s(&a["tag"]), 13),
             human_bytes(u(&a["bytes_up"])),
             human_bytes(u(&a["bytes_down"])),
             u(&a["transactions"]),
@@ -98,7 +138,7 @@ pub fn apps_table(data: &Value) -> String {
             let _ = writeln!(
                 out,
                 "  {:<40} {:>6} tx {:>10}",
-                s(&d["domain"]),
+                cell(&s(&d["domain"]), 40),
                 u(&d["transactions"]),
                 human_bytes(u(&d["bytes_up"]) + u(&d["bytes_down"]))
             );
@@ -133,5 +173,37 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("example.org"), "{t}");
+    }
+
+    #[test]
+    fn multibyte_name_is_cut_on_a_char_boundary() {
+        // 32 ASCII bytes then a 2-byte character across byte 33: `String::truncate(33)`
+        // panicked here.
+        let name = format!("{}é{}", "a".repeat(32), "b".repeat(10));
+        let flows = serde_json::json!([{"proto":"tcp","src":"10.0.0.2","sport":1,
+            "dst":"10.0.0.1","dport":443,"name":name,"name_source":"sni"}]);
+        let t = flows_table(&flows);
+        assert!(t.contains(&format!("{}é~", "a".repeat(32))), "{t}");
+        let all_multibyte = "ü".repeat(60);
+        let t = flows_table(&serde_json::json!([{"name": all_multibyte}]));
+        assert!(t.contains(&format!("{}~", "ü".repeat(33))), "{t}");
+    }
+
+    #[test]
+    fn control_characters_never_reach_the_terminal() {
+        let evil = "x\u{1b}]0;owned\u{7}\u{1b}[2J\r\u{9b}31m\u{202e}moc.evil";
+        let flows = serde_json::json!([{"proto":"tcp\u{1b}[1m","src":"10.0.0.2","sport":1,
+            "dst":"10.0.0.1","dport":443,"name":evil,"name_source":"sni"}]);
+        let apps = serde_json::json!({"apps":[{"id":"a\u{1b}b","category":"c\u{7}",
+            "tag":"t\u{8}"}], "unknown_domains":[{"domain":evil}]});
+        for t in [flows_table(&flows), apps_table(&apps)] {
+            assert!(
+                !t.chars().any(|c| is_unsafe(c) && c != '\n'),
+                "raw control character in {t:?}"
+            );
+            assert!(t.contains("x\\x1b]0;owned\\x07"), "{t}");
+        }
+        assert_eq!(escape("\u{202e}a\u{9b}"), "\\u{202e}a\\x9b");
+        assert_eq!(escape("www.example.com"), "www.example.com");
     }
 }

@@ -81,3 +81,141 @@ fn closed_stdout_is_not_a_panic() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+/// `check-config` compiles the policies and checks the app ids they name, as `run` does:
+/// "ok" means the daemon accepts the file.
+#[test]
+fn check_config_compiles_policies_and_checks_app_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.toml");
+    let policy = |apps: &str, custom: &str| {
+        format!(
+            "[[interfaces]]\nname = \"eth1\"\nrole = \"lan\"\n\n\
+             [[session_policies]]\nname = \"dlp\"\napps = [{apps}]\naction = \"block\"\n\
+             upload = {{ custom = [{custom}] }}\n"
+        )
+    };
+    std::fs::write(&path, policy("\"dropbox\"", "\"card-[0-9]{4}\"")).unwrap();
+    let out = tollgate().arg("check-config").arg(&path).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+
+    std::fs::write(&path, policy("\"dropbox\"", "\"card-([0-9]\"")).unwrap();
+    let out = tollgate().arg("check-config").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(64), "bad regex: {out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("p.toml") && err.contains("dlp"), "{err}");
+
+    std::fs::write(&path, policy("\"dropbx\"", "\"x\"")).unwrap();
+    let out = tollgate().arg("check-config").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(64), "unknown app: {out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("session_policies[0].apps") && err.contains("\"dropbx\""),
+        "{err}"
+    );
+}
+
+fn run_config(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("run.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "state_dir = \"{0}/state\"\ncontrol_socket = \"{0}/ctl.sock\"\n\
+             [[interfaces]]\nname = \"tgnone0\"\nrole = \"lan\"\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Live tags that cannot be read stop `tollgate run` with a clear error, before it touches
+/// the system, and the file is never replaced. (`--netns` with a namespace that does not
+/// exist stops a start that got past the tags before anything is attached.)
+#[test]
+fn run_refuses_to_start_without_its_live_tags() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = run_config(dir.path());
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let run = || {
+        tollgate()
+            .args(["run", "--netns", "tg-no-such-ns-cli", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap()
+    };
+    // Unreadable (a directory where the file should be: EISDIR, as EIO or EACCES would).
+    let tags = state.join("tags.json");
+    std::fs::create_dir(&tags).unwrap();
+    let out = run();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("live tags cannot be read"), "{err}");
+    assert!(
+        !err.contains("/run/netns"),
+        "refused before the namespace: {err}"
+    );
+    assert!(tags.is_dir(), "left in place");
+    std::fs::remove_dir(&tags).unwrap();
+
+    // Corrupt: moved aside (kept), and this start refused.
+    std::fs::write(&tags, b"{\"version\":1,\"tags\":{\"dropbox\":").unwrap();
+    let out = run();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("moved aside to"), "{err}");
+    let moved: Vec<_> = std::fs::read_dir(&state)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("unreadable"))
+        .collect();
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    // The next start, told once, goes on (here to the missing namespace).
+    let out = run();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/run/netns/tg-no-such-ns-cli"), "{err}");
+}
+
+/// `stop --netns` takes a namespace name, never a path: the name picks a directory that
+/// `stop` removes when no daemon answers.
+#[test]
+fn stop_refuses_a_netns_that_is_a_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    // /sys/fs/bpf/tollgate/../../../../<victim> is <victim> whenever the first exists.
+    let ns = format!("../../../..{}", victim.display());
+    for ns in [ns.as_str(), "../x", ".."] {
+        let out = tollgate()
+            .args(["stop", "--control"])
+            .arg(dir.path().join("none.sock"))
+            .args(["--netns", ns])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{ns}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("not a network namespace name"), "{err}");
+    }
+    assert!(victim.is_dir());
+}
+
+/// Session control needs a LAN interface: refused at load, naming the key.
+#[test]
+fn session_control_without_lan_is_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.toml");
+    std::fs::write(&path, "[apps.dropbox]\nsession_control = true\n").unwrap();
+    for run in [false, true] {
+        let mut cmd = tollgate();
+        if run {
+            cmd.args(["run", "--config"]);
+        } else {
+            cmd.arg("check-config");
+        }
+        let out = cmd.arg(&path).output().unwrap();
+        assert_eq!(out.status.code(), Some(64), "run={run}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("apps.dropbox.session_control"), "{err}");
+    }
+}

@@ -4,12 +4,21 @@ use std::io::{self, Write};
 
 use super::{DiscoveryReport, risk_level};
 
-/// Quote a field when it needs it (RFC 4180).
+/// A text field: neutralised against formula injection, then quoted when it needs it
+/// (RFC 4180). Names, users and log fields come from the network; a spreadsheet would run a
+/// cell that starts with `=`, `+`, `-` or `@` (or a tab or CR, which some strip first) as a
+/// formula, so such a cell gets a leading `'` (OWASP's advice), which spreadsheets show as
+/// text and do not display.
 fn q(s: &str) -> String {
+    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        std::borrow::Cow::Owned(format!("'{s}"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    };
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
-        s.to_owned()
+        s.into_owned()
     }
 }
 
@@ -38,7 +47,7 @@ pub(super) fn render(r: &DiscoveryReport, out: &mut dyn Write) -> io::Result<()>
                 q(f.user.as_deref().unwrap_or("")),
                 q(f.device.as_deref().unwrap_or("")),
                 q(f.app.as_deref().unwrap_or("")),
-                f.matched_by.as_deref().unwrap_or(""),
+                q(f.matched_by.as_deref().unwrap_or("")),
                 q(f.rule.as_deref().unwrap_or("")),
                 f.bytes_up,
                 f.bytes_down
@@ -70,4 +79,25 @@ pub(super) fn render(r: &DiscoveryReport, out: &mut dyn Write) -> io::Result<()>
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::q;
+
+    #[test]
+    fn formula_cells_are_neutralised() {
+        assert_eq!(
+            q("=HYPERLINK(\"http://x\",\"y\")"),
+            "\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\""
+        );
+        assert_eq!(q("+1+cmd|' /C calc'!A0"), "'+1+cmd|' /C calc'!A0");
+        assert_eq!(q("-2+3"), "'-2+3");
+        assert_eq!(q("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(q("\t=1"), "'\t=1");
+        assert_eq!(q("\r=1"), "\"'\r=1\"");
+        assert_eq!(q("www.example.com"), "www.example.com");
+        assert_eq!(q("a-b=c"), "a-b=c", "only the first character matters");
+        assert_eq!(q(""), "");
+    }
 }
