@@ -52,7 +52,7 @@ fn steered_app_gets_policies_others_keep_their_certificate() {
     let audit = dir.join("audit.jsonl");
     let extra = format!(
         "[apps.dropbox]\nsession_control = true\n\n\
-         [proxy]\nlisten = \"[::]:8443\"\nupstream_ca_files = [\"{}\"]\naudit_log = \"{}\"\n\n\
+         [proxy]\nlisten = \"[::]:8443\"\nuninspectable = \"pass\"\nupstream_ca_files = [\"{}\"]\naudit_log = \"{}\"\n\n\
          [[session_policies]]\nname = \"no executables\"\napps = [\"dropbox\"]\naction = \"block\"\n\
          download = {{ file_extensions = [\"exe\"] }}\n\n\
          [[session_policies]]\nname = \"no card numbers out\"\napps = [\"dropbox\"]\naction = \"block\"\n\

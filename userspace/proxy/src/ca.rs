@@ -10,7 +10,7 @@ use std::fs;
 use std::io::Write;
 use std::net::IpAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -64,10 +64,19 @@ fn ca_err(what: &str, e: impl std::fmt::Display) -> ProxyError {
 
 impl CertAuthority {
     /// Load `ca.pem` / `ca.key` from `dir`, or create them (dir 0700, key 0600).
+    ///
+    /// Creation is crash-safe: both files are written under temporary names, fsynced,
+    /// renamed (key first) and the directory fsynced, so a crash leaves either a complete
+    /// pair or a state the next start completes: a missing or empty file (an interrupted
+    /// write of an older version) means the pair never became usable and it is created
+    /// anew. A key or directory readable by group or others is made private again.
     pub fn load_or_create(dir: &Path, cache_size: usize) -> Result<CertAuthority, ProxyError> {
         let cert_path = dir.join(CA_CERT_FILE);
         let key_path = dir.join(CA_KEY_FILE);
-        if cert_path.exists() && key_path.exists() {
+        let usable = |p: &Path| fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() > 0);
+        if usable(&cert_path) && usable(&key_path) {
+            make_private(dir, 0o700)?;
+            make_private(&key_path, 0o600)?;
             return Self::from_files(&cert_path, &key_path, cache_size);
         }
         fs::DirBuilder::new()
@@ -75,6 +84,7 @@ impl CertAuthority {
             .mode(0o700)
             .create(dir)
             .map_err(|e| ProxyError::io(dir, e))?;
+        make_private(dir, 0o700)?;
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
             .map_err(|e| ca_err("generate CA key", e))?;
         let mut params = CertificateParams::default();
@@ -102,8 +112,13 @@ impl CertAuthority {
         let cert = params
             .self_signed(&key)
             .map_err(|e| ca_err("self-sign CA", e))?;
-        write_file(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
-        write_file(&cert_path, cert.pem().as_bytes(), 0o644)?;
+        let key_tmp = write_temp(dir, CA_KEY_FILE, key.serialize_pem().as_bytes(), 0o600)?;
+        let cert_tmp = write_temp(dir, CA_CERT_FILE, cert.pem().as_bytes(), 0o644)?;
+        fs::rename(&key_tmp, &key_path).map_err(|e| ProxyError::io(&key_path, e))?;
+        fs::rename(&cert_tmp, &cert_path).map_err(|e| ProxyError::io(&cert_path, e))?;
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| ProxyError::io(dir, e))?;
         Self::from_pem(&cert.pem(), key, cache_size)
     }
 
@@ -278,14 +293,48 @@ fn pem_of(der: &CertificateDer<'_>) -> String {
     out
 }
 
-fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), ProxyError> {
+/// Writes `data` to a new temporary file next to `name` in `dir` and fsyncs it; returns its
+/// path. A temporary file left by an earlier crash is replaced (never followed: the old one
+/// is removed and the new one created exclusively).
+fn write_temp(dir: &Path, name: &str, data: &[u8], mode: u32) -> Result<PathBuf, ProxyError> {
+    let path = dir.join(format!(".{name}.tmp"));
+    match fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ProxyError::io(&path, e)),
+    }
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
-        .open(path)
-        .map_err(|e| ProxyError::io(path, e))?;
-    f.write_all(data).map_err(|e| ProxyError::io(path, e))
+        .open(&path)
+        .map_err(|e| ProxyError::io(&path, e))?;
+    f.write_all(data).map_err(|e| ProxyError::io(&path, e))?;
+    f.sync_all().map_err(|e| ProxyError::io(&path, e))?;
+    Ok(path)
+}
+
+/// Removes group and other permissions from `path` beyond `mode` (a key readable by others
+/// is repaired, and said so in the log).
+fn make_private(path: &Path, mode: u32) -> Result<(), ProxyError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = fs::symlink_metadata(path).map_err(|e| ProxyError::io(path, e))?;
+    if meta.file_type().is_symlink() {
+        return Err(ProxyError::Ca(format!(
+            "{} is a symbolic link; the CA must be a plain file",
+            path.display()
+        )));
+    }
+    let current = meta.permissions().mode() & 0o777;
+    if current & 0o077 & !mode != 0 {
+        tracing::warn!(
+            "{} had mode {current:o}; setting {mode:o} (the CA key must stay private)",
+            path.display()
+        );
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+            .map_err(|e| ProxyError::io(path, e))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -293,6 +342,36 @@ mod tests {
     use super::*;
     use rustls::client::danger::ServerCertVerifier;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn creation_recovers_from_a_partial_write_and_repairs_modes() {
+        let dir = std::env::temp_dir().join(format!("tgp-ca-partial-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        // A crash after the key was (partly) written and before the certificate was.
+        fs::write(dir.join(CA_KEY_FILE), b"-----BEGIN PRIV").unwrap();
+        fs::write(dir.join(format!(".{CA_CERT_FILE}.tmp")), b"junk").unwrap();
+        let ca = CertAuthority::load_or_create(&dir, 2).unwrap();
+        let names: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join(CA_KEY_FILE)), 0o600);
+        // An empty certificate (an interrupted write) is recovered the same way.
+        fs::write(dir.join(CA_CERT_FILE), b"").unwrap();
+        let again = CertAuthority::load_or_create(&dir, 2).unwrap();
+        assert_ne!(again.ca_pem(), ca.ca_pem());
+        // A complete pair whose key became world-readable: repaired on load, same CA.
+        fs::set_permissions(dir.join(CA_KEY_FILE), fs::Permissions::from_mode(0o644)).unwrap();
+        let third = CertAuthority::load_or_create(&dir, 2).unwrap();
+        assert_eq!(third.ca_pem(), again.ca_pem());
+        assert_eq!(mode(&dir.join(CA_KEY_FILE)), 0o600);
+        let _ = fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn create_then_reload_and_mint() {

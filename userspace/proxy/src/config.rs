@@ -34,8 +34,24 @@ pub struct ProxyConfig {
     pub bypass_apps: Vec<String>,
     /// App categories never decrypted (e.g. "health", "finance").
     pub bypass_categories: Vec<String>,
-    /// How long a client that rejected our CA is spliced instead of intercepted.
+    /// How long a client that rejected our CA is spliced instead of intercepted, for the apps
+    /// and hosts listed in `client_reject_bypass_apps` / `client_reject_bypass_domains` only.
     pub client_reject_bypass_secs: u64,
+    /// App ids (pinning apps) whose clients are spliced for `client_reject_bypass_secs` after
+    /// they rejected our CA. Any other app stays under session control whatever its clients
+    /// do: a user must not be able to switch inspection off by refusing one handshake.
+    pub client_reject_bypass_apps: Vec<String>,
+    /// Server names (and their subdomains) treated like `client_reject_bypass_apps`.
+    pub client_reject_bypass_domains: Vec<String>,
+    /// What happens to a connection steered to the proxy that cannot be inspected: no SNI (or
+    /// an ECH outer name), a ClientHello that does not parse or is larger than 64 KiB, or an
+    /// SNI that is not an app under session control. `block` (default) closes it; `pass`
+    /// splices it to its destination undecrypted. Either way it is audited and counted.
+    pub uninspectable: Uninspectable,
+    /// Destinations the proxy never connects to, on top of loopback, link-local, multicast,
+    /// unspecified and the gateway's own addresses (the daemon adds `[enforcement]
+    /// never_block`). A steered connection toward one is closed and counted.
+    pub protected_destinations: Vec<IpNet>,
     /// Time allowed for the ClientHello plus the client-side TLS handshake.
     pub handshake_timeout_secs: u64,
     /// Time allowed to receive a request's headers (slowloris guard).
@@ -55,8 +71,20 @@ pub struct ProxyConfig {
     /// HTTP/1.1 connections to one origin (address + server name) at a time; requests beyond
     /// wait for a free one (up to `upstream_connect_timeout_secs`). 0 = unlimited.
     pub max_upstream_connections_per_origin: usize,
-    /// Concurrent client connections; further connections wait in the accept queue.
+    /// Concurrent client connections; further connections are accepted and closed at once
+    /// (counted), so that the accept queue never fills up for everyone.
     pub max_connections: usize,
+    /// Concurrent connections from one source address; further ones are closed (counted).
+    pub max_connections_per_client: usize,
+    /// Memory for every body buffered or decoded for inspection, all connections together.
+    /// A body that cannot get its share waits (up to `body_read_timeout_secs`) and is then
+    /// refused with 503; the proxy never goes past this.
+    pub max_buffered_bytes: ByteSize,
+    /// A connection (HTTP/1.1 or HTTP/2 without a request in flight, a splice, a WebSocket
+    /// tunnel) with no traffic for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// A streamed request or response body that makes no progress for this long is aborted.
+    pub body_idle_timeout_secs: u64,
     /// Leaf certificates kept in memory (LRU).
     pub leaf_cache_size: usize,
     /// JSON-lines audit log; none = decisions are only traced.
@@ -84,6 +112,10 @@ impl Default for ProxyConfig {
             bypass_apps: Vec::new(),
             bypass_categories: Vec::new(),
             client_reject_bypass_secs: 3600,
+            client_reject_bypass_apps: Vec::new(),
+            client_reject_bypass_domains: Vec::new(),
+            uninspectable: Uninspectable::Block,
+            protected_destinations: Vec::new(),
             handshake_timeout_secs: 10,
             header_read_timeout_secs: 15,
             upstream_connect_timeout_secs: 10,
@@ -93,6 +125,10 @@ impl Default for ProxyConfig {
             over_limit_action: OverLimitAction::Block,
             max_upstream_connections_per_origin: 256,
             max_connections: 10_000,
+            max_connections_per_client: 512,
+            max_buffered_bytes: ByteSize(256 * 1024 * 1024),
+            idle_timeout_secs: 300,
+            body_idle_timeout_secs: 60,
             leaf_cache_size: 1024,
             audit_log: None,
             ip_tags: BTreeMap::new(),
@@ -100,6 +136,64 @@ impl Default for ProxyConfig {
             managed_devices: ManagedDevices::default(),
         }
     }
+}
+
+impl ProxyConfig {
+    /// Checks what types alone cannot. `Err` names the key.
+    pub fn validate(&self) -> Result<(), crate::ProxyError> {
+        let bad = |key: &str, message: &str| {
+            Err(crate::ProxyError::Config {
+                key: key.into(),
+                message: message.into(),
+            })
+        };
+        if self.listen.port() == 443 {
+            // Under TPROXY a steered connection's local address is its destination: with the
+            // proxy on 443 every steered connection would look like one to the proxy itself.
+            return bad(
+                "listen",
+                "port 443 cannot be the proxy's port: steered connections arrive for port 443",
+            );
+        }
+        for (key, v) in [
+            ("max_connections", self.max_connections),
+            (
+                "max_connections_per_client",
+                self.max_connections_per_client,
+            ),
+        ] {
+            if v == 0 {
+                return bad(key, "must be at least 1");
+            }
+        }
+        for (key, v) in [
+            ("idle_timeout_secs", self.idle_timeout_secs),
+            ("body_idle_timeout_secs", self.body_idle_timeout_secs),
+            ("body_read_timeout_secs", self.body_read_timeout_secs),
+        ] {
+            if v == 0 {
+                return bad(key, "must be at least 1");
+            }
+        }
+        if self.max_buffered_bytes.0 < self.max_inspect_bytes.0 {
+            return bad(
+                "max_buffered_bytes",
+                "must be at least max_inspect_bytes (one body must fit)",
+            );
+        }
+        if self.max_buffered_bytes.0 > (usize::MAX >> 4) as u64 {
+            return bad("max_buffered_bytes", "too large");
+        }
+        Ok(())
+    }
+}
+
+/// `uninspectable`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Uninspectable {
+    Block,
+    Pass,
 }
 
 /// `[proxy.managed_devices]`.

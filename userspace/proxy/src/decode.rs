@@ -68,13 +68,30 @@ pub fn decode<'a>(
     complete: bool,
     limit: usize,
 ) -> Result<Decoded<'a>, String> {
+    decode_budgeted(content_encoding, body, complete, limit, &mut |_| true)
+}
+
+/// [`decode`], asking `reserve` before holding more decoded bytes: it receives the total
+/// decoded so far (every stage of stacked codings counted) and returns false when that
+/// memory is not available, which fails the decoding.
+pub fn decode_budgeted<'a>(
+    content_encoding: Option<&str>,
+    body: &'a [u8],
+    complete: bool,
+    limit: usize,
+    reserve: &mut dyn FnMut(usize) -> bool,
+) -> Result<Decoded<'a>, String> {
     let list = codings(content_encoding).map_err(|c| {
         format!("the body is in the {c:?} content coding, which cannot be inspected")
     })?;
     let mut data: Cow<'a, [u8]> = Cow::Borrowed(body);
     let mut truncated = !complete;
+    let mut held = 0usize;
     for coding in list.iter().rev() {
-        let (out, cut) = decode_one(*coding, &data, !truncated, limit)?;
+        let (out, cut) = decode_one(*coding, &data, !truncated, limit, &mut |n| {
+            reserve(held.saturating_add(n))
+        })?;
+        held = held.saturating_add(out.len());
         truncated |= cut;
         data = Cow::Owned(out);
     }
@@ -89,6 +106,7 @@ fn decode_one(
     input: &[u8],
     complete: bool,
     limit: usize,
+    reserve: &mut dyn FnMut(usize) -> bool,
 ) -> Result<(Vec<u8>, bool), String> {
     let name = match coding {
         Coding::Gzip => "gzip",
@@ -97,20 +115,37 @@ fn decode_one(
         Coding::Zstd => "zstd",
     };
     let result = match coding {
-        Coding::Gzip => read_bounded(flate2::read::MultiGzDecoder::new(input), complete, limit),
+        Coding::Gzip => read_bounded(
+            flate2::read::MultiGzDecoder::new(input),
+            complete,
+            limit,
+            reserve,
+        ),
         Coding::Deflate => {
             // RFC 9110 says zlib; some servers send a raw deflate stream.
-            read_bounded(flate2::read::ZlibDecoder::new(input), complete, limit).or_else(|_| {
-                read_bounded(flate2::read::DeflateDecoder::new(input), complete, limit)
+            read_bounded(
+                flate2::read::ZlibDecoder::new(input),
+                complete,
+                limit,
+                reserve,
+            )
+            .or_else(|_| {
+                read_bounded(
+                    flate2::read::DeflateDecoder::new(input),
+                    complete,
+                    limit,
+                    reserve,
+                )
             })
         }
         Coding::Brotli => read_bounded(
             brotli_decompressor::Decompressor::new(input, 4096),
             complete,
             limit,
+            reserve,
         ),
         Coding::Zstd => match ruzstd::decoding::StreamingDecoder::new(input) {
-            Ok(d) => read_bounded(d, complete, limit),
+            Ok(d) => read_bounded(d, complete, limit, reserve),
             Err(e) if complete => Err(std::io::Error::other(e.to_string())),
             // A prefix too short to hold the frame header: nothing decoded yet.
             Err(_) => Ok((Vec::new(), true)),
@@ -119,12 +154,16 @@ fn decode_one(
     result.map_err(|e| format!("the {name} body could not be decoded for inspection: {e}"))
 }
 
+/// The error text of a decoding stopped by its memory reservation.
+pub const BUDGET_ERROR: &str = "the inspection memory budget is exhausted";
+
 /// Reads up to `limit` bytes; `true` when more were there (or the input ended early while
 /// `complete` is false).
 fn read_bounded(
     mut r: impl Read,
     complete: bool,
     limit: usize,
+    reserve: &mut dyn FnMut(usize) -> bool,
 ) -> std::io::Result<(Vec<u8>, bool)> {
     let mut out = Vec::new();
     let mut buf = [0u8; 16 * 1024];
@@ -132,6 +171,9 @@ fn read_bounded(
         match r.read(&mut buf) {
             Ok(0) => return Ok((out, false)),
             Ok(n) => {
+                if !reserve(out.len().saturating_add(n).min(limit)) {
+                    return Err(std::io::Error::other(BUDGET_ERROR));
+                }
                 let room = limit.saturating_sub(out.len());
                 if n > room {
                     out.extend_from_slice(&buf[..room]);

@@ -11,8 +11,13 @@
 //! per-connection secret token (so that the normal hyper connection, with upgrades, can
 //! answer it); clients cannot forge it.
 //!
-//! A head with `Upgrade` (WebSocket) switches the guard to pass-through: after a `101` the
-//! bytes are no longer HTTP. (The service closes the connection when the upgrade is refused.)
+//! A WebSocket handshake (a body-less GET with `Upgrade: websocket`) switches the guard to
+//! pass-through: after a `101` the bytes are no longer HTTP. (The service closes the
+//! connection when the upgrade is not accepted.) Any other head with `Upgrade` is followed
+//! like a plain request: the service refuses or serves it as one.
+//!
+//! Heads end at the first empty line, whether lines end in CRLF or a bare LF (httparse and
+//! hyper accept both); chunk sizes are hex digits only, as hyper reads them.
 //!
 //! Head bytes are held until the head is complete (bounded by the header limit; above it
 //! they are released so that hyper answers 431); body bytes flow through as they arrive.
@@ -161,18 +166,24 @@ impl<IO> H1Guard<IO> {
                 }
                 State::Head => {
                     // Empty lines before a request line are allowed (RFC 9112 2.2).
-                    while self.held.starts_with(b"\r\n") {
-                        self.ready.extend_from_slice(b"\r\n");
-                        self.held.advance(2);
+                    loop {
+                        if self.held.starts_with(b"\r\n") {
+                            self.ready.extend_from_slice(b"\r\n");
+                            self.held.advance(2);
+                        } else if self.held.starts_with(b"\n") {
+                            self.ready.extend_from_slice(b"\n");
+                            self.held.advance(1);
+                        } else {
+                            break;
+                        }
                     }
-                    let Some(end) = find(&self.held, b"\r\n\r\n") else {
+                    let Some(head_len) = head_end(&self.held) else {
                         if self.held.len() > self.max_head {
                             self.state = State::Passthrough;
                             continue;
                         }
                         return;
                     };
-                    let head_len = end + 4;
                     let head = self.held.get(..head_len).unwrap_or(&[]);
                     match check_head(head) {
                         Err(why) => {
@@ -182,7 +193,9 @@ impl<IO> H1Guard<IO> {
                             return;
                         }
                         Ok(None) => self.state = State::Passthrough,
-                        Ok(Some(_)) if has_upgrade(head) => self.state = State::Passthrough,
+                        Ok(Some(Framing::None)) if is_websocket_handshake(head) => {
+                            self.state = State::Passthrough
+                        }
                         Ok(Some(f)) => {
                             self.state = match f {
                                 Framing::None | Framing::Length(0) => State::Head,
@@ -216,13 +229,11 @@ impl<IO> H1Guard<IO> {
                         return;
                     };
                     let line = self.held.split_to(nl + 1);
-                    let text = std::str::from_utf8(&line).unwrap_or("");
-                    let size = text.split([';', '\r', '\n']).next().unwrap_or("").trim();
-                    match u64::from_str_radix(size, 16) {
-                        Ok(0) => self.state = State::Trailers,
-                        Ok(n) => self.state = State::ChunkData(n),
-                        // Malformed: hyper rejects it; stop following.
-                        Err(_) => self.state = State::Passthrough,
+                    match chunk_size(&line) {
+                        Some(0) => self.state = State::Trailers,
+                        Some(n) => self.state = State::ChunkData(n),
+                        // Malformed: hyper rejects it too (and ends the connection).
+                        None => self.state = State::Passthrough,
                     }
                     self.ready.extend_from_slice(&line);
                 }
@@ -270,19 +281,58 @@ impl<IO> H1Guard<IO> {
     }
 }
 
-/// Does a (complete, parseable) head carry an Upgrade header?
-fn has_upgrade(head: &[u8]) -> bool {
+/// Is a (complete, parseable) head a WebSocket handshake: GET with `Upgrade: websocket`?
+/// (The caller has checked that it has no body.)
+pub fn is_websocket_handshake(head: &[u8]) -> bool {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    matches!(req.parse(head), Ok(httparse::Status::Complete(_)))
-        && req
-            .headers
-            .iter()
-            .any(|h| h.name.eq_ignore_ascii_case("upgrade"))
+    if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) || req.method != Some("GET") {
+        return false;
+    }
+    let ups: Vec<&[u8]> = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("upgrade"))
+        .map(|h| h.value)
+        .collect();
+    matches!(ups.as_slice(), [v] if v.trim_ascii().eq_ignore_ascii_case(b"websocket"))
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+/// Length of the head at the start of `buf` (through the empty line that ends it), with
+/// CRLF or bare LF line ends.
+pub fn head_end(buf: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = buf.get(from..)?.iter().position(|b| *b == b'\n') {
+        let nl = from + i;
+        match (buf.get(nl + 1), buf.get(nl + 2)) {
+            (Some(b'\n'), _) => return Some(nl + 2),
+            (Some(b'\r'), Some(b'\n')) => return Some(nl + 3),
+            _ => from = nl + 1,
+        }
+    }
+    None
+}
+
+/// The size of a chunk-size line (`1a;ext=v\r\n`) read as hyper does: 1 to 16 hex digits,
+/// optional spaces or tabs, then `;` extensions or the line end (CRLF). `None`: malformed.
+pub fn chunk_size(line: &[u8]) -> Option<u64> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return None;
+    }
+    let (hex, rest) = line.split_at(digits);
+    let rest = rest
+        .iter()
+        .position(|b| *b != b' ' && *b != b'\t')
+        .and_then(|i| rest.get(i..))?;
+    let ok = match rest.first() {
+        Some(b';') => rest.ends_with(b"\r\n"),
+        _ => rest == b"\r\n",
+    };
+    if !ok {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for H1Guard<IO> {
@@ -477,6 +527,57 @@ mod tests {
         );
         let (out, rej) = pass(body_text, 10).await;
         assert_eq!((out.as_slice(), rej), (body_text, None));
+    }
+
+    #[tokio::test]
+    async fn bare_lf_heads_are_followed_like_hyper_reads_them() {
+        // A bare-LF request, then an ambiguous CRLF one pipelined behind it: the second head
+        // is checked on its own (a guard looking for CRLFCRLF took both for one head).
+        let bad: &[u8] = b"GET /a HTTP/1.1\nHost: x\n\nPOST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        for split in 0..=bad.len() {
+            let (_, rej) = pass(bad, split).await;
+            assert!(rej.is_some(), "split {split}");
+        }
+        // A bare-LF request followed by a body that looks like a request: body, not a head.
+        let ok: &[u8] = b"POST /u HTTP/1.1\nHost: x\nContent-Length: 5\n\nGET /x";
+        let (out, rej) = pass(ok, 7).await;
+        assert_eq!((out.as_slice(), rej), (ok, None));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nA: b\n\r\nrest"), Some(23));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nA: b\r\n"), None);
+    }
+
+    #[test]
+    fn chunk_sizes_are_strict() {
+        assert_eq!(chunk_size(b"1a\r\n"), Some(26));
+        assert_eq!(chunk_size(b"1a;ext=1\r\n"), Some(26));
+        assert_eq!(chunk_size(b"0 \r\n"), Some(0));
+        for bad in [
+            &b"+5\r\n"[..],
+            b" 5\r\n",
+            b"5\n",
+            b"\r\n",
+            b"0x5\r\n",
+            b"11111111111111111\r\n",
+            b"5 x\r\n",
+        ] {
+            assert_eq!(chunk_size(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn only_websocket_gets_pass_through() {
+        assert!(is_websocket_handshake(
+            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"
+        ));
+        assert!(!is_websocket_handshake(
+            b"GET / HTTP/1.1\r\nUpgrade: h2c\r\n\r\n"
+        ));
+        assert!(!is_websocket_handshake(
+            b"POST / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n"
+        ));
+        assert!(!is_websocket_handshake(
+            b"GET / HTTP/1.1\r\nUpgrade: websocket, h2c\r\n\r\n"
+        ));
     }
 
     #[test]

@@ -17,7 +17,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::audit::{AuditRecord, now_rfc3339};
+use crate::budget::{Budgeted, Share};
 use crate::config::{Action, OverLimitAction};
+use crate::idle::{IdleBody, TrackedBody};
 use crate::policy::{self, Decision, Policies, RequestInfo, TransferMeta};
 use crate::server::Shared;
 use crate::upstream::{self, BoxError, Conn, Key, ProxyBody, UpstreamFailure};
@@ -38,6 +40,8 @@ pub struct ConnCtx {
     /// Secret of the HTTP/1.1 framing guard's synthetic "rejected" request.
     pub guard_token: String,
     pub guard_verdict: Arc<std::sync::OnceLock<&'static str>>,
+    /// Requests in flight and last activity, for the connection's idle timeout.
+    pub activity: Arc<crate::idle::Activity>,
 }
 
 fn full(b: impl Into<Bytes>) -> ProxyBody {
@@ -254,17 +258,33 @@ enum Buffered {
 #[derive(Debug)]
 enum BufferError {
     Timeout,
+    /// The inspection memory budget did not free up in time.
+    Busy,
     Body(BoxError),
 }
 
-/// Read up to `cap` bytes of `body` (trailers are dropped).
+/// Read up to `cap` bytes of `body` (trailers are dropped), holding them in `share`.
 async fn buffer(
     mut body: ProxyBody,
     cap: usize,
     timeout: Duration,
+    share: &mut Share,
+    expected: Option<u64>,
 ) -> Result<Buffered, BufferError> {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
     let mut buf = BytesMut::new();
+    let waiting = AtomicBool::new(false);
     let fut = async {
+        // A known length is reserved at once, so that a body never holds part of the budget
+        // while it waits for the rest.
+        if let Some(n) = expected {
+            let want = usize::try_from(n)
+                .unwrap_or(usize::MAX)
+                .min(cap.saturating_mul(2).saturating_add(1));
+            waiting.store(true, Relaxed);
+            share.grow(want).await.map_err(|_| BufferError::Busy)?;
+            waiting.store(false, Relaxed);
+        }
         loop {
             if buf.len() > cap {
                 return Ok(false);
@@ -274,6 +294,12 @@ async fn buffer(
                 Some(Err(e)) => return Err(BufferError::Body(e)),
                 Some(Ok(f)) => {
                     if let Ok(d) = f.into_data() {
+                        waiting.store(true, Relaxed);
+                        share
+                            .grow(buf.len().saturating_add(d.len()))
+                            .await
+                            .map_err(|_| BufferError::Busy)?;
+                        waiting.store(false, Relaxed);
                         buf.extend_from_slice(&d);
                     }
                 }
@@ -282,6 +308,7 @@ async fn buffer(
     };
     let complete = match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r?,
+        Err(_) if waiting.load(Relaxed) => return Err(BufferError::Busy),
         Err(_) => return Err(BufferError::Timeout),
     };
     let bytes = buf.freeze();
@@ -292,31 +319,53 @@ async fn buffer(
     })
 }
 
-fn url_filename(path: &str) -> Option<String> {
-    let p = path.split(['?', '#']).next().unwrap_or(path);
-    let last = p.rsplit('/').next()?;
-    (!last.is_empty() && last.contains('.')).then(|| last.to_string())
-}
-
 fn header_str(h: &HeaderMap, n: HeaderName) -> Option<&str> {
     h.get(n).and_then(|v| v.to_str().ok())
 }
 
+/// Every value of a header joined with `, ` (a repeated `Content-Encoding` is one list).
+fn header_joined(h: &HeaderMap, n: HeaderName) -> Option<String> {
+    let all: Vec<String> = h
+        .get_all(n)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
+    (!all.is_empty()).then(|| all.join(", "))
+}
+
+/// Total length of a `Content-Range: bytes a-b/total` answer.
+fn content_range_total(h: &HeaderMap) -> Option<u64> {
+    header_str(h, header::CONTENT_RANGE)?
+        .rsplit('/')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 fn transfer_meta(h: &HeaderMap, path: &str) -> TransferMeta {
+    let mut types = h
+        .get_all(header::CONTENT_TYPE)
+        .iter()
+        .map(|v| policy::media_type(&String::from_utf8_lossy(v.as_bytes())));
     let mut m = TransferMeta {
-        content_type: header_str(h, header::CONTENT_TYPE).map(policy::media_type),
+        content_type: types.next(),
+        // Further Content-Type headers are judged too (a client may believe any of them).
+        part_types: types.collect(),
         size: header_str(h, header::CONTENT_LENGTH).and_then(|v| v.trim().parse().ok()),
-        content_encoding: header_str(h, header::CONTENT_ENCODING).map(str::to_string),
+        content_encoding: header_joined(h, header::CONTENT_ENCODING),
         ..Default::default()
     };
-    if let Some(f) =
-        header_str(h, header::CONTENT_DISPOSITION).and_then(policy::disposition_filename)
-    {
-        m.filenames.push(f);
+    if let Some(total) = content_range_total(h) {
+        m.size = Some(m.size.map_or(total, |s| s.max(total)));
     }
-    if let Some(f) = url_filename(path) {
-        m.filenames.push(f);
+    for v in h.get_all(header::CONTENT_DISPOSITION) {
+        m.filenames
+            .extend(policy::disposition_filenames(&String::from_utf8_lossy(
+                v.as_bytes(),
+            )));
     }
+    m.filenames.extend(policy::url_filenames(path));
     m
 }
 
@@ -324,6 +373,8 @@ fn transfer_meta(h: &HeaderMap, path: &str) -> TransferMeta {
 struct Inspected {
     decision: Option<Decision>,
     body: ProxyBody,
+    /// The inspection memory budget was exhausted: answer 503.
+    busy: bool,
 }
 
 impl ConnCtx {
@@ -361,45 +412,91 @@ impl ConnCtx {
         )
     }
 
-    /// Inspect a body against transfer rules, buffering as the rules need.
+    /// Inspect a body against the transfer rules of `policies` for this app (uploads or
+    /// downloads), buffering as the rules need. `piece`: the body is a 206 piece of a file.
     async fn inspect(
         &self,
-        rules: &[policy::TransferRef<'_>],
+        policies: &Arc<Policies>,
+        upload: bool,
         mut meta: TransferMeta,
-        boundary: Option<String>,
+        boundary: Result<Option<String>, &'static str>,
         body: ProxyBody,
+        piece: bool,
     ) -> Inspected {
         let cfg = &self.shared.cfg;
+        let rules = policies.transfer_rules(&self.app, upload);
         let needs_body = rules.iter().any(|r| r.rule.needs_body(&meta));
-        if !needs_body {
-            return Inspected {
-                decision: policy::check_transfer(rules, &meta, None),
-                body,
-            };
-        }
-        let cap = usize::try_from(cfg.max_inspect_bytes.0).unwrap_or(usize::MAX);
-        let buffered = buffer(body, cap, Duration::from_secs(cfg.body_read_timeout_secs)).await;
         let limit = |reason: String| Decision {
             action: match cfg.over_limit_action {
                 OverLimitAction::Block => Action::Block,
                 OverLimitAction::Allow => Action::Audit,
             },
             policy: "inspection limit".into(),
-            stage: if rules.first().is_some_and(|r| r.upload) {
-                "upload"
-            } else {
-                "download"
-            },
+            stage: if upload { "upload" } else { "download" },
             reason,
             evidence: Vec::new(),
         };
+        if piece && needs_body {
+            // A piece of a file cannot be judged for its content (or decoded size) alone.
+            return Inspected {
+                decision: policy::stricter(
+                    policy::check_transfer(&rules, &meta, None),
+                    Some(limit(
+                        "a partial download (206) cannot be inspected as a whole".into(),
+                    )),
+                ),
+                body,
+                busy: false,
+            };
+        }
+        if !needs_body {
+            return Inspected {
+                decision: policy::check_transfer(&rules, &meta, None),
+                body,
+                busy: false,
+            };
+        }
+        // The smallest size a blocking rule allows: a body streamed past the inspection limit
+        // is cut there (its prefix could not show the total).
+        let hard_cap = rules
+            .iter()
+            .filter(|r| r.action == Action::Block)
+            .filter_map(|r| r.rule.max_size())
+            .min();
+        let cap = usize::try_from(cfg.max_inspect_bytes.0).unwrap_or(usize::MAX);
+        let mut share = self.shared.budget.share();
+        // A form body is scanned form-decoded, a second copy: reserved with the body.
+        let form = meta.content_type.as_deref() == Some("application/x-www-form-urlencoded");
+        let expected = meta
+            .size
+            .map(|n| if form { n.saturating_mul(2) } else { n });
+        let buffered = buffer(
+            body,
+            cap,
+            Duration::from_secs(cfg.body_read_timeout_secs),
+            &mut share,
+            expected,
+        )
+        .await;
         match buffered {
+            Err(BufferError::Busy) => {
+                share.refused();
+                Inspected {
+                    decision: Some(Decision {
+                        action: Action::Block,
+                        ..limit(BUDGET_EXHAUSTED.into())
+                    }),
+                    body: full(Bytes::new()),
+                    busy: true,
+                }
+            }
             Err(BufferError::Timeout) => Inspected {
                 decision: Some(Decision {
                     action: Action::Block,
                     ..limit("body not received in time".into())
                 }),
                 body: full(Bytes::new()),
+                busy: false,
             },
             Err(BufferError::Body(e)) => Inspected {
                 decision: Some(Decision {
@@ -407,70 +504,291 @@ impl ConnCtx {
                     ..limit(format!("body could not be read: {e}"))
                 }),
                 body: full(Bytes::new()),
+                busy: false,
             },
             Ok(Buffered::Complete(b)) => {
-                meta.size = Some(b.len() as u64);
-                let (seen, problem) = check_decoded(rules, &mut meta, boundary, &b, true, cap);
+                meta.size = Some(meta.size.unwrap_or(0).max(b.len() as u64));
+                let (seen, problem, share) = self
+                    .check_blocking(policies, upload, meta, boundary, b.clone(), true, share)
+                    .await;
+                if problem.as_deref() == Some(BUDGET_EXHAUSTED) {
+                    share.refused();
+                    return Inspected {
+                        decision: Some(Decision {
+                            action: Action::Block,
+                            ..limit(BUDGET_EXHAUSTED.into())
+                        }),
+                        body: full(Bytes::new()),
+                        busy: true,
+                    };
+                }
                 Inspected {
                     decision: policy::stricter(seen, problem.map(limit)),
-                    body: full(b),
+                    body: Budgeted {
+                        inner: full(b),
+                        share,
+                    }
+                    .boxed(),
+                    busy: false,
                 }
             }
             Ok(Buffered::Partial(prefix, rest)) => {
-                let (seen, _) = check_decoded(rules, &mut meta, boundary, &prefix, false, cap);
+                let (seen, _, share) = self
+                    .check_blocking(
+                        policies,
+                        upload,
+                        meta,
+                        boundary,
+                        prefix.clone(),
+                        false,
+                        share,
+                    )
+                    .await;
                 let over = limit(format!(
                     "body larger than the inspection limit of {cap} bytes; only the first part was inspected"
                 ));
                 let decision = policy::stricter(seen, Some(over));
-                Inspected {
-                    decision,
-                    body: PrefixedBody {
-                        prefix: Some(prefix),
-                        rest: Some(rest),
+                let rest = match hard_cap {
+                    Some(max) => SizeCap {
+                        inner: rest,
+                        left: max.saturating_sub(prefix.len() as u64),
                     }
                     .boxed(),
+                    None => rest,
+                };
+                Inspected {
+                    decision,
+                    body: Budgeted {
+                        inner: PrefixedBody {
+                            prefix: Some(prefix),
+                            rest: Some(rest),
+                        }
+                        .boxed(),
+                        share,
+                    }
+                    .boxed(),
+                    busy: false,
                 }
             }
         }
     }
+
+    /// Decoding and content scanning on the blocking pool, never on the async workers (a
+    /// slow regex over 16 MiB would stall every connection of that worker). Decoded copies
+    /// grow the body's memory share if the budget has room now; otherwise the check reports
+    /// [`BUDGET_EXHAUSTED`]. The share comes back for the body that is forwarded.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one job description, moved whole to a blocking thread"
+    )]
+    async fn check_blocking(
+        &self,
+        policies: &Arc<Policies>,
+        upload: bool,
+        meta: TransferMeta,
+        boundary: Result<Option<String>, &'static str>,
+        body: Bytes,
+        complete: bool,
+        share: Share,
+    ) -> (Option<Decision>, Option<String>, Share) {
+        let policies = policies.clone();
+        let app = self.app.clone();
+        let cap = usize::try_from(self.shared.cfg.max_inspect_bytes.0).unwrap_or(usize::MAX);
+        let spare = self.shared.budget.share();
+        let job = tokio::task::spawn_blocking(move || {
+            let rules = policies.transfer_rules(&app, upload);
+            let mut share = share;
+            let mut meta = meta;
+            let base = body.len();
+            let mut reserve = |n: usize| share.try_grow(base.saturating_add(n)).is_ok();
+            let (d, p) = check_decoded(
+                &rules,
+                &mut meta,
+                &boundary,
+                &body,
+                complete,
+                cap,
+                &mut reserve,
+            );
+            (d, p, share)
+        });
+        job.await
+            .unwrap_or_else(|e| (None, Some(format!("inspection failed: {e}")), spare))
+    }
+}
+
+/// Why a body was refused for lack of inspection memory (answered 503).
+const BUDGET_EXHAUSTED: &str = "the gateway's inspection memory is taken by other transfers";
+
+/// Cuts a streamed body when it goes past a size a blocking rule allows.
+struct SizeCap {
+    inner: ProxyBody,
+    left: u64,
+}
+
+impl Body for SizeCap {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &r
+            && let Some(d) = f.data_ref()
+        {
+            let n = d.len() as u64;
+            if n > self.left {
+                return Poll::Ready(Some(Err("body larger than a policy's max_size".into())));
+            }
+            self.left -= n;
+        }
+        r
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Checks a buffered body (`complete`, or a prefix of it) in its decoded form; the second
-/// value says why the body could not be inspected whole (an unknown or corrupt coding, or a
-/// decoded size over the limit), for the over-limit action.
+/// value says why the body could not be inspected whole (an unknown or corrupt coding, a
+/// decoded size over the limit, a multipart body that cannot be read, no memory), for the
+/// over-limit action.
 fn check_decoded(
     rules: &[policy::TransferRef<'_>],
     meta: &mut TransferMeta,
-    boundary: Option<String>,
+    boundary: &Result<Option<String>, &'static str>,
     body: &[u8],
     complete: bool,
     cap: usize,
+    reserve: &mut dyn FnMut(usize) -> bool,
 ) -> (Option<Decision>, Option<String>) {
-    match crate::decode::decode(meta.content_encoding.as_deref(), body, complete, cap) {
+    let form = meta.content_type.as_deref() == Some("application/x-www-form-urlencoded");
+    match crate::decode::decode_budgeted(
+        meta.content_encoding.as_deref(),
+        body,
+        complete,
+        cap,
+        reserve,
+    ) {
         Ok(d) => {
-            add_multipart(meta, boundary.as_deref(), &d.bytes);
-            let problem = (d.truncated && complete).then(|| {
+            // max_size judges the decoded size (a decoded size over the limit is over any
+            // max_size below it).
+            let decoded = d.bytes.len() as u64 + u64::from(d.truncated && complete);
+            meta.size = Some(meta.size.unwrap_or(0).max(decoded));
+            let mut problem = (d.truncated && complete).then(|| {
                 format!(
                     "decoded body larger than the inspection limit of {cap} bytes; only the first part was inspected"
                 )
             });
+            if let Some(p) = add_multipart(meta, boundary, &d.bytes, complete && !d.truncated) {
+                problem.get_or_insert(p);
+            }
+            // Form decoding copies the body once more.
+            let owned = match &d.bytes {
+                std::borrow::Cow::Owned(v) => v.len(),
+                std::borrow::Cow::Borrowed(_) => 0,
+            };
+            if form && !reserve(owned.saturating_add(d.bytes.len())) {
+                return (None, Some(BUDGET_EXHAUSTED.into()));
+            }
             (policy::check_transfer(rules, meta, Some(&d.bytes)), problem)
         }
+        Err(why) if why.contains(crate::decode::BUDGET_ERROR) => {
+            (None, Some(BUDGET_EXHAUSTED.into()))
+        }
         Err(why) => {
-            add_multipart(meta, boundary.as_deref(), body);
+            let _ = add_multipart(meta, boundary, body, complete);
+            if form && !reserve(body.len()) {
+                return (None, Some(BUDGET_EXHAUSTED.into()));
+            }
             (policy::check_transfer(rules, meta, Some(body)), Some(why))
         }
     }
 }
 
-fn add_multipart(meta: &mut TransferMeta, boundary: Option<&str>, body: &[u8]) {
-    if let Some(ct) = meta.content_type.as_deref()
-        && ct.starts_with("multipart/")
-        && let Some(b) = boundary
+/// File names and part types of a multipart body; `Some` says why they cannot all be read.
+fn add_multipart(
+    meta: &mut TransferMeta,
+    boundary: &Result<Option<String>, &'static str>,
+    body: &[u8],
+    complete: bool,
+) -> Option<String> {
+    if !meta
+        .content_type
+        .as_deref()
+        .is_some_and(|ct| ct.starts_with("multipart/"))
     {
-        let (names, types) = policy::multipart_parts(body, b);
-        meta.filenames.extend(names);
-        meta.part_types.extend(types);
+        return None;
+    }
+    match boundary {
+        Err(e) => Some((*e).to_string()),
+        Ok(None) => Some("multipart body without a boundary".into()),
+        Ok(Some(b)) => match policy::multipart_parts(body, b, complete) {
+            Ok((names, types)) => {
+                meta.filenames.extend(names);
+                meta.part_types.extend(types);
+                None
+            }
+            Err(e) => Some(e.to_string()),
+        },
+    }
+}
+
+/// What an `Upgrade` request header gets.
+#[derive(Debug, PartialEq, Eq)]
+enum UpgradeKind {
+    /// A WebSocket handshake: GET, HTTP/1.1, no body, `Upgrade: websocket` alone and
+    /// `Connection: upgrade`. Relayed, and tunnelled after a `101`.
+    WebSocket,
+    /// Any other protocol (h2c would be a raw tunnel past every policy): refused.
+    Refused(&'static str),
+    /// `websocket` on a request that is not a body-less GET: served as a plain request
+    /// (Upgrade dropped), inspected like any other.
+    Plain,
+}
+
+fn upgrade_kind(req: &Request<Incoming>) -> UpgradeKind {
+    let h = req.headers();
+    let tokens: Vec<String> = h
+        .get_all(header::UPGRADE)
+        .iter()
+        .flat_map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .split(',')
+                .map(|t| t.trim().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        })
+        .filter(|t| !t.is_empty())
+        .collect();
+    if tokens.len() != 1 || tokens.first().map(String::as_str) != Some("websocket") {
+        return UpgradeKind::Refused("only WebSocket upgrades are relayed");
+    }
+    let connection_upgrade = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .split(',')
+                .map(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+                .collect::<Vec<_>>()
+        })
+        .any(|b| b);
+    let bodyless = req.body().is_end_stream()
+        && !h.contains_key(header::TRANSFER_ENCODING)
+        && h.get(header::CONTENT_LENGTH)
+            .is_none_or(|v| v.as_bytes() == b"0");
+    if req.version() == Version::HTTP_11
+        && req.method() == Method::GET
+        && connection_upgrade
+        && bodyless
+    {
+        UpgradeKind::WebSocket
+    } else {
+        UpgradeKind::Plain
     }
 }
 
@@ -479,7 +797,54 @@ impl ConnCtx {
         self: Arc<Self>,
         req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, Infallible> {
-        Ok(self.handle_inner(req).await)
+        let flight = self.activity.begin();
+        let resp = self.handle_inner(req).await;
+        let (p, b) = resp.into_parts();
+        // The connection counts as busy until the response body is done.
+        let body = TrackedBody {
+            inner: b,
+            _flight: flight,
+        };
+        Ok(Response::from_parts(p, body.boxed()))
+    }
+
+    fn reject(&self, why: &str) -> Response<ProxyBody> {
+        self.shared
+            .stats
+            .rejected_requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(src = %self.src, sni = %self.sni, "rejected: {why}");
+        bad_request(why)
+    }
+
+    fn upstream_failed(&self, html: bool, msg: &str) -> Response<ProxyBody> {
+        self.shared
+            .stats
+            .upstream_request_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(src = %self.src, sni = %self.sni, "upstream request failed: {msg}");
+        block_response(
+            StatusCode::BAD_GATEWAY,
+            html,
+            "Server unreachable",
+            &self.app,
+            "-",
+            msg,
+        )
+    }
+
+    fn busy(&self, html: bool, d: &Decision) -> Response<ProxyBody> {
+        let mut r = block_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            html,
+            "Gateway busy",
+            &self.app,
+            &d.policy,
+            &d.reason,
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        r
     }
 
     async fn handle_inner(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
@@ -487,36 +852,35 @@ impl ConnCtx {
             && v.as_bytes() == self.guard_token.as_bytes()
             && let Some(why) = self.guard_verdict.get()
         {
-            self.shared
-                .stats
-                .rejected_requests
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::info!(src = %self.src, sni = %self.sni, "rejected: {why}");
-            return bad_request(why);
+            return self.reject(why);
         }
         if let Some(problem) = framing_problem(&req) {
-            self.shared
-                .stats
-                .rejected_requests
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::info!(src = %self.src, sni = %self.sni, "rejected: {problem}");
-            return bad_request(problem);
+            return self.reject(problem);
         }
         let html = wants_html(req.headers());
-        let host = req
-            .uri()
-            .authority()
-            .map(|a| a.host().to_string())
-            .or_else(|| {
-                header_str(req.headers(), header::HOST)
-                    .map(|h| h.split(':').next().unwrap_or(h).to_string())
-            })
-            .unwrap_or_else(|| self.sni.clone());
+        // The authority judged here is the one the origin receives: an h2 `:authority` (or an
+        // absolute-form target) that disagrees with `Host` is refused, and Host is rewritten.
+        let hosts: Vec<&HeaderValue> = req.headers().get_all(header::HOST).iter().collect();
+        if hosts.len() > 1 {
+            return self.reject("more than one Host header");
+        }
+        let host_hdr = hosts
+            .first()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let uri_auth = req.uri().authority().map(|a| a.as_str().to_string());
+        if let (Some(a), Some(h)) = (&uri_auth, &host_hdr)
+            && policy::normalize_host(a) != policy::normalize_host(h)
+        {
+            return self.reject("the request's authority and Host header disagree");
+        }
+        let authority = uri_auth.or(host_hdr).unwrap_or_else(|| self.sni.clone());
+        let host = policy::normalize_host(&authority);
         let path = req
             .uri()
             .path_and_query()
             .map(|p| p.as_str().to_string())
             .unwrap_or_else(|| "/".into());
+        let norm_path = policy::normalize_path(&path);
         let method = req.method().as_str().to_string();
         let ua = header_str(req.headers(), header::USER_AGENT)
             .unwrap_or("")
@@ -529,6 +893,7 @@ impl ConnCtx {
             host: &host,
             method: &method,
             path: &path,
+            norm_path: &norm_path,
             user_agent: &ua,
             now: time::OffsetDateTime::now_utc(),
         };
@@ -567,26 +932,48 @@ impl ConnCtx {
             }
         }
 
-        if req.version() == Version::HTTP_11 && req.headers().contains_key(header::UPGRADE) {
-            return Box::pin(self.upgrade(req, &host, html)).await;
+        if req.headers().contains_key(header::UPGRADE) {
+            match upgrade_kind(&req) {
+                UpgradeKind::WebSocket => {
+                    return Box::pin(self.upgrade(req, &authority, html, &policies, &info)).await;
+                }
+                UpgradeKind::Refused(why) => {
+                    let mut r = self.reject(why);
+                    *r.status_mut() = StatusCode::BAD_REQUEST;
+                    return r;
+                }
+                // Served as a plain request: forward() drops the Upgrade header.
+                UpgradeKind::Plain => {}
+            }
         }
 
         let (mut parts, body) = req.into_parts();
+        let downloads_judged = concerned && !policies.transfer_rules(&self.app, false).is_empty();
         if concerned {
             // Responses must come back in a coding the proxy can inspect.
             crate::decode::narrow_accept_encoding(&mut parts.headers);
         }
+        if downloads_judged {
+            // A file fetched in ranges would be judged piece by piece: fetch it whole.
+            parts.headers.remove(header::RANGE);
+            parts.headers.remove(header::IF_RANGE);
+        }
+        let body_idle = Duration::from_secs(self.shared.cfg.body_idle_timeout_secs);
         let mut body: ProxyBody = body.map_err(BoxError::from).boxed();
         if concerned && !body.is_end_stream() {
             let rules = policies.transfer_rules(&self.app, true);
             if !rules.is_empty() {
                 let meta = transfer_meta(&parts.headers, &path);
                 let boundary = header_str(&parts.headers, header::CONTENT_TYPE)
-                    .and_then(policy::multipart_boundary);
-                let ins = Box::pin(self.inspect(&rules, meta, boundary, body)).await;
+                    .map_or(Ok(None), policy::multipart_boundary);
+                let ins =
+                    Box::pin(self.inspect(&policies, true, meta, boundary, body, false)).await;
                 body = ins.body;
                 if let Some(d) = ins.decision {
                     self.audit(&info, &d);
+                    if ins.busy {
+                        return self.busy(html, &d);
+                    }
                     if d.action == Action::Block {
                         return self.blocked(html, &d);
                     }
@@ -600,74 +987,84 @@ impl ConnCtx {
                 }
             }
         }
-
-        let resp = match self.forward(parts, body, &host).await {
-            Ok(r) => r,
-            Err(msg) => {
-                self.shared
-                    .stats
-                    .upstream_request_failures
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::info!(src = %self.src, sni = %self.sni, "upstream request failed: {msg}");
-                return block_response(
-                    StatusCode::BAD_GATEWAY,
-                    html,
-                    "Server unreachable",
-                    &self.app,
-                    "-",
-                    &msg,
-                );
-            }
-        };
-
-        if concerned {
-            let rules = policies.transfer_rules(&self.app, false);
-            if !rules.is_empty() && method != Method::HEAD.as_str() {
-                let (mut rparts, rbody) = resp.into_parts();
-                let meta = transfer_meta(&rparts.headers, &path);
-                let boundary = header_str(&rparts.headers, header::CONTENT_TYPE)
-                    .and_then(policy::multipart_boundary);
-                let ins = Box::pin(self.inspect(&rules, meta, boundary, rbody)).await;
-                if let Some(d) = ins.decision {
-                    self.audit(&info, &d);
-                    if d.action == Action::Block {
-                        return self.blocked(html, &d);
-                    }
-                }
-                if let Some(n) = ins.body.size_hint().exact() {
-                    rparts.headers.remove(header::TRANSFER_ENCODING);
-                    rparts
-                        .headers
-                        .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-                }
-                return Response::from_parts(rparts, ins.body);
-            }
+        if !body.is_end_stream() {
+            body = IdleBody::new(body, body_idle).boxed();
         }
-        resp
+
+        let resp = match self.forward(parts, body, &authority).await {
+            Ok(r) => r,
+            Err(msg) => return self.upstream_failed(html, &msg),
+        };
+        self.judge_response(&policies, concerned, &info, html, resp)
+            .await
     }
 
-    /// `Upgrade` (WebSocket): forward the handshake; on `101` splice the two upgraded
-    /// streams (frames are not inspected); otherwise answer and close the connection.
+    /// Download inspection of a response (also of a refused upgrade).
+    async fn judge_response(
+        &self,
+        policies: &Arc<Policies>,
+        concerned: bool,
+        info: &RequestInfo<'_>,
+        html: bool,
+        resp: Response<ProxyBody>,
+    ) -> Response<ProxyBody> {
+        let body_idle = Duration::from_secs(self.shared.cfg.body_idle_timeout_secs);
+        let (mut rparts, rbody) = resp.into_parts();
+        let rbody = IdleBody::new(rbody, body_idle).boxed();
+        if concerned
+            && info.method != Method::HEAD.as_str()
+            && !policies.transfer_rules(&self.app, false).is_empty()
+        {
+            let meta = transfer_meta(&rparts.headers, info.path);
+            let boundary = header_str(&rparts.headers, header::CONTENT_TYPE)
+                .map_or(Ok(None), policy::multipart_boundary);
+            let piece = rparts.status == StatusCode::PARTIAL_CONTENT;
+            let ins = Box::pin(self.inspect(policies, false, meta, boundary, rbody, piece)).await;
+            if let Some(d) = &ins.decision {
+                self.audit(info, d);
+                if ins.busy {
+                    return self.busy(html, d);
+                }
+                if d.action == Action::Block {
+                    return self.blocked(html, d);
+                }
+            }
+            if let Some(n) = ins.body.size_hint().exact() {
+                rparts.headers.remove(header::TRANSFER_ENCODING);
+                rparts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
+            return Response::from_parts(rparts, ins.body);
+        }
+        Response::from_parts(rparts, rbody)
+    }
+
+    /// A WebSocket handshake: forward it; on `101` splice the two upgraded streams (frames
+    /// are not inspected); any other answer is judged like any response, and the
+    /// connection closes after it.
     async fn upgrade(
         &self,
         mut req: Request<Incoming>,
-        host: &str,
+        authority: &str,
         html: bool,
+        policies: &Arc<Policies>,
+        info: &RequestInfo<'_>,
     ) -> Response<ProxyBody> {
         let client_side = hyper::upgrade::on(&mut req);
-        let proto = req.headers().get(header::UPGRADE).cloned();
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        if let Some(p) = proto {
-            parts.headers.insert(header::UPGRADE, p);
-            parts
-                .headers
-                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        }
-        if !parts.headers.contains_key(header::HOST)
-            && let Ok(v) = HeaderValue::from_str(host)
-        {
-            parts.headers.insert(header::HOST, v);
+        parts
+            .headers
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        match HeaderValue::from_str(authority) {
+            Ok(v) => {
+                parts.headers.insert(header::HOST, v);
+            }
+            Err(_) => return self.reject("bad host"),
         }
         let pq = parts
             .uri
@@ -680,14 +1077,7 @@ impl ConnCtx {
         parts.uri = uri;
         let req = Request::from_parts(parts, body.map_err(BoxError::from).boxed());
         let fail = |msg: String| {
-            let mut r = block_response(
-                StatusCode::BAD_GATEWAY,
-                html,
-                "Server unreachable",
-                &self.app,
-                "-",
-                &msg,
-            );
+            let mut r = self.upstream_failed(html, &msg);
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             r
@@ -706,23 +1096,39 @@ impl ConnCtx {
             Err(e) => return fail(format!("request to the server failed: {e}")),
         };
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            // Not switched: an ordinary response (a download, say), judged as one.
             let (mut p, b) = resp.into_parts();
             strip_hop_by_hop(&mut p.headers);
+            let concerned = policies.concerns(&self.app);
+            let judged = Box::pin(self.judge_response(
+                policies,
+                concerned,
+                info,
+                html,
+                Response::from_parts(p, b.map_err(BoxError::from).boxed()),
+            ))
+            .await;
+            let (mut p, b) = judged.into_parts();
             p.headers
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return Response::from_parts(p, b.map_err(BoxError::from).boxed());
+            return Response::from_parts(p, b);
         }
         let server_side = hyper::upgrade::on(&mut resp);
         let (src, sni) = (self.src, self.sni.clone());
+        let idle = Duration::from_secs(self.shared.cfg.idle_timeout_secs);
+        let flight = self.activity.begin();
         tokio::spawn(async move {
             let _slot = h1; // the origin connection's slot stays taken while the tunnel lives
+            let _flight = flight;
             match (client_side.await, server_side.await) {
                 (Ok(c), Ok(s)) => {
-                    let (mut c, mut s) = (
+                    let (c, s) = (
                         hyper_util::rt::TokioIo::new(c),
                         hyper_util::rt::TokioIo::new(s),
                     );
-                    let _ = tokio::io::copy_bidirectional(&mut c, &mut s).await;
+                    if !crate::idle::copy_bidirectional_idle(c, s, idle).await {
+                        tracing::debug!(%src, %sni, "WebSocket tunnel closed: idle for {idle:?}");
+                    }
                 }
                 (c, s) => {
                     tracing::debug!(%src, %sni, "upgrade failed: client {:?}, server {:?}", c.err(), s.err())
@@ -748,11 +1154,13 @@ impl ConnCtx {
         .map_err(|e| e.to_string())
     }
 
+    /// Sends the request to the origin with `authority` (the one the policies judged) as
+    /// its Host / `:authority`.
     async fn forward(
         &self,
         mut parts: http::request::Parts,
         body: ProxyBody,
-        host: &str,
+        authority: &str,
     ) -> Result<Response<ProxyBody>, String> {
         strip_hop_by_hop(&mut parts.headers);
         let pq = parts
@@ -760,12 +1168,6 @@ impl ConnCtx {
             .path_and_query()
             .map(|p| p.as_str().to_string())
             .unwrap_or_else(|| "/".into());
-        let authority = parts
-            .uri
-            .authority()
-            .map(|a| a.to_string())
-            .or_else(|| header_str(&parts.headers, header::HOST).map(str::to_string))
-            .unwrap_or_else(|| host.to_string());
         let mut req = Request::from_parts(parts, body);
         for attempt in 0..2 {
             let (conn, pooled) = self.conn().await?;
@@ -774,7 +1176,7 @@ impl ConnCtx {
                     *req.version_mut() = Version::HTTP_2;
                     *req.uri_mut() = Uri::builder()
                         .scheme("https")
-                        .authority(authority.as_str())
+                        .authority(authority)
                         .path_and_query(pq.as_str())
                         .build()
                         .map_err(|e| format!("bad request target: {e}"))?;
@@ -791,11 +1193,9 @@ impl ConnCtx {
                     *req.version_mut() = Version::HTTP_11;
                     *req.uri_mut() = Uri::try_from(pq.as_str())
                         .map_err(|e| format!("bad request target: {e}"))?;
-                    if !req.headers().contains_key(header::HOST) {
-                        let v = HeaderValue::from_str(&authority)
-                            .map_err(|e| format!("bad host: {e}"))?;
-                        req.headers_mut().insert(header::HOST, v);
-                    }
+                    let v =
+                        HeaderValue::from_str(authority).map_err(|e| format!("bad host: {e}"))?;
+                    req.headers_mut().insert(header::HOST, v);
                     match s.send.try_send_request(req).await {
                         Ok(r) => {
                             let (mut p, b) = r.into_parts();

@@ -24,8 +24,17 @@
 //!    ([`policy`], [`dlp`]); block pages are HTML for `Accept: text/html`, JSON otherwise;
 //!    every decision is an audit record ([`audit`]). HTTP/1.1 request framing is checked
 //!    before hyper sees it ([`guard`]): Content-Length with Transfer-Encoding, double
-//!    Content-Length and unknown codings get `400`, never forwarded. `Upgrade` (WebSocket)
-//!    handshakes pass the policies and are then relayed (frames are not inspected).
+//!    Content-Length and unknown codings get `400`, never forwarded. Only a body-less GET
+//!    with `Upgrade: websocket` becomes a tunnel after the policies (frames are not
+//!    inspected; a non-`101` answer is inspected like any response); other upgrade
+//!    protocols (h2c) get `400`.
+//!
+//! Connections that cannot be inspected (no SNI, no parsable ClientHello, an SNI of no app
+//! under session control) follow `uninspectable` (default: closed); every splice of a
+//! steered connection is audited. The proxy never connects to loopback, link-local,
+//! multicast, unspecified, its own or `protected_destinations` addresses. Bodies buffered or
+//! decoded for inspection share one memory budget (`max_buffered_bytes`); decoding and
+//! scanning run on the blocking pool.
 //!
 //! # For the daemon
 //!
@@ -59,7 +68,11 @@
 //! bypass_domains = ["bank.example"]    # the name and its subdomains are never decrypted
 //! bypass_apps = []                     # app ids never decrypted (pinning apps)
 //! bypass_categories = ["health", "finance"]
-//! client_reject_bypass_secs = 3600     # a client that rejected our CA is spliced this long
+//! client_reject_bypass_secs = 3600     # a client that rejected our CA is spliced this long,
+//! client_reject_bypass_apps = []       # only for these apps (pinning apps)
+//! client_reject_bypass_domains = []    # and these names; never for any other app
+//! uninspectable = "block"              # no SNI / bad hello / SNI of no session app: block | pass
+//! protected_destinations = []          # CIDRs never connected to (the daemon adds never_block)
 //! handshake_timeout_secs = 10          # ClientHello + client handshake
 //! header_read_timeout_secs = 15        # slowloris guard
 //! upstream_connect_timeout_secs = 10
@@ -70,7 +83,11 @@
 //!                                      # inspect the first max_inspect_bytes, pass the rest,
 //!                                      # and write an audit record saying so
 //! max_upstream_connections_per_origin = 256  # h1 connections per origin; 0 = unlimited
-//! max_connections = 10000
+//! max_connections = 10000              # more: accepted and closed at once (counted)
+//! max_connections_per_client = 512
+//! max_buffered_bytes = "256MiB"        # every body held for inspection together
+//! idle_timeout_secs = 300              # idle h1/h2 connections, splices, tunnels
+//! body_idle_timeout_secs = 60          # a streamed body that stops moving
 //! leaf_cache_size = 1024
 //! audit_log = "/var/log/tollgate/proxy-audit.jsonl"
 //! ip_tags = { corporate = ["10.0.0.0/8"], risky = ["198.51.100.0/24"] }
@@ -123,6 +140,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod budget;
 pub mod ca;
 pub mod config;
 pub mod decode;
@@ -130,6 +148,7 @@ pub mod dlp;
 mod error;
 pub mod guard;
 pub mod http;
+pub mod idle;
 pub mod policy;
 pub mod server;
 pub mod upstream;
@@ -173,6 +192,10 @@ pub struct StartOptions {
     pub destination: Destination,
     /// Use this CA instead of loading / creating one from the config.
     pub ca: Option<Arc<CertAuthority>>,
+    /// Let the proxy connect to loopback origins (tests and benches whose origin runs on
+    /// the same host). Never set by the daemon: a steered connection toward loopback would
+    /// reach the gateway's own services.
+    pub allow_loopback_destinations: bool,
 }
 
 impl Default for StartOptions {
@@ -180,6 +203,7 @@ impl Default for StartOptions {
         StartOptions {
             destination: Destination::Original,
             ca: None,
+            allow_loopback_destinations: false,
         }
     }
 }
@@ -210,6 +234,27 @@ pub struct StatsSnapshot {
     pub upstream_request_failures: u64,
     pub client_handshake_failures: u64,
     pub audit_dropped: u64,
+    /// Connections spliced because their client rejected our CA (listed apps only).
+    pub client_reject_bypasses: u64,
+    /// Steered connections closed because they could not be inspected.
+    pub uninspectable_blocked: u64,
+    /// Steered connections spliced undecrypted (bypass lists, `uninspectable = "pass"`).
+    pub steered_splices: u64,
+    /// Connections toward loopback, link-local, gateway-own or protected addresses refused.
+    pub refused_destinations: u64,
+    /// Connections closed because `max_connections` were open.
+    pub connection_limit_hits: u64,
+    /// Connections closed because their client had `max_connections_per_client` open.
+    pub client_limit_hits: u64,
+    /// Connections, splices and tunnels closed for inactivity.
+    pub idle_closed: u64,
+    /// Bytes of bodies held for inspection now, the most held at once, and the budget.
+    pub buffered_bytes: u64,
+    pub buffered_bytes_peak: u64,
+    pub buffered_bytes_budget: u64,
+    /// Bodies that waited for inspection memory, and bodies refused (503) for lack of it.
+    pub budget_waits: u64,
+    pub budget_refusals: u64,
 }
 
 impl SessionProxy {
@@ -238,8 +283,9 @@ impl SessionProxy {
         session_apps: watch::Receiver<HashSet<String>>,
         opts: StartOptions,
     ) -> Result<ProxyHandle> {
+        cfg.validate()?;
         let compiled = Arc::new(Policies::compile(policies, &cfg.ip_tags)?);
-        let ca = match opts.ca {
+        let ca = match opts.ca.clone() {
             Some(ca) => ca,
             None => Arc::new(load_ca(&cfg)?),
         };
@@ -256,7 +302,7 @@ impl SessionProxy {
             policies_rx,
             session_apps,
             app_lookup,
-            opts.destination,
+            &opts,
         )?);
         let task = tokio::spawn(server::serve(shared.clone(), listener, shutdown_rx));
         tracing::info!("session proxy listening on {local_addr}");
@@ -353,6 +399,7 @@ impl ProxyHandle {
 
     pub fn stats(&self) -> StatsSnapshot {
         let s = &self.shared.stats;
+        let b = &self.shared.budget;
         StatsSnapshot {
             accepted: s.accepted.load(Ordering::Relaxed),
             intercepted: s.intercepted.load(Ordering::Relaxed),
@@ -363,6 +410,18 @@ impl ProxyHandle {
             upstream_request_failures: s.upstream_request_failures.load(Ordering::Relaxed),
             client_handshake_failures: s.client_handshake_failures.load(Ordering::Relaxed),
             audit_dropped: self.shared.audit.dropped(),
+            client_reject_bypasses: s.client_reject_bypasses.load(Ordering::Relaxed),
+            uninspectable_blocked: s.uninspectable_blocked.load(Ordering::Relaxed),
+            steered_splices: s.steered_splices.load(Ordering::Relaxed),
+            refused_destinations: s.refused_destinations.load(Ordering::Relaxed),
+            connection_limit_hits: s.connection_limit_hits.load(Ordering::Relaxed),
+            client_limit_hits: s.client_limit_hits.load(Ordering::Relaxed),
+            idle_closed: s.idle_closed.load(Ordering::Relaxed),
+            buffered_bytes: b.in_use(),
+            buffered_bytes_peak: b.peak(),
+            buffered_bytes_budget: b.capacity(),
+            budget_waits: b.waits.load(Ordering::Relaxed),
+            budget_refusals: b.refusals.load(Ordering::Relaxed),
         }
     }
 

@@ -45,9 +45,13 @@ pub struct RequestInfo<'a> {
     pub src: IpAddr,
     pub user: Option<&'a str>,
     pub managed: bool,
+    /// Normalised ([`normalize_host`]): lower case, no port, no trailing dot.
     pub host: &'a str,
     pub method: &'a str,
+    /// As sent (path and query).
     pub path: &'a str,
+    /// [`normalize_path`] of `path`; activity rules match either form.
+    pub norm_path: &'a str,
     pub user_agent: &'a str,
     pub now: OffsetDateTime,
 }
@@ -61,10 +65,14 @@ pub struct TransferMeta {
     pub filenames: Vec<String>,
     /// Media types of multipart parts.
     pub part_types: Vec<String>,
-    /// Body size if known (Content-Length or counted), as transferred (encoded).
+    /// Body size if known: the largest of Content-Length, the bytes counted, the decoded
+    /// size, and the total of a `Content-Range`.
     pub size: Option<u64>,
-    /// `Content-Encoding` as sent; content rules look at the decoded body.
+    /// `Content-Encoding` as sent (every header joined); content rules look at the decoded body.
     pub content_encoding: Option<String>,
+    /// Why the body's file names or parts could not all be read (too many parts, malformed
+    /// multipart): the caller applies `over_limit_action`.
+    pub problem: Option<String>,
 }
 
 #[derive(Debug)]
@@ -107,10 +115,15 @@ impl CTransfer {
             .content_type
             .as_deref()
             .is_some_and(|t| t.starts_with("multipart/"));
+        // A coded body's size is judged decoded: gzip must not shrink a file under max_size.
+        let coded = meta
+            .content_encoding
+            .as_deref()
+            .is_some_and(|c| !c.trim().is_empty() && !c.trim().eq_ignore_ascii_case("identity"));
         !self.content.is_empty()
             || !self.custom.is_empty()
             || (multipart && (!self.exts.is_empty() || !self.mimes.is_empty()))
-            || (self.max_size.is_some() && meta.size.is_none())
+            || (self.max_size.is_some() && (meta.size.is_none() || coded))
     }
 
     fn is_empty(&self) -> bool {
@@ -119,6 +132,11 @@ impl CTransfer {
             && self.max_size.is_none()
             && self.content.is_empty()
             && self.custom.is_empty()
+    }
+
+    /// The rule's size limit.
+    pub fn max_size(&self) -> Option<u64> {
+        self.max_size
     }
 
     /// Does the rule match? Returns the reason and masked evidence.
@@ -185,6 +203,8 @@ fn mime_matches(pattern: &str, t: &str) -> bool {
 
 /// Lower-case extension of a file name (`a/b.tar.GZ` -> `gz`).
 pub fn extension(name: &str) -> Option<String> {
+    // Windows and browsers drop trailing dots and spaces: `evil.exe. ` is saved as `evil.exe`.
+    let name = name.trim_end_matches(|c: char| c == '.' || c.is_whitespace() || c == '\0');
     let base = name.rsplit(['/', '\\']).next().unwrap_or(name);
     let (stem, ext) = base.rsplit_once('.')?;
     if stem.is_empty() && ext.is_empty() || ext.is_empty() || ext.len() > 16 {
@@ -432,7 +452,10 @@ impl Policies {
                     .as_deref()
                     .is_none_or(|m| m.eq_ignore_ascii_case(r.method));
                 let h_ok = a.host.as_ref().is_none_or(|re| re.is_match(r.host));
-                let p_ok = a.path.as_ref().is_none_or(|re| re.is_match(r.path));
+                let p_ok = a
+                    .path
+                    .as_ref()
+                    .is_none_or(|re| re.is_match(r.path) || re.is_match(r.norm_path));
                 if m_ok && h_ok && p_ok {
                     best = stricter(
                         best,
@@ -577,76 +600,303 @@ pub fn media_type(v: &str) -> String {
         .to_ascii_lowercase()
 }
 
-/// File name from a Content-Disposition value (`filename*=UTF-8''..` preferred).
-pub fn disposition_filename(v: &str) -> Option<String> {
-    let mut plain = None;
-    for part in v.split(';') {
-        let part = part.trim();
-        let Some((k, val)) = part.split_once('=') else {
-            continue;
-        };
-        let k = k.trim().to_ascii_lowercase();
-        let val = val.trim();
-        if k == "filename*" {
-            let raw = val.rsplit('\'').next().unwrap_or(val);
-            let dec = dlp::form_decode(raw.replace('+', "%2B").as_bytes());
-            return Some(String::from_utf8_lossy(&dec).into_owned());
-        }
-        if k == "filename" {
-            plain = Some(val.trim_matches('"').to_string());
+/// Percent-decoding (`%XX`; anything else, `+` included, kept), lossy UTF-8.
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        let hex = |x: Option<&u8>| x.and_then(|x| (*x as char).to_digit(16));
+        match (c, hex(b.get(i + 1)), hex(b.get(i + 2))) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            _ => {
+                out.push(c);
+                i += 1;
+            }
         }
     }
-    plain
+    String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Boundary parameter of a multipart Content-Type.
-pub fn multipart_boundary(content_type: &str) -> Option<String> {
-    content_type.split(';').skip(1).find_map(|p| {
-        let (k, v) = p.trim().split_once('=')?;
-        k.trim()
-            .eq_ignore_ascii_case("boundary")
-            .then(|| v.trim().trim_matches('"').to_string())
-    })
+/// Parameters of a header value (`type; a=b; c="d;e"`): names lower case, values unquoted
+/// (backslash escapes honoured), in order. A `;` inside quotes belongs to the value.
+pub fn header_params(v: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = match split_unquoted(v) {
+        Some(i) => v.get(i + 1..).unwrap_or(""),
+        None => return out,
+    };
+    loop {
+        let end = split_unquoted(rest).unwrap_or(rest.len());
+        let part = rest.get(..end).unwrap_or("");
+        if let Some((k, val)) = part.split_once('=') {
+            out.push((k.trim().to_ascii_lowercase(), unquote(val.trim())));
+        }
+        match rest.get(end + 1..) {
+            Some(r) if end < rest.len() => rest = r,
+            _ => break,
+        }
+    }
+    out
 }
 
-/// Names and media types of the parts of a multipart body (bounded: at most 256 parts).
-pub fn multipart_parts(body: &[u8], boundary: &str) -> (Vec<String>, Vec<String>) {
+/// Index of the first `;` outside a quoted string.
+fn split_unquoted(s: &str) -> Option<usize> {
+    let mut quoted = false;
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ';' if !quoted => return Some(i),
+            _ => {}
+        }
+    }
+    None
+}
+
+fn unquote(v: &str) -> String {
+    let Some(inner) = v.strip_prefix('"') else {
+        return v.to_string();
+    };
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    out.push(n);
+                }
+            }
+            '"' => break,
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// An RFC 8187 `ext-value` (`charset'lang'pct-encoded`), decoded.
+fn ext_value(v: &str) -> String {
+    let mut it = v.splitn(3, '\'');
+    match (it.next(), it.next(), it.next()) {
+        (Some(_), Some(_), Some(enc)) => percent_decode(enc),
+        _ => percent_decode(v),
+    }
+}
+
+/// Every file name a Content-Disposition value can stand for: `filename*` (RFC 8187), RFC
+/// 2231 continuations (`filename*0*=`, `filename*1=`, ...) joined, and the plain `filename`
+/// (quotes and `;` inside them honoured). Browsers differ in which they prefer, so the caller
+/// checks them all.
+pub fn disposition_filenames(v: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut pieces: Vec<(u32, String)> = Vec::new();
+    for (k, val) in header_params(v) {
+        if k == "filename" {
+            names.push(val);
+        } else if k == "filename*" {
+            names.push(ext_value(&val));
+        } else if let Some(n) = k.strip_prefix("filename*") {
+            let (num, encoded) = match n.strip_suffix('*') {
+                Some(num) => (num, true),
+                None => (n, false),
+            };
+            let Ok(i) = num.parse::<u32>() else { continue };
+            let text = match (encoded, i) {
+                (true, 0) => ext_value(&val),
+                (true, _) => percent_decode(&val),
+                (false, _) => val,
+            };
+            if pieces.len() < 64 {
+                pieces.push((i, text));
+            }
+        }
+    }
+    if !pieces.is_empty() {
+        pieces.sort_by_key(|(i, _)| *i);
+        names.push(pieces.into_iter().map(|(_, t)| t).collect());
+    }
+    names
+}
+
+/// The preferred file name of a Content-Disposition value (see [`disposition_filenames`]).
+pub fn disposition_filename(v: &str) -> Option<String> {
+    disposition_filenames(v).into_iter().next()
+}
+
+/// File names a URL path can be saved under: the last segment percent-decoded, without
+/// `;parameters`, and the last non-empty segment (a trailing `/`).
+pub fn url_filenames(path: &str) -> Vec<String> {
+    let p = path.split(['?', '#']).next().unwrap_or(path);
+    let mut out = Vec::new();
+    let mut push = |seg: &str| {
+        for cand in [seg, seg.split(';').next().unwrap_or(seg)] {
+            let dec = percent_decode(cand);
+            // A decoded `/` or `\` separates again.
+            let last = dec.rsplit(['/', '\\']).next().unwrap_or(&dec).to_string();
+            if last.contains('.') && !out.contains(&last) {
+                out.push(last);
+            }
+        }
+    };
+    if let Some(last) = p.rsplit('/').next() {
+        push(last);
+    }
+    if let Some(last) = p.split('/').rev().find(|s| !s.is_empty()) {
+        push(last);
+    }
+    out
+}
+
+/// Host for policy matching: lower case, no port, no trailing dot.
+pub fn normalize_host(h: &str) -> String {
+    let h = h.trim();
+    let host = if let Some(rest) = h.strip_prefix('[') {
+        // [v6]:port
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        match h.rsplit_once(':') {
+            Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+            _ => h,
+        }
+    };
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Path for policy matching (RFC 3986 6.2.2): unreserved characters percent-decoded, runs
+/// of `/` collapsed, `.` and `..` segments resolved. The query is kept as sent.
+pub fn normalize_path(path_and_query: &str) -> String {
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    };
+    // Unreserved only: ALPHA / DIGIT / "-" / "." / "_" / "~".
+    let b = path.as_bytes();
+    let mut dec = String::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        let hex = |x: Option<&u8>| x.and_then(|x| (*x as char).to_digit(16));
+        if c == b'%'
+            && let (Some(h), Some(l)) = (hex(b.get(i + 1)), hex(b.get(i + 2)))
+        {
+            let v = (h * 16 + l) as u8;
+            if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') {
+                dec.push(char::from(v));
+            } else {
+                dec.push('%');
+                dec.push(char::from(b[i + 1].to_ascii_uppercase()));
+                dec.push(char::from(b[i + 2].to_ascii_uppercase()));
+            }
+            i += 3;
+            continue;
+        }
+        dec.push(char::from(c));
+        i += 1;
+    }
+    // Non-ASCII bytes came through as Latin-1 chars above; the path is ASCII in practice
+    // (http::Uri rejects others), so that is only cosmetic.
+    let mut segs: Vec<&str> = Vec::new();
+    let trailing = dec.ends_with('/') || dec.ends_with("/.") || dec.ends_with("/..");
+    for seg in dec.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                segs.pop();
+            }
+            s => segs.push(s),
+        }
+    }
+    let mut out = String::with_capacity(dec.len() + 1);
+    out.push('/');
+    out.push_str(&segs.join("/"));
+    if trailing && !segs.is_empty() {
+        out.push('/');
+    }
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+/// Boundary parameter of a multipart Content-Type; `Err` when it is given more than once
+/// (parsers would disagree on which one counts).
+pub fn multipart_boundary(content_type: &str) -> Result<Option<String>, &'static str> {
+    let all: Vec<String> = header_params(content_type)
+        .into_iter()
+        .filter(|(k, _)| k == "boundary")
+        .map(|(_, v)| v)
+        .collect();
+    match all.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one.clone())),
+        _ => Err("more than one multipart boundary"),
+    }
+}
+
+/// Most parts of a multipart body inspected; a body with more is over the limit.
+pub const MAX_PARTS: usize = 256;
+
+/// Names and media types of the parts of a multipart body. `Err` when it has more than
+/// [`MAX_PARTS`] parts, or (when `complete`) no opening or closing delimiter or a part
+/// without the blank line that ends its headers: such a body cannot be judged.
+pub fn multipart_parts(
+    body: &[u8],
+    boundary: &str,
+    complete: bool,
+) -> Result<(Vec<String>, Vec<String>), &'static str> {
     let mut names = Vec::new();
     let mut types = Vec::new();
-    if boundary.is_empty() {
-        return (names, types);
+    if boundary.is_empty() || boundary.len() > 200 {
+        return Err("malformed multipart boundary");
     }
     let delim = format!("--{boundary}");
     let finder = memfind(delim.as_bytes());
     let mut pos = 0;
     let mut parts = 0;
+    let mut closed = false;
     while let Some(i) = finder(body.get(pos..).unwrap_or(&[])) {
         let start = pos + i + delim.len();
         pos = start;
-        parts += 1;
-        if parts > 256 {
-            break;
-        }
         let rest = body.get(start..).unwrap_or(&[]);
         if rest.starts_with(b"--") {
+            closed = true;
             break;
         }
-        let head_end = memfind(b"\r\n\r\n")(rest).unwrap_or(rest.len().min(8192));
+        parts += 1;
+        if parts > MAX_PARTS {
+            return Err("more multipart parts than can be inspected");
+        }
+        // Header lines end in CRLF or a bare LF (parsers accept both).
+        let (head_end, found) = match (memfind(b"\r\n\r\n")(rest), memfind(b"\n\n")(rest)) {
+            (Some(a), Some(b)) => (a.min(b), true),
+            (Some(a), None) | (None, Some(a)) => (a, true),
+            (None, None) => (rest.len().min(8192), false),
+        };
+        if !found && complete {
+            return Err("malformed multipart part");
+        }
         let head = String::from_utf8_lossy(rest.get(..head_end).unwrap_or(&[]));
-        for line in head.split("\r\n") {
+        for line in head.split('\n') {
+            let line = line.trim_end_matches('\r');
             let Some((k, v)) = line.split_once(':') else {
                 continue;
             };
             if k.trim().eq_ignore_ascii_case("content-disposition") {
-                if let Some(f) = disposition_filename(v) {
-                    names.push(f);
-                }
+                names.extend(disposition_filenames(v));
             } else if k.trim().eq_ignore_ascii_case("content-type") {
                 types.push(media_type(v));
             }
         }
     }
-    (names, types)
+    if complete && (parts == 0 || !closed) {
+        return Err("malformed multipart body");
+    }
+    Ok((names, types))
 }
 
 fn memfind(needle: &[u8]) -> impl Fn(&[u8]) -> Option<usize> + '_ {
@@ -682,6 +932,7 @@ mod tests {
             host: "www.dropbox.com",
             method,
             path,
+            norm_path: path,
             user_agent: "curl/7.88",
             now: time::macros::datetime!(2026-11-26 12:00 UTC),
         }
@@ -792,14 +1043,60 @@ time = { from = "08:00", to = "18:00", days = ["thu"] }
     }
 
     #[test]
+    fn disguised_names_and_paths() {
+        assert_eq!(extension("evil.exe."), Some("exe".into()));
+        assert_eq!(extension("evil.exe .. "), Some("exe".into()));
+        assert_eq!(
+            disposition_filenames("attachment; filename=\"safe.txt;.exe\""),
+            vec!["safe.txt;.exe"]
+        );
+        assert_eq!(
+            disposition_filenames("attachment; filename*0*=UTF-8''ev; filename*1*=il%2Eexe"),
+            vec!["evil.exe"]
+        );
+        assert_eq!(
+            disposition_filenames(
+                "attachment; filename*1=.exe; filename*0=\"evil\"; filename=x.txt"
+            ),
+            vec!["x.txt", "evil.exe"]
+        );
+        let u = url_filenames("/a/evil.ex%65");
+        assert!(u.contains(&"evil.exe".to_string()), "{u:?}");
+        let u = url_filenames("/a/evil.exe;jsessionid=1?x");
+        assert!(u.contains(&"evil.exe".to_string()), "{u:?}");
+        let u = url_filenames("/a/evil.exe/");
+        assert!(u.contains(&"evil.exe".to_string()), "{u:?}");
+        assert_eq!(normalize_host("API.Example.com.:443"), "api.example.com");
+        assert_eq!(normalize_host("[::1]:8443"), "::1");
+        assert_eq!(
+            normalize_path("//2/./x/../%73haring//a?q=1"),
+            "/2/sharing/a?q=1"
+        );
+        assert_eq!(normalize_path("/a/%2F/b"), "/a/%2F/b");
+        assert_eq!(normalize_path("/../../a/"), "/a/");
+        let many: String = (0..300)
+            .map(|i| format!("--b\r\nX: {i}\r\n\r\nv\r\n"))
+            .collect();
+        assert!(multipart_parts(format!("{many}--b--").as_bytes(), "b", true).is_err());
+        assert!(
+            multipart_parts(b"--b\r\nX: 1\r\n\r\nv", "b", true).is_err(),
+            "unclosed"
+        );
+        assert_eq!(
+            multipart_boundary("multipart/form-data; boundary=a; boundary=b"),
+            Err("more than one multipart boundary")
+        );
+    }
+
+    #[test]
     fn multipart_and_headers() {
         let body = b"--XyZ\r\nContent-Disposition: form-data; name=\"f\"; filename=\"evil.exe\"\r\nContent-Type: application/x-msdownload\r\n\r\nMZ...\r\n--XyZ--\r\n";
-        let (n, t) = multipart_parts(body, "XyZ");
+        let (n, t) = multipart_parts(body, "XyZ", true).unwrap();
         assert_eq!(n, vec!["evil.exe"]);
         assert_eq!(t, vec!["application/x-msdownload"]);
         assert_eq!(
             multipart_boundary("multipart/form-data; boundary=\"XyZ\""),
-            Some("XyZ".into())
+            Ok(Some("XyZ".into()))
         );
         assert_eq!(
             disposition_filename("attachment; filename=\"a b.EXE\""),
@@ -812,6 +1109,6 @@ time = { from = "08:00", to = "18:00", days = ["thu"] }
         assert_eq!(extension("/x/y/setup.tar.GZ"), Some("gz".into()));
         assert_eq!(extension("/x/y/"), None);
         let junk: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
-        let _ = multipart_parts(&junk, "a");
+        let _ = multipart_parts(&junk, "a", true);
     }
 }

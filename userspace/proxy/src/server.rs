@@ -18,9 +18,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
-use crate::audit::AuditSink;
+use crate::audit::{AuditRecord, AuditSink, now_rfc3339};
+use crate::budget::Budget;
 use crate::ca::CertAuthority;
-use crate::config::ProxyConfig;
+use crate::config::{ProxyConfig, Uninspectable};
 use crate::guard::H1Guard;
 use crate::http::ConnCtx;
 use crate::policy::Policies;
@@ -45,6 +46,21 @@ pub struct Stats {
     pub upstream_request_failures: AtomicU64,
     /// Client handshakes that failed for reasons other than rejecting our CA.
     pub client_handshake_failures: AtomicU64,
+    /// Connections spliced because their client had rejected our CA (listed apps only).
+    pub client_reject_bypasses: AtomicU64,
+    /// Steered connections that could not be inspected and were closed (`uninspectable`).
+    pub uninspectable_blocked: AtomicU64,
+    /// Steered connections spliced undecrypted (bypass lists, `uninspectable = "pass"`).
+    pub steered_splices: AtomicU64,
+    /// Connections toward loopback, link-local, multicast, unspecified, the gateway's own or
+    /// protected addresses, closed without connecting.
+    pub refused_destinations: AtomicU64,
+    /// Connections closed at once because `max_connections` were open.
+    pub connection_limit_hits: AtomicU64,
+    /// Connections closed at once because their source had `max_connections_per_client` open.
+    pub client_limit_hits: AtomicU64,
+    /// Connections, splices and tunnels closed after `idle_timeout_secs` without traffic.
+    pub idle_closed: AtomicU64,
 }
 
 /// State shared by all connections.
@@ -59,6 +75,11 @@ pub struct Shared {
     pub app_lookup: AppLookup,
     pub destination: Destination,
     pub stats: Stats,
+    /// Memory for bodies under inspection, all connections together.
+    pub budget: Arc<Budget>,
+    /// Tests and benches whose origins listen on loopback.
+    allow_loopback: bool,
+    per_client: Mutex<HashMap<IpAddr, usize>>,
     server_h2: Arc<ServerConfig>,
     server_h1: Arc<ServerConfig>,
     trust: Mutex<HashMap<(IpAddr, String), Trust>>,
@@ -113,8 +134,9 @@ impl Shared {
         policies: watch::Receiver<Arc<Policies>>,
         session_apps: watch::Receiver<HashSet<String>>,
         app_lookup: AppLookup,
-        destination: Destination,
+        opts: &crate::StartOptions,
     ) -> Result<Shared, crate::ProxyError> {
+        let (destination, allow_loopback) = (opts.destination, opts.allow_loopback_destinations);
         let upstream = UpstreamTls::new(&cfg.upstream_ca_files, cfg.upstream_no_system_roots)?;
         tracing::info!("upstream trust anchors: {}", upstream.anchors);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -163,6 +185,7 @@ impl Shared {
             c.send_tls13_tickets = 2;
             Ok(Arc::new(c))
         };
+        let cfg_budget = cfg.max_buffered_bytes.0;
         Ok(Shared {
             server_h2: build(vec![b"h2".to_vec(), b"http/1.1".to_vec()])?,
             server_h1: build(vec![b"http/1.1".to_vec()])?,
@@ -176,11 +199,15 @@ impl Shared {
             app_lookup,
             destination,
             stats: Stats::default(),
+            budget: Budget::new(cfg_budget),
+            allow_loopback,
+            per_client: Mutex::new(HashMap::new()),
             trust: Mutex::new(HashMap::new()),
         })
     }
 
     fn rejected_recently(&self, ip: IpAddr, sni: &str) -> bool {
+        let sni = &normalize_name(sni);
         let ttl = Duration::from_secs(self.cfg.client_reject_bypass_secs);
         let Ok(m) = self.trust.lock() else {
             return false;
@@ -191,6 +218,7 @@ impl Shared {
     }
 
     fn trust_entry(&self, ip: IpAddr, sni: &str, f: impl FnOnce(&mut Trust)) {
+        let sni = &normalize_name(sni);
         let Ok(mut m) = self.trust.lock() else { return };
         if m.len() >= MAX_REJECTED && !m.contains_key(&(ip, sni.to_string())) {
             let ttl = Duration::from_secs(self.cfg.client_reject_bypass_secs);
@@ -204,9 +232,10 @@ impl Shared {
 
     /// A client completed a handshake with our certificate.
     fn handshake_ok(&self, ip: IpAddr, sni: &str) {
+        let sni = &normalize_name(sni);
         // Cheap path for the common case: nothing to update but the time, rarely.
         if let Ok(m) = self.trust.lock()
-            && let Some(t) = m.get(&(ip, sni.to_string()))
+            && let Some(t) = m.get(&(ip, sni.clone()))
             && t.silent_drops == 0
             && t.rejected.is_none()
             && t.accepted
@@ -249,28 +278,24 @@ impl Shared {
         now_rejected
     }
 
-    /// Should a connection to `sni` from `src` be decrypted? Returns the app if so.
-    pub fn intercept_decision(&self, src: IpAddr, sni: &str) -> Option<AppInfo> {
+    /// What to do with a connection to `sni` from `src`.
+    pub fn intercept_decision(&self, src: IpAddr, sni: &str) -> Verdict {
         let cfg = &self.cfg;
-        let name = sni.trim_end_matches('.').to_ascii_lowercase();
-        if cfg.bypass_domains.iter().any(|d| {
-            let d = d
-                .trim_start_matches("*.")
-                .trim_end_matches('.')
-                .to_ascii_lowercase();
-            name == d
-                || name
-                    .strip_suffix(&d)
-                    .is_some_and(|rest| rest.ends_with('.'))
-        }) {
-            return None;
+        let name = normalize_name(sni);
+        if domain_listed(&cfg.bypass_domains, &name) {
+            return Verdict::Bypass("bypass_domains".into());
         }
-        let app = (self.app_lookup)(&name)?;
+        let Some(app) = (self.app_lookup)(&name) else {
+            return Verdict::Uninspectable(format!("{name} is not an app under session control"));
+        };
         if !self.session_apps.borrow().contains(&app.id) {
-            return None;
+            return Verdict::Uninspectable(format!(
+                "{name} is app {:?}, not under session control",
+                app.id
+            ));
         }
         if cfg.bypass_apps.contains(&app.id) {
-            return None;
+            return Verdict::Bypass(format!("bypass_apps ({})", app.id));
         }
         if let Some(c) = &app.category
             && cfg
@@ -278,12 +303,69 @@ impl Shared {
                 .iter()
                 .any(|b| b.eq_ignore_ascii_case(c))
         {
+            return Verdict::Bypass(format!("bypass_categories ({c})"));
+        }
+        if self.reject_bypass_allowed(&app.id, &name) && self.rejected_recently(src, &name) {
+            return Verdict::RejectBypass(app);
+        }
+        Verdict::Intercept(app)
+    }
+
+    /// May clients of this app be spliced after rejecting our CA? Only when an admin says so.
+    fn reject_bypass_allowed(&self, app: &str, name: &str) -> bool {
+        self.cfg.client_reject_bypass_secs > 0
+            && (self.cfg.client_reject_bypass_apps.iter().any(|a| a == app)
+                || domain_listed(&self.cfg.client_reject_bypass_domains, name))
+    }
+
+    /// An audit record about a whole connection (no HTTP request was seen).
+    pub fn audit_connection(
+        &self,
+        src: IpAddr,
+        app: &str,
+        host: &str,
+        policy: &str,
+        action: &str,
+        reason: String,
+    ) {
+        self.audit.record(AuditRecord {
+            time: now_rfc3339(),
+            app: app.to_string(),
+            user: self.user_of(src),
+            src_ip: src,
+            host: host.to_string(),
+            method: "-".into(),
+            path: "-".into(),
+            stage: "tls".into(),
+            policy: policy.to_string(),
+            action: action.to_string(),
+            reason,
+            evidence: Vec::new(),
+        });
+    }
+
+    /// Why the proxy must not connect to `dst`, if it must not.
+    pub fn destination_refused(&self, dst: IpAddr) -> Option<String> {
+        refused_destination(
+            dst,
+            &self.cfg.protected_destinations,
+            self.allow_loopback,
+            is_local_address,
+        )
+    }
+
+    /// Count a connection from `ip`; `None` when it has too many open already.
+    fn client_slot(self: &Arc<Self>, ip: IpAddr) -> Option<ClientSlot> {
+        let mut m = self.per_client.lock().ok()?;
+        let n = m.entry(ip).or_insert(0);
+        if *n >= self.cfg.max_connections_per_client.max(1) {
             return None;
         }
-        if self.rejected_recently(src, &name) {
-            return None;
-        }
-        Some(app)
+        *n += 1;
+        Some(ClientSlot {
+            shared: self.clone(),
+            ip,
+        })
     }
 
     fn user_of(&self, ip: IpAddr) -> Option<String> {
@@ -307,6 +389,90 @@ impl Shared {
     }
 }
 
+/// What the proxy does with a connection, from its SNI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Decrypt and apply the app's policies.
+    Intercept(AppInfo),
+    /// Splice: an admin listed the name, app or category as never decrypted.
+    Bypass(String),
+    /// Splice: the client rejected our CA recently and the app is listed for that.
+    RejectBypass(AppInfo),
+    /// Cannot be inspected (the name is no app under session control): `uninspectable`.
+    Uninspectable(String),
+}
+
+/// A server name as matched everywhere: lower case, no trailing dot.
+pub fn normalize_name(sni: &str) -> String {
+    sni.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Is `name` one of `domains` or a subdomain of one?
+fn domain_listed(domains: &[String], name: &str) -> bool {
+    domains.iter().any(|d| {
+        let d = d
+            .trim_start_matches("*.")
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        name == d
+            || name
+                .strip_suffix(&d)
+                .is_some_and(|rest| rest.ends_with('.'))
+    })
+}
+
+/// Is `ip` an address of this host? (Binding to it works only then.)
+pub fn is_local_address(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+}
+
+/// Why a connection to `dst` must not be made (pure but for `is_local`): loopback (unless
+/// `allow_loopback`), unspecified, multicast, link-local, broadcast, the gateway's own
+/// addresses, `protected` ranges. A steered connection to such an address would let a LAN
+/// client reach the gateway's own services or networks it cannot route to.
+pub fn refused_destination(
+    dst: IpAddr,
+    protected: &[ipnet::IpNet],
+    allow_loopback: bool,
+    is_local: impl Fn(IpAddr) -> bool,
+) -> Option<String> {
+    let dst = dst.to_canonical();
+    if let Some(n) = protected.iter().find(|n| n.contains(&dst)) {
+        return Some(format!("{dst} is in the protected range {n}"));
+    }
+    let why = match dst {
+        IpAddr::V4(a) if a.is_loopback() => (!allow_loopback).then_some("loopback"),
+        IpAddr::V6(a) if a.is_loopback() => (!allow_loopback).then_some("loopback"),
+        a if a.is_unspecified() => Some("unspecified"),
+        a if a.is_multicast() => Some("multicast"),
+        IpAddr::V4(a) if a.is_link_local() => Some("link-local"),
+        IpAddr::V4(a) if a.is_broadcast() => Some("broadcast"),
+        IpAddr::V6(a) if a.is_unicast_link_local() => Some("link-local"),
+        a if is_local(a) => Some("an address of the gateway itself"),
+        _ => None,
+    };
+    why.map(|w| format!("{dst} is {w}"))
+}
+
+/// One connection of a source address (see `max_connections_per_client`).
+struct ClientSlot {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.shared.per_client.lock()
+            && let Some(n) = m.get_mut(&self.ip)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// MAC address of a neighbour from /proc/net/arp (IPv4 only).
 fn mac_of(ip: IpAddr) -> Option<String> {
     let table = std::fs::read_to_string("/proc/net/arp").ok()?;
@@ -319,7 +485,9 @@ fn mac_of(ip: IpAddr) -> Option<String> {
     })
 }
 
-/// The accept loop; ends when `shutdown` turns true.
+/// The accept loop; ends when `shutdown` turns true. Connections are accepted first and
+/// closed at once when over a limit, so that the kernel's accept queue (shared by every
+/// steered SYN) never fills up.
 pub async fn serve(
     shared: Arc<Shared>,
     listener: TcpListener,
@@ -327,10 +495,6 @@ pub async fn serve(
 ) {
     let limit = Arc::new(Semaphore::new(shared.cfg.max_connections.max(1)));
     loop {
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = shutdown.changed() => return,
-        };
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -343,11 +507,29 @@ pub async fn serve(
             _ = shutdown.changed() => return,
         };
         shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            shared
+                .stats
+                .connection_limit_hits
+                .fetch_add(1, Ordering::Relaxed);
+            drop(tcp);
+            continue;
+        };
         // A dual-stack listener sees IPv4 clients as v4-mapped IPv6; policies match plain IPv4.
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        let Some(slot) = shared.client_slot(peer.ip()) else {
+            shared
+                .stats
+                .client_limit_hits
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("{peer}: too many connections from this client");
+            drop(tcp);
+            continue;
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
             handle(shared, tcp, peer).await;
+            drop(slot);
             drop(permit);
         });
     }
@@ -429,7 +611,7 @@ async fn read_hello(tcp: &mut TcpStream, timeout: Duration) -> std::io::Result<H
     }
 }
 
-async fn splice(shared: &Shared, mut client: TcpStream, dst: SocketAddr, raw: &[u8]) {
+async fn splice(shared: &Shared, client: TcpStream, dst: SocketAddr, raw: &[u8]) {
     shared.stats.spliced.fetch_add(1, Ordering::Relaxed);
     let timeout = Duration::from_secs(shared.cfg.upstream_connect_timeout_secs);
     let mut server = match tokio::time::timeout(timeout, TcpStream::connect(dst)).await {
@@ -444,7 +626,10 @@ async fn splice(shared: &Shared, mut client: TcpStream, dst: SocketAddr, raw: &[
     if server.write_all(raw).await.is_err() {
         return;
     }
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+    let idle = Duration::from_secs(shared.cfg.idle_timeout_secs);
+    if !crate::idle::copy_bidirectional_idle(client, server, idle).await {
+        shared.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// A per-connection secret (hex) for the framing guard's synthetic requests.
@@ -478,12 +663,65 @@ pub fn handshake_end(e: &std::io::Error) -> HandshakeEnd {
     }
 }
 
+/// A steered connection that will not be decrypted: spliced when an admin allowed it (bypass
+/// lists, `uninspectable = "pass"`), else closed. Both are audited.
+async fn not_inspected(
+    shared: &Shared,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    raw: &[u8],
+    name: &str,
+    outcome: NotInspected,
+) {
+    let (pass, policy, app) = match &outcome {
+        NotInspected::Bypass(why) => (true, why.clone(), "-".to_string()),
+        NotInspected::Uninspectable(_) => (
+            shared.cfg.uninspectable == Uninspectable::Pass,
+            "uninspectable".to_string(),
+            "-".to_string(),
+        ),
+    };
+    let reason = match &outcome {
+        NotInspected::Bypass(why) => format!("{name}: not decrypted ({why})"),
+        NotInspected::Uninspectable(why) => {
+            format!("connection to {dst} cannot be inspected: {why}")
+        }
+    };
+    if pass {
+        shared.stats.steered_splices.fetch_add(1, Ordering::Relaxed);
+        shared.audit_connection(peer.ip(), &app, name, &policy, "splice", reason);
+        splice(shared, tcp, dst, raw).await;
+    } else {
+        shared
+            .stats
+            .uninspectable_blocked
+            .fetch_add(1, Ordering::Relaxed);
+        shared.audit_connection(peer.ip(), &app, name, &policy, "block", reason);
+        drop(tcp);
+    }
+}
+
+enum NotInspected {
+    Bypass(String),
+    Uninspectable(String),
+}
+
 async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
     let Some(dst) = original_destination(&shared, &tcp) else {
         tracing::debug!("{peer}: connection to the proxy itself refused");
         return;
     };
+    if let Some(why) = shared.destination_refused(dst.ip()) {
+        shared
+            .stats
+            .refused_destinations
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!("{peer} -> {dst}: refused: {why}");
+        shared.audit_connection(peer.ip(), "-", "-", "destination", "block", why);
+        return;
+    }
     let hs_timeout = Duration::from_secs(shared.cfg.handshake_timeout_secs);
     let hello = match read_hello(&mut tcp, hs_timeout).await {
         Ok(h) => h,
@@ -493,7 +731,11 @@ async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
         }
     };
     let (accepted, raw) = match hello {
-        Hello::Other { raw } => return splice(&shared, tcp, dst, &raw).await,
+        Hello::Other { raw } => {
+            let why =
+                NotInspected::Uninspectable("no TLS ClientHello that parses within 64 KiB".into());
+            return not_inspected(&shared, tcp, peer, dst, &raw, "-", why).await;
+        }
         Hello::Tls { accepted, raw } => (accepted, raw),
     };
     let (sni, offer_h2) = {
@@ -503,19 +745,54 @@ async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
         (sni, h2)
     };
     let Some(sni) = sni else {
-        return splice(&shared, tcp, dst, &raw).await;
+        let why = NotInspected::Uninspectable("no server name (SNI)".into());
+        return not_inspected(&shared, tcp, peer, dst, &raw, "-", why).await;
     };
-    let Some(app) = shared.intercept_decision(peer.ip(), &sni) else {
-        return splice(&shared, tcp, dst, &raw).await;
+    let app = match shared.intercept_decision(peer.ip(), &sni) {
+        Verdict::Intercept(app) => app,
+        Verdict::Bypass(why) => {
+            return not_inspected(
+                &shared,
+                tcp,
+                peer,
+                dst,
+                &raw,
+                &sni,
+                NotInspected::Bypass(why),
+            )
+            .await;
+        }
+        Verdict::Uninspectable(why) => {
+            let why = NotInspected::Uninspectable(why);
+            return not_inspected(&shared, tcp, peer, dst, &raw, &sni, why).await;
+        }
+        Verdict::RejectBypass(app) => {
+            shared
+                .stats
+                .client_reject_bypasses
+                .fetch_add(1, Ordering::Relaxed);
+            shared.stats.steered_splices.fetch_add(1, Ordering::Relaxed);
+            shared.audit_connection(
+                peer.ip(),
+                &app.id,
+                &sni,
+                "client_reject_bypass_apps",
+                "splice",
+                format!(
+                    "the client rejected the gateway's certificate for {sni}; not decrypted for up to {}s",
+                    shared.cfg.client_reject_bypass_secs
+                ),
+            );
+            return splice(&shared, tcp, dst, &raw).await;
+        }
     };
     shared.stats.intercepted.fetch_add(1, Ordering::Relaxed);
     let key = Key {
         dst,
-        name: sni.to_ascii_lowercase(),
+        name: normalize_name(&sni),
         offer_h2,
     };
 
-    // The origin first: its certificate and its protocol decide how we answer the client.
     // The origin first: its certificate and its protocol decide how we answer the client.
     // An idle connection, or an origin verified moments ago, lets the handshake go ahead.
     let (first, upstream_error, h2) = if let Some(c) = shared.pool.checkout(&key).await {
@@ -558,17 +835,36 @@ async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
     let tls = match tokio::time::timeout(hs_timeout, start.into_stream(cfg)).await {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => {
-            if shared.handshake_failed(peer.ip(), &sni, handshake_end(&e)) {
-                tracing::info!(
-                    "{peer} rejected our certificate for {sni} ({e}); bypassing for a while"
-                );
-            } else {
-                shared
-                    .stats
-                    .client_handshake_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::debug!("{peer} ({sni}): client handshake: {e}");
+            let how = handshake_end(&e);
+            if how == HandshakeEnd::RejectedCertificate || how == HandshakeEnd::Silent {
+                let listed = shared.reject_bypass_allowed(&app.id, &normalize_name(&sni));
+                let rejected = shared.handshake_failed(peer.ip(), &sni, how);
+                if rejected {
+                    let then = if listed {
+                        format!(
+                            "its connections to {sni} are spliced for {}s (client_reject_bypass_apps)",
+                            shared.cfg.client_reject_bypass_secs
+                        )
+                    } else {
+                        "the app stays under session control".to_string()
+                    };
+                    tracing::info!("{peer} rejected our certificate for {sni} ({e}); {then}");
+                    shared.audit_connection(
+                        peer.ip(),
+                        &app.id,
+                        &sni,
+                        "client certificate rejection",
+                        "audit",
+                        format!("the client rejected the gateway's certificate ({e}); {then}"),
+                    );
+                    return;
+                }
             }
+            shared
+                .stats
+                .client_handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("{peer} ({sni}): client handshake: {e}");
             return;
         }
         Err(_) => return,
@@ -585,6 +881,8 @@ async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
         return;
     };
     let verdict: Arc<std::sync::OnceLock<&'static str>> = Arc::default();
+    let activity = crate::idle::Activity::new();
+    activity.touch();
     let ctx = Arc::new(ConnCtx {
         guard_token: token.clone(),
         guard_verdict: verdict.clone(),
@@ -598,17 +896,29 @@ async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
         key,
         upstream_error,
         first: Mutex::new(first),
+        activity: activity.clone(),
     });
     let svc = service_fn(move |req| ctx.clone().handle(req));
     let cfg = &shared.cfg;
+    let idle = Duration::from_secs(cfg.idle_timeout_secs);
+    // A connection with no request in flight for `idle_timeout_secs` is closed gracefully
+    // (h2 keep-alive pings do not count as use).
     let res = if client_h2 {
-        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
             .max_concurrent_streams(256)
             .keep_alive_interval(Some(Duration::from_secs(60)))
-            .serve_connection(TokioIo::new(tls), svc)
-            .await
+            .serve_connection(TokioIo::new(tls), svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            _ = activity.expired(idle) => {
+                shared.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+                conn.as_mut().graceful_shutdown();
+                tokio::time::timeout(Duration::from_secs(5), conn).await.unwrap_or(Ok(()))
+            }
+        }
     } else {
         let guard = H1Guard::new(
             Linger { io: Some(tls) },
@@ -616,15 +926,23 @@ async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
             token,
             verdict,
         );
-        hyper::server::conn::http1::Builder::new()
+        let conn = hyper::server::conn::http1::Builder::new()
             // One TLS record (and one write) per response head + small body, not one per part.
             .writev(false)
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(cfg.header_read_timeout_secs))
             .max_buf_size(cfg.max_header_bytes.max(8192))
             .serve_connection(TokioIo::new(guard), svc)
-            .with_upgrades()
-            .await
+            .with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            _ = activity.expired(idle) => {
+                shared.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+                conn.as_mut().graceful_shutdown();
+                tokio::time::timeout(Duration::from_secs(5), conn).await.unwrap_or(Ok(()))
+            }
+        }
     };
     if let Err(e) = res {
         tracing::debug!("{peer}: connection ended: {e}");

@@ -17,7 +17,7 @@ use rustls::pki_types::ServerName;
 use rustls::pki_types::pem::PemObject;
 use rustls::{ClientConfig, RootCertStore};
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsConnector;
 
 use crate::error::ProxyError;
@@ -257,10 +257,17 @@ const MAX_KEYS: usize = 16_384;
 pub struct Pool {
     h1: Mutex<HashMap<Key, Vec<IdleH1>>>,
     h2: Mutex<HashMap<Key, http2::SendRequest<ProxyBody>>>,
-    slots: Mutex<HashMap<Key, Arc<Semaphore>>>,
+    slots: Mutex<HashMap<Key, Arc<Slots>>>,
     known: Mutex<HashMap<Key, (bool, Instant)>>,
     /// Connections per origin (0 = unlimited).
     limit: usize,
+}
+
+/// The per-origin connection slots, and a wake-up for requests waiting for one when an idle
+/// connection comes back instead.
+struct Slots {
+    sem: Arc<Semaphore>,
+    returned: Notify,
 }
 
 /// How long a verified origin's protocol is remembered (every new connection is still
@@ -330,25 +337,34 @@ impl Pool {
                     .lock()
                     .map_err(|_| UpstreamFailure::Protocol("pool poisoned".into()))?;
                 if m.len() >= MAX_KEYS {
-                    m.retain(|_, s| s.available_permits() < self.limit);
+                    m.retain(|_, s| s.sem.available_permits() < self.limit);
                 }
                 m.entry(key.clone())
-                    .or_insert_with(|| Arc::new(Semaphore::new(self.limit)))
+                    .or_insert_with(|| {
+                        Arc::new(Slots {
+                            sem: Arc::new(Semaphore::new(self.limit)),
+                            returned: Notify::new(),
+                        })
+                    })
                     .clone()
             };
-            match sem.clone().try_acquire_owned() {
+            match sem.sem.clone().try_acquire_owned() {
                 Ok(p) => Some(p),
                 Err(_) => {
                     let wait = async {
                         tokio::select! {
-                            p = sem.clone().acquire_owned() => p.map(Waited::Slot).unwrap_or(Waited::Closed),
-                            // An h1 connection may come back to the pool while we wait.
+                            p = sem.sem.clone().acquire_owned() => p.map(Waited::Slot).unwrap_or(Waited::Closed),
+                            // An h1 connection may come back to the pool while we wait:
+                            // put_h1 wakes the waiters of its origin.
                             c = async {
                                 loop {
-                                    tokio::time::sleep(Duration::from_millis(2)).await;
+                                    let returned = sem.returned.notified();
+                                    tokio::pin!(returned);
+                                    returned.as_mut().enable();
                                     if let Some(c) = self.checkout(key).await {
                                         break c;
                                     }
+                                    returned.await;
                                 }
                             } => Waited::Conn(c),
                         }
@@ -405,12 +421,18 @@ impl Pool {
         if c.send.is_closed() {
             return;
         }
+        let key_for_wake = key.clone();
         if let Ok(mut m) = self.h1.lock() {
             let list = m.entry(key).or_default();
             list.retain(|(t, c)| !c.send.is_closed() && t.elapsed() < IDLE_MAX);
             if list.len() < IDLE_PER_KEY {
                 list.push((Instant::now(), c));
             }
+        }
+        if let Ok(m) = self.slots.lock()
+            && let Some(s) = m.get(&key_for_wake)
+        {
+            s.returned.notify_one();
         }
     }
 }

@@ -102,7 +102,13 @@ fn encoded(coding: &str, body: &[u8]) -> Response<Full<Bytes>> {
 async fn origin_service(
     mut req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    if req.headers().get("upgrade").is_some_and(|v| v == "echo") {
+    // Only /ws switches protocols; like most servers, every other route ignores Upgrade.
+    if req.uri().path() == "/ws"
+        && req
+            .headers()
+            .get("upgrade")
+            .is_some_and(|v| v == "websocket")
+    {
         let up = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
             if let Ok(up) = up.await {
@@ -118,12 +124,19 @@ async fn origin_service(
         let r = Response::builder()
             .status(101)
             .header("connection", "upgrade")
-            .header("upgrade", "echo")
+            .header("upgrade", "websocket")
             .body(Full::new(Bytes::new()))
             .unwrap();
         return Ok(r);
     }
     let path = req.uri().path().to_string();
+    let range = req
+        .headers()
+        .get("range")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.split_once('-'))
+        .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)));
     let accept_encoding = req
         .headers()
         .get("accept-encoding")
@@ -143,7 +156,42 @@ async fn origin_service(
             .header("content-disposition", "attachment; filename=\"setup.MSI\"")
             .body(Full::new(Bytes::from_static(b"installer")))
             .unwrap(),
-        "/big.bin" => Response::new(Full::new(Bytes::from(big_body()))),
+        "/big.bin" | "/statement.txt" => {
+            let all = if path == "/big.bin" {
+                big_body()
+            } else {
+                CARD_TEXT.to_vec()
+            };
+            // Ranges honoured, as file servers do.
+            match range {
+                Some((a, b)) if a <= b && b < all.len() => Response::builder()
+                    .status(206)
+                    .header("content-range", format!("bytes {a}-{b}/{}", all.len()))
+                    .body(Full::new(Bytes::copy_from_slice(&all[a..=b])))
+                    .unwrap(),
+                _ => Response::new(Full::new(Bytes::from(all))),
+            }
+        }
+        "/dl/semicolon" => Response::builder()
+            .header(
+                "content-disposition",
+                "attachment; filename=\"safe.txt;.exe\"",
+            )
+            .body(Full::new(Bytes::from_static(b"MZ")))
+            .unwrap(),
+        "/dl/continued" => Response::builder()
+            .header(
+                "content-disposition",
+                "attachment; filename*0*=UTF-8''ev; filename*1*=il%2Eexe",
+            )
+            .body(Full::new(Bytes::from_static(b"MZ")))
+            .unwrap(),
+        "/double.gz" => Response::builder()
+            .header("content-type", "text/plain")
+            .header("content-encoding", "gzip")
+            .header("content-encoding", "gzip")
+            .body(Full::new(Bytes::from(gzip(&gzip(CARD_TEXT)))))
+            .unwrap(),
         "/statement.gz" => encoded("gzip", &gzip(CARD_TEXT)),
         "/clean.gz" => encoded("gzip", &gzip(CLEAN_TEXT)),
         "/opaque.dcb" => encoded("dcb", CLEAN_TEXT),
@@ -163,6 +211,14 @@ async fn start_origin(
     certs: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> SocketAddr {
+    start_origin_on(certs, key, "127.0.0.1:0".parse().unwrap()).await
+}
+
+async fn start_origin_on(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    bind: SocketAddr,
+) -> SocketAddr {
     let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -173,7 +229,7 @@ async fn start_origin(
     .unwrap();
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let l = TcpListener::bind(bind).await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = l.accept().await {
@@ -230,6 +286,17 @@ async fn start_proxy_with(
     policies: &str,
     tweak: impl FnOnce(&mut ProxyConfig),
 ) -> (Env, SocketAddr) {
+    start_proxy_opts(tag, origin, origin_ca_pem, policies, tweak, true).await
+}
+
+async fn start_proxy_opts(
+    tag: &str,
+    origin: SocketAddr,
+    origin_ca_pem: &str,
+    policies: &str,
+    tweak: impl FnOnce(&mut ProxyConfig),
+    loopback: bool,
+) -> (Env, SocketAddr) {
     let dir = tmpdir(tag);
     let origin_ca = dir.join("origin-ca.pem");
     std::fs::write(&origin_ca, origin_ca_pem).unwrap();
@@ -264,6 +331,8 @@ async fn start_proxy_with(
     let opts = StartOptions {
         destination: Destination::Fixed(origin),
         ca: None,
+        // The test origins listen on 127.0.0.1.
+        allow_loopback_destinations: loopback,
     };
     let h = SessionProxy::start_with(cfg, &policies, lookup, rx, opts)
         .await
@@ -459,7 +528,10 @@ async fn curl_through_the_proxy() {
     // certificate (verifies with the origin CA alone, fails with ours alone).
     let (certs, key) = ca.leaf("plain.test");
     let plain_origin = start_origin(certs, key).await;
-    let (env2, proxy2) = start_proxy("plain", plain_origin, &ca.issuer.pem()).await;
+    let (env2, proxy2) = start_proxy_with("plain", plain_origin, &ca.issuer.pem(), POLICIES, |c| {
+        c.uninspectable = tollgate_proxy::config::Uninspectable::Pass
+    })
+    .await;
     let (code, _, err) = curl(proxy2, "plain.test", "/x", &env2.origin_ca, &[]).await;
     assert_eq!(code, 200, "{err}");
     let (code, _, _) = curl(proxy2, "plain.test", "/x", &env2.proxy_ca, &[]).await;
@@ -620,7 +692,11 @@ async fn client_rejecting_our_ca_is_bypassed() {
     let Some((ca, origin)) = files_origin().await else {
         return;
     };
-    let (env, proxy) = start_proxy("reject", origin, &ca.issuer.pem()).await;
+    // Only for an app the admin listed.
+    let (env, proxy) = start_proxy_with("reject", origin, &ca.issuer.pem(), POLICIES, |c| {
+        c.client_reject_bypass_apps = vec!["files".into()]
+    })
+    .await;
     // A client that trusts only the real CA (a pinning app) rejects our leaf...
     let (code, _, err) = curl(proxy, "files.test", "/x", &env.origin_ca, &[]).await;
     assert_eq!(code, 0, "first attempt must fail: {err}");
@@ -765,7 +841,10 @@ async fn silent_drops_bypass_only_clients_that_never_trusted_us() {
 
     // A client that has completed handshakes with our CA and then drops some mid-handshake
     // (a load generator stopping, a closed tab) stays intercepted.
-    let (env, proxy) = start_proxy("silent1", origin, &ca.issuer.pem()).await;
+    let (env, proxy) = start_proxy_with("silent1", origin, &ca.issuer.pem(), POLICIES, |c| {
+        c.client_reject_bypass_apps = vec!["files".into()]
+    })
+    .await;
     assert!(
         raw_request(proxy, &env.proxy_ca, ok)
             .await
@@ -782,11 +861,17 @@ async fn silent_drops_bypass_only_clients_that_never_trusted_us() {
 
     // A client that never completes a handshake and closes silently (a pinning app without
     // alerts) is spliced after two tries: it then sees the origin's own certificate.
-    let (env, proxy) = start_proxy("silent2", origin, &ca.issuer.pem()).await;
+    let (env, proxy) = start_proxy_with("silent2", origin, &ca.issuer.pem(), POLICIES, |c| {
+        c.client_reject_bypass_apps = vec!["files".into()]
+    })
+    .await;
     drop_mid_handshake(proxy, &env.proxy_ca).await;
     let (code, _, _) = curl(proxy, "files.test", "/x", &env.proxy_ca, &[]).await;
     assert_eq!(code, 200, "one silent drop is not enough");
-    let (env, proxy) = start_proxy("silent3", origin, &ca.issuer.pem()).await;
+    let (env, proxy) = start_proxy_with("silent3", origin, &ca.issuer.pem(), POLICIES, |c| {
+        c.client_reject_bypass_apps = vec!["files".into()]
+    })
+    .await;
     drop_mid_handshake(proxy, &env.proxy_ca).await;
     drop_mid_handshake(proxy, &env.proxy_ca).await;
     let (code, _, err) = curl(proxy, "files.test", "/x", &env.origin_ca, &[]).await;
@@ -943,7 +1028,7 @@ async fn upgrades_are_relayed() {
     let (env, proxy) = start_proxy("upgrade", origin, &ca.issuer.pem()).await;
     let mut tls = tls_to_proxy(proxy, &env.proxy_ca).await;
     tls.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: files.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nHost: files.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
     )
     .await
     .unwrap();
@@ -959,7 +1044,7 @@ async fn upgrades_are_relayed() {
     }
     let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
     assert!(
-        head.starts_with("http/1.1 101") && head.contains("upgrade: echo"),
+        head.starts_with("http/1.1 101") && head.contains("upgrade: websocket"),
         "{head}"
     );
     // Bytes that look like an ambiguous HTTP head are just tunnel data now.
@@ -1045,4 +1130,522 @@ download = { content = ["credit_card"], min_matches = 1 }
         !audit.contains("4111 1111 1111 1111"),
         "evidence is masked: {audit}"
     );
+}
+
+fn audit_log(env: &Env) -> String {
+    std::fs::read_to_string(&env.audit).unwrap_or_default()
+}
+
+/// `Upgrade` is no way around inspection: a GET of a blocked file with `Upgrade: websocket`
+/// answered 200 by the origin is judged like any download; h2c and other protocols are
+/// refused; a POST with `Upgrade` gets upload inspection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_headers_do_not_skip_inspection() {
+    let Some((ca, origin)) = files_origin().await else {
+        return;
+    };
+    let (env, proxy) = start_proxy("upgrade-dlp", origin, &ca.issuer.pem()).await;
+    let ws = [
+        "--http1.1",
+        "-H",
+        "Connection: Upgrade",
+        "-H",
+        "Upgrade: websocket",
+    ];
+    let (code, body, err) = curl(proxy, "files.test", "/file.exe", &env.proxy_ca, &ws).await;
+    assert_eq!(
+        code,
+        403,
+        "an executable fetched with Upgrade passed: {err} {}",
+        String::from_utf8_lossy(&body)
+    );
+    assert!(!body.starts_with(b"MZ"));
+
+    let mut post = ws.to_vec();
+    post.extend(["--data", "card=4111 1111 1111 1111"]);
+    let (code, body, _) = curl(proxy, "files.test", "/upload", &env.proxy_ca, &post).await;
+    assert_eq!(
+        code,
+        403,
+        "a card number uploaded with Upgrade passed: {}",
+        String::from_utf8_lossy(&body)
+    );
+
+    let h2c = [
+        "--http1.1",
+        "-H",
+        "Connection: Upgrade, HTTP2-Settings",
+        "-H",
+        "Upgrade: h2c",
+        "-H",
+        "HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA",
+    ];
+    let (code, body, _) = curl(proxy, "files.test", "/x", &env.proxy_ca, &h2c).await;
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(code, 400, "h2c upgrade not refused: {text}");
+    assert!(
+        !text.contains("origin saw"),
+        "h2c reached the origin: {text}"
+    );
+
+    // A real WebSocket handshake is still relayed (upgrades_are_relayed has the tunnel).
+    let mut tls = tls_to_proxy(proxy, &env.proxy_ca).await;
+    tls.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: files.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = [0u8; 12];
+    tokio::time::timeout(std::time::Duration::from_secs(5), tls.read_exact(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 101");
+}
+
+/// A client that refuses our certificate once does not switch session control off for
+/// itself: the app is not listed in client_reject_bypass_apps. The rejection is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_handshake_does_not_bypass_unlisted_apps() {
+    let Some((ca, origin)) = files_origin().await else {
+        return;
+    };
+    let (env, proxy) = start_proxy("reject-unlisted", origin, &ca.issuer.pem()).await;
+    for _ in 0..2 {
+        let (code, _, _) = curl(proxy, "files.test", "/x", &env.origin_ca, &[]).await;
+        assert_eq!(
+            code, 0,
+            "the client must never see the origin's own certificate"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // Still intercepted, policies still apply.
+    let (code, _, _) = curl(proxy, "files.test", "/file.exe", &env.proxy_ca, &[]).await;
+    assert_eq!(code, 403);
+    let st = env.handle.stats();
+    assert!(st.client_rejected_ca >= 1, "{st:?}");
+    assert_eq!(st.client_reject_bypasses, 0, "{st:?}");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let log = audit_log(&env);
+    assert!(
+        log.contains("client certificate rejection") && log.contains("stays under session control"),
+        "{log}"
+    );
+}
+
+/// The listed app's bypass is audited and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listed_reject_bypass_is_audited() {
+    let Some((ca, origin)) = files_origin().await else {
+        return;
+    };
+    let (env, proxy) = start_proxy_with("reject-listed", origin, &ca.issuer.pem(), POLICIES, |c| {
+        c.client_reject_bypass_apps = vec!["files".into()]
+    })
+    .await;
+    let (code, _, _) = curl(proxy, "files.test", "/x", &env.origin_ca, &[]).await;
+    assert_eq!(code, 0);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (code, _, err) = curl(proxy, "files.test", "/x", &env.origin_ca, &[]).await;
+    assert_eq!(code, 200, "{err}");
+    assert_eq!(env.handle.stats().client_reject_bypasses, 1);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let log = audit_log(&env);
+    assert!(
+        log.contains("\"action\":\"splice\"") && log.contains("client_reject_bypass_apps"),
+        "{log}"
+    );
+}
+
+/// Steered connections that cannot be inspected (no SNI, an SNI of no session app) are
+/// closed by default, and audited; `uninspectable = "pass"` splices them, audited too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uninspectable_connections_are_blocked_by_default() {
+    let Some((ca, origin)) = files_origin().await else {
+        return;
+    };
+    let (env, proxy) = start_proxy("uninspectable", origin, &ca.issuer.pem()).await;
+    // An SNI that is no app under session control; -k: whatever certificate comes back.
+    let (code, body, _) = curl(proxy, "other.test", "/x", &env.proxy_ca, &["-k"]).await;
+    assert_eq!(
+        code,
+        0,
+        "foreign SNI reached the origin uninspected: {}",
+        String::from_utf8_lossy(&body)
+    );
+    // No SNI at all (openssl s_client -noservername) sending a request for the app.
+    let have_openssl = Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if have_openssl {
+        let port = proxy.port();
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "printf 'GET /file.exe HTTP/1.1\\r\\nHost: files.test\\r\\nConnection: close\\r\\n\\r\\n' | timeout 10 openssl s_client -quiet -connect 127.0.0.1:{port} -noservername 2>&1"
+                ))
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !text.contains("MZ") && !text.contains("HTTP/1.1 200"),
+            "no-SNI connection reached the origin: {text}"
+        );
+    } else {
+        eprintln!("SKIP no-SNI part: openssl not installed");
+    }
+    let st = env.handle.stats();
+    assert!(st.uninspectable_blocked > u64::from(have_openssl), "{st:?}");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let log = audit_log(&env);
+    assert!(
+        log.contains("\"policy\":\"uninspectable\"") && log.contains("other.test"),
+        "{log}"
+    );
+
+    // "pass": spliced (the client sees the origin's own certificate), and audited.
+    let (env, proxy) = start_proxy_with(
+        "uninspectable-pass",
+        origin,
+        &ca.issuer.pem(),
+        POLICIES,
+        |c| c.uninspectable = tollgate_proxy::config::Uninspectable::Pass,
+    )
+    .await;
+    let (code, _, _) = curl(proxy, "other.test", "/x", &env.proxy_ca, &["-k"]).await;
+    assert_eq!(code, 200);
+    assert_eq!(env.handle.stats().steered_splices, 1);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(audit_log(&env).contains("\"action\":\"splice\""));
+}
+
+/// File names hidden from the extension check by encoding and parsing tricks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disguised_file_names_are_caught() {
+    let Some((ca, origin)) = files_origin().await else {
+        return;
+    };
+    let policies = r#"
+[[session_policies]]
+name = "no executables"
+apps = ["files"]
+action = "block"
+download = { file_extensions = ["exe"] }
+upload = { file_extensions = ["exe"] }
+"#;
+    let (env, proxy) = start_proxy_with("names", origin, &ca.issuer.pem(), policies, |_| {}).await;
+    for proto in ["--http1.1", "--http2"] {
+        for path in [
+            "/evil.ex%65",
+            "/evil%2Eexe",
+            "/evil.exe.",
+            "/evil.exe;jsessionid=1",
+            "/evil.exe/",
+            "/dl/semicolon",
+            "/dl/continued",
+        ] {
+            let (code, body, _) = curl(
+                proxy,
+                "files.test",
+                path,
+                &env.proxy_ca,
+                &[proto, "--path-as-is"],
+            )
+            .await;
+            assert_eq!(
+                code,
+                403,
+                "{proto} {path}: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        let file = env.dir.join("payload.bin");
+        std::fs::write(&file, b"MZ").unwrap();
+        for name in ["evil.exe.", "evil.exe ", "safe.txt\\\";.exe"] {
+            let form = format!("f=@{};filename=\"{name}\"", file.display());
+            let (code, body, _) = curl(
+                proxy,
+                "files.test",
+                "/upload",
+                &env.proxy_ca,
+                &[proto, "-F", &form],
+            )
+            .await;
+            assert_eq!(
+                code,
+                403,
+                "{proto} upload {name}: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        // The executable in part 300: more parts than are inspected is over the limit.
+        let mut args: Vec<String> = vec![proto.into()];
+        for i in 0..300 {
+            args.push("-F".into());
+            args.push(format!("p{i}=x"));
+        }
+        args.push("-F".into());
+        args.push(format!("f=@{};filename=evil.exe", file.display()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, _, _) = curl(proxy, "files.test", "/upload", &env.proxy_ca, &refs).await;
+        assert_eq!(code, 403, "{proto}: executable in part 301");
+        // A plain upload still passes.
+        let (code, _, _) = curl(
+            proxy,
+            "files.test",
+            "/upload",
+            &env.proxy_ca,
+            &[proto, "-F", "note=hello"],
+        )
+        .await;
+        assert_eq!(code, 200);
+    }
+}
+
+/// Double gzip (two Content-Encoding headers) and Range pieces cannot hide content or size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codings_and_ranges_cannot_split_a_file() {
+    let Some((ca, origin)) = files_origin().await else {
+        return;
+    };
+    let policies = r#"
+[[session_policies]]
+name = "no card numbers in"
+apps = ["files"]
+action = "block"
+download = { content = ["credit_card"], min_matches = 1 }
+
+[[session_policies]]
+name = "nothing big"
+apps = ["files"]
+action = "block"
+download = { max_size = "512KiB" }
+"#;
+    let (env, proxy) = start_proxy_with("ranges", origin, &ca.issuer.pem(), policies, |_| {}).await;
+    for proto in ["--http1.1", "--http2"] {
+        let (code, body, _) =
+            curl(proxy, "files.test", "/double.gz", &env.proxy_ca, &[proto]).await;
+        assert_eq!(
+            code,
+            403,
+            "{proto}: a card number in double gzip passed ({} bytes)",
+            body.len()
+        );
+        // The card number split over two ranges: each piece alone has no valid number.
+        for r in ["0-25", "26-60"] {
+            let (code, body, _) = curl(
+                proxy,
+                "files.test",
+                "/statement.txt",
+                &env.proxy_ca,
+                &[proto, "-r", r],
+            )
+            .await;
+            assert_eq!(
+                code,
+                403,
+                "{proto} range {r}: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        // A 1 MiB file over max_size fetched as a small range.
+        let (code, body, _) = curl(
+            proxy,
+            "files.test",
+            "/big.bin",
+            &env.proxy_ca,
+            &[proto, "-r", "0-1023"],
+        )
+        .await;
+        assert_eq!(code, 403, "{proto}: {} bytes passed", body.len());
+    }
+}
+
+/// Activity rules see the normalised path and host; the origin gets the judged authority.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activity_paths_and_hosts_are_normalised() {
+    let Some((ca, origin)) = files_origin().await else {
+        return;
+    };
+    let (env, proxy) = start_proxy("normalise", origin, &ca.issuer.pem()).await;
+    for path in [
+        "//2/sharing/create_link",
+        "/2/%73haring/create_link",
+        "/2/./sharing/create_link",
+        "/2/x/../sharing/create_link",
+    ] {
+        let (code, _, _) = curl(
+            proxy,
+            "files.test",
+            path,
+            &env.proxy_ca,
+            &["-X", "POST", "--path-as-is"],
+        )
+        .await;
+        assert_eq!(code, 403, "{path}");
+    }
+    // An absolute-form target that disagrees with Host is refused.
+    let r = raw_request(
+        proxy,
+        &env.proxy_ca,
+        b"GET https://a.files.test/x HTTP/1.1\r\nHost: b.files.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    assert!(!r.contains("origin saw"), "{r}");
+}
+
+/// A client with idle HTTP/2 connections does not keep them (and a connection permit) for
+/// ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_are_closed() {
+    let ca = TestCa::new("tollgate test origin CA");
+    let (certs, key) = ca.leaf("files.test");
+    let origin = start_origin(certs, key).await;
+    let (env, proxy) = start_proxy_with("idle", origin, &ca.issuer.pem(), POLICIES, |c| {
+        c.idle_timeout_secs = 1
+    })
+    .await;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(&env.proxy_ca).unwrap())
+        .unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("files.test").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = Request::builder()
+        .uri("https://files.test/hello")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let _ = resp.into_body().collect().await;
+    // The proxy sends GOAWAY and closes after a second without a request.
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(6), conn).await;
+    assert!(ended.is_ok(), "idle h2 connection still open");
+    assert!(env.handle.stats().idle_closed >= 1);
+}
+
+/// A burst of large uploads that need content inspection never takes the proxy past its
+/// inspection memory budget: the rest wait, or are refused with 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_burst_stays_within_the_budget() {
+    let Some((ca, origin)) = files_origin().await else {
+        return;
+    };
+    let budget = 4 * 1024 * 1024u64;
+    let (env, proxy) = start_proxy_with("budget", origin, &ca.issuer.pem(), POLICIES, |c| {
+        c.max_inspect_bytes = tollgate_proxy::config::ByteSize(2 * 1024 * 1024);
+        c.max_buffered_bytes = tollgate_proxy::config::ByteSize(budget);
+        c.body_read_timeout_secs = 3;
+    })
+    .await;
+    let file = env.dir.join("upload.bin");
+    std::fs::write(&file, vec![b'a'; 1_900_000]).unwrap();
+    let data = format!("@{}", file.display());
+    let mut jobs = Vec::new();
+    for _ in 0..12 {
+        let (ca, data) = (env.proxy_ca.clone(), data.clone());
+        jobs.push(tokio::spawn(async move {
+            curl(
+                proxy,
+                "files.test",
+                "/upload",
+                &ca,
+                &["--http1.1", "--data-binary", &data],
+            )
+            .await
+            .0
+        }));
+    }
+    let mut codes = Vec::new();
+    for j in jobs {
+        codes.push(j.await.unwrap());
+    }
+    let st = env.handle.stats();
+    assert!(
+        codes.iter().all(|c| *c == 200 || *c == 503),
+        "{codes:?} {st:?}"
+    );
+    assert!(codes.contains(&200), "{codes:?}");
+    assert!(
+        st.buffered_bytes_peak <= budget,
+        "peak {} > budget {budget}",
+        st.buffered_bytes_peak
+    );
+    assert!(
+        st.budget_waits > 0,
+        "12 x 1.9 MB in a 4 MiB budget never waited: {st:?}"
+    );
+    assert_eq!(st.buffered_bytes, 0, "memory not given back: {st:?}");
+}
+
+/// The proxy connects only to the original destination, never to loopback, the gateway's own
+/// addresses or protected ranges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destinations_on_the_gateway_are_refused() {
+    let Some((ca, origin)) = files_origin().await else {
+        return;
+    };
+    // Loopback (the tests' origins run there; the proxy refuses it unless told otherwise).
+    let (env, proxy) = start_proxy_opts(
+        "dst-loop",
+        origin,
+        &ca.issuer.pem(),
+        POLICIES,
+        |_| {},
+        false,
+    )
+    .await;
+    let (code, _, _) = curl(proxy, "files.test", "/x", &env.proxy_ca, &[]).await;
+    assert_eq!(code, 0);
+    assert_eq!(env.handle.stats().refused_destinations, 1);
+    // A protected range.
+    let (env, proxy) = start_proxy_with("dst-prot", origin, &ca.issuer.pem(), POLICIES, |c| {
+        c.protected_destinations = vec!["127.0.0.0/29".parse().unwrap()]
+    })
+    .await;
+    let (code, _, _) = curl(proxy, "files.test", "/x", &env.proxy_ca, &[]).await;
+    assert_eq!(code, 0);
+    assert_eq!(env.handle.stats().refused_destinations, 1);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(audit_log(&env).contains("protected range"));
+    // An address of the gateway itself (its source address toward the outside).
+    let own = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect("192.0.2.1:9").map(|_| s))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.ip());
+    let Ok(own) = own else {
+        eprintln!("SKIP gateway-own part: no non-loopback address");
+        return;
+    };
+    let (certs, key) = ca.leaf("files.test");
+    let origin = start_origin_on(certs, key, SocketAddr::new(own, 0)).await;
+    let (env, proxy) = start_proxy("dst-own", origin, &ca.issuer.pem()).await;
+    let (code, _, _) = curl(proxy, "files.test", "/x", &env.proxy_ca, &[]).await;
+    assert_eq!(code, 0, "connected to the gateway's own {own}");
+    assert_eq!(env.handle.stats().refused_destinations, 1);
 }

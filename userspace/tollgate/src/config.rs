@@ -269,6 +269,9 @@ impl Config {
                 return fail(&format!("log_formats[{i}]"), &f.name, e.to_string());
             }
         }
+        if let Err(tollgate_proxy::ProxyError::Config { key, message }) = self.proxy.validate() {
+            return fail(&format!("proxy.{key}"), &key, message);
+        }
         if self.flows.max_flows == 0 {
             return fail("flows.max_flows", "max_flows", "must be at least 1".into());
         }
@@ -366,6 +369,21 @@ mod tests {
         let err = Config::parse(text, "gw.toml").unwrap_err().to_string();
         assert!(err.starts_with("gw.toml:6:"), "{err}");
         assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn proxy_on_port_443_and_bad_uninspectable_are_refused() {
+        let text = "mode = \"monitor\"\n\n[proxy]\nlisten = \"[::]:443\"\n";
+        let err = Config::parse(text, "gw.toml").unwrap_err().to_string();
+        assert!(err.starts_with("gw.toml:4:"), "{err}");
+        assert!(err.contains("proxy.listen") && err.contains("443"), "{err}");
+        let text = "[proxy]\nuninspectable = \"maybe\"\n";
+        let err = Config::parse(text, "gw.toml").unwrap_err().to_string();
+        assert!(err.starts_with("gw.toml:2:"), "{err}");
+        assert!(err.contains("proxy.uninspectable"), "{err}");
+        let text =
+            "[proxy]\nuninspectable = \"pass\"\nprotected_destinations = [\"10.9.0.0/16\"]\n";
+        assert!(Config::parse(text, "gw.toml").is_ok());
     }
 
     #[test]

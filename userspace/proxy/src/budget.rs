@@ -1,0 +1,217 @@
+//! One memory budget for every body the proxy buffers or decodes for inspection, across all
+//! connections (`max_buffered_bytes`). Without it, each request or response under inspection
+//! may hold `max_inspect_bytes` (and its decoded copy), so a burst of large uploads from one
+//! client could take the proxy's memory anywhere. A body takes its share before the bytes
+//! are held; when the budget is spent it waits for others to finish (bounded by the body's
+//! read timeout) and is then refused.
+//!
+//! The budget counts KiB (rounded up), so one request can ask for any size in one call.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::upstream::{BoxError, ProxyBody};
+
+const UNIT: usize = 1024;
+
+/// The shared budget.
+#[derive(Debug)]
+pub struct Budget {
+    sem: Arc<Semaphore>,
+    units: usize,
+    /// Most bytes (in whole KiB) held at once since start.
+    peak: AtomicU64,
+    /// Shares that had to wait for memory.
+    pub waits: AtomicU64,
+    /// Shares refused because the memory did not free up in time.
+    pub refusals: AtomicU64,
+}
+
+/// The budget could not give the memory in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exhausted;
+
+impl Budget {
+    pub fn new(bytes: u64) -> Arc<Budget> {
+        let units = usize::try_from(bytes / UNIT as u64)
+            .unwrap_or(usize::MAX)
+            .clamp(1, Semaphore::MAX_PERMITS);
+        Arc::new(Budget {
+            sem: Arc::new(Semaphore::new(units)),
+            units,
+            peak: AtomicU64::new(0),
+            waits: AtomicU64::new(0),
+            refusals: AtomicU64::new(0),
+        })
+    }
+
+    /// Bytes held right now.
+    pub fn in_use(&self) -> u64 {
+        (self.units.saturating_sub(self.sem.available_permits()) * UNIT) as u64
+    }
+
+    /// Most bytes held at once.
+    pub fn peak(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    /// The whole budget, in bytes.
+    pub fn capacity(&self) -> u64 {
+        (self.units * UNIT) as u64
+    }
+
+    /// An empty share of this budget.
+    pub fn share(self: &Arc<Self>) -> Share {
+        Share {
+            budget: self.clone(),
+            permit: None,
+            units: 0,
+        }
+    }
+
+    fn note_peak(&self) {
+        self.peak.fetch_max(self.in_use(), Ordering::Relaxed);
+    }
+}
+
+fn units_for(bytes: usize) -> usize {
+    bytes.div_ceil(UNIT)
+}
+
+/// Memory held by one body (and its decoded forms); given back when dropped.
+#[derive(Debug)]
+pub struct Share {
+    budget: Arc<Budget>,
+    permit: Option<OwnedSemaphorePermit>,
+    units: usize,
+}
+
+impl Share {
+    /// Bytes this share holds.
+    pub fn bytes(&self) -> usize {
+        self.units * UNIT
+    }
+
+    fn need(&self, total: usize) -> Result<Option<u32>, Exhausted> {
+        let want = units_for(total);
+        if want <= self.units {
+            return Ok(None);
+        }
+        if want > self.budget.units {
+            return Err(Exhausted);
+        }
+        u32::try_from(want - self.units)
+            .map(Some)
+            .map_err(|_| Exhausted)
+    }
+
+    fn add(&mut self, p: OwnedSemaphorePermit) {
+        self.units += p.num_permits();
+        match &mut self.permit {
+            Some(held) => held.merge(p),
+            None => self.permit = Some(p),
+        }
+        self.budget.note_peak();
+    }
+
+    /// Grow the share to `total` bytes, waiting for memory as long as the caller lets it.
+    pub async fn grow(&mut self, total: usize) -> Result<(), Exhausted> {
+        let Some(n) = self.need(total)? else {
+            return Ok(());
+        };
+        let sem = self.budget.sem.clone();
+        let p = match sem.clone().try_acquire_many_owned(n) {
+            Ok(p) => p,
+            Err(_) => {
+                self.budget.waits.fetch_add(1, Ordering::Relaxed);
+                sem.acquire_many_owned(n).await.map_err(|_| Exhausted)?
+            }
+        };
+        self.add(p);
+        Ok(())
+    }
+
+    /// Grow the share to `total` bytes only if the memory is free now (decoding, on a
+    /// blocking thread: a body that already holds memory never waits for more, so two
+    /// bodies can never wait for each other).
+    pub fn try_grow(&mut self, total: usize) -> Result<(), Exhausted> {
+        let Some(n) = self.need(total)? else {
+            return Ok(());
+        };
+        let p = self
+            .budget
+            .sem
+            .clone()
+            .try_acquire_many_owned(n)
+            .map_err(|_| Exhausted)?;
+        self.add(p);
+        Ok(())
+    }
+
+    /// Count a refusal (the caller gives up on this share).
+    pub fn refused(&self) {
+        self.budget.refusals.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A body that keeps its memory share until it is dropped (sent or abandoned).
+pub struct Budgeted {
+    pub inner: ProxyBody,
+    pub share: Share,
+}
+
+impl Body for Budgeted {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn shares_stay_within_the_budget() {
+        let b = Budget::new(10 * 1024);
+        let mut a = b.share();
+        a.grow(6 * 1024).await.unwrap();
+        let mut c = b.share();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), c.grow(6 * 1024))
+                .await
+                .is_err(),
+            "must wait"
+        );
+        assert_eq!(b.in_use(), 6 * 1024);
+        drop(a);
+        tokio::time::timeout(Duration::from_millis(50), c.grow(6 * 1024))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(b.peak() <= b.capacity());
+        assert_eq!(c.grow(11 * 1024).await, Err(Exhausted), "larger than all");
+        let mut d = b.share();
+        assert_eq!(d.try_grow(5 * 1024), Err(Exhausted), "no waiting");
+        assert!(d.try_grow(4 * 1024).is_ok());
+        assert!(b.waits.load(Ordering::Relaxed) >= 1);
+    }
+}

@@ -1,0 +1,274 @@
+//! Inactivity limits: a connection, tunnel or body that stops moving must not hold a
+//! connection permit or an origin slot for ever (`idle_timeout_secs`,
+//! `body_idle_timeout_secs`).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::upstream::{BoxError, ProxyBody};
+
+/// When something last happened, and how many exchanges are in flight.
+#[derive(Debug)]
+pub struct Activity {
+    base: Instant,
+    last_ms: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    pub fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            base: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    pub fn touch(&self) {
+        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Time since the last activity, or zero while an exchange is in flight.
+    pub fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_millis(
+            self.now_ms()
+                .saturating_sub(self.last_ms.load(Ordering::Relaxed)),
+        )
+    }
+
+    /// Marks an exchange in flight until the guard is dropped.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// Resolves once nothing happened (and nothing was in flight) for `limit`.
+    pub async fn expired(&self, limit: Duration) {
+        loop {
+            let idle = self.idle_for();
+            if idle >= limit {
+                return;
+            }
+            let tick = (limit - idle).max(Duration::from_millis(50));
+            tokio::time::sleep(tick).await;
+        }
+    }
+}
+
+/// An exchange in flight (see [`Activity::begin`]).
+#[derive(Debug)]
+pub struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An IO stream that records its reads and writes in an [`Activity`].
+pub struct ActivityIo<T> {
+    pub inner: T,
+    pub activity: Arc<Activity>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.touch();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// `copy_bidirectional` that gives up after `idle` without a byte in either direction.
+/// Returns false when it ended for inactivity.
+pub async fn copy_bidirectional_idle<A, B>(a: A, b: B, idle: Duration) -> bool
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let activity = Activity::new();
+    activity.touch();
+    let mut a = ActivityIo {
+        inner: a,
+        activity: activity.clone(),
+    };
+    let mut b = ActivityIo {
+        inner: b,
+        activity: activity.clone(),
+    };
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut a, &mut b) => true,
+        _ = activity.expired(idle) => false,
+    }
+}
+
+/// A body that fails when no frame arrives for `limit` (a stalled upload or download would
+/// otherwise hold an origin connection slot for ever).
+pub struct IdleBody {
+    inner: ProxyBody,
+    limit: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl IdleBody {
+    pub fn new(inner: ProxyBody, limit: Duration) -> IdleBody {
+        IdleBody {
+            inner,
+            limit,
+            timer: None,
+        }
+    }
+}
+
+/// A body stopped making progress.
+#[derive(Debug, thiserror::Error)]
+#[error("no body data for {0:?}")]
+pub struct BodyStalled(Duration);
+
+impl Body for IdleBody {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(r) => {
+                this.timer = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let limit = this.limit;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyStalled(limit))))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A body that marks an exchange in flight until it is dropped.
+pub struct TrackedBody {
+    pub inner: ProxyBody,
+    pub _flight: InFlight,
+}
+
+impl Body for TrackedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    /// A body that never produces anything.
+    struct Silent;
+
+    impl Body for Silent {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn stalled_body_fails() {
+        let mut b = IdleBody::new(Silent.boxed(), Duration::from_millis(50));
+        let r = tokio::time::timeout(Duration::from_secs(2), b.frame()).await;
+        assert!(matches!(r, Ok(Some(Err(_)))), "stalled body must fail");
+    }
+
+    #[tokio::test]
+    async fn activity_expires_only_when_idle() {
+        let a = Activity::new();
+        a.touch();
+        let g = a.begin();
+        assert!(
+            tokio::time::timeout(
+                Duration::from_millis(200),
+                a.expired(Duration::from_millis(50))
+            )
+            .await
+            .is_err()
+        );
+        drop(g);
+        tokio::time::timeout(
+            Duration::from_millis(500),
+            a.expired(Duration::from_millis(50)),
+        )
+        .await
+        .unwrap();
+    }
+}
