@@ -16,6 +16,12 @@ use anyhow::{Context, Result, bail};
 /// libLLVM, so changing it means rebuilding bpf-linker (setup does it: the stamp differs).
 const NIGHTLY: &str = "nightly-2026-05-20";
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// cargo-fuzz for the fuzz smoke run of `test` (installed into `.tools` like bpf-linker).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+/// Wall-clock budget of the fuzz smoke run (after the tests), shared by every target; each
+/// target gets at most `FUZZ_SECS_PER_TARGET` of it.
+const FUZZ_BUDGET_SECS: u64 = 240;
+const FUZZ_SECS_PER_TARGET: u64 = 20;
 
 /// Debian packages: (a command or file that proves the package is there, the package).
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
@@ -37,8 +43,12 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("python3", "python3"),
 ];
 
-/// Python modules the end-to-end tests drive real clients and servers with.
-const PYTHON_PACKAGES: &[(&str, &str)] = &[("aioquic", "aioquic"), ("curl_cffi", "curl_cffi")];
+/// Python packages the end-to-end tests drive real clients and servers with: (module,
+/// distribution, version). Pinned: pip runs as root, so what it installs is what was tested.
+const PYTHON_PACKAGES: &[(&str, &str, &str)] = &[
+    ("aioquic", "aioquic", "1.7.2"),
+    ("curl_cffi", "curl_cffi", "0.17.0"),
+];
 
 fn main() -> ExitCode {
     match real_main() {
@@ -131,6 +141,7 @@ fn setup(with_test_deps: bool) -> Result<()> {
     if with_test_deps {
         ensure_debian_packages()?;
         ensure_python_packages()?;
+        ensure_cargo_fuzz()?;
     }
     ensure_bpffs();
     Ok(())
@@ -278,16 +289,20 @@ fn ensure_debian_packages() -> Result<()> {
 }
 
 fn ensure_python_packages() -> Result<()> {
-    let missing: Vec<&str> = PYTHON_PACKAGES
+    let missing: Vec<String> = PYTHON_PACKAGES
         .iter()
-        .filter(|(module, _)| {
+        .filter(|(module, dist, version)| {
+            let check = format!(
+                "import {module}, importlib.metadata as m, sys; \
+                 sys.exit(m.version('{dist}') != '{version}')"
+            );
             !Command::new("python3")
-                .args(["-c", &format!("import {module}")])
+                .args(["-c", &check])
                 .output()
                 .map(|o| o.status.success())
                 .unwrap_or(false)
         })
-        .map(|(_, pkg)| *pkg)
+        .map(|(_, dist, version)| format!("{dist}=={version}"))
         .collect();
     if missing.is_empty() {
         return Ok(());
@@ -298,6 +313,37 @@ fn ensure_python_packages() -> Result<()> {
             .args(["-m", "pip", "install", "-q", "--root-user-action=ignore"])
             .args(&missing),
     )
+}
+
+/// cargo-fuzz, pinned, into `.tools/bin` (a stamp records the version).
+fn ensure_cargo_fuzz() -> Result<()> {
+    let tools = tools_dir();
+    let bin = tools.join("bin/cargo-fuzz");
+    let stamp = tools.join("cargo-fuzz.stamp");
+    if bin.is_file()
+        && std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == CARGO_FUZZ_VERSION)
+    {
+        return Ok(());
+    }
+    eprintln!(
+        "setup: installing cargo-fuzz {CARGO_FUZZ_VERSION} into {}",
+        tools.display()
+    );
+    status(
+        Command::new("cargo")
+            .args([
+                "install",
+                "cargo-fuzz",
+                "--version",
+                CARGO_FUZZ_VERSION,
+                "--locked",
+                "--force",
+                "--root",
+            ])
+            .arg(&tools),
+    )?;
+    std::fs::write(&stamp, CARGO_FUZZ_VERSION)?;
+    Ok(())
 }
 
 /// bpffs is not mounted by default on these machines; the daemon mounts it too.
@@ -354,7 +400,111 @@ fn test(args: &[String]) -> Result<()> {
         .args(args);
     // The namespace tests share the machine's two cores; running them concurrently with
     // each other makes real traffic flaky, so tests that need that serialise themselves.
-    status(&mut cmd)
+    let tests = status(&mut cmd);
+    let fuzz = fuzz_smoke();
+    tests.and(fuzz)
+}
+
+/// rustup's `cargo` (which takes `+toolchain`), with the project's tools on PATH and none of
+/// the variables the outer cargo set for this process.
+fn fuzz_cargo() -> Command {
+    let mut c = Command::new("cargo");
+    c.current_dir(workspace_root()).env("PATH", tool_path());
+    for var in [
+        "CARGO",
+        "RUSTC",
+        "RUSTDOC",
+        "RUSTUP_TOOLCHAIN",
+        "CARGO_TARGET_DIR",
+    ] {
+        c.env_remove(var);
+    }
+    c
+}
+
+/// Every cargo-fuzz workspace in the repository (`**/fuzz/Cargo.toml` under `userspace`).
+fn fuzz_workspaces() -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    if let Ok(crates) = std::fs::read_dir(workspace_root().join("userspace")) {
+        for c in crates.filter_map(|e| e.ok()) {
+            let dir = c.path().join("fuzz");
+            if dir.join("Cargo.toml").is_file() {
+                found.push(dir);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// A short run of every fuzz target on its seed corpus (new inputs go to a scratch corpus,
+/// never into the repository): a crash fails `test`. Skipped, with a note, without
+/// cargo-fuzz or the nightly.
+fn fuzz_smoke() -> Result<()> {
+    let have_fuzz = fuzz_cargo()
+        .args([&format!("+{NIGHTLY}"), "fuzz", "--version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !have_fuzz {
+        eprintln!(
+            "fuzz: SKIP (cargo-fuzz or {NIGHTLY} missing; `cargo xtask setup` installs them)"
+        );
+        return Ok(());
+    }
+    let mut targets = Vec::new();
+    for ws in fuzz_workspaces() {
+        let out = fuzz_cargo()
+            .current_dir(&ws)
+            .args([&format!("+{NIGHTLY}"), "fuzz", "list"])
+            .output()
+            .with_context(|| format!("cargo fuzz list in {}", ws.display()))?;
+        for t in String::from_utf8_lossy(&out.stdout).lines() {
+            if !t.trim().is_empty() {
+                targets.push((ws.clone(), t.trim().to_string()));
+            }
+        }
+    }
+    if targets.is_empty() {
+        return Ok(());
+    }
+    let secs = (FUZZ_BUDGET_SECS / targets.len() as u64).clamp(5, FUZZ_SECS_PER_TARGET);
+    // One target dir for all the fuzz workspaces: their shared dependencies build once.
+    let target_dir = workspace_root().join("target/fuzz");
+    let scratch = workspace_root().join("target/fuzz-corpus");
+    let mut failed = Vec::new();
+    for (ws, t) in &targets {
+        let work = scratch.join(t);
+        std::fs::create_dir_all(&work)?;
+        let seeds = ws.join("corpus").join(t);
+        let mut cmd = fuzz_cargo();
+        cmd.current_dir(ws)
+            .env("CARGO_TARGET_DIR", &target_dir)
+            .args([&format!("+{NIGHTLY}"), "fuzz", "run", t])
+            .arg(&work);
+        if seeds.is_dir() {
+            cmd.arg(&seeds);
+        }
+        cmd.args([
+            "--",
+            &format!("-max_total_time={secs}"),
+            "-print_final_stats=1",
+        ]);
+        eprintln!("fuzz: {t} ({}) for {secs} s", ws.display());
+        if let Err(e) = status(&mut cmd) {
+            eprintln!(
+                "fuzz: {t} FAILED: {e:#} (the input is under {}/artifacts)",
+                ws.display()
+            );
+            failed.push(t.as_str());
+        }
+    }
+    if failed.is_empty() {
+        eprintln!("fuzz: {} target(s), no crash", targets.len());
+        Ok(())
+    } else {
+        bail!("fuzz targets failed: {}", failed.join(", "))
+    }
 }
 
 fn bench(args: &[String]) -> Result<()> {

@@ -271,8 +271,26 @@ fn route_args(fam: &str, verb: &str) -> Vec<String> {
     .collect()
 }
 
+/// Where iproute2's `ip` is installed, looked up once. Run as root, so never through PATH
+/// (a directory earlier in root's PATH must not be able to stand in for it).
+const IP_PATHS: [&str; 2] = ["/usr/sbin/ip", "/sbin/ip"];
+
+fn ip_binary() -> Result<&'static str, DataplaneError> {
+    static FOUND: std::sync::OnceLock<Option<&'static str>> = std::sync::OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            IP_PATHS
+                .into_iter()
+                .find(|p| std::path::Path::new(p).is_file())
+        })
+        .ok_or_else(|| DataplaneError::Route {
+            command: "ip".into(),
+            message: format!("iproute2's ip is in none of {}", IP_PATHS.join(", ")),
+        })
+}
+
 fn ip(args: &[String]) -> Result<(), DataplaneError> {
-    let out = Command::new("ip")
+    let out = Command::new(ip_binary()?)
         .args(args)
         .output()
         .map_err(|source| DataplaneError::Route {

@@ -4,7 +4,28 @@ use std::io::{self, Write};
 
 use super::{DiscoveryReport, human_bytes, risk_level};
 
+/// `s` safe for a terminal and at most `n` characters: names, users and bad log lines come
+/// from the network, so control characters (and bidi overrides) are written as escapes
+/// (`\x1b`), and a longer text is cut on a character boundary, ending in `…`.
 fn cut(s: &str, n: usize) -> String {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    let escaped;
+    let s = if s.chars().any(unsafe_char) {
+        escaped = s
+            .chars()
+            .map(|c| match c {
+                c if unsafe_char(c) && u32::from(c) < 0x100 => format!("\\x{:02x}", u32::from(c)),
+                c if unsafe_char(c) => format!("\\u{{{:x}}}", u32::from(c)),
+                c => c.to_string(),
+            })
+            .collect::<String>();
+        escaped.as_str()
+    } else {
+        s
+    };
     if s.chars().count() <= n {
         s.to_owned()
     } else {
@@ -33,13 +54,13 @@ pub(super) fn render(r: &DiscoveryReport, out: &mut dyn Write) -> io::Result<()>
             i.records
         )?;
         if let Some(e) = &i.error {
-            writeln!(out, "  error: {e}")?;
+            writeln!(out, "  error: {}", cut(e, 400))?;
         }
         for b in &i.bad_lines {
             writeln!(
                 out,
                 "  {}:{}: {}: {}",
-                i.file,
+                cut(&i.file, 200),
                 b.line,
                 b.reason,
                 cut(&b.text, 80)
@@ -134,4 +155,15 @@ pub(super) fn render(r: &DiscoveryReport, out: &mut dyn Write) -> io::Result<()>
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cells_are_escaped_and_cut_on_char_boundaries() {
+        assert_eq!(super::cut("a\u{1b}[2Jb", 40), "a\\x1b[2Jb");
+        assert_eq!(super::cut("\u{202e}x", 40), "\\u{202e}x");
+        assert_eq!(super::cut("ééééé", 3), "éé…");
+        assert_eq!(super::cut("plain.example", 40), "plain.example");
+    }
 }
