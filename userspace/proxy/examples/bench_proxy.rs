@@ -12,8 +12,10 @@
 //! INTERCEPT_CA_CERT, INTERCEPT_CA_KEY, ORIGIN_CA_CERT) or from flags: `--listen ADDR`,
 //! `--ca CERT --ca-key KEY`, `--upstream-ca FILE`, `--policies FILE.toml` (session and
 //! access policies to evaluate on every request), `--audit FILE`,
-//! `--max-upstream-per-origin N`. Steering is the harness's nft redirect here; the daemon's
-//! own steering (eBPF, `SUT_PROXY_MODE=inline`) needs the whole `tollgate run`.
+//! `--max-upstream-per-origin N`, `--max-buffered SIZE` (the inspection memory budget),
+//! `--origin ADDR` (send every connection to ADDR, loopback allowed: no redirect needed, as
+//! `tests/bench/proxy_memory.sh` runs it). Steering is the harness's nft redirect here; the
+//! daemon's own steering (eBPF, `SUT_PROXY_MODE=inline`) needs the whole `tollgate run`.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -42,6 +44,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut policies_file = None;
     let mut audit = None;
     let mut per_origin = None;
+    let mut max_buffered = None;
+    let mut origin: Option<std::net::SocketAddr> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().ok_or_else(|| format!("{a} needs a value"));
@@ -53,6 +57,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--policies" => policies_file = Some(val()?),
             "--audit" => audit = Some(val()?),
             "--max-upstream-per-origin" => per_origin = Some(val()?.parse()?),
+            "--max-buffered" => {
+                let v = val()?;
+                max_buffered = Some(
+                    tollgate_proxy::config::ByteSize::parse(&v)
+                        .ok_or_else(|| format!("--max-buffered: bad size {v}"))?,
+                )
+            }
+            "--origin" => origin = Some(val()?.parse()?),
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -68,6 +80,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cfg = ProxyConfig {
         max_upstream_connections_per_origin: per_origin
             .unwrap_or(cfg.max_upstream_connections_per_origin),
+        max_buffered_bytes: max_buffered.unwrap_or(cfg.max_buffered_bytes),
+        // The load generator opens every connection from one address.
+        max_connections_per_client: 100_000,
         ..cfg
     };
     let policies: PolicySet = match policies_file {
@@ -102,7 +117,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             })
         });
         let (_tx, rx) = watch::channel(HashSet::from(["bench".to_string()]));
-        let h = SessionProxy::start(cfg, &policies, lookup, rx).await?;
+        let opts = match origin {
+            Some(a) => tollgate_proxy::StartOptions {
+                destination: tollgate_proxy::Destination::Fixed(a),
+                ca: None,
+                allow_loopback_destinations: true,
+            },
+            None => tollgate_proxy::StartOptions::default(),
+        };
+        let h = SessionProxy::start_with(cfg, &policies, lookup, rx, opts).await?;
         eprintln!(
             "bench_proxy listening on {} ({threads} worker threads)",
             h.local_addr()

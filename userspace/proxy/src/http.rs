@@ -1151,7 +1151,17 @@ impl ConnCtx {
                 .get(&self.shared.upstream, &self.key, timeout),
         )
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| {
+            // The client handshake went ahead on a recently verified origin; a certificate
+            // that fails now is counted like one that failed before the handshake.
+            if matches!(e, UpstreamFailure::Certificate(_)) {
+                self.shared
+                    .stats
+                    .upstream_cert_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            e.to_string()
+        })
     }
 
     /// Sends the request to the origin with `authority` (the one the policies judged) as

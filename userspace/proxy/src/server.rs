@@ -80,6 +80,8 @@ pub struct Shared {
     /// Tests and benches whose origins listen on loopback.
     allow_loopback: bool,
     per_client: Mutex<HashMap<IpAddr, usize>>,
+    /// The host's own addresses, re-read every few seconds.
+    local: Mutex<LocalCache>,
     server_h2: Arc<ServerConfig>,
     server_h1: Arc<ServerConfig>,
     trust: Mutex<HashMap<(IpAddr, String), Trust>>,
@@ -106,6 +108,12 @@ pub enum HandshakeEnd {
     Silent,
     Other,
 }
+
+/// When the host's addresses were read, and what they were.
+type LocalCache = (Option<Instant>, Arc<Vec<ipnet::IpNet>>);
+
+/// How long the host's own addresses are cached.
+const LOCAL_ADDRS_TTL: Duration = Duration::from_secs(5);
 
 /// Silent drops (without any completed handshake in between) that count as a rejection.
 const SILENT_DROPS_TO_REJECT: u8 = 2;
@@ -202,6 +210,7 @@ impl Shared {
             budget: Budget::new(cfg_budget),
             allow_loopback,
             per_client: Mutex::new(HashMap::new()),
+            local: Mutex::new((None, Arc::new(Vec::new()))),
             trust: Mutex::new(HashMap::new()),
         })
     }
@@ -346,11 +355,20 @@ impl Shared {
 
     /// Why the proxy must not connect to `dst`, if it must not.
     pub fn destination_refused(&self, dst: IpAddr) -> Option<String> {
+        let local = {
+            let Ok(mut cache) = self.local.lock() else {
+                return Some("internal error (address cache)".into());
+            };
+            if cache.0.is_none_or(|at| at.elapsed() > LOCAL_ADDRS_TTL) {
+                *cache = (Some(Instant::now()), Arc::new(local_nets()));
+            }
+            cache.1.clone()
+        };
         refused_destination(
             dst,
             &self.cfg.protected_destinations,
             self.allow_loopback,
-            is_local_address,
+            |ip| local.iter().any(|n| n.contains(&ip)),
         )
     }
 
@@ -421,9 +439,56 @@ fn domain_listed(domains: &[String], name: &str) -> bool {
     })
 }
 
-/// Is `ip` an address of this host? (Binding to it works only then.)
-pub fn is_local_address(ip: IpAddr) -> bool {
-    std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+/// The host's own addresses (and local ranges, and subnet broadcast addresses) as the
+/// kernel's local routing table lists them (`/proc/net/fib_trie`, `/proc/net/if_inet6`, of
+/// the network namespace the proxy runs in). Read from the tables rather than by trying to
+/// bind, which `ip_nonlocal_bind` would make succeed for every address.
+pub fn local_nets() -> Vec<ipnet::IpNet> {
+    let mut out = Vec::new();
+    if let Ok(trie) = std::fs::read_to_string("/proc/net/fib_trie") {
+        out.extend(parse_fib_trie(&trie));
+    }
+    if let Ok(v6) = std::fs::read_to_string("/proc/net/if_inet6") {
+        for line in v6.lines() {
+            let Some(hex) = line.split_whitespace().next() else {
+                continue;
+            };
+            if let Ok(v) = u128::from_str_radix(hex, 16) {
+                let a = std::net::Ipv6Addr::from(v);
+                if let Ok(n) = ipnet::Ipv6Net::new(a, 128) {
+                    out.push(ipnet::IpNet::V6(n));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `host LOCAL` routes and `BROADCAST` addresses of a `/proc/net/fib_trie` dump.
+pub fn parse_fib_trie(text: &str) -> Vec<ipnet::IpNet> {
+    let mut out = Vec::new();
+    let mut last: Option<std::net::Ipv4Addr> = None;
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(a) = t.strip_prefix("|-- ") {
+            last = a.trim().parse().ok();
+        } else if let (Some(a), Some(rest)) = (last, t.strip_prefix('/')) {
+            let mut f = rest.split_whitespace();
+            let len: u8 = f.next().and_then(|l| l.parse().ok()).unwrap_or(32);
+            let kind = f.nth(1).unwrap_or("");
+            let net = match kind {
+                "LOCAL" => ipnet::Ipv4Net::new(a, len.min(32)).ok(),
+                "BROADCAST" => ipnet::Ipv4Net::new(a, 32).ok(),
+                _ => None,
+            };
+            if let Some(n) = net
+                && !out.contains(&ipnet::IpNet::V4(n))
+            {
+                out.push(ipnet::IpNet::V4(n));
+            }
+        }
+    }
+    out
 }
 
 /// Why a connection to `dst` must not be made (pure but for `is_local`): loopback (unless
@@ -1028,5 +1093,43 @@ impl tokio::io::AsyncWrite for Linger {
             Ok(io) => std::pin::Pin::new(io).poll_shutdown(cx),
             Err(e) => std::task::Poll::Ready(Err(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_routes_and_refused_destinations() {
+        let trie = "Local:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 127.0.0.0\n        /8 host LOCAL\n     |-- 192.0.2.2\n        /32 host LOCAL\n     |-- 192.0.2.255\n        /32 link BROADCAST\n     |-- 192.0.2.0\n        /24 link UNICAST\n";
+        let nets = parse_fib_trie(trie);
+        let local = |ip: IpAddr| nets.iter().any(|n| n.contains(&ip));
+        let refused = |s: &str, lo: bool| {
+            refused_destination(
+                s.parse().unwrap(),
+                &["10.9.0.0/16".parse().unwrap()],
+                lo,
+                local,
+            )
+        };
+        assert!(refused("192.0.2.2", false).is_some(), "own address");
+        assert!(refused("192.0.2.255", false).is_some(), "subnet broadcast");
+        assert!(refused("192.0.2.7", false).is_none(), "a neighbour");
+        assert!(refused("127.0.0.1", false).is_some());
+        assert!(
+            refused("::ffff:127.0.0.1", false).is_some(),
+            "v4-mapped loopback"
+        );
+        assert!(refused("127.0.0.1", true).is_none(), "allowed for tests");
+        assert!(
+            refused("169.254.169.254", false).is_some(),
+            "link-local (metadata)"
+        );
+        assert!(refused("fe80::1", false).is_some());
+        assert!(refused("224.0.0.1", false).is_some());
+        assert!(refused("0.0.0.0", false).is_some());
+        assert!(refused("10.9.3.4", false).unwrap().contains("protected"));
+        assert!(refused("93.184.216.34", false).is_none());
     }
 }

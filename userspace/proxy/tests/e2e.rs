@@ -172,6 +172,10 @@ async fn origin_service(
                 _ => Response::new(Full::new(Bytes::from(all))),
             }
         }
+        "/close" => Response::builder()
+            .header("connection", "close")
+            .body(Full::new(Bytes::from_static(b"closing")))
+            .unwrap(),
         "/dl/semicolon" => Response::builder()
             .header(
                 "content-disposition",
@@ -1648,4 +1652,87 @@ async fn destinations_on_the_gateway_are_refused() {
     let (code, _, _) = curl(proxy, "files.test", "/x", &env.proxy_ca, &[]).await;
     assert_eq!(code, 0, "connected to the gateway's own {own}");
     assert_eq!(env.handle.stats().refused_destinations, 1);
+}
+
+/// Serves the good certificate until `bad` is set, then the other one.
+#[derive(Debug)]
+struct Toggle {
+    good: Arc<rustls::sign::CertifiedKey>,
+    bad: Arc<rustls::sign::CertifiedKey>,
+    flip: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl rustls::server::ResolvesServerCert for Toggle {
+    fn resolve(
+        &self,
+        _: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(if self.flip.load(std::sync::atomic::Ordering::SeqCst) {
+            self.bad.clone()
+        } else {
+            self.good.clone()
+        })
+    }
+}
+
+/// An origin whose certificate turns invalid after the proxy verified it once: the failure
+/// on the later connection (the client handshake already went ahead on the remembered
+/// origin) is counted as a certificate failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_failure_after_a_verified_origin_is_counted() {
+    let Some((ca, _)) = files_origin().await else {
+        return;
+    };
+    let provider = rustls::crypto::ring::default_provider();
+    let ck = |(certs, key): (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)| {
+        Arc::new(rustls::sign::CertifiedKey::new(
+            certs,
+            provider.key_provider.load_private_key(key).unwrap(),
+        ))
+    };
+    let rogue = TestCa::new("rogue CA");
+    let flip = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let resolver = Toggle {
+        good: ck(ca.leaf("files.test")),
+        bad: ck(rogue.leaf("files.test")),
+        flip: flip.clone(),
+    };
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_cert_resolver(Arc::new(resolver));
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Full handshakes only: a resumed session shows no certificate.
+    cfg.send_tls13_tickets = 0;
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(origin_service);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    let (env, proxy) = start_proxy("known-cert", origin, &ca.issuer.pem()).await;
+    let (code, _, err) = curl(proxy, "files.test", "/close", &env.proxy_ca, &["--http1.1"]).await;
+    assert_eq!(code, 200, "{err}");
+    assert_eq!(env.handle.stats().upstream_cert_failures, 0);
+    flip.store(true, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let (code, body, _) = curl(proxy, "files.test", "/x", &env.proxy_ca, &["--http1.1"]).await;
+    assert_eq!(code, 502, "{}", String::from_utf8_lossy(&body));
+    let st = env.handle.stats();
+    assert_eq!(st.upstream_cert_failures, 1, "{st:?}");
 }
