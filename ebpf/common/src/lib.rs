@@ -17,7 +17,7 @@
 
 /// Bumped whenever a map key, value or event layout changes. Pins live under a directory named
 /// after it, so a daemon of a different ABI never reuses incompatible pinned maps.
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
 // ---- map names (the symbol names of the statics in the probes; at most 15 bytes) ----
 
@@ -323,11 +323,15 @@ pub const STAT_STEERED: usize = 29;
 pub const STAT_STEER_NO_PROXY: usize = 30;
 /// QUIC Initials toward a steered destination refused with an ICMP unreachable.
 pub const STAT_STEER_QUIC_REFUSED: usize = 31;
+/// DNS messages toward a user that were not sent to userspace because the user side of
+/// their flow sent nothing through this interface first (an answer without a query:
+/// spoofed or unsolicited). A flood of them costs a map lookup, never ring space.
+pub const STAT_DNS_UNSOLICITED: usize = 32;
 /// Number of counter slots (room to grow without changing the value size).
-pub const STATS_LEN: usize = 32;
+pub const STATS_LEN: usize = 40;
 
 /// Human names of the counter ids, for logs and `tollgate` status lines.
-pub const STAT_NAMES: [(usize, &str); 32] = [
+pub const STAT_NAMES: [(usize, &str); 33] = [
     (STAT_PACKETS, "packets"),
     (STAT_BYTES, "bytes"),
     (STAT_EVENTS, "events"),
@@ -360,6 +364,7 @@ pub const STAT_NAMES: [(usize, &str); 32] = [
     (STAT_STEERED, "steered"),
     (STAT_STEER_NO_PROXY, "steer_no_proxy"),
     (STAT_STEER_QUIC_REFUSED, "steer_quic_refused"),
+    (STAT_DNS_UNSOLICITED, "dns_unsolicited"),
 ];
 
 // ---- defaults the probes use when the config map is still zero ----
@@ -416,7 +421,9 @@ pub struct FlowValue {
     pub inspected_up: u32,
     /// Payload-carrying packets inspected toward the user.
     pub inspected_down: u32,
-    /// Interface of the first packet.
+    /// Interface of the first packet from the user (of the first packet when the flow began
+    /// toward the user): DNS answers are sent to userspace only when they leave toward the
+    /// user through the interface their query came in by.
     pub ifindex: u32,
     /// Cached decision (`ACTION_*`) for this flow, valid while `verdict_gen` equals
     /// [`Config::generation`]; the probes re-evaluate the verdict maps when it does not.

@@ -50,7 +50,7 @@ use tollgate_common::{
     Stats, name_hash_step,
 };
 use tollgate_common::{
-    FLOW_F_STEERED, STAT_STEER_NO_PROXY, STAT_STEER_QUIC_REFUSED, STAT_STEERED, STEER_MARK,
+    FLOW_F_STEERED, STAT_DNS_UNSOLICITED, STAT_STEER_NO_PROXY, STAT_STEER_QUIC_REFUSED, STAT_STEERED, STEER_MARK,
     STEER_PREFIX_CAPACITY, STEER_SLOT_V4, STEER_SLOT_V6, STEER_SOCK_SLOTS, STEER_TCP_PORT,
     STEER_UDP_PORT, SteerEntry,
 };
@@ -482,6 +482,9 @@ fn try_run(ctx: &TcContext, dir: u8, egress: bool) -> Result<i32, i32> {
         let iif = sk_field_ingress_ifindex(ctx);
         if iif != 0 && TG_IFACES.get_ptr(iif).is_some() {
             stat2(STAT_PACKETS, u64::from(segs), STAT_DEDUP, 1);
+            if dir != DIR_UP {
+                forwarded_dns_answer(ctx, dir);
+            }
             return Ok(PASS);
         }
     }
@@ -513,6 +516,11 @@ fn try_run(ctx: &TcContext, dir: u8, egress: bool) -> Result<i32, i32> {
             // CPUs in the same direction at the same instant; atomics cost ~10 ns per packet.
             unsafe {
                 if up {
+                    if (*f).packets_up == 0 {
+                        // The flow began toward the user (perhaps an unsolicited answer):
+                        // from now on it belongs to the interface the user sends by.
+                        (*f).ifindex = ifindex;
+                    }
                     (*f).packets_up += u64::from(segs);
                     (*f).bytes_up += u64::from(pkt.l3_len);
                 } else {
@@ -1342,6 +1350,47 @@ fn make_nxdomain(skb: *mut __sk_buff, pkt: &Pkt, question_len: u32) -> bool {
         && swap_macs(ctx)
 }
 
+/// Whether a DNS message toward the user on `flow`, leaving by `ifindex`, may answer a query:
+/// the user side sent on the flow, through this interface. With a LAN interface the query is
+/// seen on LAN ingress and its answer on LAN egress (after de-NAT, see
+/// [`forwarded_dns_answer`]); with WAN interfaces only, on WAN egress and WAN ingress. Either
+/// way query and answer are seen from one side of the NAT, under one flow key.
+#[inline(always)]
+fn dns_answer_expected(flow: &FlowValue, ifindex: u32) -> bool {
+    flow.packets_up != 0 && flow.ifindex == ifindex
+}
+
+/// A packet toward the user forwarded from another Tollgate interface (a LAN egress copy of
+/// what a WAN ingress hook already counted): only a DNS answer matters here, because its WAN
+/// copy carries the NATed address and cannot be matched to the user's query. It is sent to
+/// userspace when the user's query came in by this interface; nothing is counted twice.
+#[inline(always)]
+fn forwarded_dns_answer(ctx: &TcContext, dir: u8) {
+    let Ok(pkt) = parse(ctx, dir) else {
+        return;
+    };
+    if pkt.key.remote_port != DNS_PORT || pkt.payload_len == 0 {
+        return;
+    }
+    let ifindex = sk_field_ifindex(ctx);
+    let Some(f) = TG_FLOWS.get_ptr_mut(&pkt.key) else {
+        stat(STAT_DNS_UNSOLICITED, 1);
+        return;
+    };
+    // SAFETY: live LRU map value; see try_run.
+    let flow = unsafe { &mut *f };
+    if !dns_answer_expected(flow, ifindex) {
+        stat(STAT_DNS_UNSOLICITED, 1);
+        return;
+    }
+    // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let lim = limits();
+    flow.flags |= FLOW_F_DNS;
+    flow.last_seen_ns = now;
+    emit(ctx, &pkt, flow, dir, KIND_DNS, 0, ifindex, now, &lim);
+}
+
 /// Config values with defaults for zero fields.
 struct Limits {
     max_events: u32,
@@ -1490,6 +1539,14 @@ fn inspect(
     let first4 = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
 
     if dns {
+        // An answer is evidence only for a query the user sent: one toward the user on a
+        // flow whose user side sent nothing through this interface never reaches the ring
+        // (a flood of spoofed answers cannot crowd out real events). Userspace matches the
+        // transaction id and the question.
+        if !up && !dns_answer_expected(flow, ifindex) {
+            stat(STAT_DNS_UNSOLICITED, 1);
+            return 0;
+        }
         flow.flags |= FLOW_F_DNS;
         emit(ctx, pkt, flow, dir, KIND_DNS, 0, ifindex, now, &lim);
         return KIND_DNS;

@@ -35,7 +35,9 @@ pub use blockpage::{
     BLOCK_PAGE_MAX, block_page_html, block_page_packet, block_page_response, send_block_page,
 };
 pub use steer::{ListenerFamilies, PolicyRoute, SteerWriter, policy_route_commands};
-pub use verdicts::{Action, EnforceOptions, NameRule, VerdictWriter, monotonic_ns, normalize_name};
+pub use verdicts::{
+    Action, EnforceOptions, NameRule, VerdictWriter, monotonic_ns, name_key, normalize_name,
+};
 
 use std::{
     collections::HashSet,
@@ -173,6 +175,8 @@ pub struct DataplaneStats {
     pub http_blocked: u64,
     /// DNS queries the probes answered with NXDOMAIN.
     pub dns_refused: u64,
+    /// DNS messages toward users not sent to userspace: no query from the user on the flow.
+    pub dns_unsolicited: u64,
     /// Every counter by id (including ids this build has no field for).
     pub raw: Vec<u64>,
 }
@@ -209,6 +213,7 @@ impl DataplaneStats {
             http_host_found: g(STAT_HTTP_HOST_FOUND),
             http_blocked: g(STAT_HTTP_BLOCKED),
             dns_refused: g(STAT_DNS_REFUSED),
+            dns_unsolicited: g(STAT_DNS_UNSOLICITED),
             raw,
         }
     }

@@ -83,6 +83,13 @@ pub fn normalize_name(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
 }
 
+/// The key a name's verdict is stored under.
+pub fn name_key(name: &str) -> NameKey {
+    NameKey {
+        hash: name_hash(normalize_name(name).as_bytes()),
+    }
+}
+
 /// Borrowed access to the verdict maps.
 pub struct VerdictWriter<'a> {
     pub(crate) ebpf: &'a mut Ebpf,
@@ -275,6 +282,54 @@ impl VerdictWriter<'_> {
             _pad: 0,
         };
         m.insert(key, v, 0).map_err(map_err(abi::MAP_NAME_VERDICTS))
+    }
+
+    /// The keys of every name verdict in the (pinned) map, for reconciling it at start with
+    /// what the config wants (an earlier run may have left names the config no longer has).
+    pub fn name_keys(&mut self) -> Result<Vec<NameKey>, DataplaneError> {
+        let m: BpfHashMap<&mut MapData, NameKey, NameVerdict> =
+            BpfHashMap::try_from(map_mut(self.ebpf, abi::MAP_NAME_VERDICTS)?)
+                .map_err(map_err(abi::MAP_NAME_VERDICTS))?;
+        Ok(m.keys().filter_map(Result::ok).collect())
+    }
+
+    /// Removes a name verdict by its key (see [`VerdictWriter::name_keys`]).
+    pub fn remove_name_key(&mut self, key: &NameKey) -> Result<(), DataplaneError> {
+        let mut m: BpfHashMap<&mut MapData, NameKey, NameVerdict> =
+            BpfHashMap::try_from(map_mut(self.ebpf, abi::MAP_NAME_VERDICTS)?)
+                .map_err(map_err(abi::MAP_NAME_VERDICTS))?;
+        match m.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(abi::MAP_NAME_VERDICTS)(e)),
+        }
+    }
+
+    /// Every block/allow prefix in the (pinned) tries with its verdict.
+    pub fn prefixes(&mut self) -> Result<Vec<(IpAddr, u8, IpVerdict)>, DataplaneError> {
+        let mut out = Vec::new();
+        let m: LpmTrie<&mut MapData, [u8; 4], IpVerdict> =
+            LpmTrie::try_from(map_mut(self.ebpf, abi::MAP_BLOCK_V4)?)
+                .map_err(map_err(abi::MAP_BLOCK_V4))?;
+        for (k, v) in m.iter().filter_map(Result::ok) {
+            let len = u8::try_from(k.prefix_len()).unwrap_or(32);
+            out.push((IpAddr::from(k.data()), len, v));
+        }
+        let m: LpmTrie<&mut MapData, [u8; 16], IpVerdict> =
+            LpmTrie::try_from(map_mut(self.ebpf, abi::MAP_BLOCK_V6)?)
+                .map_err(map_err(abi::MAP_BLOCK_V6))?;
+        for (k, v) in m.iter().filter_map(Result::ok) {
+            let len = u8::try_from(k.prefix_len()).unwrap_or(128);
+            out.push((IpAddr::from(k.data()), len, v));
+        }
+        Ok(out)
+    }
+
+    /// Every per-flow verdict in the (pinned) map.
+    pub fn flow_verdicts(&mut self) -> Result<Vec<(FlowKey, FlowVerdict)>, DataplaneError> {
+        let m: BpfHashMap<&mut MapData, FlowKey, FlowVerdict> =
+            BpfHashMap::try_from(map_mut(self.ebpf, abi::MAP_FLOW_VERDICTS)?)
+                .map_err(map_err(abi::MAP_FLOW_VERDICTS))?;
+        Ok(m.iter().filter_map(Result::ok).collect())
     }
 
     /// Removes a name's decision.

@@ -65,6 +65,23 @@ pub struct FlowTableLimits {
     /// [`FlowTable::records_with_meta`]): about 200 B of heap a TLS flow (ALPN list, bits,
     /// JA4), so a daemon that never reports it turns it off.
     pub meta: bool,
+    /// Learn from a DNS answer only when it matches a query the flow's client sent: same
+    /// 5-tuple (reversed), transaction id and question, within [`Self::dns_query_timeout`].
+    /// Whoever can send a packet from port 53 chooses an unsolicited answer's names and
+    /// addresses, so the live daemon (which blocks and steers by them) turns this on; an
+    /// offline capture, which often starts mid-conversation, may leave it off.
+    pub dns_answers_need_query: bool,
+    /// Queries waiting for their answer, at most; past it the oldest is forgotten
+    /// (counted in [`FlowTableStats::dns_queries_evicted`]).
+    pub max_pending_dns: usize,
+    /// How long a query waits for its answer (resolvers give up after a few seconds).
+    pub dns_query_timeout: Duration,
+    /// Longest TTL believed, for the cache and for [`FlowTable::take_dns_answers`]: an
+    /// answer's TTL is chosen by whoever wrote it (up to 136 years).
+    pub dns_max_ttl: Duration,
+    /// Keep matched answers for [`FlowTable::take_dns_answers`] (the daemon takes them after
+    /// every event; at most [`MAX_DNS_ANSWERS_HELD`] wait).
+    pub collect_dns_answers: bool,
 }
 
 impl Default for FlowTableLimits {
@@ -80,8 +97,29 @@ impl Default for FlowTableLimits {
             max_buffered_bytes: 64 * 1024 * 1024,
             fingerprints: true,
             meta: true,
+            dns_answers_need_query: false,
+            max_pending_dns: 16_384,
+            dns_query_timeout: Duration::from_secs(15),
+            dns_max_ttl: Duration::from_secs(86_400),
+            collect_dns_answers: false,
         }
     }
+}
+
+/// Addresses from matched DNS answers waiting for [`FlowTable::take_dns_answers`], at most
+/// (one answer holds at most 64 records; a caller that never takes them loses the oldest).
+pub const MAX_DNS_ANSWERS_HELD: usize = 4096;
+
+/// An address a DNS answer gave for a name, from an answer that matched its client's query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsAnswer {
+    /// The client that asked (the resolver's user).
+    pub client: IpAddr,
+    /// The question name, lower case.
+    pub name: String,
+    pub ip: IpAddr,
+    /// The record's TTL, capped at [`FlowTableLimits::dns_max_ttl`].
+    pub ttl: Duration,
 }
 
 /// Which way a live payload copy travelled. Up is from the user (LAN side).
@@ -247,6 +285,19 @@ pub struct FlowTableStats {
     pub buffered_bytes: usize,
     /// Payloads not buffered because the table-wide byte budget was spent.
     pub buffer_budget_drops: u64,
+    /// DNS answers that matched a query of their client and were learned from.
+    pub dns_answers_matched: u64,
+    /// DNS answers refused: no pending query of the client with that 5-tuple and
+    /// transaction id (unsolicited, spoofed, late or duplicate answers).
+    pub dns_answers_unmatched: u64,
+    /// DNS answers refused: the transaction id matched but the question did not.
+    pub dns_answers_wrong_question: u64,
+    /// Pending queries forgotten for room before their answer came.
+    pub dns_queries_evicted: u64,
+    /// Queries waiting for their answer now.
+    pub dns_queries_pending: usize,
+    /// Records whose TTL was above [`FlowTableLimits::dns_max_ttl`] (used capped).
+    pub dns_ttl_capped: u64,
 }
 
 /// Strength of the evidence for which side is the client.
@@ -349,6 +400,24 @@ struct Flow {
     name_source: Option<NameSource>,
     meta: Option<Box<Meta>>,
     inspect: Option<Box<Inspect>>,
+}
+
+/// A query waiting for its answer: who asked whom, over what, with which id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct PendingKey {
+    proto: L4Proto,
+    client: Endpoint,
+    server: Endpoint,
+    id: u16,
+}
+
+#[derive(Debug, Clone)]
+struct PendingQuery {
+    /// Lower case, no trailing dot.
+    name: Box<str>,
+    qtype: u16,
+    qclass: u16,
+    sent: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone)]
@@ -486,6 +555,12 @@ pub struct FlowTable {
     ech: EchHints,
     full_sweep_at: Option<DateTime<Utc>>,
     names: Names,
+    /// Queries waiting for their answer, and their keys oldest first (for expiry and
+    /// eviction; keys already answered are skipped when they come up).
+    pending_dns: HashMap<PendingKey, PendingQuery, ahash::RandomState>,
+    pending_order: VecDeque<(PendingKey, DateTime<Utc>)>,
+    /// Matched answers for [`FlowTable::take_dns_answers`].
+    dns_answers: VecDeque<DnsAnswer>,
 }
 
 const SWEEP_EVERY: u32 = 8192;
@@ -508,7 +583,16 @@ impl FlowTable {
             ech: EchHints::default(),
             full_sweep_at: None,
             names: Names::default(),
+            pending_dns: HashMap::default(),
+            pending_order: VecDeque::new(),
+            dns_answers: VecDeque::new(),
         }
+    }
+
+    /// Addresses learned from matched DNS answers since the last call (with
+    /// [`FlowTableLimits::collect_dns_answers`]), oldest first.
+    pub fn take_dns_answers(&mut self) -> Vec<DnsAnswer> {
+        self.dns_answers.drain(..).collect()
     }
 
     pub fn limits(&self) -> &FlowTableLimits {
@@ -629,6 +713,7 @@ impl FlowTable {
             .count();
         s.finished_flows = self.finished.len();
         s.dns_cache_entries = self.dns_cache.len();
+        s.dns_queries_pending = self.pending_dns.len();
         s.buffered_bytes = self.buffered;
         s
     }
@@ -677,6 +762,79 @@ impl FlowTable {
         self.dns_cache.retain(|_, e| e.expires >= now);
         let cache = &self.dns_cache;
         self.dns_order.retain(|ip| cache.contains_key(ip));
+        self.expire_queries(now);
+    }
+
+    /// Forgets queries whose answer is overdue.
+    fn expire_queries(&mut self, now: DateTime<Utc>) {
+        let timeout = TimeDelta::from_std(self.limits.dns_query_timeout).unwrap_or(TimeDelta::MAX);
+        while let Some((k, sent)) = self.pending_order.front().copied() {
+            if sent + timeout >= now {
+                break;
+            }
+            self.pending_order.pop_front();
+            if self.pending_dns.get(&k).is_some_and(|q| q.sent == sent) {
+                self.pending_dns.remove(&k);
+            }
+        }
+    }
+
+    /// Remembers a query the client sent, within the pending-query bound.
+    fn remember_query(&mut self, key: PendingKey, m: &dns::Message, ts: DateTime<Utc>) {
+        let Some(q) = m.questions.first() else { return };
+        if m.questions.len() != 1 || self.limits.max_pending_dns == 0 {
+            return;
+        }
+        self.expire_queries(self.now);
+        while self.pending_dns.len() >= self.limits.max_pending_dns {
+            let Some((k, sent)) = self.pending_order.pop_front() else {
+                break;
+            };
+            if self.pending_dns.get(&k).is_some_and(|q| q.sent == sent) {
+                self.pending_dns.remove(&k);
+                self.stats.dns_queries_evicted += 1;
+            }
+        }
+        // Keys of answered queries linger in the order until they come up: keep it from
+        // growing past twice the bound under a fast stream of answered queries.
+        if self.pending_order.len() >= self.limits.max_pending_dns.saturating_mul(2) {
+            let live = &self.pending_dns;
+            self.pending_order
+                .retain(|(k, sent)| live.get(k).is_some_and(|q| q.sent == *sent));
+        }
+        self.pending_dns.insert(
+            key,
+            PendingQuery {
+                name: normalize_qname(&q.name).into(),
+                qtype: q.qtype,
+                qclass: q.qclass,
+                sent: ts,
+            },
+        );
+        self.pending_order.push_back((key, ts));
+    }
+
+    /// Whether an answer matches a pending query (consumed when it does); counts refusals.
+    fn match_answer(&mut self, key: PendingKey, m: &dns::Message) -> bool {
+        self.expire_queries(self.now);
+        let Some(pending) = self.pending_dns.get(&key) else {
+            self.stats.dns_answers_unmatched += 1;
+            return false;
+        };
+        let same = m.questions.len() == 1
+            && m.questions.first().is_some_and(|q| {
+                q.qtype == pending.qtype
+                    && q.qclass == pending.qclass
+                    && normalize_qname(&q.name) == *pending.name
+            });
+        if !same {
+            // The query stays pending: the real answer may still come.
+            self.stats.dns_answers_wrong_question += 1;
+            return false;
+        }
+        self.pending_dns.remove(&key);
+        self.stats.dns_answers_matched += 1;
+        true
     }
 
     // ---- internals -------------------------------------------------------------------
@@ -1068,9 +1226,85 @@ impl FlowTable {
             return;
         }
         let response = m.is_response();
+        let live = self.flows.len();
+        let Some(f) = self.flows.get_mut(&ck) else {
+            return;
+        };
+        // A query is sent by the client; a response by the server.
+        set_client(f, side, !response, Evidence::Payload);
+        let client_side = usize::from(f.client);
+        let (sender, receiver) = if side == 0 {
+            (ck.a, ck.b)
+        } else {
+            (ck.b, ck.a)
+        };
+        // Whether this message may name the flow and teach addresses.
+        let trusted = if !self.limits.dns_answers_need_query {
+            true
+        } else if !response {
+            // Only the client's own queries are remembered: a "query" sent toward the
+            // client (from the internet side) asks nothing on its behalf.
+            if side == client_side {
+                let key = PendingKey {
+                    proto: ck.proto,
+                    client: sender,
+                    server: receiver,
+                    id: m.id,
+                };
+                self.remember_query(key, m, ts);
+                true
+            } else {
+                false
+            }
+        } else if side != client_side {
+            let key = PendingKey {
+                proto: ck.proto,
+                client: receiver,
+                server: sender,
+                id: m.id,
+            };
+            self.match_answer(key, m)
+        } else {
+            self.stats.dns_answers_unmatched += 1;
+            false
+        };
+        if !trusted {
+            return;
+        }
+        if let Some(f) = self.flows.get_mut(&ck) {
+            if let Some(q) = m.query_name().filter(|q| !q.is_empty())
+                && self.limits.meta
+            {
+                let x = f.meta.get_or_insert_with(Default::default).extra();
+                if x.dns_queries.len() < MAX_DNS_QUERIES_KEPT
+                    && !x.dns_queries.iter().any(|e| &**e == q)
+                {
+                    x.dns_queries.push(q.into());
+                }
+            }
+            if f.name.is_none()
+                && let Some(q) = m.query_name().filter(|q| !q.is_empty())
+            {
+                *self.stats.names_by_source.entry("dns").or_default() += 1;
+                f.name = Some(self.names.get(q, live));
+                f.name_source = Some(NameSource::Dns);
+            }
+        }
         if response {
             for (ip, name, ttl) in m.address_map() {
+                let ttl = self.cap_ttl(ttl);
                 self.dns_learn(ip, &name, ttl, ts);
+                if self.limits.collect_dns_answers {
+                    if self.dns_answers.len() >= MAX_DNS_ANSWERS_HELD {
+                        self.dns_answers.pop_front();
+                    }
+                    self.dns_answers.push_back(DnsAnswer {
+                        client: receiver.0,
+                        name: name.to_ascii_lowercase(),
+                        ip,
+                        ttl,
+                    });
+                }
             }
             if let Some(q) = m.query_name() {
                 for rec in &m.answers {
@@ -1082,33 +1316,21 @@ impl FlowTable {
                 }
             }
         }
-        let live = self.flows.len();
-        let Some(f) = self.flows.get_mut(&ck) else {
-            return;
-        };
-        // A query is sent by the client; a response by the server.
-        set_client(f, side, !response, Evidence::Payload);
-        if let Some(q) = m.query_name().filter(|q| !q.is_empty())
-            && self.limits.meta
-        {
-            let x = f.meta.get_or_insert_with(Default::default).extra();
-            if x.dns_queries.len() < MAX_DNS_QUERIES_KEPT
-                && !x.dns_queries.iter().any(|e| &**e == q)
-            {
-                x.dns_queries.push(q.into());
-            }
-        }
-        if f.name.is_none()
-            && let Some(q) = m.query_name().filter(|q| !q.is_empty())
-        {
-            *self.stats.names_by_source.entry("dns").or_default() += 1;
-            f.name = Some(self.names.get(q, live));
-            f.name_source = Some(NameSource::Dns);
+    }
+
+    /// A record's TTL, at most [`FlowTableLimits::dns_max_ttl`] (counted when capped).
+    fn cap_ttl(&mut self, ttl: u32) -> Duration {
+        let ttl = Duration::from_secs(u64::from(ttl));
+        if ttl > self.limits.dns_max_ttl {
+            self.stats.dns_ttl_capped += 1;
+            self.limits.dns_max_ttl
+        } else {
+            ttl
         }
     }
 
-    fn dns_learn(&mut self, ip: IpAddr, name: &str, ttl: u32, ts: DateTime<Utc>) {
-        let life = Duration::from_secs(u64::from(ttl)).max(self.limits.dns_min_ttl);
+    fn dns_learn(&mut self, ip: IpAddr, name: &str, ttl: Duration, ts: DateTime<Utc>) {
+        let life = ttl.max(self.limits.dns_min_ttl);
         let expires = ts + TimeDelta::from_std(life).unwrap_or(TimeDelta::MAX);
         if !self.dns_cache.contains_key(&ip) {
             while self.dns_cache.len() >= self.limits.max_dns_cache {
@@ -1264,6 +1486,11 @@ fn new_inspect() -> Box<Inspect> {
         crypto: None,
         quic_dcid: None,
     })
+}
+
+/// A question name as compared between a query and its answer: lower case, no trailing dot.
+fn normalize_qname(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
 }
 
 fn set_client(f: &mut Flow, side: usize, sender_is_client: bool, strength: Evidence) {
@@ -1568,6 +1795,258 @@ mod tests {
         assert_eq!(recs[0].src, IpAddr::V4(Ipv4Addr::from(c))); // response: receiver is client
         assert_eq!(recs[1].name.as_deref(), Some("www.github.com"));
         assert_eq!(recs[2].name, None, "TTL 60 s expired before t=500");
+    }
+
+    /// A DNS message: a query (`answer: None`) or a response with one A record.
+    fn dns_msg(id: u16, q: &str, answer: Option<([u8; 4], u32)>) -> Vec<u8> {
+        let an = u8::from(answer.is_some());
+        let flags = if answer.is_some() {
+            [0x81, 0x80]
+        } else {
+            [0x01, 0x00]
+        };
+        let mut m = vec![
+            (id >> 8) as u8,
+            id as u8,
+            flags[0],
+            flags[1],
+            0,
+            1,
+            0,
+            an,
+            0,
+            0,
+            0,
+            0,
+        ];
+        for l in q.split('.') {
+            m.push(l.len() as u8);
+            m.extend_from_slice(l.as_bytes());
+        }
+        m.extend_from_slice(&[0, 0, 1, 0, 1]);
+        if let Some((ip, ttl)) = answer {
+            m.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1]);
+            m.extend_from_slice(&ttl.to_be_bytes());
+            m.extend_from_slice(&[0, 4]);
+            m.extend_from_slice(&ip);
+        }
+        m
+    }
+
+    fn live_dns(
+        src: ([u8; 4], u16),
+        dst: ([u8; 4], u16),
+        direction: Direction,
+        payload: &[u8],
+        t: i64,
+    ) -> PayloadObservation<'_> {
+        PayloadObservation {
+            proto: L4Proto::Udp,
+            src: IpAddr::V4(Ipv4Addr::from(src.0)),
+            sport: src.1,
+            dst: IpAddr::V4(Ipv4Addr::from(dst.0)),
+            dport: dst.1,
+            direction,
+            ts: ts(t),
+            tcp_seq: 0,
+            tcp_flags: 0,
+            payload,
+        }
+    }
+
+    fn strict() -> FlowTable {
+        FlowTable::new(FlowTableLimits {
+            dns_answers_need_query: true,
+            collect_dns_answers: true,
+            ..FlowTableLimits::default()
+        })
+    }
+
+    const CLIENT: ([u8; 4], u16) = ([10, 0, 0, 2], 40000);
+    const RESOLVER: ([u8; 4], u16) = ([10, 0, 0, 1], 53);
+    const INNOCENT: [u8; 4] = [93, 184, 216, 34];
+
+    #[test]
+    fn unsolicited_dns_answer_teaches_nothing() {
+        let mut t = strict();
+        let ans = dns_msg(7, "www.dropbox.com", Some((INNOCENT, 300)));
+        t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &ans, 0));
+        assert!(t.take_dns_answers().is_empty());
+        assert_eq!(t.dns_entries().count(), 0);
+        assert_eq!(t.stats().dns_answers_unmatched, 1);
+        // Nor does it name the DNS flow it came on.
+        assert_eq!(
+            t.own_name(
+                L4Proto::Udp,
+                (IpAddr::V4(Ipv4Addr::from(CLIENT.0)), CLIENT.1),
+                (IpAddr::V4(Ipv4Addr::from(RESOLVER.0)), RESOLVER.1)
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn dns_answer_must_match_txid_question_and_tuple() {
+        let mut t = strict();
+        let q = dns_msg(7, "www.dropbox.com", None);
+        t.observe_payload(&live_dns(CLIENT, RESOLVER, Direction::Up, &q, 0));
+        assert_eq!(t.stats().dns_queries_pending, 1);
+        // Wrong transaction id.
+        let a = dns_msg(8, "www.dropbox.com", Some((INNOCENT, 300)));
+        t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 0));
+        // Right id, other question.
+        let a = dns_msg(7, "dropbox.com", Some((INNOCENT, 300)));
+        t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 0));
+        // Right id and question, from another server.
+        let a = dns_msg(7, "www.dropbox.com", Some((INNOCENT, 300)));
+        t.observe_payload(&live_dns(
+            ([10, 0, 0, 9], 53),
+            CLIENT,
+            Direction::Down,
+            &a,
+            0,
+        ));
+        // To another client port.
+        t.observe_payload(&live_dns(
+            RESOLVER,
+            (CLIENT.0, 40001),
+            Direction::Down,
+            &a,
+            0,
+        ));
+        assert!(t.take_dns_answers().is_empty());
+        let st = t.stats();
+        assert_eq!(st.dns_answers_unmatched, 3, "{st:?}");
+        assert_eq!(st.dns_answers_wrong_question, 1, "{st:?}");
+        assert_eq!(st.dns_answers_matched, 0);
+        // The real answer (case of the name may differ) still matches, once.
+        let a = dns_msg(7, "WWW.Dropbox.com", Some(([162, 125, 1, 1], 300)));
+        t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 1));
+        let got = t.take_dns_answers();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].ip, IpAddr::V4(Ipv4Addr::new(162, 125, 1, 1)));
+        assert_eq!(got[0].name, "www.dropbox.com");
+        assert_eq!(got[0].client, IpAddr::V4(Ipv4Addr::from(CLIENT.0)));
+        t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 1));
+        assert!(
+            t.take_dns_answers().is_empty(),
+            "a second answer is not matched"
+        );
+        assert_eq!(t.stats().dns_queries_pending, 0);
+    }
+
+    #[test]
+    fn dns_query_from_the_internet_side_is_not_pending() {
+        let mut t = strict();
+        // A "query" sent toward the client does not make its answer trusted.
+        let q = dns_msg(7, "www.dropbox.com", None);
+        t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &q, 0));
+        let a = dns_msg(7, "www.dropbox.com", Some((INNOCENT, 300)));
+        t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 0));
+        assert!(t.take_dns_answers().is_empty());
+        assert_eq!(t.stats().dns_queries_pending, 0);
+    }
+
+    #[test]
+    fn dns_queries_expire_and_are_bounded() {
+        let mut t = FlowTable::new(FlowTableLimits {
+            dns_answers_need_query: true,
+            collect_dns_answers: true,
+            max_pending_dns: 4,
+            dns_query_timeout: Duration::from_secs(5),
+            ..FlowTableLimits::default()
+        });
+        let q = dns_msg(7, "a.example", None);
+        t.observe_payload(&live_dns(CLIENT, RESOLVER, Direction::Up, &q, 0));
+        let a = dns_msg(7, "a.example", Some((INNOCENT, 300)));
+        // Past the timeout: the answer is late, refused.
+        t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 6));
+        assert!(t.take_dns_answers().is_empty());
+        assert_eq!(t.stats().dns_answers_unmatched, 1);
+        // Ten queries from ten ports: only four wait, the oldest six were evicted.
+        for port in 0..10u16 {
+            let q = dns_msg(port, "b.example", None);
+            t.observe_payload(&live_dns(
+                (CLIENT.0, 50000 + port),
+                RESOLVER,
+                Direction::Up,
+                &q,
+                7,
+            ));
+        }
+        let st = t.stats();
+        assert_eq!(st.dns_queries_pending, 4);
+        assert_eq!(st.dns_queries_evicted, 6);
+        let a = dns_msg(9, "b.example", Some((INNOCENT, 300)));
+        t.observe_payload(&live_dns(
+            RESOLVER,
+            (CLIENT.0, 50009),
+            Direction::Down,
+            &a,
+            7,
+        ));
+        assert_eq!(
+            t.take_dns_answers().len(),
+            1,
+            "the newest query still matches"
+        );
+    }
+
+    #[test]
+    fn dns_over_tcp_answer_split_across_segments_matches_its_query() {
+        let mut t = strict();
+        fn seg(
+            src: ([u8; 4], u16),
+            dst: ([u8; 4], u16),
+            direction: Direction,
+            tcp_seq: u32,
+            payload: &[u8],
+        ) -> PayloadObservation<'_> {
+            PayloadObservation {
+                proto: L4Proto::Tcp,
+                src: IpAddr::V4(Ipv4Addr::from(src.0)),
+                sport: src.1,
+                dst: IpAddr::V4(Ipv4Addr::from(dst.0)),
+                dport: dst.1,
+                direction,
+                ts: ts(0),
+                tcp_seq,
+                tcp_flags: tcp_flags::ACK | tcp_flags::PSH,
+                payload,
+            }
+        }
+        let framed = |m: Vec<u8>| {
+            let mut v = (m.len() as u16).to_be_bytes().to_vec();
+            v.extend_from_slice(&m);
+            v
+        };
+        let q = framed(dns_msg(9, "www.dropbox.com", None));
+        t.observe_payload(&seg(CLIENT, RESOLVER, Direction::Up, 1001, &q));
+        let a = framed(dns_msg(9, "www.dropbox.com", Some(([162, 125, 1, 1], 60))));
+        let (x, y) = a.split_at(20);
+        t.observe_payload(&seg(RESOLVER, CLIENT, Direction::Down, 5001, x));
+        assert!(
+            t.take_dns_answers().is_empty(),
+            "half an answer teaches nothing"
+        );
+        t.observe_payload(&seg(RESOLVER, CLIENT, Direction::Down, 5021, y));
+        let got = t.take_dns_answers();
+        assert_eq!(got.len(), 1, "{:?}", t.stats());
+        assert_eq!(got[0].ip, IpAddr::V4(Ipv4Addr::new(162, 125, 1, 1)));
+    }
+
+    #[test]
+    fn dns_ttl_is_capped() {
+        let mut t = strict();
+        let q = dns_msg(7, "a.example", None);
+        t.observe_payload(&live_dns(CLIENT, RESOLVER, Direction::Up, &q, 0));
+        let a = dns_msg(7, "a.example", Some((INNOCENT, 4_000_000_000)));
+        t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 0));
+        let got = t.take_dns_answers();
+        assert_eq!(got[0].ttl, Duration::from_secs(86_400));
+        assert_eq!(t.stats().dns_ttl_capped, 1);
+        let (_, _, expires) = t.dns_entries().next().unwrap();
+        assert_eq!(expires, ts(86_400));
     }
 
     /// A DNS response for `q` with one HTTPS record, with or without an ECH config whose

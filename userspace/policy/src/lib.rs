@@ -30,10 +30,12 @@
 #![forbid(unsafe_code)]
 
 mod export;
+mod protected;
 mod store;
 mod tags;
 
 pub use export::{BlocklistFormat, export_blocklist};
+pub use protected::{ProtectedAddrs, Protection};
 pub use store::{TagStore, TagStoreError};
 pub use tags::{AppSettings, Decision, Tag, TagBook, TagRule, TagSource};
 

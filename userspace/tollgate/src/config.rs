@@ -311,6 +311,42 @@ impl Config {
                 ),
             );
         }
+        let e = &self.enforcement;
+        if e.dns_max_ttl_secs == 0 {
+            return fail(
+                "enforcement.dns_max_ttl_secs",
+                "dns_max_ttl_secs",
+                "must be at least 1".into(),
+            );
+        }
+        if e.dns_block_floor_secs > e.dns_max_ttl_secs {
+            return fail(
+                "enforcement.dns_block_floor_secs",
+                "dns_block_floor_secs",
+                format!(
+                    "{} is above dns_max_ttl_secs ({})",
+                    e.dns_block_floor_secs, e.dns_max_ttl_secs
+                ),
+            );
+        }
+        if e.dns_learned_max == 0 || e.dns_learned_max > crate::enforce::MAX_DNS_LEARNED {
+            return fail(
+                "enforcement.dns_learned_max",
+                "dns_learned_max",
+                format!(
+                    "must be 1..={} (the block tries hold {} prefixes, shared with catalog ranges)",
+                    crate::enforce::MAX_DNS_LEARNED,
+                    tollgate_dataplane::abi::BLOCK_PREFIX_CAPACITY
+                ),
+            );
+        }
+        if e.dns_learn_per_client_per_min == 0 {
+            return fail(
+                "enforcement.dns_learn_per_client_per_min",
+                "dns_learn_per_client_per_min",
+                "must be at least 1".into(),
+            );
+        }
         Ok(())
     }
 }
@@ -421,6 +457,42 @@ mod tests {
         let err = Config::parse(text, "d.toml").unwrap_err().to_string();
         assert!(err.contains("d.toml:"), "{err}");
         assert!(err.contains("log_formats"), "{err}");
+    }
+
+    #[test]
+    fn dns_learning_keys_are_checked() {
+        let ok = Config::parse(
+            "[enforcement]\ndns_max_ttl_secs = 3600\nnever_block = [\"203.0.113.0/24\", \"2001:db8::/32\"]\ndns_learn_private = true\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(ok.enforcement.dns_max_ttl_secs, 3600);
+        assert_eq!(ok.enforcement.never_block.len(), 2);
+        let d = Config::parse("", "t.toml").unwrap();
+        assert_eq!(d.enforcement.dns_max_ttl_secs, 86_400);
+        assert!(!d.enforcement.dns_learn_private);
+        for (text, key) in [
+            (
+                "[enforcement]\nnever_block = [\"10.0.0.0/33\"]\n",
+                "never_block",
+            ),
+            ("[enforcement]\ndns_max_ttl_secs = 0\n", "dns_max_ttl_secs"),
+            (
+                "[enforcement]\ndns_max_ttl_secs = 60\ndns_block_floor_secs = 300\n",
+                "dns_block_floor_secs",
+            ),
+            (
+                "[enforcement]\ndns_learned_max = 70000\n",
+                "dns_learned_max",
+            ),
+            (
+                "[enforcement]\ndns_learn_per_client_per_min = 0\n",
+                "dns_learn_per_client_per_min",
+            ),
+        ] {
+            let e = Config::parse(text, "t.toml").unwrap_err().to_string();
+            assert!(e.contains("t.toml:") && e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

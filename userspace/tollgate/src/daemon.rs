@@ -32,7 +32,7 @@ use tollgate_policy::{Decision, Tag, TagBook, TagStore};
 
 use crate::config::{Config, Mode, Role, default_route_interface};
 use crate::control::{self, Request, Response};
-use crate::enforce::Enforcer;
+use crate::enforce::{Enforcer, LearnedRecord};
 
 /// Everything `tollgate run` validated before the runtime started.
 pub struct DaemonParts {
@@ -116,12 +116,78 @@ pub fn init_logging() {
         .try_init();
 }
 
-/// IPs the daemon saw DNS give for unsanctioned apps (for `export blocklist --format nft`).
+/// IPs the daemon saw DNS give for unsanctioned apps (for `export blocklist --format nft`);
+/// an unreadable file gives none (the daemon reports it when it starts).
 pub fn load_learned_ips(state_dir: &Path) -> Vec<IpAddr> {
-    std::fs::read(state_dir.join(LEARNED_IPS_FILE))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
+    load_learned(state_dir)
         .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.ip)
+        .collect()
+}
+
+/// The learned addresses persisted by the last run, with their app and expiry. A missing
+/// file is an empty list; a file of an older version (a bare list of addresses) has no
+/// expiry, so it gives nothing to re-install; a corrupt file is an error.
+pub fn load_learned(state_dir: &Path) -> Result<Vec<LearnedRecord>> {
+    let path = state_dir.join(LEARNED_IPS_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    if serde_json::from_slice::<Vec<IpAddr>>(&bytes).is_ok() {
+        return Ok(Vec::new());
+    }
+    serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Writes `learned_ips.json` durably: a temporary file of a fresh name (created, never
+/// opened through an existing path or symlink), fsynced, renamed over the old one, and the
+/// directory fsynced so that the rename survives a crash.
+fn save_learned(state_dir: &Path, records: &[LearnedRecord]) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = state_dir.join(LEARNED_IPS_FILE);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = state_dir.join(format!(
+        ".{LEARNED_IPS_FILE}.{}.{nanos}.tmp",
+        std::process::id()
+    ));
+    let body = serde_json::to_vec(records).map_err(std::io::Error::other)?;
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        f.write_all(&body)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(state_dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Every address of every interface of the gateway (in its network namespace): never
+/// blocked or steered because of a DNS answer.
+pub fn own_addresses() -> Vec<IpAddr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    addrs
+        .filter_map(|a| {
+            let sa = a.address?;
+            if let Some(v4) = sa.as_sockaddr_in() {
+                Some(IpAddr::V4(v4.ip()))
+            } else {
+                sa.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+            }
+        })
+        .collect()
 }
 
 fn resolve_interfaces(cfg: &Config) -> Result<Vec<(String, Role)>> {
@@ -181,7 +247,9 @@ struct Core {
     retired: HashMap<flow_table::FlowKey, DateTime<Utc>>,
     enforcer: Enforcer,
     session: Option<crate::session::SessionControl>,
-    learned_saved: Vec<IpAddr>,
+    /// What `learned_ips.json` holds now, expiries in minutes (so that the file is rewritten
+    /// when the set changes, not as seconds tick).
+    learned_saved: Option<Vec<LearnedRecord>>,
     events_total: u64,
     events_at_last_status: u64,
     last_status: Instant,
@@ -221,8 +289,7 @@ impl Core {
         // flow is decided then (a tag change decides every named flow again, apply_tags).
         let named = named.map(|(n, src)| (n.to_string(), src));
         match ev.kind {
-            PayloadKind::Dns if ev.direction == Direction::Down => self.on_dns(ev),
-            PayloadKind::Dns => {}
+            PayloadKind::Dns => self.on_dns(),
             PayloadKind::Tls | PayloadKind::Quic | PayloadKind::Http => {
                 if let Some((name, source)) = named {
                     self.decide_flow(ev, &name, source);
@@ -284,31 +351,29 @@ impl Core {
         }
     }
 
-    /// A DNS response: addresses of unsanctioned apps go into the kernel's block tries.
-    fn on_dns(&mut self, ev: &PayloadEvent) {
-        // DNS over TCP carries a two-byte length first.
-        let body = if ev.proto == 6 {
-            ev.payload.get(2..).unwrap_or(&[])
-        } else {
-            &ev.payload[..]
-        };
-        let Ok(msg) = tollgate_wire::dns::parse_message(body) else {
-            return;
-        };
-        if !msg.is_response() {
-            return;
-        }
-        for (ip, name, ttl) in msg.address_map() {
+    /// DNS answers the flow table matched to a query of their client: addresses of
+    /// unsanctioned apps go into the kernel's block tries, those of apps under session
+    /// control are steered. Protected addresses and clients over their allowance are refused
+    /// (counted). The flow table is the one place that parses DNS (UDP, and TCP reassembled).
+    fn on_dns(&mut self) {
+        for a in self.flows.take_dns_answers() {
+            if self.enforcer.protection(a.ip).is_some() {
+                self.enforcer.learn_stats.protected += 1;
+                continue;
+            }
+            if !self.enforcer.allow_learning(a.client, a.ip) {
+                continue;
+            }
             if let Some(s) = &mut self.session {
-                s.on_name(&mut self.dp, &self.catalog, &name, ip);
+                s.on_name(&mut self.dp, &self.catalog, &a.name, a.ip);
             }
             if let Err(e) = self.enforcer.on_dns_answer(
                 &mut self.dp,
                 &self.catalog,
                 &self.tags,
-                &name,
-                ip,
-                Duration::from_secs(u64::from(ttl)),
+                &a.name,
+                a.ip,
+                a.ttl,
             ) {
                 tracing::warn!("writing an address verdict: {e}");
             }
@@ -319,11 +384,19 @@ impl Core {
     /// that are now blocked (their addresses learned from DNS too).
     fn apply_tags(&mut self) {
         match self.enforcer.sync(&mut self.dp, &self.catalog, &self.tags) {
-            Ok(r) => tracing::info!(
-                names_set = r.names_set,
-                names_removed = r.names_removed,
-                "verdicts synced"
-            ),
+            Ok(r) => {
+                tracing::info!(
+                    names_set = r.names_set,
+                    names_removed = r.names_removed,
+                    "verdicts synced"
+                );
+                if r.names_failed > 0 {
+                    tracing::error!(
+                        failed = r.names_failed,
+                        "name verdicts not written (map full); the rest are in place"
+                    );
+                }
+            }
             Err(e) => tracing::error!("syncing verdicts: {e}"),
         }
         if !self.enforcer.cut_existing_flows() {
@@ -397,24 +470,28 @@ impl Core {
         if let Some(s) = &mut self.session {
             s.housekeeping(&mut self.dp);
         }
-        let learned = self.enforcer.learned_ips();
         // Flows re-check verdicts (and so their TTLs) only when the generation changes.
-        if !learned.is_empty()
+        if self.enforcer.learned_len() > 0
             && let Err(e) = self.dp.verdicts().commit()
         {
             tracing::warn!("committing verdicts: {e}");
         }
         let keep = TimeDelta::hours(i64::from(self.cfg.discovery.history_hours));
         self.history.forget_hours_before(Utc::now() - keep);
-        if learned != self.learned_saved {
-            let path = self.cfg.state_dir.join(LEARNED_IPS_FILE);
-            let tmp = path.with_extension("json.tmp");
-            let body = serde_json::to_vec(&learned).unwrap_or_default();
-            if std::fs::write(&tmp, body)
-                .and_then(|()| std::fs::rename(&tmp, &path))
-                .is_ok()
-            {
-                self.learned_saved = learned;
+        self.save_learned();
+    }
+
+    /// Persists the learned addresses when the set (or an expiry, to the minute) changed.
+    fn save_learned(&mut self) {
+        let learned = self.enforcer.learned_records();
+        let mut seen = learned.clone();
+        for r in &mut seen {
+            r.expires /= 60;
+        }
+        if self.learned_saved.as_ref() != Some(&seen) {
+            match save_learned(&self.cfg.state_dir, &learned) {
+                Ok(()) => self.learned_saved = Some(seen),
+                Err(e) => tracing::warn!("saving {LEARNED_IPS_FILE}: {e}"),
             }
         }
     }
@@ -567,6 +644,19 @@ impl Core {
             "dns_refused": dp.dns_refused,
             "control_clients_refused": control::clients_refused(),
             "audit_dropped": self.session.as_ref().map(|s| s.stats().audit_dropped),
+            "dns_answers_matched": st.dns_answers_matched,
+            "dns_answers_unmatched": st.dns_answers_unmatched,
+            "dns_answers_wrong_question": st.dns_answers_wrong_question,
+            "dns_answers_unsolicited_kernel": dp.dns_unsolicited,
+            "dns_queries_pending": st.dns_queries_pending,
+            "dns_queries_evicted": st.dns_queries_evicted,
+            "dns_ttl_capped": st.dns_ttl_capped,
+            "dns_answers_protected": self.enforcer.learn_stats.protected,
+            "dns_learn_rate_limited": self.enforcer.learn_stats.rate_limited,
+            "dns_learned": self.enforcer.learned_len(),
+            "dns_learned_evicted": self.enforcer.learn_stats.evicted,
+            "dns_learned_expired": self.enforcer.learn_stats.expired,
+            "dns_learned_write_failed": self.enforcer.learn_stats.write_failed,
         })
     }
 
@@ -693,6 +783,7 @@ impl Core {
         .filter_map(|(what, changed)| changed.then_some(what))
         .collect();
         self.tags = tags;
+        self.enforcer.set_own_addresses(own_addresses());
         self.cfg.apps = new.apps;
         self.cfg.tag_rules = new.tag_rules;
         self.cfg.session_policies = new.session_policies;
@@ -828,14 +919,37 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
 
     let catalog = Arc::new(catalog);
     let session = crate::session::SessionControl::start(&cfg, catalog.clone(), &mut dp).await?;
-    let enforcer = Enforcer::new(cfg.mode == Mode::Enforce, cfg.enforcement.clone(), &catalog);
+    let mut enforcer = Enforcer::new(cfg.mode == Mode::Enforce, cfg.enforcement.clone(), &catalog);
+    enforcer.set_own_addresses(own_addresses());
+    let learned = match load_learned(&cfg.state_dir) {
+        Ok(l) => l,
+        Err(e) => {
+            // Not silently empty: the admin learns the file was bad and where it went.
+            let path = cfg.state_dir.join(LEARNED_IPS_FILE);
+            let aside = path.with_extension("json.corrupt");
+            let _ = std::fs::rename(&path, &aside);
+            crate::outln!(
+                "tollgate: {e:#}; moved to {} and starting with no learned addresses",
+                aside.display()
+            );
+            tracing::error!("{e:#}");
+            Vec::new()
+        }
+    };
+    if session.is_none() {
+        // No app is under session control: steered prefixes an earlier run left behind would
+        // send flows to a proxy that is not there.
+        if let Err(e) = dp.steering().clear() {
+            tracing::warn!("clearing steered prefixes of an earlier run: {e}");
+        }
+    }
     enforcer
         .apply_options(&mut dp)
         .context("writing the enforcement options")?;
     let mut core = Core {
         enforcer,
         session,
-        learned_saved: load_learned_ips(&cfg.state_dir),
+        learned_saved: None,
         flows: FlowTable::new(FlowTableLimits {
             max_flows: cfg.flows.max_flows,
             idle_timeout: Duration::from_secs(cfg.flows.idle_timeout_secs),
@@ -843,6 +957,10 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
             fingerprints: false,
             // Nor what a hello tells beyond the name (~200 B of heap a flow).
             meta: false,
+            // Enforcement acts on DNS answers: only those that answer a user's query.
+            dns_answers_need_query: true,
+            collect_dns_answers: true,
+            dns_max_ttl: Duration::from_secs(cfg.enforcement.dns_max_ttl_secs.max(1)),
             ..FlowTableLimits::default()
         }),
         history: Aggregator::new(AggregateOptions::default()),
@@ -861,8 +979,26 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
         config_path,
     };
 
-    // Name verdicts for what the config and the live tags leave unsanctioned.
+    // Name verdicts for what the config and the live tags leave unsanctioned, the learned
+    // addresses of the last run that are still live, then everything else an earlier run
+    // left in the pinned maps removed: a restart converges on the config before the daemon
+    // says it is ready.
     core.apply_tags();
+    let restored = core
+        .enforcer
+        .restore_learned(&mut core.dp, &core.catalog, &core.tags, &learned);
+    match core
+        .enforcer
+        .reconcile(&mut core.dp, &core.catalog, &core.tags)
+    {
+        Ok(r) => tracing::info!(
+            restored,
+            stale_removed = r.stale_removed,
+            "pinned verdicts reconciled with the config"
+        ),
+        Err(e) => tracing::error!("reconciling pinned verdicts: {e}"),
+    }
+    core.save_learned();
     let (mut events, reader_task) = spawn_reader(reader, core.reader.clone());
     // The control socket comes last: when it answers, the daemon is ready.
     let (tx, mut rx) = mpsc::channel::<ControlCall>(64);
