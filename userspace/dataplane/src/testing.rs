@@ -165,6 +165,15 @@ impl ProbeHarness {
         out
     }
 
+    /// The records waiting in the ring buffer, as the probes wrote them (fuzz seeds).
+    pub fn drain_raw_records(&mut self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(item) = self.ring.next() {
+            out.push(item.to_vec());
+        }
+        out
+    }
+
     /// Flow counters.
     pub fn flows(&self) -> Result<Vec<FlowCounters>, DataplaneError> {
         read_flows(&self.ebpf)
