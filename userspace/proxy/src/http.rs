@@ -182,6 +182,44 @@ fn framing_problem(req: &Request<Incoming>) -> Option<&'static str> {
     None
 }
 
+/// Largest frame a buffered body is handed on in. hyper's HTTP/1 writer copies each frame
+/// into its write buffer whole: a 16 MiB frame would be a second 16 MiB copy, outside the
+/// inspection memory budget; slices of the buffered bytes cost nothing.
+const SLICE: usize = 16 * 1024;
+
+/// A buffered body handed on in [`SLICE`]-sized frames (zero-copy slices).
+struct Sliced {
+    rest: Bytes,
+}
+
+impl Sliced {
+    fn new(b: Bytes) -> Sliced {
+        Sliced { rest: b }
+    }
+}
+
+impl Body for Sliced {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.rest.is_empty() {
+            return Poll::Ready(None);
+        }
+        let n = self.rest.len().min(SLICE);
+        let chunk = self.rest.split_to(n);
+        Poll::Ready(Some(Ok(Frame::data(chunk))))
+    }
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty()
+    }
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.rest.len() as u64)
+    }
+}
+
 /// A body that replays a buffered prefix, then streams the rest.
 struct PrefixedBody {
     prefix: Option<Bytes>,
@@ -196,6 +234,11 @@ impl Body for PrefixedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Some(p) = self.prefix.take() {
+            if p.len() > SLICE {
+                let rest = p.slice(SLICE..);
+                self.prefix = Some(rest);
+                return Poll::Ready(Some(Ok(Frame::data(p.slice(..SLICE)))));
+            }
             return Poll::Ready(Some(Ok(Frame::data(p))));
         }
         match self.rest.as_mut() {
@@ -525,7 +568,7 @@ impl ConnCtx {
                 Inspected {
                     decision: policy::stricter(seen, problem.map(limit)),
                     body: Budgeted {
-                        inner: full(b),
+                        inner: Sliced::new(b).boxed(),
                         share,
                     }
                     .boxed(),
