@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use tollgate_e2e::servers::{Daemon, Origins, SERVER_ALT_IP4, fixture};
+use tollgate_e2e::servers::{Daemon, Origins, SERVER_ALT_IP4, SERVER_ALT_IP6, fixture};
 use tollgate_e2e::{CLIENT_IP4, GW_C_IP4, SERVER_IP4, Topology, serial, wait_for};
 
 fn ready(test: &str) -> bool {
@@ -198,6 +198,23 @@ fn spoofed_dns_answers_block_nothing() {
     assert!(
         expires <= now + 86_400 + 120,
         "TTL not capped: expires {expires}, now {now}"
+    );
+    // 5. A real dig through the gateway still learns and blocks (IPv6 this time).
+    let (ok_dig, _, ip6) = attempt(
+        &topo,
+        &format!("dig +short AAAA files.box.com @{SERVER_IP4}"),
+    );
+    assert!(ok_dig && ip6.trim() == SERVER_ALT_IP6, "dig: {ip6}");
+    wait_counter(&daemon, "dns_learned", 2);
+    let (ok6, secs, out) = attempt(
+        &topo,
+        &format!(
+            "sh -c 'echo Q | timeout 5 openssl s_client -connect [{SERVER_ALT_IP6}]:443 -noservername'"
+        ),
+    );
+    assert!(
+        !ok6 && secs < 1.5,
+        "the dig-learned address is not blocked: {out}"
     );
     ok("at the end");
     daemon.stop();
