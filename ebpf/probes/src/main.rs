@@ -1544,7 +1544,11 @@ fn inspect(
         // (a flood of spoofed answers cannot crowd out real events). Userspace matches the
         // transaction id and the question.
         if !up && !dns_answer_expected(flow, ifindex) {
-            stat(STAT_DNS_UNSOLICITED, 1);
+            // A flow whose user side did send (through another of our interfaces: the WAN
+            // copy of an answer whose LAN copy is looked at) is not counted as unsolicited.
+            if flow.packets_up == 0 {
+                stat(STAT_DNS_UNSOLICITED, 1);
+            }
             return 0;
         }
         flow.flags |= FLOW_F_DNS;

@@ -460,8 +460,8 @@ impl Core {
         }
     }
 
-    /// Heartbeat for the kernel's fail-open rule, expiry of learned addresses, and their
-    /// persistence for `export blocklist`.
+    /// Heartbeat for the kernel's fail-open rule and expiry of learned addresses (persisted
+    /// by [`Core::save_learned`] after it).
     fn housekeeping(&mut self) {
         if let Err(e) = self.dp.verdicts().heartbeat() {
             tracing::warn!("heartbeat: {e}");
@@ -478,7 +478,6 @@ impl Core {
         }
         let keep = TimeDelta::hours(i64::from(self.cfg.discovery.history_hours));
         self.history.forget_hours_before(Utc::now() - keep);
-        self.save_learned();
     }
 
     /// Persists the learned addresses when the set (or an expiry, to the minute) changed.
@@ -1032,6 +1031,8 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
                 // poll less often so that event reading keeps the CPU (at most ~5%).
                 let next = COUNTER_POLL.max((walking + started.elapsed()) * 20);
                 poll.reset_after(next);
+                // Not timed above: its fsyncs wait for the disk, not the CPU.
+                core.save_learned();
             }
             _ = status.tick(), if core.cfg.status_interval_secs > 0 => core.print_status(),
             Some(call) = rx.recv() => {
