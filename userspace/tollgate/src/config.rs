@@ -272,6 +272,13 @@ impl Config {
         if self.flows.max_flows == 0 {
             return fail("flows.max_flows", "max_flows", "must be at least 1".into());
         }
+        if self.enforcement.steer_timeout_secs == 0 {
+            return fail(
+                "enforcement.steer_timeout_secs",
+                "steer_timeout_secs",
+                "must be at least 1".into(),
+            );
+        }
         Ok(())
     }
 }

@@ -251,8 +251,27 @@ impl Core {
     /// The flow table has just named the flow from its own payload: decide the flow.
     fn decide_flow(&mut self, ev: &PayloadEvent, name: &str, source: NameSource) {
         let Some(key) = ev.flow_key() else { return };
-        if let Some(s) = &mut self.session {
-            s.on_name(&mut self.dp, &self.catalog, name, ev.remote_ip);
+        // A flow's own name never steers its address for anyone (anyone can put any name in
+        // a first flight toward any address). A QUIC flow naming an app under session control
+        // toward an address no DNS answer steered is refused (in every mode), so the browser
+        // falls back to TCP, where the kernel refuses the direct hello and steers that
+        // client's retry (a TLS handshake proves the client reaches the address anyway).
+        if ev.kind == PayloadKind::Quic
+            && ev.direction == Direction::Up
+            && let Some(s) = &mut self.session
+            && let Some(app) = s.on_quic_name(&self.catalog, name)
+        {
+            tracing::info!(app, name = %name, user = %ev.user_ip, remote = %ev.remote_ip,
+                "QUIC to an app under session control refused");
+            // Held flows read the verdict at once; the others at the next generation.
+            let mut w = self.dp.verdicts();
+            if let Err(e) = w
+                .set_flow(&key, tollgate_dataplane::Action::Refuse, 0, None)
+                .and_then(|()| w.commit())
+            {
+                tracing::warn!("writing a flow verdict: {e}");
+            }
+            return;
         }
         match self
             .enforcer
@@ -282,8 +301,26 @@ impl Core {
         }
     }
 
-    /// A DNS response: addresses of unsanctioned apps go into the kernel's block tries.
+    /// A DNS response: addresses of unsanctioned apps go into the kernel's block tries, those
+    /// of apps under session control into the steer tries. An answer the kernel held (it
+    /// names an app under session control) is sent on to its user after that, whatever it
+    /// holds, so the client's first connection finds its addresses steered.
     fn on_dns(&mut self, ev: &PayloadEvent) {
+        self.learn_dns(ev);
+        if ev.held {
+            match &mut self.session {
+                Some(s) => s.release_held(ev),
+                // Session control is off (the flag outlived an earlier run): still deliver.
+                None => {
+                    if let Err(e) = tollgate_dataplane::send_held_dns(ev) {
+                        tracing::warn!("sending a held DNS answer to {}: {e}", ev.user_ip);
+                    }
+                }
+            }
+        }
+    }
+
+    fn learn_dns(&mut self, ev: &PayloadEvent) {
         // DNS over TCP carries a two-byte length first.
         let body = if ev.proto == 6 {
             ev.payload.get(2..).unwrap_or(&[])
@@ -298,7 +335,7 @@ impl Core {
         }
         for (ip, name, ttl) in msg.address_map() {
             if let Some(s) = &mut self.session {
-                s.on_name(&mut self.dp, &self.catalog, &name, ip);
+                s.on_dns_answer(&mut self.dp, &self.catalog, &name, ip, ev.user_ip);
             }
             if let Err(e) = self.enforcer.on_dns_answer(
                 &mut self.dp,
@@ -562,6 +599,19 @@ impl Core {
             "drops": dp.drops,
             "would_drop": dp.would_drop,
             "dns_refused": dp.dns_refused,
+            "session": {
+                "steered": dp.steered,
+                "steer_no_proxy": dp.steer_no_proxy,
+                "steer_quic_refused": dp.steer_quic_refused,
+                "session_refused": dp.session_refused,
+                "session_unproven": dp.session_unproven,
+                "steer_client_added": dp.steer_client_added,
+                "steer_by_client": dp.steer_by_client,
+                "dns_held": dp.dns_held,
+                "steer_kept_stale": dp.steer_kept_stale,
+                "steer_lost_reset": dp.steer_lost_reset,
+                "daemon": self.session.as_ref().map(|s| s.counts).unwrap_or_default(),
+            },
         })
     }
 
@@ -688,6 +738,10 @@ impl Core {
         .filter_map(|(what, changed)| changed.then_some(what))
         .collect();
         self.tags = tags;
+        if self.session.is_some() {
+            self.enforcer
+                .set_session_apps(crate::session::session_apps(&new));
+        }
         self.cfg.apps = new.apps;
         self.cfg.tag_rules = new.tag_rules;
         self.cfg.session_policies = new.session_policies;
@@ -823,7 +877,16 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
     let live_tags = TagStore::new(&cfg.state_dir).load().unwrap_or_default();
     let catalog = Arc::new(catalog);
     let session = crate::session::SessionControl::start(&cfg, catalog.clone(), &mut dp).await?;
-    let enforcer = Enforcer::new(cfg.mode == Mode::Enforce, cfg.enforcement.clone(), &catalog);
+    if session.is_none() {
+        // A pinned config of an earlier run may still have it on.
+        dp.verdicts()
+            .set_session_control(false)
+            .context("turning off session control in the kernel")?;
+    }
+    let mut enforcer = Enforcer::new(cfg.mode == Mode::Enforce, cfg.enforcement.clone(), &catalog);
+    if session.is_some() {
+        enforcer.set_session_apps(crate::session::session_apps(&cfg));
+    }
     enforcer
         .apply_options(&mut dp)
         .context("writing the enforcement options")?;

@@ -23,7 +23,7 @@
 //! In monitor mode the same verdicts are written: the probes count them as "would drop"
 //! instead of dropping, and the daemon logs "would block".
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -65,6 +65,11 @@ pub struct EnforcementConfig {
     /// The canary domains: Firefox's, and Apple's iCloud Private Relay ones.
     #[serde(default = "default_doh_canaries")]
     pub doh_canary_domains: Vec<String>,
+    /// How long an address that a DNS answer named for an app under session control stays
+    /// steered into the proxy without a fresh answer (while the daemon runs; with
+    /// `fail_open = false` the kernel keeps steering it while the daemon is gone).
+    #[serde(default = "default_steer_timeout")]
+    pub steer_timeout_secs: u64,
 }
 
 impl Default for EnforcementConfig {
@@ -78,6 +83,7 @@ impl Default for EnforcementConfig {
             refuse_dns: false,
             refuse_doh_canary: true,
             doh_canary_domains: default_doh_canaries(),
+            steer_timeout_secs: default_steer_timeout(),
         }
     }
 }
@@ -87,6 +93,9 @@ fn yes() -> bool {
 }
 fn default_dns_floor() -> u64 {
     300
+}
+fn default_steer_timeout() -> u64 {
+    3600
 }
 fn default_heartbeat_timeout() -> u64 {
     30
@@ -109,6 +118,8 @@ struct NameEntry {
     app: u32,
     subdomains: bool,
     refuse_dns: bool,
+    /// The name is an app's under session control (see [`Enforcer::set_session_apps`]).
+    session: bool,
 }
 
 /// What a sync changed.
@@ -131,6 +142,9 @@ pub struct Enforcer {
     ranges: BTreeMap<(IpAddr, u8), u32>,
     /// Addresses blocked because DNS named an unsanctioned app: app, until.
     learned: HashMap<IpAddr, (String, Instant)>,
+    /// Apps under session control: their domain rules go to the kernel flagged, so that the
+    /// probes refuse a direct flow whose hello names them and hold DNS answers for them.
+    session_apps: HashSet<String>,
     pub flows_blocked: u64,
 }
 
@@ -160,6 +174,7 @@ impl Enforcer {
             names: BTreeMap::new(),
             ranges: BTreeMap::new(),
             learned: HashMap::new(),
+            session_apps: HashSet::new(),
             flows_blocked: 0,
         }
     }
@@ -180,6 +195,11 @@ impl Enforcer {
             })
     }
 
+    /// The apps under session control (their names are flagged at the next [`Enforcer::sync`]).
+    pub fn set_session_apps(&mut self, apps: HashSet<String>) {
+        self.session_apps = apps;
+    }
+
     /// The name verdicts the tags call for.
     fn wanted_names(&self, catalog: &Catalog, tags: &TagBook) -> BTreeMap<String, NameEntry> {
         let mut want = BTreeMap::new();
@@ -197,6 +217,7 @@ impl Enforcer {
                         app: n,
                         subdomains,
                         refuse_dns: self.cfg.refuse_dns,
+                        session: false,
                     });
                 e.subdomains |= subdomains;
             }
@@ -226,10 +247,41 @@ impl Enforcer {
                             app: self.number(&app.id),
                             subdomains: rule.starts_with("*."),
                             refuse_dns: false,
+                            session: false,
                         },
                     );
                 }
             }
+        }
+        // Names of apps under session control: flagged on whatever entry the name has (a block
+        // still blocks), else an entry that decides nothing but session control.
+        let mut session: BTreeMap<String, NameEntry> = BTreeMap::new();
+        for app in catalog.apps() {
+            if !self.session_apps.contains(&app.id) {
+                continue;
+            }
+            let n = self.number(&app.id);
+            for rule in &app.domains {
+                let (name, subdomains) = match rule.strip_prefix("*.") {
+                    Some(suffix) => (suffix, true),
+                    None => (rule.as_str(), false),
+                };
+                let e = session
+                    .entry(name.trim_end_matches('.').to_ascii_lowercase())
+                    .or_insert(NameEntry {
+                        action: None,
+                        app: n,
+                        subdomains,
+                        refuse_dns: false,
+                        session: true,
+                    });
+                e.subdomains |= subdomains;
+            }
+        }
+        for (name, entry) in session {
+            want.entry(name)
+                .and_modify(|e| e.session = true)
+                .or_insert(entry);
         }
         if self.cfg.refuse_doh_canary {
             for canary in &self.cfg.doh_canary_domains {
@@ -242,6 +294,7 @@ impl Enforcer {
                         app: 0,
                         subdomains: false,
                         refuse_dns: true,
+                        session: false,
                     });
             }
         }
@@ -275,6 +328,7 @@ impl Enforcer {
                         app_id: entry.app,
                         subdomains: entry.subdomains,
                         refuse_dns: entry.refuse_dns,
+                        session: entry.session,
                     },
                 )?;
                 report.names_set += 1;
