@@ -7,7 +7,9 @@
 
 use std::time::{Duration, Instant};
 
-use tollgate_e2e::servers::{Daemon, Origins, fixture};
+use std::path::{Path, PathBuf};
+
+use tollgate_e2e::servers::{Daemon, Origins, SERVER_ALT_IP4, fixture};
 use tollgate_e2e::{SERVER_IP4, Topology, serial, sh, tollgate_bin};
 
 fn ready(test: &str) -> bool {
@@ -95,13 +97,15 @@ fn steered_app_gets_policies_others_keep_their_certificate() {
     // is another app's: the daemon reads QUIC SNIs, and the app's own would steer the address).
     let (out, _) = quic_probe(&topo, "slack.com");
     assert!(out.contains("answered"), "QUIC before steering: {out}");
-    // A connection to the app opened before its address is steered: it was decided direct at
-    // its SYN and must stay direct and working (its own SNI steers the address meanwhile).
+    // A connection to the address opened before it is steered (another app's, sharing the
+    // address): decided direct at its SYN, it must stay direct and working. (A direct
+    // connection naming the app itself is refused at its hello: see
+    // first_connection_without_a_dns_answer_is_refused_and_its_retry_is_proxied.)
     let go = dir.join("kept-alive.go");
     topo.spawn(
         &c,
         &format!(
-            "python3 {} --connect {SERVER_IP4} --sni www.dropbox.com --cafile {} --path /setup.exe --go {}",
+            "python3 {} --connect {SERVER_IP4} --sni slack.com --cafile {} --path /setup.exe --go {}",
             fixture("kept_alive.py").display(),
             bundle.display(),
             go.display()
@@ -277,4 +281,266 @@ fn steered_app_gets_policies_others_keep_their_certificate() {
         (!String::from_utf8_lossy(&out.stdout).contains("0x74670b11")).then_some(())
     });
     assert!(gone.is_some(), "the steering rule outlived the daemon");
+}
+
+/// Starts a daemon with www.dropbox.com's app under session control (plus `extra` config) and
+/// writes a trust bundle (Tollgate's CA, as an admin exports it, and the origin's).
+fn session_daemon(
+    topo: &mut Topology,
+    origins: &Origins,
+    mode: &str,
+    extra: &str,
+) -> (Daemon, PathBuf) {
+    let dir = topo.scratch().to_path_buf();
+    let config = format!(
+        "[apps.dropbox]\nsession_control = true\n\n\
+         [proxy]\nlisten = \"[::]:8443\"\nupstream_ca_files = [\"{}\"]\n\n{extra}\n",
+        origins.ca.display(),
+    );
+    let daemon = Daemon::start(topo, mode, &config).expect("daemon");
+    let out = std::process::Command::new(tollgate_bin())
+        .args(["ca", "export", "--config"])
+        .arg(&daemon.config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tg_ca = dir.join("tollgate-ca.pem");
+    std::fs::write(&tg_ca, &out.stdout).unwrap();
+    let bundle = dir.join("trust.pem");
+    sh(&format!(
+        "cat {} {} > {}",
+        tg_ca.display(),
+        origins.ca.display(),
+        bundle.display()
+    ))
+    .unwrap();
+    (daemon, bundle)
+}
+
+/// Client B: a second address of the client namespace.
+const CLIENT_B_IP4: &str = "198.18.1.3";
+
+/// `curl https://{host}/` to `addr` from the client (from `source` when given): whether it
+/// succeeded and the certificate's issuer as curl reports it.
+fn fetch(
+    topo: &Topology,
+    bundle: &Path,
+    source: Option<&str>,
+    host: &str,
+    addr: &str,
+) -> (bool, String) {
+    let out = topo.exec_any(
+        &topo.client,
+        &format!(
+            "curl -sv --max-time 5 -o /dev/null --cacert {} {} --resolve {host}:443:{addr} https://{host}/",
+            bundle.display(),
+            source.map_or(String::new(), |s| format!("--interface {s}")),
+        ),
+    );
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    let issuer = err
+        .lines()
+        .find_map(|l| l.split_once("issuer:").map(|(_, i)| i.trim().to_string()))
+        .unwrap_or_default();
+    (out.status.success(), issuer)
+}
+
+/// A kernel or daemon counter of session control from `tollgate status --json`.
+fn session_count(daemon: &Daemon, name: &str) -> u64 {
+    let st = daemon.query("status").expect("status");
+    st["session"][name]
+        .as_u64()
+        .or_else(|| st["session"]["daemon"][name].as_u64())
+        .unwrap_or_else(|| panic!("no session counter {name}: {st}"))
+}
+
+#[test]
+fn a_client_naming_the_app_toward_any_address_steers_nobody_else() {
+    let test = "a_client_naming_the_app_toward_any_address_steers_nobody_else";
+    if !ready(test) {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = Topology::new("sn", 1500).expect("topology");
+    let origins = Origins::start(&mut topo, true).expect("origins");
+    let (daemon, bundle) = session_daemon(&mut topo, &origins, "monitor", "");
+    let c = topo.client.clone();
+    topo.exec(&c, &format!("ip addr add {CLIENT_B_IP4}/24 dev c0"))
+        .unwrap();
+    // Client A names the app in a QUIC Initial toward one address and in a TLS hello toward
+    // another; no DNS answer named it anywhere.
+    let (out, _) = quic_probe(&topo, "www.dropbox.com");
+    let (ok, _) = fetch(&topo, &bundle, None, "www.dropbox.com", SERVER_ALT_IP4);
+    assert!(!ok, "a direct connection naming the app went through");
+    let refused = tollgate_e2e::wait_for(Duration::from_secs(10), || {
+        (session_count(&daemon, "quic_refused") >= 1
+            && session_count(&daemon, "session_refused") >= 1)
+            .then_some(())
+    });
+    assert!(
+        refused.is_some(),
+        "QUIC ({out}) and TLS naming the app were not refused:\n{}",
+        topo.log(&daemon.log)
+    );
+    // Nobody's plain connections to those addresses are steered: not client B's, nor A's own
+    // toward the address it only sent QUIC to. (Before: both addresses were steered into the
+    // proxy for every user for an hour.)
+    let steered = session_count(&daemon, "steered");
+    for (who, source, addr) in [
+        ("B", Some(CLIENT_B_IP4), SERVER_IP4),
+        ("B", Some(CLIENT_B_IP4), SERVER_ALT_IP4),
+        ("A", None, SERVER_IP4),
+    ] {
+        let (ok, issuer) = fetch(&topo, &bundle, source, "slack.com", addr);
+        assert!(
+            ok && issuer.contains("tollgate-e2e-origin-ca"),
+            "{who} -> {addr}: {ok} {issuer}"
+        );
+    }
+    assert_eq!(
+        session_count(&daemon, "steered"),
+        steered,
+        "a plain connection was steered into the proxy"
+    );
+    assert_eq!(session_count(&daemon, "dns_steered"), 0);
+    assert!(
+        !topo
+            .log(&daemon.log)
+            .contains("steering to the session proxy"),
+        "an address was steered for everyone:\n{}",
+        topo.log(&daemon.log)
+    );
+    daemon.stop();
+}
+
+#[test]
+fn first_connection_without_a_dns_answer_is_refused_and_its_retry_is_proxied() {
+    let test = "first_connection_without_a_dns_answer_is_refused_and_its_retry_is_proxied";
+    if !ready(test) {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = Topology::new("sf", 1500).expect("topology");
+    let origins = Origins::start(&mut topo, false).expect("origins");
+    let (daemon, bundle) = session_daemon(&mut topo, &origins, "monitor", "");
+    let c = topo.client.clone();
+    topo.exec(&c, &format!("ip addr add {CLIENT_B_IP4}/24 dev c0"))
+        .unwrap();
+    // A hard-coded address (no DNS answer went through the gateway): the first connection is
+    // refused at its hello, before the origin sees it (before: it went to the origin,
+    // uninspected, with the origin's certificate).
+    let (ok, issuer) = fetch(&topo, &bundle, None, "www.dropbox.com", SERVER_IP4);
+    assert!(
+        !ok,
+        "the first connection escaped session control: {issuer}\n{:?}\n{}",
+        daemon.query("status"),
+        topo.log(&daemon.log)
+    );
+    // The retry goes through the proxy: Tollgate's certificate.
+    let (ok, issuer) = fetch(&topo, &bundle, None, "www.dropbox.com", SERVER_IP4);
+    assert!(
+        ok && issuer.contains("Tollgate"),
+        "retry not proxied: {ok} {issuer}\n{}",
+        topo.log(&daemon.log)
+    );
+    assert!(session_count(&daemon, "session_refused") >= 1);
+    assert!(session_count(&daemon, "steer_client_added") >= 1);
+    assert!(session_count(&daemon, "steer_by_client") >= 1);
+    // Client B is not steered by A's entry.
+    let steered = session_count(&daemon, "steered");
+    let (ok, issuer) = fetch(&topo, &bundle, Some(CLIENT_B_IP4), "slack.com", SERVER_IP4);
+    assert!(
+        ok && issuer.contains("tollgate-e2e-origin-ca"),
+        "B: {ok} {issuer}"
+    );
+    assert_eq!(session_count(&daemon, "steered"), steered, "B was steered");
+    daemon.stop();
+}
+
+#[test]
+fn a_dns_answer_is_held_until_its_address_is_steered() {
+    let test = "a_dns_answer_is_held_until_its_address_is_steered";
+    if !ready(test) {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = Topology::new("sd", 1500).expect("topology");
+    let origins = Origins::start(&mut topo, false).expect("origins");
+    // Steer entries last one second, so that each round starts unsteered.
+    let (daemon, bundle) = session_daemon(
+        &mut topo,
+        &origins,
+        "monitor",
+        "[enforcement]\nsteer_timeout_secs = 1\n",
+    );
+    const ROUNDS: u64 = 20;
+    for round in 0..ROUNDS {
+        std::thread::sleep(Duration::from_millis(2200));
+        // The answer, then at once a connection to the address it gave.
+        let out = topo.exec_any(
+            &topo.client,
+            &format!(
+                "sh -c 'ip=$(dig +short +tries=1 +time=3 www.dropbox.com @{SERVER_IP4} | head -1); \
+                 curl -sv --max-time 5 -o /dev/null --cacert {} --resolve www.dropbox.com:443:$ip https://www.dropbox.com/'",
+                bundle.display()
+            ),
+        );
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            out.status.success()
+                && err
+                    .lines()
+                    .any(|l| l.contains("issuer:") && l.contains("Tollgate")),
+            "round {round}: the first connection after the answer was not steered:\n{err}\n{}",
+            topo.log(&daemon.log)
+        );
+    }
+    // Every answer went through the hold, and no connection had to be refused.
+    assert!(session_count(&daemon, "dns_held") >= ROUNDS);
+    assert!(session_count(&daemon, "dns_released") >= ROUNDS);
+    assert_eq!(session_count(&daemon, "session_refused"), 0);
+    daemon.stop();
+}
+
+#[test]
+fn steering_outlives_its_expiry_when_the_daemon_is_killed_fail_closed() {
+    let test = "steering_outlives_its_expiry_when_the_daemon_is_killed_fail_closed";
+    if !ready(test) {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = Topology::new("sk", 1500).expect("topology");
+    let origins = Origins::start(&mut topo, false).expect("origins");
+    let (daemon, bundle) = session_daemon(
+        &mut topo,
+        &origins,
+        "enforce",
+        "[enforcement]\nfail_open = false\nheartbeat_timeout_secs = 3\nsteer_timeout_secs = 3\n",
+    );
+    let c = topo.client.clone();
+    topo.exec(&c, &format!("dig +short www.dropbox.com @{SERVER_IP4}"))
+        .unwrap();
+    let (ok, issuer) = fetch(&topo, &bundle, None, "www.dropbox.com", SERVER_IP4);
+    assert!(
+        ok && issuer.contains("Tollgate"),
+        "not steered: {ok} {issuer}"
+    );
+    daemon.signal("KILL").expect("kill -9 the daemon");
+    // Past the entry's expiry (3 s) and the heartbeat timeout (3 s): the steered address
+    // stays refused (no proxy to take it) for every app on it, never direct. (Before: it went
+    // direct, uninspected, once the entry expired.)
+    std::thread::sleep(Duration::from_secs(8));
+    for host in ["slack.com", "www.dropbox.com"] {
+        let (ok, issuer) = fetch(&topo, &bundle, None, host, SERVER_IP4);
+        assert!(!ok, "{host}: went direct after the daemon died: {issuer}");
+    }
+    // An address nobody steered still works.
+    let (ok, _) = fetch(&topo, &bundle, None, "slack.com", SERVER_ALT_IP4);
+    assert!(ok, "an unsteered address broke");
+    // The daemon is gone: remove the programs and pins it left.
+    daemon.stop();
 }

@@ -58,9 +58,15 @@ pub const MAP_STEER_V6: &str = "TG_STEER_V6";
 /// flows ([`STEER_SLOT_V4`]) and for IPv6 flows ([`STEER_SLOT_V6`]) (written by userspace
 /// with the listener's fd; the kernel drops an entry when its socket closes).
 pub const MAP_PROXY_SOCK: &str = "TG_PROXY_SOCK";
+/// LRU hash: [`SteerClientKey`] -> [`SteerEntry`]; one client's steered destinations. Written
+/// by the probes when a client's own ClientHello on a direct flow names an app under session
+/// control (and by userspace for the QUIC Initials it decrypts): only that client's next
+/// connections to that address are steered, so a client naming an app toward any address it
+/// likes steers nobody else's traffic.
+pub const MAP_STEER_CLIENT: &str = "TG_STEER_CLI";
 
 /// Every map name, for pin management.
-pub const ALL_MAPS: [&str; 17] = [
+pub const ALL_MAPS: [&str; 18] = [
     MAP_FLOWS,
     MAP_HELLO,
     MAP_EVENTS,
@@ -78,6 +84,7 @@ pub const ALL_MAPS: [&str; 17] = [
     MAP_STEER_V4,
     MAP_STEER_V6,
     MAP_PROXY_SOCK,
+    MAP_STEER_CLIENT,
 ];
 
 // ---- program names (function names in the probes) ----
@@ -158,6 +165,12 @@ pub const NAME_VERDICTS_CAPACITY: u32 = 65_536;
 pub const BLOCK_PREFIX_CAPACITY: u32 = 65_536;
 /// Steered prefixes per address family.
 pub const STEER_PREFIX_CAPACITY: u32 = 65_536;
+/// Per-client steered destinations (LRU: the least recently written entry is evicted first; an
+/// evicted entry only costs that client one more refused first connection).
+pub const STEER_CLIENT_CAPACITY: u32 = 16_384;
+/// How long a per-client steer entry written by the probes steers that client's new
+/// connections to the address (refreshed by every hello that names the app there again).
+pub const STEER_CLIENT_TTL_NS: u64 = 3_600_000_000_000;
 /// Interfaces that can be attached at once.
 pub const IFACES_CAPACITY: u32 = 64;
 
@@ -196,6 +209,11 @@ pub const EVENT_F_CONTINUATION: u8 = 1;
 pub const EVENT_F_TRUNCATED: u8 = 2;
 /// Event flag: the flow reached its event cap with this event; later payload is not sent.
 pub const EVENT_F_LAST: u8 = 4;
+/// Event flag: a DNS answer naming an app under session control that the probes dropped
+/// instead of forwarding. Userspace writes the steer entries for its addresses and then sends
+/// the answer on to the user itself, so the client's first SYN after the answer is already
+/// steered. The record carries the whole UDP payload.
+pub const EVENT_F_HELD: u8 = 8;
 
 /// Interface role in [`IfaceInfo::role`]: faces users.
 pub const ROLE_LAN: u32 = 1;
@@ -215,6 +233,11 @@ pub const ACTION_ALLOW: u32 = 1;
 pub const ACTION_BLOCK: u32 = 2;
 /// Verdict action: drop silently.
 pub const ACTION_DROP: u32 = 3;
+/// Verdict action (flow verdicts only): refused by session control, in every mode (monitor
+/// too), unless the daemon is gone and fail-open was chosen; answered like
+/// [`ACTION_BLOCK`]. The daemon gives it to a QUIC flow whose Initial names an app under
+/// session control toward an address that is not steered, so the browser falls back to TCP.
+pub const ACTION_REFUSE: u32 = 4;
 
 /// [`FlowValue::flags`]: a ClientHello of this flow is being followed in [`MAP_HELLO`].
 pub const FLOW_F_HELLO_PENDING: u32 = 1;
@@ -251,6 +274,11 @@ pub const CONFIG_F_NO_QUIC_HOLD: u32 = 1;
 /// [`Config::flags`]: read the question name of DNS queries from users (UDP, port 53) and
 /// answer those whose name verdict carries [`NAME_F_REFUSE_DNS`] with NXDOMAIN.
 pub const CONFIG_F_REFUSE_DNS: u32 = 2;
+/// [`Config::flags`]: session control runs (the daemon's proxy listens). The probes then
+/// refuse direct flows whose ClientHello names an app under session control (a name verdict
+/// with [`NAME_F_SESSION`]) and steer that client's retry, and hold DNS answers for such
+/// names until the daemon has steered their addresses (see [`EVENT_F_HELD`]).
+pub const CONFIG_F_SESSION: u32 = 4;
 
 // ---- stats counter ids (indices into [`Stats::counters`]; stable, gaps allowed) ----
 
@@ -327,11 +355,33 @@ pub const STAT_STEER_QUIC_REFUSED: usize = 31;
 /// their flow sent nothing through this interface first (an answer without a query:
 /// spoofed or unsolicited). A flood of them costs a map lookup, never ring space.
 pub const STAT_DNS_UNSOLICITED: usize = 32;
+
+/// ClientHellos naming an app under session control on a direct (unsteered) flow: the flow was
+/// reset at the hello, before the origin saw it, so the client's retry goes to the proxy.
+pub const STAT_SESSION_REFUSED: usize = 40;
+/// Per-client steer entries the probes wrote (a refused hello after a completed handshake).
+pub const STAT_STEER_CLIENT_ADDED: usize = 41;
+/// SYNs steered by a per-client entry (also counted in [`STAT_STEERED`] when assigned).
+pub const STAT_STEER_BY_CLIENT: usize = 42;
+/// DNS answers naming an app under session control held for userspace (see
+/// [`EVENT_F_HELD`]).
+pub const STAT_DNS_HELD: usize = 43;
+/// Steer lookups that matched an entry past its expiry and kept it, because the daemon's
+/// heartbeat is stale and fail-open is off (steered addresses never expire into direct paths
+/// while nobody can renew them).
+pub const STAT_STEER_KEPT_STALE: usize = 44;
+/// Packets of a TCP flow toward a steered destination whose flow state was lost (LRU
+/// eviction, a full flow map) and that is not at its SYN: whether it was steered cannot be
+/// known, so it is reset instead of going on direct, around the proxy.
+pub const STAT_STEER_LOST_RESET: usize = 45;
+/// ClientHellos naming an app under session control on a flow whose server never answered its
+/// SYN (a handshake-less segment): refused, but no steer entry is written for it.
+pub const STAT_SESSION_UNPROVEN: usize = 46;
 /// Number of counter slots (room to grow without changing the value size).
-pub const STATS_LEN: usize = 40;
+pub const STATS_LEN: usize = 48;
 
 /// Human names of the counter ids, for logs and `tollgate` status lines.
-pub const STAT_NAMES: [(usize, &str); 33] = [
+pub const STAT_NAMES: [(usize, &str); 40] = [
     (STAT_PACKETS, "packets"),
     (STAT_BYTES, "bytes"),
     (STAT_EVENTS, "events"),
@@ -365,6 +415,13 @@ pub const STAT_NAMES: [(usize, &str); 33] = [
     (STAT_STEER_NO_PROXY, "steer_no_proxy"),
     (STAT_STEER_QUIC_REFUSED, "steer_quic_refused"),
     (STAT_DNS_UNSOLICITED, "dns_unsolicited"),
+    (STAT_SESSION_REFUSED, "session_refused"),
+    (STAT_STEER_CLIENT_ADDED, "steer_client_added"),
+    (STAT_STEER_BY_CLIENT, "steer_by_client"),
+    (STAT_DNS_HELD, "dns_held"),
+    (STAT_STEER_KEPT_STALE, "steer_kept_stale"),
+    (STAT_STEER_LOST_RESET, "steer_lost_reset"),
+    (STAT_SESSION_UNPROVEN, "session_unproven"),
 ];
 
 // ---- defaults the probes use when the config map is still zero ----
@@ -545,6 +602,11 @@ pub const NAME_F_SUBDOMAINS: u32 = 1;
 /// [`ACTION_NONE`] with this flag refuses the DNS name only and decides no flow (the DoH
 /// canary domains).
 pub const NAME_F_REFUSE_DNS: u32 = 2;
+/// [`NameVerdict::flags`]: the name belongs to an app under session control. With
+/// [`CONFIG_F_SESSION`], a ClientHello naming it on a direct flow is reset (its client's retry
+/// is steered), and a DNS answer for it is held until its addresses are steered. A verdict
+/// whose action is [`ACTION_NONE`] with this flag decides nothing else.
+pub const NAME_F_SESSION: u32 = 4;
 
 /// Key of [`MAP_BLOCK_V4`]: layout of the kernel's `bpf_lpm_trie_key` with 4 address bytes.
 #[repr(C, packed)]
@@ -582,6 +644,35 @@ pub struct SteerEntry {
     pub _pad: u32,
     /// CLOCK_MONOTONIC ns after which new flows are no longer steered (0: never expires).
     pub expires_ns: u64,
+}
+
+/// Key of [`MAP_STEER_CLIENT`]: one client (address and VLAN, as in [`FlowKey`]) and one
+/// destination address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SteerClientKey {
+    pub user_addr: [u32; 4],
+    pub remote_addr: [u32; 4],
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    pub _pad: u8,
+    pub vlan: u16,
+    pub _pad2: u32,
+}
+
+impl SteerClientKey {
+    /// The key of a flow's client and destination.
+    #[inline(always)]
+    pub fn of(k: &FlowKey) -> Self {
+        SteerClientKey {
+            user_addr: k.user_addr,
+            remote_addr: k.remote_addr,
+            family: k.family,
+            _pad: 0,
+            vlan: k.vlan,
+            _pad2: 0,
+        }
+    }
 }
 
 /// The fixed part of a ring-buffer record; `cap_len` payload bytes follow it.
@@ -663,6 +754,7 @@ const _: () = assert!(core::mem::size_of::<Ipv4LpmKey>() == 8);
 const _: () = assert!(core::mem::size_of::<Ipv6LpmKey>() == 20);
 const _: () = assert!(core::mem::size_of::<IpVerdict>() == 16);
 const _: () = assert!(core::mem::size_of::<SteerEntry>() == 16);
+const _: () = assert!(core::mem::size_of::<SteerClientKey>() == 40);
 const _: () = assert!(EVENT_HEADER_LEN == 80);
 const _: () = assert!(core::mem::size_of::<EventBuf>() == EVENT_HEADER_LEN + PAYLOAD_CAP);
 const _: () = assert!(PAYLOAD_CAP.is_power_of_two());
@@ -694,6 +786,7 @@ mod user {
         Ipv6LpmKey,
         IpVerdict,
         SteerEntry,
+        SteerClientKey,
         EventHeader,
     );
 }

@@ -50,9 +50,12 @@ use tollgate_common::{
     Stats, name_hash_step,
 };
 use tollgate_common::{
-    FLOW_F_STEERED, STAT_DNS_UNSOLICITED, STAT_STEER_NO_PROXY, STAT_STEER_QUIC_REFUSED, STAT_STEERED, STEER_MARK,
+    ACTION_REFUSE, CONFIG_F_SESSION, DIR_DOWN, EVENT_F_HELD, FLOW_F_STEERED, NAME_F_SESSION,
+    STAT_DNS_HELD, STAT_DNS_UNSOLICITED, STAT_SESSION_REFUSED, STAT_SESSION_UNPROVEN, STAT_STEER_BY_CLIENT,
+    STAT_STEER_CLIENT_ADDED, STAT_STEER_KEPT_STALE, STAT_STEER_LOST_RESET, STAT_STEER_NO_PROXY,
+    STAT_STEER_QUIC_REFUSED, STAT_STEERED, STEER_CLIENT_CAPACITY, STEER_CLIENT_TTL_NS, STEER_MARK,
     STEER_PREFIX_CAPACITY, STEER_SLOT_V4, STEER_SLOT_V6, STEER_SOCK_SLOTS, STEER_TCP_PORT,
-    STEER_UDP_PORT, SteerEntry,
+    STEER_UDP_PORT, SteerClientKey, SteerEntry,
 };
 
 // ---- maps (names are the ABI's MAP_* constants; the loader pins them under its pin dir) ----
@@ -97,6 +100,9 @@ static TG_STEER_V6: LpmTrie<[u8; 16], SteerEntry> =
     LpmTrie::with_max_entries(STEER_PREFIX_CAPACITY, 0);
 #[map]
 static TG_PROXY_SOCK: SockMap = SockMap::with_max_entries(STEER_SOCK_SLOTS, 0);
+#[map]
+static TG_STEER_CLI: LruHashMap<SteerClientKey, SteerEntry> =
+    LruHashMap::with_max_entries(STEER_CLIENT_CAPACITY, 0);
 
 // ---- actions ----
 
@@ -480,7 +486,10 @@ fn try_run(ctx: &TcContext, dir: u8, egress: bool) -> Result<i32, i32> {
     // A forwarded packet that one of our ingress hooks already saw is not counted twice.
     if egress {
         let iif = sk_field_ingress_ifindex(ctx);
-        if iif != 0 && TG_IFACES.get_ptr(iif).is_some() {
+        // Except DNS answers while session control runs: a LAN egress hook is where an
+        // answer names the real client (a WAN ingress hook sees it before NAT is undone), so
+        // that is where answers are held (see `hold_dns_answer`).
+        if iif != 0 && TG_IFACES.get_ptr(iif).is_some() && !(dir == DIR_DOWN && session_dns(ctx)) {
             stat2(STAT_PACKETS, u64::from(segs), STAT_DEDUP, 1);
             if dir != DIR_UP {
                 forwarded_dns_answer(ctx, dir);
@@ -557,6 +566,17 @@ fn try_run(ctx: &TcContext, dir: u8, egress: bool) -> Result<i32, i32> {
             }
             if TG_FLOWS.insert(&pkt.key, &v, 0).is_err() {
                 stat(STAT_FLOW_MAP_FULL, 1);
+                // Without flow state a steered flow cannot be followed (its later packets would
+                // go direct, around the proxy): refuse what goes toward a steered destination.
+                if up
+                    && !egress
+                    && (pkt.key.remote_port == STEER_TCP_PORT
+                        || pkt.key.remote_port == STEER_UDP_PORT)
+                    && steered_destination(&pkt.key, now) != 0
+                {
+                    stat(STAT_STEER_LOST_RESET, 1);
+                    return Ok(refuse_steered(ctx, &pkt, dir, egress));
+                }
                 return Ok(PASS);
             }
             match TG_FLOWS.get_ptr_mut(&pkt.key) {
@@ -578,7 +598,10 @@ fn try_run(ctx: &TcContext, dir: u8, egress: bool) -> Result<i32, i32> {
             flow.verdict = evaluate(&pkt.key, now);
             flow.verdict_gen = c.generation;
         }
-        if flow.verdict == ACTION_BLOCK || flow.verdict == ACTION_DROP {
+        if flow.verdict == ACTION_BLOCK
+            || flow.verdict == ACTION_DROP
+            || flow.verdict == ACTION_REFUSE
+        {
             return Ok(enforce_tail(ctx, &pkt, dir, egress, flow.verdict, c, now));
         }
     }
@@ -598,7 +621,7 @@ fn try_run(ctx: &TcContext, dir: u8, egress: bool) -> Result<i32, i32> {
             && pkt.key.remote_port == STEER_UDP_PORT
             && pkt.payload_len > 0
             && read::<[u8; 1]>(ctx, pkt.payload_off as usize).is_some_and(|b| b[0] & 0x80 != 0)
-            && steered_destination(&pkt.key, now)
+            && steered_destination(&pkt.key, now) != 0
         {
             // A QUIC long-header packet (an Initial) toward an app under session control:
             // refused at once (ICMP unreachable) so that the browser falls back to TCP, where
@@ -629,6 +652,22 @@ fn try_run(ctx: &TcContext, dir: u8, egress: bool) -> Result<i32, i32> {
     {
         sni_job = JOB_DNS;
     }
+    // A DNS answer toward a user while session control runs: its question name is looked up,
+    // and an answer for an app under session control is held until the daemon has steered its
+    // addresses (see `hold_dns_answer`). Only on a LAN egress hook (after NAT is undone, so the
+    // answer names its client), only whole answers the daemon can send on as they were, and
+    // only while the daemon is alive to do it.
+    if kind == KIND_DNS
+        && dir == DIR_DOWN
+        && egress
+        && pkt.key.proto == PROTO_UDP
+        && pkt.key.remote_port == DNS_PORT
+        && pkt.payload_len == pkt.claimed_len
+        && pkt.payload_len <= PAYLOAD_CAP as u32
+        && cfg.is_some_and(|c| c.flags & CONFIG_F_SESSION != 0 && daemon_alive(c, now))
+    {
+        sni_job = JOB_DNS_ANSWER;
+    }
     if sni_job != 0
         && let Some(job) = TG_JOB.get_ptr_mut(0)
     {
@@ -642,7 +681,7 @@ fn try_run(ctx: &TcContext, dir: u8, egress: bool) -> Result<i32, i32> {
             (*job).source = sni_job;
             let stage = match sni_job {
                 JOB_HTTP => PROG_INDEX_HOST,
-                JOB_DNS => PROG_INDEX_QNAME,
+                JOB_DNS | JOB_DNS_ANSWER => PROG_INDEX_QNAME,
                 _ => PROG_INDEX_SNI,
             };
             TG_PROGS.tail_call(ctx, stage);
@@ -700,7 +739,7 @@ fn quic_hold(
         // SAFETY: live map value, read only.
         let v = unsafe { *v };
         if v.expires_ns == 0 || v.expires_ns > now {
-            if v.action == ACTION_BLOCK || v.action == ACTION_DROP {
+            if v.action == ACTION_BLOCK || v.action == ACTION_DROP || v.action == ACTION_REFUSE {
                 // The flow stays held: every packet of it sees this verdict, committed or not.
                 return Some(enforce_tail(ctx, pkt, dir, egress, v.action, c, now));
             }
@@ -775,7 +814,11 @@ const ACTION_REFUSE_STEERED: u32 = 0x8000_0002;
 #[inline(always)]
 fn steer_tcp(ctx: &TcContext, pkt: &Pkt, flow: &mut FlowValue, now: u64) -> bool {
     if pkt.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN {
-        if steered_destination(&pkt.key, now) {
+        let how = steered_destination(&pkt.key, now);
+        if how != 0 {
+            if how == STEER_BY_CLIENT {
+                stat(STAT_STEER_BY_CLIENT, 1);
+            }
             let slot = if pkt.key.family == FAMILY_V4 {
                 STEER_SLOT_V4
             } else {
@@ -792,6 +835,17 @@ fn steer_tcp(ctx: &TcContext, pkt: &Pkt, flow: &mut FlowValue, now: u64) -> bool
         } else if flow.flags & FLOW_F_STEERED != 0 {
             flow.flags &= !FLOW_F_STEERED;
         }
+    } else if flow.flags & FLOW_F_STEERED == 0
+        && flow.tcp_flags & u32::from(TCP_SYN) == 0
+        && pkt.tcp_flags & TCP_RST == 0
+        && steered_destination(&pkt.key, now) != 0
+    {
+        // The user's SYN of this flow was never seen by this flow state: the state was lost
+        // (evicted from the LRU map) or the flow began before the probes ran. Whether it was
+        // steered cannot be known; going on direct could take a proxied connection around the
+        // proxy, so it is reset (the client reconnects, and its new SYN is decided afresh).
+        stat(STAT_STEER_LOST_RESET, 1);
+        return false;
     }
     if flow.flags & FLOW_F_STEERED != 0 {
         ctx.set_mark(STEER_MARK);
@@ -799,9 +853,62 @@ fn steer_tcp(ctx: &TcContext, pkt: &Pkt, flow: &mut FlowValue, now: u64) -> bool
     true
 }
 
-/// Whether the remote address of `key` is a live entry of a steer trie.
+/// [`steered_destination`]: steered for everyone (a steer trie, from DNS answers).
+const STEER_BY_TRIE: u32 = 1;
+/// [`steered_destination`]: steered for this client only (`TG_STEER_CLI`).
+const STEER_BY_CLIENT: u32 = 2;
+
+/// Whether a steer entry applies now: before its expiry; after it only while the daemon is
+/// gone and fail-open is off (nobody can renew the entry, and an expired entry would turn a
+/// steered address into a direct path around session control).
 #[inline(always)]
-fn steered_destination(key: &FlowKey, now: u64) -> bool {
+fn steer_live(e: &SteerEntry, now: u64) -> bool {
+    if e.expires_ns == 0 || e.expires_ns > now {
+        return true;
+    }
+    if TG_CONFIG
+        .get(0)
+        .is_some_and(|c| c.fail_open == 0 && daemon_gone(c, now))
+    {
+        stat(STAT_STEER_KEPT_STALE, 1);
+        return true;
+    }
+    false
+}
+
+/// A cheap look at a forwarded frame before it is parsed: whether session control runs and
+/// the frame is an untagged IPv4 or IPv6 UDP datagram from port 53 (a DNS answer).
+#[inline(always)]
+fn session_dns(ctx: &TcContext) -> bool {
+    if !TG_CONFIG
+        .get(0)
+        .is_some_and(|c| c.flags & CONFIG_F_SESSION != 0)
+    {
+        return false;
+    }
+    let Some(eth) = read::<[u8; ETH_HLEN]>(ctx, 0) else {
+        return false;
+    };
+    let l4 = match u16::from_be_bytes([eth[12], eth[13]]) {
+        ETH_P_IPV4 => match read::<[u8; 20]>(ctx, ETH_HLEN) {
+            Some(h) if h[9] == PROTO_UDP && h[0] >> 4 == 4 && h[0] & 0x0f >= 5 => {
+                ETH_HLEN + usize::from(h[0] & 0x0f) * 4
+            }
+            _ => return false,
+        },
+        ETH_P_IPV6 => match read::<[u8; 8]>(ctx, ETH_HLEN) {
+            Some(h) if h[6] == PROTO_UDP => ETH_HLEN + 40,
+            _ => return false,
+        },
+        _ => return false,
+    };
+    read::<[u8; 2]>(ctx, l4).is_some_and(|p| u16::from_be_bytes(p) == DNS_PORT)
+}
+
+/// Whether the remote address of `key` is steered: [`STEER_BY_TRIE`] (a live entry of a steer
+/// trie), [`STEER_BY_CLIENT`] (a live per-client entry for this flow's client), or 0.
+#[inline(always)]
+fn steered_destination(key: &FlowKey, now: u64) -> u32 {
     let hit = if key.family == FAMILY_V4 {
         TG_STEER_V4.get(LpmKey::new(32, key.remote_addr[0].to_ne_bytes()))
     } else {
@@ -820,7 +927,17 @@ fn steered_destination(key: &FlowKey, now: u64) -> bool {
         }
         TG_STEER_V6.get(LpmKey::new(128, a))
     };
-    hit.is_some_and(|e| e.expires_ns == 0 || e.expires_ns > now)
+    if hit.is_some_and(|e| steer_live(e, now)) {
+        return STEER_BY_TRIE;
+    }
+    if let Some(e) = TG_STEER_CLI.get_ptr(&SteerClientKey::of(key)) {
+        // SAFETY: live map value, read only.
+        let e = unsafe { *e };
+        if steer_live(&e, now) {
+            return STEER_BY_CLIENT;
+        }
+    }
+    0
 }
 
 /// Assigns the packet (a SYN) to the proxy's listening socket in `slot` of `TG_PROXY_SOCK`.
@@ -889,9 +1006,23 @@ fn blocking_applies() -> bool {
 /// The daemon's heartbeat is stale and the admin chose fail-open: users keep working.
 #[inline(always)]
 fn failed_open(cfg: &Config, now: u64) -> bool {
-    cfg.fail_open != 0
-        && cfg.heartbeat_timeout_ns != 0
-        && now > cfg.heartbeat_ns.saturating_add(cfg.heartbeat_timeout_ns)
+    cfg.fail_open != 0 && daemon_gone(cfg, now)
+}
+
+/// The daemon's heartbeat is older than the configured timeout.
+#[inline(always)]
+fn daemon_gone(cfg: &Config, now: u64) -> bool {
+    cfg.heartbeat_timeout_ns != 0 && now > cfg.heartbeat_ns.saturating_add(cfg.heartbeat_timeout_ns)
+}
+
+/// How recent the daemon's heartbeat must be for the probes to hand it a DNS answer to send
+/// on (it heartbeats every 2 s): a held answer needs a live daemon, or it is lost.
+const HOLD_ALIVE_NS: u64 = 6_000_000_000;
+
+/// Whether the daemon heartbeated within [`HOLD_ALIVE_NS`].
+#[inline(always)]
+fn daemon_alive(cfg: &Config, now: u64) -> bool {
+    cfg.heartbeat_ns != 0 && now.saturating_sub(cfg.heartbeat_ns) < HOLD_ALIVE_NS
 }
 
 /// `enforce` for the packet programs: drops are decided here; building a reset or an ICMP
@@ -907,17 +1038,27 @@ fn enforce_tail(
     cfg: &Config,
     now: u64,
 ) -> i32 {
-    if !enforcing(cfg, now) {
+    // Session control's refusal applies in every mode; only fail-open lifts it.
+    let refuse = action == ACTION_REFUSE;
+    if if refuse {
+        failed_open(cfg, now)
+    } else {
+        !enforcing(cfg, now)
+    } {
         stat(STAT_WOULD_DROP, 1);
         return PASS;
     }
-    let answerable =
-        action == ACTION_BLOCK && !(pkt.key.proto == PROTO_TCP && pkt.tcp_flags & TCP_RST != 0);
+    let answerable = (action == ACTION_BLOCK || refuse)
+        && !(pkt.key.proto == PROTO_TCP && pkt.tcp_flags & TCP_RST != 0);
     if answerable && let Some(job) = job() {
         job.pkt = *pkt;
         job.dir = dir;
         job.egress = u8::from(egress);
-        job.action = action;
+        job.action = if refuse {
+            ACTION_REFUSE_STEERED
+        } else {
+            action
+        };
         // SAFETY: tail call; returns only when it fails.
         unsafe { TG_PROGS.tail_call(ctx, PROG_INDEX_ENFORCE) };
     }
@@ -1781,6 +1922,9 @@ const JOB_HELLO_MAP: u32 = 2;
 const JOB_HTTP: u32 = 3;
 /// A DNS query from a user in the packet itself (tg_qname reads its question name).
 const JOB_DNS: u32 = 4;
+/// A DNS answer toward a user in the packet itself (tg_qname reads its question name; an
+/// answer for an app under session control is held, see `hold_dns_answer`).
+const JOB_DNS_ANSWER: u32 = 5;
 /// Slots in `TG_PROGS`: the SNI pipeline is three tail calls so that each loop is verified
 /// once from a clean entry instead of on every path of the programs before it.
 const PROG_INDEX_SNI: u32 = 0;
@@ -2028,8 +2172,13 @@ pub fn tg_qname(ctx: TcContext) -> i32 {
     let Some(len) = load_payload::<QNAME_SCAN>(&ctx, job, h, DNS_HEADER_LEN + 3 + 4) else {
         return PASS;
     };
-    // A standard query (QR 0, opcode 0) with exactly one question and no answers.
-    if hb(h, 2) & 0xf8 != 0 || hb16(h, 4) != 1 || hb16(h, 6) != 0 || hb16(h, 8) != 0 {
+    if job.source == JOB_DNS_ANSWER {
+        // A standard response (QR 1, opcode 0) with exactly one question.
+        if hb(h, 2) & 0xf8 != 0x80 || hb16(h, 4) != 1 {
+            return PASS;
+        }
+    } else if hb(h, 2) & 0xf8 != 0 || hb16(h, 4) != 1 || hb16(h, 6) != 0 || hb16(h, 8) != 0 {
+        // A standard query (QR 0, opcode 0) with exactly one question and no answers.
         return PASS;
     }
     // Labels to dotted text: byte i of the encoded name becomes byte i - 1 of the text, a
@@ -2125,7 +2274,7 @@ pub fn tg_verdict(ctx: TcContext) -> i32 {
     let count = job.count;
     let wslot = count.wrapping_sub(1) & (MAX_SUFFIXES as u32 - 1);
     // Plain scalars, not an Option: LLVM would spill the None payload uninitialised.
-    let dns = job.source == JOB_DNS;
+    let dns = job.source == JOB_DNS || job.source == JOB_DNS_ANSWER;
     let mut found = false;
     let mut best_action = ACTION_NONE;
     let mut best_app = 0u32;
@@ -2143,8 +2292,11 @@ pub fn tg_verdict(ctx: TcContext) -> i32 {
             if let Some(v) = TG_NAME_VERDICT.get_ptr(NameKey { hash }) {
                 // SAFETY: live map value, read only.
                 let v = unsafe { *v };
-                // A verdict without an action refuses a DNS name only; it decides no flow.
-                if (whole || v.flags & NAME_F_SUBDOMAINS != 0) && (dns || v.action != ACTION_NONE) {
+                // A verdict without an action refuses a DNS name only, or marks a name under
+                // session control; it decides no flow.
+                if (whole || v.flags & NAME_F_SUBDOMAINS != 0)
+                    && (dns || v.action != ACTION_NONE || v.flags & NAME_F_SESSION != 0)
+                {
                     found = true;
                     best_action = v.action;
                     best_app = v.app_id;
@@ -2157,9 +2309,19 @@ pub fn tg_verdict(ctx: TcContext) -> i32 {
     if !found {
         return PASS;
     }
+    if job.source == JOB_DNS_ANSWER {
+        if best_flags & NAME_F_SESSION != 0 {
+            return hold_dns_answer(&ctx, job);
+        }
+        return PASS;
+    }
     if dns {
         // The query's own flow gets no verdict: the next query on it may be for anything.
         return refuse_dns(&ctx, job, best_flags);
+    }
+    if best_flags & NAME_F_SESSION != 0 && best_action != ACTION_BLOCK && best_action != ACTION_DROP
+    {
+        return session_name(&ctx, job, best_app);
     }
     stat(STAT_NAME_VERDICTS, 1);
     let fv = FlowVerdict {
@@ -2191,6 +2353,134 @@ pub fn tg_verdict(ctx: TcContext) -> i32 {
         unsafe { TG_PROGS.tail_call(&ctx, PROG_INDEX_ENFORCE) };
     }
     stat(STAT_DROPS, 1);
+    DROP
+}
+
+/// A ClientHello naming an app under session control (a name verdict with `NAME_F_SESSION`).
+/// On a steered flow it is the proxy's business and passes. On a direct flow (no DNS answer
+/// steered its address: DoH, a cached or hard-coded address) it must not reach the origin
+/// uninspected: it is dropped and the user gets a reset, and, when the server answered the
+/// flow's SYN (so the client can reach that address anyway), this client's connections to the
+/// address are steered from now on (`TG_STEER_CLI`): its retry goes through the proxy. The
+/// entry steers nobody else, so a client naming an app toward an address of its choice only
+/// affects itself. Applies in every mode (session control does not depend on the mode of the
+/// verdicts), unless the daemon is gone and the admin chose fail-open.
+#[inline(always)]
+fn session_name(ctx: &TcContext, job: &mut Job, app_id: u32) -> i32 {
+    let key = job.pkt.key;
+    if (job.source != JOB_SCRATCH && job.source != JOB_HELLO_MAP)
+        || job.dir != DIR_UP
+        || job.egress != 0
+        || key.proto != PROTO_TCP
+        || key.remote_port != STEER_TCP_PORT
+    {
+        return PASS;
+    }
+    let Some(c) = TG_CONFIG.get(0) else {
+        return PASS;
+    };
+    // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if c.flags & CONFIG_F_SESSION == 0 || failed_open(c, now) {
+        return PASS;
+    }
+    let (steered, answered) = match TG_FLOWS.get_ptr(&key) {
+        // SAFETY: live LRU map value, read only.
+        Some(f) => unsafe {
+            (
+                (*f).flags & FLOW_F_STEERED != 0,
+                (*f).tcp_flags & SYN_ACK_DOWN == SYN_ACK_DOWN,
+            )
+        },
+        None => (false, false),
+    };
+    if steered {
+        return PASS;
+    }
+    if answered {
+        let e = SteerEntry {
+            app_id,
+            _pad: 0,
+            expires_ns: now.saturating_add(STEER_CLIENT_TTL_NS),
+        };
+        if TG_STEER_CLI
+            .insert(&SteerClientKey::of(&key), &e, 0)
+            .is_ok()
+        {
+            stat(STAT_STEER_CLIENT_ADDED, 1);
+        }
+    } else {
+        stat(STAT_SESSION_UNPROVEN, 1);
+    }
+    stat(STAT_SESSION_REFUSED, 1);
+    job.action = ACTION_REFUSE_STEERED;
+    // SAFETY: tail call into tg_enforce (a reset to the user); returns only on failure.
+    unsafe { TG_PROGS.tail_call(ctx, PROG_INDEX_ENFORCE) };
+    stat(STAT_DROPS, 1);
+    DROP
+}
+
+/// A SYN-ACK seen from the server in [`FlowValue::tcp_flags`] (bits 8..16: toward the user).
+const SYN_ACK_DOWN: u32 = ((TCP_SYN | TCP_ACK) as u32) << 8;
+
+/// A DNS answer for an app under session control: instead of forwarding it, the probes hand
+/// the whole answer to the daemon (one ring record with `EVENT_F_HELD`) and drop it. The
+/// daemon steers the answer's addresses and then sends the answer on to the user itself, so
+/// the steer entries exist before the client can know the addresses: its first SYN is
+/// steered. When the record cannot be written (ring full), the answer passes as it is.
+#[inline(always)]
+fn hold_dns_answer(ctx: &TcContext, job: &Job) -> i32 {
+    let Some(buf) = TG_SCRATCH.get_ptr_mut(0) else {
+        return PASS;
+    };
+    // SAFETY: this CPU's scratch value; the pipeline runs on one CPU, one packet at a time,
+    // and the packet program's event was already written out of it.
+    let buf = unsafe { &mut *buf };
+    let pkt = &job.pkt;
+    if pkt.payload_len == 0 || pkt.payload_len > PAYLOAD_CAP as u32 {
+        return PASS;
+    }
+    let nm1 = pkt.payload_len - 1;
+    // SAFETY: reads a local.
+    let len = (unsafe { ptr::read_volatile(&nm1) } & (PAYLOAD_CAP as u32 - 1)) + 1;
+    // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    buf.header = EventHeader {
+        key: pkt.key,
+        timestamp_ns: now,
+        tcp_seq: 0,
+        ifindex: sk_field_ifindex(ctx),
+        orig_len: pkt.claimed_len,
+        cap_len: len,
+        kind: KIND_DNS,
+        direction: job.dir,
+        tcp_flags: 0,
+        flags: EVENT_F_HELD,
+        abi: ABI_VERSION,
+        tcp_ack: 0,
+        _pad: 0,
+    };
+    // SAFETY: the destination is this CPU's scratch payload of PAYLOAD_CAP bytes and
+    // len <= PAYLOAD_CAP; the helper bounds-checks the packet side.
+    let ret = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            pkt.payload_off,
+            buf.payload.as_mut_ptr() as *mut _,
+            len,
+        )
+    };
+    if ret != 0 {
+        return PASS;
+    }
+    let total = EVENT_HEADER_LEN + len as usize;
+    // SAFETY: `buf` is EVENT_HEADER_LEN + PAYLOAD_CAP bytes and total <= that.
+    let bytes = unsafe { core::slice::from_raw_parts(buf as *const EventBuf as *const u8, total) };
+    if TG_EVENTS.output::<[u8]>(bytes, 0).is_err() {
+        stat(STAT_RINGBUF_FULL, 1);
+        return PASS;
+    }
+    stat2(STAT_DNS_HELD, 1, STAT_EVENTS, 1);
     DROP
 }
 

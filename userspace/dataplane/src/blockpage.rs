@@ -100,17 +100,31 @@ pub fn block_page_packet(ev: &PayloadEvent, html: &str) -> Option<Vec<u8>> {
     tcp.extend_from_slice(&65535u16.to_be_bytes());
     tcp.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
     tcp.extend_from_slice(&payload);
-    let tcp_len = u16::try_from(tcp.len()).ok()?;
-    let mut pkt = Vec::with_capacity(40 + tcp.len());
-    let pseudo_sum = match (ev.remote_ip, ev.user_ip) {
+    ip_packet(ev.remote_ip, ev.user_ip, abi::PROTO_TCP, tcp, 16)
+}
+
+/// An IP packet (IPv4 without options, DF, TTL 64; or IPv6, hop limit 64) from `src` to `dst`
+/// carrying `l4` (a TCP or UDP header and payload) of `proto`, with the transport checksum
+/// (at `csum_at` in `l4`) filled in over the pseudo-header. `None` for mixed families or an
+/// oversized payload.
+fn ip_packet(
+    src: IpAddr,
+    dst: IpAddr,
+    proto: u8,
+    mut l4: Vec<u8>,
+    csum_at: usize,
+) -> Option<Vec<u8>> {
+    let l4_len = u16::try_from(l4.len()).ok()?;
+    let mut pkt = Vec::with_capacity(40 + l4.len());
+    let pseudo_sum = match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let total = tcp_len.checked_add(20)?;
+            let total = l4_len.checked_add(20)?;
             let mut ip = [0u8; 20];
             ip[0] = 0x45;
             ip[2..4].copy_from_slice(&total.to_be_bytes());
             ip[6] = 0x40; // DF
             ip[8] = 64;
-            ip[9] = abi::PROTO_TCP;
+            ip[9] = proto;
             ip[12..16].copy_from_slice(&s.octets());
             ip[16..20].copy_from_slice(&d.octets());
             let c = csum_fold(csum_add(0, &ip)).to_be_bytes();
@@ -119,15 +133,15 @@ pub fn block_page_packet(ev: &PayloadEvent, html: &str) -> Option<Vec<u8>> {
             let mut p = Vec::with_capacity(12);
             p.extend_from_slice(&s.octets());
             p.extend_from_slice(&d.octets());
-            p.extend_from_slice(&[0, abi::PROTO_TCP]);
-            p.extend_from_slice(&tcp_len.to_be_bytes());
+            p.extend_from_slice(&[0, proto]);
+            p.extend_from_slice(&l4_len.to_be_bytes());
             csum_add(0, &p)
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
             let mut ip = [0u8; 40];
             ip[0] = 0x60;
-            ip[4..6].copy_from_slice(&tcp_len.to_be_bytes());
-            ip[6] = abi::PROTO_TCP;
+            ip[4..6].copy_from_slice(&l4_len.to_be_bytes());
+            ip[6] = proto;
             ip[7] = 64;
             ip[8..24].copy_from_slice(&s.octets());
             ip[24..40].copy_from_slice(&d.octets());
@@ -135,16 +149,75 @@ pub fn block_page_packet(ev: &PayloadEvent, html: &str) -> Option<Vec<u8>> {
             let mut p = Vec::with_capacity(40);
             p.extend_from_slice(&s.octets());
             p.extend_from_slice(&d.octets());
-            p.extend_from_slice(&u32::from(tcp_len).to_be_bytes());
-            p.extend_from_slice(&[0, 0, 0, abi::PROTO_TCP]);
+            p.extend_from_slice(&u32::from(l4_len).to_be_bytes());
+            p.extend_from_slice(&[0, 0, 0, proto]);
             csum_add(0, &p)
         }
         _ => return None,
     };
-    let c = csum_fold(csum_add(pseudo_sum, &tcp)).to_be_bytes();
-    tcp[16..18].copy_from_slice(&c);
-    pkt.extend_from_slice(&tcp);
+    let mut c = csum_fold(csum_add(pseudo_sum, &l4));
+    if proto == abi::PROTO_UDP && c == 0 {
+        // UDP: a computed zero is sent as all ones (zero means "no checksum").
+        c = 0xffff;
+    }
+    l4.get_mut(csum_at..csum_at + 2)?
+        .copy_from_slice(&c.to_be_bytes());
+    pkt.extend_from_slice(&l4);
     Some(pkt)
+}
+
+/// The IP packet of a DNS answer the probes held ([`PayloadEvent::held`]): the event's UDP
+/// payload from the DNS server's address and port to the user's, as the server sent it.
+/// `None` when the event is not a whole held UDP DNS answer.
+pub fn held_dns_packet(ev: &PayloadEvent) -> Option<Vec<u8>> {
+    if !ev.held
+        || ev.kind != PayloadKind::Dns
+        || ev.proto != abi::PROTO_UDP
+        || ev.payload.len() != usize::try_from(ev.orig_len).ok()?
+    {
+        return None;
+    }
+    let len = u16::try_from(ev.payload.len().checked_add(8)?).ok()?;
+    let mut udp = Vec::with_capacity(usize::from(len));
+    udp.extend_from_slice(&ev.remote_port.to_be_bytes());
+    udp.extend_from_slice(&ev.user_port.to_be_bytes());
+    udp.extend_from_slice(&len.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(&ev.payload);
+    ip_packet(ev.remote_ip, ev.user_ip, abi::PROTO_UDP, udp, 6)
+}
+
+/// Sends a DNS answer the probes held on to the user (after the daemon steered its
+/// addresses), as the server sent it, marked so that the probes let it pass.
+pub fn send_held_dns(ev: &PayloadEvent) -> Result<(), DataplaneError> {
+    let pkt = held_dns_packet(ev).ok_or_else(|| {
+        DataplaneError::Io(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a held DNS answer",
+        ))
+    })?;
+    send_raw(ev.user_ip, &pkt)
+}
+
+/// Sends a whole IP packet (header included) toward `dst` from this host with
+/// [`abi::BLOCK_PAGE_MARK`], which the probes let through untouched.
+fn send_raw(dst: IpAddr, pkt: &[u8]) -> Result<(), DataplaneError> {
+    let domain = if dst.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    // IPPROTO_RAW: we write the IP header ourselves (IP_HDRINCL / IPV6_HDRINCL are implied
+    // and set again explicitly).
+    let sock = Socket::new(domain, Type::RAW, Some(Protocol::from(255)))?;
+    if dst.is_ipv4() {
+        sock.set_header_included_v4(true)?;
+    } else {
+        sock.set_header_included_v6(true)?;
+    }
+    sock.set_mark(abi::BLOCK_PAGE_MARK)?;
+    sock.send_to(pkt, &SockAddr::from(SocketAddr::new(dst, 0)))?;
+    Ok(())
 }
 
 /// Answers a blocked HTTP request (`ev`, its event) with a 403 page in the server's place,
@@ -157,23 +230,7 @@ pub fn send_block_page(ev: &PayloadEvent, html: &str) -> Result<(), DataplaneErr
             "not an HTTP request event",
         ))
     })?;
-    let domain = if ev.user_ip.is_ipv4() {
-        Domain::IPV4
-    } else {
-        Domain::IPV6
-    };
-    // IPPROTO_RAW: we write the IP header ourselves (IP_HDRINCL / IPV6_HDRINCL are implied
-    // and set again explicitly).
-    let sock = Socket::new(domain, Type::RAW, Some(Protocol::from(255)))?;
-    if ev.user_ip.is_ipv4() {
-        sock.set_header_included_v4(true)?;
-    } else {
-        sock.set_header_included_v6(true)?;
-    }
-    sock.set_mark(abi::BLOCK_PAGE_MARK)?;
-    let dst = SockAddr::from(SocketAddr::new(ev.user_ip, 0));
-    sock.send_to(&pkt, &dst)?;
-    Ok(())
+    send_raw(ev.user_ip, &pkt)
 }
 
 #[cfg(test)]

@@ -60,6 +60,9 @@ pub struct PayloadEvent {
     pub continuation: bool,
     /// The flow reached its event cap with this event.
     pub last_for_flow: bool,
+    /// A DNS answer the probes held instead of forwarding ([`abi::EVENT_F_HELD`]): the
+    /// daemon must send it on to the user ([`crate::send_held_dns`]).
+    pub held: bool,
     pub payload: Bytes,
 }
 
@@ -333,6 +336,7 @@ pub fn decode_record(rec: &[u8], clock: &KernelClock) -> Result<PayloadEvent, Re
         kind,
         continuation: flags & abi::EVENT_F_CONTINUATION != 0,
         last_for_flow: flags & abi::EVENT_F_LAST != 0,
+        held: flags & abi::EVENT_F_HELD != 0,
         payload: Bytes::copy_from_slice(payload),
     })
 }

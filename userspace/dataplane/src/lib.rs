@@ -32,7 +32,8 @@ pub mod testing;
 mod verdicts;
 
 pub use blockpage::{
-    BLOCK_PAGE_MAX, block_page_html, block_page_packet, block_page_response, send_block_page,
+    BLOCK_PAGE_MAX, block_page_html, block_page_packet, block_page_response, held_dns_packet,
+    send_block_page, send_held_dns,
 };
 pub use steer::{ListenerFamilies, PolicyRoute, SteerWriter, policy_route_commands};
 pub use verdicts::{
@@ -177,6 +178,26 @@ pub struct DataplaneStats {
     pub dns_refused: u64,
     /// DNS messages toward users not sent to userspace: no query from the user on the flow.
     pub dns_unsolicited: u64,
+    /// SYNs assigned to the session proxy (flows steered).
+    pub steered: u64,
+    /// SYNs toward a steered destination refused because no proxy listener could take them.
+    pub steer_no_proxy: u64,
+    /// QUIC Initials toward steered destinations refused.
+    pub steer_quic_refused: u64,
+    /// ClientHellos naming an app under session control on a direct flow, reset.
+    pub session_refused: u64,
+    /// Per-client steer entries the probes wrote.
+    pub steer_client_added: u64,
+    /// SYNs steered by a per-client entry.
+    pub steer_by_client: u64,
+    /// DNS answers for session-controlled names held for the daemon.
+    pub dns_held: u64,
+    /// Steer entries used past their expiry because the daemon is gone (fail-closed).
+    pub steer_kept_stale: u64,
+    /// Packets of flows toward steered destinations whose flow state was lost, reset.
+    pub steer_lost_reset: u64,
+    /// Hellos naming a session-controlled app without a server handshake: no steer entry.
+    pub session_unproven: u64,
     /// Every counter by id (including ids this build has no field for).
     pub raw: Vec<u64>,
 }
@@ -214,6 +235,16 @@ impl DataplaneStats {
             http_blocked: g(STAT_HTTP_BLOCKED),
             dns_refused: g(STAT_DNS_REFUSED),
             dns_unsolicited: g(STAT_DNS_UNSOLICITED),
+            steered: g(STAT_STEERED),
+            steer_no_proxy: g(STAT_STEER_NO_PROXY),
+            steer_quic_refused: g(STAT_STEER_QUIC_REFUSED),
+            session_refused: g(STAT_SESSION_REFUSED),
+            steer_client_added: g(STAT_STEER_CLIENT_ADDED),
+            steer_by_client: g(STAT_STEER_BY_CLIENT),
+            dns_held: g(STAT_DNS_HELD),
+            steer_kept_stale: g(STAT_STEER_KEPT_STALE),
+            steer_lost_reset: g(STAT_STEER_LOST_RESET),
+            session_unproven: g(STAT_SESSION_UNPROVEN),
             raw,
         }
     }
@@ -292,7 +323,7 @@ pub struct Dataplane {
 }
 
 /// Maps pinned under `abi<N>/maps` (the per-CPU scratch map is private to each load).
-const PINNED_MAPS: [&str; 13] = [
+const PINNED_MAPS: [&str; 14] = [
     abi::MAP_FLOWS,
     abi::MAP_HELLO,
     abi::MAP_EVENTS,
@@ -307,6 +338,7 @@ const PINNED_MAPS: [&str; 13] = [
     // does not: its socket is the old proxy's).
     abi::MAP_STEER_V4,
     abi::MAP_STEER_V6,
+    abi::MAP_STEER_CLIENT,
     // Pinned so that its entries survive the daemon (the kernel empties a program array when
     // its last user reference goes away).
     abi::MAP_PROGS,

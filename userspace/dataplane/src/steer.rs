@@ -180,6 +180,56 @@ impl SteerWriter<'_> {
         Ok(stale.len())
     }
 
+    /// Steers the new tcp/443 flows of one client (`user`, on `vlan`) toward `dst` into the
+    /// proxy, and refuses that client's QUIC to it, for `ttl`; nobody else's flows change.
+    /// The per-client map is an LRU of [`abi::STEER_CLIENT_CAPACITY`] entries.
+    pub fn add_client(
+        &mut self,
+        user: IpAddr,
+        vlan: u16,
+        dst: IpAddr,
+        app_id: u32,
+        ttl: Duration,
+    ) -> Result<(), DataplaneError> {
+        let key = client_key(user, vlan, dst).ok_or_else(|| {
+            DataplaneError::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "client and destination of different address families",
+            ))
+        })?;
+        let v = SteerEntry {
+            app_id,
+            _pad: 0,
+            expires_ns: monotonic_ns()
+                .saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX)),
+        };
+        let mut m = client_map(self.ebpf)?;
+        m.insert(key, v, 0).map_err(map_err(abi::MAP_STEER_CLIENT))
+    }
+
+    /// The per-client entry for `user` (on `vlan`) toward `dst`, if any (expired or not).
+    pub fn client_entry(
+        &mut self,
+        user: IpAddr,
+        vlan: u16,
+        dst: IpAddr,
+    ) -> Result<Option<SteerEntry>, DataplaneError> {
+        let Some(key) = client_key(user, vlan, dst) else {
+            return Ok(None);
+        };
+        match client_map(self.ebpf)?.get(&key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) if is_enoent(&e) => Ok(None),
+            Err(e) => Err(map_err(abi::MAP_STEER_CLIENT)(e)),
+        }
+    }
+
+    /// Number of per-client entries (expired ones included until the LRU evicts them).
+    pub fn client_entries(&mut self) -> Result<usize, DataplaneError> {
+        Ok(client_map(self.ebpf)?.keys().filter(Result::is_ok).count())
+    }
+
     /// Removes every steered prefix.
     pub fn clear(&mut self) -> Result<(), DataplaneError> {
         for (a, p, _) in self.entries()? {
@@ -204,6 +254,19 @@ fn clear_slot(m: &mut SockMap<&mut MapData>, slot: u32) -> Result<(), DataplaneE
 /// Deleting an absent key: aya reports the kernel's ENOENT as a syscall error for these maps.
 fn is_enoent(e: &aya::maps::MapError) -> bool {
     matches!(e, aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(2))
+}
+
+fn client_map(
+    ebpf: &mut Ebpf,
+) -> Result<aya::maps::HashMap<&mut MapData, abi::SteerClientKey, SteerEntry>, DataplaneError> {
+    aya::maps::HashMap::try_from(map_mut(ebpf, abi::MAP_STEER_CLIENT)?)
+        .map_err(map_err(abi::MAP_STEER_CLIENT))
+}
+
+/// The per-client map's key, laid out as the probes build it from a flow key.
+fn client_key(user: IpAddr, vlan: u16, dst: IpAddr) -> Option<abi::SteerClientKey> {
+    let key = crate::flow_key(abi::PROTO_TCP, user, 0, dst, 0, vlan)?;
+    Some(abi::SteerClientKey::of(&key))
 }
 
 fn trie4(ebpf: &mut Ebpf) -> Result<LpmTrie<&mut MapData, [u8; 4], SteerEntry>, DataplaneError> {

@@ -28,6 +28,9 @@ pub enum Action {
     Block,
     /// Drop silently.
     Drop,
+    /// Refused by session control in every mode (monitor too), answered like
+    /// [`Action::Block`]; lifted only by fail-open with the daemon gone. For flow verdicts.
+    Refuse,
 }
 
 impl Action {
@@ -36,6 +39,7 @@ impl Action {
             Action::Allow => abi::ACTION_ALLOW,
             Action::Block => abi::ACTION_BLOCK,
             Action::Drop => abi::ACTION_DROP,
+            Action::Refuse => abi::ACTION_REFUSE,
         }
     }
 }
@@ -65,6 +69,11 @@ pub struct NameRule {
     pub subdomains: bool,
     /// DNS queries for the name get an NXDOMAIN answer from the probes.
     pub refuse_dns: bool,
+    /// The name belongs to an app under session control: with
+    /// [`VerdictWriter::set_session_control`] on, a ClientHello naming it on a direct flow is
+    /// reset (the client's retry is steered) and DNS answers for it are held until the daemon
+    /// has steered their addresses.
+    pub session: bool,
 }
 
 /// CLOCK_MONOTONIC now, in ns (the probes' clock).
@@ -144,6 +153,18 @@ impl VerdictWriter<'_> {
                 c.flags &= !abi::CONFIG_F_NO_QUIC_HOLD;
             } else {
                 c.flags |= abi::CONFIG_F_NO_QUIC_HOLD;
+            }
+        })
+    }
+
+    /// Turns the probes' session-control checks on or off ([`abi::CONFIG_F_SESSION`]): on
+    /// while the session proxy runs.
+    pub fn set_session_control(&mut self, on: bool) -> Result<(), DataplaneError> {
+        self.config(|c| {
+            if on {
+                c.flags |= abi::CONFIG_F_SESSION;
+            } else {
+                c.flags &= !abi::CONFIG_F_SESSION;
             }
         })
     }
@@ -256,6 +277,7 @@ impl VerdictWriter<'_> {
                 app_id,
                 subdomains,
                 refuse_dns: false,
+                session: false,
             },
         )
     }
@@ -274,6 +296,9 @@ impl VerdictWriter<'_> {
         }
         if rule.refuse_dns {
             flags |= abi::NAME_F_REFUSE_DNS;
+        }
+        if rule.session {
+            flags |= abi::NAME_F_SESSION;
         }
         let v = NameVerdict {
             action: rule.action.map_or(abi::ACTION_NONE, Action::code),

@@ -566,6 +566,7 @@ fn dns_only() -> NameRule {
         app_id: 0,
         subdomains: false,
         refuse_dns: true,
+        session: false,
     }
 }
 
@@ -643,6 +644,7 @@ fn dns_queries_for_refused_names_answered_nxdomain_in_the_kernel() {
                 app_id: 4,
                 subdomains: true,
                 refuse_dns: true,
+                session: false,
             },
         )
         .unwrap();

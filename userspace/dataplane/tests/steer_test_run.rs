@@ -7,7 +7,7 @@
 use std::{net::IpAddr, time::Duration};
 
 use tollgate_dataplane::{
-    EnforceOptions, abi, flow_key,
+    Action, EnforceOptions, NameRule, abi, flow_key,
     testing::{L4, PacketSpec, ProbeHarness, TC_ACT_SHOT, TC_ACT_UNSPEC, tcp_flags},
 };
 
@@ -240,5 +240,367 @@ fn quic_initials_toward_a_steered_destination_are_refused_in_every_mode() {
             .unwrap();
         assert_eq!(r.action, TC_ACT_UNSPEC);
         assert_eq!(h.stats().unwrap().raw[abi::STAT_STEER_QUIC_REFUSED], 2);
+    });
+}
+
+// ---- session control without a steering DNS answer: per-client steering ----
+
+const USER4_B: &str = "192.0.2.11";
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = format!("{}/testdata/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).expect("fixture present");
+    tollgate_dataplane::testing::hex(&text).expect("fixture is hex")
+}
+
+fn tcp_payload(src: &str, dst: &str, sport: u16, dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
+    PacketSpec::tcp(ip(src), ip(dst), sport, dport, 1000, flags, payload).frame()
+}
+
+/// Session control on, with `cnr.it` and its subdomains an app under session control (the
+/// fixture's ClientHello names www.iit.cnr.it).
+fn session_names(h: &mut ProbeHarness) {
+    let mut v = h.verdicts();
+    v.set_session_control(true).unwrap();
+    v.set_name_rule(
+        "cnr.it",
+        NameRule {
+            action: None,
+            app_id: 9,
+            subdomains: true,
+            refuse_dns: false,
+            session: true,
+        },
+    )
+    .unwrap();
+    v.commit().unwrap();
+}
+
+/// SYN from the user, SYN-ACK from the server: a flow the server answered.
+fn handshake(h: &ProbeHarness, user: &str, sport: u16, remote: &str) {
+    let r = h
+        .run(
+            abi::PROG_LAN_INGRESS,
+            &tcp(user, remote, sport, 443, SYN),
+            1,
+        )
+        .unwrap();
+    assert_eq!(
+        (r.action, r.mark),
+        (TC_ACT_UNSPEC, 0),
+        "SYN of a direct flow"
+    );
+    let r = h
+        .run(
+            abi::PROG_LAN_EGRESS,
+            &tcp(remote, user, 443, sport, SYN | ACK),
+            1,
+        )
+        .unwrap();
+    assert_eq!(r.action, TC_ACT_UNSPEC);
+}
+
+#[test]
+fn a_hello_naming_a_session_app_on_a_direct_flow_is_reset_and_steers_only_its_client() {
+    with_harness(|h| {
+        session_names(h);
+        let hello = fixture("tls_clienthello_chrome.hex");
+        let prog = abi::PROG_LAN_INGRESS;
+
+        // Client A opens a direct flow to an address nobody steered (no DNS answer: DoH, a
+        // hard-coded address) and names the app: the hello never reaches the origin, A gets a
+        // reset (in monitor mode too), and A's connections to that address are steered.
+        handshake(h, USER4, 42000, OTHER4);
+        let r = h
+            .run(
+                prog,
+                &tcp_payload(USER4, OTHER4, 42000, 443, ACK | tcp_flags::PSH, &hello),
+                1,
+            )
+            .unwrap();
+        assert_eq!(r.action, TC_ACT_SHOT, "the hello went on to the origin");
+        let s = h.stats().unwrap();
+        assert_eq!(
+            (s.session_refused, s.steer_client_added, s.rst_sent),
+            (1, 1, 1)
+        );
+        assert!(
+            h.steering()
+                .client_entry(ip(USER4), 0, ip(OTHER4))
+                .unwrap()
+                .is_some(),
+            "no per-client steer entry"
+        );
+        assert!(
+            h.steering().entries().unwrap().is_empty(),
+            "steered for everyone"
+        );
+        // A's retry is steered (a test run has no proxy listener, so the steered SYN is
+        // refused rather than passed direct; a real ingress assigns it to the proxy).
+        let r = h
+            .run(prog, &tcp(USER4, OTHER4, 42001, 443, SYN), 1)
+            .unwrap();
+        assert_eq!(r.action, TC_ACT_SHOT, "A's retry went direct");
+        assert_eq!(h.stats().unwrap().steer_by_client, 1);
+        // Client B's connections to the same address are not steered: they pass direct.
+        let r = h
+            .run(prog, &tcp(USER4_B, OTHER4, 42002, 443, SYN), 1)
+            .unwrap();
+        assert_eq!(
+            (r.action, r.mark),
+            (TC_ACT_UNSPEC, 0),
+            "B was steered by A's hello"
+        );
+        assert_eq!(steered_flag(h, USER4_B, 42002, OTHER4), Some(false));
+        assert_eq!(h.stats().unwrap().steer_by_client, 1);
+
+        // A hello without a handshake (a crafted segment toward an address the client may
+        // not even reach) is refused, but steers nothing, not even for its sender.
+        let r = h
+            .run(
+                prog,
+                &tcp_payload(USER4_B, STEERED4, 42003, 443, ACK, &hello),
+                1,
+            )
+            .unwrap();
+        assert_eq!(r.action, TC_ACT_SHOT);
+        assert_eq!(h.stats().unwrap().session_unproven, 1);
+        assert!(
+            h.steering()
+                .client_entry(ip(USER4_B), 0, ip(STEERED4))
+                .unwrap()
+                .is_none()
+        );
+        let r = h
+            .run(prog, &tcp(USER4_B, STEERED4, 42004, 443, SYN), 1)
+            .unwrap();
+        assert_eq!((r.action, r.mark), (TC_ACT_UNSPEC, 0));
+
+        // A hello on a flow the proxy already has passes (the proxy sees it).
+        let key = flow_key(abi::PROTO_TCP, ip(USER4), 42005, ip(OTHER4), 443, 0).unwrap();
+        h.set_flow_value(
+            &key,
+            &abi::FlowValue {
+                flags: abi::FLOW_F_STEERED,
+                tcp_flags: u32::from(SYN),
+                ..abi::FlowValue::default()
+            },
+        )
+        .unwrap();
+        let r = h
+            .run(
+                prog,
+                &tcp_payload(USER4, OTHER4, 42005, 443, ACK, &hello),
+                1,
+            )
+            .unwrap();
+        assert_eq!((r.action, r.mark), (TC_ACT_UNSPEC, abi::STEER_MARK));
+
+        // Session control off (no proxy running): the same hello passes.
+        h.verdicts().set_session_control(false).unwrap();
+        handshake(h, USER4_B, 42006, OTHER4);
+        let r = h
+            .run(
+                prog,
+                &tcp_payload(USER4_B, OTHER4, 42006, 443, ACK, &hello),
+                1,
+            )
+            .unwrap();
+        assert_eq!(r.action, TC_ACT_UNSPEC);
+        assert_eq!(h.stats().unwrap().session_refused, 2);
+    });
+}
+
+/// A DNS response for `name` (type A) with one answer `addr`.
+fn dns_answer(id: u16, name: &str, addr: [u8; 4]) -> Vec<u8> {
+    let mut m = Vec::new();
+    m.extend_from_slice(&id.to_be_bytes());
+    m.extend_from_slice(&[0x81, 0x80]); // QR, RD, RA
+    m.extend_from_slice(&[0, 1, 0, 1, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        m.push(label.len() as u8);
+        m.extend_from_slice(label.as_bytes());
+    }
+    m.push(0);
+    m.extend_from_slice(&[0, 1, 0, 1]);
+    m.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+    m.extend_from_slice(&addr);
+    m
+}
+
+#[test]
+fn dns_answers_for_session_apps_are_held_for_the_daemon() {
+    with_harness(|h| {
+        session_names(h);
+        let _ = h.drain_events();
+        let prog = abi::PROG_LAN_EGRESS;
+        let answer = dns_answer(7, "www.iit.cnr.it", [203, 0, 113, 9]);
+        let frame = udp(STEERED4, USER4, 53, 50100, &answer);
+        // No daemon heartbeat (nobody would send it on): the answer passes.
+        let r = h.run(prog, &frame, 1).unwrap();
+        assert_eq!(r.action, TC_ACT_UNSPEC, "held without a daemon");
+        // With a live daemon: dropped, and handed over whole in a held record.
+        h.verdicts().heartbeat().unwrap();
+        let r = h.run(prog, &frame, 1).unwrap();
+        assert_eq!(r.action, TC_ACT_SHOT, "the answer went on before steering");
+        assert_eq!(h.stats().unwrap().dns_held, 1);
+        let held: Vec<_> = h.drain_events().into_iter().filter(|e| e.held).collect();
+        assert_eq!(held.len(), 1);
+        assert_eq!(&held[0].payload[..], &answer[..]);
+        assert_eq!(
+            (
+                held[0].remote_ip,
+                held[0].remote_port,
+                held[0].user_ip,
+                held[0].user_port
+            ),
+            (ip(STEERED4), 53, ip(USER4), 50100)
+        );
+        // What the daemon sends on is the same datagram.
+        let pkt = tollgate_dataplane::held_dns_packet(&held[0]).unwrap();
+        assert_eq!(&pkt[28..], &answer[..]);
+        // Forwarded from another attached interface (whose WAN ingress hook saw it before
+        // NAT was undone): still held here, where it names its client. A WAN ingress hook
+        // never holds.
+        h.add_iface(7, false).unwrap();
+        let r = h
+            .run_forwarded(prog, &udp(STEERED4, USER4, 53, 50102, &answer), 7)
+            .unwrap();
+        assert_eq!(r.action, TC_ACT_SHOT, "a forwarded answer was not held");
+        let r = h
+            .run(
+                abi::PROG_WAN_INGRESS,
+                &udp(STEERED4, USER4, 53, 50103, &answer),
+                1,
+            )
+            .unwrap();
+        assert_eq!(r.action, TC_ACT_UNSPEC);
+        assert_eq!(h.stats().unwrap().dns_held, 2);
+        let _ = h.drain_events();
+        // Other names pass.
+        let other = dns_answer(8, "example.org", [203, 0, 113, 10]);
+        let r = h
+            .run(prog, &udp(STEERED4, USER4, 53, 50101, &other), 1)
+            .unwrap();
+        assert_eq!(r.action, TC_ACT_UNSPEC);
+        assert_eq!(h.stats().unwrap().dns_held, 2);
+    });
+}
+
+#[test]
+fn steering_outlives_its_expiry_while_the_daemon_is_gone_and_fail_closed() {
+    with_harness(|h| {
+        let prog = abi::PROG_LAN_INGRESS;
+        h.steering()
+            .add(ip(STEERED4), 32, 7, Some(Duration::from_millis(50)))
+            .unwrap();
+        h.steering()
+            .add_client(ip(USER4), 0, ip(OTHER4), 7, Duration::from_millis(50))
+            .unwrap();
+        let opts = |fail_open| EnforceOptions {
+            fail_open,
+            heartbeat_timeout: Duration::from_millis(100),
+            block_quic: false,
+            refuse_dns: false,
+        };
+        h.verdicts().set_enforce_options(opts(false)).unwrap();
+        h.verdicts().heartbeat().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        // Both entries expired and the daemon's heartbeat is stale: still steered (the SYN is
+        // refused for want of a proxy), never direct.
+        for (sport, dst) in [(43000, STEERED4), (43001, OTHER4)] {
+            let r = h.run(prog, &tcp(USER4, dst, sport, 443, SYN), 1).unwrap();
+            assert_eq!(r.action, TC_ACT_SHOT, "{dst}: an expired entry went direct");
+        }
+        assert!(h.stats().unwrap().steer_kept_stale >= 2);
+        // A live daemon lets its entries expire (it renews what is still wanted).
+        h.verdicts().heartbeat().unwrap();
+        for (sport, dst) in [(43002, STEERED4), (43003, OTHER4)] {
+            let r = h.run(prog, &tcp(USER4, dst, sport, 443, SYN), 1).unwrap();
+            assert_eq!((r.action, r.mark), (TC_ACT_UNSPEC, 0), "{dst}");
+        }
+        // Fail-open chosen: a stale heartbeat lets them expire too.
+        h.verdicts().set_enforce_options(opts(true)).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let r = h
+            .run(prog, &tcp(USER4, STEERED4, 43004, 443, SYN), 1)
+            .unwrap();
+        assert_eq!(r.action, TC_ACT_UNSPEC);
+    });
+}
+
+#[test]
+fn a_steered_flow_whose_state_was_lost_is_reset_not_sent_direct() {
+    with_harness(|h| {
+        let prog = abi::PROG_LAN_INGRESS;
+        h.steering().add(ip(STEERED4), 32, 7, None).unwrap();
+        // Mid-flow packets of a flow whose state is gone (evicted): toward a steered
+        // destination they are reset, whatever the flow was.
+        let r = h
+            .run(
+                prog,
+                &tcp(USER4, STEERED4, 44000, 443, ACK | tcp_flags::PSH),
+                1,
+            )
+            .unwrap();
+        assert_eq!(r.action, TC_ACT_SHOT, "a lost steered flow went on direct");
+        assert_eq!(h.stats().unwrap().steer_lost_reset, 1);
+        // Toward other destinations, and resets, they pass.
+        let r = h
+            .run(prog, &tcp(USER4, OTHER4, 44001, 443, ACK), 1)
+            .unwrap();
+        assert_eq!(r.action, TC_ACT_UNSPEC);
+        let r = h
+            .run(prog, &tcp(USER4, STEERED4, 44002, 443, tcp_flags::RST), 1)
+            .unwrap();
+        assert_eq!(r.action, TC_ACT_UNSPEC);
+        // A flow whose SYN was seen and decided direct (before the address was steered)
+        // keeps going direct.
+        let r = h
+            .run(prog, &tcp(USER4, OTHER4, 44003, 443, SYN), 1)
+            .unwrap();
+        assert_eq!(r.action, TC_ACT_UNSPEC);
+        h.steering().add(ip(OTHER4), 32, 7, None).unwrap();
+        let r = h
+            .run(prog, &tcp(USER4, OTHER4, 44003, 443, ACK), 1)
+            .unwrap();
+        assert_eq!((r.action, r.mark), (TC_ACT_UNSPEC, 0));
+        assert_eq!(h.stats().unwrap().steer_lost_reset, 1);
+    });
+}
+
+#[test]
+fn a_quic_flow_refused_by_session_control_is_refused_in_monitor_mode_too() {
+    with_harness(|h| {
+        let prog = abi::PROG_LAN_INGRESS;
+        let mut initial = vec![0xc3, 0, 0, 0, 1];
+        initial.resize(1200, 0);
+        // The daemon decrypted this flow's Initial: an app under session control, toward an
+        // address no DNS answer steered. Its verdict refuses it although the mode is monitor.
+        let key = flow_key(abi::PROTO_UDP, ip(USER4), 50500, ip(OTHER4), 443, 0).unwrap();
+        let r = h
+            .run(prog, &udp(USER4, OTHER4, 50500, 443, &initial), 1)
+            .unwrap();
+        assert_eq!(r.action, TC_ACT_UNSPEC, "no verdict yet");
+        let mut v = h.verdicts();
+        v.set_flow(&key, Action::Refuse, 0, None).unwrap();
+        v.commit().unwrap();
+        let r = h
+            .run(prog, &udp(USER4, OTHER4, 50500, 443, &initial), 1)
+            .unwrap();
+        assert_eq!(r.action, TC_ACT_SHOT, "refused QUIC passed in monitor mode");
+        assert_eq!(h.stats().unwrap().icmp_sent, 1, "no ICMP unreachable");
+        // An unsanctioned app's block stays a "would drop" in monitor mode.
+        let key = flow_key(abi::PROTO_UDP, ip(USER4), 50501, ip(OTHER4), 443, 0).unwrap();
+        let mut v = h.verdicts();
+        v.set_flow(&key, Action::Block, 0, None).unwrap();
+        v.commit().unwrap();
+        let r = h
+            .run(prog, &udp(USER4, OTHER4, 50501, 443, &initial), 1)
+            .unwrap();
+        assert_eq!(r.action, TC_ACT_UNSPEC);
+        // Nothing was steered by any of it.
+        assert!(h.steering().entries().unwrap().is_empty());
+        assert_eq!(h.steering().client_entries().unwrap(), 0);
     });
 }

@@ -347,6 +347,13 @@ impl Config {
                 "must be at least 1".into(),
             );
         }
+        if self.enforcement.steer_timeout_secs == 0 {
+            return fail(
+                "enforcement.steer_timeout_secs",
+                "steer_timeout_secs",
+                "must be at least 1".into(),
+            );
+        }
         Ok(())
     }
 }

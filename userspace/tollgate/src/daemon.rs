@@ -172,22 +172,13 @@ fn save_learned(state_dir: &Path, records: &[LearnedRecord]) -> std::io::Result<
     result
 }
 
-/// Every address of every interface of the gateway (in its network namespace): never
-/// blocked or steered because of a DNS answer.
-pub fn own_addresses() -> Vec<IpAddr> {
-    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
-        return Vec::new();
-    };
-    addrs
-        .filter_map(|a| {
-            let sa = a.address?;
-            if let Some(v4) = sa.as_sockaddr_in() {
-                Some(IpAddr::V4(v4.ip()))
-            } else {
-                sa.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
-            }
-        })
-        .collect()
+/// The addresses DNS answers may never block or steer, from the `[enforcement]` section (the
+/// gateway's own addresses are added by whoever holds the filter, and read again on reload).
+fn protected_addrs(cfg: &Config) -> tollgate_policy::ProtectedAddrs {
+    tollgate_policy::ProtectedAddrs::new(
+        cfg.enforcement.never_block.clone(),
+        cfg.enforcement.dns_learn_private,
+    )
 }
 
 fn resolve_interfaces(cfg: &Config) -> Result<Vec<(String, Role)>> {
@@ -289,7 +280,7 @@ impl Core {
         // flow is decided then (a tag change decides every named flow again, apply_tags).
         let named = named.map(|(n, src)| (n.to_string(), src));
         match ev.kind {
-            PayloadKind::Dns => self.on_dns(),
+            PayloadKind::Dns => self.on_dns(ev),
             PayloadKind::Tls | PayloadKind::Quic | PayloadKind::Http => {
                 if let Some((name, source)) = named {
                     self.decide_flow(ev, &name, source);
@@ -320,8 +311,27 @@ impl Core {
     /// The flow table has just named the flow from its own payload: decide the flow.
     fn decide_flow(&mut self, ev: &PayloadEvent, name: &str, source: NameSource) {
         let Some(key) = ev.flow_key() else { return };
-        if let Some(s) = &mut self.session {
-            s.on_name(&mut self.dp, &self.catalog, name, ev.remote_ip);
+        // A flow's own name never steers its address for anyone (anyone can put any name in
+        // a first flight toward any address). A QUIC flow naming an app under session control
+        // toward an address no DNS answer steered is refused (in every mode), so the browser
+        // falls back to TCP, where the kernel refuses the direct hello and steers that
+        // client's retry (a TLS handshake proves the client reaches the address anyway).
+        if ev.kind == PayloadKind::Quic
+            && ev.direction == Direction::Up
+            && let Some(s) = &mut self.session
+            && let Some(app) = s.on_quic_name(&self.catalog, name)
+        {
+            tracing::info!(app, name = %name, user = %ev.user_ip, remote = %ev.remote_ip,
+                "QUIC to an app under session control refused");
+            // Held flows read the verdict at once; the others at the next generation.
+            let mut w = self.dp.verdicts();
+            if let Err(e) = w
+                .set_flow(&key, tollgate_dataplane::Action::Refuse, 0, None)
+                .and_then(|()| w.commit())
+            {
+                tracing::warn!("writing a flow verdict: {e}");
+            }
+            return;
         }
         match self
             .enforcer
@@ -353,9 +363,27 @@ impl Core {
 
     /// DNS answers the flow table matched to a query of their client: addresses of
     /// unsanctioned apps go into the kernel's block tries, those of apps under session
-    /// control are steered. Protected addresses and clients over their allowance are refused
-    /// (counted). The flow table is the one place that parses DNS (UDP, and TCP reassembled).
-    fn on_dns(&mut self) {
+    /// control into the steer tries. Protected addresses and clients over their allowance are
+    /// refused (counted). The flow table is the one place that parses DNS (UDP, and TCP
+    /// reassembled). An answer the kernel held (it names an app under session control) is sent
+    /// on to its user after that, whatever it holds, so the client's first connection finds
+    /// its addresses steered.
+    fn on_dns(&mut self, ev: &PayloadEvent) {
+        self.learn_dns();
+        if ev.held {
+            match &mut self.session {
+                Some(s) => s.release_held(ev),
+                // Session control is off (the flag outlived an earlier run): still deliver.
+                None => {
+                    if let Err(e) = tollgate_dataplane::send_held_dns(ev) {
+                        tracing::warn!("sending a held DNS answer to {}: {e}", ev.user_ip);
+                    }
+                }
+            }
+        }
+    }
+
+    fn learn_dns(&mut self) {
         for a in self.flows.take_dns_answers() {
             if self.enforcer.protection(a.ip).is_some() {
                 self.enforcer.learn_stats.protected += 1;
@@ -365,7 +393,7 @@ impl Core {
                 continue;
             }
             if let Some(s) = &mut self.session {
-                s.on_name(&mut self.dp, &self.catalog, &a.name, a.ip);
+                s.on_dns_answer(&mut self.dp, &self.catalog, &a.name, a.ip, a.client);
             }
             if let Err(e) = self.enforcer.on_dns_answer(
                 &mut self.dp,
@@ -656,6 +684,19 @@ impl Core {
             "dns_learned_evicted": self.enforcer.learn_stats.evicted,
             "dns_learned_expired": self.enforcer.learn_stats.expired,
             "dns_learned_write_failed": self.enforcer.learn_stats.write_failed,
+            "session": {
+                "steered": dp.steered,
+                "steer_no_proxy": dp.steer_no_proxy,
+                "steer_quic_refused": dp.steer_quic_refused,
+                "session_refused": dp.session_refused,
+                "session_unproven": dp.session_unproven,
+                "steer_client_added": dp.steer_client_added,
+                "steer_by_client": dp.steer_by_client,
+                "dns_held": dp.dns_held,
+                "steer_kept_stale": dp.steer_kept_stale,
+                "steer_lost_reset": dp.steer_lost_reset,
+                "daemon": self.session.as_ref().map(|s| s.counts).unwrap_or_default(),
+            },
         })
     }
 
@@ -782,7 +823,12 @@ impl Core {
         .filter_map(|(what, changed)| changed.then_some(what))
         .collect();
         self.tags = tags;
-        self.enforcer.set_own_addresses(own_addresses());
+        self.enforcer
+            .set_own_addresses(crate::session::own_addresses());
+        if self.session.is_some() {
+            self.enforcer
+                .set_session_apps(crate::session::session_apps(&new));
+        }
         self.cfg.apps = new.apps;
         self.cfg.tag_rules = new.tag_rules;
         self.cfg.session_policies = new.session_policies;
@@ -917,9 +963,18 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
     let reader = dp.take_event_reader().context("opening the ring buffer")?;
 
     let catalog = Arc::new(catalog);
-    let session = crate::session::SessionControl::start(&cfg, catalog.clone(), &mut dp).await?;
+    let mut session = crate::session::SessionControl::start(&cfg, catalog.clone(), &mut dp).await?;
+    if let Some(s) = &mut session {
+        s.set_protected(protected_addrs(&cfg));
+    }
+    if session.is_none() {
+        // A pinned config of an earlier run may still have it on.
+        dp.verdicts()
+            .set_session_control(false)
+            .context("turning off session control in the kernel")?;
+    }
     let mut enforcer = Enforcer::new(cfg.mode == Mode::Enforce, cfg.enforcement.clone(), &catalog);
-    enforcer.set_own_addresses(own_addresses());
+    enforcer.set_own_addresses(crate::session::own_addresses());
     let learned = match load_learned(&cfg.state_dir) {
         Ok(l) => l,
         Err(e) => {
@@ -935,6 +990,9 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
             Vec::new()
         }
     };
+    if session.is_some() {
+        enforcer.set_session_apps(crate::session::session_apps(&cfg));
+    }
     if session.is_none() {
         // No app is under session control: steered prefixes an earlier run left behind would
         // send flows to a proxy that is not there.

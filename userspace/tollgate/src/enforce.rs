@@ -100,6 +100,11 @@ pub struct EnforcementConfig {
     /// that one LAN host cannot fill the budget for everyone.
     #[serde(default = "default_dns_learn_rate")]
     pub dns_learn_per_client_per_min: u32,
+    /// How long an address that a DNS answer named for an app under session control stays
+    /// steered into the proxy without a fresh answer (while the daemon runs; with
+    /// `fail_open = false` the kernel keeps steering it while the daemon is gone).
+    #[serde(default = "default_steer_timeout")]
+    pub steer_timeout_secs: u64,
 }
 
 impl Default for EnforcementConfig {
@@ -118,6 +123,7 @@ impl Default for EnforcementConfig {
             dns_learn_private: false,
             dns_learned_max: default_dns_learned_max(),
             dns_learn_per_client_per_min: default_dns_learn_rate(),
+            steer_timeout_secs: default_steer_timeout(),
         }
     }
 }
@@ -145,6 +151,9 @@ fn yes() -> bool {
 fn default_dns_floor() -> u64 {
     300
 }
+fn default_steer_timeout() -> u64 {
+    3600
+}
 fn default_heartbeat_timeout() -> u64 {
     30
 }
@@ -166,6 +175,8 @@ struct NameEntry {
     app: u32,
     subdomains: bool,
     refuse_dns: bool,
+    /// The name is an app's under session control (see [`Enforcer::set_session_apps`]).
+    session: bool,
 }
 
 /// What a sync changed.
@@ -307,6 +318,9 @@ pub struct Enforcer {
     protected: ProtectedAddrs,
     allowances: HashMap<IpAddr, Allowance>,
     pub learn_stats: LearnStats,
+    /// Apps under session control: their domain rules go to the kernel flagged, so that the
+    /// probes refuse a direct flow whose hello names them and hold DNS answers for them.
+    session_apps: HashSet<String>,
     pub flows_blocked: u64,
 }
 
@@ -338,6 +352,7 @@ impl Enforcer {
             protected: ProtectedAddrs::new(cfg.never_block.clone(), cfg.dns_learn_private),
             allowances: HashMap::new(),
             learn_stats: LearnStats::default(),
+            session_apps: HashSet::new(),
             cfg,
             flows_blocked: 0,
         }
@@ -412,6 +427,11 @@ impl Enforcer {
             })
     }
 
+    /// The apps under session control (their names are flagged at the next [`Enforcer::sync`]).
+    pub fn set_session_apps(&mut self, apps: HashSet<String>) {
+        self.session_apps = apps;
+    }
+
     /// The name verdicts the tags call for.
     fn wanted_names(&self, catalog: &Catalog, tags: &TagBook) -> BTreeMap<String, NameEntry> {
         let mut want = BTreeMap::new();
@@ -429,6 +449,7 @@ impl Enforcer {
                         app: n,
                         subdomains,
                         refuse_dns: self.cfg.refuse_dns,
+                        session: false,
                     });
                 e.subdomains |= subdomains;
             }
@@ -458,10 +479,41 @@ impl Enforcer {
                             app: self.number(&app.id),
                             subdomains: rule.starts_with("*."),
                             refuse_dns: false,
+                            session: false,
                         },
                     );
                 }
             }
+        }
+        // Names of apps under session control: flagged on whatever entry the name has (a block
+        // still blocks), else an entry that decides nothing but session control.
+        let mut session: BTreeMap<String, NameEntry> = BTreeMap::new();
+        for app in catalog.apps() {
+            if !self.session_apps.contains(&app.id) {
+                continue;
+            }
+            let n = self.number(&app.id);
+            for rule in &app.domains {
+                let (name, subdomains) = match rule.strip_prefix("*.") {
+                    Some(suffix) => (suffix, true),
+                    None => (rule.as_str(), false),
+                };
+                let e = session
+                    .entry(name.trim_end_matches('.').to_ascii_lowercase())
+                    .or_insert(NameEntry {
+                        action: None,
+                        app: n,
+                        subdomains,
+                        refuse_dns: false,
+                        session: true,
+                    });
+                e.subdomains |= subdomains;
+            }
+        }
+        for (name, entry) in session {
+            want.entry(name)
+                .and_modify(|e| e.session = true)
+                .or_insert(entry);
         }
         if self.cfg.refuse_doh_canary {
             for canary in &self.cfg.doh_canary_domains {
@@ -474,6 +526,7 @@ impl Enforcer {
                         app: 0,
                         subdomains: false,
                         refuse_dns: true,
+                        session: false,
                     });
             }
         }
@@ -520,6 +573,7 @@ impl Enforcer {
                     app_id: entry.app,
                     subdomains: entry.subdomains,
                     refuse_dns: entry.refuse_dns,
+                    session: entry.session,
                 },
             ) {
                 Ok(()) => {
