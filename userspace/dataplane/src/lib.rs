@@ -35,7 +35,9 @@ pub use blockpage::{
     BLOCK_PAGE_MAX, block_page_html, block_page_packet, block_page_response, send_block_page,
 };
 pub use steer::{ListenerFamilies, PolicyRoute, SteerWriter, policy_route_commands};
-pub use verdicts::{Action, EnforceOptions, NameRule, VerdictWriter, monotonic_ns, normalize_name};
+pub use verdicts::{
+    Action, EnforceOptions, NameRule, Unreadable, VerdictWriter, monotonic_ns, normalize_name,
+};
 
 use std::{
     collections::HashSet,

@@ -65,6 +65,30 @@ pub struct EnforcementConfig {
     /// The canary domains: Firefox's, and Apple's iCloud Private Relay ones.
     #[serde(default = "default_doh_canaries")]
     pub doh_canary_domains: Vec<String>,
+    /// Port-443 flows whose name the gateway cannot read (no ClientHello at the start of the
+    /// stream, no readable SNI, a hello hidden in IP fragments or split into more TLS records
+    /// than the probes follow, a QUIC Initial that never reached userspace): `pass` lets them
+    /// through, counted; `block` resets them (enforce mode). See README.
+    #[serde(default)]
+    pub unreadable: UnreadableAction,
+}
+
+/// `[enforcement] unreadable`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnreadableAction {
+    #[default]
+    Pass,
+    Block,
+}
+
+impl UnreadableAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnreadableAction::Pass => "pass",
+            UnreadableAction::Block => "block",
+        }
+    }
 }
 
 impl Default for EnforcementConfig {
@@ -78,6 +102,7 @@ impl Default for EnforcementConfig {
             refuse_dns: false,
             refuse_doh_canary: true,
             doh_canary_domains: default_doh_canaries(),
+            unreadable: UnreadableAction::Pass,
         }
     }
 }
@@ -168,7 +193,8 @@ impl Enforcer {
         self.app_numbers.get(app).copied().unwrap_or(0)
     }
 
-    /// Writes the enforcement options (fail-open, QUIC refusal) once at start.
+    /// Writes the enforcement options (fail-open, QUIC refusal, unreadable flows) once at
+    /// start.
     pub fn apply_options(&self, dp: &mut Dataplane) -> Result<(), DataplaneError> {
         dp.verdicts()
             .set_enforce_options(tollgate_dataplane::EnforceOptions {
@@ -177,7 +203,17 @@ impl Enforcer {
                 block_quic: self.cfg.block_quic && self.enforce,
                 // Also in monitor mode, where the probes count what they would refuse.
                 refuse_dns: self.cfg.refuse_dns || self.cfg.refuse_doh_canary,
-            })
+            })?;
+        // Also in monitor mode, where the probes count what they would refuse.
+        dp.verdicts().set_unreadable(match self.cfg.unreadable {
+            UnreadableAction::Pass => tollgate_dataplane::Unreadable::Pass,
+            UnreadableAction::Block => tollgate_dataplane::Unreadable::Block,
+        })
+    }
+
+    /// `[enforcement] unreadable`, for the status.
+    pub fn unreadable(&self) -> UnreadableAction {
+        self.cfg.unreadable
     }
 
     /// The name verdicts the tags call for.
