@@ -457,3 +457,86 @@ fn enforcement_survives_kill9() {
     );
     daemon.stop();
 }
+
+/// What the scapy attacks need (scapy: `python3-scapy`; nft keeps the client's own stack from
+/// resetting the hand-made connection).
+fn scapy_ready(test: &str) -> bool {
+    tollgate_e2e::ready(
+        test,
+        &["nginx", "dnsmasq", "curl", "openssl", "dig", "nft"],
+        &["aioquic", "scapy"],
+    )
+}
+
+fn evasion(args: &str) -> String {
+    format!(
+        "python3 {} {args} --connect {SERVER_IP4}",
+        fixture("evasion.py").display()
+    )
+}
+
+fn evasion_counter(daemon: &Daemon, name: &str) -> u64 {
+    let st = daemon.query("status").expect("status");
+    st["evasion"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no evasion.{name} in {st}"))
+}
+
+#[test]
+fn junk_segments_with_bad_checksums_do_not_hide_the_hello() {
+    let test = "junk_segments_with_bad_checksums_do_not_hide_the_hello";
+    if !scapy_ready(test) {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = Topology::new("ej", 1500).expect("topology");
+    let _origins = Origins::start(&mut topo, false).expect("origins");
+    let daemon = Daemon::start(&mut topo, "enforce", CONFIG).expect("daemon");
+    // More junk than the inspection budget, at the stream's first byte, then the hello.
+    let (_, _, out) = attempt(&topo, &evasion("tcp-junk --sni www.dropbox.com --junk 12"));
+    assert!(
+        out.trim_end().ends_with("reset"),
+        "junk, then a hello for dropbox: {out}"
+    );
+    assert!(evasion_counter(&daemon, "start_repeats") >= 11);
+    // The same packets toward an allowed app: the server answers (the junk breaks nothing).
+    let (_, _, out) = attempt(&topo, &evasion("tcp-junk --sni slack.com --junk 12"));
+    assert!(
+        out.trim_end().ends_with("answered"),
+        "junk, then a hello for slack: {out}"
+    );
+    daemon.stop();
+}
+
+#[test]
+fn a_decoy_quic_initial_does_not_let_a_blocked_app_through() {
+    let test = "a_decoy_quic_initial_does_not_let_a_blocked_app_through";
+    if !scapy_ready(test) {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = Topology::new("eq", 1500).expect("topology");
+    let _origins = Origins::start(&mut topo, true).expect("origins");
+    let daemon = Daemon::start(&mut topo, "enforce", CONFIG).expect("daemon");
+    // A decoy Initial for an allowed app with a bad UDP checksum (the server drops it; the
+    // gateway allowed the flow on it), then the real Initials for dropbox from the same port.
+    let (_, _, out) = attempt(
+        &topo,
+        &evasion("quic-decoy --decoy slack.com --sni www.dropbox.com --timeout 3"),
+    );
+    assert!(
+        out.trim_end().ends_with("refused"),
+        "decoy, then QUIC to dropbox: {out}"
+    );
+    assert!(evasion_counter(&daemon, "quic_renamed") >= 1);
+    // A decoy followed by an allowed app: still answered.
+    let (_, _, out) = attempt(
+        &topo,
+        &evasion("quic-decoy --decoy slack.com --sni meet.google.com --timeout 2"),
+    );
+    assert!(
+        out.trim_end().ends_with("answered"),
+        "decoy, then QUIC to meet: {out}"
+    );
+    daemon.stop();
+}

@@ -41,6 +41,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("chromium", "chromium"),
     ("certutil", "libnss3-tools"),
     ("python3", "python3"),
+    ("scapy", "python3-scapy"),
 ];
 
 /// Python packages the end-to-end tests drive real clients and servers with: (module,

@@ -43,6 +43,9 @@ pub const MAP_STATS: &str = "TG_STATS";
 pub const MAP_SCRATCH: &str = "TG_SCRATCH";
 /// Per-CPU array of one [`HelloState`]; scratch space for the SNI walk (kernel only).
 pub const MAP_HELLO_SCRATCH: &str = "TG_HSCRATCH";
+/// Per-CPU array of one [`FlowValue`]; where a new flow's first value is built before it is
+/// inserted into [`MAP_FLOWS`] (kept off the packet programs' 512-byte stack; kernel only).
+pub const MAP_FLOW_SCRATCH: &str = "TG_FSCRATCH";
 /// Per-CPU hand-over from the packet programs to the SNI pipeline (kernel only).
 pub const MAP_JOB: &str = "TG_JOB";
 /// Program array for tail calls, filled as [`TAIL_CALLS`] says.
@@ -66,7 +69,7 @@ pub const MAP_PROXY_SOCK: &str = "TG_PROXY_SOCK";
 pub const MAP_STEER_CLIENT: &str = "TG_STEER_CLI";
 
 /// Every map name, for pin management.
-pub const ALL_MAPS: [&str; 18] = [
+pub const ALL_MAPS: [&str; 19] = [
     MAP_FLOWS,
     MAP_HELLO,
     MAP_EVENTS,
@@ -78,6 +81,7 @@ pub const ALL_MAPS: [&str; 18] = [
     MAP_STATS,
     MAP_SCRATCH,
     MAP_HELLO_SCRATCH,
+    MAP_FLOW_SCRATCH,
     MAP_JOB,
     MAP_PROGS,
     MAP_IFACES,
@@ -112,18 +116,31 @@ pub const PROG_HOST: &str = "tg_host";
 /// [`CONFIG_F_REFUSE_DNS`] is set): reads the question's name (then stages 2 and 3; a name
 /// verdict with [`NAME_F_REFUSE_DNS`] turns the query into an NXDOMAIN answer).
 pub const PROG_QNAME: &str = "tg_qname";
+/// Tail-called program: a port-443 flow whose name the probes cannot read (counts it, and
+/// under [`CONFIG_F_UNREADABLE_BLOCK`] blocks it).
+pub const PROG_UNREADABLE: &str = "tg_unreadable";
+/// Tail-called program: a packet the probes cannot parse down to its ports (IP fragments,
+/// long IPv6 extension-header chains, deep VLAN stacks): counted, dropped when blocked.
+pub const PROG_PORTLESS: &str = "tg_portless";
 /// The tail-called programs with their slot in [`MAP_PROGS`].
-pub const TAIL_CALLS: [(u32, &str); 6] = [
+pub const TAIL_CALLS: [(u32, &str); 8] = [
     (0, PROG_SNI),
     (1, PROG_NAME),
     (2, PROG_VERDICT),
     (3, PROG_ENFORCE),
     (4, PROG_HOST),
     (5, PROG_QNAME),
+    (6, PROG_UNREADABLE),
+    (7, PROG_PORTLESS),
 ];
 
 /// `skb->mark` of packets the daemon sends itself (the HTTP block page): the probes pass them
 /// untouched and uncounted.
+///
+/// The probes match it only on packets the gateway itself sends (egress, no ingress
+/// interface), and as a mask: the packet's mark must carry every bit of it, so an admin's
+/// nft rule that ORs its own bits into the mark does not turn the block page into a reset,
+/// while a forwarded packet can never skip the probes by carrying this mark.
 pub const BLOCK_PAGE_MARK: u32 = 0x7467_0b10;
 /// `skb->mark` the LAN ingress program puts on every packet of a flow steered into the session
 /// proxy. The daemon routes packets carrying it to the local stack (`ip rule add fwmark
@@ -263,6 +280,20 @@ pub const FLOW_F_QUIC_RELEASED: u32 = 128;
 /// connection already running, removing one never breaks a proxied connection. Every packet of
 /// the flow from the user carries [`STEER_MARK`].
 pub const FLOW_F_STEERED: u32 = 256;
+/// [`FlowValue::flags`]: the user's SYN was seen; [`FlowValue::isn_up`] holds its sequence
+/// number, so the stream's first byte (ISN + 1) is known.
+pub const FLOW_F_ISN: u32 = 512;
+/// [`FlowValue::flags`]: data at the stream's first byte (ISN + 1) was seen from the user.
+pub const FLOW_F_STARTED: u32 = 1024;
+/// [`FlowValue::flags`]: the probes read the flow's name (SNI or HTTP Host).
+pub const FLOW_F_NAMED: u32 = 2048;
+/// [`FlowValue::flags`]: a port-443 flow whose name the probes cannot read (see
+/// [`CONFIG_F_UNREADABLE_BLOCK`]); counted once.
+pub const FLOW_F_UNREADABLE: u32 = 4096;
+/// [`FlowValue::flags`], transient: the packet being inspected carries the stream's first
+/// byte (kept in the flow value rather than a register so that the verifier does not carry
+/// it down every path of the packet programs).
+pub const FLOW_F_AT_START: u32 = 8192;
 
 /// How long a QUIC flow without a verdict is held (its packets toward the user dropped),
 /// counted from the flow's first packet (`first_seen_ns`, its first Initial); after that the
@@ -279,6 +310,13 @@ pub const CONFIG_F_REFUSE_DNS: u32 = 2;
 /// with [`NAME_F_SESSION`]) and steer that client's retry, and hold DNS answers for such
 /// names until the daemon has steered their addresses (see [`EVENT_F_HELD`]).
 pub const CONFIG_F_SESSION: u32 = 4;
+/// [`Config::flags`]: `[enforcement] unreadable = "block"`. A port-443 flow from a user whose
+/// name the probes cannot read (its stream does not start with a ClientHello, the hello has
+/// no readable SNI, its records or IP fragments hide it, its reassembly state was evicted, a
+/// QUIC Initial that could not be sent to userspace) is reset in enforce mode; and IP
+/// fragments and packets the probes cannot parse down to a port (too many IPv6 extension
+/// headers or VLAN tags) are dropped. Without the flag those flows pass and are counted.
+pub const CONFIG_F_UNREADABLE_BLOCK: u32 = 0x100;
 
 // ---- stats counter ids (indices into [`Stats::counters`]; stable, gaps allowed) ----
 
@@ -377,11 +415,50 @@ pub const STAT_STEER_LOST_RESET: usize = 45;
 /// ClientHellos naming an app under session control on a flow whose server never answered its
 /// SYN (a handshake-less segment): refused, but no steer entry is written for it.
 pub const STAT_SESSION_UNPROVEN: usize = 46;
+/// Tiny first IP fragments (the TCP/UDP header not complete in them): dropped in enforce mode
+/// (RFC 1858), never needed by a real stack.
+pub const STAT_FRAG_TINY: usize = 48;
+/// Non-first IP fragments dropped: toward a blocked prefix, a steered destination, or (TCP,
+/// with `unreadable = "block"`) any.
+pub const STAT_FRAG_REFUSED: usize = 49;
+/// IPv6 packets with more extension headers than the probes walk (see
+/// `CONFIG_F_UNREADABLE_BLOCK`).
+pub const STAT_IPV6_EXT_OVERFLOW: usize = 50;
+/// Frames with more stacked VLAN tags than the probes parse.
+pub const STAT_VLAN_DEEP: usize = 51;
+/// Segments of an unnamed port-443 hello that arrived ahead of the bytes before them: held
+/// (dropped in enforce mode, so that the sender retransmits them in order).
+pub const STAT_HELLO_OUT_OF_ORDER: usize = 52;
+/// Data segments at a stream's first byte seen again (junk, decoys, retransmissions): looked at
+/// without using up the flow's inspection budget.
+pub const STAT_START_REPEATS: usize = 53;
+/// ClientHellos that span more than one TLS record (followed record by record).
+pub const STAT_HELLO_MULTI_RECORD: usize = 54;
+/// Names with more labels than the suffix walk keeps (their shortest suffixes and the whole
+/// name are still checked).
+pub const STAT_LONG_NAMES: usize = 55;
+/// QUIC Initials from a user that could not be sent to userspace (event cap, ring full).
+pub const STAT_UNREADABLE_QUIC: usize = 56;
+/// Followed ClientHellos whose reassembly state was lost (`TG_HELLO` full or evicted).
+pub const STAT_HELLO_LOST: usize = 57;
+/// Port-443 streams from a user that do not start with a ClientHello (or an HTTP request).
+pub const STAT_UNREADABLE_START: usize = 58;
+/// ClientHellos without an SNI the probes could read (none, malformed, or past the window).
+pub const STAT_UNREADABLE_NO_SNI: usize = 59;
+/// ClientHellos cut into more TLS records per segment than the probes follow, or with a
+/// record that is not a handshake record.
+pub const STAT_UNREADABLE_RECORDS: usize = 60;
+/// Port-443 hellos sent in IP fragments (the rest of the datagram is not readable).
+pub const STAT_UNREADABLE_FRAGMENTED: usize = 61;
+/// Packets refused (reset or dropped) because of `unreadable = "block"` (enforce mode).
+pub const STAT_UNREADABLE_BLOCKED: usize = 62;
+/// Unreadable port-443 flows passed under `unreadable = "pass"` (once per flow).
+pub const STAT_UNREADABLE_PASSED: usize = 63;
 /// Number of counter slots (room to grow without changing the value size).
-pub const STATS_LEN: usize = 48;
+pub const STATS_LEN: usize = 64;
 
 /// Human names of the counter ids, for logs and `tollgate` status lines.
-pub const STAT_NAMES: [(usize, &str); 40] = [
+pub const STAT_NAMES: [(usize, &str); 56] = [
     (STAT_PACKETS, "packets"),
     (STAT_BYTES, "bytes"),
     (STAT_EVENTS, "events"),
@@ -422,6 +499,22 @@ pub const STAT_NAMES: [(usize, &str); 40] = [
     (STAT_STEER_KEPT_STALE, "steer_kept_stale"),
     (STAT_STEER_LOST_RESET, "steer_lost_reset"),
     (STAT_SESSION_UNPROVEN, "session_unproven"),
+    (STAT_FRAG_TINY, "frag_tiny"),
+    (STAT_FRAG_REFUSED, "frag_refused"),
+    (STAT_IPV6_EXT_OVERFLOW, "ipv6_ext_overflow"),
+    (STAT_VLAN_DEEP, "vlan_deep"),
+    (STAT_HELLO_OUT_OF_ORDER, "hello_out_of_order"),
+    (STAT_START_REPEATS, "start_repeats"),
+    (STAT_HELLO_MULTI_RECORD, "hello_multi_record"),
+    (STAT_LONG_NAMES, "long_names"),
+    (STAT_UNREADABLE_QUIC, "unreadable_quic"),
+    (STAT_HELLO_LOST, "hello_lost"),
+    (STAT_UNREADABLE_START, "unreadable_start"),
+    (STAT_UNREADABLE_NO_SNI, "unreadable_no_sni"),
+    (STAT_UNREADABLE_RECORDS, "unreadable_records"),
+    (STAT_UNREADABLE_FRAGMENTED, "unreadable_fragmented"),
+    (STAT_UNREADABLE_BLOCKED, "unreadable_blocked"),
+    (STAT_UNREADABLE_PASSED, "unreadable_passed"),
 ];
 
 // ---- defaults the probes use when the config map is still zero ----
@@ -487,6 +580,9 @@ pub struct FlowValue {
     pub verdict: u32,
     /// [`Config::generation`] the cached verdict was computed at (0: never).
     pub verdict_gen: u32,
+    /// Sequence number of the user's SYN (valid with [`FLOW_F_ISN`]).
+    pub isn_up: u32,
+    pub _pad: u32,
 }
 
 /// A ClientHello being followed across TCP segments (user -> remote direction), with its
@@ -505,7 +601,23 @@ pub struct HelloState {
     pub have: u32,
     /// 1 once the SNI was found (or is known to be absent); no more bytes are kept.
     pub sni_done: u32,
-    pub _pad: u32,
+    /// Handshake bytes left in the TLS record being read (`buf` holds the handshake message
+    /// without record headers, so a hello cut into many records reads like one).
+    pub rec_left: u32,
+    /// Bytes of the current record header read so far (0..5; a header may be cut by a
+    /// segment edge).
+    pub hdr_pos: u32,
+    /// The record length bytes read so far of a cut header.
+    pub hdr_len: u32,
+    /// Handshake bytes seen in total (may exceed `have` once the window is full).
+    pub hs_pos: u32,
+    /// Records read so far.
+    pub records: u32,
+    /// 1: the records could not be followed (a non-handshake record, or more record headers
+    /// in one segment than the probes walk).
+    pub bad_records: u32,
+    /// Handshake bytes of the hello (its 4-byte header included; 0 until known).
+    pub hs_total: u32,
     /// Twice the window so that "offset < window" plus "length <= window" is provably in bounds.
     pub buf: [u8; HELLO_BUF_LEN],
 }
@@ -741,8 +853,8 @@ pub fn name_hash_step(h: u64, b: u8) -> u64 {
 
 // ---- layout assertions: both sides compile these ----
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 80);
-const _: () = assert!(core::mem::size_of::<HelloState>() == 24 + HELLO_BUF_LEN);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 88);
+const _: () = assert!(core::mem::size_of::<HelloState>() == 48 + HELLO_BUF_LEN);
 const _: () = assert!(HELLO_BUF_LEN as u32 == 2 * HELLO_WINDOW);
 const _: () = assert!(core::mem::size_of::<IfaceInfo>() == 8);
 const _: () = assert!(core::mem::size_of::<Config>() == 48);

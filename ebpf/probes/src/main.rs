@@ -33,21 +33,29 @@ use aya_ebpf::{
 };
 use tollgate_common::{
     ABI_VERSION, ACTION_BLOCK, ACTION_DROP, ACTION_NONE, BLOCK_PAGE_MARK, BLOCK_PREFIX_CAPACITY,
-    CONFIG_F_NO_QUIC_HOLD, CONFIG_F_REFUSE_DNS, Config, DEFAULT_INSPECT_PACKETS,
-    DEFAULT_MAX_DNS_EVENTS_PER_FLOW, DEFAULT_MAX_EVENTS_PER_FLOW, DIR_UP, EVENT_F_CONTINUATION,
-    EVENT_F_LAST, EVENT_F_TRUNCATED, EVENT_HEADER_LEN, EVENTS_RING_BYTES, EventBuf, EventHeader,
-    FAMILY_V4, FAMILY_V6, FLOW_F_CAPPED, FLOW_F_DNS, FLOW_F_HELLO_PENDING, FLOW_F_HTTP,
-    FLOW_F_QUIC, FLOW_F_QUIC_HOLD, FLOW_F_QUIC_RELEASED, FLOW_F_TLS, FLOW_VERDICTS_CAPACITY,
-    FLOWS_CAPACITY, FlowKey, FlowValue, FlowVerdict, HELLO_BUF_LEN, HELLO_CAPACITY, HELLO_WINDOW,
-    HelloState, IFACES_CAPACITY, IfaceInfo, IpVerdict, KIND_DNS, KIND_HTTP, KIND_QUIC, KIND_TLS,
-    MODE_ENFORCE, NAME_F_REFUSE_DNS, NAME_F_SUBDOMAINS, NAME_HASH_SEED, NAME_VERDICTS_CAPACITY,
-    NameKey, NameVerdict, PAYLOAD_CAP, PROTO_TCP, PROTO_UDP, QUIC_HOLD_NS, STAT_BYTES, STAT_DEDUP,
-    STAT_DNS_REFUSED, STAT_DROPS, STAT_ERR_IPV4, STAT_ERR_IPV6, STAT_ERR_L2, STAT_ERR_PAYLOAD,
-    STAT_ERR_TCP, STAT_ERR_UDP, STAT_EVENTS, STAT_EVENTS_CAPPED, STAT_FLOW_MAP_FULL,
-    STAT_FRAGMENTS, STAT_HELLO_CONT, STAT_HELLO_MAP_FULL, STAT_HTTP_BLOCKED, STAT_HTTP_HOST_FOUND,
-    STAT_ICMP_SENT, STAT_NAME_VERDICTS, STAT_NON_IP, STAT_OTHER_L4, STAT_PACKETS, STAT_QUIC_HELD,
-    STAT_QUIC_HOLD_EXPIRED, STAT_RINGBUF_FULL, STAT_RST_SENT, STAT_SNI_FOUND, STAT_WOULD_DROP,
-    Stats, name_hash_step,
+    CONFIG_F_NO_QUIC_HOLD, CONFIG_F_REFUSE_DNS, CONFIG_F_UNREADABLE_BLOCK, Config,
+    DEFAULT_INSPECT_PACKETS, DEFAULT_MAX_DNS_EVENTS_PER_FLOW, DEFAULT_MAX_EVENTS_PER_FLOW, DIR_UP,
+    EVENT_F_CONTINUATION, EVENT_F_LAST, EVENT_F_TRUNCATED, EVENT_HEADER_LEN, EVENTS_RING_BYTES,
+    EventBuf, EventHeader, FAMILY_V4, FAMILY_V6, FLOW_F_CAPPED, FLOW_F_DNS, FLOW_F_HELLO_PENDING,
+    FLOW_F_HTTP, FLOW_F_QUIC, FLOW_F_QUIC_HOLD, FLOW_F_QUIC_RELEASED, FLOW_F_TLS,
+    FLOW_VERDICTS_CAPACITY, FLOWS_CAPACITY, FlowKey, FlowValue, FlowVerdict, HELLO_BUF_LEN,
+    HELLO_CAPACITY, HELLO_WINDOW, HelloState, IFACES_CAPACITY, IfaceInfo, IpVerdict, KIND_DNS,
+    KIND_HTTP, KIND_QUIC, KIND_TLS, MODE_ENFORCE, NAME_F_REFUSE_DNS, NAME_F_SUBDOMAINS,
+    NAME_HASH_SEED, NAME_VERDICTS_CAPACITY, NameKey, NameVerdict, PAYLOAD_CAP, PROTO_TCP,
+    PROTO_UDP, QUIC_HOLD_NS, STAT_BYTES, STAT_DEDUP, STAT_DNS_REFUSED, STAT_DROPS, STAT_ERR_IPV4,
+    STAT_ERR_IPV6, STAT_ERR_L2, STAT_ERR_PAYLOAD, STAT_ERR_TCP, STAT_ERR_UDP, STAT_EVENTS,
+    STAT_EVENTS_CAPPED, STAT_FLOW_MAP_FULL, STAT_FRAGMENTS, STAT_HELLO_CONT, STAT_HELLO_MAP_FULL,
+    STAT_HTTP_BLOCKED, STAT_HTTP_HOST_FOUND, STAT_ICMP_SENT, STAT_NAME_VERDICTS, STAT_NON_IP,
+    STAT_OTHER_L4, STAT_PACKETS, STAT_QUIC_HELD, STAT_QUIC_HOLD_EXPIRED, STAT_RINGBUF_FULL,
+    STAT_RST_SENT, STAT_SNI_FOUND, STAT_WOULD_DROP, Stats, name_hash_step,
+};
+use tollgate_common::{
+    FLOW_F_AT_START, FLOW_F_ISN, FLOW_F_NAMED, FLOW_F_STARTED, FLOW_F_UNREADABLE,
+    STAT_FRAG_REFUSED, STAT_FRAG_TINY, STAT_HELLO_LOST, STAT_HELLO_MULTI_RECORD,
+    STAT_HELLO_OUT_OF_ORDER, STAT_IPV6_EXT_OVERFLOW, STAT_LONG_NAMES, STAT_START_REPEATS,
+    STAT_UNREADABLE_BLOCKED, STAT_UNREADABLE_FRAGMENTED, STAT_UNREADABLE_NO_SNI,
+    STAT_UNREADABLE_PASSED, STAT_UNREADABLE_QUIC, STAT_UNREADABLE_RECORDS, STAT_UNREADABLE_START,
+    STAT_VLAN_DEEP,
 };
 use tollgate_common::{
     ACTION_REFUSE, CONFIG_F_SESSION, DIR_DOWN, EVENT_F_HELD, FLOW_F_STEERED, NAME_F_SESSION,
@@ -87,9 +95,11 @@ static TG_SCRATCH: PerCpuArray<EventBuf> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static TG_HSCRATCH: PerCpuArray<HelloState> = PerCpuArray::with_max_entries(1, 0);
 #[map]
+static TG_FSCRATCH: PerCpuArray<FlowValue> = PerCpuArray::with_max_entries(1, 0);
+#[map]
 static TG_JOB: PerCpuArray<Job> = PerCpuArray::with_max_entries(1, 0);
 #[map]
-static TG_PROGS: ProgramArray = ProgramArray::with_max_entries(6, 0);
+static TG_PROGS: ProgramArray = ProgramArray::with_max_entries(8, 0);
 #[map]
 static TG_IFACES: HashMap<u32, IfaceInfo> = HashMap::with_max_entries(IFACES_CAPACITY, 0);
 #[map]
@@ -274,6 +284,8 @@ struct Pkt {
 struct Raw {
     family: u8,
     proto: u8,
+    /// `FRAG_*`.
+    frag: u8,
     src: [u32; 4],
     dst: [u32; 4],
     l4_off: usize,
@@ -282,14 +294,18 @@ struct Raw {
     l3_len: u32,
 }
 
+/// Inline VLAN tags parsed (802.1ad outer + 802.1Q inner + one more, besides the tag the NIC
+/// took off); a frame with more is `STAT_VLAN_DEEP`, handled like an unreadable packet.
+const MAX_VLAN_TAGS: usize = 3;
+
 #[inline(always)]
-fn parse(ctx: &TcContext, dir: u8) -> Result<Pkt, i32> {
+fn parse(ctx: &TcContext, dir: u8, egress: bool) -> Result<Pkt, i32> {
     let eth: [u8; ETH_HLEN] = read(ctx, 0).ok_or_else(|| err(STAT_ERR_L2))?;
     let mut proto = u16::from_be_bytes([eth[12], eth[13]]);
     let mut l3_off = ETH_HLEN;
     let mut vlan = sk_vlan(ctx).unwrap_or(0);
-    // Up to two tags inline (802.1ad outer + 802.1Q inner); the key keeps the innermost id.
-    for _ in 0..2 {
+    // Stacked tags inline; the key keeps the innermost id.
+    for _ in 0..MAX_VLAN_TAGS {
         if proto != ETH_P_8021Q && proto != ETH_P_8021AD {
             break;
         }
@@ -298,16 +314,44 @@ fn parse(ctx: &TcContext, dir: u8) -> Result<Pkt, i32> {
         proto = u16::from_be_bytes([tag[2], tag[3]]);
         l3_off += 4;
     }
+    if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+        return Err(portless_tail(ctx, dir, egress, STAT_VLAN_DEEP, 0));
+    }
+    // The L3 offset goes through map memory: the verifier then checks the rest of the
+    // program once, not once per number of tags.
+    let job = job().ok_or(ON_PARSE_ERROR)?;
+    // SAFETY: job is this CPU's map value.
+    unsafe { ptr::write_volatile(&mut job.l3_off, l3_off as u32) };
+    // SAFETY: as above.
+    let l3_off = (unsafe { ptr::read_volatile(&job.l3_off) } & 0xff) as usize;
     let skb_len = ctx.len();
     let raw = match proto {
         ETH_P_IPV4 => parse_ipv4(ctx, l3_off, skb_len)?,
         ETH_P_IPV6 => parse_ipv6(ctx, l3_off, skb_len)?,
         _ => return Err(err(STAT_NON_IP)),
     };
+    if raw.frag == FRAG_LATER {
+        return Err(portless_raw(ctx, &raw, dir, egress, STAT_FRAGMENTS));
+    }
+    if raw.frag == FRAG_OVERFLOW {
+        return Err(portless_raw(ctx, &raw, dir, egress, STAT_IPV6_EXT_OVERFLOW));
+    }
+    // Whether this is a first fragment is read back where it is used (through map memory,
+    // so that it does not double the verifier's paths in between).
+    // SAFETY: job is this CPU's map value.
+    unsafe { ptr::write_volatile(&mut job.frag_first, u32::from(raw.frag == FRAG_FIRST)) };
     let (sport, dport, hdr_len, tcp_seq, tcp_ack, tcp_flags) = match raw.proto {
         PROTO_TCP => {
-            let h: [u8; 20] = read(ctx, raw.l4_off).ok_or_else(|| err(STAT_ERR_TCP))?;
+            let Some(h) = read::<[u8; 20]>(ctx, raw.l4_off) else {
+                if raw.frag == FRAG_FIRST {
+                    return Err(portless_raw(ctx, &raw, dir, egress, STAT_FRAG_TINY));
+                }
+                return Err(err(STAT_ERR_TCP));
+            };
             let doff = u32::from(h[12] >> 4) * 4;
+            if raw.frag == FRAG_FIRST && (raw.l4_len < 20 || doff > raw.l4_len) {
+                return Err(portless_raw(ctx, &raw, dir, egress, STAT_FRAG_TINY));
+            }
             if doff < 20 || doff > raw.l4_len {
                 return Err(err(STAT_ERR_TCP));
             }
@@ -321,8 +365,16 @@ fn parse(ctx: &TcContext, dir: u8) -> Result<Pkt, i32> {
             )
         }
         PROTO_UDP => {
-            let h: [u8; 8] = read(ctx, raw.l4_off).ok_or_else(|| err(STAT_ERR_UDP))?;
+            let Some(h) = read::<[u8; 8]>(ctx, raw.l4_off) else {
+                if raw.frag == FRAG_FIRST {
+                    return Err(portless_raw(ctx, &raw, dir, egress, STAT_FRAG_TINY));
+                }
+                return Err(err(STAT_ERR_UDP));
+            };
             if raw.l4_len < 8 {
+                if raw.frag == FRAG_FIRST {
+                    return Err(portless_raw(ctx, &raw, dir, egress, STAT_FRAG_TINY));
+                }
                 return Err(err(STAT_ERR_UDP));
             }
             (
@@ -372,6 +424,108 @@ fn parse(ctx: &TcContext, dir: u8) -> Result<Pkt, i32> {
     })
 }
 
+/// `Raw::frag`: not a fragment.
+const FRAG_NONE: u8 = 0;
+/// The first fragment of a datagram (offset 0, more fragments follow): it carries the L4
+/// header.
+const FRAG_FIRST: u8 = 1;
+/// A later fragment (no L4 header).
+const FRAG_LATER: u8 = 2;
+/// IPv6: more extension headers than `MAX_IPV6_EXT` (the L4 header was not reached).
+const FRAG_OVERFLOW: u8 = 3;
+
+/// `tg_portless` for a packet whose addresses were parsed: they go to this CPU's job.
+#[inline(always)]
+fn portless_raw(ctx: &TcContext, raw: &Raw, dir: u8, egress: bool, why: usize) -> i32 {
+    if let Some(job) = job() {
+        let k = &mut job.pkt.key;
+        if dir == DIR_UP {
+            k.user_addr = raw.src;
+            k.remote_addr = raw.dst;
+        } else {
+            k.user_addr = raw.dst;
+            k.remote_addr = raw.src;
+        }
+        k.user_port = 0;
+        k.remote_port = 0;
+        k.proto = raw.proto;
+        k.family = raw.family;
+        k.vlan = 0;
+    }
+    let maybe_tcp = raw.proto == PROTO_TCP || raw.frag == FRAG_OVERFLOW;
+    portless_tail(ctx, dir, egress, why, PORTLESS_ADDRS | u32::from(maybe_tcp))
+}
+
+/// Hands a packet the probes cannot follow down to its ports to `tg_portless` (a tail call);
+/// when that fails, the packet is counted and passes.
+#[inline(always)]
+fn portless_tail(ctx: &TcContext, dir: u8, egress: bool, why: usize, flags: u32) -> i32 {
+    if let Some(job) = job() {
+        job.dir = dir;
+        job.egress = u8::from(egress);
+        job.action = why as u32;
+        job.portless = flags;
+        // SAFETY: tail call; returns only when it fails.
+        unsafe { TG_PROGS.tail_call(ctx, PROG_INDEX_PORTLESS) };
+    }
+    stat(why, 1);
+    ON_PARSE_ERROR
+}
+
+/// `Job::portless` flags: the packet may be TCP.
+const PORTLESS_TCP: u32 = 1;
+/// `Job::portless` flags: the job's key holds the packet's addresses.
+const PORTLESS_ADDRS: u32 = 2;
+
+/// Tail-called for a packet the probes cannot follow down to its ports: a later IP fragment,
+/// a tiny first fragment, an IPv6 extension-header chain longer than the walk, a frame with
+/// more VLAN tags than parsed (no addresses). Counted under the job's `action` (a `STAT_*`
+/// id); dropped when its destination is blocked or steered (a first fragment of such a flow
+/// is refused anyway), when it is a tiny first fragment (RFC 1858: no real stack sends one),
+/// or, for packets from users that may be TCP, under `unreadable = "block"`; else it passes.
+#[classifier]
+pub fn tg_portless(_ctx: TcContext) -> i32 {
+    let Some(job) = job() else {
+        return ON_PARSE_ERROR;
+    };
+    let why = job.action as usize;
+    let flags = job.portless;
+    stat(why, 1);
+    let Some(c) = TG_CONFIG.get(0) else {
+        return ON_PARSE_ERROR;
+    };
+    // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let up = job.dir == DIR_UP;
+    let maybe_tcp = flags & PORTLESS_TCP != 0 || flags & PORTLESS_ADDRS == 0;
+    let mut refuse = why == STAT_FRAG_TINY;
+    let mut steered = false;
+    if flags & PORTLESS_ADDRS != 0 {
+        if c.generation != 0 {
+            let v = evaluate(&job.pkt.key, now);
+            refuse |= v == ACTION_BLOCK || v == ACTION_DROP;
+        }
+        steered = up && job.egress == 0 && maybe_tcp && steered_destination(&job.pkt.key, now) != 0;
+    }
+    let by_setting = up && maybe_tcp && c.flags & CONFIG_F_UNREADABLE_BLOCK != 0;
+    if !refuse && !steered && !by_setting {
+        return ON_PARSE_ERROR;
+    }
+    // Session control does not depend on the mode; the rest is enforced in enforce mode.
+    if !steered && !enforcing(c, now) {
+        stat(STAT_WOULD_DROP, 1);
+        return ON_PARSE_ERROR;
+    }
+    if why == STAT_FRAGMENTS {
+        stat(STAT_FRAG_REFUSED, 1);
+    }
+    if by_setting && !refuse && !steered {
+        stat(STAT_UNREADABLE_BLOCKED, 1);
+    }
+    stat(STAT_DROPS, 1);
+    DROP
+}
+
 #[inline(always)]
 fn err(idx: usize) -> i32 {
     stat(idx, 1);
@@ -393,12 +547,17 @@ fn parse_ipv4(ctx: &TcContext, l3_off: usize, skb_len: u32) -> Result<Raw, i32> 
         return Err(err(STAT_ERR_IPV4));
     }
     let frag = u16::from_be_bytes([h[6], h[7]]);
-    if frag & 0x1fff != 0 {
-        return Err(err(STAT_FRAGMENTS));
-    }
+    let frag = if frag & 0x1fff != 0 {
+        FRAG_LATER
+    } else if frag & 0x2000 != 0 {
+        FRAG_FIRST
+    } else {
+        FRAG_NONE
+    };
     Ok(Raw {
         family: FAMILY_V4,
         proto: h[9],
+        frag,
         src: [u32::from_ne_bytes([h[12], h[13], h[14], h[15]]), 0, 0, 0],
         dst: [u32::from_ne_bytes([h[16], h[17], h[18], h[19]]), 0, 0, 0],
         l4_off: l3_off + ihl as usize,
@@ -423,6 +582,111 @@ fn words(b: &[u8; 40], at: usize) -> [u32; 4] {
     w
 }
 
+/// IPv6 extension headers walked; a longer chain is `FRAG_OVERFLOW` (RFC 9098: such chains
+/// are dropped by many networks; here they are handled like other unreadable packets).
+const MAX_IPV6_EXT: usize = 8;
+
+#[inline(always)]
+fn is_ipv6_ext(next: u8) -> bool {
+    matches!(next, 0 | 43 | 44 | 51 | 60 | 135 | 139 | 140 | 253 | 254)
+}
+
+/// Walks IPv6 extension headers from `off` (the first one's type is `next`): hop-by-hop,
+/// routing, destination options, mobility, HIP, shim6 and the experimental ones share one
+/// length format; AH counts 4-byte words; fragment. Returns the upper-layer protocol (or the
+/// header type where the walk stopped), its offset, the bytes left from there, and `FRAG_*`.
+/// The walk's position is kept in this CPU's job scratch and read back at each step: the
+/// verifier then sees one unknown offset per step instead of one per path (which multiplied
+/// with every header).
+#[inline(always)]
+fn ipv6_ext_walk(
+    ctx: &TcContext,
+    next: u8,
+    off: u32,
+    left: u32,
+) -> Result<(u8, u32, u32, u8), i32> {
+    let job = job().ok_or_else(|| err(STAT_ERR_IPV6))?;
+    // SAFETY (all volatile accesses below): job is this CPU's map value.
+    unsafe {
+        ptr::write_volatile(&mut job.ext_next, u32::from(next));
+        ptr::write_volatile(&mut job.ext_off, off);
+        ptr::write_volatile(&mut job.ext_left, left);
+        ptr::write_volatile(&mut job.ext_frag, u32::from(FRAG_NONE));
+    }
+    for _ in 0..MAX_IPV6_EXT {
+        // SAFETY: as above.
+        let (next, off, left) = unsafe {
+            (
+                ptr::read_volatile(&job.ext_next) as u8,
+                ptr::read_volatile(&job.ext_off),
+                ptr::read_volatile(&job.ext_left),
+            )
+        };
+        if next == 44 {
+            let e = ctx
+                .load::<[u8; 4]>(off as usize)
+                .map_err(|_| err(STAT_ERR_IPV6))?;
+            if 8 > left {
+                return Err(err(STAT_ERR_IPV6));
+            }
+            let fo = u16::from_be_bytes([e[2], e[3]]);
+            let later = fo & 0xfff8 != 0;
+            let frag = if later {
+                FRAG_LATER
+            } else if fo & 1 != 0 {
+                FRAG_FIRST
+            } else {
+                FRAG_NONE
+            };
+            // SAFETY: as above.
+            unsafe {
+                ptr::write_volatile(&mut job.ext_frag, u32::from(frag));
+                ptr::write_volatile(&mut job.ext_next, u32::from(e[0]));
+                ptr::write_volatile(&mut job.ext_off, off + 8);
+                ptr::write_volatile(&mut job.ext_left, left - 8);
+            }
+            if later {
+                break;
+            }
+        } else if is_ipv6_ext(next) {
+            let e = ctx
+                .load::<[u8; 2]>(off as usize)
+                .map_err(|_| err(STAT_ERR_IPV6))?;
+            let len = if next == 51 {
+                (u32::from(e[1]) + 2) * 4
+            } else {
+                (u32::from(e[1]) + 1) * 8
+            };
+            if len > left {
+                return Err(err(STAT_ERR_IPV6));
+            }
+            // SAFETY: as above.
+            unsafe {
+                ptr::write_volatile(&mut job.ext_next, u32::from(e[0]));
+                ptr::write_volatile(&mut job.ext_off, off + len);
+                ptr::write_volatile(&mut job.ext_left, left - len);
+            }
+        } else {
+            break;
+        }
+    }
+    // SAFETY: as above.
+    let (next, off, left, frag) = unsafe {
+        (
+            ptr::read_volatile(&job.ext_next) as u8,
+            ptr::read_volatile(&job.ext_off),
+            ptr::read_volatile(&job.ext_left),
+            ptr::read_volatile(&job.ext_frag) as u8,
+        )
+    };
+    let frag = if frag != FRAG_LATER && is_ipv6_ext(next) {
+        FRAG_OVERFLOW
+    } else {
+        frag
+    };
+    Ok((next, off, left, frag))
+}
+
 #[inline(always)]
 fn parse_ipv6(ctx: &TcContext, l3_off: usize, skb_len: u32) -> Result<Raw, i32> {
     let h: [u8; 40] = read(ctx, l3_off).ok_or_else(|| err(STAT_ERR_IPV6))?;
@@ -435,37 +699,18 @@ fn parse_ipv6(ctx: &TcContext, l3_off: usize, skb_len: u32) -> Result<Raw, i32> 
     let mut l4_len = if plen == 0 { avail } else { plen };
     let mut next = h[6];
     let mut off = l3_off + 40;
-    // A few extension headers (hop-by-hop, routing, destination options, fragment).
-    for _ in 0..4 {
-        match next {
-            0 | 43 | 60 => {
-                let e: [u8; 2] = read(ctx, off).ok_or_else(|| err(STAT_ERR_IPV6))?;
-                let len = (u32::from(e[1]) + 1) * 8;
-                if len > l4_len {
-                    return Err(err(STAT_ERR_IPV6));
-                }
-                next = e[0];
-                off += len as usize;
-                l4_len -= len;
-            }
-            44 => {
-                let e: [u8; 4] = read(ctx, off).ok_or_else(|| err(STAT_ERR_IPV6))?;
-                if 8 > l4_len {
-                    return Err(err(STAT_ERR_IPV6));
-                }
-                if u16::from_be_bytes([e[2], e[3]]) & 0xfff8 != 0 {
-                    return Err(err(STAT_FRAGMENTS));
-                }
-                next = e[0];
-                off += 8;
-                l4_len -= 8;
-            }
-            _ => break,
-        }
+    let mut frag = FRAG_NONE;
+    if is_ipv6_ext(next) {
+        let w = ipv6_ext_walk(ctx, next, off as u32, l4_len)?;
+        next = w.0;
+        off = w.1 as usize;
+        l4_len = w.2;
+        frag = w.3;
     }
     Ok(Raw {
         family: FAMILY_V6,
         proto: next,
+        frag,
         src: words(&h, 8),
         dst: words(&h, 24),
         l4_off: off,
@@ -478,8 +723,12 @@ fn parse_ipv6(ctx: &TcContext, l3_off: usize, skb_len: u32) -> Result<Raw, i32> 
 
 #[inline(always)]
 fn try_run(ctx: &TcContext, dir: u8, egress: bool) -> Result<i32, i32> {
-    // The daemon's own block page (a blocked flow: anything else would become a reset).
-    if sk_mark(ctx) == BLOCK_PAGE_MARK {
+    // The daemon's own block page (a blocked flow: anything else would become a reset). Only
+    // a packet the gateway itself sends can be one: a forwarded packet's mark never skips us.
+    if egress
+        && sk_mark(ctx) & BLOCK_PAGE_MARK == BLOCK_PAGE_MARK
+        && sk_field_ingress_ifindex(ctx) == 0
+    {
         return Ok(PASS);
     }
     let segs = sk_gso_segs(ctx);
@@ -497,7 +746,7 @@ fn try_run(ctx: &TcContext, dir: u8, egress: bool) -> Result<i32, i32> {
             return Ok(PASS);
         }
     }
-    let pkt = match parse(ctx, dir) {
+    let pkt = match parse(ctx, dir, egress) {
         Ok(p) => p,
         Err(action) => {
             stat(STAT_PACKETS, u64::from(segs));
@@ -549,12 +798,16 @@ fn try_run(ctx: &TcContext, dir: u8, egress: bool) -> Result<i32, i32> {
             f
         }
         None => {
-            let mut v = FlowValue {
-                first_seen_ns: now,
-                last_seen_ns: now,
-                ifindex,
-                ..FlowValue::default()
+            // Built in map memory: a FlowValue on the stack would not fit beside the rest.
+            let Some(v) = TG_FSCRATCH.get_ptr_mut(0) else {
+                return Ok(PASS);
             };
+            // SAFETY: this CPU's scratch value; nothing else uses it meanwhile.
+            let v = unsafe { &mut *v };
+            *v = FlowValue::default();
+            v.first_seen_ns = now;
+            v.last_seen_ns = now;
+            v.ifindex = ifindex;
             if up {
                 v.packets_up = u64::from(segs);
                 v.bytes_up = u64::from(pkt.l3_len);
@@ -564,7 +817,7 @@ fn try_run(ctx: &TcContext, dir: u8, egress: bool) -> Result<i32, i32> {
                 v.bytes_down = u64::from(pkt.l3_len);
                 v.tcp_flags = u32::from(pkt.tcp_flags) << 8;
             }
-            if TG_FLOWS.insert(&pkt.key, &v, 0).is_err() {
+            if TG_FLOWS.insert(&pkt.key, &*v, 0).is_err() {
                 stat(STAT_FLOW_MAP_FULL, 1);
                 // Without flow state a steered flow cannot be followed (its later packets would
                 // go direct, around the proxy): refuse what goes toward a steered destination.
@@ -577,11 +830,11 @@ fn try_run(ctx: &TcContext, dir: u8, egress: bool) -> Result<i32, i32> {
                     stat(STAT_STEER_LOST_RESET, 1);
                     return Ok(refuse_steered(ctx, &pkt, dir, egress));
                 }
-                return Ok(PASS);
+                return Ok(untracked(ctx, &pkt, dir, egress, now));
             }
             match TG_FLOWS.get_ptr_mut(&pkt.key) {
                 Some(f) => f,
-                None => return Ok(PASS),
+                None => return Ok(untracked(ctx, &pkt, dir, egress, now)),
             }
         }
     };
@@ -589,6 +842,13 @@ fn try_run(ctx: &TcContext, dir: u8, egress: bool) -> Result<i32, i32> {
     // SAFETY: live LRU map value (see above); the inspection and verdict-cache fields are
     // updated by the CPU that handles the packet (a lost update costs one extra lookup).
     let flow = unsafe { &mut *flow };
+    // A user's SYN starts a connection: its sequence number places the stream's first byte,
+    // which the hello checks below rely on (a reused 4-tuple starts afresh).
+    if up && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && pkt.key.proto == PROTO_TCP {
+        flow.isn_up = pkt.tcp_seq;
+        flow.flags =
+            (flow.flags | FLOW_F_ISN) & !(FLOW_F_STARTED | FLOW_F_NAMED | FLOW_F_UNREADABLE);
+    }
 
     let cfg = TG_CONFIG.get(0);
     if let Some(c) = cfg
@@ -642,8 +902,39 @@ fn try_run(ctx: &TcContext, dir: u8, egress: bool) -> Result<i32, i32> {
         return Ok(PASS);
     }
     let names = cfg.is_some_and(|c| c.generation != 0);
+    // A port-443 hello in IP fragments: the fragments after this one are not readable.
+    if up
+        && names
+        && pkt.key.proto == PROTO_TCP
+        && pkt.key.remote_port == UNREADABLE_PORT
+        && flow.flags & FLOW_F_NAMED == 0
+        // SAFETY: this CPU's job, written by `parse` for this packet.
+        && job().is_some_and(|j| unsafe { ptr::read_volatile(&j.frag_first) } != 0)
+    {
+        unreadable_tail(ctx, &pkt, dir, egress, STAT_UNREADABLE_FRAGMENTED);
+        return Ok(PASS);
+    }
     let mut sni_job = 0;
-    let kind = inspect(ctx, &pkt, flow, dir, ifindex, now, names, &mut sni_job);
+    let kind = inspect(
+        ctx,
+        &pkt,
+        flow,
+        dir,
+        egress,
+        ifindex,
+        now,
+        names,
+        &mut sni_job,
+    );
+    if kind == KIND_HOLD {
+        // Held, not refused: the sender retransmits the segment once the bytes before it
+        // came through.
+        if cfg.is_some_and(|c| enforcing(c, now)) {
+            stat(STAT_DROPS, 1);
+            return Ok(DROP);
+        }
+        return Ok(PASS);
+    }
     if kind == KIND_DNS
         && dir == DIR_UP
         && pkt.key.proto == PROTO_UDP
@@ -708,6 +999,22 @@ fn try_run(ctx: &TcContext, dir: u8, egress: bool) -> Result<i32, i32> {
         }
     }
     Ok(PASS)
+}
+
+/// A packet whose flow the flow map could not take (an LRU insert can fail under memory
+/// pressure): its verdicts still apply, straight from the verdict maps (only its counters and
+/// inspection are lost).
+#[inline(always)]
+fn untracked(ctx: &TcContext, pkt: &Pkt, dir: u8, egress: bool, now: u64) -> i32 {
+    if let Some(c) = TG_CONFIG.get(0)
+        && c.generation != 0
+    {
+        let v = evaluate(&pkt.key, now);
+        if v == ACTION_BLOCK || v == ACTION_DROP {
+            return enforce_tail(ctx, pkt, dir, egress, v, c, now);
+        }
+    }
+    PASS
 }
 
 /// A packet of a held QUIC flow (see `FLOW_F_QUIC_HOLD`): `Some(action)` decides the packet,
@@ -1001,6 +1308,75 @@ fn blocking_applies() -> bool {
     }
     stat(STAT_WOULD_DROP, 1);
     false
+}
+
+/// Remote port of the flows whose names must be read (TLS over TCP, QUIC over UDP): one whose
+/// name cannot be read is unreadable (see `CONFIG_F_UNREADABLE_BLOCK`).
+const UNREADABLE_PORT: u16 = 443;
+
+/// A port-443 flow from a user whose name the probes cannot read, for the reason `why` (a
+/// `STAT_*` id): handed to `tg_unreadable` (a tail call: its work is verified once, not on
+/// every path of the packet programs). Returns only when the tail call failed.
+#[inline(always)]
+fn unreadable_tail(ctx: &TcContext, pkt: &Pkt, dir: u8, egress: bool, why: usize) {
+    if let Some(job) = job() {
+        job.pkt = *pkt;
+        job.dir = dir;
+        job.egress = u8::from(egress);
+        job.action = why as u32;
+        // SAFETY: tail call; returns only when it fails.
+        unsafe { TG_PROGS.tail_call(ctx, PROG_INDEX_UNREADABLE) };
+    }
+}
+
+/// Tail-called for a port-443 flow whose name cannot be read (the job's `action` holds the
+/// reason, a `STAT_*` id, counted). Under `unreadable = "pass"` the flow is marked and counted
+/// once; under `unreadable = "block"` it gets a kernel block verdict (so every later packet of
+/// it is refused too) and this packet is refused.
+#[classifier]
+pub fn tg_unreadable(ctx: TcContext) -> i32 {
+    let Some(job) = job() else {
+        return PASS;
+    };
+    let why = job.action as usize;
+    let flow = match TG_FLOWS.get_ptr_mut(&job.pkt.key) {
+        // SAFETY: live LRU map value.
+        Some(f) => unsafe { &mut *f },
+        None => {
+            stat(why, 1);
+            return PASS;
+        }
+    };
+    let first = flow.flags & FLOW_F_UNREADABLE == 0;
+    flow.flags |= FLOW_F_UNREADABLE;
+    let Some(c) = TG_CONFIG.get(0) else {
+        stat(why, 1);
+        return PASS;
+    };
+    if c.flags & CONFIG_F_UNREADABLE_BLOCK == 0 {
+        if first {
+            stat2(why, 1, STAT_UNREADABLE_PASSED, 1);
+        } else {
+            stat(why, 1);
+        }
+        return PASS;
+    }
+    stat(why, 1);
+    let fv = FlowVerdict {
+        action: ACTION_BLOCK,
+        app_id: 0,
+        expires_ns: 0,
+    };
+    let _ = TG_FLOW_VERDICT.insert(&job.pkt.key, &fv, 0);
+    flow.verdict = ACTION_BLOCK;
+    flow.verdict_gen = c.generation;
+    // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if enforcing(c, now) {
+        stat(STAT_UNREADABLE_BLOCKED, 1);
+    }
+    let pkt = job.pkt;
+    enforce_tail(&ctx, &pkt, job.dir, job.egress != 0, ACTION_BLOCK, c, now)
 }
 
 /// The daemon's heartbeat is stale and the admin chose fail-open: users keep working.
@@ -1507,7 +1883,7 @@ fn dns_answer_expected(flow: &FlowValue, ifindex: u32) -> bool {
 /// userspace when the user's query came in by this interface; nothing is counted twice.
 #[inline(always)]
 fn forwarded_dns_answer(ctx: &TcContext, dir: u8) {
-    let Ok(pkt) = parse(ctx, dir) else {
+    let Ok(pkt) = parse(ctx, dir, true) else {
         return;
     };
     if pkt.key.remote_port != DNS_PORT || pkt.payload_len == 0 {
@@ -1579,6 +1955,10 @@ const HTTP_METHODS: [u32; 9] = [
 /// Longest span of bytes a followed ClientHello may claim (records of 16 KiB + slack).
 const HELLO_MAX_TOTAL: u32 = 32 * 1024;
 
+/// What `inspect` returns (besides a `KIND_*`) for a segment of an unread port-443 hello that
+/// came ahead of the bytes before it: held (dropped in enforce mode until it comes in order).
+const KIND_HOLD: u8 = 0xf0;
+
 #[inline(always)]
 #[allow(clippy::too_many_arguments, reason = "inlined helper of one call tree")]
 fn inspect(
@@ -1586,6 +1966,7 @@ fn inspect(
     pkt: &Pkt,
     flow: &mut FlowValue,
     dir: u8,
+    egress: bool,
     ifindex: u32,
     now: u64,
     names: bool,
@@ -1603,6 +1984,19 @@ fn inspect(
                 let h = unsafe { &mut *h };
                 let off = pkt.tcp_seq.wrapping_sub(h.start_seq);
                 if off != 0 && off < h.total_len {
+                    // Bytes past the ones read so far, ahead of (or overlapping) the next
+                    // expected one: held until they come in order, so that the SNI cannot
+                    // be sent before the segment that leads to it.
+                    let expected = h.next_seq.wrapping_sub(h.start_seq);
+                    if names
+                        && h.sni_done == 0
+                        && flow.flags & FLOW_F_UNREADABLE == 0
+                        && off != expected
+                        && off.wrapping_add(pkt.payload_len) > expected
+                    {
+                        stat(STAT_HELLO_OUT_OF_ORDER, 1);
+                        return KIND_HOLD;
+                    }
                     emit(
                         ctx,
                         pkt,
@@ -1617,7 +2011,7 @@ fn inspect(
                     stat(STAT_HELLO_CONT, 1);
                     if pkt.tcp_seq == h.next_seq {
                         if names && h.sni_done == 0 {
-                            hello_append(ctx, pkt, h);
+                            // tg_sni appends the bytes and walks them.
                             *sni_job = JOB_HELLO_MAP;
                         }
                         h.next_seq = pkt.tcp_seq.wrapping_add(pkt.payload_len);
@@ -1633,12 +2027,51 @@ fn inspect(
                     return 0;
                 }
             }
-            None => flow.flags &= !FLOW_F_HELLO_PENDING,
+            None => {
+                // Evicted from TG_HELLO (churned by other flows' hellos) before its end.
+                flow.flags &= !FLOW_F_HELLO_PENDING;
+                if names && flow.flags & FLOW_F_NAMED == 0 && pkt.key.remote_port == UNREADABLE_PORT
+                {
+                    unreadable_tail(ctx, pkt, dir, egress, STAT_HELLO_LOST);
+                    return 0;
+                }
+            }
         }
     }
 
     let dns = pkt.key.remote_port == DNS_PORT || pkt.key.user_port == DNS_PORT;
-    if !dns {
+    // Where this segment's data starts in the sequence space (a SYN's data follows the SYN).
+    let dseq = pkt
+        .tcp_seq
+        .wrapping_add(u32::from(pkt.tcp_flags & TCP_SYN != 0));
+    // The stream's first byte of a port-443 connection whose SYN was seen: always looked at
+    // (a junk segment there, one the server discards for its checksum or TTL, cannot use up
+    // the inspection budget ahead of the real hello), and nothing after it is looked at
+    // before it (an SNI segment sent ahead is held, like a hello's later segments).
+    // Whether this is the start lives in the flow value (FLOW_F_AT_START), not a register:
+    // the verifier then does not carry it through every path below.
+    if up && tcp && names && pkt.key.remote_port == UNREADABLE_PORT && flow.flags & FLOW_F_ISN != 0
+    {
+        if dseq == flow.isn_up.wrapping_add(1) {
+            if flow.flags & FLOW_F_STARTED != 0 {
+                stat(STAT_START_REPEATS, 1);
+            }
+            flow.flags |= FLOW_F_STARTED | FLOW_F_AT_START;
+        } else {
+            flow.flags &= !FLOW_F_AT_START;
+            if flow.flags & (FLOW_F_STARTED | FLOW_F_NAMED | FLOW_F_UNREADABLE) == 0 {
+                stat(STAT_HELLO_OUT_OF_ORDER, 1);
+                return KIND_HOLD;
+            }
+        }
+    }
+    // QUIC long-header packets from a user toward 443 are always looked at: junk datagrams
+    // cannot use up the budget ahead of the real Initial.
+    let quic_long = up
+        && !tcp
+        && pkt.key.remote_port == UNREADABLE_PORT
+        && read::<[u8; 1]>(ctx, pkt.payload_off as usize).is_some_and(|b| b[0] & 0x80 != 0);
+    if !dns && !quic_long && flow.flags & FLOW_F_AT_START == 0 {
         let n = if up {
             &mut flow.inspected_up
         } else {
@@ -1731,13 +2164,20 @@ fn inspect(
                 {
                     // SAFETY: this CPU's scratch value; nothing else uses it meanwhile.
                     let hs = unsafe { &mut *hs };
-                    hs.start_seq = pkt.tcp_seq;
+                    hs.start_seq = dseq;
                     hs.total_len = total;
-                    hs.next_seq = pkt.tcp_seq.wrapping_add(avail);
+                    hs.next_seq = dseq.wrapping_add(avail);
                     hs.have = 0;
                     hs.sni_done = u32::from(!names);
+                    hs.rec_left = 0;
+                    hs.hdr_pos = 0;
+                    hs.hdr_len = 0;
+                    hs.hs_pos = 0;
+                    hs.records = 0;
+                    hs.bad_records = 0;
+                    hs.hs_total = 0;
                     if names {
-                        hello_append(ctx, pkt, hs);
+                        // tg_sni appends the bytes (record headers taken out) and walks them.
                         *sni_job = JOB_SCRATCH;
                     }
                     if incomplete {
@@ -1748,12 +2188,17 @@ fn inspect(
                             }
                         } else {
                             stat(STAT_HELLO_MAP_FULL, 1);
+                            if names && pkt.key.remote_port == UNREADABLE_PORT {
+                                unreadable_tail(ctx, pkt, dir, egress, STAT_HELLO_LOST);
+                            }
                         }
                     }
                 }
                 emit(ctx, pkt, flow, dir, KIND_TLS, 0, ifindex, now, &lim);
             } else if !up && avail >= 6 && b[5] == 0x02 {
                 emit(ctx, pkt, flow, dir, KIND_TLS, 0, ifindex, now, &lim);
+            } else if flow.flags & FLOW_F_AT_START != 0 {
+                unreadable_tail(ctx, pkt, dir, egress, STAT_UNREADABLE_START);
             }
             return 0;
         }
@@ -1771,6 +2216,9 @@ fn inspect(
                 i += 1;
             }
         }
+        if flow.flags & FLOW_F_AT_START != 0 {
+            unreadable_tail(ctx, pkt, dir, egress, STAT_UNREADABLE_START);
+        }
         return 0;
     }
     // UDP: QUIC long header (form bit set) with a known version, packet type Initial.
@@ -1785,44 +2233,162 @@ fn inspect(
         };
         if initial {
             flow.flags |= FLOW_F_QUIC;
-            emit(ctx, pkt, flow, dir, KIND_QUIC, 0, ifindex, now, &lim);
+            // An Initial userspace never gets cannot be decided (QUIC names need decryption):
+            // after a flood of decoys has used up the flow's events, for instance.
+            if !emit(ctx, pkt, flow, dir, KIND_QUIC, 0, ifindex, now, &lim)
+                && names
+                && pkt.key.remote_port == UNREADABLE_PORT
+            {
+                unreadable_tail(ctx, pkt, dir, egress, STAT_UNREADABLE_QUIC);
+            }
             return KIND_QUIC;
         }
     }
     0
 }
 
-/// Appends the segment's payload to the hello window (in order; the caller checks the seq).
+/// Record headers and record pieces walked per segment at most: a hello cut into more records
+/// per segment than this (about 30) is unreadable (`STAT_UNREADABLE_RECORDS`).
+const MAX_RECORD_STEPS: u32 = 64;
+
+/// Appends the segment's payload to the hello window (in order; the caller checks the seq),
+/// without the TLS record headers: `h.buf` holds the handshake message itself, so a hello cut
+/// into many records (or records cut by segment edges) is walked like a single one.
 #[inline(always)]
-fn hello_append(ctx: &TcContext, pkt: &Pkt, h: &mut HelloState) {
-    let have = h.have;
-    if have >= HELLO_WINDOW || pkt.payload_len == 0 {
-        return;
+fn hello_append(ctx: &TcContext, job: &mut Job, h: &mut HelloState) {
+    let pkt = &job.pkt;
+    let plen = pkt.payload_len;
+    let payload_off = pkt.payload_off;
+    // Offset of this segment's first byte from the hello's first byte.
+    let seg_off = pkt
+        .tcp_seq
+        .wrapping_add(u32::from(pkt.tcp_flags & TCP_SYN != 0))
+        .wrapping_sub(h.start_seq);
+    // The position in the segment lives in map memory and is read back each step: the
+    // verifier then sees the same unknown value at every loop head, so the states of
+    // different paths prune instead of multiplying with each step.
+    // SAFETY: job is this CPU's map value.
+    unsafe { ptr::write_volatile(&mut job.cursor, 0) };
+    let mut step = 0u32;
+    while step < MAX_RECORD_STEPS {
+        // SAFETY: as above.
+        let mut pos = unsafe { ptr::read_volatile(&job.cursor) };
+        if pos >= plen || h.bad_records != 0 {
+            return;
+        }
+        if h.hdr_pos < 5 {
+            if h.hdr_pos == 0 && pos + 5 <= plen {
+                let Ok(r) = ctx.load::<[u8; 5]>((payload_off + pos) as usize) else {
+                    h.bad_records = 1;
+                    return;
+                };
+                if r[0] != 0x16 {
+                    h.bad_records = 1;
+                    return;
+                }
+                h.rec_left = u32::from(u16::from_be_bytes([r[3], r[4]]));
+                h.hdr_pos = 5;
+                pos += 5;
+            } else {
+                // A header cut by the segment edge: a byte at a time.
+                let Ok(r) = ctx.load::<[u8; 1]>((payload_off + pos) as usize) else {
+                    h.bad_records = 1;
+                    return;
+                };
+                let c = u32::from(r[0]);
+                match h.hdr_pos {
+                    0 => {
+                        if c != 0x16 {
+                            h.bad_records = 1;
+                            return;
+                        }
+                    }
+                    3 => h.hdr_len = c << 8,
+                    4 => h.rec_left = h.hdr_len | c,
+                    _ => {}
+                }
+                h.hdr_pos += 1;
+                pos += 1;
+            }
+            if h.hdr_pos == 5 {
+                h.records += 1;
+                if h.records == 2 {
+                    stat(STAT_HELLO_MULTI_RECORD, 1);
+                }
+                // Where the hello ends on the wire, as far as the records so far tell: its
+                // handshake bytes still to come, plus one more header if they need another
+                // record. Segments up to there are followed.
+                if h.hs_total > h.hs_pos {
+                    let rem = h.hs_total - h.hs_pos;
+                    let mut end = seg_off.wrapping_add(pos).wrapping_add(rem);
+                    if rem > h.rec_left {
+                        end = end.wrapping_add(5);
+                    }
+                    if end > HELLO_MAX_TOTAL {
+                        end = HELLO_MAX_TOTAL;
+                    }
+                    if end > h.total_len {
+                        h.total_len = end;
+                    }
+                }
+                if h.rec_left == 0 {
+                    h.hdr_pos = 0;
+                }
+            }
+        } else {
+            let mut n = plen - pos;
+            if n > h.rec_left {
+                n = h.rec_left;
+            }
+            let have = h.have;
+            if have < HELLO_WINDOW {
+                let mut c = n;
+                if c > HELLO_WINDOW - have {
+                    c = HELLO_WINDOW - have;
+                }
+                if c > 0 {
+                    // Bounds the verifier can follow: offset < WINDOW, 1 <= len <= WINDOW,
+                    // buf = 2 * WINDOW.
+                    let cm1 = c - 1;
+                    // SAFETY: reads locals.
+                    let (off, cm1) =
+                        unsafe { (ptr::read_volatile(&have), ptr::read_volatile(&cm1)) };
+                    let off = off & (HELLO_WINDOW - 1);
+                    let len = (cm1 & (HELLO_WINDOW - 1)) + 1;
+                    // SAFETY: destination is inside `h.buf` (off + len <= 2 * WINDOW); the
+                    // helper checks the packet side.
+                    let ret = unsafe {
+                        bpf_skb_load_bytes(
+                            ctx.skb.skb as *const _,
+                            payload_off + pos,
+                            h.buf.as_mut_ptr().add(off as usize) as *mut _,
+                            len,
+                        )
+                    };
+                    if ret != 0 {
+                        h.bad_records = 1;
+                        return;
+                    }
+                    h.have = have + len;
+                }
+            }
+            h.hs_pos = h.hs_pos.wrapping_add(n);
+            h.rec_left -= n;
+            pos += n;
+            if h.rec_left == 0 {
+                h.hdr_pos = 0;
+            }
+            if h.hs_total == 0 && h.have >= 4 {
+                h.hs_total = 4 + ((hb(h, 1) << 16) | hb16(h, 2));
+            }
+        }
+        // SAFETY: as above.
+        unsafe { ptr::write_volatile(&mut job.cursor, pos) };
+        step += 1;
     }
-    let mut n = pkt.payload_len;
-    if n > HELLO_WINDOW - have {
-        n = HELLO_WINDOW - have;
-    }
-    // Bounds the verifier can follow: offset < WINDOW, 1 <= len <= WINDOW, buf = 2 * WINDOW.
-    let nm1 = n - 1;
-    // SAFETY: reads locals.
-    let (off, nm1) = unsafe { (ptr::read_volatile(&have), ptr::read_volatile(&nm1)) };
-    let off = off & (HELLO_WINDOW - 1);
-    let len = (nm1 & (HELLO_WINDOW - 1)) + 1;
-    // SAFETY: destination is inside `h.buf` (off + len <= 2 * WINDOW); the helper checks the
-    // packet side.
-    let ret = unsafe {
-        bpf_skb_load_bytes(
-            ctx.skb.skb as *const _,
-            pkt.payload_off,
-            h.buf.as_mut_ptr().add(off as usize) as *mut _,
-            len,
-        )
-    };
-    if ret == 0 {
-        h.have = have + len;
-    } else {
-        h.sni_done = 1;
+    // SAFETY: as above.
+    if unsafe { ptr::read_volatile(&job.cursor) } < plen {
+        h.bad_records = 1;
     }
 }
 
@@ -1833,9 +2399,10 @@ enum Sni {
     Absent,
 }
 
-/// Labels of a name checked against name verdicts (a name with more labels is checked on its
-/// last 7 suffixes and not as a whole).
-const MAX_SUFFIXES: usize = 8;
+/// Suffix hashes of a name checked against name verdicts: a name with more labels is checked
+/// on its `MAX_SUFFIXES - 1` shortest parent domains (walked from the right, where the
+/// registrable domain is) and as a whole (`STAT_LONG_NAMES`).
+const MAX_SUFFIXES: usize = 16;
 
 /// Extensions looked at before giving up (Chrome sends ~18 including GREASE).
 const MAX_EXTENSIONS: u32 = 32;
@@ -1851,20 +2418,20 @@ fn hb16(h: &HelloState, i: u32) -> u32 {
     (hb(h, i) << 8) | hb(h, i + 1)
 }
 
-/// Walks record header, handshake header, version, random, session id, cipher suites,
-/// compression and extension headers up to server_name. Extensions in a second TLS record
-/// are left to userspace.
+/// Walks the handshake message (record headers already taken out by `hello_append`):
+/// handshake header, version, random, session id, cipher suites, compression and extension
+/// headers up to server_name.
 #[inline(always)]
 fn sni_walk(h: &HelloState) -> Sni {
     let have = h.have;
-    if have < 44 {
+    if have < 39 {
         return Sni::NeedMore;
     }
-    if hb(h, 0) != 0x16 || hb(h, 5) != 0x01 {
+    if hb(h, 0) != 0x01 {
         return Sni::Absent;
     }
-    let rec_end = 5 + hb16(h, 3);
-    let mut p = 44 + hb(h, 43);
+    let hs_end = 4 + ((hb(h, 1) << 16) | hb16(h, 2));
+    let mut p = 39 + hb(h, 38);
     if p + 2 > have {
         return Sni::NeedMore;
     }
@@ -1880,7 +2447,7 @@ fn sni_walk(h: &HelloState) -> Sni {
     p += 2;
     let mut i = 0;
     while i < MAX_EXTENSIONS {
-        if p + 4 > end || p + 4 > rec_end {
+        if p + 4 > end || p + 4 > hs_end {
             return Sni::Absent;
         }
         if p + 4 > have {
@@ -1933,6 +2500,8 @@ const PROG_INDEX_VERDICT: u32 = 2;
 const PROG_INDEX_ENFORCE: u32 = 3;
 const PROG_INDEX_HOST: u32 = 4;
 const PROG_INDEX_QNAME: u32 = 5;
+const PROG_INDEX_UNREADABLE: u32 = 6;
+const PROG_INDEX_PORTLESS: u32 = 7;
 /// DNS message bytes read for the question (header + a name of at most 255 bytes + type and
 /// class fit; a power of two so that indexes can be masked).
 const QNAME_SCAN: u32 = 512;
@@ -1955,6 +2524,21 @@ pub struct Job {
     action: u32,
     /// DNS jobs: length of the question section (name, type, class) after the header.
     question_len: u32,
+    /// 1: the name has more labels than `MAX_SUFFIXES` (only its shortest suffixes and the
+    /// whole name were hashed).
+    long: u32,
+    /// `hello_append`'s position in the segment.
+    cursor: u32,
+    /// `tg_portless`: `PORTLESS_*` flags.
+    portless: u32,
+    /// `parse`: the L3 offset, and 1 for the first fragment of a fragmented datagram.
+    l3_off: u32,
+    frag_first: u32,
+    /// `ipv6_ext_walk`'s state: header type, offset, bytes left, `FRAG_*`.
+    ext_next: u32,
+    ext_off: u32,
+    ext_left: u32,
+    ext_frag: u32,
     suffixes: [u64; MAX_SUFFIXES],
     name: [u8; NAME_MAX as usize],
 }
@@ -1987,7 +2571,9 @@ fn forget_hello(key: &FlowKey, complete: bool) {
     }
 }
 
-/// Stage 1: find the SNI in the held hello bytes and copy the name into the job.
+/// Stage 1: append the packet's hello bytes, find the SNI in the bytes held and copy the name
+/// into the job. A hello that ends (or fills the window, or cannot be followed) without a
+/// readable SNI makes a port-443 flow unreadable.
 #[classifier]
 pub fn tg_sni(ctx: TcContext) -> i32 {
     let Some(job) = job() else {
@@ -2003,12 +2589,24 @@ pub fn tg_sni(ctx: TcContext) -> i32 {
     };
     // SAFETY: live map value (LRU entry or this CPU's scratch).
     let h = unsafe { &mut *h };
-    let complete =
-        job.source == JOB_HELLO_MAP && h.next_seq.wrapping_sub(h.start_seq) >= h.total_len;
+    if h.sni_done == 0 {
+        hello_append(&ctx, job, h);
+    }
+    // The whole hello went by: its wire span, or its handshake bytes.
+    let ended = h.next_seq.wrapping_sub(h.start_seq) >= h.total_len
+        || (h.hs_total != 0 && h.hs_pos >= h.hs_total);
+    let complete = job.source == JOB_HELLO_MAP && ended;
+    if h.bad_records != 0 {
+        h.sni_done = 1;
+        forget_hello(&job.pkt.key, complete);
+        return sni_unreadable(&ctx, job, STAT_UNREADABLE_RECORDS);
+    }
     let (off, len) = match sni_walk(h) {
         Sni::NeedMore => {
-            if h.have >= HELLO_WINDOW {
+            if h.have >= HELLO_WINDOW || ended {
                 h.sni_done = 1;
+                forget_hello(&job.pkt.key, complete);
+                return sni_unreadable(&ctx, job, STAT_UNREADABLE_NO_SNI);
             }
             forget_hello(&job.pkt.key, complete);
             return PASS;
@@ -2016,7 +2614,7 @@ pub fn tg_sni(ctx: TcContext) -> i32 {
         Sni::Absent => {
             h.sni_done = 1;
             forget_hello(&job.pkt.key, complete);
-            return PASS;
+            return sni_unreadable(&ctx, job, STAT_UNREADABLE_NO_SNI);
         }
         Sni::Found { off, len } => (off, len),
     };
@@ -2040,8 +2638,39 @@ pub fn tg_sni(ctx: TcContext) -> i32 {
     }
     job.name_len = len;
     forget_hello(&job.pkt.key, complete);
+    mark_named(&job.pkt.key);
     // SAFETY: tail call into the next stage; returns only when it fails.
     unsafe { TG_PROGS.tail_call(&ctx, PROG_INDEX_NAME) };
+    PASS
+}
+
+/// The probes read this flow's name (its SNI or Host).
+#[inline(always)]
+fn mark_named(key: &FlowKey) {
+    if let Some(f) = TG_FLOWS.get_ptr_mut(key) {
+        // SAFETY: live LRU map value.
+        unsafe { (*f).flags |= FLOW_F_NAMED };
+    }
+}
+
+/// A hello the probes could not read a name from (see `tg_unreadable`): only port-443 flows
+/// count, and only when nothing named the flow before (a decoy hello cannot unname it).
+#[inline(always)]
+fn sni_unreadable(ctx: &TcContext, job: &mut Job, why: usize) -> i32 {
+    if job.pkt.key.remote_port != UNREADABLE_PORT {
+        return PASS;
+    }
+    let named = match TG_FLOWS.get_ptr(&job.pkt.key) {
+        // SAFETY: live LRU map value, read only.
+        Some(f) => (unsafe { (*f).flags } & FLOW_F_NAMED) != 0,
+        None => true,
+    };
+    if named {
+        return PASS;
+    }
+    job.action = why as u32;
+    // SAFETY: tail call; returns only when it fails.
+    unsafe { TG_PROGS.tail_call(ctx, PROG_INDEX_UNREADABLE) };
     PASS
 }
 
@@ -2155,6 +2784,7 @@ pub fn tg_host(ctx: TcContext) -> i32 {
     }
     job.name_len = nlen;
     stat(STAT_HTTP_HOST_FOUND, 1);
+    mark_named(&job.pkt.key);
     // SAFETY: tail call into the next stage; returns only when it fails.
     unsafe { TG_PROGS.tail_call(&ctx, PROG_INDEX_NAME) };
     PASS
@@ -2233,6 +2863,8 @@ pub fn tg_name(ctx: TcContext) -> i32 {
     // make the states per iteration grow with the iteration number).
     // SAFETY: job is this CPU's map value.
     unsafe { ptr::write_volatile(&mut job.count, 0) };
+    // SAFETY: as above.
+    unsafe { ptr::write_volatile(&mut job.long, 0) };
     let mut i = 0u32;
     while i < NAME_MAX {
         if i >= len {
@@ -2242,11 +2874,18 @@ pub fn tg_name(ctx: TcContext) -> i32 {
         let c = job.name[pos as usize];
         if c == b'.' {
             // The bytes after this dot are a parent domain: its hash is the hash so far.
+            // The shortest parents are kept (hashing runs from the right): for a name with
+            // more labels, the registrable domain and its parents still count.
             // SAFETY: as above.
             let n = unsafe { ptr::read_volatile(&job.count) };
-            job.suffixes[(n & (MAX_SUFFIXES as u32 - 1)) as usize] = hash;
-            // SAFETY: as above.
-            unsafe { ptr::write_volatile(&mut job.count, n.wrapping_add(1)) };
+            if n < MAX_SUFFIXES as u32 - 1 {
+                job.suffixes[(n & (MAX_SUFFIXES as u32 - 1)) as usize] = hash;
+                // SAFETY: as above.
+                unsafe { ptr::write_volatile(&mut job.count, n.wrapping_add(1)) };
+            } else {
+                // SAFETY: as above.
+                unsafe { ptr::write_volatile(&mut job.long, 1) };
+            }
         }
         hash = name_hash_step(hash, c);
         i += 1;
@@ -2256,6 +2895,9 @@ pub fn tg_name(ctx: TcContext) -> i32 {
     job.suffixes[(count & (MAX_SUFFIXES as u32 - 1)) as usize] = hash;
     let count = count.wrapping_add(1);
     job.count = count;
+    if job.long != 0 {
+        stat(STAT_LONG_NAMES, 1);
+    }
     // SAFETY: tail call into the next stage; returns only when it fails.
     unsafe { TG_PROGS.tail_call(&ctx, PROG_INDEX_VERDICT) };
     PASS
@@ -2269,8 +2911,8 @@ pub fn tg_verdict(ctx: TcContext) -> i32 {
     let Some(job) = job() else {
         return PASS;
     };
-    // Suffix hashes were recorded shortest first; a name with more than MAX_SUFFIXES labels
-    // wrapped around and only its whole-name slot is trusted.
+    // Suffix hashes were recorded shortest first, the whole name last (at most MAX_SUFFIXES
+    // slots: a longer name kept its shortest suffixes).
     let count = job.count;
     let wslot = count.wrapping_sub(1) & (MAX_SUFFIXES as u32 - 1);
     // Plain scalars, not an Option: LLVM would spill the None payload uninitialised.
@@ -2282,11 +2924,7 @@ pub fn tg_verdict(ctx: TcContext) -> i32 {
     let mut k = 0u32;
     while k < MAX_SUFFIXES as u32 {
         let whole = count > 0 && k == wslot;
-        let usable = if count <= MAX_SUFFIXES as u32 {
-            k < count
-        } else {
-            whole
-        };
+        let usable = k < count;
         if usable {
             let hash = job.suffixes[(k & (MAX_SUFFIXES as u32 - 1)) as usize];
             if let Some(v) = TG_NAME_VERDICT.get_ptr(NameKey { hash }) {
@@ -2543,7 +3181,7 @@ fn emit(
     ifindex: u32,
     now: u64,
     lim: &Limits,
-) {
+) -> bool {
     let cap = if kind == KIND_DNS {
         lim.max_dns_events
     } else {
@@ -2552,14 +3190,14 @@ fn emit(
     if flow.events >= cap {
         flow.flags |= FLOW_F_CAPPED;
         stat(STAT_EVENTS_CAPPED, 1);
-        return;
+        return false;
     }
     flow.events += 1;
     if flow.events >= cap {
         flags |= EVENT_F_LAST;
     }
     let Some(buf) = TG_SCRATCH.get_ptr_mut(0) else {
-        return;
+        return false;
     };
     // SAFETY: this CPU's scratch value; nothing else uses it while the program runs.
     let buf = unsafe { &mut *buf };
@@ -2571,7 +3209,7 @@ fn emit(
         flags |= EVENT_F_TRUNCATED;
     }
     if n == 0 {
-        return;
+        return false;
     }
     // The verifier must see 1 <= len <= PAYLOAD_CAP at the helper call; LLVM would fold a
     // plain clamp, so the bound is applied to a value read back through a volatile load.
@@ -2606,14 +3244,20 @@ fn emit(
     };
     if ret != 0 {
         stat(STAT_ERR_PAYLOAD, 1);
-        return;
+        return false;
     }
     let total = EVENT_HEADER_LEN + len as usize;
     // SAFETY: `buf` is EVENT_HEADER_LEN + PAYLOAD_CAP bytes and total <= that.
     let bytes = unsafe { core::slice::from_raw_parts(buf as *const EventBuf as *const u8, total) };
     match TG_EVENTS.output::<[u8]>(bytes, 0) {
-        Ok(()) => stat(STAT_EVENTS, 1),
-        Err(_) => stat(STAT_RINGBUF_FULL, 1),
+        Ok(()) => {
+            stat(STAT_EVENTS, 1);
+            true
+        }
+        Err(_) => {
+            stat(STAT_RINGBUF_FULL, 1);
+            false
+        }
     }
 }
 

@@ -37,7 +37,8 @@ pub use blockpage::{
 };
 pub use steer::{ListenerFamilies, PolicyRoute, SteerWriter, policy_route_commands};
 pub use verdicts::{
-    Action, EnforceOptions, NameRule, VerdictWriter, monotonic_ns, name_key, normalize_name,
+    Action, EnforceOptions, NameRule, Unreadable, VerdictWriter, monotonic_ns, name_key,
+    normalize_name,
 };
 
 use std::{

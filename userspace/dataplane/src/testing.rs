@@ -44,7 +44,7 @@ pub const TC_ACT_UNSPEC: i32 = -1;
 pub const TC_ACT_SHOT: i32 = 2;
 
 /// Every program in the object.
-pub const PROGRAMS: [&str; 11] = [
+pub const PROGRAMS: [&str; 13] = [
     abi::PROG_LAN_INGRESS,
     abi::PROG_LAN_EGRESS,
     abi::PROG_WAN_INGRESS,
@@ -56,6 +56,8 @@ pub const PROGRAMS: [&str; 11] = [
     abi::PROG_ENFORCE,
     abi::PROG_HOST,
     abi::PROG_QNAME,
+    abi::PROG_UNREADABLE,
+    abi::PROG_PORTLESS,
 ];
 
 impl ProbeHarness {
@@ -101,6 +103,22 @@ impl ProbeHarness {
     ) -> Result<RunResult, DataplaneError> {
         // struct __sk_buff up to tc_index; ingress_ifindex sits at byte 36.
         let mut ctx = [0u8; 48];
+        ctx[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+        self.run_ctx(program, frame, 1, Some(&ctx))
+    }
+
+    /// Like [`ProbeHarness::run`], with the skb's `mark` and `ingress_ifindex` set (0: a
+    /// packet the host itself sends, on an egress hook).
+    pub fn run_marked(
+        &self,
+        program: &'static str,
+        frame: &[u8],
+        mark: u32,
+        ingress_ifindex: u32,
+    ) -> Result<RunResult, DataplaneError> {
+        // struct __sk_buff: mark at byte 8, ingress_ifindex at byte 36.
+        let mut ctx = [0u8; 48];
+        ctx[8..12].copy_from_slice(&mark.to_ne_bytes());
         ctx[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
         self.run_ctx(program, frame, 1, Some(&ctx))
     }

@@ -58,6 +58,19 @@ pub struct EnforceOptions {
     pub refuse_dns: bool,
 }
 
+/// What happens to a port-443 flow whose name the probes cannot read (a stream that does not
+/// start with a ClientHello, a hello without a readable SNI, one hidden in IP fragments or in
+/// more TLS records than the probes follow, a lost reassembly state, a QUIC Initial userspace
+/// never got).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Unreadable {
+    /// Counted and let through.
+    #[default]
+    Pass,
+    /// Counted and reset (enforce mode).
+    Block,
+}
+
 /// A decision for a DNS name, as the probes match it against SNIs, HTTP Hosts and (with
 /// [`EnforceOptions::refuse_dns`]) DNS questions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -167,6 +180,18 @@ impl VerdictWriter<'_> {
                 c.flags &= !abi::CONFIG_F_SESSION;
             }
         })
+    }
+
+    /// What the probes do with a port-443 flow from a user whose name they cannot read
+    /// (`[enforcement] unreadable`): [`Unreadable::Block`] resets it in enforce mode (and
+    /// drops IP fragments and packets they cannot parse down to a port); [`Unreadable::Pass`]
+    /// lets it through. Both count it (`unreadable_*` counters).
+    pub fn set_unreadable(&mut self, u: Unreadable) -> Result<(), DataplaneError> {
+        self.config(|c| match u {
+            Unreadable::Block => c.flags |= abi::CONFIG_F_UNREADABLE_BLOCK,
+            Unreadable::Pass => c.flags &= !abi::CONFIG_F_UNREADABLE_BLOCK,
+        })?;
+        self.commit()
     }
 
     /// Records that the daemon is alive (see [`EnforceOptions::fail_open`]).

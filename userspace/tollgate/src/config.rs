@@ -503,6 +503,25 @@ mod tests {
     }
 
     #[test]
+    fn unreadable_takes_pass_or_block_and_names_a_bad_value() {
+        let c = Config::parse("[enforcement]\nunreadable = \"block\"\n", "e.toml").unwrap();
+        assert_eq!(
+            c.enforcement.unreadable,
+            crate::enforce::UnreadableAction::Block
+        );
+        let c = Config::parse("", "e.toml").unwrap();
+        assert_eq!(
+            c.enforcement.unreadable,
+            crate::enforce::UnreadableAction::Pass
+        );
+        let err = Config::parse("[enforcement]\n\nunreadable = \"drop\"\n", "e.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("e.toml:3:"), "{err}");
+        assert!(err.contains("enforcement.unreadable"), "{err}");
+    }
+
+    #[test]
     fn line_column_counts_from_one() {
         assert_eq!(line_column("ab\ncd", 0), (1, 1));
         assert_eq!(line_column("ab\ncd", 4), (2, 2));

@@ -246,6 +246,8 @@ struct Core {
     last_status: Instant,
     /// The event reader task's error counts.
     reader: Arc<ReaderCounts>,
+    /// Named QUIC flows whose later Initials are read again (decoy Initials).
+    quic_recheck: crate::quic_recheck::QuicRecheck,
 }
 
 enum Next {
@@ -283,9 +285,23 @@ impl Core {
             PayloadKind::Dns => self.on_dns(ev),
             PayloadKind::Tls | PayloadKind::Quic | PayloadKind::Http => {
                 if let Some((name, source)) = named {
+                    if ev.kind == PayloadKind::Quic
+                        && let Some(key) = ev.flow_key()
+                    {
+                        self.quic_recheck.named(key, &name);
+                    }
                     self.decide_flow(ev, &name, source);
                 } else if ev.kind == PayloadKind::Http && ev.direction == Direction::Up {
                     self.on_later_request(ev);
+                } else if ev.kind == PayloadKind::Quic && ev.direction == Direction::Up {
+                    // A flow is named once; a later Initial naming another server (the real
+                    // one after a decoy the server dropped) decides it again.
+                    if let Some(key) = ev.flow_key()
+                        && let Some(name) = self.quic_recheck.initial(&key, &ev.payload)
+                    {
+                        tracing::info!(name = %name, user = %ev.user_ip, "QUIC flow renamed by a later Initial");
+                        self.decide_flow(ev, &name, NameSource::Quic);
+                    }
                 }
             }
         }
@@ -697,7 +713,32 @@ impl Core {
                 "steer_lost_reset": dp.steer_lost_reset,
                 "daemon": self.session.as_ref().map(|s| s.counts).unwrap_or_default(),
             },
+            "evasion": self.evasion_json(&dp),
         })
+    }
+
+    /// How the gateway met evasion attempts: every kernel counter of the unreadable and
+    /// evasion cases by name, the `[enforcement] unreadable` setting, and the QUIC flows
+    /// decided again after a decoy Initial.
+    fn evasion_json(&self, dp: &tollgate_dataplane::DataplaneStats) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        m.insert(
+            "unreadable".into(),
+            self.enforcer.unreadable().as_str().into(),
+        );
+        for (id, name) in abi::STAT_NAMES {
+            if (abi::STAT_FRAG_TINY..=abi::STAT_UNREADABLE_PASSED).contains(&id)
+                || id == abi::STAT_FRAGMENTS
+            {
+                m.insert(name.into(), dp.raw.get(id).copied().unwrap_or(0).into());
+            }
+        }
+        m.insert("quic_renamed".into(), self.quic_recheck.renamed.into());
+        m.insert(
+            "quic_recheck_forgotten".into(),
+            self.quic_recheck.forgotten.into(),
+        );
+        serde_json::Value::Object(m)
     }
 
     fn print_status(&mut self) {
@@ -1032,6 +1073,7 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
         events_at_last_status: 0,
         last_status: Instant::now(),
         reader: Arc::new(ReaderCounts::default()),
+        quic_recheck: crate::quic_recheck::QuicRecheck::default(),
         cfg,
         config_path,
     };

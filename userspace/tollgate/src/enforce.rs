@@ -105,6 +105,30 @@ pub struct EnforcementConfig {
     /// `fail_open = false` the kernel keeps steering it while the daemon is gone).
     #[serde(default = "default_steer_timeout")]
     pub steer_timeout_secs: u64,
+    /// Port-443 flows whose name the gateway cannot read (no ClientHello at the start of the
+    /// stream, no readable SNI, a hello hidden in IP fragments or split into more TLS records
+    /// than the probes follow, a QUIC Initial that never reached userspace): `pass` lets them
+    /// through, counted; `block` resets them (enforce mode). See README.
+    #[serde(default)]
+    pub unreadable: UnreadableAction,
+}
+
+/// `[enforcement] unreadable`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnreadableAction {
+    #[default]
+    Pass,
+    Block,
+}
+
+impl UnreadableAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnreadableAction::Pass => "pass",
+            UnreadableAction::Block => "block",
+        }
+    }
 }
 
 impl Default for EnforcementConfig {
@@ -124,6 +148,7 @@ impl Default for EnforcementConfig {
             dns_learned_max: default_dns_learned_max(),
             dns_learn_per_client_per_min: default_dns_learn_rate(),
             steer_timeout_secs: default_steer_timeout(),
+            unreadable: UnreadableAction::Pass,
         }
     }
 }
@@ -415,7 +440,8 @@ impl Enforcer {
         self.app_numbers.get(app).copied().unwrap_or(0)
     }
 
-    /// Writes the enforcement options (fail-open, QUIC refusal) once at start.
+    /// Writes the enforcement options (fail-open, QUIC refusal, unreadable flows) once at
+    /// start.
     pub fn apply_options(&self, dp: &mut Dataplane) -> Result<(), DataplaneError> {
         dp.verdicts()
             .set_enforce_options(tollgate_dataplane::EnforceOptions {
@@ -424,7 +450,17 @@ impl Enforcer {
                 block_quic: self.cfg.block_quic && self.enforce,
                 // Also in monitor mode, where the probes count what they would refuse.
                 refuse_dns: self.cfg.refuse_dns || self.cfg.refuse_doh_canary,
-            })
+            })?;
+        // Also in monitor mode, where the probes count what they would refuse.
+        dp.verdicts().set_unreadable(match self.cfg.unreadable {
+            UnreadableAction::Pass => tollgate_dataplane::Unreadable::Pass,
+            UnreadableAction::Block => tollgate_dataplane::Unreadable::Block,
+        })
+    }
+
+    /// `[enforcement] unreadable`, for the status.
+    pub fn unreadable(&self) -> UnreadableAction {
+        self.cfg.unreadable
     }
 
     /// The apps under session control (their names are flagged at the next [`Enforcer::sync`]).
