@@ -344,3 +344,59 @@ fn chromium_tcp_and_quic_are_named() {
     );
     daemon.stop();
 }
+
+/// A LAN client's SNI is its own choice of bytes: an escape sequence that would retitle
+/// and clear the admin's terminal, and a multi-byte character where the table cuts the name
+/// (which made `tollgate flows` panic). The daemon keeps the name escaped, the table prints
+/// it escaped and cut on a character boundary.
+#[test]
+fn hostile_sni_is_escaped_in_the_flows_table() {
+    let test = "hostile_sni_is_escaped_in_the_flows_table";
+    if !ready(test) {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = Topology::new("hs", 1500).expect("topology");
+    let _origins = Origins::start(&mut topo, false).expect("origins");
+    let daemon = Daemon::start(&mut topo, "monitor", "").expect("daemon");
+    // 32 ASCII bytes, 'é' across the table's old cut at byte 33, then ESC ] 0 ; .. BEL
+    // (set the terminal's title) and ESC [2J (clear the screen).
+    let sni = format!(
+        "{}\u{e9}\u{e9}\u{1b}]0;owned\u{7}\u{1b}[2J.example",
+        "a".repeat(32)
+    );
+    let hex: String = sni.bytes().map(|b| format!("{b:02x}")).collect();
+    topo.exec(
+        &topo.client,
+        &format!(
+            "python3 {} {SERVER_IP4} 443 {hex}",
+            fixture("raw_hello.py").display()
+        ),
+    )
+    .expect("raw hello");
+    let escaped = format!(
+        "{}\\xc3\\xa9\\xc3\\xa9\\x1b\\x5d0\\x3bowned\\x07\\x1b\\x5b2J.example",
+        "a".repeat(32)
+    );
+    let flow = daemon.wait_flow(WAIT, |f| f["name_source"] == "sni" && f["dport"] == 443);
+    let flow = flow.unwrap_or_else(|| {
+        panic!(
+            "{test}: no SNI flow; flows: {:#}",
+            daemon.query("flows").unwrap_or_default()
+        )
+    });
+    assert_eq!(flow["name"], escaped.as_str(), "{flow:#}");
+    let out = daemon.cli(&["flows"]).expect("tollgate flows");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{test}: tollgate flows failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.stdout.iter().any(|&b| b < 0x20 && b != b'\n'),
+        "raw control bytes in the table: {table:?}"
+    );
+    assert!(table.contains(&format!("{}\\~", "a".repeat(32))), "{table}");
+    daemon.stop();
+}
