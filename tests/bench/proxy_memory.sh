@@ -27,7 +27,7 @@ WORK=$(mktemp -d /tmp/tollgate-proxy-mem.XXXXXX)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
-ulimit -n 65536
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 # PKI: an origin CA and a certificate for "localhost"; the proxy's own CA.
 mkca() {
@@ -46,6 +46,7 @@ openssl x509 -req -in "$WORK/origin.csr" -CA "$WORK/origin-ca.pem" -CAkey "$WORK
 mkdir -p "$WORK/www" "$WORK/nginx/tmp"
 head -c 1024 /dev/urandom > "$WORK/www/1k.bin"
 head -c 1048576 /dev/urandom > "$WORK/www/1m.bin"
+chmod 755 "$WORK"; chmod -R a+rX "$WORK/www" "$WORK/nginx"
 cat > "$WORK/nginx/nginx.conf" <<NGX
 worker_processes 1;
 pid $WORK/nginx/nginx.pid;
@@ -89,6 +90,8 @@ wait_port "$PROXY_PORT" || { echo "proxy did not start: $(cat "$WORK/proxy.log")
 # Check it really intercepts: the certificate is the interceptor CA's.
 issuer=$(echo | openssl s_client -connect 127.0.0.1:$PROXY_PORT -servername localhost 2>/dev/null | openssl x509 -noout -issuer)
 case $issuer in *interceptor*) ;; *) echo "not intercepting: $issuer" >&2; exit 1;; esac
+code=$(curl -sk -o /dev/null -w '%{http_code}' "https://localhost:$PROXY_PORT/1m.bin")
+[ "$code" = 200 ] || { echo "the proxy answers $code for /1m.bin: $(curl -sk "https://localhost:$PROXY_PORT/1m.bin" | head -c 300)" >&2; exit 1; }
 
 rps() { awk '/Requests\/sec/ {print $2}'; }
 echo "# 1 KiB keep-alive, $CONNS connections, ${DURATION}s (wrk -t1)"
