@@ -774,9 +774,10 @@ pub fn normalize_path(path_and_query: &str) -> String {
         Some((p, q)) => (p, Some(q)),
         None => (path_and_query, None),
     };
-    // Unreserved only: ALPHA / DIGIT / "-" / "." / "_" / "~".
+    // Unreserved only: ALPHA / DIGIT / "-" / "." / "_" / "~". Bytes, not chars: other
+    // bytes (UTF-8 included) pass through unchanged.
     let b = path.as_bytes();
-    let mut dec = String::with_capacity(b.len());
+    let mut out_b: Vec<u8> = Vec::with_capacity(b.len());
     let mut i = 0;
     while let Some(&c) = b.get(i) {
         let hex = |x: Option<&u8>| x.and_then(|x| (*x as char).to_digit(16));
@@ -785,20 +786,23 @@ pub fn normalize_path(path_and_query: &str) -> String {
         {
             let v = (h * 16 + l) as u8;
             if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') {
-                dec.push(char::from(v));
+                out_b.push(v);
             } else {
-                dec.push('%');
-                dec.push(char::from(b[i + 1].to_ascii_uppercase()));
-                dec.push(char::from(b[i + 2].to_ascii_uppercase()));
+                out_b.push(b'%');
+                out_b.extend(
+                    b.get(i + 1..i + 3)
+                        .unwrap_or(&[])
+                        .iter()
+                        .map(u8::to_ascii_uppercase),
+                );
             }
             i += 3;
             continue;
         }
-        dec.push(char::from(c));
+        out_b.push(c);
         i += 1;
     }
-    // Non-ASCII bytes came through as Latin-1 chars above; the path is ASCII in practice
-    // (http::Uri rejects others), so that is only cosmetic.
+    let dec = String::from_utf8_lossy(&out_b).into_owned();
     let mut segs: Vec<&str> = Vec::new();
     let trailing = dec.ends_with('/') || dec.ends_with("/.") || dec.ends_with("/..");
     for seg in dec.split('/') {
