@@ -763,7 +763,7 @@ impl Enforcer {
                     .map_or(0, |d| d.as_secs()),
             })
             .collect();
-        v.sort_by(|a, b| a.ip.cmp(&b.ip));
+        v.sort_by_key(|r| r.ip);
         v
     }
 

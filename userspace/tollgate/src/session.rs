@@ -103,6 +103,9 @@ pub fn proxy_config(cfg: &Config) -> ProxyConfig {
         p.ca_dir = cfg.state_dir.join("ca");
     }
     p.tproxy = true;
+    // What DNS answers may never block or steer, the proxy may never connect to either.
+    p.protected_destinations
+        .extend(cfg.enforcement.never_block.iter().copied());
     p
 }
 
