@@ -799,7 +799,14 @@ pub fn normalize_path(path_and_query: &str) -> String {
             i += 3;
             continue;
         }
-        out_b.push(c);
+        if c == b'%' {
+            // A stray '%' (not two hex digits after it) is written as "%25", so that the
+            // output never forms a new escape with what follows and normalising twice
+            // gives the same path ("%%35" -> "%255", not "%5" then "%5E").
+            out_b.extend_from_slice(b"%25");
+        } else {
+            out_b.push(c);
+        }
         i += 1;
     }
     let dec = String::from_utf8_lossy(&out_b).into_owned();
