@@ -254,7 +254,9 @@ fn fixture(name: &str) -> Vec<u8> {
 }
 
 fn tcp_payload(src: &str, dst: &str, sport: u16, dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
-    PacketSpec::tcp(ip(src), ip(dst), sport, dport, 1000, flags, payload).frame()
+    // The first data byte follows the SYN's sequence number (`tcp` sends SYNs with seq 1000):
+    // the probes read a stream from where its SYN placed it.
+    PacketSpec::tcp(ip(src), ip(dst), sport, dport, 1001, flags, payload).frame()
 }
 
 /// Session control on, with `cnr.it` and its subdomains an app under session control (the
@@ -435,6 +437,19 @@ fn dns_answers_for_session_apps_are_held_for_the_daemon() {
         let _ = h.drain_events();
         let prog = abi::PROG_LAN_EGRESS;
         let answer = dns_answer(7, "www.iit.cnr.it", [203, 0, 113, 9]);
+        // The user's query first: the probes pass an answer to userspace only on a flow
+        // whose user side sent through this interface (a spoofed answer is not even held).
+        let mut query = answer[..answer.len() - 16].to_vec();
+        query[2..4].copy_from_slice(&[0x01, 0x00]);
+        query[6..8].copy_from_slice(&[0, 0]);
+        let r = h
+            .run(
+                abi::PROG_LAN_INGRESS,
+                &udp(USER4, STEERED4, 50100, 53, &query),
+                1,
+            )
+            .unwrap();
+        assert_eq!(r.action, TC_ACT_UNSPEC, "the query goes on");
         let frame = udp(STEERED4, USER4, 53, 50100, &answer);
         // No daemon heartbeat (nobody would send it on): the answer passes.
         let r = h.run(prog, &frame, 1).unwrap();
@@ -463,6 +478,12 @@ fn dns_answers_for_session_apps_are_held_for_the_daemon() {
         // NAT was undone): still held here, where it names its client. A WAN ingress hook
         // never holds.
         h.add_iface(7, false).unwrap();
+        h.run(
+            abi::PROG_LAN_INGRESS,
+            &udp(USER4, STEERED4, 50102, 53, &query),
+            1,
+        )
+        .unwrap();
         let r = h
             .run_forwarded(prog, &udp(STEERED4, USER4, 53, 50102, &answer), 7)
             .unwrap();
