@@ -49,6 +49,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
 const PYTHON_PACKAGES: &[(&str, &str, &str)] = &[
     ("aioquic", "aioquic", "1.7.2"),
     ("curl_cffi", "curl_cffi", "0.17.0"),
+    // The evasion e2e tests craft packets with scapy; python3 may not be Debian's.
+    ("scapy", "scapy", "2.6.1"),
 ];
 
 fn main() -> ExitCode {
