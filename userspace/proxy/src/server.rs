@@ -477,6 +477,10 @@ pub fn parse_fib_trie(text: &str) -> Vec<ipnet::IpNet> {
             let len: u8 = f.next().and_then(|l| l.parse().ok()).unwrap_or(32);
             let kind = f.nth(1).unwrap_or("");
             let net = match kind {
+                // A default route of type local is not an address of the host: it is the
+                // steering policy route (`local 0.0.0.0/0 dev lo table ...`) that delivers
+                // steered flows to the proxy, and would make every destination look local.
+                "LOCAL" if len == 0 => None,
                 "LOCAL" => ipnet::Ipv4Net::new(a, len.min(32)).ok(),
                 "BROADCAST" => ipnet::Ipv4Net::new(a, 32).ok(),
                 _ => None,
@@ -1102,7 +1106,7 @@ mod tests {
 
     #[test]
     fn local_routes_and_refused_destinations() {
-        let trie = "Local:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 127.0.0.0\n        /8 host LOCAL\n     |-- 192.0.2.2\n        /32 host LOCAL\n     |-- 192.0.2.255\n        /32 link BROADCAST\n     |-- 192.0.2.0\n        /24 link UNICAST\n";
+        let trie = "Local:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 0.0.0.0\n        /0 host LOCAL\n     |-- 127.0.0.0\n        /8 host LOCAL\n     |-- 192.0.2.2\n        /32 host LOCAL\n     |-- 192.0.2.255\n        /32 link BROADCAST\n     |-- 192.0.2.0\n        /24 link UNICAST\n";
         let nets = parse_fib_trie(trie);
         let local = |ip: IpAddr| nets.iter().any(|n| n.contains(&ip));
         let refused = |s: &str, lo: bool| {
