@@ -160,13 +160,14 @@ impl Share {
     }
 }
 
-/// A body that keeps its memory share until it is dropped (sent or abandoned).
-pub struct Budgeted {
+/// A body that holds `guard` until it is dropped (sent or abandoned): a memory share while
+/// an inspected body is sent on, an in-flight mark while a response is streamed.
+pub struct Holding<G> {
     pub inner: ProxyBody,
-    pub share: Share,
+    pub guard: G,
 }
 
-impl Body for Budgeted {
+impl<G: Unpin> Body for Holding<G> {
     type Data = Bytes;
     type Error = BoxError;
     fn poll_frame(

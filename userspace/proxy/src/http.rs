@@ -17,9 +17,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::audit::{AuditRecord, now_rfc3339};
-use crate::budget::{Budgeted, Share};
+use crate::budget::{Holding, Share};
 use crate::config::{Action, OverLimitAction};
-use crate::idle::{IdleBody, TrackedBody};
+use crate::idle::IdleBody;
 use crate::policy::{self, Decision, Policies, RequestInfo, TransferMeta};
 use crate::server::Shared;
 use crate::upstream::{self, BoxError, Conn, Key, ProxyBody, UpstreamFailure};
@@ -567,9 +567,9 @@ impl ConnCtx {
                 }
                 Inspected {
                     decision: policy::stricter(seen, problem.map(limit)),
-                    body: Budgeted {
+                    body: Holding {
                         inner: Sliced::new(b).boxed(),
-                        share,
+                        guard: share,
                     }
                     .boxed(),
                     busy: false,
@@ -601,13 +601,13 @@ impl ConnCtx {
                 };
                 Inspected {
                     decision,
-                    body: Budgeted {
+                    body: Holding {
                         inner: PrefixedBody {
                             prefix: Some(prefix),
                             rest: Some(rest),
                         }
                         .boxed(),
-                        share,
+                        guard: share,
                     }
                     .boxed(),
                     busy: false,
@@ -844,9 +844,9 @@ impl ConnCtx {
         let resp = self.handle_inner(req).await;
         let (p, b) = resp.into_parts();
         // The connection counts as busy until the response body is done.
-        let body = TrackedBody {
+        let body = Holding {
             inner: b,
-            _flight: flight,
+            guard: flight,
         };
         Ok(Response::from_parts(p, body.boxed()))
     }
