@@ -294,6 +294,11 @@ pub const FLOW_F_UNREADABLE: u32 = 4096;
 /// byte (kept in the flow value rather than a register so that the verifier does not carry
 /// it down every path of the packet programs).
 pub const FLOW_F_AT_START: u32 = 8192;
+/// [`FlowValue::flags`]: a TCP flow whose user SYN was never seen (state lost, or the flow
+/// predates the probes) was checked once against the steer tries and found direct; later
+/// packets skip the lookups (a destination steered afterwards does not divert a running
+/// direct connection, as for flows whose SYN was seen).
+pub const FLOW_F_STEER_CHECKED: u32 = 16384;
 
 /// How long a QUIC flow without a verdict is held (its packets toward the user dropped),
 /// counted from the flow's first packet (`first_seen_ns`, its first Initial); after that the

@@ -50,7 +50,7 @@ use tollgate_common::{
     STAT_RST_SENT, STAT_SNI_FOUND, STAT_WOULD_DROP, Stats, name_hash_step,
 };
 use tollgate_common::{
-    FLOW_F_AT_START, FLOW_F_ISN, FLOW_F_NAMED, FLOW_F_STARTED, FLOW_F_UNREADABLE,
+    FLOW_F_AT_START, FLOW_F_ISN, FLOW_F_NAMED, FLOW_F_STARTED, FLOW_F_STEER_CHECKED, FLOW_F_UNREADABLE,
     STAT_FRAG_REFUSED, STAT_FRAG_TINY, STAT_HELLO_LOST, STAT_HELLO_MULTI_RECORD,
     STAT_HELLO_OUT_OF_ORDER, STAT_IPV6_EXT_OVERFLOW, STAT_LONG_NAMES, STAT_START_REPEATS,
     STAT_UNREADABLE_BLOCKED, STAT_UNREADABLE_FRAGMENTED, STAT_UNREADABLE_NO_SNI,
@@ -1142,17 +1142,21 @@ fn steer_tcp(ctx: &TcContext, pkt: &Pkt, flow: &mut FlowValue, now: u64) -> bool
         } else if flow.flags & FLOW_F_STEERED != 0 {
             flow.flags &= !FLOW_F_STEERED;
         }
-    } else if flow.flags & FLOW_F_STEERED == 0
+    } else if flow.flags & (FLOW_F_STEERED | FLOW_F_STEER_CHECKED) == 0
         && flow.tcp_flags & u32::from(TCP_SYN) == 0
         && pkt.tcp_flags & TCP_RST == 0
-        && steered_destination(&pkt.key, now) != 0
+        && session_on()
     {
         // The user's SYN of this flow was never seen by this flow state: the state was lost
         // (evicted from the LRU map) or the flow began before the probes ran. Whether it was
         // steered cannot be known; going on direct could take a proxied connection around the
         // proxy, so it is reset (the client reconnects, and its new SYN is decided afresh).
-        stat(STAT_STEER_LOST_RESET, 1);
-        return false;
+        // Looked up once per flow: a direct answer holds for the flow's life.
+        if steered_destination(&pkt.key, now) != 0 {
+            stat(STAT_STEER_LOST_RESET, 1);
+            return false;
+        }
+        flow.flags |= FLOW_F_STEER_CHECKED;
     }
     if flow.flags & FLOW_F_STEERED != 0 {
         ctx.set_mark(STEER_MARK);
@@ -1183,14 +1187,20 @@ fn steer_live(e: &SteerEntry, now: u64) -> bool {
     false
 }
 
+/// Whether session control runs (the daemon set [`CONFIG_F_SESSION`]); without it no
+/// destination is steered.
+#[inline(always)]
+fn session_on() -> bool {
+    TG_CONFIG
+        .get(0)
+        .is_some_and(|c| c.flags & CONFIG_F_SESSION != 0)
+}
+
 /// A cheap look at a forwarded frame before it is parsed: whether session control runs and
 /// the frame is an untagged IPv4 or IPv6 UDP datagram from port 53 (a DNS answer).
 #[inline(always)]
 fn session_dns(ctx: &TcContext) -> bool {
-    if !TG_CONFIG
-        .get(0)
-        .is_some_and(|c| c.flags & CONFIG_F_SESSION != 0)
-    {
+    if !session_on() {
         return false;
     }
     let Some(eth) = read::<[u8; ETH_HLEN]>(ctx, 0) else {

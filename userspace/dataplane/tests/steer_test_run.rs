@@ -21,6 +21,7 @@ fn ip(s: &str) -> IpAddr {
 const USER4: &str = "192.0.2.10";
 const STEERED4: &str = "198.51.100.20";
 const OTHER4: &str = "203.0.113.9";
+const THIRD4: &str = "203.0.113.10";
 const USER6: &str = "2001:db8:1::10";
 const STEERED6: &str = "2001:db8:2::20";
 
@@ -554,6 +555,7 @@ fn steering_outlives_its_expiry_while_the_daemon_is_gone_and_fail_closed() {
 fn a_steered_flow_whose_state_was_lost_is_reset_not_sent_direct() {
     with_harness(|h| {
         let prog = abi::PROG_LAN_INGRESS;
+        h.verdicts().set_session_control(true).unwrap();
         h.steering().add(ip(STEERED4), 32, 7, None).unwrap();
         // Mid-flow packets of a flow whose state is gone (evicted): toward a steered
         // destination they are reset, whatever the flow was.
@@ -584,6 +586,18 @@ fn a_steered_flow_whose_state_was_lost_is_reset_not_sent_direct() {
         h.steering().add(ip(OTHER4), 32, 7, None).unwrap();
         let r = h
             .run(prog, &tcp(USER4, OTHER4, 44003, 443, ACK), 1)
+            .unwrap();
+        assert_eq!((r.action, r.mark), (TC_ACT_UNSPEC, 0));
+        assert_eq!(h.stats().unwrap().steer_lost_reset, 1);
+        // So does a flow whose SYN was not seen but whose first packet was found direct
+        // (the steer tries are looked up once per such flow).
+        let r = h
+            .run(prog, &tcp(USER4, THIRD4, 44004, 443, ACK), 1)
+            .unwrap();
+        assert_eq!(r.action, TC_ACT_UNSPEC);
+        h.steering().add(ip(THIRD4), 32, 7, None).unwrap();
+        let r = h
+            .run(prog, &tcp(USER4, THIRD4, 44004, 443, ACK), 1)
             .unwrap();
         assert_eq!((r.action, r.mark), (TC_ACT_UNSPEC, 0));
         assert_eq!(h.stats().unwrap().steer_lost_reset, 1);
