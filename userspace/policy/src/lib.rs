@@ -1,6 +1,8 @@
 //! The policy model: app tags (sanctioned, unsanctioned, monitored, custom), how a tag turns
-//! into a decision for a flow, and exports of those decisions for devices Tollgate does not
-//! run on.
+//! into a decision for a flow, the verdict plan (what the kernel should hold for those
+//! decisions, and the diff against what it holds: [`VerdictPlan`]), the addresses that are
+//! never blocked or steered ([`ProtectedAddrs`]), and exports of the decisions for devices
+//! Tollgate does not run on.
 //!
 //! # Where a tag comes from
 //!
@@ -33,11 +35,15 @@ mod export;
 mod protected;
 mod store;
 mod tags;
+mod verdict_plan;
 
 pub use export::{BlocklistFormat, export_blocklist};
 pub use protected::{ProtectedAddrs, Protection};
 pub use store::{TagStore, TagStoreError};
 pub use tags::{AppSettings, Decision, Tag, TagBook, TagRule, TagSource};
+pub use verdict_plan::{
+    AppNumbers, NameAction, NameVerdict, PlanDiff, PlanOptions, Prefix, VerdictPlan,
+};
 
 /// Everything that can go wrong in policy evaluation that the caller must report.
 #[derive(Debug, thiserror::Error)]

@@ -37,14 +37,16 @@
 //! In monitor mode the same verdicts are written: the probes count them as "would drop"
 //! instead of dropping, and the daemon logs "would block".
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tollgate_catalog::{Catalog, IpNet};
 use tollgate_dataplane::{Action, Dataplane, DataplaneError, NameRule};
-use tollgate_policy::{Decision, ProtectedAddrs, Protection, TagBook};
+use tollgate_policy::{
+    AppNumbers, Decision, NameAction, PlanOptions, ProtectedAddrs, Protection, TagBook, VerdictPlan,
+};
 
 /// The `[enforcement]` section.
 #[derive(Debug, Clone, Deserialize)]
@@ -192,18 +194,6 @@ fn default_doh_canaries() -> Vec<String> {
     .to_vec()
 }
 
-/// One name verdict as written to the kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct NameEntry {
-    /// `None`: the name is refused in DNS only.
-    action: Option<Action>,
-    app: u32,
-    subdomains: bool,
-    refuse_dns: bool,
-    /// The name is an app's under session control (see [`Enforcer::set_session_apps`]).
-    session: bool,
-}
-
 /// What a sync changed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SyncReport {
@@ -334,10 +324,9 @@ pub struct Enforcer {
     enforce: bool,
     cfg: EnforcementConfig,
     /// Small stable numbers for app ids (the kernel's verdicts carry a u32).
-    app_numbers: HashMap<String, u32>,
-    names: BTreeMap<String, NameEntry>,
-    /// Catalog IP ranges of unsanctioned apps, as written to the kernel.
-    ranges: BTreeMap<(IpAddr, u8), u32>,
+    numbers: AppNumbers,
+    /// The name verdicts and catalog prefixes the kernel holds (as written by [`Enforcer::sync`]).
+    held: VerdictPlan,
     /// Addresses blocked because DNS named an unsanctioned app.
     learned: LearnedSet,
     protected: ProtectedAddrs,
@@ -362,17 +351,10 @@ pub fn decide_name<'c>(
 
 impl Enforcer {
     pub fn new(enforce: bool, cfg: EnforcementConfig, catalog: &Catalog) -> Enforcer {
-        let mut ids: Vec<&str> = catalog.apps().map(|a| a.id.as_str()).collect();
-        ids.sort_unstable();
         Enforcer {
             enforce,
-            app_numbers: ids
-                .iter()
-                .enumerate()
-                .map(|(i, id)| (id.to_string(), u32::try_from(i + 1).unwrap_or(u32::MAX)))
-                .collect(),
-            names: BTreeMap::new(),
-            ranges: BTreeMap::new(),
+            numbers: AppNumbers::new(catalog),
+            held: VerdictPlan::default(),
             learned: LearnedSet::new(cfg.dns_learned_max),
             protected: ProtectedAddrs::new(cfg.never_block.clone(), cfg.dns_learn_private),
             allowances: HashMap::new(),
@@ -437,7 +419,7 @@ impl Enforcer {
     }
 
     fn number(&self, app: &str) -> u32 {
-        self.app_numbers.get(app).copied().unwrap_or(0)
+        self.numbers.of(app)
     }
 
     /// Writes the enforcement options (fail-open, QUIC refusal, unreadable flows) once at
@@ -468,152 +450,51 @@ impl Enforcer {
         self.session_apps = apps;
     }
 
-    /// The name verdicts the tags call for.
-    fn wanted_names(&self, catalog: &Catalog, tags: &TagBook) -> BTreeMap<String, NameEntry> {
-        let mut want = BTreeMap::new();
-        for app in tags.unsanctioned(catalog) {
-            let n = self.number(&app.id);
-            for rule in &app.domains {
-                let (name, subdomains) = match rule.strip_prefix("*.") {
-                    Some(suffix) => (suffix, true),
-                    None => (rule.as_str(), false),
-                };
-                let e = want
-                    .entry(name.trim_end_matches('.').to_ascii_lowercase())
-                    .or_insert(NameEntry {
-                        action: Some(Action::Block),
-                        app: n,
-                        subdomains,
-                        refuse_dns: self.cfg.refuse_dns,
-                        session: false,
-                    });
-                e.subdomains |= subdomains;
-            }
-        }
-        // Other apps' rules below a blocked suffix stay reachable: an allow exception is
-        // more specific, and the probes take the most specific name.
-        let blocked: Vec<(String, bool)> = want
-            .iter()
-            .map(|(k, e)| (k.clone(), e.subdomains))
-            .collect();
-        for app in catalog.apps() {
-            if tags.decide(catalog, &app.id, true) != Decision::Allow {
-                continue;
-            }
-            for rule in &app.domains {
-                let name = rule.trim_start_matches("*.").to_ascii_lowercase();
-                let under_block = blocked.iter().any(|(b, sub)| {
-                    *sub && name.len() > b.len()
-                        && name.ends_with(b.as_str())
-                        && name.as_bytes().get(name.len() - b.len() - 1) == Some(&b'.')
-                });
-                if under_block {
-                    want.insert(
-                        name,
-                        NameEntry {
-                            action: Some(Action::Allow),
-                            app: self.number(&app.id),
-                            subdomains: rule.starts_with("*."),
-                            refuse_dns: false,
-                            session: false,
-                        },
-                    );
-                }
-            }
-        }
-        // Names of apps under session control: flagged on whatever entry the name has (a block
-        // still blocks), else an entry that decides nothing but session control.
-        let mut session: BTreeMap<String, NameEntry> = BTreeMap::new();
-        for app in catalog.apps() {
-            if !self.session_apps.contains(&app.id) {
-                continue;
-            }
-            let n = self.number(&app.id);
-            for rule in &app.domains {
-                let (name, subdomains) = match rule.strip_prefix("*.") {
-                    Some(suffix) => (suffix, true),
-                    None => (rule.as_str(), false),
-                };
-                let e = session
-                    .entry(name.trim_end_matches('.').to_ascii_lowercase())
-                    .or_insert(NameEntry {
-                        action: None,
-                        app: n,
-                        subdomains,
-                        refuse_dns: false,
-                        session: true,
-                    });
-                e.subdomains |= subdomains;
-            }
-        }
-        for (name, entry) in session {
-            want.entry(name)
-                .and_modify(|e| e.session = true)
-                .or_insert(entry);
-        }
-        if self.cfg.refuse_doh_canary {
-            for canary in &self.cfg.doh_canary_domains {
-                let name = canary.trim_end_matches('.').to_ascii_lowercase();
-                // A canary that is also an app's rule keeps that rule's decision.
-                want.entry(name)
-                    .and_modify(|e| e.refuse_dns = true)
-                    .or_insert(NameEntry {
-                        action: None,
-                        app: 0,
-                        subdomains: false,
-                        refuse_dns: true,
-                        session: false,
-                    });
-            }
-        }
-        want
-    }
-
-    /// Brings the kernel's name verdicts in line with the tags, drops learned addresses of
-    /// apps no longer unsanctioned, and commits (existing flows re-check on their next
-    /// packet).
+    /// Brings the kernel's name verdicts and catalog prefixes in line with the tags (the
+    /// [`VerdictPlan`]'s diff against what the kernel holds), drops learned addresses of apps
+    /// no longer unsanctioned, and commits (existing flows re-check on their next packet).
     pub fn sync(
         &mut self,
         dp: &mut Dataplane,
         catalog: &Catalog,
         tags: &TagBook,
     ) -> Result<SyncReport, DataplaneError> {
-        let want = self.wanted_names(catalog, tags);
+        let want = VerdictPlan::build(
+            catalog,
+            tags,
+            &self.numbers,
+            PlanOptions {
+                refuse_dns: self.cfg.refuse_dns,
+                refuse_doh_canary: self.cfg.refuse_doh_canary,
+                doh_canary_domains: &self.cfg.doh_canary_domains,
+                session_apps: &self.session_apps,
+            },
+        );
+        let diff = want.diff(&self.held);
         let mut report = SyncReport::default();
         let mut w = dp.verdicts();
-        // Removals first: they make room in the (fixed-size) name map.
-        let mut kept = BTreeMap::new();
-        for (name, entry) in &self.names {
-            if want.contains_key(name) {
-                kept.insert(name.clone(), *entry);
-            } else if w.remove_name(name).is_ok() {
+        for name in &diff.names_removed {
+            if w.remove_name(name).is_ok() {
+                self.held.names.remove(name);
                 report.names_removed += 1;
-            } else {
-                kept.insert(name.clone(), *entry);
             }
         }
         // A full map must not stop the sync half-way (the removals and ranges below still
-        // matter): each failure is counted and logged by the caller. Blocks go before the
-        // allow exceptions below them, so a full map over-allows rather than over-blocks
-        // only for the names that did not fit.
-        let mut order: Vec<(&String, &NameEntry)> = want.iter().collect();
-        order.sort_by_key(|(_, e)| e.action != Some(Action::Block));
-        for (name, entry) in order {
-            if kept.get(name) == Some(entry) {
-                continue;
-            }
-            match w.set_name_rule(
-                name,
-                NameRule {
-                    action: entry.action,
-                    app_id: entry.app,
-                    subdomains: entry.subdomains,
-                    refuse_dns: entry.refuse_dns,
-                    session: entry.session,
-                },
-            ) {
+        // matter): each failure is counted and logged by the caller.
+        for (name, v) in &diff.names_set {
+            let rule = NameRule {
+                action: v.action.map(|a| match a {
+                    NameAction::Block => Action::Block,
+                    NameAction::Allow => Action::Allow,
+                }),
+                app_id: v.app,
+                subdomains: v.subdomains,
+                refuse_dns: v.refuse_dns,
+                session: v.session,
+            };
+            match w.set_name_rule(name, rule) {
                 Ok(()) => {
-                    kept.insert(name.clone(), *entry);
+                    self.held.names.insert(name.clone(), *v);
                     report.names_set += 1;
                 }
                 Err(e) => {
@@ -624,30 +505,16 @@ impl Enforcer {
                 }
             }
         }
-        // The catalog's published IP ranges of unsanctioned apps.
-        let want_ranges: BTreeMap<(IpAddr, u8), u32> = tags
-            .unsanctioned(catalog)
-            .iter()
-            .flat_map(|a| {
-                let n = self.number(&a.id);
-                a.ip_ranges
-                    .iter()
-                    .map(move |r| ((r.trunc().addr(), r.prefix_len()), n))
-            })
-            .collect();
-        for (addr, len) in self.ranges.keys() {
-            if !want_ranges.contains_key(&(*addr, *len)) {
-                w.remove_prefix(*addr, *len)?;
-                report.ranges_removed += 1;
-            }
+        for &(addr, len) in &diff.ranges_removed {
+            w.remove_prefix(addr, len)?;
+            self.held.ranges.remove(&(addr, len));
+            report.ranges_removed += 1;
         }
-        for ((addr, len), n) in &want_ranges {
-            if self.ranges.get(&(*addr, *len)) != Some(n) {
-                w.set_prefix(*addr, *len, Action::Block, *n, None)?;
-                report.ranges_set += 1;
-            }
+        for &((addr, len), n) in &diff.ranges_set {
+            w.set_prefix(addr, len, Action::Block, n, None)?;
+            self.held.ranges.insert((addr, len), n);
+            report.ranges_set += 1;
         }
-        self.ranges = want_ranges;
         let stale: Vec<IpAddr> = self
             .learned
             .iter()
@@ -660,7 +527,6 @@ impl Enforcer {
             report.prefixes_removed += 1;
         }
         w.commit()?;
-        self.names = kept;
         Ok(report)
     }
 
@@ -677,6 +543,7 @@ impl Enforcer {
         let mut report = SyncReport::default();
         let mut w = dp.verdicts();
         let wanted: HashSet<u64> = self
+            .held
             .names
             .keys()
             .map(|n| tollgate_dataplane::name_key(n).hash)
@@ -689,7 +556,7 @@ impl Enforcer {
         }
         for (addr, len, _) in w.prefixes()? {
             let learned = len == full_prefix(addr) && self.learned.get(&addr).is_some();
-            if !learned && !self.ranges.contains_key(&(addr, len)) {
+            if !learned && !self.held.ranges.contains_key(&(addr, len)) {
                 w.remove_prefix(addr, len)?;
                 report.stale_removed += 1;
             }
@@ -878,21 +745,7 @@ impl Enforcer {
     /// side of an HTTP request), so that a block page sent to the user cannot race the
     /// origin's own answer.
     pub fn kernel_blocks_name(&self, name: &str) -> bool {
-        let name = name.trim_end_matches('.').to_ascii_lowercase();
-        let name = name.split(':').next().unwrap_or("");
-        let mut suffix = name;
-        loop {
-            // DNS-only entries (canaries) decide no flow: a broader rule may.
-            if let Some(e) = self.names.get(suffix)
-                && e.action.is_some()
-            {
-                return e.action == Some(Action::Block) && (suffix == name || e.subdomains);
-            }
-            match suffix.split_once('.') {
-                Some((_, rest)) => suffix = rest,
-                None => return false,
-            }
-        }
+        self.held.blocks_name(name)
     }
 
     pub fn enforcing(&self) -> bool {
