@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Forwarding through the gateway with the real daemon in enforce mode, 10,000 blocked domains
-# and 10,000 blocked IPs (issues 2 and 5), against bare forwarding and the nftables peer, with
-# ../shared/bench/forwarding.sh. Needs root and a release build (cargo build --release -p tollgate).
+# and 10,000 blocked IPs, against bare forwarding and the nftables peer, with
+# tests/bench/peer/forwarding.sh. Needs root and a release build (cargo build --release -p tollgate).
 #
 #   tests/bench/forwarding_enforce.sh            # REPEATS=5 by default
 #   REPEATS=3 MODE=monitor tests/bench/forwarding_enforce.sh
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-BENCH=${BENCH:-$ROOT/../shared/bench/forwarding.sh}
+BENCH=${BENCH:-$ROOT/tests/bench/peer/forwarding.sh}
 TOLLGATE=${TOLLGATE_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/tollgate}
 [ -x "$TOLLGATE" ] || { echo "no $TOLLGATE: cargo build --release -p tollgate" >&2; exit 1; }
-[ -x "$BENCH" ] || { echo "no $BENCH (the shared bench harness)" >&2; exit 1; }
+[ -x "$BENCH" ] || { echo "no $BENCH (the peer bench harness)" >&2; exit 1; }
 WORK=$(mktemp -d /tmp/tollgate-fwd.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 python3 - "$WORK" "${MODE:-enforce}" <<'PY'
