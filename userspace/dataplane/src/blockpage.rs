@@ -12,6 +12,7 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
+use etherparse::{IpHeaders, PacketBuilder, PacketBuilderStep};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tollgate_common as abi;
 
@@ -21,25 +22,12 @@ use crate::{DataplaneError, PayloadEvent, PayloadKind};
 /// IPv6 and TCP headers.
 pub const BLOCK_PAGE_MAX: usize = 1280 - 40 - 20;
 
-/// Escapes text for HTML element content and attribute values.
-fn escape(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => o.push_str("&amp;"),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&#39;"),
-            c => o.push(c),
-        }
-    }
-    o
-}
-
 /// A short HTML page that names the app and says why it is blocked (both escaped).
 pub fn block_page_html(app: &str, reason: &str) -> String {
-    let (app, reason) = (escape(app), escape(reason));
+    let (app, reason) = (
+        html_escape::encode_quoted_attribute(app),
+        html_escape::encode_quoted_attribute(reason),
+    );
     format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>Blocked: {app}</title></head>\
          <body><h1>{app} is blocked</h1><p>{reason}</p>\
@@ -65,24 +53,6 @@ pub fn block_page_response(html: &str) -> Vec<u8> {
     out
 }
 
-fn csum_add(mut sum: u32, bytes: &[u8]) -> u32 {
-    let mut chunks = bytes.chunks_exact(2);
-    for c in &mut chunks {
-        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    if let [last] = chunks.remainder() {
-        sum += u32::from(*last) << 8;
-    }
-    sum
-}
-
-fn csum_fold(mut sum: u32) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// The IP packet (header included) of the block page for `ev`, an HTTP request event from the
 /// user; `None` when the event is not one (wrong kind or direction, not TCP).
 pub fn block_page_packet(ev: &PayloadEvent, html: &str) -> Option<Vec<u8>> {
@@ -90,80 +60,24 @@ pub fn block_page_packet(ev: &PayloadEvent, html: &str) -> Option<Vec<u8>> {
         return None;
     }
     let payload = block_page_response(html);
-    let mut tcp = Vec::with_capacity(20 + payload.len());
-    tcp.extend_from_slice(&ev.remote_port.to_be_bytes());
-    tcp.extend_from_slice(&ev.user_port.to_be_bytes());
-    tcp.extend_from_slice(&ev.tcp_ack.to_be_bytes());
-    tcp.extend_from_slice(&ev.tcp_seq.wrapping_add(ev.orig_len).to_be_bytes());
-    tcp.push(5 << 4);
-    tcp.push(0x01 | 0x08 | 0x10); // FIN | PSH | ACK
-    tcp.extend_from_slice(&65535u16.to_be_bytes());
-    tcp.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
-    tcp.extend_from_slice(&payload);
-    ip_packet(ev.remote_ip, ev.user_ip, abi::PROTO_TCP, tcp, 16)
+    let builder = ip_from_server(ev)?
+        .tcp(ev.remote_port, ev.user_port, ev.tcp_ack, u16::MAX)
+        .ack(ev.tcp_seq.wrapping_add(ev.orig_len))
+        .psh()
+        .fin();
+    let mut pkt = Vec::with_capacity(builder.size(payload.len()));
+    builder.write(&mut pkt, &payload).ok()?;
+    Some(pkt)
 }
 
-/// An IP packet (IPv4 without options, DF, TTL 64; or IPv6, hop limit 64) from `src` to `dst`
-/// carrying `l4` (a TCP or UDP header and payload) of `proto`, with the transport checksum
-/// (at `csum_at` in `l4`) filled in over the pseudo-header. `None` for mixed families or an
-/// oversized payload.
-fn ip_packet(
-    src: IpAddr,
-    dst: IpAddr,
-    proto: u8,
-    mut l4: Vec<u8>,
-    csum_at: usize,
-) -> Option<Vec<u8>> {
-    let l4_len = u16::try_from(l4.len()).ok()?;
-    let mut pkt = Vec::with_capacity(40 + l4.len());
-    let pseudo_sum = match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let total = l4_len.checked_add(20)?;
-            let mut ip = [0u8; 20];
-            ip[0] = 0x45;
-            ip[2..4].copy_from_slice(&total.to_be_bytes());
-            ip[6] = 0x40; // DF
-            ip[8] = 64;
-            ip[9] = proto;
-            ip[12..16].copy_from_slice(&s.octets());
-            ip[16..20].copy_from_slice(&d.octets());
-            let c = csum_fold(csum_add(0, &ip)).to_be_bytes();
-            ip[10..12].copy_from_slice(&c);
-            pkt.extend_from_slice(&ip);
-            let mut p = Vec::with_capacity(12);
-            p.extend_from_slice(&s.octets());
-            p.extend_from_slice(&d.octets());
-            p.extend_from_slice(&[0, proto]);
-            p.extend_from_slice(&l4_len.to_be_bytes());
-            csum_add(0, &p)
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            let mut ip = [0u8; 40];
-            ip[0] = 0x60;
-            ip[4..6].copy_from_slice(&l4_len.to_be_bytes());
-            ip[6] = proto;
-            ip[7] = 64;
-            ip[8..24].copy_from_slice(&s.octets());
-            ip[24..40].copy_from_slice(&d.octets());
-            pkt.extend_from_slice(&ip);
-            let mut p = Vec::with_capacity(40);
-            p.extend_from_slice(&s.octets());
-            p.extend_from_slice(&d.octets());
-            p.extend_from_slice(&u32::from(l4_len).to_be_bytes());
-            p.extend_from_slice(&[0, 0, 0, proto]);
-            csum_add(0, &p)
-        }
-        _ => return None,
-    };
-    let mut c = csum_fold(csum_add(pseudo_sum, &l4));
-    if proto == abi::PROTO_UDP && c == 0 {
-        // UDP: a computed zero is sent as all ones (zero means "no checksum").
-        c = 0xffff;
+/// The IP header of a packet from the event's remote (the server) to its user: IPv4 with DF
+/// and TTL 64, or IPv6 with hop limit 64; lengths and checksums are filled in by the builder.
+fn ip_from_server(ev: &PayloadEvent) -> Option<PacketBuilderStep<IpHeaders>> {
+    match (ev.remote_ip, ev.user_ip) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => Some(PacketBuilder::ipv4(s.octets(), d.octets(), 64)),
+        (IpAddr::V6(s), IpAddr::V6(d)) => Some(PacketBuilder::ipv6(s.octets(), d.octets(), 64)),
+        _ => None,
     }
-    l4.get_mut(csum_at..csum_at + 2)?
-        .copy_from_slice(&c.to_be_bytes());
-    pkt.extend_from_slice(&l4);
-    Some(pkt)
 }
 
 /// The IP packet of a DNS answer the probes held ([`PayloadEvent::held`]): the event's UDP
@@ -177,14 +91,10 @@ pub fn held_dns_packet(ev: &PayloadEvent) -> Option<Vec<u8>> {
     {
         return None;
     }
-    let len = u16::try_from(ev.payload.len().checked_add(8)?).ok()?;
-    let mut udp = Vec::with_capacity(usize::from(len));
-    udp.extend_from_slice(&ev.remote_port.to_be_bytes());
-    udp.extend_from_slice(&ev.user_port.to_be_bytes());
-    udp.extend_from_slice(&len.to_be_bytes());
-    udp.extend_from_slice(&[0, 0]);
-    udp.extend_from_slice(&ev.payload);
-    ip_packet(ev.remote_ip, ev.user_ip, abi::PROTO_UDP, udp, 6)
+    let builder = ip_from_server(ev)?.udp(ev.remote_port, ev.user_port);
+    let mut pkt = Vec::with_capacity(builder.size(ev.payload.len()));
+    builder.write(&mut pkt, &ev.payload).ok()?;
+    Some(pkt)
 }
 
 /// Sends a DNS answer the probes held on to the user (after the daemon steered its
@@ -248,5 +158,67 @@ mod tests {
         let text = String::from_utf8_lossy(&r);
         let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
         assert!(head.contains(&format!("Content-Length: {}", body.len())));
+    }
+
+    fn http_event(user: &str, remote: &str) -> PayloadEvent {
+        PayloadEvent {
+            kind: PayloadKind::Http,
+            proto: abi::PROTO_TCP,
+            user_ip: user.parse().unwrap(),
+            user_port: 40000,
+            remote_ip: remote.parse().unwrap(),
+            remote_port: 80,
+            direction: crate::Direction::Up,
+            timestamp: std::time::SystemTime::UNIX_EPOCH,
+            tcp_seq: 1000,
+            tcp_ack: 5000,
+            tcp_flags: 0x18,
+            ifindex: 1,
+            vlan: 0,
+            orig_len: 77,
+            continuation: false,
+            last_for_flow: false,
+            held: false,
+            payload: bytes::Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn block_page_segment_answers_the_request_with_valid_checksums() {
+        for (user, remote) in [
+            ("192.0.2.10", "198.51.100.7"),
+            ("2001:db8::10", "2001:db8:1::7"),
+        ] {
+            let ev = http_event(user, remote);
+            let pkt = block_page_packet(&ev, &block_page_html("Box", "unsanctioned")).unwrap();
+            let parsed = etherparse::SlicedPacket::from_ip(&pkt).expect("a valid IP packet");
+            let Some(etherparse::TransportSlice::Tcp(tcp)) = parsed.transport else {
+                panic!("not TCP");
+            };
+            assert_eq!((tcp.source_port(), tcp.destination_port()), (80, 40000));
+            assert_eq!(tcp.sequence_number(), 5000);
+            assert_eq!(tcp.acknowledgment_number(), 1077);
+            assert!(tcp.fin() && tcp.psh() && tcp.ack());
+            assert!(tcp.payload().starts_with(b"HTTP/1.1 403 Forbidden\r\n"));
+            let ok = match parsed.net {
+                Some(etherparse::NetSlice::Ipv4(ip)) => {
+                    assert!(ip.header().dont_fragment());
+                    tcp.to_header()
+                        .calc_checksum_ipv4(&ip.header().to_header(), tcp.payload())
+                        .unwrap()
+                        == tcp.checksum()
+                }
+                Some(etherparse::NetSlice::Ipv6(ip)) => {
+                    tcp.to_header()
+                        .calc_checksum_ipv6(&ip.header().to_header(), tcp.payload())
+                        .unwrap()
+                        == tcp.checksum()
+                }
+                _ => false,
+            };
+            assert!(ok, "bad TCP checksum for {user}");
+        }
+        // Mixed families: no packet.
+        assert!(block_page_packet(&http_event("192.0.2.10", "2001:db8::7"), "x").is_none());
     }
 }

@@ -11,19 +11,10 @@ use std::io::{self, Write};
 
 use super::{DiscoveryReport, human_bytes, risk_level};
 
-fn esc(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => o.push_str("&amp;"),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&#39;"),
-            c => o.push(c),
-        }
-    }
-    o
+/// Text from reports (names that came from the network among it) for HTML element content
+/// and quoted attribute values.
+fn esc(s: &str) -> std::borrow::Cow<'_, str> {
+    html_escape::encode_quoted_attribute(s)
 }
 
 fn risk_color(level: &str) -> &'static str {
