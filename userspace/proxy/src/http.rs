@@ -21,7 +21,7 @@ use crate::budget::{Holding, Share};
 use crate::config::{Action, OverLimitAction};
 use crate::idle::IdleBody;
 use crate::policy::{self, Decision, Policies, RequestInfo, TransferMeta};
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::upstream::{self, BoxError, Conn, Key, ProxyBody, UpstreamFailure};
 
 /// Everything the service knows about its client connection.
@@ -48,21 +48,6 @@ fn full(b: impl Into<Bytes>) -> ProxyBody {
     Full::new(b.into()).map_err(|never| match never {}).boxed()
 }
 
-fn html_escape(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '&' => o.push_str("&amp;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&#39;"),
-            c => o.push(c),
-        }
-    }
-    o
-}
-
 fn wants_html(h: &HeaderMap) -> bool {
     h.get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -85,10 +70,10 @@ pub fn block_response(
 <body><h1>{t}</h1><p>Tollgate, your organisation's gateway, stopped this request.</p><dl>\
 <dt>Application</dt><dd>{a}</dd><dt>Policy</dt><dd>{p}</dd><dt>Reason</dt><dd>{r}</dd></dl>\
 <p>If you think this is wrong, contact your IT administrator.</p></body></html>\n",
-            t = html_escape(title),
-            a = html_escape(app),
-            p = html_escape(policy),
-            r = html_escape(reason)
+            t = html_escape::encode_quoted_attribute(title),
+            a = html_escape::encode_quoted_attribute(app),
+            p = html_escape::encode_quoted_attribute(policy),
+            r = html_escape::encode_quoted_attribute(reason)
         );
         ("text/html; charset=utf-8", b)
     } else {

@@ -151,6 +151,7 @@ pub mod http;
 pub mod idle;
 pub mod policy;
 pub mod server;
+pub mod shared;
 pub mod upstream;
 
 use std::collections::HashSet;
@@ -216,7 +217,7 @@ pub struct ProxyHandle {
     local_addr: SocketAddr,
     /// A second descriptor of the listening socket, for the daemon's sockmap.
     listener_fd: OwnedFd,
-    shared: Arc<server::Shared>,
+    shared: Arc<shared::Shared>,
     policies_tx: watch::Sender<Arc<Policies>>,
     shutdown_tx: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -295,7 +296,7 @@ impl SessionProxy {
         let audit = audit::AuditSink::open(cfg.audit_log.clone()).await?;
         let (policies_tx, policies_rx) = watch::channel(compiled);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let shared = Arc::new(server::Shared::new(
+        let shared = Arc::new(shared::Shared::new(
             cfg,
             ca,
             audit,
