@@ -1,4 +1,4 @@
-//! Flow-event storm against a running daemon (issue 2): injects N frames of distinct 5-tuples
+//! Flow-event storm against a running daemon: injects N frames of distinct 5-tuples
 //! (a real Chrome ClientHello on TCP 443, or a real DNS query on UDP 53) into the daemon's
 //! pinned LAN-ingress program with BPF_PROG_TEST_RUN, as fast as it can, then prints the
 //! injection rate and what the probes counted (events written, ring-buffer drops) from the

@@ -4,8 +4,8 @@
 //! `cargo run --release -p tollgate-dataplane --example prog_cost [-- ROUNDS]`
 //!
 //! Cases are measured in alternating rounds; each figure is the median over rounds of the
-//! kernel's average ns per run. Targets (issue 2): TCP data on an established flow <= 60 ns,
-//! ClientHello with its event <= 500 ns. Issue 5 cases run with 10,000 blocked prefixes and
+//! kernel's average ns per run. Targets: TCP data on an established flow <= 60 ns,
+//! ClientHello with its event <= 500 ns. The enforcement cases run with 10,000 blocked prefixes and
 //! 10,000 name rules loaded, in enforce mode. The process runs in a private network namespace
 //! of its own (the probes' resets would otherwise go to the host's loopback).
 
@@ -136,7 +136,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })?;
     }
 
-    // Issue 5: enforce mode with 10,000 blocked prefixes and 10,000 name rules.
+    // Enforcement: enforce mode with 10,000 blocked prefixes and 10,000 name rules.
     h.set_mode(Mode::Enforce)?;
     {
         let mut v = h.verdicts();

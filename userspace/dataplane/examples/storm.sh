@@ -1,5 +1,5 @@
 #!/bin/bash
-# Event-storm benchmark (issue 2) against a real daemon: runs the release `tollgate` in
+# Event-storm benchmark against a real daemon: runs the release `tollgate` in
 # monitor mode in a network namespace of its own, injects N distinct flows (a real Chrome
 # ClientHello each) at RATE frames/s into the daemon's pinned LAN-ingress program with
 # `event_storm` (BPF_PROG_TEST_RUN), then prints what the daemon kept against what the

@@ -14,7 +14,7 @@
 //! `abi<N>/maps/<MAP>`, `abi<N>/progs/<program>`, `abi<N>/links/<iface>-<role>-<hook>`. A pin
 //! directory of another ABI version is removed (its links detach) when a new one starts.
 //!
-//! Session control (issue 6): [`Dataplane::steering`] writes the destinations whose new tcp/443
+//! Session control: [`Dataplane::steering`] writes the destinations whose new tcp/443
 //! flows the LAN ingress program assigns to the session proxy's listener, and the listener
 //! itself; [`PolicyRoute`] delivers the steered flows' marked packets locally (see the `steer`
 //! module's docs for the whole path).
@@ -68,11 +68,6 @@ pub use event::{
 
 /// The probes object, built by build.rs.
 static PROBES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tollgate-probes"));
-
-/// The embedded eBPF object (for tools that want to inspect it).
-pub fn probes_object() -> &'static [u8] {
-    PROBES
-}
 
 /// What an interface faces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -413,17 +408,8 @@ fn write_config(ebpf: &mut Ebpf, mode: Mode) -> Result<(), DataplaneError> {
 }
 
 fn read_flows(ebpf: &Ebpf) -> Result<Vec<FlowCounters>, DataplaneError> {
-    let flows: BpfHashMap<&MapData, FlowKey, FlowValue> =
-        BpfHashMap::try_from(map_ref(ebpf, abi::MAP_FLOWS)?).map_err(map_err(abi::MAP_FLOWS))?;
-    let clock = KernelClock::now();
     let mut out = Vec::new();
-    for item in flows.iter() {
-        // An entry evicted between key iteration and lookup is simply gone.
-        let Ok((k, v)) = item else { continue };
-        if let Some(c) = event::flow_counters(&k, &v, &clock) {
-            out.push(c);
-        }
-    }
+    visit_flows(ebpf, |c| out.push(c.clone()))?;
     Ok(out)
 }
 
@@ -601,16 +587,6 @@ impl Dataplane {
         read_flows(&self.ebpf)
     }
 
-    /// Calls `f` with each flow's counters, without collecting them (a snapshot of 100k flows
-    /// is a 12 MiB vector). Returns how many flows were visited. The walk costs about 1 us
-    /// per flow in bpf syscalls (two per entry).
-    pub fn visit_flow_counters(
-        &self,
-        f: impl FnMut(&FlowCounters),
-    ) -> Result<usize, DataplaneError> {
-        visit_flows(&self.ebpf, f)
-    }
-
     /// Visits up to about `max` more flows of `walk` (whole hash buckets at a time, so a few
     /// more or fewer), calling `f` with each one's counters; `walk.is_done()` says when the
     /// map has been covered. Between steps the caller can read events: a walk of 300k flows
@@ -634,14 +610,14 @@ impl Dataplane {
         read_stats(&self.ebpf)
     }
 
-    /// The verdict maps (issue 5): flow, name and prefix decisions, enforcement options.
+    /// The verdict maps: flow, name and prefix decisions, enforcement options.
     pub fn verdicts(&mut self) -> VerdictWriter<'_> {
         VerdictWriter {
             ebpf: &mut self.ebpf,
         }
     }
 
-    /// The session-control steering maps (issue 6): steered destinations and the proxy's
+    /// The session-control steering maps: steered destinations and the proxy's
     /// listener.
     pub fn steering(&mut self) -> SteerWriter<'_> {
         SteerWriter {
@@ -1112,11 +1088,6 @@ impl EventReader {
     /// Records skipped because they could not be decoded.
     pub fn malformed(&self) -> u64 {
         self.malformed
-    }
-
-    /// The ring buffer's file descriptor (for diagnostics).
-    pub fn raw_fd(&self) -> i32 {
-        self.fd.get_ref().as_raw_fd()
     }
 }
 

@@ -1,4 +1,4 @@
-//! Session-control steering in the kernel (issue 6): which destinations go to the session
+//! Session-control steering in the kernel: which destinations go to the session
 //! proxy, the proxy's listening socket, and the policy route that delivers steered packets
 //! locally.
 //!

@@ -1,4 +1,4 @@
-//! Writing decisions into the probes' verdict maps (issue 5). One writer: the task that owns
+//! Writing decisions into the probes' verdict maps. One writer: the task that owns
 //! the [`crate::Dataplane`]. Every change becomes visible to existing flows after
 //! [`VerdictWriter::commit`], which bumps the config generation so that each flow looks the maps
 //! up again on its next packet (flows cache their verdict between generations).

@@ -1,4 +1,4 @@
-//! Enforcement in the kernel programs (issue 5) through BPF_PROG_TEST_RUN: verdicts from the
+//! Enforcement in the kernel programs through BPF_PROG_TEST_RUN: verdicts from the
 //! flow map and the LPM tries, TCP resets and ICMP unreachables built by the probes, monitor
 //! mode and fail-open. Runs in a private network namespace (the probes send their resets with
 //! bpf_clone_redirect; in a test run that is the namespace's loopback). Needs root.

@@ -1,4 +1,4 @@
-//! Session-control steering in the kernel programs (issue 6) through BPF_PROG_TEST_RUN: which
+//! Session-control steering in the kernel programs through BPF_PROG_TEST_RUN: which
 //! packets get `STEER_MARK`, the per-flow decision at the SYN, QUIC refusal toward steered
 //! destinations, and that everything else passes untouched. The assignment of a SYN to the
 //! proxy's listener (`bpf_sk_assign`) needs a real TC ingress, which a test run is not; it is
