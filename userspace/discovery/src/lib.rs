@@ -12,3 +12,15 @@ pub mod pcap;
 pub mod record;
 pub mod report;
 pub mod users;
+
+/// Every error a discovery entry point can report: callers that handle any of them (the CLI,
+/// the daemon) take this one type; each variant keeps its specific error as the source.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error(transparent)]
+    Pcap(#[from] pcap::PcapError),
+    #[error(transparent)]
+    Users(#[from] users::UsersError),
+    #[error(transparent)]
+    Log(#[from] logs::LogError),
+}
