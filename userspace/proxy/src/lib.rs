@@ -224,7 +224,7 @@ pub struct ProxyHandle {
 }
 
 /// Counter snapshot.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct StatsSnapshot {
     pub accepted: u64,
     pub intercepted: u64,

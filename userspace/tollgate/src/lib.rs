@@ -29,6 +29,7 @@ pub mod control;
 pub mod daemon;
 pub mod enforce;
 pub mod netns;
+pub mod pressure;
 pub mod quic_recheck;
 pub mod session;
 pub mod view;
