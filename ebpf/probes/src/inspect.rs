@@ -615,31 +615,49 @@ fn emit(
         tcp_ack: pkt.tcp_ack,
         _pad: 0,
     };
+    if !load_event_payload(ctx, buf, pkt.payload_off, len) {
+        stat(STAT_ERR_PAYLOAD, 1);
+        return false;
+    }
+    if !output_event(buf, len) {
+        return false;
+    }
+    stat(STAT_EVENTS, 1);
+    true
+}
+
+/// Copies `len` payload bytes of the packet from `payload_off` behind the event header in
+/// `buf`. The caller bounds `len` to 1..=`PAYLOAD_CAP` in a way the verifier can see.
+#[inline(always)]
+pub(crate) fn load_event_payload(
+    ctx: &TcContext,
+    buf: &mut EventBuf,
+    payload_off: u32,
+    len: u32,
+) -> bool {
     // SAFETY: the destination is this CPU's scratch payload of PAYLOAD_CAP bytes and
     // len <= PAYLOAD_CAP; the helper bounds-checks the packet side.
     let ret = unsafe {
         bpf_skb_load_bytes(
             ctx.skb.skb as *const _,
-            pkt.payload_off,
+            payload_off,
             buf.payload.as_mut_ptr() as *mut _,
             len,
         )
     };
-    if ret != 0 {
-        stat(STAT_ERR_PAYLOAD, 1);
-        return false;
-    }
+    ret == 0
+}
+
+/// Writes the event in `buf` (its header and `len` payload bytes) to the ring as one record;
+/// a full ring is counted (`STAT_RINGBUF_FULL`).
+#[inline(always)]
+pub(crate) fn output_event(buf: &EventBuf, len: u32) -> bool {
     let total = EVENT_HEADER_LEN + len as usize;
     // SAFETY: `buf` is EVENT_HEADER_LEN + PAYLOAD_CAP bytes and total <= that.
     let bytes = unsafe { core::slice::from_raw_parts(buf as *const EventBuf as *const u8, total) };
-    match TG_EVENTS.output::<[u8]>(bytes, 0) {
-        Ok(()) => {
-            stat(STAT_EVENTS, 1);
-            true
-        }
-        Err(_) => {
-            stat(STAT_RINGBUF_FULL, 1);
-            false
-        }
+    if TG_EVENTS.output::<[u8]>(bytes, 0).is_err() {
+        stat(STAT_RINGBUF_FULL, 1);
+        return false;
     }
+    true
 }

@@ -12,22 +12,21 @@ use aya_ebpf::{
 };
 use tollgate_common::{
     ABI_VERSION, ACTION_BLOCK, ACTION_DROP, ACTION_NONE, CONFIG_F_SESSION, DIR_UP, EVENT_F_HELD,
-    EVENT_HEADER_LEN, EventBuf, EventHeader, FLOW_F_HELLO_PENDING, FLOW_F_NAMED, FLOW_F_STEERED,
-    FlowKey, FlowVerdict, HELLO_BUF_LEN, HELLO_WINDOW, HelloState, KIND_DNS, NAME_F_REFUSE_DNS,
-    NAME_F_SESSION, NAME_F_SUBDOMAINS, NAME_HASH_SEED, NameKey, PAYLOAD_CAP, PROG_INDEX_ENFORCE,
-    PROG_INDEX_NAME, PROG_INDEX_UNREADABLE, PROG_INDEX_VERDICT, PROTO_TCP, STAT_DNS_HELD,
-    STAT_DNS_REFUSED, STAT_DROPS, STAT_EVENTS, STAT_HTTP_BLOCKED, STAT_HTTP_HOST_FOUND,
-    STAT_LONG_NAMES, STAT_NAME_VERDICTS, STAT_RINGBUF_FULL, STAT_RST_SENT, STAT_SESSION_REFUSED,
-    STAT_SESSION_UNPROVEN, STAT_SNI_FOUND, STAT_STEER_CLIENT_ADDED, STAT_UNREADABLE_NO_SNI,
-    STAT_UNREADABLE_RECORDS, STEER_CLIENT_TTL_NS, STEER_TCP_PORT, SteerClientKey, SteerEntry,
-    name_hash_step, tcp_flags,
+    EventHeader, FLOW_F_HELLO_PENDING, FLOW_F_NAMED, FLOW_F_STEERED, FlowKey, FlowVerdict,
+    HELLO_BUF_LEN, HELLO_WINDOW, HelloState, KIND_DNS, NAME_F_REFUSE_DNS, NAME_F_SESSION,
+    NAME_F_SUBDOMAINS, NAME_HASH_SEED, NameKey, PAYLOAD_CAP, PROG_INDEX_ENFORCE, PROG_INDEX_NAME,
+    PROG_INDEX_UNREADABLE, PROG_INDEX_VERDICT, PROTO_TCP, STAT_DNS_HELD, STAT_DNS_REFUSED,
+    STAT_DROPS, STAT_EVENTS, STAT_HTTP_BLOCKED, STAT_HTTP_HOST_FOUND, STAT_LONG_NAMES,
+    STAT_NAME_VERDICTS, STAT_RST_SENT, STAT_SESSION_REFUSED, STAT_SESSION_UNPROVEN, STAT_SNI_FOUND,
+    STAT_STEER_CLIENT_ADDED, STAT_UNREADABLE_NO_SNI, STAT_UNREADABLE_RECORDS, STEER_CLIENT_TTL_NS,
+    STEER_TCP_PORT, SteerClientKey, SteerEntry, name_hash_step, tcp_flags,
 };
 
 use crate::access::{sk_field_ifindex, stat, stat2};
-use crate::inspect::hello_append;
+use crate::inspect::{hello_append, load_event_payload, output_event};
 use crate::maps::{
-    TG_CONFIG, TG_EVENTS, TG_FLOW_VERDICT, TG_FLOWS, TG_HELLO, TG_HSCRATCH, TG_NAME_VERDICT,
-    TG_PROGS, TG_SCRATCH, TG_STEER_CLI, job, job_and_scratch,
+    TG_CONFIG, TG_FLOW_VERDICT, TG_FLOWS, TG_HELLO, TG_HSCRATCH, TG_NAME_VERDICT, TG_PROGS,
+    TG_SCRATCH, TG_STEER_CLI, job, job_and_scratch,
 };
 use crate::parse::Pkt;
 use crate::rewrite::{make_nxdomain, make_rst_to_remote, redirect_to_user};
@@ -716,24 +715,7 @@ fn hold_dns_answer(ctx: &TcContext, job: &Job) -> i32 {
         tcp_ack: 0,
         _pad: 0,
     };
-    // SAFETY: the destination is this CPU's scratch payload of PAYLOAD_CAP bytes and
-    // len <= PAYLOAD_CAP; the helper bounds-checks the packet side.
-    let ret = unsafe {
-        bpf_skb_load_bytes(
-            ctx.skb.skb as *const _,
-            pkt.payload_off,
-            buf.payload.as_mut_ptr() as *mut _,
-            len,
-        )
-    };
-    if ret != 0 {
-        return PASS;
-    }
-    let total = EVENT_HEADER_LEN + len as usize;
-    // SAFETY: `buf` is EVENT_HEADER_LEN + PAYLOAD_CAP bytes and total <= that.
-    let bytes = unsafe { core::slice::from_raw_parts(buf as *const EventBuf as *const u8, total) };
-    if TG_EVENTS.output::<[u8]>(bytes, 0).is_err() {
-        stat(STAT_RINGBUF_FULL, 1);
+    if !load_event_payload(ctx, buf, pkt.payload_off, len) || !output_event(buf, len) {
         return PASS;
     }
     stat2(STAT_DNS_HELD, 1, STAT_EVENTS, 1);
