@@ -122,17 +122,44 @@ pub const PROG_UNREADABLE: &str = "tg_unreadable";
 /// Tail-called program: a packet the probes cannot parse down to its ports (IP fragments,
 /// long IPv6 extension-header chains, deep VLAN stacks): counted, dropped when blocked.
 pub const PROG_PORTLESS: &str = "tg_portless";
-/// The tail-called programs with their slot in [`MAP_PROGS`].
+/// Slot of [`PROG_SNI`] in [`MAP_PROGS`]. The probes tail-call these slots and the loader fills
+/// them from [`TAIL_CALLS`]; both read the numbers from here.
+pub const PROG_INDEX_SNI: u32 = 0;
+/// Slot of [`PROG_NAME`] in [`MAP_PROGS`].
+pub const PROG_INDEX_NAME: u32 = 1;
+/// Slot of [`PROG_VERDICT`] in [`MAP_PROGS`].
+pub const PROG_INDEX_VERDICT: u32 = 2;
+/// Slot of [`PROG_ENFORCE`] in [`MAP_PROGS`].
+pub const PROG_INDEX_ENFORCE: u32 = 3;
+/// Slot of [`PROG_HOST`] in [`MAP_PROGS`].
+pub const PROG_INDEX_HOST: u32 = 4;
+/// Slot of [`PROG_QNAME`] in [`MAP_PROGS`].
+pub const PROG_INDEX_QNAME: u32 = 5;
+/// Slot of [`PROG_UNREADABLE`] in [`MAP_PROGS`].
+pub const PROG_INDEX_UNREADABLE: u32 = 6;
+/// Slot of [`PROG_PORTLESS`] in [`MAP_PROGS`].
+pub const PROG_INDEX_PORTLESS: u32 = 7;
+/// The tail-called programs with their slot in [`MAP_PROGS`] (which has one slot per entry).
+/// The name pipeline is several tail calls so that each stage's loops are verified once, from
+/// a clean entry, instead of on every path of the programs before it.
 pub const TAIL_CALLS: [(u32, &str); 8] = [
-    (0, PROG_SNI),
-    (1, PROG_NAME),
-    (2, PROG_VERDICT),
-    (3, PROG_ENFORCE),
-    (4, PROG_HOST),
-    (5, PROG_QNAME),
-    (6, PROG_UNREADABLE),
-    (7, PROG_PORTLESS),
+    (PROG_INDEX_SNI, PROG_SNI),
+    (PROG_INDEX_NAME, PROG_NAME),
+    (PROG_INDEX_VERDICT, PROG_VERDICT),
+    (PROG_INDEX_ENFORCE, PROG_ENFORCE),
+    (PROG_INDEX_HOST, PROG_HOST),
+    (PROG_INDEX_QNAME, PROG_QNAME),
+    (PROG_INDEX_UNREADABLE, PROG_UNREADABLE),
+    (PROG_INDEX_PORTLESS, PROG_PORTLESS),
 ];
+// Entry i holds slot i: every slot distinct and inside a program array of TAIL_CALLS.len().
+const _: () = {
+    let mut i = 0;
+    while i < TAIL_CALLS.len() {
+        assert!(TAIL_CALLS[i].0 as usize == i);
+        i += 1;
+    }
+};
 
 /// `skb->mark` of packets the daemon sends itself (the HTTP block page): the probes pass them
 /// untouched and uncounted.
@@ -210,6 +237,21 @@ pub const FAMILY_V6: u8 = 6;
 pub const PROTO_TCP: u8 = 6;
 /// IP protocol numbers in [`FlowKey::proto`].
 pub const PROTO_UDP: u8 = 17;
+
+/// TCP flag bits as on the wire (byte 13 of the TCP header; [`FlowValue::tcp_flags`] and
+/// [`EventHeader::tcp_flags`] carry them too), for the probes and userspace alike.
+pub mod tcp_flags {
+    /// No more data from the sender.
+    pub const FIN: u8 = 0x01;
+    /// Synchronize sequence numbers (a connection's first segment, and its answer).
+    pub const SYN: u8 = 0x02;
+    /// Reset the connection.
+    pub const RST: u8 = 0x04;
+    /// Push the data to the application.
+    pub const PSH: u8 = 0x08;
+    /// The acknowledgment number is valid.
+    pub const ACK: u8 = 0x10;
+}
 
 /// Event kind: a TLS handshake record (ClientHello and its continuation segments, ServerHello).
 pub const KIND_TLS: u8 = 1;

@@ -378,14 +378,8 @@ pub enum L4 {
     Udp,
 }
 
-/// TCP flag bits.
-pub mod tcp_flags {
-    pub const FIN: u8 = 0x01;
-    pub const SYN: u8 = 0x02;
-    pub const RST: u8 = 0x04;
-    pub const PSH: u8 = 0x08;
-    pub const ACK: u8 = 0x10;
-}
+/// TCP flag bits (the ABI's, shared with the probes).
+pub use tollgate_common::tcp_flags;
 
 /// A packet to craft: Ethernet (optionally 802.1Q-tagged), IPv4 or IPv6 (by the address
 /// family of `src`), TCP or UDP, payload. Checksums are left zero: TC programs do not check them.

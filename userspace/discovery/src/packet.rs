@@ -42,14 +42,9 @@ impl LinkType {
     }
 }
 
-/// TCP flag bits as on the wire (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10).
-pub mod tcp_flags {
-    pub const FIN: u8 = 0x01;
-    pub const SYN: u8 = 0x02;
-    pub const RST: u8 = 0x04;
-    pub const PSH: u8 = 0x08;
-    pub const ACK: u8 = 0x10;
-}
+/// TCP flag bits as on the wire (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10), defined
+/// once in the kernel/user ABI.
+pub use tollgate_common::tcp_flags;
 
 /// One decoded TCP or UDP packet, borrowing its payload from the frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
