@@ -7,16 +7,16 @@
 //! [`abi::BLOCK_PAGE_MARK`] mark, which the probes let through untouched (the flow itself is
 //! blocked, so anything else of it toward the user would be turned into a reset).
 
-use std::{
-    io,
-    net::{IpAddr, SocketAddr},
-};
+use std::net::{IpAddr, SocketAddr};
 
 use etherparse::{IpHeaders, PacketBuilder, PacketBuilderStep};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tollgate_common as abi;
 
-use crate::{DataplaneError, PayloadEvent, PayloadKind};
+use crate::{
+    error::DataplaneError,
+    event::{PayloadEvent, PayloadKind},
+};
 
 /// Largest TCP payload of the block page segment: fits the IPv6 minimum MTU (1280) with
 /// IPv6 and TCP headers.
@@ -100,11 +100,8 @@ pub fn held_dns_packet(ev: &PayloadEvent) -> Option<Vec<u8>> {
 /// Sends a DNS answer the probes held on to the user (after the daemon steered its
 /// addresses), as the server sent it, marked so that the probes let it pass.
 pub fn send_held_dns(ev: &PayloadEvent) -> Result<(), DataplaneError> {
-    let pkt = held_dns_packet(ev).ok_or_else(|| {
-        DataplaneError::Io(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a held DNS answer",
-        ))
+    let pkt = held_dns_packet(ev).ok_or(DataplaneError::WrongEvent {
+        expected: "a held DNS answer",
     })?;
     send_raw(ev.user_ip, &pkt)
 }
@@ -134,11 +131,8 @@ fn send_raw(dst: IpAddr, pkt: &[u8]) -> Result<(), DataplaneError> {
 /// from this host toward the user (call it in the network namespace of the gateway's
 /// interfaces, as the daemon runs). `html`: see [`block_page_html`].
 pub fn send_block_page(ev: &PayloadEvent, html: &str) -> Result<(), DataplaneError> {
-    let pkt = block_page_packet(ev, html).ok_or_else(|| {
-        DataplaneError::Io(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not an HTTP request event",
-        ))
+    let pkt = block_page_packet(ev, html).ok_or(DataplaneError::WrongEvent {
+        expected: "an HTTP request",
     })?;
     send_raw(ev.user_ip, &pkt)
 }
@@ -168,7 +162,7 @@ mod tests {
             user_port: 40000,
             remote_ip: remote.parse().unwrap(),
             remote_port: 80,
-            direction: crate::Direction::Up,
+            direction: crate::event::Direction::Up,
             timestamp: std::time::SystemTime::UNIX_EPOCH,
             tcp_seq: 1000,
             tcp_ack: 5000,

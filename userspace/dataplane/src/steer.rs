@@ -29,7 +29,10 @@ use aya::{
 };
 use tollgate_common::{self as abi, SteerEntry};
 
-use crate::{DataplaneError, map_err, map_mut, verdicts::monotonic_ns};
+use crate::{
+    error::{DataplaneError, map_err, map_mut},
+    verdicts::monotonic_ns,
+};
 
 /// Which address families a listening socket accepts connections of.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -191,11 +194,9 @@ impl SteerWriter<'_> {
         app_id: u32,
         ttl: Duration,
     ) -> Result<(), DataplaneError> {
-        let key = client_key(user, vlan, dst).ok_or_else(|| {
-            DataplaneError::Io(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "client and destination of different address families",
-            ))
+        let key = client_key(user, vlan, dst).ok_or(DataplaneError::MixedAddressFamilies {
+            client: user,
+            destination: dst,
         })?;
         let v = SteerEntry {
             app_id,
@@ -265,7 +266,7 @@ fn client_map(
 
 /// The per-client map's key, laid out as the probes build it from a flow key.
 fn client_key(user: IpAddr, vlan: u16, dst: IpAddr) -> Option<abi::SteerClientKey> {
-    let key = crate::flow_key(abi::PROTO_TCP, user, 0, dst, 0, vlan)?;
+    let key = crate::event::flow_key(abi::PROTO_TCP, user, 0, dst, 0, vlan)?;
     Some(abi::SteerClientKey::of(&key))
 }
 

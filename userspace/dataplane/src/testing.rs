@@ -15,8 +15,13 @@ use aya::{
 use tollgate_common::{self as abi, Config, FlowKey, FlowValue, HelloState};
 
 use crate::{
-    DataplaneError, DataplaneStats, FlowCounters, KernelClock, Mode, PayloadEvent, classifier,
-    decode_record, map_err, map_mut, read_flows, read_stats, take_reader, write_config,
+    Mode, SteerWriter, VerdictWriter,
+    error::{DataplaneError, map_err, map_mut, map_ref},
+    event::{FlowCounters, KernelClock, PayloadEvent, decode_record},
+    flow_walk::read_flows,
+    loader::{PROBES, classifier, install_tail_calls, write_config},
+    reader::take_reader,
+    stats::{DataplaneStats, read_stats},
 };
 
 /// The probes loaded privately (no pins, no links).
@@ -63,13 +68,13 @@ pub const PROGRAMS: [&str; 13] = [
 impl ProbeHarness {
     /// Loads the object and every program (this runs the verifier on each).
     pub fn load() -> Result<Self, DataplaneError> {
-        let mut ebpf = EbpfLoader::new().load(crate::PROBES)?;
+        let mut ebpf = EbpfLoader::new().load(PROBES)?;
         for name in PROGRAMS {
             classifier(&mut ebpf, name)?
                 .load()
                 .map_err(|source| DataplaneError::Program { name, source })?;
         }
-        crate::install_tail_calls(&mut ebpf)?;
+        install_tail_calls(&mut ebpf)?;
         let ring = take_reader(&mut ebpf)?;
         Ok(Self { ebpf, ring })
     }
@@ -208,15 +213,15 @@ impl ProbeHarness {
     }
 
     /// The verdict maps.
-    pub fn verdicts(&mut self) -> crate::VerdictWriter<'_> {
-        crate::VerdictWriter {
+    pub fn verdicts(&mut self) -> VerdictWriter<'_> {
+        VerdictWriter {
             ebpf: &mut self.ebpf,
         }
     }
 
     /// The session-control steering maps.
-    pub fn steering(&mut self) -> crate::SteerWriter<'_> {
-        crate::SteerWriter {
+    pub fn steering(&mut self) -> SteerWriter<'_> {
+        SteerWriter {
             ebpf: &mut self.ebpf,
         }
     }
@@ -224,7 +229,7 @@ impl ProbeHarness {
     /// A flow's state as the probes keep it (`None`: not tracked).
     pub fn flow_value(&self, key: &FlowKey) -> Result<Option<FlowValue>, DataplaneError> {
         let m: BpfHashMap<&MapData, FlowKey, FlowValue> =
-            BpfHashMap::try_from(crate::map_ref(&self.ebpf, abi::MAP_FLOWS)?)
+            BpfHashMap::try_from(map_ref(&self.ebpf, abi::MAP_FLOWS)?)
                 .map_err(map_err(abi::MAP_FLOWS))?;
         match m.get(key, 0) {
             Ok(v) => Ok(Some(v)),

@@ -16,7 +16,7 @@ use tollgate_common::{
     self as abi, Config, FlowKey, FlowVerdict, IpVerdict, NameKey, NameVerdict, name_hash,
 };
 
-use crate::{DataplaneError, map_err, map_mut};
+use crate::error::{DataplaneError, map_err, map_mut};
 
 /// What to do with matching packets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -91,7 +91,7 @@ pub struct NameRule {
 
 /// CLOCK_MONOTONIC now, in ns (the probes' clock).
 pub fn monotonic_ns() -> u64 {
-    crate::KernelClock::now().mono_ns()
+    crate::event::KernelClock::now().mono_ns()
 }
 
 fn expiry(ttl: Option<Duration>) -> u64 {
