@@ -69,6 +69,17 @@ pub enum CatalogError {
         other: String,
     },
 
+    /// The same IP range is claimed by two custom apps (or twice in the shipped data).
+    #[error("app `{id}`: IP range `{range}` is already used by app `{other}`")]
+    DuplicateIpRange {
+        /// The app that repeats the range.
+        id: String,
+        /// The range (CIDR).
+        range: String,
+        /// The app that had it first.
+        other: String,
+    },
+
     /// An IP range that is not a CIDR (`192.0.2.0/24`, `2001:db8::/32`).
     #[error("app `{id}`: bad IP range `{range}` (expected CIDR such as 192.0.2.0/24)")]
     BadIpRange {

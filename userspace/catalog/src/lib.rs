@@ -97,6 +97,8 @@ pub mod views;
 use std::collections::HashMap;
 use std::net::IpAddr;
 
+use chrono::{DateTime, Datelike, Utc};
+
 pub use categories::CATEGORIES;
 pub use config::{AppOverride, CatalogConfig, CustomApp, WeightsConfig};
 pub use error::CatalogError;
@@ -155,23 +157,10 @@ fn is_slug(id: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
-/// The current year (UTC) from the system clock.
-fn current_year() -> u16 {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    // Civil-from-days (proleptic Gregorian), year only.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    u16::try_from(year).unwrap_or(2025)
+/// The year (UTC) that ages are counted to, at `now`.
+fn year_at(now: DateTime<Utc>) -> u16 {
+    // Clamped: a real clock never leaves u16, a test's fixed one might.
+    u16::try_from(now.year().max(0)).unwrap_or(u16::MAX)
 }
 
 fn check_score(id: &str, score: f64) -> Result<(), CatalogError> {
@@ -190,14 +179,14 @@ impl Catalog {
     pub fn builtin() -> Result<Catalog, CatalogError> {
         let data: DataFile =
             serde_json::from_str(BUILTIN_DATA).map_err(CatalogError::BuiltinData)?;
-        Catalog::build(data.apps, &[], Weights::default())
+        Catalog::build(data.apps, &[], Weights::default(), Utc::now())
     }
 
     /// The shipped catalog plus the admin's custom apps, with the config's weights.
     pub fn from_config(cfg: &CatalogConfig, custom: &[CustomApp]) -> Result<Catalog, CatalogError> {
         let data: DataFile =
             serde_json::from_str(BUILTIN_DATA).map_err(CatalogError::BuiltinData)?;
-        Catalog::build(data.apps, custom, cfg.weights()?)
+        Catalog::build(data.apps, custom, cfg.weights()?, Utc::now())
     }
 
     /// A catalog from other data in the shipped format (`{"apps": [...]}`, e.g. a synced
@@ -208,15 +197,16 @@ impl Catalog {
         custom: &[CustomApp],
     ) -> Result<Catalog, CatalogError> {
         let data: DataFile = serde_json::from_str(json).map_err(CatalogError::Data)?;
-        Catalog::build(data.apps, custom, cfg.weights()?)
+        Catalog::build(data.apps, custom, cfg.weights()?, Utc::now())
     }
 
     fn build(
         base: Vec<App>,
         custom: &[CustomApp],
         weights: Weights,
+        now: DateTime<Utc>,
     ) -> Result<Catalog, CatalogError> {
-        let reference_year = current_year();
+        let reference_year = year_at(now);
         let mut cat = Catalog {
             apps: Vec::with_capacity(base.len() + custom.len()),
             by_id: HashMap::with_capacity(base.len() + custom.len()),
@@ -360,9 +350,9 @@ impl Catalog {
                         .and_then(|p| self.apps.get(p))
                         .map(|a| a.id.clone())
                         .unwrap_or_default();
-                    return Err(CatalogError::DuplicateDomain {
+                    return Err(CatalogError::DuplicateIpRange {
                         id: app.id,
-                        pattern: net.to_string(),
+                        range: net.to_string(),
                         other,
                     });
                 }
@@ -577,10 +567,64 @@ impl Catalog {
 mod tests {
     use super::*;
 
+    fn at(rfc3339: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(rfc3339)
+            .expect("test time")
+            .with_timezone(&Utc)
+    }
+
     #[test]
-    fn current_year_is_sane() {
-        let y = current_year();
-        assert!((2024..2200).contains(&y), "{y}");
+    fn the_reference_year_is_the_utc_year_of_the_clock() {
+        assert_eq!(year_at(at("2026-12-31T23:59:59Z")), 2026);
+        assert_eq!(year_at(at("2027-01-01T00:00:00Z")), 2027);
+        // Still New Year's Eve where the clock is, already the next year in UTC.
+        assert_eq!(year_at(at("2026-12-31T20:00:00-05:00")), 2027);
+        assert_eq!(year_at(at("2024-02-29T12:00:00Z")), 2024);
+    }
+
+    #[test]
+    fn the_clock_sets_the_reference_year_of_a_built_catalog() {
+        let cat = Catalog::build(
+            Vec::new(),
+            &[],
+            Weights::default(),
+            at("2031-06-01T00:00:00Z"),
+        )
+        .expect("empty catalog");
+        assert_eq!(cat.reference_year, 2031);
+    }
+
+    fn custom_app(id: &str, ip_range: &str) -> CustomApp {
+        CustomApp {
+            id: id.to_string(),
+            name: id.to_uppercase(),
+            vendor: None,
+            category: "CRM".to_string(),
+            domains: Vec::new(),
+            ip_ranges: vec![ip_range.to_string()],
+            attributes: Attributes::default(),
+            risk_score: None,
+            risk_note: None,
+        }
+    }
+
+    #[test]
+    fn an_ip_range_claimed_twice_is_reported_as_an_ip_range() {
+        let custom = [
+            custom_app("a", "192.0.2.0/24"),
+            custom_app("b", "192.0.2.0/24"),
+        ];
+        let e = Catalog::build(Vec::new(), &custom, Weights::default(), Utc::now())
+            .expect_err("the second claim is refused");
+        assert!(
+            matches!(&e, CatalogError::DuplicateIpRange { id, range, other }
+                if id == "b" && range == "192.0.2.0/24" && other == "a"),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "app `b`: IP range `192.0.2.0/24` is already used by app `a`"
+        );
     }
 
     #[test]
