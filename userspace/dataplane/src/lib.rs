@@ -22,7 +22,8 @@
 //! Direction: on a "lan" interface ingress is up (from users) and egress is down; on a "wan"
 //! interface egress is up and ingress is down. A forwarded packet seen by two attached hooks
 //! is counted once (at the ingress hook).
-// One unsafe call (registering the ring buffer's fd with tokio) is allowed where it is made.
+// Two unsafe calls are allowed where they are made: registering the ring buffer's fd with
+// tokio (reader.rs) and the batch-lookup bpf syscall (flow_walk.rs).
 #![deny(unsafe_code)]
 
 mod blockpage;
