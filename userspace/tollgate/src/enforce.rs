@@ -47,7 +47,7 @@ use tollgate_dataplane::{Action, Dataplane, DataplaneError, NameRule};
 use tollgate_policy::{Decision, ProtectedAddrs, Protection, TagBook};
 
 /// The `[enforcement]` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnforcementConfig {
     /// Cut flows of an app that is newly tagged unsanctioned (`tollgate app tag`), not only
