@@ -38,6 +38,10 @@ use tollgate_wire::{dns, http, quic, tls};
 use crate::packet::{PacketView, tcp_flags};
 use crate::record::{FlowRecord, L4Proto, NameSource};
 
+mod quic_recheck;
+
+use quic_recheck::QuicRecheck;
+
 /// Fixed capacities and timeouts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlowTableLimits {
@@ -76,12 +80,9 @@ pub struct FlowTableLimits {
     pub max_pending_dns: usize,
     /// How long a query waits for its answer (resolvers give up after a few seconds).
     pub dns_query_timeout: Duration,
-    /// Longest TTL believed, for the cache and for [`FlowTable::take_dns_answers`]: an
-    /// answer's TTL is chosen by whoever wrote it (up to 136 years).
+    /// Longest TTL believed, for the cache and for [`Observed::dns_answers`]: an answer's
+    /// TTL is chosen by whoever wrote it (up to 136 years).
     pub dns_max_ttl: Duration,
-    /// Keep matched answers for [`FlowTable::take_dns_answers`] (the daemon takes them after
-    /// every event; at most [`MAX_DNS_ANSWERS_HELD`] wait).
-    pub collect_dns_answers: bool,
 }
 
 impl Default for FlowTableLimits {
@@ -101,14 +102,9 @@ impl Default for FlowTableLimits {
             max_pending_dns: 16_384,
             dns_query_timeout: Duration::from_secs(15),
             dns_max_ttl: Duration::from_secs(86_400),
-            collect_dns_answers: false,
         }
     }
 }
-
-/// Addresses from matched DNS answers waiting for [`FlowTable::take_dns_answers`], at most
-/// (one answer holds at most 64 records; a caller that never takes them loses the oldest).
-pub const MAX_DNS_ANSWERS_HELD: usize = 4096;
 
 /// An address a DNS answer gave for a name, from an answer that matched its client's query.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +116,26 @@ pub struct DnsAnswer {
     pub ip: IpAddr,
     /// The record's TTL, capped at [`FlowTableLimits::dns_max_ttl`].
     pub ttl: Duration,
+}
+
+/// What one live payload copy taught the table: everything its one parse found that a caller
+/// acting on flows (enforcement) needs, so that the caller parses nothing itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// The flow's own name (as [`FlowTable::own_name`] gives it) when this very copy named
+    /// the flow: reported once per flow, the moment a caller that acts once per named flow
+    /// acts, without keeping a set of the flows it already saw.
+    pub named: Option<(Arc<str>, NameSource)>,
+    /// The Host of a complete request head the user sent on a TCP connection this copy did
+    /// not name (a kept-alive connection reused for another Host), as the head wrote it.
+    pub later_http_host: Option<String>,
+    /// The name a later client Initial of a QUIC-named flow gave when it names another
+    /// server than the flow was last named or renamed by (the real Initial after a decoy the
+    /// server dropped). The flow's own name stays the first one.
+    pub quic_renamed: Option<String>,
+    /// Addresses of the DNS answers this copy carried (with
+    /// [`FlowTableLimits::dns_answers_need_query`], only answers to a query of their client).
+    pub dns_answers: Vec<DnsAnswer>,
 }
 
 /// Which way a live payload copy travelled. Up is from the user (LAN side).
@@ -298,6 +314,10 @@ pub struct FlowTableStats {
     pub dns_queries_pending: usize,
     /// Records whose TTL was above [`FlowTableLimits::dns_max_ttl`] (used capped).
     pub dns_ttl_capped: u64,
+    /// QUIC flows renamed by a later Initial ([`Observed::quic_renamed`]).
+    pub quic_renamed: u64,
+    /// QUIC-named flows no longer read for later Initials because too many were followed.
+    pub quic_recheck_forgotten: u64,
 }
 
 /// Strength of the evidence for which side is the client.
@@ -559,8 +579,10 @@ pub struct FlowTable {
     /// eviction; keys already answered are skipped when they come up).
     pending_dns: HashMap<PendingKey, PendingQuery, ahash::RandomState>,
     pending_order: VecDeque<(PendingKey, DateTime<Utc>)>,
-    /// Matched answers for [`FlowTable::take_dns_answers`].
-    dns_answers: VecDeque<DnsAnswer>,
+    /// While [`FlowTable::observe_payload`] runs: the answers its copy carried.
+    dns_answers: Option<Vec<DnsAnswer>>,
+    /// QUIC-named live flows whose later Initials are read again.
+    quic_recheck: QuicRecheck,
 }
 
 const SWEEP_EVERY: u32 = 8192;
@@ -585,14 +607,9 @@ impl FlowTable {
             names: Names::default(),
             pending_dns: HashMap::default(),
             pending_order: VecDeque::new(),
-            dns_answers: VecDeque::new(),
+            dns_answers: None,
+            quic_recheck: QuicRecheck::default(),
         }
-    }
-
-    /// Addresses learned from matched DNS answers since the last call (with
-    /// [`FlowTableLimits::collect_dns_answers`]), oldest first.
-    pub fn take_dns_answers(&mut self) -> Vec<DnsAnswer> {
-        self.dns_answers.drain(..).collect()
     }
 
     pub fn limits(&self) -> &FlowTableLimits {
@@ -627,22 +644,13 @@ impl FlowTable {
         self.inspect(ck, side, pkt.ts, pkt.tcp_seq, pkt.tcp_flags, pkt.payload);
     }
 
-    /// A first-flight payload copy from the kernel (counters arrive separately).
-    pub fn observe_payload(&mut self, ev: &PayloadObservation<'_>) {
-        let _ = self.observe_payload_naming(ev);
-    }
-
-    /// [`FlowTable::observe_payload`], and the flow's own name (as [`FlowTable::own_name`]
-    /// gives it) when this very copy named the flow: the moment a caller that acts once per
-    /// named flow (enforcement) acts, without keeping a set of the flows it already saw.
-    pub fn observe_payload_naming(
-        &mut self,
-        ev: &PayloadObservation<'_>,
-    ) -> Option<(&str, NameSource)> {
+    /// A first-flight payload copy from the kernel (counters arrive separately), and what it
+    /// taught the table ([`Observed`]).
+    pub fn observe_payload(&mut self, ev: &PayloadObservation<'_>) -> Observed {
         let sender = (ev.src, ev.sport);
         let receiver = (ev.dst, ev.dport);
         let sender_is_client = ev.direction == Direction::Up;
-        let (ck, side) = self.flow_for(
+        let Some((ck, side)) = self.flow_for(
             ev.proto,
             sender,
             receiver,
@@ -650,14 +658,42 @@ impl FlowTable {
             Some(sender_is_client),
             ev.tcp_flags,
             ev.payload,
-        )?;
+        ) else {
+            return Observed::default();
+        };
         let named_before = self.flows.get(&ck).is_some_and(|f| f.name.is_some());
+        self.dns_answers = Some(Vec::new());
         self.inspect(ck, side, ev.ts, ev.tcp_seq, ev.tcp_flags, ev.payload);
-        if named_before {
-            return None;
+        let mut seen = Observed {
+            dns_answers: self.dns_answers.take().unwrap_or_default(),
+            ..Observed::default()
+        };
+        if !named_before
+            && let Some(f) = self.flows.get(&ck)
+            && let (Some(name), Some(source)) = (&f.name, f.name_source)
+        {
+            if ck.proto == L4Proto::Udp && source == NameSource::Quic {
+                self.quic_recheck.named(ck, name);
+            }
+            seen.named = Some((name.clone(), source));
+            return seen;
         }
-        let f = self.flows.get(&ck)?;
-        f.name.as_deref().zip(f.name_source)
+        if !sender_is_client || ev.payload.is_empty() {
+            return seen;
+        }
+        match ck.proto {
+            // Only a flow's first request head names it; the kernel still checks every
+            // later head's Host against its name verdicts.
+            L4Proto::Tcp => {
+                if let Ok(http::HttpStatus::Parsed(head)) = http::parse_request_head(ev.payload) {
+                    seen.later_http_host = head.host_name().map(str::to_string);
+                }
+            }
+            L4Proto::Udp => {
+                seen.quic_renamed = self.quic_recheck.initial(&ck, ev.payload);
+            }
+        }
+        seen
     }
 
     /// The kernel's absolute counters for a flow (`key.src` is the user side).
@@ -715,6 +751,8 @@ impl FlowTable {
         s.dns_cache_entries = self.dns_cache.len();
         s.dns_queries_pending = self.pending_dns.len();
         s.buffered_bytes = self.buffered;
+        s.quic_renamed = self.quic_recheck.renamed;
+        s.quic_recheck_forgotten = self.quic_recheck.forgotten;
         s
     }
 
@@ -1294,11 +1332,8 @@ impl FlowTable {
             for (ip, name, ttl) in m.address_map() {
                 let ttl = self.cap_ttl(ttl);
                 self.dns_learn(ip, &name, ttl, ts);
-                if self.limits.collect_dns_answers {
-                    if self.dns_answers.len() >= MAX_DNS_ANSWERS_HELD {
-                        self.dns_answers.pop_front();
-                    }
-                    self.dns_answers.push_back(DnsAnswer {
+                if let Some(answers) = self.dns_answers.as_mut() {
+                    answers.push(DnsAnswer {
                         client: receiver.0,
                         name: name.to_ascii_lowercase(),
                         ip,
@@ -1857,7 +1892,6 @@ mod tests {
     fn strict() -> FlowTable {
         FlowTable::new(FlowTableLimits {
             dns_answers_need_query: true,
-            collect_dns_answers: true,
             ..FlowTableLimits::default()
         })
     }
@@ -1868,10 +1902,14 @@ mod tests {
 
     #[test]
     fn unsolicited_dns_answer_teaches_nothing() {
+        let mut answers = Vec::new();
         let mut t = strict();
         let ans = dns_msg(7, "www.dropbox.com", Some((INNOCENT, 300)));
-        t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &ans, 0));
-        assert!(t.take_dns_answers().is_empty());
+        answers.extend(
+            t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &ans, 0))
+                .dns_answers,
+        );
+        assert!(std::mem::take(&mut answers).is_empty());
         assert_eq!(t.dns_entries().count(), 0);
         assert_eq!(t.stats().dns_answers_unmatched, 1);
         // Nor does it name the DNS flow it came on.
@@ -1887,49 +1925,71 @@ mod tests {
 
     #[test]
     fn dns_answer_must_match_txid_question_and_tuple() {
+        let mut answers = Vec::new();
         let mut t = strict();
         let q = dns_msg(7, "www.dropbox.com", None);
-        t.observe_payload(&live_dns(CLIENT, RESOLVER, Direction::Up, &q, 0));
+        answers.extend(
+            t.observe_payload(&live_dns(CLIENT, RESOLVER, Direction::Up, &q, 0))
+                .dns_answers,
+        );
         assert_eq!(t.stats().dns_queries_pending, 1);
         // Wrong transaction id.
         let a = dns_msg(8, "www.dropbox.com", Some((INNOCENT, 300)));
-        t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 0));
+        answers.extend(
+            t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 0))
+                .dns_answers,
+        );
         // Right id, other question.
         let a = dns_msg(7, "dropbox.com", Some((INNOCENT, 300)));
-        t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 0));
+        answers.extend(
+            t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 0))
+                .dns_answers,
+        );
         // Right id and question, from another server.
         let a = dns_msg(7, "www.dropbox.com", Some((INNOCENT, 300)));
-        t.observe_payload(&live_dns(
-            ([10, 0, 0, 9], 53),
-            CLIENT,
-            Direction::Down,
-            &a,
-            0,
-        ));
+        answers.extend(
+            t.observe_payload(&live_dns(
+                ([10, 0, 0, 9], 53),
+                CLIENT,
+                Direction::Down,
+                &a,
+                0,
+            ))
+            .dns_answers,
+        );
         // To another client port.
-        t.observe_payload(&live_dns(
-            RESOLVER,
-            (CLIENT.0, 40001),
-            Direction::Down,
-            &a,
-            0,
-        ));
-        assert!(t.take_dns_answers().is_empty());
+        answers.extend(
+            t.observe_payload(&live_dns(
+                RESOLVER,
+                (CLIENT.0, 40001),
+                Direction::Down,
+                &a,
+                0,
+            ))
+            .dns_answers,
+        );
+        assert!(std::mem::take(&mut answers).is_empty());
         let st = t.stats();
         assert_eq!(st.dns_answers_unmatched, 3, "{st:?}");
         assert_eq!(st.dns_answers_wrong_question, 1, "{st:?}");
         assert_eq!(st.dns_answers_matched, 0);
         // The real answer (case of the name may differ) still matches, once.
         let a = dns_msg(7, "WWW.Dropbox.com", Some(([162, 125, 1, 1], 300)));
-        t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 1));
-        let got = t.take_dns_answers();
+        answers.extend(
+            t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 1))
+                .dns_answers,
+        );
+        let got = std::mem::take(&mut answers);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].ip, IpAddr::V4(Ipv4Addr::new(162, 125, 1, 1)));
         assert_eq!(got[0].name, "www.dropbox.com");
         assert_eq!(got[0].client, IpAddr::V4(Ipv4Addr::from(CLIENT.0)));
-        t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 1));
+        answers.extend(
+            t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 1))
+                .dns_answers,
+        );
         assert!(
-            t.take_dns_answers().is_empty(),
+            std::mem::take(&mut answers).is_empty(),
             "a second answer is not matched"
         );
         assert_eq!(t.stats().dns_queries_pending, 0);
@@ -1937,56 +1997,75 @@ mod tests {
 
     #[test]
     fn dns_query_from_the_internet_side_is_not_pending() {
+        let mut answers = Vec::new();
         let mut t = strict();
         // A "query" sent toward the client does not make its answer trusted.
         let q = dns_msg(7, "www.dropbox.com", None);
-        t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &q, 0));
+        answers.extend(
+            t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &q, 0))
+                .dns_answers,
+        );
         let a = dns_msg(7, "www.dropbox.com", Some((INNOCENT, 300)));
-        t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 0));
-        assert!(t.take_dns_answers().is_empty());
+        answers.extend(
+            t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 0))
+                .dns_answers,
+        );
+        assert!(std::mem::take(&mut answers).is_empty());
         assert_eq!(t.stats().dns_queries_pending, 0);
     }
 
     #[test]
     fn dns_queries_expire_and_are_bounded() {
+        let mut answers = Vec::new();
         let mut t = FlowTable::new(FlowTableLimits {
             dns_answers_need_query: true,
-            collect_dns_answers: true,
             max_pending_dns: 4,
             dns_query_timeout: Duration::from_secs(5),
             ..FlowTableLimits::default()
         });
         let q = dns_msg(7, "a.example", None);
-        t.observe_payload(&live_dns(CLIENT, RESOLVER, Direction::Up, &q, 0));
+        answers.extend(
+            t.observe_payload(&live_dns(CLIENT, RESOLVER, Direction::Up, &q, 0))
+                .dns_answers,
+        );
         let a = dns_msg(7, "a.example", Some((INNOCENT, 300)));
         // Past the timeout: the answer is late, refused.
-        t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 6));
-        assert!(t.take_dns_answers().is_empty());
+        answers.extend(
+            t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 6))
+                .dns_answers,
+        );
+        assert!(std::mem::take(&mut answers).is_empty());
         assert_eq!(t.stats().dns_answers_unmatched, 1);
         // Ten queries from ten ports: only four wait, the oldest six were evicted.
         for port in 0..10u16 {
             let q = dns_msg(port, "b.example", None);
-            t.observe_payload(&live_dns(
-                (CLIENT.0, 50000 + port),
-                RESOLVER,
-                Direction::Up,
-                &q,
-                7,
-            ));
+            answers.extend(
+                t.observe_payload(&live_dns(
+                    (CLIENT.0, 50000 + port),
+                    RESOLVER,
+                    Direction::Up,
+                    &q,
+                    7,
+                ))
+                .dns_answers,
+            );
         }
         let st = t.stats();
         assert_eq!(st.dns_queries_pending, 4);
         assert_eq!(st.dns_queries_evicted, 6);
         let a = dns_msg(9, "b.example", Some((INNOCENT, 300)));
-        t.observe_payload(&live_dns(
-            RESOLVER,
-            (CLIENT.0, 50009),
-            Direction::Down,
-            &a,
-            7,
-        ));
+        answers.extend(
+            t.observe_payload(&live_dns(
+                RESOLVER,
+                (CLIENT.0, 50009),
+                Direction::Down,
+                &a,
+                7,
+            ))
+            .dns_answers,
+        );
         assert_eq!(
-            t.take_dns_answers().len(),
+            std::mem::take(&mut answers).len(),
             1,
             "the newest query still matches"
         );
@@ -1994,6 +2073,7 @@ mod tests {
 
     #[test]
     fn dns_over_tcp_answer_split_across_segments_matches_its_query() {
+        let mut answers = Vec::new();
         let mut t = strict();
         fn seg(
             src: ([u8; 4], u16),
@@ -2021,28 +2101,44 @@ mod tests {
             v
         };
         let q = framed(dns_msg(9, "www.dropbox.com", None));
-        t.observe_payload(&seg(CLIENT, RESOLVER, Direction::Up, 1001, &q));
+        answers.extend(
+            t.observe_payload(&seg(CLIENT, RESOLVER, Direction::Up, 1001, &q))
+                .dns_answers,
+        );
         let a = framed(dns_msg(9, "www.dropbox.com", Some(([162, 125, 1, 1], 60))));
         let (x, y) = a.split_at(20);
-        t.observe_payload(&seg(RESOLVER, CLIENT, Direction::Down, 5001, x));
+        answers.extend(
+            t.observe_payload(&seg(RESOLVER, CLIENT, Direction::Down, 5001, x))
+                .dns_answers,
+        );
         assert!(
-            t.take_dns_answers().is_empty(),
+            std::mem::take(&mut answers).is_empty(),
             "half an answer teaches nothing"
         );
-        t.observe_payload(&seg(RESOLVER, CLIENT, Direction::Down, 5021, y));
-        let got = t.take_dns_answers();
+        answers.extend(
+            t.observe_payload(&seg(RESOLVER, CLIENT, Direction::Down, 5021, y))
+                .dns_answers,
+        );
+        let got = std::mem::take(&mut answers);
         assert_eq!(got.len(), 1, "{:?}", t.stats());
         assert_eq!(got[0].ip, IpAddr::V4(Ipv4Addr::new(162, 125, 1, 1)));
     }
 
     #[test]
     fn dns_ttl_is_capped() {
+        let mut answers = Vec::new();
         let mut t = strict();
         let q = dns_msg(7, "a.example", None);
-        t.observe_payload(&live_dns(CLIENT, RESOLVER, Direction::Up, &q, 0));
+        answers.extend(
+            t.observe_payload(&live_dns(CLIENT, RESOLVER, Direction::Up, &q, 0))
+                .dns_answers,
+        );
         let a = dns_msg(7, "a.example", Some((INNOCENT, 4_000_000_000)));
-        t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 0));
-        let got = t.take_dns_answers();
+        answers.extend(
+            t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 0))
+                .dns_answers,
+        );
+        let got = std::mem::take(&mut answers);
         assert_eq!(got[0].ttl, Duration::from_secs(86_400));
         assert_eq!(t.stats().dns_ttl_capped, 1);
         let (_, _, expires) = t.dns_entries().next().unwrap();
@@ -2242,7 +2338,7 @@ mod tests {
             let mut named = Vec::new();
             // The second segment names the flow; a retransmission of it does not again.
             for (seq, part) in [(1u32, a), (41, b), (41, b)] {
-                let got = t.observe_payload_naming(&PayloadObservation {
+                let got = t.observe_payload(&PayloadObservation {
                     proto: L4Proto::Tcp,
                     src: IpAddr::V4(Ipv4Addr::new(10, 1, 1, 1)),
                     sport: 40000,
@@ -2254,7 +2350,7 @@ mod tests {
                     tcp_flags: tcp_flags::ACK,
                     payload: part,
                 });
-                named.push(got.map(|(n, src)| (n.to_string(), src)));
+                named.push(got.named.map(|(n, src)| (n.to_string(), src)));
             }
             assert_eq!(
                 named,
@@ -2397,5 +2493,110 @@ mod tests {
             Some("x\\x1b\\x5d0\\x3bowned\\x07\\xc3\\xa9.example")
         );
         assert_eq!(r[0].name_source, Some(NameSource::Sni));
+    }
+
+    fn live(
+        proto: L4Proto,
+        direction: Direction,
+        tcp_seq: u32,
+        payload: &[u8],
+    ) -> PayloadObservation<'_> {
+        let user = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
+        let server = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 80));
+        let (src, sport, dst, dport) = match direction {
+            Direction::Up => (user, 40000, server, 443),
+            Direction::Down => (server, 443, user, 40000),
+        };
+        PayloadObservation {
+            proto,
+            src,
+            sport,
+            dst,
+            dport,
+            direction,
+            ts: ts(0),
+            tcp_seq,
+            tcp_flags: tcp_flags::ACK | tcp_flags::PSH,
+            payload,
+        }
+    }
+
+    #[test]
+    fn observed_a_later_host_on_a_named_connection() {
+        let mut t = FlowTable::new(FlowTableLimits::default());
+        let first = b"GET / HTTP/1.1\r\nHost: allowed.example\r\n\r\n";
+        let seen = t.observe_payload(&live(L4Proto::Tcp, Direction::Up, 1, first));
+        assert_eq!(
+            seen.named,
+            Some((Arc::from("allowed.example"), NameSource::Http))
+        );
+        assert_eq!(seen.later_http_host, None);
+        // The connection is kept alive and reused for another Host: the flow keeps its name,
+        // and the later head's Host is reported.
+        let later = b"GET /x HTTP/1.1\r\nHost: Blocked.Example:8080\r\n\r\n";
+        let seq = 1 + first.len() as u32;
+        let seen = t.observe_payload(&live(L4Proto::Tcp, Direction::Up, seq, later));
+        assert_eq!(seen.named, None);
+        assert_eq!(seen.later_http_host.as_deref(), Some("Blocked.Example"));
+        // Not a request head, or from the server: nothing.
+        let seen = t.observe_payload(&live(L4Proto::Tcp, Direction::Up, 999, b"\x16\x03\x01"));
+        assert_eq!(seen, Observed::default());
+        let answer = b"GET / HTTP/1.1\r\nHost: from.server\r\n\r\n";
+        let seen = t.observe_payload(&live(L4Proto::Tcp, Direction::Down, 5, answer));
+        assert_eq!(seen.later_http_host, None);
+    }
+
+    fn capture(name: &str) -> Vec<u8> {
+        let path = format!("{}/../wire/testdata/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(path).expect("capture present")
+    }
+
+    #[test]
+    fn observed_a_quic_flow_renamed_by_a_later_initial() {
+        let mut t = FlowTable::new(FlowTableLimits::default());
+        let decoy = capture("quic_draft29_initial.bin");
+        let real = capture("quic_v2_initial.bin");
+        let seen = t.observe_payload(&live(L4Proto::Udp, Direction::Up, 0, &decoy));
+        assert_eq!(seen.named, Some((Arc::from("localhost"), NameSource::Quic)));
+        assert_eq!(seen.quic_renamed, None);
+        // The real Initial names another server: reported, once; the flow keeps its name.
+        let seen = t.observe_payload(&live(L4Proto::Udp, Direction::Up, 0, &real));
+        assert_eq!(seen.named, None);
+        assert_eq!(seen.quic_renamed.as_deref(), Some("test"));
+        let seen = t.observe_payload(&live(L4Proto::Udp, Direction::Up, 0, &real));
+        assert_eq!(seen.quic_renamed, None);
+        assert_eq!(t.stats().quic_renamed, 1);
+        let user = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
+        let server = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 80));
+        assert_eq!(
+            t.own_name(L4Proto::Udp, (user, 40000), (server, 443)),
+            Some(("localhost", NameSource::Quic))
+        );
+    }
+
+    #[test]
+    fn observed_the_dns_answers_of_a_copy() {
+        let mut t = strict();
+        let q = dns_msg(7, "www.dropbox.com", None);
+        let seen = t.observe_payload(&live_dns(CLIENT, RESOLVER, Direction::Up, &q, 0));
+        assert_eq!(
+            seen.named,
+            Some((Arc::from("www.dropbox.com"), NameSource::Dns))
+        );
+        assert!(seen.dns_answers.is_empty());
+        let a = dns_msg(7, "www.dropbox.com", Some(([162, 125, 1, 1], 300)));
+        let seen = t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 1));
+        assert_eq!(
+            seen.dns_answers,
+            [DnsAnswer {
+                client: IpAddr::V4(Ipv4Addr::from(CLIENT.0)),
+                name: "www.dropbox.com".into(),
+                ip: IpAddr::V4(Ipv4Addr::new(162, 125, 1, 1)),
+                ttl: Duration::from_secs(300),
+            }]
+        );
+        // A copy carries its own answers only: nothing is held for the next one.
+        let seen = t.observe_payload(&live_dns(CLIENT, RESOLVER, Direction::Up, &q, 2));
+        assert!(seen.dns_answers.is_empty());
     }
 }

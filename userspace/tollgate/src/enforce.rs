@@ -42,7 +42,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
-use tollgate_catalog::{Catalog, IpNet};
+use tollgate_catalog::{Catalog, IpNet, Match};
 use tollgate_dataplane::{Action, Dataplane, DataplaneError, NameRule};
 use tollgate_policy::{Decision, ProtectedAddrs, Protection, TagBook};
 
@@ -843,17 +843,21 @@ impl Enforcer {
         }
     }
 
-    /// A flow was named in userspace: block it if its app is unsanctioned. Returns the
-    /// decision and app for logging.
+    /// A flow was named in userspace and the name classified (`classified`, the caller's
+    /// one lookup): block it if its app is unsanctioned. Returns the decision and app for
+    /// logging.
     pub fn on_named_flow<'c>(
         &mut self,
         dp: &mut Dataplane,
-        catalog: &'c Catalog,
+        catalog: &Catalog,
         tags: &TagBook,
         key: &tollgate_dataplane::abi::FlowKey,
-        name: &str,
+        classified: Option<&Match<'c>>,
     ) -> Result<Option<(&'c str, Decision)>, DataplaneError> {
-        let decided = decide_name(catalog, tags, name, self.enforce);
+        let decided = classified.map(|m| {
+            let app: &'c str = m.app.id.as_str();
+            (app, tags.decide(catalog, app, self.enforce))
+        });
         match decided {
             Some((app, Decision::Block)) => {
                 let number = self.number(app);

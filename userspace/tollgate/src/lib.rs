@@ -29,6 +29,5 @@ pub mod control;
 pub mod daemon;
 pub mod enforce;
 pub mod netns;
-pub mod quic_recheck;
 pub mod session;
 pub mod view;

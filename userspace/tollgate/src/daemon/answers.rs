@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use tollgate_dataplane::abi;
+use tollgate_discovery::flow_table::FlowTableStats;
 use tollgate_policy::Tag;
 
 use crate::config::Mode;
@@ -104,14 +105,18 @@ impl Core {
                 "steer_lost_reset": dp.steer_lost_reset,
                 "daemon": self.session.as_ref().map(|s| s.counts).unwrap_or_default(),
             },
-            "evasion": self.evasion_json(&dp),
+            "evasion": self.evasion_json(&dp, &st),
         })
     }
 
     /// How the gateway met evasion attempts: every kernel counter of the unreadable and
     /// evasion cases by name, the `[enforcement] unreadable` setting, and the QUIC flows
     /// decided again after a decoy Initial.
-    fn evasion_json(&self, dp: &tollgate_dataplane::DataplaneStats) -> serde_json::Value {
+    fn evasion_json(
+        &self,
+        dp: &tollgate_dataplane::DataplaneStats,
+        flows: &FlowTableStats,
+    ) -> serde_json::Value {
         let mut m = serde_json::Map::new();
         m.insert(
             "unreadable".into(),
@@ -124,10 +129,10 @@ impl Core {
                 m.insert(name.into(), dp.raw.get(id).copied().unwrap_or(0).into());
             }
         }
-        m.insert("quic_renamed".into(), self.quic_recheck.renamed.into());
+        m.insert("quic_renamed".into(), flows.quic_renamed.into());
         m.insert(
             "quic_recheck_forgotten".into(),
-            self.quic_recheck.forgotten.into(),
+            flows.quic_recheck_forgotten.into(),
         );
         serde_json::Value::Object(m)
     }

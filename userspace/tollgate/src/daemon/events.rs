@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::mpsc;
 use tollgate_dataplane::{Direction, FlowWalk, PayloadEvent, PayloadKind, abi};
-use tollgate_discovery::flow_table;
+use tollgate_discovery::flow_table::{self, DnsAnswer};
 use tollgate_discovery::record::NameSource;
 use tollgate_policy::Decision;
 
@@ -23,41 +23,41 @@ impl Core {
             Direction::Up => (user, remote, flow_table::Direction::Up),
             Direction::Down => (remote, user, flow_table::Direction::Down),
         };
-        let named = self
-            .flows
-            .observe_payload_naming(&flow_table::PayloadObservation {
-                proto: l4(ev.proto),
-                src,
-                sport,
-                dst,
-                dport,
-                direction,
-                ts: ev.timestamp.into(),
-                tcp_seq: ev.tcp_seq,
-                tcp_flags: ev.tcp_flags,
-                payload: &ev.payload,
-            });
-        // The flow table reports a flow's own name once, when its first flight gives it: the
-        // flow is decided then (a tag change decides every named flow again, apply_tags).
-        let named = named.map(|(n, src)| (n.to_string(), src));
+        let seen = self.flows.observe_payload(&flow_table::PayloadObservation {
+            proto: l4(ev.proto),
+            src,
+            sport,
+            dst,
+            dport,
+            direction,
+            ts: ev.timestamp.into(),
+            tcp_seq: ev.tcp_seq,
+            tcp_flags: ev.tcp_flags,
+            payload: &ev.payload,
+        });
         match ev.kind {
-            PayloadKind::Dns => self.on_dns(ev),
+            PayloadKind::Dns => self.on_dns(ev, seen.dns_answers),
             PayloadKind::Tls | PayloadKind::Quic | PayloadKind::Http => {
-                if let Some((name, source)) = named {
-                    if ev.kind == PayloadKind::Quic
-                        && let Some(key) = ev.flow_key()
-                    {
-                        self.quic_recheck.named(key, &name);
-                    }
+                self.learn_dns(seen.dns_answers);
+                // The flow table reports a flow's own name once, when its first flight gives
+                // it: the flow is decided then (a tag change decides every named flow again,
+                // apply_tags).
+                if let Some((name, source)) = seen.named {
                     self.decide_flow(ev, &name, source);
                 } else if ev.kind == PayloadKind::Http && ev.direction == Direction::Up {
-                    self.on_later_request(ev);
+                    // A request head on an HTTP connection that is already named (a
+                    // kept-alive connection reused for another Host): the kernel checks every
+                    // head's Host against the name verdicts, so when it blocked this one the
+                    // user gets the block page for it.
+                    if let Some(host) = seen.later_http_host
+                        && self.enforcer.kernel_blocks_name(&host)
+                    {
+                        self.decide_flow(ev, &host, NameSource::Http);
+                    }
                 } else if ev.kind == PayloadKind::Quic && ev.direction == Direction::Up {
                     // A flow is named once; a later Initial naming another server (the real
                     // one after a decoy the server dropped) decides it again.
-                    if let Some(key) = ev.flow_key()
-                        && let Some(name) = self.quic_recheck.initial(&key, &ev.payload)
-                    {
+                    if let Some(name) = seen.quic_renamed {
                         tracing::info!(name = %name, user = %ev.user_ip, "QUIC flow renamed by a later Initial");
                         self.decide_flow(ev, &name, NameSource::Quic);
                     }
@@ -66,26 +66,11 @@ impl Core {
         }
     }
 
-    /// A request head on an HTTP connection that is already named (a kept-alive connection
-    /// reused for another Host): the kernel checks every head's Host against the name
-    /// verdicts, so when it blocked this one the user gets the block page for it.
-    fn on_later_request(&mut self, ev: &PayloadEvent) {
-        let Ok(tollgate_wire::http::HttpStatus::Parsed(head)) =
-            tollgate_wire::http::parse_request_head(&ev.payload)
-        else {
-            return;
-        };
-        if let Some(host) = head.host_name()
-            && self.enforcer.kernel_blocks_name(host)
-        {
-            let host = host.to_string();
-            self.decide_flow(ev, &host, NameSource::Http);
-        }
-    }
-
-    /// The flow table has just named the flow from its own payload: decide the flow.
+    /// The flow table has just named the flow from its own payload: decide the flow. The
+    /// name is classified here, once, for session control and enforcement both.
     fn decide_flow(&mut self, ev: &PayloadEvent, name: &str, source: NameSource) {
         let Some(key) = ev.flow_key() else { return };
+        let classified = self.catalog.classify_name(name);
         // A flow's own name never steers its address for anyone (anyone can put any name in
         // a first flight toward any address). A QUIC flow naming an app under session control
         // toward an address no DNS answer steered is refused (in every mode), so the browser
@@ -94,7 +79,7 @@ impl Core {
         if ev.kind == PayloadKind::Quic
             && ev.direction == Direction::Up
             && let Some(s) = &mut self.session
-            && let Some(app) = s.on_quic_name(&self.catalog, name)
+            && let Some(app) = s.on_quic_name(classified.as_ref())
         {
             tracing::info!(app, name = %name, user = %ev.user_ip, remote = %ev.remote_ip,
                 "QUIC to an app under session control refused");
@@ -108,10 +93,13 @@ impl Core {
             }
             return;
         }
-        match self
-            .enforcer
-            .on_named_flow(&mut self.dp, &self.catalog, &self.tags, &key, name)
-        {
+        match self.enforcer.on_named_flow(
+            &mut self.dp,
+            &self.catalog,
+            &self.tags,
+            &key,
+            classified.as_ref(),
+        ) {
             Ok(Some((app, Decision::Block))) => {
                 tracing::info!(app, name = %name, by = ?source, user = %ev.user_ip, "blocked");
                 // Plain HTTP: the kernel reset the server side; tell the user why.
@@ -143,8 +131,8 @@ impl Core {
     /// reassembled). An answer the kernel held (it names an app under session control) is sent
     /// on to its user after that, whatever it holds, so the client's first connection finds
     /// its addresses steered.
-    fn on_dns(&mut self, ev: &PayloadEvent) {
-        self.learn_dns();
+    fn on_dns(&mut self, ev: &PayloadEvent, answers: Vec<DnsAnswer>) {
+        self.learn_dns(answers);
         if ev.held {
             match &mut self.session {
                 Some(s) => s.release_held(ev),
@@ -158,8 +146,8 @@ impl Core {
         }
     }
 
-    fn learn_dns(&mut self) {
-        for a in self.flows.take_dns_answers() {
+    fn learn_dns(&mut self, answers: Vec<DnsAnswer>) {
+        for a in answers {
             if self.enforcer.protection(a.ip).is_some() {
                 self.enforcer.learn_stats.protected += 1;
                 continue;
@@ -253,9 +241,14 @@ impl Core {
                 tracing::warn!("reading flow counters: {e}");
             }
             for (key, name) in &named {
-                let _ =
-                    self.enforcer
-                        .on_named_flow(&mut self.dp, &self.catalog, &self.tags, key, name);
+                let classified = self.catalog.classify_name(name);
+                let _ = self.enforcer.on_named_flow(
+                    &mut self.dp,
+                    &self.catalog,
+                    &self.tags,
+                    key,
+                    classified.as_ref(),
+                );
             }
         }
         if let Err(e) = self.dp.verdicts().commit() {

@@ -250,8 +250,6 @@ struct Core {
     last_status: Instant,
     /// The event reader task's error counts.
     reader: Arc<ReaderCounts>,
-    /// Named QUIC flows whose later Initials are read again (decoy Initials).
-    quic_recheck: crate::quic_recheck::QuicRecheck,
 }
 
 enum Next {
@@ -414,7 +412,6 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
             meta: false,
             // Enforcement acts on DNS answers: only those that answer a user's query.
             dns_answers_need_query: true,
-            collect_dns_answers: true,
             dns_max_ttl: Duration::from_secs(cfg.enforcement.dns_max_ttl_secs.max(1)),
             ..FlowTableLimits::default()
         }),
@@ -430,7 +427,6 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
         events_at_last_status: 0,
         last_status: Instant::now(),
         reader: Arc::new(ReaderCounts::default()),
-        quic_recheck: crate::quic_recheck::QuicRecheck::default(),
         cfg,
         config_path,
     };

@@ -1,21 +1,24 @@
-//! QUIC flows decided again on later Initials. The flow table names a flow once, from its
+//! QUIC flows read again on later Initials. The flow table names a flow once, from its
 //! first readable Initial; a client can send a decoy Initial first (with a bad UDP checksum,
 //! so that the server drops it) that names an allowed app, get an Allow that ends the kernel's
-//! hold, and then send the real Initial. Every later Initial of a named QUIC flow is read
-//! here on its own: when its ClientHello (reassembled across the datagrams of one connection
-//! id) names another server, the daemon decides the flow again with that name.
+//! hold, and then send the real Initial. Every later client Initial of a QUIC-named live flow
+//! is read here on its own: when its ClientHello (reassembled across the datagrams of one
+//! connection id) names another server, [`super::Observed::quic_renamed`] says so, and the
+//! daemon decides the flow again with that name.
 
 use std::collections::HashMap;
 
-use tollgate_dataplane::abi::FlowKey;
 use tollgate_wire::{quic, reasm::CryptoReassembler, tls};
 
+use super::CanonKey;
+
 /// Named QUIC flows followed at once; past this the table starts afresh (counted in
-/// `forgotten`), so a flood of QUIC flows cannot grow the daemon's memory.
+/// `forgotten`), so a flood of QUIC flows cannot grow the table's memory.
 const MAX_FLOWS: usize = 4096;
 /// CRYPTO bytes held per flow (a post-quantum ClientHello is about 2 KB).
 const MAX_CRYPTO: usize = 16 * 1024;
 
+#[derive(Debug)]
 struct Followed {
     /// The name the flow was last decided on.
     name: String,
@@ -25,18 +28,18 @@ struct Followed {
 }
 
 /// The followed flows and what happened to them.
-#[derive(Default)]
-pub struct QuicRecheck {
-    flows: HashMap<FlowKey, Followed>,
-    /// Flows renamed by a later Initial (decided again).
+#[derive(Debug, Default)]
+pub(super) struct QuicRecheck {
+    flows: HashMap<CanonKey, Followed>,
+    /// Flows renamed by a later Initial.
     pub renamed: u64,
     /// Flows forgotten because the table was full.
     pub forgotten: u64,
 }
 
 impl QuicRecheck {
-    /// The flow table named `key` as `name` (and the flow was decided on it).
-    pub fn named(&mut self, key: FlowKey, name: &str) {
+    /// The flow table named `key` as `name` from its own Initial.
+    pub fn named(&mut self, key: CanonKey, name: &str) {
         if self.flows.len() >= MAX_FLOWS && !self.flows.contains_key(&key) {
             self.forgotten += self.flows.len() as u64;
             self.flows.clear();
@@ -53,7 +56,7 @@ impl QuicRecheck {
 
     /// A later client datagram of a named flow: the new name when its Initials complete a
     /// ClientHello that names another server than the one the flow was decided on.
-    pub fn initial(&mut self, key: &FlowKey, dgram: &[u8]) -> Option<String> {
+    pub fn initial(&mut self, key: &CanonKey, dgram: &[u8]) -> Option<String> {
         let f = self.flows.get_mut(key)?;
         // Its own connection id: a new connection attempt on the same ports (the decoy's
         // successor). Later Initials of the connection itself use the server's id and do not
@@ -93,14 +96,18 @@ mod tests {
         std::fs::read(path).expect("capture present")
     }
 
-    fn key() -> FlowKey {
-        FlowKey {
-            user_port: 50000,
-            remote_port: 443,
-            proto: 17,
-            family: 4,
-            ..FlowKey::default()
-        }
+    fn key() -> CanonKey {
+        key_with_port(50000)
+    }
+
+    fn key_with_port(port: u16) -> CanonKey {
+        let ip = std::net::IpAddr::from([10, 0, 0, 2]);
+        CanonKey::of(
+            crate::record::L4Proto::Udp,
+            (ip, port),
+            (std::net::IpAddr::from([192, 0, 2, 1]), 443),
+        )
+        .0
     }
 
     #[test]
@@ -132,9 +139,7 @@ mod tests {
     fn the_table_is_bounded() {
         let mut r = QuicRecheck::default();
         for p in 0..=MAX_FLOWS {
-            let mut k = key();
-            k.user_port = p as u16;
-            r.named(k, "x");
+            r.named(key_with_port(p as u16), "x");
         }
         assert!(r.flows.len() <= MAX_FLOWS);
         assert_eq!(r.forgotten, MAX_FLOWS as u64);
