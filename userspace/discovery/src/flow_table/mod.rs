@@ -38,8 +38,14 @@ use tollgate_wire::{dns, http, quic, tls};
 use crate::packet::{PacketView, tcp_flags};
 use crate::record::{FlowRecord, L4Proto, NameSource};
 
+mod meta;
+mod names;
 mod quic_recheck;
 
+pub use meta::FlowMeta;
+use meta::Meta;
+use names::Names;
+pub use names::{MAX_NAME_LEN, clean_name};
 use quic_recheck::QuicRecheck;
 
 /// Fixed capacities and timeouts.
@@ -181,92 +187,6 @@ pub struct Counters {
     pub last_seen: DateTime<Utc>,
     /// TCP flags seen, OR-ed ([`crate::packet::tcp_flags`]).
     pub tcp_flags: u8,
-}
-
-/// What the first flight told beyond the name.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FlowMeta {
-    pub ja4: Option<String>,
-    pub alpn: Vec<String>,
-    /// The ClientHello carried an encrypted_client_hello extension.
-    pub ech: bool,
-    /// The ClientHello offered a post-quantum hybrid key share (X25519MLKEM768...).
-    pub pq_key_share: bool,
-    /// For a hello with ECH: `Some(true)` when it must be GREASE (a DNS HTTPS record for
-    /// the name was seen and published no ECH config), `Some(false)` when it is real ECH
-    /// (the outer SNI is the public_name of an ECH config seen in DNS), `None` when the
-    /// table cannot tell (GREASE is built to look real).
-    pub ech_grease: Option<bool>,
-    /// QUIC version label ("V-1", "Draft-29", "Q046"...), for QUIC flows.
-    pub quic_version: Option<String>,
-    /// Every distinct question name seen on a DNS flow (queries and responses), up to
-    /// [`MAX_DNS_QUERIES_KEPT`]; the flow's name is the first.
-    pub dns_queries: Vec<String>,
-    pub http_method: Option<String>,
-    pub http_path: Option<String>,
-    pub user_agent: Option<String>,
-}
-
-/// Compact per-flow storage of [`FlowMeta`] (a flow table holds many; the public form is
-/// built on demand).
-#[derive(Debug, Default)]
-struct Meta {
-    ja4: Option<[u8; 36]>,
-    alpn: Box<[Box<str>]>,
-    /// 1: ECH extension present; 2: post-quantum key share.
-    bits: u8,
-    ech_grease: Option<bool>,
-    quic_version: Option<u32>,
-    extra: Option<Box<MetaExtra>>,
-}
-
-/// The rarer parts: HTTP and DNS flows.
-#[derive(Debug, Default)]
-struct MetaExtra {
-    dns_queries: Vec<Box<str>>,
-    http_method: Option<Box<str>>,
-    http_path: Option<Box<str>>,
-    user_agent: Option<Box<str>>,
-}
-
-impl Meta {
-    fn set_hello(
-        &mut self,
-        ch: &tls::ClientHello,
-        t: tls::Transport,
-        grease: Option<bool>,
-        with_ja4: bool,
-    ) {
-        if with_ja4 {
-            self.ja4 = ch.ja4(t).as_bytes().try_into().ok();
-        }
-        self.alpn = ch.alpn.iter().map(|a| a.as_str().into()).collect();
-        self.bits = u8::from(ch.ech.is_some()) | (u8::from(ch.has_pq_key_share()) << 1);
-        self.ech_grease = grease;
-    }
-
-    fn extra(&mut self) -> &mut MetaExtra {
-        self.extra.get_or_insert_with(Default::default)
-    }
-
-    fn to_public(&self) -> FlowMeta {
-        let x = self.extra.as_deref();
-        let s = |v: Option<&Box<str>>| v.map(|b| b.to_string());
-        FlowMeta {
-            ja4: self.ja4.map(|j| String::from_utf8_lossy(&j).into_owned()),
-            alpn: self.alpn.iter().map(|a| a.to_string()).collect(),
-            ech: self.bits & 1 != 0,
-            pq_key_share: self.bits & 2 != 0,
-            ech_grease: self.ech_grease,
-            quic_version: self.quic_version.map(|v| quic::VersionKind::of(v).label()),
-            dns_queries: x
-                .map(|x| x.dns_queries.iter().map(|q| q.to_string()).collect())
-                .unwrap_or_default(),
-            http_method: s(x.and_then(|x| x.http_method.as_ref())),
-            http_path: s(x.and_then(|x| x.http_path.as_ref())),
-            user_agent: s(x.and_then(|x| x.user_agent.as_ref())),
-        }
-    }
 }
 
 /// Counters about the table itself.
@@ -497,63 +417,6 @@ impl EchHints {
             Some(false) => Some(true),
             _ => None,
         }
-    }
-}
-
-/// Names shared between flows: a gateway sees the same few thousand names on most of its
-/// flows, so a flow holds a reference to one copy instead of a copy of its own.
-#[derive(Debug, Default)]
-struct Names {
-    set: HashSet<Arc<str>, ahash::RandomState>,
-}
-
-/// Longest name kept as sent: a DNS name has at most 253 characters in text form.
-pub const MAX_NAME_LEN: usize = 253;
-
-/// A name from the network as the flow table keeps it. An SNI, Host header or DNS name is
-/// attacker-chosen text that ends up in terminals, logs and reports, so only a plain host
-/// name is kept as sent: ASCII letters, digits, `-`, `_` and `.`, at most [`MAX_NAME_LEN`]
-/// bytes (an IP literal, as a Host header may carry, counts as plain too). Anything else is
-/// written with each other byte as `\xNN` (a backslash as `\x5c`), cut to
-/// [`MAX_NAME_LEN`] bytes on an escape boundary and then ending in `\~`: a backslash in a
-/// name always means "not as sent", and no escaped name can equal a real host name (so it
-/// never matches the catalog as one).
-pub fn clean_name(raw: &str) -> std::borrow::Cow<'_, str> {
-    let plain = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
-    if raw.len() <= MAX_NAME_LEN && (raw.bytes().all(plain) || raw.parse::<IpAddr>().is_ok()) {
-        return std::borrow::Cow::Borrowed(raw);
-    }
-    let mut out = String::with_capacity(raw.len().min(MAX_NAME_LEN + 2));
-    for b in raw.bytes() {
-        let piece_len = if plain(b) { 1 } else { 4 };
-        if out.len() + piece_len > MAX_NAME_LEN - 2 {
-            out.push_str("\\~");
-            return std::borrow::Cow::Owned(out);
-        }
-        if plain(b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("\\x{b:02x}"));
-        }
-    }
-    std::borrow::Cow::Owned(out)
-}
-
-impl Names {
-    /// The shared copy of `name` (validated by [`clean_name`]). Names no flow holds any
-    /// more are forgotten once the set has grown to twice the live flows, so it stays within
-    /// a small multiple of the table.
-    fn get(&mut self, name: &str, live_flows: usize) -> Arc<str> {
-        let name = &*clean_name(name);
-        if let Some(n) = self.set.get(name) {
-            return n.clone();
-        }
-        if self.set.len() >= live_flows.max(1024).saturating_mul(2) {
-            self.set.retain(|n| Arc::strong_count(n) > 1);
-        }
-        let n: Arc<str> = Arc::from(name);
-        self.set.insert(n.clone());
-        n
     }
 }
 
@@ -1107,7 +970,9 @@ impl FlowTable {
         let Some(r) = s.stream.as_ref() else { return };
         let buf = r.contiguous();
         let full = r.is_full();
-        let mut verdict_done = false;
+        // This side's stream has told all it will (a hello or head parsed, not one, or
+        // the buffer full): its parse state can go.
+        let mut side_judged = false;
         let mut found: Option<(String, NameSource)> = None;
         let mut sender_is_client: Option<bool> = None;
         let mut meta: Option<Meta> = None;
@@ -1125,12 +990,12 @@ impl FlowTable {
                         dns_msgs.push(m);
                     }
                     Ok(dns::TcpStatus::NeedMore(_)) => {
-                        verdict_done = full;
+                        side_judged = full;
                         break;
                     }
                     Err(e) => {
                         errs.push(format!("dns:{}", e.kind()));
-                        verdict_done = true;
+                        side_judged = true;
                         break;
                     }
                 }
@@ -1138,7 +1003,7 @@ impl FlowTable {
         } else {
             match tls::parse_record_stream(buf) {
                 Ok(tls::HelloStatus::Parsed(ch)) => {
-                    verdict_done = true;
+                    side_judged = true;
                     sender_is_client = Some(true);
                     if self.limits.meta {
                         let mut m = Meta::default();
@@ -1150,14 +1015,14 @@ impl FlowTable {
                         found = Some((sni, NameSource::Sni));
                     }
                 }
-                Ok(tls::HelloStatus::NeedMore(_)) => verdict_done = full,
+                Ok(tls::HelloStatus::NeedMore(_)) => side_judged = full,
                 Err(e) => {
                     errs.push(format!("tls:{}", e.kind()));
-                    verdict_done = true;
+                    side_judged = true;
                 }
                 Ok(tls::HelloStatus::NotTls) => match http::parse_request_head(buf) {
                     Ok(http::HttpStatus::Parsed(h)) => {
-                        verdict_done = true;
+                        side_judged = true;
                         sender_is_client = Some(true);
                         if let Some(host) = h.host_name() {
                             found = Some((host.to_string(), NameSource::Http));
@@ -1173,7 +1038,7 @@ impl FlowTable {
                     }
                     Ok(http::HttpStatus::NeedMore(_)) => {
                         if full {
-                            verdict_done = true;
+                            side_judged = true;
                         }
                         // A head cut by the cap or by the end of the capture still names the
                         // flow by its Host line; a later complete parse cannot disagree.
@@ -1192,15 +1057,15 @@ impl FlowTable {
                             }
                         }
                     }
-                    Ok(http::HttpStatus::NotHttp) => verdict_done = true,
+                    Ok(http::HttpStatus::NotHttp) => side_judged = true,
                     Err(e) => {
                         errs.push(format!("http:{}", e.kind()));
-                        verdict_done = true;
+                        side_judged = true;
                     }
                 },
             }
         }
-        if verdict_done {
+        if side_judged {
             s.kind = StreamKind::Done;
             if let Some(r) = s.stream.take() {
                 self.buffered = self.buffered.saturating_sub(r.buffered());
@@ -1600,11 +1465,7 @@ fn packet_evidence(
         match proto {
             L4Proto::Tcp => {
                 // A TLS handshake record holding a ClientHello, or an HTTP request line.
-                if payload.len() >= 6
-                    && payload.first() == Some(&0x16)
-                    && payload.get(1) == Some(&3)
-                    && payload.get(5) == Some(&1)
-                {
+                if tls::starts_client_hello_record(payload) {
                     return Some((true, Evidence::Payload));
                 }
                 if http::looks_like_request(payload) && payload.len() >= 4 {
@@ -2368,23 +2229,6 @@ mod tests {
     }
 
     #[test]
-    fn names_are_shared_and_the_set_stays_bounded() {
-        let mut names = Names::default();
-        let a = names.get("www.example.com", 10);
-        let b = names.get("www.example.com", 10);
-        assert!(Arc::ptr_eq(&a, &b));
-        // Names nobody holds are forgotten once the set reaches twice max(live, 1024).
-        for i in 0..10_000 {
-            let _ = names.get(&format!("n{i}.example"), 10);
-            assert!(names.set.len() <= 2048 + 1, "{}", names.set.len());
-        }
-        assert!(
-            names.set.contains("www.example.com"),
-            "still held by a and b"
-        );
-    }
-
-    #[test]
     fn client_mac_follows_the_client_side() {
         let mut t = FlowTable::new(FlowTableLimits::default());
         let (user, server) = ([192, 168, 1, 9], [203, 0, 113, 5]);
@@ -2448,51 +2292,6 @@ mod tests {
         assert_eq!(r[0].name_source, Some(NameSource::Http));
         assert_eq!(t.drain_finished().len(), 1);
         assert_eq!(t.records().count(), 0);
-    }
-
-    #[test]
-    fn names_from_the_network_are_validated_at_ingestion() {
-        assert_eq!(clean_name("www.Example-1_a.com"), "www.Example-1_a.com");
-        assert_eq!(clean_name("2001:db8::1"), "2001:db8::1");
-        assert_eq!(clean_name("a\u{1b}[2J.com"), "a\\x1b\\x5b2J.com");
-        assert_eq!(clean_name("caf\u{e9}.com"), "caf\\xc3\\xa9.com");
-        assert_eq!(
-            clean_name("a\\x41"),
-            "a\\x5cx41",
-            "a backslash is escaped too"
-        );
-        let long = clean_name(&"a".repeat(300)).into_owned();
-        assert!(
-            long.len() <= MAX_NAME_LEN && long.ends_with("\\~"),
-            "{long}"
-        );
-        let long = clean_name(&"\u{e9}".repeat(300)).into_owned();
-        assert!(
-            long.len() <= MAX_NAME_LEN && long.ends_with("\\~"),
-            "{long}"
-        );
-        assert_eq!(clean_name(&"a".repeat(253)).len(), 253);
-
-        // Through the table: an SNI with an escape sequence and a multi-byte character.
-        let mut t = FlowTable::new(FlowTableLimits::default());
-        let sni = "x\u{1b}]0;owned\u{7}\u{e9}.example";
-        t.observe_packet(&pkt(
-            [10, 0, 0, 2],
-            50000,
-            [192, 0, 2, 1],
-            443,
-            L4Proto::Tcp,
-            1,
-            tcp_flags::ACK | tcp_flags::PSH,
-            &hello(sni),
-            0,
-        ));
-        let r: Vec<FlowRecord> = t.records().collect();
-        assert_eq!(
-            r[0].name.as_deref(),
-            Some("x\\x1b\\x5d0\\x3bowned\\x07\\xc3\\xa9.example")
-        );
-        assert_eq!(r[0].name_source, Some(NameSource::Sni));
     }
 
     fn live(
@@ -2598,5 +2397,50 @@ mod tests {
         // A copy carries its own answers only: nothing is held for the next one.
         let seen = t.observe_payload(&live_dns(CLIENT, RESOLVER, Direction::Up, &q, 2));
         assert!(seen.dns_answers.is_empty());
+    }
+
+    #[test]
+    fn names_from_the_network_are_validated_at_ingestion() {
+        assert_eq!(clean_name("www.Example-1_a.com"), "www.Example-1_a.com");
+        assert_eq!(clean_name("2001:db8::1"), "2001:db8::1");
+        assert_eq!(clean_name("a\u{1b}[2J.com"), "a\\x1b\\x5b2J.com");
+        assert_eq!(clean_name("caf\u{e9}.com"), "caf\\xc3\\xa9.com");
+        assert_eq!(
+            clean_name("a\\x41"),
+            "a\\x5cx41",
+            "a backslash is escaped too"
+        );
+        let long = clean_name(&"a".repeat(300)).into_owned();
+        assert!(
+            long.len() <= MAX_NAME_LEN && long.ends_with("\\~"),
+            "{long}"
+        );
+        let long = clean_name(&"\u{e9}".repeat(300)).into_owned();
+        assert!(
+            long.len() <= MAX_NAME_LEN && long.ends_with("\\~"),
+            "{long}"
+        );
+        assert_eq!(clean_name(&"a".repeat(253)).len(), 253);
+
+        // Through the table: an SNI with an escape sequence and a multi-byte character.
+        let mut t = FlowTable::new(FlowTableLimits::default());
+        let sni = "x\u{1b}]0;owned\u{7}\u{e9}.example";
+        t.observe_packet(&pkt(
+            [10, 0, 0, 2],
+            50000,
+            [192, 0, 2, 1],
+            443,
+            L4Proto::Tcp,
+            1,
+            tcp_flags::ACK | tcp_flags::PSH,
+            &hello(sni),
+            0,
+        ));
+        let r: Vec<FlowRecord> = t.records().collect();
+        assert_eq!(
+            r[0].name.as_deref(),
+            Some("x\\x1b\\x5d0\\x3bowned\\x07\\xc3\\xa9.example")
+        );
+        assert_eq!(r[0].name_source, Some(NameSource::Sni));
     }
 }
