@@ -33,20 +33,23 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use tollgate_wire::reasm::{CryptoReassembler, TcpReassembler};
-use tollgate_wire::{dns, http, quic, tls};
+use tollgate_wire::{dns, http};
 
 use crate::packet::{PacketView, tcp_flags};
 use crate::record::{FlowRecord, L4Proto, NameSource};
 
+mod evidence;
 mod meta;
 mod names;
-mod quic_recheck;
+mod quic;
+mod tcp;
 
+use evidence::{Evidence, packet_evidence, set_client};
 pub use meta::FlowMeta;
 use meta::Meta;
 use names::Names;
 pub use names::{MAX_NAME_LEN, clean_name};
-use quic_recheck::QuicRecheck;
+use quic::QuicRecheck;
 
 /// Fixed capacities and timeouts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,16 +241,6 @@ pub struct FlowTableStats {
     pub quic_renamed: u64,
     /// QUIC-named flows no longer read for later Initials because too many were followed.
     pub quic_recheck_forgotten: u64,
-}
-
-/// Strength of the evidence for which side is the client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Evidence {
-    FirstPacket = 0,
-    Port = 1,
-    Payload = 2,
-    Syn = 3,
-    Given = 4,
 }
 
 type Endpoint = (IpAddr, u16);
@@ -956,161 +949,6 @@ impl FlowTable {
         }
     }
 
-    /// Try to name a TCP flow from one side's contiguous stream.
-    fn tcp_stream(&mut self, ck: CanonKey, side: usize, ts: DateTime<Utc>) {
-        let Some(f) = self.flows.get_mut(&ck) else {
-            return;
-        };
-        let Some(insp) = f.inspect.as_deref_mut() else {
-            return;
-        };
-        let Some(s) = insp.sides.get_mut(side) else {
-            return;
-        };
-        let Some(r) = s.stream.as_ref() else { return };
-        let buf = r.contiguous();
-        let full = r.is_full();
-        // This side's stream has told all it will (a hello or head parsed, not one, or
-        // the buffer full): its parse state can go.
-        let mut side_judged = false;
-        let mut found: Option<(String, NameSource)> = None;
-        let mut sender_is_client: Option<bool> = None;
-        let mut meta: Option<Meta> = None;
-        let mut errs: Vec<String> = Vec::new();
-        let mut dns_msgs: Vec<dns::Message> = Vec::new();
-        if s.kind == StreamKind::Dns
-            || (s.kind == StreamKind::Unknown && (ck.a.1 == 53 || ck.b.1 == 53))
-        {
-            s.kind = StreamKind::Dns;
-            loop {
-                let rest = buf.get(s.dns_parsed..).unwrap_or(&[]);
-                match dns::parse_tcp_stream(rest) {
-                    Ok(dns::TcpStatus::Parsed(m, n)) => {
-                        s.dns_parsed += n;
-                        dns_msgs.push(m);
-                    }
-                    Ok(dns::TcpStatus::NeedMore(_)) => {
-                        side_judged = full;
-                        break;
-                    }
-                    Err(e) => {
-                        errs.push(format!("dns:{}", e.kind()));
-                        side_judged = true;
-                        break;
-                    }
-                }
-            }
-        } else {
-            match tls::parse_record_stream(buf) {
-                Ok(tls::HelloStatus::Parsed(ch)) => {
-                    side_judged = true;
-                    sender_is_client = Some(true);
-                    if self.limits.meta {
-                        let mut m = Meta::default();
-                        let grease = self.ech.grease(ch.sni.as_deref(), ch.ech.is_some());
-                        m.set_hello(&ch, tls::Transport::Tcp, grease, self.limits.fingerprints);
-                        meta = Some(m);
-                    }
-                    if let Some(sni) = ch.sni {
-                        found = Some((sni, NameSource::Sni));
-                    }
-                }
-                Ok(tls::HelloStatus::NeedMore(_)) => side_judged = full,
-                Err(e) => {
-                    errs.push(format!("tls:{}", e.kind()));
-                    side_judged = true;
-                }
-                Ok(tls::HelloStatus::NotTls) => match http::parse_request_head(buf) {
-                    Ok(http::HttpStatus::Parsed(h)) => {
-                        side_judged = true;
-                        sender_is_client = Some(true);
-                        if let Some(host) = h.host_name() {
-                            found = Some((host.to_string(), NameSource::Http));
-                        }
-                        if self.limits.meta {
-                            let mut m = Meta::default();
-                            let x = m.extra();
-                            x.http_method = Some(h.method.as_str().into());
-                            x.http_path = Some(h.path.as_str().into());
-                            x.user_agent = h.user_agent.as_deref().map(Into::into);
-                            meta = Some(m);
-                        }
-                    }
-                    Ok(http::HttpStatus::NeedMore(_)) => {
-                        if full {
-                            side_judged = true;
-                        }
-                        // A head cut by the cap or by the end of the capture still names the
-                        // flow by its Host line; a later complete parse cannot disagree.
-                        if let Some(h) = http::partial_host(buf) {
-                            sender_is_client = Some(true);
-                            let probe = http::RequestHead {
-                                method: String::new(),
-                                path: String::new(),
-                                version: 1,
-                                host: Some(h),
-                                user_agent: None,
-                                head_len: 0,
-                            };
-                            if let Some(n) = probe.host_name() {
-                                found = Some((n.to_string(), NameSource::Http));
-                            }
-                        }
-                    }
-                    Ok(http::HttpStatus::NotHttp) => side_judged = true,
-                    Err(e) => {
-                        errs.push(format!("http:{}", e.kind()));
-                        side_judged = true;
-                    }
-                },
-            }
-        }
-        if side_judged {
-            s.kind = StreamKind::Done;
-            if let Some(r) = s.stream.take() {
-                self.buffered = self.buffered.saturating_sub(r.buffered());
-            }
-            // Both directions judged: the per-flow parse state is no longer needed.
-            if insp.sides.iter().all(|x| x.kind == StreamKind::Done) {
-                f.inspect = None;
-            }
-        }
-        for e in errs {
-            *self.stats.parse_errors.entry(e).or_default() += 1;
-        }
-        for m in dns_msgs {
-            self.dns_message(ck, side, ts, &m);
-        }
-        let live = self.flows.len();
-        let Some(f) = self.flows.get_mut(&ck) else {
-            return;
-        };
-        if let Some(c) = sender_is_client {
-            set_client(f, side, c, Evidence::Payload);
-        }
-        if let Some(m) = meta
-            && f.meta.is_none()
-        {
-            f.meta = Some(Box::new(m));
-        }
-        if let Some((name, src)) = found
-            && f.name.is_none()
-        {
-            *self
-                .stats
-                .names_by_source
-                .entry(source_label(src))
-                .or_default() += 1;
-            f.name = Some(self.names.get(&name, live));
-            f.name_source = Some(src);
-            // Named: the buffers are no longer needed.
-            if ck.a.1 != 53 && ck.b.1 != 53 {
-                let insp = f.inspect.take();
-                self.release(insp.as_deref());
-            }
-        }
-    }
-
     fn udp_dns(&mut self, ck: CanonKey, side: usize, ts: DateTime<Utc>, payload: &[u8]) {
         match dns::parse_message(payload) {
             Ok(m) => self.dns_message(ck, side, ts, &m),
@@ -1255,129 +1093,6 @@ impl FlowTable {
             },
         );
     }
-
-    fn udp_quic(&mut self, ck: CanonKey, side: usize, payload: &[u8]) {
-        let limits = self.limits.clone();
-        let live = self.flows.len();
-        let Some(f) = self.flows.get_mut(&ck) else {
-            return;
-        };
-        // Packets from a side known to be the server are not client Initials.
-        if f.evidence >= Evidence::Payload && usize::from(f.client) != side {
-            return;
-        }
-        let Some(version) = quic::sniff_version(payload) else {
-            return;
-        };
-        let kind = quic::VersionKind::of(version);
-        if matches!(
-            kind,
-            quic::VersionKind::Negotiation
-                | quic::VersionKind::Grease
-                | quic::VersionKind::Unknown(_)
-        ) {
-            return;
-        }
-        let insp = f.inspect.get_or_insert_with(new_inspect);
-        let Some(s) = insp.sides.get_mut(side) else {
-            return;
-        };
-        if s.inspected >= limits.max_inspect_packets {
-            return;
-        }
-        s.inspected += 1;
-        // Without `limits.meta` the parse still runs (it names the flow); what it tells
-        // beyond the name goes to a scratch value that is dropped.
-        let mut scratch = Meta::default();
-        let meta = if limits.meta {
-            f.meta.get_or_insert_with(Default::default)
-        } else {
-            &mut scratch
-        };
-        if meta.quic_version.is_none() {
-            meta.quic_version = Some(version);
-        }
-        let d = match quic::parse_client_datagram_with(payload, insp.quic_dcid.as_deref()) {
-            Ok(d) => {
-                if insp.quic_dcid.is_none() && d.initials > 0 {
-                    insp.quic_dcid = Some(d.dcid.clone());
-                }
-                d
-            }
-            Err(tollgate_wire::Error::Decrypt) => {
-                self.stats.quic_undecryptable += 1;
-                return;
-            }
-            Err(e) => {
-                *self
-                    .stats
-                    .parse_errors
-                    .entry(format!("quic:{}", e.kind()))
-                    .or_default() += 1;
-                return;
-            }
-        };
-        let mut found: Option<String> = None;
-        let mut client_hello: Option<tls::ClientHello> = None;
-        let mut err: Option<String> = None;
-        if let Some(chlo) = &d.chlo {
-            found = chlo.sni.clone();
-            if let Some(ua) = &chlo.user_agent {
-                meta.extra().user_agent = Some(ua.as_str().into());
-            }
-        }
-        let is_initial_sender = d.initials > 0 || d.chlo.is_some();
-        if !d.crypto.is_empty() {
-            let c = insp
-                .crypto
-                .get_or_insert_with(|| CryptoReassembler::new(limits.max_stream_bytes));
-            let before = c.dropped_bytes;
-            let held = c.buffered();
-            let incoming: usize = d.crypto.iter().map(|f| f.data.len()).sum();
-            if self.buffered + incoming > limits.max_buffered_bytes {
-                self.stats.buffer_budget_drops += 1;
-            } else {
-                for fr in &d.crypto {
-                    c.insert(fr.offset, &fr.data);
-                }
-            }
-            self.buffered = (self.buffered + c.buffered()).saturating_sub(held);
-            self.stats.reassembly_dropped_bytes += c.dropped_bytes - before;
-            match tls::parse_handshake_stream(c.contiguous()) {
-                Ok(tls::HelloStatus::Parsed(ch)) => client_hello = Some(ch),
-                Ok(_) => {}
-                Err(e) => err = Some(format!("quic-tls:{}", e.kind())),
-            }
-        }
-        if let Some(e) = err {
-            *self.stats.parse_errors.entry(e).or_default() += 1;
-            if let Some(c) = insp.crypto.take() {
-                self.buffered = self.buffered.saturating_sub(c.buffered());
-            }
-        }
-        if let Some(ch) = client_hello {
-            let grease = self.ech.grease(ch.sni.as_deref(), ch.ech.is_some());
-            meta.set_hello(&ch, tls::Transport::Quic, grease, self.limits.fingerprints);
-            found = ch.sni;
-            if let Some(c) = insp.crypto.take() {
-                self.buffered = self.buffered.saturating_sub(c.buffered());
-            }
-            // The hello is done: nothing more to learn from this flow's Initials.
-            if let Some(s) = insp.sides.get_mut(side) {
-                s.inspected = limits.max_inspect_packets;
-            }
-        }
-        if is_initial_sender {
-            set_client(f, side, true, Evidence::Payload);
-        }
-        if let Some(n) = found.filter(|n| !n.is_empty())
-            && f.name.is_none()
-        {
-            *self.stats.names_by_source.entry("quic").or_default() += 1;
-            f.name = Some(self.names.get(&n, live));
-            f.name_source = Some(NameSource::Quic);
-        }
-    }
 }
 
 fn new_inspect() -> Box<Inspect> {
@@ -1393,14 +1108,6 @@ fn normalize_qname(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
 }
 
-fn set_client(f: &mut Flow, side: usize, sender_is_client: bool, strength: Evidence) {
-    // Only stronger evidence changes an earlier decision.
-    if strength > f.evidence {
-        f.client = u8::from((if sender_is_client { side } else { 1 - side }) == 1);
-        f.evidence = strength;
-    }
-}
-
 fn source_label(s: NameSource) -> &'static str {
     match s {
         NameSource::Sni => "sni",
@@ -1408,84 +1115,6 @@ fn source_label(s: NameSource) -> &'static str {
         NameSource::Dns => "dns",
         NameSource::Http => "http",
         NameSource::Log => "log",
-    }
-}
-
-/// Ports that mark the server side of a flow when nothing better is known.
-fn is_service_port(p: u16) -> bool {
-    p < 1024
-        || matches!(
-            p,
-            1080 | 1194
-                | 1433
-                | 1521
-                | 1723
-                | 1883
-                | 3128
-                | 3306
-                | 3389
-                | 3478
-                | 4443
-                | 5060
-                | 5061
-                | 5222
-                | 5228
-                | 5353
-                | 5432
-                | 5938
-                | 6379
-                | 8000
-                | 8008
-                | 8080
-                | 8081
-                | 8443
-                | 8801
-                | 8802
-                | 8883
-                | 8888
-                | 9000
-                | 9443
-                | 19302
-        )
-}
-
-/// Client evidence carried by one packet alone (no flow state): SYN flags, a payload that
-/// only a client sends, or ports.
-fn packet_evidence(
-    proto: L4Proto,
-    sender: Endpoint,
-    receiver: Endpoint,
-    flags: u8,
-    payload: &[u8],
-) -> Option<(bool, Evidence)> {
-    if proto == L4Proto::Tcp && flags & tcp_flags::SYN != 0 {
-        return Some((flags & tcp_flags::ACK == 0, Evidence::Syn));
-    }
-    if !payload.is_empty() {
-        match proto {
-            L4Proto::Tcp => {
-                // A TLS handshake record holding a ClientHello, or an HTTP request line.
-                if tls::starts_client_hello_record(payload) {
-                    return Some((true, Evidence::Payload));
-                }
-                if http::looks_like_request(payload) && payload.len() >= 4 {
-                    return Some((true, Evidence::Payload));
-                }
-            }
-            L4Proto::Udp => {
-                if (sender.1 == 53 || receiver.1 == 53) && payload.len() >= 12 {
-                    let qr = payload.get(2).is_some_and(|b| b & 0x80 != 0);
-                    return Some((!qr, Evidence::Payload));
-                }
-            }
-        }
-    }
-    let (s, r) = (is_service_port(sender.1), is_service_port(receiver.1));
-    match (s, r) {
-        (false, true) => Some((true, Evidence::Port)),
-        (true, false) => Some((false, Evidence::Port)),
-        (true, true) if sender.1 != receiver.1 => Some((sender.1 > receiver.1, Evidence::Port)),
-        _ => None,
     }
 }
 
