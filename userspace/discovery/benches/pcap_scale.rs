@@ -166,7 +166,7 @@ fn main() {
                 tcp_flags: tcp_flags::ACK,
                 payload: seg,
             };
-            named += u32::from(daemon.observe_payload_naming(&obs).is_some());
+            named += u32::from(daemon.observe_payload(&obs).named.is_some());
         }
     }
     let daemon_rate = f64::from(FLOWS) / t.elapsed().as_secs_f64();
@@ -198,7 +198,7 @@ fn main() {
         s.buffered_bytes
     );
     println!(
-        "  daemon limits (no JA4, no meta), observe_payload_naming {:>9.0} new named flows/s ({:.2}x the default limits), {:.1} MiB resident ({} bytes/flow)",
+        "  daemon limits (no JA4, no meta), observe_payload {:>9.0} new named flows/s ({:.2}x the default limits), {:.1} MiB resident ({} bytes/flow)",
         daemon_rate,
         daemon_rate / live_rate,
         (rss3.saturating_sub(rss2)) as f64 / 1024.0,

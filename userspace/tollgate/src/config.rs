@@ -16,7 +16,7 @@ use tollgate_policy::{AppSettings, TagRule};
 pub const DEFAULT_CONFIG: &str = include_str!("../../../configs/default.toml");
 
 /// The whole config file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// `monitor` observes and logs what would be blocked; `enforce` blocks.
@@ -72,7 +72,7 @@ pub struct Config {
     pub discovery: DiscoveryConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiscoveryConfig {
     /// Hours of per-hour history `tollgate apps` keeps; older hours are forgotten so a
@@ -110,7 +110,7 @@ impl fmt::Display for Mode {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InterfaceConfig {
     pub name: String,
@@ -136,7 +136,7 @@ impl fmt::Display for Role {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FlowsConfig {
     /// Flows tracked at once; the oldest idle flows are evicted beyond it.

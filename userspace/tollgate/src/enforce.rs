@@ -42,14 +42,14 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
-use tollgate_catalog::{Catalog, IpNet};
+use tollgate_catalog::{Catalog, IpNet, Match};
 use tollgate_dataplane::{Action, Dataplane, DataplaneError, NameRule};
 use tollgate_policy::{
     AppNumbers, Decision, NameAction, PlanOptions, ProtectedAddrs, Protection, TagBook, VerdictPlan,
 };
 
 /// The `[enforcement]` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnforcementConfig {
     /// Cut flows of an app that is newly tagged unsanctioned (`tollgate app tag`), not only
@@ -335,6 +335,7 @@ pub struct Enforcer {
     /// Apps under session control: their domain rules go to the kernel flagged, so that the
     /// probes refuse a direct flow whose hello names them and hold DNS answers for them.
     session_apps: HashSet<String>,
+    /// Flows blocked by a verdict written from userspace (names the kernel could not read).
     pub flows_blocked: u64,
 }
 
@@ -710,17 +711,21 @@ impl Enforcer {
         }
     }
 
-    /// A flow was named in userspace: block it if its app is unsanctioned. Returns the
-    /// decision and app for logging.
+    /// A flow was named in userspace and the name classified (`classified`, the caller's
+    /// one lookup): block it if its app is unsanctioned. Returns the decision and app for
+    /// logging.
     pub fn on_named_flow<'c>(
         &mut self,
         dp: &mut Dataplane,
-        catalog: &'c Catalog,
+        catalog: &Catalog,
         tags: &TagBook,
         key: &tollgate_dataplane::abi::FlowKey,
-        name: &str,
+        classified: Option<&Match<'c>>,
     ) -> Result<Option<(&'c str, Decision)>, DataplaneError> {
-        let decided = decide_name(catalog, tags, name, self.enforce);
+        let decided = classified.map(|m| {
+            let app: &'c str = m.app.id.as_str();
+            (app, tags.decide(catalog, app, self.enforce))
+        });
         match decided {
             Some((app, Decision::Block)) => {
                 let number = self.number(app);
@@ -746,10 +751,6 @@ impl Enforcer {
     /// origin's own answer.
     pub fn kernel_blocks_name(&self, name: &str) -> bool {
         self.held.blocks_name(name)
-    }
-
-    pub fn enforcing(&self) -> bool {
-        self.enforce
     }
 
     pub fn cut_existing_flows(&self) -> bool {

@@ -3,6 +3,8 @@
 //! catalog, the policy and the discovery aggregates. `main.rs` only parses the command line
 //! and calls in here, so that tests can reach every piece.
 #![forbid(unsafe_code)]
+// `status --json` is one `serde_json::json!` literal with many keys.
+#![recursion_limit = "256"]
 
 /// `println!` that never panics: a reader that went away (`tollgate flows | head`, a
 /// closed terminal) is not an error worth dying for.
@@ -30,6 +32,5 @@ pub mod daemon;
 pub mod enforce;
 pub mod netns;
 pub mod pressure;
-pub mod quic_recheck;
 pub mod session;
 pub mod view;

@@ -14,22 +14,12 @@ pub const WATCHED: [&str; 3] = ["ring_drops", "flow_map_full", "hello_map_full"]
 pub const WARN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The counters seen at the last warning (or at start), and when it was.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct PressureWatch {
     reported: Option<[u64; WATCHED.len()]>,
     last_warning: Option<Instant>,
     /// Warnings given since start.
     pub warnings: u64,
-}
-
-impl Default for PressureWatch {
-    fn default() -> Self {
-        PressureWatch {
-            reported: None,
-            last_warning: None,
-            warnings: 0,
-        }
-    }
 }
 
 impl PressureWatch {

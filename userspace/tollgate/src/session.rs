@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use tokio::sync::watch;
-use tollgate_catalog::Catalog;
+use tollgate_catalog::{Catalog, Match};
 use tollgate_dataplane::{Dataplane, ListenerFamilies, PayloadEvent, PolicyRoute, abi};
 use tollgate_policy::ProtectedAddrs;
 use tollgate_proxy::{AppInfo, PolicySet, ProxyConfig, ProxyHandle, SessionProxy};
@@ -220,8 +220,13 @@ impl SessionControl {
 
     /// The app under session control that `name` belongs to, if any.
     pub fn app_of<'c>(&self, catalog: &'c Catalog, name: &str) -> Option<&'c str> {
-        let m = catalog.classify_name(name)?;
-        self.apps.contains(&m.app.id).then_some(m.app.id.as_str())
+        self.app_of_match(catalog.classify_name(name).as_ref())
+    }
+
+    /// The app under session control of a classified name, if any.
+    fn app_of_match<'c>(&self, classified: Option<&Match<'c>>) -> Option<&'c str> {
+        let app = classified?.app;
+        self.apps.contains(&app.id).then_some(app.id.as_str())
     }
 
     /// A DNS answer for `user` mapped `name` to `ip`: steer the address for everyone when the
@@ -292,13 +297,13 @@ impl SessionControl {
         true
     }
 
-    /// A QUIC flow whose Initial names `name`: the app when the name is an app's under
+    /// A QUIC flow whose Initial names an app (`classified`): the app when it is one under
     /// session control, so the caller refuses the flow (the browser falls back to TCP, where
     /// the probes handle the hello). Nothing is steered: an Initial proves nothing about the
     /// address it was sent to. (Initials toward addresses DNS steered never get here: the
     /// probes refuse them.)
-    pub fn on_quic_name<'c>(&mut self, catalog: &'c Catalog, name: &str) -> Option<&'c str> {
-        let app = self.app_of(catalog, name)?;
+    pub fn on_quic_name<'c>(&mut self, classified: Option<&Match<'c>>) -> Option<&'c str> {
+        let app = self.app_of_match(classified)?;
         self.counts.quic_refused += 1;
         Some(app)
     }

@@ -104,6 +104,16 @@ pub enum Transport {
     Dtls,
 }
 
+/// Whether `buf` starts like a TLS handshake record holding a ClientHello (content type,
+/// major version 3, handshake type; nothing else is checked): a cheap sign, from one
+/// segment, that its sender is the client.
+pub fn starts_client_hello_record(buf: &[u8]) -> bool {
+    buf.len() >= 6
+        && buf.first() == Some(&CONTENT_HANDSHAKE)
+        && buf.get(1) == Some(&3)
+        && buf.get(5) == Some(&HS_CLIENT_HELLO)
+}
+
 /// Parse a TCP stream that starts with TLS records. `buf` is every byte the client sent from
 /// the start of the stream (or a prefix of it).
 pub fn parse_record_stream(buf: &[u8]) -> Result<HelloStatus> {
@@ -490,6 +500,15 @@ fn truncated_hash(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_hello_record_is_told_from_its_first_bytes() {
+        assert!(starts_client_hello_record(&[0x16, 3, 1, 0, 200, 1]));
+        // Another handshake message, another content type, or too short: no.
+        assert!(!starts_client_hello_record(&[0x16, 3, 3, 0, 200, 2]));
+        assert!(!starts_client_hello_record(&[0x17, 3, 3, 0, 200, 1]));
+        assert!(!starts_client_hello_record(&[0x16, 3, 1, 0, 200]));
+    }
 
     /// A TLS 1.3 ClientHello from curl (OpenSSL), SNI example.ulfheim.net, from RFC 8448-like
     /// layout; built here field by field so that every length is exercised.

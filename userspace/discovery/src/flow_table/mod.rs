@@ -32,11 +32,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use tollgate_wire::http;
 use tollgate_wire::reasm::{CryptoReassembler, TcpReassembler};
-use tollgate_wire::{dns, http, quic, tls};
 
 use crate::packet::{PacketView, tcp_flags};
 use crate::record::{FlowRecord, L4Proto, NameSource};
+
+mod dns_answers;
+mod evidence;
+mod meta;
+mod names;
+mod quic;
+mod tcp;
+
+use dns_answers::{PendingKey, PendingQuery};
+use evidence::{Evidence, packet_evidence, set_client};
+pub use meta::FlowMeta;
+use meta::Meta;
+use names::Names;
+pub use names::{MAX_NAME_LEN, clean_name};
+use quic::QuicRecheck;
 
 /// Fixed capacities and timeouts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,12 +91,9 @@ pub struct FlowTableLimits {
     pub max_pending_dns: usize,
     /// How long a query waits for its answer (resolvers give up after a few seconds).
     pub dns_query_timeout: Duration,
-    /// Longest TTL believed, for the cache and for [`FlowTable::take_dns_answers`]: an
-    /// answer's TTL is chosen by whoever wrote it (up to 136 years).
+    /// Longest TTL believed, for the cache and for [`Observed::dns_answers`]: an answer's
+    /// TTL is chosen by whoever wrote it (up to 136 years).
     pub dns_max_ttl: Duration,
-    /// Keep matched answers for [`FlowTable::take_dns_answers`] (the daemon takes them after
-    /// every event; at most [`MAX_DNS_ANSWERS_HELD`] wait).
-    pub collect_dns_answers: bool,
 }
 
 impl Default for FlowTableLimits {
@@ -101,14 +113,9 @@ impl Default for FlowTableLimits {
             max_pending_dns: 16_384,
             dns_query_timeout: Duration::from_secs(15),
             dns_max_ttl: Duration::from_secs(86_400),
-            collect_dns_answers: false,
         }
     }
 }
-
-/// Addresses from matched DNS answers waiting for [`FlowTable::take_dns_answers`], at most
-/// (one answer holds at most 64 records; a caller that never takes them loses the oldest).
-pub const MAX_DNS_ANSWERS_HELD: usize = 4096;
 
 /// An address a DNS answer gave for a name, from an answer that matched its client's query.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +127,26 @@ pub struct DnsAnswer {
     pub ip: IpAddr,
     /// The record's TTL, capped at [`FlowTableLimits::dns_max_ttl`].
     pub ttl: Duration,
+}
+
+/// What one live payload copy taught the table: everything its one parse found that a caller
+/// acting on flows (enforcement) needs, so that the caller parses nothing itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// The flow's own name (as [`FlowTable::own_name`] gives it) when this very copy named
+    /// the flow: reported once per flow, the moment a caller that acts once per named flow
+    /// acts, without keeping a set of the flows it already saw.
+    pub named: Option<(Arc<str>, NameSource)>,
+    /// The Host of a complete request head the user sent on a TCP connection this copy did
+    /// not name (a kept-alive connection reused for another Host), as the head wrote it.
+    pub later_http_host: Option<String>,
+    /// The name a later client Initial of a QUIC-named flow gave when it names another
+    /// server than the flow was last named or renamed by (the real Initial after a decoy the
+    /// server dropped). The flow's own name stays the first one.
+    pub quic_renamed: Option<String>,
+    /// Addresses of the DNS answers this copy carried (with
+    /// [`FlowTableLimits::dns_answers_need_query`], only answers to a query of their client).
+    pub dns_answers: Vec<DnsAnswer>,
 }
 
 /// Which way a live payload copy travelled. Up is from the user (LAN side).
@@ -167,92 +194,6 @@ pub struct Counters {
     pub tcp_flags: u8,
 }
 
-/// What the first flight told beyond the name.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FlowMeta {
-    pub ja4: Option<String>,
-    pub alpn: Vec<String>,
-    /// The ClientHello carried an encrypted_client_hello extension.
-    pub ech: bool,
-    /// The ClientHello offered a post-quantum hybrid key share (X25519MLKEM768...).
-    pub pq_key_share: bool,
-    /// For a hello with ECH: `Some(true)` when it must be GREASE (a DNS HTTPS record for
-    /// the name was seen and published no ECH config), `Some(false)` when it is real ECH
-    /// (the outer SNI is the public_name of an ECH config seen in DNS), `None` when the
-    /// table cannot tell (GREASE is built to look real).
-    pub ech_grease: Option<bool>,
-    /// QUIC version label ("V-1", "Draft-29", "Q046"...), for QUIC flows.
-    pub quic_version: Option<String>,
-    /// Every distinct question name seen on a DNS flow (queries and responses), up to
-    /// [`MAX_DNS_QUERIES_KEPT`]; the flow's name is the first.
-    pub dns_queries: Vec<String>,
-    pub http_method: Option<String>,
-    pub http_path: Option<String>,
-    pub user_agent: Option<String>,
-}
-
-/// Compact per-flow storage of [`FlowMeta`] (a flow table holds many; the public form is
-/// built on demand).
-#[derive(Debug, Default)]
-struct Meta {
-    ja4: Option<[u8; 36]>,
-    alpn: Box<[Box<str>]>,
-    /// 1: ECH extension present; 2: post-quantum key share.
-    bits: u8,
-    ech_grease: Option<bool>,
-    quic_version: Option<u32>,
-    extra: Option<Box<MetaExtra>>,
-}
-
-/// The rarer parts: HTTP and DNS flows.
-#[derive(Debug, Default)]
-struct MetaExtra {
-    dns_queries: Vec<Box<str>>,
-    http_method: Option<Box<str>>,
-    http_path: Option<Box<str>>,
-    user_agent: Option<Box<str>>,
-}
-
-impl Meta {
-    fn set_hello(
-        &mut self,
-        ch: &tls::ClientHello,
-        t: tls::Transport,
-        grease: Option<bool>,
-        with_ja4: bool,
-    ) {
-        if with_ja4 {
-            self.ja4 = ch.ja4(t).as_bytes().try_into().ok();
-        }
-        self.alpn = ch.alpn.iter().map(|a| a.as_str().into()).collect();
-        self.bits = u8::from(ch.ech.is_some()) | (u8::from(ch.has_pq_key_share()) << 1);
-        self.ech_grease = grease;
-    }
-
-    fn extra(&mut self) -> &mut MetaExtra {
-        self.extra.get_or_insert_with(Default::default)
-    }
-
-    fn to_public(&self) -> FlowMeta {
-        let x = self.extra.as_deref();
-        let s = |v: Option<&Box<str>>| v.map(|b| b.to_string());
-        FlowMeta {
-            ja4: self.ja4.map(|j| String::from_utf8_lossy(&j).into_owned()),
-            alpn: self.alpn.iter().map(|a| a.to_string()).collect(),
-            ech: self.bits & 1 != 0,
-            pq_key_share: self.bits & 2 != 0,
-            ech_grease: self.ech_grease,
-            quic_version: self.quic_version.map(|v| quic::VersionKind::of(v).label()),
-            dns_queries: x
-                .map(|x| x.dns_queries.iter().map(|q| q.to_string()).collect())
-                .unwrap_or_default(),
-            http_method: s(x.and_then(|x| x.http_method.as_ref())),
-            http_path: s(x.and_then(|x| x.http_path.as_ref())),
-            user_agent: s(x.and_then(|x| x.user_agent.as_ref())),
-        }
-    }
-}
-
 /// Counters about the table itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FlowTableStats {
@@ -298,16 +239,10 @@ pub struct FlowTableStats {
     pub dns_queries_pending: usize,
     /// Records whose TTL was above [`FlowTableLimits::dns_max_ttl`] (used capped).
     pub dns_ttl_capped: u64,
-}
-
-/// Strength of the evidence for which side is the client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Evidence {
-    FirstPacket = 0,
-    Port = 1,
-    Payload = 2,
-    Syn = 3,
-    Given = 4,
+    /// QUIC flows renamed by a later Initial ([`Observed::quic_renamed`]).
+    pub quic_renamed: u64,
+    /// QUIC-named flows no longer read for later Initials because too many were followed.
+    pub quic_recheck_forgotten: u64,
 }
 
 type Endpoint = (IpAddr, u16);
@@ -402,24 +337,6 @@ struct Flow {
     inspect: Option<Box<Inspect>>,
 }
 
-/// A query waiting for its answer: who asked whom, over what, with which id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct PendingKey {
-    proto: L4Proto,
-    client: Endpoint,
-    server: Endpoint,
-    id: u16,
-}
-
-#[derive(Debug, Clone)]
-struct PendingQuery {
-    /// Lower case, no trailing dot.
-    name: Box<str>,
-    qtype: u16,
-    qclass: u16,
-    sent: DateTime<Utc>,
-}
-
 #[derive(Debug, Clone)]
 struct DnsEntry {
     name: Arc<str>,
@@ -480,63 +397,6 @@ impl EchHints {
     }
 }
 
-/// Names shared between flows: a gateway sees the same few thousand names on most of its
-/// flows, so a flow holds a reference to one copy instead of a copy of its own.
-#[derive(Debug, Default)]
-struct Names {
-    set: HashSet<Arc<str>, ahash::RandomState>,
-}
-
-/// Longest name kept as sent: a DNS name has at most 253 characters in text form.
-pub const MAX_NAME_LEN: usize = 253;
-
-/// A name from the network as the flow table keeps it. An SNI, Host header or DNS name is
-/// attacker-chosen text that ends up in terminals, logs and reports, so only a plain host
-/// name is kept as sent: ASCII letters, digits, `-`, `_` and `.`, at most [`MAX_NAME_LEN`]
-/// bytes (an IP literal, as a Host header may carry, counts as plain too). Anything else is
-/// written with each other byte as `\xNN` (a backslash as `\x5c`), cut to
-/// [`MAX_NAME_LEN`] bytes on an escape boundary and then ending in `\~`: a backslash in a
-/// name always means "not as sent", and no escaped name can equal a real host name (so it
-/// never matches the catalog as one).
-pub fn clean_name(raw: &str) -> std::borrow::Cow<'_, str> {
-    let plain = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
-    if raw.len() <= MAX_NAME_LEN && (raw.bytes().all(plain) || raw.parse::<IpAddr>().is_ok()) {
-        return std::borrow::Cow::Borrowed(raw);
-    }
-    let mut out = String::with_capacity(raw.len().min(MAX_NAME_LEN + 2));
-    for b in raw.bytes() {
-        let piece_len = if plain(b) { 1 } else { 4 };
-        if out.len() + piece_len > MAX_NAME_LEN - 2 {
-            out.push_str("\\~");
-            return std::borrow::Cow::Owned(out);
-        }
-        if plain(b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("\\x{b:02x}"));
-        }
-    }
-    std::borrow::Cow::Owned(out)
-}
-
-impl Names {
-    /// The shared copy of `name` (validated by [`clean_name`]). Names no flow holds any
-    /// more are forgotten once the set has grown to twice the live flows, so it stays within
-    /// a small multiple of the table.
-    fn get(&mut self, name: &str, live_flows: usize) -> Arc<str> {
-        let name = &*clean_name(name);
-        if let Some(n) = self.set.get(name) {
-            return n.clone();
-        }
-        if self.set.len() >= live_flows.max(1024).saturating_mul(2) {
-            self.set.retain(|n| Arc::strong_count(n) > 1);
-        }
-        let n: Arc<str> = Arc::from(name);
-        self.set.insert(n.clone());
-        n
-    }
-}
-
 /// The flow table. See the module documentation.
 #[derive(Debug)]
 pub struct FlowTable {
@@ -559,8 +419,10 @@ pub struct FlowTable {
     /// eviction; keys already answered are skipped when they come up).
     pending_dns: HashMap<PendingKey, PendingQuery, ahash::RandomState>,
     pending_order: VecDeque<(PendingKey, DateTime<Utc>)>,
-    /// Matched answers for [`FlowTable::take_dns_answers`].
-    dns_answers: VecDeque<DnsAnswer>,
+    /// While [`FlowTable::observe_payload`] runs: the answers its copy carried.
+    dns_answers: Option<Vec<DnsAnswer>>,
+    /// QUIC-named live flows whose later Initials are read again.
+    quic_recheck: QuicRecheck,
 }
 
 const SWEEP_EVERY: u32 = 8192;
@@ -585,14 +447,9 @@ impl FlowTable {
             names: Names::default(),
             pending_dns: HashMap::default(),
             pending_order: VecDeque::new(),
-            dns_answers: VecDeque::new(),
+            dns_answers: None,
+            quic_recheck: QuicRecheck::default(),
         }
-    }
-
-    /// Addresses learned from matched DNS answers since the last call (with
-    /// [`FlowTableLimits::collect_dns_answers`]), oldest first.
-    pub fn take_dns_answers(&mut self) -> Vec<DnsAnswer> {
-        self.dns_answers.drain(..).collect()
     }
 
     pub fn limits(&self) -> &FlowTableLimits {
@@ -627,22 +484,13 @@ impl FlowTable {
         self.inspect(ck, side, pkt.ts, pkt.tcp_seq, pkt.tcp_flags, pkt.payload);
     }
 
-    /// A first-flight payload copy from the kernel (counters arrive separately).
-    pub fn observe_payload(&mut self, ev: &PayloadObservation<'_>) {
-        let _ = self.observe_payload_naming(ev);
-    }
-
-    /// [`FlowTable::observe_payload`], and the flow's own name (as [`FlowTable::own_name`]
-    /// gives it) when this very copy named the flow: the moment a caller that acts once per
-    /// named flow (enforcement) acts, without keeping a set of the flows it already saw.
-    pub fn observe_payload_naming(
-        &mut self,
-        ev: &PayloadObservation<'_>,
-    ) -> Option<(&str, NameSource)> {
+    /// A first-flight payload copy from the kernel (counters arrive separately), and what it
+    /// taught the table ([`Observed`]).
+    pub fn observe_payload(&mut self, ev: &PayloadObservation<'_>) -> Observed {
         let sender = (ev.src, ev.sport);
         let receiver = (ev.dst, ev.dport);
         let sender_is_client = ev.direction == Direction::Up;
-        let (ck, side) = self.flow_for(
+        let Some((ck, side)) = self.flow_for(
             ev.proto,
             sender,
             receiver,
@@ -650,14 +498,42 @@ impl FlowTable {
             Some(sender_is_client),
             ev.tcp_flags,
             ev.payload,
-        )?;
+        ) else {
+            return Observed::default();
+        };
         let named_before = self.flows.get(&ck).is_some_and(|f| f.name.is_some());
+        self.dns_answers = Some(Vec::new());
         self.inspect(ck, side, ev.ts, ev.tcp_seq, ev.tcp_flags, ev.payload);
-        if named_before {
-            return None;
+        let mut seen = Observed {
+            dns_answers: self.dns_answers.take().unwrap_or_default(),
+            ..Observed::default()
+        };
+        if !named_before
+            && let Some(f) = self.flows.get(&ck)
+            && let (Some(name), Some(source)) = (&f.name, f.name_source)
+        {
+            if ck.proto == L4Proto::Udp && source == NameSource::Quic {
+                self.quic_recheck.named(ck, name);
+            }
+            seen.named = Some((name.clone(), source));
+            return seen;
         }
-        let f = self.flows.get(&ck)?;
-        f.name.as_deref().zip(f.name_source)
+        if !sender_is_client || ev.payload.is_empty() {
+            return seen;
+        }
+        match ck.proto {
+            // Only a flow's first request head names it; the kernel still checks every
+            // later head's Host against its name verdicts.
+            L4Proto::Tcp => {
+                if let Ok(http::HttpStatus::Parsed(head)) = http::parse_request_head(ev.payload) {
+                    seen.later_http_host = head.host_name().map(str::to_string);
+                }
+            }
+            L4Proto::Udp => {
+                seen.quic_renamed = self.quic_recheck.initial(&ck, ev.payload);
+            }
+        }
+        seen
     }
 
     /// The kernel's absolute counters for a flow (`key.src` is the user side).
@@ -715,6 +591,8 @@ impl FlowTable {
         s.dns_cache_entries = self.dns_cache.len();
         s.dns_queries_pending = self.pending_dns.len();
         s.buffered_bytes = self.buffered;
+        s.quic_renamed = self.quic_recheck.renamed;
+        s.quic_recheck_forgotten = self.quic_recheck.forgotten;
         s
     }
 
@@ -763,78 +641,6 @@ impl FlowTable {
         let cache = &self.dns_cache;
         self.dns_order.retain(|ip| cache.contains_key(ip));
         self.expire_queries(now);
-    }
-
-    /// Forgets queries whose answer is overdue.
-    fn expire_queries(&mut self, now: DateTime<Utc>) {
-        let timeout = TimeDelta::from_std(self.limits.dns_query_timeout).unwrap_or(TimeDelta::MAX);
-        while let Some((k, sent)) = self.pending_order.front().copied() {
-            if sent + timeout >= now {
-                break;
-            }
-            self.pending_order.pop_front();
-            if self.pending_dns.get(&k).is_some_and(|q| q.sent == sent) {
-                self.pending_dns.remove(&k);
-            }
-        }
-    }
-
-    /// Remembers a query the client sent, within the pending-query bound.
-    fn remember_query(&mut self, key: PendingKey, m: &dns::Message, ts: DateTime<Utc>) {
-        let Some(q) = m.questions.first() else { return };
-        if m.questions.len() != 1 || self.limits.max_pending_dns == 0 {
-            return;
-        }
-        self.expire_queries(self.now);
-        while self.pending_dns.len() >= self.limits.max_pending_dns {
-            let Some((k, sent)) = self.pending_order.pop_front() else {
-                break;
-            };
-            if self.pending_dns.get(&k).is_some_and(|q| q.sent == sent) {
-                self.pending_dns.remove(&k);
-                self.stats.dns_queries_evicted += 1;
-            }
-        }
-        // Keys of answered queries linger in the order until they come up: keep it from
-        // growing past twice the bound under a fast stream of answered queries.
-        if self.pending_order.len() >= self.limits.max_pending_dns.saturating_mul(2) {
-            let live = &self.pending_dns;
-            self.pending_order
-                .retain(|(k, sent)| live.get(k).is_some_and(|q| q.sent == *sent));
-        }
-        self.pending_dns.insert(
-            key,
-            PendingQuery {
-                name: normalize_qname(&q.name).into(),
-                qtype: q.qtype,
-                qclass: q.qclass,
-                sent: ts,
-            },
-        );
-        self.pending_order.push_back((key, ts));
-    }
-
-    /// Whether an answer matches a pending query (consumed when it does); counts refusals.
-    fn match_answer(&mut self, key: PendingKey, m: &dns::Message) -> bool {
-        self.expire_queries(self.now);
-        let Some(pending) = self.pending_dns.get(&key) else {
-            self.stats.dns_answers_unmatched += 1;
-            return false;
-        };
-        let same = m.questions.len() == 1
-            && m.questions.first().is_some_and(|q| {
-                q.qtype == pending.qtype
-                    && q.qclass == pending.qclass
-                    && normalize_qname(&q.name) == *pending.name
-            });
-        if !same {
-            // The query stays pending: the real answer may still come.
-            self.stats.dns_answers_wrong_question += 1;
-            return false;
-        }
-        self.pending_dns.remove(&key);
-        self.stats.dns_answers_matched += 1;
-        true
     }
 
     // ---- internals -------------------------------------------------------------------
@@ -1055,280 +861,6 @@ impl FlowTable {
         }
     }
 
-    /// Try to name a TCP flow from one side's contiguous stream.
-    fn tcp_stream(&mut self, ck: CanonKey, side: usize, ts: DateTime<Utc>) {
-        let Some(f) = self.flows.get_mut(&ck) else {
-            return;
-        };
-        let Some(insp) = f.inspect.as_deref_mut() else {
-            return;
-        };
-        let Some(s) = insp.sides.get_mut(side) else {
-            return;
-        };
-        let Some(r) = s.stream.as_ref() else { return };
-        let buf = r.contiguous();
-        let full = r.is_full();
-        let mut verdict_done = false;
-        let mut found: Option<(String, NameSource)> = None;
-        let mut sender_is_client: Option<bool> = None;
-        let mut meta: Option<Meta> = None;
-        let mut errs: Vec<String> = Vec::new();
-        let mut dns_msgs: Vec<dns::Message> = Vec::new();
-        if s.kind == StreamKind::Dns
-            || (s.kind == StreamKind::Unknown && (ck.a.1 == 53 || ck.b.1 == 53))
-        {
-            s.kind = StreamKind::Dns;
-            loop {
-                let rest = buf.get(s.dns_parsed..).unwrap_or(&[]);
-                match dns::parse_tcp_stream(rest) {
-                    Ok(dns::TcpStatus::Parsed(m, n)) => {
-                        s.dns_parsed += n;
-                        dns_msgs.push(m);
-                    }
-                    Ok(dns::TcpStatus::NeedMore(_)) => {
-                        verdict_done = full;
-                        break;
-                    }
-                    Err(e) => {
-                        errs.push(format!("dns:{}", e.kind()));
-                        verdict_done = true;
-                        break;
-                    }
-                }
-            }
-        } else {
-            match tls::parse_record_stream(buf) {
-                Ok(tls::HelloStatus::Parsed(ch)) => {
-                    verdict_done = true;
-                    sender_is_client = Some(true);
-                    if self.limits.meta {
-                        let mut m = Meta::default();
-                        let grease = self.ech.grease(ch.sni.as_deref(), ch.ech.is_some());
-                        m.set_hello(&ch, tls::Transport::Tcp, grease, self.limits.fingerprints);
-                        meta = Some(m);
-                    }
-                    if let Some(sni) = ch.sni {
-                        found = Some((sni, NameSource::Sni));
-                    }
-                }
-                Ok(tls::HelloStatus::NeedMore(_)) => verdict_done = full,
-                Err(e) => {
-                    errs.push(format!("tls:{}", e.kind()));
-                    verdict_done = true;
-                }
-                Ok(tls::HelloStatus::NotTls) => match http::parse_request_head(buf) {
-                    Ok(http::HttpStatus::Parsed(h)) => {
-                        verdict_done = true;
-                        sender_is_client = Some(true);
-                        if let Some(host) = h.host_name() {
-                            found = Some((host.to_string(), NameSource::Http));
-                        }
-                        if self.limits.meta {
-                            let mut m = Meta::default();
-                            let x = m.extra();
-                            x.http_method = Some(h.method.as_str().into());
-                            x.http_path = Some(h.path.as_str().into());
-                            x.user_agent = h.user_agent.as_deref().map(Into::into);
-                            meta = Some(m);
-                        }
-                    }
-                    Ok(http::HttpStatus::NeedMore(_)) => {
-                        if full {
-                            verdict_done = true;
-                        }
-                        // A head cut by the cap or by the end of the capture still names the
-                        // flow by its Host line; a later complete parse cannot disagree.
-                        if let Some(h) = http::partial_host(buf) {
-                            sender_is_client = Some(true);
-                            let probe = http::RequestHead {
-                                method: String::new(),
-                                path: String::new(),
-                                version: 1,
-                                host: Some(h),
-                                user_agent: None,
-                                head_len: 0,
-                            };
-                            if let Some(n) = probe.host_name() {
-                                found = Some((n.to_string(), NameSource::Http));
-                            }
-                        }
-                    }
-                    Ok(http::HttpStatus::NotHttp) => verdict_done = true,
-                    Err(e) => {
-                        errs.push(format!("http:{}", e.kind()));
-                        verdict_done = true;
-                    }
-                },
-            }
-        }
-        if verdict_done {
-            s.kind = StreamKind::Done;
-            if let Some(r) = s.stream.take() {
-                self.buffered = self.buffered.saturating_sub(r.buffered());
-            }
-            // Both directions judged: the per-flow parse state is no longer needed.
-            if insp.sides.iter().all(|x| x.kind == StreamKind::Done) {
-                f.inspect = None;
-            }
-        }
-        for e in errs {
-            *self.stats.parse_errors.entry(e).or_default() += 1;
-        }
-        for m in dns_msgs {
-            self.dns_message(ck, side, ts, &m);
-        }
-        let live = self.flows.len();
-        let Some(f) = self.flows.get_mut(&ck) else {
-            return;
-        };
-        if let Some(c) = sender_is_client {
-            set_client(f, side, c, Evidence::Payload);
-        }
-        if let Some(m) = meta
-            && f.meta.is_none()
-        {
-            f.meta = Some(Box::new(m));
-        }
-        if let Some((name, src)) = found
-            && f.name.is_none()
-        {
-            *self
-                .stats
-                .names_by_source
-                .entry(source_label(src))
-                .or_default() += 1;
-            f.name = Some(self.names.get(&name, live));
-            f.name_source = Some(src);
-            // Named: the buffers are no longer needed.
-            if ck.a.1 != 53 && ck.b.1 != 53 {
-                let insp = f.inspect.take();
-                self.release(insp.as_deref());
-            }
-        }
-    }
-
-    fn udp_dns(&mut self, ck: CanonKey, side: usize, ts: DateTime<Utc>, payload: &[u8]) {
-        match dns::parse_message(payload) {
-            Ok(m) => self.dns_message(ck, side, ts, &m),
-            Err(e) => {
-                *self
-                    .stats
-                    .parse_errors
-                    .entry(format!("dns:{}", e.kind()))
-                    .or_default() += 1
-            }
-        }
-    }
-
-    fn dns_message(&mut self, ck: CanonKey, side: usize, ts: DateTime<Utc>, m: &dns::Message) {
-        if m.opcode() != 0 {
-            return;
-        }
-        let response = m.is_response();
-        let live = self.flows.len();
-        let Some(f) = self.flows.get_mut(&ck) else {
-            return;
-        };
-        // A query is sent by the client; a response by the server.
-        set_client(f, side, !response, Evidence::Payload);
-        let client_side = usize::from(f.client);
-        let (sender, receiver) = if side == 0 {
-            (ck.a, ck.b)
-        } else {
-            (ck.b, ck.a)
-        };
-        // Whether this message may name the flow and teach addresses.
-        let trusted = if !self.limits.dns_answers_need_query {
-            true
-        } else if !response {
-            // Only the client's own queries are remembered: a "query" sent toward the
-            // client (from the internet side) asks nothing on its behalf.
-            if side == client_side {
-                let key = PendingKey {
-                    proto: ck.proto,
-                    client: sender,
-                    server: receiver,
-                    id: m.id,
-                };
-                self.remember_query(key, m, ts);
-                true
-            } else {
-                false
-            }
-        } else if side != client_side {
-            let key = PendingKey {
-                proto: ck.proto,
-                client: receiver,
-                server: sender,
-                id: m.id,
-            };
-            self.match_answer(key, m)
-        } else {
-            self.stats.dns_answers_unmatched += 1;
-            false
-        };
-        if !trusted {
-            return;
-        }
-        if let Some(f) = self.flows.get_mut(&ck) {
-            if let Some(q) = m.query_name().filter(|q| !q.is_empty())
-                && self.limits.meta
-            {
-                let x = f.meta.get_or_insert_with(Default::default).extra();
-                if x.dns_queries.len() < MAX_DNS_QUERIES_KEPT
-                    && !x.dns_queries.iter().any(|e| &**e == q)
-                {
-                    x.dns_queries.push(q.into());
-                }
-            }
-            if f.name.is_none()
-                && let Some(q) = m.query_name().filter(|q| !q.is_empty())
-            {
-                *self.stats.names_by_source.entry("dns").or_default() += 1;
-                f.name = Some(self.names.get(q, live));
-                f.name_source = Some(NameSource::Dns);
-            }
-        }
-        if response {
-            for (ip, name, ttl) in m.address_map() {
-                let ttl = self.cap_ttl(ttl);
-                self.dns_learn(ip, &name, ttl, ts);
-                if self.limits.collect_dns_answers {
-                    if self.dns_answers.len() >= MAX_DNS_ANSWERS_HELD {
-                        self.dns_answers.pop_front();
-                    }
-                    self.dns_answers.push_back(DnsAnswer {
-                        client: receiver.0,
-                        name: name.to_ascii_lowercase(),
-                        ip,
-                        ttl,
-                    });
-                }
-            }
-            if let Some(q) = m.query_name() {
-                for rec in &m.answers {
-                    if let dns::RData::Svcb(svcb) = &rec.data {
-                        let cap = self.limits.max_dns_cache;
-                        self.ech
-                            .learn(cap, q, svcb.ech_config, &svcb.ech_public_names);
-                    }
-                }
-            }
-        }
-    }
-
-    /// A record's TTL, at most [`FlowTableLimits::dns_max_ttl`] (counted when capped).
-    fn cap_ttl(&mut self, ttl: u32) -> Duration {
-        let ttl = Duration::from_secs(u64::from(ttl));
-        if ttl > self.limits.dns_max_ttl {
-            self.stats.dns_ttl_capped += 1;
-            self.limits.dns_max_ttl
-        } else {
-            ttl
-        }
-    }
-
     fn dns_learn(&mut self, ip: IpAddr, name: &str, ttl: Duration, ts: DateTime<Utc>) {
         let life = ttl.max(self.limits.dns_min_ttl);
         let expires = ts + TimeDelta::from_std(life).unwrap_or(TimeDelta::MAX);
@@ -1355,129 +887,6 @@ impl FlowTable {
             },
         );
     }
-
-    fn udp_quic(&mut self, ck: CanonKey, side: usize, payload: &[u8]) {
-        let limits = self.limits.clone();
-        let live = self.flows.len();
-        let Some(f) = self.flows.get_mut(&ck) else {
-            return;
-        };
-        // Packets from a side known to be the server are not client Initials.
-        if f.evidence >= Evidence::Payload && usize::from(f.client) != side {
-            return;
-        }
-        let Some(version) = quic::sniff_version(payload) else {
-            return;
-        };
-        let kind = quic::VersionKind::of(version);
-        if matches!(
-            kind,
-            quic::VersionKind::Negotiation
-                | quic::VersionKind::Grease
-                | quic::VersionKind::Unknown(_)
-        ) {
-            return;
-        }
-        let insp = f.inspect.get_or_insert_with(new_inspect);
-        let Some(s) = insp.sides.get_mut(side) else {
-            return;
-        };
-        if s.inspected >= limits.max_inspect_packets {
-            return;
-        }
-        s.inspected += 1;
-        // Without `limits.meta` the parse still runs (it names the flow); what it tells
-        // beyond the name goes to a scratch value that is dropped.
-        let mut scratch = Meta::default();
-        let meta = if limits.meta {
-            f.meta.get_or_insert_with(Default::default)
-        } else {
-            &mut scratch
-        };
-        if meta.quic_version.is_none() {
-            meta.quic_version = Some(version);
-        }
-        let d = match quic::parse_client_datagram_with(payload, insp.quic_dcid.as_deref()) {
-            Ok(d) => {
-                if insp.quic_dcid.is_none() && d.initials > 0 {
-                    insp.quic_dcid = Some(d.dcid.clone());
-                }
-                d
-            }
-            Err(tollgate_wire::Error::Decrypt) => {
-                self.stats.quic_undecryptable += 1;
-                return;
-            }
-            Err(e) => {
-                *self
-                    .stats
-                    .parse_errors
-                    .entry(format!("quic:{}", e.kind()))
-                    .or_default() += 1;
-                return;
-            }
-        };
-        let mut found: Option<String> = None;
-        let mut client_hello: Option<tls::ClientHello> = None;
-        let mut err: Option<String> = None;
-        if let Some(chlo) = &d.chlo {
-            found = chlo.sni.clone();
-            if let Some(ua) = &chlo.user_agent {
-                meta.extra().user_agent = Some(ua.as_str().into());
-            }
-        }
-        let is_initial_sender = d.initials > 0 || d.chlo.is_some();
-        if !d.crypto.is_empty() {
-            let c = insp
-                .crypto
-                .get_or_insert_with(|| CryptoReassembler::new(limits.max_stream_bytes));
-            let before = c.dropped_bytes;
-            let held = c.buffered();
-            let incoming: usize = d.crypto.iter().map(|f| f.data.len()).sum();
-            if self.buffered + incoming > limits.max_buffered_bytes {
-                self.stats.buffer_budget_drops += 1;
-            } else {
-                for fr in &d.crypto {
-                    c.insert(fr.offset, &fr.data);
-                }
-            }
-            self.buffered = (self.buffered + c.buffered()).saturating_sub(held);
-            self.stats.reassembly_dropped_bytes += c.dropped_bytes - before;
-            match tls::parse_handshake_stream(c.contiguous()) {
-                Ok(tls::HelloStatus::Parsed(ch)) => client_hello = Some(ch),
-                Ok(_) => {}
-                Err(e) => err = Some(format!("quic-tls:{}", e.kind())),
-            }
-        }
-        if let Some(e) = err {
-            *self.stats.parse_errors.entry(e).or_default() += 1;
-            if let Some(c) = insp.crypto.take() {
-                self.buffered = self.buffered.saturating_sub(c.buffered());
-            }
-        }
-        if let Some(ch) = client_hello {
-            let grease = self.ech.grease(ch.sni.as_deref(), ch.ech.is_some());
-            meta.set_hello(&ch, tls::Transport::Quic, grease, self.limits.fingerprints);
-            found = ch.sni;
-            if let Some(c) = insp.crypto.take() {
-                self.buffered = self.buffered.saturating_sub(c.buffered());
-            }
-            // The hello is done: nothing more to learn from this flow's Initials.
-            if let Some(s) = insp.sides.get_mut(side) {
-                s.inspected = limits.max_inspect_packets;
-            }
-        }
-        if is_initial_sender {
-            set_client(f, side, true, Evidence::Payload);
-        }
-        if let Some(n) = found.filter(|n| !n.is_empty())
-            && f.name.is_none()
-        {
-            *self.stats.names_by_source.entry("quic").or_default() += 1;
-            f.name = Some(self.names.get(&n, live));
-            f.name_source = Some(NameSource::Quic);
-        }
-    }
 }
 
 fn new_inspect() -> Box<Inspect> {
@@ -1488,19 +897,6 @@ fn new_inspect() -> Box<Inspect> {
     })
 }
 
-/// A question name as compared between a query and its answer: lower case, no trailing dot.
-fn normalize_qname(name: &str) -> String {
-    name.trim_end_matches('.').to_ascii_lowercase()
-}
-
-fn set_client(f: &mut Flow, side: usize, sender_is_client: bool, strength: Evidence) {
-    // Only stronger evidence changes an earlier decision.
-    if strength > f.evidence {
-        f.client = u8::from((if sender_is_client { side } else { 1 - side }) == 1);
-        f.evidence = strength;
-    }
-}
-
 fn source_label(s: NameSource) -> &'static str {
     match s {
         NameSource::Sni => "sni",
@@ -1508,88 +904,6 @@ fn source_label(s: NameSource) -> &'static str {
         NameSource::Dns => "dns",
         NameSource::Http => "http",
         NameSource::Log => "log",
-    }
-}
-
-/// Ports that mark the server side of a flow when nothing better is known.
-fn is_service_port(p: u16) -> bool {
-    p < 1024
-        || matches!(
-            p,
-            1080 | 1194
-                | 1433
-                | 1521
-                | 1723
-                | 1883
-                | 3128
-                | 3306
-                | 3389
-                | 3478
-                | 4443
-                | 5060
-                | 5061
-                | 5222
-                | 5228
-                | 5353
-                | 5432
-                | 5938
-                | 6379
-                | 8000
-                | 8008
-                | 8080
-                | 8081
-                | 8443
-                | 8801
-                | 8802
-                | 8883
-                | 8888
-                | 9000
-                | 9443
-                | 19302
-        )
-}
-
-/// Client evidence carried by one packet alone (no flow state): SYN flags, a payload that
-/// only a client sends, or ports.
-fn packet_evidence(
-    proto: L4Proto,
-    sender: Endpoint,
-    receiver: Endpoint,
-    flags: u8,
-    payload: &[u8],
-) -> Option<(bool, Evidence)> {
-    if proto == L4Proto::Tcp && flags & tcp_flags::SYN != 0 {
-        return Some((flags & tcp_flags::ACK == 0, Evidence::Syn));
-    }
-    if !payload.is_empty() {
-        match proto {
-            L4Proto::Tcp => {
-                // A TLS handshake record holding a ClientHello, or an HTTP request line.
-                if payload.len() >= 6
-                    && payload.first() == Some(&0x16)
-                    && payload.get(1) == Some(&3)
-                    && payload.get(5) == Some(&1)
-                {
-                    return Some((true, Evidence::Payload));
-                }
-                if http::looks_like_request(payload) && payload.len() >= 4 {
-                    return Some((true, Evidence::Payload));
-                }
-            }
-            L4Proto::Udp => {
-                if (sender.1 == 53 || receiver.1 == 53) && payload.len() >= 12 {
-                    let qr = payload.get(2).is_some_and(|b| b & 0x80 != 0);
-                    return Some((!qr, Evidence::Payload));
-                }
-            }
-        }
-    }
-    let (s, r) = (is_service_port(sender.1), is_service_port(receiver.1));
-    match (s, r) {
-        (false, true) => Some((true, Evidence::Port)),
-        (true, false) => Some((false, Evidence::Port)),
-        (true, true) if sender.1 != receiver.1 => Some((sender.1 > receiver.1, Evidence::Port)),
-        _ => None,
     }
 }
 
@@ -1857,7 +1171,6 @@ mod tests {
     fn strict() -> FlowTable {
         FlowTable::new(FlowTableLimits {
             dns_answers_need_query: true,
-            collect_dns_answers: true,
             ..FlowTableLimits::default()
         })
     }
@@ -1868,10 +1181,14 @@ mod tests {
 
     #[test]
     fn unsolicited_dns_answer_teaches_nothing() {
+        let mut answers = Vec::new();
         let mut t = strict();
         let ans = dns_msg(7, "www.dropbox.com", Some((INNOCENT, 300)));
-        t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &ans, 0));
-        assert!(t.take_dns_answers().is_empty());
+        answers.extend(
+            t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &ans, 0))
+                .dns_answers,
+        );
+        assert!(std::mem::take(&mut answers).is_empty());
         assert_eq!(t.dns_entries().count(), 0);
         assert_eq!(t.stats().dns_answers_unmatched, 1);
         // Nor does it name the DNS flow it came on.
@@ -1887,49 +1204,71 @@ mod tests {
 
     #[test]
     fn dns_answer_must_match_txid_question_and_tuple() {
+        let mut answers = Vec::new();
         let mut t = strict();
         let q = dns_msg(7, "www.dropbox.com", None);
-        t.observe_payload(&live_dns(CLIENT, RESOLVER, Direction::Up, &q, 0));
+        answers.extend(
+            t.observe_payload(&live_dns(CLIENT, RESOLVER, Direction::Up, &q, 0))
+                .dns_answers,
+        );
         assert_eq!(t.stats().dns_queries_pending, 1);
         // Wrong transaction id.
         let a = dns_msg(8, "www.dropbox.com", Some((INNOCENT, 300)));
-        t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 0));
+        answers.extend(
+            t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 0))
+                .dns_answers,
+        );
         // Right id, other question.
         let a = dns_msg(7, "dropbox.com", Some((INNOCENT, 300)));
-        t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 0));
+        answers.extend(
+            t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 0))
+                .dns_answers,
+        );
         // Right id and question, from another server.
         let a = dns_msg(7, "www.dropbox.com", Some((INNOCENT, 300)));
-        t.observe_payload(&live_dns(
-            ([10, 0, 0, 9], 53),
-            CLIENT,
-            Direction::Down,
-            &a,
-            0,
-        ));
+        answers.extend(
+            t.observe_payload(&live_dns(
+                ([10, 0, 0, 9], 53),
+                CLIENT,
+                Direction::Down,
+                &a,
+                0,
+            ))
+            .dns_answers,
+        );
         // To another client port.
-        t.observe_payload(&live_dns(
-            RESOLVER,
-            (CLIENT.0, 40001),
-            Direction::Down,
-            &a,
-            0,
-        ));
-        assert!(t.take_dns_answers().is_empty());
+        answers.extend(
+            t.observe_payload(&live_dns(
+                RESOLVER,
+                (CLIENT.0, 40001),
+                Direction::Down,
+                &a,
+                0,
+            ))
+            .dns_answers,
+        );
+        assert!(std::mem::take(&mut answers).is_empty());
         let st = t.stats();
         assert_eq!(st.dns_answers_unmatched, 3, "{st:?}");
         assert_eq!(st.dns_answers_wrong_question, 1, "{st:?}");
         assert_eq!(st.dns_answers_matched, 0);
         // The real answer (case of the name may differ) still matches, once.
         let a = dns_msg(7, "WWW.Dropbox.com", Some(([162, 125, 1, 1], 300)));
-        t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 1));
-        let got = t.take_dns_answers();
+        answers.extend(
+            t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 1))
+                .dns_answers,
+        );
+        let got = std::mem::take(&mut answers);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].ip, IpAddr::V4(Ipv4Addr::new(162, 125, 1, 1)));
         assert_eq!(got[0].name, "www.dropbox.com");
         assert_eq!(got[0].client, IpAddr::V4(Ipv4Addr::from(CLIENT.0)));
-        t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 1));
+        answers.extend(
+            t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 1))
+                .dns_answers,
+        );
         assert!(
-            t.take_dns_answers().is_empty(),
+            std::mem::take(&mut answers).is_empty(),
             "a second answer is not matched"
         );
         assert_eq!(t.stats().dns_queries_pending, 0);
@@ -1937,56 +1276,75 @@ mod tests {
 
     #[test]
     fn dns_query_from_the_internet_side_is_not_pending() {
+        let mut answers = Vec::new();
         let mut t = strict();
         // A "query" sent toward the client does not make its answer trusted.
         let q = dns_msg(7, "www.dropbox.com", None);
-        t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &q, 0));
+        answers.extend(
+            t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &q, 0))
+                .dns_answers,
+        );
         let a = dns_msg(7, "www.dropbox.com", Some((INNOCENT, 300)));
-        t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 0));
-        assert!(t.take_dns_answers().is_empty());
+        answers.extend(
+            t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 0))
+                .dns_answers,
+        );
+        assert!(std::mem::take(&mut answers).is_empty());
         assert_eq!(t.stats().dns_queries_pending, 0);
     }
 
     #[test]
     fn dns_queries_expire_and_are_bounded() {
+        let mut answers = Vec::new();
         let mut t = FlowTable::new(FlowTableLimits {
             dns_answers_need_query: true,
-            collect_dns_answers: true,
             max_pending_dns: 4,
             dns_query_timeout: Duration::from_secs(5),
             ..FlowTableLimits::default()
         });
         let q = dns_msg(7, "a.example", None);
-        t.observe_payload(&live_dns(CLIENT, RESOLVER, Direction::Up, &q, 0));
+        answers.extend(
+            t.observe_payload(&live_dns(CLIENT, RESOLVER, Direction::Up, &q, 0))
+                .dns_answers,
+        );
         let a = dns_msg(7, "a.example", Some((INNOCENT, 300)));
         // Past the timeout: the answer is late, refused.
-        t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 6));
-        assert!(t.take_dns_answers().is_empty());
+        answers.extend(
+            t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 6))
+                .dns_answers,
+        );
+        assert!(std::mem::take(&mut answers).is_empty());
         assert_eq!(t.stats().dns_answers_unmatched, 1);
         // Ten queries from ten ports: only four wait, the oldest six were evicted.
         for port in 0..10u16 {
             let q = dns_msg(port, "b.example", None);
-            t.observe_payload(&live_dns(
-                (CLIENT.0, 50000 + port),
-                RESOLVER,
-                Direction::Up,
-                &q,
-                7,
-            ));
+            answers.extend(
+                t.observe_payload(&live_dns(
+                    (CLIENT.0, 50000 + port),
+                    RESOLVER,
+                    Direction::Up,
+                    &q,
+                    7,
+                ))
+                .dns_answers,
+            );
         }
         let st = t.stats();
         assert_eq!(st.dns_queries_pending, 4);
         assert_eq!(st.dns_queries_evicted, 6);
         let a = dns_msg(9, "b.example", Some((INNOCENT, 300)));
-        t.observe_payload(&live_dns(
-            RESOLVER,
-            (CLIENT.0, 50009),
-            Direction::Down,
-            &a,
-            7,
-        ));
+        answers.extend(
+            t.observe_payload(&live_dns(
+                RESOLVER,
+                (CLIENT.0, 50009),
+                Direction::Down,
+                &a,
+                7,
+            ))
+            .dns_answers,
+        );
         assert_eq!(
-            t.take_dns_answers().len(),
+            std::mem::take(&mut answers).len(),
             1,
             "the newest query still matches"
         );
@@ -1994,6 +1352,7 @@ mod tests {
 
     #[test]
     fn dns_over_tcp_answer_split_across_segments_matches_its_query() {
+        let mut answers = Vec::new();
         let mut t = strict();
         fn seg(
             src: ([u8; 4], u16),
@@ -2021,28 +1380,44 @@ mod tests {
             v
         };
         let q = framed(dns_msg(9, "www.dropbox.com", None));
-        t.observe_payload(&seg(CLIENT, RESOLVER, Direction::Up, 1001, &q));
+        answers.extend(
+            t.observe_payload(&seg(CLIENT, RESOLVER, Direction::Up, 1001, &q))
+                .dns_answers,
+        );
         let a = framed(dns_msg(9, "www.dropbox.com", Some(([162, 125, 1, 1], 60))));
         let (x, y) = a.split_at(20);
-        t.observe_payload(&seg(RESOLVER, CLIENT, Direction::Down, 5001, x));
+        answers.extend(
+            t.observe_payload(&seg(RESOLVER, CLIENT, Direction::Down, 5001, x))
+                .dns_answers,
+        );
         assert!(
-            t.take_dns_answers().is_empty(),
+            std::mem::take(&mut answers).is_empty(),
             "half an answer teaches nothing"
         );
-        t.observe_payload(&seg(RESOLVER, CLIENT, Direction::Down, 5021, y));
-        let got = t.take_dns_answers();
+        answers.extend(
+            t.observe_payload(&seg(RESOLVER, CLIENT, Direction::Down, 5021, y))
+                .dns_answers,
+        );
+        let got = std::mem::take(&mut answers);
         assert_eq!(got.len(), 1, "{:?}", t.stats());
         assert_eq!(got[0].ip, IpAddr::V4(Ipv4Addr::new(162, 125, 1, 1)));
     }
 
     #[test]
     fn dns_ttl_is_capped() {
+        let mut answers = Vec::new();
         let mut t = strict();
         let q = dns_msg(7, "a.example", None);
-        t.observe_payload(&live_dns(CLIENT, RESOLVER, Direction::Up, &q, 0));
+        answers.extend(
+            t.observe_payload(&live_dns(CLIENT, RESOLVER, Direction::Up, &q, 0))
+                .dns_answers,
+        );
         let a = dns_msg(7, "a.example", Some((INNOCENT, 4_000_000_000)));
-        t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 0));
-        let got = t.take_dns_answers();
+        answers.extend(
+            t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 0))
+                .dns_answers,
+        );
+        let got = std::mem::take(&mut answers);
         assert_eq!(got[0].ttl, Duration::from_secs(86_400));
         assert_eq!(t.stats().dns_ttl_capped, 1);
         let (_, _, expires) = t.dns_entries().next().unwrap();
@@ -2242,7 +1617,7 @@ mod tests {
             let mut named = Vec::new();
             // The second segment names the flow; a retransmission of it does not again.
             for (seq, part) in [(1u32, a), (41, b), (41, b)] {
-                let got = t.observe_payload_naming(&PayloadObservation {
+                let got = t.observe_payload(&PayloadObservation {
                     proto: L4Proto::Tcp,
                     src: IpAddr::V4(Ipv4Addr::new(10, 1, 1, 1)),
                     sport: 40000,
@@ -2254,7 +1629,7 @@ mod tests {
                     tcp_flags: tcp_flags::ACK,
                     payload: part,
                 });
-                named.push(got.map(|(n, src)| (n.to_string(), src)));
+                named.push(got.named.map(|(n, src)| (n.to_string(), src)));
             }
             assert_eq!(
                 named,
@@ -2269,23 +1644,6 @@ mod tests {
             // The hello carried an ECH extension: only kept meta tells.
             assert_eq!(meta.ech, keep_meta, "meta kept: {keep_meta}");
         }
-    }
-
-    #[test]
-    fn names_are_shared_and_the_set_stays_bounded() {
-        let mut names = Names::default();
-        let a = names.get("www.example.com", 10);
-        let b = names.get("www.example.com", 10);
-        assert!(Arc::ptr_eq(&a, &b));
-        // Names nobody holds are forgotten once the set reaches twice max(live, 1024).
-        for i in 0..10_000 {
-            let _ = names.get(&format!("n{i}.example"), 10);
-            assert!(names.set.len() <= 2048 + 1, "{}", names.set.len());
-        }
-        assert!(
-            names.set.contains("www.example.com"),
-            "still held by a and b"
-        );
     }
 
     #[test]
@@ -2352,6 +1710,111 @@ mod tests {
         assert_eq!(r[0].name_source, Some(NameSource::Http));
         assert_eq!(t.drain_finished().len(), 1);
         assert_eq!(t.records().count(), 0);
+    }
+
+    fn live(
+        proto: L4Proto,
+        direction: Direction,
+        tcp_seq: u32,
+        payload: &[u8],
+    ) -> PayloadObservation<'_> {
+        let user = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
+        let server = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 80));
+        let (src, sport, dst, dport) = match direction {
+            Direction::Up => (user, 40000, server, 443),
+            Direction::Down => (server, 443, user, 40000),
+        };
+        PayloadObservation {
+            proto,
+            src,
+            sport,
+            dst,
+            dport,
+            direction,
+            ts: ts(0),
+            tcp_seq,
+            tcp_flags: tcp_flags::ACK | tcp_flags::PSH,
+            payload,
+        }
+    }
+
+    #[test]
+    fn observed_a_later_host_on_a_named_connection() {
+        let mut t = FlowTable::new(FlowTableLimits::default());
+        let first = b"GET / HTTP/1.1\r\nHost: allowed.example\r\n\r\n";
+        let seen = t.observe_payload(&live(L4Proto::Tcp, Direction::Up, 1, first));
+        assert_eq!(
+            seen.named,
+            Some((Arc::from("allowed.example"), NameSource::Http))
+        );
+        assert_eq!(seen.later_http_host, None);
+        // The connection is kept alive and reused for another Host: the flow keeps its name,
+        // and the later head's Host is reported.
+        let later = b"GET /x HTTP/1.1\r\nHost: Blocked.Example:8080\r\n\r\n";
+        let seq = 1 + first.len() as u32;
+        let seen = t.observe_payload(&live(L4Proto::Tcp, Direction::Up, seq, later));
+        assert_eq!(seen.named, None);
+        assert_eq!(seen.later_http_host.as_deref(), Some("Blocked.Example"));
+        // Not a request head, or from the server: nothing.
+        let seen = t.observe_payload(&live(L4Proto::Tcp, Direction::Up, 999, b"\x16\x03\x01"));
+        assert_eq!(seen, Observed::default());
+        let answer = b"GET / HTTP/1.1\r\nHost: from.server\r\n\r\n";
+        let seen = t.observe_payload(&live(L4Proto::Tcp, Direction::Down, 5, answer));
+        assert_eq!(seen.later_http_host, None);
+    }
+
+    fn capture(name: &str) -> Vec<u8> {
+        let path = format!("{}/../wire/testdata/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(path).expect("capture present")
+    }
+
+    #[test]
+    fn observed_a_quic_flow_renamed_by_a_later_initial() {
+        let mut t = FlowTable::new(FlowTableLimits::default());
+        let decoy = capture("quic_draft29_initial.bin");
+        let real = capture("quic_v2_initial.bin");
+        let seen = t.observe_payload(&live(L4Proto::Udp, Direction::Up, 0, &decoy));
+        assert_eq!(seen.named, Some((Arc::from("localhost"), NameSource::Quic)));
+        assert_eq!(seen.quic_renamed, None);
+        // The real Initial names another server: reported, once; the flow keeps its name.
+        let seen = t.observe_payload(&live(L4Proto::Udp, Direction::Up, 0, &real));
+        assert_eq!(seen.named, None);
+        assert_eq!(seen.quic_renamed.as_deref(), Some("test"));
+        let seen = t.observe_payload(&live(L4Proto::Udp, Direction::Up, 0, &real));
+        assert_eq!(seen.quic_renamed, None);
+        assert_eq!(t.stats().quic_renamed, 1);
+        let user = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
+        let server = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 80));
+        assert_eq!(
+            t.own_name(L4Proto::Udp, (user, 40000), (server, 443)),
+            Some(("localhost", NameSource::Quic))
+        );
+    }
+
+    #[test]
+    fn observed_the_dns_answers_of_a_copy() {
+        let mut t = strict();
+        let q = dns_msg(7, "www.dropbox.com", None);
+        let seen = t.observe_payload(&live_dns(CLIENT, RESOLVER, Direction::Up, &q, 0));
+        assert_eq!(
+            seen.named,
+            Some((Arc::from("www.dropbox.com"), NameSource::Dns))
+        );
+        assert!(seen.dns_answers.is_empty());
+        let a = dns_msg(7, "www.dropbox.com", Some(([162, 125, 1, 1], 300)));
+        let seen = t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 1));
+        assert_eq!(
+            seen.dns_answers,
+            [DnsAnswer {
+                client: IpAddr::V4(Ipv4Addr::from(CLIENT.0)),
+                name: "www.dropbox.com".into(),
+                ip: IpAddr::V4(Ipv4Addr::new(162, 125, 1, 1)),
+                ttl: Duration::from_secs(300),
+            }]
+        );
+        // A copy carries its own answers only: nothing is held for the next one.
+        let seen = t.observe_payload(&live_dns(CLIENT, RESOLVER, Direction::Up, &q, 2));
+        assert!(seen.dns_answers.is_empty());
     }
 
     #[test]

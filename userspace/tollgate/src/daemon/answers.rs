@@ -1,0 +1,208 @@
+//! Answers to control-socket requests (apps, status, flows, tag changes) and the periodic
+//! status line.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use tollgate_dataplane::abi;
+use tollgate_discovery::flow_table::FlowTableStats;
+use tollgate_policy::Tag;
+
+use crate::config::Mode;
+use crate::control::{self, Request, Response};
+
+use super::{Core, Next};
+
+impl Core {
+    /// Every flow as a JSON array in pieces of about `FLOWS_PIECE` bytes, for the control
+    /// socket's task to write: the core serialises (the flow table is its own) and goes
+    /// back to its events at once, however slowly the client reads. The pieces are plain
+    /// text, ~360 B a flow (a value tree took ~8x that); unordered, the CLI sorts.
+    pub(super) fn flows_pieces(&self) -> Vec<Vec<u8>> {
+        const FLOWS_PIECE: usize = 64 * 1024;
+        let mut pieces = Vec::new();
+        let mut piece = Vec::with_capacity(FLOWS_PIECE + 1024);
+        piece.push(b'[');
+        for (i, rec) in self.flows.records().enumerate() {
+            if i > 0 {
+                piece.push(b',');
+            }
+            if let Err(e) = serde_json::to_writer(&mut piece, &rec) {
+                tracing::warn!("flow record not serialisable: {e}");
+                piece.extend_from_slice(b"null");
+            }
+            if piece.len() >= FLOWS_PIECE {
+                pieces.push(std::mem::replace(
+                    &mut piece,
+                    Vec::with_capacity(FLOWS_PIECE + 1024),
+                ));
+            }
+        }
+        piece.push(b']');
+        pieces.push(piece);
+        pieces
+    }
+
+    fn apps_json(&self) -> serde_json::Value {
+        let mut agg = self.history.clone();
+        for rec in self.flows.records() {
+            agg.add(&rec, &self.catalog, &self.users);
+        }
+        let snap = agg.snapshot(&self.catalog, &|id| {
+            self.tags.tag(&self.catalog, id).map(|(t, _)| t.to_string())
+        });
+        serde_json::json!({
+            "apps": snap.apps,
+            "users": snap.users,
+            "unknown_domains": snap.unknown_domains,
+            "totals": snap.totals,
+        })
+    }
+
+    fn status_json(&self) -> serde_json::Value {
+        let st = self.flows.stats();
+        let dp = self.dp.stats().unwrap_or_default();
+        serde_json::json!({
+            "mode": self.cfg.mode.to_string(),
+            "flows": st.flows,
+            "named_flows": st.named_flows,
+            "events": self.events_total,
+            "kernel_events": dp.events,
+            "ring_drops": dp.ringbuf_full,
+            "kernel_parse_errors": dp.parse_errors(),
+            "flow_map_full": dp.flow_map_full,
+            "hello_map_full": dp.hello_map_full,
+            "pressure_warnings": self.pressure.warnings,
+            "flows_dropped": st.flows_dropped,
+            "event_decode_errors": self.reader_errors(),
+            "packets": dp.packets,
+            "drops": dp.drops,
+            "would_drop": dp.would_drop,
+            "flows_blocked_by_userspace": self.enforcer.flows_blocked,
+            "dns_refused": dp.dns_refused,
+            "control_clients_refused": control::clients_refused(),
+            "audit_dropped": self.session.as_ref().map(|s| s.stats().audit_dropped),
+            "dns_answers_matched": st.dns_answers_matched,
+            "dns_answers_unmatched": st.dns_answers_unmatched,
+            "dns_answers_wrong_question": st.dns_answers_wrong_question,
+            "dns_answers_unsolicited_kernel": dp.dns_unsolicited,
+            "dns_queries_pending": st.dns_queries_pending,
+            "dns_queries_evicted": st.dns_queries_evicted,
+            "dns_ttl_capped": st.dns_ttl_capped,
+            "dns_answers_protected": self.enforcer.learn_stats.protected,
+            "dns_learn_rate_limited": self.enforcer.learn_stats.rate_limited,
+            "dns_learned": self.enforcer.learned_len(),
+            "dns_learned_evicted": self.enforcer.learn_stats.evicted,
+            "dns_learned_expired": self.enforcer.learn_stats.expired,
+            "dns_learned_write_failed": self.enforcer.learn_stats.write_failed,
+            "session": {
+                "steered": dp.steered,
+                "steer_no_proxy": dp.steer_no_proxy,
+                "steer_quic_refused": dp.steer_quic_refused,
+                "session_refused": dp.session_refused,
+                "session_unproven": dp.session_unproven,
+                "steer_client_added": dp.steer_client_added,
+                "steer_by_client": dp.steer_by_client,
+                "dns_held": dp.dns_held,
+                "steer_kept_stale": dp.steer_kept_stale,
+                "steer_lost_reset": dp.steer_lost_reset,
+                "daemon": self.session.as_ref().map(|s| s.counts).unwrap_or_default(),
+            },
+            "evasion": self.evasion_json(&dp, &st),
+            "proxy": self.session.as_ref().map(|s| s.stats()),
+        })
+    }
+
+    /// How the gateway met evasion attempts: every kernel counter of the unreadable and
+    /// evasion cases by name, the `[enforcement] unreadable` setting, and the QUIC flows
+    /// decided again after a decoy Initial.
+    fn evasion_json(
+        &self,
+        dp: &tollgate_dataplane::DataplaneStats,
+        flows: &FlowTableStats,
+    ) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        m.insert(
+            "unreadable".into(),
+            self.enforcer.unreadable().as_str().into(),
+        );
+        for (id, name) in abi::STAT_NAMES {
+            if (abi::STAT_FRAG_TINY..=abi::STAT_UNREADABLE_PASSED).contains(&id)
+                || id == abi::STAT_FRAGMENTS
+            {
+                m.insert(name.into(), dp.raw.get(id).copied().unwrap_or(0).into());
+            }
+        }
+        m.insert("quic_renamed".into(), flows.quic_renamed.into());
+        m.insert(
+            "quic_recheck_forgotten".into(),
+            flows.quic_recheck_forgotten.into(),
+        );
+        serde_json::Value::Object(m)
+    }
+
+    pub(super) fn print_status(&mut self) {
+        let st = self.flows.stats();
+        let dp = self.dp.stats().unwrap_or_default();
+        let secs = self.last_status.elapsed().as_secs_f64().max(0.001);
+        let rate = (self.events_total - self.events_at_last_status) as f64 / secs;
+        self.events_at_last_status = self.events_total;
+        self.last_status = Instant::now();
+        crate::outln!(
+            "status: flows {} (named {}), events {} ({:.0}/s), ring drops {}, parse errors {}, {} {}",
+            st.flows,
+            st.named_flows,
+            self.events_total,
+            rate,
+            dp.ringbuf_full,
+            dp.parse_errors() + self.reader_errors(),
+            if self.cfg.mode == Mode::Enforce {
+                "dropped"
+            } else {
+                "would drop"
+            },
+            if self.cfg.mode == Mode::Enforce {
+                dp.drops
+            } else {
+                dp.would_drop
+            },
+        );
+    }
+
+    /// Ring-buffer records lost in userspace: read errors and undecodable records.
+    fn reader_errors(&self) -> u64 {
+        self.reader.io_errors.load(Ordering::Relaxed)
+            + self.reader.malformed.load(Ordering::Relaxed)
+    }
+
+    fn set_tag(&mut self, app: &str, tag: &str) -> Response {
+        if self.catalog.app(app).is_none() {
+            return Response::err(format!("app {app:?} is not in the catalog"));
+        }
+        let tag: Tag = match tag.parse() {
+            Ok(t) => t,
+            Err(e) => return Response::err(e.to_string()),
+        };
+        let mut live = self.live_tags.clone();
+        live.insert(app.to_string(), tag.clone());
+        if let Err(e) = self.tag_store.save(&live) {
+            return Response::err(format!("could not persist the tag: {e}"));
+        }
+        self.live_tags = live;
+        self.tags = self.tags.with_live(self.live_tags.clone());
+        self.apply_tags();
+        tracing::info!(app, tag = %tag, "tag set");
+        Response::ok(serde_json::json!({ "app": app, "tag": tag.to_string() }))
+    }
+
+    pub(super) fn on_control(&mut self, request: Request) -> (Response, Next) {
+        match request {
+            // Streamed by the control loop (`stream_flows`).
+            Request::Flows => (Response::err("flows are streamed"), Next::Continue),
+            Request::Apps => (Response::ok(self.apps_json()), Next::Continue),
+            Request::Status => (Response::ok(self.status_json()), Next::Continue),
+            Request::Tag { app, tag } => (self.set_tag(&app, &tag), Next::Continue),
+            Request::Stop => (Response::ok(serde_json::Value::Null), Next::Stop),
+        }
+    }
+}

@@ -1,0 +1,531 @@
+//! The daemon: one core task owns the dataplane (and so every BPF map), the flow table and
+//! the discovery aggregates. It handles ring-buffer events (a reader task moves them from
+//! the ring into a bounded queue, so the ring empties while the core works), polls the
+//! kernel's flow counters, answers control-socket requests through a channel, and prints a
+//! status line. Nothing else touches that state, so no lock is ever held across an await.
+//!
+//! Stopping: SIGINT/SIGTERM end the daemon but leave the programs attached and pinned, so a
+//! restarted daemon adopts them (and enforcement never lapses while it restarts);
+//! `tollgate stop` detaches the programs and removes the pins.
+
+mod answers;
+mod events;
+mod poll;
+mod reload;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+use anyhow::{Context, Result, bail};
+use tokio::sync::{mpsc, oneshot};
+use tollgate_catalog::Catalog;
+use tollgate_dataplane::{
+    Dataplane, DataplaneOptions, Direction, EventReader, FlowCounters, PayloadEvent,
+};
+use tollgate_discovery::aggregate::{AggregateOptions, Aggregator};
+use tollgate_discovery::flow_table::{self, FlowTable, FlowTableLimits};
+use tollgate_discovery::record::{FlowRecord, L4Proto};
+use tollgate_discovery::users::Users;
+use tollgate_policy::{Tag, TagBook, TagStore};
+
+use crate::config::{Config, Mode, Role, default_route_interface};
+use crate::control::{self, Request, Response};
+use crate::enforce::{Enforcer, LearnedRecord};
+
+/// Everything `tollgate run` validated before the runtime started.
+pub struct DaemonParts {
+    pub config: Config,
+    pub config_path: Option<PathBuf>,
+    pub netns: Option<String>,
+    pub catalog: Catalog,
+    pub tags: TagBook,
+    /// The live tags `tags` holds, as read from state_dir (an unreadable file stops the start).
+    pub live_tags: BTreeMap<String, Tag>,
+    pub users: Users,
+}
+
+/// How often the kernel's flow counters are read into the flow table.
+const COUNTER_POLL: Duration = Duration::from_secs(2);
+/// Events drained per wake-up before other work gets a turn.
+const EVENT_BATCH: usize = 4096;
+/// Flows of the kernel's counter map read between two looks at the event queue: ~1 ms of
+/// work, while the ring holds tens of milliseconds of a 100k flows/s storm.
+const WALK_STEP: usize = 4096;
+/// Events read from the ring buffer and decoded but not yet handled. The reader task runs
+/// on a runtime worker while the core task works, so a pause of the core (a walk step, the
+/// flow table growing its index) empties the ring into this queue instead of overflowing
+/// it. Bounded: 8192 events are ~80 ms of a 100k flows/s storm and at most ~17 MiB of
+/// Chrome-sized hellos, held only while the core is held up. When it is full the reader
+/// waits, the ring fills, and the probes count what they could not write (`ring_drops`).
+const EVENT_QUEUE: usize = 8192;
+
+/// What the reader task counts, for the status.
+#[derive(Default)]
+struct ReaderCounts {
+    /// Ring-buffer read errors (I/O).
+    io_errors: AtomicU64,
+    /// Records skipped as undecodable.
+    malformed: AtomicU64,
+}
+
+/// Moves events from the ring buffer to a bounded queue, on a runtime worker.
+fn spawn_reader(
+    mut events: EventReader,
+    counts: Arc<ReaderCounts>,
+) -> (mpsc::Receiver<PayloadEvent>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+    let task = tokio::spawn(async move {
+        loop {
+            match events.next().await {
+                Ok(ev) => {
+                    if tx.send(ev).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    counts.io_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("ring buffer: {e}");
+                    tokio::task::yield_now().await;
+                }
+            }
+            counts
+                .malformed
+                .store(events.malformed(), Ordering::Relaxed);
+        }
+    });
+    (rx, task)
+}
+
+const LEARNED_IPS_FILE: &str = "learned_ips.json";
+
+/// The instance's pins: one directory per network namespace the daemon runs in.
+pub fn pin_dir(netns: Option<&str>) -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/tollgate").join(netns.unwrap_or("host"))
+}
+
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// IPs the daemon saw DNS give for unsanctioned apps (for `export blocklist --format nft`);
+/// an unreadable file gives none (the daemon reports it when it starts).
+pub fn load_learned_ips(state_dir: &Path) -> Vec<IpAddr> {
+    load_learned(state_dir)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.ip)
+        .collect()
+}
+
+/// The learned addresses persisted by the last run, with their app and expiry. A missing
+/// file is an empty list; a file of an older version (a bare list of addresses) has no
+/// expiry, so it gives nothing to re-install; a corrupt file is an error.
+pub fn load_learned(state_dir: &Path) -> Result<Vec<LearnedRecord>> {
+    let path = state_dir.join(LEARNED_IPS_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    if serde_json::from_slice::<Vec<IpAddr>>(&bytes).is_ok() {
+        return Ok(Vec::new());
+    }
+    serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Writes `learned_ips.json` durably: a temporary file of a fresh name (created, never
+/// opened through an existing path or symlink), fsynced, renamed over the old one, and the
+/// directory fsynced so that the rename survives a crash.
+fn save_learned(state_dir: &Path, records: &[LearnedRecord]) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = state_dir.join(LEARNED_IPS_FILE);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = state_dir.join(format!(
+        ".{LEARNED_IPS_FILE}.{}.{nanos}.tmp",
+        std::process::id()
+    ));
+    let body = serde_json::to_vec(records).map_err(std::io::Error::other)?;
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        f.write_all(&body)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(state_dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// The addresses DNS answers may never block or steer, from the `[enforcement]` section (the
+/// gateway's own addresses are added by whoever holds the filter, and read again on reload).
+fn protected_addrs(cfg: &Config) -> tollgate_policy::ProtectedAddrs {
+    tollgate_policy::ProtectedAddrs::new(
+        cfg.enforcement.never_block.clone(),
+        cfg.enforcement.dns_learn_private,
+    )
+}
+
+fn resolve_interfaces(cfg: &Config) -> Result<Vec<(String, Role)>> {
+    if !cfg.interfaces.is_empty() {
+        return Ok(cfg
+            .interfaces
+            .iter()
+            .map(|i| (i.name.clone(), i.role))
+            .collect());
+    }
+    match default_route_interface() {
+        Some(name) => Ok(vec![(name, Role::Wan)]),
+        None => bail!(
+            "no [[interfaces]] in the config and no default route to pick one from; \
+             name the interfaces in a config file (see configs/example-gateway.toml)"
+        ),
+    }
+}
+
+/// A request from the control socket with the way back.
+struct ControlCall {
+    request: Request,
+    reply: oneshot::Sender<control::Reply>,
+}
+
+struct ControlHandler {
+    tx: mpsc::Sender<ControlCall>,
+}
+
+impl control::Handler for ControlHandler {
+    async fn handle(&self, request: Request) -> control::Reply {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(ControlCall { request, reply }).await.is_err() {
+            return Response::err("the daemon is shutting down").into();
+        }
+        rx.await
+            .unwrap_or_else(|_| Response::err("the daemon dropped the request").into())
+    }
+}
+
+/// The state the core task owns.
+struct Core {
+    cfg: Config,
+    /// The file `cfg` came from (`None`: the embedded default), read again on SIGHUP.
+    config_path: Option<PathBuf>,
+    dp: Dataplane,
+    flows: FlowTable,
+    catalog: Arc<Catalog>,
+    tags: TagBook,
+    live_tags: BTreeMap<String, Tag>,
+    tag_store: TagStore,
+    users: Users,
+    /// Flows that left the live table, folded into the discovery aggregates.
+    history: Aggregator,
+    /// Flows already folded into `history`, with the last_seen they had, so the kernel's
+    /// still-present counters do not bring them back twice.
+    retired: HashMap<flow_table::FlowKey, DateTime<Utc>>,
+    enforcer: Enforcer,
+    session: Option<crate::session::SessionControl>,
+    /// What `learned_ips.json` holds now, expiries in minutes (so that the file is rewritten
+    /// when the set changes, not as seconds tick).
+    learned_saved: Option<Vec<LearnedRecord>>,
+    /// Warns when the kernel loses work (ring drops, full maps).
+    pressure: crate::pressure::PressureWatch,
+    events_total: u64,
+    events_at_last_status: u64,
+    last_status: Instant,
+    /// The event reader task's error counts.
+    reader: Arc<ReaderCounts>,
+}
+
+enum Next {
+    Continue,
+    Stop,
+}
+
+fn l4(proto: u8) -> L4Proto {
+    if proto == 6 {
+        L4Proto::Tcp
+    } else {
+        L4Proto::Udp
+    }
+}
+
+fn flow_key(c: &FlowCounters) -> flow_table::FlowKey {
+    flow_table::FlowKey {
+        proto: l4(c.proto),
+        src: c.user_ip,
+        sport: c.user_port,
+        dst: c.remote_ip,
+        dport: c.remote_port,
+    }
+}
+
+fn record_key(r: &FlowRecord) -> flow_table::FlowKey {
+    flow_table::FlowKey {
+        proto: r.proto,
+        src: r.src,
+        sport: r.sport,
+        dst: r.dst,
+        dport: r.dport,
+    }
+}
+pub async fn run(parts: DaemonParts) -> Result<()> {
+    let DaemonParts {
+        config: cfg,
+        config_path,
+        netns,
+        catalog,
+        tags,
+        live_tags,
+        users,
+    } = parts;
+    let interfaces = resolve_interfaces(&cfg)?;
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating state_dir {}", cfg.state_dir.display()))?;
+    let pin_dir = pin_dir(netns.as_deref());
+    let mut dp = Dataplane::start(DataplaneOptions {
+        interfaces: interfaces
+            .iter()
+            .map(|(n, r)| {
+                (
+                    n.clone(),
+                    match r {
+                        Role::Lan => tollgate_dataplane::Role::Lan,
+                        Role::Wan => tollgate_dataplane::Role::Wan,
+                    },
+                )
+            })
+            .collect(),
+        pin_dir: pin_dir.clone(),
+        mode: match cfg.mode {
+            Mode::Monitor => tollgate_dataplane::Mode::Monitor,
+            Mode::Enforce => tollgate_dataplane::Mode::Enforce,
+        },
+    })
+    .context("starting the dataplane")?;
+
+    crate::outln!(
+        "tollgate {}: {} mode, catalog {} apps, config {}, control socket {}",
+        env!("CARGO_PKG_VERSION"),
+        cfg.mode,
+        catalog.len(),
+        config_path
+            .as_deref()
+            .map_or("<embedded default>".to_string(), |p| p
+                .display()
+                .to_string()),
+        cfg.control_socket.display()
+    );
+    if let Some(ns) = &netns {
+        crate::outln!("  network namespace {ns}");
+    }
+    for a in dp.attached() {
+        crate::outln!(
+            "  attached tcx {:<7} on {} ({}, {} traffic) program {} id {} link {}{}",
+            a.hook.to_string(),
+            a.interface,
+            a.role,
+            match a.direction {
+                Direction::Up => "up",
+                Direction::Down => "down",
+            },
+            a.program,
+            a.program_id,
+            a.link_id,
+            if a.adopted {
+                " (adopted pinned link)"
+            } else {
+                ""
+            }
+        );
+    }
+    crate::outln!("  pins under {}", pin_dir.display());
+
+    let reader = dp.take_event_reader().context("opening the ring buffer")?;
+
+    let catalog = Arc::new(catalog);
+    let mut session = crate::session::SessionControl::start(&cfg, catalog.clone(), &mut dp).await?;
+    if let Some(s) = &mut session {
+        s.set_protected(protected_addrs(&cfg));
+    }
+    if session.is_none() {
+        // A pinned config of an earlier run may still have it on.
+        dp.verdicts()
+            .set_session_control(false)
+            .context("turning off session control in the kernel")?;
+    }
+    let mut enforcer = Enforcer::new(cfg.mode == Mode::Enforce, cfg.enforcement.clone(), &catalog);
+    enforcer.set_own_addresses(crate::session::own_addresses());
+    let learned = match load_learned(&cfg.state_dir) {
+        Ok(l) => l,
+        Err(e) => {
+            // Not silently empty: the admin learns the file was bad and where it went.
+            let path = cfg.state_dir.join(LEARNED_IPS_FILE);
+            let aside = path.with_extension("json.corrupt");
+            let _ = std::fs::rename(&path, &aside);
+            crate::outln!(
+                "tollgate: {e:#}; moved to {} and starting with no learned addresses",
+                aside.display()
+            );
+            tracing::error!("{e:#}");
+            Vec::new()
+        }
+    };
+    if session.is_some() {
+        enforcer.set_session_apps(crate::session::session_apps(&cfg));
+    }
+    if session.is_none() {
+        // No app is under session control: steered prefixes an earlier run left behind would
+        // send flows to a proxy that is not there.
+        if let Err(e) = dp.steering().clear() {
+            tracing::warn!("clearing steered prefixes of an earlier run: {e}");
+        }
+    }
+    enforcer
+        .apply_options(&mut dp)
+        .context("writing the enforcement options")?;
+    let mut core = Core {
+        enforcer,
+        session,
+        learned_saved: None,
+        pressure: crate::pressure::PressureWatch::default(),
+        flows: FlowTable::new(FlowTableLimits {
+            max_flows: cfg.flows.max_flows,
+            idle_timeout: Duration::from_secs(cfg.flows.idle_timeout_secs),
+            // Nothing the daemon reports uses JA4; it costs a sixth of naming a flow.
+            fingerprints: false,
+            // Nor what a hello tells beyond the name (~200 B of heap a flow).
+            meta: false,
+            // Enforcement acts on DNS answers: only those that answer a user's query.
+            dns_answers_need_query: true,
+            dns_max_ttl: Duration::from_secs(cfg.enforcement.dns_max_ttl_secs.max(1)),
+            ..FlowTableLimits::default()
+        }),
+        history: Aggregator::new(AggregateOptions::default()),
+        retired: HashMap::new(),
+        tag_store: TagStore::new(&cfg.state_dir),
+        live_tags,
+        dp,
+        catalog,
+        tags,
+        users,
+        events_total: 0,
+        events_at_last_status: 0,
+        last_status: Instant::now(),
+        reader: Arc::new(ReaderCounts::default()),
+        cfg,
+        config_path,
+    };
+
+    // Name verdicts for what the config and the live tags leave unsanctioned, the learned
+    // addresses of the last run that are still live, then everything else an earlier run
+    // left in the pinned maps removed: a restart converges on the config before the daemon
+    // says it is ready.
+    core.apply_tags();
+    let restored = core
+        .enforcer
+        .restore_learned(&mut core.dp, &core.catalog, &core.tags, &learned);
+    match core
+        .enforcer
+        .reconcile(&mut core.dp, &core.catalog, &core.tags)
+    {
+        Ok(r) => tracing::info!(
+            restored,
+            stale_removed = r.stale_removed,
+            "pinned verdicts reconciled with the config"
+        ),
+        Err(e) => tracing::error!("reconciling pinned verdicts: {e}"),
+    }
+    core.save_learned();
+    let (mut events, reader_task) = spawn_reader(reader, core.reader.clone());
+    // The control socket comes last: when it answers, the daemon is ready.
+    let (tx, mut rx) = mpsc::channel::<ControlCall>(64);
+    let socket = core.cfg.control_socket.clone();
+    let server = tokio::spawn(async move {
+        if let Err(e) = control::serve(&socket, Arc::new(ControlHandler { tx })).await {
+            tracing::error!("control socket: {e:#}");
+        }
+    });
+
+    let mut poll = tokio::time::interval(COUNTER_POLL);
+    let status_every = Duration::from_secs(core.cfg.status_interval_secs.max(1));
+    let mut status =
+        tokio::time::interval_at(tokio::time::Instant::now() + status_every, status_every);
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
+    let mut detach = false;
+    loop {
+        tokio::select! {
+            Some(ev) = events.recv() => {
+                core.on_event(&ev);
+                core.drain_events(&mut events, EVENT_BATCH);
+            }
+            _ = poll.tick() => {
+                let walking = core.poll_counters(&mut events);
+                let started = Instant::now();
+                core.housekeeping();
+                // Walking the kernel's flow map costs ~0.3 us a flow: with a large table,
+                // poll less often so that event reading keeps the CPU (at most ~5%).
+                let next = COUNTER_POLL.max((walking + started.elapsed()) * 20);
+                poll.reset_after(next);
+                // Not timed above: its fsyncs wait for the disk, not the CPU.
+                core.save_learned();
+            }
+            _ = status.tick(), if core.cfg.status_interval_secs > 0 => core.print_status(),
+            Some(call) = rx.recv() => {
+                // Counters are fresh when someone asks.
+                if matches!(call.request, Request::Flows | Request::Apps | Request::Status) {
+                    core.poll_counters(&mut events);
+                }
+                if call.request == Request::Flows {
+                    let _ = call.reply.send(control::Reply::Pieces(core.flows_pieces()));
+                    continue;
+                }
+                let (resp, next) = core.on_control(call.request);
+                let _ = call.reply.send(resp.into());
+                if let Next::Stop = next {
+                    detach = true;
+                    break;
+                }
+            }
+            _ = sighup.recv() => core.reload(),
+            _ = sigterm.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    server.abort();
+    reader_task.abort();
+    let _ = std::fs::remove_file(&core.cfg.control_socket);
+    if let Some(s) = core.session.take() {
+        s.shutdown(&mut core.dp).await;
+    }
+    if detach {
+        core.dp.detach().context("detaching")?;
+        crate::outln!("tollgate: stopped; programs detached and pins removed");
+    } else {
+        crate::outln!(
+            "tollgate: exiting; programs stay attached and pinned under {} (`tollgate stop` removes them)",
+            pin_dir.display()
+        );
+    }
+    Ok(())
+}
