@@ -1,3 +1,8 @@
-//! Sync with a central management endpoint: signed policy and catalog bundles down,
-//! discovery, alerts and audit records up through a store-and-forward spool.
+//! The management plane's shared part: the gateway–hub protocol (versioned postcard messages),
+//! signed policy bundles, and the gateway's durable upload spool. The gateway links it for its
+//! sync client and the hub for its server; it carries no database driver.
 #![forbid(unsafe_code)]
+
+pub mod bundle;
+pub mod protocol;
+pub mod token;
