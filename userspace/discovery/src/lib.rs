@@ -6,6 +6,7 @@
 pub mod aggregate;
 pub mod discover;
 pub mod flow_table;
+pub mod interval;
 pub mod logs;
 pub mod packet;
 pub mod pcap;

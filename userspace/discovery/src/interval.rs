@@ -1,0 +1,360 @@
+//! Discovery per interval: what each user sent to each app since the last report, for the
+//! management hub.
+//!
+//! The live flow table holds absolute counters; flows leave it when idle. The meter remembers
+//! how much of each flow it already reported, so each byte is reported once: a flow still
+//! live is reported by its growth since the last interval, a flow that left the table by
+//! what it had not reported yet. A flow counts once, in the first interval it appears in.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+use tollgate_catalog::Catalog;
+
+use crate::aggregate::base_domain;
+use crate::record::{FlowRecord, L4Proto};
+use crate::users::Users;
+
+/// The most distinct (app, user, device) rows and unknown domains in one interval; more are
+/// folded into the row of the user `"(other)"` / the domain `"(other)"` and counted.
+pub const MAX_ROWS: usize = 20_000;
+
+/// One app's traffic from one user (or device) in an interval.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppUsageRow {
+    pub app_id: String,
+    /// The user map's name, or the device's address where no user is known.
+    pub user: String,
+    pub device: String,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub flows: u64,
+}
+
+/// Traffic to a registrable domain no catalog app claims.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DomainUsageRow {
+    pub domain: String,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub flows: u64,
+}
+
+/// One interval's usage, rows sorted for a stable upload.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IntervalUsage {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub apps: Vec<AppUsageRow>,
+    pub unknown_domains: Vec<DomainUsageRow>,
+    /// Rows folded into `(other)` because the interval hit [`MAX_ROWS`].
+    pub rows_folded: u64,
+}
+
+impl IntervalUsage {
+    pub fn is_empty(&self) -> bool {
+        self.apps.is_empty() && self.unknown_domains.is_empty()
+    }
+}
+
+/// A flow, told apart from a later one on the same 5-tuple by when it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FlowId {
+    proto: L4Proto,
+    src: IpAddr,
+    sport: u16,
+    dst: IpAddr,
+    dport: u16,
+    first_seen: i64,
+}
+
+impl FlowId {
+    fn of(rec: &FlowRecord) -> Self {
+        Self {
+            proto: rec.proto,
+            src: rec.src,
+            sport: rec.sport,
+            dst: rec.dst,
+            dport: rec.dport,
+            first_seen: rec.first_seen.timestamp_micros(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Pending {
+    apps: HashMap<(String, String, String), AppUsageRow>,
+    domains: HashMap<String, DomainUsageRow>,
+    folded: u64,
+}
+
+/// Turns absolute per-flow counters into per-interval deltas.
+pub struct IntervalMeter {
+    start: DateTime<Utc>,
+    /// Bytes (up, down) already reported for each flow still in the live table.
+    reported: HashMap<FlowId, (u64, u64)>,
+    pending: Pending,
+}
+
+impl IntervalMeter {
+    pub fn new(start: DateTime<Utc>) -> Self {
+        Self {
+            start,
+            reported: HashMap::new(),
+            pending: Pending::default(),
+        }
+    }
+
+    /// A flow that left the live table: what it has not reported yet goes into this interval.
+    pub fn retire(&mut self, rec: &FlowRecord, catalog: &Catalog, users: &Users) {
+        let id = FlowId::of(rec);
+        let before = self.reported.remove(&id);
+        self.count(rec, before, catalog, users);
+    }
+
+    /// Ends the interval at `now`: the live flows' growth is added, and the interval's usage
+    /// is returned. Flows the meter remembers that are neither live nor retired (the table
+    /// dropped them) are forgotten.
+    pub fn take<'r>(
+        &mut self,
+        live: impl Iterator<Item = FlowRecord> + 'r,
+        now: DateTime<Utc>,
+        catalog: &Catalog,
+        users: &Users,
+    ) -> IntervalUsage {
+        let mut still_live = HashMap::with_capacity(self.reported.len());
+        for rec in live {
+            let id = FlowId::of(&rec);
+            let before = self.reported.remove(&id);
+            self.count(&rec, before, catalog, users);
+            still_live.insert(id, (rec.bytes_up, rec.bytes_down));
+        }
+        self.reported = still_live;
+        let pending = std::mem::take(&mut self.pending);
+        let mut apps: Vec<AppUsageRow> = pending.apps.into_values().collect();
+        apps.sort_by(|a, b| (&a.app_id, &a.user, &a.device).cmp(&(&b.app_id, &b.user, &b.device)));
+        let mut unknown_domains: Vec<DomainUsageRow> = pending.domains.into_values().collect();
+        unknown_domains.sort_by(|a, b| a.domain.cmp(&b.domain));
+        let usage = IntervalUsage {
+            start: self.start,
+            end: now,
+            apps,
+            unknown_domains,
+            rows_folded: pending.folded,
+        };
+        self.start = now;
+        usage
+    }
+
+    fn count(
+        &mut self,
+        rec: &FlowRecord,
+        before: Option<(u64, u64)>,
+        catalog: &Catalog,
+        users: &Users,
+    ) {
+        let (up0, down0) = before.unwrap_or((0, 0));
+        let up = rec.bytes_up.saturating_sub(up0);
+        let down = rec.bytes_down.saturating_sub(down0);
+        let new_flow = u64::from(before.is_none());
+        if up == 0 && down == 0 && new_flow == 0 {
+            return;
+        }
+        let who = users.resolve(rec);
+        if who.excluded {
+            return;
+        }
+        let device = who
+            .device
+            .map_or_else(|| rec.src.to_string(), str::to_owned);
+        let user = who.user.map_or_else(|| device.clone(), str::to_owned);
+        let name = rec.name.as_deref().filter(|n| !n.is_empty());
+        let ip = (!rec.dst.is_unspecified()).then_some(rec.dst);
+        let pending = &mut self.pending;
+        let full = pending.apps.len() + pending.domains.len() >= MAX_ROWS;
+        if let Some(m) = catalog.classify(name, ip) {
+            let mut key = (m.app.id.clone(), user, device);
+            if full && !pending.apps.contains_key(&key) {
+                pending.folded += 1;
+                key.1 = "(other)".into();
+                key.2 = "(other)".into();
+            }
+            let row = pending
+                .apps
+                .entry(key.clone())
+                .or_insert_with(|| AppUsageRow {
+                    app_id: key.0,
+                    user: key.1,
+                    device: key.2,
+                    ..AppUsageRow::default()
+                });
+            row.bytes_up = row.bytes_up.saturating_add(up);
+            row.bytes_down = row.bytes_down.saturating_add(down);
+            row.flows += new_flow;
+        } else if let Some(name) = name {
+            let mut domain = base_domain(name).to_ascii_lowercase();
+            if full && !pending.domains.contains_key(&domain) {
+                pending.folded += 1;
+                domain = "(other)".into();
+            }
+            let row = pending
+                .domains
+                .entry(domain.clone())
+                .or_insert_with(|| DomainUsageRow {
+                    domain,
+                    ..DomainUsageRow::default()
+                });
+            row.bytes_up = row.bytes_up.saturating_add(up);
+            row.bytes_down = row.bytes_down.saturating_add(down);
+            row.flows += new_flow;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeDelta;
+
+    fn flow(sport: u16, name: &str, up: u64, down: u64, t0: DateTime<Utc>) -> FlowRecord {
+        FlowRecord {
+            proto: L4Proto::Tcp,
+            src: "10.0.0.7".parse().unwrap(),
+            sport,
+            dst: "198.51.100.9".parse().unwrap(),
+            dport: 443,
+            name: Some(name.into()),
+            name_source: None,
+            bytes_up: up,
+            bytes_down: down,
+            packets_up: 1,
+            packets_down: 1,
+            first_seen: t0,
+            last_seen: t0,
+            src_mac: None,
+            user: None,
+        }
+    }
+
+    #[test]
+    fn each_byte_and_each_flow_is_reported_once() {
+        let catalog = Catalog::builtin().unwrap();
+        let users = Users::default();
+        let t0 = Utc::now();
+        let mut meter = IntervalMeter::new(t0);
+
+        let a = flow(1000, "www.dropbox.com", 100, 1000, t0);
+        let first = meter.take(
+            [a.clone()].into_iter(),
+            t0 + TimeDelta::seconds(60),
+            &catalog,
+            &users,
+        );
+        assert_eq!(first.apps.len(), 1);
+        assert_eq!(first.apps[0].app_id, "dropbox");
+        assert_eq!(first.apps[0].user, "10.0.0.7");
+        assert_eq!(
+            (
+                first.apps[0].bytes_up,
+                first.apps[0].bytes_down,
+                first.apps[0].flows
+            ),
+            (100, 1000, 1)
+        );
+
+        // The flow grew, then left the table: only the growth is reported, and it is not a
+        // new flow.
+        let mut grown = a.clone();
+        grown.bytes_up = 150;
+        grown.bytes_down = 4000;
+        let second = meter.take(
+            [grown.clone()].into_iter(),
+            t0 + TimeDelta::seconds(120),
+            &catalog,
+            &users,
+        );
+        assert_eq!(
+            (
+                second.apps[0].bytes_up,
+                second.apps[0].bytes_down,
+                second.apps[0].flows
+            ),
+            (50, 3000, 0)
+        );
+        let mut last = grown.clone();
+        last.bytes_down = 4500;
+        meter.retire(&last, &catalog, &users);
+        let third = meter.take(
+            std::iter::empty(),
+            t0 + TimeDelta::seconds(180),
+            &catalog,
+            &users,
+        );
+        assert_eq!(
+            (
+                third.apps[0].bytes_up,
+                third.apps[0].bytes_down,
+                third.apps[0].flows
+            ),
+            (0, 500, 0)
+        );
+        assert_eq!(third.start, t0 + TimeDelta::seconds(120));
+
+        // Nothing new: an empty interval.
+        assert!(
+            meter
+                .take(
+                    std::iter::empty(),
+                    t0 + TimeDelta::seconds(240),
+                    &catalog,
+                    &users
+                )
+                .is_empty()
+        );
+
+        // The same 5-tuple, a new flow: counted as one.
+        let again = flow(
+            1000,
+            "www.dropbox.com",
+            10,
+            10,
+            t0 + TimeDelta::seconds(200),
+        );
+        let fifth = meter.take(
+            [again].into_iter(),
+            t0 + TimeDelta::seconds(300),
+            &catalog,
+            &users,
+        );
+        assert_eq!(fifth.apps[0].flows, 1);
+    }
+
+    #[test]
+    fn unknown_names_group_by_registrable_domain() {
+        let catalog = Catalog::builtin().unwrap();
+        let users = Users::default();
+        let t0 = Utc::now();
+        let mut meter = IntervalMeter::new(t0);
+        let rows = [
+            flow(1, "a.cdn.unlisted-example.net", 1, 2, t0),
+            flow(2, "b.cdn.unlisted-example.net", 3, 4, t0),
+        ];
+        let usage = meter.take(
+            rows.into_iter(),
+            t0 + TimeDelta::seconds(60),
+            &catalog,
+            &users,
+        );
+        assert!(usage.apps.is_empty());
+        assert_eq!(
+            usage.unknown_domains,
+            vec![DomainUsageRow {
+                domain: "unlisted-example.net".into(),
+                bytes_up: 4,
+                bytes_down: 6,
+                flows: 2
+            }]
+        );
+    }
+}
