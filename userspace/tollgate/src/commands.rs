@@ -461,6 +461,7 @@ pub fn run_daemon(config: Option<&Path>, netns: Option<&str>) -> Result<(), Fail
     // Validate everything that can be wrong in the config before touching the system.
     let catalog = load_catalog(&cfg, config)?;
     check_references(&cfg, config, &catalog)?;
+    let (cfg, catalog, hub) = with_hub_bundle(cfg, catalog);
     // The daemon's own read of the live tags: a file that is not valid tags is moved aside
     // (kept for the admin) and the start is refused; the next start goes on without it.
     let store = TagStore::new(&cfg.state_dir);
@@ -491,6 +492,60 @@ pub fn run_daemon(config: Option<&Path>, netns: Option<&str>) -> Result<(), Fail
         tags,
         live_tags,
         users,
+        hub,
     }))
     .map_err(Failure::Runtime)
+}
+
+type HubParts = Option<(crate::hub::Identity, Option<tollgate_sync::bundle::Bundle>)>;
+
+/// The enrollment, if any, and the last applied bundle laid over the (already valid) local
+/// config. A bundle that no longer combines with the local config is left out, reported, and
+/// the hub sends a newer one; an unreadable enrollment runs the gateway without its hub.
+fn with_hub_bundle(cfg: Config, catalog: Catalog) -> (Config, Catalog, HubParts) {
+    let identity = match crate::hub::load_identity(&cfg.state_dir) {
+        Ok(Some(i)) => i,
+        Ok(None) => return (cfg, catalog, None),
+        Err(e) => {
+            tracing::error!("hub enrollment unreadable, running without the hub: {e:#}");
+            return (cfg, catalog, None);
+        }
+    };
+    let Some(bundle) = crate::hub::load_applied_bundle(&cfg.state_dir, &identity) else {
+        return (cfg, catalog, Some((identity, None)));
+    };
+    let name = format!("bundle revision {}", bundle.revision);
+    let merged = cfg
+        .with_bundle(&bundle.policy_toml, &name)
+        .map_err(Failure::Config)
+        .and_then(|m| {
+            let catalog = load_catalog(&m, None)?;
+            check_references(&m, None, &catalog)?;
+            Ok((m, catalog))
+        });
+    match merged {
+        Ok((m, c)) => (m, c, Some((identity, Some(bundle)))),
+        Err(e) => {
+            tracing::error!("{name} does not combine with the local config, left out: {e}");
+            (cfg, catalog, Some((identity, None)))
+        }
+    }
+}
+
+/// `tollgate enroll URL TOKEN`: joins the hub at URL with a one-time token.
+pub fn enroll(config: Option<&Path>, url: &str, token: &str) -> Result<(), Failure> {
+    let cfg = load_config(config)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let enrollment = rt.block_on(crate::hub::enroll(&cfg, url, token))?;
+    crate::outln!(
+        "tollgate: enrolled as gateway {} of site {} with {}; `tollgate run{}` connects to it",
+        enrollment.gateway_id,
+        enrollment.site,
+        url,
+        config.map_or(String::new(), |p| format!(" --config {}", p.display()))
+    );
+    Ok(())
 }

@@ -70,6 +70,63 @@ pub struct Config {
     /// How long the live daemon keeps per-hour discovery history (`[discovery]`).
     #[serde(default)]
     pub discovery: DiscoveryConfig,
+    /// The management hub (`[hub]`); the hub's address and keys come from `tollgate enroll`.
+    #[serde(default)]
+    pub hub: HubConfig,
+}
+
+/// `[hub]`: how the gateway talks to the management hub it is enrolled with.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubConfig {
+    /// Seconds between two uploads of discovery to the hub (each one interval's usage).
+    #[serde(default = "default_upload_interval")]
+    pub upload_interval_secs: u64,
+    /// The upload spool's bound on disk, in MiB; when full the oldest records go first.
+    #[serde(default = "default_spool_max_mb")]
+    pub spool_max_mb: u64,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            upload_interval_secs: default_upload_interval(),
+            spool_max_mb: default_spool_max_mb(),
+        }
+    }
+}
+
+fn default_upload_interval() -> u64 {
+    60
+}
+fn default_spool_max_mb() -> u64 {
+    64
+}
+
+/// The sections a central policy bundle may set. Everything else (interfaces, mode, the
+/// proxy, enforcement limits, users, paths) belongs to the box and stays in its own file.
+pub const BUNDLE_SECTIONS: &[&str] = &[
+    "apps",
+    "tag_rules",
+    "custom_apps",
+    "session_policies",
+    "access_policies",
+];
+
+/// What a policy bundle holds: the gateway config's own sections, in its own TOML.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundlePolicy {
+    #[serde(default)]
+    pub apps: BTreeMap<String, AppSettings>,
+    #[serde(default)]
+    pub tag_rules: Vec<TagRule>,
+    #[serde(default)]
+    pub custom_apps: Vec<CustomApp>,
+    #[serde(default)]
+    pub session_policies: Vec<tollgate_proxy::SessionPolicy>,
+    #[serde(default)]
+    pub access_policies: Vec<tollgate_proxy::AccessPolicy>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -209,6 +266,54 @@ impl Config {
 
     /// Parses `text`; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let config: Config = parse_toml(text, file)?;
+        config.validate(text, file)?;
+        Ok(config)
+    }
+
+    /// This (local) config with a central bundle's policy laid over it. The bundle sets only
+    /// [`BUNDLE_SECTIONS`]; for each, the central entries come first and win: an app's
+    /// settings in the bundle replace the local ones for that app, the bundle's tag rules and
+    /// policies are matched before the local ones (first match wins), and a custom app of the
+    /// bundle replaces a local one of the same id. What the bundle does not set stays local.
+    pub fn with_bundle(&self, bundle_toml: &str, bundle_name: &str) -> Result<Config, ConfigError> {
+        let policy: BundlePolicy = parse_toml(bundle_toml, bundle_name)?;
+        let mut merged = self.clone();
+        merged.apps.extend(policy.apps);
+        merged.tag_rules = policy
+            .tag_rules
+            .into_iter()
+            .chain(self.tag_rules.iter().cloned())
+            .collect();
+        let central_ids: Vec<String> = policy.custom_apps.iter().map(|a| a.id.clone()).collect();
+        merged.custom_apps = policy
+            .custom_apps
+            .into_iter()
+            .chain(
+                self.custom_apps
+                    .iter()
+                    .filter(|a| !central_ids.contains(&a.id))
+                    .cloned(),
+            )
+            .collect();
+        merged.session_policies = policy
+            .session_policies
+            .into_iter()
+            .chain(self.session_policies.iter().cloned())
+            .collect();
+        merged.access_policies = policy
+            .access_policies
+            .into_iter()
+            .chain(self.access_policies.iter().cloned())
+            .collect();
+        merged.validate(bundle_toml, bundle_name)?;
+        Ok(merged)
+    }
+}
+
+/// Deserializes TOML into `T`, with errors that name the file, line, column and key.
+fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Result<T, ConfigError> {
+    {
         let located = |offset: Option<usize>, key: String, message: String| {
             let (line, column) = offset.map_or((1, 1), |o| line_column(text, o));
             ConfigError::Invalid {
@@ -221,7 +326,7 @@ impl Config {
         };
         let de = toml::de::Deserializer::parse(text)
             .map_err(|e| located(e.span().map(|s| s.start), String::new(), e.message().into()))?;
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
             let key = if path == "." || path.is_empty() {
@@ -230,11 +335,11 @@ impl Config {
                 format!("{path}: ")
             };
             located(inner.span().map(|s| s.start), key, inner.message().into())
-        })?;
-        config.validate(text, file)?;
-        Ok(config)
+        })
     }
+}
 
+impl Config {
     /// Checks what types alone cannot: names that must not be empty or repeat.
     fn validate(&self, text: &str, file: &str) -> Result<(), ConfigError> {
         let fail = |key: &str, needle: &str, message: String| {
@@ -347,6 +452,20 @@ impl Config {
                 "must be at least 1".into(),
             );
         }
+        if !(1..=86_400).contains(&self.hub.upload_interval_secs) {
+            return fail(
+                "hub.upload_interval_secs",
+                "upload_interval_secs",
+                "must be 1..=86400".into(),
+            );
+        }
+        if !(1..=65_536).contains(&self.hub.spool_max_mb) {
+            return fail(
+                "hub.spool_max_mb",
+                "spool_max_mb",
+                "must be 1..=65536".into(),
+            );
+        }
         if self.enforcement.steer_timeout_secs == 0 {
             return fail(
                 "enforcement.steer_timeout_secs",
@@ -394,6 +513,75 @@ pub fn default_route_interface() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const LOCAL: &str = r#"
+mode = "enforce"
+[apps.dropbox]
+tag = "sanctioned"
+[apps.box]
+tag = "monitored"
+[[tag_rules]]
+category = "Cloud storage"
+tag = "monitored"
+"#;
+
+    #[test]
+    fn a_bundle_is_laid_over_the_local_config_and_wins() {
+        let local = Config::parse(LOCAL, "local.toml").unwrap();
+        let merged = local
+            .with_bundle(
+                "[apps.dropbox]\ntag = \"unsanctioned\"\n[[tag_rules]]\nrisk_score_below = 3.0\ntag = \"unsanctioned\"\n",
+                "bundle revision 7",
+            )
+            .unwrap();
+        assert_eq!(merged.mode, Mode::Enforce, "the box's own settings stay");
+        assert_eq!(
+            merged.apps["dropbox"]
+                .tag
+                .as_ref()
+                .map(ToString::to_string)
+                .as_deref(),
+            Some("unsanctioned"),
+            "the bundle's setting for an app replaces the local one"
+        );
+        assert!(
+            merged.apps.contains_key("box"),
+            "apps the bundle does not name stay"
+        );
+        assert_eq!(merged.tag_rules.len(), 2);
+        assert_eq!(
+            merged.tag_rules[0].risk_score_below,
+            Some(3.0),
+            "central rules match first"
+        );
+    }
+
+    #[test]
+    fn a_bundle_may_not_set_the_boxs_own_sections() {
+        let local = Config::parse(LOCAL, "local.toml").unwrap();
+        for (bundle, key) in [
+            ("mode = \"monitor\"\n", "mode"),
+            ("[enforcement]\nnever_block = []\n", "enforcement"),
+            (
+                "[[interfaces]]\nname = \"eth0\"\nrole = \"lan\"\n",
+                "interfaces",
+            ),
+            ("state_dir = \"/tmp\"\n", "state_dir"),
+        ] {
+            let e = local
+                .with_bundle(bundle, "bundle revision 9")
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("bundle revision 9:1:"), "{e}");
+            assert!(e.contains(key), "{e}");
+        }
+        // Not TOML at all.
+        let e = local
+            .with_bundle("[apps", "bundle revision 9")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("bundle revision 9:"), "{e}");
+    }
 
     #[test]
     fn embedded_default_parses_as_monitor() {

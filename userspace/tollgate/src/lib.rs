@@ -30,6 +30,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod enforce;
+pub mod hub;
 pub mod netns;
 pub mod pressure;
 pub mod session;

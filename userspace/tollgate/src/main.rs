@@ -109,6 +109,15 @@ enum Command {
     },
     /// Check a config file and print what it means.
     CheckConfig { config: PathBuf },
+    /// Join a management hub with a one-time token from `tollgate-hub token create`.
+    Enroll {
+        /// The hub, e.g. https://hub.example.net:9443
+        url: String,
+        token: String,
+        /// The config whose state_dir keeps the gateway's key and certificate.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -183,6 +192,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::CheckConfig { config } => commands::check_config(&config),
+        Command::Enroll { url, token, config } => commands::enroll(config.as_deref(), &url, &token),
         Command::Run { config, netns } => commands::run_daemon(config.as_deref(), netns.as_deref()),
         Command::Flows { json, daemon } => commands::flows(
             daemon.config.as_deref(),

@@ -64,6 +64,7 @@ impl Core {
         let dp = self.dp.stats().unwrap_or_default();
         serde_json::json!({
             "mode": self.cfg.mode.to_string(),
+            "hub": self.hub.as_ref().map(|h| h.status()),
             "flows": st.flows,
             "named_flows": st.named_flows,
             "events": self.events_total,
@@ -192,6 +193,11 @@ impl Core {
         self.tags = self.tags.with_live(self.live_tags.clone());
         self.apply_tags();
         tracing::info!(app, tag = %tag, "tag set");
+        self.audit(
+            "tag_changed",
+            Some(app),
+            format!("tagged {tag} on the gateway"),
+        );
         Response::ok(serde_json::json!({ "app": app, "tag": tag.to_string() }))
     }
 

@@ -48,6 +48,8 @@ pub struct DaemonParts {
     /// The live tags `tags` holds, as read from state_dir (an unreadable file stops the start).
     pub live_tags: BTreeMap<String, Tag>,
     pub users: Users,
+    /// The hub this gateway is enrolled with, and the bundle already laid over `config`.
+    pub hub: Option<(crate::hub::Identity, Option<tollgate_sync::bundle::Bundle>)>,
 }
 
 /// How often the kernel's flow counters are read into the flow table.
@@ -252,6 +254,12 @@ struct Core {
     last_status: Instant,
     /// The event reader task's error counts.
     reader: Arc<ReaderCounts>,
+    /// The sync with the management hub, when the gateway is enrolled.
+    hub: Option<crate::hub::HubLink>,
+    /// The hub bundle laid over the local config.
+    bundle: Option<tollgate_sync::bundle::Bundle>,
+    /// Per-interval usage for the hub's uploads (only while enrolled).
+    meter: Option<tollgate_discovery::interval::IntervalMeter>,
 }
 
 enum Next {
@@ -295,6 +303,7 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
         tags,
         live_tags,
         users,
+        hub,
     } = parts;
     let interfaces = resolve_interfaces(&cfg)?;
     std::fs::create_dir_all(&cfg.state_dir)
@@ -430,9 +439,41 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
         events_at_last_status: 0,
         last_status: Instant::now(),
         reader: Arc::new(ReaderCounts::default()),
+        hub: None,
+        bundle: None,
+        meter: None,
         cfg,
         config_path,
     };
+    let (apply_tx_unused, mut bundles) = mpsc::channel::<crate::hub::ApplyBundle>(1);
+    drop(apply_tx_unused);
+    if let Some((identity, bundle)) = hub {
+        let revision = bundle.as_ref().map_or(0, |b| b.revision);
+        match crate::hub::start(&core.cfg, identity, revision) {
+            Ok((link, rx)) => {
+                let st = link.status();
+                crate::outln!(
+                    "  hub {} as gateway {} of site {}{}",
+                    st.url,
+                    st.gateway_id,
+                    st.site,
+                    bundle.as_ref().map_or(String::new(), |b| format!(
+                        ", bundle revision {}",
+                        b.revision
+                    ))
+                );
+                core.hub = Some(link);
+                core.bundle = bundle;
+                core.meter = Some(tollgate_discovery::interval::IntervalMeter::new(Utc::now()));
+                bundles = rx;
+            }
+            // The gateway enforces without its hub rather than not at all.
+            Err(e) => {
+                tracing::error!("hub sync not started: {e:#}");
+                crate::outln!("tollgate: hub sync not started: {e:#}");
+            }
+        }
+    }
 
     // Name verdicts for what the config and the live tags leave unsanctioned, the learned
     // addresses of the last run that are still live, then everything else an earlier run
@@ -472,6 +513,9 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
         .context("installing the SIGTERM handler")?;
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
+    let upload_every = Duration::from_secs(core.cfg.hub.upload_interval_secs.max(1));
+    let mut upload =
+        tokio::time::interval_at(tokio::time::Instant::now() + upload_every, upload_every);
     let mut detach = false;
     loop {
         tokio::select! {
@@ -508,12 +552,23 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
                 }
             }
             _ = sighup.recv() => core.reload(),
+            Some(call) = bundles.recv() => {
+                let result = core.apply_bundle(call.bundle);
+                let _ = call.reply.send(result);
+            }
+            _ = upload.tick(), if core.hub.is_some() => {
+                core.poll_counters(&mut events);
+                core.upload_interval();
+            }
             _ = sigterm.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
     }
     server.abort();
     reader_task.abort();
+    if let Some(h) = &core.hub {
+        h.shutdown();
+    }
     let _ = std::fs::remove_file(&core.cfg.control_socket);
     if let Some(s) = core.session.take() {
         s.shutdown(&mut core.dp).await;

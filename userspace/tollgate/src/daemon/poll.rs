@@ -8,6 +8,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use tokio::sync::mpsc;
 use tollgate_dataplane::{FlowWalk, PayloadEvent};
 use tollgate_discovery::flow_table;
+use tollgate_sync::protocol::{AppUsage, AuditEvent, DiscoveryInterval, DomainUsage, RecordBody};
 
 use super::{Core, EVENT_BATCH, LEARNED_IPS_FILE, WALK_STEP, flow_key, record_key, save_learned};
 
@@ -100,11 +101,73 @@ impl Core {
     /// A warning when the kernel lost work since the last one (see [`crate::pressure`]).
     fn watch_pressure(&mut self) {
         let Ok(dp) = self.dp.stats() else { return };
+        if let Some(h) = &self.hub {
+            use std::sync::atomic::Ordering::Relaxed;
+            h.gauges
+                .flows_active
+                .store(self.flows.stats().flows as u64, Relaxed);
+            h.gauges.ring_drops.store(dp.ringbuf_full, Relaxed);
+        }
         if let Some(msg) = self.pressure.observe(
             Instant::now(),
             [dp.ringbuf_full, dp.flow_map_full, dp.hello_map_full],
         ) {
             tracing::warn!("{msg}");
+        }
+    }
+
+    /// Ends an upload interval: its usage goes to the hub's spool (an empty one is skipped).
+    pub(super) fn upload_interval(&mut self) {
+        let (Some(meter), Some(hub)) = (&mut self.meter, &self.hub) else {
+            return;
+        };
+        let usage = meter.take(self.flows.records(), Utc::now(), &self.catalog, &self.users);
+        if usage.is_empty() {
+            return;
+        }
+        if usage.rows_folded > 0 {
+            tracing::warn!(
+                folded = usage.rows_folded,
+                "discovery interval over its row limit; the rest went to \"(other)\""
+            );
+        }
+        hub.send(RecordBody::Discovery(DiscoveryInterval {
+            start: usage.start.timestamp(),
+            end: usage.end.timestamp(),
+            apps: usage
+                .apps
+                .into_iter()
+                .map(|r| AppUsage {
+                    app_id: r.app_id,
+                    user: r.user,
+                    device: r.device,
+                    bytes_up: r.bytes_up,
+                    bytes_down: r.bytes_down,
+                    flows: r.flows,
+                    blocked_flows: 0,
+                })
+                .collect(),
+            unknown_domains: usage
+                .unknown_domains
+                .into_iter()
+                .map(|d| DomainUsage {
+                    domain: d.domain,
+                    bytes_up: d.bytes_up,
+                    bytes_down: d.bytes_down,
+                    flows: d.flows,
+                })
+                .collect(),
+        }));
+    }
+
+    /// An audit record for the hub (nothing when the gateway is not enrolled).
+    pub(super) fn audit(&self, kind: &str, app_id: Option<&str>, detail: String) {
+        if let Some(h) = &self.hub {
+            h.send(RecordBody::Audit(AuditEvent {
+                kind: kind.into(),
+                app_id: app_id.map(str::to_string),
+                detail,
+            }));
         }
     }
 
@@ -114,6 +177,9 @@ impl Core {
         self.flows.expire(now);
         for rec in self.flows.drain_finished() {
             self.history.add(&rec, &self.catalog, &self.users);
+            if let Some(m) = &mut self.meter {
+                m.retire(&rec, &self.catalog, &self.users);
+            }
             self.retired.insert(record_key(&rec), rec.last_seen);
         }
         // Forget retirements the kernel's LRU map has surely evicted by now.

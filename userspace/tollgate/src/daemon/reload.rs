@@ -1,15 +1,15 @@
-//! SIGHUP: the config file read again and what can change without a restart applied.
+//! SIGHUP and central bundles: the config read again (with the applied bundle laid over it)
+//! and what can change without a restart applied.
 
 use tollgate_policy::TagBook;
+use tollgate_sync::bundle::Bundle;
 
 use super::Core;
+use crate::config::Config;
 
 impl Core {
-    /// SIGHUP: reads the config file again and applies what can change without a restart:
-    /// tags and tag rules (the kernel's verdicts follow at once, as for `tollgate app tag`),
-    /// session and access policies, and which apps are under session control. A config that
-    /// does not load leaves everything as it was. Changes to anything else are reported as
-    /// needing a restart.
+    /// SIGHUP: reads the config file again, lays the applied bundle over it, and applies what
+    /// can change without a restart. A config that does not load leaves everything as it was.
     pub(super) fn reload(&mut self) {
         let Some(path) = self.config_path.clone() else {
             crate::outln!(
@@ -17,45 +17,68 @@ impl Core {
             );
             return;
         };
-        let new = match crate::config::Config::load(&path) {
-            Ok(c) => c,
+        let bundle = self.bundle.clone();
+        match self.apply_policy(bundle.as_ref()) {
+            Ok(needs_restart) => crate::outln!(
+                "tollgate: reloaded {} (tags, tag rules, session and access policies){}",
+                path.display(),
+                restart_note(&needs_restart)
+            ),
             Err(e) => {
                 tracing::error!("reload refused, the running config stays: {e}");
                 crate::outln!("tollgate: reload refused, the running config stays: {e}");
-                return;
             }
+        }
+    }
+
+    /// A verified bundle from the hub, laid over the local config and applied through the
+    /// same path as a reload. On error nothing changed and the reason goes back to the hub.
+    pub(super) fn apply_bundle(&mut self, bundle: Bundle) -> Result<(), String> {
+        let revision = bundle.revision;
+        let needs_restart = self.apply_policy(Some(&bundle))?;
+        self.bundle = Some(bundle);
+        crate::outln!(
+            "tollgate: applied hub bundle revision {revision}{}",
+            restart_note(&needs_restart)
+        );
+        self.audit("bundle_applied", None, format!("revision {revision}"));
+        Ok(())
+    }
+
+    /// The local config (file or embedded default) with `bundle` over it, applied: tags and
+    /// tag rules (the kernel's verdicts follow at once, as for `tollgate app tag`), session
+    /// and access policies, and which apps are under session control. Returns the sections
+    /// that changed but take effect only after a restart.
+    fn apply_policy(&mut self, bundle: Option<&Bundle>) -> Result<Vec<&'static str>, String> {
+        let local = match &self.config_path {
+            Some(path) => Config::load(path),
+            None => Config::embedded_default(),
+        }
+        .map_err(|e| e.to_string())?;
+        let new = match bundle {
+            Some(b) => local
+                .with_bundle(&b.policy_toml, &format!("bundle revision {}", b.revision))
+                .map_err(|e| e.to_string())?,
+            None => local,
         };
-        let tags = match TagBook::new(
+        let tags = TagBook::new(
             &self.catalog,
             &new.apps,
             new.tag_rules.clone(),
             self.live_tags.clone(),
-        ) {
-            Ok(t) => t,
-            Err(e) => {
-                crate::outln!(
-                    "tollgate: reload refused ({}: apps/tag_rules: {e}), the running config stays",
-                    path.display()
-                );
-                return;
-            }
-        };
-        if let Some(s) = &mut self.session
-            && let Err(e) = s.reload(&new)
-        {
-            crate::outln!(
-                "tollgate: reload refused ({}: {e:#}), the running config stays",
-                path.display()
-            );
-            return;
+        )
+        .map_err(|e| format!("apps/tag_rules: {e}"))?;
+        if let Some(s) = &mut self.session {
+            s.reload(&new).map_err(|e| format!("{e:#}"))?;
         }
-        let needs_restart: Vec<&str> = [
+        let needs_restart: Vec<&'static str> = [
             ("mode", new.mode != self.cfg.mode),
             ("interfaces", new.interfaces != self.cfg.interfaces),
             ("custom_apps", new.custom_apps != self.cfg.custom_apps),
             ("catalog", new.catalog != self.cfg.catalog),
             ("enforcement", new.enforcement != self.cfg.enforcement),
             ("proxy", new.proxy != self.cfg.proxy),
+            ("hub", new.hub != self.cfg.hub),
             (
                 "session control started",
                 self.session.is_none() && !crate::session::session_apps(&new).is_empty(),
@@ -76,17 +99,17 @@ impl Core {
         self.cfg.session_policies = new.session_policies;
         self.cfg.access_policies = new.access_policies;
         self.apply_tags();
-        crate::outln!(
-            "tollgate: reloaded {} (tags, tag rules, session and access policies){}",
-            path.display(),
-            if needs_restart.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "; changes to {} take effect after a restart",
-                    needs_restart.join(", ")
-                )
-            }
-        );
+        Ok(needs_restart)
+    }
+}
+
+fn restart_note(needs_restart: &[&str]) -> String {
+    if needs_restart.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; changes to {} take effect after a restart",
+            needs_restart.join(", ")
+        )
     }
 }
