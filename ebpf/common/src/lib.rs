@@ -15,6 +15,9 @@
 //! userspace must agree byte for byte.
 #![no_std]
 
+mod facts;
+pub use facts::{Direction, Mode, Role};
+
 /// Bumped whenever a map key, value or event layout changes. Pins live under a directory named
 /// after it, so a daemon of a different ABI never reuses incompatible pinned maps.
 pub const ABI_VERSION: u32 = 7;

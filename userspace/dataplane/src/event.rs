@@ -8,18 +8,11 @@ use std::{
 
 use bytes::Bytes;
 use tollgate_common::{
-    self as abi, DIR_DOWN, DIR_UP, EVENT_HEADER_LEN, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue,
-    KIND_DNS, KIND_HTTP, KIND_QUIC, KIND_TLS,
+    self as abi, EVENT_HEADER_LEN, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, KIND_DNS, KIND_HTTP,
+    KIND_QUIC, KIND_TLS,
 };
 
-/// Which way a packet went, seen from the user.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Direction {
-    /// From the user (LAN side) toward the internet.
-    Up,
-    /// From the internet toward the user.
-    Down,
-}
+pub use tollgate_common::Direction;
 
 /// What the probes recognised in the payload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -306,11 +299,8 @@ pub fn decode_record(rec: &[u8], clock: &KernelClock) -> Result<PayloadEvent, Re
     };
     let user_ip = key_addr(key.family, &key.user_addr).ok_or(unknown("family", key.family))?;
     let remote_ip = key_addr(key.family, &key.remote_addr).ok_or(unknown("family", key.family))?;
-    let direction = match f.u8(OFF_DIR) {
-        DIR_UP => Direction::Up,
-        DIR_DOWN => Direction::Down,
-        d => return Err(unknown("direction", d)),
-    };
+    let dir = f.u8(OFF_DIR);
+    let direction = Direction::from_abi(dir).ok_or(unknown("direction", dir))?;
     let kind = match f.u8(OFF_KIND) {
         KIND_TLS => PayloadKind::Tls,
         KIND_QUIC => PayloadKind::Quic,
@@ -413,7 +403,7 @@ mod tests {
             orig_len: 517,
             cap_len: 4,
             kind: KIND_TLS,
-            direction: DIR_UP,
+            direction: abi::DIR_UP,
             tcp_flags: 0x18,
             flags: abi::EVENT_F_CONTINUATION,
             abi: abi::ABI_VERSION,

@@ -64,21 +64,7 @@ use std::{
 
 use aya::{Ebpf, programs::links::FdLink};
 
-/// What an interface faces.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Role {
-    /// Faces users: ingress is up, egress is down.
-    Lan,
-    /// Faces the internet: egress is up, ingress is down.
-    Wan,
-}
-
-/// Monitor counts and reports; enforce applies verdicts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Mode {
-    Monitor,
-    Enforce,
-}
+pub use tollgate_common::{Mode, Role};
 
 /// A TCX hook.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -92,15 +78,6 @@ impl fmt::Display for Hook {
         f.write_str(match self {
             Hook::Ingress => "ingress",
             Hook::Egress => "egress",
-        })
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Role::Lan => "lan",
-            Role::Wan => "wan",
         })
     }
 }

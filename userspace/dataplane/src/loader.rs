@@ -92,10 +92,7 @@ pub(crate) fn write_config(ebpf: &mut Ebpf, mode: Mode) -> Result<(), DataplaneE
     let mut cfg: Array<&mut MapData, Config> =
         Array::try_from(map_mut(ebpf, abi::MAP_CONFIG)?).map_err(map_err(abi::MAP_CONFIG))?;
     let mut c = cfg.get(&0, 0).map_err(map_err(abi::MAP_CONFIG))?;
-    c.mode = match mode {
-        Mode::Monitor => abi::MODE_MONITOR,
-        Mode::Enforce => abi::MODE_ENFORCE,
-    };
+    c.mode = mode.abi();
     cfg.set(0, c, 0).map_err(map_err(abi::MAP_CONFIG))
 }
 
@@ -146,10 +143,7 @@ pub(crate) fn start(opts: DataplaneOptions) -> Result<Dataplane, DataplaneError>
         }
         for (_, ifindex, role) in &ifaces {
             let info = IfaceInfo {
-                role: match role {
-                    Role::Lan => abi::ROLE_LAN,
-                    Role::Wan => abi::ROLE_WAN,
-                },
+                role: role.abi(),
                 _pad: 0,
             };
             m.insert(*ifindex, info, 0)

@@ -3,7 +3,6 @@
 //! the default route with the shipped catalog.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -150,47 +149,14 @@ fn default_history_hours() -> u32 {
     24 * 7
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    #[default]
-    Monitor,
-    Enforce,
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Mode::Monitor => "monitor",
-            Mode::Enforce => "enforce",
-        })
-    }
-}
+/// `monitor` or `enforce`; `role = "lan" | "wan"` (the ABI crate defines both once).
+pub use tollgate_common::{Mode, Role};
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InterfaceConfig {
     pub name: String,
     pub role: Role,
-}
-
-/// Which side an interface faces: that decides what "up" (user to internet) means there.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Faces the users: traffic arriving here goes up.
-    Lan,
-    /// Faces the internet: traffic leaving here goes up.
-    Wan,
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Role::Lan => "lan",
-            Role::Wan => "wan",
-        })
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

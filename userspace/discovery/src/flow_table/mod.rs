@@ -150,11 +150,7 @@ pub struct Observed {
 }
 
 /// Which way a live payload copy travelled. Up is from the user (LAN side).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    Up,
-    Down,
-}
+pub use tollgate_common::Direction;
 
 /// A first-flight payload copy from the kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -25,9 +25,7 @@ use chrono::{DateTime, Utc};
 use anyhow::{Context, Result, bail};
 use tokio::sync::{mpsc, oneshot};
 use tollgate_catalog::Catalog;
-use tollgate_dataplane::{
-    Dataplane, DataplaneOptions, Direction, EventReader, FlowCounters, PayloadEvent,
-};
+use tollgate_dataplane::{Dataplane, DataplaneOptions, EventReader, FlowCounters, PayloadEvent};
 use tollgate_discovery::aggregate::{AggregateOptions, Aggregator};
 use tollgate_discovery::flow_table::{self, FlowTable, FlowTableLimits};
 use tollgate_discovery::record::{FlowRecord, L4Proto};
@@ -310,23 +308,9 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
         .with_context(|| format!("creating state_dir {}", cfg.state_dir.display()))?;
     let pin_dir = pin_dir(netns.as_deref());
     let mut dp = Dataplane::start(DataplaneOptions {
-        interfaces: interfaces
-            .iter()
-            .map(|(n, r)| {
-                (
-                    n.clone(),
-                    match r {
-                        Role::Lan => tollgate_dataplane::Role::Lan,
-                        Role::Wan => tollgate_dataplane::Role::Wan,
-                    },
-                )
-            })
-            .collect(),
+        interfaces: interfaces.clone(),
         pin_dir: pin_dir.clone(),
-        mode: match cfg.mode {
-            Mode::Monitor => tollgate_dataplane::Mode::Monitor,
-            Mode::Enforce => tollgate_dataplane::Mode::Enforce,
-        },
+        mode: cfg.mode,
     })
     .context("starting the dataplane")?;
 
@@ -351,10 +335,7 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
             a.hook.to_string(),
             a.interface,
             a.role,
-            match a.direction {
-                Direction::Up => "up",
-                Direction::Down => "down",
-            },
+            a.direction,
             a.program,
             a.program_id,
             a.link_id,
