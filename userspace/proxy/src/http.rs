@@ -305,6 +305,9 @@ async fn buffer(
     let fut = async {
         // A known length is reserved at once, so that a body never holds part of the budget
         // while it waits for the rest.
+        // The buffer is allocated once at that size, so that what the budget counts is what
+        // the allocator holds (a growing buffer would hold up to twice its length, and both
+        // copies while it moves).
         if let Some(n) = expected {
             let want = usize::try_from(n)
                 .unwrap_or(usize::MAX)
@@ -312,6 +315,7 @@ async fn buffer(
             waiting.store(true, Relaxed);
             share.grow(want).await.map_err(|_| BufferError::Busy)?;
             waiting.store(false, Relaxed);
+            buf.reserve(want.min(cap.saturating_add(1)));
         }
         loop {
             if buf.len() > cap {
@@ -322,12 +326,19 @@ async fn buffer(
                 Some(Err(e)) => return Err(BufferError::Body(e)),
                 Some(Ok(f)) => {
                     if let Ok(d) = f.into_data() {
+                        let len = buf.len().saturating_add(d.len());
+                        // Unknown length: grow by doubling, counted at capacity.
+                        let capacity = if len <= buf.capacity() {
+                            buf.capacity()
+                        } else {
+                            len.max(buf.capacity().saturating_mul(2))
+                                .min(cap.saturating_add(1))
+                                .max(len)
+                        };
                         waiting.store(true, Relaxed);
-                        share
-                            .grow(buf.len().saturating_add(d.len()))
-                            .await
-                            .map_err(|_| BufferError::Busy)?;
+                        share.grow(capacity).await.map_err(|_| BufferError::Busy)?;
                         waiting.store(false, Relaxed);
+                        buf.reserve(capacity - buf.len());
                         buf.extend_from_slice(&d);
                     }
                 }
