@@ -143,6 +143,14 @@ pub struct Daemon {
 impl Daemon {
     /// Writes a config (mode, LAN interface gc, and `extra` TOML) and starts the daemon.
     pub fn start(topo: &mut Topology, mode: &str, extra: &str) -> Result<Daemon> {
+        let d = Daemon::prepare(topo, mode, extra)?;
+        d.spawn(topo)?;
+        Ok(d)
+    }
+
+    /// Writes the config only (for set-up that needs it before the daemon runs, such as
+    /// `tollgate enroll`); [`Daemon::spawn`] starts it.
+    pub fn prepare(topo: &mut Topology, mode: &str, extra: &str) -> Result<Daemon> {
         let dir = topo.scratch().to_path_buf();
         let state_dir = dir.join("state");
         let socket = dir.join("control.sock");
@@ -157,14 +165,12 @@ impl Daemon {
             ),
         )?;
         let log = format!("tollgate-{}.log", std::process::id());
-        let d = Daemon {
+        Ok(Daemon {
             config,
             socket,
             state_dir,
             log,
-        };
-        d.spawn(topo)?;
-        Ok(d)
+        })
     }
 
     /// Starts (or restarts) the daemon process with the same config.

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use tollgate_catalog::Catalog;
 
 use crate::aggregate::base_domain;
@@ -19,6 +20,11 @@ use crate::users::Users;
 /// The most distinct (app, user, device) rows and unknown domains in one interval; more are
 /// folded into the row of the user `"(other)"` / the domain `"(other)"` and counted.
 pub const MAX_ROWS: usize = 20_000;
+/// How long a flow that left the table is remembered: the kernel's flow map may hand it back
+/// after a daemon restart (or a table eviction) until its entry ages out there.
+pub const GONE_HORIZON_SECS: i64 = 3600;
+/// The most flows remembered after they left the table; the oldest are forgotten first.
+pub const MAX_GONE: usize = 262_144;
 
 /// One app's traffic from one user (or device) in an interval.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -59,8 +65,8 @@ impl IntervalUsage {
 }
 
 /// A flow, told apart from a later one on the same 5-tuple by when it started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct FlowId {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FlowId {
     proto: L4Proto,
     src: IpAddr,
     sport: u16,
@@ -89,11 +95,25 @@ struct Pending {
     folded: u64,
 }
 
+/// What the meter already reported, kept across a restart of the daemon: the kernel's flow
+/// map outlives the daemon, so without it a restarted daemon would report every flow still
+/// in the map a second time.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeterCheckpoint {
+    /// Unix seconds where the next interval starts.
+    pub start: i64,
+    pub reported: Vec<(FlowId, u64, u64)>,
+    /// Flows that left the table: final counters and when they were last seen (Unix s).
+    pub gone: Vec<(FlowId, u64, u64, i64)>,
+}
+
 /// Turns absolute per-flow counters into per-interval deltas.
 pub struct IntervalMeter {
     start: DateTime<Utc>,
     /// Bytes (up, down) already reported for each flow still in the live table.
     reported: HashMap<FlowId, (u64, u64)>,
+    /// Flows that left the table, with what they reported and when they were last seen.
+    gone: HashMap<FlowId, (u64, u64, i64)>,
     pending: Pending,
 }
 
@@ -102,15 +122,63 @@ impl IntervalMeter {
         Self {
             start,
             reported: HashMap::new(),
+            gone: HashMap::new(),
             pending: Pending::default(),
+        }
+    }
+
+    /// A meter that goes on from a checkpoint.
+    pub fn restore(checkpoint: MeterCheckpoint) -> Self {
+        Self {
+            start: DateTime::from_timestamp(checkpoint.start, 0).unwrap_or_default(),
+            reported: checkpoint
+                .reported
+                .into_iter()
+                .map(|(id, up, down)| (id, (up, down)))
+                .collect(),
+            gone: checkpoint
+                .gone
+                .into_iter()
+                .map(|(id, up, down, seen)| (id, (up, down, seen)))
+                .collect(),
+            pending: Pending::default(),
+        }
+    }
+
+    /// What has been reported so far (call right after [`IntervalMeter::take`], and keep it
+    /// once that interval's usage is durable).
+    pub fn checkpoint(&self) -> MeterCheckpoint {
+        MeterCheckpoint {
+            start: self.start.timestamp(),
+            reported: self
+                .reported
+                .iter()
+                .map(|(id, (up, down))| (*id, *up, *down))
+                .collect(),
+            gone: self
+                .gone
+                .iter()
+                .map(|(id, (up, down, seen))| (*id, *up, *down, *seen))
+                .collect(),
         }
     }
 
     /// A flow that left the live table: what it has not reported yet goes into this interval.
     pub fn retire(&mut self, rec: &FlowRecord, catalog: &Catalog, users: &Users) {
         let id = FlowId::of(rec);
-        let before = self.reported.remove(&id);
+        let before = self.already_reported(&id);
         self.count(rec, before, catalog, users);
+        self.gone.insert(
+            id,
+            (rec.bytes_up, rec.bytes_down, rec.last_seen.timestamp()),
+        );
+    }
+
+    /// What a flow reported before: while live, or before it left the table.
+    fn already_reported(&mut self, id: &FlowId) -> Option<(u64, u64)> {
+        self.reported
+            .remove(id)
+            .or_else(|| self.gone.get(id).map(|(up, down, _)| (*up, *down)))
     }
 
     /// Ends the interval at `now`: the live flows' growth is added, and the interval's usage
@@ -126,11 +194,21 @@ impl IntervalMeter {
         let mut still_live = HashMap::with_capacity(self.reported.len());
         for rec in live {
             let id = FlowId::of(&rec);
-            let before = self.reported.remove(&id);
+            let before = self.already_reported(&id);
             self.count(&rec, before, catalog, users);
+            self.gone.remove(&id);
             still_live.insert(id, (rec.bytes_up, rec.bytes_down));
         }
         self.reported = still_live;
+        let horizon = now.timestamp() - GONE_HORIZON_SECS;
+        self.gone.retain(|_, (_, _, seen)| *seen >= horizon);
+        if self.gone.len() > MAX_GONE {
+            let mut seen: Vec<i64> = self.gone.values().map(|(_, _, s)| *s).collect();
+            let cut = seen.len() - MAX_GONE;
+            seen.select_nth_unstable(cut);
+            let oldest_kept = seen[cut];
+            self.gone.retain(|_, (_, _, s)| *s >= oldest_kept);
+        }
         let pending = std::mem::take(&mut self.pending);
         let mut apps: Vec<AppUsageRow> = pending.apps.into_values().collect();
         apps.sort_by(|a, b| (&a.app_id, &a.user, &a.device).cmp(&(&b.app_id, &b.user, &b.device)));
@@ -328,6 +406,57 @@ mod tests {
             &users,
         );
         assert_eq!(fifth.apps[0].flows, 1);
+    }
+
+    #[test]
+    fn a_restored_meter_does_not_report_a_flow_again() {
+        let catalog = Catalog::builtin().unwrap();
+        let users = Users::default();
+        let t0 = Utc::now();
+        let mut meter = IntervalMeter::new(t0);
+        let a = flow(1000, "www.dropbox.com", 100, 1000, t0);
+        meter.take(
+            [a.clone()].into_iter(),
+            t0 + TimeDelta::seconds(60),
+            &catalog,
+            &users,
+        );
+        let saved = meter.checkpoint();
+        let mut restarted = IntervalMeter::restore(saved);
+        let mut grown = a;
+        grown.bytes_down = 1500;
+        let usage = restarted.take(
+            [grown.clone()].into_iter(),
+            t0 + TimeDelta::seconds(120),
+            &catalog,
+            &users,
+        );
+        assert_eq!(
+            (
+                usage.apps[0].bytes_up,
+                usage.apps[0].bytes_down,
+                usage.apps[0].flows
+            ),
+            (0, 500, 0)
+        );
+
+        // A flow that left the table, then came back from the kernel's map after another
+        // restart, is not a new flow either.
+        restarted.retire(&grown, &catalog, &users);
+        restarted.take(
+            std::iter::empty(),
+            t0 + TimeDelta::seconds(180),
+            &catalog,
+            &users,
+        );
+        let mut again = IntervalMeter::restore(restarted.checkpoint());
+        let usage = again.take(
+            [grown].into_iter(),
+            t0 + TimeDelta::seconds(240),
+            &catalog,
+            &users,
+        );
+        assert!(usage.is_empty(), "{usage:?}");
     }
 
     #[test]

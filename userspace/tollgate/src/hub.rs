@@ -9,7 +9,12 @@
 //! - `enrollment.json`: the gateway id, site, hub URLs and the bundle-signing public key;
 //! - `gateway.key` (PEM; made here, never sent), `gateway.crt` and `ca.crt` (DER);
 //! - `bundle.bin`: the last bundle applied, verified again at start;
-//! - `spool/`: records waiting for the hub.
+//! - `spool/`: records waiting for the hub;
+//! - `meter.bin`: what discovery already reported, so that a restarted daemon does not report
+//!   the flows still in the kernel's map again. It is written right after the interval's
+//!   record is synced into the spool: a crash between the two (a few microseconds) reports
+//!   that one interval twice; a crash before the sync loses nothing, since the flows are
+//!   still in the kernel's map and are reported from the last checkpoint.
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -30,6 +35,8 @@ use tollgate_sync::protocol::{
 use tollgate_sync::spool::{Spool, SpoolConfig};
 use tollgate_sync::token::EnrollmentToken;
 
+use tollgate_discovery::interval::MeterCheckpoint;
+
 use crate::config::Config;
 
 const HUB_DIR: &str = "hub";
@@ -39,6 +46,7 @@ const CERT_FILE: &str = "gateway.crt";
 const CA_FILE: &str = "ca.crt";
 const BUNDLE_FILE: &str = "bundle.bin";
 const SPOOL_DIR: &str = "spool";
+const METER_FILE: &str = "meter.bin";
 
 /// How long the hub may hold a poll.
 const POLL_WAIT_SECS: u16 = 25;
@@ -214,6 +222,13 @@ pub fn load_applied_bundle(state_dir: &Path, identity: &Identity) -> Option<Bund
     }
 }
 
+/// What discovery reported before the daemon last stopped; none when unreadable (the flows
+/// then count from now).
+pub fn load_meter_checkpoint(state_dir: &Path) -> Option<MeterCheckpoint> {
+    let bytes = std::fs::read(hub_dir(state_dir).join(METER_FILE)).ok()?;
+    postcard::from_bytes(&bytes).ok()
+}
+
 /// The sync's state, as `status --json` shows it under `hub`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct HubStatus {
@@ -251,18 +266,39 @@ pub struct ApplyBundle {
     pub reply: oneshot::Sender<Result<(), String>>,
 }
 
+/// A record for the spool, with the discovery meter's state to keep once it is durable.
+struct Spooled {
+    body: RecordBody,
+    checkpoint: Option<Vec<u8>>,
+}
+
 /// What the core holds of the sync task.
 pub struct HubLink {
     pub status: Arc<Mutex<HubStatus>>,
     pub gauges: Arc<HealthGauges>,
-    records: mpsc::Sender<RecordBody>,
+    records: mpsc::Sender<Spooled>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl HubLink {
     /// Queues a record for the hub; never waits. A full queue drops it, counted.
     pub fn send(&self, body: RecordBody) {
-        if self.records.try_send(body).is_err()
+        self.queue(Spooled {
+            body,
+            checkpoint: None,
+        });
+    }
+
+    /// Queues an interval's discovery with the meter's state after it.
+    pub fn send_interval(&self, body: RecordBody, checkpoint: &MeterCheckpoint) {
+        self.queue(Spooled {
+            body,
+            checkpoint: postcard::to_allocvec(checkpoint).ok(),
+        });
+    }
+
+    fn queue(&self, item: Spooled) {
+        if self.records.try_send(item).is_err()
             && let Ok(mut s) = self.status.lock()
         {
             s.records_dropped += 1;
@@ -331,6 +367,7 @@ pub fn start(
         client,
         status: status.clone(),
         spool,
+        meter_path: hub_dir(&cfg.state_dir).join(METER_FILE),
         interval: Duration::from_secs(cfg.hub.upload_interval_secs.max(1)),
     };
     let tasks = vec![
@@ -552,11 +589,12 @@ struct Uploader {
     client: Arc<HubClient>,
     status: Arc<Mutex<HubStatus>>,
     spool: Arc<Mutex<Spool>>,
+    meter_path: PathBuf,
     interval: Duration,
 }
 
 impl Uploader {
-    async fn run(self, mut records: mpsc::Receiver<RecordBody>) {
+    async fn run(self, mut records: mpsc::Receiver<Spooled>) {
         let mut tick = tokio::time::interval(self.interval);
         let mut backoff = Backoff::new();
         let mut retry_at: Option<tokio::time::Instant> = None;
@@ -592,21 +630,30 @@ impl Uploader {
         }
     }
 
-    /// Appends and fsyncs, off the runtime's workers.
-    async fn append(&self, batch: Vec<RecordBody>) {
+    /// Appends and fsyncs, off the runtime's workers; then keeps the newest meter state.
+    async fn append(&self, batch: Vec<Spooled>) {
         let spool = self.spool.clone();
         let status = self.status.clone();
+        let meter_path = self.meter_path.clone();
         let done = tokio::task::spawn_blocking(move || {
             let Ok(mut sp) = spool.lock() else { return };
-            for body in batch {
-                if let Err(e) = sp.append(now_secs(), body) {
+            let mut checkpoint = None;
+            for item in batch {
+                if let Err(e) = sp.append(now_secs(), item.body) {
                     tracing::warn!("spooling a record: {e}");
                 }
+                checkpoint = item.checkpoint.or(checkpoint);
             }
             if let Err(e) = sp.sync() {
                 tracing::error!("syncing the spool: {e}");
+                return;
             }
             drop(sp);
+            if let Some(cp) = checkpoint
+                && let Err(e) = write_private(&meter_path, &cp)
+            {
+                tracing::warn!("{e:#}");
+            }
             refresh_spool_status(&spool, &status);
         })
         .await;

@@ -445,7 +445,12 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
                 );
                 core.hub = Some(link);
                 core.bundle = bundle;
-                core.meter = Some(tollgate_discovery::interval::IntervalMeter::new(Utc::now()));
+                core.meter = Some(
+                    crate::hub::load_meter_checkpoint(&core.cfg.state_dir).map_or_else(
+                        || tollgate_discovery::interval::IntervalMeter::new(Utc::now()),
+                        tollgate_discovery::interval::IntervalMeter::restore,
+                    ),
+                );
                 bundles = rx;
             }
             // The gateway enforces without its hub rather than not at all.

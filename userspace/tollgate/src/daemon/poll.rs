@@ -131,33 +131,37 @@ impl Core {
                 "discovery interval over its row limit; the rest went to \"(other)\""
             );
         }
-        hub.send(RecordBody::Discovery(DiscoveryInterval {
-            start: usage.start.timestamp(),
-            end: usage.end.timestamp(),
-            apps: usage
-                .apps
-                .into_iter()
-                .map(|r| AppUsage {
-                    app_id: r.app_id,
-                    user: r.user,
-                    device: r.device,
-                    bytes_up: r.bytes_up,
-                    bytes_down: r.bytes_down,
-                    flows: r.flows,
-                    blocked_flows: 0,
-                })
-                .collect(),
-            unknown_domains: usage
-                .unknown_domains
-                .into_iter()
-                .map(|d| DomainUsage {
-                    domain: d.domain,
-                    bytes_up: d.bytes_up,
-                    bytes_down: d.bytes_down,
-                    flows: d.flows,
-                })
-                .collect(),
-        }));
+        let checkpoint = meter.checkpoint();
+        hub.send_interval(
+            RecordBody::Discovery(DiscoveryInterval {
+                start: usage.start.timestamp(),
+                end: usage.end.timestamp(),
+                apps: usage
+                    .apps
+                    .into_iter()
+                    .map(|r| AppUsage {
+                        app_id: r.app_id,
+                        user: r.user,
+                        device: r.device,
+                        bytes_up: r.bytes_up,
+                        bytes_down: r.bytes_down,
+                        flows: r.flows,
+                        blocked_flows: 0,
+                    })
+                    .collect(),
+                unknown_domains: usage
+                    .unknown_domains
+                    .into_iter()
+                    .map(|d| DomainUsage {
+                        domain: d.domain,
+                        bytes_up: d.bytes_up,
+                        bytes_down: d.bytes_down,
+                        flows: d.flows,
+                    })
+                    .collect(),
+            }),
+            &checkpoint,
+        );
     }
 
     /// An audit record for the hub (nothing when the gateway is not enrolled).
