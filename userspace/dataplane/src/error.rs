@@ -58,6 +58,8 @@ pub enum DataplaneError {
     },
     #[error("event reader: {0}")]
     Io(#[from] io::Error),
+    #[error("walking the flow map: {0}")]
+    FlowWalk(#[source] io::Error),
     #[error("map {0} is not a hash map")]
     NotHashMap(&'static str),
     #[error("the event is not {expected}")]

@@ -124,7 +124,7 @@ fn walk_flow_map_inner(
             }
             Err(e) => {
                 walk.done = true;
-                return Err(DataplaneError::Io(e));
+                return Err(DataplaneError::FlowWalk(e));
             }
         }
     }
