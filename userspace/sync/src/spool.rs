@@ -162,6 +162,8 @@ pub enum SpoolError {
     Config(String),
     #[error("record of {size} bytes is over the spool's {limit}-byte limit; not written")]
     RecordTooLarge { size: usize, limit: usize },
+    #[error("sequence numbers exhausted")]
+    SeqExhausted,
     #[error("record could not be encoded: {0}")]
     Encode(#[source] postcard::Error),
     #[error("{0}: not a spool segment this version reads (unknown magic); left as is")]
@@ -636,6 +638,10 @@ impl Spool {
     /// [`Spool::sync`]. When the spool is full the oldest segment is dropped first (counted).
     pub fn append(&mut self, recorded_at: i64, body: RecordBody) -> Result<u64, SpoolError> {
         let seq = self.next_seq;
+        if seq == u64::MAX {
+            // Only a forged segment can get here (2^64 records); never hand out a number twice.
+            return Err(SpoolError::SeqExhausted);
+        }
         let record = UploadRecord {
             seq,
             recorded_at,
