@@ -5,4 +5,5 @@
 
 pub mod bundle;
 pub mod protocol;
+pub mod spool;
 pub mod token;
