@@ -4,5 +4,6 @@
 #![forbid(unsafe_code)]
 
 pub mod bundle;
+pub mod client;
 pub mod protocol;
 pub mod token;
