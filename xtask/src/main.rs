@@ -587,8 +587,7 @@ impl TestPostgres {
         }
         let data = pg.dir.join("data");
         status(
-            &mut pg
-                .as_owner(&pg.bin.join("initdb"))
+            pg.as_owner(&pg.bin.join("initdb"))
                 .args([
                     "-A",
                     "trust",
@@ -602,7 +601,7 @@ impl TestPostgres {
                 .arg(&data),
         )?;
         status(
-            &mut pg.as_owner(&pg.bin.join("pg_ctl"))
+            pg.as_owner(&pg.bin.join("pg_ctl"))
                 .arg("-D")
                 .arg(&data)
                 .arg("-l")
