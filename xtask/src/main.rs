@@ -42,6 +42,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("certutil", "libnss3-tools"),
     ("python3", "python3"),
     ("scapy", "python3-scapy"),
+    // The hub's tests run against a real PostgreSQL cluster that `test` starts.
+    ("pg_ctlcluster", "postgresql"),
 ];
 
 /// Python packages the end-to-end tests drive real clients and servers with: (module,
@@ -76,6 +78,7 @@ fn real_main() -> Result<()> {
         "run" => run(&rest),
         "test" => test(&rest),
         "bench" => bench(&rest),
+        "with-postgres" => with_postgres(&rest),
         _ => {
             eprintln!(
                 "usage: cargo xtask <setup|build|run|test|bench> [args]\n\
@@ -84,7 +87,9 @@ fn real_main() -> Result<()> {
                  \n  run     setup, build and run `tollgate run` on the embedded default config\
                  \n          (extra args go to `tollgate`, e.g. `cargo xtask run -- --config F`)\
                  \n  test    setup and run every test (root-only tests skip when not root)\
-                 \n  bench   run the benchmarks that print ratios"
+                 \n  bench   run the benchmarks that print ratios\
+                 \n  with-postgres -- CMD...  run CMD with a throwaway PostgreSQL cluster in\
+                 \n          TOLLGATE_TEST_POSTGRES (e.g. `-- cargo test -p tollgate-hub`)"
             );
             bail!("unknown command {cmd:?}")
         }
@@ -401,6 +406,14 @@ fn test(args: &[String]) -> Result<()> {
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--no-fail-fast"])
         .args(args);
+    // Kept alive until the tests are done; dropping it stops the cluster.
+    let postgres = TestPostgres::start();
+    match &postgres {
+        Ok(pg) => {
+            cmd.env("TOLLGATE_TEST_POSTGRES", &pg.url);
+        }
+        Err(e) => eprintln!("test: no PostgreSQL for the hub's tests ({e:#}); they will SKIP"),
+    }
     // The namespace tests share the machine's two cores; running them concurrently with
     // each other makes real traffic flaky, so tests that need that serialise themselves.
     let tests = status(&mut cmd);
@@ -513,4 +526,117 @@ fn fuzz_smoke() -> Result<()> {
 fn bench(args: &[String]) -> Result<()> {
     setup(false)?;
     status(cargo().args(["bench", "--workspace"]).args(args))
+}
+
+fn with_postgres(args: &[String]) -> Result<()> {
+    let args: Vec<&String> = args.iter().skip_while(|a| *a == "--").collect();
+    let Some((program, rest)) = args.split_first() else {
+        bail!("usage: cargo xtask with-postgres -- CMD [ARGS...]");
+    };
+    let pg = TestPostgres::start()?;
+    let mut cmd = Command::new(program);
+    cmd.args(rest)
+        .current_dir(workspace_root())
+        .env("PATH", tool_path())
+        .env("TOLLGATE_TEST_POSTGRES", &pg.url);
+    status(&mut cmd)
+}
+
+/// A throwaway PostgreSQL cluster for the hub's tests: initdb into a temporary directory (as
+/// the `postgres` user when run as root: the server refuses to run as root), trust
+/// authentication, listening on 127.0.0.1 on a free port only, fsync off. Stopped and removed
+/// on drop.
+struct TestPostgres {
+    dir: PathBuf,
+    bin: PathBuf,
+    url: String,
+}
+
+impl TestPostgres {
+    fn start() -> Result<TestPostgres> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .context("PostgreSQL is not installed (/usr/lib/postgresql)")?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin"))
+            .filter(|b| b.join("initdb").is_file())
+            .max_by_key(|b| {
+                b.parent()
+                    .and_then(|v| v.file_name())
+                    .and_then(|v| v.to_str())
+                    .and_then(|v| v.parse::<u32>().ok())
+                    .unwrap_or(0)
+            })
+            .context("no initdb under /usr/lib/postgresql/*/bin")?;
+        let dir = env::temp_dir().join(format!("tollgate-test-pg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let pg = TestPostgres {
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            dir,
+            bin,
+        };
+        if is_root() {
+            status(
+                Command::new("chown")
+                    .args(["-R", "postgres:postgres"])
+                    .arg(&pg.dir),
+            )?;
+        }
+        let data = pg.dir.join("data");
+        status(
+            pg.as_owner(&pg.bin.join("initdb"))
+                .args([
+                    "-A",
+                    "trust",
+                    "-U",
+                    "postgres",
+                    "--no-sync",
+                    "-E",
+                    "UTF8",
+                    "-D",
+                ])
+                .arg(&data),
+        )?;
+        status(
+            pg.as_owner(&pg.bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(&data)
+                .arg("-l")
+                .arg(pg.dir.join("log"))
+                .arg("-o")
+                .arg(format!(
+                    "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300",
+                    pg.dir.display()
+                ))
+                .args(["-w", "start"]),
+        )?;
+        eprintln!("test: PostgreSQL for the hub's tests at {}", pg.url);
+        Ok(pg)
+    }
+
+    /// A command run as the cluster's owner.
+    fn as_owner(&self, program: &Path) -> Command {
+        if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program);
+            c
+        } else {
+            Command::new(program)
+        }
+    }
+}
+
+impl Drop for TestPostgres {
+    fn drop(&mut self) {
+        let _ = self
+            .as_owner(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

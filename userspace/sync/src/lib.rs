@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bundle;
+pub mod client;
 pub mod protocol;
 pub mod spool;
 pub mod token;

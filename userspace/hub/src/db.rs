@@ -1,0 +1,958 @@
+//! The hub's storage: one schema and one list of migrations for SQLite and PostgreSQL, through
+//! sqlx's `any` driver. Queries use `$N` placeholders (both engines read them) and only
+//! integers, text and byte strings, so the same SQL runs on both. Times are Unix seconds.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
+use tollgate_sync::bundle::SignedBundle;
+use tollgate_sync::protocol::{BundleOutcome, Health, RecordBody, UploadBatch};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("database {0}: {1}")]
+    Open(String, String),
+}
+
+/// Each migration's statements, separated by `;`. `{blob}` and `{serial}` stand for the
+/// engine's byte-string type and auto-numbered key.
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    "CREATE TABLE hub_keys (
+        id BIGINT PRIMARY KEY,
+        ca_cert {blob} NOT NULL,
+        ca_key TEXT NOT NULL,
+        bundle_key {blob} NOT NULL,
+        created_at BIGINT NOT NULL
+    );
+    CREATE TABLE tokens (
+        secret_hash TEXT PRIMARY KEY,
+        site TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        used_at BIGINT,
+        used_by TEXT
+    );
+    CREATE TABLE gateways (
+        id TEXT PRIMARY KEY,
+        site TEXT NOT NULL,
+        hostname TEXT NOT NULL,
+        version TEXT NOT NULL,
+        cert_fingerprint TEXT NOT NULL UNIQUE,
+        enrolled_at BIGINT NOT NULL,
+        last_seen BIGINT,
+        applied_revision BIGINT NOT NULL DEFAULT 0,
+        report_revision BIGINT,
+        report_outcome TEXT,
+        report_reason TEXT,
+        health TEXT,
+        revoked_at BIGINT
+    );
+    CREATE TABLE bundles (
+        revision BIGINT PRIMARY KEY,
+        site TEXT,
+        published_at BIGINT NOT NULL,
+        policy_toml TEXT NOT NULL,
+        body {blob} NOT NULL,
+        signature {blob} NOT NULL
+    );
+    CREATE TABLE uploads (
+        gateway_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        recorded_at BIGINT NOT NULL,
+        received_at BIGINT NOT NULL,
+        PRIMARY KEY (gateway_id, seq)
+    );
+    CREATE TABLE discovery (
+        gateway_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        idx BIGINT NOT NULL,
+        interval_start BIGINT NOT NULL,
+        interval_end BIGINT NOT NULL,
+        app_id TEXT NOT NULL,
+        user_name TEXT NOT NULL,
+        device TEXT NOT NULL,
+        bytes_up BIGINT NOT NULL,
+        bytes_down BIGINT NOT NULL,
+        flows BIGINT NOT NULL,
+        blocked_flows BIGINT NOT NULL,
+        PRIMARY KEY (gateway_id, seq, idx)
+    );
+    CREATE INDEX discovery_app ON discovery (app_id);
+    CREATE TABLE unknown_domains (
+        gateway_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        idx BIGINT NOT NULL,
+        interval_start BIGINT NOT NULL,
+        interval_end BIGINT NOT NULL,
+        domain TEXT NOT NULL,
+        bytes_up BIGINT NOT NULL,
+        bytes_down BIGINT NOT NULL,
+        flows BIGINT NOT NULL,
+        PRIMARY KEY (gateway_id, seq, idx)
+    );
+    CREATE TABLE audit (
+        id {serial},
+        at BIGINT NOT NULL,
+        source TEXT NOT NULL,
+        gateway_id TEXT,
+        seq BIGINT,
+        kind TEXT NOT NULL,
+        app_id TEXT,
+        detail TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX audit_gateway_seq ON audit (gateway_id, seq)",
+)];
+
+/// An arbitrary constant: the PostgreSQL advisory lock that serializes migrations when
+/// several hubs start at once.
+const MIGRATION_LOCK: i64 = 0x7011_6a7e;
+
+pub fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[derive(Clone)]
+pub struct Db {
+    pub pool: AnyPool,
+    pub postgres: bool,
+}
+
+/// The hub's keys as stored.
+pub struct HubKeys {
+    pub ca_cert: Vec<u8>,
+    pub ca_key_pem: String,
+    pub bundle_key_pkcs8: Vec<u8>,
+}
+
+/// A gateway as authenticated by its certificate.
+pub struct GatewayAuth {
+    pub id: String,
+    pub site: String,
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoredBundle {
+    pub revision: i64,
+    pub signed: SignedBundle,
+}
+
+/// The newest bundle per site and for every site; what held polls compare against.
+#[derive(Debug, Default)]
+pub struct Latest {
+    pub max_revision: i64,
+    pub all_sites: Option<Arc<StoredBundle>>,
+    pub by_site: HashMap<String, Arc<StoredBundle>>,
+}
+
+impl Latest {
+    /// The newest bundle that targets `site`: its own or an every-site one.
+    pub fn for_site(&self, site: &str) -> Option<&Arc<StoredBundle>> {
+        match (self.by_site.get(site), self.all_sites.as_ref()) {
+            (Some(a), Some(b)) => Some(if a.revision >= b.revision { a } else { b }),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// The outcome of a token consumption.
+pub enum TokenUse {
+    Ok { site: String },
+    Unknown,
+    Used,
+    Expired,
+}
+
+impl Db {
+    pub async fn open(url: &str) -> Result<Db, DbError> {
+        sqlx::any::install_default_drivers();
+        let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
+        let mut url = url.to_string();
+        if !postgres {
+            if let Some(path) = url.strip_prefix("sqlite://") {
+                let path = path.split('?').next().unwrap_or(path);
+                if let Some(parent) = std::path::Path::new(path).parent()
+                    && !parent.as_os_str().is_empty()
+                {
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| DbError::Open(url.clone(), e.to_string()))?;
+                }
+            }
+            if !url.contains('?') {
+                url.push_str("?mode=rwc");
+            }
+        }
+        let pool = AnyPoolOptions::new()
+            .max_connections(if postgres { 16 } else { 8 })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if !postgres {
+                        // WAL lets the CLI read and write while the hub runs; the busy timeout
+                        // makes one wait for the other's write instead of failing.
+                        conn.execute(
+                            "PRAGMA journal_mode=WAL; PRAGMA busy_timeout=10000; \
+                             PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .map_err(|e| DbError::Open(redact(&url), e.to_string()))?;
+        let db = Db { pool, postgres };
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    fn dialect(&self, sql: &str) -> String {
+        if self.postgres {
+            sql.replace("{blob}", "BYTEA")
+                .replace("{serial}", "BIGSERIAL PRIMARY KEY")
+        } else {
+            sql.replace("{blob}", "BLOB")
+                .replace("{serial}", "INTEGER PRIMARY KEY AUTOINCREMENT")
+        }
+    }
+
+    async fn migrate(&self) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        if self.postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(MIGRATION_LOCK)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )
+        .await?;
+        let applied: Vec<i64> = sqlx::query("SELECT version FROM schema_migrations")
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<i64, _>(0))
+            .collect::<Result<_, _>>()?;
+        for (version, sql) in MIGRATIONS {
+            if applied.contains(version) {
+                continue;
+            }
+            for statement in self.dialect(sql).split(';') {
+                if !statement.trim().is_empty() {
+                    tx.execute(statement).await?;
+                }
+            }
+            sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
+                .bind(*version)
+                .bind(now())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn load_keys(&self) -> Result<Option<HubKeys>, DbError> {
+        let row = sqlx::query("SELECT ca_cert, ca_key, bundle_key FROM hub_keys WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            None => None,
+            Some(r) => Some(HubKeys {
+                ca_cert: r.try_get(0)?,
+                ca_key_pem: r.try_get(1)?,
+                bundle_key_pkcs8: r.try_get(2)?,
+            }),
+        })
+    }
+
+    /// Stores `keys` unless another hub process stored its own first; returns the keys in
+    /// force either way.
+    pub async fn store_keys(&self, keys: &HubKeys) -> Result<HubKeys, DbError> {
+        sqlx::query(
+            "INSERT INTO hub_keys (id, ca_cert, ca_key, bundle_key, created_at) VALUES (1, $1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(keys.ca_cert.clone())
+        .bind(keys.ca_key_pem.clone())
+        .bind(keys.bundle_key_pkcs8.clone())
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        self.load_keys()
+            .await?
+            .ok_or_else(|| DbError::Open("hub_keys".into(), "keys vanished after insert".into()))
+    }
+
+    pub async fn audit_hub(
+        &self,
+        kind: &str,
+        gateway_id: Option<&str>,
+        detail: &str,
+    ) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO audit (at, source, gateway_id, seq, kind, app_id, detail) VALUES ($1, 'hub', $2, NULL, $3, NULL, $4)",
+        )
+        .bind(now())
+        .bind(gateway_id.map(str::to_string))
+        .bind(kind.to_string())
+        .bind(detail.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn create_token(
+        &self,
+        secret_hash: &str,
+        site: &str,
+        expires_at: i64,
+    ) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO tokens (secret_hash, site, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(secret_hash.to_string())
+        .bind(site.to_string())
+        .bind(now())
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
+        self.audit_hub(
+            "token_created",
+            None,
+            &format!("enrollment token for site {site}, expires at {expires_at}"),
+        )
+        .await
+    }
+
+    /// Consumes a token and records the gateway it enrolled, in one transaction.
+    pub async fn enroll(
+        &self,
+        secret_hash: &str,
+        gateway_id: &str,
+        hostname: &str,
+        version: &str,
+        fingerprint: &str,
+    ) -> Result<TokenUse, DbError> {
+        let now = now();
+        let mut tx = self.pool.begin().await?;
+        let row =
+            sqlx::query("SELECT site, expires_at, used_at FROM tokens WHERE secret_hash = $1")
+                .bind(secret_hash.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(row) = row else {
+            return Ok(TokenUse::Unknown);
+        };
+        let site: String = row.try_get(0)?;
+        let expires_at: i64 = row.try_get(1)?;
+        let used_at: Option<i64> = row.try_get(2)?;
+        if used_at.is_some() {
+            return Ok(TokenUse::Used);
+        }
+        if expires_at <= now {
+            return Ok(TokenUse::Expired);
+        }
+        let done = sqlx::query(
+            "UPDATE tokens SET used_at = $1, used_by = $2 WHERE secret_hash = $3 AND used_at IS NULL AND expires_at > $1",
+        )
+        .bind(now)
+        .bind(gateway_id.to_string())
+        .bind(secret_hash.to_string())
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Ok(TokenUse::Used);
+        }
+        sqlx::query(
+            "INSERT INTO gateways (id, site, hostname, version, cert_fingerprint, enrolled_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(gateway_id.to_string())
+        .bind(site.clone())
+        .bind(hostname.to_string())
+        .bind(version.to_string())
+        .bind(fingerprint.to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO audit (at, source, gateway_id, seq, kind, app_id, detail) VALUES ($1, 'hub', $2, NULL, 'gateway_enrolled', NULL, $3)",
+        )
+        .bind(now)
+        .bind(gateway_id.to_string())
+        .bind(format!("site {site}, host {hostname}, version {version}"))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(TokenUse::Ok { site })
+    }
+
+    pub async fn gateway_by_fingerprint(
+        &self,
+        fingerprint: &str,
+    ) -> Result<Option<GatewayAuth>, DbError> {
+        let row =
+            sqlx::query("SELECT id, site, revoked_at FROM gateways WHERE cert_fingerprint = $1")
+                .bind(fingerprint.to_string())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(match row {
+            None => None,
+            Some(r) => Some(GatewayAuth {
+                id: r.try_get(0)?,
+                site: r.try_get(1)?,
+                revoked: r.try_get::<Option<i64>, _>(2)?.is_some(),
+            }),
+        })
+    }
+
+    pub async fn revoke(&self, gateway_id: &str) -> Result<bool, DbError> {
+        let done =
+            sqlx::query("UPDATE gateways SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                .bind(now())
+                .bind(gateway_id.to_string())
+                .execute(&self.pool)
+                .await?;
+        if done.rows_affected() == 1 {
+            self.audit_hub("gateway_revoked", Some(gateway_id), "revoked by the admin")
+                .await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    pub async fn seen(
+        &self,
+        gateway_id: &str,
+        applied_revision: u64,
+        health: &Health,
+    ) -> Result<(), DbError> {
+        let health_json = serde_json::to_string(&HealthView::from(health)).unwrap_or_default();
+        sqlx::query(
+            "UPDATE gateways SET last_seen = $1, applied_revision = $2, health = $3, \
+             hostname = CASE WHEN $4 = '' THEN hostname ELSE $4 END, \
+             version = CASE WHEN $5 = '' THEN version ELSE $5 END WHERE id = $6",
+        )
+        .bind(now())
+        .bind(int(applied_revision))
+        .bind(health_json)
+        .bind(clip(&health.hostname, 255))
+        .bind(clip(&health.agent_version, 64))
+        .bind(gateway_id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn report(
+        &self,
+        gateway_id: &str,
+        revision: u64,
+        outcome: &BundleOutcome,
+    ) -> Result<(), DbError> {
+        let (name, reason) = match outcome {
+            BundleOutcome::Applied => ("applied", None),
+            BundleOutcome::Refused { reason } => ("refused", Some(clip(reason, 1024))),
+        };
+        let now = now();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE gateways SET last_seen = $1, report_revision = $2, report_outcome = $3, report_reason = $4, \
+             applied_revision = CASE WHEN $3 = 'applied' AND $2 > applied_revision THEN $2 ELSE applied_revision END \
+             WHERE id = $5",
+        )
+        .bind(now)
+        .bind(int(revision))
+        .bind(name.to_string())
+        .bind(reason.clone())
+        .bind(gateway_id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO audit (at, source, gateway_id, seq, kind, app_id, detail) VALUES ($1, 'hub', $2, NULL, $3, NULL, $4)",
+        )
+        .bind(now)
+        .bind(gateway_id.to_string())
+        .bind(format!("bundle_{name}"))
+        .bind(match reason {
+            Some(r) => format!("revision {revision}: {r}"),
+            None => format!("revision {revision}"),
+        })
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stores a batch in one transaction; each `(gateway, seq)` once. Returns (new, duplicates).
+    pub async fn ingest(
+        &self,
+        gateway_id: &str,
+        batch: &UploadBatch,
+    ) -> Result<(u32, u32), DbError> {
+        let received = now();
+        let (mut accepted, mut duplicates) = (0u32, 0u32);
+        let gw = gateway_id.to_string();
+        let mut tx = self.pool.begin().await?;
+        for record in &batch.records {
+            let seq = int(record.seq);
+            let new = sqlx::query(
+                "INSERT INTO uploads (gateway_id, seq, recorded_at, received_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            )
+            .bind(gw.clone())
+            .bind(seq)
+            .bind(record.recorded_at)
+            .bind(received)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if !new {
+                duplicates = duplicates.saturating_add(1);
+                continue;
+            }
+            accepted = accepted.saturating_add(1);
+            match &record.body {
+                RecordBody::Discovery(d) => {
+                    for (idx, app) in d.apps.iter().enumerate() {
+                        sqlx::query(
+                            "INSERT INTO discovery (gateway_id, seq, idx, interval_start, interval_end, app_id, user_name, device, bytes_up, bytes_down, flows, blocked_flows) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING",
+                        )
+                        .bind(gw.clone())
+                        .bind(seq)
+                        .bind(int(idx as u64))
+                        .bind(d.start)
+                        .bind(d.end)
+                        .bind(clip(&app.app_id, 255))
+                        .bind(clip(&app.user, 255))
+                        .bind(clip(&app.device, 255))
+                        .bind(int(app.bytes_up))
+                        .bind(int(app.bytes_down))
+                        .bind(int(app.flows))
+                        .bind(int(app.blocked_flows))
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    for (idx, dom) in d.unknown_domains.iter().enumerate() {
+                        sqlx::query(
+                            "INSERT INTO unknown_domains (gateway_id, seq, idx, interval_start, interval_end, domain, bytes_up, bytes_down, flows) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+                        )
+                        .bind(gw.clone())
+                        .bind(seq)
+                        .bind(int(idx as u64))
+                        .bind(d.start)
+                        .bind(d.end)
+                        .bind(clip(&dom.domain, 255))
+                        .bind(int(dom.bytes_up))
+                        .bind(int(dom.bytes_down))
+                        .bind(int(dom.flows))
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+                RecordBody::Audit(a) => {
+                    sqlx::query(
+                        "INSERT INTO audit (at, source, gateway_id, seq, kind, app_id, detail) VALUES ($1, 'gateway', $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(record.recorded_at)
+                    .bind(gw.clone())
+                    .bind(seq)
+                    .bind(clip(&a.kind, 64))
+                    .bind(a.app_id.as_deref().map(|s| clip(s, 255)))
+                    .bind(clip(&a.detail, 4096))
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok((accepted, duplicates))
+    }
+
+    /// Signs and stores a bundle under the next fleet-wide revision. Two hubs publishing at
+    /// once cannot take the same revision (it is the primary key); the loser tries again.
+    pub async fn publish(
+        &self,
+        signer: &tollgate_sync::bundle::BundleSigner,
+        site: Option<&str>,
+        policy_toml: &str,
+    ) -> Result<i64, PublishError> {
+        let mut last = None;
+        for _ in 0..5 {
+            match self.try_publish(signer, site, policy_toml).await {
+                Ok(rev) => return Ok(rev),
+                Err(PublishError::Db(e)) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(PublishError::Db(last.unwrap_or_else(|| {
+            DbError::Open("bundles".into(), "publish kept conflicting".into())
+        })))
+    }
+
+    async fn try_publish(
+        &self,
+        signer: &tollgate_sync::bundle::BundleSigner,
+        site: Option<&str>,
+        policy_toml: &str,
+    ) -> Result<i64, PublishError> {
+        let now = now();
+        let mut tx = self.pool.begin().await.map_err(DbError::from)?;
+        let max: i64 = sqlx::query("SELECT COALESCE(MAX(revision), 0) FROM bundles")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(DbError::from)?
+            .try_get(0)
+            .map_err(DbError::from)?;
+        let revision = max.saturating_add(1);
+        let bundle = tollgate_sync::bundle::Bundle {
+            schema: tollgate_sync::bundle::BUNDLE_SCHEMA,
+            revision: u64::try_from(revision).unwrap_or(0),
+            site: site.map(str::to_string),
+            published_at: now,
+            policy_toml: policy_toml.to_string(),
+        };
+        let signed = signer.sign(&bundle).map_err(PublishError::Sign)?;
+        sqlx::query(
+            "INSERT INTO bundles (revision, site, published_at, policy_toml, body, signature) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(revision)
+        .bind(site.map(str::to_string))
+        .bind(now)
+        .bind(policy_toml.to_string())
+        .bind(signed.body.clone())
+        .bind(signed.signature.clone())
+        .execute(&mut *tx)
+        .await
+        .map_err(DbError::from)?;
+        sqlx::query(
+            "INSERT INTO audit (at, source, gateway_id, seq, kind, app_id, detail) VALUES ($1, 'hub', NULL, NULL, 'bundle_published', NULL, $2)",
+        )
+        .bind(now)
+        .bind(format!(
+            "revision {revision} for {}",
+            site.map_or("every site".to_string(), |s| format!("site {s}"))
+        ))
+        .execute(&mut *tx)
+        .await
+        .map_err(DbError::from)?;
+        tx.commit().await.map_err(DbError::from)?;
+        Ok(revision)
+    }
+
+    pub async fn max_revision(&self) -> Result<i64, DbError> {
+        Ok(
+            sqlx::query("SELECT COALESCE(MAX(revision), 0) FROM bundles")
+                .fetch_one(&self.pool)
+                .await?
+                .try_get(0)?,
+        )
+    }
+
+    /// The newest bundle per site and for every site.
+    pub async fn latest(&self) -> Result<Latest, DbError> {
+        let rows = sqlx::query(
+            "SELECT b.revision, b.site, b.body, b.signature FROM bundles b \
+             JOIN (SELECT COALESCE(site, '') AS s, MAX(revision) AS r FROM bundles GROUP BY COALESCE(site, '')) m \
+             ON b.revision = m.r",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut latest = Latest::default();
+        for r in rows {
+            let revision: i64 = r.try_get(0)?;
+            let site: Option<String> = r.try_get(1)?;
+            let stored = Arc::new(StoredBundle {
+                revision,
+                signed: SignedBundle {
+                    body: r.try_get(2)?,
+                    signature: r.try_get(3)?,
+                },
+            });
+            latest.max_revision = latest.max_revision.max(revision);
+            match site {
+                None => latest.all_sites = Some(stored),
+                Some(s) => {
+                    latest.by_site.insert(s, stored);
+                }
+            }
+        }
+        Ok(latest)
+    }
+
+    pub async fn gateways(&self) -> Result<Vec<GatewayView>, DbError> {
+        let rows = sqlx::query(
+            "SELECT id, site, hostname, version, enrolled_at, last_seen, applied_revision, report_revision, \
+             report_outcome, report_reason, health, revoked_at FROM gateways ORDER BY site, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(GatewayView::from_row).collect()
+    }
+
+    pub async fn bundles(&self) -> Result<Vec<BundleView>, DbError> {
+        let rows = sqlx::query(
+            "SELECT revision, site, published_at, policy_toml FROM bundles ORDER BY revision DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let toml: String = r.try_get(3)?;
+                Ok(BundleView {
+                    revision: r.try_get(0)?,
+                    site: r.try_get(1)?,
+                    published_at: r.try_get(2)?,
+                    policy_bytes: toml.len(),
+                })
+            })
+            .collect()
+    }
+
+    pub async fn audit(&self, limit: i64) -> Result<Vec<AuditView>, DbError> {
+        let rows = sqlx::query(
+            "SELECT at, source, gateway_id, kind, app_id, detail FROM audit ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditView {
+                    at: r.try_get(0)?,
+                    source: r.try_get(1)?,
+                    gateway_id: r.try_get(2)?,
+                    kind: r.try_get(3)?,
+                    app_id: r.try_get(4)?,
+                    detail: r.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Fleet-wide discovered apps, each with its per-gateway breakdown, biggest first.
+    pub async fn apps(
+        &self,
+        catalog: Option<&tollgate_catalog::Catalog>,
+    ) -> Result<Vec<AppView>, DbError> {
+        let rows = sqlx::query(
+            "SELECT app_id, gateway_id, CAST(SUM(bytes_up) AS BIGINT), CAST(SUM(bytes_down) AS BIGINT), \
+             CAST(SUM(flows) AS BIGINT), CAST(SUM(blocked_flows) AS BIGINT), COUNT(DISTINCT user_name) \
+             FROM discovery GROUP BY app_id, gateway_id ORDER BY app_id, gateway_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let users =
+            sqlx::query("SELECT app_id, COUNT(DISTINCT user_name) FROM discovery GROUP BY app_id")
+                .fetch_all(&self.pool)
+                .await?;
+        let mut user_counts = HashMap::new();
+        for r in &users {
+            user_counts.insert(r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?);
+        }
+        let mut apps: Vec<AppView> = Vec::new();
+        for r in &rows {
+            let app_id: String = r.try_get(0)?;
+            let per = AppGateway {
+                gateway_id: r.try_get(1)?,
+                bytes_up: r.try_get(2)?,
+                bytes_down: r.try_get(3)?,
+                flows: r.try_get(4)?,
+                blocked_flows: r.try_get(5)?,
+                users: r.try_get(6)?,
+            };
+            if apps.last().is_none_or(|a| a.app_id != app_id) {
+                let app = catalog.and_then(|c| c.app(&app_id));
+                apps.push(AppView {
+                    name: app.map(|a| a.name.clone()),
+                    category: app.map(|a| a.category.clone()),
+                    risk_score: catalog.and_then(|c| c.risk_score(&app_id)),
+                    users: user_counts.get(&app_id).copied().unwrap_or(0),
+                    app_id,
+                    ..AppView::default()
+                });
+            }
+            if let Some(a) = apps.last_mut() {
+                a.bytes_up = a.bytes_up.saturating_add(per.bytes_up);
+                a.bytes_down = a.bytes_down.saturating_add(per.bytes_down);
+                a.flows = a.flows.saturating_add(per.flows);
+                a.blocked_flows = a.blocked_flows.saturating_add(per.blocked_flows);
+                a.gateways += 1;
+                a.per_gateway.push(per);
+            }
+        }
+        apps.sort_by(|a, b| {
+            (b.bytes_up.saturating_add(b.bytes_down))
+                .cmp(&a.bytes_up.saturating_add(a.bytes_down))
+                .then_with(|| a.app_id.cmp(&b.app_id))
+        });
+        Ok(apps)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("signing the bundle: {0}")]
+    Sign(tollgate_sync::bundle::BundleError),
+}
+
+/// A database URL for messages: the password, if any, is left out.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut cut = max;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    s[..cut].to_string()
+}
+
+#[derive(Debug, Serialize, serde::Deserialize, Default)]
+pub struct HealthView {
+    pub agent_version: String,
+    pub hostname: String,
+    pub uptime_secs: u64,
+    pub flows_active: u64,
+    pub ring_drops: u64,
+    pub spool_records: u64,
+    pub spool_bytes: u64,
+    pub spool_dropped: u64,
+    pub last_error: Option<String>,
+}
+
+impl From<&Health> for HealthView {
+    fn from(h: &Health) -> Self {
+        HealthView {
+            agent_version: clip(&h.agent_version, 64),
+            hostname: clip(&h.hostname, 255),
+            uptime_secs: h.uptime_secs,
+            flows_active: h.flows_active,
+            ring_drops: h.ring_drops,
+            spool_records: h.spool_records,
+            spool_bytes: h.spool_bytes,
+            spool_dropped: h.spool_dropped,
+            last_error: h.last_error.as_deref().map(|e| clip(e, 1024)),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct GatewayView {
+    pub id: String,
+    pub site: String,
+    pub hostname: String,
+    pub version: String,
+    pub enrolled_at: i64,
+    pub last_seen: Option<i64>,
+    pub applied_revision: i64,
+    pub report_revision: Option<i64>,
+    pub report_outcome: Option<String>,
+    pub report_reason: Option<String>,
+    pub health: Option<HealthView>,
+    pub revoked_at: Option<i64>,
+}
+
+impl GatewayView {
+    fn from_row(r: &AnyRow) -> Result<Self, DbError> {
+        let health: Option<String> = r.try_get(10)?;
+        Ok(GatewayView {
+            id: r.try_get(0)?,
+            site: r.try_get(1)?,
+            hostname: r.try_get(2)?,
+            version: r.try_get(3)?,
+            enrolled_at: r.try_get(4)?,
+            last_seen: r.try_get(5)?,
+            applied_revision: r.try_get(6)?,
+            report_revision: r.try_get(7)?,
+            report_outcome: r.try_get(8)?,
+            report_reason: r.try_get(9)?,
+            health: health.and_then(|h| serde_json::from_str(&h).ok()),
+            revoked_at: r.try_get(11)?,
+        })
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct BundleView {
+    pub revision: i64,
+    pub site: Option<String>,
+    pub published_at: i64,
+    pub policy_bytes: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AuditView {
+    pub at: i64,
+    pub source: String,
+    pub gateway_id: Option<String>,
+    pub kind: String,
+    pub app_id: Option<String>,
+    pub detail: String,
+}
+
+#[derive(Debug, Serialize, Default)]
+pub struct AppView {
+    pub app_id: String,
+    pub name: Option<String>,
+    pub category: Option<String>,
+    pub risk_score: Option<f64>,
+    pub bytes_up: i64,
+    pub bytes_down: i64,
+    pub flows: i64,
+    pub blocked_flows: i64,
+    pub users: i64,
+    pub gateways: i64,
+    pub per_gateway: Vec<AppGateway>,
+}
+
+#[derive(Debug, Serialize, Default)]
+pub struct AppGateway {
+    pub gateway_id: String,
+    pub bytes_up: i64,
+    pub bytes_down: i64,
+    pub flows: i64,
+    pub blocked_flows: i64,
+    pub users: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_left_out_of_urls() {
+        assert_eq!(
+            redact("postgres://hub:s3cret@db:5432/hub"),
+            "postgres://hub:***@db:5432/hub"
+        );
+        assert_eq!(redact("sqlite:///x/hub.db"), "sqlite:///x/hub.db");
+    }
+}

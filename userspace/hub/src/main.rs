@@ -1,0 +1,399 @@
+//! `tollgate-hub`: enrolls gateways, publishes signed policy bundles to them and collects what
+//! they discovered. Every command takes `--config F`; the CLI commands open the hub's database
+//! directly, so they work next to a running hub (SQLite in WAL mode) or against PostgreSQL.
+
+mod config;
+mod db;
+mod pki;
+mod server;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::db::Db;
+
+/// The top-level sections a bundle may set; the rest of a gateway's config stays local.
+pub const BUNDLE_SECTIONS: &[&str] = &[
+    "apps",
+    "tag_rules",
+    "session_policies",
+    "access_policies",
+    "custom_apps",
+];
+
+#[derive(Parser)]
+#[command(name = "tollgate-hub", version, about = "Tollgate's management hub")]
+struct Cli {
+    /// The hub's TOML config (default: the embedded one).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve gateways and the admin API.
+    Run,
+    /// Enrollment tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Publish a policy bundle (the gateway config's TOML) for every site or one.
+    Publish {
+        file: PathBuf,
+        #[arg(long)]
+        site: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The fleet: site, version, last seen, bundle revision and outcome, health.
+    Gateways {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One gateway.
+    Gateway {
+        #[command(subcommand)]
+        command: GatewayCommand,
+    },
+    /// Fleet-wide discovered apps with the per-gateway breakdown.
+    Apps {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Published bundles, newest first.
+    Bundles {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The audit trail, newest first.
+    Audit {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// A one-time enrollment token for a site; it also pins the hub's CA.
+    Create {
+        #[arg(long)]
+        site: String,
+        /// How long it stays valid: `30m`, `24h`, `7d`.
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum GatewayCommand {
+    /// Refuse this gateway from now on.
+    Revoke { id: String },
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_HUB_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tollgate-hub: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(real_main(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tollgate-hub: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn real_main(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load(cli.config.as_deref())?;
+    make_private_dir(&config.state_dir)?;
+    let db = Db::open(&config.database).await?;
+    match cli.command {
+        Command::Run => {
+            let keys = pki::load_or_create(&db).await?;
+            let admin_token = admin_token(&config.admin_token_file)?;
+            server::run(config, db, keys, admin_token).await
+        }
+        Command::Token {
+            command: TokenCommand::Create { site, ttl, json },
+        } => {
+            if site.trim().is_empty() {
+                bail!("--site must not be empty");
+            }
+            let ttl = parse_duration(&ttl)?;
+            let keys = pki::load_or_create(&db).await?;
+            let token = tollgate_sync::token::EnrollmentToken::generate(&keys.ca_der)?;
+            let expires_at = db::now().saturating_add(ttl);
+            db.create_token(&token.secret_hash(), &site, expires_at)
+                .await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "token": token.to_string(),
+                        "site": site,
+                        "expires_at": rfc3339(expires_at),
+                    })
+                );
+            } else {
+                println!("{token}");
+                eprintln!("site {site}, valid until {}", rfc3339(expires_at));
+            }
+            Ok(())
+        }
+        Command::Publish { file, site, json } => {
+            let policy = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            validate_policy(&policy).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let keys = pki::load_or_create(&db).await?;
+            let revision = db.publish(&keys.signer, site.as_deref(), &policy).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "revision": revision, "site": site })
+                );
+            } else {
+                println!(
+                    "published revision {revision} for {}",
+                    site.map_or("every site".to_string(), |s| format!("site {s}"))
+                );
+            }
+            Ok(())
+        }
+        Command::Gateways { json } => {
+            let gateways = db.gateways().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&gateways)?);
+                return Ok(());
+            }
+            println!(
+                "{:<20} {:<12} {:<20} {:<10} {:<20} {:>8}  BUNDLE",
+                "ID", "SITE", "HOST", "VERSION", "LAST SEEN", "REVISION"
+            );
+            for g in gateways {
+                let outcome = match (&g.revoked_at, &g.report_outcome, &g.report_reason) {
+                    (Some(at), _, _) => format!("revoked {}", rfc3339(*at)),
+                    (None, Some(o), Some(r)) => {
+                        format!("{o} r{}: {r}", g.report_revision.unwrap_or_default())
+                    }
+                    (None, Some(o), None) => {
+                        format!("{o} r{}", g.report_revision.unwrap_or_default())
+                    }
+                    _ => "-".into(),
+                };
+                println!(
+                    "{:<20} {:<12} {:<20} {:<10} {:<20} {:>8}  {outcome}",
+                    g.id,
+                    g.site,
+                    g.hostname,
+                    g.version,
+                    g.last_seen.map_or("never".into(), rfc3339),
+                    g.applied_revision
+                );
+            }
+            Ok(())
+        }
+        Command::Gateway {
+            command: GatewayCommand::Revoke { id },
+        } => {
+            if db.revoke(&id).await? {
+                println!("gateway {id} revoked");
+                Ok(())
+            } else {
+                bail!("no gateway {id} (or already revoked)")
+            }
+        }
+        Command::Apps { json } => {
+            let catalog = tollgate_catalog::Catalog::builtin().ok();
+            let apps = db.apps(catalog.as_ref()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&apps)?);
+                return Ok(());
+            }
+            println!(
+                "{:<24} {:>5} {:>14} {:>14} {:>8} {:>8} {:>6} {:>8}",
+                "APP", "RISK", "BYTES UP", "BYTES DOWN", "FLOWS", "BLOCKED", "USERS", "GATEWAYS"
+            );
+            for a in apps {
+                println!(
+                    "{:<24} {:>5} {:>14} {:>14} {:>8} {:>8} {:>6} {:>8}",
+                    a.app_id,
+                    a.risk_score.map_or("-".into(), |s| format!("{s:.1}")),
+                    a.bytes_up,
+                    a.bytes_down,
+                    a.flows,
+                    a.blocked_flows,
+                    a.users,
+                    a.gateways
+                );
+            }
+            Ok(())
+        }
+        Command::Bundles { json } => {
+            let bundles = db.bundles().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&bundles)?);
+                return Ok(());
+            }
+            println!(
+                "{:>8} {:<16} {:<22} {:>8}",
+                "REVISION", "SITE", "PUBLISHED", "BYTES"
+            );
+            for b in bundles {
+                println!(
+                    "{:>8} {:<16} {:<22} {:>8}",
+                    b.revision,
+                    b.site.as_deref().unwrap_or("*"),
+                    rfc3339(b.published_at),
+                    b.policy_bytes
+                );
+            }
+            Ok(())
+        }
+        Command::Audit { json } => {
+            let audit = db.audit(1000).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&audit)?);
+                return Ok(());
+            }
+            for a in audit {
+                println!(
+                    "{} {:<8} {:<20} {:<18} {}",
+                    rfc3339(a.at),
+                    a.source,
+                    a.gateway_id.as_deref().unwrap_or("-"),
+                    a.kind,
+                    a.detail
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Refuses a bundle that sets anything but the sections a bundle may set; the gateway checks
+/// the rest when it compiles the bundle.
+pub fn validate_policy(policy: &str) -> Result<(), String> {
+    let table: toml::Table = policy
+        .parse()
+        .map_err(|e: toml::de::Error| format!("not valid TOML: {}", e.message()))?;
+    for key in table.keys() {
+        if !BUNDLE_SECTIONS.contains(&key.as_str()) {
+            return Err(format!(
+                "section `{key}` cannot be set by a bundle (a bundle may set: {})",
+                BUNDLE_SECTIONS.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `30s`, `30m`, `24h`, `7d` in seconds.
+fn parse_duration(text: &str) -> anyhow::Result<i64> {
+    let text = text.trim();
+    let split = text.len().saturating_sub(1);
+    let (number, unit) = (
+        text.get(..split).unwrap_or(""),
+        text.get(split..).unwrap_or(""),
+    );
+    let n: i64 = number
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .with_context(|| format!("bad duration {text:?} (expected e.g. 30m, 24h, 7d)"))?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => bail!("bad duration {text:?} (expected e.g. 30m, 24h, 7d)"),
+    };
+    Ok(n.saturating_mul(scale))
+}
+
+fn rfc3339(unix: i64) -> String {
+    chrono::DateTime::from_timestamp(unix, 0).map_or_else(
+        || unix.to_string(),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    )
+}
+
+fn make_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// The admin token, made (0600) on the first run.
+fn admin_token(path: &Path) -> anyhow::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => bail!("{} is empty", path.display()),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("reading {}", path.display()));
+        }
+        Err(_) => {}
+    }
+    let token = pki::random_hex(32)?;
+    if let Some(parent) = path.parent() {
+        make_private_dir(parent)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    writeln!(f, "{token}")?;
+    eprintln!("tollgate-hub: admin token written to {}", path.display());
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_policies() {
+        assert_eq!(parse_duration("24h").unwrap(), 86_400);
+        assert_eq!(parse_duration("30m").unwrap(), 1_800);
+        assert_eq!(parse_duration("7d").unwrap(), 604_800);
+        for bad in ["", "h", "0h", "-1h", "24", "24x", "1é"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert!(validate_policy("[apps.dropbox]\ntag = \"unsanctioned\"\n").is_ok());
+        let e = validate_policy("[daemon]\nx = 1\n").unwrap_err();
+        assert!(e.contains("`daemon`"), "{e}");
+        assert!(validate_policy("[apps").is_err());
+    }
+}

@@ -1,0 +1,456 @@
+//! The hub's HTTPS server: the gateway protocol (enroll, long poll, upload, report) and the
+//! admin JSON API, on one port, hyper 1 over tokio-rustls.
+//!
+//! Held polls wait on a `watch` channel carrying the newest bundle per site. It is fed by
+//! publishes in this process and by a once-a-second look at `MAX(revision)` in the database,
+//! so a bundle another hub process (or the CLI) published reaches the gateways this one holds
+//! within about a second; a held poll costs a task and a connection, never a database query.
+
+// Handlers return a ready HTTP answer as their error: one per refused request, on a path
+// that is about to write it out, so boxing it would buy nothing.
+#![allow(clippy::result_large_err)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use subtle::ConstantTimeEq;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tollgate_sync::protocol::{
+    self, BundleReport, EnrollRequest, EnrollResponse, MAX_MESSAGE_BYTES, PATH_ENROLL, PATH_POLL,
+    PATH_REPORT, PATH_UPLOAD, PollRequest, PollResponse, UploadAck, UploadBatch,
+};
+
+use crate::config::Config;
+use crate::db::{Db, GatewayAuth, Latest, TokenUse};
+use crate::pki::{self, Keys};
+
+/// How long a client may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send its request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the hub looks for bundles published elsewhere.
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
+
+pub struct State {
+    pub db: Db,
+    pub keys: Keys,
+    pub config: Config,
+    pub admin_token: String,
+    pub catalog: Option<tollgate_catalog::Catalog>,
+    latest: watch::Sender<Arc<Latest>>,
+}
+
+type Answer = Response<Full<Bytes>>;
+
+fn text(status: StatusCode, reason: &str) -> Answer {
+    let mut r = Response::new(Full::new(Bytes::from(reason.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn message<T: serde::Serialize>(m: &T) -> Answer {
+    let mut r = Response::new(Full::new(Bytes::from(protocol::encode(m))));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(protocol::CONTENT_TYPE),
+    );
+    r
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Answer {
+    match serde_json::to_vec_pretty(v) {
+        Ok(body) => {
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(_) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot encode the answer",
+        ),
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Answer {
+    tracing::warn!(error = %e, "database error");
+    text(StatusCode::SERVICE_UNAVAILABLE, "hub database unavailable")
+}
+
+pub async fn run(config: Config, db: Db, keys: Keys, admin_token: String) -> anyhow::Result<()> {
+    let tls = keys.server_config(&config.server_names)?;
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind(&config.listen).await?;
+    let local = listener.local_addr()?;
+    let initial = db.latest().await?;
+    let (latest, _) = watch::channel(Arc::new(initial));
+    let state = Arc::new(State {
+        catalog: tollgate_catalog::Catalog::builtin().ok(),
+        db,
+        keys,
+        config,
+        admin_token,
+        latest,
+    });
+    println!(
+        "tollgate-hub: listening on https://{local} (database {})",
+        crate::db::redact(&state.config.database)
+    );
+    tokio::spawn(refresher(Arc::clone(&state)));
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of descriptors and the like: wait rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let fingerprint = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| pki::fingerprint(c.as_ref()));
+            let service = hyper::service::service_fn(move |req| {
+                let state = Arc::clone(&state);
+                let fingerprint = fingerprint.clone();
+                async move { Ok::<_, Infallible>(handle(&state, peer, fingerprint, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
+        });
+    }
+}
+
+/// Keeps the newest-bundle view current with what other processes published.
+async fn refresher(state: Arc<State>) {
+    let mut interval = tokio::time::interval(REFRESH_EVERY);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        match state.db.max_revision().await {
+            Ok(max) if max != state.latest.borrow().max_revision => refresh(&state).await,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot look for new bundles"),
+        }
+    }
+}
+
+async fn refresh(state: &State) {
+    match state.db.latest().await {
+        Ok(latest) => {
+            state.latest.send_replace(Arc::new(latest));
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot load the newest bundles"),
+    }
+}
+
+async fn handle(
+    state: &State,
+    peer: SocketAddr,
+    fingerprint: Option<String>,
+    req: Request<Incoming>,
+) -> Answer {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    if path.starts_with("/v1/admin/") {
+        return admin(state, peer, &method, &path, req).await;
+    }
+    if method != Method::POST {
+        return text(StatusCode::NOT_FOUND, "not found");
+    }
+    let gateway_path = [PATH_POLL, PATH_UPLOAD, PATH_REPORT].contains(&path.as_str());
+    if path != PATH_ENROLL && !gateway_path {
+        return text(StatusCode::NOT_FOUND, "not found");
+    }
+    let body = match read_body(req).await {
+        Ok(b) => b,
+        Err(answer) => {
+            tracing::debug!(%peer, path, "body refused");
+            return answer;
+        }
+    };
+    if path == PATH_ENROLL {
+        return enroll(state, peer, &body).await;
+    }
+    let gateway = match authenticate(state, fingerprint.as_deref()).await {
+        Ok(g) => g,
+        Err(answer) => {
+            tracing::info!(%peer, path, status = answer.status().as_u16(), "gateway refused");
+            return answer;
+        }
+    };
+    match path.as_str() {
+        PATH_POLL => poll(state, &gateway, &body).await,
+        PATH_UPLOAD => upload(state, &gateway, &body).await,
+        _ => report(state, &gateway, &body).await,
+    }
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Answer> {
+    let too_large = || text(StatusCode::PAYLOAD_TOO_LARGE, "message too large");
+    if let Some(len) = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > MAX_MESSAGE_BYTES as u64
+    {
+        return Err(too_large());
+    }
+    match Limited::new(req.into_body(), MAX_MESSAGE_BYTES)
+        .collect()
+        .await
+    {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(_) => Err(text(StatusCode::BAD_REQUEST, "unreadable body")),
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Answer> {
+    protocol::decode(body).map_err(|e| text(StatusCode::BAD_REQUEST, &e.to_string()))
+}
+
+async fn authenticate(state: &State, fingerprint: Option<&str>) -> Result<GatewayAuth, Answer> {
+    let Some(fp) = fingerprint else {
+        return Err(text(
+            StatusCode::UNAUTHORIZED,
+            "a client certificate is required (enroll first)",
+        ));
+    };
+    match state.db.gateway_by_fingerprint(fp).await {
+        Ok(Some(g)) if g.revoked => Err(text(StatusCode::FORBIDDEN, "gateway revoked")),
+        Ok(Some(g)) => Ok(g),
+        Ok(None) => Err(text(StatusCode::UNAUTHORIZED, "unknown client certificate")),
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
+async fn enroll(state: &State, peer: SocketAddr, body: &[u8]) -> Answer {
+    let req: EnrollRequest = match decode(body) {
+        Ok(r) => r,
+        Err(a) => return a,
+    };
+    let gateway_id = match pki::random_hex(8) {
+        Ok(h) => format!("gw-{h}"),
+        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    let cert = match state.keys.sign_gateway(&req.csr_der, &gateway_id) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!(%peer, error = %e, "enrollment refused: bad certificate request");
+            return text(
+                StatusCode::BAD_REQUEST,
+                &format!("bad certificate request: {e}"),
+            );
+        }
+    };
+    let hash = tollgate_sync::token::secret_hash(&req.token_secret);
+    let hostname: String = req.hostname.chars().take(255).collect();
+    let version: String = req.agent_version.chars().take(64).collect();
+    match state
+        .db
+        .enroll(
+            &hash,
+            &gateway_id,
+            &hostname,
+            &version,
+            &pki::fingerprint(&cert),
+        )
+        .await
+    {
+        Ok(TokenUse::Ok { site }) => {
+            tracing::info!(%peer, gateway = gateway_id, site, "gateway enrolled");
+            message(&EnrollResponse {
+                gateway_id,
+                site,
+                certificate_der: cert,
+                ca_der: state.keys.ca_der.clone(),
+                bundle_key: state.keys.signer.public_key(),
+                hub_urls: state.config.public_urls.clone(),
+            })
+        }
+        Ok(refusal) => {
+            let reason = match refusal {
+                TokenUse::Used => "token already used",
+                TokenUse::Expired => "token expired",
+                _ => "unknown enrollment token",
+            };
+            tracing::info!(%peer, reason, "enrollment refused");
+            text(StatusCode::FORBIDDEN, reason)
+        }
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn poll(state: &State, gateway: &GatewayAuth, body: &[u8]) -> Answer {
+    let req: PollRequest = match decode(body) {
+        Ok(r) => r,
+        Err(a) => return a,
+    };
+    if let Err(e) = state
+        .db
+        .seen(&gateway.id, req.applied_revision, &req.health)
+        .await
+    {
+        return unavailable(e);
+    }
+    let wait = Duration::from_secs(u64::from(req.wait_secs.min(state.config.long_poll_secs)));
+    let applied = i64::try_from(req.applied_revision).unwrap_or(i64::MAX);
+    let mut rx = state.latest.subscribe();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let newest = rx.borrow_and_update().for_site(&gateway.site).cloned();
+        if let Some(b) = &newest
+            && b.revision > applied
+        {
+            return message(&PollResponse::Bundle(b.signed.clone()));
+        }
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => continue,
+            // The deadline passed, or the hub is shutting down.
+            _ => {
+                let latest_revision = newest.map_or(0, |b| u64::try_from(b.revision).unwrap_or(0));
+                return message(&PollResponse::Unchanged { latest_revision });
+            }
+        }
+    }
+}
+
+async fn upload(state: &State, gateway: &GatewayAuth, body: &[u8]) -> Answer {
+    let batch: UploadBatch = match decode(body) {
+        Ok(r) => r,
+        Err(a) => return a,
+    };
+    let stored_through = batch.records.iter().map(|r| r.seq).max().unwrap_or(0);
+    match state.db.ingest(&gateway.id, &batch).await {
+        Ok((accepted, duplicates)) => message(&UploadAck {
+            stored_through,
+            accepted,
+            duplicates,
+        }),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn report(state: &State, gateway: &GatewayAuth, body: &[u8]) -> Answer {
+    let req: BundleReport = match decode(body) {
+        Ok(r) => r,
+        Err(a) => return a,
+    };
+    match state
+        .db
+        .report(&gateway.id, req.revision, &req.outcome)
+        .await
+    {
+        Ok(()) => {
+            let mut r = Response::new(Full::new(Bytes::new()));
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            r
+        }
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn admin(
+    state: &State,
+    peer: SocketAddr,
+    method: &Method,
+    path: &str,
+    req: Request<Incoming>,
+) -> Answer {
+    let presented = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if state.admin_token.is_empty()
+        || !bool::from(presented.as_bytes().ct_eq(state.admin_token.as_bytes()))
+    {
+        tracing::info!(%peer, path, "admin request refused: bad or missing token");
+        return text(StatusCode::UNAUTHORIZED, "admin token required");
+    }
+    match (method.clone(), path) {
+        (Method::GET, "/v1/admin/gateways") => match state.db.gateways().await {
+            Ok(v) => json(&v),
+            Err(e) => unavailable(e),
+        },
+        (Method::GET, "/v1/admin/apps") => match state.db.apps(state.catalog.as_ref()).await {
+            Ok(v) => json(&v),
+            Err(e) => unavailable(e),
+        },
+        (Method::GET, "/v1/admin/bundles") => match state.db.bundles().await {
+            Ok(v) => json(&v),
+            Err(e) => unavailable(e),
+        },
+        (Method::GET, "/v1/admin/audit") => match state.db.audit(1000).await {
+            Ok(v) => json(&v),
+            Err(e) => unavailable(e),
+        },
+        (Method::POST, "/v1/admin/publish") => {
+            let site = req.uri().query().and_then(|q| {
+                q.split('&')
+                    .find_map(|kv| kv.strip_prefix("site="))
+                    .map(str::to_string)
+            });
+            let body = match read_body(req).await {
+                Ok(b) => b,
+                Err(a) => return a,
+            };
+            let Ok(policy) = std::str::from_utf8(&body) else {
+                return text(StatusCode::BAD_REQUEST, "the policy is not UTF-8");
+            };
+            if let Err(e) = crate::validate_policy(policy) {
+                return text(StatusCode::BAD_REQUEST, &e);
+            }
+            match state
+                .db
+                .publish(&state.keys.signer, site.as_deref(), policy)
+                .await
+            {
+                Ok(revision) => {
+                    refresh(state).await;
+                    json(&serde_json::json!({ "revision": revision, "site": site }))
+                }
+                Err(e) => unavailable(e),
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found"),
+    }
+}

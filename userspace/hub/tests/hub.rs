@@ -1,0 +1,552 @@
+//! The hub as a real process on 127.0.0.1 with real TLS, the gateway side played by
+//! `tollgate_sync::client`. Every test runs on SQLite and, when `TOLLGATE_TEST_POSTGRES` names
+//! a PostgreSQL server (`cargo xtask test` starts one), on PostgreSQL too.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tollgate_sync::client::{self, ClientError, HubClient};
+use tollgate_sync::protocol::{
+    AppUsage, BundleOutcome, BundleReport, DiscoveryInterval, DomainUsage, EnrollRequest,
+    EnrollResponse, Health, PollRequest, PollResponse, RecordBody, UploadBatch, UploadRecord,
+};
+use tollgate_sync::token::EnrollmentToken;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tollgate-hub");
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A database for one test: a SQLite file in `dir`, or a fresh PostgreSQL database.
+fn database(backend: Backend, dir: &Path) -> Option<String> {
+    match backend {
+        Backend::Sqlite => Some(format!("sqlite://{}/hub.db", dir.display())),
+        Backend::Postgres => {
+            let Ok(base) = std::env::var("TOLLGATE_TEST_POSTGRES") else {
+                eprintln!("SKIP: TOLLGATE_TEST_POSTGRES is not set");
+                return None;
+            };
+            let name = format!(
+                "hub_{}_{}",
+                std::process::id(),
+                dir.file_name()?
+                    .to_string_lossy()
+                    .to_lowercase()
+                    .replace(|c: char| !c.is_ascii_alphanumeric(), "")
+            );
+            let out = Command::new("psql")
+                .arg(&base)
+                .args(["-v", "ON_ERROR_STOP=1", "-q", "-c"])
+                .arg(format!("CREATE DATABASE {name}"))
+                .output()
+                .expect("psql");
+            assert!(
+                out.status.success(),
+                "create database: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let (prefix, _) = base.rsplit_once('/').expect("postgres URL with a database");
+            Some(format!("{prefix}/{name}"))
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Hub {
+    child: Option<Child>,
+    config: PathBuf,
+    port: u16,
+}
+
+impl Hub {
+    /// A hub on a free port with its own state dir in `dir` and the given database.
+    fn start(dir: &Path, name: &str, database: &str) -> Hub {
+        let port = free_port();
+        let state = dir.join(name);
+        std::fs::create_dir_all(&state).unwrap();
+        let config = state.join("hub.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\ndatabase = \"{database}\"\n\
+                 server_names = [\"127.0.0.1\", \"localhost\"]\npublic_urls = [\"https://127.0.0.1:{port}\"]\n\
+                 long_poll_secs = 30\n",
+                state.display()
+            ),
+        )
+        .unwrap();
+        let mut hub = Hub {
+            child: None,
+            config,
+            port,
+        };
+        hub.spawn();
+        hub
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("TOLLGATE_HUB_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tollgate-hub");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the hub says where it listens");
+        assert!(
+            line.starts_with("tollgate-hub: listening on https://127.0.0.1:"),
+            "{line}"
+        );
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .expect("tollgate-hub CLI")
+    }
+
+    fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "tollgate-hub {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn token(&self, site: &str, ttl: &str) -> EnrollmentToken {
+        let out = self.cli_ok(&["token", "create", "--site", site, "--ttl", ttl, "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["site"], site);
+        EnrollmentToken::parse(v["token"].as_str().unwrap()).unwrap()
+    }
+
+    fn publish(&self, dir: &Path, policy: &str, site: Option<&str>) -> u64 {
+        let file = dir.join("policy.toml");
+        std::fs::write(&file, policy).unwrap();
+        let mut args = vec!["publish", file.to_str().unwrap(), "--json"];
+        if let Some(s) = site {
+            args.extend(["--site", s]);
+        }
+        let v: serde_json::Value = serde_json::from_str(&self.cli_ok(&args)).unwrap();
+        v["revision"].as_u64().unwrap()
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+struct Gateway {
+    enrolled: EnrollResponse,
+    key_pem: String,
+}
+
+impl Gateway {
+    fn client(&self, urls: Vec<String>) -> HubClient {
+        HubClient::new(
+            urls,
+            self.enrolled.ca_der.clone(),
+            self.enrolled.certificate_der.clone(),
+            &self.key_pem,
+        )
+        .unwrap()
+    }
+}
+
+async fn try_enroll(url: &str, token: &EnrollmentToken) -> Result<Gateway, ClientError> {
+    let id = client::new_gateway_identity("gw.test").unwrap();
+    let request = EnrollRequest {
+        token_secret: token.secret_hex(),
+        csr_der: id.csr_der,
+        hostname: "gw.test".into(),
+        agent_version: "0.1.0".into(),
+    };
+    let enrolled = client::enroll(url, token, &request).await?;
+    Ok(Gateway {
+        enrolled,
+        key_pem: id.key_pem,
+    })
+}
+
+async fn enroll(hub: &Hub, site: &str) -> Gateway {
+    let token = hub.token(site, "1h");
+    let gw = try_enroll(&hub.url(), &token).await.expect("enroll");
+    assert_eq!(gw.enrolled.site, site);
+    gw
+}
+
+fn poll_req(applied: u64, wait: u16) -> PollRequest {
+    PollRequest {
+        applied_revision: applied,
+        wait_secs: wait,
+        health: Health {
+            agent_version: "0.1.0".into(),
+            hostname: "gw.test".into(),
+            ..Health::default()
+        },
+    }
+}
+
+fn batch(first_seq: u64) -> UploadBatch {
+    UploadBatch {
+        records: (0..3)
+            .map(|i| UploadRecord {
+                seq: first_seq + i,
+                recorded_at: 1_700_000_000,
+                body: RecordBody::Discovery(DiscoveryInterval {
+                    start: 1_700_000_000,
+                    end: 1_700_000_060,
+                    apps: vec![AppUsage {
+                        app_id: "dropbox".into(),
+                        user: format!("user{i}"),
+                        device: "10.0.0.2".into(),
+                        bytes_up: 100,
+                        bytes_down: 1000,
+                        flows: 2,
+                        blocked_flows: 1,
+                    }],
+                    unknown_domains: vec![DomainUsage {
+                        domain: "unknown.example".into(),
+                        bytes_up: 1,
+                        bytes_down: 2,
+                        flows: 1,
+                    }],
+                }),
+            })
+            .collect(),
+    }
+}
+
+fn refused(r: Result<impl std::fmt::Debug, ClientError>, status: u16, reason: &str) {
+    match r {
+        Err(ClientError::Refused {
+            status: s,
+            reason: text,
+        }) => {
+            assert_eq!(s, status, "{text}");
+            assert!(text.contains(reason), "{text:?} lacks {reason:?}");
+        }
+        other => panic!("expected a {status} refusal ({reason}), got {other:?}"),
+    }
+}
+
+async fn enrollment_and_refusals(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(db) = database(backend, dir.path()) else {
+        return;
+    };
+    let hub = Hub::start(dir.path(), "hub", &db);
+
+    // A good token enrolls once; the second use is refused.
+    let token = hub.token("paris", "1h");
+    let gw = try_enroll(&hub.url(), &token).await.expect("enroll");
+    assert!(gw.enrolled.gateway_id.starts_with("gw-"));
+    assert_eq!(gw.enrolled.hub_urls, vec![hub.url()]);
+    refused(
+        try_enroll(&hub.url(), &token).await.map(|_| ()),
+        403,
+        "token already used",
+    );
+
+    // A token of the right form whose secret the hub never issued.
+    let mut forged = hub.token("paris", "1h");
+    forged.secret[0] ^= 0xff;
+    refused(
+        try_enroll(&hub.url(), &forged).await.map(|_| ()),
+        403,
+        "unknown enrollment token",
+    );
+
+    // An expired token.
+    let short = hub.token("paris", "1s");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    refused(
+        try_enroll(&hub.url(), &short).await.map(|_| ()),
+        403,
+        "token expired",
+    );
+
+    // A token pinning another CA: the gateway refuses the hub before it sends the secret.
+    let mut wrong_pin = hub.token("paris", "1h");
+    wrong_pin.ca_pin[0] ^= 0xff;
+    match try_enroll(&hub.url(), &wrong_pin).await {
+        Err(ClientError::PinMismatch { reason, .. }) => {
+            assert!(reason.contains("pin"), "{reason}")
+        }
+        other => panic!("expected PinMismatch, got {:?}", other.map(|_| ())),
+    }
+    // ...and that token stays unused: it still enrolls with the right pin.
+    wrong_pin.ca_pin[0] ^= 0xff;
+    try_enroll(&hub.url(), &wrong_pin)
+        .await
+        .expect("the unspent token");
+
+    // An enrolled gateway polls; once revoked it gets 403.
+    let c = gw.client(vec![hub.url()]);
+    assert!(matches!(
+        c.poll(&poll_req(0, 0)).await.unwrap(),
+        PollResponse::Unchanged { latest_revision: 0 }
+    ));
+    hub.cli_ok(&["gateway", "revoke", &gw.enrolled.gateway_id]);
+    refused(c.poll(&poll_req(0, 0)).await, 403, "gateway revoked");
+    refused(c.upload(&batch(1)).await, 403, "gateway revoked");
+
+    let audit = hub.cli_ok(&["audit", "--json"]);
+    for kind in ["token_created", "gateway_enrolled", "gateway_revoked"] {
+        assert!(audit.contains(kind), "{kind} missing from {audit}");
+    }
+}
+
+async fn publish_reaches_held_polls_of_its_site(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(db) = database(backend, dir.path()) else {
+        return;
+    };
+    let hub = Hub::start(dir.path(), "hub", &db);
+    let paris = enroll(&hub, "paris").await;
+    let lyon = enroll(&hub, "lyon").await;
+    let pc = paris.client(vec![hub.url()]);
+    let lc = lyon.client(vec![hub.url()]);
+
+    let paris_poll = tokio::spawn(async move { pc.poll(&poll_req(0, 25)).await });
+    let lyon_poll = tokio::spawn(async move { lc.poll(&poll_req(0, 4)).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let policy = "[apps.dropbox]\ntag = \"unsanctioned\"\n";
+    let published = Instant::now();
+    let revision = hub.publish(dir.path(), policy, Some("paris"));
+    assert_eq!(revision, 1);
+    let answer = paris_poll.await.unwrap().unwrap();
+    assert!(
+        published.elapsed() < Duration::from_secs(5),
+        "bundle took {:?}",
+        published.elapsed()
+    );
+    let PollResponse::Bundle(signed) = answer else {
+        panic!("expected the bundle, got {answer:?}")
+    };
+    let bundle = signed
+        .verify(&paris.enrolled.bundle_key, 0, "paris")
+        .expect("the bundle verifies with the enrollment's bundle key");
+    assert_eq!(bundle.revision, 1);
+    assert_eq!(bundle.policy_toml, policy);
+
+    // Lyon's poll is not answered with Paris's bundle.
+    match lyon_poll.await.unwrap().unwrap() {
+        PollResponse::Unchanged { latest_revision: 0 } => {}
+        other => panic!("lyon got {other:?}"),
+    }
+
+    // A bundle setting a section bundles may not set is refused by publish.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[daemon]\nstatus_interval_secs = 1\n").unwrap();
+    let out = hub.cli(&["publish", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`daemon`"));
+
+    // An every-site bundle reaches both; the report shows up in the fleet view.
+    let all = hub.publish(dir.path(), "[tag_rules]\n", None);
+    assert_eq!(all, 2);
+    let lc = lyon.client(vec![hub.url()]);
+    let PollResponse::Bundle(b) = lc.poll(&poll_req(0, 5)).await.unwrap() else {
+        panic!("lyon gets the every-site bundle")
+    };
+    assert_eq!(
+        b.verify(&lyon.enrolled.bundle_key, 0, "lyon")
+            .unwrap()
+            .revision,
+        2
+    );
+    lc.report(&BundleReport {
+        revision: 2,
+        outcome: BundleOutcome::Refused {
+            reason: "tag_rules: bad pattern".into(),
+        },
+    })
+    .await
+    .unwrap();
+    let gateways: serde_json::Value =
+        serde_json::from_str(&hub.cli_ok(&["gateways", "--json"])).unwrap();
+    let row = gateways
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["id"] == lyon.enrolled.gateway_id.as_str())
+        .unwrap();
+    assert_eq!(row["report_outcome"], "refused");
+    assert_eq!(row["report_reason"], "tag_rules: bad pattern");
+    assert_eq!(row["health"]["hostname"], "gw.test");
+}
+
+fn apps(hub: &Hub) -> serde_json::Value {
+    serde_json::from_str(&hub.cli_ok(&["apps", "--json"])).unwrap()
+}
+
+async fn uploads_count_once_and_survive_a_restart(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(db) = database(backend, dir.path()) else {
+        return;
+    };
+    let mut hub = Hub::start(dir.path(), "hub", &db);
+    let gw = enroll(&hub, "paris").await;
+    let c = gw.client(vec![hub.url()]);
+
+    let first = c.upload(&batch(1)).await.unwrap();
+    assert_eq!(
+        (first.stored_through, first.accepted, first.duplicates),
+        (3, 3, 0)
+    );
+    let again = c.upload(&batch(1)).await.unwrap();
+    assert_eq!(
+        (again.stored_through, again.accepted, again.duplicates),
+        (3, 0, 3)
+    );
+
+    let check = |apps: serde_json::Value| {
+        let dropbox = &apps[0];
+        assert_eq!(dropbox["app_id"], "dropbox");
+        assert_eq!(dropbox["bytes_up"], 300);
+        assert_eq!(dropbox["bytes_down"], 3000);
+        assert_eq!(dropbox["flows"], 6);
+        assert_eq!(dropbox["blocked_flows"], 3);
+        assert_eq!(dropbox["users"], 3);
+        assert_eq!(dropbox["gateways"], 1);
+        assert_eq!(
+            dropbox["per_gateway"][0]["gateway_id"],
+            gw.enrolled.gateway_id.as_str()
+        );
+        // The catalog's score, as the gateway's own report shows it.
+        let catalog = tollgate_catalog::Catalog::builtin().unwrap();
+        assert_eq!(
+            dropbox["risk_score"].as_f64(),
+            catalog.risk_score("dropbox")
+        );
+    };
+    check(apps(&hub));
+    hub.publish(dir.path(), "[apps.dropbox]\ntag = \"sanctioned\"\n", None);
+
+    // A restart keeps the CA (the gateway's client still trusts the hub and is still known),
+    // the bundles and the uploads.
+    hub.kill();
+    hub.spawn();
+    let PollResponse::Bundle(b) = c.poll(&poll_req(0, 1)).await.unwrap() else {
+        panic!("the bundle survives the restart")
+    };
+    assert_eq!(
+        b.verify(&gw.enrolled.bundle_key, 0, "paris")
+            .unwrap()
+            .revision,
+        1
+    );
+    let third = c.upload(&batch(1)).await.unwrap();
+    assert_eq!(third.duplicates, 3);
+    check(apps(&hub));
+}
+
+async fn two_hubs_share_one_database_and_gateways_fail_over(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(db) = database(backend, dir.path()) else {
+        return;
+    };
+    let mut one = Hub::start(dir.path(), "one", &db);
+    let two = Hub::start(dir.path(), "two", &db);
+    // Both serve with the same CA and keys: a gateway enrolled on one is known to the other.
+    let gw = enroll(&one, "paris").await;
+    let c2 = gw.client(vec![two.url()]);
+    let held = tokio::spawn(async move { c2.poll(&poll_req(0, 25)).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let published = Instant::now();
+    one.publish(dir.path(), "[apps.box]\ntag = \"sanctioned\"\n", None);
+    let PollResponse::Bundle(b) = held.await.unwrap().unwrap() else {
+        panic!("hub two delivers what was published through hub one's database")
+    };
+    assert!(published.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        b.verify(&gw.enrolled.bundle_key, 0, "paris")
+            .unwrap()
+            .revision,
+        1
+    );
+
+    // Two URLs: when the first hub dies, the client moves to the second.
+    let c = gw.client(vec![one.url(), two.url()]);
+    assert_eq!(c.current_url(), one.url());
+    assert!(matches!(
+        c.poll(&poll_req(1, 0)).await.unwrap(),
+        PollResponse::Unchanged { latest_revision: 1 }
+    ));
+    one.kill();
+    let err = c.poll(&poll_req(1, 0)).await.unwrap_err();
+    assert!(err.fails_over(), "{err:?}");
+    assert_eq!(c.current_url(), two.url());
+    assert!(matches!(
+        c.poll(&poll_req(1, 0)).await.unwrap(),
+        PollResponse::Unchanged { latest_revision: 1 }
+    ));
+    assert_eq!(c.upload(&batch(10)).await.unwrap().accepted, 3);
+}
+
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name(super::Backend::Sqlite).await
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name(super::Backend::Postgres).await
+            })*
+        }
+    };
+}
+
+on_both!(
+    enrollment_and_refusals,
+    publish_reaches_held_polls_of_its_site,
+    uploads_count_once_and_survive_a_restart,
+    two_hubs_share_one_database_and_gateways_fail_over,
+);
