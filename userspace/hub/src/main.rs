@@ -132,6 +132,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
     let db = Db::open(&config.database).await?;
     match cli.command {
         Command::Run => {
+            raise_fd_limit();
             let keys = pki::load_or_create(&db).await?;
             let admin_token = admin_token(&config.admin_token_file)?;
             server::run(config, db, keys, admin_token).await
@@ -290,6 +291,18 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// Every held long poll is a connection: lift the soft descriptor limit (often 1024) to the
+/// hard one so a hub can hold tens of thousands of gateways.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!(error = %e, soft, hard, "cannot raise the descriptor limit");
     }
 }
 

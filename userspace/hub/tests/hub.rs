@@ -527,6 +527,155 @@ async fn two_hubs_share_one_database_and_gateways_fail_over(backend: Backend) {
     assert_eq!(c.upload(&batch(10)).await.unwrap().accepted, 3);
 }
 
+fn pem(dir: &Path, name: &str, der: &[u8]) -> PathBuf {
+    let der_path = dir.join(format!("{name}.der"));
+    let pem_path = dir.join(format!("{name}.pem"));
+    std::fs::write(&der_path, der).unwrap();
+    let ok = Command::new("openssl")
+        .args(["x509", "-inform", "der", "-in"])
+        .arg(&der_path)
+        .arg("-out")
+        .arg(&pem_path)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "openssl x509");
+    pem_path
+}
+
+/// curl against the hub, trusting its CA; returns (status, body).
+fn curl(ca: &Path, extra: &[&str], url: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\\n%{http_code}", "--cacert"])
+        .arg(ca)
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+async fn bad_requests_and_the_admin_api(backend: Backend) {
+    let have = |c: &str| Command::new(c).arg("--version").output().is_ok();
+    if !have("curl") || !have("openssl") {
+        eprintln!("SKIP: curl and openssl needed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(db) = database(backend, dir.path()) else {
+        return;
+    };
+    let hub = Hub::start(dir.path(), "hub", &db);
+    let gw = enroll(&hub, "paris").await;
+    let ca = pem(dir.path(), "ca", &gw.enrolled.ca_der);
+    let cert = pem(dir.path(), "gw", &gw.enrolled.certificate_der);
+    let key = dir.path().join("gw.key");
+    std::fs::write(&key, &gw.key_pem).unwrap();
+    let url = hub.url();
+
+    // No client certificate on a gateway path: 401. Junk and oversized bodies: 400, 413.
+    let (code, body) = curl(
+        &ca,
+        &["-X", "POST", "--data-binary", "x"],
+        &format!("{url}/v1/poll"),
+    );
+    assert_eq!(code, 401, "{body}");
+    let (code, _) = curl(
+        &ca,
+        &["-X", "POST", "--data-binary", "junk"],
+        &format!("{url}/v1/enroll"),
+    );
+    assert_eq!(code, 400);
+    let mtls = [
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ];
+    let junk = dir.path().join("junk");
+    std::fs::write(&junk, [1u8, 0, 0xff, 0xff, 0xff]).unwrap();
+    let junk_arg = format!("@{}", junk.display());
+    let (code, _) = curl(
+        &ca,
+        &[&mtls[..], &["-X", "POST", "--data-binary", &junk_arg]].concat(),
+        &format!("{url}/v1/upload"),
+    );
+    assert_eq!(code, 400);
+    let big = dir.path().join("big");
+    std::fs::write(
+        &big,
+        vec![0u8; tollgate_sync::protocol::MAX_MESSAGE_BYTES + 1],
+    )
+    .unwrap();
+    let big_arg = format!("@{}", big.display());
+    let (code, _) = curl(
+        &ca,
+        &[&mtls[..], &["-X", "POST", "--data-binary", &big_arg]].concat(),
+        &format!("{url}/v1/upload"),
+    );
+    assert_eq!(code, 413);
+
+    // The admin API wants the admin token.
+    let (code, _) = curl(&ca, &[], &format!("{url}/v1/admin/gateways"));
+    assert_eq!(code, 401);
+    let (code, _) = curl(
+        &ca,
+        &["-H", "Authorization: Bearer nope"],
+        &format!("{url}/v1/admin/gateways"),
+    );
+    assert_eq!(code, 401);
+    let token_file = hub.config.parent().unwrap().join("admin.token");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&token_file).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let auth = format!(
+        "Authorization: Bearer {}",
+        std::fs::read_to_string(&token_file).unwrap().trim()
+    );
+    let (code, body) = curl(&ca, &["-H", &auth], &format!("{url}/v1/admin/gateways"));
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v[0]["id"], gw.enrolled.gateway_id.as_str());
+    let (code, body) = curl(
+        &ca,
+        &["-H", &auth, "-X", "POST", "--data-binary", "[daemon]\n"],
+        &format!("{url}/v1/admin/publish"),
+    );
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = curl(
+        &ca,
+        &[
+            "-H",
+            &auth,
+            "-X",
+            "POST",
+            "--data-binary",
+            "[apps.box]\ntag = \"sanctioned\"\n",
+        ],
+        &format!("{url}/v1/admin/publish?site=paris"),
+    );
+    assert_eq!(code, 200, "{body}");
+    // The hub survived all of it and delivers the bundle published through the API.
+    let c = gw.client(vec![url.clone()]);
+    let PollResponse::Bundle(b) = c.poll(&poll_req(0, 2)).await.unwrap() else {
+        panic!("the API's bundle")
+    };
+    assert_eq!(
+        b.verify(&gw.enrolled.bundle_key, 0, "paris")
+            .unwrap()
+            .revision,
+        1
+    );
+    for path in ["apps", "bundles", "audit"] {
+        let (code, body) = curl(&ca, &["-H", &auth], &format!("{url}/v1/admin/{path}"));
+        assert_eq!(code, 200, "{path}: {body}");
+        assert!(serde_json::from_str::<serde_json::Value>(&body).is_ok());
+    }
+}
+
 macro_rules! on_both {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -549,4 +698,5 @@ on_both!(
     publish_reaches_held_polls_of_its_site,
     uploads_count_once_and_survive_a_restart,
     two_hubs_share_one_database_and_gateways_fail_over,
+    bad_requests_and_the_admin_api,
 );
