@@ -302,26 +302,19 @@ fn method(src: Option<NameSource>) -> &'static str {
     }
 }
 
-/// The registrable part of a host name, by a short list of common two-level public
-/// suffixes (`example.co.uk`); otherwise the last two labels.
+/// The registrable part of a host name (`a.b.example.co.uk` → `example.co.uk`), by the Public
+/// Suffix List compiled into the `psl` crate (no network at run time), so unknown domains
+/// group the way browsers scope cookies: `x.github.io` and `y.github.io` are different
+/// sites, `a.example.com.au` and `b.example.com.au` the same one. An address, a name that is
+/// itself a public suffix (`co.uk`, `localhost`) or one the list cannot split stays as it is.
+/// The list matches lowercase names, which is how the flow table and the log parsers
+/// hand them over.
 pub fn base_domain(name: &str) -> &str {
-    let b = name.as_bytes();
-    // The dots before the last three labels.
-    let mut dots = memchr::memrchr_iter(b'.', b);
-    let (d1, d2, d3) = (dots.next(), dots.next(), dots.next());
-    let Some(d1) = d1 else { return name };
-    let tld = name.get(d1 + 1..).unwrap_or("");
-    let sld = name.get(d2.map_or(0, |d| d + 1)..d1).unwrap_or("");
-    let three = tld.len() == 2
-        && matches!(
-            sld,
-            "co" | "com" | "net" | "org" | "gov" | "ac" | "edu" | "ne" | "or" | "go"
-        );
-    let cut = if three { d3 } else { d2 };
-    match cut {
-        Some(c) if !three || d2.is_some() => name.get(c + 1..).unwrap_or(name),
-        _ => name,
+    let bare = name.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<std::net::IpAddr>().is_ok() {
+        return name;
     }
+    psl::domain_str(name).unwrap_or(name)
 }
 
 fn hour_of(t: DateTime<Utc>) -> i64 {
@@ -1078,7 +1071,26 @@ mod tests {
         assert_eq!(base_domain("a.b.example.com"), "example.com");
         assert_eq!(base_domain("example.com"), "example.com");
         assert_eq!(base_domain("www.bbc.co.uk"), "bbc.co.uk");
+        assert_eq!(base_domain("a.b.example.co.uk"), "example.co.uk");
+        // Suffixes the old two-label heuristic got wrong: three-label public suffixes,
+        // private-section suffixes where each customer is its own site.
+        assert_eq!(base_domain("cdn.shop.example.com.au"), "example.com.au");
+        assert_eq!(base_domain("a.b.c.kawasaki.jp"), "b.c.kawasaki.jp");
+        assert_eq!(base_domain("x.github.io"), "x.github.io");
+        assert_eq!(base_domain("deep.x.github.io"), "x.github.io");
+        assert_eq!(
+            base_domain("bucket.s3.amazonaws.com"),
+            "bucket.s3.amazonaws.com"
+        );
+        assert_eq!(base_domain("foo.blogspot.com"), "foo.blogspot.com");
+        // A public suffix alone, a single label, an unknown TLD, addresses: as they are
+        // (an unknown TLD counts as one label, as the list's default rule says).
+        assert_eq!(base_domain("co.uk"), "co.uk");
         assert_eq!(base_domain("localhost"), "localhost");
         assert_eq!(base_domain("x.y.z.w.v"), "w.v");
+        assert_eq!(base_domain("10.0.0.5"), "10.0.0.5");
+        assert_eq!(base_domain("2001:db8::1"), "2001:db8::1");
+        assert_eq!(base_domain("[2001:db8::1]"), "[2001:db8::1]");
+        assert_eq!(base_domain(""), "");
     }
 }

@@ -491,3 +491,28 @@ fn kill_9_loses_nothing_synced() {
         synced_before = last_synced;
     }
 }
+
+#[test]
+fn a_zero_filled_tail_after_power_loss_is_truncated() {
+    // After power loss a filesystem can leave a file's new size with zeroes where the data
+    // never reached the disk.
+    let dir = tempfile::tempdir().unwrap();
+    let config = cfg(dir.path(), 1 << 20, 256 << 10);
+    let mut spool = Spool::open(config.clone()).unwrap();
+    for n in 1..=5 {
+        spool.append(n as i64, interval(n, 20)).unwrap();
+    }
+    spool.sync().unwrap();
+    drop(spool);
+    let seg = segments(dir.path()).pop().unwrap();
+    let len = fs::metadata(&seg).unwrap().len();
+    let mut file = fs::OpenOptions::new().append(true).open(&seg).unwrap();
+    file.write_all(&[0u8; 4096]).unwrap();
+    drop(file);
+
+    let mut spool = Spool::open(config).unwrap();
+    assert_eq!(seqs(&all(&mut spool)), vec![1, 2, 3, 4, 5]);
+    assert_eq!(spool.stats().torn_bytes_discarded, 4096);
+    assert_eq!(fs::metadata(&seg).unwrap().len(), len);
+    assert_eq!(spool.append(6, audit(6)).unwrap(), 6);
+}
