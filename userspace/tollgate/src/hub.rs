@@ -334,9 +334,8 @@ pub fn start(
     );
     let spool_dir = hub_dir(&cfg.state_dir).join(SPOOL_DIR);
     let spool = Spool::open(SpoolConfig {
-        dir: spool_dir.clone(),
         max_bytes: cfg.hub.spool_max_mb.saturating_mul(1 << 20),
-        ..SpoolConfig::default()
+        ..SpoolConfig::new(&spool_dir)
     })
     .with_context(|| format!("opening the spool {}", spool_dir.display()))?;
     let spool = Arc::new(Mutex::new(spool));
