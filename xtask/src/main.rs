@@ -574,7 +574,12 @@ impl TestPostgres {
             .local_addr()?
             .port();
         let pg = TestPostgres {
-            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            // The socket directory too: a hub in a test's network namespace cannot reach
+            // the host's 127.0.0.1, but it can reach a unix socket.
+            url: format!(
+                "postgres://postgres@127.0.0.1:{port}/postgres?host={}",
+                dir.display()
+            ),
             dir,
             bin,
         };
