@@ -315,7 +315,12 @@ fn a_published_bundle_blocks_on_the_gateway_within_5s() {
 
         // A restart keeps the bundle (verified again from disk) before the hub answers.
         hub.kill9(&mut topo);
-        daemon.stop();
+        // SIGTERM, not `stop`: a restart keeps the pinned programs (and needs no hub).
+        daemon.signal("TERM").expect("SIGTERM");
+        let gone = wait_for(Duration::from_secs(10), || {
+            daemon.query("status").is_err().then_some(())
+        });
+        assert!(gone.is_some(), "the daemon did not stop");
         let mut daemon = daemon;
         daemon.log = format!("{}-2", daemon.log);
         daemon.spawn(&mut topo).expect("restart");

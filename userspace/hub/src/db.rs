@@ -416,6 +416,18 @@ impl Db {
         })
     }
 
+    /// Whether a gateway was revoked (a held poll checks again before it hands out a bundle).
+    pub async fn is_revoked(&self, gateway_id: &str) -> Result<bool, DbError> {
+        let row = sqlx::query("SELECT revoked_at FROM gateways WHERE id = $1")
+            .bind(gateway_id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            None => true,
+            Some(r) => r.try_get::<Option<i64>, _>(0)?.is_some(),
+        })
+    }
+
     pub async fn revoke(&self, gateway_id: &str) -> Result<bool, DbError> {
         let done =
             sqlx::query("UPDATE gateways SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")

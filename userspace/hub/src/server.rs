@@ -334,15 +334,27 @@ async fn poll(state: &State, gateway: &GatewayAuth, body: &[u8]) -> Answer {
     let applied = i64::try_from(req.applied_revision).unwrap_or(i64::MAX);
     let mut rx = state.latest.subscribe();
     let deadline = tokio::time::Instant::now() + wait;
+    let mut waited = false;
     loop {
         let newest = rx.borrow_and_update().for_site(&gateway.site).cloned();
         if let Some(b) = &newest
             && b.revision > applied
         {
+            // A gateway revoked while its poll was held gets nothing more.
+            if waited {
+                match state.db.is_revoked(&gateway.id).await {
+                    Ok(false) => {}
+                    Ok(true) => return text(StatusCode::FORBIDDEN, "gateway revoked"),
+                    Err(e) => return unavailable(e),
+                }
+            }
             return message(&PollResponse::Bundle(b.signed.clone()));
         }
         match tokio::time::timeout_at(deadline, rx.changed()).await {
-            Ok(Ok(())) => continue,
+            Ok(Ok(())) => {
+                waited = true;
+                continue;
+            }
             // The deadline passed, or the hub is shutting down.
             _ => {
                 let latest_revision = newest.map_or(0, |b| u64::try_from(b.revision).unwrap_or(0));

@@ -469,10 +469,13 @@ impl Poller {
 
     async fn run(mut self) {
         let mut backoff = Backoff::new();
+        // The first poll (and the first after an error) is answered at once: the gateway
+        // learns it is connected, and the hub gets its health, without waiting a long poll.
+        let mut wait_secs = 0;
         loop {
             let request = PollRequest {
                 applied_revision: self.applied.max(self.skipped),
-                wait_secs: POLL_WAIT_SECS,
+                wait_secs,
                 health: self.health(),
             };
             let answer = self.client.poll(&request).await;
@@ -483,6 +486,7 @@ impl Poller {
                 Ok(PollResponse::Unchanged { .. }) => {
                     self.contact();
                     backoff.reset();
+                    wait_secs = POLL_WAIT_SECS;
                 }
                 Ok(PollResponse::Bundle(signed)) => {
                     self.contact();
@@ -496,6 +500,7 @@ impl Poller {
                 Err(e) => {
                     tracing::debug!("hub poll: {e}");
                     set_error(&self.status, Some(e.to_string()));
+                    wait_secs = 0;
                     backoff.wait().await;
                 }
             }
