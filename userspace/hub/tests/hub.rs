@@ -50,8 +50,15 @@ fn database(backend: Backend, dir: &Path) -> Option<String> {
                 "create database: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            let (prefix, _) = base.rsplit_once('/').expect("postgres URL with a database");
-            Some(format!("{prefix}/{name}"))
+            // The URL may carry `?host=<socket dir>`: replace only the path's database.
+            let (url, query) = base
+                .split_once('?')
+                .map_or((base.as_str(), None), |(u, q)| (u, Some(q)));
+            let (prefix, _) = url.rsplit_once('/').expect("postgres URL with a database");
+            Some(match query {
+                Some(q) => format!("{prefix}/{name}?{q}"),
+                None => format!("{prefix}/{name}"),
+            })
         }
     }
 }
