@@ -83,7 +83,8 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn hex32(text: &str) -> Option<[u8; 32]> {
+/// 32 bytes from 64 hex digits (a token part, a key or a pin as stored in a file).
+pub fn hex32(text: &str) -> Option<[u8; 32]> {
     if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tollgate_sync::bundle::{Bundle, SignedBundle};
@@ -95,8 +95,8 @@ pub fn load_identity(state_dir: &Path) -> Result<Option<Identity>> {
     };
     let enrollment: Enrollment =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    let bundle_key = parse_key(&enrollment.bundle_key)
-        .with_context(|| format!("{}: bundle_key", path.display()))?;
+    let bundle_key = tollgate_sync::token::hex32(&enrollment.bundle_key)
+        .with_context(|| format!("{}: bundle_key is not 64 hex digits", path.display()))?;
     let read = |name: &str| {
         let p = dir.join(name);
         std::fs::read(&p).with_context(|| format!("reading {}", p.display()))
@@ -116,17 +116,6 @@ fn hostname() -> String {
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "gateway".into())
-}
-
-fn parse_key(hex: &str) -> Result<[u8; 32]> {
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        bail!("not 64 hex digits");
-    }
-    let mut key = [0u8; 32];
-    for (i, b) in key.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)?;
-    }
-    Ok(key)
 }
 
 /// Writes `body` to `path` with mode 0600, durably: a fresh temporary file, fsynced, renamed
@@ -423,17 +412,21 @@ impl Backoff {
         self.next = BACKOFF_FIRST;
     }
 
-    async fn wait(&mut self) {
+    /// The next delay (jittered), and the one after doubled.
+    fn delay(&mut self) -> Duration {
         let nanos = u64::from(
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.subsec_nanos()),
         );
         let base = self.next;
-        // 75 %..125 % of the base delay.
-        let jittered = base.mul_f64(0.75 + (nanos % 1000) as f64 / 2000.0);
-        tokio::time::sleep(jittered).await;
         self.next = (base * 2).min(BACKOFF_LAST);
+        // 75 %..125 % of the base delay.
+        base.mul_f64(0.75 + (nanos % 1000) as f64 / 2000.0)
+    }
+
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.delay()).await;
     }
 }
 
@@ -625,10 +618,7 @@ impl Uploader {
                 Err(e) => {
                     tracing::debug!("hub upload: {e:#}");
                     set_error(&self.status, Some(format!("{e:#}")));
-                    let before = tokio::time::Instant::now();
-                    let delay = backoff.next;
-                    backoff.next = (delay * 2).min(BACKOFF_LAST);
-                    retry_at = Some(before + delay);
+                    retry_at = Some(tokio::time::Instant::now() + backoff.delay());
                 }
             }
         }
