@@ -6,6 +6,7 @@ mod config;
 mod db;
 mod pki;
 mod server;
+mod writer;
 
 use std::path::{Path, PathBuf};
 

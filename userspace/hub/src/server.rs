@@ -10,9 +10,10 @@
 // that is about to write it out, so boxing it would buy nothing.
 #![allow(clippy::result_large_err)]
 
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,8 +30,9 @@ use tollgate_sync::protocol::{
 };
 
 use crate::config::Config;
-use crate::db::{Db, GatewayAuth, Latest, TokenUse};
+use crate::db::{Db, GatewayAuth, GatewayWrite, Latest, TokenUse};
 use crate::pki::{self, Keys};
+use crate::writer::GroupWriter;
 
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,6 +48,34 @@ pub struct State {
     pub admin_token: String,
     pub catalog: Option<tollgate_catalog::Catalog>,
     latest: watch::Sender<Arc<Latest>>,
+    writer: GroupWriter,
+    /// Gateways by certificate fingerprint, as the database last said; only enrolled ones
+    /// (a miss asks the database), so its size is the fleet's.
+    known: Mutex<HashMap<String, GatewayAuth>>,
+    /// Revoked gateway ids, reloaded every [`REFRESH_EVERY`]: a revocation (the CLI writes it
+    /// to the database) takes effect within that, and always before a bundle published after
+    /// it is handed out, since the set is reloaded after a new bundle is seen and before it is.
+    revoked: RwLock<HashSet<String>>,
+}
+
+impl State {
+    fn is_revoked(&self, gateway_id: &str) -> bool {
+        self.revoked
+            .read()
+            .map(|r| r.contains(gateway_id))
+            .unwrap_or(true)
+    }
+
+    async fn reload_revoked(&self) {
+        match self.db.revoked_ids().await {
+            Ok(ids) => {
+                if let Ok(mut r) = self.revoked.write() {
+                    *r = ids.into_iter().collect();
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot load the revoked gateways"),
+        }
+    }
 }
 
 type Answer = Response<Full<Bytes>>;
@@ -98,13 +128,17 @@ pub async fn run(config: Config, db: Db, keys: Keys, admin_token: String) -> any
     let local = listener.local_addr()?;
     let initial = db.latest().await?;
     let (latest, _) = watch::channel(Arc::new(initial));
+    let revoked = RwLock::new(db.revoked_ids().await?.into_iter().collect());
     let state = Arc::new(State {
         catalog: tollgate_catalog::Catalog::builtin().ok(),
+        writer: GroupWriter::spawn(db.clone()),
         db,
         keys,
         config,
         admin_token,
         latest,
+        known: Mutex::new(HashMap::new()),
+        revoked,
     });
     println!(
         "tollgate-hub: listening on https://{local} (database {})",
@@ -156,7 +190,7 @@ pub async fn run(config: Config, db: Db, keys: Keys, admin_token: String) -> any
     }
 }
 
-/// Keeps the newest-bundle view current with what other processes published.
+/// Keeps the newest-bundle view and the revoked set current with what other processes wrote.
 async fn refresher(state: Arc<State>) {
     let mut interval = tokio::time::interval(REFRESH_EVERY);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -164,13 +198,16 @@ async fn refresher(state: Arc<State>) {
         interval.tick().await;
         match state.db.max_revision().await {
             Ok(max) if max != state.latest.borrow().max_revision => refresh(&state).await,
-            Ok(_) => {}
+            Ok(_) => state.reload_revoked().await,
             Err(e) => tracing::warn!(error = %e, "cannot look for new bundles"),
         }
     }
 }
 
+/// Loads the newest bundles, and the revoked set first, so that a gateway revoked before a
+/// bundle was published never gets it.
 async fn refresh(state: &State) {
+    state.reload_revoked().await;
     match state.db.latest().await {
         Ok(latest) => {
             state.latest.send_replace(Arc::new(latest));
@@ -253,12 +290,26 @@ async fn authenticate(state: &State, fingerprint: Option<&str>) -> Result<Gatewa
             "a client certificate is required (enroll first)",
         ));
     };
-    match state.db.gateway_by_fingerprint(fp).await {
-        Ok(Some(g)) if g.revoked => Err(text(StatusCode::FORBIDDEN, "gateway revoked")),
-        Ok(Some(g)) => Ok(g),
-        Ok(None) => Err(text(StatusCode::UNAUTHORIZED, "unknown client certificate")),
-        Err(e) => Err(unavailable(e)),
+    let cached = state.known.lock().ok().and_then(|k| k.get(fp).cloned());
+    let gateway = match cached {
+        Some(g) => g,
+        None => match state.db.gateway_by_fingerprint(fp).await {
+            Ok(Some(g)) => {
+                if let Ok(mut k) = state.known.lock() {
+                    k.insert(fp.to_string(), g.clone());
+                }
+                g
+            }
+            Ok(None) => {
+                return Err(text(StatusCode::UNAUTHORIZED, "unknown client certificate"));
+            }
+            Err(e) => return Err(unavailable(e)),
+        },
+    };
+    if gateway.revoked || state.is_revoked(&gateway.id) {
+        return Err(text(StatusCode::FORBIDDEN, "gateway revoked"));
     }
+    Ok(gateway)
 }
 
 async fn enroll(state: &State, peer: SocketAddr, body: &[u8]) -> Answer {
@@ -324,8 +375,12 @@ async fn poll(state: &State, gateway: &GatewayAuth, body: &[u8]) -> Answer {
         Err(a) => return a,
     };
     if let Err(e) = state
-        .db
-        .seen(&gateway.id, req.applied_revision, &req.health)
+        .writer
+        .write(GatewayWrite::Seen {
+            gateway_id: gateway.id.clone(),
+            applied_revision: req.applied_revision,
+            health: req.health,
+        })
         .await
     {
         return unavailable(e);
@@ -341,12 +396,8 @@ async fn poll(state: &State, gateway: &GatewayAuth, body: &[u8]) -> Answer {
             && b.revision > applied
         {
             // A gateway revoked while its poll was held gets nothing more.
-            if waited {
-                match state.db.is_revoked(&gateway.id).await {
-                    Ok(false) => {}
-                    Ok(true) => return text(StatusCode::FORBIDDEN, "gateway revoked"),
-                    Err(e) => return unavailable(e),
-                }
+            if waited && state.is_revoked(&gateway.id) {
+                return text(StatusCode::FORBIDDEN, "gateway revoked");
             }
             return message(&PollResponse::Bundle(b.signed.clone()));
         }
@@ -386,8 +437,12 @@ async fn report(state: &State, gateway: &GatewayAuth, body: &[u8]) -> Answer {
         Err(a) => return a,
     };
     match state
-        .db
-        .report(&gateway.id, req.revision, &req.outcome)
+        .writer
+        .write(GatewayWrite::Report {
+            gateway_id: gateway.id.clone(),
+            revision: req.revision,
+            outcome: req.outcome,
+        })
         .await
     {
         Ok(()) => {

@@ -329,13 +329,22 @@ async fn enrollment_and_refusals(backend: Backend) {
         .await
         .expect("the unspent token");
 
-    // An enrolled gateway polls; once revoked it gets 403.
+    // An enrolled gateway polls; once revoked it gets 403. The CLI writes the revocation to
+    // the database; the running hub reloads the revoked set every second.
     let c = gw.client(vec![hub.url()]);
     assert!(matches!(
         c.poll(&poll_req(0, 0)).await.unwrap(),
         PollResponse::Unchanged { latest_revision: 0 }
     ));
     hub.cli_ok(&["gateway", "revoke", &gw.enrolled.gateway_id]);
+    let revoked_at = Instant::now();
+    while c.poll(&poll_req(0, 0)).await.is_ok() {
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(3),
+            "a revoked gateway is still served after 3 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     refused(c.poll(&poll_req(0, 0)).await, 403, "gateway revoked");
     refused(c.upload(&batch(1)).await, 403, "gateway revoked");
 
