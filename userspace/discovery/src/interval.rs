@@ -64,6 +64,17 @@ impl IntervalUsage {
     }
 }
 
+/// The unit of a flow's start time in its [`FlowId`]: 10 ms.
+///
+/// A live flow's start is the kernel's monotonic timestamp turned into wall-clock time with an
+/// offset sampled at each walk of the flow map, so the same flow's start moves by a few
+/// microseconds from one daemon run to the next. Compared to the microsecond, a flow that a
+/// restarted daemon found again in the kernel's map looked new about one time in six and was
+/// reported twice. Starts are kept in 10 ms ticks and matched with a tick either side; two
+/// flows on one 5-tuple that start within 20 ms of each other are taken for one (TIME_WAIT
+/// keeps a client from reusing a 5-tuple that fast).
+pub const FIRST_SEEN_TICK_MICROS: i64 = 10_000;
+
 /// A flow, told apart from a later one on the same 5-tuple by when it started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct FlowId {
@@ -72,6 +83,7 @@ pub struct FlowId {
     sport: u16,
     dst: IpAddr,
     dport: u16,
+    /// In [`FIRST_SEEN_TICK_MICROS`] ticks.
     first_seen: i64,
 }
 
@@ -83,8 +95,20 @@ impl FlowId {
             sport: rec.sport,
             dst: rec.dst,
             dport: rec.dport,
-            first_seen: rec.first_seen.timestamp_micros(),
+            first_seen: rec
+                .first_seen
+                .timestamp_micros()
+                .div_euclid(FIRST_SEEN_TICK_MICROS),
         }
+    }
+
+    /// This id, then the same flow started a tick earlier or later.
+    fn candidates(self) -> [FlowId; 3] {
+        let shifted = |d: i64| FlowId {
+            first_seen: self.first_seen.saturating_add(d),
+            ..self
+        };
+        [self, shifted(-1), shifted(1)]
     }
 }
 
@@ -165,8 +189,7 @@ impl IntervalMeter {
 
     /// A flow that left the live table: what it has not reported yet goes into this interval.
     pub fn retire(&mut self, rec: &FlowRecord, catalog: &Catalog, users: &Users) {
-        let id = FlowId::of(rec);
-        let before = self.already_reported(&id);
+        let (id, before) = self.already_reported(FlowId::of(rec));
         self.count(rec, before, catalog, users);
         self.gone.insert(
             id,
@@ -174,11 +197,20 @@ impl IntervalMeter {
         );
     }
 
-    /// What a flow reported before: while live, or before it left the table.
-    fn already_reported(&mut self, id: &FlowId) -> Option<(u64, u64)> {
-        self.reported
-            .remove(id)
-            .or_else(|| self.gone.get(id).map(|(up, down, _)| (*up, *down)))
+    /// What a flow reported before (while live, or before it left the table), under the id
+    /// the meter knows it by (see [`FIRST_SEEN_TICK_MICROS`]); the live entry is taken out.
+    fn already_reported(&mut self, id: FlowId) -> (FlowId, Option<(u64, u64)>) {
+        for c in id.candidates() {
+            if let Some(done) = self.reported.remove(&c) {
+                return (c, Some(done));
+            }
+        }
+        for c in id.candidates() {
+            if let Some((up, down, _)) = self.gone.get(&c) {
+                return (c, Some((*up, *down)));
+            }
+        }
+        (id, None)
     }
 
     /// Ends the interval at `now`: the live flows' growth is added, and the interval's usage
@@ -193,8 +225,7 @@ impl IntervalMeter {
     ) -> IntervalUsage {
         let mut still_live = HashMap::with_capacity(self.reported.len());
         for rec in live {
-            let id = FlowId::of(&rec);
-            let before = self.already_reported(&id);
+            let (id, before) = self.already_reported(FlowId::of(&rec));
             self.count(&rec, before, catalog, users);
             self.gone.remove(&id);
             still_live.insert(id, (rec.bytes_up, rec.bytes_down));
@@ -457,6 +488,58 @@ mod tests {
             &users,
         );
         assert!(usage.is_empty(), "{usage:?}");
+    }
+
+    /// A restarted daemon converts the kernel's monotonic start time with a new offset: the
+    /// same flow comes back a few microseconds off, here across a tick boundary.
+    #[test]
+    fn a_flow_whose_start_moved_by_microseconds_is_the_same_flow() {
+        let catalog = Catalog::builtin().unwrap();
+        let users = Users::default();
+        let boundary = DateTime::from_timestamp_micros(
+            Utc::now().timestamp_micros() / FIRST_SEEN_TICK_MICROS * FIRST_SEEN_TICK_MICROS,
+        )
+        .unwrap();
+        let t0 = boundary - TimeDelta::microseconds(2);
+        let mut meter = IntervalMeter::new(t0);
+        let a = flow(1000, "www.dropbox.com", 100, 1000, t0);
+        let first = meter.take(
+            [a.clone()].into_iter(),
+            t0 + TimeDelta::seconds(60),
+            &catalog,
+            &users,
+        );
+        assert_eq!(first.apps[0].flows, 1);
+        // Left the table, then found again in the kernel's map after a restart.
+        meter.retire(&a, &catalog, &users);
+        meter.take(
+            std::iter::empty(),
+            t0 + TimeDelta::seconds(90),
+            &catalog,
+            &users,
+        );
+        let mut restarted = IntervalMeter::restore(meter.checkpoint());
+        for shift in [3, -3, 5_000] {
+            let mut back = a.clone();
+            back.first_seen = t0 + TimeDelta::microseconds(shift);
+            let usage = restarted.take(
+                [back].into_iter(),
+                t0 + TimeDelta::seconds(120),
+                &catalog,
+                &users,
+            );
+            assert!(usage.is_empty(), "shift {shift} µs: {usage:?}");
+        }
+        // A flow on the same 5-tuple that starts a second later is a new one.
+        let mut later = a;
+        later.first_seen = t0 + TimeDelta::seconds(1);
+        let usage = restarted.take(
+            [later].into_iter(),
+            t0 + TimeDelta::seconds(150),
+            &catalog,
+            &users,
+        );
+        assert_eq!(usage.apps[0].flows, 1, "{usage:?}");
     }
 
     #[test]

@@ -136,6 +136,8 @@ async fn main() -> anyhow::Result<()> {
     let published_at: Arc<std::sync::OnceLock<Instant>> = Arc::new(std::sync::OnceLock::new());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let client = Arc::new(make()?);
+    // One kept connection per simulated gateway, as each real gateway keeps its own.
+    client.set_idle_connections(gateways + 16);
     for i in 0..gateways {
         let client = Arc::clone(&client);
         let tx = tx.clone();

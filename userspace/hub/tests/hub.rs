@@ -482,13 +482,18 @@ async fn uploads_count_once_and_survive_a_restart(backend: Backend) {
     check(apps(&hub));
     hub.publish(dir.path(), "[apps.dropbox]\ntag = \"sanctioned\"\n", None);
 
+    // Every request so far went over one kept connection.
+    assert_eq!(c.connections_opened(), 1);
+
     // A restart keeps the CA (the gateway's client still trusts the hub and is still known),
-    // the bundles and the uploads.
+    // the bundles and the uploads. The kept connection died with the hub: the poll goes
+    // out again on a new one.
     hub.kill();
     hub.spawn();
     let PollResponse::Bundle(b) = c.poll(&poll_req(0, 1)).await.unwrap() else {
         panic!("the bundle survives the restart")
     };
+    assert_eq!(c.connections_opened(), 2);
     assert_eq!(
         b.verify(&gw.enrolled.bundle_key, 0, "paris")
             .unwrap()

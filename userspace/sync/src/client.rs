@@ -253,7 +253,36 @@ pub struct HubClient {
     urls: Vec<String>,
     next: AtomicUsize,
     connector: TlsConnector,
+    /// Connections kept open after an answer, for the next request to the same hub: a poll,
+    /// an upload and a bundle report each used to cost a TCP and mutual-TLS handshake, which
+    /// is most of a gateway's talk with its hub and most of the hub's work when ten thousand
+    /// gateways acknowledge one bundle.
+    idle: std::sync::Mutex<Vec<Idle>>,
+    idle_limit: AtomicUsize,
+    /// Connections opened so far (each is a TCP and mutual-TLS handshake).
+    opened: AtomicUsize,
 }
+
+/// An open connection to `urls[url]`.
+struct Idle {
+    url: usize,
+    conn: Connection,
+}
+
+struct Connection {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// Connections a client keeps open by default: a gateway has at most a held poll, an upload
+/// and a report in flight at once.
+pub const DEFAULT_IDLE_CONNECTIONS: usize = 4;
 
 impl std::fmt::Debug for HubClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -292,6 +321,9 @@ impl HubClient {
             urls,
             next: AtomicUsize::new(0),
             connector: TlsConnector::from(Arc::new(config)),
+            idle: std::sync::Mutex::new(Vec::new()),
+            idle_limit: AtomicUsize::new(DEFAULT_IDLE_CONNECTIONS),
+            opened: AtomicUsize::new(0),
         })
     }
 
@@ -334,8 +366,17 @@ impl HubClient {
         timeout: Duration,
     ) -> Result<Vec<u8>, ClientError> {
         let index = self.next.load(Ordering::Relaxed);
-        let url = &self.urls[index % self.urls.len()];
-        let result = exchange(&self.connector, url, path, protocol::encode(req), timeout).await;
+        let slot = index % self.urls.len();
+        let url = &self.urls[slot];
+        let body = protocol::encode(req);
+        let result =
+            match tokio::time::timeout(timeout, self.exchange_pooled(slot, path, body)).await {
+                Ok(result) => result,
+                Err(_) => Err(ClientError::Timeout {
+                    url: url.to_string(),
+                    secs: timeout.as_secs(),
+                }),
+            };
         if let Err(e) = &result
             && e.fails_over()
         {
@@ -349,6 +390,76 @@ impl HubClient {
             tracing::debug!(url, error = %e, "hub request failed; next request goes to the next hub URL");
         }
         result
+    }
+}
+
+impl HubClient {
+    /// Connections kept open between requests (the load generator, one client for thousands
+    /// of simulated gateways, keeps one per gateway as real gateways would).
+    pub fn set_idle_connections(&self, limit: usize) {
+        self.idle_limit.store(limit, Ordering::Relaxed);
+    }
+
+    /// How many connections (handshakes) this client has opened.
+    pub fn connections_opened(&self) -> usize {
+        self.opened.load(Ordering::Relaxed)
+    }
+
+    fn take_idle(&self, slot: usize) -> Option<Connection> {
+        let mut idle = self.idle.lock().ok()?;
+        while let Some(i) = idle.iter().rposition(|c| c.url == slot) {
+            let c = idle.swap_remove(i);
+            if !c.conn.sender.is_closed() {
+                return Some(c.conn);
+            }
+        }
+        None
+    }
+
+    fn keep_idle(&self, slot: usize, conn: Connection) {
+        if conn.sender.is_closed() {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < self.idle_limit.load(Ordering::Relaxed)
+        {
+            idle.push(Idle { url: slot, conn });
+        }
+    }
+
+    /// One request on an open connection to `urls[slot]` when there is one, else on a new
+    /// one. A kept connection the hub closed meanwhile fails before any answer; the request
+    /// is then sent once more on a new connection (every gateway request is idempotent: a
+    /// poll, an upload keyed by sequence numbers, a bundle report).
+    async fn exchange_pooled(
+        &self,
+        slot: usize,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, ClientError> {
+        let url = &self.urls[slot];
+        let target = parse_url(url)?;
+        if let Some(mut conn) = self.take_idle(slot)
+            && let Ok(answer) = request(&mut conn, url, &target, path, body.clone()).await
+        {
+            if answer.reusable {
+                self.keep_idle(slot, conn);
+            }
+            return answer.result;
+        }
+        // No kept connection, or it was gone: a new one.
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        let mut conn = connect(&self.connector, url, &target).await?;
+        let answer = request(&mut conn, url, &target, path, body)
+            .await
+            .map_err(|reason| ClientError::Unreachable {
+                url: url.to_string(),
+                reason,
+            })?;
+        if answer.reusable {
+            self.keep_idle(slot, conn);
+        }
+        answer.result
     }
 }
 
@@ -408,6 +519,22 @@ async fn exchange_inner(
     path: &str,
     body: Vec<u8>,
 ) -> Result<Vec<u8>, ClientError> {
+    let mut conn = connect(connector, url, target).await?;
+    match request(&mut conn, url, target, path, body).await {
+        Ok(answer) => answer.result,
+        Err(reason) => Err(ClientError::Unreachable {
+            url: url.to_string(),
+            reason,
+        }),
+    }
+}
+
+/// A TCP connection, the TLS handshake, the HTTP/1.1 handshake.
+async fn connect(
+    connector: &TlsConnector,
+    url: &str,
+    target: &Target,
+) -> Result<Connection, ClientError> {
     let unreachable = |reason: String| ClientError::Unreachable {
         url: url.to_string(),
         reason,
@@ -420,87 +547,113 @@ async fn exchange_inner(
         .connect(target.server_name.clone(), tcp)
         .await
         .map_err(|e| unreachable(format!("TLS: {e}")))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .map_err(|e| unreachable(e.to_string()))?;
     let driver = tokio::spawn(async move {
         let _ = connection.await;
     });
+    Ok(Connection { sender, driver })
+}
+
+/// What came back on a connection, and whether the connection can carry another request
+/// (the answer was read whole).
+struct Answer {
+    result: Result<Vec<u8>, ClientError>,
+    reusable: bool,
+}
+
+/// One request; `Err` when no answer came (the connection failed before or while sending).
+async fn request(
+    conn: &mut Connection,
+    url: &str,
+    target: &Target,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<Answer, String> {
     let request = http::Request::post(path)
         .header(http::header::HOST, target.authority.as_str())
         .header(http::header::CONTENT_TYPE, CONTENT_TYPE)
         .body(Full::new(Bytes::from(body)))
-        .map_err(|e| unreachable(e.to_string()))?;
-    let result = async {
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let status = response.status();
-        let declared = response
-            .headers()
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        if status.is_success() {
-            if let Some(len) = declared
-                && len > MAX_MESSAGE_BYTES
-            {
-                return Err(ClientError::Protocol(DecodeError::TooLarge(len)));
-            }
-            let bytes = Limited::new(response.into_body(), MAX_MESSAGE_BYTES)
-                .collect()
-                .await
-                .map_err(|e| {
-                    if e.is::<http_body_util::LengthLimitError>() {
-                        ClientError::Protocol(DecodeError::TooLarge(MAX_MESSAGE_BYTES + 1))
-                    } else {
-                        unreachable(e.to_string())
-                    }
-                })?
-                .to_bytes();
-            return Ok(bytes.to_vec());
+        .map_err(|e| e.to_string())?;
+    conn.sender.ready().await.map_err(|e| e.to_string())?;
+    let response = conn
+        .sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let unreachable = |reason: String| ClientError::Unreachable {
+        url: url.to_string(),
+        reason,
+    };
+    let status = response.status();
+    let declared = response
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if status.is_success() {
+        if let Some(len) = declared
+            && len > MAX_MESSAGE_BYTES
+        {
+            return Ok(Answer {
+                result: Err(ClientError::Protocol(DecodeError::TooLarge(len))),
+                reusable: false,
+            });
         }
-        // An error answer: keep at most a short reason.
-        let text = match Limited::new(response.into_body(), MAX_REASON_BYTES * 4)
+        let result = match Limited::new(response.into_body(), MAX_MESSAGE_BYTES)
             .collect()
             .await
         {
-            Ok(b) => {
-                let b = b.to_bytes();
-                let mut text = String::from_utf8_lossy(&b).trim().to_string();
-                if text.len() > MAX_REASON_BYTES {
-                    let mut cut = MAX_REASON_BYTES;
-                    while !text.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    text.truncate(cut);
-                }
-                text
-            }
-            Err(_) => String::new(),
+            Ok(b) => Ok(b.to_bytes().to_vec()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ClientError::Protocol(
+                DecodeError::TooLarge(MAX_MESSAGE_BYTES + 1),
+            )),
+            Err(e) => Err(unreachable(e.to_string())),
         };
-        let reason = if text.is_empty() {
-            status.canonical_reason().unwrap_or("").to_string()
-        } else {
-            text
-        };
-        if status.is_server_error() {
-            Err(ClientError::HubFailed {
-                url: url.to_string(),
-                status: status.as_u16(),
-                reason,
-            })
-        } else {
-            Err(ClientError::Refused {
-                status: status.as_u16(),
-                reason,
-            })
-        }
+        let reusable = result.is_ok();
+        return Ok(Answer { result, reusable });
     }
-    .await;
-    driver.abort();
-    result
+    // An error answer: keep at most a short reason; the connection is not kept.
+    let text = match Limited::new(response.into_body(), MAX_REASON_BYTES * 4)
+        .collect()
+        .await
+    {
+        Ok(b) => {
+            let b = b.to_bytes();
+            let mut text = String::from_utf8_lossy(&b).trim().to_string();
+            if text.len() > MAX_REASON_BYTES {
+                let mut cut = MAX_REASON_BYTES;
+                while !text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                text.truncate(cut);
+            }
+            text
+        }
+        Err(_) => String::new(),
+    };
+    let reason = if text.is_empty() {
+        status.canonical_reason().unwrap_or("").to_string()
+    } else {
+        text
+    };
+    let result = if status.is_server_error() {
+        Err(ClientError::HubFailed {
+            url: url.to_string(),
+            status: status.as_u16(),
+            reason,
+        })
+    } else {
+        Err(ClientError::Refused {
+            status: status.as_u16(),
+            reason,
+        })
+    };
+    Ok(Answer {
+        result,
+        reusable: false,
+    })
 }
 
 #[cfg(test)]
