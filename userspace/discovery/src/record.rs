@@ -53,3 +53,30 @@ pub struct FlowRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
 }
+
+/// A line that did not parse, for the report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BadLine {
+    pub line: u64,
+    pub reason: String,
+    /// The start of the line (at most 160 characters).
+    pub text: String,
+}
+
+/// Per-input counts. `lines` counts non-empty lines; `parsed + unparsed == lines`;
+/// `records` is how many of the parsed lines were transactions.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InputStats {
+    pub file: String,
+    pub format: String,
+    pub lines: u64,
+    pub parsed: u64,
+    pub unparsed: u64,
+    pub records: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bad_lines: Vec<BadLine>,
+    /// Set when the file could not be read or its format not told; the counts are what was
+    /// read before that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}

@@ -401,8 +401,8 @@ pub struct DiscoverArgs<'a> {
 }
 
 pub fn discover(args: &DiscoverArgs<'_>) -> Result<(), Failure> {
-    use tollgate_discovery::discover::{DiscoverOptions, discover};
     use tollgate_discovery::report::{ReportFormat, render};
+    use tollgate_logs::discover::{DiscoverOptions, discover};
 
     let cfg = load_config(args.config)?;
     let catalog = load_catalog(&cfg, args.config)?;

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use tollgate_catalog::{CatalogConfig, CustomApp};
-use tollgate_discovery::logs::CustomFormat;
 use tollgate_discovery::users::UsersConfig;
+use tollgate_logs::CustomFormat;
 use tollgate_policy::{AppSettings, TagRule};
 
 /// The embedded default: what `tollgate run` does with no `--config`.

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::aggregate::{
     AppDetail, AppView, FlowRow, HourBucket, Snapshot, SourceView, Totals, UnknownDomain, UserView,
 };
-use crate::logs::InputStats;
+use crate::record::InputStats;
 
 /// Output formats.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! # 1. make a large synthetic log from the corpus lines (varied client IPs and hosts)
-//! cargo run --release -p tollgate-discovery --example log_bench -- generate /tmp/squid-2g.log 2048
+//! cargo run --release -p tollgate-logs --example log_bench -- generate /tmp/squid-2g.log 2048
 //! # 2. measure (single thread); wrap in /usr/bin/time -v for the max RSS
 //! /usr/bin/time -v target/release/examples/log_bench run /tmp/squid-2g.log
 //! ```
@@ -21,8 +21,8 @@ use std::time::Instant;
 
 use tollgate_catalog::Catalog;
 use tollgate_discovery::aggregate::{AggregateOptions, Aggregator};
-use tollgate_discovery::logs::{LogOptions, import_file};
 use tollgate_discovery::users::Users;
+use tollgate_logs::{LogOptions, import_file};
 
 /// Used when the corpus is not there: lines in Squid's native format.
 const FALLBACK: &[&str] = &[

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use super::util::{
     LineFields, LineOutcome, field, parse_date_time, parse_ip, parse_u64, split_csv,
 };
-use crate::record::L4Proto;
+use tollgate_discovery::record::L4Proto;
 
 fn fields(line: &str) -> Vec<Cow<'_, str>> {
     let mut f = Vec::with_capacity(40);

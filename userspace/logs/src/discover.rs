@@ -1,5 +1,5 @@
 //! Offline discovery over input files: each file is a pcap/pcapng capture (told by its
-//! magic number, imported by [`crate::pcap`] into a [`FlowTable`]) or a firewall/proxy log
+//! magic number, imported by [`tollgate_discovery::pcap`] into a [`FlowTable`]) or a firewall/proxy log
 //! (format detected); every record goes through one
 //! [`Aggregator`]; the result is a [`DiscoveryReport`]. A file that cannot be read or
 //! recognised gets an entry with `error` set, and the other files are still processed.
@@ -12,17 +12,19 @@ use std::path::PathBuf;
 use chrono::{DateTime, Utc};
 use tollgate_catalog::Catalog;
 
-use crate::aggregate::{AggregateOptions, Aggregator};
-use crate::flow_table::{FlowTable, FlowTableLimits};
-use crate::logs::{BadLine, InputStats, LogOptions, import_file};
-use crate::pcap::import_pcap;
-use crate::report::{DiscoveryReport, ReportFormat, Window};
-use crate::users::Users;
+use tollgate_discovery::aggregate::{AggregateOptions, Aggregator};
+use tollgate_discovery::flow_table::{FlowTable, FlowTableLimits};
+use tollgate_discovery::pcap::import_pcap;
+use tollgate_discovery::record::{BadLine, InputStats};
+use tollgate_discovery::report::{DiscoveryReport, ReportFormat, Window};
+use tollgate_discovery::users::Users;
+
+use crate::{LogOptions, import_file};
 
 /// Options of `tollgate discover`.
 #[derive(Debug, Clone, Default)]
 pub struct DiscoverOptions {
-    /// Output format (the caller renders with [`crate::report::render`]).
+    /// Output format (the caller renders with [`tollgate_discovery::report::render`]).
     pub format: ReportFormat,
     /// Include the flat list of classified records (`--flows`).
     pub include_flows: bool,
@@ -96,7 +98,8 @@ pub fn discover(
         match kind {
             Kind::Pcap => stats.push(import_capture(path, &mut agg, catalog, users)),
             Kind::Log => {
-                let mut sink = |r: crate::record::FlowRecord| agg.add(&r, catalog, users);
+                let mut sink =
+                    |r: tollgate_discovery::record::FlowRecord| agg.add(&r, catalog, users);
                 match import_file(path, &opts.logs, &mut sink) {
                     Ok(s) => stats.push(s),
                     Err(e) => stats.push(InputStats {

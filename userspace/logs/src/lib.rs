@@ -1,3 +1,8 @@
+//! Log import: other devices' evidence (firewall and proxy logs from about fifteen vendors)
+//! turned into Cloud Discovery's [`FlowRecord`]s, and [`discover`], the offline run of
+//! `tollgate discover` over log and pcap files. Its own room, apart from live flow naming,
+//! so that a continuous collector builds on the same parsers.
+//!
 //! Firewall and proxy log importers.
 //!
 //! A log file is read line by line (plain or gzip, told apart by the gzip magic), its format
@@ -12,6 +17,7 @@
 
 mod cef;
 pub mod custom;
+pub mod discover;
 mod firewall;
 mod squid;
 mod umbrella;
@@ -29,7 +35,8 @@ use serde::{Deserialize, Serialize};
 pub use custom::CustomFormat;
 pub use util::LineOutcome;
 
-use crate::record::FlowRecord;
+use tollgate_discovery::record::FlowRecord;
+pub use tollgate_discovery::record::{BadLine, InputStats};
 
 /// Lines looked at to detect the format.
 pub const SNIFF_LINES: usize = 32;
@@ -152,33 +159,6 @@ impl LogFormat {
             LogFormat::Leef => cef::leef_sniff(line),
         }
     }
-}
-
-/// A line that did not parse, for the report.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BadLine {
-    pub line: u64,
-    pub reason: String,
-    /// The start of the line (at most 160 characters).
-    pub text: String,
-}
-
-/// Per-input counts. `lines` counts non-empty lines; `parsed + unparsed == lines`;
-/// `records` is how many of the parsed lines were transactions.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct InputStats {
-    pub file: String,
-    pub format: String,
-    pub lines: u64,
-    pub parsed: u64,
-    pub unparsed: u64,
-    pub records: u64,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub bad_lines: Vec<BadLine>,
-    /// Set when the file could not be read or its format not told; the counts are what was
-    /// read before that.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
 }
 
 /// How to import logs.

@@ -9,8 +9,8 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use tollgate_discovery::logs::custom::CustomKind;
-use tollgate_discovery::logs::{CustomFormat, LogFormat, LogOptions, import_reader};
+use tollgate_logs::custom::CustomKind;
+use tollgate_logs::{CustomFormat, LogFormat, LogOptions, import_reader};
 
 fn custom(kind: CustomKind) -> CustomFormat {
     let csv = kind == CustomKind::Csv;

@@ -1,14 +1,14 @@
 //! Run offline discovery over files with the built-in catalog, as `tollgate discover` will:
-//! `cargo run -p tollgate-discovery --example discover -- [--format table|json|csv|html] [--flows] FILE...`
+//! `cargo run -p tollgate-logs --example discover -- [--format table|json|csv|html] [--flows] FILE...`
 //! Example binaries may panic on bad arguments: they are developer tools.
 
 use std::io::Write;
 use std::path::PathBuf;
 
 use tollgate_catalog::Catalog;
-use tollgate_discovery::discover::{DiscoverOptions, discover};
 use tollgate_discovery::report::{ReportFormat, render};
 use tollgate_discovery::users::Users;
+use tollgate_logs::discover::{DiscoverOptions, discover};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut opts = DiscoverOptions::default();

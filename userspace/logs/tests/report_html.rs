@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use tollgate_catalog::Catalog;
-use tollgate_discovery::discover::{DiscoverOptions, discover};
 use tollgate_discovery::report::{DiscoveryReport, ReportFormat, render};
 use tollgate_discovery::users::Users;
+use tollgate_logs::discover::{DiscoverOptions, discover};
 
 fn fixtures() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/logs");

@@ -190,9 +190,9 @@ pub(crate) fn sniff_common(line: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::NameSource;
+    use tollgate_discovery::record::NameSource;
 
-    fn rec(o: LineOutcome) -> crate::record::FlowRecord {
+    fn rec(o: LineOutcome) -> tollgate_discovery::record::FlowRecord {
         match o {
             LineOutcome::Record(r) => r,
             other => panic!("expected a record, got {other:?}"),

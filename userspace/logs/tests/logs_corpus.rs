@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use tollgate_discovery::logs::{InputStats, LogOptions, import_file};
 use tollgate_discovery::record::FlowRecord;
+use tollgate_logs::{InputStats, LogOptions, import_file};
 
 fn corpus_dir() -> Option<PathBuf> {
     let base = std::env::var_os("TOLLGATE_CORPUS")
@@ -194,7 +194,7 @@ fn gzip_input_is_detected_by_magic() {
 fn custom_format_from_toml() {
     #[derive(serde::Deserialize)]
     struct Cfg {
-        log_formats: Vec<tollgate_discovery::logs::CustomFormat>,
+        log_formats: Vec<tollgate_logs::CustomFormat>,
     }
     let cfg: Cfg = toml::from_str(
         r#"
@@ -239,12 +239,9 @@ fn custom_format_from_toml() {
                26/11/2025 08:00:01;192.0.2.2;-;https://slack.com/;1;2;probe\n\
                garbage;;;\n";
     let mut recs = Vec::new();
-    let st = tollgate_discovery::logs::import_reader(
-        csv.as_bytes(),
-        Path::new("acme.csv"),
-        &opts,
-        &mut |r| recs.push(r),
-    )
+    let st = tollgate_logs::import_reader(csv.as_bytes(), Path::new("acme.csv"), &opts, &mut |r| {
+        recs.push(r)
+    })
     .expect("import");
     assert_eq!(st.format, "acme-proxy");
     assert_eq!((st.lines, st.parsed, st.unparsed, st.records), (4, 3, 1, 1));
@@ -261,10 +258,8 @@ fn custom_format_from_toml() {
     let kv = "<13>Nov 26 08:00:00 gw ACMEFW s=192.0.2.9 d=198.51.100.9 h=github.com\n";
     let mut recs = Vec::new();
     let st =
-        tollgate_discovery::logs::import_reader(kv.as_bytes(), Path::new("fw"), &opts, &mut |r| {
-            recs.push(r)
-        })
-        .expect("kv");
+        tollgate_logs::import_reader(kv.as_bytes(), Path::new("fw"), &opts, &mut |r| recs.push(r))
+            .expect("kv");
     assert_eq!((st.format.as_str(), recs.len()), ("acme-fw", 1));
     assert_eq!(recs[0].name.as_deref(), Some("github.com"));
 }

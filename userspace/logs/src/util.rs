@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 
-use crate::record::{FlowRecord, L4Proto, NameSource};
+use tollgate_discovery::record::{FlowRecord, L4Proto, NameSource};
 
 /// The unspecified address, used as `dst` when a log names the host but not its address.
 pub(crate) const NO_IP: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);

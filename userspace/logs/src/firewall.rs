@@ -15,7 +15,7 @@ use super::util::{
     KvIter, LineFields, LineOutcome, field, parse_date, parse_date_time, parse_epoch_any, parse_ip,
     parse_proto, parse_u16, parse_u64, split_csv, syslog_time, ymd_hms,
 };
-use crate::record::L4Proto;
+use tollgate_discovery::record::L4Proto;
 
 // ---------------------------------------------------------------- Palo Alto CSV
 
