@@ -143,6 +143,10 @@ impl AlertBook {
         self.alerts.values()
     }
 
+    pub fn alert_mut(&mut self, id: u64) -> Option<&mut Alert> {
+        self.alerts.get_mut(&id)
+    }
+
     /// The open alert for `key`, if any.
     pub fn open_mut(&mut self, key: &OpenKey) -> Option<&mut Alert> {
         let id = *self.open.get(key)?;

@@ -9,6 +9,7 @@
 //! at most `within_secs + within_secs/16` (an alert may come one slot early, never late).
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, Hash, Hasher};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -53,12 +54,10 @@ pub struct EngineStats {
     pub alerts_evicted: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct WinKey {
-    policy: u32,
-    actor: Option<String>,
-    app: Option<String>,
-}
+/// A window's key: a keyed hash (random per engine, so not craftable) of the policy, the
+/// actor (user without case, else address) and the app; hashing instead of storing the
+/// strings keeps the hot path free of allocations.
+type WinKey = u64;
 
 #[derive(Debug)]
 struct Window {
@@ -121,7 +120,10 @@ pub struct Engine {
     policies: Vec<Compiled>,
     /// Indexes into `policies`, per activity type.
     by_type: [Vec<u32>; ActivityType::ALL.len()],
-    windows: HashMap<WinKey, Window>,
+    windows: HashMap<WinKey, Window, Identity>,
+    keyer: std::collections::hash_map::RandomState,
+    /// Keyed hash of (policy name, actor, app) -> the open alert's id (checked on use).
+    open_fast: HashMap<u64, u64, Identity>,
     /// Creation order of `windows` (oldest first), for eviction.
     order: VecDeque<WinKey>,
     max_windows: usize,
@@ -140,7 +142,9 @@ impl Engine {
         let mut e = Engine {
             policies: Vec::new(),
             by_type: Default::default(),
-            windows: HashMap::new(),
+            windows: HashMap::with_hasher(Identity),
+            keyer: std::collections::hash_map::RandomState::new(),
+            open_fast: HashMap::with_hasher(Identity),
             order: VecDeque::new(),
             max_windows: DEFAULT_MAX_WINDOWS,
             update_interval_ms: DEFAULT_UPDATE_INTERVAL_MS,
@@ -172,6 +176,7 @@ impl Engine {
     /// Alerts read back from disk.
     pub fn with_book(mut self, book: AlertBook) -> Engine {
         self.book = book;
+        self.open_fast.clear();
         self
     }
 
@@ -227,10 +232,12 @@ impl Engine {
             }
             self.stats.matched += 1;
             let proof = match self.policies[pi].repeated.clone() {
-                None => Some((vec![a.clone()], 1, true, true)),
+                // A single-activity match: the activity itself is the proof (cloned only
+                // when it is kept).
+                None => Some((None, 1, true, true)),
                 Some(r) => self
                     .count(pi, a, &r, now_ms)
-                    .map(|p| (p, r.count, r.per_user, r.per_app)),
+                    .map(|p| (Some(p), r.count, r.per_user, r.per_app)),
             };
             let Some((proof, n, per_user, per_app)) = proof else {
                 continue;
@@ -250,14 +257,30 @@ impl Engine {
         r: &crate::policy::Repeated,
         now_ms: i64,
     ) -> Option<Vec<Activity>> {
-        let key = WinKey {
-            policy: pi as u32,
-            actor: if r.per_user {
-                crate::alert::actor_key(a.user.as_deref(), a.ip)
-            } else {
-                None
-            },
-            app: r.per_app.then(|| a.app.to_ascii_lowercase()),
+        let key = {
+            let mut h = self.keyer.build_hasher();
+            pi.hash(&mut h);
+            if r.per_user {
+                match (&a.user, a.ip) {
+                    (Some(u), _) => {
+                        1u8.hash(&mut h);
+                        for c in u.chars().flat_map(char::to_lowercase) {
+                            c.hash(&mut h);
+                        }
+                    }
+                    (None, Some(ip)) => {
+                        2u8.hash(&mut h);
+                        ip.hash(&mut h);
+                    }
+                    (None, None) => 3u8.hash(&mut h),
+                }
+            }
+            if r.per_app {
+                for b in a.app.bytes() {
+                    b.to_ascii_lowercase().hash(&mut h);
+                }
+            }
+            h.finish()
         };
         let within_ms = (r.within_secs as i64).saturating_mul(1000);
         if !self.windows.contains_key(&key) {
@@ -269,18 +292,21 @@ impl Engine {
                     self.stats.windows_evicted += 1;
                 }
             }
-            self.order.push_back(key.clone());
-            self.windows.insert(key.clone(), Window::new(within_ms));
+            self.order.push_back(key);
+            self.windows.insert(key, Window::new(within_ms));
         }
         let w = self.windows.get_mut(&key)?;
         // The record's own time, unless it claims the future (a clock that ran ahead).
         let t = a.time.timestamp_millis().min(now_ms);
         let n = w.add(t);
+        // Only the last few before the count can end up as proof: clone only those.
         let keep = (r.count as usize).min(MAX_PROOF);
-        if w.proof.len() >= keep {
-            w.proof.pop_front();
+        if n + keep as u64 > u64::from(r.count) {
+            if w.proof.len() >= keep {
+                w.proof.pop_front();
+            }
+            w.proof.push_back(a.clone());
         }
-        w.proof.push_back(a.clone());
         if n >= u64::from(r.count) {
             let proof = w.proof.drain(..).collect();
             w.reset();
@@ -295,37 +321,81 @@ impl Engine {
         &mut self,
         pi: usize,
         a: &Activity,
-        proof: Vec<Activity>,
+        proof: Option<Vec<Activity>>,
         n: u32,
         per_user: bool,
         per_app: bool,
         now: DateTime<Utc>,
         now_ms: i64,
     ) -> Option<AlertEvent> {
+        // The open alert of this policy and entity, found through a keyed hash first (no
+        // allocation), then through the book (after a restart or a reload).
+        let fast = {
+            let mut h = self.keyer.build_hasher();
+            self.policies[pi].name.hash(&mut h);
+            if per_user {
+                match (&a.user, a.ip) {
+                    (Some(u), _) => {
+                        1u8.hash(&mut h);
+                        for c in u.chars().flat_map(char::to_lowercase) {
+                            c.hash(&mut h);
+                        }
+                    }
+                    (None, Some(ip)) => {
+                        2u8.hash(&mut h);
+                        ip.hash(&mut h);
+                    }
+                    (None, None) => 3u8.hash(&mut h),
+                }
+            }
+            if per_app {
+                a.app.hash(&mut h);
+            }
+            h.finish()
+        };
+        let mut open_id = self.open_fast.get(&fast).copied().filter(|id| {
+            self.book
+                .get(*id)
+                .is_some_and(|x| x.status == AlertStatus::Open)
+        });
         let p = &self.policies[pi];
-        let entities = Entities {
+        let entities = || Entities {
             user: if per_user { a.user.clone() } else { None },
             ip: if per_user { a.ip } else { None },
             app: per_app.then(|| a.app.clone()),
             gateway: self.gateway.clone(),
         };
-        let key = OpenKey {
+        let key = |e: &Entities| OpenKey {
             policy: p.name.clone(),
-            actor: crate::alert::actor_key(entities.user.as_deref(), entities.ip),
-            app: entities.app.clone(),
+            actor: crate::alert::actor_key(e.user.as_deref(), e.ip),
+            app: e.app.clone(),
         };
-        if let Some(open) = self.book.open_mut(&key) {
+        if open_id.is_none() {
+            open_id = self.book.open_mut(&key(&entities())).map(|x| x.id);
+            if let Some(id) = open_id {
+                self.open_fast.insert(fast, id);
+            }
+        }
+        if let Some(open) = open_id.and_then(|id| self.book.alert_mut(id)) {
             open.count += 1;
             open.last_seen = now;
-            for x in proof {
+            let id = open.id;
+            let last = self.last_sent.get(&id).copied().unwrap_or(i64::MIN);
+            let send = now_ms.saturating_sub(last) >= self.update_interval_ms;
+            // The proof holds the first activities and those of each update sent; a single
+            // activity is cloned only then.
+            let new: Vec<Activity> = match proof {
+                Some(v) => v,
+                None if send || open.activities.len() < MAX_PROOF => vec![a.clone()],
+                None => Vec::new(),
+            };
+            for x in new {
                 if open.activities.len() >= MAX_PROOF {
                     open.activities.remove(0);
                 }
                 open.activities.push(x);
             }
-            let id = open.id;
-            let last = self.last_sent.get(&id).copied().unwrap_or(i64::MIN);
-            if now_ms.saturating_sub(last) < self.update_interval_ms {
+            if !send {
                 self.stats.updates_suppressed += 1;
                 return None;
             }
@@ -337,6 +407,9 @@ impl Engine {
                 alert,
             });
         }
+        let entities = entities();
+        let key = key(&entities);
+        let proof = proof.unwrap_or_else(|| vec![a.clone()]);
         let reason = match &p.repeated {
             Some(r) => format!("{n} {} within {} s", a.activity, r.within_secs),
             None => format!("{} matched", a.activity),
@@ -356,6 +429,12 @@ impl Engine {
         };
         let id = self.book.insert_open(key, alert);
         self.stats.alerts_opened += 1;
+        if self.open_fast.len() >= 2 * self.book.len() + 1024 {
+            let book = &self.book;
+            self.open_fast
+                .retain(|_, id| book.get(*id).is_some_and(|a| a.status == AlertStatus::Open));
+        }
+        self.open_fast.insert(fast, id);
         // Forget send times of alerts no longer kept or open.
         if self.last_sent.len() > self.book.len() {
             let book = &self.book;
@@ -375,5 +454,33 @@ impl Engine {
         self.windows.retain(|_, w| !w.idle(now_ms));
         let windows = &self.windows;
         self.order.retain(|k| windows.contains_key(k));
+    }
+}
+
+/// The window keys are already keyed hashes: use them as they are.
+#[derive(Debug, Clone, Copy, Default)]
+struct Identity;
+
+impl BuildHasher for Identity {
+    type Hasher = IdentityHasher;
+    fn build_hasher(&self) -> IdentityHasher {
+        IdentityHasher(0)
+    }
+}
+
+#[derive(Debug, Default)]
+struct IdentityHasher(u64);
+
+impl Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }

@@ -99,7 +99,7 @@ pub struct ActivityPolicy {
     /// Device addresses or CIDRs (empty: any).
     #[serde(default)]
     pub ips: Vec<IpNet>,
-    /// The object (file name, URL) contains this, compared without case.
+    /// The object (file name, URL) contains this (ASCII letters compared without case).
     #[serde(default)]
     pub object_contains: Option<String>,
     /// At least this many bytes.
@@ -205,7 +205,7 @@ impl Compiled {
             apps: p.apps.iter().map(|a| a.to_ascii_lowercase()).collect(),
             users: p.users.iter().map(|u| u.to_lowercase()).collect(),
             ips: p.ips.clone(),
-            object_contains: p.object_contains.as_ref().map(|o| o.to_lowercase()),
+            object_contains: p.object_contains.as_ref().map(|o| o.to_ascii_lowercase()),
             min_bytes: p.min_bytes,
             result: p.result,
             sources: p.sources.clone(),
@@ -242,16 +242,28 @@ impl Compiled {
         }
         if !self.users.is_empty() {
             match &a.user {
-                Some(u) if self.users.iter().any(|x| x == &u.to_lowercase()) => {}
+                Some(u)
+                    if self
+                        .users
+                        .iter()
+                        .any(|x| x.chars().eq(u.chars().flat_map(char::to_lowercase))) => {}
                 _ => return false,
             }
         }
         if let Some(needle) = &self.object_contains {
             match &a.object {
-                Some(o) if o.to_lowercase().contains(needle.as_str()) => {}
+                Some(o) if contains_ignore_ascii_case(o.as_bytes(), needle.as_bytes()) => {}
                 _ => return false,
             }
         }
         true
     }
+}
+
+/// Whether `hay` contains `needle` (already lower case), ASCII letters compared without case.
+fn contains_ignore_ascii_case(hay: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty()
+        || hay
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
 }
