@@ -46,7 +46,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("pg_ctlcluster", "postgresql"),
     // The alert sinks are tested against a real rsyslog over TCP and TLS (gtls driver).
     ("rsyslogd", "rsyslog"),
-    ("/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so", "rsyslog-gnutls"),
+    (
+        "/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so",
+        "rsyslog-gnutls",
+    ),
 ];
 
 /// Python packages the end-to-end tests drive real clients and servers with: (module,

@@ -173,12 +173,16 @@ pub fn cef(rec: &Record) -> String {
                     a.policy, actor, a.reason
                 ),
             );
+            let mut apps: Vec<&str> = a.activities.iter().map(|x| x.app.as_str()).collect();
+            apps.sort_unstable();
+            apps.dedup();
             kv(&mut out, "suser", a.entities.user.as_deref().unwrap_or(""));
-            kv(
-                &mut out,
-                "destinationServiceName",
-                a.entities.app.as_deref().unwrap_or(""),
-            );
+            // The alert's app, else the apps of its activities.
+            let service = match &a.entities.app {
+                Some(app) => app.clone(),
+                None => apps.join(","),
+            };
+            kv(&mut out, "destinationServiceName", &service);
             match a.entities.ip {
                 Some(std::net::IpAddr::V4(ip)) => kv(&mut out, "src", &ip.to_string()),
                 Some(std::net::IpAddr::V6(ip)) => {
@@ -197,9 +201,6 @@ pub fn cef(rec: &Record) -> String {
             kv(&mut out, "cs1Label", "status");
             kv(&mut out, "cs1", a.status.as_str());
             kv(&mut out, "cs2Label", "uniqueServiceAppIds");
-            let mut apps: Vec<&str> = a.activities.iter().map(|x| x.app.as_str()).collect();
-            apps.sort_unstable();
-            apps.dedup();
             kv(&mut out, "cs2", &apps.join(","));
             kv(&mut out, "cs3Label", "relatedAudits");
             let ids: Vec<String> = a.activities.iter().map(|x| x.id.to_string()).collect();

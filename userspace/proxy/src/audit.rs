@@ -289,6 +289,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_tap_gets_a_copy_and_never_holds_up_the_proxy() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let sink = AuditSink::open(None).await.unwrap().with_tap(Some(tx));
+        for i in 0..10 {
+            sink.record(rec(i));
+        }
+        assert_eq!(sink.tap_dropped(), 6, "a full tap drops and counts");
+        for i in 0..4 {
+            assert_eq!(rx.recv().await.unwrap().path, format!("/file/{i}"));
+        }
+    }
+
+    #[tokio::test]
     async fn a_world_readable_log_is_narrowed() {
         let dir = TempDir::new("narrow");
         let path = dir.path().join("audit.jsonl");
