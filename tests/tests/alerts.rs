@@ -105,7 +105,7 @@ fn an_upload_burst_through_the_proxy_raises_an_alert_in_rsyslog() {
     assert!(steered.is_some(), "not steered:\n{}", topo.log(&daemon.log));
 
     // Nine uploads: no alert yet.
-    let upload = |i: u32| {
+    let upload = |topo: &Topology, i: u32| {
         let o = topo.exec_any(
             &c,
             &format!(
@@ -123,7 +123,7 @@ fn an_upload_burst_through_the_proxy_raises_an_alert_in_rsyslog() {
         );
     };
     for i in 0..9 {
-        upload(i);
+        upload(&topo, i);
     }
     std::thread::sleep(Duration::from_millis(500));
     let alerts = daemon.query("alerts").expect("alerts");
@@ -134,7 +134,7 @@ fn an_upload_burst_through_the_proxy_raises_an_alert_in_rsyslog() {
     );
     // The tenth: the alert reaches rsyslog within 2 s of the upload's start.
     let t = Instant::now();
-    upload(9);
+    upload(&topo, 9);
     let line = tollgate_e2e::wait_for(Duration::from_secs(5), || {
         std::fs::read_to_string(&out)
             .unwrap_or_default()
@@ -215,8 +215,33 @@ fn an_upload_burst_through_the_proxy_raises_an_alert_in_rsyslog() {
     assert_eq!(shown["comment"], "quarterly close");
     let saved = std::fs::read_to_string(daemon.state_dir.join("alerts.json")).unwrap();
     assert!(saved.contains("quarterly close"), "{saved}");
+    // A restart keeps the alerts (state_dir/alerts.json) and the activity log.
+    topo.kill9(&format!("run --config {}", daemon.config.display()));
+    daemon.spawn(&mut topo).expect("restart");
+    let again = daemon.query("alerts").expect("alerts after a restart");
+    assert_eq!(again[0]["status"], "resolved", "{again}");
+    assert_eq!(again[0]["comment"], "quarterly close", "{again}");
+    let acts = daemon
+        .cli(&["activity", "--json", "--app", "dropbox"])
+        .unwrap();
+    let acts: serde_json::Value = serde_json::from_slice(&acts.stdout).unwrap();
+    assert_eq!(acts.as_array().map(Vec::len), Some(10), "{acts}");
+    // A resolved alert is closed: the next burst opens a new one.
+    for i in 10..20 {
+        upload(&topo, i);
+    }
+    let reopened = tollgate_e2e::wait_for(Duration::from_secs(5), || {
+        let a = daemon.query("alerts").ok()?;
+        (a.as_array()?.len() == 2).then_some(a)
+    });
+    let reopened = reopened.expect("a second alert after the second burst");
+    assert_eq!(reopened[1]["status"], "open", "{reopened}");
     let st = daemon.query("status").expect("status");
-    assert_eq!(st["activity"]["sinks"][0]["sent"], 1, "{}", st["activity"]);
+    assert_eq!(
+        st["activity"]["sinks"][0]["sent"], 1,
+        "the restarted daemon sent the new alert: {}",
+        st["activity"]
+    );
     assert_eq!(st["proxy"]["activity_tap_dropped"], 0);
     daemon.stop();
 }

@@ -9,6 +9,7 @@
 //! never reads from a syslog server; a webhook's answer is read for its status line only,
 //! bounded in size and time, so a hostile server (slow, huge answers) costs a timeout.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -303,6 +304,16 @@ pub struct Sinks {
 impl Sinks {
     /// Starts one task per sink (needs a tokio runtime). `hostname` is the syslog HOSTNAME.
     pub fn start(configs: &[SinkConfig], hostname: &str) -> Result<Sinks, SinkError> {
+        Self::start_durable(configs, hostname, None)
+    }
+
+    /// [`Sinks::start`], with webhooks spooling what they have not delivered in `spool_dir`
+    /// (one file per webhook address), so that a restart loses none of it.
+    pub fn start_durable(
+        configs: &[SinkConfig],
+        hostname: &str,
+        spool_dir: Option<&std::path::Path>,
+    ) -> Result<Sinks, SinkError> {
         let mut handles = Vec::new();
         for (i, c) in configs.iter().enumerate() {
             c.validate(i)?;
@@ -313,6 +324,10 @@ impl Sinks {
                 format: c.format(),
                 hostname: hostname.to_string(),
                 stats: stats.clone(),
+                spool: match (c.kind, spool_dir) {
+                    (SinkKind::Webhook, Some(d)) => Some(d.join(spool_name(c))),
+                    _ => None,
+                },
             };
             let tls = match (c.kind, c.address.as_deref().map(parse_url)) {
                 (SinkKind::Syslog, Some(Ok(("tls", ..))))
@@ -439,10 +454,93 @@ fn tls_config(c: &SinkConfig) -> Result<Arc<rustls::ClientConfig>, String> {
 trait Stream: AsyncRead + AsyncWrite + Unpin + std::marker::Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + std::marker::Send> Stream for T {}
 
+/// The spool file of a webhook: its address with everything but letters and digits as `_`.
+fn spool_name(c: &SinkConfig) -> String {
+    let a: String = c
+        .address
+        .as_deref()
+        .unwrap_or_default()
+        .chars()
+        .take(128)
+        .map(|ch| if ch.is_ascii_alphanumeric() { ch } else { '_' })
+        .collect();
+    format!("webhook-{a}.jsonl")
+}
+
+/// A webhook's on-disk queue: JSON bodies appended one a line, and how many of the first
+/// lines are delivered (`<file>.done`). Emptied (both files cut) when everything is
+/// delivered; a torn last line is dropped when read back.
+struct Spool {
+    path: PathBuf,
+    done_path: PathBuf,
+    done: u64,
+}
+
+impl Spool {
+    fn open(path: PathBuf) -> (Spool, VecDeque<String>) {
+        let mut done_path = path.as_os_str().to_owned();
+        done_path.push(".done");
+        let done_path = PathBuf::from(done_path);
+        let done: u64 = std::fs::read_to_string(&done_path)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0);
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let complete = text.rfind('\n').map_or("", |i| &text[..i]);
+        let pending: VecDeque<String> = complete
+            .lines()
+            .skip(usize::try_from(done).unwrap_or(usize::MAX))
+            .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+            .map(String::from)
+            .collect();
+        let mut spool = Spool {
+            path,
+            done_path,
+            done,
+        };
+        // Rewrite it compact: only what is pending.
+        spool.rewrite(&pending);
+        (spool, pending)
+    }
+
+    fn rewrite(&mut self, pending: &VecDeque<String>) {
+        let mut body = String::new();
+        for l in pending {
+            body.push_str(l);
+            body.push('\n');
+        }
+        let _ = std::fs::write(&self.path, body);
+        self.done = 0;
+        let _ = std::fs::write(&self.done_path, "0");
+    }
+
+    fn append(&mut self, body: &str) {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+        {
+            let _ = f.write_all(format!("{body}\n").as_bytes());
+        }
+    }
+
+    /// The first pending record is delivered (or given up).
+    fn pop(&mut self, pending: &VecDeque<String>) {
+        if pending.is_empty() {
+            self.rewrite(pending);
+        } else {
+            self.done += 1;
+            let _ = std::fs::write(&self.done_path, self.done.to_string());
+        }
+    }
+}
+
 struct Task {
     cfg: SinkConfig,
     format: Format,
     hostname: String,
+    spool: Option<PathBuf>,
     stats: Arc<SinkStats>,
 }
 
@@ -656,28 +754,99 @@ impl Task {
         } else {
             Transport::Tcp
         };
-        while let Some(rec) = rx.recv().await {
+        let (mut spool, mut pending) = match self.spool.clone() {
+            Some(p) => {
+                let (s, p) = Spool::open(p);
+                (Some(s), p)
+            }
+            None => (None, VecDeque::new()),
+        };
+        let max = self.cfg.queue;
+        let take = |rec: Record, pending: &mut VecDeque<String>, spool: &mut Option<Spool>| {
             let body = format::json(&rec);
+            if pending.len() >= max {
+                // Full: the oldest goes (counted), so the newest are the ones kept.
+                pending.pop_front();
+                self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+                if let Some(s) = spool.as_mut() {
+                    s.pop(pending);
+                }
+            }
+            if let Some(s) = spool.as_mut() {
+                s.append(&body);
+            }
+            pending.push_back(body);
+        };
+        loop {
+            if pending.is_empty() {
+                match rx.recv().await {
+                    Some(rec) => take(rec, &mut pending, &mut spool),
+                    None => break,
+                }
+            }
+            while let Ok(rec) = rx.try_recv() {
+                take(rec, &mut pending, &mut spool);
+            }
+            let Some(body) = pending.front().cloned() else {
+                continue;
+            };
             let req = format!(
                 "POST {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: tollgate/{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 format::VERSION,
                 body.len()
             );
             let mut backoff = Duration::from_secs(1);
-            // A few tries with back-off; a record that still fails is dropped (counted), so
-            // that a dead endpoint holds the queue for at most about a minute per record.
-            for attempt in 0..5 {
+            // Tries with back-off. Without a spool a record is given up after five (so that a
+            // dead endpoint holds the queue for about a minute a record); with one it is
+            // retried until delivered (the spool is bounded by `queue`, oldest out first).
+            // A 4xx answer other than 408/429 is final: the record is dropped (counted).
+            let mut attempt = 0u32;
+            loop {
                 if attempt > 0 {
-                    tokio::time::sleep(backoff).await;
+                    // With a spool, an owner that went away (a reload, the end) ends the task
+                    // at once: what is pending stays on disk for the next one.
+                    let until = tokio::time::Instant::now() + backoff;
+                    while tokio::time::Instant::now() < until {
+                        if spool.is_some() && rx.is_closed() && rx.is_empty() {
+                            return;
+                        }
+                        tokio::time::sleep_until(
+                            until.min(tokio::time::Instant::now() + Duration::from_millis(100)),
+                        )
+                        .await;
+                    }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
+                    while let Ok(rec) = rx.try_recv() {
+                        take(rec, &mut pending, &mut spool);
+                    }
+                    if pending.front() != Some(&body) {
+                        // Pushed out of a full queue while waiting.
+                        break;
+                    }
                 }
+                attempt += 1;
                 match self.post(transport, host, port, &tls, req.as_bytes()).await {
                     Ok(status) if (200..300).contains(&status) => {
                         self.stats.sent.fetch_add(1, Ordering::Relaxed);
                         break;
                     }
+                    Ok(status)
+                        if (400..500).contains(&status) && status != 408 && status != 429 =>
+                    {
+                        self.error("webhook", format!("answered {status}; record dropped"));
+                        break;
+                    }
                     Ok(status) => self.error("webhook", format!("answered {status}")),
                     Err(e) => self.error("webhook", e),
+                }
+                if spool.is_none() && attempt >= 5 {
+                    break;
+                }
+            }
+            if pending.front() == Some(&body) {
+                pending.pop_front();
+                if let Some(s) = spool.as_mut() {
+                    s.pop(&pending);
                 }
             }
         }

@@ -316,3 +316,69 @@ fn sink_configs_are_checked() {
     assert!(toml::from_str::<SinkConfig>("kind = \"kafka\"\n").is_err());
     assert!(toml::from_str::<SinkConfig>("kind = \"file\"\nformat = \"xml\"\n").is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_spool_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens yet: the records wait in the spool.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let cfg = sink(
+        SinkKind::Webhook,
+        Some(format!("http://127.0.0.1:{port}/hook")),
+    );
+    let mut sinks =
+        Sinks::start_durable(std::slice::from_ref(&cfg), "gw", Some(dir.path())).unwrap();
+    for i in 0..3 {
+        sinks.alert(&alert(i, Severity::High));
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(sinks.stats()[0].errors >= 1);
+    assert_eq!(sinks.stats()[0].sent, 0);
+    // The daemon goes away; its task ends and leaves the spool.
+    drop(sinks);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let spooled = std::fs::read_dir(dir.path()).unwrap().count();
+    assert!(spooled >= 1, "a spool file");
+    // The endpoint comes up, a new daemon starts: the three records are delivered, in order.
+    let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let got2 = got.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut buf = vec![0u8; 65536];
+            let mut n = 0;
+            loop {
+                let k = s.read(&mut buf[n..]).await.unwrap_or(0);
+                if k == 0 {
+                    break;
+                }
+                n += k;
+                let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                if let Some(h) = text.find("\r\n\r\n")
+                    && serde_json::from_str::<serde_json::Value>(&text[h + 4..]).is_ok()
+                {
+                    let v: serde_json::Value = serde_json::from_str(&text[h + 4..]).unwrap();
+                    got2.lock()
+                        .unwrap()
+                        .push(v["alert"]["id"].as_u64().unwrap());
+                    break;
+                }
+            }
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                .await;
+        }
+    });
+    let sinks = Sinks::start_durable(&[cfg], "gw", Some(dir.path())).unwrap();
+    let t = Instant::now();
+    while got.lock().unwrap().len() < 3 && t.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(*got.lock().unwrap(), vec![0, 1, 2]);
+    assert_eq!(sinks.stats()[0].sent, 3);
+}

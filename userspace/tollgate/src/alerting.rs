@@ -27,6 +27,8 @@ use crate::config::Config;
 pub const ALERTS_FILE: &str = "alerts.json";
 pub const ACTIVITY_DIR: &str = "activity";
 pub const ACTIVITY_LOG: &str = "activity.jsonl";
+/// Where webhooks keep what they have not delivered (one file per address).
+pub const SPOOL_DIR: &str = "alert-spool";
 /// Records the proxy may have queued for the core before it drops (and counts) more.
 pub const TAP_QUEUE: usize = 8192;
 /// How often a changed alert book is written.
@@ -131,7 +133,10 @@ impl Alerting {
         let engine = Engine::new(&cfg.activity_policies)
             .with_gateway(Some(gateway.clone()))
             .with_book(book);
-        let sinks = Sinks::start(&cfg.alert_sinks, &gateway).map_err(anyhow::Error::msg)?;
+        let spool = cfg.state_dir.join(SPOOL_DIR);
+        std::fs::create_dir_all(&spool).with_context(|| format!("creating {}", spool.display()))?;
+        let sinks = Sinks::start_durable(&cfg.alert_sinks, &gateway, Some(&spool))
+            .map_err(anyhow::Error::msg)?;
         let log = Sinks::start(&[log_sink(cfg)], &gateway).map_err(anyhow::Error::msg)?;
         let next_id = (Utc::now().timestamp_micros().max(0) as u64) << 8;
         Ok(Alerting {
@@ -179,8 +184,9 @@ impl Alerting {
     /// changed; what their old tasks still hold is written by them before they end.
     pub fn reload(&mut self, old: &Config, new: &Config) -> Result<(), String> {
         if new.alert_sinks != old.alert_sinks {
-            self.sinks =
-                Sinks::start(&new.alert_sinks, &self.gateway).map_err(|e| e.to_string())?;
+            let spool = self.state_dir.join(SPOOL_DIR);
+            self.sinks = Sinks::start_durable(&new.alert_sinks, &self.gateway, Some(&spool))
+                .map_err(|e| e.to_string())?;
         }
         if new.activity_policies != old.activity_policies {
             self.engine.set_policies(&new.activity_policies);
