@@ -243,5 +243,34 @@ fn an_upload_burst_through_the_proxy_raises_an_alert_in_rsyslog() {
         st["activity"]
     );
     assert_eq!(st["proxy"]["activity_tap_dropped"], 0);
+
+    // Reloadable: a new single-activity policy added to the file takes effect on SIGHUP.
+    let mut text = std::fs::read_to_string(&daemon.config).unwrap();
+    text.push_str(
+        "\n[[activity_policies]]\nname = \"any report upload\"\nseverity = \"medium\"\n\
+         activity = \"upload\"\nobject_contains = \"REPORT-20\"\n",
+    );
+    std::fs::write(&daemon.config, text).unwrap();
+    daemon.signal("HUP").unwrap();
+    let reloaded = tollgate_e2e::wait_for(Duration::from_secs(10), || {
+        topo.log(&daemon.log)
+            .contains("tollgate: reloaded")
+            .then_some(())
+    });
+    assert!(reloaded.is_some(), "{}", topo.log(&daemon.log));
+    upload(&topo, 20);
+    let third = tollgate_e2e::wait_for(Duration::from_secs(5), || {
+        let a = daemon.query("alerts").ok()?;
+        a.as_array()?
+            .iter()
+            .find(|x| x["policy"] == "any report upload")
+            .cloned()
+    });
+    let third = third.expect("the reloaded policy alerts");
+    assert_eq!(third["severity"], "medium");
+    assert_eq!(
+        third["activities"][0]["object"],
+        "www.dropbox.com/upload/q3-report-20.pdf"
+    );
     daemon.stop();
 }
