@@ -141,9 +141,15 @@ pub fn parse_url(s: &str) -> Result<(&str, &str, u16, &str), String> {
             .ok_or_else(|| format!("{s:?}: expected [address]:port"))?;
         (h, p)
     } else {
-        authority
+        let (h, p) = authority
             .rsplit_once(':')
-            .ok_or_else(|| format!("{s:?}: expected host:port"))?
+            .ok_or_else(|| format!("{s:?}: expected host:port"))?;
+        if h.contains(':') {
+            return Err(format!(
+                "{s:?}: an IPv6 address goes in brackets: [addr]:port"
+            ));
+        }
+        (h, p)
     };
     if host.is_empty() || host.len() > 253 || host.chars().any(|c| c.is_whitespace()) {
         return Err(format!("{s:?}: bad host"));

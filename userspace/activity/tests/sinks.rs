@@ -293,6 +293,7 @@ fn sink_configs_are_checked() {
         ("kind = \"syslog\"\naddress = \"tcp://x\"\n", "address"),
         ("kind = \"syslog\"\naddress = \"tcp://x:0\"\n", "address"),
         ("kind = \"syslog\"\naddress = \"tcp://:514\"\n", "address"),
+        ("kind = \"syslog\"\naddress = \"tcp://::1\"\n", "address"),
         ("kind = \"webhook\"\naddress = \"ftp://x:21/\"\n", "address"),
         ("kind = \"file\"\npath = \"rel.log\"\n", "path"),
         ("kind = \"file\"\n", "path"),
