@@ -44,6 +44,12 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("scapy", "python3-scapy"),
     // The hub's tests run against a real PostgreSQL cluster that `test` starts.
     ("pg_ctlcluster", "postgresql"),
+    // The alert sinks are tested against a real rsyslog over TCP and TLS (gtls driver).
+    ("rsyslogd", "rsyslog"),
+    (
+        "/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so",
+        "rsyslog-gnutls",
+    ),
 ];
 
 /// Python packages the end-to-end tests drive real clients and servers with: (module,
@@ -125,6 +131,10 @@ fn is_root() -> bool {
 }
 
 fn have_command(name: &str) -> bool {
+    // A library (a plugin of another package) is proved by its path.
+    if name.starts_with('/') && !name.contains(' ') {
+        return Path::new(name).exists();
+    }
     Command::new("sh")
         .args(["-c", &format!("command -v {name} >/dev/null 2>&1")])
         .status()

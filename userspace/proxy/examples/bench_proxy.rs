@@ -122,6 +122,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 destination: tollgate_proxy::Destination::Fixed(a),
                 ca: None,
                 allow_loopback_destinations: true,
+                audit_tap: None,
             },
             None => tollgate_proxy::StartOptions::default(),
         };

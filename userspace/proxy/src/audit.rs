@@ -85,6 +85,10 @@ async fn rotate(path: &Path, keep: u32) -> std::io::Result<()> {
 pub struct AuditSink {
     tx: Option<mpsc::Sender<AuditRecord>>,
     dropped: Arc<AtomicU64>,
+    /// A copy of every record for the daemon (its activity log and alert policies); records
+    /// that do not fit are counted in `tap_dropped`.
+    tap: Option<mpsc::Sender<AuditRecord>>,
+    tap_dropped: Arc<AtomicU64>,
 }
 
 impl AuditSink {
@@ -100,7 +104,12 @@ impl AuditSink {
     ) -> Result<AuditSink, ProxyError> {
         let dropped = Arc::new(AtomicU64::new(0));
         let Some(path) = path else {
-            return Ok(AuditSink { tx: None, dropped });
+            return Ok(AuditSink {
+                tx: None,
+                dropped,
+                tap: None,
+                tap_dropped: Arc::new(AtomicU64::new(0)),
+            });
         };
         let (file, mut size) = open_log(&path)
             .await
@@ -149,7 +158,20 @@ impl AuditSink {
         Ok(AuditSink {
             tx: Some(tx),
             dropped,
+            tap: None,
+            tap_dropped: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// Also hands every record to `tap` (never waiting: a full tap drops and counts).
+    pub fn with_tap(mut self, tap: Option<mpsc::Sender<AuditRecord>>) -> AuditSink {
+        self.tap = tap;
+        self
+    }
+
+    /// Records the tap could not take.
+    pub fn tap_dropped(&self) -> u64 {
+        self.tap_dropped.load(Ordering::Relaxed)
     }
 
     /// Queue a record (never blocks).
@@ -158,6 +180,11 @@ impl AuditSink {
             app = %rec.app, src = %rec.src_ip, policy = %rec.policy, action = %rec.action,
             stage = %rec.stage, "{} {}{}: {}", rec.method, rec.host, rec.path, rec.reason
         );
+        if let Some(tap) = &self.tap
+            && tap.try_send(rec.clone()).is_err()
+        {
+            self.tap_dropped.fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(tx) = &self.tx
             && tx.try_send(rec).is_err()
         {
@@ -259,6 +286,19 @@ mod tests {
         let newest = std::fs::read_to_string(&path).unwrap()
             + &std::fs::read_to_string(rotated(&path, 1)).unwrap();
         assert!(newest.contains("/file/199"), "{newest}");
+    }
+
+    #[tokio::test]
+    async fn the_tap_gets_a_copy_and_never_holds_up_the_proxy() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let sink = AuditSink::open(None).await.unwrap().with_tap(Some(tx));
+        for i in 0..10 {
+            sink.record(rec(i));
+        }
+        assert_eq!(sink.tap_dropped(), 6, "a full tap drops and counts");
+        for i in 0..4 {
+            assert_eq!(rx.recv().await.unwrap().path, format!("/file/{i}"));
+        }
     }
 
     #[tokio::test]

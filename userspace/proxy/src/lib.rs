@@ -197,6 +197,9 @@ pub struct StartOptions {
     /// the same host). Never set by the daemon: a steered connection toward loopback would
     /// reach the gateway's own services.
     pub allow_loopback_destinations: bool,
+    /// A copy of every audit record goes here (the daemon turns them into activities; the
+    /// proxy knows nothing of what happens to them). Bounded by the sender's channel.
+    pub audit_tap: Option<tokio::sync::mpsc::Sender<audit::AuditRecord>>,
 }
 
 impl Default for StartOptions {
@@ -205,6 +208,7 @@ impl Default for StartOptions {
             destination: Destination::Original,
             ca: None,
             allow_loopback_destinations: false,
+            audit_tap: None,
         }
     }
 }
@@ -235,6 +239,8 @@ pub struct StatsSnapshot {
     pub upstream_request_failures: u64,
     pub client_handshake_failures: u64,
     pub audit_dropped: u64,
+    /// Audit records the daemon's activity tap could not take (it fell behind).
+    pub activity_tap_dropped: u64,
     /// Connections spliced because their client rejected our CA (listed apps only).
     pub client_reject_bypasses: u64,
     /// Steered connections closed because they could not be inspected.
@@ -293,7 +299,9 @@ impl SessionProxy {
         let listener = bind(&cfg)?;
         let local_addr = listener.local_addr()?;
         let listener_fd = listener.as_fd().try_clone_to_owned()?;
-        let audit = audit::AuditSink::open(cfg.audit_log.clone()).await?;
+        let audit = audit::AuditSink::open(cfg.audit_log.clone())
+            .await?
+            .with_tap(opts.audit_tap.clone());
         let (policies_tx, policies_rx) = watch::channel(compiled);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(shared::Shared::new(
@@ -411,6 +419,7 @@ impl ProxyHandle {
             upstream_request_failures: s.upstream_request_failures.load(Ordering::Relaxed),
             client_handshake_failures: s.client_handshake_failures.load(Ordering::Relaxed),
             audit_dropped: self.shared.audit.dropped(),
+            activity_tap_dropped: self.shared.audit.tap_dropped(),
             client_reject_bypasses: s.client_reject_bypasses.load(Ordering::Relaxed),
             uninspectable_blocked: s.uninspectable_blocked.load(Ordering::Relaxed),
             steered_splices: s.steered_splices.load(Ordering::Relaxed),

@@ -337,6 +337,7 @@ async fn start_proxy_opts(
         ca: None,
         // The test origins listen on 127.0.0.1.
         allow_loopback_destinations: loopback,
+        audit_tap: None,
     };
     let h = SessionProxy::start_with(cfg, &policies, lookup, rx, opts)
         .await

@@ -95,6 +95,12 @@ pub fn check_references(
                 .iter()
                 .enumerate()
                 .map(|(i, p)| (format!("access_policies[{i}].apps"), &p.name, &p.apps)),
+        )
+        .chain(
+            cfg.activity_policies
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (format!("activity_policies[{i}].apps"), &p.name, &p.apps)),
         );
     for (key, name, apps) in lists {
         if let Some(id) = apps
@@ -138,7 +144,7 @@ pub fn check_config(path: &Path) -> Result<(), Failure> {
     .map_err(|e| semantic(Some(path), "apps/tag_rules", e.to_string()))?;
     Users::from_config(&cfg.users).map_err(|e| semantic(Some(path), "users", e.to_string()))?;
     crate::outln!(
-        "{}: ok ({} mode, {} interface(s), {} app setting(s), {} custom app(s), {} session and {} access polic(ies))",
+        "{}: ok ({} mode, {} interface(s), {} app setting(s), {} custom app(s), {} session, {} access and {} activity polic(ies), {} alert sink(s))",
         path.display(),
         cfg.mode,
         cfg.interfaces.len(),
@@ -146,6 +152,8 @@ pub fn check_config(path: &Path) -> Result<(), Failure> {
         cfg.custom_apps.len(),
         cfg.session_policies.len(),
         cfg.access_policies.len(),
+        cfg.activity_policies.len(),
+        cfg.alert_sinks.len(),
     );
     Ok(())
 }
@@ -548,4 +556,102 @@ pub fn enroll(config: Option<&Path>, url: &str, token: &str) -> Result<(), Failu
         config.map_or(String::new(), |p| format!(" --config {}", p.display()))
     );
     Ok(())
+}
+
+/// `--since`: an RFC 3339 time, or an age (`90s`, `15m`, `2h`, `7d`).
+pub fn parse_since(text: &str) -> Result<chrono::DateTime<chrono::Utc>, Failure> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let bad = || {
+        Failure::Usage(format!(
+            "--since {text:?}: expected an RFC 3339 time or an age like 90s, 15m, 2h, 7d"
+        ))
+    };
+    let unit = text.chars().last().ok_or_else(bad)?;
+    let n: i64 = text[..text.len() - unit.len_utf8()]
+        .parse()
+        .map_err(|_| bad())?;
+    let secs = match unit {
+        's' => n,
+        'm' => n.checked_mul(60).ok_or_else(bad)?,
+        'h' => n.checked_mul(3600).ok_or_else(bad)?,
+        'd' => n.checked_mul(86_400).ok_or_else(bad)?,
+        _ => return Err(bad()),
+    };
+    let age = chrono::TimeDelta::try_seconds(secs).ok_or_else(bad)?;
+    chrono::Utc::now().checked_sub_signed(age).ok_or_else(bad)
+}
+
+/// `tollgate activity`: the recent activity log of a running daemon, oldest first.
+pub fn activity(
+    config: Option<&Path>,
+    control: Option<&Path>,
+    query: crate::alerting::ActivityQuery,
+    fmt: OutputFormat,
+) -> Result<(), Failure> {
+    let data = ask(config, control, Request::Activity { query })?;
+    match fmt {
+        OutputFormat::Json => print_json(&data["activities"]),
+        OutputFormat::Table => {
+            crate::out!("{}", view::activity_table(&data["activities"]));
+            Ok(())
+        }
+    }
+}
+
+/// What `tollgate alerts` does.
+pub enum AlertsAction {
+    List,
+    Show(u64),
+    Set(u64, tollgate_activity::AlertStatus, Option<String>),
+}
+
+/// `tollgate alerts [list|show ID|resolve ID|dismiss ID]`.
+pub fn alerts(
+    config: Option<&Path>,
+    control: Option<&Path>,
+    action: AlertsAction,
+    fmt: OutputFormat,
+) -> Result<(), Failure> {
+    match action {
+        AlertsAction::List => {
+            let data = ask(config, control, Request::Alerts)?;
+            match fmt {
+                OutputFormat::Json => print_json(&data["alerts"]),
+                OutputFormat::Table => {
+                    crate::out!("{}", view::alerts_table(&data["alerts"]));
+                    Ok(())
+                }
+            }
+        }
+        AlertsAction::Show(id) => {
+            let data = ask(config, control, Request::AlertShow { id })?;
+            match fmt {
+                OutputFormat::Json => print_json(&data["alert"]),
+                OutputFormat::Table => {
+                    crate::out!("{}", view::alert_detail(&data["alert"]));
+                    Ok(())
+                }
+            }
+        }
+        AlertsAction::Set(id, status, comment) => {
+            let data = ask(
+                config,
+                control,
+                Request::AlertSet {
+                    id,
+                    status,
+                    comment,
+                },
+            )?;
+            match fmt {
+                OutputFormat::Json => print_json(&data["alert"]),
+                OutputFormat::Table => {
+                    crate::outln!("alert {id}: {}", status.as_str());
+                    Ok(())
+                }
+            }
+        }
+    }
 }

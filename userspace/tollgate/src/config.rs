@@ -72,6 +72,45 @@ pub struct Config {
     /// The management hub (`[hub]`); the hub's address and keys come from `tollgate enroll`.
     #[serde(default)]
     pub hub: HubConfig,
+    /// Policies that raise alerts (`[[activity_policies]]`).
+    #[serde(default)]
+    pub activity_policies: Vec<tollgate_activity::ActivityPolicy>,
+    /// Where alerts and activities go (`[[alert_sinks]]`): syslog, a file, a webhook.
+    #[serde(default)]
+    pub alert_sinks: Vec<tollgate_activity::SinkConfig>,
+    /// The activity log in state_dir (`[activity]`).
+    #[serde(default)]
+    pub activity: ActivityConfig,
+}
+
+/// `[activity]`: the on-disk activity log (`state_dir/activity/`) that `tollgate activity`
+/// reads.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActivityConfig {
+    /// Days an activity is kept (older ones are not shown, and a rotated file whose newest
+    /// record is older is removed).
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u32,
+    /// The log's bound on disk, in MiB (the live file and one rotated file, half each).
+    #[serde(default = "default_activity_max_mb")]
+    pub max_mb: u64,
+}
+
+impl Default for ActivityConfig {
+    fn default() -> Self {
+        Self {
+            retention_days: default_retention_days(),
+            max_mb: default_activity_max_mb(),
+        }
+    }
+}
+
+fn default_retention_days() -> u32 {
+    30
+}
+fn default_activity_max_mb() -> u64 {
+    256
 }
 
 /// `[hub]`: how the gateway talks to the management hub it is enrolled with.
@@ -104,12 +143,15 @@ fn default_spool_max_mb() -> u64 {
 
 /// The sections a central policy bundle may set. Everything else (interfaces, mode, the
 /// proxy, enforcement limits, users, paths) belongs to the box and stays in its own file.
+/// Alert sinks stay local too: a sink is where the box's records leave it, so the hub may
+/// not point them elsewhere.
 pub const BUNDLE_SECTIONS: &[&str] = &[
     "apps",
     "tag_rules",
     "custom_apps",
     "session_policies",
     "access_policies",
+    "activity_policies",
 ];
 
 /// What a policy bundle holds: the gateway config's own sections, in its own TOML.
@@ -126,6 +168,8 @@ pub struct BundlePolicy {
     pub session_policies: Vec<tollgate_proxy::SessionPolicy>,
     #[serde(default)]
     pub access_policies: Vec<tollgate_proxy::AccessPolicy>,
+    #[serde(default)]
+    pub activity_policies: Vec<tollgate_activity::ActivityPolicy>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -271,6 +315,22 @@ impl Config {
             .access_policies
             .into_iter()
             .chain(self.access_policies.iter().cloned())
+            .collect();
+        // Central activity policies first; a local one of the same name gives way.
+        let central: Vec<String> = policy
+            .activity_policies
+            .iter()
+            .map(|p| p.name.clone())
+            .collect();
+        merged.activity_policies = policy
+            .activity_policies
+            .into_iter()
+            .chain(
+                self.activity_policies
+                    .iter()
+                    .filter(|p| !central.contains(&p.name))
+                    .cloned(),
+            )
             .collect();
         merged.validate(bundle_toml, bundle_name)?;
         Ok(merged)
@@ -432,6 +492,33 @@ impl Config {
                 "must be 1..=65536".into(),
             );
         }
+        if let Err(e) = tollgate_activity::validate(&self.activity_policies) {
+            let needle = self
+                .activity_policies
+                .get(e.index)
+                .map_or("activity_policies", |p| p.name.as_str());
+            return fail(
+                &format!("activity_policies[{}].{}", e.index, e.key),
+                needle,
+                e.message,
+            );
+        }
+        for (i, sink) in self.alert_sinks.iter().enumerate() {
+            if let Err(e) = sink.validate(i) {
+                let needle = sink.address.as_deref().unwrap_or("alert_sinks");
+                return fail(&format!("alert_sinks[{i}].{}", e.key), needle, e.message);
+            }
+        }
+        if !(1..=3650).contains(&self.activity.retention_days) {
+            return fail(
+                "activity.retention_days",
+                "retention_days",
+                "must be 1..=3650".into(),
+            );
+        }
+        if !(2..=65_536).contains(&self.activity.max_mb) {
+            return fail("activity.max_mb", "max_mb", "must be 2..=65536".into());
+        }
         if self.enforcement.steer_timeout_secs == 0 {
             return fail(
                 "enforcement.steer_timeout_secs",
@@ -547,6 +634,76 @@ tag = "monitored"
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("bundle revision 9:"), "{e}");
+    }
+
+    #[test]
+    fn activity_policies_and_sinks_are_checked_and_come_from_bundles() {
+        let text = r#"
+[[activity_policies]]
+name = "mass download"
+severity = "high"
+activity = "download"
+apps = ["box"]
+repeated = { count = 50, within_secs = 60, per_user = true }
+
+[[alert_sinks]]
+kind = "syslog"
+address = "tcp://127.0.0.1:6514"
+format = "cef"
+
+[activity]
+retention_days = 7
+"#;
+        let c = Config::parse(text, "a.toml").unwrap();
+        assert_eq!(c.activity_policies.len(), 1);
+        assert_eq!(c.alert_sinks.len(), 1);
+        assert_eq!(c.activity.retention_days, 7);
+        for (bad, key, line) in [
+            (
+                "\n[[activity_policies]]\nname = \"x\"\nrepeated = { count = 0, within_secs = 1 }\n",
+                "activity_policies[0].repeated.count",
+                3,
+            ),
+            (
+                "[[alert_sinks]]\nkind = \"syslog\"\naddress = \"smtp://x:25\"\n",
+                "alert_sinks[0].address",
+                3,
+            ),
+            (
+                "[activity]\nretention_days = 0\n",
+                "activity.retention_days",
+                2,
+            ),
+            (
+                "[[activity_policies]]\nname = \"x\"\nactivity = \"dance\"\n",
+                "activity_policies[0].activity",
+                3,
+            ),
+        ] {
+            let e = Config::parse(bad, "a.toml").unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+            assert!(e.starts_with(&format!("a.toml:{line}:")), "{bad}: {e}");
+        }
+        // A bundle's activity policy wins over a local one of the same name; sinks stay local.
+        let merged = c
+            .with_bundle(
+                "[[activity_policies]]\nname = \"mass download\"\nseverity = \"low\"\n",
+                "bundle revision 3",
+            )
+            .unwrap();
+        assert_eq!(merged.activity_policies.len(), 1);
+        assert_eq!(
+            merged.activity_policies[0].severity,
+            tollgate_activity::Severity::Low
+        );
+        let e = c
+            .with_bundle(
+                "[[alert_sinks]]\nkind = \"webhook\"\naddress = \"https://evil:443/\"\n",
+                "bundle revision 4",
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("alert_sinks"), "{e}");
     }
 
     #[test]

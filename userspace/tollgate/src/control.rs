@@ -50,6 +50,24 @@ pub enum Request {
     },
     /// Graceful stop: detach programs and remove pins.
     Stop,
+    /// The recent activity log (answered off the core task).
+    Activity {
+        #[serde(default)]
+        query: crate::alerting::ActivityQuery,
+    },
+    /// Every alert kept.
+    Alerts,
+    /// One alert.
+    AlertShow {
+        id: u64,
+    },
+    /// Resolve, dismiss (or reopen) an alert, with a comment.
+    AlertSet {
+        id: u64,
+        status: tollgate_activity::AlertStatus,
+        #[serde(default)]
+        comment: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -280,6 +298,10 @@ mod tests {
                     Reply::Stream(rx)
                 }
                 Request::Apps => Reply::Pieces(vec![b"{\"a\"".to_vec(), b":1}".to_vec()]),
+                Request::Activity { .. }
+                | Request::Alerts
+                | Request::AlertShow { .. }
+                | Request::AlertSet { .. } => Response::err("not here").into(),
                 Request::Status => {
                     // Slow: holds its client slot.
                     tokio::time::sleep(Duration::from_secs(2)).await;

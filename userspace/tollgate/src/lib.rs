@@ -25,6 +25,7 @@ macro_rules! out {
     }};
 }
 
+pub mod alerting;
 pub mod commands;
 pub mod config;
 pub mod control;

@@ -109,6 +109,38 @@ enum Command {
     },
     /// Check a config file and print what it means.
     CheckConfig { config: PathBuf },
+    /// The recent activity log of a running daemon (oldest first).
+    Activity {
+        #[arg(long)]
+        json: bool,
+        /// From this time on: RFC 3339, or an age like 15m, 2h, 7d.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this user (case-insensitive).
+        #[arg(long)]
+        user: Option<String>,
+        /// Only this app id.
+        #[arg(long)]
+        app: Option<String>,
+        /// The newest N matching records.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        #[command(flatten)]
+        daemon: DaemonAddr,
+    },
+    /// Alerts raised by activity policies: list, show, resolve, dismiss.
+    Alerts {
+        #[command(subcommand)]
+        action: Option<AlertsCmd>,
+        #[arg(long, global = true)]
+        json: bool,
+        /// Config file whose control_socket to use (default: the embedded default's).
+        #[arg(long, global = true, conflicts_with = "control")]
+        config: Option<PathBuf>,
+        /// The control socket path.
+        #[arg(long, global = true)]
+        control: Option<PathBuf>,
+    },
     /// Join a management hub with a one-time token from `tollgate-hub token create`.
     Enroll {
         /// The hub, e.g. https://hub.example.net:9443
@@ -117,6 +149,26 @@ enum Command {
         /// The config whose state_dir keeps the gateway's key and certificate.
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AlertsCmd {
+    /// Every alert kept (the default).
+    List,
+    /// One alert and the activities that prove it.
+    Show { id: u64 },
+    /// Mark an alert resolved; the next match opens a new one.
+    Resolve {
+        id: u64,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Mark an alert dismissed (a false positive); the next match opens a new one.
+    Dismiss {
+        id: u64,
+        #[arg(long)]
+        comment: Option<String>,
     },
 }
 
@@ -209,6 +261,49 @@ fn main() -> ExitCode {
             daemon.control.as_deref(),
             out(json),
         ),
+        Command::Activity {
+            json,
+            since,
+            user,
+            app,
+            limit,
+            daemon,
+        } => since
+            .as_deref()
+            .map(commands::parse_since)
+            .transpose()
+            .and_then(|since| {
+                commands::activity(
+                    daemon.config.as_deref(),
+                    daemon.control.as_deref(),
+                    tollgate::alerting::ActivityQuery {
+                        since,
+                        user,
+                        app,
+                        limit: Some(limit),
+                    },
+                    out(json),
+                )
+            }),
+        Command::Alerts {
+            action,
+            json,
+            config,
+            control,
+        } => {
+            use tollgate_activity::AlertStatus;
+            let action = match action.unwrap_or(AlertsCmd::List) {
+                AlertsCmd::List => commands::AlertsAction::List,
+                AlertsCmd::Show { id } => commands::AlertsAction::Show(id),
+                AlertsCmd::Resolve { id, comment } => {
+                    commands::AlertsAction::Set(id, AlertStatus::Resolved, comment)
+                }
+                AlertsCmd::Dismiss { id, comment } => {
+                    commands::AlertsAction::Set(id, AlertStatus::Dismissed, comment)
+                }
+            };
+            commands::alerts(config.as_deref(), control.as_deref(), action, out(json))
+        }
         Command::Stop { daemon, netns } => commands::stop(
             daemon.config.as_deref(),
             daemon.control.as_deref(),

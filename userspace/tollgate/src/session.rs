@@ -138,10 +138,13 @@ pub struct SessionControl {
 
 impl SessionControl {
     /// Starts the proxy and the kernel steering; `None` when no app is under session control.
+    /// `audit_tap` receives a copy of each of the proxy's audit records (the daemon's
+    /// activity source).
     pub async fn start(
         cfg: &Config,
         catalog: Arc<Catalog>,
         dp: &mut Dataplane,
+        audit_tap: Option<tokio::sync::mpsc::Sender<tollgate_proxy::audit::AuditRecord>>,
     ) -> Result<Option<SessionControl>> {
         let apps = session_apps(cfg);
         if apps.is_empty() {
@@ -160,7 +163,11 @@ impl SessionControl {
             })
         });
         let (apps_tx, apps_rx) = watch::channel(apps.clone());
-        let handle = SessionProxy::start(pcfg, &policies, lookup, apps_rx)
+        let opts = tollgate_proxy::StartOptions {
+            audit_tap,
+            ..Default::default()
+        };
+        let handle = SessionProxy::start_with(pcfg, &policies, lookup, apps_rx, opts)
             .await
             .context("starting the session proxy")?;
         let route = PolicyRoute::install().context("installing the steering policy route")?;

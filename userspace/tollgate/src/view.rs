@@ -147,6 +147,78 @@ pub fn apps_table(data: &Value) -> String {
     out
 }
 
+/// `tollgate activity` as a table (every string escaped).
+pub fn activity_table(rows: &Value) -> String {
+    let mut out = format!(
+        "{:<20} {:<13} {:<24} {:<15} {:<12} {:<8} {}\n",
+        "TIME", "TYPE", "USER", "IP", "APP", "RESULT", "OBJECT"
+    );
+    for a in rows.as_array().map(Vec::as_slice).unwrap_or_default() {
+        let time = s(&a["time"]);
+        let _ = writeln!(
+            out,
+            "{:<20} {:<13} {:<24} {:<15} {:<12} {:<8} {}",
+            cell(time.get(..19).unwrap_or(&time), 20),
+            cell(&s(&a["activity"]), 13),
+            cell(&s(&a["user"]), 24),
+            cell(&s(&a["ip"]), 15),
+            cell(&s(&a["app"]), 12),
+            cell(&s(&a["result"]), 8),
+            cell(&s(&a["object"]), 80),
+        );
+    }
+    out
+}
+
+/// `tollgate alerts` as a table.
+pub fn alerts_table(rows: &Value) -> String {
+    let mut out = format!(
+        "{:>6} {:<20} {:<9} {:<9} {:>6} {:<24} {:<20} {}\n",
+        "ID", "TIME", "SEVERITY", "STATUS", "COUNT", "POLICY", "USER", "APP"
+    );
+    for a in rows.as_array().map(Vec::as_slice).unwrap_or_default() {
+        let time = s(&a["time"]);
+        let _ = writeln!(
+            out,
+            "{:>6} {:<20} {:<9} {:<9} {:>6} {:<24} {:<20} {}",
+            s(&a["id"]),
+            cell(time.get(..19).unwrap_or(&time), 20),
+            s(&a["severity"]),
+            s(&a["status"]),
+            s(&a["count"]),
+            cell(&s(&a["policy"]), 24),
+            cell(&s(&a["entities"]["user"]), 20),
+            cell(&s(&a["entities"]["app"]), 20),
+        );
+    }
+    out
+}
+
+/// One alert, field by field, and the activities that prove it.
+pub fn alert_detail(a: &Value) -> String {
+    let mut out = String::new();
+    for (k, v) in [
+        ("id", &a["id"]),
+        ("time", &a["time"]),
+        ("last seen", &a["last_seen"]),
+        ("severity", &a["severity"]),
+        ("status", &a["status"]),
+        ("policy", &a["policy"]),
+        ("reason", &a["reason"]),
+        ("count", &a["count"]),
+        ("user", &a["entities"]["user"]),
+        ("ip", &a["entities"]["ip"]),
+        ("app", &a["entities"]["app"]),
+        ("gateway", &a["entities"]["gateway"]),
+        ("comment", &a["comment"]),
+    ] {
+        let _ = writeln!(out, "{k:<10} {}", s(v));
+    }
+    out.push_str("activities:\n");
+    out.push_str(&activity_table(&a["activities"]));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -219,3 +219,42 @@ fn session_control_without_lan_is_refused_at_load() {
         assert!(err.contains("apps.dropbox.session_control"), "{err}");
     }
 }
+
+/// `check-config` reads `[[activity_policies]]` and `[[alert_sinks]]` as `run` does: a policy
+/// naming an app not in the catalog, or a sink with a bad address, exits 64 naming the key.
+#[test]
+fn check_config_checks_activity_policies_and_alert_sinks() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.toml");
+    let text = |app: &str, address: &str| {
+        format!(
+            "[[activity_policies]]\nname = \"mass download\"\nseverity = \"high\"\n\
+             activity = \"download\"\napps = [\"{app}\"]\n\
+             repeated = {{ count = 50, within_secs = 60, per_user = true }}\n\n\
+             [[alert_sinks]]\nkind = \"syslog\"\naddress = \"{address}\"\nformat = \"cef\"\n"
+        )
+    };
+    std::fs::write(&path, text("box", "tcp://127.0.0.1:6514")).unwrap();
+    let out = tollgate().arg("check-config").arg(&path).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("1 activity polic(ies), 1 alert sink(s)"),
+        "{said}"
+    );
+
+    std::fs::write(&path, text("boxx", "tcp://127.0.0.1:6514")).unwrap();
+    let out = tollgate().arg("check-config").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("activity_policies[0].apps"), "{err}");
+
+    std::fs::write(&path, text("box", "tcp://127.0.0.1")).unwrap();
+    let out = tollgate().arg("check-config").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("a.toml:10:") && err.contains("alert_sinks[0].address"),
+        "{err}"
+    );
+}

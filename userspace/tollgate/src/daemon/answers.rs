@@ -13,6 +13,8 @@ use crate::control::{self, Request, Response};
 
 use super::{Core, Next};
 
+const NO_ALERTING: &str = "activity and alerts did not start on this gateway (see its log)";
+
 impl Core {
     /// Every flow as a JSON array in pieces of about `FLOWS_PIECE` bytes, for the control
     /// socket's task to write: the core serialises (the flow table is its own) and goes
@@ -111,6 +113,7 @@ impl Core {
             },
             "evasion": self.evasion_json(&dp, &st),
             "proxy": self.session.as_ref().map(|s| s.stats()),
+            "activity": self.alerting.as_ref().map(|a| a.stats_json()),
         })
     }
 
@@ -209,6 +212,60 @@ impl Core {
             Request::Status => (Response::ok(self.status_json()), Next::Continue),
             Request::Tag { app, tag } => (self.set_tag(&app, &tag), Next::Continue),
             Request::Stop => (Response::ok(serde_json::Value::Null), Next::Stop),
+            // Answered by the control handler, off the core task.
+            Request::Activity { .. } => (
+                Response::err("activity is answered by the control handler"),
+                Next::Continue,
+            ),
+            Request::Alerts => (
+                match &self.alerting {
+                    Some(a) => Response::ok(serde_json::json!({ "alerts": a.alerts() })),
+                    None => Response::err(NO_ALERTING),
+                },
+                Next::Continue,
+            ),
+            Request::AlertShow { id } => (
+                match self.alerting.as_ref().map(|a| a.alert(id)) {
+                    Some(Some(alert)) => Response::ok(serde_json::json!({ "alert": alert })),
+                    Some(None) => Response::err(format!("no alert {id}")),
+                    None => Response::err(NO_ALERTING),
+                },
+                Next::Continue,
+            ),
+            Request::AlertSet {
+                id,
+                status,
+                comment,
+            } => (self.set_alert(id, status, comment), Next::Continue),
+        }
+    }
+
+    fn set_alert(
+        &mut self,
+        id: u64,
+        status: tollgate_activity::AlertStatus,
+        comment: Option<String>,
+    ) -> Response {
+        let Some(a) = &mut self.alerting else {
+            return Response::err(NO_ALERTING);
+        };
+        match a.set_status(id, status, comment) {
+            Ok(alert) => {
+                self.audit(
+                    "alert_status",
+                    alert.entities.app.as_deref(),
+                    format!("alert {id} {}", status.as_str()),
+                );
+                Response::ok(serde_json::json!({ "alert": alert }))
+            }
+            Err(e) => Response::err(e),
+        }
+    }
+
+    /// One audit record of the session proxy, as an activity.
+    pub(super) fn on_proxy_record(&mut self, rec: &tollgate_proxy::audit::AuditRecord) {
+        if let Some(a) = &mut self.alerting {
+            a.on_proxy(rec);
         }
     }
 }

@@ -210,10 +210,27 @@ struct ControlCall {
 
 struct ControlHandler {
     tx: mpsc::Sender<ControlCall>,
+    /// `tollgate activity` reads the log here, off the core task.
+    state_dir: PathBuf,
+    retention_days: u32,
 }
 
 impl control::Handler for ControlHandler {
     async fn handle(&self, request: Request) -> control::Reply {
+        if let Request::Activity { query } = request {
+            let (dir, days) = (self.state_dir.clone(), self.retention_days);
+            let found =
+                tokio::task::spawn_blocking(move || crate::alerting::query_log(&dir, days, &query))
+                    .await;
+            return match found {
+                Ok((activities, skipped)) => Response::ok(serde_json::json!({
+                    "activities": activities,
+                    "skipped_lines": skipped,
+                }))
+                .into(),
+                Err(e) => Response::err(format!("reading the activity log: {e}")).into(),
+            };
+        }
         let (reply, rx) = oneshot::channel();
         if self.tx.send(ControlCall { request, reply }).await.is_err() {
             return Response::err("the daemon is shutting down").into();
@@ -258,6 +275,8 @@ struct Core {
     bundle: Option<tollgate_sync::bundle::Bundle>,
     /// Per-interval usage for the hub's uploads (only while enrolled).
     meter: Option<tollgate_discovery::interval::IntervalMeter>,
+    /// Activities, activity policies, alerts and their sinks.
+    alerting: Option<crate::alerting::Alerting>,
 }
 
 enum Next {
@@ -351,7 +370,26 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
     let reader = dp.take_event_reader().context("opening the ring buffer")?;
 
     let catalog = Arc::new(catalog);
-    let mut session = crate::session::SessionControl::start(&cfg, catalog.clone(), &mut dp).await?;
+    // The proxy's audit records come back to the core as activities through this channel.
+    let (tap_tx, mut tap_rx) = mpsc::channel(crate::alerting::TAP_QUEUE);
+    let mut session =
+        crate::session::SessionControl::start(&cfg, catalog.clone(), &mut dp, Some(tap_tx)).await?;
+    let alerting = match crate::alerting::Alerting::start(&cfg) {
+        Ok(a) => Some(a),
+        // The gateway enforces without alerts rather than not at all.
+        Err(e) => {
+            tracing::error!("activity and alerts not started: {e:#}");
+            crate::outln!("tollgate: activity and alerts not started: {e:#}");
+            None
+        }
+    };
+    if !cfg.activity_policies.is_empty() || !cfg.alert_sinks.is_empty() {
+        crate::outln!(
+            "  {} activity policies, {} alert sinks",
+            cfg.activity_policies.len(),
+            cfg.alert_sinks.len()
+        );
+    }
     if let Some(s) = &mut session {
         s.set_protected(protected_addrs(&cfg));
     }
@@ -423,6 +461,7 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
         hub: None,
         bundle: None,
         meter: None,
+        alerting,
         cfg,
         config_path,
     };
@@ -485,8 +524,13 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
     // The control socket comes last: when it answers, the daemon is ready.
     let (tx, mut rx) = mpsc::channel::<ControlCall>(64);
     let socket = core.cfg.control_socket.clone();
+    let handler = ControlHandler {
+        tx,
+        state_dir: core.cfg.state_dir.clone(),
+        retention_days: core.cfg.activity.retention_days,
+    };
     let server = tokio::spawn(async move {
-        if let Err(e) = control::serve(&socket, Arc::new(ControlHandler { tx })).await {
+        if let Err(e) = control::serve(&socket, Arc::new(handler)).await {
             tracing::error!("control socket: {e:#}");
         }
     });
@@ -513,6 +557,9 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
                 let walking = core.poll_counters(&mut events);
                 let started = Instant::now();
                 core.housekeeping();
+                if let Some(a) = &mut core.alerting {
+                    a.housekeeping();
+                }
                 // Walking the kernel's flow map costs ~0.3 us a flow: with a large table,
                 // poll less often so that event reading keeps the CPU (at most ~5%).
                 let next = COUNTER_POLL.max((walking + started.elapsed()) * 20);
@@ -537,6 +584,13 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
                     break;
                 }
             }
+            Some(rec) = tap_rx.recv() => {
+                core.on_proxy_record(&rec);
+                for _ in 0..EVENT_BATCH {
+                    let Ok(rec) = tap_rx.try_recv() else { break };
+                    core.on_proxy_record(&rec);
+                }
+            }
             _ = sighup.recv() => core.reload(),
             Some(call) = bundles.recv() => {
                 let result = core.apply_bundle(call.bundle);
@@ -552,6 +606,9 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
     }
     server.abort();
     reader_task.abort();
+    if let Some(a) = &mut core.alerting {
+        a.save();
+    }
     if let Some(h) = &core.hub {
         h.shutdown();
     }

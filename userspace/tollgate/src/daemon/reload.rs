@@ -20,7 +20,7 @@ impl Core {
         let bundle = self.bundle.clone();
         match self.apply_policy(bundle.as_ref()) {
             Ok(needs_restart) => crate::outln!(
-                "tollgate: reloaded {} (tags, tag rules, session and access policies){}",
+                "tollgate: reloaded {} (tags, tag rules, session, access and activity policies, alert sinks){}",
                 path.display(),
                 restart_note(&needs_restart)
             ),
@@ -71,6 +71,9 @@ impl Core {
         if let Some(s) = &mut self.session {
             s.reload(&new).map_err(|e| format!("{e:#}"))?;
         }
+        if let Some(a) = &mut self.alerting {
+            a.reload(&self.cfg, &new)?;
+        }
         let needs_restart: Vec<&'static str> = [
             ("mode", new.mode != self.cfg.mode),
             ("interfaces", new.interfaces != self.cfg.interfaces),
@@ -79,6 +82,7 @@ impl Core {
             ("enforcement", new.enforcement != self.cfg.enforcement),
             ("proxy", new.proxy != self.cfg.proxy),
             ("hub", new.hub != self.cfg.hub),
+            ("activity", new.activity != self.cfg.activity),
             (
                 "session control started",
                 self.session.is_none() && !crate::session::session_apps(&new).is_empty(),
@@ -98,6 +102,8 @@ impl Core {
         self.cfg.tag_rules = new.tag_rules;
         self.cfg.session_policies = new.session_policies;
         self.cfg.access_policies = new.access_policies;
+        self.cfg.activity_policies = new.activity_policies;
+        self.cfg.alert_sinks = new.alert_sinks;
         self.apply_tags();
         Ok(needs_restart)
     }

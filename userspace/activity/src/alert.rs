@@ -1,0 +1,235 @@
+//! Alerts and the book that keeps them: one open alert per policy and entity (a new match
+//! raises its count), status changes with a comment, and a bound on how many are kept.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::policy::Severity;
+use crate::record::Activity;
+
+/// Activities kept in an alert as its proof (the newest).
+pub const MAX_PROOF: usize = 10;
+/// Alerts kept by default; past it the oldest closed ones go first, then the oldest.
+pub const DEFAULT_MAX_ALERTS: usize = 10_000;
+/// Longest comment kept.
+pub const MAX_COMMENT: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertStatus {
+    Open,
+    Resolved,
+    Dismissed,
+}
+
+impl AlertStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertStatus::Open => "open",
+            AlertStatus::Resolved => "resolved",
+            AlertStatus::Dismissed => "dismissed",
+        }
+    }
+}
+
+/// Who and what the alert is about.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Entities {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    pub id: u64,
+    /// When it was opened.
+    pub time: DateTime<Utc>,
+    /// When it last matched.
+    pub last_seen: DateTime<Utc>,
+    pub severity: Severity,
+    pub policy: String,
+    pub entities: Entities,
+    /// Why: `50 download within 60 s`, or `download matched`.
+    pub reason: String,
+    /// The newest activities that prove it (at most [`MAX_PROOF`]).
+    pub activities: Vec<Activity>,
+    pub status: AlertStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    /// How many times the policy matched for this entity while the alert was open.
+    pub count: u64,
+}
+
+/// The dedup key: one open alert per policy and entity.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OpenKey {
+    pub policy: String,
+    pub actor: Option<String>,
+    pub app: Option<String>,
+}
+
+/// Why a status change was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AlertError {
+    #[error("no alert {0}")]
+    NotFound(u64),
+}
+
+/// Every alert kept, by id.
+#[derive(Debug, Clone)]
+pub struct AlertBook {
+    alerts: BTreeMap<u64, Alert>,
+    open: HashMap<OpenKey, u64>,
+    next_id: u64,
+    max: usize,
+    /// Alerts forgotten to stay within the bound.
+    pub evicted: u64,
+}
+
+impl Default for AlertBook {
+    fn default() -> Self {
+        AlertBook::new(DEFAULT_MAX_ALERTS)
+    }
+}
+
+impl AlertBook {
+    pub fn new(max: usize) -> AlertBook {
+        AlertBook {
+            alerts: BTreeMap::new(),
+            open: HashMap::new(),
+            next_id: 1,
+            max: max.max(1),
+            evicted: 0,
+        }
+    }
+
+    /// A book holding `alerts` (read back from disk); the open ones take their dedup keys again.
+    pub fn restore(alerts: Vec<Alert>, max: usize) -> AlertBook {
+        let mut book = AlertBook::new(max);
+        for a in alerts {
+            book.next_id = book.next_id.max(a.id + 1);
+            if a.status == AlertStatus::Open {
+                book.open.insert(key_of(&a), a.id);
+            }
+            book.alerts.insert(a.id, a);
+        }
+        book.trim();
+        book
+    }
+
+    pub fn len(&self) -> usize {
+        self.alerts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.alerts.is_empty()
+    }
+
+    pub fn get(&self, id: u64) -> Option<&Alert> {
+        self.alerts.get(&id)
+    }
+
+    /// Every alert, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &Alert> {
+        self.alerts.values()
+    }
+
+    pub fn alert_mut(&mut self, id: u64) -> Option<&mut Alert> {
+        self.alerts.get_mut(&id)
+    }
+
+    /// The open alert for `key`, if any.
+    pub fn open_mut(&mut self, key: &OpenKey) -> Option<&mut Alert> {
+        let id = *self.open.get(key)?;
+        self.alerts.get_mut(&id)
+    }
+
+    /// Stores a new open alert (its id is assigned here) and returns its id.
+    pub fn insert_open(&mut self, key: OpenKey, mut alert: Alert) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        alert.id = id;
+        alert.status = AlertStatus::Open;
+        self.open.insert(key, id);
+        self.alerts.insert(id, alert);
+        self.trim();
+        id
+    }
+
+    /// Resolves or dismisses an alert (or opens it again); the next match of a closed one's
+    /// policy and entity opens a new alert.
+    pub fn set_status(
+        &mut self,
+        id: u64,
+        status: AlertStatus,
+        comment: Option<String>,
+    ) -> Result<&Alert, AlertError> {
+        let a = self.alerts.get_mut(&id).ok_or(AlertError::NotFound(id))?;
+        let key = key_of(a);
+        if a.status == AlertStatus::Open && status != AlertStatus::Open {
+            self.open.remove(&key);
+        } else if status == AlertStatus::Open && a.status != AlertStatus::Open {
+            // Another alert may have opened for the key meanwhile: that one stays the open one.
+            self.open.entry(key).or_insert(id);
+        }
+        a.status = status;
+        if let Some(mut c) = comment {
+            truncate(&mut c, MAX_COMMENT);
+            a.comment = Some(c);
+        }
+        Ok(a)
+    }
+
+    fn trim(&mut self) {
+        while self.alerts.len() > self.max {
+            let victim = self
+                .alerts
+                .values()
+                .find(|a| a.status != AlertStatus::Open)
+                .or_else(|| self.alerts.values().next())
+                .map(|a| a.id);
+            let Some(id) = victim else { break };
+            if let Some(a) = self.alerts.remove(&id)
+                && a.status == AlertStatus::Open
+            {
+                self.open.remove(&key_of(&a));
+            }
+            self.evicted += 1;
+        }
+    }
+}
+
+/// The dedup key an alert was opened under.
+pub fn key_of(a: &Alert) -> OpenKey {
+    OpenKey {
+        policy: a.policy.clone(),
+        actor: actor_key(a.entities.user.as_deref(), a.entities.ip),
+        app: a.entities.app.clone(),
+    }
+}
+
+/// The actor part of a dedup key: the user (without case), else the address.
+pub fn actor_key(user: Option<&str>, ip: Option<std::net::IpAddr>) -> Option<String> {
+    user.map(str::to_lowercase)
+        .or_else(|| ip.map(|i| i.to_string()))
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+pub fn truncate(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+}
