@@ -44,6 +44,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("scapy", "python3-scapy"),
     // The hub's tests run against a real PostgreSQL cluster that `test` starts.
     ("pg_ctlcluster", "postgresql"),
+    // The metrics e2e tests scrape the gateway and the hub with a real Prometheus.
+    ("prometheus", "prometheus"),
 ];
 
 /// Python packages the end-to-end tests drive real clients and servers with: (module,

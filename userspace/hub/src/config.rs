@@ -18,6 +18,14 @@ struct ConfigFile {
     public_urls: Option<Vec<String>>,
     admin_token_file: Option<PathBuf>,
     long_poll_secs: Option<u16>,
+    metrics: Option<MetricsFile>,
+}
+
+/// `[metrics]`: the Prometheus listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsFile {
+    listen: Option<String>,
 }
 
 /// The hub's settings with every default filled in.
@@ -30,6 +38,8 @@ pub struct Config {
     pub public_urls: Vec<String>,
     pub admin_token_file: PathBuf,
     pub long_poll_secs: u16,
+    /// `[metrics] listen`: where plain-HTTP `GET /metrics` is served (none: not served).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +130,18 @@ impl Config {
         if listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(fail("listen", "expected ADDRESS:PORT".into()));
         }
+        let metrics_listen = match raw.metrics.and_then(|m| m.listen) {
+            None => None,
+            Some(l) => match l.parse::<std::net::SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    return Err(fail(
+                        "listen",
+                        "[metrics] listen: expected ADDRESS:PORT".into(),
+                    ));
+                }
+            },
+        };
         let server_names = match raw.server_names {
             Some(names) if names.is_empty() => {
                 return Err(fail("server_names", "needs at least one name".into()));
@@ -157,6 +179,7 @@ impl Config {
             server_names,
             public_urls,
             long_poll_secs,
+            metrics_listen,
         })
     }
 }

@@ -72,6 +72,18 @@ pub struct Config {
     /// The management hub (`[hub]`); the hub's address and keys come from `tollgate enroll`.
     #[serde(default)]
     pub hub: HubConfig,
+    /// The Prometheus `/metrics` listener (`[metrics]`), off unless `listen` is set.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: where `GET /metrics` is served in the Prometheus text format.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `ADDR:PORT` of the plain-HTTP listener (e.g. `"127.0.0.1:9464"`); none: no listener.
+    #[serde(default)]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// `[hub]`: how the gateway talks to the management hub it is enrolled with.
