@@ -269,7 +269,10 @@ mod tests {
 
     #[test]
     fn the_example_config_loads_and_metrics_listen_is_checked() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/hub.toml");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../configs/hub/tollgate-hub.toml"
+        );
         let c = Config::load(Some(Path::new(path))).unwrap();
         assert_eq!(
             c.metrics_listen,

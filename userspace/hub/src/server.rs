@@ -143,6 +143,10 @@ pub async fn run(config: Config, db: Db, keys: Keys, admin_token: String) -> any
         revoked,
         metrics: tollgate_metrics::hub::HubMetrics::default(),
     });
+    println!(
+        "tollgate-hub: listening on https://{local} (database {})",
+        crate::db::redact(&state.config.database)
+    );
     if let Some(addr) = state.config.metrics_listen {
         let metrics = tokio::net::TcpListener::bind(addr)
             .await
@@ -161,10 +165,6 @@ pub async fn run(config: Config, db: Db, keys: Keys, admin_token: String) -> any
             },
         ));
     }
-    println!(
-        "tollgate-hub: listening on https://{local} (database {})",
-        crate::db::redact(&state.config.database)
-    );
     tokio::spawn(refresher(Arc::clone(&state)));
     loop {
         let (tcp, peer) = match listener.accept().await {
