@@ -50,6 +50,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so",
         "rsyslog-gnutls",
     ),
+    // The metrics e2e tests scrape the gateway and the hub with a real Prometheus.
+    ("prometheus", "prometheus"),
 ];
 
 /// Python packages the end-to-end tests drive real clients and servers with: (module,

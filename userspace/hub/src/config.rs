@@ -18,6 +18,14 @@ struct ConfigFile {
     public_urls: Option<Vec<String>>,
     admin_token_file: Option<PathBuf>,
     long_poll_secs: Option<u16>,
+    metrics: Option<MetricsFile>,
+}
+
+/// `[metrics]`: the Prometheus listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsFile {
+    listen: Option<String>,
 }
 
 /// The hub's settings with every default filled in.
@@ -30,6 +38,8 @@ pub struct Config {
     pub public_urls: Vec<String>,
     pub admin_token_file: PathBuf,
     pub long_poll_secs: u16,
+    /// `[metrics] listen`: where plain-HTTP `GET /metrics` is served (none: not served).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +130,18 @@ impl Config {
         if listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(fail("listen", "expected ADDRESS:PORT".into()));
         }
+        let metrics_listen = match raw.metrics.and_then(|m| m.listen) {
+            None => None,
+            Some(l) => match l.parse::<std::net::SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    return Err(fail(
+                        "listen",
+                        "[metrics] listen: expected ADDRESS:PORT".into(),
+                    ));
+                }
+            },
+        };
         let server_names = match raw.server_names {
             Some(names) if names.is_empty() => {
                 return Err(fail("server_names", "needs at least one name".into()));
@@ -157,6 +179,7 @@ impl Config {
             server_names,
             public_urls,
             long_poll_secs,
+            metrics_listen,
         })
     }
 }
@@ -197,5 +220,69 @@ mod tests {
             "{e}"
         );
         assert!(Config::parse("database = \"mysql://x\"\n", "h").is_err());
+    }
+
+    /// The keys serde says a section has, from its refusal of an unknown key.
+    fn keys_of(template: &str) -> std::collections::BTreeSet<String> {
+        let text = template.replace('@', "zz_unknown_key = 1");
+        let err = Config::parse(&text, "probe.toml").unwrap_err().to_string();
+        assert!(err.contains("zz_unknown_key"), "{err}");
+        let (_, list) = err.split_once("expected ").expect("a key list");
+        list.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// docs/CONFIG.md documents every key of the hub's config and no other.
+    #[test]
+    fn every_key_is_in_the_reference() {
+        let doc =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/CONFIG.md"))
+                .unwrap();
+        let hub = doc
+            .split("\n## ")
+            .find(|p| p.starts_with("The hub"))
+            .expect("## The hub");
+        for (heading, template) in [("top level", "@\n"), ("[metrics]", "[metrics]\n@\n")] {
+            let keys = keys_of(template);
+            assert!(!keys.is_empty());
+            let (_, rest) = hub
+                .split_once(&format!("### `{heading}`"))
+                .unwrap_or_else(|| panic!("no {heading} in the hub's reference"));
+            let body = rest.split("\n### ").next().unwrap_or("");
+            let documented: std::collections::BTreeSet<String> = body
+                .lines()
+                .filter_map(|l| {
+                    l.strip_prefix("| `")?
+                        .split_once('`')
+                        .map(|(k, _)| k.to_string())
+                })
+                .collect();
+            assert_eq!(
+                keys, documented,
+                "{heading}: the config's keys vs docs/CONFIG.md"
+            );
+        }
+    }
+
+    #[test]
+    fn the_example_config_loads_and_metrics_listen_is_checked() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../configs/hub/tollgate-hub.toml"
+        );
+        let c = Config::load(Some(Path::new(path))).unwrap();
+        assert_eq!(
+            c.metrics_listen,
+            Some("127.0.0.1:9465".parse().unwrap()),
+            "{c:?}"
+        );
+        assert_eq!(Config::parse("", "x").unwrap().metrics_listen, None);
+        let e = Config::parse("[metrics]\nlisten = \"nowhere\"\n", "hub.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listen"), "{e}");
     }
 }

@@ -551,6 +551,21 @@ impl Db {
     }
 
     /// The ids of every revoked gateway (the server keeps them in memory, refreshed).
+    /// The fleet for the metrics: (enrolled and not revoked, revoked, not revoked and seen
+    /// at or after `seen_since`).
+    pub async fn fleet_counts(&self, seen_since: i64) -> Result<(i64, i64, i64), DbError> {
+        let r = sqlx::query(
+            "SELECT COALESCE(SUM(CASE WHEN revoked_at IS NULL THEN 1 ELSE 0 END), 0), \
+             COALESCE(SUM(CASE WHEN revoked_at IS NOT NULL THEN 1 ELSE 0 END), 0), \
+             COALESCE(SUM(CASE WHEN revoked_at IS NULL AND last_seen >= $1 THEN 1 ELSE 0 END), 0) \
+             FROM gateways",
+        )
+        .bind(seen_since)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))
+    }
+
     pub async fn revoked_ids(&self) -> Result<Vec<String>, DbError> {
         let rows = sqlx::query("SELECT id FROM gateways WHERE revoked_at IS NOT NULL")
             .fetch_all(&self.pool)

@@ -35,10 +35,20 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve gateways and the admin API.
-    Run,
+    Run {
+        /// Log lines as text (no colours unless on a terminal: journald-friendly) or JSON.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
     /// Enrollment tokens.
     Token {
         #[command(subcommand)]
@@ -100,14 +110,27 @@ enum GatewayCommand {
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_HUB_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
+        .with_writer(std::io::stderr);
+    // Text without colours unless on a terminal (journald-friendly), or JSON lines.
+    let json = matches!(
+        cli.command,
+        Command::Run {
+            log_format: LogFormat::Json
+        }
+    );
+    let _ = if json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init()
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -132,7 +155,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
     make_private_dir(&config.state_dir)?;
     let db = Db::open(&config.database).await?;
     match cli.command {
-        Command::Run => {
+        Command::Run { .. } => {
             raise_fd_limit();
             let keys = pki::load_or_create(&db).await?;
             let admin_token = admin_token(&config.admin_token_file)?;

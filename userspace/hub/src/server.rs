@@ -56,6 +56,8 @@ pub struct State {
     /// to the database) takes effect within that, and always before a bundle published after
     /// it is handed out, since the set is reloaded after a new bundle is seen and before it is.
     revoked: RwLock<HashSet<String>>,
+    /// What `/metrics` exports.
+    pub metrics: tollgate_metrics::hub::HubMetrics,
 }
 
 impl State {
@@ -139,11 +141,30 @@ pub async fn run(config: Config, db: Db, keys: Keys, admin_token: String) -> any
         latest,
         known: Mutex::new(HashMap::new()),
         revoked,
+        metrics: tollgate_metrics::hub::HubMetrics::default(),
     });
     println!(
         "tollgate-hub: listening on https://{local} (database {})",
         crate::db::redact(&state.config.database)
     );
+    if let Some(addr) = state.config.metrics_listen {
+        let metrics = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding [metrics] listen = \"{addr}\": {e}"))?;
+        println!(
+            "tollgate-hub: metrics on http://{}/metrics",
+            metrics.local_addr()?
+        );
+        let st = Arc::clone(&state);
+        tokio::spawn(tollgate_metrics::serve(
+            metrics,
+            tollgate_metrics::Limits::default(),
+            move || {
+                let st = Arc::clone(&st);
+                async move { Some(render_metrics(&st).await) }
+            },
+        ));
+    }
     tokio::spawn(refresher(Arc::clone(&state)));
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -179,7 +200,19 @@ pub async fn run(config: Config, db: Db, keys: Keys, admin_token: String) -> any
             let service = hyper::service::service_fn(move |req| {
                 let state = Arc::clone(&state);
                 let fingerprint = fingerprint.clone();
-                async move { Ok::<_, Infallible>(handle(&state, peer, fingerprint, req).await) }
+                async move {
+                    let started = std::time::Instant::now();
+                    let path = route(req.uri().path());
+                    let answer = handle(&state, peer, fingerprint, req).await;
+                    let code = answer.status();
+                    if code == StatusCode::SERVICE_UNAVAILABLE {
+                        state.metrics.database_errors.inc();
+                    }
+                    state
+                        .metrics
+                        .request(path, code.as_u16(), started.elapsed().as_secs_f64());
+                    Ok::<_, Infallible>(answer)
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -188,6 +221,47 @@ pub async fn run(config: Config, db: Db, keys: Keys, admin_token: String) -> any
                 .await;
         });
     }
+}
+
+/// The hub's metrics, with the fleet read from the database (bounded: a database that does
+/// not answer in 2 s shows as `tollgate_hub_database_up 0`).
+async fn render_metrics(state: &State) -> String {
+    // Connected: heard from within a long poll and a margin for the gateway's next poll.
+    let since = crate::db::now() - i64::from(state.config.long_poll_secs) - 30;
+    let fleet = tokio::time::timeout(Duration::from_secs(2), async {
+        let (enrolled, revoked, connected) = state.db.fleet_counts(since).await.ok()?;
+        let revision = state.db.max_revision().await.ok()?;
+        Some(tollgate_metrics::hub::Fleet {
+            enrolled: u64::try_from(enrolled).unwrap_or(0),
+            revoked: u64::try_from(revoked).unwrap_or(0),
+            connected: u64::try_from(connected).unwrap_or(0),
+            bundle_revision: revision,
+        })
+    })
+    .await
+    .ok()
+    .flatten();
+    state.metrics.render(fleet)
+}
+
+/// The route label of a request path: one of the hub's routes, or "other".
+fn route(path: &str) -> &'static str {
+    const ROUTES: &[&str] = &[
+        PATH_ENROLL,
+        PATH_POLL,
+        PATH_UPLOAD,
+        PATH_REPORT,
+        "/v1/admin/gateways",
+        "/v1/admin/apps",
+        "/v1/admin/bundles",
+        "/v1/admin/audit",
+        "/v1/admin/publish",
+    ];
+    ROUTES
+        .iter()
+        .find(|r| **r == path)
+        .copied()
+        .unwrap_or("other")
 }
 
 /// Keeps the newest-bundle view and the revoked set current with what other processes wrote.
@@ -390,6 +464,7 @@ async fn poll(state: &State, gateway: &GatewayAuth, body: &[u8]) -> Answer {
     let mut rx = state.latest.subscribe();
     let deadline = tokio::time::Instant::now() + wait;
     let mut waited = false;
+    let _held = state.metrics.hold_poll();
     loop {
         let newest = rx.borrow_and_update().for_site(&gateway.site).cloned();
         if let Some(b) = &newest
@@ -422,11 +497,14 @@ async fn upload(state: &State, gateway: &GatewayAuth, body: &[u8]) -> Answer {
     };
     let stored_through = batch.records.iter().map(|r| r.seq).max().unwrap_or(0);
     match state.db.ingest(&gateway.id, &batch).await {
-        Ok((accepted, duplicates)) => message(&UploadAck {
-            stored_through,
-            accepted,
-            duplicates,
-        }),
+        Ok((accepted, duplicates)) => {
+            state.metrics.upload_records.inc_by(u64::from(accepted));
+            message(&UploadAck {
+                stored_through,
+                accepted,
+                duplicates,
+            })
+        }
         Err(e) => unavailable(e),
     }
 }
@@ -512,6 +590,7 @@ async fn admin(
                 .await
             {
                 Ok(revision) => {
+                    state.metrics.bundles_published.inc();
                     refresh(state).await;
                     json(&serde_json::json!({ "revision": revision, "site": site }))
                 }

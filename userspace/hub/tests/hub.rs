@@ -89,8 +89,9 @@ impl Hub {
             format!(
                 "listen = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\ndatabase = \"{database}\"\n\
                  server_names = [\"127.0.0.1\", \"localhost\"]\npublic_urls = [\"https://127.0.0.1:{port}\"]\n\
-                 long_poll_secs = 30\n",
-                state.display()
+                 long_poll_secs = 30\n\n[metrics]\nlisten = \"127.0.0.1:{}\"\n",
+                state.display(),
+                free_port()
             ),
         )
         .unwrap();
@@ -101,6 +102,25 @@ impl Hub {
         };
         hub.spawn();
         hub
+    }
+
+    /// `GET /metrics` from the hub's `[metrics] listen`.
+    fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let cfg = std::fs::read_to_string(&self.config).unwrap();
+        let addr = cfg
+            .rsplit("listen = \"")
+            .next()
+            .and_then(|r| r.split('"').next())
+            .unwrap()
+            .to_string();
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        out
     }
 
     fn spawn(&mut self) {
@@ -480,6 +500,18 @@ async fn uploads_count_once_and_survive_a_restart(backend: Backend) {
         );
     };
     check(apps(&hub));
+    // The metrics count what was stored, and the fleet from the database.
+    let metrics = hub.metrics();
+    for line in [
+        "tollgate_hub_upload_records_total 3",
+        "tollgate_hub_gateways_enrolled 1.0",
+        "tollgate_hub_gateways_revoked 0.0",
+        "tollgate_hub_gateways_connected 0.0",
+        "tollgate_hub_database_up 1.0",
+        "tollgate_hub_requests_total{path=\"/v1/upload\",code=\"200\"} 2",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
     hub.publish(dir.path(), "[apps.dropbox]\ntag = \"sanctioned\"\n", None);
 
     // Every request so far went over one kept connection.

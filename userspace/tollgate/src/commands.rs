@@ -462,9 +462,13 @@ pub fn discover(args: &DiscoverArgs<'_>) -> Result<(), Failure> {
 }
 
 /// `tollgate run`: enters the namespace, builds the runtime, runs the daemon.
-pub fn run_daemon(config: Option<&Path>, netns: Option<&str>) -> Result<(), Failure> {
+pub fn run_daemon(
+    config: Option<&Path>,
+    netns: Option<&str>,
+    json_logs: bool,
+) -> Result<(), Failure> {
     // First, so that nothing said while starting is lost (it starts no thread).
-    crate::daemon::init_logging();
+    crate::daemon::init_logging(json_logs);
     let cfg = load_config(config)?;
     // Validate everything that can be wrong in the config before touching the system.
     let catalog = load_catalog(&cfg, config)?;

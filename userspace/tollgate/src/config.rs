@@ -81,6 +81,9 @@ pub struct Config {
     /// The activity log in state_dir (`[activity]`).
     #[serde(default)]
     pub activity: ActivityConfig,
+    /// The Prometheus `/metrics` listener (`[metrics]`), off unless `listen` is set.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
 }
 
 /// `[activity]`: the on-disk activity log (`state_dir/activity/`) that `tollgate activity`
@@ -111,6 +114,15 @@ fn default_retention_days() -> u32 {
 }
 fn default_activity_max_mb() -> u64 {
     256
+}
+
+/// `[metrics]`: where `GET /metrics` is served in the Prometheus text format.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `ADDR:PORT` of the plain-HTTP listener (e.g. `"127.0.0.1:9464"`); none: no listener.
+    #[serde(default)]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// `[hub]`: how the gateway talks to the management hub it is enrolled with.

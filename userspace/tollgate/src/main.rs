@@ -34,6 +34,9 @@ enum Command {
         /// Enter this network namespace (/run/netns/NAME) before anything else.
         #[arg(long)]
         netns: Option<String>,
+        /// Log lines as text (no colours unless on a terminal: journald-friendly) or JSON.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
     },
     /// The live flow table of a running daemon.
     Flows {
@@ -240,12 +243,26 @@ enum BlocklistFormatArg {
     Domains,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::CheckConfig { config } => commands::check_config(&config),
         Command::Enroll { url, token, config } => commands::enroll(config.as_deref(), &url, &token),
-        Command::Run { config, netns } => commands::run_daemon(config.as_deref(), netns.as_deref()),
+        Command::Run {
+            config,
+            netns,
+            log_format,
+        } => commands::run_daemon(
+            config.as_deref(),
+            netns.as_deref(),
+            log_format == LogFormat::Json,
+        ),
         Command::Flows { json, daemon } => commands::flows(
             daemon.config.as_deref(),
             daemon.control.as_deref(),

@@ -109,15 +109,22 @@ pub fn pin_dir(netns: Option<&str>) -> PathBuf {
     PathBuf::from("/sys/fs/bpf/tollgate").join(netns.unwrap_or("host"))
 }
 
-pub fn init_logging() {
+/// Logs to stderr: human-readable lines (colours only on a terminal, so journald gets plain
+/// text), or one JSON object a line with `json` (`--log-format json`).
+pub fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = if json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init()
+    };
 }
 
 /// IPs the daemon saw DNS give for unsanctioned apps (for `export blocklist --format nft`);
@@ -206,6 +213,10 @@ fn resolve_interfaces(cfg: &Config) -> Result<Vec<(String, Role)>> {
 struct ControlCall {
     request: Request,
     reply: oneshot::Sender<control::Reply>,
+    /// Read the kernel's flow counters first (a person asking); a metrics scrape takes the
+    /// table as the last poll left it (at most `COUNTER_POLL` old), so that scraping every
+    /// second never walks the flow map more often than the daemon does.
+    fresh: bool,
 }
 
 struct ControlHandler {
@@ -232,12 +243,56 @@ impl control::Handler for ControlHandler {
             };
         }
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(ControlCall { request, reply }).await.is_err() {
+        let call = ControlCall {
+            request,
+            reply,
+            fresh: true,
+        };
+        if self.tx.send(call).await.is_err() {
             return Response::err("the daemon is shutting down").into();
         }
         rx.await
             .unwrap_or_else(|_| Response::err("the daemon dropped the request").into())
     }
+}
+
+/// Binds `[metrics] listen` and serves `GET /metrics` from the core's status snapshot (the
+/// one `tollgate status --json` prints), asked for through the control channel.
+async fn start_metrics(
+    addr: std::net::SocketAddr,
+    tx: mpsc::Sender<ControlCall>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding [metrics] listen = \"{addr}\""))?;
+    crate::outln!(
+        "  metrics on http://{}/metrics",
+        listener.local_addr().unwrap_or(addr)
+    );
+    let render = move || {
+        let tx = tx.clone();
+        async move {
+            let (reply, rx) = oneshot::channel();
+            let call = ControlCall {
+                request: Request::Status,
+                reply,
+                fresh: false,
+            };
+            tx.send(call).await.ok()?;
+            match rx.await.ok()? {
+                control::Reply::Whole(resp) if resp.ok => Some(tollgate_metrics::gateway::render(
+                    &resp.data,
+                    Utc::now().timestamp(),
+                )),
+                _ => None,
+            }
+        }
+    };
+    Ok(tokio::spawn(tollgate_metrics::serve(
+        listener,
+        tollgate_metrics::Limits::default(),
+        render,
+    )))
 }
 
 /// The state the core task owns.
@@ -524,6 +579,10 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
     // The control socket comes last: when it answers, the daemon is ready.
     let (tx, mut rx) = mpsc::channel::<ControlCall>(64);
     let socket = core.cfg.control_socket.clone();
+    let metrics = match core.cfg.metrics.listen {
+        Some(addr) => Some(start_metrics(addr, tx.clone()).await?),
+        None => None,
+    };
     let handler = ControlHandler {
         tx,
         state_dir: core.cfg.state_dir.clone(),
@@ -570,7 +629,9 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
             _ = status.tick(), if core.cfg.status_interval_secs > 0 => core.print_status(),
             Some(call) = rx.recv() => {
                 // Counters are fresh when someone asks.
-                if matches!(call.request, Request::Flows | Request::Apps | Request::Status) {
+                if call.fresh
+                    && matches!(call.request, Request::Flows | Request::Apps | Request::Status)
+                {
                     core.poll_counters(&mut events);
                 }
                 if call.request == Request::Flows {
@@ -605,6 +666,9 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
         }
     }
     server.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     reader_task.abort();
     if let Some(a) = &mut core.alerting {
         a.save();
