@@ -42,6 +42,12 @@ const SECTIONS: &[(&str, &str)] = &[
     ("[discovery]", "[discovery]\n@\n"),
     ("[hub]", "[hub]\n@\n"),
     ("[metrics]", "[metrics]\n@\n"),
+    ("[activity]", "[activity]\n@\n"),
+    (
+        "[[activity_policies]]",
+        "[[activity_policies]]\nname = \"p\"\n@\n",
+    ),
+    ("[[alert_sinks]]", "[[alert_sinks]]\nkind = \"file\"\n@\n"),
 ];
 
 /// The keys serde says a section has, from its refusal of `zz_unknown_key`.
