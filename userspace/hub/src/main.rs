@@ -111,12 +111,6 @@ enum GatewayCommand {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_HUB_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr);
     // Text without colours unless on a terminal (journald-friendly), or JSON lines.
     let json = matches!(
         cli.command,
@@ -124,13 +118,7 @@ fn main() -> std::process::ExitCode {
             log_format: LogFormat::Json
         }
     );
-    let _ = if json {
-        builder.json().flatten_event(true).try_init()
-    } else {
-        builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .try_init()
-    };
+    tollgate_metrics::logging::init("TOLLGATE_HUB_LOG", json, true);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -2,11 +2,13 @@
 //! export ([`gateway`], [`hub`]), encoded in the Prometheus/OpenMetrics text format with the
 //! `prometheus-client` crate, and the small plain-HTTP listener that answers `GET /metrics`
 //! ([`serve`]). The gateway's metrics are a projection of the same JSON `tollgate status
-//! --json` prints, so nothing is counted twice.
+//! --json` prints, so nothing is counted twice. Both daemons also set up their log output
+//! here ([`logging`]).
 #![forbid(unsafe_code)]
 
 pub mod gateway;
 pub mod hub;
+pub mod logging;
 mod server;
 
 pub use server::{Limits, serve};

@@ -109,22 +109,9 @@ pub fn pin_dir(netns: Option<&str>) -> PathBuf {
     PathBuf::from("/sys/fs/bpf/tollgate").join(netns.unwrap_or("host"))
 }
 
-/// Logs to stderr: human-readable lines (colours only on a terminal, so journald gets plain
-/// text), or one JSON object a line with `json` (`--log-format json`).
+/// Logs to stderr, filtered by `TOLLGATE_LOG`: text lines, or JSON lines with `json`.
 pub fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    let _ = if json {
-        builder.json().flatten_event(true).try_init()
-    } else {
-        builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .try_init()
-    };
+    tollgate_metrics::logging::init("TOLLGATE_LOG", json, false);
 }
 
 /// IPs the daemon saw DNS give for unsanctioned apps (for `export blocklist --format nft`);
