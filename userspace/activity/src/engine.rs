@@ -261,19 +261,7 @@ impl Engine {
             let mut h = self.keyer.build_hasher();
             pi.hash(&mut h);
             if r.per_user {
-                match (&a.user, a.ip) {
-                    (Some(u), _) => {
-                        1u8.hash(&mut h);
-                        for c in u.chars().flat_map(char::to_lowercase) {
-                            c.hash(&mut h);
-                        }
-                    }
-                    (None, Some(ip)) => {
-                        2u8.hash(&mut h);
-                        ip.hash(&mut h);
-                    }
-                    (None, None) => 3u8.hash(&mut h),
-                }
+                hash_user(a, &mut h);
             }
             if r.per_app {
                 for b in a.app.bytes() {
@@ -334,19 +322,7 @@ impl Engine {
             let mut h = self.keyer.build_hasher();
             self.policies[pi].name.hash(&mut h);
             if per_user {
-                match (&a.user, a.ip) {
-                    (Some(u), _) => {
-                        1u8.hash(&mut h);
-                        for c in u.chars().flat_map(char::to_lowercase) {
-                            c.hash(&mut h);
-                        }
-                    }
-                    (None, Some(ip)) => {
-                        2u8.hash(&mut h);
-                        ip.hash(&mut h);
-                    }
-                    (None, None) => 3u8.hash(&mut h),
-                }
+                hash_user(a, &mut h);
             }
             if per_app {
                 a.app.hash(&mut h);
@@ -482,5 +458,23 @@ impl Hasher for IdentityHasher {
     }
     fn write_u64(&mut self, n: u64) {
         self.0 = n;
+    }
+}
+
+/// Who an activity is, for a per-user key: the user name without case, else the device
+/// address.
+fn hash_user(a: &Activity, h: &mut impl Hasher) {
+    match (&a.user, a.ip) {
+        (Some(u), _) => {
+            1u8.hash(h);
+            for c in u.chars().flat_map(char::to_lowercase) {
+                c.hash(h);
+            }
+        }
+        (None, Some(ip)) => {
+            2u8.hash(h);
+            ip.hash(h);
+        }
+        (None, None) => 3u8.hash(h),
     }
 }
