@@ -16,7 +16,7 @@
 #![no_std]
 
 mod facts;
-pub use facts::{Direction, Mode, Role};
+pub use facts::{Direction, FlowTuple, L4Proto, Mode, Role};
 
 /// Bumped whenever a map key, value or event layout changes. Pins live under a directory named
 /// after it, so a daemon of a different ABI never reuses incompatible pinned maps.

@@ -15,7 +15,7 @@ use tollgate_common as abi;
 
 use crate::{
     error::DataplaneError,
-    event::{PayloadEvent, PayloadKind},
+    event::{L4Proto, PayloadEvent, PayloadKind},
 };
 
 /// Largest TCP payload of the block page segment: fits the IPv6 minimum MTU (1280) with
@@ -56,12 +56,12 @@ pub fn block_page_response(html: &str) -> Vec<u8> {
 /// The IP packet (header included) of the block page for `ev`, an HTTP request event from the
 /// user; `None` when the event is not one (wrong kind or direction, not TCP).
 pub fn block_page_packet(ev: &PayloadEvent, html: &str) -> Option<Vec<u8>> {
-    if ev.kind != PayloadKind::Http || ev.proto != abi::PROTO_TCP {
+    if ev.kind != PayloadKind::Http || ev.flow.proto != L4Proto::Tcp {
         return None;
     }
     let payload = block_page_response(html);
     let builder = ip_from_server(ev)?
-        .tcp(ev.remote_port, ev.user_port, ev.tcp_ack, u16::MAX)
+        .tcp(ev.flow.remote_port, ev.flow.user_port, ev.tcp_ack, u16::MAX)
         .ack(ev.tcp_seq.wrapping_add(ev.orig_len))
         .psh()
         .fin();
@@ -73,7 +73,7 @@ pub fn block_page_packet(ev: &PayloadEvent, html: &str) -> Option<Vec<u8>> {
 /// The IP header of a packet from the event's remote (the server) to its user: IPv4 with DF
 /// and TTL 64, or IPv6 with hop limit 64; lengths and checksums are filled in by the builder.
 fn ip_from_server(ev: &PayloadEvent) -> Option<PacketBuilderStep<IpHeaders>> {
-    match (ev.remote_ip, ev.user_ip) {
+    match (ev.flow.remote_ip, ev.flow.user_ip) {
         (IpAddr::V4(s), IpAddr::V4(d)) => Some(PacketBuilder::ipv4(s.octets(), d.octets(), 64)),
         (IpAddr::V6(s), IpAddr::V6(d)) => Some(PacketBuilder::ipv6(s.octets(), d.octets(), 64)),
         _ => None,
@@ -86,12 +86,12 @@ fn ip_from_server(ev: &PayloadEvent) -> Option<PacketBuilderStep<IpHeaders>> {
 pub fn held_dns_packet(ev: &PayloadEvent) -> Option<Vec<u8>> {
     if !ev.held
         || ev.kind != PayloadKind::Dns
-        || ev.proto != abi::PROTO_UDP
+        || ev.flow.proto != L4Proto::Udp
         || ev.payload.len() != usize::try_from(ev.orig_len).ok()?
     {
         return None;
     }
-    let builder = ip_from_server(ev)?.udp(ev.remote_port, ev.user_port);
+    let builder = ip_from_server(ev)?.udp(ev.flow.remote_port, ev.flow.user_port);
     let mut pkt = Vec::with_capacity(builder.size(ev.payload.len()));
     builder.write(&mut pkt, &ev.payload).ok()?;
     Some(pkt)
@@ -103,7 +103,7 @@ pub fn send_held_dns(ev: &PayloadEvent) -> Result<(), DataplaneError> {
     let pkt = held_dns_packet(ev).ok_or(DataplaneError::WrongEvent {
         expected: "a held DNS answer",
     })?;
-    send_raw(ev.user_ip, &pkt)
+    send_raw(ev.flow.user_ip, &pkt)
 }
 
 /// Sends a whole IP packet (header included) toward `dst` from this host with
@@ -134,12 +134,13 @@ pub fn send_block_page(ev: &PayloadEvent, html: &str) -> Result<(), DataplaneErr
     let pkt = block_page_packet(ev, html).ok_or(DataplaneError::WrongEvent {
         expected: "an HTTP request",
     })?;
-    send_raw(ev.user_ip, &pkt)
+    send_raw(ev.flow.user_ip, &pkt)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::FlowTuple;
 
     #[test]
     fn escapes_and_fits() {
@@ -157,11 +158,13 @@ mod tests {
     fn http_event(user: &str, remote: &str) -> PayloadEvent {
         PayloadEvent {
             kind: PayloadKind::Http,
-            proto: abi::PROTO_TCP,
-            user_ip: user.parse().unwrap(),
-            user_port: 40000,
-            remote_ip: remote.parse().unwrap(),
-            remote_port: 80,
+            flow: FlowTuple {
+                proto: L4Proto::Tcp,
+                user_ip: user.parse().unwrap(),
+                user_port: 40000,
+                remote_ip: remote.parse().unwrap(),
+                remote_port: 80,
+            },
             direction: crate::event::Direction::Up,
             timestamp: std::time::SystemTime::UNIX_EPOCH,
             tcp_seq: 1000,

@@ -12,7 +12,7 @@ use tollgate_common::{
     KIND_QUIC, KIND_TLS,
 };
 
-pub use tollgate_common::Direction;
+pub use tollgate_common::{Direction, FlowTuple, L4Proto};
 
 /// What the probes recognised in the payload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -30,12 +30,7 @@ pub enum PayloadKind {
 /// One record from the ring buffer: the first flight of interesting payload of a flow.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PayloadEvent {
-    /// 6 (TCP) or 17 (UDP).
-    pub proto: u8,
-    pub user_ip: IpAddr,
-    pub user_port: u16,
-    pub remote_ip: IpAddr,
-    pub remote_port: u16,
+    pub flow: FlowTuple,
     pub direction: Direction,
     pub timestamp: SystemTime,
     /// TCP sequence number of the first payload byte (0 for UDP).
@@ -62,11 +57,7 @@ pub struct PayloadEvent {
 /// A snapshot of one flow's kernel counters.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FlowCounters {
-    pub proto: u8,
-    pub user_ip: IpAddr,
-    pub user_port: u16,
-    pub remote_ip: IpAddr,
-    pub remote_port: u16,
+    pub flow: FlowTuple,
     pub vlan: u16,
     pub packets_up: u64,
     pub packets_down: u64,
@@ -89,28 +80,14 @@ pub struct FlowCounters {
 impl PayloadEvent {
     /// The flow's key in the kernel maps (for flow verdicts).
     pub fn flow_key(&self) -> Option<FlowKey> {
-        flow_key(
-            self.proto,
-            self.user_ip,
-            self.user_port,
-            self.remote_ip,
-            self.remote_port,
-            self.vlan,
-        )
+        flow_key(&self.flow, self.vlan)
     }
 }
 
 impl FlowCounters {
     /// The flow's key in the kernel maps (for flow verdicts).
     pub fn flow_key(&self) -> Option<FlowKey> {
-        flow_key(
-            self.proto,
-            self.user_ip,
-            self.user_port,
-            self.remote_ip,
-            self.remote_port,
-            self.vlan,
-        )
+        flow_key(&self.flow, self.vlan)
     }
 }
 
@@ -238,16 +215,9 @@ pub fn key_addr(family: u8, words: &[u32; 4]) -> Option<IpAddr> {
     }
 }
 
-/// Builds the [`FlowKey`] of a flow from addresses (the inverse of [`key_addr`]); the flow
-/// verdict map is keyed by it.
-pub fn flow_key(
-    proto: u8,
-    user_ip: IpAddr,
-    user_port: u16,
-    remote_ip: IpAddr,
-    remote_port: u16,
-    vlan: u16,
-) -> Option<FlowKey> {
+/// The kernel's [`FlowKey`] of a flow on a VLAN (the inverse of [`flow_tuple`]); the flow
+/// maps are keyed by it. `None` when the two addresses are of different families.
+pub fn flow_key(flow: &FlowTuple, vlan: u16) -> Option<FlowKey> {
     fn words(ip: IpAddr) -> (u8, [u32; 4]) {
         match ip {
             IpAddr::V4(a) => (FAMILY_V4, [u32::from_ne_bytes(a.octets()), 0, 0, 0]),
@@ -261,16 +231,33 @@ pub fn flow_key(
             }
         }
     }
-    let (fu, user_addr) = words(user_ip);
-    let (fr, remote_addr) = words(remote_ip);
+    let (fu, user_addr) = words(flow.user_ip);
+    let (fr, remote_addr) = words(flow.remote_ip);
     (fu == fr).then_some(FlowKey {
         user_addr,
         remote_addr,
-        user_port,
-        remote_port,
-        proto,
+        user_port: flow.user_port,
+        remote_port: flow.remote_port,
+        proto: flow.proto.abi(),
         family: fu,
         vlan,
+    })
+}
+
+/// The flow a kernel [`FlowKey`] names, or why it names none (an address family or protocol
+/// the probes never write).
+pub fn flow_tuple(key: &FlowKey) -> Result<FlowTuple, RecordError> {
+    let unknown = |field, value: u8| RecordError::Unknown {
+        field,
+        value: u32::from(value),
+    };
+    let family = unknown("family", key.family);
+    Ok(FlowTuple {
+        proto: L4Proto::from_abi(key.proto).ok_or(unknown("proto", key.proto))?,
+        user_ip: key_addr(key.family, &key.user_addr).ok_or(family.clone())?,
+        user_port: key.user_port,
+        remote_ip: key_addr(key.family, &key.remote_addr).ok_or(family)?,
+        remote_port: key.remote_port,
     })
 }
 
@@ -297,8 +284,7 @@ pub fn decode_record(rec: &[u8], clock: &KernelClock) -> Result<PayloadEvent, Re
         field,
         value: u32::from(value),
     };
-    let user_ip = key_addr(key.family, &key.user_addr).ok_or(unknown("family", key.family))?;
-    let remote_ip = key_addr(key.family, &key.remote_addr).ok_or(unknown("family", key.family))?;
+    let flow = flow_tuple(&key)?;
     let dir = f.u8(OFF_DIR);
     let direction = Direction::from_abi(dir).ok_or(unknown("direction", dir))?;
     let kind = match f.u8(OFF_KIND) {
@@ -310,11 +296,7 @@ pub fn decode_record(rec: &[u8], clock: &KernelClock) -> Result<PayloadEvent, Re
     };
     let flags = f.u8(OFF_FLAGS);
     Ok(PayloadEvent {
-        proto: key.proto,
-        user_ip,
-        user_port: key.user_port,
-        remote_ip,
-        remote_port: key.remote_port,
+        flow,
         direction,
         timestamp: clock.to_system(f.u64(OFF_TS)),
         tcp_seq: f.u32(OFF_SEQ),
@@ -331,16 +313,12 @@ pub fn decode_record(rec: &[u8], clock: &KernelClock) -> Result<PayloadEvent, Re
     })
 }
 
-/// Converts a flow map entry; `None` for a key with an unknown address family.
+/// Converts a flow map entry; `None` for a key with an unknown address family or protocol.
 pub fn flow_counters(key: &FlowKey, v: &FlowValue, clock: &KernelClock) -> Option<FlowCounters> {
     let up = (v.tcp_flags & 0xff) as u8;
     let down = ((v.tcp_flags >> 8) & 0xff) as u8;
     Some(FlowCounters {
-        proto: key.proto,
-        user_ip: key_addr(key.family, &key.user_addr)?,
-        user_port: key.user_port,
-        remote_ip: key_addr(key.family, &key.remote_addr)?,
-        remote_port: key.remote_port,
+        flow: flow_tuple(key).ok()?,
         vlan: key.vlan,
         packets_up: v.packets_up,
         packets_down: v.packets_down,
@@ -387,11 +365,11 @@ mod tests {
 
     fn sample() -> (EventHeader, Vec<u8>) {
         let key = flow_key(
-            6,
-            "192.0.2.7".parse().unwrap(),
-            40000,
-            "198.51.100.1".parse().unwrap(),
-            443,
+            &FlowTuple::new(
+                L4Proto::Tcp,
+                ("192.0.2.7".parse().unwrap(), 40000),
+                ("198.51.100.1".parse().unwrap(), 443),
+            ),
             10,
         )
         .unwrap();
@@ -423,9 +401,12 @@ mod tests {
             10_000_000_000,
         );
         let ev = decode_record(&rec, &clock).unwrap();
-        assert_eq!(ev.user_ip, "192.0.2.7".parse::<IpAddr>().unwrap());
-        assert_eq!(ev.remote_ip, "198.51.100.1".parse::<IpAddr>().unwrap());
-        assert_eq!((ev.user_port, ev.remote_port, ev.vlan), (40000, 443, 10));
+        assert_eq!(ev.flow.user_ip, "192.0.2.7".parse::<IpAddr>().unwrap());
+        assert_eq!(ev.flow.remote_ip, "198.51.100.1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            (ev.flow.user_port, ev.flow.remote_port, ev.vlan),
+            (40000, 443, 10)
+        );
         assert_eq!(ev.kind, PayloadKind::Tls);
         assert_eq!(ev.direction, Direction::Up);
         assert!(ev.continuation);
@@ -473,9 +454,15 @@ mod tests {
     fn flow_key_round_trips_v6() {
         let u: IpAddr = "2001:db8::1".parse().unwrap();
         let r: IpAddr = "2001:db8:ffff::2".parse().unwrap();
-        let k = flow_key(17, u, 5353, r, 443, 0).unwrap();
+        let k = flow_key(&FlowTuple::new(L4Proto::Udp, (u, 5353), (r, 443)), 0).unwrap();
         assert_eq!(key_addr(k.family, &k.user_addr), Some(u));
         assert_eq!(key_addr(k.family, &k.remote_addr), Some(r));
-        assert!(flow_key(17, u, 1, "192.0.2.1".parse().unwrap(), 2, 0).is_none());
+        assert!(
+            flow_key(
+                &FlowTuple::new(L4Proto::Udp, (u, 1), ("192.0.2.1".parse().unwrap(), 2)),
+                0
+            )
+            .is_none()
+        );
     }
 }

@@ -254,7 +254,12 @@ fn lookup_batch(data: &MapData, walk: &mut FlowWalk, want: usize) -> Result<usiz
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{error::map_mut, event::flow_key, loader::PROBES, testing};
+    use crate::{
+        error::map_mut,
+        event::{FlowTuple, L4Proto, flow_key},
+        loader::PROBES,
+        testing,
+    };
     use aya::EbpfLoader;
     use std::net::{IpAddr, Ipv4Addr};
 
@@ -272,7 +277,15 @@ mod tests {
             for i in 0..flows {
                 let user = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | (i / 1000 + 1)));
                 let remote = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7));
-                let key = flow_key(6, user, 1024 + (i % 1000) as u16, remote, 443, 0).unwrap();
+                let key = flow_key(
+                    &FlowTuple::new(
+                        L4Proto::Tcp,
+                        (user, 1024 + (i % 1000) as u16),
+                        (remote, 443),
+                    ),
+                    0,
+                )
+                .unwrap();
                 let value = FlowValue {
                     packets_up: u64::from(i),
                     ..FlowValue::default()

@@ -43,8 +43,8 @@ pub use blockpage::{
 };
 pub use error::DataplaneError;
 pub use event::{
-    Direction, FlowCounters, KernelClock, PayloadEvent, PayloadKind, RecordError, decode_record,
-    flow_key, key_addr,
+    Direction, FlowCounters, FlowTuple, KernelClock, L4Proto, PayloadEvent, PayloadKind,
+    RecordError, decode_record, flow_key, flow_tuple, key_addr,
 };
 pub use flow_walk::{FlowWalk, walk_flow_map};
 pub use loader::ensure_bpffs;

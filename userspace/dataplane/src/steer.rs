@@ -266,7 +266,10 @@ fn client_map(
 
 /// The per-client map's key, laid out as the probes build it from a flow key.
 fn client_key(user: IpAddr, vlan: u16, dst: IpAddr) -> Option<abi::SteerClientKey> {
-    let key = crate::event::flow_key(abi::PROTO_TCP, user, 0, dst, 0, vlan)?;
+    let key = crate::event::flow_key(
+        &abi::FlowTuple::new(abi::L4Proto::Tcp, (user, 0), (dst, 0)),
+        vlan,
+    )?;
     Some(abi::SteerClientKey::of(&key))
 }
 

@@ -73,7 +73,7 @@ fn blocked_host_becomes_a_reset_to_the_server() {
         let ev = h
             .drain_events()
             .into_iter()
-            .find(|e| e.kind == PayloadKind::Http && e.user_port == 41001)
+            .find(|e| e.kind == PayloadKind::Http && e.flow.user_port == 41001)
             .expect("the blocked request's event");
         assert_eq!(ev.tcp_seq, 7000);
         assert_eq!(ev.tcp_ack, 1, "PacketSpec sends ack 1");

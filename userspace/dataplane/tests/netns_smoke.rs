@@ -273,12 +273,12 @@ fn attach_capture_adopt_detach() {
     );
     assert!(
         tls.iter()
-            .all(|e| e.user_ip.to_string() == CLIENT_IP && e.remote_port == 4433)
+            .all(|e| e.flow.user_ip.to_string() == CLIENT_IP && e.flow.remote_port == 4433)
     );
     // Every connection's hello, reassembled from its events by sequence number, holds the SNI.
     let mut by_port: std::collections::BTreeMap<u16, Vec<&PayloadEvent>> = Default::default();
     for e in &tls {
-        by_port.entry(e.user_port).or_default().push(e);
+        by_port.entry(e.flow.user_port).or_default().push(e);
     }
     assert!(by_port.len() >= 2, "curl and s_client connections");
     for (port, mut evs) in by_port {
@@ -296,7 +296,10 @@ fn attach_capture_adopt_detach() {
             .any(|e| e.kind == PayloadKind::Tls && e.direction == Direction::Down)
     );
 
-    let f: Vec<_> = flows.iter().filter(|f| f.remote_port == 4433).collect();
+    let f: Vec<_> = flows
+        .iter()
+        .filter(|f| f.flow.remote_port == 4433)
+        .collect();
     assert!(f.len() >= 2);
     for f in &f {
         assert!(f.packets_up >= 3 && f.packets_down >= 3, "{f:?}");
@@ -327,7 +330,7 @@ fn attach_capture_adopt_detach() {
     assert_eq!(counts2, (1, 1), "adoption must not attach twice");
     let after_bytes: u64 = flows2
         .iter()
-        .filter(|f| f.remote_port == 4433)
+        .filter(|f| f.flow.remote_port == 4433)
         .map(|f| f.bytes_down)
         .sum();
     assert!(after_bytes > before_bytes, "maps kept and still counting");
@@ -504,7 +507,7 @@ fn chrome_hello_split_over_segments_is_seen_and_blocked() {
         .iter()
         .filter(|e| e.kind == PayloadKind::Tls && e.direction == Direction::Up)
     {
-        by_port.entry(e.user_port).or_default().push(e);
+        by_port.entry(e.flow.user_port).or_default().push(e);
     }
     let mut split = 0;
     for evs in by_port.values_mut() {

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use tollgate_dataplane::{
-    Direction, PayloadEvent, PayloadKind, abi,
+    Direction, L4Proto, PayloadEvent, PayloadKind, abi,
     testing::{PacketSpec, ProbeHarness, TC_ACT_UNSPEC, hex, is_root, tcp_flags},
 };
 
@@ -83,9 +83,9 @@ fn whole_clienthello_gives_one_event_and_counters() {
     let e = &evs[0];
     assert_eq!(e.kind, PayloadKind::Tls);
     assert_eq!(e.direction, Direction::Up);
-    assert_eq!((e.user_ip, e.user_port), (ip(USER4), 40001));
-    assert_eq!((e.remote_ip, e.remote_port), (ip(REMOTE4), 443));
-    assert_eq!(e.proto, 6);
+    assert_eq!((e.flow.user_ip, e.flow.user_port), (ip(USER4), 40001));
+    assert_eq!((e.flow.remote_ip, e.flow.remote_port), (ip(REMOTE4), 443));
+    assert_eq!(e.flow.proto, L4Proto::Tcp);
     assert_eq!(e.tcp_seq, 1000);
     assert_eq!(e.orig_len as usize, hello.len());
     assert_eq!(&e.payload[..], &hello[..]);
@@ -203,15 +203,18 @@ fn tls_on_any_port_vlan_and_ipv6() {
         &tcp(USER6, REMOTE6, 40006, 5000, 9, &hello),
     );
     let mut evs = h.drain_events();
-    evs.sort_by_key(|e| e.user_port);
+    evs.sort_by_key(|e| e.flow.user_port);
     assert_eq!(evs.len(), 2);
     assert_eq!(evs[0].vlan, 42);
-    assert_eq!(evs[0].remote_port, 8443);
+    assert_eq!(evs[0].flow.remote_port, 8443);
     assert_eq!(&evs[0].payload[..], &hello[..]);
-    assert_eq!((evs[1].user_ip, evs[1].remote_ip), (ip(USER6), ip(REMOTE6)));
+    assert_eq!(
+        (evs[1].flow.user_ip, evs[1].flow.remote_ip),
+        (ip(USER6), ip(REMOTE6))
+    );
     assert_eq!(&evs[1].payload[..], &hello[..]);
     let flows = h.flows().unwrap();
-    let v6 = flows.iter().find(|f| f.user_port == 40006).unwrap();
+    let v6 = flows.iter().find(|f| f.flow.user_port == 40006).unwrap();
     assert_eq!(v6.bytes_up as usize, 40 + 20 + hello.len());
 }
 
@@ -229,9 +232,9 @@ fn wan_programs_see_the_user_on_the_other_side() {
     run(&h, abi::PROG_WAN_INGRESS, &reply);
     let evs = h.drain_events();
     assert_eq!(evs.len(), 1);
-    assert_eq!(evs[0].user_ip, ip(USER4));
+    assert_eq!(evs[0].flow.user_ip, ip(USER4));
     let f = &h.flows().unwrap()[0];
-    assert_eq!((f.user_ip, f.remote_port), (ip(USER4), 443));
+    assert_eq!((f.flow.user_ip, f.flow.remote_port), (ip(USER4), 443));
     assert_eq!((f.packets_up, f.packets_down), (1, 1));
 }
 
@@ -259,10 +262,10 @@ fn dns_query_and_response_udp_and_tcp() {
     assert_eq!(evs[0].direction, Direction::Up);
     assert_eq!(&evs[0].payload[..], &q[..]);
     assert_eq!(evs[1].direction, Direction::Down);
-    assert_eq!((evs[1].user_port, evs[1].remote_port), (5353, 53));
+    assert_eq!((evs[1].flow.user_port, evs[1].flow.remote_port), (5353, 53));
     assert_eq!(&evs[1].payload[..], &r[..]);
     assert_eq!(&evs[2].payload[..], &tq[..]);
-    assert_eq!(evs[2].proto, 6);
+    assert_eq!(evs[2].flow.proto, L4Proto::Tcp);
 }
 
 #[test]

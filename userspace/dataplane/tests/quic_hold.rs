@@ -6,7 +6,7 @@
 use std::{net::IpAddr, time::Duration};
 
 use tollgate_dataplane::{
-    Action, Mode, abi, flow_key,
+    Action, FlowTuple, L4Proto, Mode, abi, flow_key,
     testing::{L4, PacketSpec, ProbeHarness, TC_ACT_SHOT, TC_ACT_UNSPEC},
 };
 
@@ -62,7 +62,11 @@ fn down(user: &str, remote: &str, port: u16) -> Vec<u8> {
 }
 
 fn key(user: &str, remote: &str, port: u16) -> abi::FlowKey {
-    flow_key(abi::PROTO_UDP, ip(user), port, ip(remote), 443, 0).expect("flow key")
+    flow_key(
+        &FlowTuple::new(L4Proto::Udp, (ip(user), port), (ip(remote), 443)),
+        0,
+    )
+    .expect("flow key")
 }
 
 fn action(h: &ProbeHarness, prog: &'static str, frame: &[u8]) -> i32 {

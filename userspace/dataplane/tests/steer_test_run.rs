@@ -7,7 +7,7 @@
 use std::{net::IpAddr, time::Duration};
 
 use tollgate_dataplane::{
-    Action, EnforceOptions, NameRule, abi, flow_key,
+    Action, EnforceOptions, FlowTuple, L4Proto, NameRule, abi, flow_key,
     testing::{L4, PacketSpec, ProbeHarness, TC_ACT_SHOT, TC_ACT_UNSPEC, tcp_flags},
 };
 
@@ -52,7 +52,10 @@ fn udp(src: &str, dst: &str, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> 
 }
 
 fn steered_flag(h: &ProbeHarness, user: &str, sport: u16, remote: &str) -> Option<bool> {
-    let key = flow_key(abi::PROTO_TCP, ip(user), sport, ip(remote), 443, 0)?;
+    let key = flow_key(
+        &FlowTuple::new(L4Proto::Tcp, (ip(user), sport), (ip(remote), 443)),
+        0,
+    )?;
     h.flow_value(&key)
         .expect("flow map")
         .map(|v| v.flags & abi::FLOW_F_STEERED != 0)
@@ -147,7 +150,11 @@ fn a_steered_flow_is_marked_on_every_packet_until_a_new_syn_decides_again() {
         let prog = abi::PROG_LAN_INGRESS;
         h.steering().add(ip(STEERED4), 32, 7, None).unwrap();
         // A flow the probes steered at its SYN (assignment needs a real ingress; see above).
-        let key = flow_key(abi::PROTO_TCP, ip(USER4), 41000, ip(STEERED4), 443, 0).unwrap();
+        let key = flow_key(
+            &FlowTuple::new(L4Proto::Tcp, (ip(USER4), 41000), (ip(STEERED4), 443)),
+            0,
+        )
+        .unwrap();
         let v = abi::FlowValue {
             flags: abi::FLOW_F_STEERED,
             ..abi::FlowValue::default()
@@ -380,7 +387,11 @@ fn a_hello_naming_a_session_app_on_a_direct_flow_is_reset_and_steers_only_its_cl
         assert_eq!((r.action, r.mark), (TC_ACT_UNSPEC, 0));
 
         // A hello on a flow the proxy already has passes (the proxy sees it).
-        let key = flow_key(abi::PROTO_TCP, ip(USER4), 42005, ip(OTHER4), 443, 0).unwrap();
+        let key = flow_key(
+            &FlowTuple::new(L4Proto::Tcp, (ip(USER4), 42005), (ip(OTHER4), 443)),
+            0,
+        )
+        .unwrap();
         h.set_flow_value(
             &key,
             &abi::FlowValue {
@@ -465,10 +476,10 @@ fn dns_answers_for_session_apps_are_held_for_the_daemon() {
         assert_eq!(&held[0].payload[..], &answer[..]);
         assert_eq!(
             (
-                held[0].remote_ip,
-                held[0].remote_port,
-                held[0].user_ip,
-                held[0].user_port
+                held[0].flow.remote_ip,
+                held[0].flow.remote_port,
+                held[0].flow.user_ip,
+                held[0].flow.user_port
             ),
             (ip(STEERED4), 53, ip(USER4), 50100)
         );
@@ -612,7 +623,11 @@ fn a_quic_flow_refused_by_session_control_is_refused_in_monitor_mode_too() {
         initial.resize(1200, 0);
         // The daemon decrypted this flow's Initial: an app under session control, toward an
         // address no DNS answer steered. Its verdict refuses it although the mode is monitor.
-        let key = flow_key(abi::PROTO_UDP, ip(USER4), 50500, ip(OTHER4), 443, 0).unwrap();
+        let key = flow_key(
+            &FlowTuple::new(L4Proto::Udp, (ip(USER4), 50500), (ip(OTHER4), 443)),
+            0,
+        )
+        .unwrap();
         let r = h
             .run(prog, &udp(USER4, OTHER4, 50500, 443, &initial), 1)
             .unwrap();
@@ -626,7 +641,11 @@ fn a_quic_flow_refused_by_session_control_is_refused_in_monitor_mode_too() {
         assert_eq!(r.action, TC_ACT_SHOT, "refused QUIC passed in monitor mode");
         assert_eq!(h.stats().unwrap().icmp_sent, 1, "no ICMP unreachable");
         // An unsanctioned app's block stays a "would drop" in monitor mode.
-        let key = flow_key(abi::PROTO_UDP, ip(USER4), 50501, ip(OTHER4), 443, 0).unwrap();
+        let key = flow_key(
+            &FlowTuple::new(L4Proto::Udp, (ip(USER4), 50501), (ip(OTHER4), 443)),
+            0,
+        )
+        .unwrap();
         let mut v = h.verdicts();
         v.set_flow(&key, Action::Block, 0, None).unwrap();
         v.commit().unwrap();

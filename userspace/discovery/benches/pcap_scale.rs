@@ -14,7 +14,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use chrono::{DateTime, Utc};
 use tollgate_discovery::flow_table::{Direction, FlowTable, FlowTableLimits, PayloadObservation};
 use tollgate_discovery::packet::{PacketView, tcp_flags};
-use tollgate_discovery::record::L4Proto;
+use tollgate_discovery::record::{FlowTuple, L4Proto};
 
 const FLOWS: u32 = 100_000;
 
@@ -125,11 +125,12 @@ fn main() {
     for i in 0..FLOWS {
         for (seq, seg) in [(101u32, seg1), (101 + 1448, seg2)] {
             live.observe_payload(&PayloadObservation {
-                proto: L4Proto::Tcp,
-                src: client(i),
-                sport: port(i),
-                dst: server,
-                dport: 443,
+                flow: FlowTuple::of_packet(
+                    L4Proto::Tcp,
+                    (client(i), port(i)),
+                    (server, 443),
+                    Direction::Up,
+                ),
                 direction: Direction::Up,
                 ts: ts(i),
                 tcp_seq: seq,
@@ -155,11 +156,12 @@ fn main() {
     for i in 0..FLOWS {
         for (seq, seg) in [(101u32, seg1), (101 + 1448, seg2)] {
             let obs = PayloadObservation {
-                proto: L4Proto::Tcp,
-                src: client(i),
-                sport: port(i),
-                dst: server,
-                dport: 443,
+                flow: FlowTuple::of_packet(
+                    L4Proto::Tcp,
+                    (client(i), port(i)),
+                    (server, 443),
+                    Direction::Up,
+                ),
                 direction: Direction::Up,
                 ts: ts(i),
                 tcp_seq: seq,

@@ -5,13 +5,8 @@ use std::net::IpAddr;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// Transport protocol of a flow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum L4Proto {
-    Tcp,
-    Udp,
-}
+/// Transport protocol of a flow; defined once, beside the kernel ABI.
+pub use tollgate_common::{FlowTuple, L4Proto};
 
 /// Where a flow's name came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -52,6 +47,20 @@ pub struct FlowRecord {
     /// A user name the input itself carries (proxy logs often do).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+}
+
+impl FlowRecord {
+    /// The flow this record is about. The record keeps the tuple's fields flat (`src`, `sport`,
+    /// `dst`, `dport`) because they are the field names of every report, export and upload.
+    pub fn tuple(&self) -> FlowTuple {
+        FlowTuple {
+            proto: self.proto,
+            user_ip: self.src,
+            user_port: self.sport,
+            remote_ip: self.dst,
+            remote_port: self.dport,
+        }
+    }
 }
 
 /// A line that did not parse, for the report.

@@ -322,7 +322,7 @@ impl SessionControl {
             Ok(()) => self.counts.dns_released += 1,
             Err(e) => {
                 self.counts.dns_release_errors += 1;
-                tracing::warn!("sending a held DNS answer to {}: {e}", ev.user_ip);
+                tracing::warn!("sending a held DNS answer to {}: {e}", ev.flow.user_ip);
             }
         }
     }

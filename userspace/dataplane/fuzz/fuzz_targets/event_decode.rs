@@ -39,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
             &ev.payload[..],
             &rec[EVENT_HEADER_LEN..EVENT_HEADER_LEN + ev.payload.len()]
         );
-        assert_eq!(ev.user_ip.is_ipv4(), ev.remote_ip.is_ipv4());
+        assert_eq!(ev.flow.user_ip.is_ipv4(), ev.flow.remote_ip.is_ipv4());
         let _ = ev.flow_key();
     }
 });

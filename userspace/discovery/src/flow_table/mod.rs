@@ -36,7 +36,7 @@ use tollgate_wire::http;
 use tollgate_wire::reasm::{CryptoReassembler, TcpReassembler};
 
 use crate::packet::{PacketView, tcp_flags};
-use crate::record::{FlowRecord, L4Proto, NameSource};
+use crate::record::{FlowRecord, FlowTuple, L4Proto, NameSource};
 
 mod dns_answers;
 mod evidence;
@@ -155,26 +155,13 @@ pub use tollgate_common::Direction;
 /// A first-flight payload copy from the kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PayloadObservation<'a> {
-    pub proto: L4Proto,
-    pub src: IpAddr,
-    pub sport: u16,
-    pub dst: IpAddr,
-    pub dport: u16,
+    pub flow: FlowTuple,
+    /// Which way this copy went: the sender is the user for [`Direction::Up`].
     pub direction: Direction,
     pub ts: DateTime<Utc>,
     pub tcp_seq: u32,
     pub tcp_flags: u8,
     pub payload: &'a [u8],
-}
-
-/// A flow key with the user side first (`src` is the client).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FlowKey {
-    pub proto: L4Proto,
-    pub src: IpAddr,
-    pub sport: u16,
-    pub dst: IpAddr,
-    pub dport: u16,
 }
 
 /// Absolute counters for a flow, as the kernel keeps them.
@@ -483,13 +470,11 @@ impl FlowTable {
     /// A first-flight payload copy from the kernel (counters arrive separately), and what it
     /// taught the table ([`Observed`]).
     pub fn observe_payload(&mut self, ev: &PayloadObservation<'_>) -> Observed {
-        let sender = (ev.src, ev.sport);
-        let receiver = (ev.dst, ev.dport);
         let sender_is_client = ev.direction == Direction::Up;
         let Some((ck, side)) = self.flow_for(
-            ev.proto,
-            sender,
-            receiver,
+            ev.flow.proto,
+            ev.flow.sender(ev.direction),
+            ev.flow.receiver(ev.direction),
             ev.ts,
             Some(sender_is_client),
             ev.tcp_flags,
@@ -532,12 +517,12 @@ impl FlowTable {
         seen
     }
 
-    /// The kernel's absolute counters for a flow (`key.src` is the user side).
-    pub fn update_counters(&mut self, key: FlowKey, c: Counters) {
-        let client = (key.src, key.sport);
-        let server = (key.dst, key.dport);
+    /// The kernel's absolute counters for a flow.
+    pub fn update_counters(&mut self, flow: FlowTuple, c: Counters) {
+        let client = (flow.user_ip, flow.user_port);
+        let server = (flow.remote_ip, flow.remote_port);
         let Some((ck, side)) =
-            self.flow_for(key.proto, client, server, c.last_seen, Some(true), 0, &[])
+            self.flow_for(flow.proto, client, server, c.last_seen, Some(true), 0, &[])
         else {
             return;
         };
@@ -593,14 +578,13 @@ impl FlowTable {
     }
 
     /// The name the flow's own first flight gave it (SNI, QUIC, HTTP Host, DNS query), not
-    /// the DNS cache's: what enforcement decides a flow by. Either endpoint order works.
-    pub fn own_name(
-        &self,
-        proto: L4Proto,
-        one: (IpAddr, u16),
-        other: (IpAddr, u16),
-    ) -> Option<(&str, NameSource)> {
-        let (ck, _) = CanonKey::of(proto, one, other);
+    /// the DNS cache's: what enforcement decides a flow by.
+    pub fn own_name(&self, flow: &FlowTuple) -> Option<(&str, NameSource)> {
+        let (ck, _) = CanonKey::of(
+            flow.proto,
+            (flow.user_ip, flow.user_port),
+            (flow.remote_ip, flow.remote_port),
+        );
         let f = self.flows.get(&ck)?;
         f.name.as_deref().zip(f.name_source)
     }
@@ -1151,11 +1135,12 @@ mod tests {
         t: i64,
     ) -> PayloadObservation<'_> {
         PayloadObservation {
-            proto: L4Proto::Udp,
-            src: IpAddr::V4(Ipv4Addr::from(src.0)),
-            sport: src.1,
-            dst: IpAddr::V4(Ipv4Addr::from(dst.0)),
-            dport: dst.1,
+            flow: FlowTuple::of_packet(
+                L4Proto::Udp,
+                (IpAddr::V4(Ipv4Addr::from(src.0)), src.1),
+                (IpAddr::V4(Ipv4Addr::from(dst.0)), dst.1),
+                direction,
+            ),
             direction,
             ts: ts(t),
             tcp_seq: 0,
@@ -1189,11 +1174,11 @@ mod tests {
         assert_eq!(t.stats().dns_answers_unmatched, 1);
         // Nor does it name the DNS flow it came on.
         assert_eq!(
-            t.own_name(
+            t.own_name(&FlowTuple::new(
                 L4Proto::Udp,
                 (IpAddr::V4(Ipv4Addr::from(CLIENT.0)), CLIENT.1),
                 (IpAddr::V4(Ipv4Addr::from(RESOLVER.0)), RESOLVER.1)
-            ),
+            )),
             None
         );
     }
@@ -1358,11 +1343,12 @@ mod tests {
             payload: &[u8],
         ) -> PayloadObservation<'_> {
             PayloadObservation {
-                proto: L4Proto::Tcp,
-                src: IpAddr::V4(Ipv4Addr::from(src.0)),
-                sport: src.1,
-                dst: IpAddr::V4(Ipv4Addr::from(dst.0)),
-                dport: dst.1,
+                flow: FlowTuple::of_packet(
+                    L4Proto::Tcp,
+                    (IpAddr::V4(Ipv4Addr::from(src.0)), src.1),
+                    (IpAddr::V4(Ipv4Addr::from(dst.0)), dst.1),
+                    direction,
+                ),
                 direction,
                 ts: ts(0),
                 tcp_seq,
@@ -1555,22 +1541,18 @@ mod tests {
     #[test]
     fn live_payload_and_counters() {
         let mut t = FlowTable::new(FlowTableLimits::default());
-        let key = FlowKey {
+        let key = FlowTuple {
             proto: L4Proto::Tcp,
-            src: IpAddr::V4(Ipv4Addr::new(192, 168, 1, 5)),
-            sport: 51000,
-            dst: IpAddr::V4(Ipv4Addr::new(1, 2, 3, 4)),
-            dport: 8443,
+            user_ip: IpAddr::V4(Ipv4Addr::new(192, 168, 1, 5)),
+            user_port: 51000,
+            remote_ip: IpAddr::V4(Ipv4Addr::new(1, 2, 3, 4)),
+            remote_port: 8443,
         };
         let h = hello("api.example.net");
         let (a, b) = h.split_at(10);
         for (seq, part) in [(101u32, a), (111, b)] {
             t.observe_payload(&PayloadObservation {
-                proto: key.proto,
-                src: key.src,
-                sport: key.sport,
-                dst: key.dst,
-                dport: key.dport,
+                flow: key,
                 direction: Direction::Up,
                 ts: ts(0),
                 tcp_seq: seq,
@@ -1593,7 +1575,7 @@ mod tests {
         let r: Vec<FlowRecord> = t.records().collect();
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].name.as_deref(), Some("api.example.net"));
-        assert_eq!((r[0].src, r[0].sport), (key.src, key.sport));
+        assert_eq!(r[0].tuple(), key);
         assert_eq!(
             (r[0].bytes_up, r[0].bytes_down, r[0].packets_up),
             (700, 5000, 3)
@@ -1614,11 +1596,12 @@ mod tests {
             // The second segment names the flow; a retransmission of it does not again.
             for (seq, part) in [(1u32, a), (41, b), (41, b)] {
                 let got = t.observe_payload(&PayloadObservation {
-                    proto: L4Proto::Tcp,
-                    src: IpAddr::V4(Ipv4Addr::new(10, 1, 1, 1)),
-                    sport: 40000,
-                    dst: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 80)),
-                    dport: 443,
+                    flow: FlowTuple::of_packet(
+                        L4Proto::Tcp,
+                        (IpAddr::V4(Ipv4Addr::new(10, 1, 1, 1)), 40000),
+                        (IpAddr::V4(Ipv4Addr::new(192, 0, 2, 80)), 443),
+                        Direction::Up,
+                    ),
                     direction: Direction::Up,
                     ts: ts(0),
                     tcp_seq: seq,
@@ -1714,18 +1697,14 @@ mod tests {
         tcp_seq: u32,
         payload: &[u8],
     ) -> PayloadObservation<'_> {
-        let user = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
-        let server = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 80));
-        let (src, sport, dst, dport) = match direction {
-            Direction::Up => (user, 40000, server, 443),
-            Direction::Down => (server, 443, user, 40000),
-        };
         PayloadObservation {
-            proto,
-            src,
-            sport,
-            dst,
-            dport,
+            flow: FlowTuple {
+                proto,
+                user_ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+                user_port: 40000,
+                remote_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 80)),
+                remote_port: 443,
+            },
             direction,
             ts: ts(0),
             tcp_seq,
@@ -1782,7 +1761,7 @@ mod tests {
         let user = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
         let server = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 80));
         assert_eq!(
-            t.own_name(L4Proto::Udp, (user, 40000), (server, 443)),
+            t.own_name(&FlowTuple::new(L4Proto::Udp, (user, 40000), (server, 443))),
             Some(("localhost", NameSource::Quic))
         );
     }

@@ -12,24 +12,14 @@ use tollgate_discovery::flow_table::{self, DnsAnswer};
 use tollgate_discovery::record::NameSource;
 use tollgate_policy::Decision;
 
-use super::{Core, WALK_STEP, l4};
+use super::{Core, WALK_STEP};
 
 impl Core {
     pub(super) fn on_event(&mut self, ev: &PayloadEvent) {
         self.events_total += 1;
-        let user = (ev.user_ip, ev.user_port);
-        let remote = (ev.remote_ip, ev.remote_port);
-        let ((src, sport), (dst, dport), direction) = match ev.direction {
-            Direction::Up => (user, remote, flow_table::Direction::Up),
-            Direction::Down => (remote, user, flow_table::Direction::Down),
-        };
         let seen = self.flows.observe_payload(&flow_table::PayloadObservation {
-            proto: l4(ev.proto),
-            src,
-            sport,
-            dst,
-            dport,
-            direction,
+            flow: ev.flow,
+            direction: ev.direction,
             ts: ev.timestamp.into(),
             tcp_seq: ev.tcp_seq,
             tcp_flags: ev.tcp_flags,
@@ -58,7 +48,7 @@ impl Core {
                     // A flow is named once; a later Initial naming another server (the real
                     // one after a decoy the server dropped) decides it again.
                     if let Some(name) = seen.quic_renamed {
-                        tracing::info!(name = %name, user = %ev.user_ip, "QUIC flow renamed by a later Initial");
+                        tracing::info!(name = %name, user = %ev.flow.user_ip, "QUIC flow renamed by a later Initial");
                         self.decide_flow(ev, &name, NameSource::Quic);
                     }
                 }
@@ -81,7 +71,7 @@ impl Core {
             && let Some(s) = &mut self.session
             && let Some(app) = s.on_quic_name(classified.as_ref())
         {
-            tracing::info!(app, name = %name, user = %ev.user_ip, remote = %ev.remote_ip,
+            tracing::info!(app, name = %name, user = %ev.flow.user_ip, remote = %ev.flow.remote_ip,
                 "QUIC to an app under session control refused");
             // Held flows read the verdict at once; the others at the next generation.
             let mut w = self.dp.verdicts();
@@ -101,7 +91,7 @@ impl Core {
             classified.as_ref(),
         ) {
             Ok(Some((app, Decision::Block))) => {
-                tracing::info!(app, name = %name, by = ?source, user = %ev.user_ip, "blocked");
+                tracing::info!(app, name = %name, by = ?source, user = %ev.flow.user_ip, "blocked");
                 // Plain HTTP: the kernel reset the server side; tell the user why.
                 if ev.kind == PayloadKind::Http
                     && ev.direction == Direction::Up
@@ -117,7 +107,7 @@ impl Core {
                 }
             }
             Ok(Some((app, Decision::WouldBlock))) => tracing::info!(
-                app, name = %name, by = ?source, user = %ev.user_ip, "would block (monitor mode)"
+                app, name = %name, by = ?source, user = %ev.flow.user_ip, "would block (monitor mode)"
             ),
             Ok(_) => {}
             Err(e) => tracing::warn!("writing a flow verdict: {e}"),
@@ -139,7 +129,7 @@ impl Core {
                 // Session control is off (the flag outlived an earlier run): still deliver.
                 None => {
                     if let Err(e) = tollgate_dataplane::send_held_dns(ev) {
-                        tracing::warn!("sending a held DNS answer to {}: {e}", ev.user_ip);
+                        tracing::warn!("sending a held DNS answer to {}: {e}", ev.flow.user_ip);
                     }
                 }
             }
@@ -222,15 +212,11 @@ impl Core {
             let step = dp.walk_flow_counters(&mut walk, WALK_STEP, |c| {
                 let Some(key) = c.flow_key() else { return };
                 let name = flows
-                    .own_name(
-                        l4(c.proto),
-                        (c.user_ip, c.user_port),
-                        (c.remote_ip, c.remote_port),
-                    )
+                    .own_name(&c.flow)
                     .map(|(n, _)| n.to_string())
                     .or_else(|| {
                         flows
-                            .dns_name(c.remote_ip, c.first_seen.into())
+                            .dns_name(c.flow.remote_ip, c.first_seen.into())
                             .map(str::to_string)
                     });
                 if let Some(name) = name {

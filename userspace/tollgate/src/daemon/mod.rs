@@ -25,10 +25,9 @@ use chrono::{DateTime, Utc};
 use anyhow::{Context, Result, bail};
 use tokio::sync::{mpsc, oneshot};
 use tollgate_catalog::Catalog;
-use tollgate_dataplane::{Dataplane, DataplaneOptions, EventReader, FlowCounters, PayloadEvent};
+use tollgate_dataplane::{Dataplane, DataplaneOptions, EventReader, FlowTuple, PayloadEvent};
 use tollgate_discovery::aggregate::{AggregateOptions, Aggregator};
-use tollgate_discovery::flow_table::{self, FlowTable, FlowTableLimits};
-use tollgate_discovery::record::{FlowRecord, L4Proto};
+use tollgate_discovery::flow_table::{FlowTable, FlowTableLimits};
 use tollgate_discovery::users::Users;
 use tollgate_policy::{Tag, TagBook, TagStore};
 
@@ -298,7 +297,7 @@ struct Core {
     history: Aggregator,
     /// Flows already folded into `history`, with the last_seen they had, so the kernel's
     /// still-present counters do not bring them back twice.
-    retired: HashMap<flow_table::FlowKey, DateTime<Utc>>,
+    retired: HashMap<FlowTuple, DateTime<Utc>>,
     enforcer: Enforcer,
     session: Option<crate::session::SessionControl>,
     /// What `learned_ips.json` holds now, expiries in minutes (so that the file is rewritten
@@ -326,33 +325,6 @@ enum Next {
     Stop,
 }
 
-fn l4(proto: u8) -> L4Proto {
-    if proto == 6 {
-        L4Proto::Tcp
-    } else {
-        L4Proto::Udp
-    }
-}
-
-fn flow_key(c: &FlowCounters) -> flow_table::FlowKey {
-    flow_table::FlowKey {
-        proto: l4(c.proto),
-        src: c.user_ip,
-        sport: c.user_port,
-        dst: c.remote_ip,
-        dport: c.remote_port,
-    }
-}
-
-fn record_key(r: &FlowRecord) -> flow_table::FlowKey {
-    flow_table::FlowKey {
-        proto: r.proto,
-        src: r.src,
-        sport: r.sport,
-        dst: r.dst,
-        dport: r.dport,
-    }
-}
 pub async fn run(parts: DaemonParts) -> Result<()> {
     let DaemonParts {
         config: cfg,

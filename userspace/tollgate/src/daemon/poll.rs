@@ -10,7 +10,7 @@ use tollgate_dataplane::{FlowWalk, PayloadEvent};
 use tollgate_discovery::flow_table;
 use tollgate_sync::protocol::{AppUsage, AuditEvent, DiscoveryInterval, DomainUsage, RecordBody};
 
-use super::{Core, EVENT_BATCH, LEARNED_IPS_FILE, WALK_STEP, flow_key, record_key, save_learned};
+use super::{Core, EVENT_BATCH, LEARNED_IPS_FILE, WALK_STEP, save_learned};
 
 impl Core {
     /// Heartbeat for the kernel's fail-open rule and expiry of learned addresses (persisted
@@ -54,7 +54,7 @@ impl Core {
             dp, flows, retired, ..
         } = self;
         let result = dp.walk_flow_counters(walk, WALK_STEP, |c| {
-            let key = flow_key(c);
+            let key = c.flow;
             let last_seen: DateTime<Utc> = c.last_seen.into();
             if let Some(seen) = retired.get(&key) {
                 if *seen >= last_seen {
@@ -184,7 +184,7 @@ impl Core {
             if let Some(m) = &mut self.meter {
                 m.retire(&rec, &self.catalog, &self.users);
             }
-            self.retired.insert(record_key(&rec), rec.last_seen);
+            self.retired.insert(rec.tuple(), rec.last_seen);
         }
         // Forget retirements the kernel's LRU map has surely evicted by now.
         if self.retired.len() > self.cfg.flows.max_flows {
