@@ -192,7 +192,7 @@ impl FlowTable {
         if response {
             for (ip, name, ttl) in m.address_map() {
                 let ttl = self.cap_ttl(ttl);
-                self.dns_learn(ip, &name, ttl, ts);
+                self.dns.learn(ip, &name, ttl, ts);
                 if let Some(answers) = self.dns_answers.as_mut() {
                     answers.push(DnsAnswer {
                         client: receiver.0,
@@ -205,9 +205,8 @@ impl FlowTable {
             if let Some(q) = m.query_name() {
                 for rec in &m.answers {
                     if let dns::RData::Svcb(svcb) = &rec.data {
-                        let cap = self.limits.max_dns_cache;
-                        self.ech
-                            .learn(cap, q, svcb.ech_config, &svcb.ech_public_names);
+                        self.dns
+                            .learn_ech(q, svcb.ech_config, &svcb.ech_public_names);
                     }
                 }
             }
@@ -229,4 +228,283 @@ impl FlowTable {
 /// A question name as compared between a query and its answer: lower case, no trailing dot.
 fn normalize_qname(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn unsolicited_dns_answer_teaches_nothing() {
+        let mut answers = Vec::new();
+        let mut t = strict();
+        let ans = dns_msg(7, "www.dropbox.com", Some((INNOCENT, 300)));
+        answers.extend(
+            t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &ans, 0))
+                .dns_answers,
+        );
+        assert!(std::mem::take(&mut answers).is_empty());
+        assert_eq!(t.dns_entries().count(), 0);
+        assert_eq!(t.stats().dns_answers_unmatched, 1);
+        // Nor does it name the DNS flow it came on.
+        assert_eq!(
+            t.own_name(&FlowTuple::new(
+                L4Proto::Udp,
+                (IpAddr::V4(Ipv4Addr::from(CLIENT.0)), CLIENT.1),
+                (IpAddr::V4(Ipv4Addr::from(RESOLVER.0)), RESOLVER.1)
+            )),
+            None
+        );
+    }
+
+    #[test]
+    fn dns_answer_must_match_txid_question_and_tuple() {
+        let mut answers = Vec::new();
+        let mut t = strict();
+        let q = dns_msg(7, "www.dropbox.com", None);
+        answers.extend(
+            t.observe_payload(&live_dns(CLIENT, RESOLVER, Direction::Up, &q, 0))
+                .dns_answers,
+        );
+        assert_eq!(t.stats().dns_queries_pending, 1);
+        // Wrong transaction id.
+        let a = dns_msg(8, "www.dropbox.com", Some((INNOCENT, 300)));
+        answers.extend(
+            t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 0))
+                .dns_answers,
+        );
+        // Right id, other question.
+        let a = dns_msg(7, "dropbox.com", Some((INNOCENT, 300)));
+        answers.extend(
+            t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 0))
+                .dns_answers,
+        );
+        // Right id and question, from another server.
+        let a = dns_msg(7, "www.dropbox.com", Some((INNOCENT, 300)));
+        answers.extend(
+            t.observe_payload(&live_dns(
+                ([10, 0, 0, 9], 53),
+                CLIENT,
+                Direction::Down,
+                &a,
+                0,
+            ))
+            .dns_answers,
+        );
+        // To another client port.
+        answers.extend(
+            t.observe_payload(&live_dns(
+                RESOLVER,
+                (CLIENT.0, 40001),
+                Direction::Down,
+                &a,
+                0,
+            ))
+            .dns_answers,
+        );
+        assert!(std::mem::take(&mut answers).is_empty());
+        let st = t.stats();
+        assert_eq!(st.dns_answers_unmatched, 3, "{st:?}");
+        assert_eq!(st.dns_answers_wrong_question, 1, "{st:?}");
+        assert_eq!(st.dns_answers_matched, 0);
+        // The real answer (case of the name may differ) still matches, once.
+        let a = dns_msg(7, "WWW.Dropbox.com", Some(([162, 125, 1, 1], 300)));
+        answers.extend(
+            t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 1))
+                .dns_answers,
+        );
+        let got = std::mem::take(&mut answers);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].ip, IpAddr::V4(Ipv4Addr::new(162, 125, 1, 1)));
+        assert_eq!(got[0].name, "www.dropbox.com");
+        assert_eq!(got[0].client, IpAddr::V4(Ipv4Addr::from(CLIENT.0)));
+        answers.extend(
+            t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 1))
+                .dns_answers,
+        );
+        assert!(
+            std::mem::take(&mut answers).is_empty(),
+            "a second answer is not matched"
+        );
+        assert_eq!(t.stats().dns_queries_pending, 0);
+    }
+
+    #[test]
+    fn dns_query_from_the_internet_side_is_not_pending() {
+        let mut answers = Vec::new();
+        let mut t = strict();
+        // A "query" sent toward the client does not make its answer trusted.
+        let q = dns_msg(7, "www.dropbox.com", None);
+        answers.extend(
+            t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &q, 0))
+                .dns_answers,
+        );
+        let a = dns_msg(7, "www.dropbox.com", Some((INNOCENT, 300)));
+        answers.extend(
+            t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 0))
+                .dns_answers,
+        );
+        assert!(std::mem::take(&mut answers).is_empty());
+        assert_eq!(t.stats().dns_queries_pending, 0);
+    }
+
+    #[test]
+    fn dns_queries_expire_and_are_bounded() {
+        let mut answers = Vec::new();
+        let mut t = FlowTable::new(FlowTableLimits {
+            dns_answers_need_query: true,
+            max_pending_dns: 4,
+            dns_query_timeout: Duration::from_secs(5),
+            ..FlowTableLimits::default()
+        });
+        let q = dns_msg(7, "a.example", None);
+        answers.extend(
+            t.observe_payload(&live_dns(CLIENT, RESOLVER, Direction::Up, &q, 0))
+                .dns_answers,
+        );
+        let a = dns_msg(7, "a.example", Some((INNOCENT, 300)));
+        // Past the timeout: the answer is late, refused.
+        answers.extend(
+            t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 6))
+                .dns_answers,
+        );
+        assert!(std::mem::take(&mut answers).is_empty());
+        assert_eq!(t.stats().dns_answers_unmatched, 1);
+        // Ten queries from ten ports: only four wait, the oldest six were evicted.
+        for port in 0..10u16 {
+            let q = dns_msg(port, "b.example", None);
+            answers.extend(
+                t.observe_payload(&live_dns(
+                    (CLIENT.0, 50000 + port),
+                    RESOLVER,
+                    Direction::Up,
+                    &q,
+                    7,
+                ))
+                .dns_answers,
+            );
+        }
+        let st = t.stats();
+        assert_eq!(st.dns_queries_pending, 4);
+        assert_eq!(st.dns_queries_evicted, 6);
+        let a = dns_msg(9, "b.example", Some((INNOCENT, 300)));
+        answers.extend(
+            t.observe_payload(&live_dns(
+                RESOLVER,
+                (CLIENT.0, 50009),
+                Direction::Down,
+                &a,
+                7,
+            ))
+            .dns_answers,
+        );
+        assert_eq!(
+            std::mem::take(&mut answers).len(),
+            1,
+            "the newest query still matches"
+        );
+    }
+
+    #[test]
+    fn dns_over_tcp_answer_split_across_segments_matches_its_query() {
+        let mut answers = Vec::new();
+        let mut t = strict();
+        fn seg(
+            src: ([u8; 4], u16),
+            dst: ([u8; 4], u16),
+            direction: Direction,
+            tcp_seq: u32,
+            payload: &[u8],
+        ) -> PayloadObservation<'_> {
+            PayloadObservation {
+                flow: FlowTuple::of_packet(
+                    L4Proto::Tcp,
+                    (IpAddr::V4(Ipv4Addr::from(src.0)), src.1),
+                    (IpAddr::V4(Ipv4Addr::from(dst.0)), dst.1),
+                    direction,
+                ),
+                direction,
+                ts: ts(0),
+                tcp_seq,
+                tcp_flags: tcp_flags::ACK | tcp_flags::PSH,
+                payload,
+            }
+        }
+        let framed = |m: Vec<u8>| {
+            let mut v = (m.len() as u16).to_be_bytes().to_vec();
+            v.extend_from_slice(&m);
+            v
+        };
+        let q = framed(dns_msg(9, "www.dropbox.com", None));
+        answers.extend(
+            t.observe_payload(&seg(CLIENT, RESOLVER, Direction::Up, 1001, &q))
+                .dns_answers,
+        );
+        let a = framed(dns_msg(9, "www.dropbox.com", Some(([162, 125, 1, 1], 60))));
+        let (x, y) = a.split_at(20);
+        answers.extend(
+            t.observe_payload(&seg(RESOLVER, CLIENT, Direction::Down, 5001, x))
+                .dns_answers,
+        );
+        assert!(
+            std::mem::take(&mut answers).is_empty(),
+            "half an answer teaches nothing"
+        );
+        answers.extend(
+            t.observe_payload(&seg(RESOLVER, CLIENT, Direction::Down, 5021, y))
+                .dns_answers,
+        );
+        let got = std::mem::take(&mut answers);
+        assert_eq!(got.len(), 1, "{:?}", t.stats());
+        assert_eq!(got[0].ip, IpAddr::V4(Ipv4Addr::new(162, 125, 1, 1)));
+    }
+
+    #[test]
+    fn dns_ttl_is_capped() {
+        let mut answers = Vec::new();
+        let mut t = strict();
+        let q = dns_msg(7, "a.example", None);
+        answers.extend(
+            t.observe_payload(&live_dns(CLIENT, RESOLVER, Direction::Up, &q, 0))
+                .dns_answers,
+        );
+        let a = dns_msg(7, "a.example", Some((INNOCENT, 4_000_000_000)));
+        answers.extend(
+            t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 0))
+                .dns_answers,
+        );
+        let got = std::mem::take(&mut answers);
+        assert_eq!(got[0].ttl, Duration::from_secs(86_400));
+        assert_eq!(t.stats().dns_ttl_capped, 1);
+        let (_, _, expires) = t.dns_entries().next().unwrap();
+        assert_eq!(expires, ts(86_400));
+    }
+
+    #[test]
+    fn observed_the_dns_answers_of_a_copy() {
+        let mut t = strict();
+        let q = dns_msg(7, "www.dropbox.com", None);
+        let seen = t.observe_payload(&live_dns(CLIENT, RESOLVER, Direction::Up, &q, 0));
+        assert_eq!(
+            seen.named,
+            Some((Arc::from("www.dropbox.com"), NameSource::Dns))
+        );
+        assert!(seen.dns_answers.is_empty());
+        let a = dns_msg(7, "www.dropbox.com", Some(([162, 125, 1, 1], 300)));
+        let seen = t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 1));
+        assert_eq!(
+            seen.dns_answers,
+            [DnsAnswer {
+                client: IpAddr::V4(Ipv4Addr::from(CLIENT.0)),
+                name: "www.dropbox.com".into(),
+                ip: IpAddr::V4(Ipv4Addr::new(162, 125, 1, 1)),
+                ttl: Duration::from_secs(300),
+            }]
+        );
+        // A copy carries its own answers only: nothing is held for the next one.
+        let seen = t.observe_payload(&live_dns(CLIENT, RESOLVER, Direction::Up, &q, 2));
+        assert!(seen.dns_answers.is_empty());
+    }
 }

@@ -101,3 +101,48 @@ pub(super) fn packet_evidence(
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn client_mac_follows_the_client_side() {
+        let mut t = FlowTable::new(FlowTableLimits::default());
+        let (user, server) = ([192, 168, 1, 9], [203, 0, 113, 5]);
+        // The server's packet comes first (a capture that starts mid-flow), then the user's
+        // SYN settles who the client is.
+        let mut p = pkt(
+            server,
+            443,
+            user,
+            50000,
+            L4Proto::Tcp,
+            7,
+            tcp_flags::ACK,
+            &[],
+            0,
+        );
+        p.src_mac = Some([2, 0, 0, 0, 0, 2]);
+        t.observe_packet(&p);
+        let mut p = pkt(
+            user,
+            50000,
+            server,
+            443,
+            L4Proto::Tcp,
+            1,
+            tcp_flags::SYN,
+            &[],
+            1,
+        );
+        p.src_mac = Some([2, 0, 0, 0, 0, 1]);
+        t.observe_packet(&p);
+        let r: Vec<FlowRecord> = t.records().collect();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].src, IpAddr::V4(Ipv4Addr::from(user)));
+        assert_eq!(r[0].src_mac, Some([2, 0, 0, 0, 0, 1]));
+    }
+}

@@ -88,3 +88,52 @@ impl Meta {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn naming_is_reported_once_and_meta_can_be_off() {
+        for keep_meta in [true, false] {
+            let mut t = FlowTable::new(FlowTableLimits {
+                meta: keep_meta,
+                ..FlowTableLimits::default()
+            });
+            let h = hello_with("once.example.org", true);
+            let (a, b) = h.split_at(40);
+            let mut named = Vec::new();
+            // The second segment names the flow; a retransmission of it does not again.
+            for (seq, part) in [(1u32, a), (41, b), (41, b)] {
+                let got = t.observe_payload(&PayloadObservation {
+                    flow: FlowTuple::of_packet(
+                        L4Proto::Tcp,
+                        (IpAddr::V4(Ipv4Addr::new(10, 1, 1, 1)), 40000),
+                        (IpAddr::V4(Ipv4Addr::new(192, 0, 2, 80)), 443),
+                        Direction::Up,
+                    ),
+                    direction: Direction::Up,
+                    ts: ts(0),
+                    tcp_seq: seq,
+                    tcp_flags: tcp_flags::ACK,
+                    payload: part,
+                });
+                named.push(got.named.map(|(n, src)| (n.to_string(), src)));
+            }
+            assert_eq!(
+                named,
+                [
+                    None,
+                    Some(("once.example.org".to_string(), NameSource::Sni)),
+                    None
+                ]
+            );
+            let (rec, meta) = t.records_with_meta().next().expect("one flow");
+            assert_eq!(rec.name.as_deref(), Some("once.example.org"));
+            // The hello carried an ECH extension: only kept meta tells.
+            assert_eq!(meta.ech, keep_meta, "meta kept: {keep_meta}");
+        }
+    }
+}

@@ -26,7 +26,7 @@
 //! side, packets inspected per side, DNS cache entries, finished records kept. Hitting a cap
 //! counts a drop in [`FlowTableStats`]; it never fails a packet.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,13 +39,17 @@ use crate::packet::{PacketView, tcp_flags};
 use crate::record::{FlowRecord, FlowTuple, L4Proto, NameSource};
 
 mod dns_answers;
+mod dns_cache;
 mod evidence;
 mod meta;
 mod names;
 mod quic;
 mod tcp;
+#[cfg(test)]
+mod testing;
 
 use dns_answers::{PendingKey, PendingQuery};
+use dns_cache::DnsCache;
 use evidence::{Evidence, packet_evidence, set_client};
 pub use meta::FlowMeta;
 use meta::Meta;
@@ -320,66 +324,6 @@ struct Flow {
     inspect: Option<Box<Inspect>>,
 }
 
-#[derive(Debug, Clone)]
-struct DnsEntry {
-    name: Arc<str>,
-    learned: DateTime<Utc>,
-    expires: DateTime<Utc>,
-}
-
-/// What DNS HTTPS/SVCB answers said about ECH, for telling GREASE ECH from real ECH.
-#[derive(Debug, Default)]
-struct EchHints {
-    /// Lower-cased name -> whether its HTTPS record carried an ECH config.
-    published: HashMap<String, bool>,
-    /// Lower-cased public_name values from ECH configs.
-    public_names: HashSet<String>,
-    order: VecDeque<(bool, String)>,
-}
-
-impl EchHints {
-    fn learn(&mut self, cap: usize, name: &str, ech: bool, public_names: &[String]) {
-        let add = |public: bool, n: String, this: &mut Self| {
-            while this.order.len() >= cap.max(1) {
-                match this.order.pop_front() {
-                    Some((true, old)) => {
-                        this.public_names.remove(&old);
-                    }
-                    Some((false, old)) => {
-                        this.published.remove(&old);
-                    }
-                    None => break,
-                }
-            }
-            this.order.push_back((public, n));
-        };
-        let key = name.to_ascii_lowercase();
-        if self.published.insert(key.clone(), ech).is_none() {
-            add(false, key, self);
-        }
-        for p in public_names {
-            let p = p.to_ascii_lowercase();
-            if self.public_names.insert(p.clone()) {
-                add(true, p, self);
-            }
-        }
-    }
-
-    fn grease(&self, sni: Option<&str>, has_ech: bool) -> Option<bool> {
-        let sni = sni?.to_ascii_lowercase();
-        if !has_ech {
-            return None;
-        }
-        if self.public_names.contains(&sni) {
-            return Some(false);
-        }
-        match self.published.get(&sni) {
-            Some(false) => Some(true),
-            _ => None,
-        }
-    }
-}
-
 /// The flow table. See the module documentation.
 #[derive(Debug)]
 pub struct FlowTable {
@@ -388,14 +332,12 @@ pub struct FlowTable {
     /// per-table random keys keep collision floods out).
     flows: HashMap<CanonKey, Flow, ahash::RandomState>,
     finished: Vec<FlowRecord>,
-    dns_cache: HashMap<IpAddr, DnsEntry>,
-    dns_order: VecDeque<IpAddr>,
+    dns: DnsCache,
     stats: FlowTableStats,
     now: DateTime<Utc>,
     ops_since_sweep: u32,
     /// Sum of the bytes held by every reassembler (see `max_buffered_bytes`).
     buffered: usize,
-    ech: EchHints,
     full_sweep_at: Option<DateTime<Utc>>,
     names: Names,
     /// Queries waiting for their answer, and their keys oldest first (for expiry and
@@ -416,16 +358,14 @@ pub const MAX_DNS_QUERIES_KEPT: usize = 8;
 impl FlowTable {
     pub fn new(limits: FlowTableLimits) -> Self {
         FlowTable {
+            dns: DnsCache::new(limits.max_dns_cache, limits.dns_min_ttl),
             limits,
             flows: HashMap::default(),
             finished: Vec::new(),
-            dns_cache: HashMap::new(),
-            dns_order: VecDeque::new(),
             stats: FlowTableStats::default(),
             now: DateTime::UNIX_EPOCH,
             ops_since_sweep: 0,
             buffered: 0,
-            ech: EchHints::default(),
             full_sweep_at: None,
             names: Names::default(),
             pending_dns: HashMap::default(),
@@ -569,7 +509,8 @@ impl FlowTable {
             .filter(|(k, f)| f.name.is_some() || self.cached_name(k, f).is_some())
             .count();
         s.finished_flows = self.finished.len();
-        s.dns_cache_entries = self.dns_cache.len();
+        s.dns_cache_entries = self.dns.len();
+        s.dns_cache_evicted = self.dns.evicted();
         s.dns_queries_pending = self.pending_dns.len();
         s.buffered_bytes = self.buffered;
         s.quic_renamed = self.quic_recheck.renamed;
@@ -591,15 +532,12 @@ impl FlowTable {
 
     /// Every live entry of the IP-to-name cache: address, name, expiry.
     pub fn dns_entries(&self) -> impl Iterator<Item = (IpAddr, &str, DateTime<Utc>)> + '_ {
-        self.dns_cache
-            .iter()
-            .map(|(ip, e)| (*ip, &*e.name, e.expires))
+        self.dns.entries()
     }
 
     /// The DNS cache's name for `ip` at time `at`, if an answer covering it was seen.
     pub fn dns_name(&self, ip: IpAddr, at: DateTime<Utc>) -> Option<&str> {
-        let e = self.dns_cache.get(&ip)?;
-        (e.learned <= at + TimeDelta::seconds(2) && at <= e.expires).then_some(&*e.name)
+        self.dns.name_at(ip, at)
     }
 
     /// Finish flows idle for longer than the idle timeout as of `now`, and drop expired DNS
@@ -617,9 +555,7 @@ impl FlowTable {
             self.finish(k);
             self.stats.flows_expired += 1;
         }
-        self.dns_cache.retain(|_, e| e.expires >= now);
-        let cache = &self.dns_cache;
-        self.dns_order.retain(|ip| cache.contains_key(ip));
+        self.dns.expire(now);
         self.expire_queries(now);
     }
 
@@ -840,33 +776,6 @@ impl FlowTable {
             }
         }
     }
-
-    fn dns_learn(&mut self, ip: IpAddr, name: &str, ttl: Duration, ts: DateTime<Utc>) {
-        let life = ttl.max(self.limits.dns_min_ttl);
-        let expires = ts + TimeDelta::from_std(life).unwrap_or(TimeDelta::MAX);
-        if !self.dns_cache.contains_key(&ip) {
-            while self.dns_cache.len() >= self.limits.max_dns_cache {
-                let Some(old) = self.dns_order.pop_front() else {
-                    break;
-                };
-                if self.dns_cache.remove(&old).is_some() {
-                    self.stats.dns_cache_evicted += 1;
-                }
-            }
-            if self.limits.max_dns_cache == 0 {
-                return;
-            }
-            self.dns_order.push_back(ip);
-        }
-        self.dns_cache.insert(
-            ip,
-            DnsEntry {
-                name: Arc::from(&*clean_name(name)),
-                learned: ts,
-                expires,
-            },
-        );
-    }
 }
 
 fn new_inspect() -> Box<Inspect> {
@@ -889,589 +798,9 @@ fn source_label(s: NameSource) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use super::testing::*;
     use super::*;
     use std::net::Ipv4Addr;
-
-    fn ts(s: i64) -> DateTime<Utc> {
-        DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap_or_default()
-    }
-
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "test helper spelling out every header field"
-    )]
-    fn pkt<'a>(
-        src: [u8; 4],
-        sport: u16,
-        dst: [u8; 4],
-        dport: u16,
-        proto: L4Proto,
-        seq: u32,
-        flags: u8,
-        payload: &'a [u8],
-        t: i64,
-    ) -> PacketView<'a> {
-        PacketView {
-            ts: ts(t),
-            proto,
-            src: IpAddr::V4(Ipv4Addr::from(src)),
-            sport,
-            dst: IpAddr::V4(Ipv4Addr::from(dst)),
-            dport,
-            ip_len: 40 + payload.len() as u32,
-            tcp_seq: seq,
-            tcp_flags: flags,
-            payload,
-            src_mac: None,
-        }
-    }
-
-    fn hello(sni: &str) -> Vec<u8> {
-        hello_with(sni, false)
-    }
-
-    fn hello_with(sni: &str, ech: bool) -> Vec<u8> {
-        // A ClientHello with an SNI extension (and an outer ECH one), in one TLS record.
-        let name = sni.as_bytes();
-        let mut ext = vec![0, 0];
-        ext.extend_from_slice(&((name.len() + 5) as u16).to_be_bytes());
-        ext.extend_from_slice(&((name.len() + 3) as u16).to_be_bytes());
-        ext.push(0);
-        ext.extend_from_slice(&(name.len() as u16).to_be_bytes());
-        ext.extend_from_slice(name);
-        if ech {
-            // outer, HKDF-SHA256, AES-128-GCM, config 7, enc 32 bytes, payload 16 bytes
-            let mut e = vec![0, 0, 1, 0, 1, 7, 0, 32];
-            e.extend_from_slice(&[9u8; 32]);
-            e.extend_from_slice(&[0, 16]);
-            e.extend_from_slice(&[5u8; 16]);
-            ext.extend_from_slice(&[0xfe, 0x0d]);
-            ext.extend_from_slice(&(e.len() as u16).to_be_bytes());
-            ext.extend_from_slice(&e);
-        }
-        let mut body = vec![3, 3];
-        body.extend_from_slice(&[0u8; 32]);
-        body.push(0);
-        body.extend_from_slice(&[0, 2, 0x13, 0x01, 1, 0]);
-        body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
-        body.extend_from_slice(&ext);
-        let mut hs = vec![1, 0];
-        hs.extend_from_slice(&(body.len() as u16).to_be_bytes());
-        hs.extend_from_slice(&body);
-        let mut rec = vec![0x16, 3, 1];
-        rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
-        rec.extend_from_slice(&hs);
-        rec
-    }
-
-    #[test]
-    fn sni_split_over_segments_out_of_order_with_retransmit() {
-        let mut t = FlowTable::new(FlowTableLimits::default());
-        let c = [10, 0, 0, 2];
-        let s = [93, 184, 216, 34];
-        let h = hello("www.example.com");
-        t.observe_packet(&pkt(
-            s,
-            443,
-            c,
-            50000,
-            L4Proto::Tcp,
-            7000,
-            tcp_flags::SYN | tcp_flags::ACK,
-            &[],
-            0,
-        ));
-        t.observe_packet(&pkt(
-            c,
-            50000,
-            s,
-            443,
-            L4Proto::Tcp,
-            1000,
-            tcp_flags::SYN,
-            &[],
-            0,
-        ));
-        let (a, rest) = h.split_at(20);
-        let (b, d) = rest.split_at(30);
-        t.observe_packet(&pkt(
-            c,
-            50000,
-            s,
-            443,
-            L4Proto::Tcp,
-            1001 + 50,
-            tcp_flags::ACK,
-            d,
-            1,
-        ));
-        t.observe_packet(&pkt(
-            c,
-            50000,
-            s,
-            443,
-            L4Proto::Tcp,
-            1001,
-            tcp_flags::ACK,
-            a,
-            1,
-        ));
-        t.observe_packet(&pkt(
-            c,
-            50000,
-            s,
-            443,
-            L4Proto::Tcp,
-            1001,
-            tcp_flags::ACK,
-            a,
-            1,
-        ));
-        assert_eq!(t.records().next().and_then(|r| r.name), None);
-        t.observe_packet(&pkt(
-            c,
-            50000,
-            s,
-            443,
-            L4Proto::Tcp,
-            1021,
-            tcp_flags::ACK,
-            b,
-            2,
-        ));
-        let r: Vec<FlowRecord> = t.records().collect();
-        assert_eq!(r.len(), 1);
-        assert_eq!(r[0].name.as_deref(), Some("www.example.com"));
-        assert_eq!(r[0].name_source, Some(NameSource::Sni));
-        assert_eq!(r[0].src, IpAddr::V4(Ipv4Addr::from(c)));
-        assert_eq!(r[0].packets_up, 5);
-        assert_eq!(r[0].packets_down, 1);
-        assert_eq!(t.stats().names_by_source.get("sni"), Some(&1));
-    }
-
-    #[test]
-    fn dns_cache_names_later_flow_and_expires() {
-        let mut t = FlowTable::new(FlowTableLimits::default());
-        let c = [10, 0, 0, 2];
-        let resolver = [10, 0, 0, 1];
-        // Response for www.github.com -> CNAME github.com -> 140.82.121.3, TTL 60.
-        let mut m = vec![0x12, 0x34, 0x81, 0x80, 0, 1, 0, 2, 0, 0, 0, 0];
-        m.extend_from_slice(b"\x03www\x06github\x03com\x00\x00\x01\x00\x01");
-        m.extend_from_slice(&[0xc0, 0x0c, 0, 5, 0, 1, 0, 0, 0x0e, 0x10, 0, 2, 0xc0, 0x10]);
-        m.extend_from_slice(&[0xc0, 0x10, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 140, 82, 121, 3]);
-        t.observe_packet(&pkt(resolver, 53, c, 40000, L4Proto::Udp, 0, 0, &m, 0));
-        t.observe_packet(&pkt(
-            c,
-            40001,
-            [140, 82, 121, 3],
-            443,
-            L4Proto::Tcp,
-            5,
-            tcp_flags::SYN,
-            &[],
-            1,
-        ));
-        t.observe_packet(&pkt(
-            c,
-            40002,
-            [140, 82, 121, 3],
-            443,
-            L4Proto::Tcp,
-            5,
-            tcp_flags::SYN,
-            &[],
-            500,
-        ));
-        let mut recs: Vec<FlowRecord> = t.records().collect();
-        recs.sort_by_key(|r| r.sport);
-        assert_eq!(recs[0].name.as_deref(), Some("www.github.com"));
-        assert_eq!(recs[0].name_source, Some(NameSource::Dns));
-        assert_eq!(recs[0].src, IpAddr::V4(Ipv4Addr::from(c))); // response: receiver is client
-        assert_eq!(recs[1].name.as_deref(), Some("www.github.com"));
-        assert_eq!(recs[2].name, None, "TTL 60 s expired before t=500");
-    }
-
-    /// A DNS message: a query (`answer: None`) or a response with one A record.
-    fn dns_msg(id: u16, q: &str, answer: Option<([u8; 4], u32)>) -> Vec<u8> {
-        let an = u8::from(answer.is_some());
-        let flags = if answer.is_some() {
-            [0x81, 0x80]
-        } else {
-            [0x01, 0x00]
-        };
-        let mut m = vec![
-            (id >> 8) as u8,
-            id as u8,
-            flags[0],
-            flags[1],
-            0,
-            1,
-            0,
-            an,
-            0,
-            0,
-            0,
-            0,
-        ];
-        for l in q.split('.') {
-            m.push(l.len() as u8);
-            m.extend_from_slice(l.as_bytes());
-        }
-        m.extend_from_slice(&[0, 0, 1, 0, 1]);
-        if let Some((ip, ttl)) = answer {
-            m.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1]);
-            m.extend_from_slice(&ttl.to_be_bytes());
-            m.extend_from_slice(&[0, 4]);
-            m.extend_from_slice(&ip);
-        }
-        m
-    }
-
-    fn live_dns(
-        src: ([u8; 4], u16),
-        dst: ([u8; 4], u16),
-        direction: Direction,
-        payload: &[u8],
-        t: i64,
-    ) -> PayloadObservation<'_> {
-        PayloadObservation {
-            flow: FlowTuple::of_packet(
-                L4Proto::Udp,
-                (IpAddr::V4(Ipv4Addr::from(src.0)), src.1),
-                (IpAddr::V4(Ipv4Addr::from(dst.0)), dst.1),
-                direction,
-            ),
-            direction,
-            ts: ts(t),
-            tcp_seq: 0,
-            tcp_flags: 0,
-            payload,
-        }
-    }
-
-    fn strict() -> FlowTable {
-        FlowTable::new(FlowTableLimits {
-            dns_answers_need_query: true,
-            ..FlowTableLimits::default()
-        })
-    }
-
-    const CLIENT: ([u8; 4], u16) = ([10, 0, 0, 2], 40000);
-    const RESOLVER: ([u8; 4], u16) = ([10, 0, 0, 1], 53);
-    const INNOCENT: [u8; 4] = [93, 184, 216, 34];
-
-    #[test]
-    fn unsolicited_dns_answer_teaches_nothing() {
-        let mut answers = Vec::new();
-        let mut t = strict();
-        let ans = dns_msg(7, "www.dropbox.com", Some((INNOCENT, 300)));
-        answers.extend(
-            t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &ans, 0))
-                .dns_answers,
-        );
-        assert!(std::mem::take(&mut answers).is_empty());
-        assert_eq!(t.dns_entries().count(), 0);
-        assert_eq!(t.stats().dns_answers_unmatched, 1);
-        // Nor does it name the DNS flow it came on.
-        assert_eq!(
-            t.own_name(&FlowTuple::new(
-                L4Proto::Udp,
-                (IpAddr::V4(Ipv4Addr::from(CLIENT.0)), CLIENT.1),
-                (IpAddr::V4(Ipv4Addr::from(RESOLVER.0)), RESOLVER.1)
-            )),
-            None
-        );
-    }
-
-    #[test]
-    fn dns_answer_must_match_txid_question_and_tuple() {
-        let mut answers = Vec::new();
-        let mut t = strict();
-        let q = dns_msg(7, "www.dropbox.com", None);
-        answers.extend(
-            t.observe_payload(&live_dns(CLIENT, RESOLVER, Direction::Up, &q, 0))
-                .dns_answers,
-        );
-        assert_eq!(t.stats().dns_queries_pending, 1);
-        // Wrong transaction id.
-        let a = dns_msg(8, "www.dropbox.com", Some((INNOCENT, 300)));
-        answers.extend(
-            t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 0))
-                .dns_answers,
-        );
-        // Right id, other question.
-        let a = dns_msg(7, "dropbox.com", Some((INNOCENT, 300)));
-        answers.extend(
-            t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 0))
-                .dns_answers,
-        );
-        // Right id and question, from another server.
-        let a = dns_msg(7, "www.dropbox.com", Some((INNOCENT, 300)));
-        answers.extend(
-            t.observe_payload(&live_dns(
-                ([10, 0, 0, 9], 53),
-                CLIENT,
-                Direction::Down,
-                &a,
-                0,
-            ))
-            .dns_answers,
-        );
-        // To another client port.
-        answers.extend(
-            t.observe_payload(&live_dns(
-                RESOLVER,
-                (CLIENT.0, 40001),
-                Direction::Down,
-                &a,
-                0,
-            ))
-            .dns_answers,
-        );
-        assert!(std::mem::take(&mut answers).is_empty());
-        let st = t.stats();
-        assert_eq!(st.dns_answers_unmatched, 3, "{st:?}");
-        assert_eq!(st.dns_answers_wrong_question, 1, "{st:?}");
-        assert_eq!(st.dns_answers_matched, 0);
-        // The real answer (case of the name may differ) still matches, once.
-        let a = dns_msg(7, "WWW.Dropbox.com", Some(([162, 125, 1, 1], 300)));
-        answers.extend(
-            t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 1))
-                .dns_answers,
-        );
-        let got = std::mem::take(&mut answers);
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].ip, IpAddr::V4(Ipv4Addr::new(162, 125, 1, 1)));
-        assert_eq!(got[0].name, "www.dropbox.com");
-        assert_eq!(got[0].client, IpAddr::V4(Ipv4Addr::from(CLIENT.0)));
-        answers.extend(
-            t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 1))
-                .dns_answers,
-        );
-        assert!(
-            std::mem::take(&mut answers).is_empty(),
-            "a second answer is not matched"
-        );
-        assert_eq!(t.stats().dns_queries_pending, 0);
-    }
-
-    #[test]
-    fn dns_query_from_the_internet_side_is_not_pending() {
-        let mut answers = Vec::new();
-        let mut t = strict();
-        // A "query" sent toward the client does not make its answer trusted.
-        let q = dns_msg(7, "www.dropbox.com", None);
-        answers.extend(
-            t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &q, 0))
-                .dns_answers,
-        );
-        let a = dns_msg(7, "www.dropbox.com", Some((INNOCENT, 300)));
-        answers.extend(
-            t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 0))
-                .dns_answers,
-        );
-        assert!(std::mem::take(&mut answers).is_empty());
-        assert_eq!(t.stats().dns_queries_pending, 0);
-    }
-
-    #[test]
-    fn dns_queries_expire_and_are_bounded() {
-        let mut answers = Vec::new();
-        let mut t = FlowTable::new(FlowTableLimits {
-            dns_answers_need_query: true,
-            max_pending_dns: 4,
-            dns_query_timeout: Duration::from_secs(5),
-            ..FlowTableLimits::default()
-        });
-        let q = dns_msg(7, "a.example", None);
-        answers.extend(
-            t.observe_payload(&live_dns(CLIENT, RESOLVER, Direction::Up, &q, 0))
-                .dns_answers,
-        );
-        let a = dns_msg(7, "a.example", Some((INNOCENT, 300)));
-        // Past the timeout: the answer is late, refused.
-        answers.extend(
-            t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 6))
-                .dns_answers,
-        );
-        assert!(std::mem::take(&mut answers).is_empty());
-        assert_eq!(t.stats().dns_answers_unmatched, 1);
-        // Ten queries from ten ports: only four wait, the oldest six were evicted.
-        for port in 0..10u16 {
-            let q = dns_msg(port, "b.example", None);
-            answers.extend(
-                t.observe_payload(&live_dns(
-                    (CLIENT.0, 50000 + port),
-                    RESOLVER,
-                    Direction::Up,
-                    &q,
-                    7,
-                ))
-                .dns_answers,
-            );
-        }
-        let st = t.stats();
-        assert_eq!(st.dns_queries_pending, 4);
-        assert_eq!(st.dns_queries_evicted, 6);
-        let a = dns_msg(9, "b.example", Some((INNOCENT, 300)));
-        answers.extend(
-            t.observe_payload(&live_dns(
-                RESOLVER,
-                (CLIENT.0, 50009),
-                Direction::Down,
-                &a,
-                7,
-            ))
-            .dns_answers,
-        );
-        assert_eq!(
-            std::mem::take(&mut answers).len(),
-            1,
-            "the newest query still matches"
-        );
-    }
-
-    #[test]
-    fn dns_over_tcp_answer_split_across_segments_matches_its_query() {
-        let mut answers = Vec::new();
-        let mut t = strict();
-        fn seg(
-            src: ([u8; 4], u16),
-            dst: ([u8; 4], u16),
-            direction: Direction,
-            tcp_seq: u32,
-            payload: &[u8],
-        ) -> PayloadObservation<'_> {
-            PayloadObservation {
-                flow: FlowTuple::of_packet(
-                    L4Proto::Tcp,
-                    (IpAddr::V4(Ipv4Addr::from(src.0)), src.1),
-                    (IpAddr::V4(Ipv4Addr::from(dst.0)), dst.1),
-                    direction,
-                ),
-                direction,
-                ts: ts(0),
-                tcp_seq,
-                tcp_flags: tcp_flags::ACK | tcp_flags::PSH,
-                payload,
-            }
-        }
-        let framed = |m: Vec<u8>| {
-            let mut v = (m.len() as u16).to_be_bytes().to_vec();
-            v.extend_from_slice(&m);
-            v
-        };
-        let q = framed(dns_msg(9, "www.dropbox.com", None));
-        answers.extend(
-            t.observe_payload(&seg(CLIENT, RESOLVER, Direction::Up, 1001, &q))
-                .dns_answers,
-        );
-        let a = framed(dns_msg(9, "www.dropbox.com", Some(([162, 125, 1, 1], 60))));
-        let (x, y) = a.split_at(20);
-        answers.extend(
-            t.observe_payload(&seg(RESOLVER, CLIENT, Direction::Down, 5001, x))
-                .dns_answers,
-        );
-        assert!(
-            std::mem::take(&mut answers).is_empty(),
-            "half an answer teaches nothing"
-        );
-        answers.extend(
-            t.observe_payload(&seg(RESOLVER, CLIENT, Direction::Down, 5021, y))
-                .dns_answers,
-        );
-        let got = std::mem::take(&mut answers);
-        assert_eq!(got.len(), 1, "{:?}", t.stats());
-        assert_eq!(got[0].ip, IpAddr::V4(Ipv4Addr::new(162, 125, 1, 1)));
-    }
-
-    #[test]
-    fn dns_ttl_is_capped() {
-        let mut answers = Vec::new();
-        let mut t = strict();
-        let q = dns_msg(7, "a.example", None);
-        answers.extend(
-            t.observe_payload(&live_dns(CLIENT, RESOLVER, Direction::Up, &q, 0))
-                .dns_answers,
-        );
-        let a = dns_msg(7, "a.example", Some((INNOCENT, 4_000_000_000)));
-        answers.extend(
-            t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 0))
-                .dns_answers,
-        );
-        let got = std::mem::take(&mut answers);
-        assert_eq!(got[0].ttl, Duration::from_secs(86_400));
-        assert_eq!(t.stats().dns_ttl_capped, 1);
-        let (_, _, expires) = t.dns_entries().next().unwrap();
-        assert_eq!(expires, ts(86_400));
-    }
-
-    /// A DNS response for `q` with one HTTPS record, with or without an ECH config whose
-    /// public_name is `public`.
-    fn https_response(q: &str, public: Option<&str>) -> Vec<u8> {
-        let mut m = vec![0, 1, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0];
-        for l in q.split('.') {
-            m.push(l.len() as u8);
-            m.extend_from_slice(l.as_bytes());
-        }
-        m.extend_from_slice(&[0, 0, 65, 0, 1]);
-        let mut rd = vec![0, 1, 0, 0, 1, 0, 3, 2, b'h', b'2'];
-        if let Some(pn) = public {
-            let mut cfg = vec![7, 0, 0x20, 0, 1, 0xaa, 0, 4, 0, 1, 0, 1, 0, pn.len() as u8];
-            cfg.extend_from_slice(pn.as_bytes());
-            cfg.extend_from_slice(&[0, 0]);
-            let mut one = vec![0xfe, 0x0d];
-            one.extend_from_slice(&(cfg.len() as u16).to_be_bytes());
-            one.extend_from_slice(&cfg);
-            let mut list = (one.len() as u16).to_be_bytes().to_vec();
-            list.extend_from_slice(&one);
-            rd.extend_from_slice(&[0, 5]);
-            rd.extend_from_slice(&(list.len() as u16).to_be_bytes());
-            rd.extend_from_slice(&list);
-        }
-        m.extend_from_slice(&[0xc0, 12, 0, 65, 0, 1, 0, 0, 1, 0]);
-        m.extend_from_slice(&(rd.len() as u16).to_be_bytes());
-        m.extend_from_slice(&rd);
-        m
-    }
-
-    #[test]
-    fn ech_grease_told_from_real_by_dns_https_records() {
-        let mut t = FlowTable::new(FlowTableLimits::default());
-        let (c, r) = ([10, 0, 0, 2], [10, 0, 0, 1]);
-        let a = https_response("secret.example", Some("public.example"));
-        let b = https_response("plain.example", None);
-        t.observe_packet(&pkt(r, 53, c, 3000, L4Proto::Udp, 0, 0, &a, 0));
-        t.observe_packet(&pkt(r, 53, c, 3001, L4Proto::Udp, 0, 0, &b, 0));
-        let cases = [
-            ("public.example", true, Some(false)),
-            ("plain.example", true, Some(true)),
-            ("other.example", true, None),
-            ("plain.example", false, None),
-        ];
-        for (i, (sni, ech, _)) in cases.iter().enumerate() {
-            let h = hello_with(sni, *ech);
-            t.observe_packet(&pkt(
-                c,
-                4000 + i as u16,
-                [1, 1, 1, 1],
-                443,
-                L4Proto::Tcp,
-                1,
-                tcp_flags::ACK,
-                &h,
-                1,
-            ));
-        }
-        for (i, (sni, _, want)) in cases.iter().enumerate() {
-            let (rec, meta) = t
-                .records_with_meta()
-                .find(|(r, _)| r.sport == 4000 + i as u16)
-                .expect("flow");
-            assert_eq!(rec.name.as_deref(), Some(*sni));
-            assert_eq!(meta.ech_grease, *want, "{sni}");
-        }
-    }
 
     #[test]
     fn buffer_budget_is_table_wide_and_released() {
@@ -1581,259 +910,5 @@ mod tests {
             (700, 5000, 3)
         );
         assert_eq!(r[0].last_seen, ts(3));
-    }
-
-    #[test]
-    fn naming_is_reported_once_and_meta_can_be_off() {
-        for keep_meta in [true, false] {
-            let mut t = FlowTable::new(FlowTableLimits {
-                meta: keep_meta,
-                ..FlowTableLimits::default()
-            });
-            let h = hello_with("once.example.org", true);
-            let (a, b) = h.split_at(40);
-            let mut named = Vec::new();
-            // The second segment names the flow; a retransmission of it does not again.
-            for (seq, part) in [(1u32, a), (41, b), (41, b)] {
-                let got = t.observe_payload(&PayloadObservation {
-                    flow: FlowTuple::of_packet(
-                        L4Proto::Tcp,
-                        (IpAddr::V4(Ipv4Addr::new(10, 1, 1, 1)), 40000),
-                        (IpAddr::V4(Ipv4Addr::new(192, 0, 2, 80)), 443),
-                        Direction::Up,
-                    ),
-                    direction: Direction::Up,
-                    ts: ts(0),
-                    tcp_seq: seq,
-                    tcp_flags: tcp_flags::ACK,
-                    payload: part,
-                });
-                named.push(got.named.map(|(n, src)| (n.to_string(), src)));
-            }
-            assert_eq!(
-                named,
-                [
-                    None,
-                    Some(("once.example.org".to_string(), NameSource::Sni)),
-                    None
-                ]
-            );
-            let (rec, meta) = t.records_with_meta().next().expect("one flow");
-            assert_eq!(rec.name.as_deref(), Some("once.example.org"));
-            // The hello carried an ECH extension: only kept meta tells.
-            assert_eq!(meta.ech, keep_meta, "meta kept: {keep_meta}");
-        }
-    }
-
-    #[test]
-    fn client_mac_follows_the_client_side() {
-        let mut t = FlowTable::new(FlowTableLimits::default());
-        let (user, server) = ([192, 168, 1, 9], [203, 0, 113, 5]);
-        // The server's packet comes first (a capture that starts mid-flow), then the user's
-        // SYN settles who the client is.
-        let mut p = pkt(
-            server,
-            443,
-            user,
-            50000,
-            L4Proto::Tcp,
-            7,
-            tcp_flags::ACK,
-            &[],
-            0,
-        );
-        p.src_mac = Some([2, 0, 0, 0, 0, 2]);
-        t.observe_packet(&p);
-        let mut p = pkt(
-            user,
-            50000,
-            server,
-            443,
-            L4Proto::Tcp,
-            1,
-            tcp_flags::SYN,
-            &[],
-            1,
-        );
-        p.src_mac = Some([2, 0, 0, 0, 0, 1]);
-        t.observe_packet(&p);
-        let r: Vec<FlowRecord> = t.records().collect();
-        assert_eq!(r.len(), 1);
-        assert_eq!(r[0].src, IpAddr::V4(Ipv4Addr::from(user)));
-        assert_eq!(r[0].src_mac, Some([2, 0, 0, 0, 0, 1]));
-    }
-
-    #[test]
-    fn http_host_and_idle_expiry() {
-        let mut t = FlowTable::new(FlowTableLimits {
-            idle_timeout: Duration::from_secs(10),
-            ..Default::default()
-        });
-        let req = b"GET /x HTTP/1.1\r\nHost: example.org\r\nUser-Agent: t\r\n\r\n";
-        t.observe_packet(&pkt(
-            [10, 0, 0, 2],
-            5555,
-            [1, 1, 1, 1],
-            80,
-            L4Proto::Tcp,
-            9,
-            tcp_flags::ACK,
-            req,
-            0,
-        ));
-        t.expire(ts(100));
-        let s = t.stats();
-        assert_eq!((s.flows, s.finished_flows, s.flows_expired), (0, 1, 1));
-        let r: Vec<FlowRecord> = t.records().collect();
-        assert_eq!(r[0].name.as_deref(), Some("example.org"));
-        assert_eq!(r[0].name_source, Some(NameSource::Http));
-        assert_eq!(t.drain_finished().len(), 1);
-        assert_eq!(t.records().count(), 0);
-    }
-
-    fn live(
-        proto: L4Proto,
-        direction: Direction,
-        tcp_seq: u32,
-        payload: &[u8],
-    ) -> PayloadObservation<'_> {
-        PayloadObservation {
-            flow: FlowTuple {
-                proto,
-                user_ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
-                user_port: 40000,
-                remote_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 80)),
-                remote_port: 443,
-            },
-            direction,
-            ts: ts(0),
-            tcp_seq,
-            tcp_flags: tcp_flags::ACK | tcp_flags::PSH,
-            payload,
-        }
-    }
-
-    #[test]
-    fn observed_a_later_host_on_a_named_connection() {
-        let mut t = FlowTable::new(FlowTableLimits::default());
-        let first = b"GET / HTTP/1.1\r\nHost: allowed.example\r\n\r\n";
-        let seen = t.observe_payload(&live(L4Proto::Tcp, Direction::Up, 1, first));
-        assert_eq!(
-            seen.named,
-            Some((Arc::from("allowed.example"), NameSource::Http))
-        );
-        assert_eq!(seen.later_http_host, None);
-        // The connection is kept alive and reused for another Host: the flow keeps its name,
-        // and the later head's Host is reported.
-        let later = b"GET /x HTTP/1.1\r\nHost: Blocked.Example:8080\r\n\r\n";
-        let seq = 1 + first.len() as u32;
-        let seen = t.observe_payload(&live(L4Proto::Tcp, Direction::Up, seq, later));
-        assert_eq!(seen.named, None);
-        assert_eq!(seen.later_http_host.as_deref(), Some("Blocked.Example"));
-        // Not a request head, or from the server: nothing.
-        let seen = t.observe_payload(&live(L4Proto::Tcp, Direction::Up, 999, b"\x16\x03\x01"));
-        assert_eq!(seen, Observed::default());
-        let answer = b"GET / HTTP/1.1\r\nHost: from.server\r\n\r\n";
-        let seen = t.observe_payload(&live(L4Proto::Tcp, Direction::Down, 5, answer));
-        assert_eq!(seen.later_http_host, None);
-    }
-
-    fn capture(name: &str) -> Vec<u8> {
-        let path = format!("{}/../wire/testdata/{name}", env!("CARGO_MANIFEST_DIR"));
-        std::fs::read(path).expect("capture present")
-    }
-
-    #[test]
-    fn observed_a_quic_flow_renamed_by_a_later_initial() {
-        let mut t = FlowTable::new(FlowTableLimits::default());
-        let decoy = capture("quic_draft29_initial.bin");
-        let real = capture("quic_v2_initial.bin");
-        let seen = t.observe_payload(&live(L4Proto::Udp, Direction::Up, 0, &decoy));
-        assert_eq!(seen.named, Some((Arc::from("localhost"), NameSource::Quic)));
-        assert_eq!(seen.quic_renamed, None);
-        // The real Initial names another server: reported, once; the flow keeps its name.
-        let seen = t.observe_payload(&live(L4Proto::Udp, Direction::Up, 0, &real));
-        assert_eq!(seen.named, None);
-        assert_eq!(seen.quic_renamed.as_deref(), Some("test"));
-        let seen = t.observe_payload(&live(L4Proto::Udp, Direction::Up, 0, &real));
-        assert_eq!(seen.quic_renamed, None);
-        assert_eq!(t.stats().quic_renamed, 1);
-        let user = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
-        let server = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 80));
-        assert_eq!(
-            t.own_name(&FlowTuple::new(L4Proto::Udp, (user, 40000), (server, 443))),
-            Some(("localhost", NameSource::Quic))
-        );
-    }
-
-    #[test]
-    fn observed_the_dns_answers_of_a_copy() {
-        let mut t = strict();
-        let q = dns_msg(7, "www.dropbox.com", None);
-        let seen = t.observe_payload(&live_dns(CLIENT, RESOLVER, Direction::Up, &q, 0));
-        assert_eq!(
-            seen.named,
-            Some((Arc::from("www.dropbox.com"), NameSource::Dns))
-        );
-        assert!(seen.dns_answers.is_empty());
-        let a = dns_msg(7, "www.dropbox.com", Some(([162, 125, 1, 1], 300)));
-        let seen = t.observe_payload(&live_dns(RESOLVER, CLIENT, Direction::Down, &a, 1));
-        assert_eq!(
-            seen.dns_answers,
-            [DnsAnswer {
-                client: IpAddr::V4(Ipv4Addr::from(CLIENT.0)),
-                name: "www.dropbox.com".into(),
-                ip: IpAddr::V4(Ipv4Addr::new(162, 125, 1, 1)),
-                ttl: Duration::from_secs(300),
-            }]
-        );
-        // A copy carries its own answers only: nothing is held for the next one.
-        let seen = t.observe_payload(&live_dns(CLIENT, RESOLVER, Direction::Up, &q, 2));
-        assert!(seen.dns_answers.is_empty());
-    }
-
-    #[test]
-    fn names_from_the_network_are_validated_at_ingestion() {
-        assert_eq!(clean_name("www.Example-1_a.com"), "www.Example-1_a.com");
-        assert_eq!(clean_name("2001:db8::1"), "2001:db8::1");
-        assert_eq!(clean_name("a\u{1b}[2J.com"), "a\\x1b\\x5b2J.com");
-        assert_eq!(clean_name("caf\u{e9}.com"), "caf\\xc3\\xa9.com");
-        assert_eq!(
-            clean_name("a\\x41"),
-            "a\\x5cx41",
-            "a backslash is escaped too"
-        );
-        let long = clean_name(&"a".repeat(300)).into_owned();
-        assert!(
-            long.len() <= MAX_NAME_LEN && long.ends_with("\\~"),
-            "{long}"
-        );
-        let long = clean_name(&"\u{e9}".repeat(300)).into_owned();
-        assert!(
-            long.len() <= MAX_NAME_LEN && long.ends_with("\\~"),
-            "{long}"
-        );
-        assert_eq!(clean_name(&"a".repeat(253)).len(), 253);
-
-        // Through the table: an SNI with an escape sequence and a multi-byte character.
-        let mut t = FlowTable::new(FlowTableLimits::default());
-        let sni = "x\u{1b}]0;owned\u{7}\u{e9}.example";
-        t.observe_packet(&pkt(
-            [10, 0, 0, 2],
-            50000,
-            [192, 0, 2, 1],
-            443,
-            L4Proto::Tcp,
-            1,
-            tcp_flags::ACK | tcp_flags::PSH,
-            &hello(sni),
-            0,
-        ));
-        let r: Vec<FlowRecord> = t.records().collect();
-        assert_eq!(
-            r[0].name.as_deref(),
-            Some("x\\x1b\\x5d0\\x3bowned\\x07\\xc3\\xa9.example")
-        );
-        assert_eq!(r[0].name_source, Some(NameSource::Sni));
     }
 }

@@ -63,6 +63,8 @@ impl Names {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::*;
+    use super::super::*;
     use super::*;
 
     #[test]
@@ -80,5 +82,50 @@ mod tests {
             names.set.contains("www.example.com"),
             "still held by a and b"
         );
+    }
+
+    #[test]
+    fn names_from_the_network_are_validated_at_ingestion() {
+        assert_eq!(clean_name("www.Example-1_a.com"), "www.Example-1_a.com");
+        assert_eq!(clean_name("2001:db8::1"), "2001:db8::1");
+        assert_eq!(clean_name("a\u{1b}[2J.com"), "a\\x1b\\x5b2J.com");
+        assert_eq!(clean_name("caf\u{e9}.com"), "caf\\xc3\\xa9.com");
+        assert_eq!(
+            clean_name("a\\x41"),
+            "a\\x5cx41",
+            "a backslash is escaped too"
+        );
+        let long = clean_name(&"a".repeat(300)).into_owned();
+        assert!(
+            long.len() <= MAX_NAME_LEN && long.ends_with("\\~"),
+            "{long}"
+        );
+        let long = clean_name(&"\u{e9}".repeat(300)).into_owned();
+        assert!(
+            long.len() <= MAX_NAME_LEN && long.ends_with("\\~"),
+            "{long}"
+        );
+        assert_eq!(clean_name(&"a".repeat(253)).len(), 253);
+
+        // Through the table: an SNI with an escape sequence and a multi-byte character.
+        let mut t = FlowTable::new(FlowTableLimits::default());
+        let sni = "x\u{1b}]0;owned\u{7}\u{e9}.example";
+        t.observe_packet(&pkt(
+            [10, 0, 0, 2],
+            50000,
+            [192, 0, 2, 1],
+            443,
+            L4Proto::Tcp,
+            1,
+            tcp_flags::ACK | tcp_flags::PSH,
+            &hello(sni),
+            0,
+        ));
+        let r: Vec<FlowRecord> = t.records().collect();
+        assert_eq!(
+            r[0].name.as_deref(),
+            Some("x\\x1b\\x5d0\\x3bowned\\x07\\xc3\\xa9.example")
+        );
+        assert_eq!(r[0].name_source, Some(NameSource::Sni));
     }
 }

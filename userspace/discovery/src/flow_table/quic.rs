@@ -118,7 +118,7 @@ impl FlowTable {
             }
         }
         if let Some(ch) = client_hello {
-            let grease = self.ech.grease(ch.sni.as_deref(), ch.ech.is_some());
+            let grease = self.dns.ech_grease(ch.sni.as_deref(), ch.ech.is_some());
             meta.set_hello(&ch, tls::Transport::Quic, grease, self.limits.fingerprints);
             found = ch.sni;
             if let Some(c) = insp.crypto.take() {
@@ -219,7 +219,10 @@ impl QuicRecheck {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::*;
+    use super::super::*;
     use super::*;
+    use std::net::Ipv4Addr;
 
     fn capture(name: &str) -> Vec<u8> {
         let path = format!("{}/../wire/testdata/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -273,5 +276,28 @@ mod tests {
         }
         assert!(r.flows.len() <= MAX_FLOWS);
         assert_eq!(r.forgotten, MAX_FLOWS as u64);
+    }
+
+    #[test]
+    fn observed_a_quic_flow_renamed_by_a_later_initial() {
+        let mut t = FlowTable::new(FlowTableLimits::default());
+        let decoy = capture("quic_draft29_initial.bin");
+        let real = capture("quic_v2_initial.bin");
+        let seen = t.observe_payload(&live(L4Proto::Udp, Direction::Up, 0, &decoy));
+        assert_eq!(seen.named, Some((Arc::from("localhost"), NameSource::Quic)));
+        assert_eq!(seen.quic_renamed, None);
+        // The real Initial names another server: reported, once; the flow keeps its name.
+        let seen = t.observe_payload(&live(L4Proto::Udp, Direction::Up, 0, &real));
+        assert_eq!(seen.named, None);
+        assert_eq!(seen.quic_renamed.as_deref(), Some("test"));
+        let seen = t.observe_payload(&live(L4Proto::Udp, Direction::Up, 0, &real));
+        assert_eq!(seen.quic_renamed, None);
+        assert_eq!(t.stats().quic_renamed, 1);
+        let user = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
+        let server = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 80));
+        assert_eq!(
+            t.own_name(&FlowTuple::new(L4Proto::Udp, (user, 40000), (server, 443))),
+            Some(("localhost", NameSource::Quic))
+        );
     }
 }

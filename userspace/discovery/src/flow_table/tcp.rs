@@ -59,7 +59,7 @@ impl FlowTable {
                     sender_is_client = Some(true);
                     if self.limits.meta {
                         let mut m = Meta::default();
-                        let grease = self.ech.grease(ch.sni.as_deref(), ch.ech.is_some());
+                        let grease = self.dns.ech_grease(ch.sni.as_deref(), ch.ech.is_some());
                         m.set_hello(&ch, tls::Transport::Tcp, grease, self.limits.fingerprints);
                         meta = Some(m);
                     }
@@ -161,5 +161,150 @@ impl FlowTable {
                 self.release(insp.as_deref());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn sni_split_over_segments_out_of_order_with_retransmit() {
+        let mut t = FlowTable::new(FlowTableLimits::default());
+        let c = [10, 0, 0, 2];
+        let s = [93, 184, 216, 34];
+        let h = hello("www.example.com");
+        t.observe_packet(&pkt(
+            s,
+            443,
+            c,
+            50000,
+            L4Proto::Tcp,
+            7000,
+            tcp_flags::SYN | tcp_flags::ACK,
+            &[],
+            0,
+        ));
+        t.observe_packet(&pkt(
+            c,
+            50000,
+            s,
+            443,
+            L4Proto::Tcp,
+            1000,
+            tcp_flags::SYN,
+            &[],
+            0,
+        ));
+        let (a, rest) = h.split_at(20);
+        let (b, d) = rest.split_at(30);
+        t.observe_packet(&pkt(
+            c,
+            50000,
+            s,
+            443,
+            L4Proto::Tcp,
+            1001 + 50,
+            tcp_flags::ACK,
+            d,
+            1,
+        ));
+        t.observe_packet(&pkt(
+            c,
+            50000,
+            s,
+            443,
+            L4Proto::Tcp,
+            1001,
+            tcp_flags::ACK,
+            a,
+            1,
+        ));
+        t.observe_packet(&pkt(
+            c,
+            50000,
+            s,
+            443,
+            L4Proto::Tcp,
+            1001,
+            tcp_flags::ACK,
+            a,
+            1,
+        ));
+        assert_eq!(t.records().next().and_then(|r| r.name), None);
+        t.observe_packet(&pkt(
+            c,
+            50000,
+            s,
+            443,
+            L4Proto::Tcp,
+            1021,
+            tcp_flags::ACK,
+            b,
+            2,
+        ));
+        let r: Vec<FlowRecord> = t.records().collect();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].name.as_deref(), Some("www.example.com"));
+        assert_eq!(r[0].name_source, Some(NameSource::Sni));
+        assert_eq!(r[0].src, IpAddr::V4(Ipv4Addr::from(c)));
+        assert_eq!(r[0].packets_up, 5);
+        assert_eq!(r[0].packets_down, 1);
+        assert_eq!(t.stats().names_by_source.get("sni"), Some(&1));
+    }
+
+    #[test]
+    fn http_host_and_idle_expiry() {
+        let mut t = FlowTable::new(FlowTableLimits {
+            idle_timeout: Duration::from_secs(10),
+            ..Default::default()
+        });
+        let req = b"GET /x HTTP/1.1\r\nHost: example.org\r\nUser-Agent: t\r\n\r\n";
+        t.observe_packet(&pkt(
+            [10, 0, 0, 2],
+            5555,
+            [1, 1, 1, 1],
+            80,
+            L4Proto::Tcp,
+            9,
+            tcp_flags::ACK,
+            req,
+            0,
+        ));
+        t.expire(ts(100));
+        let s = t.stats();
+        assert_eq!((s.flows, s.finished_flows, s.flows_expired), (0, 1, 1));
+        let r: Vec<FlowRecord> = t.records().collect();
+        assert_eq!(r[0].name.as_deref(), Some("example.org"));
+        assert_eq!(r[0].name_source, Some(NameSource::Http));
+        assert_eq!(t.drain_finished().len(), 1);
+        assert_eq!(t.records().count(), 0);
+    }
+
+    #[test]
+    fn observed_a_later_host_on_a_named_connection() {
+        let mut t = FlowTable::new(FlowTableLimits::default());
+        let first = b"GET / HTTP/1.1\r\nHost: allowed.example\r\n\r\n";
+        let seen = t.observe_payload(&live(L4Proto::Tcp, Direction::Up, 1, first));
+        assert_eq!(
+            seen.named,
+            Some((Arc::from("allowed.example"), NameSource::Http))
+        );
+        assert_eq!(seen.later_http_host, None);
+        // The connection is kept alive and reused for another Host: the flow keeps its name,
+        // and the later head's Host is reported.
+        let later = b"GET /x HTTP/1.1\r\nHost: Blocked.Example:8080\r\n\r\n";
+        let seq = 1 + first.len() as u32;
+        let seen = t.observe_payload(&live(L4Proto::Tcp, Direction::Up, seq, later));
+        assert_eq!(seen.named, None);
+        assert_eq!(seen.later_http_host.as_deref(), Some("Blocked.Example"));
+        // Not a request head, or from the server: nothing.
+        let seen = t.observe_payload(&live(L4Proto::Tcp, Direction::Up, 999, b"\x16\x03\x01"));
+        assert_eq!(seen, Observed::default());
+        let answer = b"GET / HTTP/1.1\r\nHost: from.server\r\n\r\n";
+        let seen = t.observe_payload(&live(L4Proto::Tcp, Direction::Down, 5, answer));
+        assert_eq!(seen.later_http_host, None);
     }
 }
