@@ -241,12 +241,17 @@ impl Hub {
 
     /// The fleet-wide flows the hub stored for an app.
     fn app_flows(&self, app: &str) -> u64 {
+        self.app_count(app, "flows")
+    }
+
+    /// A fleet-wide count (`flows`, `blocked_flows`) the hub stored for an app.
+    fn app_count(&self, app: &str, field: &str) -> u64 {
         let v = self.json(&["apps"]);
         v.as_array()
             .into_iter()
             .flatten()
             .find(|a| a["app_id"] == app || a["id"] == app)
-            .and_then(|a| a["flows"].as_u64())
+            .and_then(|a| a[field].as_u64())
             .unwrap_or(0)
     }
 }
@@ -378,6 +383,23 @@ fn a_published_bundle_blocks_on_the_gateway_within_5s() {
         let st = daemon.query("status").expect("status");
         assert_eq!(st["hub"]["bundle_revision"], revision, "{st:#}");
 
+        // The blocked tries reach the hub as blocked flows of the app (uploads every 2 s).
+        let blocked_flows = wait_for(Duration::from_secs(15), || {
+            let n = hub.app_count("dropbox", "blocked_flows");
+            (n >= 1).then_some(n)
+        });
+        assert!(
+            blocked_flows.is_some(),
+            "[{}] no blocked dropbox flow reached the hub: {:#}",
+            store.name(),
+            hub.json(&["apps"])
+        );
+        assert!(
+            blocked_flows.unwrap_or(0) <= hub.app_flows("dropbox"),
+            "more blocked flows than flows: {:#}",
+            hub.json(&["apps"])
+        );
+
         // The hub sees the applied revision.
         let seen = wait_for(Duration::from_secs(10), || {
             let gws = hub.json(&["gateways"]);
@@ -385,6 +407,39 @@ fn a_published_bundle_blocks_on_the_gateway_within_5s() {
             (gw["applied_revision"] == revision).then_some(gw)
         });
         assert!(seen.is_some(), "{:#}", hub.json(&["gateways"]));
+
+        // A bundle that brings a custom app (a catalog addition) and tags it: applied live,
+        // no restart, while the first bundle's block stays.
+        assert!(
+            curl_ok(&topo, "files.acme-intranet.example"),
+            "the custom app's host before the bundle"
+        );
+        let revision = hub.publish(
+            &topo,
+            "[apps.dropbox]\ntag = \"unsanctioned\"\n\n\
+             [apps.acme-files]\ntag = \"unsanctioned\"\n\n\
+             [[custom_apps]]\nid = \"acme-files\"\nname = \"Acme Files\"\n\
+             category = \"Cloud storage\"\ndomains = [\"*.acme-intranet.example\"]\n",
+            Some("paris"),
+        );
+        let t = Instant::now();
+        let blocked = wait_for(Duration::from_secs(5), || {
+            (!curl_ok(&topo, "files.acme-intranet.example")).then_some(())
+        });
+        assert!(
+            blocked.is_some(),
+            "[{}] the bundle's custom app still works 5 s after the publish: {}",
+            store.name(),
+            topo.log(&daemon.log)
+        );
+        eprintln!(
+            "[{}] publish of a custom app to block: {:?}",
+            store.name(),
+            t.elapsed()
+        );
+        assert!(!curl_ok(&topo, "www.dropbox.com"), "dropbox came back");
+        let st = daemon.query("status").expect("status");
+        assert_eq!(st["hub"]["bundle_revision"], revision, "{st:#}");
 
         // A restart keeps the bundle (verified again from disk) before the hub answers.
         hub.kill9(&mut topo);
@@ -400,6 +455,10 @@ fn a_published_bundle_blocks_on_the_gateway_within_5s() {
         assert!(
             !curl_ok(&topo, "www.dropbox.com"),
             "the applied bundle was lost in a restart"
+        );
+        assert!(
+            !curl_ok(&topo, "files.acme-intranet.example"),
+            "the bundle's custom app was lost in a restart"
         );
         daemon.stop();
     }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tollgate_catalog::Catalog;
 
 use crate::aggregate::base_domain;
-use crate::record::{FlowRecord, L4Proto};
+use crate::record::{FlowRecord, FlowTuple, L4Proto};
 use crate::users::Users;
 
 /// The most distinct (app, user, device) rows and unknown domains in one interval; more are
@@ -36,6 +36,8 @@ pub struct AppUsageRow {
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub flows: u64,
+    /// Of `flows`, those the gateway blocked ([`IntervalMeter::flow_blocked`]).
+    pub blocked_flows: u64,
 }
 
 /// Traffic to a registrable domain no catalog app claims.
@@ -138,6 +140,8 @@ pub struct IntervalMeter {
     reported: HashMap<FlowId, (u64, u64)>,
     /// Flows that left the table, with what they reported and when they were last seen.
     gone: HashMap<FlowId, (u64, u64, i64)>,
+    /// Flows the gateway blocked that the meter has not counted yet, and when (Unix s).
+    blocked: HashMap<FlowTuple, i64>,
     pending: Pending,
 }
 
@@ -147,6 +151,7 @@ impl IntervalMeter {
             start,
             reported: HashMap::new(),
             gone: HashMap::new(),
+            blocked: HashMap::new(),
             pending: Pending::default(),
         }
     }
@@ -165,6 +170,7 @@ impl IntervalMeter {
                 .into_iter()
                 .map(|(id, up, down, seen)| (id, (up, down, seen)))
                 .collect(),
+            blocked: HashMap::new(),
             pending: Pending::default(),
         }
     }
@@ -184,6 +190,16 @@ impl IntervalMeter {
                 .iter()
                 .map(|(id, (up, down, seen))| (*id, *up, *down, *seen))
                 .collect(),
+        }
+    }
+
+    /// The gateway blocked `flow` at `at`: when the meter first counts it, it counts as a
+    /// blocked flow of its app. Marks wait at most [`GONE_HORIZON_SECS`]; past [`MAX_GONE`]
+    /// waiting, new marks are not kept. Marks are not checkpointed: a block just before a
+    /// daemon restart may go uncounted (its flow is still counted).
+    pub fn flow_blocked(&mut self, flow: FlowTuple, at: DateTime<Utc>) {
+        if self.blocked.len() < MAX_GONE || self.blocked.contains_key(&flow) {
+            self.blocked.insert(flow, at.timestamp());
         }
     }
 
@@ -233,6 +249,7 @@ impl IntervalMeter {
         self.reported = still_live;
         let horizon = now.timestamp() - GONE_HORIZON_SECS;
         self.gone.retain(|_, (_, _, seen)| *seen >= horizon);
+        self.blocked.retain(|_, at| *at >= horizon);
         if self.gone.len() > MAX_GONE {
             let mut seen: Vec<i64> = self.gone.values().map(|(_, _, s)| *s).collect();
             let cut = seen.len() - MAX_GONE;
@@ -270,6 +287,7 @@ impl IntervalMeter {
         if up == 0 && down == 0 && new_flow == 0 {
             return;
         }
+        let blocked = u64::from(new_flow == 1 && self.blocked.remove(&rec.tuple()).is_some());
         let who = users.resolve(rec);
         if who.excluded {
             return;
@@ -301,6 +319,7 @@ impl IntervalMeter {
             row.bytes_up = row.bytes_up.saturating_add(up);
             row.bytes_down = row.bytes_down.saturating_add(down);
             row.flows += new_flow;
+            row.blocked_flows += blocked;
         } else if let Some(name) = name {
             let mut domain = base_domain(name).to_ascii_lowercase();
             if full && !pending.domains.contains_key(&domain) {
@@ -568,5 +587,47 @@ mod tests {
                 flows: 2
             }]
         );
+    }
+
+    #[test]
+    fn a_blocked_flow_counts_once_as_blocked_in_the_interval_it_first_appears_in() {
+        let catalog = Catalog::builtin().unwrap();
+        let users = Users::default();
+        let t0 = Utc::now();
+        let mut meter = IntervalMeter::new(t0);
+        let blocked = flow(1000, "www.dropbox.com", 100, 0, t0);
+        let allowed = flow(1001, "www.dropbox.com", 100, 1000, t0);
+        meter.flow_blocked(blocked.tuple(), t0);
+        // A mark for a flow the meter never sees is forgotten after the horizon.
+        meter.flow_blocked(flow(2000, "www.dropbox.com", 0, 0, t0).tuple(), t0);
+        let first = meter.take(
+            [blocked.clone(), allowed.clone()].into_iter(),
+            t0 + TimeDelta::seconds(60),
+            &catalog,
+            &users,
+        );
+        assert_eq!(
+            (first.apps[0].flows, first.apps[0].blocked_flows),
+            (2, 1),
+            "{first:?}"
+        );
+        // Still live and growing: not a new flow, not blocked again.
+        let mut grown = blocked.clone();
+        grown.bytes_up = 200;
+        let second = meter.take(
+            [grown, allowed].into_iter(),
+            t0 + TimeDelta::seconds(120),
+            &catalog,
+            &users,
+        );
+        assert_eq!((second.apps[0].flows, second.apps[0].blocked_flows), (0, 0));
+        assert_eq!(meter.blocked.len(), 1);
+        meter.take(
+            std::iter::empty(),
+            t0 + TimeDelta::seconds(GONE_HORIZON_SECS + 1),
+            &catalog,
+            &users,
+        );
+        assert!(meter.blocked.is_empty());
     }
 }

@@ -11,6 +11,11 @@
 //! 3. uploads `--records M` discovery records in batches of `--batch B` from `--uploaders U`
 //!    concurrent connections and prints records/s stored (acknowledged after commit).
 //!
+//! Each figure comes with a baseline measured in the same run, printed as a ratio: the
+//! publish p99 against one gateway alone (step 0, before the held polls), the ingest rate
+//! against the database alone storing the same rows in the same batches (step 4, after the
+//! hub stopped).
+//!
 //! `cargo build --release -p tollgate-hub --example load`, then
 //! `target/release/examples/load --gateways 10000 --records 200000 [--database postgres://...]`.
 
@@ -131,6 +136,45 @@ async fn main() -> anyhow::Result<()> {
         )
     };
 
+    let policy = dir.path().join("policy.toml");
+    // 0. Baseline, same run: one gateway alone, publish -> applied-acknowledged.
+    let baseline_publish = {
+        let client = make()?;
+        let started: Arc<std::sync::OnceLock<Instant>> = Arc::new(std::sync::OnceLock::new());
+        let waiter = {
+            let started = Arc::clone(&started);
+            tokio::spawn(async move {
+                let req = PollRequest {
+                    applied_revision: 0,
+                    wait_secs: 30,
+                    health: Health::default(),
+                };
+                loop {
+                    if let PollResponse::Bundle(b) = client.poll(&req).await? {
+                        let bundle = b
+                            .verify(&enrolled_key(&client), 0, "load")
+                            .map_err(|e| anyhow::anyhow!("{e}"))?;
+                        client
+                            .report(&BundleReport {
+                                revision: bundle.revision,
+                                outcome: BundleOutcome::Applied,
+                            })
+                            .await?;
+                        return Ok::<_, anyhow::Error>(
+                            started.get().map(|t| t.elapsed()).unwrap_or_default(),
+                        );
+                    }
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        std::fs::write(&policy, "[apps.slack]\ntag = \"unsanctioned\"\n")?;
+        let _ = started.set(Instant::now());
+        cli(&["publish", policy.to_str().unwrap_or_default()])?;
+        waiter.await??
+    };
+    println!("baseline: publish -> applied-acknowledged, 1 gateway: {baseline_publish:?}");
+
     // 1. Held polls.
     let rss_before = rss_kib(hub.id());
     let published_at: Arc<std::sync::OnceLock<Instant>> = Arc::new(std::sync::OnceLock::new());
@@ -144,7 +188,7 @@ async fn main() -> anyhow::Result<()> {
         let published_at = Arc::clone(&published_at);
         tokio::spawn(async move {
             let req = PollRequest {
-                applied_revision: 0,
+                applied_revision: 1,
                 wait_secs: 30,
                 health: Health::default(),
             };
@@ -152,7 +196,7 @@ async fn main() -> anyhow::Result<()> {
                 loop {
                     match client.poll(&req).await? {
                         PollResponse::Bundle(b) => {
-                            let Ok(bundle) = b.verify(&enrolled_key(&client), 0, "load") else {
+                            let Ok(bundle) = b.verify(&enrolled_key(&client), 1, "load") else {
                                 return Ok(None);
                             };
                             let revision = bundle.revision;
@@ -186,7 +230,6 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // 2. Publish -> every gateway has it and the hub acknowledged its report.
-    let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, "[apps.dropbox]\ntag = \"unsanctioned\"\n")?;
     let _ = published_at.set(Instant::now());
     cli(&["publish", policy.to_str().unwrap_or_default()])?;
@@ -213,6 +256,11 @@ async fn main() -> anyhow::Result<()> {
         first_error
             .map(|e| format!(" (first: {e})"))
             .unwrap_or_default()
+    );
+    println!(
+        "publish p99 at {} gateways / 1 gateway alone: {:.2}x",
+        times.len(),
+        percentile(&times, 0.99).as_secs_f64() / baseline_publish.as_secs_f64().max(1e-6)
     );
 
     // 3. Ingest.
@@ -260,19 +308,117 @@ async fn main() -> anyhow::Result<()> {
     }
     let secs = started.elapsed().as_secs_f64();
     let total = per * uploaders;
+    let hub_rate = total as f64 / secs;
+    let postgres = database.starts_with("postgres");
     println!(
-        "ingest: {total} records (1 app row each) in {secs:.2} s = {:.0} records/s ({} uploaders, batches of {batch_size}; database {})",
-        total as f64 / secs,
+        "ingest: {total} records (1 app row each) in {secs:.2} s = {hub_rate:.0} records/s ({} uploaders, batches of {batch_size}; database {})",
         uploaders,
-        if database.starts_with("postgres") {
-            "PostgreSQL"
-        } else {
-            "SQLite"
-        }
+        if postgres { "PostgreSQL" } else { "SQLite" }
     );
     let _ = hub.kill();
     let _ = hub.wait();
+
+    // 4. Baseline, same run: the database alone, the same rows in the same batches from as
+    // many connections, one transaction per batch, no TLS, no hub.
+    let baseline_url = if postgres {
+        database.clone()
+    } else {
+        format!("sqlite://{}/baseline.db?mode=rwc", dir.path().display())
+    };
+    let db_rate = database_alone(&baseline_url, postgres, total, batch_size, uploaders).await?;
+    println!(
+        "baseline: the database alone stores {db_rate:.0} rows/s; hub ingest / database alone: {:.2}x",
+        hub_rate / db_rate.max(1e-6)
+    );
     Ok(())
+}
+
+/// Rows/s the database stores when written directly: the discovery table's shape, multi-row
+/// inserts of `batch` rows, each batch its own transaction, `writers` connections at once.
+async fn database_alone(
+    url: &str,
+    postgres: bool,
+    total: u64,
+    batch: u64,
+    writers: u64,
+) -> anyhow::Result<f64> {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(u32::try_from(writers.max(1)).unwrap_or(1))
+        .connect(url)
+        .await?;
+    if !postgres {
+        sqlx::query("PRAGMA journal_mode=WAL")
+            .execute(&pool)
+            .await?;
+    }
+    sqlx::query("DROP TABLE IF EXISTS load_baseline")
+        .execute(&pool)
+        .await?;
+    sqlx::query(
+        "CREATE TABLE load_baseline (gateway_id BIGINT NOT NULL, seq BIGINT NOT NULL, \
+         app_id TEXT NOT NULL, user_name TEXT NOT NULL, device TEXT NOT NULL, \
+         bytes_up BIGINT NOT NULL, bytes_down BIGINT NOT NULL, flows BIGINT NOT NULL, \
+         PRIMARY KEY (gateway_id, seq))",
+    )
+    .execute(&pool)
+    .await?;
+    let per = total / writers.max(1);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let pool = pool.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seq = 0u64;
+            while seq < per {
+                let n = batch.min(per - seq);
+                let mut sql = String::from(
+                    "INSERT INTO load_baseline (gateway_id, seq, app_id, user_name, device, \
+                     bytes_up, bytes_down, flows) VALUES ",
+                );
+                for i in 0..n {
+                    if i > 0 {
+                        sql.push(',');
+                    }
+                    if postgres {
+                        let b = i * 4;
+                        sql.push_str(&format!(
+                            "(${}, ${}, 'dropbox', ${}, '10.0.0.2', 100, 1000, ${})",
+                            b + 1,
+                            b + 2,
+                            b + 3,
+                            b + 4
+                        ));
+                    } else {
+                        sql.push_str("(?, ?, 'dropbox', ?, '10.0.0.2', 100, 1000, ?)");
+                    }
+                }
+                sql.push_str(" ON CONFLICT DO NOTHING");
+                let mut q = sqlx::query(&sql);
+                for i in 0..n {
+                    let s = i64::try_from(seq + i).unwrap_or(i64::MAX);
+                    q = q
+                        .bind(i64::try_from(w).unwrap_or(0))
+                        .bind(s)
+                        .bind(format!("user{}", s % 100))
+                        .bind(1i64);
+                }
+                let mut tx = pool.begin().await?;
+                q.execute(&mut *tx).await?;
+                tx.commit().await?;
+                seq += n;
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let rate = (per * writers) as f64 / started.elapsed().as_secs_f64();
+    let _ = sqlx::query("DROP TABLE IF EXISTS load_baseline")
+        .execute(&pool)
+        .await;
+    Ok(rate)
 }
 
 /// The bundle key is not kept by the client; the load test checks signatures with the key

@@ -73,6 +73,23 @@ impl AppNumbers {
     pub fn of(&self, app: &str) -> u32 {
         self.numbers.get(app).copied().unwrap_or(0)
     }
+
+    /// Numbers the apps of a new catalog that have none yet, after the highest number given,
+    /// in id order. Apps keep their numbers (the kernel's verdicts already carry them); the
+    /// number of an app gone from the catalog is not reused.
+    pub fn extend(&mut self, catalog: &Catalog) {
+        let mut next = self.numbers.values().copied().max().unwrap_or(0);
+        let mut new: Vec<&str> = catalog
+            .apps()
+            .map(|a| a.id.as_str())
+            .filter(|id| !self.numbers.contains_key(*id))
+            .collect();
+        new.sort_unstable();
+        for id in new {
+            next = next.saturating_add(1);
+            self.numbers.insert(id.to_string(), next);
+        }
+    }
 }
 
 /// The settings of `[enforcement]` that shape the plan.
@@ -416,5 +433,32 @@ domains = ["*.acme-box.example"]"#,
         assert_eq!(d.names_removed.len(), 2);
         assert_eq!(d.ranges_removed.len(), 1);
         assert!(d.names_set.is_empty());
+    }
+
+    #[test]
+    fn apps_keep_their_numbers_when_the_catalog_grows() {
+        let small = Catalog::from_config(&Default::default(), &[]).expect("shipped catalog");
+        let mut numbers = AppNumbers::new(&small);
+        let before: Vec<(String, u32)> = small
+            .apps()
+            .map(|a| (a.id.clone(), numbers.of(&a.id)))
+            .collect();
+        let highest = before.iter().map(|(_, n)| *n).max().unwrap_or(0);
+        let grown = catalog();
+        numbers.extend(&grown);
+        for (id, n) in &before {
+            assert_eq!(numbers.of(id), *n, "{id} kept its number");
+        }
+        // The new apps, in id order, after the highest number: a verdict the kernel holds
+        // never changes meaning.
+        assert_eq!(numbers.of("acme-box"), highest + 1);
+        assert_eq!(numbers.of("acme-drive"), highest + 2);
+        assert_eq!(numbers.of("acme-paper"), highest + 3);
+        numbers.extend(&grown);
+        assert_eq!(
+            numbers.of("acme-paper"),
+            highest + 3,
+            "extending again changes nothing"
+        );
     }
 }

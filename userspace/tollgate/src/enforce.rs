@@ -366,6 +366,12 @@ impl Enforcer {
         }
     }
 
+    /// A new catalog (custom apps or catalog settings changed by a reload or a bundle): its
+    /// new apps get numbers; the next [`Enforcer::sync`] writes the verdicts it implies.
+    pub fn set_catalog(&mut self, catalog: &Catalog) {
+        self.numbers.extend(catalog);
+    }
+
     /// The gateway's own addresses (read again by the daemon on reload): never learned.
     pub fn set_own_addresses(&mut self, own: impl IntoIterator<Item = IpAddr>) {
         self.protected.set_own(own);

@@ -123,6 +123,8 @@ pub struct SessionControl {
     route: PolicyRoute,
     apps: HashSet<String>,
     apps_tx: watch::Sender<HashSet<String>>,
+    /// The catalog the proxy names apps by; replaced when a reload or bundle changes it.
+    catalog_tx: watch::Sender<Arc<Catalog>>,
     /// Addresses in the kernel's steer tries, and when they were last written (entries
     /// expire after `timeout`).
     steered: HashMap<IpAddr, Instant>,
@@ -155,9 +157,9 @@ impl SessionControl {
             session_policies: cfg.session_policies.clone(),
             access_policies: cfg.access_policies.clone(),
         };
-        let lookup_catalog = catalog.clone();
+        let (catalog_tx, catalog_rx) = watch::channel(catalog);
         let lookup: tollgate_proxy::AppLookup = Arc::new(move |name: &str| {
-            lookup_catalog.classify_name(name).map(|m| AppInfo {
+            catalog_rx.borrow().classify_name(name).map(|m| AppInfo {
                 id: m.app.id.clone(),
                 category: Some(m.app.category.clone()),
             })
@@ -204,6 +206,7 @@ impl SessionControl {
             route,
             apps,
             apps_tx,
+            catalog_tx,
             steered: HashMap::new(),
             timeout: Duration::from_secs(cfg.enforcement.steer_timeout_secs.max(1)),
             adds: HashMap::new(),
@@ -223,6 +226,11 @@ impl SessionControl {
         self.protected = protected;
         self.protected.set_own(own_addresses());
         self.own_read = Instant::now();
+    }
+
+    /// A new catalog for the proxy's naming of apps (its next lookups use it).
+    pub fn set_catalog(&self, catalog: Arc<Catalog>) {
+        self.catalog_tx.send_replace(catalog);
     }
 
     /// The app under session control that `name` belongs to, if any.

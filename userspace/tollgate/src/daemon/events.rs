@@ -92,6 +92,9 @@ impl Core {
         ) {
             Ok(Some((app, Decision::Block))) => {
                 tracing::info!(app, name = %name, by = ?source, user = %ev.flow.user_ip, "blocked");
+                if let Some(m) = &mut self.meter {
+                    m.flow_blocked(ev.flow, Utc::now());
+                }
                 // Plain HTTP: the kernel reset the server side; tell the user why.
                 if ev.kind == PayloadKind::Http
                     && ev.direction == Direction::Up

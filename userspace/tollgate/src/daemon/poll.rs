@@ -146,7 +146,7 @@ impl Core {
                         bytes_up: r.bytes_up,
                         bytes_down: r.bytes_down,
                         flows: r.flows,
-                        blocked_flows: 0,
+                        blocked_flows: r.blocked_flows,
                     })
                     .collect(),
                 unknown_domains: usage

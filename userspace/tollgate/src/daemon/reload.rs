@@ -1,6 +1,8 @@
 //! SIGHUP and central bundles: the config read again (with the applied bundle laid over it)
 //! and what can change without a restart applied.
 
+use std::sync::Arc;
+
 use tollgate_policy::TagBook;
 use tollgate_sync::bundle::Bundle;
 
@@ -20,7 +22,7 @@ impl Core {
         let bundle = self.bundle.clone();
         match self.apply_policy(bundle.as_ref()) {
             Ok(needs_restart) => crate::outln!(
-                "tollgate: reloaded {} (tags, tag rules, session, access and activity policies, alert sinks){}",
+                "tollgate: reloaded {} (tags, tag rules, custom apps, catalog, session, access and activity policies, alert sinks){}",
                 path.display(),
                 restart_note(&needs_restart)
             ),
@@ -61,8 +63,12 @@ impl Core {
                 .map_err(|e| e.to_string())?,
             None => local,
         };
+        // The catalog is built again from the new config (custom apps, `[catalog]` weights,
+        // risk overrides): cheap next to a reload, and one path for every change to it.
+        let catalog = crate::commands::load_catalog(&new, self.config_path.as_deref())
+            .map_err(|e| e.to_string())?;
         let tags = TagBook::new(
-            &self.catalog,
+            &catalog,
             &new.apps,
             new.tag_rules.clone(),
             self.live_tags.clone(),
@@ -77,8 +83,6 @@ impl Core {
         let needs_restart: Vec<&'static str> = [
             ("mode", new.mode != self.cfg.mode),
             ("interfaces", new.interfaces != self.cfg.interfaces),
-            ("custom_apps", new.custom_apps != self.cfg.custom_apps),
-            ("catalog", new.catalog != self.cfg.catalog),
             ("enforcement", new.enforcement != self.cfg.enforcement),
             ("proxy", new.proxy != self.cfg.proxy),
             ("hub", new.hub != self.cfg.hub),
@@ -91,6 +95,15 @@ impl Core {
         .into_iter()
         .filter_map(|(what, changed)| changed.then_some(what))
         .collect();
+        if new.custom_apps != self.cfg.custom_apps || new.catalog != self.cfg.catalog {
+            tracing::info!(apps = catalog.len(), "catalog changed");
+        }
+        let catalog = Arc::new(catalog);
+        self.enforcer.set_catalog(&catalog);
+        if let Some(s) = &self.session {
+            s.set_catalog(catalog.clone());
+        }
+        self.catalog = catalog;
         self.tags = tags;
         self.enforcer
             .set_own_addresses(crate::session::own_addresses());
@@ -98,6 +111,8 @@ impl Core {
             self.enforcer
                 .set_session_apps(crate::session::session_apps(&new));
         }
+        self.cfg.custom_apps = new.custom_apps;
+        self.cfg.catalog = new.catalog;
         self.cfg.apps = new.apps;
         self.cfg.tag_rules = new.tag_rules;
         self.cfg.session_policies = new.session_policies;
