@@ -12,6 +12,8 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result, bail};
 
+mod package;
+
 /// The nightly that builds the eBPF probes. bpf-linker is linked against this nightly's
 /// libLLVM, so changing it means rebuilding bpf-linker (setup does it: the stamp differs).
 const NIGHTLY: &str = "nightly-2026-05-20";
@@ -86,16 +88,21 @@ fn real_main() -> Result<()> {
         "run" => run(&rest),
         "test" => test(&rest),
         "bench" => bench(&rest),
+        "package" => {
+            setup(false)?;
+            package::package()
+        }
         "with-postgres" => with_postgres(&rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|build|run|test|bench> [args]\n\
+                "usage: cargo xtask <setup|build|run|test|bench|package> [args]\n\
                  \n  setup   install toolchain, bpf-linker and test packages (idempotent)\
                  \n  build   release build of the tollgate binary (with the embedded eBPF object)\
                  \n  run     setup, build and run `tollgate run` on the embedded default config\
                  \n          (extra args go to `tollgate`, e.g. `cargo xtask run -- --config F`)\
                  \n  test    setup and run every test (root-only tests skip when not root)\
                  \n  bench   run the benchmarks that print ratios\
+                 \n  package build the .deb packages of tollgate and tollgate-hub (target/debian)\
                  \n  with-postgres -- CMD...  run CMD with a throwaway PostgreSQL cluster in\
                  \n          TOLLGATE_TEST_POSTGRES (e.g. `-- cargo test -p tollgate-hub`)"
             );
@@ -413,8 +420,10 @@ fn test(args: &[String]) -> Result<()> {
     if !is_root() {
         eprintln!("test: not root: tests that need root (kernel programs, namespaces) will skip");
     }
-    // Build the release binary first: the end-to-end tests drive it as a real user would.
+    // Build the release binaries and their packages first: the end-to-end tests drive them as
+    // a real user would, and install the packages.
     build_release()?;
+    package::package()?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--no-fail-fast"])
         .args(args);

@@ -147,6 +147,10 @@ pub async fn run(config: Config, db: Db, keys: Keys, admin_token: String) -> any
         "tollgate-hub: listening on https://{local} (database {})",
         crate::db::redact(&state.config.database)
     );
+    // Listening: ready for systemd (`Type=notify`); nothing happens without NOTIFY_SOCKET.
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!("telling systemd the hub is ready: {e}");
+    }
     if let Some(addr) = state.config.metrics_listen {
         let metrics = tokio::net::TcpListener::bind(addr)
             .await

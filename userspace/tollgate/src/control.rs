@@ -126,6 +126,11 @@ pub trait Handler: Send + Sync + 'static {
 /// symlink) is an error and is left alone.
 pub async fn serve<H: Handler>(path: &Path, handler: Arc<H>) -> Result<()> {
     let listener = bind(path).await?;
+    // The control socket is the last thing the daemon starts: it is ready now. Under systemd
+    // (`Type=notify`) this ends the start; elsewhere NOTIFY_SOCKET is unset and it does nothing.
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!("telling systemd the daemon is ready: {e}");
+    }
     let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
     loop {
         let (stream, _) = match listener.accept().await {
