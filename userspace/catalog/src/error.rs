@@ -105,6 +105,16 @@ pub enum CatalogError {
         score: f64,
     },
 
+    /// `[catalog] prior_score` / `prior_weight` out of range or not a number.
+    #[error("[catalog]: `{key}` = {value} is out of range ({range})")]
+    BadPrior {
+        /// `prior_score` or `prior_weight`.
+        key: &'static str,
+        /// The value given.
+        value: f64,
+        /// The allowed range.
+        range: &'static str,
+    },
     /// `[catalog.weights.properties]` names a property that does not exist.
     #[error("[catalog.weights.properties]: unknown property `{key}` (known: {})", crate::model::Property::ALL.iter().map(|p| p.key()).collect::<Vec<_>>().join(", "))]
     UnknownProperty {

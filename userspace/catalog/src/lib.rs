@@ -37,18 +37,24 @@
 //! # Risk score
 //!
 //! 0–10, 10 the most trustworthy (Defender for Cloud Apps' convention). Each known property
-//! scores 0–10 ([`Property::score`] documents the rules), properties are averaged within their
-//! group by weight, groups are averaged by weight. Importance → weight: ignored 0, low 1,
-//! medium 2, high 4, very high 8. Unknown values are left out (the known ones carry the group)
-//! unless `missing_is_worst`, which scores them 0. An app with nothing known has no score
-//! (`None`, level `unknown`) unless overridden. Bands ([`RiskLevel`]): below 4 high risk,
-//! 4 to below 8 medium, 8 and up low.
+//! scores 0–10 ([`Property::score`] documents the rules) and weighs its share of the whole:
+//! group weight over the sum of group weights, times property weight over its group's sum.
+//! Importance → weight: ignored 0, low 1, medium 2, high 4, very high 8. A fact that is not
+//! known lowers the **confidence** (the share of the weight that rests on known facts, 0–1)
+//! and leaves the score closer to a prior: `score = (c·R + k·P) / (c + k)` with `c` the
+//! confidence, `R` the weighted mean of the known facts, `P` = `prior_score` (5, the middle)
+//! and `k` = `prior_weight` (0.1). An app with nothing known scores 5.0 with confidence 0;
+//! an admin's override has confidence 1. `missing_is_worst` counts unknown facts as 0 at full
+//! weight instead. [`score`] has the details and worked numbers. Bands ([`RiskLevel`]): below
+//! 4 high risk, 4 to below 8 medium, 8 and up low.
 //!
 //! # Config keys
 //!
 //! ```toml
 //! [catalog]
 //! missing_is_worst = false              # bool, default false
+//! prior_score = 5.0                     # 0-10: what unknown facts pull toward
+//! prior_weight = 0.1                    # 0-1: how much (share of the whole weight)
 //! [catalog.weights]                     # group importance: ignored|low|medium|high|"very high"
 //! general = "medium"                    # defaults: general medium, security high,
 //! security = "high"                     #           compliance high, legal medium
@@ -138,6 +144,8 @@ pub struct Catalog {
     overrides: Vec<Option<ScoreOverride>>,
     /// Effective score per app (override, else computed), kept current.
     scores: Vec<Option<f64>>,
+    /// Confidence of that score (1 for an override), kept current.
+    confidences: Vec<f64>,
 }
 
 #[derive(serde::Deserialize)]
@@ -217,6 +225,7 @@ impl Catalog {
             reference_year,
             overrides: Vec::new(),
             scores: Vec::new(),
+            confidences: Vec::new(),
         };
         for app in base {
             cat.add(app, false)?;
@@ -364,15 +373,18 @@ impl Catalog {
     }
 
     fn rescore(&mut self) {
-        self.scores = self
+        (self.scores, self.confidences) = self
             .apps
             .iter()
             .zip(self.overrides.iter())
             .map(|(a, o)| match o {
-                Some(o) => Some((o.score * 10.0).round() / 10.0),
-                None => score::compute(&a.attributes, &self.weights, self.reference_year).total,
+                Some(o) => (Some((o.score * 10.0).round() / 10.0), 1.0),
+                None => {
+                    let r = score::compute(&a.attributes, &self.weights, self.reference_year);
+                    (r.total, r.confidence)
+                }
             })
-            .collect();
+            .unzip();
     }
 
     /// Sets an admin's score for an app (0–10), replacing the computed one.
@@ -395,6 +407,9 @@ impl Catalog {
         if let Some(s) = self.scores.get_mut(idx) {
             *s = Some((score * 10.0).round() / 10.0);
         }
+        if let Some(c) = self.confidences.get_mut(idx) {
+            *c = 1.0;
+        }
         Ok(())
     }
 
@@ -404,8 +419,14 @@ impl Catalog {
             return false;
         };
         let had = self.overrides.get_mut(idx).and_then(Option::take).is_some();
-        if had && let (Some(a), Some(s)) = (self.apps.get(idx), self.scores.get_mut(idx)) {
-            *s = score::compute(&a.attributes, &self.weights, self.reference_year).total;
+        if had && let Some(a) = self.apps.get(idx) {
+            let r = score::compute(&a.attributes, &self.weights, self.reference_year);
+            if let Some(s) = self.scores.get_mut(idx) {
+                *s = r.total;
+            }
+            if let Some(c) = self.confidences.get_mut(idx) {
+                *c = r.confidence;
+            }
         }
         had
     }
@@ -549,9 +570,15 @@ impl Catalog {
     }
 
     /// The score in force for an app (override or computed), rounded to one decimal; `None`
-    /// for an unknown app or one with nothing known.
+    /// for an unknown app (or when the weights count nothing at all).
     pub fn risk_score(&self, id: &str) -> Option<f64> {
         self.scores.get(*self.by_id.get(id)?).copied().flatten()
+    }
+
+    /// The confidence of the score in force (0–1: the share of the weight that rests on
+    /// known facts; 1 for an override); `None` for an unknown app.
+    pub fn risk_confidence(&self, id: &str) -> Option<f64> {
+        self.confidences.get(*self.by_id.get(id)?).copied()
     }
 
     /// The full score of an app and how it was made.

@@ -42,6 +42,10 @@ pub struct AppView {
     pub name: String,
     pub category: String,
     pub risk_score: Option<f64>,
+    /// Share of the score's weight that rests on known facts, 0–1 (the catalog's
+    /// `confidence`; 1 for an admin's override). Absent in reports made before it existed.
+    #[serde(default)]
+    pub confidence: Option<f64>,
     pub tag: Option<String>,
     pub bytes_up: u64,
     pub bytes_down: u64,
@@ -636,6 +640,7 @@ impl Aggregator {
                     name: app.map_or_else(|| (*id).clone(), |x| x.name.clone()),
                     category: app.map_or_else(String::new, |x| x.category.clone()),
                     risk_score: catalog.risk_score(id),
+                    confidence: catalog.risk_confidence(id),
                     tag: tag(id),
                     bytes_up: a.c.up,
                     bytes_down: a.c.down,
@@ -982,6 +987,7 @@ mod tests {
                 "bytes_down",
                 "bytes_up",
                 "category",
+                "confidence",
                 "first_seen",
                 "id",
                 "ips",
