@@ -302,7 +302,7 @@ impl IntervalMeter {
             row.bytes_down = row.bytes_down.saturating_add(down);
             row.flows += new_flow;
         } else if let Some(name) = name {
-            let mut domain = base_domain(name).to_ascii_lowercase();
+            let mut domain = base_domain(name).into_owned();
             if full && !pending.domains.contains_key(&domain) {
                 pending.folded += 1;
                 domain = "(other)".into();
