@@ -15,7 +15,7 @@ use crate::score::{Importance, Weights};
 /// [catalog]
 /// missing_is_worst = false          # unknown values count as 0 when true
 /// prior_score = 5.0                 # what unknown facts pull the score toward (0-10)
-/// prior_weight = 0.1                # how much they pull, as a share of the whole (0-1)
+/// prior_weight = 0.05               # how much they pull, as a share of the whole (0-1)
 ///
 /// [catalog.weights]                 # group importance
 /// general = "medium"                # ignored | low | medium | high | "very high"
@@ -36,7 +36,7 @@ pub struct CatalogConfig {
     /// The score unknown facts pull toward (default 5, the middle of the scale).
     #[serde(default)]
     pub prior_score: Option<f64>,
-    /// How much the prior counts, as a share of the whole weight (default 0.1).
+    /// How much the prior counts, as a share of the whole weight (default 0.05).
     #[serde(default)]
     pub prior_weight: Option<f64>,
     /// Group and property importance.

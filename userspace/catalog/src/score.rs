@@ -11,17 +11,18 @@
 //! by default). With `W` the weight share of a property (all shares add up to 1), `c` the
 //! confidence (the sum of the shares of the known properties), `R` the weighted mean of the
 //! known properties' scores, `P` the prior (`prior_score`) and `k` its weight (`prior_weight`,
-//! 0.1 by default):
+//! 0.05 by default):
 //!
 //! ```text
 //! score = (c·R + k·P) / (c + k)        confidence = c
 //! ```
 //!
-//! This is the Bayesian (IMDb-style) weighted rating: the prior counts as if a tenth of the
-//! catalog's weight had been observed at the middle value. One known fact moves the score
-//! only part of the way (an app known only to lack MFA scores 3.5, only to offer it 6.5),
-//! ten sourced controls move it most of the way (an enterprise SaaS with a trust centre
-//! scores about 8.6), and an app with nothing known scores the prior with confidence 0.
+//! This is the Bayesian (IMDb-style) weighted rating: the prior counts as if a twentieth of
+//! the whole weight had been observed at the middle value (about one high-importance
+//! security fact). One known fact moves the score only part of the way (an app known only to
+//! lack MFA scores 2.6, only to offer it 7.4: medium, not low), a trust centre's worth of
+//! sourced controls moves it most of the way, and an app with nothing known scores the prior
+//! with confidence 0.
 //! `missing_is_worst = true` instead counts every unknown fact as 0 at its full weight
 //! (`score = c·R`), the strictest reading.
 
@@ -110,7 +111,7 @@ pub fn default_property_importance(p: Property) -> Importance {
 /// Default prior: the middle of the scale.
 pub const DEFAULT_PRIOR_SCORE: f64 = 5.0;
 /// Default weight of the prior, as a share of the whole weight (see the module doc).
-pub const DEFAULT_PRIOR_WEIGHT: f64 = 0.1;
+pub const DEFAULT_PRIOR_WEIGHT: f64 = 0.05;
 
 /// The weights in force: one importance per group and per property, plus the rule for
 /// unknown values.
@@ -125,7 +126,7 @@ pub struct Weights {
     pub missing_is_worst: bool,
     /// The score an app with nothing known gets (0–10, default 5).
     pub prior_score: f64,
-    /// How much the prior counts, as a share of the whole weight (0–1, default 0.1; 0 means
+    /// How much the prior counts, as a share of the whole weight (0–1, default 0.05; 0 means
     /// only known facts count, as before confidence existed).
     pub prior_weight: f64,
 }
@@ -298,6 +299,70 @@ fn round_to(x: f64, decimals: i32) -> f64 {
     (x * m).round() / m
 }
 
+/// Each property's share of the whole weight under `w` (they add up to 1 unless everything
+/// is ignored), in [`Property::ALL`] order. Computed once per rescore of the catalog.
+pub fn shares(w: &Weights) -> Vec<(Property, f64)> {
+    let group_total = |g: Group| -> f64 {
+        Property::ALL
+            .iter()
+            .filter(|p| p.group() == g)
+            .map(|p| w.property(*p).weight())
+            .sum()
+    };
+    let totals: Vec<(Group, f64)> = Group::ALL.iter().map(|g| (*g, group_total(*g))).collect();
+    let groups_weight: f64 = totals
+        .iter()
+        .filter(|(_, t)| *t > 0.0)
+        .map(|(g, _)| w.group(*g).weight())
+        .sum();
+    Property::ALL
+        .iter()
+        .map(|p| {
+            let g = p.group();
+            let gtotal = totals
+                .iter()
+                .find(|(x, _)| *x == g)
+                .map_or(0.0, |(_, t)| *t);
+            let share = if groups_weight > 0.0 && gtotal > 0.0 {
+                w.group(g).weight() / groups_weight * w.property(*p).weight() / gtotal
+            } else {
+                0.0
+            };
+            (*p, share)
+        })
+        .collect()
+}
+
+/// The score and confidence alone (what [`compute`] gives as `computed` and `confidence`),
+/// without the breakdown: the catalog keeps these for every app.
+pub fn score_only(
+    a: &Attributes,
+    w: &Weights,
+    shares: &[(Property, f64)],
+    now_year: u16,
+) -> (Option<f64>, f64) {
+    let (mut known, mut known_sum, mut total) = (0.0f64, 0.0f64, 0.0f64);
+    for (p, share) in shares {
+        total += share;
+        if *share > 0.0
+            && let Some(s) = p.score(a, now_year)
+        {
+            known += share;
+            known_sum += share * s;
+        }
+    }
+    let computed = if w.missing_is_worst {
+        (total > 0.0).then_some(known_sum)
+    } else {
+        let k = w.prior_weight;
+        (known + k > 0.0).then(|| (known_sum + k * w.prior_score) / (known + k))
+    };
+    (
+        computed.map(|s| round_to(s.clamp(0.0, 10.0), 1)),
+        round_to(known.clamp(0.0, 1.0), 2),
+    )
+}
+
 /// Computes an app's score from its attributes with the given weights. `now_year` is the
 /// reference year for ages. See the module doc for the rule.
 pub fn compute(a: &Attributes, w: &Weights, now_year: u16) -> RiskScore {
@@ -430,8 +495,8 @@ mod tests {
     /// 12); property weights per group sum to 15 (general), 30, 30, 14. MFA: 4/12 × 4/30 =
     /// 0.0444; SAML 4/12 × 2/30 = 0.0222; founded 2/12 × 2/15 = 0.0222.
     /// Known: MFA yes (10), SAML no (0), founded 5 years ago (5): c = 0.0889,
-    /// c·R = 0.444 + 0 + 0.111 = 0.556, R = 6.25. Score = (0.556 + 0.1 × 5) / (0.0889 + 0.1)
-    /// = 5.59 -> 5.6.
+    /// c·R = 0.444 + 0 + 0.111 = 0.556, R = 6.25. Score = (0.556 + 0.05 × 5) / (0.0889 + 0.05)
+    /// = 5.80 -> 5.8.
     #[test]
     fn hand_computed_default_weights() {
         let a = Attributes {
@@ -446,7 +511,7 @@ mod tests {
         assert_eq!(sec.map(|g| g.known_share), Some(0.2));
         let general = r.groups.iter().find(|g| g.group == Group::General);
         assert!(close(general.and_then(|g| g.score), 5.0));
-        assert!(close(r.total, 5.6), "{:?}", r.total);
+        assert!(close(r.total, 5.8), "{:?}", r.total);
         assert!(close(r.evidence_score, 6.3), "{:?}", r.evidence_score);
         assert!((r.confidence - 0.09).abs() < 1e-9, "{}", r.confidence);
         assert_eq!((r.properties_known, r.properties_total), (3, 38));
@@ -465,7 +530,7 @@ mod tests {
     }
 
     /// One fact moves the score part of the way; the direction follows the fact.
-    /// MFA only: (0.0444 × s + 0.5) / 0.1444 -> no: 3.5, yes: 6.5.
+    /// MFA only: (0.0444 × s + 0.25) / 0.0944 -> no: 2.6, yes: 7.4.
     #[test]
     fn one_fact_moves_part_of_the_way() {
         let no = Attributes {
@@ -477,9 +542,9 @@ mod tests {
             ..Attributes::default()
         };
         let r = compute(&no, &Weights::default(), 2025);
-        assert!(close(r.total, 3.5), "{:?}", r.total);
+        assert!(close(r.total, 2.6), "{:?}", r.total);
         assert_eq!(r.level, RiskLevel::High);
-        assert!(close(compute(&yes, &Weights::default(), 2025).total, 6.5));
+        assert!(close(compute(&yes, &Weights::default(), 2025).total, 7.4));
         // Without a prior only the known facts count (the rule before confidence).
         let w = Weights {
             prior_weight: 0.0,
@@ -510,16 +575,16 @@ mod tests {
         assert!(close(r.total, 0.2), "{:?}", r.total);
         assert_eq!(r.level, RiskLevel::High);
         assert!((r.confidence - 0.02).abs() < 1e-9);
-        // Without the setting the same app stays near the prior: (0.222 + 0.5) / 0.1222.
+        // Without the setting the same app stays near the prior: (0.222 + 0.25) / 0.0722.
         let r = compute(&a, &Weights::default(), 2025);
-        assert!(close(r.total, 5.9), "{:?}", r.total);
+        assert!(close(r.total, 6.5), "{:?}", r.total);
     }
 
     /// Custom weights: General ignored (groups: security 4, compliance 4, legal 2 = 10);
     /// Security with mfa very high (8, yes=10) and tls_version low (1, 1.2=8), 31 in all;
     /// Compliance iso_27001 high (4 of 30, no=0).
     /// Shares: mfa 0.4 × 8/31 = 0.1032, tls 0.4 × 1/31 = 0.0129, iso 0.4 × 4/30 = 0.0533.
-    /// c = 0.1695, c·R = 1.032 + 0.103 = 1.135; score = (1.135 + 0.5) / 0.2695 = 6.07 -> 6.1.
+    /// c = 0.1695, c·R = 1.032 + 0.103 = 1.135; score = (1.135 + 0.25) / 0.2195 = 6.31 -> 6.3.
     #[test]
     fn custom_weights() {
         let a = Attributes {
@@ -535,7 +600,7 @@ mod tests {
         w.properties.insert(Property::Mfa, Importance::VeryHigh);
         w.properties.insert(Property::TlsVersion, Importance::Low);
         let r = compute(&a, &w, 2025);
-        assert!(close(r.total, 6.1), "{:?}", r.total);
+        assert!(close(r.total, 6.3), "{:?}", r.total);
         assert!((r.confidence - 0.17).abs() < 1e-9, "{}", r.confidence);
         let sec = r.groups.iter().find(|g| g.group == Group::Security);
         assert!(close(sec.and_then(|g| g.score), 9.78));

@@ -194,6 +194,8 @@ fn confidence_is_reported_for_every_app() {
         assert!((0.0..=1.0).contains(&c), "{}: {c}", a.id);
         let r = cat.risk(&a.id).expect("risk");
         assert_eq!(r.confidence, c);
+        // The kept score (fast path) is the breakdown's score.
+        assert_eq!(r.total, cat.risk_score(&a.id), "{}", a.id);
         if r.properties_known == 0 {
             assert_eq!((r.total, c), (Some(5.0), 0.0), "{}", a.id);
         }

@@ -8,7 +8,7 @@
 //! catalog file (the before/after comparison in the notes). Without the corpus the test
 //! prints a skip message.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use tollgate_catalog::{Catalog, CatalogConfig};
@@ -34,6 +34,8 @@ struct Coverage {
     matched_bytes: u64,
     unknown_names: usize,
     unknown_domains: usize,
+    /// (bytes, flows, registrable domain), most bytes first.
+    top_unknown: Vec<(u64, usize, String)>,
 }
 
 impl Coverage {
@@ -47,7 +49,7 @@ impl Coverage {
 
 fn coverage(cat: &Catalog, flows: &[FlowRecord]) -> Coverage {
     let mut c = Coverage::default();
-    let (mut names, mut domains) = (HashSet::new(), HashSet::new());
+    let (mut names, mut domains) = (HashSet::new(), HashMap::<String, (u64, usize)>::new());
     for r in flows {
         let Some(name) = r.name.as_deref().filter(|n| !n.is_empty()) else {
             continue;
@@ -55,17 +57,22 @@ fn coverage(cat: &Catalog, flows: &[FlowRecord]) -> Coverage {
         let bytes = r.bytes_up.saturating_add(r.bytes_down);
         c.named_flows += 1;
         c.named_bytes += bytes;
-        if cat.classify_name(name).is_some() {
+        // As the report does: the name, else the server address (published ranges).
+        if cat.classify(Some(name), Some(r.dst)).is_some() {
             c.matched_flows += 1;
             c.matched_bytes += bytes;
         } else {
             let lower = name.to_ascii_lowercase();
-            domains.insert(base_domain(&lower).to_string());
+            let d = domains.entry(base_domain(&lower).into_owned()).or_default();
+            d.0 += bytes;
+            d.1 += 1;
             names.insert(lower);
         }
     }
     c.unknown_names = names.len();
     c.unknown_domains = domains.len();
+    c.top_unknown = domains.into_iter().map(|(d, (b, f))| (b, f, d)).collect();
+    c.top_unknown.sort_by(|a, b| b.cmp(a));
     c
 }
 
@@ -103,6 +110,9 @@ fn ndpi_corpus_coverage() {
     let cat = Catalog::builtin().expect("shipped catalog");
     let now = coverage(&cat, &flows);
     print("shipped catalog", &now);
+    for (b, f, d) in now.top_unknown.iter().take(15) {
+        eprintln!("  unknown {d}: {f} flows, {b} bytes");
+    }
     if let Some(path) = std::env::var_os("TOLLGATE_CATALOG_BASELINE") {
         let json = std::fs::read_to_string(&path).expect("read the baseline catalog");
         let base = Catalog::from_data(&json, &CatalogConfig::default(), &[])
