@@ -63,8 +63,14 @@ def v2fly(repo, out):
                 continue
             parts = line.split()
             tok, attrs = parts[0], [p for p in parts[1:] if p.startswith("@")]
+            if "@" in tok and not tok.startswith(("regexp:", "keyword:")):
+                tok, _, attr = tok.partition("@")
+                attrs.append("@" + attr)
             if tok.startswith("include:"):
-                incs.append(tok[8:].split("@")[0])
+                # `include:apple@ads` takes only apple's @ads lines: the file as a whole is not
+                # in that list, so it does not get the list's category.
+                if "@" not in tok and not attrs:
+                    incs.append(tok[8:])
                 continue
             if "@ads" in attrs or tok.startswith(("keyword:", "regexp:")):
                 continue

@@ -365,8 +365,8 @@ pub fn render_histogram(h: &ScoreHistogram) -> String {
     let _ = writeln!(out, "score      apps");
     for (i, n) in h.bins.iter().enumerate() {
         let bar = "#".repeat((n * 50).div_ceil(max));
-        let hi = if i == 9 { "10]" } else { ")" };
-        let _ = writeln!(out, "[{i:>2},{:>2}{hi:<3} {n:>6}  {bar}", i + 1);
+        let close = if i == 9 { ']' } else { ')' };
+        let _ = writeln!(out, "[{i:>2},{:>2}{close} {n:>6}  {bar}", i + 1);
     }
     let _ = writeln!(
         out,
