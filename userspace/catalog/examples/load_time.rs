@@ -1,25 +1,34 @@
-//! Where the time to load the shipped catalog goes (release build):
-//! `cargo run --release -p tollgate-catalog --example load_time`.
+//! Time and memory to load the shipped catalog (release build):
+//! `cargo run --release -p tollgate-catalog --example load_time [-- other-catalog.json]`
+//! (with a file: that data through `Catalog::from_data`, e.g. an older catalog.json to
+//! compare). Peak memory: run the built example under `/usr/bin/time -f %M`.
 
 use std::time::Instant;
 
-use tollgate_catalog::{BUILTIN_DATA, Catalog};
+use tollgate_catalog::{BUILTIN_DATA, Catalog, CatalogConfig};
 
 fn main() {
+    let other = std::env::args().nth(1).map(std::fs::read_to_string);
     let t = Instant::now();
-    let v: serde_json::Value = serde_json::from_str(BUILTIN_DATA).unwrap_or_default();
-    let parse = t.elapsed();
-    let t = Instant::now();
-    let cat = Catalog::builtin();
+    let (bytes, cat) = match &other {
+        Some(Ok(json)) => (
+            json.len(),
+            Catalog::from_data(json, &CatalogConfig::default(), &[]),
+        ),
+        Some(Err(e)) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+        None => (BUILTIN_DATA.len(), Catalog::builtin()),
+    };
     let load = t.elapsed();
-    println!(
-        "{} bytes of JSON ({} apps): parse alone {:.1} ms; Catalog::builtin {:.1} ms",
-        BUILTIN_DATA.len(),
-        v["apps"].as_array().map_or(0, Vec::len),
-        parse.as_secs_f64() * 1e3,
-        load.as_secs_f64() * 1e3
-    );
-    if let Err(e) = cat {
-        eprintln!("{e}");
+    match cat {
+        Ok(c) => println!(
+            "{bytes} bytes of JSON: {} apps, {} rules loaded in {:.1} ms",
+            c.len(),
+            c.domain_rule_count(),
+            load.as_secs_f64() * 1e3
+        ),
+        Err(e) => eprintln!("{e}"),
     }
 }

@@ -545,6 +545,14 @@ mod tests {
         assert!(close(r.total, 2.6), "{:?}", r.total);
         assert_eq!(r.level, RiskLevel::High);
         assert!(close(compute(&yes, &Weights::default(), 2025).total, 7.4));
+        // Two adverse high-importance facts (no MFA, a breach this year: shares 0.0444 each,
+        // both 0) reach the bottom of the scale: 0.25 / 0.1389 = 1.8.
+        let worse = Attributes {
+            mfa: Some(false),
+            latest_breach: Some(LatestBreach::Year(2025)),
+            ..Attributes::default()
+        };
+        assert!(close(compute(&worse, &Weights::default(), 2025).total, 1.8));
         // Without a prior only the known facts count (the rule before confidence).
         let w = Weights {
             prior_weight: 0.0,
