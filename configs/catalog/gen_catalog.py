@@ -59,6 +59,113 @@ NDPI_CATEGORY = {
 # nDPI categories that are not cloud apps (protocol plumbing, adult sites).
 NDPI_SKIP_CATEGORIES = {"AdultContent", "Network", "System", "ConnCheck"}
 
+# v2fly category-* list -> catalog category, in priority order (the first list a service file is
+# included by that appears here decides). Lists not named here (companies, orgs, country
+# aggregates, IP-geo, DoH/NTP/STUN servers, speed tests) place nothing.
+V2FLY_CATEGORY = [
+    ("category-ai-chat-!cn", "Generative AI"), ("category-ai-!cn", "Generative AI"),
+    ("category-ai-cn", "Generative AI"), ("category-ai-ru", "Generative AI"),
+    ("category-netdisk-!cn", "Cloud storage"), ("category-netdisk-cn", "Cloud storage"),
+    ("category-ipfs", "Cloud storage"),
+    ("category-password-management", "Security"), ("category-antivirus", "Security"),
+    ("category-vpnservices", "Security"), ("category-anticensorship", "Security"),
+    ("category-proxy-tunnels", "Security"), ("category-network-security-cn", "Security"),
+    ("category-remote-control", "IT services"),
+    ("category-collaborate-cn", "Collaboration"), ("category-documents-cn", "Productivity"),
+    ("category-voip", "Communications"), ("category-communication", "Communications"),
+    ("category-number-verification-cn", "Communications"),
+    ("category-social-media-!cn", "Social network"), ("category-social-media-cn", "Social network"),
+    ("category-social-media-ir", "Social network"),
+    ("category-forums", "Forums"), ("category-forums-ir", "Forums"), ("category-forums-ru", "Forums"),
+    ("category-container", "Development tools"), ("category-dev", "Development tools"),
+    ("category-dev-cn", "Development tools"),
+    ("category-cdn-!cn", "Hosting services"), ("category-cdn-cn", "Hosting services"),
+    ("category-ddns", "Hosting services"), ("category-httpdns-cn", "IT services"),
+    ("category-browser-!cn", "IT services"), ("category-android-app-download", "IT services"),
+    ("category-mobile-repair", "IT services"), ("category-electronic-cn", "IT services"),
+    ("category-cryptocurrency", "Accounting and finance"),
+    ("category-finance", "Accounting and finance"), ("category-bank-cn", "Accounting and finance"),
+    ("category-bank-ir", "Accounting and finance"), ("category-bank-jp", "Accounting and finance"),
+    ("category-bank-mm", "Accounting and finance"), ("category-bank-ru", "Accounting and finance"),
+    ("category-securities-cn", "Accounting and finance"),
+    ("category-bourse-ir", "Accounting and finance"),
+    ("category-payment-ir", "Accounting and finance"),
+    ("category-insurance-ir", "Accounting and finance"),
+    ("category-enterprise-query-platform-cn", "Business intelligence"),
+    ("category-outsource-cn", "Business management"),
+    ("category-ecommerce", "E-commerce"), ("category-ecommerce-ru", "E-commerce"),
+    ("category-retail-ru", "E-commerce"), ("category-shopping-ir", "E-commerce"),
+    ("category-food-cn", "E-commerce"),
+    ("category-logistics-cn", "Supply chain and logistics"),
+    ("category-travel-ir", "Transportation and travel"),
+    ("category-travel-ru", "Transportation and travel"),
+    ("category-automobile-cn", "Transportation and travel"),
+    ("category-hospital-cn", "Health"), ("category-medicine-ru", "Health"),
+    ("category-scholar-!cn", "Education"), ("category-scholar-cn", "Education"),
+    ("category-scholar-hk", "Education"), ("category-scholar-ir", "Education"),
+    ("category-scholar-uk", "Education"), ("category-education-cn", "Education"),
+    ("category-education-ir", "Education"), ("category-education-ru", "Education"),
+    ("category-mooc-cn", "Education"), ("category-olympiad-in-informatics", "Education"),
+    ("category-cas", "Education"),
+    ("category-games-!cn", "Gaming"), ("category-games-cn", "Gaming"), ("category-games", "Gaming"),
+    ("category-game-accelerator-cn", "Gaming"), ("category-enhance-gaming", "Gaming"),
+    ("category-betting-ru", "Gaming"),
+    ("category-pt", "Content sharing"), ("category-public-tracker", "Content sharing"),
+    ("category-web-archive", "Content sharing"), ("category-urlshortner", "Marketing"),
+    ("category-blog-cn", "Content management"), ("category-wiki-cn", "News and entertainment"),
+    ("category-tech-media", "Media"), ("category-tech-media-ru", "Media"),
+    ("category-media", "Media"), ("category-media-cn", "Media"), ("category-media-ir", "Media"),
+    ("category-media-ru", "Media"), ("category-media-ru-blocked", "Media"),
+    ("category-news-ir", "Media"),
+    ("category-entertainment", "News and entertainment"),
+    ("category-entertainment-cn", "News and entertainment"),
+    ("category-entertainment-ru", "News and entertainment"),
+    ("category-acg", "News and entertainment"), ("category-novel", "News and entertainment"),
+    ("category-emby", "News and entertainment"),
+    ("category-ads", "Advertising"), ("category-ads-all", "Advertising"),
+    ("category-ads-ir", "Advertising"),
+]
+# Lists whose entries are one kind of thing rather than named services: one app each.
+V2FLY_GROUPED = {
+    "category-public-tracker": ("bittorrent-public-trackers", "BitTorrent public trackers"),
+}
+# Lists of one country's sites (v2fly's `-cn` lists are mainland China's banks, media,
+# schools...): the country is the headquarters of a site listed there, and of a service file
+# that only such lists include.
+V2FLY_COUNTRY = {"-cn": "CN", "-ru": "RU", "-ir": "IR", "-jp": "JP", "-mm": "MM"}
+
+
+def v2fly_country(lists):
+    """The country all of `lists` belong to, or None."""
+    found = {c for suffix, c in V2FLY_COUNTRY.items() for x in lists if x.endswith(suffix)}
+    every = all(any(x.endswith(sfx) for sfx in V2FLY_COUNTRY) for x in lists)
+    return found.pop() if lists and every and len(found) == 1 else None
+
+
+V2FLY_PRIORITY = {c: i for i, (c, _) in enumerate(V2FLY_CATEGORY)}
+V2FLY_MAP = dict(V2FLY_CATEGORY)
+
+# 2factorauth category -> catalog category (the first mapped one of an entry decides).
+# Unmapped: "other", "utilities" (power and water companies), "government".
+TWOFA_CATEGORY = {
+    "banking": "Accounting and finance", "finance": "Accounting and finance",
+    "investing": "Accounting and finance", "payments": "Accounting and finance",
+    "cryptocurrencies": "Accounting and finance", "insurance": "Accounting and finance",
+    "crowdfunding": "Accounting and finance", "developer": "Development tools",
+    "retail": "E-commerce", "food": "E-commerce", "tickets": "E-commerce",
+    "universities": "Education", "education": "Education", "hosting": "Hosting services",
+    "domains": "Hosting services", "gaming": "Gaming", "betting": "Gaming",
+    "marketing": "Marketing", "communication": "Communications", "email": "Webmail",
+    "social": "Social network", "entertainment": "News and entertainment",
+    "security": "Security", "identity": "Security", "vpn": "Security",
+    "backup": "Cloud storage", "cloud": "Cloud storage", "health": "Health",
+    "travel": "Transportation and travel", "transport": "Transportation and travel",
+    "creativity": "Content management", "iot": "Internet of Things",
+    "task": "Project management", "remote": "IT services",
+    "postal": "Supply chain and logistics", "legal": "Business management",
+}
+SOURCE_ORDER = ("manual", "ndpi", "gdpr-tracker", "v2fly", "2factorauth")
+
 BOOL_KEYS = {
     "mfa", "encryption_at_rest", "http_security_headers", "trusted_certificate", "audit_trail",
     "saml", "ip_restrictions", "password_policy", "pen_testing", "file_sharing", "upload",
@@ -74,12 +181,50 @@ LABEL_RE = re.compile(r"^[a-z0-9_-]{1,63}$")
 SLUG_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 
 
+PSL_FILE = "/usr/share/publicsuffix/public_suffix_list.dat"  # Debian package `publicsuffix`
+
+
+def load_registry_suffixes(path):
+    """The ICANN part of the Public Suffix List: (exact suffixes, wildcard parents,
+    exceptions). The catalog refuses rules that are such a suffix (matcher.rs), so the
+    generator must not emit them."""
+    exact, wild, exc = set(), set(), set()
+    icann = False
+    for raw in open(path, encoding="utf-8"):
+        line = raw.strip()
+        if "===BEGIN ICANN DOMAINS===" in line:
+            icann = True
+        elif "===END ICANN DOMAINS===" in line:
+            icann = False
+        elif icann and line and not line.startswith("//"):
+            line = line.split()[0].encode("idna").decode("ascii") if not line.isascii() else line
+            if line.startswith("!"):
+                exc.add(line[1:])
+            elif line.startswith("*."):
+                wild.add(line[2:])
+            else:
+                exact.add(line)
+    return exact, wild, exc
+
+
+REGISTRY = None
+
+
+def is_registry_suffix(host):
+    exact, wild, exc = REGISTRY
+    if host in exact:
+        return True
+    parent = host.split(".", 1)[1] if "." in host else ""
+    return parent in wild and host not in exc
+
+
 def fail(msg):
     sys.exit(f"gen_catalog: {msg}")
 
 
 def valid_host(host):
-    return 0 < len(host) <= 253 and all(LABEL_RE.match(l) for l in host.split("."))
+    return (0 < len(host) <= 253 and all(LABEL_RE.match(l) for l in host.split("."))
+            and not ("." in host and is_registry_suffix(host)))
 
 
 def slug(text):
@@ -189,8 +334,7 @@ class App:
         if self.ip_ranges:
             srcs["ip_ranges"] = "manual"
         if self.domain_sources:
-            srcs["domains"] = "+".join(s for s in ("manual", "ndpi", "gdpr-tracker")
-                                       if s in self.domain_sources)
+            srcs["domains"] = "+".join(s for s in SOURCE_ORDER if s in self.domain_sources)
         d["sources"] = dict(sorted(srcs.items()))
         return d
 
@@ -200,6 +344,39 @@ class Builder:
         self.apps = {}
         self.rule_owner = {}
         self.dropped = []
+
+    def owner_of(self, host):
+        """The app the matcher would give `host`: its exact rule, else the nearest wildcard."""
+        if host in self.rule_owner:
+            return self.rule_owner[host]
+        labels = host.split(".")
+        for i in range(1, len(labels)):
+            o = self.rule_owner.get("*." + ".".join(labels[i:]))
+            if o is not None:
+                return o
+        return None
+
+    def add_free_rules(self, app, rules, source):
+        """Adds only rules whose names no app classifies yet: later sources fill gaps and never
+        take a name from an app an earlier source placed it in. Returns how many were added."""
+        added = 0
+        for r in rules:
+            host = r[2:] if r.startswith("*.") else r
+            probe = "tollgate-probe." + host if r.startswith("*.") else host
+            if r in self.rule_owner or self.owner_of(probe) is not None:
+                continue
+            self.rule_owner[r] = app.id
+            app.domains.append(r)
+            app.domain_sources.add(source)
+            added += 1
+        return added
+
+    def new_id(self, base):
+        id_ = slug(base)[:60].strip("-") or "app"
+        n, cand = 2, id_
+        while cand in self.apps:
+            cand, n = f"{id_}-{n}", n + 1
+        return cand
 
     def add_rules(self, app, rules, source):
         for r in rules:
@@ -413,22 +590,155 @@ def read_gdpr(folder, b, gdpr_map):
     return used
 
 
+def v2fly_rules(rule):
+    """A v2fly.tsv rule -> catalog rules (`x`: x and below; `=x`: x only), or [] if invalid."""
+    exact = rule.startswith("=")
+    host = rule.lstrip("=").strip().lower().rstrip(".")
+    if not valid_host(host) or "." not in host:
+        return []
+    return [host] if exact else [host, "*." + host]
+
+
+def pretty(name):
+    return " ".join(w[:1].upper() + w[1:] for w in re.split(r"[-_]", name) if w)
+
+
+def read_v2fly(path, b):
+    """v2fly service files: one app each (merged into the app that already holds most of its
+    names); category lists: one app per listed site no app claims yet."""
+    files, cats, kinds = {}, {}, {}
+    for raw in open(path, encoding="utf-8"):
+        if raw.startswith("#") or raw.startswith("file\t"):
+            continue
+        f, kind, rule, cl = raw.rstrip("\n").split("\t")
+        files.setdefault(f, []).append(rule)
+        kinds[f] = kind
+        if cl:
+            cats[f] = cl.split(",")
+    new = merged = sites = 0
+
+    def category_of(f):
+        mapped = sorted((V2FLY_PRIORITY[c], V2FLY_MAP[c]) for c in cats.get(f, ())
+                        if c in V2FLY_MAP)
+        return mapped[0][1] if mapped else None
+
+    for f in sorted(x for x in files if kinds[x] == "service"):
+        rules = [r for x in files[f] for r in v2fly_rules(x)]
+        hosts = [r for r in rules if not r.startswith("*.")]
+        owners = {}
+        for h in hosts:
+            o = b.owner_of(h)
+            if o is not None:
+                owners[o] = owners.get(o, 0) + 1
+        target = b.apps.get(f) if f in b.apps else None
+        if target is None and owners:
+            top, n = max(owners.items(), key=lambda kv: (kv[1], kv[0]))
+            if 2 * n >= len(hosts):
+                target = b.apps[top]
+        if target is not None:
+            if b.add_free_rules(target, rules, "v2fly"):
+                merged += 1
+            continue
+        cat = category_of(f)
+        if cat is None:
+            continue
+        app = App(b.new_id(f), pretty(f), None, cat, "v2fly")
+        if b.add_free_rules(app, rules, "v2fly"):
+            country = v2fly_country(cats.get(f, []))
+            if country:
+                app.set_attrs({"hq_country": country}, "v2fly")
+            b.apps[app.id] = app
+            new += 1
+    for f in sorted(x for x in files if kinds[x] == "category"):
+        cat = V2FLY_MAP.get(f)
+        if cat is None:
+            continue
+        if f in V2FLY_GROUPED:
+            id_, name = V2FLY_GROUPED[f]
+            app = App(id_, name, None, cat, "v2fly")
+            rules = [r for x in sorted(files[f]) for r in v2fly_rules(x)]
+            if b.add_free_rules(app, rules, "v2fly"):
+                b.apps[app.id] = app
+                sites += 1
+            continue
+        # Parents first, so that a listed site's own sub-domains join it rather than each
+        # becoming an app.
+        for rule in sorted(files[f], key=lambda r: (r.lstrip("=").count("."), r)):
+            rules = v2fly_rules(rule)
+            if not rules:
+                continue
+            host = rules[0]
+            if b.owner_of(host) is not None:
+                continue
+            app = App(b.new_id(host), host, None, cat, "v2fly")
+            if b.add_free_rules(app, rules, "v2fly"):
+                country = v2fly_country([f])
+                if country:
+                    app.set_attrs({"hq_country": country}, "v2fly")
+                b.apps[app.id] = app
+                sites += 1
+    return new, merged, sites
+
+
+def read_twofa(path, b):
+    """2factorauth entries: `mfa` (yes when the service lists any 2FA method, no when it lists
+    none) for the app that holds the entry's domain, else a new app."""
+    new = facts = 0
+    header = None
+    for raw in open(path, encoding="utf-8"):
+        if raw.startswith("#"):
+            continue
+        cols = raw.rstrip("\n").split("\t")
+        if header is None:
+            header = cols
+            continue
+        row = dict(zip(header, cols))
+        domains = [row["domain"]] + row["additional_domains"].split()
+        rules = [r for d in domains for r in v2fly_rules(d)]
+        if not rules:
+            continue
+        mfa = row["tfa"] != "-"
+        owner = b.owner_of(rules[0])
+        if owner is not None:
+            app = b.apps[owner]
+        else:
+            cats = [TWOFA_CATEGORY[c] for c in row["categories"].split(",") if c in TWOFA_CATEGORY]
+            if not cats:
+                continue
+            app = App(b.new_id(row["name"]), row["name"], None, cats[0], "2factorauth")
+            if not b.add_free_rules(app, rules, "2factorauth"):
+                continue
+            b.apps[app.id] = app
+            new += 1
+        if "mfa" not in app.attributes:
+            app.set_attrs({"mfa": mfa}, "2factorauth")
+            facts += 1
+    return new, facts
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--corpus", default=os.environ.get("TOLLGATE_CORPUS") or
                     os.path.join(HERE, "..", "..", "..", "shared", "corpus"))
     ap.add_argument("--out", default=os.path.join(HERE, "catalog.json"))
     ap.add_argument("--check", action="store_true")
+    ap.add_argument("--psl", default=PSL_FILE, help="public_suffix_list.dat")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
     cat_dir = os.path.join(args.corpus, "catalog")
     if not os.path.isdir(cat_dir):
         fail(f"corpus not found at {cat_dir} (use --corpus or TOLLGATE_CORPUS)")
+    global REGISTRY
+    if not os.path.isfile(args.psl):
+        fail(f"Public Suffix List not found at {args.psl} (apt-get install publicsuffix, or --psl)")
+    REGISTRY = load_registry_suffixes(args.psl)
     b = Builder()
     ndpi_map, gdpr_map = read_manual(os.path.join(HERE, "manual_apps.txt"), b)
     manual = len(b.apps)
     n_ndpi = read_ndpi(os.path.join(cat_dir, "ndpi_hosts.tsv"), b, ndpi_map)
     n_gdpr = read_gdpr(os.path.join(cat_dir, "gdpr-tracker", "data"), b, gdpr_map)
+    v_new, v_merged, v_sites = read_v2fly(os.path.join(HERE, "upstream", "v2fly.tsv"), b)
+    t_new, t_facts = read_twofa(os.path.join(HERE, "upstream", "twofactorauth.tsv"), b)
     pruned = prune_redundant(b)
     empty = [a.id for a in b.apps.values() if not a.domains]
     if empty:
@@ -436,9 +746,12 @@ def main():
     apps = [b.apps[k].to_json() for k in sorted(b.apps)]
     lines = [json.dumps(a, ensure_ascii=False, separators=(",", ":")) for a in apps]
     text = ('{"version":1,"generated_by":"configs/catalog/gen_catalog.py",'
-            '"licence":"data derived from nDPI (LGPL-3.0-or-later) and gdpr-tracker (MIT); '
+            '"licence":"data derived from nDPI (LGPL-3.0-or-later), gdpr-tracker (MIT), '
+            'v2fly/domain-list-community (MIT) and 2factorauth/twofactorauth (MIT); '
             'see configs/catalog/SOURCES.md",\n"apps":[\n' + ",\n".join(lines) + "\n]}\n")
     rules = sum(len(a["domains"]) for a in apps)
+    print(f"v2fly: {v_new} service apps, {v_merged} merged, {v_sites} listed sites; "
+          f"2factorauth: {t_new} apps, {t_facts} mfa facts", file=sys.stderr)
     print(f"apps {len(apps)} (manual {manual}, from nDPI {n_ndpi}, from gdpr-tracker {n_gdpr}); "
           f"domain rules {rules}; dropped as already claimed {len(b.dropped)}, as redundant {pruned}",
           file=sys.stderr)

@@ -44,6 +44,11 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("certutil", "libnss3-tools"),
     ("python3", "python3"),
     ("scapy", "python3-scapy"),
+    // The catalog generator's check refuses rules on registries' public suffixes.
+    (
+        "/usr/share/publicsuffix/public_suffix_list.dat",
+        "publicsuffix",
+    ),
     // The hub's tests run against a real PostgreSQL cluster that `test` starts.
     ("pg_ctlcluster", "postgresql"),
     // The alert sinks are tested against a real rsyslog over TCP and TLS (gtls driver).

@@ -5,6 +5,7 @@
 //! cargo run -p tollgate-catalog --example catalog -- show dropbox [--json]
 //! cargo run -p tollgate-catalog --example catalog -- search drive [--json]
 //! cargo run -p tollgate-catalog --example catalog -- classify www.dropbox.com
+//! cargo run -p tollgate-catalog --example catalog -- histogram
 //! ```
 
 use std::io::Write as _;
@@ -52,6 +53,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         },
+        ["histogram"] => views::render_histogram(&views::histogram(&cat)),
         ["classify", name] => match cat.classify_name(name) {
             Some(m) => format!(
                 "{} ({}) via {} rule {}",
@@ -63,7 +65,7 @@ fn main() -> ExitCode {
             None => format!("{name}: no app"),
         },
         _ => {
-            eprintln!("usage: catalog list|show ID|search TEXT|classify NAME [--json]");
+            eprintln!("usage: catalog list|show ID|search TEXT|classify NAME|histogram [--json]");
             return ExitCode::from(64);
         }
     };

@@ -14,6 +14,8 @@ use crate::score::{Importance, Weights};
 /// ```toml
 /// [catalog]
 /// missing_is_worst = false          # unknown values count as 0 when true
+/// prior_score = 5.0                 # what unknown facts pull the score toward (0-10)
+/// prior_weight = 0.05               # how much they pull, as a share of the whole (0-1)
 ///
 /// [catalog.weights]                 # group importance
 /// general = "medium"                # ignored | low | medium | high | "very high"
@@ -31,6 +33,12 @@ pub struct CatalogConfig {
     /// Count an unknown attribute as its worst value (0) instead of leaving it out.
     #[serde(default)]
     pub missing_is_worst: bool,
+    /// The score unknown facts pull toward (default 5, the middle of the scale).
+    #[serde(default)]
+    pub prior_score: Option<f64>,
+    /// How much the prior counts, as a share of the whole weight (default 0.05).
+    #[serde(default)]
+    pub prior_weight: Option<f64>,
     /// Group and property importance.
     #[serde(default)]
     pub weights: WeightsConfig,
@@ -61,6 +69,26 @@ impl CatalogConfig {
             missing_is_worst: self.missing_is_worst,
             ..Weights::default()
         };
+        if let Some(v) = self.prior_score {
+            if !(v.is_finite() && (0.0..=10.0).contains(&v)) {
+                return Err(CatalogError::BadPrior {
+                    key: "prior_score",
+                    value: v,
+                    range: "0 to 10",
+                });
+            }
+            w.prior_score = v;
+        }
+        if let Some(v) = self.prior_weight {
+            if !(v.is_finite() && (0.0..=1.0).contains(&v)) {
+                return Err(CatalogError::BadPrior {
+                    key: "prior_weight",
+                    value: v,
+                    range: "0 to 1",
+                });
+            }
+            w.prior_weight = v;
+        }
         for (g, v) in [
             (Group::General, self.weights.general),
             (Group::Security, self.weights.security),
@@ -186,6 +214,28 @@ mod tests {
         assert_eq!(w.property(Property::Popularity), Importance::Low);
         assert_eq!(doc.custom_apps.len(), 1);
         assert_eq!(doc.custom_apps[0].attributes.mfa, Some(true));
+        assert_eq!(w.prior_score, crate::score::DEFAULT_PRIOR_SCORE);
+    }
+
+    #[test]
+    fn prior_is_read_and_checked() {
+        let doc: Doc =
+            toml::from_str("[catalog]\nprior_score = 3.0\nprior_weight = 0.25\n").expect("parses");
+        let w = doc.catalog.weights().expect("weights");
+        assert_eq!((w.prior_score, w.prior_weight), (3.0, 0.25));
+        for bad in [
+            "prior_score = 11.0",
+            "prior_score = -1.0",
+            "prior_score = nan",
+            "prior_weight = 1.5",
+            "prior_weight = inf",
+        ] {
+            let doc: Doc = toml::from_str(&format!("[catalog]\n{bad}\n")).expect("parses");
+            assert!(
+                matches!(doc.catalog.weights(), Err(CatalogError::BadPrior { .. })),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -13,6 +13,30 @@ pub enum CatalogError {
     #[error("catalog data is invalid: {0}")]
     Data(#[source] serde_json::Error),
 
+    /// Catalog data over one of the limits ([`crate::MAX_DATA_BYTES`], [`crate::MAX_APPS`],
+    /// [`crate::MAX_DOMAIN_RULES`]): refused before it can take the memory.
+    #[error("catalog data is too large: {what} {got} exceeds the limit of {limit}")]
+    TooLarge {
+        /// What was counted.
+        what: &'static str,
+        /// How many.
+        got: usize,
+        /// The limit.
+        limit: usize,
+    },
+
+    /// A display field (name, vendor) holds control characters or is too long: a terminal
+    /// would run the escape sequences when `catalog show` prints it.
+    #[error("app `{id}`: `{key}` {reason}")]
+    BadText {
+        /// The app.
+        id: String,
+        /// `name` or `vendor`.
+        key: &'static str,
+        /// What is wrong.
+        reason: &'static str,
+    },
+
     /// Two apps share an id.
     #[error("app `{id}`: duplicate id (an app with this id already exists{})", if *.builtin { " in the shipped catalog" } else { "" })]
     DuplicateId {
@@ -89,6 +113,19 @@ pub enum CatalogError {
         range: String,
     },
 
+    /// An IP range so wide it would claim addresses of many other services.
+    #[error(
+        "app `{id}`: IP range `{range}` is wider than /{widest} and would claim other services' addresses"
+    )]
+    IpRangeTooWide {
+        /// The app.
+        id: String,
+        /// The range.
+        range: String,
+        /// The shortest prefix allowed for its address family.
+        widest: u8,
+    },
+
     /// An override or attribute names an app that is not in the catalog.
     #[error("app `{id}`: no such app in the catalog")]
     UnknownApp {
@@ -105,6 +142,16 @@ pub enum CatalogError {
         score: f64,
     },
 
+    /// `[catalog] prior_score` / `prior_weight` out of range or not a number.
+    #[error("[catalog]: `{key}` = {value} is out of range ({range})")]
+    BadPrior {
+        /// `prior_score` or `prior_weight`.
+        key: &'static str,
+        /// The value given.
+        value: f64,
+        /// The allowed range.
+        range: &'static str,
+    },
     /// `[catalog.weights.properties]` names a property that does not exist.
     #[error("[catalog.weights.properties]: unknown property `{key}` (known: {})", crate::model::Property::ALL.iter().map(|p| p.key()).collect::<Vec<_>>().join(", "))]
     UnknownProperty {

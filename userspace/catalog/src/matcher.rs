@@ -52,6 +52,12 @@ pub(crate) struct DomainRule {
 }
 
 /// Parses and normalises a rule: lowercases it, drops one trailing dot, and checks the labels.
+/// Whether `host` (lowercase) is itself a registry's public suffix (`co.uk`, `com.cn`).
+pub(crate) fn is_registry_suffix(host: &str) -> bool {
+    psl::suffix(host.as_bytes())
+        .is_some_and(|s| s.as_bytes() == host.as_bytes() && s.typ() == Some(psl::Type::Icann))
+}
+
 pub(crate) fn parse_rule(pattern: &str) -> Result<DomainRule, &'static str> {
     let p = pattern.trim().to_ascii_lowercase();
     let p = p.strip_suffix('.').unwrap_or(&p);
@@ -86,6 +92,16 @@ pub(crate) fn parse_rule(pattern: &str) -> Result<DomainRule, &'static str> {
     }
     if wildcard && labels < 2 {
         return Err("a wildcard must stand for names below a domain of two labels or more");
+    }
+    // `*.co.uk` or `ac.uk` would claim every site a registry hands out below it (a hostile
+    // or careless catalog could make all of .co.uk one app). Registries' suffixes (the ICANN
+    // part of the Public Suffix List) are refused; platforms' own (`github.io`,
+    // `s3.amazonaws.com`) stay allowed, since they name the platform. A single-label exact
+    // name is an intranet host, not a suffix.
+    if labels >= 2 && is_registry_suffix(host) {
+        return Err(
+            "a public suffix (a registry's, such as `co.uk`): it would claim every site below it",
+        );
     }
     Ok(DomainRule {
         host: host.to_string(),
@@ -433,6 +449,32 @@ mod tests {
             assert!(parse_rule(r).is_err(), "{r:?} accepted");
         }
         assert!(parse_rule(&format!("{}.com", "a".repeat(64))).is_err());
+        // A registry's suffix would claim every site below it.
+        for r in [
+            "*.co.uk",
+            "co.uk",
+            "*.ac.uk",
+            "com.cn",
+            "*.gov.cn",
+            "*.COM.AU.",
+        ] {
+            assert_eq!(
+                parse_rule(r).map_err(|e| e.contains("public suffix")),
+                Err(true),
+                "{r:?}"
+            );
+        }
+        // A platform's own suffix names the platform; a site below a registry suffix and an
+        // intranet host are ordinary rules.
+        for r in [
+            "*.github.io",
+            "*.s3.amazonaws.com",
+            "bbc.co.uk",
+            "*.bbc.co.uk",
+            "wiki",
+        ] {
+            assert!(parse_rule(r).is_ok(), "{r:?} refused");
+        }
         assert_eq!(
             parse_rule(" *.Example.COM. "),
             Ok(DomainRule {

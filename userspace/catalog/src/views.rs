@@ -26,6 +26,8 @@ pub struct AppSummaryView {
     pub risk_score: Option<f64>,
     /// Risk band.
     pub risk_level: RiskLevel,
+    /// Share of the score's weight that rests on known facts, 0–1 (1 for an override).
+    pub confidence: Option<f64>,
     /// Whether it is a `[[custom_apps]]` entry.
     pub custom: bool,
 }
@@ -51,6 +53,11 @@ pub struct AppDetailView {
     pub risk_score: Option<f64>,
     /// Risk band.
     pub risk_level: RiskLevel,
+    /// Share of the score's weight that rests on known facts, 0–1 (same as
+    /// `risk.confidence`).
+    pub confidence: f64,
+    /// How the score is made, in words (the same text `catalog show` prints).
+    pub rule: String,
     /// Where each fact comes from.
     pub sources: BTreeMap<String, String>,
     /// How the score was made: per group, per property (value, score, weight), override.
@@ -67,6 +74,7 @@ fn summary(cat: &Catalog, a: &App) -> AppSummaryView {
         domains: a.domains.clone(),
         risk_score,
         risk_level: RiskLevel::of(risk_score),
+        confidence: cat.risk_confidence(&a.id),
         custom: cat.is_custom(&a.id),
     }
 }
@@ -100,9 +108,37 @@ pub fn show(cat: &Catalog, id: &str) -> Option<AppDetailView> {
         custom: cat.is_custom(id),
         risk_score: risk.total,
         risk_level: risk.level,
+        confidence: risk.confidence,
+        rule: rule_text(&risk),
         sources: a.sources.clone(),
         risk,
     })
+}
+
+/// How a score is made, in words: printed by `catalog show` and carried in its JSON.
+pub fn rule_text(r: &RiskScore) -> String {
+    let unknown = if r.missing_is_worst {
+        "every unknown fact counts as 0 at its full weight (missing_is_worst)".to_string()
+    } else {
+        format!(
+            "unknown facts are not held for or against the app: the less is known, the closer \
+             the score stays to {:.1} (score = (c*R + {k}*{p:.1}) / (c + {k}), c = confidence, \
+             R = the weighted mean of the known facts)",
+            r.prior_score,
+            k = r.prior_weight,
+            p = r.prior_score
+        )
+    };
+    format!(
+        "each known fact scores 0-10 and weighs its group's share times its share within the \
+         group; confidence = the share of the weight that is known; {unknown}; an override \
+         replaces the score (confidence 1). Bands: below 4 high risk, below 8 medium, else low."
+    )
+}
+
+/// `0.45` -> `45%`.
+pub fn fmt_confidence(c: f64) -> String {
+    format!("{:.0}%", (c * 100.0).round())
 }
 
 fn fmt_score(s: Option<f64>) -> String {
@@ -138,7 +174,7 @@ pub fn render_table(rows: &[AppSummaryView]) -> String {
             d
         })
         .collect();
-    let cells: Vec<[String; 6]> = rows
+    let cells: Vec<[String; 7]> = rows
         .iter()
         .zip(doms)
         .map(|(r, d)| {
@@ -147,12 +183,13 @@ pub fn render_table(rows: &[AppSummaryView]) -> String {
                 cut(&r.name, 32),
                 r.category.clone(),
                 fmt_score(r.risk_score),
+                r.confidence.map_or_else(|| "-".to_string(), fmt_confidence),
                 r.risk_level.to_string(),
                 cut(&d, 60),
             ]
         })
         .collect();
-    let header = ["ID", "NAME", "CATEGORY", "SCORE", "RISK", "DOMAINS"];
+    let header = ["ID", "NAME", "CATEGORY", "SCORE", "CONF", "RISK", "DOMAINS"];
     let mut width = header.map(|h| h.chars().count());
     for row in &cells {
         for (w, c) in width.iter_mut().zip(row.iter()) {
@@ -197,9 +234,16 @@ pub fn render_detail(v: &AppDetailView) -> String {
     }
     let _ = writeln!(
         out,
-        "  risk score: {} ({} risk)",
+        "  risk score: {} ({} risk), confidence {} ({} of {} facts known{})",
         fmt_score(v.risk_score),
-        v.risk_level
+        v.risk_level,
+        fmt_confidence(v.confidence),
+        v.risk.properties_known,
+        v.risk.properties_total,
+        v.risk
+            .evidence_score
+            .map(|e| format!(", the known facts alone score {e:.1}"))
+            .unwrap_or_default()
     );
     if let Some(o) = &v.risk.score_override {
         let _ = writeln!(
@@ -213,17 +257,16 @@ pub fn render_detail(v: &AppDetailView) -> String {
                 .unwrap_or_default()
         );
     }
-    if v.risk.missing_is_worst {
-        let _ = writeln!(out, "  unknown values count as the worst value");
-    }
+    let _ = writeln!(out, "  how:       {}", v.rule);
     for g in &v.risk.groups {
         let _ = writeln!(
             out,
-            "\n  {:<12} score {:>4}  importance {} (weight {})",
+            "\n  {:<12} score {:>4}  importance {} (weight {}), {} known",
             g.group.key().to_uppercase(),
             fmt_score(g.score),
             g.importance,
-            g.weight
+            g.weight,
+            fmt_confidence(g.known_share)
         );
         for p in &g.properties {
             let value = match &p.value {
@@ -250,9 +293,90 @@ pub fn render_detail(v: &AppDetailView) -> String {
                 cut(&format!("{value}{source}"), 24),
                 fmt_score(p.score),
                 p.importance,
-                if p.counted { "" } else { " (not counted)" }
+                if p.share == 0.0 { " (ignored)" } else { "" }
             );
         }
     }
+    out
+}
+
+/// The distribution of scores over a catalog: one bin per point of the scale.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScoreHistogram {
+    /// Apps with a score in `[i, i+1)` (the last bin holds 9 to 10 inclusive).
+    pub bins: [usize; 10],
+    /// Apps without a score.
+    pub unscored: usize,
+    /// Apps per confidence band: `[0, 0.1)`, `[0.1, 0.25)`, `[0.25, 0.5)`, `[0.5, 1]`.
+    pub confidence: [usize; 4],
+    /// Apps per risk level: high, medium, low.
+    pub levels: [usize; 3],
+    /// Every app counted.
+    pub apps: usize,
+}
+
+/// The score histogram of every app in the catalog.
+pub fn histogram(cat: &Catalog) -> ScoreHistogram {
+    let mut h = ScoreHistogram {
+        bins: [0; 10],
+        unscored: 0,
+        confidence: [0; 4],
+        levels: [0; 3],
+        apps: 0,
+    };
+    for a in cat.apps() {
+        h.apps += 1;
+        let s = cat.risk_score(&a.id);
+        match s {
+            // Scores are 0..=10 with one decimal: the floor is a bin index 0..=10.
+            Some(s) => {
+                let i = (s.clamp(0.0, 10.0).floor() as usize).min(9);
+                if let Some(b) = h.bins.get_mut(i) {
+                    *b += 1;
+                }
+            }
+            None => h.unscored += 1,
+        }
+        match RiskLevel::of(s) {
+            RiskLevel::High => h.levels[0] += 1,
+            RiskLevel::Medium => h.levels[1] += 1,
+            RiskLevel::Low => h.levels[2] += 1,
+            RiskLevel::Unknown => {}
+        }
+        let c = cat.risk_confidence(&a.id).unwrap_or(0.0);
+        let band = if c < 0.1 {
+            0
+        } else if c < 0.25 {
+            1
+        } else if c < 0.5 {
+            2
+        } else {
+            3
+        };
+        h.confidence[band] += 1;
+    }
+    h
+}
+
+/// The histogram as text bars.
+pub fn render_histogram(h: &ScoreHistogram) -> String {
+    let mut out = String::new();
+    let max = h.bins.iter().copied().max().unwrap_or(0).max(1);
+    let _ = writeln!(out, "score      apps");
+    for (i, n) in h.bins.iter().enumerate() {
+        let bar = "#".repeat((n * 50).div_ceil(max));
+        let close = if i == 9 { ']' } else { ')' };
+        let _ = writeln!(out, "[{i:>2},{:>2}{close} {n:>6}  {bar}", i + 1);
+    }
+    let _ = writeln!(
+        out,
+        "{} apps; risk high {} / medium {} / low {}; unscored {}",
+        h.apps, h.levels[0], h.levels[1], h.levels[2], h.unscored
+    );
+    let _ = writeln!(
+        out,
+        "confidence <10%: {}, 10-25%: {}, 25-50%: {}, >=50%: {}",
+        h.confidence[0], h.confidence[1], h.confidence[2], h.confidence[3]
+    );
     out
 }

@@ -42,6 +42,10 @@ pub struct AppView {
     pub name: String,
     pub category: String,
     pub risk_score: Option<f64>,
+    /// Share of the score's weight that rests on known facts, 0–1 (the catalog's
+    /// `confidence`; 1 for an admin's override). Absent in reports made before it existed.
+    #[serde(default)]
+    pub confidence: Option<f64>,
     pub tag: Option<String>,
     pub bytes_up: u64,
     pub bytes_down: u64,
@@ -307,14 +311,19 @@ fn method(src: Option<NameSource>) -> &'static str {
 /// group the way browsers scope cookies: `x.github.io` and `y.github.io` are different
 /// sites, `a.example.com.au` and `b.example.com.au` the same one. An address, a name that is
 /// itself a public suffix (`co.uk`, `localhost`) or one the list cannot split stays as it is.
-/// The list matches lowercase names, which is how the flow table and the log parsers
-/// hand them over.
-pub fn base_domain(name: &str) -> &str {
+/// The list matches lowercase names; a name with capitals (an SNI is kept as sent) is
+/// lowercased first, so `WWW.BBC.CO.UK` groups with `www.bbc.co.uk` under `bbc.co.uk`.
+pub fn base_domain(name: &str) -> std::borrow::Cow<'_, str> {
+    use std::borrow::Cow;
     let bare = name.trim_start_matches('[').trim_end_matches(']');
     if bare.parse::<std::net::IpAddr>().is_ok() {
-        return name;
+        return Cow::Borrowed(name);
     }
-    psl::domain_str(name).unwrap_or(name)
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        let lower = name.to_ascii_lowercase();
+        return Cow::Owned(psl::domain_str(&lower).unwrap_or(&lower).to_string());
+    }
+    Cow::Borrowed(psl::domain_str(name).unwrap_or(name))
 }
 
 fn hour_of(t: DateTime<Utc>) -> i64 {
@@ -414,6 +423,7 @@ impl Aggregator {
         } else if let Some(n) = name {
             self.totals.unknown_transactions += 1;
             let dom = base_domain(n);
+            let dom = dom.as_ref();
             if self.unknown.len() >= self.opts.max_unknown_domains.max(1)
                 && !self.unknown.contains_key(dom)
             {
@@ -636,6 +646,7 @@ impl Aggregator {
                     name: app.map_or_else(|| (*id).clone(), |x| x.name.clone()),
                     category: app.map_or_else(String::new, |x| x.category.clone()),
                     risk_score: catalog.risk_score(id),
+                    confidence: catalog.risk_confidence(id),
                     tag: tag(id),
                     bytes_up: a.c.up,
                     bytes_down: a.c.down,
@@ -982,6 +993,7 @@ mod tests {
                 "bytes_down",
                 "bytes_up",
                 "category",
+                "confidence",
                 "first_seen",
                 "id",
                 "ips",
@@ -1092,5 +1104,10 @@ mod tests {
         assert_eq!(base_domain("2001:db8::1"), "2001:db8::1");
         assert_eq!(base_domain("[2001:db8::1]"), "[2001:db8::1]");
         assert_eq!(base_domain(""), "");
+        // Capitals (an SNI as sent) group with the lowercase name; the list alone would
+        // not recognise `CO.UK` and would group every such name under it.
+        assert_eq!(base_domain("WWW.BBC.CO.UK"), "bbc.co.uk");
+        assert_eq!(base_domain("Deep.X.GitHub.io"), "x.github.io");
+        assert_eq!(psl::domain_str("WWW.BBC.CO.UK"), Some("CO.UK"));
     }
 }

@@ -321,7 +321,7 @@ impl IntervalMeter {
             row.flows += new_flow;
             row.blocked_flows += blocked;
         } else if let Some(name) = name {
-            let mut domain = base_domain(name).to_ascii_lowercase();
+            let mut domain = base_domain(name).into_owned();
             if full && !pending.domains.contains_key(&domain) {
                 pending.folded += 1;
                 domain = "(other)".into();

@@ -87,6 +87,7 @@ fn json_report_fields() {
             "bytes_down",
             "bytes_up",
             "category",
+            "confidence",
             "first_seen",
             "id",
             "ips",

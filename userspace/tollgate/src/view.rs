@@ -107,19 +107,23 @@ pub fn apps_table(data: &Value) -> String {
     let apps = data["apps"].as_array().map(Vec::as_slice).unwrap_or(&[]);
     let _ = writeln!(
         out,
-        "{:<28} {:<26} {:>5} {:<13} {:>10} {:>10} {:>6} {:>5} {:>4}",
-        "APP", "CATEGORY", "RISK", "TAG", "UP", "DOWN", "TX", "USERS", "IPS"
+        "{:<28} {:<26} {:>5} {:>5} {:<13} {:>10} {:>10} {:>6} {:>5} {:>4}",
+        "APP", "CATEGORY", "RISK", "CONF", "TAG", "UP", "DOWN", "TX", "USERS", "IPS"
     );
     for a in apps {
         let risk = a["risk_score"]
             .as_f64()
             .map_or("-".to_string(), |r| format!("{r:.1}"));
+        let conf = a["confidence"]
+            .as_f64()
+            .map_or("-".to_string(), |c| format!("{:.0}%", c * 100.0));
         let _ = writeln!(
             out,
-            "{:<28} {:<26} {:>5} {:<13} {:>10} {:>10} {:>6} {:>5} {:>4}",
+            "{:<28} {:<26} {:>5} {:>5} {:<13} {:>10} {:>10} {:>6} {:>5} {:>4}",
             cell(&s(&a["id"]), 28),
             cell(&s(&a["category"]), 26),
             risk,
+            conf,
             cell(&s(&a["tag"]), 13),
             human_bytes(u(&a["bytes_up"])),
             human_bytes(u(&a["bytes_down"])),

@@ -57,17 +57,18 @@ pub(super) fn render(r: &DiscoveryReport, out: &mut dyn Write) -> io::Result<()>
     }
     writeln!(
         out,
-        "id,name,category,risk_score,risk_level,tag,bytes_up,bytes_down,transactions,users,ips,first_seen,last_seen"
+        "id,name,category,risk_score,risk_level,confidence,tag,bytes_up,bytes_down,transactions,users,ips,first_seen,last_seen"
     )?;
     for a in &r.apps {
         writeln!(
             out,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             q(&a.id),
             q(&a.name),
             q(&a.category),
             a.risk_score.map(|s| format!("{s:.1}")).unwrap_or_default(),
             risk_level(a.risk_score),
+            a.confidence.map(|c| format!("{c:.2}")).unwrap_or_default(),
             q(a.tag.as_deref().unwrap_or("")),
             a.bytes_up,
             a.bytes_down,

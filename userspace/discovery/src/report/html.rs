@@ -507,19 +507,23 @@ pub(super) fn render(r: &DiscoveryReport, out: &mut dyn Write) -> io::Result<()>
     );
 
     // Apps table.
-    h.push_str(r#"<section class="card wide"><h2>Discovered apps</h2><table class="sortable" id="apps"><thead><tr><th>App</th><th>Category</th><th class="n">Risk</th><th>Tag</th><th class="n">Traffic</th><th class="n">Up</th><th class="n">Down</th><th class="n">Transactions</th><th class="n">Users</th><th class="n">IPs</th><th>First seen</th><th>Last seen</th></tr></thead><tbody>"#);
+    h.push_str(r#"<section class="card wide"><h2>Discovered apps</h2><table class="sortable" id="apps"><thead><tr><th>App</th><th>Category</th><th class="n">Risk</th><th class="n">Confidence</th><th>Tag</th><th class="n">Traffic</th><th class="n">Up</th><th class="n">Down</th><th class="n">Transactions</th><th class="n">Users</th><th class="n">IPs</th><th>First seen</th><th>Last seen</th></tr></thead><tbody>"#);
     for a in &r.apps {
         let lvl = risk_level(a.risk_score);
         let b = a.bytes_up.saturating_add(a.bytes_down);
         let _ = write!(
             h,
-            r#"<tr><td>{}</td><td>{}</td><td class="n" data-v="{}"><span class="badge" style="background:{}">{}</span></td><td>{}</td><td class="n" data-v="{b}">{}</td><td class="n" data-v="{}">{}</td><td class="n" data-v="{}">{}</td><td class="n">{}</td><td class="n">{}</td><td class="n">{}</td><td>{}</td><td>{}</td></tr>"#,
+            r#"<tr><td>{}</td><td>{}</td><td class="n" data-v="{}"><span class="badge" style="background:{}">{}</span></td><td class="n" data-v="{}">{}</td><td>{}</td><td class="n" data-v="{b}">{}</td><td class="n" data-v="{}">{}</td><td class="n" data-v="{}">{}</td><td class="n">{}</td><td class="n">{}</td><td class="n">{}</td><td>{}</td><td>{}</td></tr>"#,
             esc(&a.name),
             esc(&a.category),
             a.risk_score.unwrap_or(-1.0),
             risk_color(lvl),
             a.risk_score
                 .map(|s| format!("{s:.1}"))
+                .unwrap_or_else(|| "n/a".into()),
+            a.confidence.unwrap_or(-1.0),
+            a.confidence
+                .map(|c| format!("{:.0}%", c * 100.0))
                 .unwrap_or_else(|| "n/a".into()),
             esc(a.tag.as_deref().unwrap_or("—")),
             human_bytes(b),

@@ -90,17 +90,19 @@ pub(super) fn render(r: &DiscoveryReport, out: &mut dyn Write) -> io::Result<()>
     writeln!(out, "\nAPPS")?;
     writeln!(
         out,
-        "{:<24} {:<26} {:>5} {:<7} {:<12} {:>10} {:>10} {:>8} {:>5} {:>5}",
-        "app", "category", "risk", "level", "tag", "up", "down", "tx", "users", "ips"
+        "{:<24} {:<26} {:>5} {:>5} {:<7} {:<12} {:>10} {:>10} {:>8} {:>5} {:>5}",
+        "app", "category", "risk", "conf", "level", "tag", "up", "down", "tx", "users", "ips"
     )?;
     for a in &r.apps {
         writeln!(
             out,
-            "{:<24} {:<26} {:>5} {:<7} {:<12} {:>10} {:>10} {:>8} {:>5} {:>5}",
+            "{:<24} {:<26} {:>5} {:>5} {:<7} {:<12} {:>10} {:>10} {:>8} {:>5} {:>5}",
             cut(&a.name, 24),
             cut(&a.category, 26),
             a.risk_score
                 .map_or_else(|| "-".to_owned(), |s| format!("{s:.1}")),
+            a.confidence
+                .map_or_else(|| "-".to_owned(), |c| format!("{:.0}%", c * 100.0)),
             risk_level(a.risk_score),
             cut(a.tag.as_deref().unwrap_or("-"), 12),
             human_bytes(a.bytes_up),
