@@ -146,7 +146,7 @@ fn rate(lookups: usize, d: Duration) -> f64 {
 fn main() {
     // Loading the shipped catalog.
     let t = Instant::now();
-    let builtin = Catalog::builtin().expect("shipped catalog");
+    let builtin = Catalog::builtin(chrono::Utc::now()).expect("shipped catalog");
     let load = t.elapsed();
     println!(
         "load shipped catalog: {} apps, {} rules in {:.2} ms",
@@ -182,7 +182,8 @@ fn main() {
             risk_note: None,
         });
     }
-    let cat = Catalog::from_config(&CatalogConfig::default(), &custom).expect("bench catalog");
+    let cat = Catalog::from_config(&CatalogConfig::default(), &custom, chrono::Utc::now())
+        .expect("bench catalog");
     let rules: Vec<(String, bool)> = cat
         .apps()
         .flat_map(|a| a.domains.iter())

@@ -21,7 +21,7 @@ fn main() -> ExitCode {
         .filter(|a| *a != "--json")
         .map(String::as_str)
         .collect();
-    let cat = match Catalog::builtin() {
+    let cat = match Catalog::builtin(chrono::Utc::now()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("catalog: {e}");

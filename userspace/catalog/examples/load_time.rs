@@ -13,13 +13,13 @@ fn main() {
     let (bytes, cat) = match &other {
         Some(Ok(json)) => (
             json.len(),
-            Catalog::from_data(json, &CatalogConfig::default(), &[]),
+            Catalog::from_data(json, &CatalogConfig::default(), &[], chrono::Utc::now()),
         ),
         Some(Err(e)) => {
             eprintln!("{e}");
             std::process::exit(1);
         }
-        None => (BUILTIN_DATA.len(), Catalog::builtin()),
+        None => (BUILTIN_DATA.len(), Catalog::builtin(chrono::Utc::now())),
     };
     let load = t.elapsed();
     match cat {

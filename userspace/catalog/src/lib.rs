@@ -207,26 +207,33 @@ fn check_score(id: &str, score: f64) -> Result<(), CatalogError> {
 }
 
 impl Catalog {
-    /// The shipped catalog with default weights.
-    pub fn builtin() -> Result<Catalog, CatalogError> {
+    /// The shipped catalog with default weights, its facts aged as of `now` (a breach "this
+    /// year" counts more than an old one). The caller reads the clock; the catalog never does.
+    pub fn builtin(now: DateTime<Utc>) -> Result<Catalog, CatalogError> {
         let data: DataFile =
             serde_json::from_str(BUILTIN_DATA).map_err(CatalogError::BuiltinData)?;
-        Catalog::build(data.apps, &[], Weights::default(), Utc::now())
+        Catalog::build(data.apps, &[], Weights::default(), now)
     }
 
-    /// The shipped catalog plus the admin's custom apps, with the config's weights.
-    pub fn from_config(cfg: &CatalogConfig, custom: &[CustomApp]) -> Result<Catalog, CatalogError> {
+    /// The shipped catalog plus the admin's custom apps, with the config's weights, as of
+    /// `now`.
+    pub fn from_config(
+        cfg: &CatalogConfig,
+        custom: &[CustomApp],
+        now: DateTime<Utc>,
+    ) -> Result<Catalog, CatalogError> {
         let data: DataFile =
             serde_json::from_str(BUILTIN_DATA).map_err(CatalogError::BuiltinData)?;
-        Catalog::build(data.apps, custom, cfg.weights()?, Utc::now())
+        Catalog::build(data.apps, custom, cfg.weights()?, now)
     }
 
     /// A catalog from other data in the shipped format (`{"apps": [...]}`, e.g. a synced
-    /// bundle) plus custom apps and weights.
+    /// bundle) plus custom apps and weights, as of `now`.
     pub fn from_data(
         json: &str,
         cfg: &CatalogConfig,
         custom: &[CustomApp],
+        now: DateTime<Utc>,
     ) -> Result<Catalog, CatalogError> {
         if json.len() > MAX_DATA_BYTES {
             return Err(CatalogError::TooLarge {
@@ -236,7 +243,7 @@ impl Catalog {
             });
         }
         let data: DataFile = serde_json::from_str(json).map_err(CatalogError::Data)?;
-        Catalog::build(data.apps, custom, cfg.weights()?, Utc::now())
+        Catalog::build(data.apps, custom, cfg.weights()?, now)
     }
 
     fn build(

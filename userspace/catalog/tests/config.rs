@@ -28,7 +28,8 @@ mfa = true
 
 #[test]
 fn custom_app_is_added_and_matched() {
-    let cat = Catalog::from_config(&CatalogConfig::default(), &custom(ACME)).expect("valid");
+    let cat = Catalog::from_config(&CatalogConfig::default(), &custom(ACME), chrono::Utc::now())
+        .expect("valid");
     let app = cat.app("acme-drive").expect("added");
     assert_eq!(app.category, "Cloud storage", "category is canonicalised");
     assert_eq!(app.sources.get("mfa").map(String::as_str), Some("config"));
@@ -69,7 +70,11 @@ fn custom_app_is_added_and_matched() {
 }
 
 fn err(toml_text: &str) -> CatalogError {
-    match Catalog::from_config(&CatalogConfig::default(), &custom(toml_text)) {
+    match Catalog::from_config(
+        &CatalogConfig::default(),
+        &custom(toml_text),
+        chrono::Utc::now(),
+    ) {
         Ok(_) => panic!("accepted: {toml_text}"),
         Err(e) => e,
     }
@@ -160,7 +165,7 @@ fn validation_errors_name_app_and_key() {
 
 #[test]
 fn overrides() {
-    let mut cat = Catalog::builtin().expect("loads");
+    let mut cat = Catalog::builtin(chrono::Utc::now()).expect("loads");
     let computed = cat.risk_score("dropbox");
     let o = AppOverride {
         risk_score: Some(3.5),
@@ -200,8 +205,8 @@ fn weights_change_scores() {
         "missing_is_worst = true\n[weights]\ngeneral = \"ignored\"\n[weights.properties]\nmfa = \"very high\"\n",
     )
     .expect("config");
-    let strict = Catalog::from_config(&cfg, &[]).expect("loads");
-    let default = Catalog::builtin().expect("loads");
+    let strict = Catalog::from_config(&cfg, &[], chrono::Utc::now()).expect("loads");
+    let default = Catalog::builtin(chrono::Utc::now()).expect("loads");
     // With missing values counted as worst, an app with few facts drops.
     let (s, d) = (
         strict.risk_score("deepseek"),
@@ -214,7 +219,7 @@ fn weights_change_scores() {
 
 #[test]
 fn views_render() {
-    let cat = Catalog::builtin().expect("loads");
+    let cat = Catalog::builtin(chrono::Utc::now()).expect("loads");
     let list = views::list(&cat);
     assert_eq!(list.len(), cat.len());
     let json = serde_json::to_value(&list).expect("json");

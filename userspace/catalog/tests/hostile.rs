@@ -11,7 +11,7 @@ fn data(apps: &str) -> String {
 }
 
 fn load(json: &str) -> Result<Catalog, CatalogError> {
-    Catalog::from_data(json, &CatalogConfig::default(), &[])
+    Catalog::from_data(json, &CatalogConfig::default(), &[], chrono::Utc::now())
 }
 
 fn app(id: &str, name: &str, domains: &str) -> String {
@@ -61,7 +61,8 @@ fn an_ip_range_over_everything_is_refused() {
             risk_score: None,
             risk_note: None,
         };
-        let e = Catalog::from_config(&CatalogConfig::default(), &[custom]).expect_err(range);
+        let e = Catalog::from_config(&CatalogConfig::default(), &[custom], chrono::Utc::now())
+            .expect_err(range);
         assert!(
             matches!(&e, CatalogError::IpRangeTooWide { id, widest: w, .. } if id == "catch-all" && *w == widest),
             "{range}: {e}"

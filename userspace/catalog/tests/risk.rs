@@ -128,7 +128,7 @@ fn is_weak(cat: &Catalog, id: &str) -> bool {
 
 #[test]
 fn strong_evidence_scores_above_weak_evidence_pair_by_pair() {
-    let cat = Catalog::builtin().expect("loads");
+    let cat = Catalog::builtin(chrono::Utc::now()).expect("loads");
     cat.app("dropbox").expect("sanity");
     let mut seen = std::collections::HashSet::new();
     let mut failures = Vec::new();
@@ -167,7 +167,7 @@ fn strong_evidence_scores_above_weak_evidence_pair_by_pair() {
 #[test]
 fn counting_only_known_facts_inverts_pairs() {
     let cfg: CatalogConfig = toml::from_str("prior_weight = 0.0\n").expect("config");
-    let cat = Catalog::from_config(&cfg, &[]).expect("loads");
+    let cat = Catalog::from_config(&cfg, &[], chrono::Utc::now()).expect("loads");
     let inverted: Vec<_> = PAIRS
         .iter()
         .filter(|(s, w)| cat.risk_score(s) <= cat.risk_score(w))
@@ -186,7 +186,7 @@ fn counting_only_known_facts_inverts_pairs() {
 /// Nothing known: the prior, with confidence 0; an override: confidence 1.
 #[test]
 fn confidence_is_reported_for_every_app() {
-    let mut cat = Catalog::builtin().expect("loads");
+    let mut cat = Catalog::builtin(chrono::Utc::now()).expect("loads");
     for a in cat.apps() {
         let c = cat
             .risk_confidence(&a.id)

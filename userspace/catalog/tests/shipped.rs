@@ -8,7 +8,7 @@ use tollgate_catalog::{CATEGORIES, Catalog, MatchKind};
 
 #[test]
 fn loads_with_5000_apps_unique_ids_valid_categories() {
-    let cat = Catalog::builtin().expect("shipped catalog loads");
+    let cat = Catalog::builtin(chrono::Utc::now()).expect("shipped catalog loads");
     assert!(cat.len() >= 5000, "only {} apps", cat.len());
     let mut ids = HashSet::new();
     for app in cat.apps() {
@@ -35,7 +35,7 @@ fn every_fact_has_a_source_with_a_recorded_licence() {
             "{s} has no row in SOURCES.md"
         );
     }
-    let cat = Catalog::builtin().expect("loads");
+    let cat = Catalog::builtin(chrono::Utc::now()).expect("loads");
     let mut per_source = std::collections::BTreeMap::<&str, usize>::new();
     for app in cat.apps() {
         for p in tollgate_catalog::Property::ALL {
@@ -67,7 +67,7 @@ fn every_fact_has_a_source_with_a_recorded_licence() {
 
 #[test]
 fn every_rule_classifies_to_its_own_app() {
-    let cat = Catalog::builtin().expect("loads");
+    let cat = Catalog::builtin(chrono::Utc::now()).expect("loads");
     for app in cat.apps() {
         for rule in &app.domains {
             let name = match rule.strip_prefix("*.") {
@@ -85,7 +85,7 @@ fn every_rule_classifies_to_its_own_app() {
 
 #[test]
 fn well_known_names() {
-    let cat = Catalog::builtin().expect("loads");
+    let cat = Catalog::builtin(chrono::Utc::now()).expect("loads");
     for (name, id) in [
         ("www.dropbox.com", "dropbox"),
         ("dropbox.com", "dropbox"),
@@ -124,7 +124,7 @@ fn well_known_names() {
 
 #[test]
 fn builtin_scores_are_in_range() {
-    let cat = Catalog::builtin().expect("loads");
+    let cat = Catalog::builtin(chrono::Utc::now()).expect("loads");
     let mut scored = 0;
     for app in cat.apps() {
         if let Some(s) = cat.risk_score(&app.id) {
@@ -165,7 +165,7 @@ fn ndpi_corpus_names_classify_to_the_right_app() {
         eprintln!("skip: {} not readable", path.display());
         return;
     };
-    let cat = Catalog::builtin().expect("loads");
+    let cat = Catalog::builtin(chrono::Utc::now()).expect("loads");
     // nDPI app label -> the ids that are right for it (Microsoft's umbrella label covers
     // several of our more specific apps).
     let expect: &[(&str, &[&str])] = &[
@@ -233,7 +233,7 @@ fn ndpi_corpus_names_classify_to_the_right_app() {
 
 #[test]
 fn match_kind_is_reported() {
-    let cat = Catalog::builtin().expect("loads");
+    let cat = Catalog::builtin(chrono::Utc::now()).expect("loads");
     let m = cat.classify_name("dropbox.com").expect("match");
     assert_eq!(m.kind, MatchKind::Exact);
     let m = cat.classify_name("x.dropbox.com").expect("match");
@@ -245,7 +245,7 @@ fn match_kind_is_reported() {
 /// classify addresses seen in nDPI's captures when no name is known.
 #[test]
 fn published_ip_ranges() {
-    let cat = Catalog::builtin().expect("loads");
+    let cat = Catalog::builtin(chrono::Utc::now()).expect("loads");
     for (ip, id, rule) in [
         ("52.114.250.153", "microsoft-teams", "52.112.0.0/14"),
         ("140.82.114.4", "github", "140.82.112.0/20"),

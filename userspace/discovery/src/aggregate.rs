@@ -822,7 +822,8 @@ mod tests {
 
     #[test]
     fn aggregation_math() {
-        let cat = Catalog::from_data(DATA, &CatalogConfig::default(), &[]).expect("catalog");
+        let cat = Catalog::from_data(DATA, &CatalogConfig::default(), &[], chrono::Utc::now())
+            .expect("catalog");
         let users = Users::from_config(&UsersConfig {
             static_users: vec![StaticUser {
                 ip: Some("10.0.0.2".parse().expect("ip")),
@@ -1031,7 +1032,8 @@ mod tests {
 
     #[test]
     fn window_and_unknown_cap() {
-        let cat = Catalog::from_data(DATA, &CatalogConfig::default(), &[]).expect("catalog");
+        let cat = Catalog::from_data(DATA, &CatalogConfig::default(), &[], chrono::Utc::now())
+            .expect("catalog");
         let mut agg = Aggregator::new(AggregateOptions {
             window: Some((t("2025-11-26T08:00:00Z"), t("2025-11-26T09:00:00Z"))),
             max_unknown_domains: 4,

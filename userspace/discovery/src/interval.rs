@@ -367,7 +367,7 @@ mod tests {
 
     #[test]
     fn each_byte_and_each_flow_is_reported_once() {
-        let catalog = Catalog::builtin().unwrap();
+        let catalog = Catalog::builtin(chrono::Utc::now()).unwrap();
         let users = Users::default();
         let t0 = Utc::now();
         let mut meter = IntervalMeter::new(t0);
@@ -460,7 +460,7 @@ mod tests {
 
     #[test]
     fn a_restored_meter_does_not_report_a_flow_again() {
-        let catalog = Catalog::builtin().unwrap();
+        let catalog = Catalog::builtin(chrono::Utc::now()).unwrap();
         let users = Users::default();
         let t0 = Utc::now();
         let mut meter = IntervalMeter::new(t0);
@@ -513,7 +513,7 @@ mod tests {
     /// same flow comes back a few microseconds off, here across a tick boundary.
     #[test]
     fn a_flow_whose_start_moved_by_microseconds_is_the_same_flow() {
-        let catalog = Catalog::builtin().unwrap();
+        let catalog = Catalog::builtin(chrono::Utc::now()).unwrap();
         let users = Users::default();
         let boundary = DateTime::from_timestamp_micros(
             Utc::now().timestamp_micros() / FIRST_SEEN_TICK_MICROS * FIRST_SEEN_TICK_MICROS,
@@ -563,7 +563,7 @@ mod tests {
 
     #[test]
     fn unknown_names_group_by_registrable_domain() {
-        let catalog = Catalog::builtin().unwrap();
+        let catalog = Catalog::builtin(chrono::Utc::now()).unwrap();
         let users = Users::default();
         let t0 = Utc::now();
         let mut meter = IntervalMeter::new(t0);
@@ -591,7 +591,7 @@ mod tests {
 
     #[test]
     fn a_blocked_flow_counts_once_as_blocked_in_the_interval_it_first_appears_in() {
-        let catalog = Catalog::builtin().unwrap();
+        let catalog = Catalog::builtin(chrono::Utc::now()).unwrap();
         let users = Users::default();
         let t0 = Utc::now();
         let mut meter = IntervalMeter::new(t0);

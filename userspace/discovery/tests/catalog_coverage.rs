@@ -107,7 +107,7 @@ fn ndpi_corpus_coverage() {
         import_pcap(p, &mut table).unwrap_or_else(|e| panic!("{e}"));
         flows.extend(table.records_with_meta().map(|(r, _)| r));
     }
-    let cat = Catalog::builtin().expect("shipped catalog");
+    let cat = Catalog::builtin(chrono::Utc::now()).expect("shipped catalog");
     let now = coverage(&cat, &flows);
     print("shipped catalog", &now);
     for (b, f, d) in now.top_unknown.iter().take(15) {
@@ -115,7 +115,7 @@ fn ndpi_corpus_coverage() {
     }
     if let Some(path) = std::env::var_os("TOLLGATE_CATALOG_BASELINE") {
         let json = std::fs::read_to_string(&path).expect("read the baseline catalog");
-        let base = Catalog::from_data(&json, &CatalogConfig::default(), &[])
+        let base = Catalog::from_data(&json, &CatalogConfig::default(), &[], chrono::Utc::now())
             .expect("baseline catalog loads");
         print("baseline catalog", &coverage(&base, &flows));
     }

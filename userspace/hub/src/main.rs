@@ -239,7 +239,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Apps { json } => {
-            let catalog = tollgate_catalog::Catalog::builtin().ok();
+            let catalog = tollgate_catalog::Catalog::builtin(chrono::Utc::now()).ok();
             let apps = db.apps(catalog.as_ref()).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&apps)?);

@@ -132,7 +132,7 @@ pub async fn run(config: Config, db: Db, keys: Keys, admin_token: String) -> any
     let (latest, _) = watch::channel(Arc::new(initial));
     let revoked = RwLock::new(db.revoked_ids().await?.into_iter().collect());
     let state = Arc::new(State {
-        catalog: tollgate_catalog::Catalog::builtin().ok(),
+        catalog: tollgate_catalog::Catalog::builtin(chrono::Utc::now()).ok(),
         writer: GroupWriter::spawn(db.clone()),
         db,
         keys,

@@ -493,7 +493,7 @@ async fn uploads_count_once_and_survive_a_restart(backend: Backend) {
             gw.enrolled.gateway_id.as_str()
         );
         // The catalog's score, as the gateway's own report shows it.
-        let catalog = tollgate_catalog::Catalog::builtin().unwrap();
+        let catalog = tollgate_catalog::Catalog::builtin(chrono::Utc::now()).unwrap();
         assert_eq!(
             dropbox["risk_score"].as_f64(),
             catalog.risk_score("dropbox")

@@ -27,7 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             _ => files.push(PathBuf::from(a)),
         }
     }
-    let catalog = Catalog::builtin()?;
+    let catalog = Catalog::builtin(chrono::Utc::now())?;
     let report = discover(&files, &opts, &catalog, &Users::default());
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

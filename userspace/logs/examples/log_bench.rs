@@ -197,7 +197,7 @@ fn run(path: &Path) {
         imp_s / wc_s
     );
 
-    let catalog = Catalog::builtin().expect("catalog");
+    let catalog = Catalog::builtin(chrono::Utc::now()).expect("catalog");
     let users = Users::default();
     let mut agg = Aggregator::new(AggregateOptions::default());
     let (t, c) = (Instant::now(), cpu_secs());
@@ -254,7 +254,7 @@ fn import_only(path: &Path) {
 /// Import + classify + aggregate only (for perf and the RSS of the whole offline path).
 fn aggregate_only(path: &Path) {
     let size = std::fs::metadata(path).expect("input").len();
-    let catalog = Catalog::builtin().expect("catalog");
+    let catalog = Catalog::builtin(chrono::Utc::now()).expect("catalog");
     let users = Users::default();
     let mut agg = Aggregator::new(AggregateOptions::default());
     let (t, c) = (Instant::now(), cpu_secs());

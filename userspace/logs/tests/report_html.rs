@@ -21,7 +21,7 @@ fn fixtures() -> Vec<PathBuf> {
 }
 
 fn report(flows: bool) -> DiscoveryReport {
-    let catalog = Catalog::builtin().expect("catalog");
+    let catalog = Catalog::builtin(chrono::Utc::now()).expect("catalog");
     let mut inputs = fixtures();
     inputs.push(PathBuf::from("/nonexistent/tollgate-missing.log"));
     // BSD syslog stamps carry no year (the pfSense fixture is dated this year), so "new"
@@ -267,7 +267,7 @@ fn pcap_and_logs_in_one_run() {
         return;
     }
     let log = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/logs/squid_native.log");
-    let catalog = Catalog::builtin().expect("catalog");
+    let catalog = Catalog::builtin(chrono::Utc::now()).expect("catalog");
     let r = discover(
         &[pcap, log],
         &DiscoverOptions::default(),

@@ -257,7 +257,8 @@ mod tests {
                 .unwrap()
             })
             .collect();
-        Catalog::from_config(&Default::default(), &custom).expect("catalog with custom apps")
+        Catalog::from_config(&Default::default(), &custom, chrono::Utc::now())
+            .expect("catalog with custom apps")
     }
 
     #[test]

@@ -331,7 +331,8 @@ domains = ["*.acme-box.example"]"#,
         .iter()
         .map(|t| toml::from_str(t).expect("custom app"))
         .collect();
-        Catalog::from_config(&Default::default(), &custom).expect("catalog with custom apps")
+        Catalog::from_config(&Default::default(), &custom, chrono::Utc::now())
+            .expect("catalog with custom apps")
     }
 
     fn tags(cat: &Catalog, unsanctioned: &[&str]) -> TagBook {
@@ -437,7 +438,8 @@ domains = ["*.acme-box.example"]"#,
 
     #[test]
     fn apps_keep_their_numbers_when_the_catalog_grows() {
-        let small = Catalog::from_config(&Default::default(), &[]).expect("shipped catalog");
+        let small = Catalog::from_config(&Default::default(), &[], chrono::Utc::now())
+            .expect("shipped catalog");
         let mut numbers = AppNumbers::new(&small);
         let before: Vec<(String, u32)> = small
             .apps()

@@ -56,7 +56,7 @@ fn semantic(file: Option<&Path>, key: &str, message: String) -> Failure {
 
 /// The catalog the config describes: shipped apps, custom apps, weights, score overrides.
 pub fn load_catalog(cfg: &Config, file: Option<&Path>) -> Result<Catalog, Failure> {
-    let mut catalog = Catalog::from_config(&cfg.catalog, &cfg.custom_apps)
+    let mut catalog = Catalog::from_config(&cfg.catalog, &cfg.custom_apps, chrono::Utc::now())
         .map_err(|e| semantic(file, "catalog/custom_apps", e.to_string()))?;
     let overrides: Vec<(String, AppOverride)> = cfg
         .apps

@@ -10,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let Ok(cat) = Catalog::from_data(text, &CatalogConfig::default(), &[]) else {
+    let Ok(cat) = Catalog::from_data(text, &CatalogConfig::default(), &[], chrono::DateTime::UNIX_EPOCH) else {
         return;
     };
     for app in cat.apps().take(64) {
