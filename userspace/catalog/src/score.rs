@@ -299,16 +299,19 @@ fn round_to(x: f64, decimals: i32) -> f64 {
     (x * m).round() / m
 }
 
+/// The sum of the property weights of group `g` under `w`.
+fn group_property_weight(w: &Weights, g: Group) -> f64 {
+    Property::ALL
+        .iter()
+        .filter(|p| p.group() == g)
+        .map(|p| w.property(*p).weight())
+        .sum()
+}
+
 /// Each property's share of the whole weight under `w` (they add up to 1 unless everything
 /// is ignored), in [`Property::ALL`] order. Computed once per rescore of the catalog.
 pub fn shares(w: &Weights) -> Vec<(Property, f64)> {
-    let group_total = |g: Group| -> f64 {
-        Property::ALL
-            .iter()
-            .filter(|p| p.group() == g)
-            .map(|p| w.property(*p).weight())
-            .sum()
-    };
+    let group_total = |g: Group| group_property_weight(w, g);
     let totals: Vec<(Group, f64)> = Group::ALL.iter().map(|g| (*g, group_total(*g))).collect();
     let groups_weight: f64 = totals
         .iter()
@@ -368,13 +371,7 @@ pub fn score_only(
 pub fn compute(a: &Attributes, w: &Weights, now_year: u16) -> RiskScore {
     // Each group's total property weight, so that a property's share of the whole is
     // group weight / sum of group weights × property weight / group's property weight.
-    let group_total = |g: Group| -> f64 {
-        Property::ALL
-            .iter()
-            .filter(|p| p.group() == g)
-            .map(|p| w.property(*p).weight())
-            .sum()
-    };
+    let group_total = |g: Group| group_property_weight(w, g);
     let groups_weight: f64 = Group::ALL
         .iter()
         .filter(|g| group_total(**g) > 0.0)

@@ -144,27 +144,11 @@ async fn main() -> anyhow::Result<()> {
         let waiter = {
             let started = Arc::clone(&started);
             tokio::spawn(async move {
-                let req = PollRequest {
-                    applied_revision: 0,
-                    wait_secs: 30,
-                    health: Health::default(),
-                };
-                loop {
-                    if let PollResponse::Bundle(b) = client.poll(&req).await? {
-                        let bundle = b
-                            .verify(&enrolled_key(&client), 0, "load")
-                            .map_err(|e| anyhow::anyhow!("{e}"))?;
-                        client
-                            .report(&BundleReport {
-                                revision: bundle.revision,
-                                outcome: BundleOutcome::Applied,
-                            })
-                            .await?;
-                        return Ok::<_, anyhow::Error>(
-                            started.get().map(|t| t.elapsed()).unwrap_or_default(),
-                        );
-                    }
-                }
+                anyhow::ensure!(
+                    apply_next_bundle(&client, 0).await?,
+                    "the bundle did not verify"
+                );
+                Ok::<_, anyhow::Error>(started.get().map(|t| t.elapsed()).unwrap_or_default())
             })
         };
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -187,34 +171,11 @@ async fn main() -> anyhow::Result<()> {
         let tx = tx.clone();
         let published_at = Arc::clone(&published_at);
         tokio::spawn(async move {
-            let req = PollRequest {
-                applied_revision: 1,
-                wait_secs: 30,
-                health: Health::default(),
-            };
-            let result = async {
-                loop {
-                    match client.poll(&req).await? {
-                        PollResponse::Bundle(b) => {
-                            let Ok(bundle) = b.verify(&enrolled_key(&client), 1, "load") else {
-                                return Ok(None);
-                            };
-                            let revision = bundle.revision;
-                            client
-                                .report(&BundleReport {
-                                    revision,
-                                    outcome: BundleOutcome::Applied,
-                                })
-                                .await?;
-                            return Ok::<_, client::ClientError>(
-                                published_at.get().map(|t| t.elapsed()),
-                            );
-                        }
-                        PollResponse::Unchanged { .. } => continue,
-                    }
-                }
-            }
-            .await;
+            let result = apply_next_bundle(&client, 1).await.map(|applied| {
+                applied
+                    .then(|| published_at.get().map(|t| t.elapsed()))
+                    .flatten()
+            });
             let _ = tx.send(result.map_err(|e| e.to_string()));
         });
         if i % 500 == 499 {
@@ -419,6 +380,30 @@ async fn database_alone(
         .execute(&pool)
         .await;
     Ok(rate)
+}
+
+/// Polls until a bundle newer than `applied` comes, checks it, and reports it applied:
+/// `false` when it did not verify.
+async fn apply_next_bundle(client: &HubClient, applied: u64) -> Result<bool, client::ClientError> {
+    let req = PollRequest {
+        applied_revision: applied,
+        wait_secs: 30,
+        health: Health::default(),
+    };
+    loop {
+        if let PollResponse::Bundle(b) = client.poll(&req).await? {
+            let Ok(bundle) = b.verify(&enrolled_key(client), applied, "load") else {
+                return Ok(false);
+            };
+            client
+                .report(&BundleReport {
+                    revision: bundle.revision,
+                    outcome: BundleOutcome::Applied,
+                })
+                .await?;
+            return Ok(true);
+        }
+    }
 }
 
 /// The bundle key is not kept by the client; the load test checks signatures with the key
