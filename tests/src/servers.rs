@@ -175,6 +175,11 @@ impl Daemon {
 
     /// Starts (or restarts) the daemon process with the same config.
     pub fn spawn(&self, topo: &mut Topology) -> Result<()> {
+        self.spawn_with(topo, "")
+    }
+
+    /// As [`Daemon::spawn`], with more `run` arguments (e.g. `--log-format json`).
+    pub fn spawn_with(&self, topo: &mut Topology, run_args: &str) -> Result<()> {
         let _ = std::fs::remove_file(&self.socket);
         let bin = tollgate_bin();
         if !bin.exists() {
@@ -182,7 +187,7 @@ impl Daemon {
         }
         // Spawned in the host namespace: --netns makes the daemon enter the gateway itself.
         let cmd = format!(
-            "{} run --config {} --netns {}",
+            "{} run --config {} --netns {} {run_args}",
             bin.display(),
             self.config.display(),
             topo.gateway

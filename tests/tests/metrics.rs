@@ -369,7 +369,9 @@ fn prometheus_scrapes_the_hub_and_an_enrolled_gateway() {
         "enroll: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    daemon.spawn(&mut topo).expect("daemon");
+    daemon
+        .spawn_with(&mut topo, "--log-format json")
+        .expect("daemon");
     let gw = topo.gateway.clone();
     let prom = Prometheus::start(
         &mut topo,
@@ -418,6 +420,32 @@ fn prometheus_scrapes_the_hub_and_an_enrolled_gateway() {
         |v| v == 1.0,
     );
     assert_eq!(hub_up, Some(1.0), "the gateway's hub_connected gauge");
+
+    // `--log-format json`: every log record (stderr) is one JSON object with a level, a
+    // timestamp, a message and its fields flattened beside them; what is not JSON is the
+    // daemon's stdout for people (the start-up summary, the status heartbeat), never a text
+    // log record.
+    let log = topo.log(&daemon.log);
+    let mut records = 0;
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        if !line.starts_with('{') {
+            assert!(
+                !["  INFO ", "  WARN ", " ERROR ", " DEBUG "]
+                    .iter()
+                    .any(|level| line.contains(level)),
+                "a text log record under --log-format json: {line}"
+            );
+            continue;
+        }
+        let v: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("a log line that is not JSON ({e}): {line}\n{log}"));
+        assert!(
+            v["level"].is_string() && v["timestamp"].is_string() && v["message"].is_string(),
+            "{line}"
+        );
+        records += 1;
+    }
+    assert!(records >= 2, "no JSON log records: {log}");
     let polls = prom.wait_value(
         &topo,
         "sum(tollgate_hub_requests_total{path=\"/v1/poll\"})",
