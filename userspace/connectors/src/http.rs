@@ -58,10 +58,13 @@ impl std::fmt::Debug for HttpClient {
 
 /// The system's roots (`SSL_CERT_FILE` / `SSL_CERT_DIR` honoured) and `extra`.
 pub fn roots(extra: &[CertificateDer<'static>]) -> RootCertStore {
+    // Read once per process: parsing the system bundle is the slowest part of starting a
+    // connector, and the hub starts one per `[[connectors]]` (and again on a bundle change).
+    static NATIVE: std::sync::OnceLock<Vec<CertificateDer<'static>>> = std::sync::OnceLock::new();
+    let native = NATIVE.get_or_init(|| rustls_native_certs::load_native_certs().certs);
     let mut roots = RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for cert in native.certs {
-        let _ = roots.add(cert);
+    for cert in native {
+        let _ = roots.add(cert.clone());
     }
     for cert in extra {
         let _ = roots.add(cert.clone());
