@@ -263,6 +263,12 @@ impl Sim {
         self.lock().tokens = vec![token.to_string()];
     }
 
+    /// Forgets the `Retry-After` it handed out (the client was restarted: a new process
+    /// cannot know it).
+    pub fn forget_retry_after(&self) {
+        self.lock().not_before = None;
+    }
+
     pub fn set_retry_scale(&self, scale: f64) {
         self.lock().retry_scale = scale;
     }
