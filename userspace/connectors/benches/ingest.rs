@@ -8,7 +8,41 @@
 //!
 //! `cargo bench -p tollgate-connectors` (EVENTS=N to change the event count, default 20,000).
 
-use std::time::Instant;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// Counts live heap bytes and their high-water mark.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded to the system allocator unchanged; only counters are added.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: same contract as the caller's.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn live() -> usize {
+    LIVE.load(Ordering::Relaxed)
+}
 
 use tollgate_connectors::sim::{M365_TENANT, Sim, SimClock, SimEvent};
 use tollgate_connectors::vendors::{box_events, github, m365, okta, slack};
@@ -18,13 +52,6 @@ use tollgate_connectors::{
 
 const TOKEN: &str = "bench-token";
 const T0: i64 = 1_793_491_200_000;
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |pages| pages * 4)
-}
 
 fn config(kind: Kind, base_url: &str, name: &str) -> ConnectorConfig {
     ConnectorConfig {
@@ -131,6 +158,7 @@ fn main() {
         rt.block_on(async {
             let clock = SimClock::new(T0);
             let sim = Sim::start(kind, clock.clone(), TOKEN).await.unwrap();
+            sim.set_hold(Duration::ZERO);
             // Spread over the last 23 hours (inside every first window).
             let span = 23 * 3600 * 1000;
             let events: Vec<SimEvent> = (0..n)
@@ -149,6 +177,8 @@ fn main() {
                 options,
             )
             .unwrap();
+            let live_before = live();
+            PEAK.store(live_before, Ordering::Relaxed);
             let started = Instant::now();
             let mut quiet = 0;
             while quiet < 2 {
@@ -160,6 +190,8 @@ fn main() {
                 };
             }
             let secs = started.elapsed().as_secs_f64();
+            let peak = PEAK.load(Ordering::Relaxed) - live_before;
+            let stored = live().saturating_sub(live_before);
             assert_eq!(store.len() as u64, n, "{kind}: every event stored once");
             // The two quiet polls are not ingest; count the calls that brought events in.
             let calls = sim.stats().requests.saturating_sub(2);
@@ -191,7 +223,12 @@ fn main() {
                     "-".into()
                 },
             );
-            cursor_bytes.push((kind, store.cursor("bench").map_or(0, |c| c.len())));
+            cursor_bytes.push((
+                kind,
+                store.cursor("bench").map_or(0, |c| c.len()),
+                peak,
+                stored,
+            ));
         });
     }
     // Memory: RSS growth over many idle connectors (settings, TLS config, status, client).
@@ -209,7 +246,7 @@ fn main() {
             options.clone(),
         )
         .unwrap();
-        let before = rss_kib();
+        let before = live();
         let count = 200;
         let mut all = Vec::new();
         for i in 0..count {
@@ -222,14 +259,24 @@ fn main() {
                 .unwrap(),
             );
         }
-        let after = rss_kib();
+        let after = live();
         let per = (after.saturating_sub(before)) as f64 / count as f64;
-        println!("\nmemory per idle connector: {per:.1} KiB (RSS growth over {count} connectors)");
-        for (kind, bytes) in &cursor_bytes {
+        println!(
+            "\nmemory per idle connector: {:.1} KiB of heap (over {count} connectors; the TLS roots are shared)",
+            per / 1024.0
+        );
+        println!(
+            "{:<7} {:>14} {:>16} {:>16} {:>8}",
+            "vendor", "cursor bytes", "peak above start", "store (baseline)", "ratio"
+        );
+        for (kind, bytes, peak, stored) in &cursor_bytes {
             println!(
-                "  {:<7} stored cursor {bytes} B (ratio idle connector / cursor {:.0})",
+                "{:<7} {:>14} {:>13} KiB {:>12} KiB {:>8.2}",
                 kind.as_str(),
-                per * 1024.0 / (*bytes).max(1) as f64
+                bytes,
+                peak / 1024,
+                stored / 1024,
+                *peak as f64 / (*stored).max(1) as f64
             );
         }
         drop(all);

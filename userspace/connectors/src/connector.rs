@@ -570,3 +570,68 @@ impl Ctx<'_> {
 fn vendor_reason(body: &[u8]) -> String {
     snippet(body, 200)
 }
+
+/// A governance call a policy may ask of a connector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Governance {
+    /// Okta: `POST /api/v1/users/{id}/lifecycle/suspend`; GitHub Enterprise Server:
+    /// `PUT /users/{username}/suspended`.
+    SuspendUser,
+    /// Okta: `DELETE /api/v1/users/{id}/sessions`.
+    RevokeSessions,
+}
+
+impl Connector {
+    /// Runs a governance call against the vendor for `user` (an id or login; it is one path
+    /// segment, percent-encoded, so it cannot reach another endpoint). A call the vendor's
+    /// API does not offer is refused without a request.
+    pub async fn govern(&mut self, action: Governance, user: &str) -> Result<(), ConnectorError> {
+        if user.is_empty()
+            || user == "."
+            || user == ".."
+            || user.len() > 256
+            || user.chars().any(char::is_control)
+        {
+            return Err(ConnectorError::Config(format!(
+                "governance: bad user {:?}",
+                snippet(user.as_bytes(), 64)
+            )));
+        }
+        let (method, segments): (Method, Vec<&str>) = match (self.settings.kind, action) {
+            (Kind::Okta, Governance::SuspendUser) => (
+                Method::POST,
+                vec!["api", "v1", "users", user, "lifecycle", "suspend"],
+            ),
+            (Kind::Okta, Governance::RevokeSessions) => {
+                (Method::DELETE, vec!["api", "v1", "users", user, "sessions"])
+            }
+            (Kind::Github, Governance::SuspendUser) => {
+                (Method::PUT, vec!["users", user, "suspended"])
+            }
+            (kind, action) => {
+                return Err(ConnectorError::Config(format!(
+                    "governance: {kind} does not offer {action:?} through this API"
+                )));
+            }
+        };
+        let mut url = self.settings.base_url.clone();
+        url.path_segments_mut()
+            .map_err(|_| ConnectorError::Config("base_url cannot carry a path".into()))?
+            .pop_if_empty()
+            .extend(segments);
+        let now = (self.options.clock)();
+        let mut ctx = Ctx {
+            settings: &self.settings,
+            origin: &self.origin,
+            http: &mut self.http,
+            limits: &self.options.limits,
+            gate: &self.gate,
+            status: &mut self.status,
+            not_before: &mut self.not_before,
+            memory: &mut self.memory,
+            now,
+        };
+        ctx.request(method, &url, false).await.map(|_| ())
+    }
+}

@@ -39,7 +39,9 @@ pub mod store;
 pub mod throttle;
 pub mod vendors;
 
-pub use connector::{Clock, Connector, ConnectorStatus, Health, Options, PollReport, TenantGates};
+pub use connector::{
+    Clock, Connector, ConnectorStatus, Governance, Health, Options, PollReport, TenantGates,
+};
 pub use error::{ConnectorError, ParseError};
 pub use settings::{ConnectorConfig, Kind, Secret, Settings};
 pub use store::{MemoryStore, Store, StoreError};

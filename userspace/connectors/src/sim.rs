@@ -115,6 +115,8 @@ pub struct SimStats {
     pub throttled_answers: u64,
     pub faults_answered: u64,
     pub by_path: HashMap<String, u64>,
+    /// Governance calls received: (method, path).
+    pub governance: Vec<(String, String)>,
 }
 
 struct State {
@@ -139,6 +141,8 @@ struct State {
     m365_subscribed: Vec<String>,
     origin: String,
     tenant: String,
+    /// How long each request is held before it is answered (1 ms: overlapping clients show).
+    hold: Duration,
 }
 
 /// A running simulated API.
@@ -205,6 +209,7 @@ impl Sim {
             m365_subscribed: Vec::new(),
             origin: format!("https://localhost:{}", addr.port()),
             tenant: M365_TENANT.into(),
+            hold: Duration::from_millis(1),
         }));
         let st = Arc::clone(&state);
         let task = tokio::spawn(async move {
@@ -267,6 +272,11 @@ impl Sim {
     /// cannot know it).
     pub fn forget_retry_after(&self) {
         self.lock().not_before = None;
+    }
+
+    /// How long each request is held (default 1 ms; zero for throughput runs).
+    pub fn set_hold(&self, hold: Duration) {
+        self.lock().hold = hold;
     }
 
     pub fn set_retry_scale(&self, scale: f64) {
@@ -335,7 +345,10 @@ async fn serve(
     }
     let _guard = InFlight(st);
     // Stay "in flight" for a moment so that overlapping clients are seen.
-    tokio::time::sleep(Duration::from_millis(1)).await;
+    let hold = lock().hold;
+    if !hold.is_zero() {
+        tokio::time::sleep(hold).await;
+    }
     let mut s = lock();
     s.stats.requests += 1;
     let path = req.uri().path().to_string();
@@ -439,6 +452,26 @@ async fn serve(
     }
     s.not_before = None;
     let method = req.method().clone();
+    let raw_path = req.uri().path().to_string();
+    let governance = match s.kind {
+        Kind::Okta => raw_path.starts_with("/api/v1/users/"),
+        Kind::Github => raw_path.starts_with("/users/"),
+        _ => false,
+    };
+    if governance {
+        s.stats.governance.push((method.to_string(), raw_path));
+        return match s.kind {
+            Kind::Okta if method == http::Method::DELETE => Response::builder()
+                .status(204)
+                .body(Full::new(Bytes::new()))
+                .unwrap_or_default(),
+            Kind::Github => Response::builder()
+                .status(204)
+                .body(Full::new(Bytes::new()))
+                .unwrap_or_default(),
+            _ => answer(200, json!({})),
+        };
+    }
     match s.kind {
         Kind::Okta => okta(&mut s, &path, &query, &full_url, empty, off_origin),
         Kind::Github => github(&mut s, &path, &query, off_origin),

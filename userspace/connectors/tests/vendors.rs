@@ -638,3 +638,65 @@ fn counts_per_kind_are_independent() {
     });
     assert_eq!(by["same"], 2);
 }
+
+#[tokio::test]
+async fn governance_calls_reach_only_their_endpoint() {
+    let rig = Rig::new(Kind::Okta).await;
+    let mut c = rig.connector();
+    c.govern(tollgate_connectors::Governance::SuspendUser, "00u1abc")
+        .await
+        .unwrap();
+    c.govern(tollgate_connectors::Governance::RevokeSessions, "00u1abc")
+        .await
+        .unwrap();
+    // A user name that tries to walk to another endpoint stays one path segment.
+    c.govern(
+        tollgate_connectors::Governance::SuspendUser,
+        "../../groups/x?y=1#z",
+    )
+    .await
+    .unwrap();
+    let calls = rig.sim.stats().governance;
+    assert_eq!(
+        calls,
+        vec![
+            (
+                "POST".to_string(),
+                "/api/v1/users/00u1abc/lifecycle/suspend".to_string()
+            ),
+            (
+                "DELETE".to_string(),
+                "/api/v1/users/00u1abc/sessions".to_string()
+            ),
+            (
+                "POST".to_string(),
+                "/api/v1/users/..%2F..%2Fgroups%2Fx%3Fy=1%23z/lifecycle/suspend".to_string()
+            ),
+        ]
+    );
+    let rig = Rig::new(Kind::Github).await;
+    let mut c = rig.connector();
+    c.govern(tollgate_connectors::Governance::SuspendUser, "monalisa")
+        .await
+        .unwrap();
+    assert_eq!(
+        rig.sim.stats().governance,
+        vec![("PUT".to_string(), "/users/monalisa/suspended".to_string())]
+    );
+    // Not offered: refused without a request.
+    let rig = Rig::new(Kind::Box).await;
+    let mut c = rig.connector();
+    assert!(
+        c.govern(tollgate_connectors::Governance::RevokeSessions, "u")
+            .await
+            .is_err()
+    );
+    let rig2 = Rig::new(Kind::Okta).await;
+    let mut c2 = rig2.connector();
+    assert!(
+        c2.govern(tollgate_connectors::Governance::SuspendUser, "..")
+            .await
+            .is_err()
+    );
+    assert_eq!(rig.sim.stats().requests + rig2.sim.stats().requests, 0);
+}
