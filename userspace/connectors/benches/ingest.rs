@@ -241,6 +241,14 @@ fn main() {
             extra_roots: vec![sim.cert_der.clone()],
             gates: TenantGates::default(),
         };
+        let no_extra = Options {
+            extra_roots: Vec::new(),
+            ..options.clone()
+        };
+        let _warm = Connector::new(
+            Settings::from_config(&config(Kind::Box, &sim.base_url, "warm0")).unwrap(),
+            no_extra.clone(),
+        );
         let _warm = Connector::new(
             Settings::from_config(&config(Kind::Box, &sim.base_url, "warm")).unwrap(),
             options.clone(),
@@ -261,10 +269,31 @@ fn main() {
         }
         let after = live();
         let per = (after.saturating_sub(before)) as f64 / count as f64;
+        // The hub's case: no extra roots, one shared TLS configuration.
+        let before_shared = live();
+        let mut shared = Vec::new();
+        for i in 0..count {
+            let kind = Kind::ALL[i % 5];
+            if let Ok(c) = Connector::new(
+                Settings::from_config(&config(kind, &sim.base_url, &format!("s{i}"))).unwrap(),
+                no_extra.clone(),
+            ) {
+                shared.push(c);
+            }
+        }
+        let per_shared = if shared.is_empty() {
+            f64::NAN
+        } else {
+            live().saturating_sub(before_shared) as f64 / shared.len() as f64
+        };
         println!(
-            "\nmemory per idle connector: {:.1} KiB of heap (over {count} connectors; the TLS roots are shared)",
-            per / 1024.0
+            "\nmemory per idle connector: {:.1} KiB of heap with the system roots shared (the hub), \
+             {:.1} KiB with its own root store (extra roots); ratio {:.2}",
+            per_shared / 1024.0,
+            per / 1024.0,
+            per_shared / per
         );
+        drop(shared);
         println!(
             "{:<7} {:>14} {:>16} {:>16} {:>8}",
             "vendor", "cursor bytes", "peak above start", "store (baseline)", "ratio"

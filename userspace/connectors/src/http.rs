@@ -77,22 +77,40 @@ pub fn same_origin(url: &Url, origin: &str) -> bool {
     url.origin().ascii_serialization() == origin
 }
 
+fn client_config(extra_roots: &[CertificateDer<'static>]) -> Result<ClientConfig, ConnectorError> {
+    let roots = roots(extra_roots);
+    if roots.is_empty() {
+        return Err(ConnectorError::Config(
+            "no trusted roots (system store empty; set SSL_CERT_FILE)".into(),
+        ));
+    }
+    Ok(
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ConnectorError::Config(format!("TLS: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
 impl HttpClient {
     pub fn new(extra_roots: &[CertificateDer<'static>]) -> Result<HttpClient, ConnectorError> {
-        let roots = roots(extra_roots);
-        if roots.is_empty() {
-            return Err(ConnectorError::Config(
-                "no trusted roots (system store empty; set SSL_CERT_FILE)".into(),
-            ));
-        }
-        let config =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .map_err(|e| ConnectorError::Config(format!("TLS: {e}")))?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+        // Connectors without extra roots (all of the hub's) share one TLS configuration: a
+        // root store is ~100 KiB, which was most of an idle connector.
+        static SHARED: std::sync::OnceLock<Arc<ClientConfig>> = std::sync::OnceLock::new();
+        let config = if extra_roots.is_empty() {
+            match SHARED.get() {
+                Some(c) => Arc::clone(c),
+                None => {
+                    let c = Arc::new(client_config(&[])?);
+                    Arc::clone(SHARED.get_or_init(|| c))
+                }
+            }
+        } else {
+            Arc::new(client_config(extra_roots)?)
+        };
         Ok(HttpClient {
-            tls: TlsConnector::from(Arc::new(config)),
+            tls: TlsConnector::from(config),
             conn: None,
             requests: 0,
             connections: 0,

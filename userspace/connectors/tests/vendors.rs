@@ -700,3 +700,26 @@ async fn governance_calls_reach_only_their_endpoint() {
     );
     assert_eq!(rig.sim.stats().requests + rig2.sim.stats().requests, 0);
 }
+
+/// The cursor moves only with the records: a commit that fails leaves both where they were,
+/// and the next poll reads the same pages again.
+#[tokio::test]
+async fn a_store_outage_does_not_advance_the_cursor() {
+    for kind in Kind::ALL {
+        let rig = Rig::new(kind).await;
+        rig.sim.set_page_size(10);
+        let evs = events(50, 0);
+        rig.sim.add_events(evs.clone());
+        let mut c = rig.connector();
+        rig.store.fail_next_commits(1);
+        let e = c.poll(&rig.store).await.unwrap_err();
+        assert!(matches!(e, ConnectorError::Store(_)), "{kind}: {e}");
+        assert!(
+            rig.store.cursor(&format!("{kind}-test")).is_none(),
+            "{kind}"
+        );
+        assert_eq!(rig.store.len(), 0);
+        rig.drain(&mut c).await;
+        rig.assert_exactly_once(&ids(&evs));
+    }
+}
