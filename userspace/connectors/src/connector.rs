@@ -156,10 +156,14 @@ pub struct PollReport {
 
 /// Process-memory state a vendor keeps between polls (never needed for correctness after a
 /// restart).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct VendorMemory {
     /// M365: content types whose subscription was started by this process.
     pub m365_started: Vec<String>,
+    /// The client-credentials access token and when to stop using it.
+    pub access_token: Option<(String, Instant)>,
+    /// Access tokens fetched (client-credentials flow).
+    pub token_requests: u64,
 }
 
 pub struct Connector {
@@ -431,7 +435,72 @@ impl Ctx<'_> {
         }
     }
 
-    fn authorization(&self) -> Result<String, ConnectorError> {
+    /// The access token of the client-credentials flow: cached until a minute before it
+    /// expires; fetched with the client secret (read again each time) from `token_url`.
+    async fn access_token(&mut self) -> Result<String, ConnectorError> {
+        if let Some((token, until)) = &self.memory.access_token
+            && Instant::now() < *until
+        {
+            return Ok(token.clone());
+        }
+        let Some(oauth) = &self.settings.oauth else {
+            return Err(ConnectorError::Config("no client credentials".into()));
+        };
+        let secret = self.settings.secret.read()?;
+        let form = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("grant_type", "client_credentials")
+            .append_pair("client_id", &oauth.client_id)
+            .append_pair("client_secret", &secret)
+            .append_pair("scope", &oauth.scope)
+            .finish();
+        let origin = oauth.token_url.origin().ascii_serialization();
+        self.memory.token_requests += 1;
+        let resp = self
+            .http
+            .send_body(
+                Method::POST,
+                &oauth.token_url,
+                &origin,
+                None,
+                Some(form),
+                self.limits.request_timeout,
+            )
+            .await?;
+        if resp.status != 200 {
+            return Err(ConnectorError::Unauthorized {
+                origin,
+                status: resp.status,
+                reason: vendor_reason(&resp.body),
+            });
+        }
+        let v: serde_json::Value =
+            serde_json::from_slice(&resp.body).map_err(|e| ConnectorError::Parse {
+                origin: origin.clone(),
+                source: crate::error::ParseError::Json(e.to_string()),
+            })?;
+        let token = v
+            .get("access_token")
+            .and_then(serde_json::Value::as_str)
+            .filter(|t| !t.is_empty() && t.len() <= 16 * 1024 && !t.chars().any(char::is_control))
+            .ok_or(ConnectorError::Parse {
+                origin: origin.clone(),
+                source: crate::error::ParseError::Missing("access_token"),
+            })?
+            .to_string();
+        let lifetime = v
+            .get("expires_in")
+            .and_then(|e| e.as_u64().or_else(|| e.as_str()?.parse().ok()))
+            .unwrap_or(300)
+            .clamp(60, 86_400);
+        let until = Instant::now() + Duration::from_secs(lifetime - 30);
+        self.memory.access_token = Some((token.clone(), until));
+        Ok(token)
+    }
+
+    async fn authorization(&mut self) -> Result<String, ConnectorError> {
+        if self.settings.oauth.is_some() {
+            return Ok(format!("Bearer {}", self.access_token().await?));
+        }
         let token = self.settings.secret.read()?;
         Ok(match self.settings.kind {
             // Okta API tokens are `SSWS`; an OAuth access token is given as "Bearer ...".
@@ -463,12 +532,13 @@ impl Ctx<'_> {
         let origin = self.origin.to_string();
         let mut last = String::new();
         let attempts = self.limits.max_attempts.max(1);
+        let mut fresh_token = false;
         for attempt in 0..attempts {
             if let Some(at) = *self.not_before {
                 tokio::time::sleep_until(at).await;
                 *self.not_before = None;
             }
-            let auth = self.authorization()?;
+            let auth = self.authorization().await?;
             let sent = {
                 let _permit = self
                     .gate
@@ -529,6 +599,13 @@ impl Ctx<'_> {
             }
             match status {
                 200..=299 => return Ok(resp),
+                // An access token the vendor no longer takes: fetch a new one, once.
+                401 if self.settings.oauth.is_some() && !fresh_token => {
+                    fresh_token = true;
+                    self.memory.access_token = None;
+                    last = "401 (access token refused)".into();
+                    continue;
+                }
                 401 | 403 => {
                     return Err(ConnectorError::Unauthorized {
                         origin,

@@ -168,15 +168,32 @@ impl HttpClient {
         authorization: &str,
         timeout: Duration,
     ) -> Result<Response, ConnectorError> {
+        self.send_body(method, url, origin, Some(authorization), None, timeout)
+            .await
+    }
+
+    /// [`HttpClient::send`] with an optional `Authorization` and an optional form body
+    /// (`application/x-www-form-urlencoded`: an OAuth token request).
+    pub async fn send_body(
+        &mut self,
+        method: Method,
+        url: &Url,
+        origin: &str,
+        authorization: Option<&str>,
+        form: Option<String>,
+        timeout: Duration,
+    ) -> Result<Response, ConnectorError> {
         if !same_origin(url, origin) {
             return Err(ConnectorError::OffOrigin {
                 origin: origin.to_string(),
                 url: crate::error::snippet(url.as_str().as_bytes(), 200),
             });
         }
-        let result =
-            tokio::time::timeout(timeout, self.send_inner(method, url, origin, authorization))
-                .await;
+        let result = tokio::time::timeout(
+            timeout,
+            self.send_inner(method, url, origin, authorization, form),
+        )
+        .await;
         match result {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => {
@@ -198,7 +215,8 @@ impl HttpClient {
         method: Method,
         url: &Url,
         origin: &str,
-        authorization: &str,
+        authorization: Option<&str>,
+        form: Option<String>,
     ) -> Result<Response, ConnectorError> {
         self.connect(url, origin).await?;
         let transport = |reason: String| ConnectorError::Transport {
@@ -213,17 +231,30 @@ impl HttpClient {
             Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
             None => url.host_str().unwrap_or_default().to_string(),
         };
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(method)
             .uri(path)
             .header(http::header::HOST, host)
-            .header(http::header::AUTHORIZATION, authorization)
             .header(http::header::ACCEPT, "application/json")
             .header(
                 http::header::USER_AGENT,
                 concat!("tollgate-connectors/", env!("CARGO_PKG_VERSION")),
-            )
-            .body(Full::new(Bytes::new()))
+            );
+        if let Some(a) = authorization {
+            req = req.header(http::header::AUTHORIZATION, a);
+        }
+        let body = match form {
+            Some(f) => {
+                req = req.header(
+                    http::header::CONTENT_TYPE,
+                    "application/x-www-form-urlencoded",
+                );
+                Bytes::from(f)
+            }
+            None => Bytes::new(),
+        };
+        let req = req
+            .body(Full::new(body))
             .map_err(|e| transport(format!("request: {e}")))?;
         let conn = self
             .conn

@@ -87,6 +87,17 @@ pub struct ConnectorConfig {
     pub tenant_id: Option<String>,
     /// Microsoft 365: content types (default: the five documented ones).
     pub content_types: Option<Vec<String>>,
+    /// Microsoft 365: the Entra app's client id, for the client-credentials flow (instead of
+    /// `token`/`token_file`).
+    pub client_id: Option<String>,
+    /// Microsoft 365: the Entra app's client secret. Never logged, never in `--json`.
+    #[serde(default, skip_serializing)]
+    pub client_secret: Option<String>,
+    /// Microsoft 365: a file holding the client secret, read again at every token request.
+    pub client_secret_file: Option<PathBuf>,
+    /// Microsoft 365: the token endpoint (default
+    /// `https://login.microsoftonline.com/{tenant_id}/oauth2/v2.0/token`).
+    pub token_url: Option<String>,
 }
 
 impl std::fmt::Debug for ConnectorConfig {
@@ -102,6 +113,13 @@ impl std::fmt::Debug for ConnectorConfig {
             .field("org", &self.org)
             .field("tenant_id", &self.tenant_id)
             .field("content_types", &self.content_types)
+            .field("client_id", &self.client_id)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("client_secret_file", &self.client_secret_file)
+            .field("token_url", &self.token_url)
             .finish()
     }
 }
@@ -168,6 +186,18 @@ pub struct Settings {
     pub github_scope: Option<String>,
     pub tenant_id: Option<String>,
     pub content_types: Vec<String>,
+    /// The client-credentials flow: `secret` is then the client secret, exchanged at
+    /// `token_url` for short-lived access tokens.
+    pub oauth: Option<OAuth>,
+}
+
+/// An OAuth 2.0 client-credentials grant (Microsoft Entra for the Management Activity API).
+#[derive(Debug, Clone)]
+pub struct OAuth {
+    pub client_id: String,
+    pub token_url: Url,
+    /// `{base_url origin}/.default` (`https://manage.office.com/.default`).
+    pub scope: String,
 }
 
 /// The documented Management Activity content types.
@@ -228,12 +258,56 @@ impl Settings {
         if secs == 0 || secs > 86_400 {
             return Err("poll_interval_secs: must be 1..=86400".into());
         }
-        let secret = match (&c.token, &c.token_file) {
-            (Some(_), Some(_)) => return Err("token, token_file: set one, not both".into()),
-            (Some(t), None) if !t.trim().is_empty() => Secret::Token(t.trim().to_string()),
-            (Some(_), None) => return Err("token: empty".into()),
-            (None, Some(p)) => Secret::TokenFile(p.clone()),
-            (None, None) => return Err("token or token_file: missing".into()),
+        let oauth_keys = c.client_id.is_some()
+            || c.client_secret.is_some()
+            || c.client_secret_file.is_some()
+            || c.token_url.is_some();
+        if oauth_keys && kind != Kind::M365 {
+            return Err(
+                "client_id, client_secret, client_secret_file, token_url: only for kind = \"m365\""
+                    .into(),
+            );
+        }
+        let mut oauth = None;
+        let secret = if oauth_keys {
+            if c.token.is_some() || c.token_file.is_some() {
+                return Err("token, client_id: set a token or client credentials, not both".into());
+            }
+            let client_id = c
+                .client_id
+                .clone()
+                .filter(|id| slug_ok(id, 128))
+                .ok_or("client_id: missing or not an id")?;
+            let secret = match (&c.client_secret, &c.client_secret_file) {
+                (Some(_), Some(_)) => {
+                    return Err("client_secret, client_secret_file: set one, not both".into());
+                }
+                (Some(t), None) if !t.trim().is_empty() => Secret::Token(t.trim().to_string()),
+                (None, Some(p)) => Secret::TokenFile(p.clone()),
+                _ => return Err("client_secret or client_secret_file: missing".into()),
+            };
+            let tenant = c.tenant_id.clone().unwrap_or_default();
+            let text = c.token_url.clone().unwrap_or_else(|| {
+                format!("https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token")
+            });
+            let token_url = Url::parse(&text).map_err(|e| format!("token_url: {text:?}: {e}"))?;
+            if token_url.scheme() != "https" || token_url.host_str().is_none() {
+                return Err(format!("token_url: {text:?} is not an https:// URL"));
+            }
+            oauth = Some(OAuth {
+                client_id,
+                token_url,
+                scope: format!("{}/.default", base_url.origin().ascii_serialization()),
+            });
+            secret
+        } else {
+            match (&c.token, &c.token_file) {
+                (Some(_), Some(_)) => return Err("token, token_file: set one, not both".into()),
+                (Some(t), None) if !t.trim().is_empty() => Secret::Token(t.trim().to_string()),
+                (Some(_), None) => return Err("token: empty".into()),
+                (None, Some(p)) => Secret::TokenFile(p.clone()),
+                (None, None) => return Err("token or token_file: missing".into()),
+            }
         };
         let github_scope = match (kind, &c.enterprise, &c.org) {
             (Kind::Github, Some(e), None) if slug_ok(e, 100) => Some(format!("enterprises/{e}")),
@@ -278,6 +352,7 @@ impl Settings {
             github_scope,
             tenant_id,
             content_types,
+            oauth,
         })
     }
 

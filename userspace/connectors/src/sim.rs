@@ -115,6 +115,8 @@ pub struct SimStats {
     pub throttled_answers: u64,
     pub faults_answered: u64,
     pub by_path: HashMap<String, u64>,
+    /// Access tokens issued by the token endpoint.
+    pub tokens_issued: u64,
     /// Governance calls received: (method, path).
     pub governance: Vec<(String, String)>,
 }
@@ -143,6 +145,8 @@ struct State {
     tenant: String,
     /// How long each request is held before it is answered (1 ms: overlapping clients show).
     hold: Duration,
+    /// M365: the client-credentials grant (client id, secret) the token endpoint accepts.
+    client: Option<(String, String)>,
 }
 
 /// A running simulated API.
@@ -210,6 +214,7 @@ impl Sim {
             origin: format!("https://localhost:{}", addr.port()),
             tenant: M365_TENANT.into(),
             hold: Duration::from_millis(1),
+            client: None,
         }));
         let st = Arc::clone(&state);
         let task = tokio::spawn(async move {
@@ -272,6 +277,17 @@ impl Sim {
     /// cannot know it).
     pub fn forget_retry_after(&self) {
         self.lock().not_before = None;
+    }
+
+    /// M365: serve `POST /{tenant}/oauth2/v2.0/token` (Entra's v2 token endpoint) for this
+    /// client; it issues the token the API accepts now, for an hour.
+    pub fn enable_client_credentials(&self, client_id: &str, secret: &str) {
+        self.lock().client = Some((client_id.to_string(), secret.to_string()));
+    }
+
+    /// The token endpoint's URL.
+    pub fn token_url(&self) -> String {
+        format!("{}{M365_TENANT}/oauth2/v2.0/token", self.base_url)
     }
 
     /// How long each request is held (default 1 ms; zero for throughput runs).
@@ -338,6 +354,37 @@ async fn serve(
     req: hyper::Request<hyper::body::Incoming>,
 ) -> Response<Full<Bytes>> {
     let lock = || st.lock().unwrap_or_else(|p| p.into_inner());
+    if req.method() == http::Method::POST && req.uri().path().ends_with("/oauth2/v2.0/token") {
+        use http_body_util::BodyExt;
+        let body = http_body_util::Limited::new(req.into_body(), 64 * 1024)
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let form: HashMap<String, String> =
+            url::form_urlencoded::parse(&body).into_owned().collect();
+        let mut s = lock();
+        s.stats.requests += 1;
+        let ok = s.client.as_ref().is_some_and(|(id, secret)| {
+            form.get("grant_type").map(String::as_str) == Some("client_credentials")
+                && form.get("client_id") == Some(id)
+                && form.get("client_secret") == Some(secret)
+                && form.get("scope") == Some(&format!("{}/.default", s.origin))
+        });
+        if !ok {
+            s.stats.unauthorized += 1;
+            return answer(
+                401,
+                json!({"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided."}),
+            );
+        }
+        s.stats.tokens_issued += 1;
+        let token = s.tokens.first().cloned().unwrap_or_default();
+        return answer(
+            200,
+            json!({"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": token}),
+        );
+    }
     {
         let mut s = lock();
         s.in_flight += 1;

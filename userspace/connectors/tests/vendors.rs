@@ -723,3 +723,55 @@ async fn a_store_outage_does_not_advance_the_cursor() {
         rig.assert_exactly_once(&ids(&evs));
     }
 }
+
+/// Microsoft 365 with the client-credentials flow: the secret is exchanged at the token
+/// endpoint, the access token is cached, and when the API stops taking it a new one is
+/// fetched (once) without a failed poll.
+#[tokio::test]
+async fn m365_client_credentials_fetch_cache_and_renew_the_access_token() {
+    let rig = Rig::new(Kind::M365).await;
+    rig.sim
+        .enable_client_credentials("sim-client", "client-SECRET-1");
+    rig.sim.set_page_size(5);
+    let evs = events(120, 0);
+    rig.sim.add_events(evs.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, "client-SECRET-1\n").unwrap();
+    let mut cfg = config(Kind::M365, &rig.sim.base_url);
+    cfg.token = None;
+    cfg.client_id = Some("sim-client".into());
+    cfg.client_secret_file = Some(secret_file.clone());
+    cfg.token_url = Some(rig.sim.token_url());
+    let settings = Settings::from_config(&cfg).unwrap();
+    assert!(!format!("{settings:?}").contains("client-SECRET"));
+    let mut c = rig.connector_with(&cfg);
+    rig.drain(&mut c).await;
+    rig.assert_exactly_once(&ids(&evs));
+    assert_eq!(
+        rig.sim.stats().tokens_issued,
+        1,
+        "the access token is cached"
+    );
+    // The tenant revokes it: the next request gets 401, a new token is fetched, no failure.
+    rig.sim.set_token("access-token-2");
+    let more = fresh(&rig, 40, 900);
+    rig.sim.add_events(more.clone());
+    rig.drain(&mut c).await;
+    assert_eq!(rig.sim.stats().tokens_issued, 2);
+    assert_eq!(c.status().errors, 0);
+    let mut all = ids(&evs);
+    all.extend(ids(&more));
+    rig.assert_exactly_once(&all);
+    // A wrong secret: the token endpoint refuses; the error names no secret.
+    rig.sim.set_token("access-token-3");
+    rig.sim
+        .enable_client_credentials("sim-client", "client-SECRET-2");
+    let e = c.poll(&rig.store).await.unwrap_err();
+    assert!(matches!(e, ConnectorError::Unauthorized { .. }), "{e}");
+    assert!(!e.to_string().contains("client-SECRET"), "{e}");
+    // Rotated in the file: picked up at the next token request.
+    std::fs::write(&secret_file, "client-SECRET-2\n").unwrap();
+    c.poll(&rig.store).await.unwrap();
+    assert_eq!(c.status().health, Health::Ok);
+}
