@@ -775,3 +775,22 @@ async fn m365_client_credentials_fetch_cache_and_renew_the_access_token() {
     c.poll(&rig.store).await.unwrap();
     assert_eq!(c.status().health, Health::Ok);
 }
+
+/// M365 after a long outage: the stored window is more than 7 days old, which the API refuses
+/// (AF20055); the listing starts at the oldest start it accepts, with no failed poll.
+#[tokio::test]
+async fn m365_after_an_eight_day_outage_resumes_inside_the_seven_days() {
+    let rig = Rig::new(Kind::M365).await;
+    let evs = events(40, 0);
+    rig.sim.add_events(evs.clone());
+    let mut c = rig.connector();
+    rig.drain(&mut c).await;
+    rig.clock.advance(Duration::from_secs(8 * 24 * 3600));
+    let more = fresh(&rig, 50, 700);
+    rig.sim.add_events(more.clone());
+    rig.drain(&mut c).await;
+    assert_eq!(c.status().errors, 0, "{:?}", c.status());
+    let mut all = ids(&evs);
+    all.extend(ids(&more));
+    rig.assert_exactly_once(&all);
+}
