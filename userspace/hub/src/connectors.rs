@@ -254,3 +254,28 @@ pub fn term(s: &str) -> String {
     }
     out
 }
+
+/// The connectors' saved statuses as metric samples (none when the database fails).
+pub async fn metric_samples(db: &Db) -> Vec<tollgate_metrics::hub::ConnectorSample> {
+    let Ok(rows) = db.connector_rows().await else {
+        return Vec::new();
+    };
+    rows.into_iter()
+        .filter_map(|r| {
+            let s: ConnectorStatus = serde_json::from_str(r.status.as_deref()?).ok()?;
+            Some(tollgate_metrics::hub::ConnectorSample {
+                name: r.name,
+                kind: r.kind,
+                up: matches!(
+                    s.health,
+                    tollgate_connectors::Health::Ok | tollgate_connectors::Health::Throttled
+                ),
+                events: s.events_total,
+                requests: s.requests,
+                throttled: s.throttled,
+                errors: s.errors,
+                lag_seconds: s.lag_secs.map(|l| l as f64),
+            })
+        })
+        .collect()
+}

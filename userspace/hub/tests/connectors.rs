@@ -182,8 +182,9 @@ async fn kill9_mid_run_stores_every_event_once(postgres: bool) {
         writeln!(f, "{TOKEN}").unwrap();
     }
     let state = dir.path().join("state");
+    let metrics_port = free_port();
     let mut config = format!(
-        "listen = \"127.0.0.1:{}\"\nstate_dir = \"{}\"\ndatabase = \"{db}\"\nserver_names = [\"127.0.0.1\"]\n",
+        "listen = \"127.0.0.1:{}\"\nstate_dir = \"{}\"\ndatabase = \"{db}\"\nserver_names = [\"127.0.0.1\"]\n\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
         free_port(),
         state.display()
     );
@@ -313,6 +314,27 @@ async fn kill9_mid_run_stores_every_event_once(postgres: bool) {
     ] {
         assert!(!out.contains(TOKEN), "the token leaked: {out}");
     }
+    // /metrics carries each connector's counters and health.
+    let metrics = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    for name in expected.keys() {
+        let line = format!("tollgate_hub_connector_up{{connector=\"{name}\",kind=");
+        assert!(metrics.contains(&line), "{line} missing:\n{metrics}");
+        assert!(
+            metrics.contains(&format!(
+                "tollgate_hub_connector_events_total{{connector=\"{name}\"}}"
+            )),
+            "{metrics}"
+        );
+    }
+    assert!(!metrics.contains(TOKEN));
     // `run NAME` polls once from the CLI, next to the running hub.
     let ran = hub.json(&["connectors", "run", "slack-e2e", "--json"]);
     assert_eq!(ran["new"], 0, "{ran}");
