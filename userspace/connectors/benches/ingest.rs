@@ -170,6 +170,7 @@ fn main() {
                 clock: clock.clock(),
                 extra_roots: vec![sim.cert_der.clone()],
                 gates: TenantGates::default(),
+                on_throttle: None,
             };
             let store = MemoryStore::new();
             let mut c = Connector::new(
@@ -240,6 +241,7 @@ fn main() {
             clock: clock.clock(),
             extra_roots: vec![sim.cert_der.clone()],
             gates: TenantGates::default(),
+            on_throttle: None,
         };
         let no_extra = Options {
             extra_roots: Vec::new(),

@@ -51,7 +51,13 @@ pub struct Options {
     /// Roots trusted besides the system's (tests; the hub uses `SSL_CERT_FILE`).
     pub extra_roots: Vec<CertificateDer<'static>>,
     pub gates: TenantGates,
+    /// Called with the status as soon as the vendor says "slow down" (before the wait), so
+    /// that the caller can save `throttled_until` and a restarted process keeps the wait.
+    pub on_throttle: Option<ThrottleHook>,
 }
+
+/// See [`Options::on_throttle`].
+pub type ThrottleHook = Arc<dyn Fn(&ConnectorStatus) + Send + Sync>;
 
 impl Default for Options {
     fn default() -> Options {
@@ -60,6 +66,7 @@ impl Default for Options {
             clock: system_clock(),
             extra_roots: Vec::new(),
             gates: TenantGates::default(),
+            on_throttle: None,
         }
     }
 }
@@ -113,6 +120,10 @@ pub struct ConnectorStatus {
     /// Stored cursors the vendor refused (expired) and replaced by a time window.
     pub cursor_resets: u64,
     pub polls: u64,
+    /// Wall-clock time before which the vendor asked not to be called again (the last
+    /// `Retry-After` or rate-limit reset); a restarted connector waits for it too.
+    #[serde(default)]
+    pub throttled_until: Option<DateTime<Utc>>,
 }
 
 impl ConnectorStatus {
@@ -138,6 +149,7 @@ impl ConnectorStatus {
             errors: 0,
             cursor_resets: 0,
             polls: 0,
+            throttled_until: None,
         }
     }
 }
@@ -247,6 +259,12 @@ impl Connector {
         let keep = (self.status.name.clone(), self.status.kind);
         self.status = stored;
         (self.status.name, self.status.kind) = keep;
+        // A wait the vendor asked of the previous process still holds.
+        if let Some(until) = self.status.throttled_until
+            && let Ok(left) = (until - Utc::now()).to_std()
+        {
+            self.not_before = Some(Instant::now() + left.min(self.options.limits.max_wait));
+        }
     }
 
     /// Connections opened (handshakes) and requests sent by this connector.
@@ -333,6 +351,7 @@ impl Connector {
                 status: &mut self.status,
                 not_before: &mut self.not_before,
                 memory: &mut self.memory,
+                hook: &self.options.on_throttle,
                 now,
             };
             let step = match vendors::step(&mut ctx, &mut cursor).await {
@@ -394,6 +413,7 @@ pub struct Ctx<'a> {
     status: &'a mut ConnectorStatus,
     not_before: &'a mut Option<Instant>,
     pub memory: &'a mut VendorMemory,
+    hook: &'a Option<ThrottleHook>,
     pub now: DateTime<Utc>,
 }
 
@@ -594,6 +614,13 @@ impl Ctx<'_> {
                 let wait = wait.mul_f64(1.0 + fastrand::f64() * 0.1);
                 last = format!("{status} (throttled)");
                 *self.not_before = None;
+                let real = self.limits.scaled(wait.min(self.limits.max_wait));
+                self.status.throttled_until = chrono::Duration::from_std(real)
+                    .ok()
+                    .map(|d| Utc::now() + d);
+                if let Some(hook) = self.hook {
+                    hook(self.status);
+                }
                 self.sleep(wait).await;
                 continue;
             }
@@ -707,6 +734,7 @@ impl Connector {
             status: &mut self.status,
             not_before: &mut self.not_before,
             memory: &mut self.memory,
+            hook: &self.options.on_throttle,
             now,
         };
         ctx.request(method, &url, false).await.map(|_| ())

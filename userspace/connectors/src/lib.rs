@@ -41,6 +41,7 @@ pub mod vendors;
 
 pub use connector::{
     Clock, Connector, ConnectorStatus, Governance, Health, Options, PollReport, TenantGates,
+    ThrottleHook,
 };
 pub use error::{ConnectorError, ParseError};
 pub use settings::{ConnectorConfig, Kind, Secret, Settings};

@@ -56,6 +56,7 @@ impl Rig {
             clock: clock.clock(),
             extra_roots: vec![sim.cert_der.clone()],
             gates: TenantGates::default(),
+            on_throttle: None,
         };
         Rig {
             sim,
@@ -793,4 +794,45 @@ async fn m365_after_an_eight_day_outage_resumes_inside_the_seven_days() {
     let mut all = ids(&evs);
     all.extend(ids(&more));
     rig.assert_exactly_once(&all);
+}
+
+/// A connector restarted while it waits out a `Retry-After` keeps waiting: the wait is in
+/// the status the hook saved. Without the saved status the new one comes back early (the
+/// simulator counts it), so the check can fail.
+#[tokio::test]
+async fn a_restarted_connector_honours_the_retry_after_its_predecessor_was_given() {
+    for restore in [true, false] {
+        let mut rig = Rig::new(Kind::Okta).await;
+        rig.sim.add_events(events(10, 0));
+        rig.sim.push_faults([Fault::TooMany { retry_after: 40 }]); // 0.4 s scaled
+        let saved = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let sink = std::sync::Arc::clone(&saved);
+        rig.options.on_throttle = Some(std::sync::Arc::new(
+            move |s: &tollgate_connectors::ConnectorStatus| {
+                *sink.lock().unwrap() = Some(s.clone());
+            },
+        ));
+        let rig = std::sync::Arc::new(rig);
+        let r = std::sync::Arc::clone(&rig);
+        let task = tokio::spawn(async move {
+            let mut c = r.connector();
+            let _ = c.poll(&r.store).await;
+        });
+        let waited = std::time::Instant::now();
+        while saved.lock().unwrap().is_none() && waited.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        task.abort();
+        let _ = task.await;
+        let status = saved.lock().unwrap().clone().expect("the hook saw the 429");
+        assert!(status.throttled_until.is_some());
+        let mut c = rig.connector();
+        if restore {
+            c.restore_status(status);
+        }
+        rig.drain(&mut c).await;
+        assert_eq!(rig.store.len(), 10);
+        let violations = rig.sim.stats().retry_violations;
+        assert_eq!(violations, if restore { 0 } else { 1 }, "restore {restore}");
+    }
 }

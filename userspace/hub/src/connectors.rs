@@ -12,16 +12,36 @@ use crate::db::Db;
 
 /// Starts every connector; the tasks run until the hub stops.
 pub fn spawn(db: &Db, connectors: &[Settings]) -> Vec<tokio::task::JoinHandle<()>> {
-    let options = Options::default();
+    // One set of tenant gates for all: connectors of one tenant take turns.
+    let gates = tollgate_connectors::TenantGates::default();
     connectors
         .iter()
         .cloned()
         .map(|s| {
             let db = db.clone();
-            let options = options.clone();
+            let mut options = options(&db, &s);
+            options.gates = gates.clone();
             tokio::spawn(async move { run(db, s, options).await })
         })
         .collect()
+}
+
+/// The hub's options: a throttle answer is saved at once (not only after the poll), so a
+/// hub killed while it waits out a `Retry-After` still waits after its restart.
+fn options(db: &Db, s: &Settings) -> Options {
+    let db = db.clone();
+    let kind = s.kind.as_str();
+    Options {
+        on_throttle: Some(std::sync::Arc::new(move |status: &ConnectorStatus| {
+            let db = db.clone();
+            let name = status.name.clone();
+            let json = serde_json::to_string(status).unwrap_or_default();
+            tokio::spawn(async move {
+                let _ = db.connector_status_save(&name, kind, &json).await;
+            });
+        })),
+        ..Options::default()
+    }
 }
 
 /// Warns when a token file can be read by others than the hub's user.
@@ -75,7 +95,7 @@ async fn run(db: Db, s: Settings, options: Options) {
         match new_connector(&db, s.clone(), options.clone()).await {
             Ok(c) => break c,
             Err(e) => {
-                tracing::error!(connector = %name, error = %e, "connector cannot start; retrying in 5 s");
+                tracing::error!(connector = %name, error = %format!("{e:#}"), "connector cannot start; retrying in 5 s");
                 tokio::time::sleep(Duration::from_secs(5)).await;
             }
         }
@@ -100,7 +120,8 @@ async fn run(db: Db, s: Settings, options: Options) {
 
 /// `tollgate-hub connectors run NAME`: one poll now, from this process.
 pub async fn run_once(db: &Db, s: Settings) -> anyhow::Result<(PollReport, ConnectorStatus)> {
-    let mut c = new_connector(db, s, Options::default()).await?;
+    let options = options(db, &s);
+    let mut c = new_connector(db, s, options).await?;
     let result = c.poll(db).await;
     save(db, &c).await;
     Ok((result?, c.status().clone()))
