@@ -244,7 +244,7 @@ async fn kill9_mid_run_stores_every_event_once(postgres: bool) {
             break;
         }
         slow += 1;
-        if started.elapsed() > Duration::from_secs(15) && slow % 15 == 0 {
+        if started.elapsed() > Duration::from_secs(15) && slow.is_multiple_of(15) {
             // Slow: say who is behind.
             eprintln!("{n}/{total}: {}", hub.cli(&["connectors"]));
         }
