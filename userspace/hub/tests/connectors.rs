@@ -341,9 +341,54 @@ async fn kill9_mid_run_stores_every_event_once(postgres: bool) {
         );
     }
     assert!(!metrics.contains(TOKEN));
+    // Rotation without restart: the vendor takes only a new token from now on; the admin
+    // rewrites token_file; the running hub's token_file connectors (github, slack) go on.
+    for sim in &sims {
+        if matches!(sim.kind, Kind::Github | Kind::Slack) {
+            sim.set_token("rotated-e2e-token-2");
+            let now = now_ms();
+            sim.add_events(
+                (0..20).map(|i| SimEvent::new(90_000 + i, now - 60_000 + i as i64 * 100)),
+            );
+        }
+    }
+    std::fs::write(&token_file, "rotated-e2e-token-2\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let gh = hub.json(&[
+            "activity",
+            "--json",
+            "--source",
+            "github-e2e",
+            "--limit",
+            "100000",
+        ]);
+        let sl = hub.json(&[
+            "activity",
+            "--json",
+            "--source",
+            "slack-e2e",
+            "--limit",
+            "100000",
+        ]);
+        let (gh, sl) = (gh.as_array().unwrap().len(), sl.as_array().unwrap().len());
+        if (gh, sl) == (420, 420) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after rotation: github {gh}, slack {sl}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     // `run NAME` polls once from the CLI, next to the running hub.
     let ran = hub.json(&["connectors", "run", "slack-e2e", "--json"]);
     assert_eq!(ran["new"], 0, "{ran}");
+    assert!(
+        !std::fs::read_to_string(&hub.log)
+            .unwrap()
+            .contains("rotated-e2e-token")
+    );
     ticker.abort();
 }
 
