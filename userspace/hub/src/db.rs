@@ -123,6 +123,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         UNIQUE (source, vendor_id)
     );
     CREATE INDEX activities_source_received ON activities (source, received_at);
+    CREATE INDEX activities_time ON activities (time_ms);
     CREATE TABLE connector_state (
         name TEXT PRIMARY KEY,
         kind TEXT NOT NULL DEFAULT '',
