@@ -177,6 +177,17 @@ pub struct Activity {
     /// The gateway that saw it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
+    /// The vendor's own name for what happened (`user.session.start`, `repo.destroy`,
+    /// `FileDownloaded`), for records from a connector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// The name of the connector (`[[connectors]] name`) that brought the record in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connector: Option<String>,
+    /// The vendor's event id (Okta `uuid`, GitHub `_document_id`, M365 `Id`, Slack `id`, Box
+    /// `event_id`): what makes a connector's record unique across pages, overlaps and restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor_id: Option<String>,
 }
 
 impl Activity {
@@ -203,6 +214,9 @@ impl Activity {
             source,
             policy: None,
             gateway: None,
+            action: None,
+            connector: None,
+            vendor_id: None,
         }
     }
 

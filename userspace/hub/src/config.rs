@@ -19,6 +19,7 @@ struct ConfigFile {
     admin_token_file: Option<PathBuf>,
     long_poll_secs: Option<u16>,
     metrics: Option<MetricsFile>,
+    connectors: Option<Vec<tollgate_connectors::ConnectorConfig>>,
 }
 
 /// `[metrics]`: the Prometheus listener.
@@ -40,6 +41,8 @@ pub struct Config {
     pub long_poll_secs: u16,
     /// `[metrics] listen`: where plain-HTTP `GET /metrics` is served (none: not served).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `[[connectors]]`: the SaaS admin APIs the hub reads activity from.
+    pub connectors: Vec<tollgate_connectors::Settings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -169,7 +172,20 @@ impl Config {
                 ));
             }
         }
+        let mut connectors: Vec<tollgate_connectors::Settings> = Vec::new();
+        for (i, c) in raw.connectors.unwrap_or_default().iter().enumerate() {
+            let settings = tollgate_connectors::Settings::from_config(c)
+                .map_err(|m| fail("[[connectors]]", format!("#{}: {m}", i + 1)))?;
+            if connectors.iter().any(|o| o.name == settings.name) {
+                return Err(fail(
+                    "[[connectors]]",
+                    format!("#{}: name {:?} is used twice", i + 1, settings.name),
+                ));
+            }
+            connectors.push(settings);
+        }
         Ok(Config {
+            connectors,
             admin_token_file: raw
                 .admin_token_file
                 .unwrap_or_else(|| state_dir.join("admin.token")),
@@ -245,7 +261,11 @@ mod tests {
             .split("\n## ")
             .find(|p| p.starts_with("The hub"))
             .expect("## The hub");
-        for (heading, template) in [("top level", "@\n"), ("[metrics]", "[metrics]\n@\n")] {
+        for (heading, template) in [
+            ("top level", "@\n"),
+            ("[metrics]", "[metrics]\n@\n"),
+            ("[[connectors]]", "[[connectors]]\n@\n"),
+        ] {
             let keys = keys_of(template);
             assert!(!keys.is_empty());
             let (_, rest) = hub

@@ -21,9 +21,10 @@ pub enum DbError {
 
 /// Each migration's statements, separated by `;`. `{blob}` and `{serial}` stand for the
 /// engine's byte-string type and auto-numbered key.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE hub_keys (
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE hub_keys (
         id BIGINT PRIMARY KEY,
         ca_cert {blob} NOT NULL,
         ca_key TEXT NOT NULL,
@@ -107,7 +108,31 @@ const MIGRATIONS: &[(i64, &str)] = &[(
         detail TEXT NOT NULL
     );
     CREATE UNIQUE INDEX audit_gateway_seq ON audit (gateway_id, seq)",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE activities (
+        id {serial},
+        source TEXT NOT NULL,
+        vendor_id TEXT NOT NULL,
+        app_id TEXT NOT NULL,
+        activity TEXT NOT NULL,
+        time_ms BIGINT NOT NULL,
+        received_at BIGINT NOT NULL,
+        record TEXT NOT NULL,
+        UNIQUE (source, vendor_id)
+    );
+    CREATE INDEX activities_source_received ON activities (source, received_at);
+    CREATE INDEX activities_time ON activities (time_ms);
+    CREATE TABLE connector_state (
+        name TEXT PRIMARY KEY,
+        kind TEXT NOT NULL DEFAULT '',
+        cursor TEXT,
+        status TEXT,
+        updated_at BIGINT NOT NULL
+    )",
+    ),
+];
 
 /// An arbitrary constant: the PostgreSQL advisory lock that serializes migrations when
 /// several hubs start at once.
@@ -1140,6 +1165,181 @@ pub struct AppGateway {
     pub flows: i64,
     pub blocked_flows: i64,
     pub users: i64,
+}
+
+/// One stored connector's state, as `tollgate-hub connectors status` shows it.
+#[derive(Debug, Clone)]
+pub struct ConnectorRow {
+    pub name: String,
+    pub kind: String,
+    pub status: Option<String>,
+}
+
+/// The connectors' storage: activity records, unique on `(source, vendor_id)`, and each
+/// connector's cursor, written in the same transaction as the records read before it.
+impl Db {
+    pub async fn connector_cursor(&self, name: &str) -> Result<Option<String>, DbError> {
+        let row = sqlx::query("SELECT cursor FROM connector_state WHERE name = $1")
+            .bind(name.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => r.try_get(0)?,
+            None => None,
+        })
+    }
+
+    /// Stores the records not stored yet and the cursor, in one transaction; returns how
+    /// many records were new.
+    pub async fn connector_commit(
+        &self,
+        name: &str,
+        records: &[tollgate_activity::Activity],
+        cursor: &str,
+    ) -> Result<usize, DbError> {
+        let received = now();
+        let rows: Vec<Vec<Val>> = records
+            .iter()
+            .filter_map(|r| {
+                let vendor_id = r.vendor_id.clone()?;
+                let json = serde_json::to_string(r).ok()?;
+                Some(vec![
+                    Val::Text(name.to_string()),
+                    Val::Text(vendor_id),
+                    Val::Text(clip(&r.app, 255)),
+                    Val::Text(r.activity.as_str().to_string()),
+                    Val::Int(r.time.timestamp_millis()),
+                    Val::Int(received),
+                    Val::Text(json),
+                ])
+            })
+            .collect();
+        let _writer = self.sqlite_write().await;
+        let mut tx = self.pool.begin().await?;
+        let inserted = insert_rows(
+            &mut tx,
+            self.postgres,
+            "INSERT INTO activities (source, vendor_id, app_id, activity, time_ms, received_at, record) VALUES ",
+            7,
+            rows,
+            " ON CONFLICT DO NOTHING RETURNING id",
+        )
+        .await?;
+        sqlx::query(
+            "INSERT INTO connector_state (name, cursor, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET cursor = excluded.cursor, updated_at = excluded.updated_at",
+        )
+        .bind(name.to_string())
+        .bind(cursor.to_string())
+        .bind(received)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(inserted.len())
+    }
+
+    /// Saves a connector's status (JSON, no secret in it) and kind.
+    pub async fn connector_status_save(
+        &self,
+        name: &str,
+        kind: &str,
+        status: &str,
+    ) -> Result<(), DbError> {
+        let _writer = self.sqlite_write().await;
+        sqlx::query(
+            "INSERT INTO connector_state (name, kind, status, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, status = excluded.status, updated_at = excluded.updated_at",
+        )
+        .bind(name.to_string())
+        .bind(kind.to_string())
+        .bind(status.to_string())
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn connector_rows(&self) -> Result<Vec<ConnectorRow>, DbError> {
+        let rows = sqlx::query("SELECT name, kind, status FROM connector_state ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ConnectorRow {
+                    name: r.try_get(0)?,
+                    kind: r.try_get(1)?,
+                    status: r.try_get(2)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Records a connector stored since `since` (Unix seconds).
+    pub async fn activities_since(&self, source: &str, since: i64) -> Result<i64, DbError> {
+        let row =
+            sqlx::query("SELECT COUNT(*) FROM activities WHERE source = $1 AND received_at >= $2")
+                .bind(source.to_string())
+                .bind(since)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// The newest records (by event time), of one source or all; a record that does not
+    /// read back is skipped.
+    pub async fn activities(
+        &self,
+        source: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<tollgate_activity::Activity>, DbError> {
+        let rows = match source {
+            Some(s) => {
+                sqlx::query(
+                    "SELECT record FROM activities WHERE source = $1 ORDER BY time_ms DESC, id DESC LIMIT $2",
+                )
+                .bind(s.to_string())
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query("SELECT record FROM activities ORDER BY time_ms DESC, id DESC LIMIT $1")
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let text: String = r.try_get(0)?;
+            if let Ok(a) = serde_json::from_str(&text) {
+                out.push(a);
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl tollgate_connectors::Store for Db {
+    async fn load_cursor(
+        &self,
+        name: &str,
+    ) -> Result<Option<String>, tollgate_connectors::StoreError> {
+        self.connector_cursor(name)
+            .await
+            .map_err(|e| tollgate_connectors::StoreError(e.to_string()))
+    }
+
+    async fn commit(
+        &self,
+        name: &str,
+        records: &[tollgate_activity::Activity],
+        cursor: &str,
+    ) -> Result<usize, tollgate_connectors::StoreError> {
+        self.connector_commit(name, records, cursor)
+            .await
+            .map_err(|e| tollgate_connectors::StoreError(e.to_string()))
+    }
 }
 
 #[cfg(test)]

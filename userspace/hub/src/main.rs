@@ -3,6 +3,7 @@
 //! directly, so they work next to a running hub (SQLite in WAL mode) or against PostgreSQL.
 
 mod config;
+mod connectors;
 mod db;
 mod pki;
 mod server;
@@ -87,6 +88,35 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// App connectors (`[[connectors]]`): list, status (the default), or run one poll now.
+    Connectors {
+        #[command(subcommand)]
+        command: Option<ConnectorsCommand>,
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// Activity records the connectors brought in, newest first, each with the vendor's
+    /// event id (`vendor_id`).
+    Activity {
+        #[arg(long)]
+        json: bool,
+        /// Only this connector's records.
+        #[arg(long)]
+        source: Option<String>,
+        /// At most this many records.
+        #[arg(long, default_value_t = 1000)]
+        limit: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConnectorsCommand {
+    /// The configured connectors (never their secrets).
+    List,
+    /// Health, last success, cursor position, lag, events today, throttled count, errors.
+    Status,
+    /// One poll of connector NAME now, from this process.
+    Run { name: String },
 }
 
 #[derive(Subcommand)]
@@ -147,6 +177,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             raise_fd_limit();
             let keys = pki::load_or_create(&db).await?;
             let admin_token = admin_token(&config.admin_token_file)?;
+            let _connectors = connectors::spawn(&db, &config.connectors);
             server::run(config, db, keys, admin_token).await
         }
         Command::Token {
@@ -285,6 +316,14 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Connectors { command, json } => {
+            connectors_command(&config, &db, command, json).await
+        }
+        Command::Activity {
+            json,
+            source,
+            limit,
+        } => activity_command(&db, json, source.as_deref(), limit).await,
         Command::Audit { json } => {
             let audit = db.audit(1000).await?;
             if json {
@@ -304,6 +343,143 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn connectors_command(
+    config: &Config,
+    db: &Db,
+    command: Option<ConnectorsCommand>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use crate::connectors::term;
+    match command {
+        Some(ConnectorsCommand::List) => {
+            let views: Vec<_> = config
+                .connectors
+                .iter()
+                .map(connectors::list_view)
+                .collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&views)?);
+                return Ok(());
+            }
+            println!(
+                "{:<24} {:<7} {:>6}  {:<10} BASE URL",
+                "NAME", "KIND", "EVERY", "SECRET"
+            );
+            for v in views {
+                println!(
+                    "{:<24} {:<7} {:>5}s  {:<10} {}",
+                    v.name,
+                    v.kind,
+                    v.poll_interval_secs,
+                    v.token_file
+                        .as_deref()
+                        .map_or(v.secret.clone(), |f| format!("file {f}")),
+                    v.base_url
+                );
+            }
+            Ok(())
+        }
+        None | Some(ConnectorsCommand::Status) => {
+            let views = connectors::status_views(db, &config.connectors).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&views)?);
+                return Ok(());
+            }
+            println!(
+                "{:<24} {:<7} {:<13} {:<21} {:>8} {:>8} {:>9} {:>7}  LAST ERROR / CURSOR",
+                "NAME", "KIND", "HEALTH", "LAST SUCCESS", "LAG S", "TODAY", "THROTTLED", "ERRORS"
+            );
+            for v in views {
+                println!(
+                    "{:<24} {:<7} {:<13} {:<21} {:>8} {:>8} {:>9} {:>7}  {}",
+                    v.name,
+                    v.kind,
+                    v.health,
+                    v.last_success.as_deref().unwrap_or("never"),
+                    v.lag_secs.map_or("-".into(), |l| l.to_string()),
+                    v.events_today,
+                    v.throttled,
+                    v.errors,
+                    term(
+                        v.last_error
+                            .as_deref()
+                            .or(v.cursor.as_deref())
+                            .unwrap_or("-")
+                    )
+                );
+            }
+            Ok(())
+        }
+        Some(ConnectorsCommand::Run { name }) => {
+            let Some(s) = config.connectors.iter().find(|s| s.name == name) else {
+                bail!("no connector {name:?} in the config");
+            };
+            let (report, status) = connectors::run_once(db, s.clone()).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "name": name,
+                        "pages": report.pages,
+                        "new": report.new,
+                        "duplicates": report.duplicates,
+                        "dropped": report.dropped,
+                        "throttled": report.throttled,
+                        "caught_up": report.caught_up,
+                        "cursor": status.cursor,
+                    })
+                );
+            } else {
+                println!(
+                    "{name}: {} new records, {} read again, {} dropped, {} pages{}",
+                    report.new,
+                    report.duplicates,
+                    report.dropped,
+                    report.pages,
+                    if report.caught_up {
+                        ", caught up"
+                    } else {
+                        ", more to read"
+                    }
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn activity_command(
+    db: &Db,
+    json: bool,
+    source: Option<&str>,
+    limit: i64,
+) -> anyhow::Result<()> {
+    use crate::connectors::term;
+    let records = db.activities(source, limit.clamp(1, 1_000_000)).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&records)?);
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<16} {:<28} {:<16} {:<24} {:<8} {:<24} VENDOR ID",
+        "TIME", "SOURCE", "USER", "IP", "ACTION", "RESULT", "OBJECT"
+    );
+    for a in records {
+        println!(
+            "{:<20} {:<16} {:<28} {:<16} {:<24} {:<8} {:<24} {}",
+            a.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            term(a.connector.as_deref().unwrap_or("-")),
+            term(a.user.as_deref().unwrap_or("-")),
+            a.ip.map_or("-".into(), |ip| ip.to_string()),
+            term(a.action.as_deref().unwrap_or(a.activity.as_str())),
+            a.result.as_str(),
+            term(a.object.as_deref().unwrap_or("-")),
+            term(a.vendor_id.as_deref().unwrap_or("-"))
+        );
+    }
+    Ok(())
 }
 
 /// Every held long poll is a connection: lift the soft descriptor limit (often 1024) to the

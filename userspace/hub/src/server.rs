@@ -245,7 +245,13 @@ async fn render_metrics(state: &State) -> String {
     .await
     .ok()
     .flatten();
-    state.metrics.render(fleet)
+    let connectors = tokio::time::timeout(
+        Duration::from_secs(2),
+        crate::connectors::metric_samples(&state.db),
+    )
+    .await
+    .unwrap_or_default();
+    state.metrics.render_with_connectors(fleet, &connectors)
 }
 
 /// The route label of a request path: one of the hub's routes, or "other".

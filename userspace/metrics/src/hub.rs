@@ -56,6 +56,20 @@ pub struct Fleet {
     pub bundle_revision: i64,
 }
 
+/// One app connector as its saved status has it at scrape time.
+#[derive(Debug, Default, Clone)]
+pub struct ConnectorSample {
+    pub name: String,
+    pub kind: String,
+    /// 1 when the last poll succeeded (throttled or not), 0 otherwise.
+    pub up: bool,
+    pub events: u64,
+    pub requests: u64,
+    pub throttled: u64,
+    pub errors: u64,
+    pub lag_seconds: Option<f64>,
+}
+
 impl HubMetrics {
     /// One answered request: `path` must be one of the hub's routes (or "other"), never a
     /// client's raw path, so that the label set stays small.
@@ -80,7 +94,73 @@ impl HubMetrics {
 
     /// The text exposition; `fleet` is `None` when the database did not answer.
     pub fn render(&self, fleet: Option<Fleet>) -> String {
+        self.render_with_connectors(fleet, &[])
+    }
+
+    /// [`HubMetrics::render`] with the app connectors' counters (one series per connector:
+    /// its name is from the hub's own config, so the label set stays small).
+    pub fn render_with_connectors(
+        &self,
+        fleet: Option<Fleet>,
+        connectors: &[ConnectorSample],
+    ) -> String {
         let mut s = Snapshot::new();
+        if !connectors.is_empty() {
+            let by = |f: fn(&ConnectorSample) -> u64| -> Vec<(&str, u64)> {
+                connectors.iter().map(|c| (c.name.as_str(), f(c))).collect()
+            };
+            s.counter_by(
+                "hub_connector_events",
+                "Activity records an app connector stored (each vendor event once)",
+                "connector",
+                &by(|c| c.events),
+            );
+            s.counter_by(
+                "hub_connector_requests",
+                "Requests an app connector sent to its vendor",
+                "connector",
+                &by(|c| c.requests),
+            );
+            s.counter_by(
+                "hub_connector_rate_limited",
+                "Vendor answers that said slow down (429, GitHub 403 secondary limit)",
+                "connector",
+                &by(|c| c.throttled),
+            );
+            s.counter_by(
+                "hub_connector_errors",
+                "Failed polls of an app connector",
+                "connector",
+                &by(|c| c.errors),
+            );
+            let up: Vec<(Vec<(&str, &str)>, f64)> = connectors
+                .iter()
+                .map(|c| {
+                    (
+                        vec![("connector", c.name.as_str()), ("kind", c.kind.as_str())],
+                        if c.up { 1.0 } else { 0.0 },
+                    )
+                })
+                .collect();
+            let up: Vec<(&[(&str, &str)], f64)> =
+                up.iter().map(|(l, v)| (l.as_slice(), *v)).collect();
+            s.gauge_labelled(
+                "hub_connector_up",
+                "1 when the app connector's last poll succeeded",
+                &up,
+            );
+            let lag: Vec<(Vec<(&str, &str)>, f64)> = connectors
+                .iter()
+                .filter_map(|c| Some((vec![("connector", c.name.as_str())], c.lag_seconds?)))
+                .collect();
+            let lag: Vec<(&[(&str, &str)], f64)> =
+                lag.iter().map(|(l, v)| (l.as_slice(), *v)).collect();
+            s.gauge_labelled(
+                "hub_connector_lag_seconds",
+                "How old the newest event of the connector's last storing poll was when stored",
+                &lag,
+            );
+        }
         let r = s.registry();
         r.register(
             "hub_requests",
