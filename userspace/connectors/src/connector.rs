@@ -229,6 +229,22 @@ fn tenant_key(s: &Settings, origin: &str) -> String {
 }
 
 impl Connector {
+    /// What a vendor step or a governance call runs with, at `now`.
+    fn ctx(&mut self, now: DateTime<Utc>) -> Ctx<'_> {
+        Ctx {
+            settings: &self.settings,
+            origin: &self.origin,
+            http: &mut self.http,
+            limits: &self.options.limits,
+            gate: &self.gate,
+            status: &mut self.status,
+            not_before: &mut self.not_before,
+            memory: &mut self.memory,
+            hook: &self.options.on_throttle,
+            now,
+        }
+    }
+
     pub fn new(settings: Settings, options: Options) -> Result<Connector, ConnectorError> {
         let http = HttpClient::new(&options.extra_roots)?;
         let origin = settings.origin();
@@ -342,18 +358,7 @@ impl Connector {
         let mut pages = 0;
         while pages < self.options.limits.max_pages_per_poll {
             let now = (self.options.clock)();
-            let mut ctx = Ctx {
-                settings: &self.settings,
-                origin: &self.origin,
-                http: &mut self.http,
-                limits: &self.options.limits,
-                gate: &self.gate,
-                status: &mut self.status,
-                not_before: &mut self.not_before,
-                memory: &mut self.memory,
-                hook: &self.options.on_throttle,
-                now,
-            };
+            let mut ctx = self.ctx(now);
             let step = match vendors::step(&mut ctx, &mut cursor).await {
                 Ok(s) => s,
                 Err(ConnectorError::CursorExpired { .. }) if resets < 2 => {
@@ -725,18 +730,7 @@ impl Connector {
             .pop_if_empty()
             .extend(segments);
         let now = (self.options.clock)();
-        let mut ctx = Ctx {
-            settings: &self.settings,
-            origin: &self.origin,
-            http: &mut self.http,
-            limits: &self.options.limits,
-            gate: &self.gate,
-            status: &mut self.status,
-            not_before: &mut self.not_before,
-            memory: &mut self.memory,
-            hook: &self.options.on_throttle,
-            now,
-        };
+        let mut ctx = self.ctx(now);
         ctx.request(method, &url, false).await.map(|_| ())
     }
 }
