@@ -20,6 +20,8 @@ struct ConfigFile {
     long_poll_secs: Option<u16>,
     metrics: Option<MetricsFile>,
     connectors: Option<Vec<tollgate_connectors::ConnectorConfig>>,
+    activity_policies: Option<Vec<tollgate_activity::ActivityPolicy>>,
+    alert_sinks: Option<Vec<tollgate_activity::SinkConfig>>,
 }
 
 /// `[metrics]`: the Prometheus listener.
@@ -43,6 +45,10 @@ pub struct Config {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// `[[connectors]]`: the SaaS admin APIs the hub reads activity from.
     pub connectors: Vec<tollgate_connectors::Settings>,
+    /// Policies over the connectors' activities (the gateway's `[[activity_policies]]`).
+    pub activity_policies: Vec<tollgate_activity::ActivityPolicy>,
+    /// Where the hub's alerts and activities go (the gateway's `[[alert_sinks]]`).
+    pub alert_sinks: Vec<tollgate_activity::SinkConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -184,7 +190,17 @@ impl Config {
             }
             connectors.push(settings);
         }
+        let activity_policies = raw.activity_policies.unwrap_or_default();
+        tollgate_activity::validate(&activity_policies)
+            .map_err(|e| fail("[[activity_policies]]", e.to_string()))?;
+        let alert_sinks = raw.alert_sinks.unwrap_or_default();
+        for (i, sink) in alert_sinks.iter().enumerate() {
+            sink.validate(i)
+                .map_err(|e| fail("[[alert_sinks]]", e.to_string()))?;
+        }
         Ok(Config {
+            activity_policies,
+            alert_sinks,
             connectors,
             admin_token_file: raw
                 .admin_token_file

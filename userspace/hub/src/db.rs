@@ -1285,6 +1285,25 @@ impl Db {
         Ok(row.try_get(0)?)
     }
 
+    /// Activity rows with an id above `after`, by id: (id, the record's JSON).
+    pub async fn activity_rows_after(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, String)>, DbError> {
+        let rows =
+            sqlx::query("SELECT id, record FROM activities WHERE id > $1 ORDER BY id LIMIT $2")
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            out.push((r.try_get(0)?, r.try_get(1)?));
+        }
+        Ok(out)
+    }
+
     /// The newest records (by event time), of one source or all; a record that does not
     /// read back is skipped.
     pub async fn activities(

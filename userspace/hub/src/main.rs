@@ -2,6 +2,7 @@
 //! they discovered. Every command takes `--config F`; the CLI commands open the hub's database
 //! directly, so they work next to a running hub (SQLite in WAL mode) or against PostgreSQL.
 
+mod alerting;
 mod config;
 mod connectors;
 mod db;
@@ -95,6 +96,12 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Alerts the hub's `[[activity_policies]]` raised over the connectors' activities,
+    /// newest first.
+    Alerts {
+        #[arg(long)]
+        json: bool,
+    },
     /// Activity records the connectors brought in, newest first, each with the vendor's
     /// event id (`vendor_id`).
     Activity {
@@ -178,6 +185,12 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             let keys = pki::load_or_create(&db).await?;
             let admin_token = admin_token(&config.admin_token_file)?;
             let _connectors = connectors::spawn(&db, &config.connectors);
+            let _alerting = alerting::spawn(
+                &db,
+                &config.state_dir,
+                &config.activity_policies,
+                &config.alert_sinks,
+            )?;
             server::run(config, db, keys, admin_token).await
         }
         Command::Token {
@@ -324,6 +337,27 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             source,
             limit,
         } => activity_command(&db, json, source.as_deref(), limit).await,
+        Command::Alerts { json } => {
+            let mut alerts = alerting::load(&config.state_dir)?.alerts;
+            alerts.sort_by_key(|a| std::cmp::Reverse(a.last_seen));
+            if json {
+                println!("{}", serde_json::to_string_pretty(&alerts)?);
+                return Ok(());
+            }
+            for a in alerts {
+                println!(
+                    "{:<6} {} {:<8} {:<6} {:<28} count {:<6} {}",
+                    a.id,
+                    rfc3339(a.last_seen.timestamp()),
+                    a.severity,
+                    a.status.as_str(),
+                    connectors::term(&a.policy),
+                    a.count,
+                    connectors::term(&a.reason),
+                );
+            }
+            Ok(())
+        }
         Command::Audit { json } => {
             let audit = db.audit(1000).await?;
             if json {

@@ -215,7 +215,7 @@ impl Alerting {
 
     pub fn save(&mut self) {
         let alerts: Vec<&Alert> = self.engine.book().iter().collect();
-        match write_json_atomic(&self.state_dir, ALERTS_FILE, &alerts) {
+        match tollgate_activity::alert::write_json_atomic(&self.state_dir, ALERTS_FILE, &alerts) {
             Ok(()) => self.dirty = false,
             Err(e) => {
                 self.save_errors += 1;
@@ -261,37 +261,6 @@ impl Alerting {
             "save_errors": self.save_errors,
         })
     }
-}
-
-/// Writes `name` in `dir` durably: a fresh temporary file (never opened through an existing
-/// path or symlink), fsynced, renamed over the old one, the directory fsynced.
-fn write_json_atomic<T: serde::Serialize>(
-    dir: &Path,
-    name: &str,
-    value: &T,
-) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let tmp = dir.join(format!(".{name}.{}.{nanos}.tmp", std::process::id()));
-    let body = serde_json::to_vec(value).map_err(std::io::Error::other)?;
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&body)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, dir.join(name))?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// The alerts of the last run; a missing file is none, a corrupt one an error.

@@ -1,0 +1,209 @@
+//! Activity policies at the hub: the connectors' activity records (SaaS admin APIs) go
+//! through the same engine as the gateway's (`tollgate_activity::Engine`), and the alerts it
+//! raises go to the hub's `[[alert_sinks]]` and to `tollgate-hub alerts`.
+//!
+//! The task tails the `activities` table by its id. What it has fed to the engine and the
+//! alert book are saved together, in one file written atomically (`hub-alerts.json`): a hub
+//! killed at any point restarts from the last save with the book of that moment, so every
+//! record counts once in the alerts. A sink may get an alert event again after such a
+//! restart (at least once, as syslog delivery is anyway).
+//!
+//! On PostgreSQL, rows of concurrent transactions can commit out of id order; the tail reads
+//! back [`LOOKBACK`] ids below the highest it has seen and skips what it already fed, so a
+//! row that committed late is still seen. Several hub processes on one database each run
+//! their own engine: configure `[[activity_policies]]` on one of them.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use tollgate_activity::{ActivityPolicy, Alert, AlertBook, Engine, SinkConfig, Sinks};
+
+use crate::db::Db;
+
+/// The alert book and how far the activities were read.
+pub const ALERTS_FILE: &str = "hub-alerts.json";
+/// Where webhooks keep what they have not delivered.
+const SPOOL_DIR: &str = "alert-spool";
+/// Ids below the highest seen that are read again (late commits on PostgreSQL).
+pub const LOOKBACK: i64 = 1000;
+/// Rows read per step.
+const BATCH: i64 = 5000;
+/// How often the table is read when it had nothing new.
+const IDLE: Duration = Duration::from_secs(1);
+/// The name alerts and syslog headers carry.
+const HUB_NAME: &str = "tollgate-hub";
+
+/// What `hub-alerts.json` holds.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Saved {
+    /// Every activity id at or below this was fed to the engine (or lies below the lookback
+    /// of a previous run).
+    pub watermark: i64,
+    pub alerts: Vec<Alert>,
+}
+
+/// The saved book and watermark; a missing file is an empty book.
+pub fn load(state_dir: &Path) -> anyhow::Result<Saved> {
+    let path = state_dir.join(ALERTS_FILE);
+    match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b).with_context(|| format!("parsing {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Saved::default()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Starts the task when there are policies; it runs until the hub stops.
+pub fn spawn(
+    db: &Db,
+    state_dir: &Path,
+    policies: &[ActivityPolicy],
+    sinks: &[SinkConfig],
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    if policies.is_empty() {
+        return Ok(None);
+    }
+    let saved = match load(state_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            // Not silently empty: moved aside and said so. The watermark is lost with it, so
+            // the activities are read again from the start.
+            let path = state_dir.join(ALERTS_FILE);
+            let aside = path.with_extension("json.corrupt");
+            let _ = std::fs::rename(&path, &aside);
+            tracing::error!(error = %format!("{e:#}"), moved_to = %aside.display(), "the alert book did not read back; starting with none");
+            Saved::default()
+        }
+    };
+    let spool = state_dir.join(SPOOL_DIR);
+    std::fs::create_dir_all(&spool).with_context(|| format!("creating {}", spool.display()))?;
+    let sinks = Sinks::start_durable(sinks, HUB_NAME, Some(&spool)).map_err(anyhow::Error::msg)?;
+    let engine = Engine::new(policies)
+        .with_gateway(Some(HUB_NAME.to_string()))
+        .with_book(AlertBook::restore(
+            saved.alerts,
+            tollgate_activity::alert::DEFAULT_MAX_ALERTS,
+        ));
+    let tail = Tail::new(saved.watermark);
+    let dir = state_dir.to_path_buf();
+    let db = db.clone();
+    Ok(Some(tokio::spawn(async move {
+        run(db, dir, engine, sinks, tail).await;
+    })))
+}
+
+/// Which activity ids were fed: everything at or below `floor`, and `seen` above it.
+#[derive(Debug)]
+struct Tail {
+    /// Never read below this in this run (the watermark the run started from).
+    start: i64,
+    highest: i64,
+    seen: BTreeSet<i64>,
+}
+
+impl Tail {
+    fn new(watermark: i64) -> Tail {
+        Tail {
+            start: watermark,
+            highest: watermark,
+            seen: BTreeSet::new(),
+        }
+    }
+
+    /// The id to read above.
+    fn from(&self) -> i64 {
+        self.start.max(self.highest - LOOKBACK)
+    }
+
+    /// Whether `id` is new; marks it fed.
+    fn take(&mut self, id: i64) -> bool {
+        if id <= self.start || !self.seen.insert(id) {
+            return false;
+        }
+        self.highest = self.highest.max(id);
+        true
+    }
+
+    /// Forgets ids below the lookback.
+    fn trim(&mut self) {
+        let from = self.from();
+        self.seen = self.seen.split_off(&(from + 1));
+    }
+}
+
+async fn run(db: Db, dir: PathBuf, mut engine: Engine, mut sinks: Sinks, mut tail: Tail) {
+    loop {
+        let rows = match db.activity_rows_after(tail.from(), BATCH).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading activities for the policies");
+                tokio::time::sleep(IDLE * 5).await;
+                continue;
+            }
+        };
+        let full = rows.len() as i64 >= BATCH;
+        let mut fed = 0u64;
+        for (id, text) in rows {
+            if !tail.take(id) {
+                continue;
+            }
+            // A row that does not read back is skipped (the connectors wrote it).
+            let Ok(a) = serde_json::from_str::<tollgate_activity::Activity>(&text) else {
+                continue;
+            };
+            sinks.activity(&a);
+            for ev in engine.observe(&a, Utc::now()) {
+                tracing::warn!(alert = ev.alert.id, policy = %ev.alert.policy, count = ev.alert.count, "alert");
+                sinks.alert(&ev);
+            }
+            fed += 1;
+        }
+        tail.trim();
+        engine.expire(Utc::now());
+        if fed > 0 {
+            let saved = SavedRef {
+                watermark: tail.highest,
+                alerts: engine.book().iter().collect(),
+            };
+            if let Err(e) = tollgate_activity::alert::write_json_atomic(&dir, ALERTS_FILE, &saved) {
+                tracing::warn!(error = %e, "writing {ALERTS_FILE}");
+            }
+        }
+        if !full {
+            tokio::time::sleep(IDLE).await;
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct SavedRef<'a> {
+    watermark: i64,
+    alerts: Vec<&'a Alert>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tail_feeds_each_id_once_and_sees_late_commits_within_the_lookback() {
+        let mut t = Tail::new(10);
+        assert!(!t.take(10), "at or below the watermark it started from");
+        assert!(t.take(12));
+        assert!(!t.take(12), "twice");
+        // 11 committed after 12 (PostgreSQL): still new.
+        assert!(t.take(11));
+        assert_eq!(t.from(), 10);
+        for id in 13..=3000 {
+            assert!(t.take(id));
+        }
+        t.trim();
+        assert_eq!(t.from(), 3000 - LOOKBACK);
+        assert!(t.take(3001));
+        assert!(!t.take(2500), "within the lookback and already fed");
+        assert!(t.seen.len() as i64 <= LOOKBACK + 1);
+    }
+}
