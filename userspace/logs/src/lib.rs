@@ -16,6 +16,7 @@
 //! `unparsed` lines do not; the first few of those are kept with their line number.
 
 mod cef;
+pub mod collect;
 pub mod custom;
 pub mod discover;
 mod firewall;

@@ -1,0 +1,526 @@
+//! Continuous log collection (issue #16), first piece: syslog framing over a TCP byte
+//! stream (RFC 6587 octet counting or newline framing, detected per connection from the
+//! first byte) and stripping the syslog header (RFC 3164 and RFC 5424) off a message.
+//!
+//! Everything here is bounded: a frame longer than [`MAX_FRAME`] is dropped and counted,
+//! never buffered whole; a bogus octet count is a counted drop and the connection is
+//! marked [`Framer::is_broken`] so the caller closes it. Nothing here panics on any input.
+
+use crate::MAX_LINE;
+
+/// Longest syslog frame kept; longer ones are dropped (and skipped without buffering).
+pub const MAX_FRAME: usize = MAX_LINE;
+
+/// Why a frame was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Longer than [`MAX_FRAME`].
+    Oversized,
+    /// An octet-counting header that is not `DIGITS SP` with a sane count.
+    BadOctetCount,
+    /// Not UTF-8 or contains NUL bytes.
+    Malformed,
+}
+
+/// Counters of one framer.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FrameCounters {
+    pub frames: u64,
+    pub oversized: u64,
+    pub bad_octet_count: u64,
+    pub malformed: u64,
+}
+
+impl FrameCounters {
+    fn drop(&mut self, r: DropReason) {
+        match r {
+            DropReason::Oversized => self.oversized += 1,
+            DropReason::BadOctetCount => self.bad_octet_count += 1,
+            DropReason::Malformed => self.malformed += 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Unknown,
+    Octet,
+    Newline,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Reading a frame (newline mode) or a count (octet mode).
+    Head,
+    /// Octet mode: this many bytes of message remain.
+    Body(usize),
+    /// Skipping bytes of an oversized frame: in octet mode this many remain; in newline
+    /// mode until the next LF (`usize::MAX`).
+    Skip(usize),
+    /// Unrecoverable (bad octet count): the caller should close the connection.
+    Broken,
+}
+
+/// Per-connection syslog framer (RFC 6587). Feed it bytes as they arrive; it calls `out`
+/// for every complete frame that is valid UTF-8 without NUL bytes.
+#[derive(Debug)]
+pub struct Framer {
+    mode: Mode,
+    state: State,
+    buf: Vec<u8>,
+    max: usize,
+    pub counters: FrameCounters,
+}
+
+impl Default for Framer {
+    fn default() -> Self {
+        Self::new(MAX_FRAME)
+    }
+}
+
+impl Framer {
+    /// A framer dropping frames longer than `max` bytes.
+    pub fn new(max: usize) -> Self {
+        Framer {
+            mode: Mode::Unknown,
+            state: State::Head,
+            buf: Vec::new(),
+            max: max.max(1),
+            counters: FrameCounters::default(),
+        }
+    }
+
+    /// The stream cannot be framed any more (bogus octet count): close the connection.
+    pub fn is_broken(&self) -> bool {
+        self.state == State::Broken
+    }
+
+    /// Bytes held for an incomplete frame (bounded by the frame limit).
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Feed received bytes.
+    pub fn feed(&mut self, mut data: &[u8], out: &mut dyn FnMut(&str)) {
+        while !data.is_empty() {
+            if self.mode == Mode::Unknown {
+                // RFC 6587 3.4.1: octet counting starts with a nonzero digit; a syslog message
+                // (newline framing) starts with '<'.
+                self.mode = if data[0].is_ascii_digit() && data[0] != b'0' {
+                    Mode::Octet
+                } else {
+                    Mode::Newline
+                };
+            }
+            match self.state {
+                State::Broken => return,
+                State::Skip(n) => {
+                    if self.mode == Mode::Newline {
+                        match memchr::memchr(b'\n', data) {
+                            Some(i) => {
+                                data = &data[i + 1..];
+                                self.state = State::Head;
+                            }
+                            None => return,
+                        }
+                    } else {
+                        let k = n.min(data.len());
+                        data = &data[k..];
+                        self.state = if n - k == 0 {
+                            State::Head
+                        } else {
+                            State::Skip(n - k)
+                        };
+                    }
+                }
+                State::Head if self.mode == Mode::Newline => match memchr::memchr(b'\n', data) {
+                    Some(i) => {
+                        if self.buf.len() + i > self.max {
+                            self.buf.clear();
+                            self.counters.drop(DropReason::Oversized);
+                        } else {
+                            self.buf.extend_from_slice(&data[..i]);
+                            let mut frame = std::mem::take(&mut self.buf);
+                            if frame.last() == Some(&b'\r') {
+                                frame.pop();
+                            }
+                            self.emit(&frame, out);
+                            frame.clear();
+                            self.buf = frame;
+                        }
+                        data = &data[i + 1..];
+                    }
+                    None => {
+                        if self.buf.len() + data.len() > self.max {
+                            self.buf.clear();
+                            self.counters.drop(DropReason::Oversized);
+                            self.state = State::Skip(usize::MAX);
+                        } else {
+                            self.buf.extend_from_slice(data);
+                        }
+                        return;
+                    }
+                },
+                State::Head => {
+                    // Octet mode: "DIGITS SP". At most 10 digits (any more is bogus anyway).
+                    let mut i = 0;
+                    let mut consumed_all = true;
+                    while i < data.len() {
+                        let b = data[i];
+                        i += 1;
+                        if b == b' ' {
+                            consumed_all = false;
+                            break;
+                        }
+                        if !b.is_ascii_digit() || self.buf.len() >= 10 {
+                            self.fail();
+                            return;
+                        }
+                        self.buf.push(b);
+                    }
+                    data = &data[i..];
+                    if consumed_all {
+                        return;
+                    }
+                    let n = std::str::from_utf8(&self.buf)
+                        .ok()
+                        .and_then(|s| s.parse::<usize>().ok());
+                    self.buf.clear();
+                    match n {
+                        Some(0) | None => {
+                            self.fail();
+                            return;
+                        }
+                        Some(n) if n > self.max => {
+                            self.counters.drop(DropReason::Oversized);
+                            self.state = State::Skip(n);
+                        }
+                        Some(n) => self.state = State::Body(n),
+                    }
+                }
+                State::Body(n) => {
+                    let k = n.min(data.len());
+                    self.buf.extend_from_slice(&data[..k]);
+                    data = &data[k..];
+                    if n - k == 0 {
+                        let mut frame = std::mem::take(&mut self.buf);
+                        // Some senders end octet-counted frames with LF as well.
+                        while matches!(frame.last(), Some(b'\n' | b'\r')) {
+                            frame.pop();
+                        }
+                        self.emit(&frame, out);
+                        frame.clear();
+                        self.buf = frame;
+                        self.state = State::Head;
+                    } else {
+                        self.state = State::Body(n - k);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The connection ended: a newline-framed message without its final LF still counts
+    /// (many senders omit it); an incomplete octet-counted frame is malformed.
+    pub fn finish(&mut self, out: &mut dyn FnMut(&str)) {
+        match (self.mode, self.state) {
+            (Mode::Newline, State::Head) if !self.buf.is_empty() => {
+                let frame = std::mem::take(&mut self.buf);
+                self.emit(&frame, out);
+            }
+            (Mode::Octet, State::Body(_)) => self.counters.drop(DropReason::Malformed),
+            _ => {}
+        }
+        self.buf.clear();
+    }
+
+    fn fail(&mut self) {
+        self.counters.drop(DropReason::BadOctetCount);
+        self.buf = Vec::new();
+        self.state = State::Broken;
+    }
+
+    fn emit(&mut self, frame: &[u8], out: &mut dyn FnMut(&str)) {
+        match check_frame(frame) {
+            Ok(s) => {
+                if !s.trim().is_empty() {
+                    self.counters.frames += 1;
+                    out(s);
+                }
+            }
+            Err(r) => self.counters.drop(r),
+        }
+    }
+}
+
+/// One datagram (UDP syslog: one message per datagram, RFC 5426), checked like a frame.
+pub fn check_frame(frame: &[u8]) -> Result<&str, DropReason> {
+    if frame.len() > MAX_FRAME {
+        return Err(DropReason::Oversized);
+    }
+    if memchr::memchr(0, frame).is_some() {
+        return Err(DropReason::Malformed);
+    }
+    let s = std::str::from_utf8(frame).map_err(|_| DropReason::Malformed)?;
+    Ok(s.trim_end_matches(['\r', '\n']))
+}
+
+/// What [`strip_header`] found in front of the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyslogHeader<'a> {
+    pub pri: Option<u8>,
+    pub timestamp: Option<&'a str>,
+    pub host: Option<&'a str>,
+    pub app: Option<&'a str>,
+}
+
+/// Strip an RFC 5424 (`<PRI>1 TS HOST APP PROCID MSGID SD MSG`) or RFC 3164
+/// (`<PRI>Mmm dd hh:mm:ss HOST TAG[pid]: MSG`) header. A message without a recognised
+/// header is returned whole.
+pub fn strip_header(line: &str) -> (SyslogHeader<'_>, &str) {
+    let mut h = SyslogHeader {
+        pri: None,
+        timestamp: None,
+        host: None,
+        app: None,
+    };
+    let mut s = line;
+    if let Some(rest) = s.strip_prefix('<')
+        && let Some(i) = rest.find('>')
+        && (1..=3).contains(&i)
+        && let Ok(p) = rest[..i].parse::<u8>()
+        && p <= 191
+    {
+        h.pri = Some(p);
+        s = &rest[i + 1..];
+    }
+    // RFC 5424.
+    if let Some(rest) = s.strip_prefix("1 ") {
+        let mut parts = rest.splitn(6, ' ');
+        let ts = parts.next();
+        let host = parts.next();
+        let app = parts.next();
+        let _procid = parts.next();
+        let _msgid = parts.next();
+        if let (Some(ts), Some(host), Some(app), Some(rest)) = (ts, host, app, parts.next())
+            && (ts == "-" || crate::util::parse_rfc3339(ts).is_some())
+        {
+            h.timestamp = (ts != "-").then_some(ts);
+            h.host = (host != "-").then_some(host);
+            h.app = (app != "-").then_some(app);
+            return (h, skip_sd(rest));
+        }
+    }
+    // RFC 3164: "Mmm dd hh:mm:ss " (day space-padded).
+    if s.len() >= 16
+        && s.is_char_boundary(15)
+        && s.get(..3).and_then(crate::util::month).is_some()
+        && s.as_bytes()[15] == b' '
+        && s.as_bytes()[9] == b':'
+        && s.as_bytes()[12] == b':'
+    {
+        h.timestamp = Some(&s[..15]);
+        let rest = &s[16..];
+        let (host, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+        h.host = Some(host);
+        // TAG: alphanumerics up to 32 chars ending in ':' or '['.
+        let tag_end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || "-_./".contains(c)))
+            .unwrap_or(rest.len());
+        if tag_end > 0 && tag_end <= 48 {
+            let after = &rest[tag_end..];
+            let after = if let Some(a) = after.strip_prefix('[') {
+                a.split_once("]").map_or(after, |(_, a)| a)
+            } else {
+                after
+            };
+            if let Some(msg) = after.strip_prefix(':') {
+                h.app = Some(&rest[..tag_end]);
+                return (h, msg.strip_prefix(' ').unwrap_or(msg));
+            }
+        }
+        return (h, rest);
+    }
+    (h, s)
+}
+
+/// Skip RFC 5424 STRUCTURED-DATA (`-` or `[...]...`, with `\]` escapes) and one space.
+fn skip_sd(s: &str) -> &str {
+    if let Some(rest) = s.strip_prefix('-') {
+        return rest.strip_prefix(' ').unwrap_or(rest);
+    }
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() && b[i] == b'[' {
+        let (mut esc, mut quoted) = (false, false);
+        i += 1;
+        while i < b.len() {
+            let c = b[i];
+            i += 1;
+            if esc {
+                esc = false;
+            } else if c == b'\\' {
+                esc = true;
+            } else if c == b'"' {
+                quoted = !quoted;
+            } else if c == b']' && !quoted {
+                break;
+            }
+        }
+    }
+    let rest = s.get(i..).unwrap_or("");
+    let rest = rest.strip_prefix('\u{feff}').unwrap_or(rest);
+    rest.strip_prefix(' ').unwrap_or(rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(f: &mut Framer, chunks: &[&[u8]]) -> Vec<String> {
+        let mut v = Vec::new();
+        for c in chunks {
+            f.feed(c, &mut |s| v.push(s.to_owned()));
+        }
+        v
+    }
+
+    #[test]
+    fn newline_framing_across_chunks() {
+        let mut f = Framer::default();
+        let v = run(&mut f, &[b"<13>a b\r\n<13>c", b" d\n\n<13>e\n"]);
+        assert_eq!(v, ["<13>a b", "<13>c d", "<13>e"]);
+        assert_eq!(f.counters.frames, 3);
+    }
+
+    #[test]
+    fn octet_counting_byte_by_byte() {
+        let msg = b"7 <13>abc5 <1>xy";
+        let mut f = Framer::default();
+        let chunks: Vec<&[u8]> = msg.chunks(1).collect();
+        let v = run(&mut f, &chunks);
+        assert_eq!(v, ["<13>abc", "<1>xy"]);
+        assert!(!f.is_broken());
+    }
+
+    #[test]
+    fn ten_megabyte_line_is_dropped_not_buffered() {
+        let mut f = Framer::new(1024);
+        let big = vec![b'a'; 10 * 1024 * 1024];
+        let mut v = Vec::new();
+        f.feed(b"<13>", &mut |s| v.push(s.to_owned()));
+        for c in big.chunks(64 * 1024) {
+            f.feed(c, &mut |s| v.push(s.to_owned()));
+            assert!(f.buffered() <= 1024);
+        }
+        f.feed(b"\n<13>ok\n", &mut |s| v.push(s.to_owned()));
+        assert_eq!(v, ["<13>ok"]);
+        assert_eq!(f.counters.oversized, 1);
+
+        // Octet-counted: the declared 10 MB body is skipped, the next frame still parsed.
+        let mut f = Framer::new(1024);
+        let mut v = Vec::new();
+        f.feed(format!("{} ", big.len()).as_bytes(), &mut |s| {
+            v.push(s.to_owned())
+        });
+        for c in big.chunks(64 * 1024) {
+            f.feed(c, &mut |s| v.push(s.to_owned()));
+            assert!(f.buffered() <= 1024);
+        }
+        f.feed(b"4 <1>x", &mut |s| v.push(s.to_owned()));
+        assert_eq!(v, ["<1>x"]);
+        assert_eq!(f.counters.oversized, 1);
+    }
+
+    #[test]
+    fn bogus_octet_counts_break_the_connection() {
+        for bad in [
+            &b"12x <13>a"[..],
+            b"99999999999999999999 a",
+            b"1234567890123",
+            b"5\n<13>abc",
+        ] {
+            let mut f = Framer::default();
+            let v = run(&mut f, &[bad, b"7 <13>abc"]);
+            assert!(v.is_empty(), "{bad:?}");
+            assert!(f.is_broken(), "{bad:?}");
+            assert_eq!(f.counters.bad_octet_count, 1, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn never_ending_line_stays_bounded() {
+        let mut f = Framer::new(4096);
+        for _ in 0..10_000 {
+            f.feed(b"<13>slowloris", &mut |_| panic!("no frame expected"));
+            assert!(f.buffered() <= 4096);
+        }
+        assert_eq!(f.counters.oversized, 1);
+        let mut v = Vec::new();
+        f.finish(&mut |s| v.push(s.to_owned()));
+        assert!(v.is_empty());
+    }
+
+    #[test]
+    fn nul_bytes_and_bad_utf8_are_counted() {
+        let mut f = Framer::default();
+        let v = run(&mut f, &[b"<13>a\0b\n<13>\xff\xfe\n<13>ok\n"]);
+        assert_eq!(v, ["<13>ok"]);
+        assert_eq!(f.counters.malformed, 2);
+        assert_eq!(check_frame(b"x\0"), Err(DropReason::Malformed));
+    }
+
+    #[test]
+    fn unterminated_last_line_counts_at_close() {
+        let mut f = Framer::default();
+        let mut v = run(&mut f, &[b"<13>a\n<13>b"]);
+        f.finish(&mut |s| v.push(s.to_owned()));
+        assert_eq!(v, ["<13>a", "<13>b"]);
+        let mut f = Framer::default();
+        run(&mut f, &[b"10 <13>"]);
+        f.finish(&mut |_| panic!());
+        assert_eq!(f.counters.malformed, 1);
+    }
+
+    #[test]
+    fn strips_rfc5424() {
+        let (h, m) = strip_header(
+            "<134>1 2026-12-03T10:00:00.123Z fw1 PAN-OS 1234 TRAFFIC [ex@1 a=\"]\\]\"] 1,2,3",
+        );
+        assert_eq!(m, "1,2,3");
+        assert_eq!(h.pri, Some(134));
+        assert_eq!(h.host, Some("fw1"));
+        assert_eq!(h.app, Some("PAN-OS"));
+        let (h, m) = strip_header("<14>1 - - - - - - hello");
+        assert_eq!((h.host, m), (None, "hello"));
+    }
+
+    #[test]
+    fn strips_rfc3164() {
+        let (h, m) = strip_header("<13>Dec  3 10:00:00 proxy1 squid[42]: 1700000000.1 5 ...");
+        assert_eq!(m, "1700000000.1 5 ...");
+        assert_eq!((h.host, h.app), (Some("proxy1"), Some("squid")));
+        let (h, m) = strip_header("<13>Dec  3 10:00:00 fw2 date=2026-12-03 time=10:00:00");
+        assert_eq!(h.host, Some("fw2"));
+        assert_eq!(m, "date=2026-12-03 time=10:00:00");
+    }
+
+    #[test]
+    fn hostile_headers_do_not_panic() {
+        for s in [
+            "",
+            "<",
+            "<999>",
+            "<1>1 ",
+            "<1>1 x y",
+            "<13>Déc  3 10:00:00 h t: m",
+            "<13>Dec  3 10:00:0é h t: m",
+            "<13>1 2026-12-03T10:00:00Z h a p m [unterminated",
+            "\0\0\0",
+            "<13>Dxé 3 10:00:00 h t: m",
+            "<13>Dec  3 10:00:00 ",
+        ] {
+            let _ = strip_header(s);
+        }
+    }
+}
