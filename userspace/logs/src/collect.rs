@@ -373,6 +373,170 @@ fn skip_sd(s: &str) -> &str {
     rest.strip_prefix(' ').unwrap_or(rest)
 }
 
+/// Limits of a [`Receiver`].
+#[derive(Debug, Clone, Copy)]
+pub struct ReceiverLimits {
+    /// Longest frame (TCP) or datagram (UDP) kept.
+    pub max_frame: usize,
+    /// TCP connections served at once; more are accepted and closed at once (counted).
+    pub max_connections: usize,
+    /// A TCP connection silent this long is closed (slowloris).
+    pub idle_timeout: std::time::Duration,
+    /// Frames queued for the consumer; when full, new frames are dropped (counted).
+    pub queue: usize,
+}
+
+impl Default for ReceiverLimits {
+    fn default() -> Self {
+        ReceiverLimits {
+            max_frame: MAX_FRAME,
+            max_connections: 256,
+            idle_timeout: std::time::Duration::from_secs(300),
+            queue: 65_536,
+        }
+    }
+}
+
+/// Counters shared by the receiver threads.
+#[derive(Debug, Default)]
+pub struct ReceiverCounters {
+    pub received: std::sync::atomic::AtomicU64,
+    pub oversized: std::sync::atomic::AtomicU64,
+    pub bad_octet_count: std::sync::atomic::AtomicU64,
+    pub malformed: std::sync::atomic::AtomicU64,
+    pub too_many_connections: std::sync::atomic::AtomicU64,
+    pub idle_closed: std::sync::atomic::AtomicU64,
+    pub queue_full: std::sync::atomic::AtomicU64,
+}
+
+/// A frame received: the peer address and the message (header still on).
+pub type Frame = (std::net::SocketAddr, String);
+
+/// Syslog receivers over TCP and UDP (std threads), frames into a bounded queue.
+pub struct Receiver {
+    pub counters: std::sync::Arc<ReceiverCounters>,
+    pub frames: std::sync::mpsc::Receiver<Frame>,
+    pub tcp_addr: Option<std::net::SocketAddr>,
+    pub udp_addr: Option<std::net::SocketAddr>,
+}
+
+impl Receiver {
+    /// Bind the listeners (either may be absent) and start serving.
+    pub fn start(
+        tcp: Option<std::net::SocketAddr>,
+        udp: Option<std::net::SocketAddr>,
+        limits: ReceiverLimits,
+    ) -> std::io::Result<Receiver> {
+        use std::sync::atomic::Ordering::Relaxed;
+        use std::sync::{Arc, mpsc};
+        let counters = Arc::new(ReceiverCounters::default());
+        let (tx, rx) = mpsc::sync_channel::<Frame>(limits.queue.max(1));
+        let push = {
+            let c = counters.clone();
+            move |tx: &mpsc::SyncSender<Frame>, f: Frame| match tx.try_send(f) {
+                Ok(()) => {
+                    c.received.fetch_add(1, Relaxed);
+                }
+                Err(_) => {
+                    c.queue_full.fetch_add(1, Relaxed);
+                }
+            }
+        };
+        let mut tcp_addr = None;
+        if let Some(a) = tcp {
+            let l = std::net::TcpListener::bind(a)?;
+            tcp_addr = Some(l.local_addr()?);
+            let (c, tx, push) = (counters.clone(), tx.clone(), push.clone());
+            let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            std::thread::spawn(move || {
+                for s in l.incoming() {
+                    let Ok(mut s) = s else { continue };
+                    if live.load(Relaxed) >= limits.max_connections {
+                        c.too_many_connections.fetch_add(1, Relaxed);
+                        continue; // dropped: closed
+                    }
+                    live.fetch_add(1, Relaxed);
+                    let (c, tx, push, live) = (c.clone(), tx.clone(), push.clone(), live.clone());
+                    std::thread::spawn(move || {
+                        use std::io::Read;
+                        let peer = s.peer_addr().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+                        let _ = s.set_read_timeout(Some(limits.idle_timeout));
+                        let mut f = Framer::new(limits.max_frame);
+                        let mut buf = vec![0u8; 64 * 1024];
+                        let mut out = |m: &str| push(&tx, (peer, m.to_owned()));
+                        let mut idle = false;
+                        loop {
+                            match s.read(&mut buf) {
+                                Ok(0) => break,
+                                Ok(n) => {
+                                    f.feed(&buf[..n], &mut out);
+                                    if f.is_broken() {
+                                        break;
+                                    }
+                                }
+                                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                                Err(e)
+                                    if matches!(
+                                        e.kind(),
+                                        std::io::ErrorKind::WouldBlock
+                                            | std::io::ErrorKind::TimedOut
+                                    ) =>
+                                {
+                                    c.idle_closed.fetch_add(1, Relaxed);
+                                    idle = true;
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        // A stalled sender's partial line is not a message.
+                        if !idle {
+                            f.finish(&mut out);
+                        }
+                        c.oversized.fetch_add(f.counters.oversized, Relaxed);
+                        c.bad_octet_count
+                            .fetch_add(f.counters.bad_octet_count, Relaxed);
+                        c.malformed.fetch_add(f.counters.malformed, Relaxed);
+                        live.fetch_sub(1, Relaxed);
+                    });
+                }
+            });
+        }
+        let mut udp_addr = None;
+        if let Some(a) = udp {
+            let sock = std::net::UdpSocket::bind(a)?;
+            udp_addr = Some(sock.local_addr()?);
+            let c = counters.clone();
+            std::thread::spawn(move || {
+                // One byte more than the limit tells an oversized datagram from a full one.
+                let mut buf = vec![0u8; limits.max_frame.min(65_535) + 1];
+                while let Ok((n, peer)) = sock.recv_from(&mut buf) {
+                    if n > limits.max_frame {
+                        c.oversized.fetch_add(1, Relaxed);
+                        continue;
+                    }
+                    match check_frame(&buf[..n]) {
+                        Ok(m) if !m.trim().is_empty() => push(&tx, (peer, m.to_owned())),
+                        Ok(_) => {}
+                        Err(DropReason::Oversized) => {
+                            c.oversized.fetch_add(1, Relaxed);
+                        }
+                        Err(_) => {
+                            c.malformed.fetch_add(1, Relaxed);
+                        }
+                    }
+                }
+            });
+        }
+        Ok(Receiver {
+            counters,
+            frames: rx,
+            tcp_addr,
+            udp_addr,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -522,5 +686,99 @@ mod tests {
         ] {
             let _ = strip_header(s);
         }
+    }
+
+    #[test]
+    fn tcp_and_udp_receiver_with_hostile_peers() {
+        use std::io::Write;
+        use std::sync::atomic::Ordering::Relaxed;
+        use std::time::Duration;
+        let any = "127.0.0.1:0".parse().ok();
+        let r = Receiver::start(
+            any,
+            any,
+            ReceiverLimits {
+                max_frame: 4096,
+                max_connections: 2,
+                idle_timeout: Duration::from_millis(300),
+                queue: 1024,
+            },
+        )
+        .unwrap();
+        let tcp = r.tcp_addr.unwrap();
+        // Slowloris: never sends a newline; closed after the idle timeout.
+        let mut slow = std::net::TcpStream::connect(tcp).unwrap();
+        slow.write_all(b"<13>never ends").unwrap();
+        // A 10 MB line then a good one, newline framing.
+        let mut c = std::net::TcpStream::connect(tcp).unwrap();
+        c.write_all(b"<13>").unwrap();
+        c.write_all(&vec![b'a'; 10 * 1024 * 1024]).unwrap();
+        c.write_all(b"\n<13>Dec  3 10:00:00 h app: good one\n")
+            .unwrap();
+        drop(c);
+        // Octet counting and a bogus count.
+        std::thread::sleep(Duration::from_millis(100));
+        let mut c = std::net::TcpStream::connect(tcp).unwrap();
+        c.write_all(b"10 <13>octet99x ").unwrap();
+        drop(c);
+        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let ua = r.udp_addr.unwrap();
+        u.send_to(b"<13>udp one", ua).unwrap();
+        u.send_to(b"<13>nul\0", ua).unwrap();
+        u.send_to(&vec![b'x'; 8000], ua).unwrap();
+        let mut got = Vec::new();
+        while let Ok((_, m)) = r.frames.recv_timeout(Duration::from_secs(2)) {
+            got.push(m);
+        }
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                "<13>Dec  3 10:00:00 h app: good one",
+                "<13>octet9",
+                "<13>udp one"
+            ]
+        );
+        let k = &r.counters;
+        assert_eq!(k.received.load(Relaxed), 3);
+        assert_eq!(k.oversized.load(Relaxed), 2); // the 10 MB line and the 8000-byte datagram
+        assert_eq!(k.bad_octet_count.load(Relaxed), 1);
+        assert_eq!(k.malformed.load(Relaxed), 1);
+        assert_eq!(k.idle_closed.load(Relaxed), 1);
+        drop(slow);
+    }
+
+    #[test]
+    fn connection_flood_is_capped() {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering::Relaxed;
+        use std::time::Duration;
+        let r = Receiver::start(
+            "127.0.0.1:0".parse().ok(),
+            None,
+            ReceiverLimits {
+                max_connections: 1,
+                ..ReceiverLimits::default()
+            },
+        )
+        .unwrap();
+        let tcp = r.tcp_addr.unwrap();
+        let mut first = std::net::TcpStream::connect(tcp).unwrap();
+        first.write_all(b"<13>first\n").unwrap();
+        assert_eq!(
+            r.frames.recv_timeout(Duration::from_secs(5)).unwrap().1,
+            "<13>first"
+        );
+        // The second is closed at once while the first is open.
+        let mut second = std::net::TcpStream::connect(tcp).unwrap();
+        second
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut b = [0u8; 1];
+        assert_eq!(second.read(&mut b).unwrap_or(0), 0);
+        let _ = second.write_all(b"<13>second\n");
+        assert!(r.frames.recv_timeout(Duration::from_millis(300)).is_err());
+        assert_eq!(r.counters.too_many_connections.load(Relaxed), 1);
+        drop(first);
     }
 }
