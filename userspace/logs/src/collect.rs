@@ -102,16 +102,22 @@ impl Framer {
 
     /// Feed received bytes.
     pub fn feed(&mut self, mut data: &[u8], out: &mut dyn FnMut(&str)) {
-        while !data.is_empty() {
-            if self.mode == Mode::Unknown {
-                // RFC 6587 3.4.1: octet counting starts with a nonzero digit; a syslog message
-                // (newline framing) starts with '<'.
-                self.mode = if data[0].is_ascii_digit() && data[0] != b'0' {
-                    Mode::Octet
-                } else {
-                    Mode::Newline
-                };
+        if self.mode == Mode::Unknown {
+            // RFC 6587 3.4.1 octet counting is `[1-9][0-9]* <`; anything else (including a
+            // vendor line that starts with digits, e.g. squid's epoch) is newline framing.
+            let mut pending = std::mem::take(&mut self.buf);
+            pending.extend_from_slice(data);
+            match sniff_mode(&pending) {
+                Some(m) => self.mode = m,
+                None => {
+                    self.buf = pending;
+                    return;
+                }
             }
+            self.feed(&pending, out);
+            return;
+        }
+        while !data.is_empty() {
             match self.state {
                 State::Broken => return,
                 State::Skip(n) => {
@@ -223,6 +229,11 @@ impl Framer {
     /// The connection ended: a newline-framed message without its final LF still counts
     /// (many senders omit it); an incomplete octet-counted frame is malformed.
     pub fn finish(&mut self, out: &mut dyn FnMut(&str)) {
+        if self.mode == Mode::Unknown {
+            self.mode = Mode::Newline;
+            let pending = std::mem::take(&mut self.buf);
+            self.feed(&pending, out);
+        }
         match (self.mode, self.state) {
             (Mode::Newline, State::Head) if !self.buf.is_empty() => {
                 let frame = std::mem::take(&mut self.buf);
@@ -250,6 +261,19 @@ impl Framer {
             }
             Err(r) => self.counters.drop(r),
         }
+    }
+}
+
+/// Framing of a connection from its first bytes; `None` while undecided (at most 12 bytes).
+fn sniff_mode(b: &[u8]) -> Option<Mode> {
+    let digits = b.iter().take_while(|c| c.is_ascii_digit()).count();
+    if digits == 0 || b[0] == b'0' || digits > 10 {
+        return Some(Mode::Newline);
+    }
+    match (b.get(digits), b.get(digits + 1)) {
+        (None, _) | (Some(b' '), None) => None,
+        (Some(b' '), Some(b'<')) => Some(Mode::Octet),
+        _ => Some(Mode::Newline),
     }
 }
 
@@ -537,6 +561,22 @@ impl Receiver {
     }
 }
 
+/// Feed a batch of received messages from one source (syslog header still on: the vendor
+/// parsers read it for the time) through the same detection and parsers as `discover`.
+pub fn ingest(
+    messages: &[String],
+    source: &str,
+    opts: &crate::LogOptions,
+    sink: &mut dyn FnMut(tollgate_discovery::record::FlowRecord),
+) -> Result<crate::InputStats, crate::LogError> {
+    let mut text = Vec::with_capacity(messages.iter().map(|m| m.len() + 1).sum());
+    for m in messages {
+        text.extend_from_slice(m.as_bytes());
+        text.push(b'\n');
+    }
+    crate::import_reader(&text[..], std::path::Path::new(source), opts, sink)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -584,6 +624,8 @@ mod tests {
         // Octet-counted: the declared 10 MB body is skipped, the next frame still parsed.
         let mut f = Framer::new(1024);
         let mut v = Vec::new();
+        let mut big = big;
+        big[0] = b'<';
         f.feed(format!("{} ", big.len()).as_bytes(), &mut |s| {
             v.push(s.to_owned())
         });
@@ -605,11 +647,21 @@ mod tests {
             b"5\n<13>abc",
         ] {
             let mut f = Framer::default();
-            let v = run(&mut f, &[bad, b"7 <13>abc"]);
-            assert!(v.is_empty(), "{bad:?}");
+            let v = run(&mut f, &[b"4 <1>x", bad, b"7 <13>abc"]);
+            assert_eq!(v, ["<1>x"], "{bad:?}");
             assert!(f.is_broken(), "{bad:?}");
             assert_eq!(f.counters.bad_octet_count, 1, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn digits_first_is_newline_framing_unless_count_then_pri() {
+        let mut f = Framer::default();
+        let v = run(&mut f, &[b"1700000000.1 5 a\n12 x\n"]);
+        assert_eq!(v, ["1700000000.1 5 a", "12 x"]);
+        let mut f = Framer::default();
+        let v = run(&mut f, &[b"1", b"1", b" ", b"<", b"13>abcdefg"]);
+        assert_eq!(v, ["<13>abcdefg"]);
     }
 
     #[test]
@@ -780,5 +832,39 @@ mod tests {
         assert!(r.frames.recv_timeout(Duration::from_millis(300)).is_err());
         assert_eq!(r.counters.too_many_connections.load(Relaxed), 1);
         drop(first);
+    }
+
+    #[test]
+    fn tcp_fixtures_parse_like_the_file() {
+        use std::io::Write;
+        use std::time::Duration;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/logs");
+        for name in [
+            "squid_native.log",
+            "paloalto_traffic.log",
+            "fortinet_fortigate.log",
+        ] {
+            let path = dir.join(name);
+            let opts = crate::LogOptions::default();
+            let mut want = 0u64;
+            let file = crate::import_file(&path, &opts, &mut |_| want += 1).unwrap();
+            let r = Receiver::start("127.0.0.1:0".parse().ok(), None, ReceiverLimits::default())
+                .unwrap();
+            let mut c = std::net::TcpStream::connect(r.tcp_addr.unwrap()).unwrap();
+            c.write_all(&std::fs::read(&path).unwrap()).unwrap();
+            drop(c);
+            let mut got = Vec::new();
+            while let Ok((_, m)) = r.frames.recv_timeout(Duration::from_secs(1)) {
+                got.push(m);
+            }
+            let mut n = 0u64;
+            let st = ingest(&got, name, &opts, &mut |_| n += 1).unwrap();
+            assert!(want > 0, "{name}");
+            assert_eq!(
+                (n, st.format.as_str()),
+                (want, file.format.as_str()),
+                "{name}"
+            );
+        }
     }
 }
