@@ -4,6 +4,9 @@
 //!
 //! The proxy audits each upload (a session policy with `action = "audit"`), the daemon turns
 //! each audit record into an activity, and an activity policy counts them per user.
+//!
+//! And: an app discovery policy sees a new risky app cross its daily line, raises an alert and
+//! tags the app unsanctioned, and the kernel blocks it from then on.
 
 use std::time::{Duration, Instant};
 
@@ -225,7 +228,13 @@ fn an_upload_burst_through_the_proxy_raises_an_alert_in_rsyslog() {
         .cli(&["activity", "--json", "--app", "dropbox"])
         .unwrap();
     let acts: serde_json::Value = serde_json::from_slice(&acts.stdout).unwrap();
-    assert_eq!(acts.as_array().map(Vec::len), Some(10), "{acts}");
+    let from_proxy = acts
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["source"] == "proxy")
+        .count();
+    assert_eq!(from_proxy, 10, "{acts}");
     // A resolved alert is closed: the next burst opens a new one.
     for i in 10..20 {
         upload(&topo, i);
@@ -272,5 +281,122 @@ fn an_upload_burst_through_the_proxy_raises_an_alert_in_rsyslog() {
         third["activities"][0]["object"],
         "www.dropbox.com/upload/q3-report-20.pdf"
     );
+    daemon.stop();
+}
+
+/// A new app with a low risk score, used more than twice today: the app discovery policy
+/// alerts (saying which line was crossed, and the score), tags the app unsanctioned, and the
+/// kernel blocks its next connection at once. An app that is not risky, used as much, stays
+/// allowed; discovery's per-interval use is in the activity log; a restart keeps the block
+/// and does not fire the policy again the same day.
+#[test]
+fn an_app_discovery_policy_unsanctions_a_new_risky_app_and_the_kernel_blocks_it() {
+    let test = "an_app_discovery_policy_unsanctions_a_new_risky_app_and_the_kernel_blocks_it";
+    if !ready(test) {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = Topology::new("ad", 1500).expect("topology");
+    let _origins = Origins::start(&mut topo, false).expect("origins");
+    let c = topo.client.clone();
+    let extra = "[apps.zoom]\nrisk_score = 3.0\nrisk_note = \"a risky app, for the test\"\n\n\
+         [discovery]\ninterval_secs = 1\n\n\
+         [[app_discovery_policies]]\nname = \"new risky app\"\nseverity = \"high\"\n\
+         new_app = true\nrisk_below = 6\ntag = \"unsanctioned\"\n\
+         daily = { users_above = 50, transactions_above = 2 }\n";
+    let mut daemon = Daemon::start(&mut topo, "enforce", extra).expect("daemon");
+    let curl = |topo: &Topology, host: &str| {
+        let t = Instant::now();
+        let o = topo.exec_any(
+            &c,
+            &format!(
+                "curl -sk --max-time 10 --resolve {host}:443:{SERVER_IP4} https://{host}/ -o /dev/null"
+            ),
+        );
+        (o.status.success(), t.elapsed())
+    };
+    // Two connections each: below the line.
+    for _ in 0..2 {
+        assert!(curl(&topo, "zoom.us").0, "zoom before the policy fired");
+        assert!(curl(&topo, "slack.com").0, "slack");
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        daemon
+            .query("alerts")
+            .expect("alerts")
+            .as_array()
+            .is_some_and(Vec::is_empty),
+        "an alert below the line"
+    );
+    assert!(
+        curl(&topo, "zoom.us").0,
+        "zoom's third connection still goes through"
+    );
+    assert!(curl(&topo, "slack.com").0, "slack's third");
+    // The next interval sees the third: the policy fires and tags zoom.
+    let blocked_at = tollgate_e2e::wait_for(Duration::from_secs(10), || {
+        let (ok, took) = curl(&topo, "zoom.us");
+        (!ok).then_some(took)
+    });
+    let took =
+        blocked_at.unwrap_or_else(|| panic!("zoom never blocked:\n{}", topo.log(&daemon.log)));
+    assert!(
+        took < Duration::from_millis(1500),
+        "a hang, not a reset: {took:?}"
+    );
+    assert!(
+        curl(&topo, "slack.com").0,
+        "slack, not risky, stays allowed"
+    );
+    let alerts = daemon.query("alerts").expect("alerts");
+    let list = alerts.as_array().expect("a list");
+    assert_eq!(list.len(), 1, "{alerts}");
+    let a = &list[0];
+    assert_eq!(a["policy"], "new risky app");
+    assert_eq!(a["severity"], "high");
+    assert_eq!(a["entities"]["app"], "zoom");
+    let reason = a["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("transactions today (above 2)"), "{reason}");
+    assert!(reason.contains("risk score 3.0 (below 6)"), "{reason}");
+    let apps = daemon.query("apps").expect("apps");
+    let tag_of = |apps: &serde_json::Value, id: &str| {
+        apps.as_array()
+            .and_then(|l| l.iter().find(|x| x["id"] == id))
+            .map(|x| x["tag"].clone())
+    };
+    assert_eq!(tag_of(&apps, "zoom"), Some("unsanctioned".into()), "{apps}");
+    assert_ne!(
+        tag_of(&apps, "slack"),
+        Some("unsanctioned".into()),
+        "{apps}"
+    );
+    // Discovery's intervals are in the activity log, per app.
+    let acts = daemon
+        .cli(&["activity", "--json", "--app", "slack"])
+        .unwrap();
+    let acts: serde_json::Value = serde_json::from_slice(&acts.stdout).unwrap();
+    let used: u64 = acts
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["activity"] == "app_used" && x["source"] == "discovery")
+        .map(|x| x["bytes"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(used > 0, "no discovery activity for slack: {acts}");
+    // A restart: still blocked, and no second alert today.
+    daemon.stop();
+    std::thread::sleep(Duration::from_millis(200));
+    daemon.log = format!("{}-2", daemon.log);
+    daemon.spawn(&mut topo).expect("restart");
+    let (ok, took) = curl(&topo, "zoom.us");
+    assert!(
+        !ok && took < Duration::from_millis(1500),
+        "zoom after a restart"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let again = daemon.query("alerts").expect("alerts");
+    assert_eq!(again.as_array().map(Vec::len), Some(1), "{again}");
+    assert_eq!(again[0]["count"], 1, "{again}");
     daemon.stop();
 }

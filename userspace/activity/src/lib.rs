@@ -4,7 +4,9 @@
 //! evaluates them ([`Engine::observe`]), alerts with de-duplication and status
 //! ([`AlertBook`]), the formats other tools ingest (CEF in the layout of Defender for Cloud
 //! Apps' SIEM agent, RFC 5424, JSON) and the sinks that carry them (`[[alert_sinks]]`:
-//! syslog over UDP/TCP/TLS, a file, a webhook).
+//! syslog over UDP/TCP/TLS, a file, a webhook), and app discovery policies
+//! (`[[app_discovery_policies]]`, [`AppDiscovery`]): each app's use in a day judged against
+//! facts and lines, with an optional sanction tag the caller applies.
 //!
 //! ```text
 //! source ──Activity──▶ Engine::observe(&a, now) ──AlertEvent──▶ Sinks::alert (bounded, rate-limited)
@@ -39,6 +41,7 @@
 #![forbid(unsafe_code)]
 
 pub mod alert;
+pub mod discovery_policy;
 pub mod engine;
 pub mod format;
 pub mod policy;
@@ -46,6 +49,7 @@ pub mod record;
 pub mod sink;
 
 pub use alert::{Alert, AlertBook, AlertError, AlertStatus, Entities};
+pub use discovery_policy::{AppDiscovery, AppDiscoveryPolicy, DiscoveredUse};
 pub use engine::{AlertEvent, AlertEventKind, Engine, EngineStats};
 pub use format::{Format, Record};
 pub use policy::{ActivityPolicy, PolicyError, Repeated, Severity, validate};

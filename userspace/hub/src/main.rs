@@ -25,6 +25,8 @@ pub const BUNDLE_SECTIONS: &[&str] = &[
     "session_policies",
     "access_policies",
     "custom_apps",
+    "activity_policies",
+    "app_discovery_policies",
 ];
 
 #[derive(Parser)]

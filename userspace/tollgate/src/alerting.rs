@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
+use tollgate_activity::discovery_policy::{AppFacts, DiscoveryFinding};
 use tollgate_activity::sink::Send as SinkSend;
 use tollgate_activity::{
-    Activity, ActivityType, Alert, AlertBook, AlertStatus, Engine, Format, Outcome, SinkConfig,
-    SinkKind, Sinks, Source,
+    Activity, ActivityType, Alert, AlertBook, AlertStatus, AppDiscovery, Engine, Format, Outcome,
+    SinkConfig, SinkKind, Sinks, Source,
 };
 use tollgate_proxy::audit::AuditRecord;
 
@@ -158,6 +159,39 @@ impl Alerting {
         self.next_id += 1;
         let a = from_proxy(self.next_id, rec, &self.gateway);
         self.observe(&a);
+    }
+
+    /// A record from another source of the box (discovery): numbered and signed with the
+    /// gateway's name here.
+    pub fn observe_new(&mut self, mut a: Activity) {
+        self.next_id += 1;
+        a.id = self.next_id;
+        a.gateway = Some(self.gateway.clone());
+        self.observe(&a);
+    }
+
+    /// Judges the day of app discovery: the alerts go into the book and to the sinks; the
+    /// findings come back for their actions.
+    pub fn judge_discovery(
+        &mut self,
+        d: &mut AppDiscovery,
+        now: DateTime<Utc>,
+        facts: &dyn Fn(&str) -> Option<AppFacts>,
+    ) -> Vec<DiscoveryFinding> {
+        let found = d.evaluate(now, facts, self.engine.book_mut(), Some(&self.gateway));
+        for f in &found {
+            tracing::warn!(
+                alert = f.event.alert.id,
+                policy = %f.policy,
+                app = %f.app,
+                count = f.event.alert.count,
+                "app discovery alert: {}",
+                f.event.alert.reason
+            );
+            self.sinks.alert(&f.event);
+            self.dirty = true;
+        }
+        found
     }
 
     pub fn observe(&mut self, a: &Activity) {

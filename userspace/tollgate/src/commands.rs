@@ -101,7 +101,14 @@ pub fn check_references(
                 .iter()
                 .enumerate()
                 .map(|(i, p)| (format!("activity_policies[{i}].apps"), &p.name, &p.apps)),
-        );
+        )
+        .chain(cfg.app_discovery_policies.iter().enumerate().map(|(i, p)| {
+            (
+                format!("app_discovery_policies[{i}].apps"),
+                &p.name,
+                &p.apps,
+            )
+        }));
     for (key, name, apps) in lists {
         if let Some(id) = apps
             .iter()

@@ -78,6 +78,10 @@ pub struct Config {
     /// Where alerts and activities go (`[[alert_sinks]]`): syslog, a file, a webhook.
     #[serde(default)]
     pub alert_sinks: Vec<tollgate_activity::SinkConfig>,
+    /// Policies over each app's use per day (`[[app_discovery_policies]]`): an alert, and
+    /// optionally a sanction tag.
+    #[serde(default)]
+    pub app_discovery_policies: Vec<tollgate_activity::AppDiscoveryPolicy>,
     /// The activity log in state_dir (`[activity]`).
     #[serde(default)]
     pub activity: ActivityConfig,
@@ -164,6 +168,7 @@ pub const BUNDLE_SECTIONS: &[&str] = &[
     "session_policies",
     "access_policies",
     "activity_policies",
+    "app_discovery_policies",
 ];
 
 /// What a policy bundle holds: the gateway config's own sections, in its own TOML.
@@ -182,6 +187,8 @@ pub struct BundlePolicy {
     pub access_policies: Vec<tollgate_proxy::AccessPolicy>,
     #[serde(default)]
     pub activity_policies: Vec<tollgate_activity::ActivityPolicy>,
+    #[serde(default)]
+    pub app_discovery_policies: Vec<tollgate_activity::AppDiscoveryPolicy>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -191,14 +198,24 @@ pub struct DiscoveryConfig {
     /// long-running daemon's memory stays bounded.
     #[serde(default = "default_history_hours")]
     pub history_hours: u32,
+    /// Seconds between discovery's local intervals: each one's per-user, per-app use becomes
+    /// `app_used` activities (source `discovery`) and is counted into the day that
+    /// `[[app_discovery_policies]]` judge.
+    #[serde(default = "default_discovery_interval")]
+    pub interval_secs: u64,
 }
 
 impl Default for DiscoveryConfig {
     fn default() -> Self {
         Self {
             history_hours: default_history_hours(),
+            interval_secs: default_discovery_interval(),
         }
     }
+}
+
+fn default_discovery_interval() -> u64 {
+    60
 }
 
 fn default_history_hours() -> u32 {
@@ -339,6 +356,22 @@ impl Config {
             .into_iter()
             .chain(
                 self.activity_policies
+                    .iter()
+                    .filter(|p| !central.contains(&p.name))
+                    .cloned(),
+            )
+            .collect();
+        // The same for app discovery policies.
+        let central: Vec<String> = policy
+            .app_discovery_policies
+            .iter()
+            .map(|p| p.name.clone())
+            .collect();
+        merged.app_discovery_policies = policy
+            .app_discovery_policies
+            .into_iter()
+            .chain(
+                self.app_discovery_policies
                     .iter()
                     .filter(|p| !central.contains(&p.name))
                     .cloned(),
@@ -513,6 +546,25 @@ impl Config {
                 &format!("activity_policies[{}].{}", e.index, e.key),
                 needle,
                 e.message,
+            );
+        }
+        if let Err(e) = tollgate_activity::discovery_policy::validate(&self.app_discovery_policies)
+        {
+            let needle = self
+                .app_discovery_policies
+                .get(e.index)
+                .map_or("app_discovery_policies", |p| p.name.as_str());
+            return fail(
+                &format!("app_discovery_policies[{}].{}", e.index, e.key),
+                needle,
+                e.message,
+            );
+        }
+        if !(1..=3600).contains(&self.discovery.interval_secs) {
+            return fail(
+                "discovery.interval_secs",
+                "interval_secs",
+                "must be 1..=3600".into(),
             );
         }
         for (i, sink) in self.alert_sinks.iter().enumerate() {
@@ -716,6 +768,58 @@ retention_days = 7
             .unwrap_err()
             .to_string();
         assert!(e.contains("alert_sinks"), "{e}");
+    }
+
+    #[test]
+    fn app_discovery_policies_are_checked_and_come_from_bundles() {
+        let text = r#"
+[[app_discovery_policies]]
+name = "new risky app"
+new_app = true
+risk_below = 6
+daily = { users_above = 50, bytes_above = 50000000 }
+tag = "unsanctioned"
+
+[discovery]
+interval_secs = 30
+"#;
+        let c = Config::parse(text, "a.toml").unwrap();
+        assert_eq!(c.app_discovery_policies.len(), 1);
+        assert_eq!(c.discovery.interval_secs, 30);
+        for (bad, key) in [
+            (
+                "[[app_discovery_policies]]\nname = \"x\"\ntag = \"allow-all\"\n",
+                "app_discovery_policies[0].tag",
+            ),
+            (
+                "[[app_discovery_policies]]\nname = \"x\"\ndaily = { users_above = 100000 }\n",
+                "app_discovery_policies[0].daily.users_above",
+            ),
+            (
+                "[discovery]\ninterval_secs = 0\n",
+                "discovery.interval_secs",
+            ),
+        ] {
+            let e = Config::parse(bad, "a.toml").unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
+        // A bundle's policy of the same name wins; a bad one is refused with its key.
+        let merged = c
+            .with_bundle(
+                "[[app_discovery_policies]]\nname = \"new risky app\"\nrisk_below = 4\n",
+                "bundle revision 3",
+            )
+            .unwrap();
+        assert_eq!(merged.app_discovery_policies.len(), 1);
+        assert_eq!(merged.app_discovery_policies[0].risk_below, Some(4.0));
+        let e = c
+            .with_bundle(
+                "[[app_discovery_policies]]\nname = \"x\"\ntags = [\"everything\"]\n",
+                "bundle revision 4",
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("app_discovery_policies[0].tags"), "{e}");
     }
 
     #[test]

@@ -120,7 +120,7 @@ fn hostname() -> String {
 
 /// Writes `body` to `path` with mode 0600, durably: a fresh temporary file, fsynced, renamed
 /// over the old one, the directory fsynced.
-fn write_private(path: &Path, body: &[u8]) -> Result<()> {
+pub(crate) fn write_private(path: &Path, body: &[u8]) -> Result<()> {
     let dir = path.parent().context("a file without a directory")?;
     let tmp = dir.join(format!(
         ".{}.{}.tmp",

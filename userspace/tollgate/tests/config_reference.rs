@@ -48,6 +48,14 @@ const SECTIONS: &[(&str, &str)] = &[
         "[[activity_policies]]\nname = \"p\"\n@\n",
     ),
     ("[[alert_sinks]]", "[[alert_sinks]]\nkind = \"file\"\n@\n"),
+    (
+        "[[app_discovery_policies]]",
+        "[[app_discovery_policies]]\nname = \"p\"\n@\n",
+    ),
+    (
+        "[app_discovery_policies.daily]",
+        "[[app_discovery_policies]]\nname = \"p\"\n[app_discovery_policies.daily]\n@\n",
+    ),
 ];
 
 /// The keys serde says a section has, from its refusal of `zz_unknown_key`.

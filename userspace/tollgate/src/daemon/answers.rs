@@ -189,6 +189,11 @@ impl Core {
     }
 
     fn set_tag(&mut self, app: &str, tag: &str) -> Response {
+        self.set_tag_by(app, tag, "the gateway")
+    }
+
+    /// Sets a live tag for `app`; `by` says who, in the audit record.
+    pub(super) fn set_tag_by(&mut self, app: &str, tag: &str, by: &str) -> Response {
         if self.catalog.app(app).is_none() {
             return Response::err(format!("app {app:?} is not in the catalog"));
         }
@@ -205,11 +210,7 @@ impl Core {
         self.tags = self.tags.with_live(self.live_tags.clone());
         self.apply_tags();
         tracing::info!(app, tag = %tag, "tag set");
-        self.audit(
-            "tag_changed",
-            Some(app),
-            format!("tagged {tag} on the gateway"),
-        );
+        self.audit("tag_changed", Some(app), format!("tagged {tag} by {by}"));
         Response::ok(serde_json::json!({ "app": app, "tag": tag.to_string() }))
     }
 

@@ -10,6 +10,7 @@
 
 mod answers;
 mod events;
+mod local_discovery;
 mod poll;
 mod reload;
 
@@ -318,6 +319,10 @@ struct Core {
     meter: Option<tollgate_discovery::interval::IntervalMeter>,
     /// Activities, activity policies, alerts and their sinks.
     alerting: Option<crate::alerting::Alerting>,
+    /// The box's own discovery intervals (activities, app discovery policies).
+    local_meter: tollgate_discovery::interval::IntervalMeter,
+    /// `[[app_discovery_policies]]` and the day they judge.
+    app_discovery: tollgate_activity::AppDiscovery,
 }
 
 enum Next {
@@ -443,6 +448,14 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
     enforcer
         .apply_options(&mut dp)
         .context("writing the enforcement options")?;
+    let (local_meter, app_discovery) = local_discovery::load(&cfg.state_dir, &cfg);
+    if !cfg.app_discovery_policies.is_empty() {
+        crate::outln!(
+            "  {} app discovery policies, judged every {} s",
+            cfg.app_discovery_policies.len(),
+            cfg.discovery.interval_secs
+        );
+    }
     let mut core = Core {
         enforcer,
         session,
@@ -476,6 +489,8 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
         bundle: None,
         meter: None,
         alerting,
+        local_meter,
+        app_discovery,
         cfg,
         config_path,
     };
@@ -564,6 +579,11 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
     let upload_every = Duration::from_secs(core.cfg.hub.upload_interval_secs.max(1));
     let mut upload =
         tokio::time::interval_at(tokio::time::Instant::now() + upload_every, upload_every);
+    let discovery_every = Duration::from_secs(core.cfg.discovery.interval_secs.max(1));
+    let mut discovery = tokio::time::interval_at(
+        tokio::time::Instant::now() + discovery_every,
+        discovery_every,
+    );
     let mut detach = false;
     loop {
         tokio::select! {
@@ -619,6 +639,10 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
             _ = upload.tick(), if core.hub.is_some() => {
                 core.poll_counters(&mut events);
                 core.upload_interval();
+            }
+            _ = discovery.tick() => {
+                core.poll_counters(&mut events);
+                core.local_discovery_interval();
             }
             _ = sigterm.recv() => break,
             _ = tokio::signal::ctrl_c() => break,

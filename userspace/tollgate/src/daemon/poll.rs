@@ -184,6 +184,7 @@ impl Core {
             if let Some(m) = &mut self.meter {
                 m.retire(&rec, &self.catalog, &self.users);
             }
+            self.local_meter.retire(&rec, &self.catalog, &self.users);
             self.retired.insert(rec.tuple(), rec.last_seen);
         }
         // Forget retirements the kernel's LRU map has surely evicted by now.

@@ -88,6 +88,10 @@ impl Core {
             ("hub", new.hub != self.cfg.hub),
             ("activity", new.activity != self.cfg.activity),
             (
+                "discovery.interval_secs",
+                new.discovery.interval_secs != self.cfg.discovery.interval_secs,
+            ),
+            (
                 "session control started",
                 self.session.is_none() && !crate::session::session_apps(&new).is_empty(),
             ),
@@ -119,6 +123,11 @@ impl Core {
         self.cfg.access_policies = new.access_policies;
         self.cfg.activity_policies = new.activity_policies;
         self.cfg.alert_sinks = new.alert_sinks;
+        if new.app_discovery_policies != self.cfg.app_discovery_policies {
+            self.app_discovery.set_policies(&new.app_discovery_policies);
+        }
+        self.cfg.app_discovery_policies = new.app_discovery_policies;
+        self.cfg.discovery.history_hours = new.discovery.history_hours;
         self.apply_tags();
         Ok(needs_restart)
     }
