@@ -464,6 +464,91 @@ fn a_published_bundle_blocks_on_the_gateway_within_5s() {
     }
 }
 
+/// A bundle carries an app discovery policy: the gateway judges its own day with it, tags the
+/// new risky app unsanctioned (the kernel blocks it), and the alert comes up to the hub
+/// through the spool, where an admin resolves it.
+#[test]
+fn a_bundled_app_discovery_policy_blocks_and_its_alert_reaches_the_hub() {
+    let test = "a_bundled_app_discovery_policy_blocks_and_its_alert_reaches_the_hub";
+    if !ready(test) {
+        return;
+    }
+    let _serial = serial();
+    for store in Store::all(test) {
+        let mut topo = Topology::new("hd", 1500).expect("topology");
+        let _origins = Origins::start(&mut topo, false).expect("origins");
+        let hub = Hub::start(&mut topo, &store, "disc");
+        let daemon = Daemon::prepare(
+            &mut topo,
+            "enforce",
+            &format!("{GATEWAY}\n[discovery]\ninterval_secs = 1\n"),
+        )
+        .expect("config");
+        let out = enroll(&topo, &daemon, &hub.url, &hub.token("paris"));
+        assert!(out.status.success(), "enroll: {}", text(&out));
+        daemon.spawn(&mut topo).expect("daemon");
+        let revision = hub.publish(
+            &topo,
+            "[apps.zoom]\nrisk_score = 3.0\n\n\
+             [[app_discovery_policies]]\nname = \"new risky app\"\nseverity = \"high\"\n\
+             new_app = true\nrisk_below = 6\ntag = \"unsanctioned\"\n\
+             daily = { transactions_above = 1 }\n",
+            Some("paris"),
+        );
+        let applied = wait_for(Duration::from_secs(10), || {
+            let st = daemon.query("status").ok()?;
+            (st["hub"]["bundle_revision"] == revision).then_some(())
+        });
+        assert!(
+            applied.is_some(),
+            "[{}] bundle not applied: {}",
+            store.name(),
+            topo.log(&daemon.log)
+        );
+        let blocked = wait_for(Duration::from_secs(15), || {
+            (!curl_ok(&topo, "zoom.us")).then_some(())
+        });
+        assert!(
+            blocked.is_some(),
+            "[{}] zoom never blocked: {}",
+            store.name(),
+            topo.log(&daemon.log)
+        );
+        assert!(curl_ok(&topo, "slack.com"), "slack is not risky");
+        let alert = wait_for(Duration::from_secs(15), || {
+            hub.json(&["alerts"])
+                .as_array()?
+                .iter()
+                .find(|a| a["policy"] == "new risky app")
+                .cloned()
+        });
+        let alert = alert.unwrap_or_else(|| {
+            panic!(
+                "[{}] no alert at the hub: {:#}",
+                store.name(),
+                hub.json(&["alerts"])
+            )
+        });
+        assert_eq!(alert["entities"]["app"], "zoom", "{alert:#}");
+        assert_eq!(alert["severity"], "high", "{alert:#}");
+        assert_eq!(alert["status"], "open", "{alert:#}");
+        assert_ne!(alert["scope"], "hub", "{alert:#}");
+        let reference = alert["ref"].as_str().expect("ref").to_string();
+        let out = hub.cli(&[
+            "alerts",
+            "resolve",
+            &reference,
+            "--comment",
+            "blocked by policy",
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+        let after = hub.json(&["alerts", "show", &reference]);
+        assert_eq!(after["status"], "resolved", "{after:#}");
+        assert_eq!(after["gateway_status"], "open", "{after:#}");
+        daemon.stop();
+    }
+}
+
 #[test]
 fn a_revoked_gateway_and_bad_tokens_are_refused() {
     let test = "a_revoked_gateway_and_bad_tokens_are_refused";

@@ -8,6 +8,13 @@
 //! record counts once in the alerts. A sink may get an alert event again after such a
 //! restart (at least once, as syslog delivery is anyway).
 //!
+//! An admin resolves or dismisses an alert with `tollgate-hub alerts resolve|dismiss`, which
+//! writes the status into the database (`alert_status`), not into the file the running task
+//! owns: the task applies it to its book at its next step (so the next match of a closed
+//! alert's policy and entity opens a new one), and every hub on the database sees it. The
+//! gateways' alerts come up through their spools (`gateway_alerts`, the newest report of each
+//! alert wins); an admin's status for one is kept beside the gateway's own.
+//!
 //! On PostgreSQL, rows of concurrent transactions can commit out of id order; the tail reads
 //! back [`LOOKBACK`] ids below the highest it has seen and skips what it already fed, so a
 //! row that committed late is still seen. Several hub processes on one database each run
@@ -20,9 +27,9 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
-use tollgate_activity::{ActivityPolicy, Alert, AlertBook, Engine, SinkConfig, Sinks};
+use tollgate_activity::{ActivityPolicy, Alert, AlertBook, AlertStatus, Engine, SinkConfig, Sinks};
 
-use crate::db::Db;
+use crate::db::{AlertStatusRow, Db, HUB_SCOPE};
 
 /// The alert book and how far the activities were read.
 pub const ALERTS_FILE: &str = "hub-alerts.json";
@@ -135,7 +142,19 @@ impl Tail {
 }
 
 async fn run(db: Db, dir: PathBuf, mut engine: Engine, mut sinks: Sinks, mut tail: Tail) {
+    let mut statuses_since = 0i64;
     loop {
+        // Admins' status changes first, so that a match right after a resolve opens anew.
+        let mut changed = false;
+        match db.alert_statuses(Some(HUB_SCOPE), statuses_since).await {
+            Ok(rows) => {
+                for r in rows {
+                    statuses_since = statuses_since.max(r.updated_at);
+                    changed |= apply_status(engine.book_mut(), &r);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading alert statuses"),
+        }
         let rows = match db.activity_rows_after(tail.from(), BATCH).await {
             Ok(rows) => rows,
             Err(e) => {
@@ -163,7 +182,7 @@ async fn run(db: Db, dir: PathBuf, mut engine: Engine, mut sinks: Sinks, mut tai
         }
         tail.trim();
         engine.expire(Utc::now());
-        if fed > 0 {
+        if fed > 0 || changed {
             let saved = SavedRef {
                 watermark: tail.highest,
                 alerts: engine.book().iter().collect(),
@@ -174,6 +193,196 @@ async fn run(db: Db, dir: PathBuf, mut engine: Engine, mut sinks: Sinks, mut tai
         }
         if !full {
             tokio::time::sleep(IDLE).await;
+        }
+    }
+}
+
+/// An admin's status applied to the book; whether it changed anything.
+fn apply_status(book: &mut AlertBook, r: &AlertStatusRow) -> bool {
+    let Some(status) = parse_status(&r.status) else {
+        return false;
+    };
+    let Some(a) = book.get(r.alert_id) else {
+        return false;
+    };
+    if a.status == status && a.comment == r.comment {
+        return false;
+    }
+    book.set_status(r.alert_id, status, r.comment.clone())
+        .is_ok()
+}
+
+fn parse_status(s: &str) -> Option<AlertStatus> {
+    match s {
+        "open" => Some(AlertStatus::Open),
+        "resolved" => Some(AlertStatus::Resolved),
+        "dismissed" => Some(AlertStatus::Dismissed),
+        _ => None,
+    }
+}
+
+/// What `tollgate-hub alerts` does.
+pub enum AlertsAction {
+    List,
+    Show(String),
+    Set(String, AlertStatus, Option<String>),
+}
+
+/// An alert named on the command line: the hub's own (`ID`, or `hub:ID`) or a gateway's
+/// (`GATEWAY:ID`).
+fn parse_ref(text: &str) -> anyhow::Result<(String, u64)> {
+    let (scope, id) = match text.rsplit_once(':') {
+        Some((scope, id)) => (scope.to_string(), id),
+        None => (HUB_SCOPE.to_string(), text),
+    };
+    let id: u64 = id
+        .parse()
+        .with_context(|| format!("{text:?} is not ID or GATEWAY:ID"))?;
+    if scope.is_empty() || scope.len() > 128 || scope.chars().any(char::is_control) {
+        anyhow::bail!("{text:?} is not ID or GATEWAY:ID");
+    }
+    Ok((scope, id))
+}
+
+/// Every alert as `alerts --json` prints it: the hub's, then the gateways', each with its
+/// `ref` and `scope`; an admin's status at the hub overrides the one reported (the gateway's
+/// own stays in `gateway_status`).
+async fn all_alerts(state_dir: &Path, db: &Db) -> anyhow::Result<Vec<serde_json::Value>> {
+    let overrides: std::collections::HashMap<(String, u64), AlertStatusRow> = db
+        .alert_statuses(None, 0)
+        .await?
+        .into_iter()
+        .map(|r| ((r.scope.clone(), r.alert_id), r))
+        .collect();
+    let mut out = Vec::new();
+    for a in load(state_dir)?.alerts {
+        let mut v = serde_json::to_value(&a)?;
+        if let Some(o) = overrides.get(&(HUB_SCOPE.to_string(), a.id)) {
+            v["status"] = o.status.clone().into();
+            v["comment"] = o.comment.clone().into();
+        }
+        v["ref"] = a.id.to_string().into();
+        v["scope"] = HUB_SCOPE.into();
+        out.push(v);
+    }
+    for g in db.gateway_alerts(10_000).await? {
+        let r = &g.report;
+        let time = |t: i64| chrono::DateTime::from_timestamp(t, 0).unwrap_or_default();
+        let mut v = serde_json::json!({
+            "ref": format!("{}:{}", g.gateway_id, r.alert_id),
+            "scope": g.gateway_id,
+            "id": r.alert_id,
+            "time": time(r.opened),
+            "last_seen": time(r.last_seen),
+            "severity": r.severity,
+            "policy": r.policy,
+            "entities": {
+                "user": r.user,
+                "ip": r.ip,
+                "app": r.app_id,
+                "gateway": g.hostname,
+            },
+            "reason": r.reason,
+            "status": r.status,
+            "gateway_status": r.status,
+            "comment": r.comment,
+            "count": r.count,
+        });
+        if let Some(o) = overrides.get(&(g.gateway_id.clone(), r.alert_id)) {
+            v["status"] = o.status.clone().into();
+            v["comment"] = o.comment.clone().into();
+        }
+        out.push(v);
+    }
+    out.sort_by(|a, b| {
+        b["last_seen"]
+            .as_str()
+            .cmp(&a["last_seen"].as_str())
+            .then_with(|| a["ref"].as_str().cmp(&b["ref"].as_str()))
+    });
+    Ok(out)
+}
+
+/// `tollgate-hub alerts [list|show REF|resolve REF|dismiss REF] [--json]`.
+pub async fn alerts_command(
+    state_dir: &Path,
+    db: &Db,
+    action: AlertsAction,
+    json: bool,
+) -> anyhow::Result<()> {
+    use crate::connectors::term;
+    let find = |all: Vec<serde_json::Value>, text: &str| -> anyhow::Result<serde_json::Value> {
+        let (scope, id) = parse_ref(text)?;
+        let wanted = if scope == HUB_SCOPE {
+            id.to_string()
+        } else {
+            format!("{scope}:{id}")
+        };
+        all.into_iter()
+            .find(|a| a["ref"].as_str() == Some(wanted.as_str()))
+            .with_context(|| format!("no alert {text}"))
+    };
+    match action {
+        AlertsAction::List => {
+            let all = all_alerts(state_dir, db).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+                return Ok(());
+            }
+            for a in all {
+                let s = |k: &str| a[k].as_str().unwrap_or("").to_string();
+                println!(
+                    "{:<24} {} {:<8} {:<9} {:<28} count {:<6} {}",
+                    term(&s("ref")),
+                    s("last_seen"),
+                    s("severity"),
+                    s("status"),
+                    term(&s("policy")),
+                    a["count"].as_u64().unwrap_or(0),
+                    term(&s("reason")),
+                );
+            }
+            Ok(())
+        }
+        AlertsAction::Show(text) => {
+            let a = find(all_alerts(state_dir, db).await?, &text)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&a)?);
+            } else {
+                // Every string in it may come from the network: escaped for the terminal.
+                println!("{}", term(&serde_json::to_string_pretty(&a)?));
+            }
+            Ok(())
+        }
+        AlertsAction::Set(text, status, comment) => {
+            let a = find(all_alerts(state_dir, db).await?, &text)?;
+            let (scope, id) = parse_ref(&text)?;
+            db.set_alert_status(&scope, id, status.as_str(), comment.as_deref())
+                .await?;
+            db.audit_hub(
+                "alert_status",
+                None,
+                &format!(
+                    "alert {} ({}) set {} at the hub",
+                    a["ref"].as_str().unwrap_or(""),
+                    a["policy"].as_str().unwrap_or(""),
+                    status.as_str()
+                ),
+            )
+            .await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ref": a["ref"], "status": status.as_str(), "comment": comment})
+                );
+            } else {
+                println!(
+                    "{} {}",
+                    term(a["ref"].as_str().unwrap_or("")),
+                    status.as_str()
+                );
+            }
+            Ok(())
         }
     }
 }

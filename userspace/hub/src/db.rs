@@ -9,7 +9,7 @@ use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, ConnectOptions, Executor, Row};
 use tollgate_sync::bundle::SignedBundle;
-use tollgate_sync::protocol::{BundleOutcome, Health, RecordBody, UploadBatch};
+use tollgate_sync::protocol::{AlertReport, BundleOutcome, Health, RecordBody, UploadBatch};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -132,7 +132,39 @@ const MIGRATIONS: &[(i64, &str)] = &[
         updated_at BIGINT NOT NULL
     )",
     ),
+    (
+        3,
+        "CREATE TABLE gateway_alerts (
+        gateway_id TEXT NOT NULL,
+        alert_id BIGINT NOT NULL,
+        seq BIGINT NOT NULL,
+        opened BIGINT NOT NULL,
+        last_seen BIGINT NOT NULL,
+        severity TEXT NOT NULL,
+        policy TEXT NOT NULL,
+        user_name TEXT,
+        ip TEXT,
+        app_id TEXT,
+        reason TEXT NOT NULL,
+        status TEXT NOT NULL,
+        count BIGINT NOT NULL,
+        comment TEXT,
+        PRIMARY KEY (gateway_id, alert_id)
+    );
+    CREATE INDEX gateway_alerts_last_seen ON gateway_alerts (last_seen);
+    CREATE TABLE alert_status (
+        scope TEXT NOT NULL,
+        alert_id BIGINT NOT NULL,
+        status TEXT NOT NULL,
+        comment TEXT,
+        updated_at BIGINT NOT NULL,
+        PRIMARY KEY (scope, alert_id)
+    )",
+    ),
 ];
+
+/// The scope of the hub's own alerts in `alert_status` (a gateway's are its id).
+pub const HUB_SCOPE: &str = "hub";
 
 /// An arbitrary constant: the PostgreSQL advisory lock that serializes migrations when
 /// several hubs start at once.
@@ -654,6 +686,10 @@ impl Db {
         let mut apps = Vec::new();
         let mut domains = Vec::new();
         let mut audits = Vec::new();
+        // The newest report of each alert in the batch (one row may be changed once per
+        // statement on PostgreSQL).
+        let mut alerts: std::collections::BTreeMap<u64, (i64, &AlertReport)> =
+            std::collections::BTreeMap::new();
         for record in fresh {
             let seq = int(record.seq);
             match &record.body {
@@ -697,8 +733,44 @@ impl Db {
                     Val::MaybeText(a.app_id.as_deref().map(|s| clip(s, 255))),
                     Val::Text(clip(&a.detail, 4096)),
                 ]),
+                RecordBody::Alert(a) => {
+                    alerts.insert(a.alert_id, (seq, a));
+                }
             }
         }
+        let alert_rows: Vec<Vec<Val>> = alerts
+            .into_values()
+            .map(|(seq, a)| {
+                vec![
+                    Val::Text(gw.clone()),
+                    Val::Int(int(a.alert_id)),
+                    Val::Int(seq),
+                    Val::Int(a.opened),
+                    Val::Int(a.last_seen),
+                    Val::Text(clip(&a.severity, 16)),
+                    Val::Text(clip(&a.policy, 255)),
+                    Val::MaybeText(a.user.as_deref().map(|s| clip(s, 255))),
+                    Val::MaybeText(a.ip.as_deref().map(|s| clip(s, 64))),
+                    Val::MaybeText(a.app_id.as_deref().map(|s| clip(s, 255))),
+                    Val::Text(clip(&a.reason, 4096)),
+                    Val::Text(clip(&a.status, 16)),
+                    Val::Int(int(a.count)),
+                    Val::MaybeText(a.comment.as_deref().map(|s| clip(s, 1024))),
+                ]
+            })
+            .collect();
+        insert_rows(
+            &mut tx,
+            self.postgres,
+            "INSERT INTO gateway_alerts (gateway_id, alert_id, seq, opened, last_seen, severity, policy, user_name, ip, app_id, reason, status, count, comment) VALUES ",
+            14,
+            alert_rows,
+            " ON CONFLICT (gateway_id, alert_id) DO UPDATE SET seq = excluded.seq, \
+              last_seen = excluded.last_seen, severity = excluded.severity, \
+              reason = excluded.reason, status = excluded.status, count = excluded.count, \
+              comment = excluded.comment WHERE excluded.seq > gateway_alerts.seq",
+        )
+        .await?;
         insert_rows(
             &mut tx,
             self.postgres,
@@ -1334,6 +1406,120 @@ impl Db {
             if let Ok(a) = serde_json::from_str(&text) {
                 out.push(a);
             }
+        }
+        Ok(out)
+    }
+}
+
+/// A gateway's alert as the hub stores it, with the hub's own status when an admin set one
+/// there.
+#[derive(Debug, Clone, Serialize)]
+pub struct GatewayAlertRow {
+    pub gateway_id: String,
+    pub hostname: Option<String>,
+    pub report: AlertReport,
+}
+
+/// An admin's status for an alert, set at the hub.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AlertStatusRow {
+    pub scope: String,
+    pub alert_id: u64,
+    pub status: String,
+    pub comment: Option<String>,
+    pub updated_at: i64,
+}
+
+impl Db {
+    /// The gateways' alerts, newest match first.
+    pub async fn gateway_alerts(&self, limit: i64) -> Result<Vec<GatewayAlertRow>, DbError> {
+        let rows = sqlx::query(
+            "SELECT a.gateway_id, g.hostname, a.alert_id, a.opened, a.last_seen, a.severity, \
+             a.policy, a.user_name, a.ip, a.app_id, a.reason, a.status, a.count, a.comment \
+             FROM gateway_alerts a LEFT JOIN gateways g ON g.id = a.gateway_id \
+             ORDER BY a.last_seen DESC, a.gateway_id, a.alert_id LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            out.push(GatewayAlertRow {
+                gateway_id: r.try_get(0)?,
+                hostname: r.try_get(1)?,
+                report: AlertReport {
+                    alert_id: u64::try_from(r.try_get::<i64, _>(2)?).unwrap_or(0),
+                    opened: r.try_get(3)?,
+                    last_seen: r.try_get(4)?,
+                    severity: r.try_get(5)?,
+                    policy: r.try_get(6)?,
+                    user: r.try_get(7)?,
+                    ip: r.try_get(8)?,
+                    app_id: r.try_get(9)?,
+                    reason: r.try_get(10)?,
+                    status: r.try_get(11)?,
+                    count: u64::try_from(r.try_get::<i64, _>(12)?).unwrap_or(0),
+                    comment: r.try_get(13)?,
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    /// Sets an admin's status for an alert (the newest setting wins).
+    pub async fn set_alert_status(
+        &self,
+        scope: &str,
+        alert_id: u64,
+        status: &str,
+        comment: Option<&str>,
+    ) -> Result<(), DbError> {
+        let _w = self.sqlite_write().await;
+        sqlx::query(
+            "INSERT INTO alert_status (scope, alert_id, status, comment, updated_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (scope, alert_id) DO UPDATE SET \
+             status = excluded.status, comment = excluded.comment, updated_at = excluded.updated_at",
+        )
+        .bind(scope.to_string())
+        .bind(int(alert_id))
+        .bind(status.to_string())
+        .bind(comment.map(|c| clip(c, 1024)))
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Admins' statuses of one scope (or all), set at or after `since`.
+    pub async fn alert_statuses(
+        &self,
+        scope: Option<&str>,
+        since: i64,
+    ) -> Result<Vec<AlertStatusRow>, DbError> {
+        let rows = match scope {
+            Some(s) => sqlx::query(
+                "SELECT scope, alert_id, status, comment, updated_at FROM alert_status \
+                 WHERE scope = $1 AND updated_at >= $2",
+            )
+            .bind(s.to_string())
+            .bind(since),
+            None => sqlx::query(
+                "SELECT scope, alert_id, status, comment, updated_at FROM alert_status \
+                 WHERE updated_at >= $1",
+            )
+            .bind(since),
+        }
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            out.push(AlertStatusRow {
+                scope: r.try_get(0)?,
+                alert_id: u64::try_from(r.try_get::<i64, _>(1)?).unwrap_or(0),
+                status: r.try_get(2)?,
+                comment: r.try_get(3)?,
+                updated_at: r.try_get(4)?,
+            });
         }
         Ok(out)
     }

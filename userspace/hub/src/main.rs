@@ -98,10 +98,12 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
-    /// Alerts the hub's `[[activity_policies]]` raised over the connectors' activities,
-    /// newest first.
+    /// Alerts: those the hub's `[[activity_policies]]` raised over the connectors'
+    /// activities (`ID`), and those the gateways sent up (`GATEWAY:ID`), newest first.
     Alerts {
-        #[arg(long)]
+        #[command(subcommand)]
+        command: Option<AlertsCommand>,
+        #[arg(long, global = true)]
         json: bool,
     },
     /// Activity records the connectors brought in, newest first, each with the vendor's
@@ -126,6 +128,45 @@ enum ConnectorsCommand {
     Status,
     /// One poll of connector NAME now, from this process.
     Run { name: String },
+}
+
+#[derive(Subcommand)]
+enum AlertsCommand {
+    /// Every alert, newest first (the default).
+    List,
+    /// One alert: `ID` (the hub's) or `GATEWAY:ID` (a gateway's).
+    Show { alert: String },
+    /// Marks an alert resolved at the hub.
+    Resolve {
+        alert: String,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Marks an alert dismissed (a false positive) at the hub.
+    Dismiss {
+        alert: String,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+}
+
+impl From<Option<AlertsCommand>> for alerting::AlertsAction {
+    fn from(c: Option<AlertsCommand>) -> Self {
+        match c {
+            None | Some(AlertsCommand::List) => alerting::AlertsAction::List,
+            Some(AlertsCommand::Show { alert }) => alerting::AlertsAction::Show(alert),
+            Some(AlertsCommand::Resolve { alert, comment }) => alerting::AlertsAction::Set(
+                alert,
+                tollgate_activity::AlertStatus::Resolved,
+                comment,
+            ),
+            Some(AlertsCommand::Dismiss { alert, comment }) => alerting::AlertsAction::Set(
+                alert,
+                tollgate_activity::AlertStatus::Dismissed,
+                comment,
+            ),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -339,26 +380,8 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             source,
             limit,
         } => activity_command(&db, json, source.as_deref(), limit).await,
-        Command::Alerts { json } => {
-            let mut alerts = alerting::load(&config.state_dir)?.alerts;
-            alerts.sort_by_key(|a| std::cmp::Reverse(a.last_seen));
-            if json {
-                println!("{}", serde_json::to_string_pretty(&alerts)?);
-                return Ok(());
-            }
-            for a in alerts {
-                println!(
-                    "{:<6} {} {:<8} {:<6} {:<28} count {:<6} {}",
-                    a.id,
-                    rfc3339(a.last_seen.timestamp()),
-                    a.severity,
-                    a.status.as_str(),
-                    connectors::term(&a.policy),
-                    a.count,
-                    connectors::term(&a.reason),
-                );
-            }
-            Ok(())
+        Command::Alerts { command, json } => {
+            alerting::alerts_command(&config.state_dir, &db, command.into(), json).await
         }
         Command::Audit { json } => {
             let audit = db.audit(1000).await?;

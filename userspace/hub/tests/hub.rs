@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use tollgate_sync::client::{self, ClientError, HubClient};
 use tollgate_sync::protocol::{
-    AppUsage, BundleOutcome, BundleReport, DiscoveryInterval, DomainUsage, EnrollRequest,
-    EnrollResponse, Health, PollRequest, PollResponse, RecordBody, UploadBatch, UploadRecord,
+    AlertReport, AppUsage, BundleOutcome, BundleReport, DiscoveryInterval, DomainUsage,
+    EnrollRequest, EnrollResponse, Health, PollRequest, PollResponse, RecordBody, UploadBatch,
+    UploadRecord,
 };
 use tollgate_sync::token::EnrollmentToken;
 
@@ -537,6 +538,115 @@ async fn uploads_count_once_and_survive_a_restart(backend: Backend) {
     check(apps(&hub));
 }
 
+fn alert_record(seq: u64, alert_id: u64, count: u64, status: &str) -> UploadRecord {
+    UploadRecord {
+        seq,
+        recorded_at: 1_700_000_000,
+        body: RecordBody::Alert(Box::new(AlertReport {
+            alert_id,
+            opened: 1_700_000_000,
+            last_seen: 1_700_000_000 + i64::try_from(count).unwrap(),
+            severity: "high".into(),
+            policy: "new risky app".into(),
+            user: None,
+            ip: None,
+            app_id: Some("zoom".into()),
+            reason: format!("Zoom (zoom) on 2023-11-14: {count} users today (above 2)"),
+            status: status.into(),
+            count,
+            comment: None,
+        })),
+    }
+}
+
+/// A gateway's alerts come up through its uploads: the newest report of each alert wins
+/// (a report sent again, or an older one arriving late, changes nothing), and an admin
+/// resolves one at the hub, where its own status stays beside the gateway's.
+async fn gateway_alerts_come_up_and_are_resolved_at_the_hub(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(db) = database(backend, dir.path()) else {
+        return;
+    };
+    let hub = Hub::start(dir.path(), "hub", &db);
+    let gw = enroll(&hub, "paris").await;
+    let c = gw.client(vec![hub.url()]);
+    let list = |hub: &Hub| -> Vec<serde_json::Value> {
+        serde_json::from_str(&hub.cli_ok(&["alerts", "--json"])).unwrap()
+    };
+    // One batch with two reports of alert 7 (a new match raised its count) and alert 8.
+    let ack = c
+        .upload(&UploadBatch {
+            records: vec![
+                alert_record(1, 7, 1, "open"),
+                alert_record(2, 8, 1, "open"),
+                alert_record(3, 7, 3, "open"),
+            ],
+        })
+        .await
+        .unwrap();
+    assert_eq!(ack.accepted, 3);
+    let all = list(&hub);
+    assert_eq!(all.len(), 2, "{all:?}");
+    let id = &gw.enrolled.gateway_id;
+    let seven = all
+        .iter()
+        .find(|a| a["ref"] == format!("{id}:7"))
+        .expect("alert 7");
+    assert_eq!(seven["count"], 3);
+    assert_eq!(seven["status"], "open");
+    assert_eq!(seven["entities"]["app"], "zoom");
+    assert_eq!(seven["entities"]["gateway"], "gw.test");
+    assert_eq!(seven["scope"], id.as_str());
+    // The gateway resolves 8; then an older report of 7 arrives late (a lower seq).
+    c.upload(&UploadBatch {
+        records: vec![alert_record(4, 8, 1, "resolved")],
+    })
+    .await
+    .unwrap();
+    // Seq 0 is below what the hub stored for 7: its report is older and changes nothing.
+    c.upload(&UploadBatch {
+        records: vec![alert_record(0, 7, 2, "open")],
+    })
+    .await
+    .unwrap();
+    let all = list(&hub);
+    let by_ref =
+        |all: &[serde_json::Value], r: &str| all.iter().find(|a| a["ref"] == r).cloned().unwrap();
+    assert_eq!(by_ref(&all, &format!("{id}:7"))["count"], 3, "{all:?}");
+    assert_eq!(by_ref(&all, &format!("{id}:8"))["status"], "resolved");
+    // An admin dismisses 7 at the hub.
+    let out = hub.cli(&[
+        "alerts",
+        "dismiss",
+        &format!("{id}:7"),
+        "--comment",
+        "test app",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seven = by_ref(&list(&hub), &format!("{id}:7"));
+    assert_eq!(seven["status"], "dismissed");
+    assert_eq!(seven["gateway_status"], "open");
+    assert_eq!(seven["comment"], "test app");
+    let shown: serde_json::Value =
+        serde_json::from_str(&hub.cli_ok(&["alerts", "show", &format!("{id}:7"), "--json"]))
+            .unwrap();
+    assert_eq!(shown["status"], "dismissed");
+    // The change is in the hub's audit trail; unknown and malformed references are refused.
+    let audit = hub.cli_ok(&["audit", "--json"]);
+    assert!(
+        audit.contains("alert_status") && audit.contains(":7 (new risky app) set dismissed"),
+        "{audit}"
+    );
+    for bad in [format!("{id}:99"), "nope".into(), "x:y".into(), "42".into()] {
+        let out = hub.cli(&["alerts", "resolve", &bad]);
+        assert!(!out.status.success(), "{bad} was accepted");
+    }
+}
+
 async fn two_hubs_share_one_database_and_gateways_fail_over(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let Some(db) = database(backend, dir.path()) else {
@@ -760,4 +870,5 @@ on_both!(
     uploads_count_once_and_survive_a_restart,
     two_hubs_share_one_database_and_gateways_fail_over,
     bad_requests_and_the_admin_api,
+    gateway_alerts_come_up_and_are_resolved_at_the_hub,
 );

@@ -177,6 +177,9 @@ pub struct UploadRecord {
 pub enum RecordBody {
     Discovery(DiscoveryInterval),
     Audit(AuditEvent),
+    /// An alert the gateway opened, or a change to one (a new match, a status change). The
+    /// newest report of an alert replaces the older ones at the hub.
+    Alert(Box<AlertReport>),
 }
 
 /// What one gateway discovered in one interval.
@@ -222,6 +225,29 @@ pub struct AuditEvent {
     pub kind: String,
     pub app_id: Option<String>,
     pub detail: String,
+}
+
+/// A gateway's alert as it stands, for the fleet's alert list. Plain strings, so that the
+/// protocol does not depend on the activity layer's types.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertReport {
+    /// The gateway's own alert id (`tollgate alerts show ID` there).
+    pub alert_id: u64,
+    /// Unix seconds: when it opened, and when it last matched.
+    pub opened: i64,
+    pub last_seen: i64,
+    /// `low`, `medium` or `high`.
+    pub severity: String,
+    pub policy: String,
+    pub user: Option<String>,
+    pub ip: Option<String>,
+    pub app_id: Option<String>,
+    /// Why it was raised, with the values that crossed the line.
+    pub reason: String,
+    /// `open`, `resolved` or `dismissed`, as set on the gateway.
+    pub status: String,
+    pub count: u64,
+    pub comment: Option<String>,
 }
 
 /// The hub's answer to an upload: every record up to and including `stored_through` is

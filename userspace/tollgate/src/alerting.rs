@@ -109,7 +109,15 @@ pub struct Alerting {
     dirty: bool,
     last_save: Instant,
     pub save_errors: u64,
+    /// Alert changes not sent to the hub because [`MAX_FOR_HUB`] were waiting.
+    pub hub_dropped: u64,
+    /// Alerts opened or changed since the hub was last sent them (bounded: the hub gets the
+    /// alert as it stands, so one id stands for any number of changes).
+    for_hub: std::collections::BTreeSet<u64>,
 }
+
+/// Alerts waiting for the hub at most; more are counted and not sent.
+pub const MAX_FOR_HUB: usize = 10_000;
 
 impl Alerting {
     /// Reads the alert book back and starts the sinks (inside the runtime).
@@ -151,6 +159,8 @@ impl Alerting {
             dirty: false,
             last_save: Instant::now(),
             save_errors: 0,
+            hub_dropped: 0,
+            for_hub: std::collections::BTreeSet::new(),
         })
     }
 
@@ -190,6 +200,7 @@ impl Alerting {
             );
             self.sinks.alert(&f.event);
             self.dirty = true;
+            self.mark_for_hub(f.event.alert.id);
         }
         found
     }
@@ -211,7 +222,38 @@ impl Alerting {
             );
             self.sinks.alert(&ev);
             self.dirty = true;
+            self.mark_for_hub(ev.alert.id);
         }
+    }
+
+    fn mark_for_hub(&mut self, id: u64) {
+        if self.for_hub.len() < MAX_FOR_HUB || self.for_hub.contains(&id) {
+            self.for_hub.insert(id);
+        } else {
+            self.hub_dropped += 1;
+        }
+    }
+
+    /// The alerts opened or changed since the last call, as they stand, for the hub.
+    pub fn take_for_hub(&mut self) -> Vec<tollgate_sync::protocol::AlertReport> {
+        let ids = std::mem::take(&mut self.for_hub);
+        ids.into_iter()
+            .filter_map(|id| self.engine.book().get(id))
+            .map(|a| tollgate_sync::protocol::AlertReport {
+                alert_id: a.id,
+                opened: a.time.timestamp(),
+                last_seen: a.last_seen.timestamp(),
+                severity: a.severity.as_str().to_string(),
+                policy: a.policy.clone(),
+                user: a.entities.user.clone(),
+                ip: a.entities.ip.map(|i| i.to_string()),
+                app_id: a.entities.app.clone(),
+                reason: a.reason.clone(),
+                status: a.status.as_str().to_string(),
+                count: a.count,
+                comment: a.comment.clone(),
+            })
+            .collect()
     }
 
     /// New policies and sinks (SIGHUP, a bundle). The sinks are restarted only when they
@@ -281,6 +323,7 @@ impl Alerting {
             .clone();
         self.dirty = true;
         self.save();
+        self.mark_for_hub(id);
         Ok(a)
     }
 
@@ -293,6 +336,8 @@ impl Alerting {
             "sinks": self.sinks.stats(),
             "log": self.log.stats(),
             "save_errors": self.save_errors,
+            "hub_pending": self.for_hub.len(),
+            "hub_dropped": self.hub_dropped,
         })
     }
 }

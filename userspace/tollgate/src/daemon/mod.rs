@@ -598,6 +598,7 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
                 if let Some(a) = &mut core.alerting {
                     a.housekeeping();
                 }
+                core.alerts_to_hub();
                 // Walking the kernel's flow map costs ~0.3 us a flow: with a large table,
                 // poll less often so that event reading keeps the CPU (at most ~5%).
                 let next = COUNTER_POLL.max((walking + started.elapsed()) * 20);

@@ -164,6 +164,19 @@ impl Core {
         );
     }
 
+    /// Alerts opened or changed since the last poll, up to the hub through the spool (when
+    /// not enrolled, the changes are let go: the hub gets an alert as it stands, once
+    /// enrolled, at its next change).
+    pub(super) fn alerts_to_hub(&mut self) {
+        let Some(al) = &mut self.alerting else { return };
+        let reports = al.take_for_hub();
+        if let Some(h) = &self.hub {
+            for r in reports {
+                h.send(RecordBody::Alert(Box::new(r)));
+            }
+        }
+    }
+
     /// An audit record for the hub (nothing when the gateway is not enrolled).
     pub(super) fn audit(&self, kind: &str, app_id: Option<&str>, detail: String) {
         if let Some(h) = &self.hub {
