@@ -523,6 +523,61 @@ async fn connector_activities_raise_alerts_once_through_kill9(postgres: bool) {
             "no CEF alert for {user}: {cef}"
         );
     }
+    // An admin resolves one user's alert at the hub. The running hub applies it to its book,
+    // so that user's next sign-in opens a new alert instead of raising the closed one's count.
+    let first = hub.json(&["alerts", "--json"])[0].clone();
+    let (reference, user) = (
+        first["ref"].as_str().unwrap().to_string(),
+        first["entities"]["user"].as_str().unwrap().to_string(),
+    );
+    let out = hub.cli(&["alerts", "resolve", &reference, "--comment", "known travel"]);
+    assert!(
+        out.contains(&reference) && out.contains("resolved"),
+        "{out}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let next = (n..n + 10_000)
+        .find(|i| SimEvent::new(*i, 0).user == user)
+        .expect("an event of the same user");
+    // After every other event, within the simulated clock.
+    sim.add_events([SimEvent::new(next, start + n as i64 * 5_000)]);
+    let reopened = {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let alerts = hub.json(&["alerts", "--json"]);
+            let mine: Vec<_> = alerts
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|a| a["entities"]["user"] == user.as_str())
+                .cloned()
+                .collect();
+            if mine.len() == 2 || Instant::now() > deadline {
+                break mine;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    };
+    assert_eq!(
+        reopened.len(),
+        2,
+        "no new alert after the resolve: {reopened:#?}"
+    );
+    let old = reopened
+        .iter()
+        .find(|a| a["ref"] == reference.as_str())
+        .unwrap();
+    assert_eq!(old["status"], "resolved");
+    assert_eq!(old["comment"], "known travel");
+    assert_eq!(
+        old["count"], first["count"],
+        "the resolved alert's count moved"
+    );
+    assert!(
+        reopened
+            .iter()
+            .any(|a| a["status"] == "open" && a["count"] == 1)
+    );
     hub.kill9();
 }
 
