@@ -16,7 +16,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tollgate_e2e::servers::{Daemon, Origins};
+use tollgate_e2e::servers::{Daemon, Origins, fixture};
 use tollgate_e2e::{SERVER_IP4, Topology, serial, sh, tollgate_bin, wait_for};
 
 const HUB_PORT: u16 = 9443;
@@ -547,6 +547,89 @@ fn a_bundled_app_discovery_policy_blocks_and_its_alert_reaches_the_hub() {
         assert_eq!(after["gateway_status"], "open", "{after:#}");
         daemon.stop();
     }
+}
+
+/// The web console in real headless Chromium over WebDriver: an admin logs in, looks at every
+/// page (screenshots kept in the scratch dir; no console error; nothing scrolls sideways on a
+/// phone), finds zoom in the catalog and unsanctions it, and the enrolled gateway blocks zoom
+/// from the bundle that click published.
+#[test]
+fn the_console_unsanctions_an_app_and_the_gateway_blocks_it() {
+    let test = "the_console_unsanctions_an_app_and_the_gateway_blocks_it";
+    if !ready(test) || !tollgate_e2e::require_command(test, "chromedriver") {
+        return;
+    }
+    let _serial = serial();
+    let store = Store::all(test).into_iter().next().expect("a store");
+    let mut topo = Topology::new("hc", 1500).expect("topology");
+    let _origins = Origins::start(&mut topo, false).expect("origins");
+    let hub = Hub::start(&mut topo, &store, "console");
+    let daemon = enrolled_gateway(&mut topo, &hub, "paris");
+    let password_file = topo.scratch().join("console-password");
+    std::fs::write(&password_file, "correct horse battery staple\n").unwrap();
+    let out = hub.cli(&[
+        "user",
+        "add",
+        "admin",
+        "--role",
+        "admin",
+        "--password-file",
+        &password_file.display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    // Some discovery for the pages to show: zoom used, uploaded every 2 s.
+    for _ in 0..3 {
+        assert!(curl_ok(&topo, "zoom.us"), "zoom before the console");
+    }
+    let uploaded = wait_for(Duration::from_secs(20), || {
+        (hub.app_count("zoom", "flows") >= 3).then_some(())
+    });
+    assert!(uploaded.is_some(), "{:#}", hub.json(&["apps"]));
+    // Screenshots go to the scratch dir, which the topology removes; set
+    // TOLLGATE_CONSOLE_SHOTS to keep them.
+    let shots = std::env::var_os("TOLLGATE_CONSOLE_SHOTS")
+        .map_or_else(|| topo.scratch().join("console-shots"), PathBuf::from);
+    let client = topo.client.clone();
+    let out = topo.exec_any(
+        &client,
+        &format!(
+            "python3 {} --hub {} --user admin --password 'correct horse battery staple' \
+             --app zoom --query zoom --out {}",
+            fixture("console_webdriver.py").display(),
+            hub.url,
+            shots.display()
+        ),
+    );
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no report ({e}): {}", text(&out)));
+    eprintln!("console screenshots in {}", shots.display());
+    assert!(out.status.success(), "{report:#}\n{}", text(&out));
+    assert_eq!(report["tag"], "unsanctioned", "{report:#}");
+    assert_eq!(
+        report["chart"], "canvas",
+        "the traffic chart was not drawn: {report:#}"
+    );
+    assert_eq!(
+        report["pages"].as_array().map(Vec::len),
+        Some(14),
+        "{report:#}"
+    );
+    // The click published an every-site bundle; the gateway applies it and blocks zoom.
+    let blocked = wait_for(Duration::from_secs(10), || {
+        (!curl_ok(&topo, "zoom.us")).then_some(())
+    });
+    assert!(
+        blocked.is_some(),
+        "zoom still works: {}",
+        topo.log(&daemon.log)
+    );
+    assert!(curl_ok(&topo, "slack.com"), "only zoom was unsanctioned");
+    let audit = hub.json(&["audit"]).to_string();
+    assert!(
+        audit.contains("console_publish") && audit.contains("admin tagged zoom unsanctioned"),
+        "{audit}"
+    );
+    daemon.stop();
 }
 
 #[test]

@@ -41,6 +41,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("nft", "nftables"),
     ("chromium", "chromium"),
+    // The hub's console is tested in headless Chromium driven over WebDriver.
+    ("chromedriver", "chromium-driver"),
     ("certutil", "libnss3-tools"),
     ("python3", "python3"),
     ("scapy", "python3-scapy"),

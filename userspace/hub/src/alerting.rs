@@ -247,7 +247,10 @@ fn parse_ref(text: &str) -> anyhow::Result<(String, u64)> {
 /// Every alert as `alerts --json` prints it: the hub's, then the gateways', each with its
 /// `ref` and `scope`; an admin's status at the hub overrides the one reported (the gateway's
 /// own stays in `gateway_status`).
-async fn all_alerts(state_dir: &Path, db: &Db) -> anyhow::Result<Vec<serde_json::Value>> {
+pub(crate) async fn all_alerts(
+    state_dir: &Path,
+    db: &Db,
+) -> anyhow::Result<Vec<serde_json::Value>> {
     let overrides: std::collections::HashMap<(String, u64), AlertStatusRow> = db
         .alert_statuses(None, 0)
         .await?
@@ -303,6 +306,43 @@ async fn all_alerts(state_dir: &Path, db: &Db) -> anyhow::Result<Vec<serde_json:
     Ok(out)
 }
 
+/// Sets an admin's status for the alert `text` names (`ID` or `GATEWAY:ID`), audited with
+/// who did it; the alert as it was.
+pub(crate) async fn set_status(
+    state_dir: &Path,
+    db: &Db,
+    text: &str,
+    status: AlertStatus,
+    comment: Option<&str>,
+    by: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let (scope, id) = parse_ref(text)?;
+    let wanted = if scope == HUB_SCOPE {
+        id.to_string()
+    } else {
+        format!("{scope}:{id}")
+    };
+    let a = all_alerts(state_dir, db)
+        .await?
+        .into_iter()
+        .find(|a| a["ref"].as_str() == Some(wanted.as_str()))
+        .with_context(|| format!("no alert {text}"))?;
+    db.set_alert_status(&scope, id, status.as_str(), comment)
+        .await?;
+    db.audit_hub(
+        "alert_status",
+        None,
+        &format!(
+            "alert {} ({}) set {} at the hub by {by}",
+            a["ref"].as_str().unwrap_or(""),
+            a["policy"].as_str().unwrap_or(""),
+            status.as_str()
+        ),
+    )
+    .await?;
+    Ok(a)
+}
+
 /// `tollgate-hub alerts [list|show REF|resolve REF|dismiss REF] [--json]`.
 pub async fn alerts_command(
     state_dir: &Path,
@@ -355,21 +395,7 @@ pub async fn alerts_command(
             Ok(())
         }
         AlertsAction::Set(text, status, comment) => {
-            let a = find(all_alerts(state_dir, db).await?, &text)?;
-            let (scope, id) = parse_ref(&text)?;
-            db.set_alert_status(&scope, id, status.as_str(), comment.as_deref())
-                .await?;
-            db.audit_hub(
-                "alert_status",
-                None,
-                &format!(
-                    "alert {} ({}) set {} at the hub",
-                    a["ref"].as_str().unwrap_or(""),
-                    a["policy"].as_str().unwrap_or(""),
-                    status.as_str()
-                ),
-            )
-            .await?;
+            let a = set_status(state_dir, db, &text, status, comment.as_deref(), "the CLI").await?;
             if json {
                 println!(
                     "{}",

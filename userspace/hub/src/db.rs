@@ -161,6 +161,23 @@ const MIGRATIONS: &[(i64, &str)] = &[
         PRIMARY KEY (scope, alert_id)
     )",
     ),
+    (
+        4,
+        "CREATE TABLE console_users (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        password_hash TEXT NOT NULL,
+        created_at BIGINT NOT NULL
+    );
+    CREATE TABLE console_sessions (
+        token_hash TEXT PRIMARY KEY,
+        user_name TEXT NOT NULL,
+        role TEXT NOT NULL,
+        csrf TEXT NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+    CREATE INDEX discovery_interval_start ON discovery (interval_start)",
+    ),
 ];
 
 /// The scope of the hub's own alerts in `alert_status` (a gateway's are its id).
@@ -174,7 +191,7 @@ pub fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-fn int(v: u64) -> i64 {
+pub(crate) fn int(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
@@ -253,7 +270,7 @@ pub enum TokenUse {
 
 impl Db {
     /// The in-process writer's turn on SQLite (nothing to wait for on PostgreSQL).
-    async fn sqlite_write(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+    pub(crate) async fn sqlite_write(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
         if self.postgres {
             None
         } else {
@@ -1120,7 +1137,7 @@ async fn insert_rows(
     Ok(out)
 }
 
-fn clip(s: &str, max: usize) -> String {
+pub(crate) fn clip(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
     }

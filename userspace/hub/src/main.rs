@@ -5,6 +5,7 @@
 mod alerting;
 mod config;
 mod connectors;
+mod console;
 mod db;
 mod pki;
 mod server;
@@ -98,6 +99,13 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Web console accounts (`/console/` on the hub's HTTPS port).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// Alerts: those the hub's `[[activity_policies]]` raised over the connectors'
     /// activities (`ID`), and those the gateways sent up (`GATEWAY:ID`), newest first.
     Alerts {
@@ -128,6 +136,24 @@ enum ConnectorsCommand {
     Status,
     /// One poll of connector NAME now, from this process.
     Run { name: String },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Adds an account (or sets its password and role); the password is read from the first
+    /// line of standard input, or of `--password-file`. Its sessions end.
+    Add {
+        name: String,
+        /// `admin` (changes tags, policies, alerts) or `read-only`.
+        #[arg(long, default_value = "read-only")]
+        role: String,
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
+    /// The accounts and their roles.
+    List,
+    /// Removes an account and ends its sessions.
+    Remove { name: String },
 }
 
 #[derive(Subcommand)]
@@ -380,6 +406,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             source,
             limit,
         } => activity_command(&db, json, source.as_deref(), limit).await,
+        Command::User { command, json } => user_command(&db, command, json).await,
         Command::Alerts { command, json } => {
             alerting::alerts_command(&config.state_dir, &db, command.into(), json).await
         }
@@ -565,6 +592,77 @@ pub fn validate_policy(policy: &str) -> Result<(), String> {
                 "section `{key}` cannot be set by a bundle (a bundle may set: {})",
                 BUNDLE_SECTIONS.join(", ")
             ));
+        }
+    }
+    Ok(())
+}
+
+/// `tollgate-hub user add|list|remove`.
+async fn user_command(db: &Db, command: UserCommand, json: bool) -> anyhow::Result<()> {
+    match command {
+        UserCommand::Add {
+            name,
+            role,
+            password_file,
+        } => {
+            let Some(role) = console::store::Role::parse(&role) else {
+                bail!("--role must be admin or read-only, not {role:?}");
+            };
+            if name.is_empty()
+                || name.len() > 64
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b))
+            {
+                bail!("an account name is 1-64 of a-z A-Z 0-9 . _ @ -");
+            }
+            let text = match &password_file {
+                Some(p) => std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?,
+                None => {
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .read_line(&mut line)
+                        .context("reading the password from standard input")?;
+                    line
+                }
+            };
+            let password = text.lines().next().unwrap_or("").to_string();
+            if password.chars().count() < 12 {
+                bail!("the password must have at least 12 characters");
+            }
+            let hash = console::hash_password(&password)?;
+            db.console_user_put(&name, role, &hash).await?;
+            db.audit_hub(
+                "console_user",
+                None,
+                &format!("account {name} set with role {}", role.as_str()),
+            )
+            .await?;
+            println!("account {name}: {}", role.as_str());
+        }
+        UserCommand::List => {
+            let users = db.console_users().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&users)?);
+            } else {
+                for u in users {
+                    println!(
+                        "{:<32} {:<10} {}",
+                        u.name,
+                        u.role.as_str(),
+                        rfc3339(u.created_at)
+                    );
+                }
+            }
+        }
+        UserCommand::Remove { name } => {
+            if !db.console_user_remove(&name).await? {
+                bail!("no account {name:?}");
+            }
+            db.audit_hub("console_user", None, &format!("account {name} removed"))
+                .await?;
+            println!("account {name} removed");
         }
     }
     Ok(())

@@ -254,8 +254,23 @@ async fn render_metrics(state: &State) -> String {
     state.metrics.render_with_connectors(fleet, &connectors)
 }
 
+/// Signs and stores a bundle, and hands it to the held polls at once.
+pub(crate) async fn publish(
+    state: &State,
+    site: Option<&str>,
+    policy: &str,
+) -> Result<i64, crate::db::PublishError> {
+    let revision = state.db.publish(&state.keys.signer, site, policy).await?;
+    state.metrics.bundles_published.inc();
+    refresh(state).await;
+    Ok(revision)
+}
+
 /// The route label of a request path: one of the hub's routes, or "other".
 fn route(path: &str) -> &'static str {
+    if path == "/console" || path.starts_with("/console/") {
+        return "/console";
+    }
     const ROUTES: &[&str] = &[
         PATH_ENROLL,
         PATH_POLL,
@@ -310,6 +325,9 @@ async fn handle(
     let method = req.method().clone();
     if path.starts_with("/v1/admin/") {
         return admin(state, peer, &method, &path, req).await;
+    }
+    if path == "/console" || path.starts_with("/console/") {
+        return crate::console::handle(state, peer, req).await;
     }
     if method != Method::POST {
         return text(StatusCode::NOT_FOUND, "not found");
@@ -594,16 +612,8 @@ async fn admin(
             if let Err(e) = crate::validate_policy(policy) {
                 return text(StatusCode::BAD_REQUEST, &e);
             }
-            match state
-                .db
-                .publish(&state.keys.signer, site.as_deref(), policy)
-                .await
-            {
-                Ok(revision) => {
-                    state.metrics.bundles_published.inc();
-                    refresh(state).await;
-                    json(&serde_json::json!({ "revision": revision, "site": site }))
-                }
+            match publish(state, site.as_deref(), policy).await {
+                Ok(revision) => json(&serde_json::json!({ "revision": revision, "site": site })),
                 Err(e) => unavailable(e),
             }
         }
