@@ -728,6 +728,190 @@ fn curl(ca: &Path, extra: &[&str], url: &str) -> (u16, String) {
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
+/// What an attacker tries against the console, each refused: no session, a forged or stale
+/// form (no CSRF token, another origin), a read-only account changing things, password
+/// guessing (locked out after 10), a stolen database's session rows (only hashes), and a
+/// gateway that names itself with HTML (escaped on the page).
+async fn the_console_refuses_what_an_attacker_tries(backend: Backend) {
+    if Command::new("curl").arg("--version").output().is_err() {
+        eprintln!("SKIP: curl needed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(db) = database(backend, dir.path()) else {
+        return;
+    };
+    let hub = Hub::start(dir.path(), "hub", &db);
+    let gw = enroll(&hub, "paris").await;
+    let ca = pem(dir.path(), "ca", &gw.enrolled.ca_der);
+    let url = hub.url();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "a long enough password\n").unwrap();
+    for (name, role) in [("root", "admin"), ("viewer", "read-only")] {
+        hub.cli_ok(&[
+            "user",
+            "add",
+            name,
+            "--role",
+            role,
+            "--password-file",
+            pw.to_str().unwrap(),
+        ]);
+    }
+    // A short password is refused.
+    std::fs::write(dir.path().join("short"), "short\n").unwrap();
+    let out = hub.cli(&[
+        "user",
+        "add",
+        "x",
+        "--password-file",
+        dir.path().join("short").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    // A gateway that calls itself HTML.
+    let c = gw.client(vec![url.clone()]);
+    let mut poll = poll_req(0, 0);
+    poll.health.hostname = "<img src=x onerror=alert(1)>".into();
+    let _ = c.poll(&poll).await;
+
+    let origin = format!("Origin: {url}");
+    let login = |user: &str, password: &str| -> (u16, Option<String>) {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-D", "-", "--cacert"])
+            .arg(&ca)
+            .args(["-H", &origin, "--data-urlencode", &format!("name={user}")])
+            .args(["--data-urlencode", &format!("password={password}")])
+            .arg(format!("{url}/console/login"))
+            .output()
+            .unwrap();
+        let head = String::from_utf8_lossy(&out.stdout).to_string();
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let cookie = head
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+            .map(str::to_string);
+        (code, cookie)
+    };
+    let token_of = |cookie: &str| -> String {
+        cookie
+            .split("tg_console=")
+            .nth(1)
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    // No session: pages send to the login, changes are refused.
+    let (code, _) = curl(&ca, &[], &format!("{url}/console/fleet"));
+    assert_eq!(code, 303);
+    let (code, _) = curl(
+        &ca,
+        &["-H", &origin, "-d", "id=zoom&tag=unsanctioned"],
+        &format!("{url}/console/catalog/tag"),
+    );
+    assert_eq!(code, 401);
+    // A login.
+    let (code, cookie) = login("root", "a long enough password");
+    assert_eq!(code, 303);
+    let cookie = cookie.expect("a session cookie");
+    for flag in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/console"] {
+        assert!(cookie.contains(flag), "{cookie}");
+    }
+    let root = format!("tg_console={}", token_of(&cookie));
+    let (code, page) = curl(&ca, &["-b", &root], &format!("{url}/console/fleet"));
+    assert_eq!(code, 200);
+    assert!(
+        !page.contains("<img src=x"),
+        "the gateway's name reached the page raw"
+    );
+    assert!(
+        page.contains("&lt;img src=x onerror=alert(1)&gt;"),
+        "{page}"
+    );
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_string();
+    let tag = |cookie: &str, csrf: &str, origin: &str| -> u16 {
+        curl(
+            &ca,
+            &[
+                "-b",
+                cookie,
+                "-H",
+                origin,
+                "-d",
+                &format!("id=zoom&tag=unsanctioned&csrf={csrf}"),
+            ],
+            &format!("{url}/console/catalog/tag"),
+        )
+        .0
+    };
+    // A forged form: no token, a wrong one, another origin, no origin at all.
+    assert_eq!(tag(&root, "", &origin), 403);
+    assert_eq!(tag(&root, &"0".repeat(64), &origin), 403);
+    assert_eq!(tag(&root, &csrf, "Origin: https://evil.example"), 403);
+    assert_eq!(tag(&root, &csrf, "X-Nothing: 1"), 403);
+    assert!(
+        hub.cli_ok(&["bundles", "--json"]).trim() == "[]",
+        "a refused change published"
+    );
+    // The real form publishes.
+    assert_eq!(tag(&root, &csrf, &origin), 303);
+    assert!(
+        hub.cli_ok(&["bundles", "--json"])
+            .contains("\"revision\": 1")
+    );
+    // A read-only account cannot change anything.
+    let (_, cookie) = login("viewer", "a long enough password");
+    let viewer = format!("tg_console={}", token_of(&cookie.unwrap()));
+    let (_, page) = curl(&ca, &["-b", &viewer], &format!("{url}/console/fleet"));
+    let vcsrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_string();
+    assert_eq!(tag(&viewer, &vcsrf, &origin), 403);
+    // A session token made up, or taken from the database (its hash), opens nothing.
+    let (code, _) = curl(
+        &ca,
+        &["-b", &format!("tg_console={}", "ab".repeat(32))],
+        &format!("{url}/console/fleet"),
+    );
+    assert_eq!(code, 303);
+    // Strict headers on every page.
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-D", "-", "--cacert"])
+        .arg(&ca)
+        .args(["-b", &root])
+        .arg(format!("{url}/console/alerts"))
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(
+        head.contains("content-security-policy: default-src 'none'; script-src 'self'"),
+        "{head}"
+    );
+    assert!(head.contains("x-frame-options: deny"), "{head}");
+    // Password guessing: 10 tries, then 429 even with the right password.
+    for _ in 0..10 {
+        assert_eq!(login("root", "wrong guess!!!").0, 401);
+    }
+    assert_eq!(login("root", "a long enough password").0, 429);
+    // A removed account's session ends.
+    hub.cli_ok(&["user", "remove", "root"]);
+    let (code, _) = curl(&ca, &["-b", &root], &format!("{url}/console/fleet"));
+    assert_eq!(code, 303);
+}
+
 async fn bad_requests_and_the_admin_api(backend: Backend) {
     let have = |c: &str| Command::new(c).arg("--version").output().is_ok();
     if !have("curl") || !have("openssl") {
@@ -871,4 +1055,5 @@ on_both!(
     two_hubs_share_one_database_and_gateways_fail_over,
     bad_requests_and_the_admin_api,
     gateway_alerts_come_up_and_are_resolved_at_the_hub,
+    the_console_refuses_what_an_attacker_tries,
 );
