@@ -44,6 +44,6 @@ pub use connector::{
     ThrottleHook,
 };
 pub use error::{ConnectorError, ParseError};
-pub use settings::{ConnectorConfig, Kind, Secret, Settings};
+pub use settings::{ConnectorConfig, Kind, RunOn, Secret, Settings};
 pub use store::{MemoryStore, Store, StoreError};
 pub use throttle::Limits;

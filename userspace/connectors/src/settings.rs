@@ -66,6 +66,25 @@ impl std::fmt::Display for Kind {
     }
 }
 
+/// Who runs a connector: the hub (the default), or the gateways that receive the bundle, for
+/// an app only they can reach.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunOn {
+    #[default]
+    Hub,
+    Gateway,
+}
+
+impl RunOn {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunOn::Hub => "hub",
+            RunOn::Gateway => "gateway",
+        }
+    }
+}
+
 /// One `[[connectors]]` table as written (the hub's config or a bundle).
 #[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -98,6 +117,8 @@ pub struct ConnectorConfig {
     /// Microsoft 365: the token endpoint (default
     /// `https://login.microsoftonline.com/{tenant_id}/oauth2/v2.0/token`).
     pub token_url: Option<String>,
+    /// `hub` (default) or `gateway`.
+    pub run_on: Option<RunOn>,
 }
 
 impl std::fmt::Debug for ConnectorConfig {
@@ -120,6 +141,7 @@ impl std::fmt::Debug for ConnectorConfig {
             )
             .field("client_secret_file", &self.client_secret_file)
             .field("token_url", &self.token_url)
+            .field("run_on", &self.run_on)
             .finish()
     }
 }
@@ -189,6 +211,7 @@ pub struct Settings {
     /// The client-credentials flow: `secret` is then the client secret, exchanged at
     /// `token_url` for short-lived access tokens.
     pub oauth: Option<OAuth>,
+    pub run_on: RunOn,
 }
 
 /// An OAuth 2.0 client-credentials grant (Microsoft Entra for the Management Activity API).
@@ -353,7 +376,22 @@ impl Settings {
             tenant_id,
             content_types,
             oauth,
+            run_on: c.run_on.unwrap_or_default(),
         })
+    }
+
+    /// Checks a `[[connectors]]` table of a published bundle. A bundle goes to every gateway
+    /// of its site (and is kept in the hub's database), so it may not carry a secret: only
+    /// `token_file` / `client_secret_file`, a path on the box that runs the connector.
+    pub fn from_bundle(c: &ConnectorConfig) -> Result<Settings, String> {
+        if c.token.is_some() || c.client_secret.is_some() {
+            return Err(
+                "token, client_secret: a bundle may not carry a secret (it reaches every gateway \
+                 of its site); name a token_file or client_secret_file on the box that runs it"
+                    .into(),
+            );
+        }
+        Settings::from_config(c)
     }
 
     /// `scheme://host:port` of `base_url`: the only place the token is sent.

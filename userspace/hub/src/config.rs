@@ -182,6 +182,15 @@ impl Config {
         for (i, c) in raw.connectors.unwrap_or_default().iter().enumerate() {
             let settings = tollgate_connectors::Settings::from_config(c)
                 .map_err(|m| fail("[[connectors]]", format!("#{}: {m}", i + 1)))?;
+            if settings.run_on != tollgate_connectors::RunOn::Hub {
+                return Err(fail(
+                    "[[connectors]]",
+                    format!(
+                        "#{}: run_on = \"gateway\" belongs in a published bundle; the hub's own config runs connectors on the hub",
+                        i + 1
+                    ),
+                ));
+            }
             if connectors.iter().any(|o| o.name == settings.name) {
                 return Err(fail(
                     "[[connectors]]",

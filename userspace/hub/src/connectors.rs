@@ -10,10 +10,112 @@ use tollgate_connectors::{Connector, ConnectorStatus, Options, PollReport, Secre
 
 use crate::db::Db;
 
+/// One set of tenant gates for every connector of the process: connectors of one tenant take
+/// turns, whether they come from the config or a bundle.
+static GATES: std::sync::LazyLock<tollgate_connectors::TenantGates> =
+    std::sync::LazyLock::new(tollgate_connectors::TenantGates::default);
+
+/// The `[[connectors]]` of a bundle's policy, checked (no inline secret); an absent section is
+/// none.
+pub fn from_bundle(policy: &str) -> Result<Vec<Settings>, String> {
+    #[derive(serde::Deserialize)]
+    struct Only {
+        #[serde(default)]
+        connectors: Vec<tollgate_connectors::ConnectorConfig>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Loose {
+        #[serde(default)]
+        connectors: Option<toml::Value>,
+    }
+    // Other sections are the gateway's to check; only `connectors` is read here.
+    let loose: Loose =
+        toml::from_str(policy).map_err(|e| format!("not valid TOML: {}", e.message()))?;
+    let Some(value) = loose.connectors else {
+        return Ok(Vec::new());
+    };
+    let only: Only =
+        toml::Value::Table(toml::Table::from_iter([("connectors".to_string(), value)]))
+            .try_into()
+            .map_err(|e: toml::de::Error| format!("[[connectors]]: {}", e.message()))?;
+    let mut out: Vec<Settings> = Vec::new();
+    for (i, c) in only.connectors.iter().enumerate() {
+        let s = Settings::from_bundle(c).map_err(|m| format!("[[connectors]] #{}: {m}", i + 1))?;
+        if out.iter().any(|o| o.name == s.name) {
+            return Err(format!(
+                "[[connectors]] #{}: name {:?} is used twice",
+                i + 1,
+                s.name
+            ));
+        }
+        out.push(s);
+    }
+    Ok(out)
+}
+
+/// Runs the `run_on = "hub"` connectors of the newest every-site bundle, next to the config's
+/// (a config connector of the same name wins): started when a bundle brings one, restarted
+/// when its settings change, stopped when a bundle drops it. Looks every 5 s, so every hub
+/// on the database runs them; like `[[activity_policies]]`, publish connectors for a fleet
+/// served by one hub process, or accept that each hub polls (the store drops what two read).
+pub async fn supervise_bundled(db: Db, configured: Vec<Settings>) {
+    let mut running: std::collections::HashMap<String, (String, tokio::task::JoinHandle<()>)> =
+        std::collections::HashMap::new();
+    let mut seen_revision = None;
+    loop {
+        match db.latest_every_site_policy().await {
+            Ok(latest) => {
+                let revision = latest.as_ref().map(|(r, _)| *r);
+                if revision != seen_revision {
+                    seen_revision = revision;
+                    let wanted = match latest.map(|(_, p)| from_bundle(&p)) {
+                        Some(Ok(list)) => list,
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "the newest bundle's connectors were not read");
+                            Vec::new()
+                        }
+                        None => Vec::new(),
+                    };
+                    let wanted: Vec<Settings> = wanted
+                        .into_iter()
+                        .filter(|s| s.run_on == tollgate_connectors::RunOn::Hub)
+                        .filter(|s| !configured.iter().any(|c| c.name == s.name))
+                        .collect();
+                    running.retain(|name, (key, task)| {
+                        let keep = wanted
+                            .iter()
+                            .any(|s| &s.name == name && &format!("{s:?}") == key);
+                        if !keep {
+                            task.abort();
+                            tracing::info!(connector = %name, "bundled connector stopped");
+                        }
+                        keep
+                    });
+                    for s in wanted {
+                        if running.contains_key(&s.name) {
+                            continue;
+                        }
+                        let key = format!("{s:?}");
+                        let mut options = options(&db, &s);
+                        options.gates = GATES.clone();
+                        let name = s.name.clone();
+                        let task = tokio::spawn(run(db.clone(), s, options));
+                        tracing::info!(connector = %name, "bundled connector started");
+                        running.insert(name, (key, task));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the newest bundle for its connectors")
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
 /// Starts every connector; the tasks run until the hub stops.
 pub fn spawn(db: &Db, connectors: &[Settings]) -> Vec<tokio::task::JoinHandle<()>> {
-    // One set of tenant gates for all: connectors of one tenant take turns.
-    let gates = tollgate_connectors::TenantGates::default();
+    let gates = GATES.clone();
     connectors
         .iter()
         .cloned()

@@ -28,6 +28,7 @@ pub const BUNDLE_SECTIONS: &[&str] = &[
     "custom_apps",
     "activity_policies",
     "app_discovery_policies",
+    "connectors",
 ];
 
 #[derive(Parser)]
@@ -254,6 +255,10 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             let keys = pki::load_or_create(&db).await?;
             let admin_token = admin_token(&config.admin_token_file)?;
             let _connectors = connectors::spawn(&db, &config.connectors);
+            let _bundled = tokio::spawn(connectors::supervise_bundled(
+                db.clone(),
+                config.connectors.clone(),
+            ));
             let _alerting = alerting::spawn(
                 &db,
                 &config.state_dir,
@@ -594,6 +599,7 @@ pub fn validate_policy(policy: &str) -> Result<(), String> {
             ));
         }
     }
+    connectors::from_bundle(policy)?;
     Ok(())
 }
 

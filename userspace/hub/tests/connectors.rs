@@ -581,6 +581,123 @@ async fn connector_activities_raise_alerts_once_through_kill9(postgres: bool) {
     hub.kill9();
 }
 
+/// Connectors configured centrally: a published bundle brings an Okta connector (its token
+/// in a file on the hub, never in the bundle), and the hub runs it with no restart and no
+/// config change; a bundle with an inline token is refused; a `run_on = "gateway"` one is
+/// left to the gateways; a bundle that drops the connector stops it.
+async fn a_bundle_brings_a_connector_the_hub_runs(postgres: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(db) = database(postgres, dir.path()) else {
+        return;
+    };
+    let clock = SimClock::new(now_ms());
+    let sim = Sim::start(Kind::Okta, clock.clone(), TOKEN).await.unwrap();
+    let start = now_ms() - 30 * 60_000;
+    sim.add_events((0..40u64).map(|i| SimEvent::new(i, start + i as i64 * 10_000)));
+    let ca_file = dir.path().join("vendors.pem");
+    std::fs::write(&ca_file, &sim.cert_pem).unwrap();
+    let token_file = dir.path().join("okta.token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let state = dir.path().join("state");
+    let config = format!(
+        "listen = \"127.0.0.1:{}\"\nstate_dir = \"{}\"\ndatabase = \"{db}\"\nserver_names = [\"127.0.0.1\"]\n",
+        free_port(),
+        state.display(),
+    );
+    let config_path = dir.path().join("hub.toml");
+    std::fs::write(&config_path, &config).unwrap();
+    let mut hub = Hub {
+        config: config_path,
+        ca_file,
+        log: dir.path().join("hub.log"),
+        child: None,
+    };
+    hub.spawn();
+    let publish = |hub: &Hub, policy: &str| -> std::process::Output {
+        let file = dir.path().join("bundle.toml");
+        std::fs::write(&file, policy).unwrap();
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&hub.config)
+            .args(["publish", file.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    // An inline secret in a bundle is refused, and says why.
+    let out = publish(
+        &hub,
+        &format!(
+            "[[connectors]]\nkind = \"okta\"\nname = \"okta-central\"\nbase_url = \"{}\"\ntoken = \"{TOKEN}\"\n",
+            sim.base_url
+        ),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("may not carry a secret") && !err.contains(TOKEN),
+        "{err}"
+    );
+    // A token file on the hub: published, and run.
+    let connector = format!(
+        "[[connectors]]\nkind = \"okta\"\nname = \"okta-central\"\nbase_url = \"{}\"\n\
+         token_file = \"{}\"\npoll_interval_secs = 1\n\n\
+         [[connectors]]\nkind = \"okta\"\nname = \"okta-branch\"\nbase_url = \"https://10.9.9.9\"\n\
+         token_file = \"/etc/tollgate/okta.token\"\nrun_on = \"gateway\"\n",
+        sim.base_url,
+        token_file.display()
+    );
+    let out = publish(&hub, &connector);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stored = |hub: &Hub, source: &str| -> usize {
+        hub.json(&["activity", "--json", "--source", source])
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stored(&hub, "okta-central") < 40 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        stored(&hub, "okta-central"),
+        40,
+        "{}",
+        std::fs::read_to_string(&hub.log).unwrap_or_default()
+    );
+    let status = hub.cli(&["connectors", "status"]);
+    assert!(status.contains("okta-central"), "{status}");
+    assert!(
+        !status.contains("okta-branch"),
+        "the hub ran a gateway's connector: {status}"
+    );
+    // A bundle without it stops it: later events are not read.
+    let out = publish(&hub, "[apps.zoom]\ntag = \"monitored\"\n");
+    assert!(out.status.success());
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    sim.add_events([SimEvent::new(40, now_ms() - 1_000)]);
+    clock.set_ms(now_ms());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        stored(&hub, "okta-central"),
+        40,
+        "a dropped connector still polls"
+    );
+    hub.kill9();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_brings_a_connector_the_hub_runs_sqlite() {
+    a_bundle_brings_a_connector_the_hub_runs(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_brings_a_connector_the_hub_runs_postgres() {
+    a_bundle_brings_a_connector_the_hub_runs(true).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connector_activities_raise_alerts_once_through_kill9_sqlite() {
     connector_activities_raise_alerts_once_through_kill9(false).await;
