@@ -707,6 +707,7 @@ impl Db {
         // statement on PostgreSQL).
         let mut alerts: std::collections::BTreeMap<u64, (i64, &AlertReport)> =
             std::collections::BTreeMap::new();
+        let mut activities = Vec::new();
         for record in fresh {
             let seq = int(record.seq);
             match &record.body {
@@ -753,6 +754,34 @@ impl Db {
                 RecordBody::Alert(a) => {
                     alerts.insert(a.alert_id, (seq, a));
                 }
+                RecordBody::Activities(c) => {
+                    // Under the gateway's own name: a gateway cannot write into another
+                    // source (a hub connector's, or another gateway's).
+                    let source = clip(&format!("{gw}/{}", c.connector), 255);
+                    for text in &c.records {
+                        let Ok(mut a) = serde_json::from_str::<tollgate_activity::Activity>(text)
+                        else {
+                            continue;
+                        };
+                        let Some(vendor_id) = a.vendor_id.clone() else {
+                            continue;
+                        };
+                        a.connector = Some(source.clone());
+                        a.gateway = Some(gw.clone());
+                        let Ok(json) = serde_json::to_string(&a) else {
+                            continue;
+                        };
+                        activities.push(vec![
+                            Val::Text(source.clone()),
+                            Val::Text(clip(&vendor_id, 255)),
+                            Val::Text(clip(&a.app, 255)),
+                            Val::Text(a.activity.as_str().to_string()),
+                            Val::Int(a.time.timestamp_millis()),
+                            Val::Int(now()),
+                            Val::Text(json),
+                        ]);
+                    }
+                }
             }
         }
         let alert_rows: Vec<Vec<Val>> = alerts
@@ -776,6 +805,15 @@ impl Db {
                 ]
             })
             .collect();
+        insert_rows(
+            &mut tx,
+            self.postgres,
+            "INSERT INTO activities (source, vendor_id, app_id, activity, time_ms, received_at, record) VALUES ",
+            7,
+            activities,
+            " ON CONFLICT DO NOTHING",
+        )
+        .await?;
         insert_rows(
             &mut tx,
             self.postgres,

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use tollgate_sync::client::{self, ClientError, HubClient};
 use tollgate_sync::protocol::{
-    AlertReport, AppUsage, BundleOutcome, BundleReport, DiscoveryInterval, DomainUsage,
-    EnrollRequest, EnrollResponse, Health, PollRequest, PollResponse, RecordBody, UploadBatch,
-    UploadRecord,
+    AlertReport, AppUsage, BundleOutcome, BundleReport, ConnectorRecords, DiscoveryInterval,
+    DomainUsage, EnrollRequest, EnrollResponse, Health, PollRequest, PollResponse, RecordBody,
+    UploadBatch, UploadRecord,
 };
 use tollgate_sync::token::EnrollmentToken;
 
@@ -647,6 +647,61 @@ async fn gateway_alerts_come_up_and_are_resolved_at_the_hub(backend: Backend) {
     }
 }
 
+/// A gateway-run connector's records come up through the spool: stored under
+/// `GATEWAY/CONNECTOR` whatever source the records claim, once per vendor event id.
+async fn a_gateways_connector_records_are_stored_once_under_its_name(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(db) = database(backend, dir.path()) else {
+        return;
+    };
+    let hub = Hub::start(dir.path(), "hub", &db);
+    let gw = enroll(&hub, "paris").await;
+    let c = gw.client(vec![hub.url()]);
+    let record = |i: u32| {
+        let mut a = tollgate_activity::Activity::new(
+            0,
+            chrono::Utc::now(),
+            "okta",
+            tollgate_activity::ActivityType::Login,
+            tollgate_activity::Source::Connector,
+        );
+        a.vendor_id = Some(format!("ev-{i}"));
+        // A lie the hub must not believe: another source's name.
+        a.connector = Some("okta-central".into());
+        serde_json::to_string(&a).unwrap()
+    };
+    let page = |seq: u64, ids: std::ops::Range<u32>| UploadRecord {
+        seq,
+        recorded_at: 1_700_000_000,
+        body: RecordBody::Activities(ConnectorRecords {
+            connector: "okta-branch".into(),
+            records: ids.map(record).chain(["not json".to_string()]).collect(),
+        }),
+    };
+    c.upload(&UploadBatch {
+        records: vec![page(1, 0..5), page(2, 3..8)],
+    })
+    .await
+    .unwrap();
+    let source = format!("{}/okta-branch", gw.enrolled.gateway_id);
+    let stored: serde_json::Value =
+        serde_json::from_str(&hub.cli_ok(&["activity", "--json", "--source", &source])).unwrap();
+    let list = stored.as_array().unwrap();
+    assert_eq!(list.len(), 8, "{stored:#}");
+    assert!(
+        list.iter().all(|a| a["connector"] == source.as_str()),
+        "{stored:#}"
+    );
+    let central: serde_json::Value =
+        serde_json::from_str(&hub.cli_ok(&["activity", "--json", "--source", "okta-central"]))
+            .unwrap();
+    assert_eq!(
+        central.as_array().map(Vec::len),
+        Some(0),
+        "a gateway wrote into another source"
+    );
+}
+
 async fn two_hubs_share_one_database_and_gateways_fail_over(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let Some(db) = database(backend, dir.path()) else {
@@ -1056,4 +1111,5 @@ on_both!(
     bad_requests_and_the_admin_api,
     gateway_alerts_come_up_and_are_resolved_at_the_hub,
     the_console_refuses_what_an_attacker_tries,
+    a_gateways_connector_records_are_stored_once_under_its_name,
 );

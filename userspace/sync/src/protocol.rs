@@ -180,6 +180,16 @@ pub enum RecordBody {
     /// An alert the gateway opened, or a change to one (a new match, a status change). The
     /// newest report of an alert replaces the older ones at the hub.
     Alert(Box<AlertReport>),
+    /// Activity records a connector run by the gateway read (`run_on = "gateway"`).
+    Activities(ConnectorRecords),
+}
+
+/// A page of a gateway-run connector's records, each the activity record's JSON. The hub
+/// stores them under `GATEWAY/CONNECTOR`, once per vendor event id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectorRecords {
+    pub connector: String,
+    pub records: Vec<String>,
 }
 
 /// What one gateway discovered in one interval.

@@ -82,6 +82,10 @@ pub struct Config {
     /// optionally a sanction tag.
     #[serde(default)]
     pub app_discovery_policies: Vec<tollgate_activity::AppDiscoveryPolicy>,
+    /// App connectors this gateway runs (`[[connectors]]` with `run_on = "gateway"`), for SaaS
+    /// APIs only it can reach; a bundle's `run_on = "hub"` entries are the hub's.
+    #[serde(default)]
+    pub connectors: Vec<tollgate_connectors::ConnectorConfig>,
     /// The activity log in state_dir (`[activity]`).
     #[serde(default)]
     pub activity: ActivityConfig,
@@ -169,6 +173,7 @@ pub const BUNDLE_SECTIONS: &[&str] = &[
     "access_policies",
     "activity_policies",
     "app_discovery_policies",
+    "connectors",
 ];
 
 /// What a policy bundle holds: the gateway config's own sections, in its own TOML.
@@ -189,6 +194,8 @@ pub struct BundlePolicy {
     pub activity_policies: Vec<tollgate_activity::ActivityPolicy>,
     #[serde(default)]
     pub app_discovery_policies: Vec<tollgate_activity::AppDiscoveryPolicy>,
+    #[serde(default)]
+    pub connectors: Vec<tollgate_connectors::ConnectorConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -307,6 +314,24 @@ impl Config {
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         let config: Config = parse_toml(text, file)?;
         config.validate(text, file)?;
+        // A gateway's own file names only connectors it runs; `run_on = "hub"` ones come in
+        // bundles, for the hub.
+        if let Some((i, c)) = config
+            .connectors
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c.run_on != Some(tollgate_connectors::RunOn::Gateway))
+        {
+            let needle = c.name.as_deref().unwrap_or("connectors");
+            let (line, column) = text.find(needle).map_or((1, 1), |o| line_column(text, o));
+            return Err(ConfigError::Invalid {
+                file: file.to_string(),
+                line,
+                column,
+                key: format!("connectors[{i}].run_on: "),
+                message: "a gateway runs only run_on = \"gateway\" connectors; the hub runs the others (its config or a bundle)".into(),
+            });
+        }
         Ok(config)
     }
 
@@ -358,6 +383,31 @@ impl Config {
                 self.activity_policies
                     .iter()
                     .filter(|p| !central.contains(&p.name))
+                    .cloned(),
+            )
+            .collect();
+        // Connectors: a bundle's may not carry a secret; central ones first, a local one of
+        // the same name gives way.
+        for (i, c) in policy.connectors.iter().enumerate() {
+            if let Err(m) = tollgate_connectors::Settings::from_bundle(c) {
+                return Err(ConfigError::Invalid {
+                    file: bundle_name.to_string(),
+                    line: 1,
+                    column: 1,
+                    key: format!("connectors[{i}]: "),
+                    message: m,
+                });
+            }
+        }
+        let central: Vec<Option<String>> =
+            policy.connectors.iter().map(|c| c.name.clone()).collect();
+        merged.connectors = policy
+            .connectors
+            .into_iter()
+            .chain(
+                self.connectors
+                    .iter()
+                    .filter(|c| !central.contains(&c.name))
                     .cloned(),
             )
             .collect();
@@ -559,6 +609,21 @@ impl Config {
                 needle,
                 e.message,
             );
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, c) in self.connectors.iter().enumerate() {
+            let needle = c.name.as_deref().unwrap_or("connectors");
+            let s = match tollgate_connectors::Settings::from_config(c) {
+                Ok(s) => s,
+                Err(m) => return fail(&format!("connectors[{i}]"), needle, m),
+            };
+            if !names.insert(s.name.clone()) {
+                return fail(
+                    &format!("connectors[{i}].name"),
+                    needle,
+                    format!("{:?} is used twice", s.name),
+                );
+            }
         }
         if !(1..=3600).contains(&self.discovery.interval_secs) {
             return fail(

@@ -255,10 +255,37 @@ pub struct ApplyBundle {
     pub reply: oneshot::Sender<Result<(), String>>,
 }
 
-/// A record for the spool, with the discovery meter's state to keep once it is durable.
+/// A record for the spool, with a file to write once it is durable (the discovery meter's
+/// state, a connector's cursor): the newest content per path wins.
 struct Spooled {
     body: RecordBody,
-    checkpoint: Option<Vec<u8>>,
+    after: Option<(PathBuf, Vec<u8>)>,
+}
+
+/// A handle other tasks (the gateway's connectors) spool records through.
+#[derive(Clone)]
+pub struct HubSender {
+    records: mpsc::Sender<Spooled>,
+    status: Arc<Mutex<HubStatus>>,
+}
+
+impl HubSender {
+    /// Queues `body`; `then` (path, content) is written once the record is durable in the
+    /// spool. Never waits: a full queue drops the record, counted, and returns false (the
+    /// file is then not written either).
+    pub fn send_then(&self, body: RecordBody, then: (PathBuf, Vec<u8>)) -> bool {
+        let ok = self
+            .records
+            .try_send(Spooled {
+                body,
+                after: Some(then),
+            })
+            .is_ok();
+        if !ok && let Ok(mut s) = self.status.lock() {
+            s.records_dropped += 1;
+        }
+        ok
+    }
 }
 
 /// What the core holds of the sync task.
@@ -267,23 +294,32 @@ pub struct HubLink {
     pub gauges: Arc<HealthGauges>,
     records: mpsc::Sender<Spooled>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Where the discovery meter's state is kept.
+    meter_path: PathBuf,
 }
 
 impl HubLink {
     /// Queues a record for the hub; never waits. A full queue drops it, counted.
     pub fn send(&self, body: RecordBody) {
-        self.queue(Spooled {
-            body,
-            checkpoint: None,
-        });
+        self.queue(Spooled { body, after: None });
     }
 
     /// Queues an interval's discovery with the meter's state after it.
     pub fn send_interval(&self, body: RecordBody, checkpoint: &MeterCheckpoint) {
         self.queue(Spooled {
             body,
-            checkpoint: postcard::to_allocvec(checkpoint).ok(),
+            after: postcard::to_allocvec(checkpoint)
+                .ok()
+                .map(|cp| (self.meter_path.clone(), cp)),
         });
+    }
+
+    /// A handle for other tasks.
+    pub fn sender(&self) -> HubSender {
+        HubSender {
+            records: self.records.clone(),
+            status: self.status.clone(),
+        }
     }
 
     fn queue(&self, item: Spooled) {
@@ -351,11 +387,11 @@ pub fn start(
         started: Instant::now(),
         apply: apply_tx,
     };
+    let meter_path = hub_dir(&cfg.state_dir).join(METER_FILE);
     let uploader = Uploader {
         client,
         status: status.clone(),
         spool,
-        meter_path: hub_dir(&cfg.state_dir).join(METER_FILE),
         interval: Duration::from_secs(cfg.hub.upload_interval_secs.max(1)),
     };
     let tasks = vec![
@@ -368,6 +404,7 @@ pub fn start(
             gauges,
             records: records_tx,
             tasks,
+            meter_path,
         },
         apply_rx,
     ))
@@ -586,7 +623,6 @@ struct Uploader {
     client: Arc<HubClient>,
     status: Arc<Mutex<HubStatus>>,
     spool: Arc<Mutex<Spool>>,
-    meter_path: PathBuf,
     interval: Duration,
 }
 
@@ -628,25 +664,27 @@ impl Uploader {
     async fn append(&self, batch: Vec<Spooled>) {
         let spool = self.spool.clone();
         let status = self.status.clone();
-        let meter_path = self.meter_path.clone();
         let done = tokio::task::spawn_blocking(move || {
             let Ok(mut sp) = spool.lock() else { return };
-            let mut checkpoint = None;
+            let mut after: std::collections::HashMap<PathBuf, Vec<u8>> =
+                std::collections::HashMap::new();
             for item in batch {
                 if let Err(e) = sp.append(now_secs(), item.body) {
                     tracing::warn!("spooling a record: {e}");
                 }
-                checkpoint = item.checkpoint.or(checkpoint);
+                if let Some((path, body)) = item.after {
+                    after.insert(path, body);
+                }
             }
             if let Err(e) = sp.sync() {
                 tracing::error!("syncing the spool: {e}");
                 return;
             }
             drop(sp);
-            if let Some(cp) = checkpoint
-                && let Err(e) = write_private(&meter_path, &cp)
-            {
-                tracing::warn!("{e:#}");
+            for (path, body) in after {
+                if let Err(e) = write_private(&path, &body) {
+                    tracing::warn!("{e:#}");
+                }
             }
             refresh_spool_status(&spool, &status);
         })

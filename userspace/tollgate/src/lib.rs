@@ -28,6 +28,7 @@ macro_rules! out {
 pub mod alerting;
 pub mod commands;
 pub mod config;
+pub mod connectors;
 pub mod control;
 pub mod daemon;
 pub mod enforce;

@@ -48,6 +48,7 @@ const SECTIONS: &[(&str, &str)] = &[
         "[[activity_policies]]\nname = \"p\"\n@\n",
     ),
     ("[[alert_sinks]]", "[[alert_sinks]]\nkind = \"file\"\n@\n"),
+    ("[[connectors]]", "[[connectors]]\nkind = \"okta\"\n@\n"),
     (
         "[[app_discovery_policies]]",
         "[[app_discovery_policies]]\nname = \"p\"\n@\n",

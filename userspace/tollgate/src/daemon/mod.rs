@@ -323,6 +323,32 @@ struct Core {
     local_meter: tollgate_discovery::interval::IntervalMeter,
     /// `[[app_discovery_policies]]` and the day they judge.
     app_discovery: tollgate_activity::AppDiscovery,
+    /// The statuses of the connectors this gateway runs.
+    connector_statuses: Option<crate::connectors::Statuses>,
+    connector_tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Where they hand their records to this task.
+    connector_tx: Option<mpsc::Sender<Vec<tollgate_activity::Activity>>>,
+}
+
+impl Core {
+    /// (Re)starts the connectors of the config: the old tasks end, new ones read their
+    /// cursors from `state_dir` again.
+    fn start_connectors(&mut self) {
+        for t in self.connector_tasks.drain(..) {
+            t.abort();
+        }
+        let Some(tx) = self.connector_tx.clone() else {
+            return;
+        };
+        let (statuses, tasks) = crate::connectors::start(
+            &self.cfg.connectors,
+            &self.cfg.state_dir,
+            self.hub.as_ref().map(crate::hub::HubLink::sender),
+            tx,
+        );
+        self.connector_statuses = Some(statuses);
+        self.connector_tasks = tasks;
+    }
 }
 
 enum Next {
@@ -491,6 +517,9 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
         alerting,
         local_meter,
         app_discovery,
+        connector_statuses: None,
+        connector_tasks: Vec::new(),
+        connector_tx: None,
         cfg,
         config_path,
     };
@@ -549,6 +578,13 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
         Err(e) => tracing::error!("reconciling pinned verdicts: {e}"),
     }
     core.save_learned();
+    // Connectors this gateway runs (`run_on = "gateway"`), with the hub's spool when enrolled.
+    let (connector_tx, mut connector_rx) = crate::connectors::channel();
+    core.connector_tx = Some(connector_tx);
+    core.start_connectors();
+    if !core.connector_tasks.is_empty() {
+        crate::outln!("  {} app connectors run here", core.connector_tasks.len());
+    }
     let (mut events, reader_task) = spawn_reader(reader, core.reader.clone());
     // The control socket comes last: when it answers, the daemon is ready.
     let (tx, mut rx) = mpsc::channel::<ControlCall>(64);
@@ -641,6 +677,13 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
                 core.poll_counters(&mut events);
                 core.upload_interval();
             }
+            Some(batch) = connector_rx.recv() => {
+                if let Some(al) = &mut core.alerting {
+                    for a in batch {
+                        al.observe_new(a);
+                    }
+                }
+            }
             _ = discovery.tick() => {
                 core.poll_counters(&mut events);
                 core.local_discovery_interval();
@@ -650,6 +693,9 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
         }
     }
     server.abort();
+    for t in core.connector_tasks.drain(..) {
+        t.abort();
+    }
     if let Some(m) = metrics {
         m.abort();
     }

@@ -127,6 +127,14 @@ impl Core {
             self.app_discovery.set_policies(&new.app_discovery_policies);
         }
         self.cfg.app_discovery_policies = new.app_discovery_policies;
+        if new.connectors != self.cfg.connectors {
+            self.cfg.connectors = new.connectors;
+            self.start_connectors();
+            tracing::info!(
+                connectors = self.connector_tasks.len(),
+                "connectors restarted"
+            );
+        }
         self.cfg.discovery.history_hours = new.discovery.history_hours;
         self.apply_tags();
         Ok(needs_restart)
