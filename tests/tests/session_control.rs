@@ -259,6 +259,20 @@ fn steered_app_gets_policies_others_keep_their_certificate() {
         !log.contains("4111 1111 1111 1111"),
         "the audit log must mask evidence: {log}"
     );
+    // The proxy's request latency histogram counts the requests it answered, in buckets
+    // whose counts add up to the total (as `tollgate_proxy_request_duration_seconds`).
+    let st = daemon.query("status").expect("status");
+    let h = &st["proxy"]["request_seconds"];
+    let count = h["count"].as_u64().unwrap_or(0);
+    assert!(count >= 3, "requests not timed: {h}");
+    let in_buckets: u64 = h["buckets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b[1].as_u64())
+        .sum();
+    assert_eq!(in_buckets, count, "{h}");
+    assert!(h["sum"].as_f64().is_some_and(|s| s > 0.0), "{h}");
     // SIGHUP after the policy changed to .msi in the config: the .exe download now passes.
     let config = std::fs::read_to_string(&daemon.config).unwrap();
     let without = config.replace("file_extensions = [\"exe\"]", "file_extensions = [\"msi\"]");

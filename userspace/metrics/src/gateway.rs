@@ -193,6 +193,28 @@ pub fn render(status: &Value, now: i64) -> String {
     );
     if let Some(p) = status.get("proxy").filter(|p| p.is_object()) {
         let mut events = Vec::new();
+        if let Some(h) = p.get("request_seconds").filter(|h| h.is_object()) {
+            let buckets: Vec<(f64, u64)> = h["buckets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|b| {
+                    let b = b.as_array()?;
+                    // +Inf does not survive JSON (it becomes null).
+                    let bound = b.first()?.as_f64().unwrap_or(f64::INFINITY);
+                    Some((bound, b.get(1)?.as_u64()?))
+                })
+                .collect();
+            s.histogram(
+                "proxy_request_duration_seconds",
+                "Session proxy requests, from the request's head to the response's head",
+                crate::Buckets {
+                    buckets,
+                    sum: h["sum"].as_f64().unwrap_or(0.0),
+                    count: h["count"].as_u64().unwrap_or(0),
+                },
+            );
+        }
         for (k, v) in p.as_object().into_iter().flatten() {
             let Some(v) = v.as_u64() else { continue };
             if k.starts_with("buffered_bytes") {
@@ -308,7 +330,8 @@ pub fn example_status() -> Value {
         "verdicts": {"rst_sent": 1, "icmp_sent": 0, "http_blocked": 1},
         "evasion": {"unreadable": "pass", "frag_tiny": 1},
         "session": {"steered": 5, "steer_no_proxy": 0, "daemon": {"x": 1}},
-        "proxy": {"accepted": 5, "intercepted": 4, "buffered_bytes": 0, "buffered_bytes_budget": 10},
+        "proxy": {"accepted": 5, "intercepted": 4, "buffered_bytes": 0, "buffered_bytes_budget": 10,
+                  "request_seconds": {"buckets": [[0.005, 2], [0.01, 1], [null, 1]], "sum": 3.5, "count": 4}},
         "hub": {"connected": true, "bundle_revision": 3, "spool_records": 2, "last_upload": 100,
                 "last_contact": 120, "uploaded_records": 7},
         "audit_dropped": 0,
@@ -331,6 +354,11 @@ mod tests {
             "tollgate_blocks_total{reason=\"tcp_reset\"} 1",
             "tollgate_steered_flows_total 5",
             "tollgate_proxy_connections_total 5",
+            "tollgate_proxy_request_duration_seconds_bucket{le=\"0.005\"} 2",
+            "tollgate_proxy_request_duration_seconds_bucket{le=\"0.01\"} 3",
+            "tollgate_proxy_request_duration_seconds_bucket{le=\"+Inf\"} 4",
+            "tollgate_proxy_request_duration_seconds_count 4",
+            "tollgate_proxy_request_duration_seconds_sum 3.5",
             "tollgate_upload_lag_seconds 30.0",
             "tollgate_enforcing 1.0",
             "tollgate_evasion_total{kind=\"frag_tiny\"} 1",

@@ -67,6 +67,12 @@ impl Snapshot {
         self.reg.register(name, help, f);
     }
 
+    /// A histogram from counts kept elsewhere: per-bucket (not cumulative) counts with their
+    /// upper bounds (the last one `+Inf`), the sum and the count.
+    pub fn histogram(&mut self, name: &str, help: &str, h: Buckets) {
+        self.reg.register(name, help, h);
+    }
+
     pub fn gauge(&mut self, name: &str, help: &str, value: f64) {
         let g: Gauge<f64, AtomicU64> = Gauge::default();
         g.set(value);
@@ -110,4 +116,32 @@ pub fn sample_names(exposition: &str) -> std::collections::BTreeSet<String> {
         .filter_map(|l| l.split(['{', ' ']).next())
         .map(str::to_string)
         .collect()
+}
+
+/// A histogram whose counts were kept by someone else (the session proxy's atomics), encoded
+/// as a Prometheus histogram.
+#[derive(Debug, Clone, Default)]
+pub struct Buckets {
+    /// (upper bound, count in this bucket alone), ascending; the last bound is `+Inf`.
+    pub buckets: Vec<(f64, u64)>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl prometheus_client::encoding::EncodeMetric for Buckets {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            self.sum,
+            self.count,
+            &self.buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Histogram
+    }
 }

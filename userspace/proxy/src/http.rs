@@ -837,7 +837,9 @@ impl ConnCtx {
         req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let flight = self.activity.begin();
+        let started = std::time::Instant::now();
         let resp = self.handle_inner(req).await;
+        self.shared.stats.request_seconds.observe(started.elapsed());
         let (p, b) = resp.into_parts();
         // The connection counts as busy until the response body is done.
         let body = Holding {

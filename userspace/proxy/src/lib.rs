@@ -435,6 +435,11 @@ impl ProxyHandle {
         }
     }
 
+    /// How long requests took, head to head (see [`shared::Stats::request_seconds`]).
+    pub fn request_seconds(&self) -> shared::LatencySnapshot {
+        self.shared.stats.request_seconds.snapshot()
+    }
+
     /// Stop accepting; connections in flight finish on their own.
     pub async fn shutdown(self) {
         let _ = self.shutdown_tx.send(true);

@@ -54,6 +54,60 @@ pub struct Stats {
     pub client_limit_hits: AtomicU64,
     /// Connections, splices and tunnels closed after `idle_timeout_secs` without traffic.
     pub idle_closed: AtomicU64,
+    /// From a request's head to its response's head (policy, inspection of an upload,
+    /// the origin's answer): what the proxy adds to a user's wait, and what the origin takes.
+    pub request_seconds: Latency,
+}
+
+/// Upper bounds (seconds) of [`Latency`]'s buckets: Prometheus' defaults, from 5 ms to 10 s.
+pub const LATENCY_BOUNDS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A histogram of durations in fixed buckets; lock-free (a few relaxed atomics a request).
+#[derive(Debug, Default)]
+pub struct Latency {
+    /// Per bucket, and one past the last bound (`+Inf`).
+    buckets: [AtomicU64; LATENCY_BOUNDS.len() + 1],
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+/// What a [`Latency`] holds: per-bucket counts (not cumulative) with their upper bounds.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct LatencySnapshot {
+    pub buckets: Vec<(f64, u64)>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl Latency {
+    pub fn observe(&self, d: std::time::Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let secs = d.as_secs_f64();
+        let i = LATENCY_BOUNDS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BOUNDS.len());
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_micros
+            .fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> LatencySnapshot {
+        use std::sync::atomic::Ordering::Relaxed;
+        LatencySnapshot {
+            buckets: LATENCY_BOUNDS
+                .iter()
+                .copied()
+                .chain([f64::INFINITY])
+                .zip(self.buckets.iter().map(|b| b.load(Relaxed)))
+                .collect(),
+            sum: self.sum_micros.load(Relaxed) as f64 / 1e6,
+            count: self.count.load(Relaxed),
+        }
+    }
 }
 
 /// State shared by all connections.

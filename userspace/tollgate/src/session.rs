@@ -339,6 +339,14 @@ impl SessionControl {
         self.handle.stats()
     }
 
+    /// The proxy's counters, with its request latency histogram as `request_seconds`.
+    pub fn stats_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self.handle.stats()).unwrap_or_default();
+        v["request_seconds"] =
+            serde_json::to_value(self.handle.request_seconds()).unwrap_or_default();
+        v
+    }
+
     /// A reloaded config: new session and access policies, and the apps under session control
     /// (an app taken out is spliced from its next connection; one added is steered from its
     /// next DNS answer). Nothing changes when the policies do not compile.

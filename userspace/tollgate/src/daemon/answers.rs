@@ -121,7 +121,7 @@ impl Core {
                 "daemon": self.session.as_ref().map(|s| s.counts).unwrap_or_default(),
             },
             "evasion": self.evasion_json(&dp, &st),
-            "proxy": self.session.as_ref().map(|s| s.stats()),
+            "proxy": self.session.as_ref().map(|s| s.stats_json()),
             "activity": self.alerting.as_ref().map(|a| a.stats_json()),
             "connectors": self.connector_statuses.as_ref().and_then(|s| {
                 s.lock().ok().map(|m| serde_json::to_value(&*m).unwrap_or_default())
