@@ -70,6 +70,8 @@ const PYTHON_PACKAGES: &[(&str, &str, &str)] = &[
     ("curl_cffi", "curl_cffi", "0.17.0"),
     // The evasion e2e tests craft packets with scapy; python3 may not be Debian's.
     ("scapy", "scapy", "2.6.1"),
+    // The GeoIP tests build a small MaxMind-format database with it (pulls netaddr).
+    ("mmdb_writer", "mmdb-writer", "0.2.5"),
 ];
 
 fn main() -> ExitCode {

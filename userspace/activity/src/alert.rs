@@ -165,6 +165,33 @@ impl AlertBook {
         id
     }
 
+    /// Opens `alert` under `key`, or, when one is open for it, raises that one's count and
+    /// takes the new one's reason, severity and proof.
+    pub fn raise(&mut self, key: OpenKey, alert: Alert) -> crate::engine::AlertEvent {
+        use crate::engine::{AlertEvent, AlertEventKind};
+        if let Some(a) = self.open_mut(&key) {
+            a.count += 1;
+            a.last_seen = alert.last_seen;
+            a.reason = alert.reason;
+            a.severity = alert.severity;
+            for p in alert.activities {
+                if a.activities.len() >= MAX_PROOF {
+                    a.activities.remove(0);
+                }
+                a.activities.push(p);
+            }
+            return AlertEvent {
+                kind: AlertEventKind::Updated,
+                alert: a.clone(),
+            };
+        }
+        let id = self.insert_open(key, alert.clone());
+        AlertEvent {
+            kind: AlertEventKind::Opened,
+            alert: self.get(id).cloned().unwrap_or(Alert { id, ..alert }),
+        }
+    }
+
     /// Resolves or dismisses an alert (or opens it again); the next match of a closed one's
     /// policy and entity opens a new alert.
     pub fn set_status(

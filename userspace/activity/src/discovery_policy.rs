@@ -26,7 +26,9 @@ use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::alert::{Alert, AlertBook, AlertStatus, Entities, OpenKey};
-use crate::engine::{AlertEvent, AlertEventKind};
+use crate::engine::AlertEvent;
+#[cfg(test)]
+use crate::engine::AlertEventKind;
 use crate::policy::Severity;
 use crate::record::{Activity, ActivityType, Source};
 
@@ -529,64 +531,27 @@ fn raise(
         actor: None,
         app: Some(app.to_string()),
     };
-    if let Some(a) = book.open_mut(&key) {
-        a.count += 1;
-        a.last_seen = now;
-        a.reason = reason;
-        a.severity = p.severity;
-        if a.activities.len() >= crate::alert::MAX_PROOF {
-            a.activities.remove(0);
-        }
-        a.activities.push(proof);
-        return AlertEvent {
-            kind: AlertEventKind::Updated,
-            alert: a.clone(),
-        };
-    }
-    let alert = Alert {
-        id: 0,
-        time: now,
-        last_seen: now,
-        severity: p.severity,
-        policy: p.name.clone(),
-        entities: Entities {
-            user: None,
-            ip: None,
-            app: Some(app.to_string()),
-            gateway: gateway.map(str::to_string),
+    book.raise(
+        key,
+        Alert {
+            id: 0,
+            time: now,
+            last_seen: now,
+            severity: p.severity,
+            policy: p.name.clone(),
+            entities: Entities {
+                user: None,
+                ip: None,
+                app: Some(app.to_string()),
+                gateway: gateway.map(str::to_string),
+            },
+            reason,
+            activities: vec![proof],
+            status: AlertStatus::Open,
+            comment: None,
+            count: 1,
         },
-        reason,
-        activities: vec![proof],
-        status: AlertStatus::Open,
-        comment: None,
-        count: 1,
-    };
-    let id = book.insert_open(key, alert);
-    AlertEvent {
-        kind: AlertEventKind::Opened,
-        alert: book
-            .get(id)
-            .cloned()
-            .unwrap_or_else(|| unreachable_alert(id)),
-    }
-}
-
-/// `insert_open` keeps what it inserted unless the book's bound is 0, which `AlertBook::new`
-/// does not allow; an empty alert keeps this total instead of panicking.
-fn unreachable_alert(id: u64) -> Alert {
-    Alert {
-        id,
-        time: DateTime::<Utc>::UNIX_EPOCH,
-        last_seen: DateTime::<Utc>::UNIX_EPOCH,
-        severity: Severity::Low,
-        policy: String::new(),
-        entities: Entities::default(),
-        reason: String::new(),
-        activities: Vec::new(),
-        status: AlertStatus::Open,
-        comment: None,
-        count: 0,
-    }
+    )
 }
 
 #[cfg(test)]

@@ -133,6 +133,9 @@ pub struct Engine {
     gateway: Option<String>,
     book: AlertBook,
     stats: EngineStats,
+    /// Built-in anomaly detection (`[anomaly]`), and the GeoIP database it places records with.
+    anomaly: Option<crate::anomaly::Anomalies>,
+    geo: Option<std::sync::Arc<crate::geo::GeoIp>>,
 }
 
 impl Engine {
@@ -152,6 +155,8 @@ impl Engine {
             gateway: None,
             book: AlertBook::default(),
             stats: EngineStats::default(),
+            anomaly: None,
+            geo: None,
         };
         e.set_policies(policies);
         e
@@ -171,6 +176,34 @@ impl Engine {
     pub fn with_gateway(mut self, name: Option<String>) -> Engine {
         self.gateway = name;
         self
+    }
+
+    /// Anomaly detection with `cfg`, placing records with `geo` (or their own country).
+    pub fn with_anomaly(
+        mut self,
+        cfg: &crate::anomaly::AnomalyConfig,
+        geo: Option<std::sync::Arc<crate::geo::GeoIp>>,
+    ) -> Engine {
+        self.anomaly = Some(crate::anomaly::Anomalies::new(cfg));
+        self.geo = geo;
+        self
+    }
+
+    /// New anomaly settings (a reload); what was learned stays.
+    pub fn set_anomaly(&mut self, cfg: &crate::anomaly::AnomalyConfig) {
+        match &mut self.anomaly {
+            Some(a) => a.set_config(cfg),
+            None => self.anomaly = Some(crate::anomaly::Anomalies::new(cfg)),
+        }
+    }
+
+    pub fn anomaly_stats(&self) -> Option<crate::anomaly::AnomalyStats> {
+        self.anomaly.as_ref().map(crate::anomaly::Anomalies::stats)
+    }
+
+    /// The record's place (GeoIP, else its own country), for the log and the sinks.
+    pub fn place(&self, a: &Activity) -> Option<crate::geo::Place> {
+        crate::anomaly::place_of(a, self.geo.as_deref())
     }
 
     /// Alerts read back from disk.
@@ -245,6 +278,10 @@ impl Engine {
             if let Some(ev) = self.raise(pi, a, proof, n, per_user, per_app, now, now_ms) {
                 out.push(ev);
             }
+        }
+        if let Some(an) = &mut self.anomaly {
+            let place = crate::anomaly::place_of(a, self.geo.as_deref());
+            out.extend(an.observe(a, place, &mut self.book, self.gateway.as_deref()));
         }
         out
     }

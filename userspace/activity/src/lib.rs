@@ -41,9 +41,11 @@
 #![forbid(unsafe_code)]
 
 pub mod alert;
+pub mod anomaly;
 pub mod discovery_policy;
 pub mod engine;
 pub mod format;
+pub mod geo;
 pub mod policy;
 pub mod record;
 pub mod sink;

@@ -63,16 +63,29 @@ pub fn load(state_dir: &Path) -> anyhow::Result<Saved> {
     }
 }
 
-/// Starts the task when there are policies; it runs until the hub stops.
+/// Starts the task when there are policies or an anomaly detection is on (the default); it
+/// runs until the hub stops.
 pub fn spawn(
     db: &Db,
     state_dir: &Path,
     policies: &[ActivityPolicy],
     sinks: &[SinkConfig],
+    anomaly: &tollgate_activity::anomaly::AnomalyConfig,
+    geoip: &tollgate_activity::geo::GeoIpConfig,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
-    if policies.is_empty() {
+    let detecting = anomaly.impossible_travel.enabled
+        || anomaly.infrequent_country.enabled
+        || anomaly.failed_logins.enabled
+        || anomaly.mass_download.enabled;
+    if policies.is_empty() && !detecting {
         return Ok(None);
     }
+    let geo = match &geoip.database {
+        Some(path) => Some(std::sync::Arc::new(
+            tollgate_activity::geo::GeoIp::open(path).map_err(anyhow::Error::msg)?,
+        )),
+        None => None,
+    };
     let saved = match load(state_dir) {
         Ok(s) => s,
         Err(e) => {
@@ -89,6 +102,7 @@ pub fn spawn(
     std::fs::create_dir_all(&spool).with_context(|| format!("creating {}", spool.display()))?;
     let sinks = Sinks::start_durable(sinks, HUB_NAME, Some(&spool)).map_err(anyhow::Error::msg)?;
     let engine = Engine::new(policies)
+        .with_anomaly(anomaly, geo)
         .with_gateway(Some(HUB_NAME.to_string()))
         .with_book(AlertBook::restore(
             saved.alerts,
@@ -170,9 +184,12 @@ async fn run(db: Db, dir: PathBuf, mut engine: Engine, mut sinks: Sinks, mut tai
                 continue;
             }
             // A row that does not read back is skipped (the connectors wrote it).
-            let Ok(a) = serde_json::from_str::<tollgate_activity::Activity>(&text) else {
+            let Ok(mut a) = serde_json::from_str::<tollgate_activity::Activity>(&text) else {
                 continue;
             };
+            if a.country.is_none() {
+                a.country = engine.place(&a).map(|p| p.country);
+            }
             sinks.activity(&a);
             for ev in engine.observe(&a, Utc::now()) {
                 tracing::warn!(alert = ev.alert.id, policy = %ev.alert.policy, count = ev.alert.count, "alert");

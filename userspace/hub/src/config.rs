@@ -22,6 +22,8 @@ struct ConfigFile {
     connectors: Option<Vec<tollgate_connectors::ConnectorConfig>>,
     activity_policies: Option<Vec<tollgate_activity::ActivityPolicy>>,
     alert_sinks: Option<Vec<tollgate_activity::SinkConfig>>,
+    anomaly: Option<tollgate_activity::anomaly::AnomalyConfig>,
+    geoip: Option<tollgate_activity::geo::GeoIpConfig>,
 }
 
 /// `[metrics]`: the Prometheus listener.
@@ -49,6 +51,10 @@ pub struct Config {
     pub activity_policies: Vec<tollgate_activity::ActivityPolicy>,
     /// Where the hub's alerts and activities go (the gateway's `[[alert_sinks]]`).
     pub alert_sinks: Vec<tollgate_activity::SinkConfig>,
+    /// Built-in anomaly detection over the connectors' activities (the gateway's `[anomaly]`).
+    pub anomaly: tollgate_activity::anomaly::AnomalyConfig,
+    /// The GeoIP database that places the activities (`[geoip] database`).
+    pub geoip: tollgate_activity::geo::GeoIpConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -210,6 +216,8 @@ impl Config {
         Ok(Config {
             activity_policies,
             alert_sinks,
+            anomaly: raw.anomaly.unwrap_or_default(),
+            geoip: raw.geoip.unwrap_or_default(),
             connectors,
             admin_token_file: raw
                 .admin_token_file

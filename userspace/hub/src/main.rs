@@ -264,6 +264,8 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 &config.state_dir,
                 &config.activity_policies,
                 &config.alert_sinks,
+                &config.anomaly,
+                &config.geoip,
             )?;
             server::run(config, db, keys, admin_token).await
         }

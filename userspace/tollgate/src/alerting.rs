@@ -139,7 +139,20 @@ impl Alerting {
                 AlertBook::default()
             }
         };
+        let geo = match &cfg.geoip.database {
+            Some(path) => match tollgate_activity::geo::GeoIp::open(path) {
+                Ok(g) => Some(std::sync::Arc::new(g)),
+                // Alerts without countries rather than none.
+                Err(e) => {
+                    tracing::error!("[geoip] database: {e}; activities get no country");
+                    crate::outln!("tollgate: [geoip] database: {e}; activities get no country");
+                    None
+                }
+            },
+            None => None,
+        };
         let engine = Engine::new(&cfg.activity_policies)
+            .with_anomaly(&cfg.anomaly, geo)
             .with_gateway(Some(gateway.clone()))
             .with_book(book);
         let spool = cfg.state_dir.join(SPOOL_DIR);
@@ -206,6 +219,18 @@ impl Alerting {
     }
 
     pub fn observe(&mut self, a: &Activity) {
+        // The country, where GeoIP knows it, for the log, the sinks and the policies.
+        let placed;
+        let a = if a.country.is_none()
+            && let Some(p) = self.engine.place(a)
+        {
+            let mut c = a.clone();
+            c.country = Some(p.country);
+            placed = c;
+            &placed
+        } else {
+            a
+        };
         self.log.activity(a);
         self.sinks.activity(a);
         for ev in self.engine.observe(a, Utc::now()) {
@@ -266,6 +291,9 @@ impl Alerting {
         }
         if new.activity_policies != old.activity_policies {
             self.engine.set_policies(&new.activity_policies);
+        }
+        if new.anomaly != old.anomaly {
+            self.engine.set_anomaly(&new.anomaly);
         }
         Ok(())
     }
@@ -331,6 +359,7 @@ impl Alerting {
         serde_json::json!({
             "policies": self.engine.policies(),
             "engine": self.engine.stats(),
+            "anomaly": self.engine.anomaly_stats(),
             "alerts": self.engine.book().len(),
             "alerts_open": self.engine.book().iter().filter(|a| a.status == AlertStatus::Open).count(),
             "sinks": self.sinks.stats(),

@@ -89,6 +89,12 @@ pub struct Config {
     /// The activity log in state_dir (`[activity]`).
     #[serde(default)]
     pub activity: ActivityConfig,
+    /// Built-in anomaly detection (`[anomaly]`), on by default.
+    #[serde(default)]
+    pub anomaly: tollgate_activity::anomaly::AnomalyConfig,
+    /// The GeoIP database activities are placed with (`[geoip] database`).
+    #[serde(default)]
+    pub geoip: tollgate_activity::geo::GeoIpConfig,
     /// The Prometheus `/metrics` listener (`[metrics]`), off unless `listen` is set.
     #[serde(default)]
     pub metrics: MetricsConfig,

@@ -49,6 +49,9 @@ const SECTIONS: &[(&str, &str)] = &[
     ),
     ("[[alert_sinks]]", "[[alert_sinks]]\nkind = \"file\"\n@\n"),
     ("[[connectors]]", "[[connectors]]\nkind = \"okta\"\n@\n"),
+    ("[anomaly]", "[anomaly]\n@\n"),
+    ("[anomaly.DETECTION]", "[anomaly.impossible_travel]\n@\n"),
+    ("[geoip]", "[geoip]\n@\n"),
     (
         "[[app_discovery_policies]]",
         "[[app_discovery_policies]]\nname = \"p\"\n@\n",

@@ -87,6 +87,7 @@ impl Core {
             ("proxy", new.proxy != self.cfg.proxy),
             ("hub", new.hub != self.cfg.hub),
             ("activity", new.activity != self.cfg.activity),
+            ("geoip", new.geoip != self.cfg.geoip),
             (
                 "discovery.interval_secs",
                 new.discovery.interval_secs != self.cfg.discovery.interval_secs,
@@ -123,6 +124,7 @@ impl Core {
         self.cfg.access_policies = new.access_policies;
         self.cfg.activity_policies = new.activity_policies;
         self.cfg.alert_sinks = new.alert_sinks;
+        self.cfg.anomaly = new.anomaly;
         if new.app_discovery_policies != self.cfg.app_discovery_policies {
             self.app_discovery.set_policies(&new.app_discovery_policies);
         }
