@@ -180,6 +180,11 @@ impl Daemon {
 
     /// As [`Daemon::spawn`], with more `run` arguments (e.g. `--log-format json`).
     pub fn spawn_with(&self, topo: &mut Topology, run_args: &str) -> Result<()> {
+        self.spawn_env(topo, "", run_args)
+    }
+
+    /// As [`Daemon::spawn_with`], with environment variables (`NAME=value ...`) set for it.
+    pub fn spawn_env(&self, topo: &mut Topology, env: &str, run_args: &str) -> Result<()> {
         let _ = std::fs::remove_file(&self.socket);
         let bin = tollgate_bin();
         if !bin.exists() {
@@ -187,7 +192,7 @@ impl Daemon {
         }
         // Spawned in the host namespace: --netns makes the daemon enter the gateway itself.
         let cmd = format!(
-            "{} run --config {} --netns {} {run_args}",
+            "env {env} {} run --config {} --netns {} {run_args}",
             bin.display(),
             self.config.display(),
             topo.gateway

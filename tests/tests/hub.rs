@@ -632,6 +632,139 @@ fn the_console_unsanctions_an_app_and_the_gateway_blocks_it() {
     daemon.stop();
 }
 
+/// A connector configured centrally and run by the gateway (`run_on = "gateway"`), for an
+/// Okta only the branch reaches (a local HTTPS server in the gateway's namespace that plays
+/// the System Log API): the bundle starts it live, its records reach the hub through the
+/// spool under `GATEWAY/okta-branch`, and a kill -9 of the daemon between pages loses and
+/// doubles nothing at the hub.
+#[test]
+fn a_gateway_run_connector_reaches_the_hub_once_through_kill9() {
+    let test = "a_gateway_run_connector_reaches_the_hub_once_through_kill9";
+    if !ready(test) {
+        return;
+    }
+    let _serial = serial();
+    let store = Store::all(test).into_iter().next().expect("a store");
+    let mut topo = Topology::new("hk", 1500).expect("topology");
+    let hub = Hub::start(&mut topo, &store, "conn");
+    let dir = topo.scratch().to_path_buf();
+    // The branch's Okta: a certificate from its own CA, which the daemon trusts through
+    // SSL_CERT_FILE (as an admin would add a private CA to the system store).
+    let (ca, cert, key) = (
+        dir.join("okta-ca.pem"),
+        dir.join("okta.pem"),
+        dir.join("okta.key"),
+    );
+    let d = dir.display();
+    sh(&format!(
+        "cd {d} && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+         -subj /CN=branch-ca -keyout okta-ca.key -out okta-ca.pem 2>/dev/null && \
+         openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=okta.branch \
+         -keyout okta.key -out okta.csr 2>/dev/null && \
+         printf 'subjectAltName=IP:127.0.0.1\\nbasicConstraints=critical,CA:FALSE\\nextendedKeyUsage=serverAuth\\n' > okta.ext && \
+         openssl x509 -req -in okta.csr -CA okta-ca.pem -CAkey okta-ca.key -CAcreateserial -days 2 \
+         -extfile okta.ext -out okta.pem 2>/dev/null"
+    ))
+    .expect("certificates");
+    let token = "branch-okta-SSWS-token-1f2e";
+    let token_file = dir.join("okta.token");
+    std::fs::write(&token_file, token).unwrap();
+    let g = topo.gateway.clone();
+    topo.spawn(
+        &g,
+        &format!(
+            "python3 {} --port 8444 --cert {} --key {} --token {token} --events 120 --page 20 --delay 0.6",
+            fixture("okta_logs.py").display(),
+            cert.display(),
+            key.display()
+        ),
+        "okta.log",
+    )
+    .unwrap();
+    topo.wait_listen(&g, "tcp", 8444, Duration::from_secs(15))
+        .expect("the Okta server listens");
+    let daemon = Daemon::prepare(&mut topo, "monitor", GATEWAY).expect("config");
+    let out = enroll(&topo, &daemon, &hub.url, &hub.token("branch"));
+    assert!(out.status.success(), "enroll: {}", text(&out));
+    let env = format!("SSL_CERT_FILE={}", ca.display());
+    daemon.spawn_env(&mut topo, &env, "").expect("daemon");
+    let gateway_id = wait_for(Duration::from_secs(10), || {
+        let st = daemon.query("status").ok()?;
+        st["hub"]["gateway_id"].as_str().map(str::to_string)
+    })
+    .expect("enrolled");
+    hub.publish(
+        &topo,
+        &format!(
+            "[[connectors]]\nkind = \"okta\"\nname = \"okta-branch\"\nbase_url = \"https://127.0.0.1:8444\"\n\
+             token_file = \"{}\"\npoll_interval_secs = 1\nrun_on = \"gateway\"\n",
+            token_file.display()
+        ),
+        Some("branch"),
+    );
+    let source = format!("{gateway_id}/okta-branch");
+    let stored = |hub: &Hub| -> Vec<String> {
+        hub.json(&["activity", "--source", &source, "--limit", "1000"])
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a["vendor_id"].as_str().map(str::to_string))
+            .collect()
+    };
+    // Some pages in, the daemon is killed between two pages, and started again.
+    let some = wait_for(Duration::from_secs(30), || {
+        let n = stored(&hub).len();
+        (n >= 20).then_some(n)
+    });
+    assert!(
+        some.is_some(),
+        "nothing reached the hub: {:#}\n{}\n{}",
+        daemon
+            .query("status")
+            .map(|s| s["connectors"].clone())
+            .unwrap_or_default(),
+        topo.log(&daemon.log),
+        topo.log("okta.log")
+    );
+    topo.kill9(&format!("run --config {}", daemon.config.display()));
+    let mut daemon = daemon;
+    daemon.log = format!("{}-2", daemon.log);
+    daemon.spawn_env(&mut topo, &env, "").expect("restart");
+    let all = wait_for(Duration::from_secs(60), || {
+        let ids = stored(&hub);
+        (ids.len() >= 120).then_some(ids)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{} of 120 at the hub: {}",
+            stored(&hub).len(),
+            topo.log(&daemon.log)
+        )
+    });
+    let unique: std::collections::BTreeSet<&String> = all.iter().collect();
+    assert_eq!(all.len(), 120, "doubled at the hub");
+    assert_eq!(unique.len(), 120);
+    // The gateway's own policies saw them too: they are in its activity log.
+    let acts = daemon
+        .cli(&["activity", "--json", "--app", "okta", "--limit", "1000"])
+        .unwrap();
+    let acts: Value = serde_json::from_slice(&acts.stdout).unwrap_or_default();
+    let local = acts.as_array().map_or(0, |l| {
+        l.iter().filter(|a| a["connector"] == "okta-branch").count()
+    });
+    assert!(
+        local >= 100,
+        "{local} connector records in the gateway's log"
+    );
+    let st = daemon.query("status").expect("status");
+    assert!(
+        st["connectors"]["okta-branch"].is_object(),
+        "{:#}",
+        st["connectors"]
+    );
+    daemon.stop();
+}
+
 #[test]
 fn a_revoked_gateway_and_bad_tokens_are_refused() {
     let test = "a_revoked_gateway_and_bad_tokens_are_refused";
