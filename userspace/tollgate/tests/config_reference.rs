@@ -48,6 +48,16 @@ const SECTIONS: &[(&str, &str)] = &[
         "[[activity_policies]]\nname = \"p\"\n@\n",
     ),
     ("[[alert_sinks]]", "[[alert_sinks]]\nkind = \"file\"\n@\n"),
+    ("[collect]", "[collect]\n@\n"),
+    (
+        "[collect.udp] / [collect.tcp]",
+        "[collect.udp]\nlisten = \"127.0.0.1:514\"\n@\n",
+    ),
+    (
+        "[collect.tls]",
+        "[collect.tls]\nlisten = \"127.0.0.1:6514\"\n@\n",
+    ),
+    ("[[collect.watch]]", "[[collect.watch]]\ndir = \"/x\"\n@\n"),
     (
         "[[app_discovery_policies]]",
         "[[app_discovery_policies]]\nname = \"p\"\n@\n",

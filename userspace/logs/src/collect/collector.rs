@@ -369,6 +369,24 @@ impl<'c> Collector<'c> {
         frames: impl IntoIterator<Item = Received>,
         now: DateTime<Utc>,
     ) -> Result<TickStats, CollectError> {
+        self.tick_inner(frames, now, true)
+    }
+
+    /// Take received frames only (the files are left for the next [`Collector::tick`]).
+    pub fn tick_frames(
+        &mut self,
+        frames: impl IntoIterator<Item = Received>,
+        now: DateTime<Utc>,
+    ) -> Result<TickStats, CollectError> {
+        self.tick_inner(frames, now, false)
+    }
+
+    fn tick_inner(
+        &mut self,
+        frames: impl IntoIterator<Item = Received>,
+        now: DateTime<Utc>,
+        files: bool,
+    ) -> Result<TickStats, CollectError> {
         let mut out: Vec<(String, FlowRecord)> = Vec::new();
         let mut st = TickStats::default();
         let mut changed = false;
@@ -475,10 +493,11 @@ impl<'c> Collector<'c> {
                 }
             }
         }
-        let tail = &mut self.tail;
-        changed |= tail.poll(now, &mut |r| {
-            out.push((String::new(), r));
-        });
+        if files {
+            changed |= self.tail.poll(now, &mut |r| {
+                out.push((String::new(), r));
+            });
+        }
         // Tail records carry no label here: the journal only needs one for syslog
         // equality checks, and files are named in the state.
         st.records = out.len() as u64;
