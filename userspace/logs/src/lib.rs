@@ -36,8 +36,7 @@ use serde::{Deserialize, Serialize};
 pub use custom::CustomFormat;
 pub use util::LineOutcome;
 
-use tollgate_discovery::record::FlowRecord;
-pub use tollgate_discovery::record::{BadLine, InputStats};
+pub use tollgate_discovery::record::{BadLine, FlowRecord, InputStats};
 
 /// Lines looked at to detect the format.
 pub const SNIFF_LINES: usize = 32;
