@@ -400,6 +400,9 @@ fn skip_sd(s: &str) -> &str {
     rest.strip_prefix(' ').unwrap_or(rest)
 }
 
+/// Receive buffer asked for the UDP socket.
+pub const UDP_RCVBUF: usize = 8 * 1024 * 1024;
+
 /// Limits of a [`Receiver`].
 #[derive(Debug, Clone, Copy)]
 pub struct ReceiverLimits {
@@ -818,6 +821,9 @@ impl Receiver {
         if let Some(a) = cfg.udp.addr {
             let sock = std::net::UdpSocket::bind(a)?;
             udp_addr = Some(sock.local_addr()?);
+            // A burst while the reader thread is off the CPU waits in the socket buffer,
+            // not in the kernel's drop counter (the kernel caps this at net.core.rmem_max).
+            let _ = socket2::SockRef::from(&sock).set_recv_buffer_size(UDP_RCVBUF);
             let c = counters.clone();
             let allow = cfg.udp.allow.clone();
             let push = push.clone();

@@ -134,6 +134,8 @@ struct JournalLine<'a> {
 struct SyslogSource {
     transport: Transport,
     key: String,
+    /// `syslog/<transport>/<key>`.
+    label: String,
     parser: Option<StreamParser>,
     strip: bool,
     /// Counts while no parser is set (lines of failed detections).
@@ -144,7 +146,7 @@ struct SyslogSource {
 
 impl SyslogSource {
     fn label(&self) -> String {
-        format!("syslog/{}/{}", self.transport.name(), self.key)
+        self.label.clone()
     }
     fn stats(&self) -> InputStats {
         self.parser
@@ -320,6 +322,7 @@ impl<'c> Collector<'c> {
                 (s.transport, s.key.clone()),
                 SyslogSource {
                     transport: s.transport,
+                    label: format!("syslog/{}/{}", s.transport.name(), s.key),
                     key: s.key,
                     parser,
                     strip: s.strip,
@@ -390,14 +393,27 @@ impl<'c> Collector<'c> {
         let mut out: Vec<(String, FlowRecord)> = Vec::new();
         let mut st = TickStats::default();
         let mut changed = false;
+        // Consecutive frames mostly come from one sender: its key is worked out once.
+        let mut last: Option<(Transport, std::net::IpAddr, String, (Transport, String))> = None;
         for f in frames {
             st.frames += 1;
-            let key = self.source_key(&f);
+            let app = strip_header(&f.message).0.app.unwrap_or("-");
+            let key = match &last {
+                Some((t, ip, a, k)) if *t == f.transport && *ip == f.peer.ip() && a == app => {
+                    k.clone()
+                }
+                _ => {
+                    let k = self.source_key(&f);
+                    last = Some((f.transport, f.peer.ip(), app.to_owned(), k.clone()));
+                    k
+                }
+            };
             let src = self
                 .syslog
                 .entry(key.clone())
                 .or_insert_with(|| SyslogSource {
                     transport: key.0,
+                    label: format!("syslog/{}/{}", key.0.name(), key.1),
                     key: key.1.clone(),
                     parser: None,
                     strip: true,
@@ -408,12 +424,12 @@ impl<'c> Collector<'c> {
             changed = true;
             match src.parser.as_mut() {
                 Some(p) => {
-                    let label = p.stats.file.clone();
                     let msg = if src.strip {
                         strip_header(&f.message).1
                     } else {
                         &f.message
                     };
+                    let label = &src.label;
                     p.line(msg, now, &mut |r| out.push((label.clone(), r)));
                 }
                 None => {
