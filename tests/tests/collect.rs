@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use tollgate_e2e::{make_server_cert, require_root, tollgate_bin, wait_for};
+use tollgate_e2e::servers::Daemon;
+use tollgate_e2e::{Topology, make_server_cert, require_root, serial, tollgate_bin, wait_for};
 use tollgate_logs::LogFormat;
 
 struct Kill(Child);
@@ -283,4 +284,57 @@ fn rsyslog_forwards_all_16_formats_and_the_collector_parses_them_like_discover()
         transports.len(),
         got.len()
     );
+}
+
+/// `tollgate run` with a `[collect]` section: lines of a proxy log in the watched directory
+/// become apps in the daemon's own discovery (`tollgate apps`), next to its flows.
+#[test]
+fn daemon_with_collect_section_folds_log_records_into_its_discovery() {
+    let test = "collect::daemon_with_collect_section";
+    if !require_root(test) {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = Topology::new("cl", 1500).expect("topology");
+    let logs = topo.scratch().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let extra = format!(
+        "[collect]\npoll_interval_ms = 100\nreport_interval_secs = 1\n\
+         [[collect.watch]]\ndir = {:?}\nformat = \"squid-native\"\n",
+        logs
+    );
+    let daemon = Daemon::start(&mut topo, "monitor", &extra).expect("daemon");
+    let ids = |d: &Daemon| -> Vec<String> {
+        d.query("apps")
+            .ok()
+            .and_then(|a| {
+                a.as_array().map(|v| {
+                    v.iter()
+                        .filter_map(|a| a["id"].as_str().map(str::to_owned))
+                        .collect()
+                })
+            })
+            .unwrap_or_default()
+    };
+    assert!(!ids(&daemon).contains(&"dropbox".to_string()));
+    std::fs::write(
+        logs.join("proxy.log"),
+        "1700000000.100 5 10.9.0.7 TCP_MISS/200 51234 CONNECT www.dropbox.com:443 alice HIER_DIRECT/162.125.1.18 -\n\
+         1700000001.100 5 10.9.0.8 TCP_MISS/200 4321 CONNECT slack.com:443 bob HIER_DIRECT/3.3.3.3 -\n",
+    )
+    .unwrap();
+    let got = wait_for(Duration::from_secs(20), || {
+        let v = ids(&daemon);
+        (v.contains(&"dropbox".to_string()) && v.contains(&"slack".to_string())).then_some(v)
+    });
+    let log = topo.log(&daemon.log);
+    assert!(got.is_some(), "apps: {:?}\n{log}", ids(&daemon));
+    // The collector's own report counts them too.
+    let report = daemon.state_dir.join("collect/reports/discovery.json");
+    let records = wait_for(Duration::from_secs(10), || {
+        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).ok()?).ok()?;
+        r["inputs"][0]["records"].as_u64().filter(|n| *n == 2)
+    });
+    daemon.stop();
+    assert_eq!(records, Some(2));
 }

@@ -189,8 +189,76 @@ pub fn run(
         rx.tcp_addr,
         rx.tls_addr
     );
+    run_loop(&mut c, &rx, any, cc, &stop)?;
+    eprintln!("tollgate collect: stopped");
+    Ok(())
+}
+
+/// The daemon's collector (`tollgate run` with a `[collect]` section): the same collector on
+/// its own thread, each committed record also sent to the daemon's core (bounded; when the
+/// core falls behind, records are counted in `dropped` and kept in the collector's own
+/// reports) so that it joins the gateway's discovery, its local intervals and its hub
+/// uploads like a retired flow.
+pub struct DaemonCollector {
+    pub records: std::sync::mpsc::Receiver<tollgate_discovery::record::FlowRecord>,
+    pub dropped: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Start the daemon's collector; errors (bad section, state, bind) are returned before
+/// the thread starts.
+pub fn spawn_in_daemon(
+    cfg: &Config,
+    cc: &CollectConfig,
+    catalog: tollgate_catalog::Catalog,
+    users: tollgate_discovery::users::Users,
+    tags: BTreeMap<String, String>,
+) -> anyhow::Result<DaemonCollector> {
+    let (opts, rc) = setup(cfg, cc, tags).map_err(|e| anyhow::anyhow!("[collect] {e}"))?;
+    let any = rc.udp.addr.is_some() || rc.tcp.addr.is_some() || rc.tls.addr.is_some();
+    let rx = Receiver::start_with(rc).context("binding the [collect] syslog listeners")?;
+    let (tx, records) = std::sync::mpsc::sync_channel(100_000);
+    let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let d = dropped.clone();
+    let cc = cc.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("collect".into())
+        .spawn(move || {
+            let (catalog, users) = (catalog, users);
+            let mut c = match Collector::open(opts, &catalog, &users) {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(anyhow::anyhow!(e)));
+                    return;
+                }
+            };
+            c.set_forward(Box::new(move |r| {
+                if tx.try_send(r.clone()).is_err() {
+                    d.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+            let _ = ready_tx.send(Ok(()));
+            let never = AtomicBool::new(false);
+            if let Err(e) = run_loop(&mut c, &rx, any, &cc, &never) {
+                tracing::error!("the [collect] collector stopped: {e:#}");
+            }
+        })
+        .context("starting the collector thread")?;
+    ready_rx
+        .recv()
+        .context("the collector thread ended at once")??;
+    Ok(DaemonCollector { records, dropped })
+}
+
+fn run_loop(
+    c: &mut Collector<'_>,
+    rx: &Receiver,
+    any: bool,
+    cc: &CollectConfig,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
     c.tick(Vec::new(), chrono::Utc::now())?;
-    c.write_reports(receiver_json(&rx))?;
+    c.write_reports(receiver_json(rx))?;
     let poll = Duration::from_millis(cc.poll_interval_ms.clamp(10, 60_000));
     let every = Duration::from_secs(cc.report_interval_secs.max(1));
     let mut next_report = Instant::now() + every;
@@ -231,11 +299,10 @@ pub fn run(
             c.tick_frames(frames.drain(..), now)?;
         }
         if stopping || Instant::now() >= next_report {
-            c.write_reports(receiver_json(&rx))?;
+            c.write_reports(receiver_json(rx))?;
             next_report = Instant::now() + every;
         }
         if stopping {
-            eprintln!("tollgate collect: stopped");
             return Ok(());
         }
     }

@@ -186,7 +186,11 @@ pub struct Collector<'c> {
     catalog: &'c Catalog,
     users: &'c Users,
     status: CollectorStatus,
+    forward: Option<Forward<'c>>,
 }
+
+/// Where each committed record goes as well (the daemon's discovery and hub uploads).
+pub type Forward<'c> = Box<dyn FnMut(&FlowRecord) + Send + 'c>;
 
 fn io<'p>(what: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> CollectError + 'p {
     move |source| CollectError::Io {
@@ -343,7 +347,13 @@ impl<'c> Collector<'c> {
             catalog,
             users,
             status,
+            forward: None,
         })
+    }
+
+    /// Hand every record, once committed, to `f` too.
+    pub fn set_forward(&mut self, f: Forward<'c>) {
+        self.forward = Some(f);
     }
 
     fn source_key(&self, f: &Received) -> (Transport, String) {
@@ -523,6 +533,9 @@ impl<'c> Collector<'c> {
         }
         for (_, r) in &out {
             self.agg.add(r, self.catalog, self.users);
+            if let Some(f) = self.forward.as_mut() {
+                f(r);
+            }
         }
         self.status.records += out.len() as u64;
         Ok(st)

@@ -323,6 +323,8 @@ struct Core {
     local_meter: tollgate_discovery::interval::IntervalMeter,
     /// `[[app_discovery_policies]]` and the day they judge.
     app_discovery: tollgate_activity::AppDiscovery,
+    /// Records of other devices' logs (`[collect]`), folded in like retired flows.
+    collected: Option<crate::collect::DaemonCollector>,
 }
 
 enum Next {
@@ -456,7 +458,24 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
             cfg.discovery.interval_secs
         );
     }
+    let collected = match &cfg.collect {
+        Some(cc) => {
+            let tags = catalog
+                .apps()
+                .filter_map(|a| {
+                    tags.tag(&catalog, &a.id)
+                        .map(|(t, _)| (a.id.clone(), t.to_string()))
+                })
+                .collect();
+            let c =
+                crate::collect::spawn_in_daemon(&cfg, cc, (*catalog).clone(), users.clone(), tags)?;
+            crate::outln!("  collecting logs ([collect]) into discovery");
+            Some(c)
+        }
+        None => None,
+    };
     let mut core = Core {
+        collected,
         enforcer,
         session,
         learned_saved: None,
