@@ -205,9 +205,10 @@ impl Core {
             for rec in c.records.try_iter().take(200_000) {
                 self.history.add(&rec, &self.catalog, &self.users);
                 if let Some(m) = &mut self.meter {
-                    m.retire(&rec, &self.catalog, &self.users);
+                    m.add_logged(&rec, &self.catalog, &self.users);
                 }
-                self.local_meter.retire(&rec, &self.catalog, &self.users);
+                self.local_meter
+                    .add_logged(&rec, &self.catalog, &self.users);
             }
         }
         // Forget retirements the kernel's LRU map has surely evicted by now.
