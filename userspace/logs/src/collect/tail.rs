@@ -212,10 +212,14 @@ impl Tailer {
         use std::os::unix::fs::MetadataExt;
         let mut changed = false;
         let mut seen = BTreeSet::new();
+        // Directories that could not be listed keep their files' state as it is (a
+        // directory briefly unreadable must not make its files start again from 0).
+        let mut unlisted = BTreeSet::new();
         for si in 0..self.specs.len() {
             let spec = self.specs.get(si).cloned();
             let Some(spec) = spec else { continue };
             let Ok(rd) = std::fs::read_dir(&spec.dir) else {
+                unlisted.insert(si);
                 continue;
             };
             let mut entries: Vec<(PathBuf, std::fs::Metadata)> = Vec::new();
@@ -249,7 +253,8 @@ impl Tailer {
             }
         }
         let before = self.files.len();
-        self.files.retain(|k, _| seen.contains(k));
+        self.files
+            .retain(|k, t| seen.contains(k) || unlisted.contains(&t.spec));
         changed || self.files.len() != before
     }
 
@@ -527,6 +532,22 @@ mod tests {
         f.write_all(format!("{}{}{}", line(5), line(6), line(7)).as_bytes())
             .unwrap();
         assert_eq!(poll(&mut t), vec![5, 6, 7]);
+    }
+
+    #[test]
+    fn an_unreadable_directory_keeps_its_offsets() {
+        let d = tempfile::tempdir().unwrap();
+        let sub = d.path().join("logs");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::write(sub.join("a.log"), format!("{}{}", line(1), line(2))).unwrap();
+        let mut t = Tailer::new(specs(&sub), &[], 5, Vec::new());
+        assert_eq!(poll(&mut t).len(), 2);
+        // The directory goes away for a moment (an unmounted volume, a rename).
+        std::fs::rename(&sub, d.path().join("gone")).unwrap();
+        assert!(poll(&mut t).is_empty());
+        assert_eq!(t.tracked(), 1);
+        std::fs::rename(d.path().join("gone"), &sub).unwrap();
+        assert!(poll(&mut t).is_empty(), "lines read twice");
     }
 
     #[test]
