@@ -813,6 +813,43 @@ mod tests {
     }
 
     #[test]
+    fn sprayed_app_names_share_one_source_past_the_cap() {
+        let (s, o, w) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        let cat = Catalog::builtin(Utc::now()).unwrap();
+        let users = Users::default();
+        let mut c = Collector::open(
+            CollectorOptions {
+                max_sources: 8,
+                ..opts(s.path(), o.path(), w.path())
+            },
+            &cat,
+            &users,
+        )
+        .unwrap();
+        let frames: Vec<Received> = (0..5000)
+            .map(|i| {
+                frame(
+                    &format!("<13>Dec  3 10:00:00 h app{i}: 1157689312.049 5 10.0.0.1 TCP_MISS/200 1 CONNECT a.example:443 - DIRECT/1.2.3.4 -"),
+                    [10, 0, (i % 7) as u8, 1],
+                )
+            })
+            .collect();
+        c.tick(frames, Utc::now()).unwrap();
+        assert!(
+            c.status().syslog_sources <= 9,
+            "{}",
+            c.status().syslog_sources
+        );
+        assert_eq!(c.status().records, 5000);
+        let state = std::fs::read(s.path().join(STATE_FILE)).unwrap();
+        assert!(state.len() < 64 * 1024, "state grew to {}", state.len());
+    }
+
+    #[test]
     fn syslog_sources_detect_and_strip_per_sender() {
         let (s, o, w) = (
             tempfile::tempdir().unwrap(),
