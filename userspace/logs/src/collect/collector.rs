@@ -237,25 +237,16 @@ impl<'c> Collector<'c> {
             c.validate()
                 .map_err(|e| CollectError::Config(e.to_string()))?;
         }
-        for f in opts.syslog_format.values().flatten() {
-            StreamParser::named(
-                f,
-                "config",
-                Box::leak(opts.custom.clone().into_boxed_slice()),
-                0,
-            )
-            .map_err(|e| CollectError::Config(e.to_string()))?;
-        }
-        for w in &opts.watch {
-            if let Some(f) = &w.format {
-                StreamParser::named(
-                    f,
-                    "config",
-                    Box::leak(opts.custom.clone().into_boxed_slice()),
-                    0,
-                )
+        // The collector's own copy of the custom formats, kept for its life (parsers borrow it).
+        let custom: &'static [CustomFormat] = Box::leak(opts.custom.clone().into_boxed_slice());
+        let forced = opts
+            .syslog_format
+            .values()
+            .flatten()
+            .chain(opts.watch.iter().filter_map(|w| w.format.as_ref()));
+        for f in forced {
+            StreamParser::named(f, "config", custom, 0)
                 .map_err(|e| CollectError::Config(e.to_string()))?;
-            }
         }
         std::fs::create_dir_all(&opts.state_dir).map_err(io("creating", &opts.state_dir))?;
         std::fs::create_dir_all(&opts.output_dir).map_err(io("creating", &opts.output_dir))?;
@@ -295,7 +286,6 @@ impl<'c> Collector<'c> {
                 .set_len(state.journal_len)
                 .map_err(io("cutting", &jpath))?;
         }
-        let custom: &'static [CustomFormat] = Box::leak(opts.custom.clone().into_boxed_slice());
         let mut agg = Aggregator::new(AggregateOptions::default());
         let mut status = CollectorStatus::default();
         {
