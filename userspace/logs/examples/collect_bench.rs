@@ -159,7 +159,7 @@ fn main() {
                         records.store(c.status().records, Ordering::Relaxed);
                     }
                 }
-                rx.counters.clone()
+                (rx.counters.clone(), rx.udp_kernel_drops())
             })
         };
         let mut tcp = tcp_addr.map(|a| TcpStream::connect(a).unwrap());
@@ -199,10 +199,11 @@ fn main() {
         }
         stop.store(true, Ordering::Relaxed);
         drop(tcp);
-        let counters = consumer.join().unwrap();
+        let (counters, kernel) = consumer.join().unwrap();
         println!(
-            "{transport}: queue_full={} oversized={} malformed={}",
+            "{transport}: counted drops: queue_full={} udp_kernel_drops={:?} oversized={} malformed={}",
             counters.queue_full.load(Ordering::Relaxed),
+            kernel,
             counters.oversized.load(Ordering::Relaxed),
             counters.malformed.load(Ordering::Relaxed)
         );

@@ -592,6 +592,25 @@ pub fn tls_server_config(
     Ok(std::sync::Arc::new(cfg))
 }
 
+/// The `drops` column of the sockets bound to local `port` in a `/proc/net/udp` text.
+pub fn proc_udp_drops(text: &str, port: u16) -> Option<u64> {
+    let mut found = None;
+    for line in text.lines().skip(1) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let Some(local) = cols.get(1) else { continue };
+        let Some((_, p)) = local.rsplit_once(':') else {
+            continue;
+        };
+        if u16::from_str_radix(p, 16).ok() != Some(port) {
+            continue;
+        }
+        if let Some(d) = cols.last().and_then(|d| d.parse::<u64>().ok()) {
+            found = Some(found.unwrap_or(0) + d);
+        }
+    }
+    found
+}
+
 /// Syslog receivers over UDP, TCP and TLS (std threads), frames into a bounded queue.
 pub struct Receiver {
     pub counters: std::sync::Arc<ReceiverCounters>,
@@ -739,6 +758,23 @@ fn spawn_stream_listener(
 }
 
 impl Receiver {
+    /// Datagrams the kernel dropped for the UDP socket (its receive buffer was full), from
+    /// `/proc/net/udp` and `/proc/net/udp6` of this network namespace; `None` without a UDP
+    /// listener or that file.
+    pub fn udp_kernel_drops(&self) -> Option<u64> {
+        let port = self.udp_addr?.port();
+        let mut found = None;
+        for f in ["/proc/net/udp", "/proc/net/udp6"] {
+            let Ok(text) = std::fs::read_to_string(f) else {
+                continue;
+            };
+            if let Some(d) = proc_udp_drops(&text, port) {
+                found = Some(found.unwrap_or(0) + d);
+            }
+        }
+        found
+    }
+
     /// Bind TCP and UDP listeners (either may be absent), anyone may send, and start serving.
     pub fn start(
         tcp: Option<std::net::SocketAddr>,
@@ -1150,6 +1186,22 @@ mod tests {
             (f.transport, f.message.as_str()),
             (Transport::Udp, "<13>allowed")
         );
+    }
+
+    #[test]
+    fn proc_net_udp_drops() {
+        let text = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+          712: 0100007F:B9A6 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 123 2 0000000000000000 4684\n\
+          713: 00000000:0202 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 124 2 0000000000000000 0\n\
+          bogus\n";
+        assert_eq!(proc_udp_drops(text, 0xB9A6), Some(4684));
+        assert_eq!(proc_udp_drops(text, 514), Some(0));
+        assert_eq!(proc_udp_drops(text, 1), None);
+        assert_eq!(proc_udp_drops("", 1), None);
+        // A real socket of ours is found in this namespace's table.
+        let r =
+            Receiver::start(None, "127.0.0.1:0".parse().ok(), ReceiverLimits::default()).unwrap();
+        assert_eq!(r.udp_kernel_drops(), Some(0));
     }
 
     #[test]

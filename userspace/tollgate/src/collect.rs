@@ -141,6 +141,7 @@ fn receiver_json(r: &Receiver) -> serde_json::Value {
         "too_many_connections": c.too_many_connections.load(Relaxed),
         "idle_closed": c.idle_closed.load(Relaxed),
         "tls_handshake_failed": c.tls_handshake_failed.load(Relaxed),
+        "udp_kernel_drops": r.udp_kernel_drops(),
     })
 }
 
