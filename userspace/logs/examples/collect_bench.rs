@@ -190,7 +190,7 @@ fn main() {
                 "{transport}: offered {rate:>8} lines/s (achieved {offered:>9.0}): sent {sent}, records {got}, lost {lost}"
             );
             if lost == 0 {
-                best = Some(offered);
+                best = Some(best.map_or(offered, |b: f64| b.max(offered)));
             } else {
                 first_loss = Some((offered, lost));
                 break;
