@@ -99,7 +99,7 @@ fn sigkill_while_writing_and_rotating_counts_every_line_once() {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        std::thread::sleep(Duration::from_millis(150 + seed % 500));
+        std::thread::sleep(Duration::from_millis(200 + seed % 600));
         c.kill().unwrap(); // SIGKILL
         c.wait().unwrap();
         kills += 1;
