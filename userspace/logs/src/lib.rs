@@ -366,6 +366,37 @@ impl StreamParser {
         self.stats = InputStats { format, ..stats };
     }
 
+    /// Whether the format keeps state from header lines (W3C `#Fields`, a custom format's
+    /// header row) that a parser resuming mid-file must be shown again ([`Self::prime`]).
+    pub fn needs_headers(&self) -> bool {
+        match &self.parser {
+            Parser::Builtin(f, _) => *f == LogFormat::W3c,
+            Parser::Custom(c) => c.f.header,
+        }
+    }
+
+    /// Show the parser a line read before (to learn headers again after a restart) without
+    /// counting it or emitting a record. Returns whether more lines could still matter.
+    pub fn prime(&mut self, line: &str) -> bool {
+        match &mut self.parser {
+            Parser::Builtin(LogFormat::W3c, w) => {
+                if line.starts_with('#') {
+                    let _ = w.parse(line, Utc::now());
+                }
+                true
+            }
+            Parser::Builtin(..) => false,
+            Parser::Custom(c) => {
+                if is_blank(line.as_bytes()) {
+                    return true;
+                }
+                // The header row is the first line; then the parser has what it needs.
+                let _ = c.parse(line, Utc::now());
+                false
+            }
+        }
+    }
+
     /// A line that was too long to keep (counted as unparsed).
     pub fn too_long(&mut self) {
         self.line_no += 1;

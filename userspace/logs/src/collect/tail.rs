@@ -81,6 +81,9 @@ struct Tracked {
     state: FileState,
     parser: Option<StreamParser>,
     spec: usize,
+    /// Resumed mid-file with a format that learns from header lines: read them again from
+    /// the file's start before going on.
+    prime: bool,
 }
 
 /// The watcher of some directories.
@@ -138,6 +141,30 @@ fn read_prefix(f: &mut std::fs::File, len: u64) -> std::io::Result<Vec<u8>> {
     Ok(v)
 }
 
+/// Show a resumed parser the header lines of the first `upto` bytes again.
+fn prime(f: &mut std::fs::File, upto: u64, p: &mut StreamParser) {
+    use std::io::BufRead;
+    if f.seek(SeekFrom::Start(0)).is_err() {
+        return;
+    }
+    let mut r = std::io::BufReader::new(f.take(upto));
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match r.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if line.len() > MAX_LINE {
+            continue;
+        }
+        let s = String::from_utf8_lossy(&line);
+        if !p.prime(s.trim_end_matches(['\n', '\r'])) {
+            return;
+        }
+    }
+}
+
 fn open_nofollow(p: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
@@ -169,12 +196,14 @@ impl Tailer {
                 .position(|w| s.path.parent() == Some(w.dir.as_path()))
                 .unwrap_or(0);
             let parser = s.format.as_deref().and_then(|f| t.parser_for(f, &s.stats));
+            let prime = s.offset > 0 && parser.as_ref().is_some_and(StreamParser::needs_headers);
             t.files.insert(
                 (s.dev, s.ino),
                 Tracked {
                     state: s,
                     parser,
                     spec,
+                    prime,
                 },
             );
         }
@@ -307,6 +336,7 @@ impl Tailer {
                     },
                     parser: None,
                     spec: si,
+                    prime: false,
                 },
             );
             changed = true;
@@ -349,6 +379,12 @@ impl Tailer {
             t.state.fp = fnv(&head);
             t.state.fp_len = head.len() as u64;
             changed = true;
+        }
+        if t.prime {
+            t.prime = false;
+            if let Some(p) = t.parser.as_mut() {
+                prime(&mut f, t.state.offset, p);
+            }
         }
         if size == t.state.offset {
             return changed;
@@ -548,6 +584,40 @@ mod tests {
         assert_eq!(t.tracked(), 1);
         std::fs::rename(d.path().join("gone"), &sub).unwrap();
         assert!(poll(&mut t).is_empty(), "lines read twice");
+    }
+
+    #[test]
+    fn w3c_resumed_after_a_restart_still_knows_its_fields() {
+        let d = tempfile::tempdir().unwrap();
+        let fixture =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/logs/bluecoat_proxysg_elff.log");
+        let text = std::fs::read_to_string(&fixture).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        // The first data line read before the restart, the rest after it.
+        let first_data = lines.iter().position(|l| !l.starts_with('#')).unwrap();
+        let (head, tail) = lines.split_at(first_data + 1);
+        assert!(!tail.is_empty() && tail.iter().all(|l| !l.starts_with('#')));
+        let p = d.path().join("proxy.log");
+        std::fs::write(&p, format!("{}\n", head.join("\n"))).unwrap();
+        let spec = vec![WatchSpec {
+            dir: d.path().to_owned(),
+            pattern: "*.log".into(),
+            format: Some("w3c".into()),
+        }];
+        let mut t = Tailer::new(spec.clone(), &[], 5, Vec::new());
+        let mut n = 0u64;
+        t.poll(Utc::now(), &mut |_| n += 1);
+        // Restart, then the rest of the file arrives.
+        let mut t = Tailer::new(spec, &[], 5, t.state());
+        let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(format!("{}\n", tail.join("\n")).as_bytes())
+            .unwrap();
+        t.poll(Utc::now(), &mut |_| n += 1);
+        let mut want = 0u64;
+        crate::import_file(&fixture, &crate::LogOptions::default(), &mut |_| want += 1).unwrap();
+        assert!(want > 0);
+        assert_eq!(n, want);
+        assert_eq!(t.stats()[0].unparsed, 0, "{:?}", t.stats()[0].bad_lines);
     }
 
     #[test]
