@@ -372,8 +372,21 @@ impl Tailer {
         if size < t.state.offset || old != Some(t.state.fp) {
             t.state.offset = 0;
             t.state.skipping = false;
+            t.prime = false;
             self.counters.restarted += 1;
             changed = true;
+            // New content: header state (W3C fields, a header row) starts over too.
+            if let Some(p) = t.parser.take() {
+                let stats = p.stats.clone();
+                let fresh = StreamParser::named(p.format(), &stats.file, custom, max_bad);
+                t.parser = Some(match fresh {
+                    Ok(mut f) => {
+                        f.restore(stats);
+                        f
+                    }
+                    Err(_) => p,
+                });
+            }
         }
         if head.len() as u64 > t.state.fp_len {
             t.state.fp = fnv(&head);
