@@ -308,7 +308,12 @@ const GATEWAY: &str = "[hub]\nupload_interval_secs = 2\n";
 
 /// Enrolls a gateway with a hub and starts it.
 fn enrolled_gateway(topo: &mut Topology, hub: &Hub, site: &str) -> Daemon {
-    let daemon = Daemon::prepare(topo, "enforce", GATEWAY).expect("config");
+    enrolled_gateway_with(topo, hub, site, "")
+}
+
+/// As [`enrolled_gateway`], with more gateway config.
+fn enrolled_gateway_with(topo: &mut Topology, hub: &Hub, site: &str, extra: &str) -> Daemon {
+    let daemon = Daemon::prepare(topo, "enforce", &format!("{GATEWAY}{extra}")).expect("config");
     let token = hub.token(site);
     let out = enroll(topo, &daemon, &hub.url, &token);
     assert!(out.status.success(), "enroll: {}", text(&out));
@@ -1083,5 +1088,62 @@ fn a_gateway_fails_over_between_two_hubs_on_one_postgres() {
             .is_some_and(|u| u.ends_with(&format!(":{}", ports[1]))),
         "status does not name the hub it talks to: {st:#}"
     );
+    daemon.stop();
+}
+
+/// Other devices' logs collected by the gateway (`[collect]`, a watched directory) go up to
+/// the hub like its own discovery: every proxy log line is one flow of its app at the hub,
+/// and a later upload interval does not count them again.
+#[test]
+fn collected_log_records_reach_the_hub() {
+    let test = "collected_log_records_reach_the_hub";
+    if !ready(test) {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = Topology::new("hc", 1500).expect("topology");
+    let hub = Hub::start(&mut topo, &Store::Sqlite, "col");
+    let logs = topo.scratch().join("collected");
+    std::fs::create_dir_all(&logs).unwrap();
+    let daemon = enrolled_gateway_with(
+        &mut topo,
+        &hub,
+        "paris",
+        &format!(
+            "[collect]\npoll_interval_ms = 100\n[[collect.watch]]\ndir = {logs:?}\n\
+             format = \"squid-native\"\n"
+        ),
+    );
+    // 25 Dropbox and 5 Slack transactions; same client, server and second for many of
+    // them, which are still separate transactions.
+    let mut text = String::new();
+    for i in 0..30 {
+        let host = if i < 25 {
+            "www.dropbox.com"
+        } else {
+            "slack.com"
+        };
+        text.push_str(&format!(
+            "1700000000.{:03} 5 10.9.0.7 TCP_MISS/200 {} CONNECT {host}:443 alice HIER_DIRECT/198.51.100.9 -\n",
+            i % 3,
+            1000 + i
+        ));
+    }
+    std::fs::write(logs.join("proxy.log"), text).unwrap();
+    let got = wait_for(Duration::from_secs(40), || {
+        let (d, s) = (hub.app_flows("dropbox"), hub.app_flows("slack"));
+        (d >= 25 && s >= 5).then_some((d, s))
+    });
+    assert_eq!(
+        got,
+        Some((25, 5)),
+        "hub: dropbox {} slack {}\n{}",
+        hub.app_flows("dropbox"),
+        hub.app_flows("slack"),
+        topo.log(&daemon.log)
+    );
+    // Two more upload intervals: nothing counted twice.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!((hub.app_flows("dropbox"), hub.app_flows("slack")), (25, 5));
     daemon.stop();
 }

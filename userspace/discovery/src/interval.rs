@@ -203,6 +203,13 @@ impl IntervalMeter {
         }
     }
 
+    /// A finished transaction from another device's log (`[collect]`): counted whole as a
+    /// flow of its own, never matched against the box's flows (two log lines with the same
+    /// addresses and second are two transactions) and never remembered.
+    pub fn add_logged(&mut self, rec: &FlowRecord, catalog: &Catalog, users: &Users) {
+        self.count(rec, None, catalog, users);
+    }
+
     /// A flow that left the live table: what it has not reported yet goes into this interval.
     pub fn retire(&mut self, rec: &FlowRecord, catalog: &Catalog, users: &Users) {
         let (id, before) = self.already_reported(FlowId::of(rec));

@@ -8,6 +8,9 @@
 
 use crate::MAX_LINE;
 
+pub mod collector;
+pub mod tail;
+
 /// Longest syslog frame kept; longer ones are dropped (and skipped without buffering).
 pub const MAX_FRAME: usize = MAX_LINE;
 
@@ -397,6 +400,9 @@ fn skip_sd(s: &str) -> &str {
     rest.strip_prefix(' ').unwrap_or(rest)
 }
 
+/// Receive buffer asked for the UDP socket.
+pub const UDP_RCVBUF: usize = 8 * 1024 * 1024;
+
 /// Limits of a [`Receiver`].
 #[derive(Debug, Clone, Copy)]
 pub struct ReceiverLimits {
@@ -406,6 +412,8 @@ pub struct ReceiverLimits {
     pub max_connections: usize,
     /// A TCP connection silent this long is closed (slowloris).
     pub idle_timeout: std::time::Duration,
+    /// A TLS client must finish its handshake within this time, or it is closed (counted).
+    pub handshake_timeout: std::time::Duration,
     /// Frames queued for the consumer; when full, new frames are dropped (counted).
     pub queue: usize,
 }
@@ -416,6 +424,7 @@ impl Default for ReceiverLimits {
             max_frame: MAX_FRAME,
             max_connections: 256,
             idle_timeout: std::time::Duration::from_secs(300),
+            handshake_timeout: std::time::Duration::from_secs(10),
             queue: 65_536,
         }
     }
@@ -431,116 +440,447 @@ pub struct ReceiverCounters {
     pub too_many_connections: std::sync::atomic::AtomicU64,
     pub idle_closed: std::sync::atomic::AtomicU64,
     pub queue_full: std::sync::atomic::AtomicU64,
+    /// Datagrams or connections from an address outside the listener's `allow` list.
+    pub refused: std::sync::atomic::AtomicU64,
+    /// TLS clients that failed or never finished their handshake.
+    pub tls_handshake_failed: std::sync::atomic::AtomicU64,
+}
+
+impl ReceiverCounters {
+    /// Every frame lost after it reached us (everything but `received`).
+    pub fn dropped(&self) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.oversized.load(Relaxed)
+            + self.bad_octet_count.load(Relaxed)
+            + self.malformed.load(Relaxed)
+            + self.queue_full.load(Relaxed)
+    }
+}
+
+/// Which listener a frame came in on.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl Transport {
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
 }
 
 /// A frame received: the peer address and the message (header still on).
 pub type Frame = (std::net::SocketAddr, String);
 
-/// Syslog receivers over TCP and UDP (std threads), frames into a bounded queue.
+/// A frame with the listener it came in on.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub transport: Transport,
+    pub peer: std::net::SocketAddr,
+    pub message: String,
+}
+
+/// An address block (`10.0.0.0/8`, `2001:db8::/32`, or a bare address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: std::net::IpAddr,
+    len: u8,
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let (a, l) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let net: std::net::IpAddr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an address or CIDR block"))?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let len = match l {
+            Some(l) => l
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|l| *l <= max)
+                .ok_or_else(|| format!("{s:?}: prefix length must be 0..={max}"))?,
+            None => max,
+        };
+        Ok(Cidr { net, len })
+    }
+}
+
+impl Cidr {
+    /// Whether `ip` is in the block (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        match (self.net, ip.to_canonical()) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let m = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+                u32::from(n) & m == u32::from(a) & m
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let m = u128::MAX
+                    .checked_shl(128 - u32::from(self.len))
+                    .unwrap_or(0);
+                u128::from(n) & m == u128::from(a) & m
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Who may send to a listener: `None` is everyone.
+fn allowed(allow: &Option<Vec<Cidr>>, ip: std::net::IpAddr) -> bool {
+    allow
+        .as_ref()
+        .is_none_or(|l| l.iter().any(|c| c.contains(ip)))
+}
+
+/// One listener of a [`Receiver`].
+#[derive(Clone, Default)]
+pub struct Listener {
+    pub addr: Option<std::net::SocketAddr>,
+    /// Senders allowed (`None`: any). Others are refused and counted.
+    pub allow: Option<Vec<Cidr>>,
+}
+
+/// What a [`Receiver`] listens on.
+#[derive(Clone, Default)]
+pub struct ReceiverConfig {
+    pub udp: Listener,
+    pub tcp: Listener,
+    pub tls: Listener,
+    /// The TLS listener's server config (certificate and key); required with `tls.addr`.
+    pub tls_config: Option<std::sync::Arc<rustls::ServerConfig>>,
+    pub limits: ReceiverLimits,
+}
+
+/// The TLS listener's server config from PEM files: the certificate chain and its key.
+pub fn tls_server_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<std::sync::Arc<rustls::ServerConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let cfg = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| format!("certificate and key: {e}"))?;
+    Ok(std::sync::Arc::new(cfg))
+}
+
+/// The `drops` column of the sockets bound to local `port` in a `/proc/net/udp` text.
+pub fn proc_udp_drops(text: &str, port: u16) -> Option<u64> {
+    let mut found = None;
+    for line in text.lines().skip(1) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let Some(local) = cols.get(1) else { continue };
+        let Some((_, p)) = local.rsplit_once(':') else {
+            continue;
+        };
+        if u16::from_str_radix(p, 16).ok() != Some(port) {
+            continue;
+        }
+        if let Some(d) = cols.last().and_then(|d| d.parse::<u64>().ok()) {
+            found = Some(found.unwrap_or(0) + d);
+        }
+    }
+    found
+}
+
+/// Syslog receivers over UDP, TCP and TLS (std threads), frames into a bounded queue.
 pub struct Receiver {
     pub counters: std::sync::Arc<ReceiverCounters>,
-    pub frames: std::sync::mpsc::Receiver<Frame>,
+    pub frames: std::sync::mpsc::Receiver<Received>,
     pub tcp_addr: Option<std::net::SocketAddr>,
     pub udp_addr: Option<std::net::SocketAddr>,
+    pub tls_addr: Option<std::net::SocketAddr>,
+}
+
+type Push = std::sync::Arc<dyn Fn(Received) + Send + Sync>;
+
+/// Serve one stream connection (TCP or TLS after its handshake) until it ends.
+fn serve_stream(
+    s: &mut dyn std::io::Read,
+    peer: std::net::SocketAddr,
+    transport: Transport,
+    limits: ReceiverLimits,
+    c: &ReceiverCounters,
+    push: &Push,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut f = Framer::new(limits.max_frame);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut out = |m: &str| {
+        push(Received {
+            transport,
+            peer,
+            message: m.to_owned(),
+        })
+    };
+    let mut idle = false;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                f.feed(buf.get(..n).unwrap_or(&[]), &mut out);
+                if f.is_broken() {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                c.idle_closed.fetch_add(1, Relaxed);
+                idle = true;
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    // A stalled sender's partial line is not a message.
+    if !idle {
+        f.finish(&mut out);
+    }
+    c.oversized.fetch_add(f.counters.oversized, Relaxed);
+    c.bad_octet_count
+        .fetch_add(f.counters.bad_octet_count, Relaxed);
+    c.malformed.fetch_add(f.counters.malformed, Relaxed);
+}
+
+/// Finish a TLS handshake within `limits.handshake_timeout` (a client that stalls it is
+/// closed, not waited for).
+fn tls_accept(
+    sock: std::net::TcpStream,
+    cfg: std::sync::Arc<rustls::ServerConfig>,
+    limits: ReceiverLimits,
+) -> Option<rustls::StreamOwned<rustls::ServerConnection, std::net::TcpStream>> {
+    let mut conn = rustls::ServerConnection::new(cfg).ok()?;
+    let mut sock = sock;
+    let deadline = std::time::Instant::now() + limits.handshake_timeout;
+    while conn.is_handshaking() {
+        let left = deadline.checked_duration_since(std::time::Instant::now())?;
+        sock.set_read_timeout(Some(left.max(std::time::Duration::from_millis(1))))
+            .ok()?;
+        sock.set_write_timeout(Some(left.max(std::time::Duration::from_millis(1))))
+            .ok()?;
+        match conn.complete_io(&mut sock) {
+            Ok((0, 0)) if conn.is_handshaking() => return None, // EOF mid-handshake
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+    sock.set_read_timeout(Some(limits.idle_timeout)).ok()?;
+    sock.set_write_timeout(Some(limits.idle_timeout)).ok()?;
+    Some(rustls::StreamOwned::new(conn, sock))
+}
+
+/// What a stream listener serves: plain TCP or TLS, and who may connect.
+struct StreamKind {
+    transport: Transport,
+    allow: Option<Vec<Cidr>>,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+}
+
+fn spawn_stream_listener(
+    l: std::net::TcpListener,
+    kind: StreamKind,
+    limits: ReceiverLimits,
+    counters: std::sync::Arc<ReceiverCounters>,
+    live: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    push: Push,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let StreamKind {
+        transport,
+        allow,
+        tls,
+    } = kind;
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { continue };
+            let peer = s.peer_addr().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+            if !allowed(&allow, peer.ip()) {
+                counters.refused.fetch_add(1, Relaxed);
+                continue; // closed
+            }
+            if live.load(Relaxed) >= limits.max_connections {
+                counters.too_many_connections.fetch_add(1, Relaxed);
+                continue; // dropped: closed
+            }
+            live.fetch_add(1, Relaxed);
+            let (c, push, live, tls) = (counters.clone(), push.clone(), live.clone(), tls.clone());
+            std::thread::spawn(move || {
+                match tls {
+                    None => {
+                        let mut s = s;
+                        let _ = s.set_read_timeout(Some(limits.idle_timeout));
+                        serve_stream(&mut s, peer, transport, limits, &c, &push);
+                    }
+                    Some(cfg) => match tls_accept(s, cfg, limits) {
+                        Some(mut t) => serve_stream(&mut t, peer, transport, limits, &c, &push),
+                        None => {
+                            c.tls_handshake_failed.fetch_add(1, Relaxed);
+                        }
+                    },
+                }
+                live.fetch_sub(1, Relaxed);
+            });
+        }
+    });
 }
 
 impl Receiver {
-    /// Bind the listeners (either may be absent) and start serving.
+    /// Datagrams the kernel dropped for the UDP socket (its receive buffer was full), from
+    /// `/proc/net/udp` and `/proc/net/udp6` of this network namespace; `None` without a UDP
+    /// listener or that file.
+    pub fn udp_kernel_drops(&self) -> Option<u64> {
+        let port = self.udp_addr?.port();
+        let mut found = None;
+        for f in ["/proc/net/udp", "/proc/net/udp6"] {
+            let Ok(text) = std::fs::read_to_string(f) else {
+                continue;
+            };
+            if let Some(d) = proc_udp_drops(&text, port) {
+                found = Some(found.unwrap_or(0) + d);
+            }
+        }
+        found
+    }
+
+    /// Bind TCP and UDP listeners (either may be absent), anyone may send, and start serving.
     pub fn start(
         tcp: Option<std::net::SocketAddr>,
         udp: Option<std::net::SocketAddr>,
         limits: ReceiverLimits,
     ) -> std::io::Result<Receiver> {
+        Receiver::start_with(ReceiverConfig {
+            udp: Listener {
+                addr: udp,
+                allow: None,
+            },
+            tcp: Listener {
+                addr: tcp,
+                allow: None,
+            },
+            limits,
+            ..ReceiverConfig::default()
+        })
+    }
+
+    /// Bind the configured listeners and start serving.
+    pub fn start_with(cfg: ReceiverConfig) -> std::io::Result<Receiver> {
         use std::sync::atomic::Ordering::Relaxed;
         use std::sync::{Arc, mpsc};
+        let limits = cfg.limits;
         let counters = Arc::new(ReceiverCounters::default());
-        let (tx, rx) = mpsc::sync_channel::<Frame>(limits.queue.max(1));
-        let push = {
+        let (tx, rx) = mpsc::sync_channel::<Received>(limits.queue.max(1));
+        let push: Push = {
             let c = counters.clone();
-            move |tx: &mpsc::SyncSender<Frame>, f: Frame| match tx.try_send(f) {
-                Ok(()) => {
+            Arc::new(move |f: Received| {
+                if tx.try_send(f).is_ok() {
                     c.received.fetch_add(1, Relaxed);
-                }
-                Err(_) => {
+                } else {
                     c.queue_full.fetch_add(1, Relaxed);
                 }
-            }
+            })
         };
+        // TCP and TLS connections share one cap.
+        let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut tcp_addr = None;
-        if let Some(a) = tcp {
+        if let Some(a) = cfg.tcp.addr {
             let l = std::net::TcpListener::bind(a)?;
             tcp_addr = Some(l.local_addr()?);
-            let (c, tx, push) = (counters.clone(), tx.clone(), push.clone());
-            let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-            std::thread::spawn(move || {
-                for s in l.incoming() {
-                    let Ok(mut s) = s else { continue };
-                    if live.load(Relaxed) >= limits.max_connections {
-                        c.too_many_connections.fetch_add(1, Relaxed);
-                        continue; // dropped: closed
-                    }
-                    live.fetch_add(1, Relaxed);
-                    let (c, tx, push, live) = (c.clone(), tx.clone(), push.clone(), live.clone());
-                    std::thread::spawn(move || {
-                        use std::io::Read;
-                        let peer = s.peer_addr().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
-                        let _ = s.set_read_timeout(Some(limits.idle_timeout));
-                        let mut f = Framer::new(limits.max_frame);
-                        let mut buf = vec![0u8; 64 * 1024];
-                        let mut out = |m: &str| push(&tx, (peer, m.to_owned()));
-                        let mut idle = false;
-                        loop {
-                            match s.read(&mut buf) {
-                                Ok(0) => break,
-                                Ok(n) => {
-                                    f.feed(&buf[..n], &mut out);
-                                    if f.is_broken() {
-                                        break;
-                                    }
-                                }
-                                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                                Err(e)
-                                    if matches!(
-                                        e.kind(),
-                                        std::io::ErrorKind::WouldBlock
-                                            | std::io::ErrorKind::TimedOut
-                                    ) =>
-                                {
-                                    c.idle_closed.fetch_add(1, Relaxed);
-                                    idle = true;
-                                    break;
-                                }
-                                Err(_) => break,
-                            }
-                        }
-                        // A stalled sender's partial line is not a message.
-                        if !idle {
-                            f.finish(&mut out);
-                        }
-                        c.oversized.fetch_add(f.counters.oversized, Relaxed);
-                        c.bad_octet_count
-                            .fetch_add(f.counters.bad_octet_count, Relaxed);
-                        c.malformed.fetch_add(f.counters.malformed, Relaxed);
-                        live.fetch_sub(1, Relaxed);
-                    });
-                }
-            });
+            spawn_stream_listener(
+                l,
+                StreamKind {
+                    transport: Transport::Tcp,
+                    allow: cfg.tcp.allow.clone(),
+                    tls: None,
+                },
+                limits,
+                counters.clone(),
+                live.clone(),
+                push.clone(),
+            );
+        }
+        let mut tls_addr = None;
+        if let Some(a) = cfg.tls.addr {
+            let Some(tls) = cfg.tls_config.clone() else {
+                return Err(std::io::Error::other(
+                    "a TLS listener needs a certificate and key",
+                ));
+            };
+            let l = std::net::TcpListener::bind(a)?;
+            tls_addr = Some(l.local_addr()?);
+            spawn_stream_listener(
+                l,
+                StreamKind {
+                    transport: Transport::Tls,
+                    allow: cfg.tls.allow.clone(),
+                    tls: Some(tls),
+                },
+                limits,
+                counters.clone(),
+                live.clone(),
+                push.clone(),
+            );
         }
         let mut udp_addr = None;
-        if let Some(a) = udp {
+        if let Some(a) = cfg.udp.addr {
             let sock = std::net::UdpSocket::bind(a)?;
             udp_addr = Some(sock.local_addr()?);
+            // A burst while the reader thread is off the CPU waits in the socket buffer,
+            // not in the kernel's drop counter (the kernel caps this at net.core.rmem_max).
+            let _ = socket2::SockRef::from(&sock).set_recv_buffer_size(UDP_RCVBUF);
             let c = counters.clone();
+            let allow = cfg.udp.allow.clone();
+            let push = push.clone();
             std::thread::spawn(move || {
                 // One byte more than the limit tells an oversized datagram from a full one.
                 let mut buf = vec![0u8; limits.max_frame.min(65_535) + 1];
                 while let Ok((n, peer)) = sock.recv_from(&mut buf) {
+                    if !allowed(&allow, peer.ip()) {
+                        c.refused.fetch_add(1, Relaxed);
+                        continue;
+                    }
                     if n > limits.max_frame {
                         c.oversized.fetch_add(1, Relaxed);
                         continue;
                     }
-                    match check_frame(&buf[..n]) {
-                        Ok(m) if !m.trim().is_empty() => push(&tx, (peer, m.to_owned())),
+                    match check_frame(buf.get(..n).unwrap_or(&[])) {
+                        Ok(m) if !m.trim().is_empty() => push(Received {
+                            transport: Transport::Udp,
+                            peer,
+                            message: m.to_owned(),
+                        }),
                         Ok(_) => {}
                         Err(DropReason::Oversized) => {
                             c.oversized.fetch_add(1, Relaxed);
@@ -557,6 +897,7 @@ impl Receiver {
             frames: rx,
             tcp_addr,
             udp_addr,
+            tls_addr,
         })
     }
 }
@@ -754,6 +1095,7 @@ mod tests {
                 max_connections: 2,
                 idle_timeout: Duration::from_millis(300),
                 queue: 1024,
+                ..ReceiverLimits::default()
             },
         )
         .unwrap();
@@ -779,8 +1121,8 @@ mod tests {
         u.send_to(b"<13>nul\0", ua).unwrap();
         u.send_to(&vec![b'x'; 8000], ua).unwrap();
         let mut got = Vec::new();
-        while let Ok((_, m)) = r.frames.recv_timeout(Duration::from_secs(2)) {
-            got.push(m);
+        while let Ok(f) = r.frames.recv_timeout(Duration::from_secs(2)) {
+            got.push(f.message);
         }
         got.sort();
         assert_eq!(
@@ -801,6 +1143,152 @@ mod tests {
     }
 
     #[test]
+    fn udp_allow_list_refuses_spoofed_senders() {
+        use std::sync::atomic::Ordering::Relaxed;
+        use std::time::Duration;
+        let any = "127.0.0.1:0".parse().ok();
+        // Only 10.0.0.0/8 may send: 127.0.0.1 plays the spoofer outside the list.
+        let r = Receiver::start_with(ReceiverConfig {
+            udp: Listener {
+                addr: any,
+                allow: Some(vec!["10.0.0.0/8".parse().unwrap()]),
+            },
+            tcp: Listener {
+                addr: any,
+                allow: Some(vec!["192.0.2.1".parse().unwrap()]),
+            },
+            ..ReceiverConfig::default()
+        })
+        .unwrap();
+        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for _ in 0..5 {
+            u.send_to(b"<13>spoofed", r.udp_addr.unwrap()).unwrap();
+        }
+        let mut c = std::net::TcpStream::connect(r.tcp_addr.unwrap()).unwrap();
+        use std::io::Write;
+        let _ = c.write_all(b"<13>refused too\n");
+        drop(c);
+        assert!(r.frames.recv_timeout(Duration::from_millis(500)).is_err());
+        assert_eq!(r.counters.refused.load(Relaxed), 6);
+        assert_eq!(r.counters.received.load(Relaxed), 0);
+        // The same listener lets an allowed sender in.
+        let r = Receiver::start_with(ReceiverConfig {
+            udp: Listener {
+                addr: any,
+                allow: Some(vec!["127.0.0.0/8".parse().unwrap(), "::1".parse().unwrap()]),
+            },
+            ..ReceiverConfig::default()
+        })
+        .unwrap();
+        u.send_to(b"<13>allowed", r.udp_addr.unwrap()).unwrap();
+        let f = r.frames.recv_timeout(Duration::from_secs(2)).unwrap();
+        assert_eq!(
+            (f.transport, f.message.as_str()),
+            (Transport::Udp, "<13>allowed")
+        );
+    }
+
+    #[test]
+    fn proc_net_udp_drops() {
+        let text = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+          712: 0100007F:B9A6 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 123 2 0000000000000000 4684\n\
+          713: 00000000:0202 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 124 2 0000000000000000 0\n\
+          bogus\n";
+        assert_eq!(proc_udp_drops(text, 0xB9A6), Some(4684));
+        assert_eq!(proc_udp_drops(text, 514), Some(0));
+        assert_eq!(proc_udp_drops(text, 1), None);
+        assert_eq!(proc_udp_drops("", 1), None);
+        // A real socket of ours is found in this namespace's table.
+        let r =
+            Receiver::start(None, "127.0.0.1:0".parse().ok(), ReceiverLimits::default()).unwrap();
+        assert_eq!(r.udp_kernel_drops(), Some(0));
+    }
+
+    #[test]
+    fn cidr_parsing_and_matching() {
+        let c: Cidr = "10.1.0.0/16".parse().unwrap();
+        assert!(c.contains("10.1.200.3".parse().unwrap()));
+        assert!(!c.contains("10.2.0.1".parse().unwrap()));
+        assert!(c.contains("::ffff:10.1.0.1".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("1.2.3.4".parse().unwrap()));
+        assert!(!all.contains("::1".parse().unwrap()));
+        let v6: Cidr = "2001:db8::/32".parse().unwrap();
+        assert!(v6.contains("2001:db8:1::1".parse().unwrap()));
+        for bad in ["10.0.0.0/33", "x", "10.0.0.0/", "::/129", ""] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tls_listener_serves_and_drops_stalled_handshakes() {
+        use std::io::Write;
+        use std::sync::atomic::Ordering::Relaxed;
+        use std::time::Duration;
+        let d = tempfile::tempdir().unwrap();
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        std::fs::write(d.path().join("c.pem"), ck.cert.pem()).unwrap();
+        std::fs::write(d.path().join("k.pem"), ck.signing_key.serialize_pem()).unwrap();
+        assert!(tls_server_config(&d.path().join("k.pem"), &d.path().join("k.pem")).is_err());
+        let cfg = tls_server_config(&d.path().join("c.pem"), &d.path().join("k.pem")).unwrap();
+        let r = Receiver::start_with(ReceiverConfig {
+            tls: Listener {
+                addr: "127.0.0.1:0".parse().ok(),
+                allow: None,
+            },
+            tls_config: Some(cfg),
+            limits: ReceiverLimits {
+                handshake_timeout: Duration::from_millis(400),
+                max_connections: 4,
+                ..ReceiverLimits::default()
+            },
+            ..ReceiverConfig::default()
+        })
+        .unwrap();
+        let addr = r.tls_addr.unwrap();
+        // Clients that connect and never finish (or never start) the handshake.
+        let mut stalled = Vec::new();
+        for i in 0..3 {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            if i == 0 {
+                // Half a ClientHello record header.
+                s.write_all(&[0x16, 0x03, 0x01]).unwrap();
+            }
+            stalled.push(s);
+        }
+        std::thread::sleep(Duration::from_millis(1200));
+        assert_eq!(r.counters.tls_handshake_failed.load(Relaxed), 3);
+        // The slots are free again: a real client sends octet-counted frames.
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ck.cert.der().clone()).unwrap();
+        let ccfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let conn = rustls::ClientConnection::new(
+            std::sync::Arc::new(ccfg),
+            "localhost".try_into().unwrap(),
+        )
+        .unwrap();
+        let mut t = rustls::StreamOwned::new(conn, std::net::TcpStream::connect(addr).unwrap());
+        t.write_all(b"12 <13>over tls7 <13>two").unwrap();
+        t.flush().unwrap();
+        let mut got = Vec::new();
+        while let Ok(f) = r.frames.recv_timeout(Duration::from_secs(2)) {
+            assert_eq!(f.transport, Transport::Tls);
+            got.push(f.message);
+            if got.len() == 2 {
+                break;
+            }
+        }
+        assert_eq!(got, ["<13>over tls", "<13>two"]);
+        drop(stalled);
+    }
+
+    #[test]
     fn connection_flood_is_capped() {
         use std::io::{Read, Write};
         use std::sync::atomic::Ordering::Relaxed;
@@ -818,7 +1306,10 @@ mod tests {
         let mut first = std::net::TcpStream::connect(tcp).unwrap();
         first.write_all(b"<13>first\n").unwrap();
         assert_eq!(
-            r.frames.recv_timeout(Duration::from_secs(5)).unwrap().1,
+            r.frames
+                .recv_timeout(Duration::from_secs(5))
+                .unwrap()
+                .message,
             "<13>first"
         );
         // The second is closed at once while the first is open.
@@ -854,8 +1345,8 @@ mod tests {
             c.write_all(&std::fs::read(&path).unwrap()).unwrap();
             drop(c);
             let mut got = Vec::new();
-            while let Ok((_, m)) = r.frames.recv_timeout(Duration::from_secs(1)) {
-                got.push(m);
+            while let Ok(f) = r.frames.recv_timeout(Duration::from_secs(1)) {
+                got.push(f.message);
             }
             let mut n = 0u64;
             let st = ingest(&got, name, &opts, &mut |_| n += 1).unwrap();

@@ -122,7 +122,7 @@ impl CustomFormat {
 
 /// Positions (csv) or keys (kv) for each wanted field.
 pub(crate) struct CustomParser<'a> {
-    f: &'a CustomFormat,
+    pub(crate) f: &'a CustomFormat,
     delim: u8,
     /// csv: column names in order (from `columns` or the header line).
     columns: Vec<String>,

@@ -36,8 +36,7 @@ use serde::{Deserialize, Serialize};
 pub use custom::CustomFormat;
 pub use util::LineOutcome;
 
-use tollgate_discovery::record::FlowRecord;
-pub use tollgate_discovery::record::{BadLine, InputStats};
+pub use tollgate_discovery::record::{BadLine, FlowRecord, InputStats};
 
 /// Lines looked at to detect the format.
 pub const SNIFF_LINES: usize = 32;
@@ -242,6 +241,175 @@ fn detect<'a>(sample: &[String], custom: &'a [CustomFormat]) -> Option<Parser<'a
     }
     // At least a quarter of the sample must look right.
     best.filter(|(n, _)| n * 4 >= sample.len()).map(|(_, p)| p)
+}
+
+/// Detection as `discover` does it, with how many sample lines matched the winner: the
+/// format's name, or `None` when nothing matched a quarter of the sample.
+pub fn detect_format(sample: &[String], custom: &[CustomFormat]) -> Option<(String, usize)> {
+    let p = detect(sample, custom)?;
+    let name = p.name();
+    let n = match &p {
+        Parser::Builtin(LogFormat::W3c, _) => sample.len(),
+        Parser::Builtin(f, _) => sample.iter().filter(|l| f.sniff(l)).count(),
+        Parser::Custom(c) => {
+            let f = c.f;
+            let mut q = custom::CustomParser::new(f);
+            sample.iter().filter(|l| q.sniff(l)).count()
+        }
+    };
+    Some((name, n))
+}
+
+/// How many sample lines the format `name` (built-in or custom) recognises.
+pub fn sniff_count(name: &str, sample: &[String], custom: &[CustomFormat]) -> usize {
+    if let Some(f) = LogFormat::from_name(name) {
+        if f == LogFormat::W3c {
+            return sample
+                .iter()
+                .filter(|l| l.starts_with('#') || f.sniff(l))
+                .count();
+        }
+        return sample.iter().filter(|l| f.sniff(l)).count();
+    }
+    match custom.iter().find(|c| c.name.eq_ignore_ascii_case(name)) {
+        Some(c) => {
+            let mut p = custom::CustomParser::new(c);
+            sample.iter().filter(|l| p.sniff(l)).count()
+        }
+        None => 0,
+    }
+}
+
+/// A parser kept across batches of one continuous source (a tailed file, one syslog
+/// sender): the format is fixed once, state such as W3C's `#Fields` carries over, and the
+/// counts add up like one long file's. Custom formats are borrowed for the collector's
+/// life (`'static`: the collector leaks its copy of the config's `[[log_formats]]` once).
+pub struct StreamParser {
+    parser: Parser<'static>,
+    last_time: Option<DateTime<Utc>>,
+    line_no: u64,
+    max_bad: usize,
+    /// Counts as for a file: `file` is the source's label.
+    pub stats: InputStats,
+}
+
+impl StreamParser {
+    /// A parser for the format `name` (built-in or custom).
+    pub fn named(
+        name: &str,
+        label: &str,
+        custom: &'static [CustomFormat],
+        max_bad: usize,
+    ) -> Result<StreamParser, LogError> {
+        let parser = if let Some(f) = LogFormat::from_name(name) {
+            Parser::Builtin(f, w3c::W3cState::default())
+        } else if let Some(cf) = custom.iter().find(|c| c.name.eq_ignore_ascii_case(name)) {
+            cf.validate()?;
+            Parser::Custom(custom::CustomParser::new(cf))
+        } else {
+            return Err(LogError::UnknownFormatName {
+                path: PathBuf::from(label),
+                name: name.to_owned(),
+                known: LogFormat::ALL
+                    .iter()
+                    .map(|f| f.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        };
+        Ok(StreamParser {
+            stats: InputStats {
+                file: label.to_owned(),
+                format: parser.name(),
+                ..InputStats::default()
+            },
+            parser,
+            last_time: None,
+            line_no: 0,
+            max_bad,
+        })
+    }
+
+    /// The format's name.
+    pub fn format(&self) -> &str {
+        &self.stats.format
+    }
+
+    /// One line (without its newline); blank lines are skipped as `discover` skips them.
+    /// `now` is the time of a line without one before any line had a time.
+    pub fn line(&mut self, text: &str, now: DateTime<Utc>, sink: &mut dyn FnMut(FlowRecord)) {
+        self.line_no += 1;
+        if is_blank(text.as_bytes()) {
+            return;
+        }
+        let mut c = Counter {
+            stats: std::mem::take(&mut self.stats),
+            max_bad: self.max_bad,
+            last_time: self.last_time,
+            now,
+            sink,
+        };
+        if text.len() > MAX_LINE {
+            c.stats.lines += 1;
+            c.bad(self.line_no, "line too long", "");
+        } else {
+            c.line(&mut self.parser, self.line_no, text);
+        }
+        self.last_time = c.last_time;
+        self.stats = c.stats;
+    }
+
+    /// Carry on from the counts of an earlier run (the format stays this parser's).
+    pub fn restore(&mut self, stats: InputStats) {
+        let format = std::mem::take(&mut self.stats.format);
+        self.line_no = stats.lines;
+        self.stats = InputStats { format, ..stats };
+    }
+
+    /// Whether the format keeps state from header lines (W3C `#Fields`, a custom format's
+    /// header row) that a parser resuming mid-file must be shown again ([`Self::prime`]).
+    pub fn needs_headers(&self) -> bool {
+        match &self.parser {
+            Parser::Builtin(f, _) => *f == LogFormat::W3c,
+            Parser::Custom(c) => c.f.header,
+        }
+    }
+
+    /// Show the parser a line read before (to learn headers again after a restart) without
+    /// counting it or emitting a record. Returns whether more lines could still matter.
+    pub fn prime(&mut self, line: &str) -> bool {
+        match &mut self.parser {
+            Parser::Builtin(LogFormat::W3c, w) => {
+                if line.starts_with('#') {
+                    let _ = w.parse(line, Utc::now());
+                }
+                true
+            }
+            Parser::Builtin(..) => false,
+            Parser::Custom(c) => {
+                if is_blank(line.as_bytes()) {
+                    return true;
+                }
+                // The header row is the first line; then the parser has what it needs.
+                let _ = c.parse(line, Utc::now());
+                false
+            }
+        }
+    }
+
+    /// A line that was too long to keep (counted as unparsed).
+    pub fn too_long(&mut self) {
+        self.line_no += 1;
+        self.stats.lines += 1;
+        self.stats.unparsed += 1;
+        if self.stats.bad_lines.len() < self.max_bad {
+            self.stats.bad_lines.push(BadLine {
+                line: self.line_no,
+                reason: "line too long".to_owned(),
+                text: String::new(),
+            });
+        }
+    }
 }
 
 /// Open a file for line reading; gzip (by magic, whatever the name) is decompressed.

@@ -468,6 +468,32 @@ pub fn discover(args: &DiscoverArgs<'_>) -> Result<(), Failure> {
     Ok(())
 }
 
+/// `tollgate collect --config F`: the `[collect]` section in the foreground.
+pub fn collect(config: &Path) -> Result<(), Failure> {
+    let cfg = load_config(Some(config))?;
+    let Some(cc) = cfg.collect.clone() else {
+        return Err(semantic(
+            Some(config),
+            "collect",
+            "the config has no [collect] section".into(),
+        ));
+    };
+    let catalog = load_catalog(&cfg, Some(config))?;
+    let tags = load_tags(&cfg, Some(config), &catalog)?;
+    let users = Users::from_config(&cfg.users)
+        .map_err(|e| semantic(Some(config), "users", e.to_string()))?;
+    let tags = catalog
+        .apps()
+        .filter_map(|a| {
+            tags.tag(&catalog, &a.id)
+                .map(|(t, _)| (a.id.clone(), t.to_string()))
+        })
+        .collect();
+    let (opts, rc) =
+        crate::collect::setup(&cfg, &cc, tags).map_err(|e| semantic(Some(config), "collect", e))?;
+    crate::collect::run(opts, rc, &cc, &catalog, &users, Some(config)).map_err(Failure::Runtime)
+}
+
 /// `tollgate run`: enters the namespace, builds the runtime, runs the daemon.
 pub fn run_daemon(
     config: Option<&Path>,

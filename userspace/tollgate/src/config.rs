@@ -98,6 +98,132 @@ pub struct Config {
     /// The Prometheus `/metrics` listener (`[metrics]`), off unless `listen` is set.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Continuous log collection (`[collect]`): syslog listeners and watched directories,
+    /// run by `tollgate collect`.
+    #[serde(default)]
+    pub collect: Option<CollectConfig>,
+}
+
+/// `[collect]`: the continuous log collector (`tollgate collect`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectConfig {
+    /// The journal and the offsets of watched files; default `<state_dir>/collect`.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// Where the reports and `status.json` go; default `<state_dir>/collect/reports`.
+    #[serde(default)]
+    pub output_dir: Option<PathBuf>,
+    /// Seconds between two reports.
+    #[serde(default = "default_collect_report_interval")]
+    pub report_interval_secs: u64,
+    /// Report formats written each time: `json`, `csv`, `html`, `table`.
+    #[serde(default = "default_collect_report_formats")]
+    pub report_formats: Vec<String>,
+    /// Milliseconds between two looks at the watched directories.
+    #[serde(default = "default_collect_poll_ms")]
+    pub poll_interval_ms: u64,
+    /// TCP and TLS connections served at once.
+    #[serde(default = "default_collect_max_connections")]
+    pub max_connections: usize,
+    /// Seconds of silence after which a TCP/TLS connection is closed.
+    #[serde(default = "default_collect_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    /// Seconds a TLS client has to finish its handshake.
+    #[serde(default = "default_collect_handshake_timeout")]
+    pub handshake_timeout_secs: u64,
+    /// Syslog messages queued between the listeners and the parsers; more are dropped and
+    /// counted.
+    #[serde(default = "default_collect_queue")]
+    pub queue: usize,
+    /// Distinct syslog sources (listener, sender, app name) kept apart; more share one.
+    #[serde(default = "default_collect_max_sources")]
+    pub max_sources: usize,
+    /// Syslog over UDP (`[collect.udp]`).
+    #[serde(default)]
+    pub udp: Option<SyslogListenerConfig>,
+    /// Syslog over TCP, octet counting or newline framing (`[collect.tcp]`).
+    #[serde(default)]
+    pub tcp: Option<SyslogListenerConfig>,
+    /// Syslog over TLS (`[collect.tls]`).
+    #[serde(default)]
+    pub tls: Option<TlsListenerConfig>,
+    /// Watched directories (`[[collect.watch]]`).
+    #[serde(default)]
+    pub watch: Vec<WatchConfig>,
+}
+
+/// `[collect.udp]`, `[collect.tcp]`: a syslog listener.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyslogListenerConfig {
+    /// `ADDR:PORT` to listen on.
+    pub listen: std::net::SocketAddr,
+    /// Senders allowed, as addresses or CIDR blocks. UDP requires the list (UDP syslog has
+    /// no sender authentication); for TCP an empty list lets anyone connect.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// `auto` (detected per sender) or a format name.
+    #[serde(default = "default_auto")]
+    pub format: String,
+}
+
+/// `[collect.tls]`: syslog over TLS (RFC 5425 framing: octet counting).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsListenerConfig {
+    pub listen: std::net::SocketAddr,
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default = "default_auto")]
+    pub format: String,
+    /// PEM certificate chain of the listener.
+    pub cert: PathBuf,
+    /// PEM private key of the listener.
+    pub key: PathBuf,
+}
+
+/// `[[collect.watch]]`: a directory of log files.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchConfig {
+    pub dir: PathBuf,
+    /// File name pattern (`*`, `?`).
+    #[serde(default = "default_watch_pattern")]
+    pub pattern: String,
+    #[serde(default = "default_auto")]
+    pub format: String,
+}
+
+fn default_auto() -> String {
+    "auto".into()
+}
+fn default_watch_pattern() -> String {
+    "*.log*".into()
+}
+fn default_collect_report_interval() -> u64 {
+    60
+}
+fn default_collect_report_formats() -> Vec<String> {
+    vec!["json".into()]
+}
+fn default_collect_poll_ms() -> u64 {
+    1000
+}
+fn default_collect_max_connections() -> usize {
+    256
+}
+fn default_collect_idle_timeout() -> u64 {
+    300
+}
+fn default_collect_handshake_timeout() -> u64 {
+    10
+}
+fn default_collect_queue() -> usize {
+    65_536
+}
+fn default_collect_max_sources() -> usize {
+    1024
 }
 
 /// `[activity]`: the on-disk activity log (`state_dir/activity/`) that `tollgate activity`

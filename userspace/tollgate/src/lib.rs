@@ -26,6 +26,7 @@ macro_rules! out {
 }
 
 pub mod alerting;
+pub mod collect;
 pub mod commands;
 pub mod config;
 pub mod connectors;

@@ -92,6 +92,12 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Continuous log collection in the foreground (the config's `[collect]` section):
+    /// syslog over UDP/TCP/TLS and watched directories into periodic discovery reports.
+    Collect {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// The cloud app catalog.
     Catalog {
         #[command(subcommand)]
@@ -359,6 +365,7 @@ fn main() -> ExitCode {
             config: config.as_deref(),
             files: &files,
         }),
+        Command::Collect { config } => commands::collect(&config),
         Command::Catalog { action, config } => match action {
             CatalogAction::List { json } => commands::catalog_list(config.as_deref(), out(json)),
             CatalogAction::Show { app_id, json } => {

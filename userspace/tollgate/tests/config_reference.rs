@@ -52,6 +52,16 @@ const SECTIONS: &[(&str, &str)] = &[
     ("[anomaly]", "[anomaly]\n@\n"),
     ("[anomaly.DETECTION]", "[anomaly.impossible_travel]\n@\n"),
     ("[geoip]", "[geoip]\n@\n"),
+    ("[collect]", "[collect]\n@\n"),
+    (
+        "[collect.udp] / [collect.tcp]",
+        "[collect.udp]\nlisten = \"127.0.0.1:514\"\n@\n",
+    ),
+    (
+        "[collect.tls]",
+        "[collect.tls]\nlisten = \"127.0.0.1:6514\"\n@\n",
+    ),
+    ("[[collect.watch]]", "[[collect.watch]]\ndir = \"/x\"\n@\n"),
     (
         "[[app_discovery_policies]]",
         "[[app_discovery_policies]]\nname = \"p\"\n@\n",

@@ -328,6 +328,8 @@ struct Core {
     connector_tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Where they hand their records to this task.
     connector_tx: Option<mpsc::Sender<Vec<tollgate_activity::Activity>>>,
+    /// Records of other devices' logs (`[collect]`), folded in like retired flows.
+    collected: Option<crate::collect::DaemonCollector>,
 }
 
 impl Core {
@@ -482,7 +484,24 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
             cfg.discovery.interval_secs
         );
     }
+    let collected = match &cfg.collect {
+        Some(cc) => {
+            let tags = catalog
+                .apps()
+                .filter_map(|a| {
+                    tags.tag(&catalog, &a.id)
+                        .map(|(t, _)| (a.id.clone(), t.to_string()))
+                })
+                .collect();
+            let c =
+                crate::collect::spawn_in_daemon(&cfg, cc, (*catalog).clone(), users.clone(), tags)?;
+            crate::outln!("  collecting logs ([collect]) into discovery");
+            Some(c)
+        }
+        None => None,
+    };
     let mut core = Core {
+        collected,
         enforcer,
         session,
         learned_saved: None,

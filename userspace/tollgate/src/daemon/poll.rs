@@ -200,6 +200,17 @@ impl Core {
             self.local_meter.retire(&rec, &self.catalog, &self.users);
             self.retired.insert(rec.tuple(), rec.last_seen);
         }
+        // Other devices' logs: each record is one finished transaction.
+        if let Some(c) = &self.collected {
+            for rec in c.records.try_iter().take(200_000) {
+                self.history.add(&rec, &self.catalog, &self.users);
+                if let Some(m) = &mut self.meter {
+                    m.add_logged(&rec, &self.catalog, &self.users);
+                }
+                self.local_meter
+                    .add_logged(&rec, &self.catalog, &self.users);
+            }
+        }
         // Forget retirements the kernel's LRU map has surely evicted by now.
         if self.retired.len() > self.cfg.flows.max_flows {
             let idle = TimeDelta::seconds(
