@@ -268,20 +268,25 @@ pub fn write_json_atomic<T: serde::Serialize>(
     name: &str,
     value: &T,
 ) -> std::io::Result<()> {
+    let body = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+    write_atomic(dir, name, &body)
+}
+
+/// Writes `body` as `name` in `dir` the same way, mode 0600.
+pub fn write_atomic(dir: &std::path::Path, name: &str, body: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     let tmp = dir.join(format!(".{name}.{}.{nanos}.tmp", std::process::id()));
-    let body = serde_json::to_vec(value).map_err(std::io::Error::other)?;
     let result = (|| {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
-        f.write_all(&body)?;
+        f.write_all(body)?;
         f.sync_all()?;
         std::fs::rename(&tmp, dir.join(name))?;
         std::fs::File::open(dir)?.sync_all()

@@ -205,6 +205,21 @@ pub struct DaemonCollector {
     pub dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
+/// Each app's tag by name (sanction tags of the config, tag rules and live tags), for the
+/// collector's reports.
+pub fn tag_names(
+    catalog: &tollgate_catalog::Catalog,
+    tags: &tollgate_policy::TagBook,
+) -> BTreeMap<String, String> {
+    catalog
+        .apps()
+        .filter_map(|a| {
+            tags.tag(catalog, &a.id)
+                .map(|(t, _)| (a.id.clone(), t.to_string()))
+        })
+        .collect()
+}
+
 /// Start the daemon's collector; errors (bad section, state, bind) are returned before
 /// the thread starts.
 pub fn spawn_in_daemon(

@@ -482,13 +482,7 @@ pub fn collect(config: &Path) -> Result<(), Failure> {
     let tags = load_tags(&cfg, Some(config), &catalog)?;
     let users = Users::from_config(&cfg.users)
         .map_err(|e| semantic(Some(config), "users", e.to_string()))?;
-    let tags = catalog
-        .apps()
-        .filter_map(|a| {
-            tags.tag(&catalog, &a.id)
-                .map(|(t, _)| (a.id.clone(), t.to_string()))
-        })
-        .collect();
+    let tags = crate::collect::tag_names(&catalog, &tags);
     let (opts, rc) =
         crate::collect::setup(&cfg, &cc, tags).map_err(|e| semantic(Some(config), "collect", e))?;
     crate::collect::run(opts, rc, &cc, &catalog, &users, Some(config)).map_err(Failure::Runtime)

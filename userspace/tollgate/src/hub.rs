@@ -16,8 +16,7 @@
 //!   that one interval twice; a crash before the sync loses nothing, since the flows are
 //!   still in the kernel's map and are reported from the last checkpoint.
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -122,26 +121,12 @@ fn hostname() -> String {
 /// over the old one, the directory fsynced.
 pub(crate) fn write_private(path: &Path, body: &[u8]) -> Result<()> {
     let dir = path.parent().context("a file without a directory")?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id()
-    ));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(body)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("writing {}", path.display()))
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("a file without a name")?;
+    tollgate_activity::alert::write_atomic(dir, name, body)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// `tollgate enroll URL TOKEN`: makes the gateway's key, has the hub sign it, and stores the

@@ -486,13 +486,7 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
     }
     let collected = match &cfg.collect {
         Some(cc) => {
-            let tags = catalog
-                .apps()
-                .filter_map(|a| {
-                    tags.tag(&catalog, &a.id)
-                        .map(|(t, _)| (a.id.clone(), t.to_string()))
-                })
-                .collect();
+            let tags = crate::collect::tag_names(&catalog, &tags);
             let c =
                 crate::collect::spawn_in_daemon(&cfg, cc, (*catalog).clone(), users.clone(), tags)?;
             crate::outln!("  collecting logs ([collect]) into discovery");
