@@ -446,9 +446,50 @@ fn test(args: &[String]) -> Result<()> {
     }
     // The namespace tests share the machine's two cores; running them concurrently with
     // each other makes real traffic flaky, so tests that need that serialise themselves.
+    // A full test run gains nothing from incremental state, which is as large as the build.
+    if env::var_os("CARGO_INCREMENTAL").is_none() {
+        cmd.env("CARGO_INCREMENTAL", "0");
+    }
     let tests = status(&mut cmd);
+    drop(postgres);
+    make_room_for_fuzzing();
     let fuzz = fuzz_smoke();
     tests.and(fuzz)
+}
+
+/// Free space the fuzz builds need, below which `test` drops the test build (target/debug)
+/// before it fuzzes: the sanitizer builds of eight fuzz workspaces are large, and a CI machine
+/// with a small disk once ran out of it there.
+const FUZZ_ROOM_BYTES: u64 = 24 << 30;
+
+fn make_room_for_fuzzing() {
+    let target = workspace_root().join("target");
+    let Some(free) = free_bytes(&target) else {
+        return;
+    };
+    eprintln!("test: {} GiB free under {}", free >> 30, target.display());
+    let debug = target.join("debug");
+    if free < FUZZ_ROOM_BYTES && debug.is_dir() {
+        eprintln!(
+            "test: removing {} to make room for the fuzz builds",
+            debug.display()
+        );
+        if let Err(e) = std::fs::remove_dir_all(&debug) {
+            eprintln!("test: could not remove {}: {e}", debug.display());
+        }
+    }
+}
+
+/// Bytes free on the filesystem that holds `path`, from `df` (no libc binding needed).
+fn free_bytes(path: &Path) -> Option<u64> {
+    let out = Command::new("df")
+        .args(["-Pk", "--output=avail"])
+        .arg(path)
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let kib: u64 = text.lines().nth(1)?.trim().parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// rustup's `cargo` (which takes `+toolchain`), with the project's tools on PATH and none of
