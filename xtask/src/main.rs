@@ -483,7 +483,7 @@ fn make_room_for_fuzzing() {
 /// Bytes free on the filesystem that holds `path`, from `df` (no libc binding needed).
 fn free_bytes(path: &Path) -> Option<u64> {
     let out = Command::new("df")
-        .args(["-Pk", "--output=avail"])
+        .args(["-k", "--output=avail"])
         .arg(path)
         .output()
         .ok()?;
