@@ -1,11 +1,11 @@
 //! Attaches the probes and keeps them attached until SIGINT/SIGTERM, draining events and
 //! printing a status line every few seconds; detaches on exit. For manual tests and as the
-//! system under test of ../shared/bench/forwarding.sh (run as root):
+//! system under test of tests/bench/peer/forwarding.sh (run as root):
 //!
 //! `attach IFACE:lan|wan [IFACE:lan|wan ...] [--pin DIR] [--enforce]`
 //!
 //! e.g. `SUT_CMD_BG=1 SUT_CMD='exec target/release/examples/attach $IF_GW_C:lan $IF_GW_S:wan'
-//! ../shared/bench/forwarding.sh`
+//! tests/bench/peer/forwarding.sh`
 
 use std::{path::PathBuf, time::Duration};
 

@@ -1,11 +1,11 @@
-//! The proxy as the bench harness runs it (`/work/shared/bench/proxy.sh`, mode `sut`):
+//! The proxy as the bench harness runs it (`tests/bench/peer/proxy.sh`, mode `sut`):
 //! transparent (nft redirect + SO_ORIGINAL_DST), intercepting every SNI, leaves minted by
 //! the harness's interceptor CA, origins verified with the harness's origin CA.
 //!
 //! ```sh
 //! cargo build --release -p tollgate-proxy --example bench_proxy
 //! MODES="direct squid mitmproxy sut" SUT_PROXY_PORT=8443 \
-//!   SUT_PROXY_CMD="exec $PWD/target/release/examples/bench_proxy" /work/shared/bench/proxy.sh
+//!   SUT_PROXY_CMD="exec $PWD/target/release/examples/bench_proxy" tests/bench/peer/proxy.sh
 //! ```
 //!
 //! Settings come from the harness's environment (GW_C_IP4, SUT_PROXY_PORT,
