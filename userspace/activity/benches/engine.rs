@@ -159,18 +159,27 @@ fn main() {
             ActivityType::Login,
             ActivityType::Download,
             ActivityType::FailedLogin,
+            ActivityType::AppUsed,
         ]
         .into_iter()
         .enumerate()
         {
+            // Each user also uses an app of their own (every detection's tables fill).
+            let app = if kind == ActivityType::AppUsed {
+                format!("app{}", i % 40_000)
+            } else {
+                "okta".to_string()
+            };
             let mut a = Activity::new(
                 i,
                 now + Duration::seconds(k as i64),
-                "okta",
+                app,
                 kind,
                 Source::Connector,
             );
             a.user = Some(format!("u{i}"));
+            a.bytes = Some(1_000_000);
+            a.bytes_up = Some(100_000);
             a.country = Some(countries[(i as usize + k) % countries.len()].into());
             an.observe(&a, None, &mut book, None);
         }
@@ -180,5 +189,11 @@ fn main() {
         "anomaly state per user:  {per_user} bytes ({:.2}x the 1 KiB target), {} users",
         per_user as f64 / 1024.0,
         an.stats().users
+    );
+    let per_app = an.bytes_per_app();
+    println!(
+        "anomaly state per app:   {per_app} bytes ({:.2}x the 1 KiB target), {} apps",
+        per_app as f64 / 1024.0,
+        an.stats().apps
     );
 }

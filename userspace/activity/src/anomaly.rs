@@ -8,6 +8,9 @@
 //! | `infrequent_country` | a user's successful activities with a country | a country the user was never seen in during learning and since |
 //! | `failed_logins` | a user's failed logins | 10 within 10 minutes (an absolute line: no learning) |
 //! | `mass_download` | a user's downloads per UTC day | more than 100 and more than 5 × the user's own daily baseline |
+//! | `unusual_upload` | a user's upload bytes per UTC day to one app that is unsanctioned or new (first seen by the detector after its learning, within the last 7 days) | more than 100 MB and more than 5 × the user's own daily upload baseline |
+//! | `risky_app_first_use` | distinct users of an app new to the network (first seen after the detector's learning) whose risk score is below 5, in the app's first 24 h | more than 10 users; once per app |
+//! | `app_traffic_spike` | an app's bytes per UTC day, from the per-interval use records (every user and device) | more than 1 GB and more than 10 × the app's own daily baseline, after the app's learning |
 //!
 //! Sensitivity moves the lines: `low` (fewer alerts) and `high` (more) are in [`Lines`].
 //! Learning: a user's first [`Detection::learning_days`] days build the baseline and raise
@@ -15,15 +18,25 @@
 //!
 //! State is per user, as a keyed hash, in a table of at most [`MAX_USERS`] users (the least
 //! recently seen 1% are forgotten first when it is full, counted): a LAN host or a SaaS tenant spraying user names
-//! costs bounded memory, at most about 200 bytes a user for all four detections together.
+//! costs bounded memory, about 330 bytes a user for all the per-user detections together (the benchmark measures it).
 //! Records are judged in their own time order per user: one older than the user's newest is
 //! counted into baselines where it fits but cannot make a travel (a replayed or late record
 //! never "teleports" a user).
 //!
+//! The app detections keep a second table, per app (at most [`MAX_APPS`], evicted like the
+//! users'), about 100 bytes each. Risk scores and sanction tags come from the caller
+//! ([`Anomalies::set_app_standing`]; the gateway sets them from its catalog and tags at each
+//! discovery interval); an app nobody described is neither risky nor unsanctioned.
+//!
 //! What an attacker can do: one who controls a user's activity during learning can teach it
 //! a country (the baseline is only as clean as the learning period); an attacker spraying
 //! failed logins across many user names stays under the per-user line (a tenant-wide line is
-//! the activity policies' `repeated` without `per_user`).
+//! the activity policies' `repeated` without `per_user`). Exfiltration kept under the daily
+//! line (100 MB a day to a new app) or spread over many days passes `unusual_upload`, and one
+//! that starts during learning raises the user's baseline; an upload spread across more than
+//! eight apps a day shares slots (the smallest is taken over), so it is undercounted, not
+//! unbounded. Spraying made-up app names fills the app table, whose oldest entries go first
+//! (counted as `apps_evicted`); a flood of made-up users of one new app is one alert.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -38,6 +51,14 @@ use crate::record::{Activity, ActivityType, Outcome};
 
 /// Users tracked at most.
 pub const MAX_USERS: usize = 200_000;
+/// Apps tracked at most (each about 100 bytes).
+pub const MAX_APPS: usize = 50_000;
+/// Apps a user's upload day keeps apart (the rest share the smallest's slot).
+pub const MAX_UPLOAD_APPS: usize = 8;
+/// How long an app counts as new after the detector first saw it.
+pub const NEW_APP_SECS: i64 = 7 * 86_400;
+const MB: u64 = 1_000_000;
+const GB: u64 = 1_000_000_000;
 /// Countries remembered per user.
 pub const MAX_COUNTRIES: usize = 12;
 
@@ -91,6 +112,38 @@ pub struct AnomalyConfig {
     pub failed_logins: Detection,
     #[serde(default)]
     pub mass_download: Detection,
+    #[serde(default)]
+    pub unusual_upload: Detection,
+    #[serde(default)]
+    pub risky_app_first_use: Detection,
+    #[serde(default)]
+    pub app_traffic_spike: Detection,
+}
+
+impl AnomalyConfig {
+    /// Whether any detection is on.
+    pub fn any_enabled(&self) -> bool {
+        [
+            self.impossible_travel,
+            self.infrequent_country,
+            self.failed_logins,
+            self.mass_download,
+            self.unusual_upload,
+            self.risky_app_first_use,
+            self.app_traffic_spike,
+        ]
+        .iter()
+        .any(|d| d.enabled)
+    }
+}
+
+/// What the caller knows of an app (the gateway, from its catalog and tags): the detections
+/// about unsanctioned and risky apps need it. An app nobody described has no score and is not
+/// unsanctioned.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct AppStanding {
+    pub risk_score: Option<f64>,
+    pub unsanctioned: bool,
 }
 
 /// The lines a sensitivity sets.
@@ -102,6 +155,18 @@ pub struct Lines {
     pub failed_window_secs: i64,
     pub download_floor: u32,
     pub download_factor: f64,
+    /// Bytes a user sends one unsanctioned or new app in a UTC day, at least.
+    pub upload_floor: u64,
+    /// ... and this many times the user's daily upload baseline.
+    pub upload_factor: f64,
+    /// A new app's risk score below this is risky.
+    pub risky_below: f64,
+    /// Distinct users of a new risky app within its first day, more than.
+    pub first_use_users: usize,
+    /// An app's bytes in a UTC day, at least.
+    pub spike_floor: u64,
+    /// ... and this many times the app's daily baseline.
+    pub spike_factor: f64,
 }
 
 impl Lines {
@@ -114,6 +179,12 @@ impl Lines {
                 failed_window_secs: 600,
                 download_floor: 200,
                 download_factor: 10.0,
+                upload_floor: 500 * MB,
+                upload_factor: 10.0,
+                risky_below: 3.0,
+                first_use_users: 25,
+                spike_floor: 5 * GB,
+                spike_factor: 20.0,
             },
             Sensitivity::Medium => Lines {
                 travel_kmh: 900.0,
@@ -122,6 +193,12 @@ impl Lines {
                 failed_window_secs: 600,
                 download_floor: 100,
                 download_factor: 5.0,
+                upload_floor: 100 * MB,
+                upload_factor: 5.0,
+                risky_below: 5.0,
+                first_use_users: 10,
+                spike_floor: GB,
+                spike_factor: 10.0,
             },
             Sensitivity::High => Lines {
                 travel_kmh: 700.0,
@@ -130,12 +207,18 @@ impl Lines {
                 failed_window_secs: 600,
                 download_floor: 50,
                 download_factor: 3.0,
+                upload_floor: 25 * MB,
+                upload_factor: 3.0,
+                risky_below: 6.0,
+                first_use_users: 5,
+                spike_floor: 200 * MB,
+                spike_factor: 5.0,
             },
         }
     }
 }
 
-/// One user's state, all detections together (about 200 bytes).
+/// One user's state, all detections together (about 330 bytes with a few upload slots).
 #[derive(Debug, Clone, Default)]
 struct UserState {
     first_seen: i64,
@@ -153,6 +236,30 @@ struct UserState {
     download_baseline: f32,
     download_days: u16,
     download_alerted: bool,
+    /// Uploads today: (day, bytes per app key with whether it alerted), and the baseline of
+    /// the user's daily upload bytes (EWMA).
+    upload_day: i64,
+    uploads_today: Vec<(u64, u64, bool)>,
+    upload_baseline: f64,
+}
+
+/// One app's state (the per-app detections).
+#[derive(Debug, Clone, Default)]
+struct AppState {
+    first_seen: i64,
+    last_seen: i64,
+    standing: AppStanding,
+    /// Whether the detector had learned for `risky_app_first_use` when it first saw the app:
+    /// only such an app is new to the network rather than new to the detector.
+    new_to_network: bool,
+    /// Distinct users (truncated keys) in the app's first day, at most the line + 1.
+    first_users: Vec<u32>,
+    first_use_alerted: bool,
+    /// Traffic today (bytes), the daily baseline (EWMA), whether today alerted.
+    traffic_day: i64,
+    traffic_today: u64,
+    traffic_baseline: f64,
+    traffic_alerted: bool,
 }
 
 /// What the detections counted.
@@ -164,6 +271,11 @@ pub struct AnomalyStats {
     pub infrequent_country: u64,
     pub failed_logins: u64,
     pub mass_download: u64,
+    pub unusual_upload: u64,
+    pub risky_app_first_use: u64,
+    pub app_traffic_spike: u64,
+    pub apps: u64,
+    pub apps_evicted: u64,
     /// Records older than the user's newest, judged without travel.
     pub out_of_order: u64,
 }
@@ -180,6 +292,9 @@ struct Finding {
 pub struct Anomalies {
     cfg: AnomalyConfig,
     users: HashMap<u64, UserState>,
+    apps: HashMap<u64, AppState>,
+    /// The time of the first record the detector saw.
+    started: Option<i64>,
     keyer: std::collections::hash_map::RandomState,
     stats: AnomalyStats,
 }
@@ -208,6 +323,8 @@ impl Anomalies {
         Anomalies {
             cfg: *cfg,
             users: HashMap::new(),
+            apps: HashMap::new(),
+            started: None,
             keyer: std::collections::hash_map::RandomState::new(),
             stats: AnomalyStats::default(),
         }
@@ -220,6 +337,7 @@ impl Anomalies {
     pub fn stats(&self) -> AnomalyStats {
         AnomalyStats {
             users: self.users.len() as u64,
+            apps: self.apps.len() as u64,
             ..self.stats
         }
     }
@@ -229,10 +347,51 @@ impl Anomalies {
         let heap: usize = self
             .users
             .values()
-            .map(|u| u.countries.capacity() * 6 + u.failed.capacity() * 8)
+            .map(|u| {
+                u.countries.capacity() * 6
+                    + u.failed.capacity() * 8
+                    + u.uploads_today.capacity() * 24
+            })
             .sum();
         let n = self.users.len().max(1);
         std::mem::size_of::<(u64, UserState)>() + heap / n
+    }
+
+    /// Bytes of state per tracked app, for the benchmark.
+    pub fn bytes_per_app(&self) -> usize {
+        let heap: usize = self
+            .apps
+            .values()
+            .map(|a| a.first_users.capacity() * 4)
+            .sum();
+        std::mem::size_of::<(u64, AppState)>() + heap / self.apps.len().max(1)
+    }
+
+    /// What the caller knows of `app` (risk score, unsanctioned), kept until it says otherwise.
+    pub fn set_app_standing(&mut self, app: &str, standing: AppStanding) {
+        let key = self.app_key(app);
+        if let Some(st) = self.apps.get_mut(&key) {
+            st.standing = standing;
+        } else if self.apps.len() < MAX_APPS {
+            // Remembered before the app's first record, so that record is judged with it.
+            self.apps.insert(
+                key,
+                AppState {
+                    first_seen: i64::MAX,
+                    standing,
+                    ..AppState::default()
+                },
+            );
+        }
+    }
+
+    fn app_key(&self, app: &str) -> u64 {
+        let mut h = self.keyer.build_hasher();
+        0xA7u8.hash(&mut h);
+        for b in app.bytes() {
+            b.to_ascii_lowercase().hash(&mut h);
+        }
+        h.finish()
     }
 
     fn user_key(&self, a: &Activity) -> Option<u64> {
@@ -253,10 +412,13 @@ impl Anomalies {
         book: &mut AlertBook,
         gateway: Option<&str>,
     ) -> Vec<AlertEvent> {
-        let Some(key) = self.user_key(a) else {
-            return Vec::new();
-        };
         let t = a.time.timestamp();
+        let Some(key) = self.user_key(a) else {
+            // No user: only the per-app detections, with the device as the one who used it.
+            let device = self.keyer.hash_one(a.actor());
+            let found = self.observe_app(a, device, t);
+            return raise_all(found, a, book, gateway);
+        };
         if !self.users.contains_key(&key) && self.users.len() >= MAX_USERS {
             // The least recently seen 1% go at once: one scan per that many new users.
             let mut seen: Vec<i64> = self.users.values().map(|u| u.last_seen).collect();
@@ -275,6 +437,7 @@ impl Anomalies {
             self.stats.users_evicted += (before - self.users.len()) as u64;
         }
         let cfg = self.cfg;
+        let app_key = self.app_key(&a.app);
         let u = self.users.entry(key).or_insert_with(|| UserState {
             first_seen: t,
             last_seen: t,
@@ -444,38 +607,255 @@ impl Anomalies {
             }
         }
 
-        found
-            .into_iter()
-            .map(|f| {
-                let policy = format!("anomaly: {}", f.detection);
-                let key = OpenKey {
-                    policy: policy.clone(),
-                    actor: a.user.as_deref().map(str::to_lowercase),
-                    app: None,
+        // Unusual upload: a user's bytes to one unsanctioned or new app in a UTC day.
+        let upload = match a.activity {
+            ActivityType::Upload => a.bytes,
+            _ => a.bytes_up,
+        }
+        .filter(|b| *b > 0);
+        if let Some(bytes) = upload
+            && cfg.unusual_upload.enabled
+        {
+            let day = t.div_euclid(86_400);
+            if day > u.upload_day {
+                if u.upload_day > 0 {
+                    let total: u64 = u.uploads_today.iter().map(|x| x.1).sum();
+                    let gap = (day - u.upload_day - 1).clamp(0, 30) as i32;
+                    u.upload_baseline =
+                        (0.7 * u.upload_baseline + 0.3 * total as f64) * 0.7f64.powi(gap);
+                }
+                u.upload_day = day;
+                u.uploads_today.clear();
+            }
+            if day == u.upload_day {
+                let slot = match u.uploads_today.iter().position(|x| x.0 == app_key) {
+                    Some(i) => i,
+                    None if u.uploads_today.len() < MAX_UPLOAD_APPS => {
+                        u.uploads_today.push((app_key, 0, false));
+                        u.uploads_today.len() - 1
+                    }
+                    // Many apps in a day: the smallest slot takes this app over.
+                    None => {
+                        let i = (0..u.uploads_today.len())
+                            .min_by_key(|i| u.uploads_today[*i].1)
+                            .unwrap_or(0);
+                        u.uploads_today[i].0 = app_key;
+                        u.uploads_today[i].2 = false;
+                        i
+                    }
                 };
-                book.raise(
-                    key,
-                    Alert {
-                        id: 0,
-                        time: a.time,
-                        last_seen: a.time,
-                        severity: f.severity,
-                        policy,
-                        entities: Entities {
-                            user: a.user.clone(),
-                            ip: a.ip,
-                            app: Some(a.app.clone()),
-                            gateway: gateway.map(str::to_string),
-                        },
-                        reason: f.reason,
-                        activities: vec![a.clone()],
-                        status: AlertStatus::Open,
-                        comment: None,
-                        count: 1,
+                let entry = &mut u.uploads_today[slot];
+                entry.1 = entry.1.saturating_add(bytes);
+                let lines = Lines::of(cfg.unusual_upload.sensitivity);
+                let line = (lines.upload_floor as f64).max(lines.upload_factor * u.upload_baseline);
+                let standing = self.apps.get(&app_key);
+                let unsanctioned = standing.is_some_and(|s| s.standing.unsanctioned);
+                let new_app = standing.is_some_and(|s| {
+                    s.new_to_network && t.saturating_sub(s.first_seen) < NEW_APP_SECS
+                }) || (standing.is_none_or(|s| s.first_seen == i64::MAX)
+                    && self.started.is_some_and(|st| {
+                        t - st >= i64::from(cfg.unusual_upload.learning_days) * 86_400
+                    }));
+                if !entry.2
+                    && (unsanctioned || new_app)
+                    && learned(&cfg.unusual_upload)
+                    && entry.1 as f64 > line
+                {
+                    entry.2 = true;
+                    self.stats.unusual_upload += 1;
+                    found.push(Finding {
+                        detection: "unusual upload to an unsanctioned or new app",
+                        severity: Severity::High,
+                        reason: format!(
+                            "{} bytes uploaded to {} ({}) today, above {line:.0} (the user's daily upload baseline {:.0} × {}, at least {})",
+                            entry.1,
+                            a.app,
+                            if unsanctioned { "unsanctioned" } else { "new app" },
+                            u.upload_baseline,
+                            lines.upload_factor,
+                            lines.upload_floor
+                        ),
+                    });
+                }
+            }
+        }
+
+        found.extend(self.observe_app(a, key, t));
+        raise_all(found, a, book, gateway)
+    }
+}
+
+/// The findings on `a` as alerts in `book`.
+fn raise_all(
+    found: Vec<Finding>,
+    a: &Activity,
+    book: &mut AlertBook,
+    gateway: Option<&str>,
+) -> Vec<AlertEvent> {
+    found
+        .into_iter()
+        .map(|f| {
+            let policy = format!("anomaly: {}", f.detection);
+            // Per-app findings are one open alert per app, not per user.
+            let per_app = f.detection == RISKY_FIRST_USE || f.detection == TRAFFIC_SPIKE;
+            let key = OpenKey {
+                policy: policy.clone(),
+                actor: if per_app {
+                    None
+                } else {
+                    a.user.as_deref().map(str::to_lowercase)
+                },
+                app: per_app.then(|| a.app.to_lowercase()),
+            };
+            book.raise(
+                key,
+                Alert {
+                    id: 0,
+                    time: a.time,
+                    last_seen: a.time,
+                    severity: f.severity,
+                    policy,
+                    entities: Entities {
+                        user: a.user.clone(),
+                        ip: a.ip,
+                        app: Some(a.app.clone()),
+                        gateway: gateway.map(str::to_string),
                     },
-                )
-            })
-            .collect()
+                    reason: f.reason,
+                    activities: vec![a.clone()],
+                    status: AlertStatus::Open,
+                    comment: None,
+                    count: 1,
+                },
+            )
+        })
+        .collect()
+}
+
+const RISKY_FIRST_USE: &str = "first use of a risky app by many users";
+const TRAFFIC_SPIKE: &str = "traffic to an app far above its baseline";
+
+impl Anomalies {
+    /// The per-app detections: `risky_app_first_use` and `app_traffic_spike`.
+    fn observe_app(&mut self, a: &Activity, user_key: u64, t: i64) -> Vec<Finding> {
+        let cfg = self.cfg;
+        let started = *self.started.get_or_insert(t);
+        self.started = Some(started.min(t));
+        if !cfg.risky_app_first_use.enabled
+            && !cfg.app_traffic_spike.enabled
+            && !cfg.unusual_upload.enabled
+        {
+            return Vec::new();
+        }
+        let key = self.app_key(&a.app);
+        if !self.apps.contains_key(&key) && self.apps.len() >= MAX_APPS {
+            let mut seen: Vec<i64> = self.apps.values().map(|s| s.last_seen).collect();
+            let cut = (MAX_APPS / 100).max(1);
+            seen.select_nth_unstable(cut);
+            let oldest_kept = seen[cut];
+            let before = self.apps.len();
+            self.apps.retain(|_, s| s.last_seen >= oldest_kept);
+            if self.apps.len() >= MAX_APPS {
+                let drop: Vec<u64> = self.apps.keys().take(cut).copied().collect();
+                for k in drop {
+                    self.apps.remove(&k);
+                }
+            }
+            self.stats.apps_evicted += (before - self.apps.len()) as u64;
+        }
+        let st = self.apps.entry(key).or_insert_with(|| AppState {
+            first_seen: i64::MAX,
+            ..AppState::default()
+        });
+        if st.first_seen == i64::MAX {
+            st.first_seen = t;
+            st.last_seen = t;
+            st.new_to_network =
+                t - started >= i64::from(cfg.risky_app_first_use.learning_days) * 86_400;
+        }
+        st.first_seen = st.first_seen.min(t);
+        st.last_seen = st.last_seen.max(t);
+        let mut found = Vec::new();
+
+        // First use of a risky app by many users: distinct users in the first day of an app
+        // the network had not used during the detector's learning.
+        if cfg.risky_app_first_use.enabled
+            && st.new_to_network
+            && !st.first_use_alerted
+            && t - st.first_seen < 86_400
+        {
+            let lines = Lines::of(cfg.risky_app_first_use.sensitivity);
+            if let Some(score) = st.standing.risk_score
+                && score < lines.risky_below
+            {
+                let short = user_key as u32;
+                if !st.first_users.contains(&short) && st.first_users.len() <= lines.first_use_users
+                {
+                    st.first_users.push(short);
+                }
+                if st.first_users.len() > lines.first_use_users {
+                    st.first_use_alerted = true;
+                    st.first_users = Vec::new();
+                    self.stats.risky_app_first_use += 1;
+                    found.push(Finding {
+                        detection: RISKY_FIRST_USE,
+                        severity: Severity::Medium,
+                        reason: format!(
+                            "{} (risk score {score:.1}, below {}) used by more than {} users within {} h of its first use on this network",
+                            a.app,
+                            lines.risky_below,
+                            lines.first_use_users,
+                            (t - st.first_seen) / 3600 + 1
+                        ),
+                    });
+                }
+            }
+        }
+
+        // Traffic spike: an app's bytes per UTC day against its own baseline. Only the
+        // per-interval use records count, so a transfer the proxy also reports is not counted
+        // twice.
+        if cfg.app_traffic_spike.enabled
+            && a.activity == ActivityType::AppUsed
+            && let Some(bytes) = a.bytes
+        {
+            let day = t.div_euclid(86_400);
+            if day > st.traffic_day {
+                if st.traffic_day > 0 {
+                    let gap = (day - st.traffic_day - 1).clamp(0, 30) as i32;
+                    st.traffic_baseline = (0.7 * st.traffic_baseline
+                        + 0.3 * st.traffic_today as f64)
+                        * 0.7f64.powi(gap);
+                }
+                st.traffic_day = day;
+                st.traffic_today = 0;
+                st.traffic_alerted = false;
+            }
+            if day == st.traffic_day {
+                st.traffic_today = st.traffic_today.saturating_add(bytes);
+                let lines = Lines::of(cfg.app_traffic_spike.sensitivity);
+                let line = (lines.spike_floor as f64).max(lines.spike_factor * st.traffic_baseline);
+                let learned =
+                    t - st.first_seen >= i64::from(cfg.app_traffic_spike.learning_days) * 86_400;
+                if !st.traffic_alerted && learned && st.traffic_today as f64 > line {
+                    st.traffic_alerted = true;
+                    self.stats.app_traffic_spike += 1;
+                    found.push(Finding {
+                        detection: TRAFFIC_SPIKE,
+                        severity: Severity::Medium,
+                        reason: format!(
+                            "{} bytes to {} today, above {line:.0} (the app's daily baseline {:.0} × {}, at least {})",
+                            st.traffic_today,
+                            a.app,
+                            st.traffic_baseline,
+                            lines.spike_factor,
+                            lines.spike_floor
+                        ),
+                    });
+                }
+            }
+        }
+        found
     }
 }
 

@@ -197,6 +197,13 @@ impl Engine {
         }
     }
 
+    /// What the caller knows of `app`, for the detections about unsanctioned and risky apps.
+    pub fn set_app_standing(&mut self, app: &str, standing: crate::anomaly::AppStanding) {
+        if let Some(an) = &mut self.anomaly {
+            an.set_app_standing(app, standing);
+        }
+    }
+
     pub fn anomaly_stats(&self) -> Option<crate::anomaly::AnomalyStats> {
         self.anomaly.as_ref().map(crate::anomaly::Anomalies::stats)
     }

@@ -169,6 +169,9 @@ pub struct Activity {
     pub object: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
+    /// Of `bytes`, those the user sent, where the source tells them apart (discovery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_up: Option<u64>,
     pub result: Outcome,
     pub source: Source,
     /// The policy that decided it (a session policy of the proxy, ...), if any.
@@ -210,6 +213,7 @@ impl Activity {
             activity,
             object: None,
             bytes: None,
+            bytes_up: None,
             result: Outcome::Success,
             source,
             policy: None,

@@ -73,10 +73,7 @@ pub fn spawn(
     anomaly: &tollgate_activity::anomaly::AnomalyConfig,
     geoip: &tollgate_activity::geo::GeoIpConfig,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
-    let detecting = anomaly.impossible_travel.enabled
-        || anomaly.infrequent_country.enabled
-        || anomaly.failed_logins.enabled
-        || anomaly.mass_download.enabled;
+    let detecting = anomaly.any_enabled();
     if policies.is_empty() && !detecting {
         return Ok(None);
     }

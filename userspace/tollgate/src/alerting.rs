@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
+use tollgate_activity::anomaly::AppStanding;
 use tollgate_activity::discovery_policy::{AppFacts, DiscoveryFinding};
 use tollgate_activity::sink::Send as SinkSend;
 use tollgate_activity::{
@@ -216,6 +217,11 @@ impl Alerting {
             self.mark_for_hub(f.event.alert.id);
         }
         found
+    }
+
+    /// What the gateway knows of an app (risk score, unsanctioned), for anomaly detection.
+    pub fn set_app_standing(&mut self, app: &str, standing: AppStanding) {
+        self.engine.set_app_standing(app, standing);
     }
 
     pub fn observe(&mut self, a: &Activity) {

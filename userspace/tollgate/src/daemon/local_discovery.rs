@@ -15,6 +15,7 @@ use std::path::Path;
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
+use tollgate_activity::anomaly::AppStanding;
 use tollgate_activity::discovery_policy::{AppFacts, DiscoveryState};
 use tollgate_activity::{Activity, ActivityType, AppDiscovery, DiscoveredUse, Outcome, Source};
 use tollgate_discovery::interval::{IntervalMeter, MeterCheckpoint};
@@ -70,6 +71,17 @@ impl Core {
         let usage = self
             .local_meter
             .take(self.flows.records(), now, &self.catalog, &self.users);
+        let catalog = self.catalog.clone();
+        let tags = &self.tags;
+        let facts = |id: &str| {
+            let app = catalog.app(id)?;
+            Some(AppFacts {
+                name: app.name.clone(),
+                category: app.category.clone(),
+                risk_score: catalog.risk_score(id),
+                tag: tags.tag(&catalog, id).map(|(t, _)| t.to_string()),
+            })
+        };
         for row in &usage.apps {
             let ip = row.device.parse::<IpAddr>().ok();
             self.app_discovery.observe(&DiscoveredUse {
@@ -82,6 +94,16 @@ impl Core {
                 transactions: row.flows,
             });
             if let Some(al) = &mut self.alerting {
+                // The anomaly detections about unsanctioned and risky apps judge with these.
+                if let Some(f) = facts(&row.app_id) {
+                    al.set_app_standing(
+                        &row.app_id,
+                        AppStanding {
+                            risk_score: f.risk_score,
+                            unsanctioned: f.tag.as_deref() == Some("unsanctioned"),
+                        },
+                    );
+                }
                 let mut a = Activity::new(
                     0,
                     usage.end,
@@ -93,23 +115,13 @@ impl Core {
                 a.ip = ip;
                 a.device = ip.is_none().then(|| row.device.clone());
                 a.bytes = Some(row.bytes_up.saturating_add(row.bytes_down));
+                a.bytes_up = Some(row.bytes_up);
                 if row.flows > 0 && row.blocked_flows == row.flows {
                     a.result = Outcome::Blocked;
                 }
                 al.observe_new(a);
             }
         }
-        let catalog = self.catalog.clone();
-        let tags = &self.tags;
-        let facts = |id: &str| {
-            let app = catalog.app(id)?;
-            Some(AppFacts {
-                name: app.name.clone(),
-                category: app.category.clone(),
-                risk_score: catalog.risk_score(id),
-                tag: tags.tag(&catalog, id).map(|(t, _)| t.to_string()),
-            })
-        };
         let findings = match &mut self.alerting {
             Some(al) => al.judge_discovery(&mut self.app_discovery, now, &facts),
             // Alerts could not start: the policies' actions still hold.
