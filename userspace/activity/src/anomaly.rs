@@ -419,22 +419,8 @@ impl Anomalies {
             let found = self.observe_app(a, device, t);
             return raise_all(found, a, book, gateway);
         };
-        if !self.users.contains_key(&key) && self.users.len() >= MAX_USERS {
-            // The least recently seen 1% go at once: one scan per that many new users.
-            let mut seen: Vec<i64> = self.users.values().map(|u| u.last_seen).collect();
-            let cut = (MAX_USERS / 100).max(1);
-            seen.select_nth_unstable(cut);
-            let oldest_kept = seen[cut];
-            let before = self.users.len();
-            self.users.retain(|_, u| u.last_seen >= oldest_kept);
-            if self.users.len() >= MAX_USERS {
-                // Many users last seen at the same second: drop arbitrary ones of them.
-                let drop: Vec<u64> = self.users.keys().take(cut).copied().collect();
-                for k in drop {
-                    self.users.remove(&k);
-                }
-            }
-            self.stats.users_evicted += (before - self.users.len()) as u64;
+        if !self.users.contains_key(&key) {
+            self.stats.users_evicted += make_room(&mut self.users, MAX_USERS, |u| u.last_seen);
         }
         let cfg = self.cfg;
         let app_key = self.app_key(&a.app);
@@ -685,6 +671,28 @@ impl Anomalies {
     }
 }
 
+/// Makes room for one more entry in a table of at most `max`: when full, the least recently
+/// seen 1% go at once (one scan per that many new entries). Returns how many went.
+fn make_room<V>(table: &mut HashMap<u64, V>, max: usize, last_seen: impl Fn(&V) -> i64) -> u64 {
+    if table.len() < max {
+        return 0;
+    }
+    let mut seen: Vec<i64> = table.values().map(&last_seen).collect();
+    let cut = (max / 100).max(1);
+    seen.select_nth_unstable(cut);
+    let oldest_kept = seen[cut];
+    let before = table.len();
+    table.retain(|_, v| last_seen(v) >= oldest_kept);
+    if table.len() >= max {
+        // Many entries last seen at the same second: drop arbitrary ones of them.
+        let drop: Vec<u64> = table.keys().take(cut).copied().collect();
+        for k in drop {
+            table.remove(&k);
+        }
+    }
+    (before - table.len()) as u64
+}
+
 /// The findings on `a` as alerts in `book`.
 fn raise_all(
     found: Vec<Finding>,
@@ -748,20 +756,8 @@ impl Anomalies {
             return Vec::new();
         }
         let key = self.app_key(&a.app);
-        if !self.apps.contains_key(&key) && self.apps.len() >= MAX_APPS {
-            let mut seen: Vec<i64> = self.apps.values().map(|s| s.last_seen).collect();
-            let cut = (MAX_APPS / 100).max(1);
-            seen.select_nth_unstable(cut);
-            let oldest_kept = seen[cut];
-            let before = self.apps.len();
-            self.apps.retain(|_, s| s.last_seen >= oldest_kept);
-            if self.apps.len() >= MAX_APPS {
-                let drop: Vec<u64> = self.apps.keys().take(cut).copied().collect();
-                for k in drop {
-                    self.apps.remove(&k);
-                }
-            }
-            self.stats.apps_evicted += (before - self.apps.len()) as u64;
+        if !self.apps.contains_key(&key) {
+            self.stats.apps_evicted += make_room(&mut self.apps, MAX_APPS, |s| s.last_seen);
         }
         let st = self.apps.entry(key).or_insert_with(|| AppState {
             first_seen: i64::MAX,

@@ -10,19 +10,8 @@ use chrono::{DateTime, TimeDelta, Utc};
 use tollgate_activity::anomaly::{Anomalies, AnomalyConfig, AppStanding, MAX_APPS};
 use tollgate_activity::{Activity, ActivityType, AlertBook, Source};
 
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+mod common;
+use common::Lcg;
 
 const MB: u64 = 1_000_000;
 const GB: u64 = 1_000_000_000;

@@ -13,20 +13,8 @@ use tollgate_activity::anomaly::{Anomalies, AnomalyConfig, MAX_USERS};
 use tollgate_activity::geo::Place;
 use tollgate_activity::{Activity, ActivityType, AlertBook, Outcome, Source};
 
-/// A small deterministic generator (the test must not depend on a seed library).
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+mod common;
+use common::Lcg;
 
 const CITIES: &[(&str, &str, f64, f64)] = &[
     ("paris", "FR", 48.8566, 2.3522),
