@@ -400,3 +400,130 @@ fn an_app_discovery_policy_unsanctions_a_new_risky_app_and_the_kernel_blocks_it(
     assert_eq!(again[0]["count"], 1, "{again}");
     daemon.stop();
 }
+
+/// Governance: an activity policy with `block_sessions_secs` suspends the user it alerts on.
+/// Three audited uploads from the client raise the alert; from then on the proxy answers the
+/// client's next request to the app, any request, with a block page naming the policy, and
+/// the block is an audit record in the activity log. Fails without the governance action
+/// (the request is served: 200 or the origin's own answer).
+#[test]
+fn an_alert_with_block_sessions_suspends_the_user_in_the_proxy() {
+    let test = "an_alert_with_block_sessions_suspends_the_user_in_the_proxy";
+    if !ready(test) {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = Topology::new("gv", 1500).expect("topology");
+    let origins = Origins::start(&mut topo, false).expect("origins");
+    let dir = topo.scratch().to_path_buf();
+    let c = topo.client.clone();
+    let extra = format!(
+        "[apps.dropbox]\nsession_control = true\n\n\
+         [proxy]\nlisten = \"[::]:8443\"\nupstream_ca_files = [\"{}\"]\n\n\
+         [[session_policies]]\nname = \"watch pdf uploads\"\napps = [\"dropbox\"]\naction = \"audit\"\n\
+         upload = {{ file_extensions = [\"pdf\"] }}\n\n\
+         [[activity_policies]]\nname = \"upload burst\"\nseverity = \"high\"\nactivity = \"upload\"\n\
+         apps = [\"dropbox\"]\nrepeated = {{ count = 3, within_secs = 60, per_user = true }}\n\
+         block_sessions_secs = 600\n",
+        origins.ca.display(),
+    );
+    let daemon = Daemon::start(&mut topo, "monitor", &extra).expect("daemon");
+    let out_ca = std::process::Command::new(tollgate_bin())
+        .args(["ca", "export", "--config"])
+        .arg(&daemon.config)
+        .output()
+        .unwrap();
+    assert!(out_ca.status.success());
+    let tg_ca = dir.join("tollgate-ca.pem");
+    std::fs::write(&tg_ca, &out_ca.stdout).unwrap();
+    let bundle = dir.join("trust.pem");
+    sh(&format!(
+        "cat {} {} > {}",
+        tg_ca.display(),
+        origins.ca.display(),
+        bundle.display()
+    ))
+    .unwrap();
+    topo.exec(&c, &format!("dig +short www.dropbox.com @{SERVER_IP4}"))
+        .unwrap();
+    let steered = tollgate_e2e::wait_for(Duration::from_secs(15), || {
+        topo.log(&daemon.log)
+            .lines()
+            .any(|l| l.contains("steering to the session proxy") && l.contains(SERVER_IP4))
+            .then_some(())
+    });
+    assert!(steered.is_some(), "not steered:\n{}", topo.log(&daemon.log));
+
+    let fetch = |topo: &Topology, args: &str| -> (String, String) {
+        let body = dir.join("body.out");
+        let o = topo.exec_any(
+            &c,
+            &format!(
+                "curl --http1.1 -sS -o {} -w '%{{http_code}}' --max-time 10 --cacert {} {args}",
+                body.display(),
+                bundle.display()
+            ),
+        );
+        (
+            String::from_utf8_lossy(&o.stdout).trim().to_string(),
+            std::fs::read_to_string(&body).unwrap_or_default(),
+        )
+    };
+    // Before the alert the app is served.
+    let (code, _) = fetch(&topo, "https://www.dropbox.com/");
+    assert_ne!(code, "403", "blocked before any alert");
+    for i in 0..3 {
+        let (code, body) = fetch(
+            &topo,
+            &format!("--data 'page {i}' https://www.dropbox.com/upload/q3-report-{i}.pdf"),
+        );
+        assert_ne!(code, "403", "upload {i} blocked: {body}");
+    }
+    // The alert asks for the block; the daemon hands it to the proxy at once.
+    let blocked = tollgate_e2e::wait_for(Duration::from_secs(5), || {
+        let (code, body) = fetch(&topo, "-H 'Accept: text/html' https://www.dropbox.com/");
+        (code == "403").then_some(body)
+    });
+    let body = blocked.unwrap_or_else(|| {
+        panic!(
+            "the client's sessions were not blocked:\n{}",
+            topo.log(&daemon.log)
+        )
+    });
+    assert!(body.contains("governance: upload burst"), "{body}");
+    // Any request to the app, not only uploads.
+    let (code, _) = fetch(&topo, "https://www.dropbox.com/robots.txt");
+    assert_eq!(code, "403");
+
+    let alerts = daemon.query("alerts").expect("alerts");
+    assert_eq!(alerts.as_array().map(Vec::len), Some(1), "{alerts}");
+    // The block and the refused requests are in the activity log (written by its sink task).
+    let logged = |acts: &serde_json::Value| {
+        let list = acts.as_array().cloned().unwrap_or_default();
+        let actions: Vec<serde_json::Value> = list
+            .iter()
+            .filter(|x| x["activity"] == "admin_action" && x["action"] == "block_sessions")
+            .cloned()
+            .collect();
+        let refused = list.iter().any(|x| {
+            x["source"] == "proxy"
+                && x["policy"]
+                    .as_str()
+                    .is_some_and(|p| p == "governance: upload burst")
+        });
+        (actions, refused)
+    };
+    let mut last = serde_json::Value::Null;
+    let seen = tollgate_e2e::wait_for(Duration::from_secs(5), || {
+        let o = daemon
+            .cli(&["activity", "--json", "--app", "dropbox"])
+            .ok()?;
+        last = serde_json::from_slice(&o.stdout).ok()?;
+        let (actions, refused) = logged(&last);
+        (!actions.is_empty() && refused).then_some(actions)
+    });
+    let actions = seen.unwrap_or_else(|| panic!("no block in the activity log: {last}"));
+    assert_eq!(actions.len(), 1, "{last}");
+    assert_eq!(actions[0]["result"], "success", "{last}");
+    assert_eq!(actions[0]["policy"], "upload burst", "{last}");
+}

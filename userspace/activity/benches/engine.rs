@@ -47,6 +47,7 @@ fn policies() -> Vec<ActivityPolicy> {
                 min_bytes: (i % 6 == 0).then_some(1_000_000),
                 result: (i % 9 == 0).then_some(Outcome::Failure),
                 sources: vec![],
+                block_sessions_secs: None,
                 repeated: (i % 2 == 0).then_some(Repeated {
                     count: 50 + i as u32,
                     within_secs: 60,

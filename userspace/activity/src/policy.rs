@@ -113,12 +113,21 @@ pub struct ActivityPolicy {
     /// N matching within a window; absent: every matching activity alerts.
     #[serde(default)]
     pub repeated: Option<Repeated>,
+    /// Governance: when the policy alerts, the session proxy refuses the alert's user (or,
+    /// without a user, its device) any session to the alert's app (for a policy not per app,
+    /// the app of the activity that fired it) for this many seconds. Needs a per-user policy
+    /// (a single activity, or `repeated.per_user`); applies to apps under session control;
+    /// each block and each refused request is an audit record.
+    #[serde(default)]
+    pub block_sessions_secs: Option<u64>,
 }
 
 fn yes() -> bool {
     true
 }
 
+/// Shortest governance block of a user's sessions.
+pub const MIN_BLOCK_SECS: u64 = 60;
 /// Most activities a repeated policy may ask for.
 pub const MAX_REPEAT_COUNT: u32 = 1_000_000;
 /// Longest window of a repeated policy (a week).
@@ -170,6 +179,14 @@ pub fn validate(policies: &[ActivityPolicy]) -> Result<(), PolicyError> {
                     format!("must be 1..={MAX_WINDOW_SECS}"),
                 ));
             }
+        }
+        if let Some(secs) = p.block_sessions_secs
+            && !(MIN_BLOCK_SECS..=MAX_WINDOW_SECS).contains(&secs)
+        {
+            return Err(err(
+                "block_sessions_secs",
+                format!("must be {MIN_BLOCK_SECS}..={MAX_WINDOW_SECS} (a minute to a week)"),
+            ));
         }
     }
     Ok(())

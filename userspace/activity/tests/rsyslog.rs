@@ -114,6 +114,7 @@ fn mass_download() -> Vec<ActivityPolicy> {
         min_bytes: None,
         result: None,
         sources: vec![],
+        block_sessions_secs: None,
         repeated: Some(Repeated {
             count: 50,
             within_secs: 60,

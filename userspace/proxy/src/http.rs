@@ -439,6 +439,7 @@ impl ConnCtx {
             "upload" => "Upload blocked",
             "download" => "Download blocked",
             "access" => "Access blocked",
+            "governance" => "Access suspended",
             _ => "Action blocked",
         };
         block_response(
@@ -959,6 +960,26 @@ impl ConnCtx {
                     self.sni
                 ),
             );
+        }
+
+        if let Some((policy, left)) =
+            self.shared
+                .session_blocks
+                .check(self.user.as_deref(), self.src.ip(), &self.app)
+        {
+            let d = Decision {
+                action: Action::Block,
+                policy: format!("governance: {policy}"),
+                stage: "governance",
+                reason: format!(
+                    "sessions to {} are blocked for {} s more after an alert of {policy:?}",
+                    self.app,
+                    left.as_secs()
+                ),
+                evidence: Vec::new(),
+            };
+            self.audit(&info, &d);
+            return self.blocked(html, &d);
         }
 
         let policies: Arc<Policies> = self.shared.policies.borrow().clone();

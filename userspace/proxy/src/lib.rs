@@ -146,6 +146,7 @@ pub mod config;
 pub mod decode;
 pub mod dlp;
 mod error;
+pub mod governance;
 pub mod guard;
 pub mod http;
 pub mod idle;
@@ -383,6 +384,18 @@ fn bind_at(cfg: &ProxyConfig, addr: SocketAddr) -> Result<TcpListener> {
 }
 
 impl ProxyHandle {
+    /// Refuses `actor`'s sessions to `app` for `dur` (a governance action of an activity
+    /// policy named `policy`). False when the table of blocks is full.
+    pub fn block_sessions(
+        &self,
+        actor: governance::Actor,
+        app: &str,
+        dur: std::time::Duration,
+        policy: &str,
+    ) -> bool {
+        self.shared.session_blocks.block(actor, app, dur, policy)
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }

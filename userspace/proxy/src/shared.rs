@@ -132,6 +132,8 @@ pub struct Shared {
     pub(crate) server_h2: Arc<ServerConfig>,
     pub(crate) server_h1: Arc<ServerConfig>,
     pub(crate) trust: Mutex<HashMap<(IpAddr, String), Trust>>,
+    /// Users' and devices' sessions to an app refused for a time (governance actions).
+    pub session_blocks: crate::governance::SessionBlocks,
 }
 
 /// What a client did with our certificate for one server name.
@@ -259,6 +261,7 @@ impl Shared {
             per_client: Mutex::new(HashMap::new()),
             local: Mutex::new((None, Arc::new(Vec::new()))),
             trust: Mutex::new(HashMap::new()),
+            session_blocks: Default::default(),
         })
     }
 

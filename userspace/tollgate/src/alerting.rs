@@ -115,6 +115,32 @@ pub struct Alerting {
     /// Alerts opened or changed since the hub was last sent them (bounded: the hub gets the
     /// alert as it stands, so one id stands for any number of changes).
     for_hub: std::collections::BTreeSet<u64>,
+    /// Governance: seconds of session block per policy name (`block_sessions_secs`).
+    block_secs: std::collections::HashMap<String, u64>,
+    /// Session blocks the alerts asked for, waiting for the daemon to hand them to the proxy
+    /// (bounded like `for_hub`).
+    governance: Vec<SessionBlock>,
+}
+
+/// A governance action: refuse `user` (else the device `ip`) sessions to `app` for `secs`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionBlock {
+    pub policy: String,
+    pub alert_id: u64,
+    pub user: Option<String>,
+    pub ip: Option<std::net::IpAddr>,
+    pub app: String,
+    pub secs: u64,
+}
+
+fn block_secs(
+    policies: &[tollgate_activity::ActivityPolicy],
+) -> std::collections::HashMap<String, u64> {
+    policies
+        .iter()
+        .filter(|p| p.enabled)
+        .filter_map(|p| Some((p.name.clone(), p.block_sessions_secs?)))
+        .collect()
 }
 
 /// Alerts waiting for the hub at most; more are counted and not sent.
@@ -175,6 +201,8 @@ impl Alerting {
             save_errors: 0,
             hub_dropped: 0,
             for_hub: std::collections::BTreeSet::new(),
+            block_secs: block_secs(&cfg.activity_policies),
+            governance: Vec::new(),
         })
     }
 
@@ -254,7 +282,52 @@ impl Alerting {
             self.sinks.alert(&ev);
             self.dirty = true;
             self.mark_for_hub(ev.alert.id);
+            self.govern(&ev.alert);
         }
+    }
+
+    /// The governance action of the alert's policy, if it has one, for the daemon to apply.
+    fn govern(&mut self, alert: &tollgate_activity::Alert) {
+        let Some(&secs) = self.block_secs.get(&alert.policy) else {
+            return;
+        };
+        // The alert's app, else (a policy not per app) the app of its newest proof.
+        let Some(app) = alert
+            .entities
+            .app
+            .clone()
+            .or_else(|| alert.activities.last().map(|a| a.app.clone()))
+        else {
+            return;
+        };
+        if alert.entities.user.is_none() && alert.entities.ip.is_none() {
+            return;
+        }
+        if self.governance.len() < MAX_FOR_HUB {
+            self.governance.push(SessionBlock {
+                policy: alert.policy.clone(),
+                alert_id: alert.id,
+                user: alert.entities.user.clone(),
+                ip: alert.entities.ip,
+                app,
+                secs,
+            });
+        }
+    }
+
+    /// The session blocks asked for since the last call.
+    pub fn take_governance(&mut self) -> Vec<SessionBlock> {
+        std::mem::take(&mut self.governance)
+    }
+
+    /// An action the gateway took (a governance block): into the activity log and the sinks
+    /// that want activities, not through the policies (an action never triggers another).
+    pub fn record_action(&mut self, mut a: Activity) {
+        self.next_id += 1;
+        a.id = self.next_id;
+        a.gateway = Some(self.gateway.clone());
+        self.log.activity(&a);
+        self.sinks.activity(&a);
     }
 
     fn mark_for_hub(&mut self, id: u64) {
@@ -297,6 +370,7 @@ impl Alerting {
         }
         if new.activity_policies != old.activity_policies {
             self.engine.set_policies(&new.activity_policies);
+            self.block_secs = block_secs(&new.activity_policies);
         }
         if new.anomaly != old.anomaly {
             self.engine.set_anomaly(&new.anomaly);

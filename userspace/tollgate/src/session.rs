@@ -139,6 +139,17 @@ pub struct SessionControl {
 }
 
 impl SessionControl {
+    /// A governance block: the proxy refuses `actor`'s sessions to `app` for `dur`.
+    pub fn block_sessions(
+        &self,
+        actor: tollgate_proxy::governance::Actor,
+        app: &str,
+        dur: Duration,
+        policy: &str,
+    ) -> bool {
+        self.handle.block_sessions(actor, app, dur, policy)
+    }
+
     /// Starts the proxy and the kernel steering; `None` when no app is under session control.
     /// `audit_tap` receives a copy of each of the proxy's audit records (the daemon's
     /// activity source).

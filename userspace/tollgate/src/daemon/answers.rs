@@ -2,7 +2,7 @@
 //! status line.
 
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tollgate_dataplane::abi;
 use tollgate_discovery::flow_table::FlowTableStats;
@@ -279,6 +279,70 @@ impl Core {
     pub(super) fn on_proxy_record(&mut self, rec: &tollgate_proxy::audit::AuditRecord) {
         if let Some(a) = &mut self.alerting {
             a.on_proxy(rec);
+        }
+    }
+
+    /// Hands the session blocks the alerts asked for to the proxy; each becomes an audit
+    /// record (the activity log, the sinks, the hub).
+    pub(super) fn apply_governance(&mut self) {
+        let Some(al) = &mut self.alerting else {
+            return;
+        };
+        let blocks = al.take_governance();
+        for b in blocks {
+            let actor = match (&b.user, b.ip) {
+                (Some(u), _) => tollgate_proxy::governance::Actor::user(u),
+                (None, Some(ip)) => tollgate_proxy::governance::Actor::Device(ip),
+                (None, None) => continue,
+            };
+            let who = b
+                .user
+                .clone()
+                .or(b.ip.map(|i| i.to_string()))
+                .unwrap_or_default();
+            let done = match &self.session {
+                Some(s) => s.block_sessions(actor, &b.app, Duration::from_secs(b.secs), &b.policy),
+                None => false,
+            };
+            let detail = if done {
+                format!(
+                    "sessions of {who} to {} blocked for {} s by alert {} of policy {:?}",
+                    b.app, b.secs, b.alert_id, b.policy
+                )
+            } else {
+                format!(
+                    "could not block sessions of {who} to {} for policy {:?}: {}",
+                    b.app,
+                    b.policy,
+                    if self.session.is_some() {
+                        "the proxy's table of blocks is full"
+                    } else {
+                        "no app is under session control"
+                    }
+                )
+            };
+            tracing::warn!(app = %b.app, policy = %b.policy, "{detail}");
+            self.audit("session_blocked", Some(&b.app), detail.clone());
+            let mut a = tollgate_activity::Activity::new(
+                0,
+                chrono::Utc::now(),
+                b.app.clone(),
+                tollgate_activity::ActivityType::AdminAction,
+                tollgate_activity::Source::Audit,
+            );
+            a.user = b.user.clone();
+            a.ip = b.ip;
+            a.policy = Some(b.policy.clone());
+            a.action = Some("block_sessions".into());
+            a.object = Some(detail);
+            a.result = if done {
+                tollgate_activity::Outcome::Success
+            } else {
+                tollgate_activity::Outcome::Failure
+            };
+            if let Some(al) = &mut self.alerting {
+                al.record_action(a);
+            }
         }
     }
 }

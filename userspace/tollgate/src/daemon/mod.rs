@@ -647,6 +647,8 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
                 if let Some(a) = &mut core.alerting {
                     a.housekeeping();
                 }
+                // Alerts from other sources (discovery, connectors) may ask for blocks too.
+                core.apply_governance();
                 core.alerts_to_hub();
                 // Walking the kernel's flow map costs ~0.3 us a flow: with a large table,
                 // poll less often so that event reading keeps the CPU (at most ~5%).
@@ -680,6 +682,7 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
                     let Ok(rec) = tap_rx.try_recv() else { break };
                     core.on_proxy_record(&rec);
                 }
+                core.apply_governance();
             }
             _ = sighup.recv() => core.reload(),
             Some(call) = bundles.recv() => {
