@@ -8,7 +8,7 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 use tollgate_activity::anomaly::{Anomalies, AnomalyConfig, AppStanding, MAX_APPS};
-use tollgate_activity::{Activity, ActivityType, AlertBook, Source};
+use tollgate_activity::{Activity, ActivityType, AlertBook, AlertStatus, Source};
 
 mod common;
 use common::Lcg;
@@ -304,4 +304,50 @@ fn learning_raises_nothing_and_sprayed_app_names_stay_bounded() {
     assert!(st.apps <= MAX_APPS as u64, "{st:?}");
     assert!(st.apps_evicted >= 5_000, "{st:?}");
     assert!(an.bytes_per_app() <= 1024, "{} bytes", an.bytes_per_app());
+}
+
+#[test]
+fn a_resolved_app_alert_lets_the_next_spike_open() {
+    // app4 spikes on day 22 and the alert is resolved; it spikes again on day 23 (far above
+    // a baseline that now includes day 22): a new open alert (the per-app alert is keyed by app, while it also names the user who tipped it).
+    let mut rng = Lcg(5);
+    let (mut an, mut book) = detector();
+    let mut records = Vec::new();
+    for day in 0..24 {
+        clean_day(&mut rng, day, &mut records);
+    }
+    let spike = |day: i64, user: &str, bytes: u64| {
+        used(
+            t0() + TimeDelta::days(day) + TimeDelta::hours(23) + TimeDelta::minutes(50),
+            user,
+            "app4",
+            bytes,
+            MB,
+        )
+    };
+    let (before, after): (Vec<Activity>, Vec<Activity>) = {
+        records.sort_by_key(|a| a.time);
+        let cut = t0() + TimeDelta::days(23);
+        records.into_iter().partition(|a| a.time < cut)
+    };
+    let mut before = before;
+    before.push(spike(22, "user100", 40 * GB));
+    replay(&mut an, &mut book, before);
+    let spikes = |book: &AlertBook| -> Vec<(u64, AlertStatus)> {
+        book.iter()
+            .filter(|a| a.policy.contains("far above its baseline"))
+            .map(|a| (a.id, a.status))
+            .collect()
+    };
+    let first = spikes(&book);
+    assert_eq!(first.len(), 1, "{first:?}");
+    book.set_status(first[0].0, AlertStatus::Resolved, None)
+        .unwrap();
+    let mut after = after;
+    after.push(spike(23, "user101", 1_000 * GB));
+    replay(&mut an, &mut book, after);
+    let both = spikes(&book);
+    assert_eq!(both.len(), 2, "{:#?}", book.iter().collect::<Vec<_>>());
+    assert_eq!(both[0], (first[0].0, AlertStatus::Resolved));
+    assert_eq!(both[1].1, AlertStatus::Open);
 }
