@@ -89,6 +89,11 @@ pub enum AlertError {
 pub struct AlertBook {
     alerts: BTreeMap<u64, Alert>,
     open: HashMap<OpenKey, u64>,
+    /// The key each alert was opened under, by id. A caller may dedup under a key that is not
+    /// [`key_of`] the alert (the anomaly detections key per user, or per app, while the alert
+    /// names both): closing or evicting the alert must free the key it was opened under, or
+    /// the next match would be counted into the closed alert.
+    keys: HashMap<u64, OpenKey>,
     next_id: u64,
     max: usize,
     /// Alerts forgotten to stay within the bound.
@@ -106,6 +111,7 @@ impl AlertBook {
         AlertBook {
             alerts: BTreeMap::new(),
             open: HashMap::new(),
+            keys: HashMap::new(),
             next_id: 1,
             max: max.max(1),
             evicted: 0,
@@ -117,9 +123,11 @@ impl AlertBook {
         let mut book = AlertBook::new(max);
         for a in alerts {
             book.next_id = book.next_id.max(a.id + 1);
+            let key = key_of(&a);
             if a.status == AlertStatus::Open {
-                book.open.insert(key_of(&a), a.id);
+                book.open.insert(key.clone(), a.id);
             }
+            book.keys.insert(a.id, key);
             book.alerts.insert(a.id, a);
         }
         book.trim();
@@ -159,7 +167,8 @@ impl AlertBook {
         self.next_id += 1;
         alert.id = id;
         alert.status = AlertStatus::Open;
-        self.open.insert(key, id);
+        self.open.insert(key.clone(), id);
+        self.keys.insert(id, key);
         self.alerts.insert(id, alert);
         self.trim();
         id
@@ -201,9 +210,11 @@ impl AlertBook {
         comment: Option<String>,
     ) -> Result<&Alert, AlertError> {
         let a = self.alerts.get_mut(&id).ok_or(AlertError::NotFound(id))?;
-        let key = key_of(a);
+        let key = self.keys.get(&id).cloned().unwrap_or_else(|| key_of(a));
         if a.status == AlertStatus::Open && status != AlertStatus::Open {
-            self.open.remove(&key);
+            if self.open.get(&key) == Some(&id) {
+                self.open.remove(&key);
+            }
         } else if status == AlertStatus::Open && a.status != AlertStatus::Open {
             // Another alert may have opened for the key meanwhile: that one stays the open one.
             self.open.entry(key).or_insert(id);
@@ -225,10 +236,14 @@ impl AlertBook {
                 .or_else(|| self.alerts.values().next())
                 .map(|a| a.id);
             let Some(id) = victim else { break };
+            let key = self.keys.remove(&id);
             if let Some(a) = self.alerts.remove(&id)
                 && a.status == AlertStatus::Open
             {
-                self.open.remove(&key_of(&a));
+                let key = key.unwrap_or_else(|| key_of(&a));
+                if self.open.get(&key) == Some(&id) {
+                    self.open.remove(&key);
+                }
             }
             self.evicted += 1;
         }

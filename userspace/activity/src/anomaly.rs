@@ -28,15 +28,36 @@
 //! ([`Anomalies::set_app_standing`]; the gateway sets them from its catalog and tags at each
 //! discovery interval); an app nobody described is neither risky nor unsanctioned.
 //!
-//! What an attacker can do: one who controls a user's activity during learning can teach it
-//! a country (the baseline is only as clean as the learning period); an attacker spraying
-//! failed logins across many user names stays under the per-user line (a tenant-wide line is
-//! the activity policies' `repeated` without `per_user`). Exfiltration kept under the daily
-//! line (100 MB a day to a new app) or spread over many days passes `unusual_upload`, and one
-//! that starts during learning raises the user's baseline; an upload spread across more than
-//! eight apps a day shares slots (the smallest is taken over), so it is undercounted, not
-//! unbounded. Spraying made-up app names fills the app table, whose oldest entries go first
-//! (counted as `apps_evicted`); a flood of made-up users of one new app is one alert.
+//! What an attacker can do, and what bounds hold:
+//!
+//! - One who controls a user's activity during learning can teach it a country (the baseline
+//!   is only as clean as the learning period); spraying failed logins across many user names
+//!   stays under the per-user line (a tenant-wide line is the activity policies' `repeated`
+//!   without `per_user`).
+//! - `unusual_upload`: exfiltration kept under the daily line (100 MB a day to one app at
+//!   medium), spread over many days, or split across several unsanctioned apps each under the
+//!   line passes; so does one to a sanctioned app known for more than 7 days (by design: the
+//!   detection is about where the data goes). The baseline is a decaying average (0.3 of each
+//!   day): a ramp that stays under 5 × the baseline every day roughly doubles the baseline a
+//!   day, so a patient user reaches gigabytes a day in about a week unflagged, and one that
+//!   starts during learning raises it from the start. A user's day keeps at most
+//!   [`MAX_UPLOAD_APPS`] apps apart: a ninth takes over the smallest slot with its bytes, so an
+//!   app's count can be above its own bytes (by at most the smallest slot) but never below:
+//!   spraying apps cannot hide an upload, it can only blame the wrong app for a share of it.
+//! - `risky_app_first_use` counts distinct users in the app's first 24 h only: adoption spread
+//!   over more than a day, or an app touched once during the detector's learning (which makes
+//!   it never new), passes. Users are kept as 32-bit key prefixes, at most the line + 1 per
+//!   app, so a flood of made-up users of one new app costs about a hundred bytes and is one alert;
+//!   a collision undercounts by one. A record without a user counts its device as the user.
+//! - `app_traffic_spike`: the same decaying baseline can be ramped; traffic split across apps
+//!   is judged per app; one alert per app and day.
+//! - Spraying made-up app names fills the app table ([`MAX_APPS`]), whose least recently seen
+//!   entries go first (counted as `apps_evicted`): an evicted app comes back as new (more
+//!   sensitive for `unusual_upload` and `risky_app_first_use`, which may then alert on an app
+//!   the network already used), its traffic baseline restarts (`app_traffic_spike` is blind to
+//!   it for its `learning_days`), and its standing is lost until the caller sets it again (the
+//!   gateway does at each discovery interval, before that interval's records). Memory stays
+//!   bounded in every case: at most [`MAX_USERS`] users and [`MAX_APPS`] apps.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -252,6 +273,8 @@ struct AppState {
     /// Whether the detector had learned for `risky_app_first_use` when it first saw the app:
     /// only such an app is new to the network rather than new to the detector.
     new_to_network: bool,
+    /// The same for `unusual_upload`, with its own `learning_days`.
+    new_for_upload: bool,
     /// Distinct users (truncated keys) in the app's first day, at most the line + 1.
     first_users: Vec<u32>,
     first_use_alerted: bool,
@@ -636,8 +659,10 @@ impl Anomalies {
                 let line = (lines.upload_floor as f64).max(lines.upload_factor * u.upload_baseline);
                 let standing = self.apps.get(&app_key);
                 let unsanctioned = standing.is_some_and(|s| s.standing.unsanctioned);
+                // New: first seen after this detection's own learning (judged when first
+                // seen, as below for an app this record is the first of), within 7 days.
                 let new_app = standing.is_some_and(|s| {
-                    s.new_to_network && t.saturating_sub(s.first_seen) < NEW_APP_SECS
+                    s.new_for_upload && t.saturating_sub(s.first_seen) < NEW_APP_SECS
                 }) || (standing.is_none_or(|s| s.first_seen == i64::MAX)
                     && self.started.is_some_and(|st| {
                         t - st >= i64::from(cfg.unusual_upload.learning_days) * 86_400
@@ -768,6 +793,7 @@ impl Anomalies {
             st.last_seen = t;
             st.new_to_network =
                 t - started >= i64::from(cfg.risky_app_first_use.learning_days) * 86_400;
+            st.new_for_upload = t - started >= i64::from(cfg.unusual_upload.learning_days) * 86_400;
         }
         st.first_seen = st.first_seen.min(t);
         st.last_seen = st.last_seen.max(t);

@@ -8,7 +8,7 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 use tollgate_activity::anomaly::{Anomalies, AnomalyConfig, AppStanding, MAX_APPS};
-use tollgate_activity::{Activity, ActivityType, AlertBook, Source};
+use tollgate_activity::{Activity, ActivityType, AlertBook, AlertStatus, Source};
 
 mod common;
 use common::Lcg;
@@ -304,4 +304,129 @@ fn learning_raises_nothing_and_sprayed_app_names_stay_bounded() {
     assert!(st.apps <= MAX_APPS as u64, "{st:?}");
     assert!(st.apps_evicted >= 5_000, "{st:?}");
     assert!(an.bytes_per_app() <= 1024, "{} bytes", an.bytes_per_app());
+}
+
+#[test]
+fn a_resolved_app_alert_lets_the_next_spike_open() {
+    // app4 spikes on day 22 and the alert is resolved; it spikes again on day 23 (far above
+    // a baseline that now includes day 22): a new open alert (the per-app alert is keyed by app, while it also names the user who tipped it).
+    let mut rng = Lcg(5);
+    let (mut an, mut book) = detector();
+    let mut records = Vec::new();
+    for day in 0..24 {
+        clean_day(&mut rng, day, &mut records);
+    }
+    let spike = |day: i64, user: &str, bytes: u64| {
+        used(
+            t0() + TimeDelta::days(day) + TimeDelta::hours(23) + TimeDelta::minutes(50),
+            user,
+            "app4",
+            bytes,
+            MB,
+        )
+    };
+    let (before, after): (Vec<Activity>, Vec<Activity>) = {
+        records.sort_by_key(|a| a.time);
+        let cut = t0() + TimeDelta::days(23);
+        records.into_iter().partition(|a| a.time < cut)
+    };
+    let mut before = before;
+    before.push(spike(22, "user100", 40 * GB));
+    replay(&mut an, &mut book, before);
+    let spikes = |book: &AlertBook| -> Vec<(u64, AlertStatus)> {
+        book.iter()
+            .filter(|a| a.policy.contains("far above its baseline"))
+            .map(|a| (a.id, a.status))
+            .collect()
+    };
+    let first = spikes(&book);
+    assert_eq!(first.len(), 1, "{first:?}");
+    book.set_status(first[0].0, AlertStatus::Resolved, None)
+        .unwrap();
+    let mut after = after;
+    after.push(spike(23, "user101", 1_000 * GB));
+    replay(&mut an, &mut book, after);
+    let both = spikes(&book);
+    assert_eq!(both.len(), 2, "{:#?}", book.iter().collect::<Vec<_>>());
+    assert_eq!(both[0], (first[0].0, AlertStatus::Resolved));
+    assert_eq!(both[1].1, AlertStatus::Open);
+}
+
+#[test]
+fn a_new_app_for_unusual_upload_follows_its_own_learning() {
+    // The admin gave risky_app_first_use a longer learning (60 days) and unusual_upload a
+    // shorter one (7, the default): an app first seen on day 18 is new for unusual_upload, and
+    // an exfiltration to it in two parts (the second one crosses the line) alerts.
+    let mut rng = Lcg(13);
+    let mut cfg = AnomalyConfig::default();
+    cfg.risky_app_first_use.learning_days = 60;
+    let mut an = Anomalies::new(&cfg);
+    let mut book = AlertBook::default();
+    let mut records = Vec::new();
+    for day in 0..20 {
+        clean_day(&mut rng, day, &mut records);
+    }
+    let at = t0() + TimeDelta::days(18) + TimeDelta::hours(21);
+    records.push(used(at, "user43", "dropzone", MB, 60 * MB));
+    records.push(used(
+        at + TimeDelta::hours(1),
+        "user43",
+        "dropzone",
+        MB,
+        400 * MB,
+    ));
+    replay(&mut an, &mut book, records);
+    let uploads: Vec<_> = app_alerts(&book)
+        .into_iter()
+        .filter(|a| a.0.contains("upload"))
+        .collect();
+    assert_eq!(uploads.len(), 1, "{:#?}", book.iter().collect::<Vec<_>>());
+    assert_eq!(uploads[0].2.as_deref(), Some("dropzone"));
+}
+
+#[test]
+fn an_app_seen_during_unusual_uploads_learning_is_not_new_to_it() {
+    // The other way round: unusual_upload learns for 30 days, risky_app_first_use for 7. An
+    // app first seen on day 28 is not new to unusual_upload, so a large upload to it on day
+    // 31 (within 7 days, by a user who has learned) raises nothing.
+    let mut rng = Lcg(17);
+    let mut cfg = AnomalyConfig::default();
+    cfg.unusual_upload.learning_days = 30;
+    cfg.risky_app_first_use.learning_days = 7;
+    let mut an = Anomalies::new(&cfg);
+    let mut book = AlertBook::default();
+    let mut records = Vec::new();
+    for day in 0..33 {
+        clean_day(&mut rng, day, &mut records);
+    }
+    for (day, up) in [(28, MB), (31, 2 * GB)] {
+        let t = t0() + TimeDelta::days(day) + TimeDelta::hours(9);
+        records.push(used(t, "user44", "dropzone", MB, up));
+    }
+    replay(&mut an, &mut book, records);
+    assert_eq!(
+        app_alerts(&book)
+            .into_iter()
+            .filter(|a| a.0.contains("upload"))
+            .count(),
+        0,
+        "{:#?}",
+        book.iter().collect::<Vec<_>>()
+    );
+    // The same upload, by another user, to an app first seen after the replay (day 33), is an
+    // alert (user44's own baseline now holds the 2 GB).
+    let t = t0() + TimeDelta::days(33) + TimeDelta::hours(10);
+    an.observe(
+        &used(t, "user45", "sendbox", MB, 2 * GB),
+        None,
+        &mut book,
+        None,
+    );
+    assert_eq!(
+        app_alerts(&book)
+            .into_iter()
+            .filter(|a| a.0.contains("upload"))
+            .count(),
+        1
+    );
 }

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, TimeDelta, Utc};
 use tollgate_activity::anomaly::{Anomalies, AnomalyConfig, MAX_USERS};
 use tollgate_activity::geo::Place;
-use tollgate_activity::{Activity, ActivityType, AlertBook, Outcome, Source};
+use tollgate_activity::{Activity, ActivityType, AlertBook, AlertStatus, Outcome, Source};
 
 mod common;
 use common::Lcg;
@@ -338,4 +338,39 @@ fn learning_late_records_and_sprayed_names() {
         "{} bytes a user",
         an.bytes_per_user()
     );
+}
+
+#[test]
+fn a_resolved_anomaly_alert_lets_the_next_one_open() {
+    // Two failed-login storms by one user, an hour apart; the analyst resolves the first
+    // alert in between. The second storm is a new open alert, not a count on the closed one.
+    let mut an = Anomalies::new(&AnomalyConfig::default());
+    let mut book = AlertBook::default();
+    let storm = |an: &mut Anomalies, book: &mut AlertBook, start: DateTime<Utc>| {
+        for i in 0..10 {
+            let e = event(
+                start + TimeDelta::seconds(i * 20),
+                "Alice@example.com",
+                ActivityType::FailedLogin,
+                false,
+                "paris",
+            );
+            an.observe(&e.a, e.place, book, None);
+        }
+    };
+    storm(&mut an, &mut book, t0());
+    let first: Vec<u64> = book.iter().map(|a| a.id).collect();
+    assert_eq!(first.len(), 1, "{:#?}", book.iter().collect::<Vec<_>>());
+    book.set_status(first[0], AlertStatus::Resolved, Some("alice's typo".into()))
+        .unwrap();
+    storm(&mut an, &mut book, t0() + TimeDelta::hours(1));
+    let all: Vec<(u64, AlertStatus, u64)> =
+        book.iter().map(|a| (a.id, a.status, a.count)).collect();
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert_eq!(all[0], (first[0], AlertStatus::Resolved, 1));
+    assert_eq!((all[1].1, all[1].2), (AlertStatus::Open, 1));
+    // And a third storm counts into the open one.
+    storm(&mut an, &mut book, t0() + TimeDelta::hours(2));
+    assert_eq!(book.len(), 2);
+    assert_eq!(book.get(all[1].0).map(|a| a.count), Some(2));
 }
