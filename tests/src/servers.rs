@@ -207,6 +207,30 @@ impl Daemon {
         Ok(())
     }
 
+    /// What a client of session control trusts: the daemon's CA, exported as an admin would
+    /// (`tollgate ca export`), and the origins' CA, together in `dir/trust.pem`.
+    pub fn client_trust(
+        &self,
+        origins_ca: &std::path::Path,
+        dir: &std::path::Path,
+    ) -> Result<PathBuf> {
+        let out = std::process::Command::new(tollgate_bin())
+            .args(["ca", "export", "--config"])
+            .arg(&self.config)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "tollgate ca export: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let mut pem = out.stdout;
+        pem.extend(std::fs::read(origins_ca).with_context(|| format!("{}", origins_ca.display()))?);
+        let bundle = dir.join("trust.pem");
+        std::fs::write(&bundle, pem)?;
+        Ok(bundle)
+    }
+
     /// Runs a tollgate client subcommand against this daemon and parses its JSON.
     pub fn query(&self, sub: &str) -> Result<serde_json::Value> {
         let out = std::process::Command::new(tollgate_bin())

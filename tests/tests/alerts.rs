@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use tollgate_e2e::servers::{Daemon, Origins};
-use tollgate_e2e::{CLIENT_IP4, CLIENT_IP6, SERVER_IP4, Topology, serial, sh, tollgate_bin};
+use tollgate_e2e::{CLIENT_IP4, CLIENT_IP6, SERVER_IP4, Topology, serial};
 
 const SYSLOG_PORT: u16 = 6514;
 
@@ -79,22 +79,9 @@ fn an_upload_burst_through_the_proxy_raises_an_alert_in_rsyslog() {
         origins.ca.display(),
     );
     let daemon = Daemon::start(&mut topo, "monitor", &extra).expect("daemon");
-    let out_ca = std::process::Command::new(tollgate_bin())
-        .args(["ca", "export", "--config"])
-        .arg(&daemon.config)
-        .output()
-        .unwrap();
-    assert!(out_ca.status.success());
-    let tg_ca = dir.join("tollgate-ca.pem");
-    std::fs::write(&tg_ca, &out_ca.stdout).unwrap();
-    let bundle = dir.join("trust.pem");
-    sh(&format!(
-        "cat {} {} > {}",
-        tg_ca.display(),
-        origins.ca.display(),
-        bundle.display()
-    ))
-    .unwrap();
+    let bundle = daemon
+        .client_trust(&origins.ca, &dir)
+        .expect("trust bundle");
 
     // DNS names the app: its address is steered into the proxy.
     topo.exec(&c, &format!("dig +short www.dropbox.com @{SERVER_IP4}"))
@@ -428,22 +415,9 @@ fn an_alert_with_block_sessions_suspends_the_user_in_the_proxy() {
         origins.ca.display(),
     );
     let daemon = Daemon::start(&mut topo, "monitor", &extra).expect("daemon");
-    let out_ca = std::process::Command::new(tollgate_bin())
-        .args(["ca", "export", "--config"])
-        .arg(&daemon.config)
-        .output()
-        .unwrap();
-    assert!(out_ca.status.success());
-    let tg_ca = dir.join("tollgate-ca.pem");
-    std::fs::write(&tg_ca, &out_ca.stdout).unwrap();
-    let bundle = dir.join("trust.pem");
-    sh(&format!(
-        "cat {} {} > {}",
-        tg_ca.display(),
-        origins.ca.display(),
-        bundle.display()
-    ))
-    .unwrap();
+    let bundle = daemon
+        .client_trust(&origins.ca, &dir)
+        .expect("trust bundle");
     topo.exec(&c, &format!("dig +short www.dropbox.com @{SERVER_IP4}"))
         .unwrap();
     let steered = tollgate_e2e::wait_for(Duration::from_secs(15), || {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use std::path::{Path, PathBuf};
 
 use tollgate_e2e::servers::{Daemon, Origins, SERVER_ALT_IP4, fixture};
-use tollgate_e2e::{SERVER_IP4, Topology, serial, sh, tollgate_bin};
+use tollgate_e2e::{SERVER_IP4, Topology, serial, sh};
 
 fn ready(test: &str) -> bool {
     tollgate_e2e::ready(
@@ -64,26 +64,9 @@ fn steered_app_gets_policies_others_keep_their_certificate() {
     );
     let daemon = Daemon::start(&mut topo, "monitor", &extra).expect("daemon");
     // The client trusts Tollgate's CA (exported as an admin would) and the origin's.
-    let tg_ca = dir.join("tollgate-ca.pem");
-    let out = std::process::Command::new(tollgate_bin())
-        .args(["ca", "export", "--config"])
-        .arg(&daemon.config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::write(&tg_ca, &out.stdout).unwrap();
-    let bundle = dir.join("trust.pem");
-    sh(&format!(
-        "cat {} {} > {}",
-        tg_ca.display(),
-        origins.ca.display(),
-        bundle.display()
-    ))
-    .unwrap();
+    let bundle = daemon
+        .client_trust(&origins.ca, &dir)
+        .expect("trust bundle");
     let c = topo.client.clone();
     let g = topo.gateway.clone();
     // The daemon installed the policy route for marked packets.
@@ -312,26 +295,9 @@ fn session_daemon(
         origins.ca.display(),
     );
     let daemon = Daemon::start(topo, mode, &config).expect("daemon");
-    let out = std::process::Command::new(tollgate_bin())
-        .args(["ca", "export", "--config"])
-        .arg(&daemon.config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let tg_ca = dir.join("tollgate-ca.pem");
-    std::fs::write(&tg_ca, &out.stdout).unwrap();
-    let bundle = dir.join("trust.pem");
-    sh(&format!(
-        "cat {} {} > {}",
-        tg_ca.display(),
-        origins.ca.display(),
-        bundle.display()
-    ))
-    .unwrap();
+    let bundle = daemon
+        .client_trust(&origins.ca, &dir)
+        .expect("trust bundle");
     (daemon, bundle)
 }
 
