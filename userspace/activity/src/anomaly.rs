@@ -439,7 +439,8 @@ impl Anomalies {
         let Some(key) = self.user_key(a) else {
             // No user: only the per-app detections, with the device as the one who used it.
             let device = self.keyer.hash_one(a.actor());
-            let found = self.observe_app(a, device, t);
+            let app_key = self.app_key(&a.app);
+            let found = self.observe_app(a, app_key, device, t);
             return raise_all(found, a, book, gateway);
         };
         if !self.users.contains_key(&key) {
@@ -691,7 +692,7 @@ impl Anomalies {
             }
         }
 
-        found.extend(self.observe_app(a, key, t));
+        found.extend(self.observe_app(a, app_key, key, t));
         raise_all(found, a, book, gateway)
     }
 }
@@ -770,7 +771,8 @@ const TRAFFIC_SPIKE: &str = "traffic to an app far above its baseline";
 
 impl Anomalies {
     /// The per-app detections: `risky_app_first_use` and `app_traffic_spike`.
-    fn observe_app(&mut self, a: &Activity, user_key: u64, t: i64) -> Vec<Finding> {
+    /// `key` is [`Anomalies::app_key`] of `a.app` (the caller has it already).
+    fn observe_app(&mut self, a: &Activity, key: u64, user_key: u64, t: i64) -> Vec<Finding> {
         let cfg = self.cfg;
         let started = *self.started.get_or_insert(t);
         self.started = Some(started.min(t));
@@ -780,7 +782,6 @@ impl Anomalies {
         {
             return Vec::new();
         }
-        let key = self.app_key(&a.app);
         if !self.apps.contains_key(&key) {
             self.stats.apps_evicted += make_room(&mut self.apps, MAX_APPS, |s| s.last_seen);
         }
