@@ -391,8 +391,9 @@ fn an_app_discovery_policy_unsanctions_a_new_risky_app_and_the_kernel_blocks_it(
 /// Governance: an activity policy with `block_sessions_secs` suspends the user it alerts on.
 /// Three audited uploads from the client raise the alert; from then on the proxy answers the
 /// client's next request to the app, any request, with a block page naming the policy, and
-/// the block is an audit record in the activity log. Fails without the governance action
-/// (the request is served: 200 or the origin's own answer).
+/// the block is an audit record in the activity log, and it holds through a restart of the
+/// daemon. Fails without the governance action (the request is served: 200 or the origin's
+/// own answer).
 #[test]
 fn an_alert_with_block_sessions_suspends_the_user_in_the_proxy() {
     let test = "an_alert_with_block_sessions_suspends_the_user_in_the_proxy";
@@ -500,4 +501,16 @@ fn an_alert_with_block_sessions_suspends_the_user_in_the_proxy() {
     assert_eq!(actions.len(), 1, "{last}");
     assert_eq!(actions[0]["result"], "success", "{last}");
     assert_eq!(actions[0]["policy"], "upload burst", "{last}");
+
+    // A restart does not lift the block: the new proxy gets it from the ledger on disk.
+    daemon.stop();
+    daemon.spawn(&mut topo).expect("daemon restarts");
+    let blocked = tollgate_e2e::wait_for(Duration::from_secs(20), || {
+        let (code, body) = fetch(&topo, "-H 'Accept: text/html' https://www.dropbox.com/");
+        (code == "403").then_some(body)
+    });
+    let body =
+        blocked.unwrap_or_else(|| panic!("a restart lifted the block:\n{}", topo.log(&daemon.log)));
+    assert!(body.contains("governance: upload burst"), "{body}");
+    daemon.stop();
 }

@@ -48,6 +48,8 @@ fn policies() -> Vec<ActivityPolicy> {
                 result: (i % 9 == 0).then_some(Outcome::Failure),
                 sources: vec![],
                 block_sessions_secs: None,
+                connector_actions: vec![],
+                notify: vec![],
                 repeated: (i % 2 == 0).then_some(Repeated {
                     count: 50 + i as u32,
                     within_secs: 60,

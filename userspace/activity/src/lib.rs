@@ -29,6 +29,8 @@
 //! apps = ["box"]                     # optional filters: users, ips (CIDRs), object_contains,
 //! repeated = { count = 50, within_secs = 60, per_user = true }   # min_bytes, result, sources
 //! # enabled = true; repeated.per_app = false
+//! # governance: block_sessions_secs = 600; notify = ["SINK NAME"];
+//! # connector_actions = [{ connector = "okta", action = "suspend_user" | "revoke_sessions" }]
 //!
 //! [[alert_sinks]]
 //! kind = "syslog"                    # syslog | file | webhook
@@ -54,6 +56,9 @@ pub use alert::{Alert, AlertBook, AlertError, AlertStatus, Entities};
 pub use discovery_policy::{AppDiscovery, AppDiscoveryPolicy, DiscoveredUse};
 pub use engine::{AlertEvent, AlertEventKind, Engine, EngineStats};
 pub use format::{Format, Record};
-pub use policy::{ActivityPolicy, PolicyError, Repeated, Severity, validate};
+pub use policy::{
+    ActivityPolicy, ConnectorAction, GovernanceCall, PolicyActions, PolicyError, Repeated,
+    Severity, validate, validate_notify,
+};
 pub use record::{Activity, ActivityType, Outcome, Source};
 pub use sink::{SinkConfig, SinkError, SinkKind, SinkStatsSnapshot, Sinks};

@@ -120,6 +120,106 @@ pub struct ActivityPolicy {
     /// each block and each refused request is an audit record.
     #[serde(default)]
     pub block_sessions_secs: Option<u64>,
+    /// Governance: when the policy opens an alert for a user, each of these calls is made
+    /// through the named connector's admin API (Okta: suspend the user, revoke their sessions;
+    /// GitHub Enterprise Server: suspend). Made where the connector runs (a gateway's
+    /// `run_on = "gateway"` connectors, the hub's others), once per alert opened; each call
+    /// and its outcome is an audit record.
+    #[serde(default)]
+    pub connector_actions: Vec<ConnectorAction>,
+    /// Governance: when the policy opens an alert, it goes to these `[[alert_sinks]]` (by
+    /// their `name`) even where their `send` or `min_severity` would leave it out: a webhook
+    /// to the team's chat or paging tool with `send = []` hears only from the policies that
+    /// name it. Each notification is an audit record.
+    #[serde(default)]
+    pub notify: Vec<String>,
+}
+
+/// `connector_actions = [{ connector = "okta", action = "suspend_user" }]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorAction {
+    /// The connector's `name`.
+    pub connector: String,
+    pub action: GovernanceCall,
+}
+
+/// A governance call a policy may ask of a connector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GovernanceCall {
+    /// Okta: `POST /api/v1/users/{id}/lifecycle/suspend`; GitHub Enterprise Server:
+    /// `PUT /users/{username}/suspended`.
+    SuspendUser,
+    /// Okta: `DELETE /api/v1/users/{id}/sessions`.
+    RevokeSessions,
+}
+
+impl GovernanceCall {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GovernanceCall::SuspendUser => "suspend_user",
+            GovernanceCall::RevokeSessions => "revoke_sessions",
+        }
+    }
+}
+
+impl fmt::Display for GovernanceCall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a policy asks to be done when it opens an alert, beyond the alert itself.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PolicyActions {
+    pub connector_actions: Vec<ConnectorAction>,
+    pub notify: Vec<String>,
+}
+
+impl PolicyActions {
+    /// The policies that ask for a connector call or a notification, by name.
+    pub fn by_policy(
+        policies: &[ActivityPolicy],
+    ) -> std::collections::HashMap<String, PolicyActions> {
+        policies
+            .iter()
+            .filter(|p| !p.connector_actions.is_empty() || !p.notify.is_empty())
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    PolicyActions {
+                        connector_actions: p.connector_actions.clone(),
+                        notify: p.notify.clone(),
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+/// Most connector actions or notified sinks one policy may name.
+pub const MAX_POLICY_ACTIONS: usize = 8;
+
+/// Checks that every sink a policy notifies is one of `sinks` by name.
+pub fn validate_notify(
+    policies: &[ActivityPolicy],
+    sinks: &[crate::sink::SinkConfig],
+) -> Result<(), PolicyError> {
+    for (index, p) in policies.iter().enumerate() {
+        for n in &p.notify {
+            if !sinks.iter().any(|s| s.name.as_deref() == Some(n.as_str())) {
+                return Err(PolicyError {
+                    index,
+                    key: "notify",
+                    message: format!(
+                        "no [[alert_sinks]] entry has name = {n:?} (name the sink to notify)"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 fn yes() -> bool {
@@ -186,6 +286,49 @@ pub fn validate(policies: &[ActivityPolicy]) -> Result<(), PolicyError> {
             return Err(err(
                 "block_sessions_secs",
                 format!("must be {MIN_BLOCK_SECS}..={MAX_WINDOW_SECS} (a minute to a week)"),
+            ));
+        }
+        if p.connector_actions.len() > MAX_POLICY_ACTIONS {
+            return Err(err(
+                "connector_actions",
+                format!("at most {MAX_POLICY_ACTIONS}"),
+            ));
+        }
+        for a in &p.connector_actions {
+            if a.connector.trim().is_empty()
+                || a.connector.len() > MAX_NAME_LEN
+                || a.connector.chars().any(char::is_control)
+            {
+                return Err(err(
+                    "connector_actions.connector",
+                    format!("must be a connector's name, 1..={MAX_NAME_LEN} printable bytes"),
+                ));
+            }
+        }
+        if p.notify.len() > MAX_POLICY_ACTIONS {
+            return Err(err("notify", format!("at most {MAX_POLICY_ACTIONS} sinks")));
+        }
+        if !p.connector_actions.is_empty() && p.repeated.as_ref().is_some_and(|r| !r.per_user) {
+            return Err(err(
+                "connector_actions",
+                "acts on the alert's user: needs a single-activity policy or repeated.per_user = true".into(),
+            ));
+        }
+        // Anyone on the internet can fail a login under a victim's name: a policy that such
+        // events can fire must not suspend the named user (a lock-out on demand).
+        let suspends = p
+            .connector_actions
+            .iter()
+            .any(|a| a.action == GovernanceCall::SuspendUser);
+        let types = p.activity.as_ref().map(OneOrMany::to_vec);
+        if suspends
+            && types
+                .as_ref()
+                .is_none_or(|t| t.contains(&ActivityType::FailedLogin))
+        {
+            return Err(err(
+                "connector_actions",
+                "suspend_user needs `activity` set, without failed_login: an outsider can fail logins in anyone's name (use revoke_sessions there)".into(),
             ));
         }
     }

@@ -67,7 +67,8 @@ pub struct SinkConfig {
     /// cef | rfc5424 | json (default: cef for syslog, json otherwise).
     #[serde(default)]
     pub format: Option<Format>,
-    /// alerts and/or activities (default: alerts).
+    /// alerts and/or activities (default: alerts); empty for a named sink that only the
+    /// policies naming it in `notify` send to.
     #[serde(default = "default_send")]
     pub send: Vec<Send>,
     /// Alerts below this severity are not sent.
@@ -207,8 +208,12 @@ impl SinkConfig {
                 }
             }
         }
-        if self.send.is_empty() {
-            return Err(err("send", "sends nothing (alerts, activities)".into()));
+        // A named sink may take nothing but what policies' `notify` sends it.
+        if self.send.is_empty() && self.name.is_none() {
+            return Err(err(
+                "send",
+                "sends nothing (alerts, activities); give it a name for policies to notify".into(),
+            ));
         }
         if self.rate_per_sec == 0 || self.burst == 0 {
             return Err(err(
@@ -376,12 +381,28 @@ impl Sinks {
 
     /// Hands an alert to every sink that wants it (never blocks).
     pub fn alert(&mut self, ev: &AlertEvent) {
-        self.alert_record(&ev.alert);
+        self.alert_record(&ev.alert, &[]);
     }
 
-    fn alert_record(&mut self, a: &Alert) {
+    /// [`Sinks::alert`], and to the sinks named in `notify` (a policy's `notify`) whatever
+    /// their `send` and `min_severity`; each gets it once. For each sink named: its name and
+    /// whether the alert was queued for it (the rate limit and the queue still apply). A name
+    /// no sink has is answered false.
+    pub fn alert_notifying(&mut self, ev: &AlertEvent, notify: &[String]) -> Vec<(String, bool)> {
+        let queued = self.alert_record(&ev.alert, notify);
+        notify
+            .iter()
+            .map(|n| (n.clone(), queued.iter().any(|q| q == n)))
+            .collect()
+    }
+
+    /// Queues the alert for every sink that wants it or is named in `notify`; the names of
+    /// the named sinks it was queued for.
+    fn alert_record(&mut self, a: &Alert, notify: &[String]) -> Vec<String> {
+        let mut notified = Vec::new();
         for h in &mut self.handles {
-            if !h.alerts || a.severity < h.min_severity {
+            let named = notify.contains(&h.name);
+            if !named && (!h.alerts || a.severity < h.min_severity) {
                 continue;
             }
             if !h.bucket.take() {
@@ -390,8 +411,13 @@ impl Sinks {
             }
             if h.tx.try_send(Record::Alert(Box::new(a.clone()))).is_err() {
                 h.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if named {
+                notified.push(h.name.clone());
             }
         }
+        notified
     }
 
     /// Hands an activity to every sink that wants activities (never blocks).

@@ -292,6 +292,24 @@ fn disabled_and_invalid_policies() {
             "repeated.within_secs",
         ),
         ("[[activity_policies]]\nname = \"a\\nb\"\n", "name"),
+        // A connector call acts on the alert's user: a per-device count has none.
+        (
+            "[[activity_policies]]\nname = \"a\"\nactivity = \"download\"\nrepeated = { count = 5, within_secs = 60 }\nconnector_actions = [{ connector = \"okta\", action = \"revoke_sessions\" }]\n",
+            "connector_actions",
+        ),
+        // Suspending on what an outsider can cause (failed logins, or any activity) is refused.
+        (
+            "[[activity_policies]]\nname = \"a\"\nactivity = [\"login\", \"failed_login\"]\nconnector_actions = [{ connector = \"okta\", action = \"suspend_user\" }]\n",
+            "connector_actions",
+        ),
+        (
+            "[[activity_policies]]\nname = \"a\"\nconnector_actions = [{ connector = \"okta\", action = \"suspend_user\" }]\n",
+            "connector_actions",
+        ),
+        (
+            "[[activity_policies]]\nname = \"a\"\nactivity = \"login\"\nconnector_actions = [{ connector = \"\", action = \"revoke_sessions\" }]\n",
+            "connector_actions.connector",
+        ),
     ] {
         let f: File = toml::from_str(text).unwrap();
         let err = validate(&f.activity_policies).unwrap_err();

@@ -115,6 +115,8 @@ fn mass_download() -> Vec<ActivityPolicy> {
         result: None,
         sources: vec![],
         block_sessions_secs: None,
+        connector_actions: vec![],
+        notify: vec![],
         repeated: Some(Repeated {
             count: 50,
             within_secs: 60,

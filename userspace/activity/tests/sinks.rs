@@ -383,3 +383,58 @@ async fn a_webhook_spool_survives_a_restart() {
     assert_eq!(*got.lock().unwrap(), vec![0, 1, 2]);
     assert_eq!(sinks.stats()[0].sent, 3);
 }
+
+/// `notify`: a named sink that takes nothing (`send = []`) gets an alert only when a policy
+/// names it, and a sink that takes alerts but is named too gets it once; an unnamed sink with
+/// `send = []` is refused, and so is a policy notifying a sink that does not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notified_sink_gets_the_alert_once_and_only_when_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, send: Vec<tollgate_activity::sink::Send>| SinkConfig {
+        name: Some(name.into()),
+        path: Some(dir.path().join(format!("{name}.json"))),
+        send,
+        ..sink(SinkKind::File, None)
+    };
+    let configs = vec![file("pager", vec![]), file("siem", vec![Send::Alerts])];
+    let mut sinks = Sinks::start(&configs, "gw").unwrap();
+    sinks.alert(&alert(1, Severity::High));
+    let told = sinks.alert_notifying(
+        &alert(2, Severity::Low),
+        &["pager".into(), "siem".into(), "gone".into()],
+    );
+    assert_eq!(
+        told,
+        vec![
+            ("pager".into(), true),
+            ("siem".into(), true),
+            ("gone".into(), false)
+        ]
+    );
+    drop(sinks);
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.path().join(format!("{name}.json"))).unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while (read("pager").lines().count() < 1 || read("siem").lines().count() < 2)
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Time for a line too many to show.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (pager, siem) = (read("pager"), read("siem"));
+    assert_eq!(pager.lines().count(), 1, "only the notified alert: {pager}");
+    assert_eq!(siem.lines().count(), 2, "each alert once: {siem}");
+
+    let mut unnamed = file("x", vec![]);
+    unnamed.name = None;
+    assert_eq!(unnamed.validate(0).unwrap_err().key, "send");
+    let policies: Vec<tollgate_activity::ActivityPolicy> =
+        toml::from_str::<toml::Table>("[[p]]\nname = \"a\"\nnotify = [\"pagr\"]\n").unwrap()["p"]
+            .clone()
+            .try_into()
+            .unwrap();
+    let e = tollgate_activity::validate_notify(&policies, &configs).unwrap_err();
+    assert_eq!(e.key, "notify");
+}

@@ -12,6 +12,7 @@ use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
+use tollgate_activity::GovernanceCall;
 use url::Url;
 
 use crate::error::{ConnectorError, snippet};
@@ -680,22 +681,15 @@ fn vendor_reason(body: &[u8]) -> String {
     snippet(body, 200)
 }
 
-/// A governance call a policy may ask of a connector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Governance {
-    /// Okta: `POST /api/v1/users/{id}/lifecycle/suspend`; GitHub Enterprise Server:
-    /// `PUT /users/{username}/suspended`.
-    SuspendUser,
-    /// Okta: `DELETE /api/v1/users/{id}/sessions`.
-    RevokeSessions,
-}
-
 impl Connector {
     /// Runs a governance call against the vendor for `user` (an id or login; it is one path
     /// segment, percent-encoded, so it cannot reach another endpoint). A call the vendor's
     /// API does not offer is refused without a request.
-    pub async fn govern(&mut self, action: Governance, user: &str) -> Result<(), ConnectorError> {
+    pub async fn govern(
+        &mut self,
+        action: GovernanceCall,
+        user: &str,
+    ) -> Result<(), ConnectorError> {
         if user.is_empty()
             || user == "."
             || user == ".."
@@ -708,14 +702,14 @@ impl Connector {
             )));
         }
         let (method, segments): (Method, Vec<&str>) = match (self.settings.kind, action) {
-            (Kind::Okta, Governance::SuspendUser) => (
+            (Kind::Okta, GovernanceCall::SuspendUser) => (
                 Method::POST,
                 vec!["api", "v1", "users", user, "lifecycle", "suspend"],
             ),
-            (Kind::Okta, Governance::RevokeSessions) => {
+            (Kind::Okta, GovernanceCall::RevokeSessions) => {
                 (Method::DELETE, vec!["api", "v1", "users", user, "sessions"])
             }
-            (Kind::Github, Governance::SuspendUser) => {
+            (Kind::Github, GovernanceCall::SuspendUser) => {
                 (Method::PUT, vec!["users", user, "suspended"])
             }
             (kind, action) => {

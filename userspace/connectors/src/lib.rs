@@ -32,6 +32,7 @@
 
 pub mod connector;
 pub mod error;
+pub mod governance;
 pub mod http;
 pub mod settings;
 pub mod sim;
@@ -40,10 +41,11 @@ pub mod throttle;
 pub mod vendors;
 
 pub use connector::{
-    Clock, Connector, ConnectorStatus, Governance, Health, Options, PollReport, TenantGates,
-    ThrottleHook,
+    Clock, Connector, ConnectorStatus, Health, Options, PollReport, TenantGates, ThrottleHook,
 };
 pub use error::{ConnectorError, ParseError};
+pub use governance::Registry;
 pub use settings::{ConnectorConfig, Kind, RunOn, Secret, Settings};
 pub use store::{MemoryStore, Store, StoreError};
 pub use throttle::Limits;
+pub use tollgate_activity::GovernanceCall;

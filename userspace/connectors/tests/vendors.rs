@@ -644,15 +644,18 @@ fn counts_per_kind_are_independent() {
 async fn governance_calls_reach_only_their_endpoint() {
     let rig = Rig::new(Kind::Okta).await;
     let mut c = rig.connector();
-    c.govern(tollgate_connectors::Governance::SuspendUser, "00u1abc")
+    c.govern(tollgate_connectors::GovernanceCall::SuspendUser, "00u1abc")
         .await
         .unwrap();
-    c.govern(tollgate_connectors::Governance::RevokeSessions, "00u1abc")
-        .await
-        .unwrap();
+    c.govern(
+        tollgate_connectors::GovernanceCall::RevokeSessions,
+        "00u1abc",
+    )
+    .await
+    .unwrap();
     // A user name that tries to walk to another endpoint stays one path segment.
     c.govern(
-        tollgate_connectors::Governance::SuspendUser,
+        tollgate_connectors::GovernanceCall::SuspendUser,
         "../../groups/x?y=1#z",
     )
     .await
@@ -677,7 +680,7 @@ async fn governance_calls_reach_only_their_endpoint() {
     );
     let rig = Rig::new(Kind::Github).await;
     let mut c = rig.connector();
-    c.govern(tollgate_connectors::Governance::SuspendUser, "monalisa")
+    c.govern(tollgate_connectors::GovernanceCall::SuspendUser, "monalisa")
         .await
         .unwrap();
     assert_eq!(
@@ -688,14 +691,14 @@ async fn governance_calls_reach_only_their_endpoint() {
     let rig = Rig::new(Kind::Box).await;
     let mut c = rig.connector();
     assert!(
-        c.govern(tollgate_connectors::Governance::RevokeSessions, "u")
+        c.govern(tollgate_connectors::GovernanceCall::RevokeSessions, "u")
             .await
             .is_err()
     );
     let rig2 = Rig::new(Kind::Okta).await;
     let mut c2 = rig2.connector();
     assert!(
-        c2.govern(tollgate_connectors::Governance::SuspendUser, "..")
+        c2.govern(tollgate_connectors::GovernanceCall::SuspendUser, "..")
             .await
             .is_err()
     );

@@ -67,6 +67,7 @@ pub fn load(state_dir: &Path) -> anyhow::Result<Saved> {
 /// runs until the hub stops.
 pub fn spawn(
     db: &Db,
+    registry: tollgate_connectors::Registry,
     state_dir: &Path,
     policies: &[ActivityPolicy],
     sinks: &[SinkConfig],
@@ -106,10 +107,20 @@ pub fn spawn(
             tollgate_activity::alert::DEFAULT_MAX_ALERTS,
         ));
     let tail = Tail::new(saved.watermark);
+    let governance = Governance {
+        actions: tollgate_activity::PolicyActions::by_policy(
+            &policies
+                .iter()
+                .filter(|p| p.enabled)
+                .cloned()
+                .collect::<Vec<_>>(),
+        ),
+        registry,
+    };
     let dir = state_dir.to_path_buf();
     let db = db.clone();
     Ok(Some(tokio::spawn(async move {
-        run(db, dir, engine, sinks, tail).await;
+        run(db, dir, engine, sinks, tail, governance).await;
     })))
 }
 
@@ -152,9 +163,30 @@ impl Tail {
     }
 }
 
-async fn run(db: Db, dir: PathBuf, mut engine: Engine, mut sinks: Sinks, mut tail: Tail) {
+/// What the policies ask beyond their alerts (`notify`, `connector_actions`), and the
+/// connectors that can be asked.
+struct Governance {
+    actions: std::collections::HashMap<String, tollgate_activity::PolicyActions>,
+    registry: tollgate_connectors::Registry,
+}
+
+async fn run(
+    db: Db,
+    dir: PathBuf,
+    mut engine: Engine,
+    mut sinks: Sinks,
+    mut tail: Tail,
+    governance: Governance,
+) {
     let mut statuses_since = 0i64;
+    let (outcome_tx, mut outcome_rx) = tokio::sync::mpsc::channel::<
+        tollgate_connectors::governance::Outcome,
+    >(tollgate_connectors::governance::MAX_PENDING);
     loop {
+        // What the connector calls came to: the hub's audit trail.
+        while let Ok(o) = outcome_rx.try_recv() {
+            audit(&db, "connector_action", &o.to_string()).await;
+        }
         // Admins' status changes first, so that a match right after a resolve opens anew.
         let mut changed = false;
         match db.alert_statuses(Some(HUB_SCOPE), statuses_since).await {
@@ -190,7 +222,40 @@ async fn run(db: Db, dir: PathBuf, mut engine: Engine, mut sinks: Sinks, mut tai
             sinks.activity(&a);
             for ev in engine.observe(&a, Utc::now()) {
                 tracing::warn!(alert = ev.alert.id, policy = %ev.alert.policy, count = ev.alert.count, "alert");
-                sinks.alert(&ev);
+                let acts = governance
+                    .actions
+                    .get(&ev.alert.policy)
+                    .filter(|_| ev.kind == tollgate_activity::AlertEventKind::Opened);
+                let Some(acts) = acts else {
+                    sinks.alert(&ev);
+                    continue;
+                };
+                for (sink, queued) in sinks.alert_notifying(&ev, &acts.notify) {
+                    let detail = format!(
+                        "alert {} of policy {:?} {} sink {sink:?}",
+                        ev.alert.id,
+                        ev.alert.policy,
+                        if queued {
+                            "sent to"
+                        } else {
+                            "not sent (rate limit or queue full) to"
+                        }
+                    );
+                    audit(&db, "notify", &detail).await;
+                }
+                if let Some(user) = &ev.alert.entities.user {
+                    for w in &acts.connector_actions {
+                        tracing::warn!(connector = %w.connector, %user, policy = %ev.alert.policy, "governance: {} asked of the connector", w.action);
+                        governance.registry.spawn_call(
+                            &w.connector,
+                            w.action,
+                            user,
+                            &ev.alert.policy,
+                            ev.alert.id,
+                            outcome_tx.clone(),
+                        );
+                    }
+                }
             }
             fed += 1;
         }
@@ -208,6 +273,12 @@ async fn run(db: Db, dir: PathBuf, mut engine: Engine, mut sinks: Sinks, mut tai
         if !full {
             tokio::time::sleep(IDLE).await;
         }
+    }
+}
+
+async fn audit(db: &Db, kind: &str, detail: &str) {
+    if let Err(e) = db.audit_hub(kind, None, detail).await {
+        tracing::warn!(error = %e, "cannot write the audit record: {detail}");
     }
 }
 

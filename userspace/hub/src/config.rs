@@ -213,6 +213,8 @@ impl Config {
             sink.validate(i)
                 .map_err(|e| fail("[[alert_sinks]]", e.to_string()))?;
         }
+        tollgate_activity::validate_notify(&activity_policies, &alert_sinks)
+            .map_err(|e| fail("[[activity_policies]]", e.to_string()))?;
         Ok(Config {
             activity_policies,
             alert_sinks,

@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use serde::Serialize;
-use tollgate_connectors::{Connector, ConnectorStatus, Options, PollReport, Secret, Settings};
+use tollgate_connectors::{
+    Connector, ConnectorStatus, Options, PollReport, Registry, Secret, Settings,
+};
 
 use crate::db::Db;
 
@@ -58,7 +60,7 @@ pub fn from_bundle(policy: &str) -> Result<Vec<Settings>, String> {
 /// when its settings change, stopped when a bundle drops it. Looks every 5 s, so every hub
 /// on the database runs them; like `[[activity_policies]]`, publish connectors for a fleet
 /// served by one hub process, or accept that each hub polls (the store drops what two read).
-pub async fn supervise_bundled(db: Db, configured: Vec<Settings>) {
+pub async fn supervise_bundled(db: Db, configured: Vec<Settings>, registry: Registry) {
     let mut running: std::collections::HashMap<String, (String, tokio::task::JoinHandle<()>)> =
         std::collections::HashMap::new();
     let mut seen_revision = None;
@@ -87,6 +89,7 @@ pub async fn supervise_bundled(db: Db, configured: Vec<Settings>) {
                             .any(|s| &s.name == name && &format!("{s:?}") == key);
                         if !keep {
                             task.abort();
+                            registry.unregister(name);
                             tracing::info!(connector = %name, "bundled connector stopped");
                         }
                         keep
@@ -99,6 +102,7 @@ pub async fn supervise_bundled(db: Db, configured: Vec<Settings>) {
                         let mut options = options(&db, &s);
                         options.gates = GATES.clone();
                         let name = s.name.clone();
+                        registry.register(&s, &options);
                         let task = tokio::spawn(run(db.clone(), s, options));
                         tracing::info!(connector = %name, "bundled connector started");
                         running.insert(name, (key, task));
@@ -113,8 +117,13 @@ pub async fn supervise_bundled(db: Db, configured: Vec<Settings>) {
     }
 }
 
-/// Starts every connector; the tasks run until the hub stops.
-pub fn spawn(db: &Db, connectors: &[Settings]) -> Vec<tokio::task::JoinHandle<()>> {
+/// Starts every connector, each in `registry` for the policies' governance calls; the tasks
+/// run until the hub stops.
+pub fn spawn(
+    db: &Db,
+    connectors: &[Settings],
+    registry: &Registry,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let gates = GATES.clone();
     connectors
         .iter()
@@ -123,6 +132,7 @@ pub fn spawn(db: &Db, connectors: &[Settings]) -> Vec<tokio::task::JoinHandle<()
             let db = db.clone();
             let mut options = options(&db, &s);
             options.gates = gates.clone();
+            registry.register(&s, &options);
             tokio::spawn(async move { run(db, s, options).await })
         })
         .collect()

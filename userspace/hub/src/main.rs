@@ -254,13 +254,16 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             raise_fd_limit();
             let keys = pki::load_or_create(&db).await?;
             let admin_token = admin_token(&config.admin_token_file)?;
-            let _connectors = connectors::spawn(&db, &config.connectors);
+            let registry = tollgate_connectors::Registry::default();
+            let _connectors = connectors::spawn(&db, &config.connectors, &registry);
             let _bundled = tokio::spawn(connectors::supervise_bundled(
                 db.clone(),
                 config.connectors.clone(),
+                registry.clone(),
             ));
             let _alerting = alerting::spawn(
                 &db,
+                registry,
                 &config.state_dir,
                 &config.activity_policies,
                 &config.alert_sinks,

@@ -81,7 +81,11 @@ impl Hub {
         let mut line = String::new();
         let mut out = BufReader::new(child.stdout.take().unwrap());
         out.read_line(&mut line).unwrap();
-        assert!(line.contains("listening on"), "{line}");
+        assert!(
+            line.contains("listening on"),
+            "{line}{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
         // Keep reading: a closed pipe would fail the hub's next line of output.
         std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
         self.child = Some(child);
@@ -706,4 +710,163 @@ async fn connector_activities_raise_alerts_once_through_kill9_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connector_activities_raise_alerts_once_through_kill9_postgres() {
     connector_activities_raise_alerts_once_through_kill9(true).await;
+}
+
+/// Governance through a connector: an activity policy with `connector_actions` and `notify`.
+/// Each user's third Okta sign-in opens one alert; for it the hub suspends the user and
+/// revokes their sessions through the Okta connector (the calls reach the simulated Okta's
+/// user endpoints, once per alert however many sign-ins follow), a call through a connector
+/// that does not run here fails with a reason, the alert goes to the sink the policy notifies
+/// (which takes nothing else) and not to a sink whose severity line it is below, and every
+/// call and notification is in the hub's audit trail.
+async fn a_policy_suspends_users_through_the_connector_and_notifies(postgres: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(db) = database(postgres, dir.path()) else {
+        return;
+    };
+    let clock = SimClock::new(now_ms());
+    let sim = Sim::start(Kind::Okta, clock.clone(), TOKEN).await.unwrap();
+    // 17 users (SimEvent cycles them), four sign-ins each.
+    let n = 68u64;
+    let start = now_ms() - 20 * 60_000;
+    sim.add_events((0..n).map(|i| SimEvent::new(i, start + i as i64 * 5_000)));
+    let users: BTreeSet<String> = (0..n).map(|i| SimEvent::new(i, 0).user).collect();
+    assert_eq!(users.len(), 17);
+    let ca_file = dir.path().join("vendors.pem");
+    std::fs::write(&ca_file, &sim.cert_pem).unwrap();
+    let state = dir.path().join("state");
+    let pager = dir.path().join("pager.json");
+    let siem = dir.path().join("siem.json");
+    let config = format!(
+        "listen = \"127.0.0.1:{}\"\nstate_dir = \"{}\"\ndatabase = \"{db}\"\nserver_names = [\"127.0.0.1\"]\n\n\
+         [[connectors]]\nkind = \"okta\"\nname = \"okta-gov\"\nbase_url = \"{}\"\npoll_interval_secs = 1\ntoken = \"{TOKEN}\"\n\n\
+         [[activity_policies]]\nname = \"repeated sign-in\"\nactivity = \"login\"\napps = [\"okta\"]\nseverity = \"low\"\n\
+         repeated = {{ count = 3, within_secs = 86400, per_user = true }}\n\
+         connector_actions = [{{ connector = \"okta-gov\", action = \"suspend_user\" }}, {{ connector = \"okta-gov\", action = \"revoke_sessions\" }}, {{ connector = \"not-here\", action = \"revoke_sessions\" }}]\n\
+         notify = [\"pager\"]\n\n\
+         [[alert_sinks]]\nname = \"pager\"\nkind = \"file\"\npath = \"{}\"\nformat = \"json\"\nsend = []\n\n\
+         [[alert_sinks]]\nname = \"siem\"\nkind = \"file\"\npath = \"{}\"\nformat = \"json\"\nmin_severity = \"high\"\n",
+        free_port(),
+        state.display(),
+        sim.base_url,
+        pager.display(),
+        siem.display(),
+    );
+    let config_path = dir.path().join("hub.toml");
+    std::fs::write(&config_path, &config).unwrap();
+    let mut hub = Hub {
+        config: config_path,
+        ca_file,
+        log: dir.path().join("hub.log"),
+        child: None,
+    };
+    hub.spawn();
+    let calls = || sim.stats().governance;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while calls().len() < 2 * users.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Long enough for a call too many to show.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let calls = calls();
+    let log = || std::fs::read_to_string(&hub.log).unwrap_or_default();
+    assert_eq!(
+        calls.len(),
+        2 * users.len(),
+        "one suspend and one revoke per alert: {calls:#?}\n{}",
+        log()
+    );
+    for user in &users {
+        assert!(
+            calls.iter().any(|(m, p)| m == "POST"
+                && p.contains(user.as_str())
+                && p.ends_with("/lifecycle/suspend")),
+            "{user} not suspended: {calls:#?}"
+        );
+        assert!(
+            calls.iter().any(|(m, p)| m == "DELETE"
+                && p.contains(user.as_str())
+                && p.ends_with("/sessions")),
+            "{user}'s sessions not revoked: {calls:#?}"
+        );
+    }
+    let alerts = hub.json(&["alerts", "--json"]);
+    assert_eq!(alerts.as_array().unwrap().len(), users.len(), "{alerts:#}");
+    // The audit trail has every call, the one that could not be made, and each notification.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let audit = loop {
+        let audit = hub.json(&["audit", "--json"]);
+        let done = audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["kind"] == "connector_action")
+            .count();
+        if done >= 3 * users.len() || Instant::now() > deadline {
+            break audit;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let rows = audit.as_array().unwrap();
+    let of = |kind: &str, needle: &str| {
+        rows.iter()
+            .filter(|a| a["kind"] == kind && a["detail"].as_str().unwrap().contains(needle))
+            .count()
+    };
+    assert_eq!(
+        of("connector_action", "suspend_user of"),
+        users.len(),
+        "{audit:#}"
+    );
+    assert_eq!(
+        of("connector_action", ": done"),
+        2 * users.len(),
+        "{audit:#}"
+    );
+    assert_eq!(
+        of(
+            "connector_action",
+            "no connector named \"not-here\" runs here"
+        ),
+        users.len(),
+        "{audit:#}"
+    );
+    assert_eq!(
+        of("notify", "sent to sink \"pager\""),
+        users.len(),
+        "{audit:#}"
+    );
+    // The notified sink has each alert once; the other sink, above the alerts' severity, none.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&pager)
+        .unwrap_or_default()
+        .lines()
+        .count()
+        < users.len()
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let paged = std::fs::read_to_string(&pager).unwrap_or_default();
+    assert_eq!(paged.lines().count(), users.len(), "{paged}");
+    for user in &users {
+        assert!(paged.contains(user.as_str()), "{user} not paged: {paged}");
+    }
+    assert!(
+        std::fs::read_to_string(&siem)
+            .unwrap_or_default()
+            .is_empty(),
+        "a low alert reached the high-only sink"
+    );
+    hub.kill9();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_suspends_users_through_the_connector_and_notifies_sqlite() {
+    a_policy_suspends_users_through_the_connector_and_notifies(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_suspends_users_through_the_connector_and_notifies_postgres() {
+    a_policy_suspends_users_through_the_connector_and_notifies(true).await;
 }

@@ -3,8 +3,9 @@
 //! every request they refuse is an audit record like any other block.
 //!
 //! Bounded: at most [`MAX_BLOCKS`] at once (expired ones are pruned first); a block that does
-//! not fit is refused and the caller says so. Blocks live in memory: a restart lifts them,
-//! while the alert that set them stays in the alert book.
+//! not fit is refused and the caller says so. Blocks live in memory here; the daemon keeps
+//! them on disk with their end times and hands a new proxy those still in force, so that a
+//! restart does not lift them.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -20,7 +20,7 @@ use tollgate_activity::discovery_policy::{AppFacts, DiscoveryFinding};
 use tollgate_activity::sink::Send as SinkSend;
 use tollgate_activity::{
     Activity, ActivityType, Alert, AlertBook, AlertStatus, AppDiscovery, Engine, Format, Outcome,
-    SinkConfig, SinkKind, Sinks, Source,
+    PolicyActions, SinkConfig, SinkKind, Sinks, Source,
 };
 use tollgate_proxy::audit::AuditRecord;
 
@@ -120,6 +120,21 @@ pub struct Alerting {
     /// Session blocks the alerts asked for, waiting for the daemon to hand them to the proxy
     /// (bounded like `for_hub`).
     governance: Vec<SessionBlock>,
+    /// Governance: connector calls and notified sinks per policy name.
+    actions: std::collections::HashMap<String, PolicyActions>,
+    /// Connector calls the alerts asked for, waiting for the daemon to start them (bounded
+    /// like `for_hub`).
+    calls: Vec<ConnectorCall>,
+}
+
+/// A governance call through a connector (`connector_actions`) for the user of an alert.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectorCall {
+    pub policy: String,
+    pub alert_id: u64,
+    pub connector: String,
+    pub call: tollgate_activity::GovernanceCall,
+    pub user: String,
 }
 
 /// A governance action: refuse `user` (else the device `ip`) sessions to `app` for `secs`.
@@ -141,6 +156,38 @@ fn block_secs(
         .filter(|p| p.enabled)
         .filter_map(|p| Some((p.name.clone(), p.block_sessions_secs?)))
         .collect()
+}
+
+fn actions(
+    policies: &[tollgate_activity::ActivityPolicy],
+) -> std::collections::HashMap<String, PolicyActions> {
+    let enabled: Vec<_> = policies.iter().filter(|p| p.enabled).cloned().collect();
+    PolicyActions::by_policy(&enabled)
+}
+
+/// The alert's app, else (a policy not per app) the app of its newest proof.
+fn alert_app(alert: &tollgate_activity::Alert) -> Option<String> {
+    alert
+        .entities
+        .app
+        .clone()
+        .or_else(|| alert.activities.last().map(|a| a.app.clone()))
+}
+
+/// The audit record of a governance action taken for `alert`.
+fn action_record(alert: &tollgate_activity::Alert, action: &str) -> Activity {
+    let mut a = Activity::new(
+        0,
+        Utc::now(),
+        alert_app(alert).unwrap_or_default(),
+        ActivityType::AdminAction,
+        Source::Audit,
+    );
+    a.user = alert.entities.user.clone();
+    a.ip = alert.entities.ip;
+    a.policy = Some(alert.policy.clone());
+    a.action = Some(action.to_string());
+    a
 }
 
 /// Alerts waiting for the hub at most; more are counted and not sent.
@@ -203,6 +250,8 @@ impl Alerting {
             for_hub: std::collections::BTreeSet::new(),
             block_secs: block_secs(&cfg.activity_policies),
             governance: Vec::new(),
+            actions: actions(&cfg.activity_policies),
+            calls: Vec::new(),
         })
     }
 
@@ -279,11 +328,74 @@ impl Alerting {
                     tollgate_activity::AlertEventKind::Updated => "updated",
                 }
             );
-            self.sinks.alert(&ev);
+            let opened = ev.kind == tollgate_activity::AlertEventKind::Opened;
+            match self.actions.get(&ev.alert.policy).filter(|_| opened) {
+                Some(acts) => {
+                    let acts = acts.clone();
+                    let notified = self.sinks.alert_notifying(&ev, &acts.notify);
+                    for (sink, queued) in notified {
+                        self.record_notification(&ev.alert, &sink, queued);
+                    }
+                    self.ask_connectors(&ev.alert, &acts.connector_actions);
+                }
+                None => self.sinks.alert(&ev),
+            }
             self.dirty = true;
             self.mark_for_hub(ev.alert.id);
             self.govern(&ev.alert);
         }
+    }
+
+    /// A notification a policy asked for, as an audit record.
+    fn record_notification(&mut self, alert: &tollgate_activity::Alert, sink: &str, queued: bool) {
+        let mut a = action_record(alert, "notify");
+        a.object = Some(if queued {
+            format!(
+                "alert {} of policy {:?} sent to sink {sink:?}",
+                alert.id, alert.policy
+            )
+        } else {
+            format!(
+                "alert {} of policy {:?} not sent to sink {sink:?}: its rate limit or queue is full",
+                alert.id, alert.policy
+            )
+        });
+        a.result = if queued {
+            tollgate_activity::Outcome::Success
+        } else {
+            tollgate_activity::Outcome::Failure
+        };
+        self.record_action(a);
+    }
+
+    /// The connector calls of the alert's policy, for its user (none without a user: a
+    /// device address names nobody at the vendor).
+    fn ask_connectors(
+        &mut self,
+        alert: &tollgate_activity::Alert,
+        wanted: &[tollgate_activity::ConnectorAction],
+    ) {
+        let Some(user) = alert.entities.user.clone() else {
+            return;
+        };
+        for w in wanted {
+            if self.calls.len() >= MAX_FOR_HUB {
+                self.hub_dropped += 1;
+                continue;
+            }
+            self.calls.push(ConnectorCall {
+                policy: alert.policy.clone(),
+                alert_id: alert.id,
+                connector: w.connector.clone(),
+                call: w.action,
+                user: user.clone(),
+            });
+        }
+    }
+
+    /// The connector calls asked for since the last call.
+    pub fn take_connector_calls(&mut self) -> Vec<ConnectorCall> {
+        std::mem::take(&mut self.calls)
     }
 
     /// The governance action of the alert's policy, if it has one, for the daemon to apply.
@@ -291,13 +403,7 @@ impl Alerting {
         let Some(&secs) = self.block_secs.get(&alert.policy) else {
             return;
         };
-        // The alert's app, else (a policy not per app) the app of its newest proof.
-        let Some(app) = alert
-            .entities
-            .app
-            .clone()
-            .or_else(|| alert.activities.last().map(|a| a.app.clone()))
-        else {
+        let Some(app) = alert_app(alert) else {
             return;
         };
         if alert.entities.user.is_none() && alert.entities.ip.is_none() {
@@ -318,6 +424,32 @@ impl Alerting {
     /// The session blocks asked for since the last call.
     pub fn take_governance(&mut self) -> Vec<SessionBlock> {
         std::mem::take(&mut self.governance)
+    }
+
+    /// What became of a connector call (`detail` says it in words), as an audit record.
+    pub fn record_connector_outcome(
+        &mut self,
+        o: &tollgate_connectors::governance::Outcome,
+        detail: String,
+    ) {
+        // The action happened at the connector's vendor.
+        let mut a = Activity::new(
+            0,
+            Utc::now(),
+            o.connector.clone(),
+            ActivityType::AdminAction,
+            Source::Audit,
+        );
+        a.user = Some(o.user.clone());
+        a.policy = Some(o.policy.clone());
+        a.action = Some(o.call.as_str().to_string());
+        a.object = Some(detail);
+        a.result = if o.result.is_ok() {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        };
+        self.record_action(a);
     }
 
     /// An action the gateway took (a governance block): into the activity log and the sinks
@@ -371,6 +503,7 @@ impl Alerting {
         if new.activity_policies != old.activity_policies {
             self.engine.set_policies(&new.activity_policies);
             self.block_secs = block_secs(&new.activity_policies);
+            self.actions = actions(&new.activity_policies);
         }
         if new.anomaly != old.anomaly {
             self.engine.set_anomaly(&new.anomaly);

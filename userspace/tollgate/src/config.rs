@@ -719,7 +719,9 @@ impl Config {
                 "must be 1..=65536".into(),
             );
         }
-        if let Err(e) = tollgate_activity::validate(&self.activity_policies) {
+        if let Err(e) = tollgate_activity::validate(&self.activity_policies).and_then(|()| {
+            tollgate_activity::validate_notify(&self.activity_policies, &self.alert_sinks)
+        }) {
             let needle = self
                 .activity_policies
                 .get(e.index)

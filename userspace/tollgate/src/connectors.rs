@@ -182,7 +182,9 @@ pub fn start(
     state_dir: &std::path::Path,
     hub: Option<HubSender>,
     tx: mpsc::Sender<Vec<Activity>>,
+    registry: &tollgate_connectors::Registry,
 ) -> (Statuses, Vec<tokio::task::JoinHandle<()>>) {
+    registry.clear();
     let statuses: Statuses = Arc::default();
     let store = Arc::new(GatewayStore::new(state_dir.join("connectors"), hub, tx));
     let gates = tollgate_connectors::TenantGates::default();
@@ -201,6 +203,7 @@ pub fn start(
             gates: gates.clone(),
             ..Options::default()
         };
+        registry.register(&settings, &options);
         let store = store.clone();
         let statuses = statuses.clone();
         tasks.push(tokio::spawn(run(settings, options, store, statuses)));

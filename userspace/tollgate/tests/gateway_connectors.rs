@@ -128,3 +128,150 @@ fn connector_config_on_the_gateway_is_checked() {
         Some("https://y.okta.com")
     );
 }
+
+/// Governance on the gateway: a policy's `connector_actions` go through the gateway's own
+/// connector (a registry of what runs here) once per alert opened, the sink the policy names in
+/// `notify` gets the alert although it takes nothing else, and every call and notification is
+/// an `admin_action` record in the gateway's activity log, a failed one with its reason. A
+/// config that would let anyone's failed logins suspend a user is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_call_the_gateways_connector_and_notify() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = SimClock::new(chrono::Utc::now().timestamp_millis());
+    let sim = Sim::start(Kind::Okta, clock.clone(), TOKEN).await.unwrap();
+    let pager = dir.path().join("pager.json");
+    let text = format!(
+        "state_dir = \"{}\"\n\n\
+         [[connectors]]\nkind = \"okta\"\nname = \"okta-branch\"\nbase_url = \"{}\"\ntoken = \"{TOKEN}\"\nrun_on = \"gateway\"\n\n\
+         [[activity_policies]]\nname = \"bulk download\"\nactivity = \"download\"\napps = [\"box\"]\n\
+         repeated = {{ count = 2, within_secs = 600, per_user = true }}\n\
+         connector_actions = [{{ connector = \"okta-branch\", action = \"suspend_user\" }}, {{ connector = \"okta-elsewhere\", action = \"revoke_sessions\" }}]\n\
+         notify = [\"pager\"]\n\n\
+         [[alert_sinks]]\nname = \"pager\"\nkind = \"file\"\npath = \"{}\"\nsend = []\n",
+        dir.path().display(),
+        sim.base_url,
+        pager.display()
+    );
+    let cfg = Config::parse(&text, "gw.toml").expect("config");
+    let mut alerting = tollgate::alerting::Alerting::start(&cfg).unwrap();
+    let registry = tollgate_connectors::Registry::default();
+    let c = connector(&sim, &clock);
+    registry.register(
+        c.settings(),
+        &Options {
+            clock: clock.clock(),
+            extra_roots: vec![sim.cert_der.clone()],
+            ..Options::default()
+        },
+    );
+    for i in 0..5 {
+        let mut a = tollgate_activity::Activity::new(
+            0,
+            chrono::Utc::now(),
+            "box",
+            tollgate_activity::ActivityType::Download,
+            tollgate_activity::Source::Proxy,
+        );
+        a.user = Some("mallory@corp.example".into());
+        a.object = Some(format!("payroll-{i}.xlsx"));
+        alerting.observe_new(a);
+    }
+    let calls = alerting.take_connector_calls();
+    assert_eq!(
+        calls.len(),
+        2,
+        "two actions for one alert opened: {calls:#?}"
+    );
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+    for c in &calls {
+        registry.spawn_call(
+            &c.connector,
+            c.call,
+            &c.user,
+            &c.policy,
+            c.alert_id,
+            tx.clone(),
+        );
+    }
+    let mut outcomes = Vec::new();
+    for _ in 0..2 {
+        let o = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .expect("an outcome")
+            .unwrap();
+        alerting.record_connector_outcome(&o, o.to_string());
+        outcomes.push(o);
+    }
+    let ok = outcomes
+        .iter()
+        .find(|o| o.connector == "okta-branch")
+        .unwrap();
+    assert_eq!(ok.result, Ok(()), "{ok}");
+    let failed = outcomes
+        .iter()
+        .find(|o| o.connector == "okta-elsewhere")
+        .unwrap();
+    assert!(
+        failed
+            .result
+            .as_ref()
+            .is_err_and(|e| e.contains("no connector named")),
+        "{failed}"
+    );
+    assert_eq!(
+        sim.stats().governance,
+        vec![(
+            "POST".to_string(),
+            "/api/v1/users/mallory@corp.example/lifecycle/suspend".to_string()
+        )]
+    );
+    // The notified sink and the activity log (their tasks write in the background).
+    alerting.save();
+    let log = dir.path().join("activity").join("activity.jsonl");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (paged, logged) = loop {
+        let paged = std::fs::read_to_string(&pager).unwrap_or_default();
+        let logged = std::fs::read_to_string(&log).unwrap_or_default();
+        let actions = logged
+            .lines()
+            .filter(|l| l.contains("admin_action"))
+            .count();
+        if (paged.lines().count() >= 1 && actions >= 3) || std::time::Instant::now() > deadline {
+            break (paged, logged);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(paged.lines().count(), 1, "one alert, paged once: {paged}");
+    assert!(
+        paged.contains("bulk download") && paged.contains("mallory"),
+        "{paged}"
+    );
+    let actions: Vec<serde_json::Value> = logged
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| v["activity"].clone())
+        .filter(|v| v["activity"] == "admin_action")
+        .collect();
+    let with = |action: &str, result: &str| {
+        actions
+            .iter()
+            .filter(|v| v["action"] == action && v["result"] == result)
+            .count()
+    };
+    assert_eq!(with("notify", "success"), 1, "{actions:#?}");
+    assert!(actions.iter().all(|v| v["app"] != ""), "{actions:#?}");
+    assert_eq!(with("suspend_user", "success"), 1, "{actions:#?}");
+    assert_eq!(with("revoke_sessions", "failure"), 1, "{actions:#?}");
+
+    // Anyone can fail a login in a victim's name: suspending on failed logins is refused, and
+    // so is a notify that names no sink.
+    let refused = text.replace("activity = \"download\"", "activity = \"failed_login\"");
+    let e = Config::parse(&refused, "gw.toml").unwrap_err().to_string();
+    assert!(
+        e.contains("suspend_user") && e.contains("failed_login"),
+        "{e}"
+    );
+    let refused = text.replace("notify = [\"pager\"]", "notify = [\"pagr\"]");
+    let e = Config::parse(&refused, "gw.toml").unwrap_err().to_string();
+    assert!(e.contains("notify") && e.contains("pagr"), "{e}");
+}

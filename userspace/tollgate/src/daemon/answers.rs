@@ -288,12 +288,33 @@ impl Core {
         let Some(al) = &mut self.alerting else {
             return;
         };
+        let calls = al.take_connector_calls();
         let blocks = al.take_governance();
+        if let Some(tx) = &self.governance_tx {
+            for c in calls {
+                tracing::warn!(connector = %c.connector, user = %c.user, policy = %c.policy, "governance: {} asked of the connector", c.call);
+                self.connector_registry.spawn_call(
+                    &c.connector,
+                    c.call,
+                    &c.user,
+                    &c.policy,
+                    c.alert_id,
+                    tx.clone(),
+                );
+            }
+        }
         for b in blocks {
-            let actor = match (&b.user, b.ip) {
-                (Some(u), _) => tollgate_proxy::governance::Actor::user(u),
-                (None, Some(ip)) => tollgate_proxy::governance::Actor::Device(ip),
-                (None, None) => continue,
+            let saved = super::session_blocks::SavedBlock {
+                user: b.user.clone(),
+                ip: b.ip,
+                app: b.app.clone(),
+                policy: b.policy.clone(),
+                until: chrono::Utc::now()
+                    .timestamp()
+                    .saturating_add(i64::try_from(b.secs).unwrap_or(i64::MAX)),
+            };
+            let Some(actor) = saved.actor() else {
+                continue;
             };
             let who = b
                 .user
@@ -304,6 +325,14 @@ impl Core {
                 Some(s) => s.block_sessions(actor, &b.app, Duration::from_secs(b.secs), &b.policy),
                 None => false,
             };
+            if done
+                && let Err(e) = self
+                    .session_blocks
+                    .add(saved, chrono::Utc::now().timestamp())
+            {
+                // In force now; a restart before the next write would lift it.
+                tracing::error!(error = %e, "cannot write the session blocks; a restart would lift this one");
+            }
             let detail = if done {
                 format!(
                     "sessions of {who} to {} blocked for {} s by alert {} of policy {:?}",
@@ -343,6 +372,44 @@ impl Core {
             if let Some(al) = &mut self.alerting {
                 al.record_action(a);
             }
+        }
+    }
+
+    /// What became of a governance call through a connector: the audit trail (the hub's,
+    /// the activity log, the sinks).
+    pub(super) fn on_governance_outcome(&mut self, o: &tollgate_connectors::governance::Outcome) {
+        let detail = o.to_string();
+        if o.result.is_ok() {
+            tracing::warn!("governance: {detail}");
+        } else {
+            tracing::error!("governance: {detail}");
+        }
+        self.audit("connector_action", None, detail.clone());
+        if let Some(al) = &mut self.alerting {
+            al.record_connector_outcome(o, detail);
+        }
+    }
+
+    /// Hands the proxy the governance blocks an earlier run set that are still in force.
+    pub(super) fn restore_session_blocks(&mut self) {
+        let Some(session) = &self.session else {
+            return;
+        };
+        let now = chrono::Utc::now().timestamp();
+        let mut restored = 0usize;
+        for b in self.session_blocks.in_force(now) {
+            let Some(actor) = b.actor() else { continue };
+            let left = std::time::Duration::from_secs(u64::try_from(b.until - now).unwrap_or(0));
+            if session.block_sessions(actor, &b.app, left, &b.policy) {
+                restored += 1;
+            }
+        }
+        if restored > 0 {
+            tracing::warn!(
+                restored,
+                "governance session blocks of an earlier run restored"
+            );
+            crate::outln!("  {restored} governance session blocks still in force");
         }
     }
 }

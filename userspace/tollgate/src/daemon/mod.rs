@@ -13,6 +13,7 @@ mod events;
 mod local_discovery;
 mod poll;
 mod reload;
+mod session_blocks;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -301,6 +302,8 @@ struct Core {
     retired: HashMap<FlowTuple, DateTime<Utc>>,
     enforcer: Enforcer,
     session: Option<crate::session::SessionControl>,
+    /// The governance blocks of users' sessions, kept across restarts.
+    session_blocks: session_blocks::BlockLedger,
     /// What `learned_ips.json` holds now, expiries in minutes (so that the file is rewritten
     /// when the set changes, not as seconds tick).
     learned_saved: Option<Vec<LearnedRecord>>,
@@ -328,6 +331,10 @@ struct Core {
     connector_tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Where they hand their records to this task.
     connector_tx: Option<mpsc::Sender<Vec<tollgate_activity::Activity>>>,
+    /// The running connectors, for the governance calls of the policies.
+    connector_registry: tollgate_connectors::Registry,
+    /// Where the governance calls report back.
+    governance_tx: Option<mpsc::Sender<tollgate_connectors::governance::Outcome>>,
     /// Records of other devices' logs (`[collect]`), folded in like retired flows.
     collected: Option<crate::collect::DaemonCollector>,
 }
@@ -347,6 +354,7 @@ impl Core {
             &self.cfg.state_dir,
             self.hub.as_ref().map(crate::hub::HubLink::sender),
             tx,
+            &self.connector_registry,
         );
         self.connector_statuses = Some(statuses);
         self.connector_tasks = tasks;
@@ -498,6 +506,7 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
         collected,
         enforcer,
         session,
+        session_blocks: session_blocks::BlockLedger::load(&cfg.state_dir),
         learned_saved: None,
         pressure: crate::pressure::PressureWatch::default(),
         flows: FlowTable::new(FlowTableLimits {
@@ -532,6 +541,8 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
         app_discovery,
         connector_statuses: None,
         connector_tasks: Vec::new(),
+        connector_registry: tollgate_connectors::Registry::default(),
+        governance_tx: None,
         connector_tx: None,
         cfg,
         config_path,
@@ -591,9 +602,13 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
         Err(e) => tracing::error!("reconciling pinned verdicts: {e}"),
     }
     core.save_learned();
+    core.restore_session_blocks();
     // Connectors this gateway runs (`run_on = "gateway"`), with the hub's spool when enrolled.
     let (connector_tx, mut connector_rx) = crate::connectors::channel();
     core.connector_tx = Some(connector_tx);
+    let (governance_tx, mut governance_rx) =
+        mpsc::channel(tollgate_connectors::governance::MAX_PENDING);
+    core.governance_tx = Some(governance_tx);
     core.start_connectors();
     if !core.connector_tasks.is_empty() {
         crate::outln!("  {} app connectors run here", core.connector_tasks.len());
@@ -700,6 +715,7 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
                     }
                 }
             }
+            Some(outcome) = governance_rx.recv() => core.on_governance_outcome(&outcome),
             _ = discovery.tick() => {
                 core.poll_counters(&mut events);
                 core.local_discovery_interval();
