@@ -12,6 +12,7 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result, bail};
 
+mod bench;
 mod package;
 
 /// The nightly that builds the eBPF probes. bpf-linker is linked against this nightly's
@@ -110,7 +111,7 @@ fn real_main() -> Result<()> {
                  \n  run     setup, build and run `tollgate run` on the embedded default config\
                  \n          (extra args go to `tollgate`, e.g. `cargo xtask run -- --config F`)\
                  \n  test    setup and run every test (root-only tests skip when not root)\
-                 \n  bench   run the benchmarks that print ratios\
+                 \n  bench   [NAME...|--list] run the README's benchmarks (each prints ratios)\
                  \n  package build the .deb packages of tollgate and tollgate-hub (target/debian)\
                  \n  with-postgres -- CMD...  run CMD with a throwaway PostgreSQL cluster in\
                  \n          TOLLGATE_TEST_POSTGRES (e.g. `-- cargo test -p tollgate-hub`)"
@@ -595,8 +596,10 @@ fn fuzz_smoke() -> Result<()> {
 }
 
 fn bench(args: &[String]) -> Result<()> {
-    setup(false)?;
-    status(cargo().args(["bench", "--workspace"]).args(args))
+    if !args.iter().any(|a| a == "--list") {
+        setup(false)?;
+    }
+    bench::run(args, cargo, is_root())
 }
 
 fn with_postgres(args: &[String]) -> Result<()> {
