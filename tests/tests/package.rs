@@ -29,16 +29,22 @@ fn ready(test: &str) -> bool {
     )
 }
 
-/// The newest `NAME_*.deb` in `target/debian`.
+/// The newest `NAME_*_ARCH.deb` in `target/debian`, for this machine's architecture (the
+/// arm64 ones are tested under qemu-user by `arm64.rs`).
 fn deb(name: &str) -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debian");
+    let arch = std::process::Command::new("dpkg")
+        .arg("--print-architecture")
+        .output()
+        .ok()?;
+    let arch = String::from_utf8_lossy(&arch.stdout).trim().to_string();
     let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("{name}_")) && n.ends_with(".deb"))
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.starts_with(&format!("{name}_")) && n.ends_with(&format!("_{arch}.deb"))
+            })
         })
         .collect();
     found.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());

@@ -1,6 +1,10 @@
 //! Builds the eBPF probes (ebpf/probes, its own cargo workspace) for bpfel-unknown-none with
 //! the pinned nightly through aya-build; the object lands in OUT_DIR and src/lib.rs embeds it.
 //! Needs `bpf-linker` on PATH (`cargo xtask setup` installs it into the project's tools folder).
+//!
+//! `TOLLGATE_PROBES_OBJECT=PATH` embeds an object built earlier instead: the programs are
+//! BPF, the same for every CPU the daemon runs on, so a cross build (`cargo xtask package`'s
+//! arm64 one) takes the object of the native build rather than building it again.
 
 use std::{env, path::PathBuf};
 
@@ -13,6 +17,16 @@ fn main() -> aya_build::Result<()> {
     let common = manifest.join("../../ebpf/common").canonicalize()?;
     println!("cargo:rerun-if-changed={}", common.display());
     println!("cargo:rerun-if-env-changed=PATH");
+    println!("cargo:rerun-if-env-changed=TOLLGATE_PROBES_OBJECT");
+    if let Some(object) = env::var_os("TOLLGATE_PROBES_OBJECT") {
+        let object = PathBuf::from(object);
+        println!("cargo:rerun-if-changed={}", object.display());
+        let out = PathBuf::from(env::var("OUT_DIR")?).join("tollgate-probes");
+        std::fs::copy(&object, &out).map_err(|e| {
+            anyhow_msg(&format!("TOLLGATE_PROBES_OBJECT={}: {e}", object.display()))
+        })?;
+        return Ok(());
+    }
     let Some(linker) = find_on_path("bpf-linker") else {
         return Err(anyhow_msg(
             "bpf-linker not found on PATH: run `cargo xtask setup` or add the project's \

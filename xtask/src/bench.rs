@@ -113,6 +113,13 @@ pub const BENCHES: &[Bench] = &[
         script: "cargo bench -p tollgate-connectors --bench ingest",
     },
     Bench {
+        name: "footprint",
+        what: "binary sizes as packaged and idle RSS of the daemon and the hub vs nginx",
+        root: true,
+        script: "cargo build --release -p tollgate -p tollgate-hub\n\
+                 tests/bench/footprint.sh",
+    },
+    Bench {
         name: "hub_load",
         what: "hub: held long polls, publish to applied p50/p99, upload ingest",
         root: false,

@@ -288,7 +288,12 @@ fn ensure_bpf_linker() -> Result<()> {
 }
 
 fn ensure_debian_packages() -> Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+    ensure_debian(DEBIAN_PACKAGES)
+}
+
+/// Installs those of `packages` (probe, package) whose probe is missing (root only).
+fn ensure_debian(packages: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .filter(|(probe, _)| !have_command(probe))
         .map(|(_, pkg)| *pkg)

@@ -1,5 +1,9 @@
 //! `cargo xtask package`: Debian packages of the gateway (`tollgate`) and the hub
-//! (`tollgate-hub`), built with `dpkg-deb` from a staged tree, for the machine's architecture.
+//! (`tollgate-hub`), built with `dpkg-deb` from a staged tree, for the machine's architecture
+//! and, cross-built, for arm64 (the edge boxes branches run): Rust's aarch64 target, Debian's
+//! aarch64 cross gcc for the C in the dependencies (ring, SQLite), and the kernel programs of
+//! the native build (BPF is the same for every CPU: `TOLLGATE_PROBES_OBJECT`). The arm64
+//! binaries are tested under qemu-user (`tests/tests/arm64.rs`).
 //!
 //! Each package holds the stripped binary, its hardened systemd unit and maintainer scripts
 //! (`packaging/<name>/`), its default config as a conffile under `/etc/tollgate/` (so an
@@ -12,7 +16,21 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cargo, status, workspace_root};
+use crate::{cargo, ensure_debian, is_root, status, workspace_root};
+
+/// The Rust target of the arm64 packages.
+pub const ARM64_TARGET: &str = "aarch64-unknown-linux-gnu";
+/// Debian's cross toolchain for it, and qemu-user for the tests: (probe, package).
+const CROSS_PACKAGES: &[(&str, &str)] = &[
+    ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
+    (
+        "/usr/aarch64-linux-gnu/include/stdio.h",
+        "libc6-dev-arm64-cross",
+    ),
+    ("qemu-aarch64", "qemu-user"),
+    // The tests check what the binaries are.
+    ("file", "file"),
+];
 
 struct Package {
     name: &'static str,
@@ -57,7 +75,8 @@ pub fn out_dir() -> PathBuf {
     workspace_root().join("target/debian")
 }
 
-/// Builds both binaries in release and packages them; prints the paths.
+/// Builds both binaries in release and packages them, natively and for arm64; prints the
+/// paths. Without the cross toolchain (and not root to install it) arm64 is skipped, said.
 pub fn package() -> Result<()> {
     status(cargo().args(["build", "--release", "-p", "tollgate", "-p", "tollgate-hub"]))?;
     // xtask's version is the workspace's (`version.workspace = true`).
@@ -65,16 +84,95 @@ pub fn package() -> Result<()> {
     let arch = dpkg_architecture()?;
     let out = out_dir();
     std::fs::create_dir_all(&out)?;
+    let native = workspace_root().join("target/release");
     for p in &PACKAGES {
-        let deb = build(p, version, &arch, &out)?;
+        let deb = build(p, version, &arch, &native, "objcopy", &out)?;
         println!("package: {}", deb.display());
     }
-    Ok(())
+    if arch == "arm64" {
+        return Ok(());
+    }
+    match build_arm64() {
+        Ok(dir) => {
+            for p in &PACKAGES {
+                let deb = build(p, version, "arm64", &dir, "aarch64-linux-gnu-objcopy", &out)?;
+                println!("package: {}", deb.display());
+            }
+            Ok(())
+        }
+        Err(e) if !is_root() => {
+            eprintln!("package: arm64 skipped: {e:#}");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
 
-fn build(p: &Package, version: &str, arch: &str, out: &Path) -> Result<PathBuf> {
+/// Cross-builds both binaries for arm64 with the native build's kernel programs; the folder of
+/// the binaries.
+fn build_arm64() -> Result<PathBuf> {
+    ensure_debian(CROSS_PACKAGES)?;
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .current_dir(workspace_root())
+        .output()
+        .context("rustup target list")?;
+    if !String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|l| l.trim() == ARM64_TARGET)
+    {
+        status(
+            Command::new("rustup")
+                .args(["target", "add", ARM64_TARGET])
+                .current_dir(workspace_root()),
+        )?;
+    }
+    let probes = probes_object()?;
+    status(
+        cargo()
+            .args(["build", "--release", "--target", ARM64_TARGET])
+            .args(["-p", "tollgate", "-p", "tollgate-hub"])
+            .env("TOLLGATE_PROBES_OBJECT", &probes)
+            .env(
+                "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER",
+                "aarch64-linux-gnu-gcc",
+            )
+            .env("CC_aarch64_unknown_linux_gnu", "aarch64-linux-gnu-gcc")
+            .env("AR_aarch64_unknown_linux_gnu", "aarch64-linux-gnu-ar"),
+    )?;
+    Ok(workspace_root()
+        .join("target")
+        .join(ARM64_TARGET)
+        .join("release"))
+}
+
+/// The kernel programs' object of the native release build (the newest, if several).
+fn probes_object() -> Result<PathBuf> {
+    let build = workspace_root().join("target/release/build");
+    std::fs::read_dir(&build)
+        .with_context(|| format!("reading {}", build.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("tollgate-dataplane-")
+        })
+        .map(|e| e.path().join("out/tollgate-probes"))
+        .filter(|p| p.is_file())
+        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
+        .context("no kernel programs' object in the native release build")
+}
+
+fn build(
+    p: &Package,
+    version: &str,
+    arch: &str,
+    bins: &Path,
+    objcopy: &str,
+    out: &Path,
+) -> Result<PathBuf> {
     let root = workspace_root();
-    let stage = out.join("stage").join(p.name);
+    let stage = out.join("stage").join(arch).join(p.name);
     if stage.exists() {
         std::fs::remove_dir_all(&stage)?;
     }
@@ -85,9 +183,9 @@ fn build(p: &Package, version: &str, arch: &str, out: &Path) -> Result<PathBuf> 
     std::fs::create_dir_all(&bin_dir)?;
     let bin = bin_dir.join(p.binary);
     status(
-        Command::new("objcopy")
+        Command::new(objcopy)
             .arg("--strip-debug")
-            .arg(root.join("target/release").join(p.binary))
+            .arg(bins.join(p.binary))
             .arg(&bin),
     )?;
     set_mode(&bin, 0o755)?;

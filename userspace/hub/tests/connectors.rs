@@ -119,6 +119,31 @@ impl Hub {
     }
 }
 
+impl Hub {
+    /// A hub on `db` reading the simulated Okta `sim` through a connector named `name`, with
+    /// more config `sections` (policies, sinks); the vendor's CA in `SSL_CERT_FILE`. Not
+    /// started.
+    fn with_okta(dir: &Path, db: &str, sim: &Sim, name: &str, sections: &str) -> Hub {
+        let ca_file = dir.join("vendors.pem");
+        std::fs::write(&ca_file, &sim.cert_pem).unwrap();
+        let config = format!(
+            "listen = \"127.0.0.1:{}\"\nstate_dir = \"{}\"\ndatabase = \"{db}\"\nserver_names = [\"127.0.0.1\"]\n\n\
+             [[connectors]]\nkind = \"okta\"\nname = \"{name}\"\nbase_url = \"{}\"\npoll_interval_secs = 1\ntoken = \"{TOKEN}\"\n\n{sections}",
+            free_port(),
+            dir.join("state").display(),
+            sim.base_url,
+        );
+        let config_path = dir.join("hub.toml");
+        std::fs::write(&config_path, &config).unwrap();
+        Hub {
+            config: config_path,
+            ca_file,
+            log: dir.join("hub.log"),
+            child: None,
+        }
+    }
+}
+
 impl Drop for Hub {
     fn drop(&mut self) {
         self.kill9();
@@ -460,28 +485,18 @@ async fn connector_activities_raise_alerts_once_through_kill9(postgres: bool) {
     sim.add_events((0..n).map(|i| SimEvent::new(i, start + i as i64 * 5_000)));
     sim.set_page_size(20);
     let users: BTreeSet<String> = (0..n).map(|i| SimEvent::new(i, 0).user).collect();
-    let ca_file = dir.path().join("vendors.pem");
-    std::fs::write(&ca_file, &sim.cert_pem).unwrap();
-    let state = dir.path().join("state");
     let sink_file = dir.path().join("alerts.cef");
-    let config = format!(
-        "listen = \"127.0.0.1:{}\"\nstate_dir = \"{}\"\ndatabase = \"{db}\"\nserver_names = [\"127.0.0.1\"]\n\n\
-         [[connectors]]\nkind = \"okta\"\nname = \"okta-alerts\"\nbase_url = \"{}\"\npoll_interval_secs = 1\ntoken = \"{TOKEN}\"\n\n\
-         [[activity_policies]]\nname = \"okta sign-in\"\nactivity = \"login\"\napps = [\"okta\"]\nseverity = \"low\"\n\n\
-         [[alert_sinks]]\nkind = \"file\"\npath = \"{}\"\nformat = \"cef\"\n",
-        free_port(),
-        state.display(),
-        sim.base_url,
-        sink_file.display()
+    let mut hub = Hub::with_okta(
+        dir.path(),
+        &db,
+        &sim,
+        "okta-alerts",
+        &format!(
+            "[[activity_policies]]\nname = \"okta sign-in\"\nactivity = \"login\"\napps = [\"okta\"]\nseverity = \"low\"\n\n\
+             [[alert_sinks]]\nkind = \"file\"\npath = \"{}\"\nformat = \"cef\"\n",
+            sink_file.display()
+        ),
     );
-    let config_path = dir.path().join("hub.toml");
-    std::fs::write(&config_path, &config).unwrap();
-    let mut hub = Hub {
-        config: config_path,
-        ca_file,
-        log: dir.path().join("hub.log"),
-        child: None,
-    };
     let mut rng = fastrand::Rng::with_seed(if postgres { 4 } else { 3 });
     for _ in 0..5 {
         hub.spawn();
@@ -732,34 +747,24 @@ async fn a_policy_suspends_users_through_the_connector_and_notifies(postgres: bo
     sim.add_events((0..n).map(|i| SimEvent::new(i, start + i as i64 * 5_000)));
     let users: BTreeSet<String> = (0..n).map(|i| SimEvent::new(i, 0).user).collect();
     assert_eq!(users.len(), 17);
-    let ca_file = dir.path().join("vendors.pem");
-    std::fs::write(&ca_file, &sim.cert_pem).unwrap();
-    let state = dir.path().join("state");
     let pager = dir.path().join("pager.json");
     let siem = dir.path().join("siem.json");
-    let config = format!(
-        "listen = \"127.0.0.1:{}\"\nstate_dir = \"{}\"\ndatabase = \"{db}\"\nserver_names = [\"127.0.0.1\"]\n\n\
-         [[connectors]]\nkind = \"okta\"\nname = \"okta-gov\"\nbase_url = \"{}\"\npoll_interval_secs = 1\ntoken = \"{TOKEN}\"\n\n\
-         [[activity_policies]]\nname = \"repeated sign-in\"\nactivity = \"login\"\napps = [\"okta\"]\nseverity = \"low\"\n\
-         repeated = {{ count = 3, within_secs = 86400, per_user = true }}\n\
-         connector_actions = [{{ connector = \"okta-gov\", action = \"suspend_user\" }}, {{ connector = \"okta-gov\", action = \"revoke_sessions\" }}, {{ connector = \"not-here\", action = \"revoke_sessions\" }}]\n\
-         notify = [\"pager\"]\n\n\
-         [[alert_sinks]]\nname = \"pager\"\nkind = \"file\"\npath = \"{}\"\nformat = \"json\"\nsend = []\n\n\
-         [[alert_sinks]]\nname = \"siem\"\nkind = \"file\"\npath = \"{}\"\nformat = \"json\"\nmin_severity = \"high\"\n",
-        free_port(),
-        state.display(),
-        sim.base_url,
-        pager.display(),
-        siem.display(),
+    let mut hub = Hub::with_okta(
+        dir.path(),
+        &db,
+        &sim,
+        "okta-gov",
+        &format!(
+            "[[activity_policies]]\nname = \"repeated sign-in\"\nactivity = \"login\"\napps = [\"okta\"]\nseverity = \"low\"\n\
+             repeated = {{ count = 3, within_secs = 86400, per_user = true }}\n\
+             connector_actions = [{{ connector = \"okta-gov\", action = \"suspend_user\" }}, {{ connector = \"okta-gov\", action = \"revoke_sessions\" }}, {{ connector = \"not-here\", action = \"revoke_sessions\" }}]\n\
+             notify = [\"pager\"]\n\n\
+             [[alert_sinks]]\nname = \"pager\"\nkind = \"file\"\npath = \"{}\"\nformat = \"json\"\nsend = []\n\n\
+             [[alert_sinks]]\nname = \"siem\"\nkind = \"file\"\npath = \"{}\"\nformat = \"json\"\nmin_severity = \"high\"\n",
+            pager.display(),
+            siem.display(),
+        ),
     );
-    let config_path = dir.path().join("hub.toml");
-    std::fs::write(&config_path, &config).unwrap();
-    let mut hub = Hub {
-        config: config_path,
-        ca_file,
-        log: dir.path().join("hub.log"),
-        child: None,
-    };
     hub.spawn();
     let calls = || sim.stats().governance;
     let deadline = Instant::now() + Duration::from_secs(60);
