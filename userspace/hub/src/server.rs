@@ -662,7 +662,26 @@ async fn admin(
                 return text(StatusCode::BAD_REQUEST, &e);
             }
             match publish(state, site.as_deref(), policy).await {
-                Ok(revision) => json(&serde_json::json!({ "revision": revision, "site": site })),
+                Ok(revision) => {
+                    // Who published: the bundle's own audit record does not say.
+                    let who = match &caller {
+                        Caller::AdminToken => "the admin token".to_string(),
+                        Caller::Account { id, user, .. } => {
+                            format!("account {user} (API token {id})")
+                        }
+                    };
+                    let _ = state
+                        .db
+                        .audit_hub(
+                            "admin_api_publish",
+                            None,
+                            &format!(
+                                "revision {revision} published through the admin API by {who}"
+                            ),
+                        )
+                        .await;
+                    json(&serde_json::json!({ "revision": revision, "site": site }))
+                }
                 Err(e) => unavailable(e),
             }
         }

@@ -1312,6 +1312,12 @@ async fn api_tokens_act_with_their_accounts_role(backend: Backend) {
     for kind in ["api_token_created", "api_token_revoked"] {
         assert!(audit.contains(kind), "{kind} missing from {audit}");
     }
+    assert!(
+        audit.contains(&format!(
+            "revision 1 published through the admin API by account root (API token {root_id})"
+        )),
+        "{audit}"
+    );
 
     // A token is no console session, as a cookie (with or without its prefix) or a header.
     for cookie in [
