@@ -178,6 +178,20 @@ const MIGRATIONS: &[(i64, &str)] = &[
     );
     CREATE INDEX discovery_interval_start ON discovery (interval_start)",
     ),
+    (
+        5,
+        // Per-account API tokens for the admin API: only the SHA-256 of the secret is kept.
+        "CREATE TABLE api_tokens (
+        id {serial},
+        token_hash TEXT NOT NULL UNIQUE,
+        user_name TEXT NOT NULL,
+        label TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT,
+        last_used BIGINT,
+        revoked_at BIGINT
+    )",
+    ),
 ];
 
 /// The scope of the hub's own alerts in `alert_status` (a gateway's are its id).

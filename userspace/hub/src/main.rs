@@ -107,6 +107,14 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// API tokens for scripts: each belongs to a console account and acts on the admin API
+    /// (`/v1/admin/*`) with its role (`read-only`: GET only).
+    ApiToken {
+        #[command(subcommand)]
+        command: ApiTokenCommand,
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// Alerts: those the hub's `[[activity_policies]]` raised over the connectors'
     /// activities (`ID`), and those the gateways sent up (`GATEWAY:ID`), newest first.
     Alerts {
@@ -155,6 +163,25 @@ enum UserCommand {
     List,
     /// Removes an account and ends its sessions.
     Remove { name: String },
+}
+
+#[derive(Subcommand)]
+enum ApiTokenCommand {
+    /// A new token for account USER, printed once (the database keeps only its SHA-256).
+    Create {
+        #[arg(long)]
+        user: String,
+        /// A label to tell tokens apart (at most 64 characters).
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Days until it expires (1..=3650); without it, it lasts until revoked.
+        #[arg(long)]
+        expires_days: Option<i64>,
+    },
+    /// Every token: id, account, label, state, created, expires, last used (never the secret).
+    List,
+    /// Refuse token ID from now on.
+    Revoke { id: i64 },
 }
 
 #[derive(Subcommand)]
@@ -417,6 +444,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             limit,
         } => activity_command(&db, json, source.as_deref(), limit).await,
         Command::User { command, json } => user_command(&db, command, json).await,
+        Command::ApiToken { command, json } => api_token_command(&db, command, json).await,
         Command::Alerts { command, json } => {
             alerting::alerts_command(&config.state_dir, &db, command.into(), json).await
         }
@@ -674,6 +702,88 @@ async fn user_command(db: &Db, command: UserCommand, json: bool) -> anyhow::Resu
             db.audit_hub("console_user", None, &format!("account {name} removed"))
                 .await?;
             println!("account {name} removed");
+        }
+    }
+    Ok(())
+}
+
+/// `tollgate-hub api-token create|list|revoke`.
+async fn api_token_command(db: &Db, command: ApiTokenCommand, json: bool) -> anyhow::Result<()> {
+    use crate::console::tokens;
+    match command {
+        ApiTokenCommand::Create {
+            user,
+            name,
+            expires_days,
+        } => {
+            if !tokens::valid_label(&name) {
+                bail!(
+                    "--name is at most {} characters without control characters",
+                    tokens::MAX_LABEL
+                );
+            }
+            let expires_at = match expires_days {
+                None => None,
+                Some(d) if (1..=tokens::MAX_EXPIRES_DAYS).contains(&d) => {
+                    Some(db::now().saturating_add(d.saturating_mul(86_400)))
+                }
+                Some(d) => bail!(
+                    "--expires-days must be 1..={}, not {d}",
+                    tokens::MAX_EXPIRES_DAYS
+                ),
+            };
+            let Some((id, secret)) = db.api_token_create(&user, &name, expires_at).await? else {
+                bail!("no account {user:?} (add it with `tollgate-hub user add`)");
+            };
+            let until = expires_at.map(rfc3339);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "id": id,
+                        "token": secret,
+                        "user": user,
+                        "name": name,
+                        "expires_at": until,
+                    })
+                );
+            } else {
+                println!("{secret}");
+                eprintln!(
+                    "API token {id} for account {user}, {}; it is shown only now",
+                    until.map_or("valid until revoked".into(), |u| format!("valid until {u}"))
+                );
+            }
+        }
+        ApiTokenCommand::List => {
+            let rows = db.api_tokens().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(());
+            }
+            println!(
+                "{:>6} {:<24} {:<10} {:<10} {:<20} {:<20} {:<20} LABEL",
+                "ID", "ACCOUNT", "ROLE", "STATE", "CREATED", "EXPIRES", "LAST USED"
+            );
+            for t in rows {
+                println!(
+                    "{:>6} {:<24} {:<10} {:<10} {:<20} {:<20} {:<20} {}",
+                    t.id,
+                    t.user,
+                    t.role.map_or("-", console::store::Role::as_str),
+                    t.state,
+                    rfc3339(t.created_at),
+                    t.expires_at.map_or("never".into(), rfc3339),
+                    t.last_used.map_or("never".into(), rfc3339),
+                    t.label
+                );
+            }
+        }
+        ApiTokenCommand::Revoke { id } => {
+            if !db.api_token_revoke(id).await? {
+                bail!("no API token {id} (or already revoked)");
+            }
+            println!("API token {id} revoked");
         }
     }
     Ok(())

@@ -30,6 +30,7 @@ use tollgate_sync::protocol::{
 };
 
 use crate::config::Config;
+use crate::console::store::Role;
 use crate::db::{Db, GatewayAuth, GatewayWrite, Latest, TokenUse};
 use crate::pki::{self, Keys};
 use crate::writer::GroupWriter;
@@ -560,6 +561,33 @@ async fn report(state: &State, gateway: &GatewayAuth, body: &[u8]) -> Answer {
     }
 }
 
+/// Who an admin API request comes from.
+enum Caller {
+    /// The hub's admin token (`admin_token_file`).
+    AdminToken,
+    /// An account's API token, acting with the account's role.
+    Account { id: i64, user: String, role: Role },
+}
+
+/// The admin token (compared in constant time), else an API token (looked up by its
+/// SHA-256, so no secret is compared byte by byte); `None` for anything else.
+async fn caller(state: &State, presented: &str) -> Result<Option<Caller>, crate::db::DbError> {
+    if !state.admin_token.is_empty()
+        && bool::from(presented.as_bytes().ct_eq(state.admin_token.as_bytes()))
+    {
+        return Ok(Some(Caller::AdminToken));
+    }
+    Ok(state
+        .db
+        .api_token_auth(presented)
+        .await?
+        .map(|t| Caller::Account {
+            id: t.id,
+            user: t.user,
+            role: t.role,
+        }))
+}
+
 async fn admin(
     state: &State,
     peer: SocketAddr,
@@ -567,17 +595,38 @@ async fn admin(
     path: &str,
     req: Request<Incoming>,
 ) -> Answer {
+    // Bearer tokens only, never a cookie: a browser does not attach an `Authorization` header
+    // to a request another site makes it send, so a forged cross-site request cannot carry
+    // one, and the console's CSRF checks (which protect its cookie) do not apply here.
     let presented = req
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if state.admin_token.is_empty()
-        || !bool::from(presented.as_bytes().ct_eq(state.admin_token.as_bytes()))
-    {
-        tracing::info!(%peer, path, "admin request refused: bad or missing token");
-        return text(StatusCode::UNAUTHORIZED, "admin token required");
+    let caller = match caller(state, presented).await {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            // Unknown, expired, revoked, or the account is gone: one answer for all, so that
+            // a prober learns nothing about which. Counted, not locked out: a token is 256
+            // random bits, and a lockout would let anyone lock the real scripts out.
+            state.metrics.api_token_refused.inc();
+            tracing::info!(%peer, path, "admin request refused: bad or missing token");
+            return text(StatusCode::UNAUTHORIZED, "a valid token is required");
+        }
+        Err(e) => return unavailable(e),
+    };
+    if let Caller::Account { id, user, role } = &caller {
+        if *role != Role::Admin && method != Method::GET {
+            tracing::info!(%peer, path, user, token = id, "admin request refused: read-only account");
+            return text(
+                StatusCode::FORBIDDEN,
+                "the token's account is read-only: GET requests only",
+            );
+        }
+        if method != Method::GET {
+            tracing::info!(%peer, path, user, token = id, "admin request by API token");
+        }
     }
     match (method.clone(), path) {
         (Method::GET, "/v1/admin/gateways") => match state.db.gateways().await {
@@ -613,7 +662,26 @@ async fn admin(
                 return text(StatusCode::BAD_REQUEST, &e);
             }
             match publish(state, site.as_deref(), policy).await {
-                Ok(revision) => json(&serde_json::json!({ "revision": revision, "site": site })),
+                Ok(revision) => {
+                    // Who published: the bundle's own audit record does not say.
+                    let who = match &caller {
+                        Caller::AdminToken => "the admin token".to_string(),
+                        Caller::Account { id, user, .. } => {
+                            format!("account {user} (API token {id})")
+                        }
+                    };
+                    let _ = state
+                        .db
+                        .audit_hub(
+                            "admin_api_publish",
+                            None,
+                            &format!(
+                                "revision {revision} published through the admin API by {who}"
+                            ),
+                        )
+                        .await;
+                    json(&serde_json::json!({ "revision": revision, "site": site }))
+                }
                 Err(e) => unavailable(e),
             }
         }

@@ -1086,6 +1086,264 @@ async fn bad_requests_and_the_admin_api(backend: Backend) {
     }
 }
 
+/// Rows of `sql` from the hub's database, every column read as text (NULL as "").
+async fn db_rows(url: &str, sql: &str) -> Vec<Vec<String>> {
+    use sqlx::Row;
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .expect("open the hub's database");
+    let rows = sqlx::query(sql).fetch_all(&pool).await.expect(sql);
+    let out = rows
+        .iter()
+        .map(|r| {
+            (0..r.columns().len())
+                .map(|i| {
+                    r.try_get::<Option<String>, _>(i)
+                        .map(Option::unwrap_or_default)
+                        .or_else(|_| {
+                            r.try_get::<Option<i64>, _>(i)
+                                .map(|v| v.map_or(String::new(), |v| v.to_string()))
+                        })
+                        .expect("a text or integer column")
+                })
+                .collect()
+        })
+        .collect();
+    pool.close().await;
+    out
+}
+
+/// Per-account API tokens on the admin API: an admin's token changes things, a read-only
+/// account's token only reads, revoked, expired, unknown tokens and removed accounts get the
+/// same 401, the database keeps no secret, and a token is no console session.
+async fn api_tokens_act_with_their_accounts_role(backend: Backend) {
+    let have = |c: &str| Command::new(c).arg("--version").output().is_ok();
+    if !have("curl") || !have("openssl") {
+        eprintln!("SKIP: curl and openssl needed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(db) = database(backend, dir.path()) else {
+        return;
+    };
+    let hub = Hub::start(dir.path(), "hub", &db);
+    let gw = enroll(&hub, "paris").await;
+    let ca = pem(dir.path(), "ca", &gw.enrolled.ca_der);
+    let url = hub.url();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "a long enough password\n").unwrap();
+    for (name, role) in [
+        ("root", "admin"),
+        ("viewer", "read-only"),
+        ("temp", "admin"),
+    ] {
+        hub.cli_ok(&[
+            "user",
+            "add",
+            name,
+            "--role",
+            role,
+            "--password-file",
+            pw.to_str().unwrap(),
+        ]);
+    }
+    let create = |args: &[&str]| -> (i64, String) {
+        let out = hub.cli_ok(&[&["api-token", "create", "--json"], args].concat());
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let token = v["token"].as_str().unwrap().to_string();
+        assert!(token.starts_with("tgh_") && token.len() == 68, "{token}");
+        (v["id"].as_i64().unwrap(), token)
+    };
+    let (root_id, root_tok) = create(&["--user", "root", "--name", "ci deploy"]);
+    let (_, viewer_tok) = create(&["--user", "viewer", "--name", "grafana"]);
+    let (exp_id, exp_tok) = create(&["--user", "root", "--expires-days", "1"]);
+    let (_, temp_tok) = create(&["--user", "temp"]);
+    // No token for an account that does not exist; bad lifetimes and labels are refused.
+    for bad in [
+        &["--user", "nobody"][..],
+        &["--user", "root", "--expires-days", "0"],
+        &["--user", "root", "--expires-days", "-3"],
+        &["--user", "root", "--expires-days", "99999999999999"],
+        &["--user", "root", "--name", "a\u{1b}[31mred"],
+    ] {
+        let out = hub.cli(&[&["api-token", "create"], bad].concat());
+        assert!(!out.status.success(), "{bad:?} was accepted");
+    }
+
+    let get = |token: &str, path: &str| -> (u16, String) {
+        curl(
+            &ca,
+            &["-H", &format!("Authorization: Bearer {token}")],
+            &format!("{url}/v1/admin/{path}"),
+        )
+    };
+    let publish = |token: &str| -> (u16, String) {
+        curl(
+            &ca,
+            &[
+                "-H",
+                &format!("Authorization: Bearer {token}"),
+                "-X",
+                "POST",
+                "--data-binary",
+                "[apps.box]\ntag = \"sanctioned\"\n",
+            ],
+            &format!("{url}/v1/admin/publish"),
+        )
+    };
+    // The admin's token reads and changes.
+    let (code, body) = get(&root_tok, "gateways");
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = publish(&root_tok);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["revision"],
+        1
+    );
+    // The read-only account's token reads, and is refused any change.
+    let (code, body) = get(&viewer_tok, "bundles");
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = publish(&viewer_tok);
+    assert_eq!(code, 403, "{body}");
+    let (code, _) = curl(
+        &ca,
+        &[
+            "-H",
+            &format!("Authorization: Bearer {viewer_tok}"),
+            "-X",
+            "DELETE",
+        ],
+        &format!("{url}/v1/admin/gateways"),
+    );
+    assert_eq!(code, 403);
+    let bundles: serde_json::Value =
+        serde_json::from_str(&hub.cli_ok(&["bundles", "--json"])).unwrap();
+    assert_eq!(bundles.as_array().map(Vec::len), Some(1), "{bundles}");
+    // The account's role at the time of use counts: made admin, the viewer's token publishes.
+    hub.cli_ok(&[
+        "user",
+        "add",
+        "viewer",
+        "--role",
+        "admin",
+        "--password-file",
+        pw.to_str().unwrap(),
+    ]);
+    assert_eq!(publish(&viewer_tok).0, 200);
+
+    // Unknown, revoked, expired tokens and a removed account's token: the same 401.
+    let (_, refusal) = get(&format!("tgh_{}", "0".repeat(64)), "gateways");
+    let unknown = [
+        format!("tgh_{}", "0".repeat(64)),
+        root_tok[4..].to_string(),
+        format!("{root_tok}x"),
+        String::new(),
+    ];
+    for t in &unknown {
+        assert_eq!(get(t, "gateways"), (401, refusal.clone()), "{t:?}");
+    }
+    hub.cli_ok(&["api-token", "revoke", &root_id.to_string()]);
+    assert!(
+        !hub.cli(&["api-token", "revoke", &root_id.to_string()])
+            .status
+            .success()
+    );
+    assert!(!hub.cli(&["api-token", "revoke", "424242"]).status.success());
+    assert_eq!(get(&root_tok, "gateways"), (401, refusal.clone()));
+    assert_eq!(publish(&root_tok).0, 401);
+    // Expiry: the token worked until its time passed (set back in the database).
+    assert_eq!(get(&exp_tok, "gateways").0, 200);
+    let past = chrono::Utc::now().timestamp() - 5;
+    db_rows(
+        &db,
+        &format!("UPDATE api_tokens SET expires_at = {past} WHERE id = {exp_id}"),
+    )
+    .await;
+    assert_eq!(get(&exp_tok, "gateways"), (401, refusal.clone()));
+    assert_eq!(get(&temp_tok, "gateways").0, 200);
+    hub.cli_ok(&["user", "remove", "temp"]);
+    assert_eq!(get(&temp_tok, "gateways"), (401, refusal.clone()));
+    // The admin token still works beside them.
+    let auth = std::fs::read_to_string(hub.config.parent().unwrap().join("admin.token")).unwrap();
+    assert_eq!(get(auth.trim(), "gateways").0, 200);
+
+    // The database keeps only hashes: no secret in any column of the table or the audit.
+    let rows = db_rows(
+        &db,
+        "SELECT id, token_hash, user_name, label, created_at, expires_at, last_used, \
+         revoked_at FROM api_tokens",
+    )
+    .await;
+    assert_eq!(rows.len(), 4);
+    let audit = db_rows(&db, "SELECT detail FROM audit").await;
+    for secret in [&root_tok, &viewer_tok, &exp_tok, &temp_tok] {
+        let hex = &secret[4..];
+        for row in rows.iter().chain(&audit) {
+            assert!(
+                row.iter().all(|c| !c.contains(hex)),
+                "a secret is stored: {row:?}"
+            );
+        }
+    }
+    // The list shows state and use, never the secret.
+    let list = hub.cli_ok(&["api-token", "list", "--json"]);
+    for secret in [&root_tok, &viewer_tok] {
+        assert!(!list.contains(&secret[4..]), "{list}");
+    }
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let by_id = |id: i64| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    let root_row = by_id(root_id);
+    assert_eq!(root_row["state"], "revoked");
+    assert_eq!(root_row["label"], "ci deploy");
+    assert!(root_row["last_used"].is_i64(), "{root_row}");
+    assert_eq!(by_id(exp_id)["state"], "expired");
+    assert!(hub.cli_ok(&["api-token", "list"]).contains("ci deploy"));
+    let audit = hub.cli_ok(&["audit", "--json"]);
+    for kind in ["api_token_created", "api_token_revoked"] {
+        assert!(audit.contains(kind), "{kind} missing from {audit}");
+    }
+    assert!(
+        audit.contains(&format!(
+            "revision 1 published through the admin API by account root (API token {root_id})"
+        )),
+        "{audit}"
+    );
+
+    // A token is no console session, as a cookie (with or without its prefix) or a header.
+    for cookie in [
+        format!("tg_console={viewer_tok}"),
+        format!("tg_console={}", &viewer_tok[4..]),
+    ] {
+        let (code, _) = curl(&ca, &["-b", &cookie], &format!("{url}/console/fleet"));
+        assert_eq!(code, 303, "{cookie}");
+    }
+    let (code, _) = curl(
+        &ca,
+        &["-H", &format!("Authorization: Bearer {viewer_tok}")],
+        &format!("{url}/console/fleet"),
+    );
+    assert_eq!(code, 303);
+
+    // Refusals are counted.
+    let metrics = hub.metrics();
+    let refused: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tollgate_hub_api_token_refused_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no refusal counter in\n{metrics}"));
+    assert!(refused >= 8, "{refused}");
+}
+
 macro_rules! on_both {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -1112,4 +1370,5 @@ on_both!(
     gateway_alerts_come_up_and_are_resolved_at_the_hub,
     the_console_refuses_what_an_attacker_tries,
     a_gateways_connector_records_are_stored_once_under_its_name,
+    api_tokens_act_with_their_accounts_role,
 );

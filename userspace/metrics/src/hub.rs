@@ -18,6 +18,8 @@ pub struct HubMetrics {
     pub upload_records: Counter,
     pub bundles_published: Counter,
     pub database_errors: Counter,
+    /// Admin API requests refused for a missing, unknown, expired or revoked token.
+    pub api_token_refused: Counter,
     pub polls_held: Gauge<i64, AtomicI64>,
 }
 
@@ -32,6 +34,7 @@ impl Default for HubMetrics {
             upload_records: Counter::default(),
             bundles_published: Counter::default(),
             database_errors: Counter::default(),
+            api_token_refused: Counter::default(),
             polls_held: Gauge::default(),
         }
     }
@@ -186,6 +189,11 @@ impl HubMetrics {
             "hub_database_errors",
             "Requests answered 503 because the database failed",
             self.database_errors.clone(),
+        );
+        r.register(
+            "hub_api_token_refused",
+            "Admin API requests refused for a missing, unknown, expired or revoked token",
+            self.api_token_refused.clone(),
         );
         r.register(
             "hub_polls_held",

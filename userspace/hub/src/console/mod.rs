@@ -15,10 +15,13 @@
 //! - Pages escape every string (app names, user names and alert reasons come from the
 //!   network), and a strict Content-Security-Policy allows only the console's own scripts
 //!   and styles, all built into the binary (no CDN).
-//! - Scripts use the admin API with the admin token (`/v1/admin/*`), not the console.
+//! - Scripts use the admin API (`/v1/admin/*`) with the admin token or an account's API token
+//!   ([`tokens`]), not the console. An API token is never a session: the console reads only
+//!   its cookie, looked up in the sessions table, and ignores `Authorization`.
 
 mod pages;
 pub mod store;
+pub mod tokens;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

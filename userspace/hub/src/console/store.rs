@@ -92,7 +92,7 @@ impl Range {
     }
 }
 
-fn sha256_hex(s: &str) -> String {
+pub(crate) fn sha256_hex(s: &str) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, s.as_bytes());
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -147,6 +147,15 @@ impl Db {
             .bind(name.to_string())
             .execute(&self.pool)
             .await?;
+        // Its API tokens die with it, so that an account made again under the same name does
+        // not inherit them.
+        sqlx::query(
+            "UPDATE api_tokens SET revoked_at = $1 WHERE user_name = $2 AND revoked_at IS NULL",
+        )
+        .bind(now())
+        .bind(name.to_string())
+        .execute(&self.pool)
+        .await?;
         Ok(n > 0)
     }
 
