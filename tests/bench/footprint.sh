@@ -18,9 +18,14 @@ WORK=$(mktemp -d /tmp/tollgate-footprint.XXXXXX)
 NS=tgfp$$
 PIDS=()
 cleanup() {
+  # `stop` detaches the kernel programs and removes their pins (a plain SIGTERM leaves them
+  # enforcing, as a restart wants); then the rest.
+  if [ -S "$WORK/control.sock" ]; then
+    "$BIN/tollgate" stop --control "$WORK/control.sock" >/dev/null 2>&1 || true
+    for _ in $(seq 1 50); do [ -S "$WORK/control.sock" ] || break; sleep 0.1; done
+  fi
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   sleep 0.5
-  [ -S "$WORK/control.sock" ] && "$BIN/tollgate" stop --control "$WORK/control.sock" >/dev/null 2>&1 || true
   ip netns del "$NS" 2>/dev/null || true
   rm -rf "$WORK"
 }
