@@ -15,8 +15,8 @@ use std::{
 
 use aya::programs::{SchedClassifier, tc::TcAttachType};
 use tollgate_dataplane::{
-    Action, Dataplane, DataplaneOptions, Direction, Mode, PayloadEvent, PayloadKind, Role,
-    testing::is_root,
+    Action, AttachRequest, Dataplane, DataplaneOptions, Direction, Mode, PayloadEvent, PayloadKind,
+    Role, testing::is_root,
 };
 
 mod common;
@@ -214,6 +214,7 @@ fn attach_capture_adopt_detach() {
         interfaces: vec![("tgds0".to_owned(), Role::Lan)],
         pin_dir: pin_dir.clone(),
         mode: Mode::Monitor,
+        attach: AttachRequest::Auto,
     };
 
     // First run: attach, drive traffic, read events and counters; then exit without detaching.
@@ -370,6 +371,7 @@ fn enforce_resets_blocked_names_and_prefixes_for_real_clients() {
         interfaces: vec![("tgds0".to_owned(), Role::Lan)],
         pin_dir: topo.pin_dir.clone(),
         mode: Mode::Enforce,
+        attach: AttachRequest::Auto,
     };
     let cns = topo.client_ns.clone();
     let server_ns = topo.server_ns.clone();
@@ -467,6 +469,7 @@ fn chrome_hello_split_over_segments_is_seen_and_blocked() {
         interfaces: vec![("tgds0".to_owned(), Role::Lan)],
         pin_dir: topo.pin_dir.clone(),
         mode: Mode::Enforce,
+        attach: AttachRequest::Auto,
     };
     let cns = topo.client_ns.clone();
     let server_ns = topo.server_ns.clone();
