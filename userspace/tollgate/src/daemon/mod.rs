@@ -405,8 +405,16 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
         dp.attach_mode()
     );
     for a in dp.attached() {
+        let hooked = match a.mode {
+            tollgate_dataplane::AttachMode::Tcx => format!("link {}", a.link_id),
+            tollgate_dataplane::AttachMode::Tc => format!(
+                "filter pref {:#x} handle {:#x}",
+                tollgate_dataplane::TC_PRIORITY,
+                tollgate_dataplane::TC_HANDLE
+            ),
+        };
         crate::outln!(
-            "  attached {} {:<7} on {} ({}, {} traffic) program {} id {} link {}{}",
+            "  attached {} {:<7} on {} ({}, {} traffic) program {} id {} {hooked}{}",
             a.mode,
             a.hook.to_string(),
             a.interface,
@@ -414,7 +422,6 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
             a.direction,
             a.program,
             a.program_id,
-            a.link_id,
             match (a.adopted, a.mode) {
                 (false, _) => "",
                 (true, tollgate_dataplane::AttachMode::Tcx) => " (adopted pinned link)",
