@@ -260,6 +260,12 @@ fn restart_after_kill9_adopts_pins() {
     let _origins = Origins::start(&mut topo, false).expect("origins");
     let daemon = Daemon::start(&mut topo, "monitor", "").expect("daemon");
     let gw = topo.gateway.clone();
+    // TCX on this kernel, unless the whole suite runs with the tc fallback forced
+    // (`TOLLGATE_ATTACH=tc cargo test ...`: the daemons inherit it).
+    let forced_tc = std::env::var("TOLLGATE_ATTACH").is_ok_and(|v| v == "tc");
+    let status = daemon.query("status").expect("status");
+    let want = if forced_tc { "tc" } else { "tcx" };
+    assert_eq!(status["attach_mode"], want, "{status:#}");
     topo.kill9(&format!("--netns {gw}"));
     let dead = tollgate_e2e::wait_for(Duration::from_secs(5), || {
         daemon.query("status").is_err().then_some(())
@@ -272,8 +278,13 @@ fn restart_after_kill9_adopts_pins() {
     let before = links(&topo);
     daemon.spawn(&mut topo).expect("restart");
     let log = topo.log(&daemon.log);
+    let adopted = if forced_tc {
+        "replaced our filter"
+    } else {
+        "adopted"
+    };
     assert!(
-        log.contains("adopted"),
+        log.contains(adopted),
         "restart did not adopt the pins:\n{log}"
     );
     let after = links(&topo);
@@ -292,6 +303,84 @@ fn restart_after_kill9_adopts_pins() {
             .is_some()
     );
     daemon.stop();
+}
+
+/// The tc clsact fallback (what kernels before 6.6 get), forced with `TOLLGATE_ATTACH=tc`:
+/// the daemon says so in its status, a kill -9 leaves its filters attached, the restart
+/// replaces their programs (no second filter), flows are still named by SNI, and `tollgate
+/// stop` leaves no filter.
+#[test]
+fn tc_fallback_restart_after_kill9_replaces_its_filter() {
+    let test = "tc_fallback_restart_after_kill9_replaces_its_filter";
+    if !ready(test) || !require_command(test, "tc") {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = Topology::new("tc", 1500).expect("topology");
+    let _origins = Origins::start(&mut topo, false).expect("origins");
+    let daemon = Daemon::prepare(&mut topo, "monitor", "").expect("config");
+    daemon
+        .spawn_env(&mut topo, "TOLLGATE_ATTACH=tc", "")
+        .expect("daemon");
+    let gw = topo.gateway.clone();
+    let status = daemon.query("status").expect("status");
+    assert_eq!(status["attach_mode"], "tc", "{status:#}");
+    // Our filters on the LAN interface: one per hook, none of them TCX.
+    let filters = |topo: &Topology, hook: &str| {
+        let out = topo.exec_any(&gw, &format!("tc filter show dev gc {hook}"));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let ours = |topo: &Topology| {
+        ["ingress", "egress"].map(|h| {
+            filters(topo, h)
+                .lines()
+                .filter(|l| l.contains(" bpf ") && l.contains("handle 0x74670001"))
+                .count()
+        })
+    };
+    let tcx = |topo: &Topology| {
+        let out = topo.exec_any(&gw, "bpftool net show dev gc");
+        String::from_utf8_lossy(&out.stdout).matches("tcx/").count()
+    };
+    assert_eq!(ours(&topo), [1, 1], "{}", filters(&topo, "ingress"));
+    assert_eq!(tcx(&topo), 0, "attached with TCX although tc was forced");
+
+    topo.kill9(&format!("--netns {gw}"));
+    let dead = tollgate_e2e::wait_for(Duration::from_secs(5), || {
+        daemon.query("status").is_err().then_some(())
+    });
+    assert!(dead.is_some(), "the daemon still answers after kill -9");
+    assert_eq!(ours(&topo), [1, 1], "a crash leaves the filters attached");
+    daemon
+        .spawn_env(&mut topo, "TOLLGATE_ATTACH=tc", "")
+        .expect("restart");
+    let log = topo.log(&daemon.log);
+    assert!(
+        log.contains("attach mode tc") && log.contains("replaced our filter"),
+        "restart did not replace its filters:\n{log}"
+    );
+    assert_eq!(ours(&topo), [1, 1], "attached twice");
+    let c = topo.client.clone();
+    topo.exec(
+        &c,
+        &format!("curl -sk --resolve github.com:443:{SERVER_IP4} https://github.com/ -o /dev/null"),
+    )
+    .expect("curl");
+    assert!(
+        daemon
+            .wait_flow(WAIT, |f| has(f, "github.com", "sni", "tcp"))
+            .is_some()
+    );
+    daemon.stop();
+    let gone = tollgate_e2e::wait_for(Duration::from_secs(5), || {
+        (filters(&topo, "ingress").trim().is_empty() && filters(&topo, "egress").trim().is_empty())
+            .then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "filters left after stop: {}",
+        filters(&topo, "ingress")
+    );
 }
 
 /// Headless Chromium through the gateway: a TLS page load over TCP, and a page forced onto

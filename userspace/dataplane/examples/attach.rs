@@ -9,7 +9,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use tollgate_dataplane::{Dataplane, DataplaneOptions, Mode, Role};
+use tollgate_dataplane::{AttachRequest, Dataplane, DataplaneOptions, Mode, Role};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut interfaces = Vec::new();
@@ -45,10 +45,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             interfaces,
             pin_dir,
             mode,
+            attach: AttachRequest::from_env_or(AttachRequest::Auto)?,
         })?;
         for a in dp.attached() {
             println!(
-                "attached {} on {} {} ({:?}, prog {}, link {}{})",
+                "attached {} {} on {} {} ({:?}, prog {}, link {}{})",
+                a.mode,
                 a.program,
                 a.interface,
                 a.hook,

@@ -68,6 +68,21 @@ pub enum DataplaneError {
     MixedAddressFamilies { client: IpAddr, destination: IpAddr },
     #[error("the event reader must be created inside a tokio runtime")]
     NoTokioRuntime,
+    #[error(transparent)]
+    Kernel(#[from] crate::kernel::KernelError),
+    #[error("adding the clsact qdisc on {iface}: {source}")]
+    Clsact {
+        iface: String,
+        #[source]
+        source: aya::programs::tc::TcError,
+    },
+    #[error("tc filter on {iface} {hook} (priority {prio:#x}, handle {handle:#x}): {source}", prio = crate::loader::TC_PRIORITY, handle = crate::loader::TC_HANDLE)]
+    TcFilter {
+        iface: String,
+        hook: crate::Hook,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
     #[error("steering route (`{command}`): {message}")]
     Route { command: String, message: String },
 }

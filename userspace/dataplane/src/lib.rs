@@ -1,5 +1,6 @@
 //! The only crate that talks to aya: it loads the embedded eBPF object, attaches the TCX
-//! programs, pins programs and maps under bpffs, owns every map and reads the ring buffer.
+//! programs (tc clsact through netlink on kernels before 6.6), pins programs and maps under
+//! bpffs, owns every map and reads the ring buffer.
 //!
 //! Data flow: [`Dataplane::start`] mounts bpffs if needed, loads the probes (built by build.rs
 //! from `ebpf/probes` and embedded in this crate), reuses maps pinned by an earlier run of the
@@ -11,8 +12,14 @@
 //! [`Dataplane::stats`].
 //!
 //! Pin layout under the instance's `pin_dir` (unique per daemon instance):
-//! `abi<N>/maps/<MAP>`, `abi<N>/progs/<program>`, `abi<N>/links/<iface>-<role>-<hook>`. A pin
-//! directory of another ABI version is removed (its links detach) when a new one starts.
+//! `abi<N>/maps/<MAP>`, `abi<N>/progs/<program>`, `abi<N>/links/<iface>-<role>-<hook>`, and
+//! with the tc fallback `abi<N>/tc/<iface>/<hook>` (empty directories that stand for the
+//! unpinnable netlink filters; see the `loader` module). A pin directory of another ABI
+//! version is removed (its links detach) when a new one starts.
+//!
+//! The kernel is checked first ([`kernel::decide`]): an older one than every feature in
+//! [`kernel::FEATURES`] needs is refused with the names of what it lacks, and the attach mode
+//! ([`AttachMode`]) is chosen from [`DataplaneOptions::attach`].
 //!
 //! Session control: [`Dataplane::steering`] writes the destinations whose new tcp/443
 //! flows the LAN ingress program assigns to the session proxy's listener, and the listener
@@ -30,6 +37,7 @@ mod blockpage;
 mod error;
 mod event;
 mod flow_walk;
+pub mod kernel;
 mod loader;
 mod reader;
 mod stats;
@@ -47,7 +55,8 @@ pub use event::{
     RecordError, decode_record, flow_key, flow_tuple, key_addr,
 };
 pub use flow_walk::{FlowWalk, walk_flow_map};
-pub use loader::ensure_bpffs;
+pub use kernel::{AttachMode, AttachRequest, KernelError};
+pub use loader::{TC_HANDLE, TC_PRIORITY, ensure_bpffs};
 pub use reader::EventReader;
 pub use stats::DataplaneStats;
 pub use steer::{ListenerFamilies, PolicyRoute, SteerWriter, policy_route_commands};
@@ -62,11 +71,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::{Ebpf, programs::links::FdLink};
+use aya::Ebpf;
 
 pub use tollgate_common::{Mode, Role};
 
-/// A TCX hook.
+/// A TC hook (TCX or clsact).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Hook {
     Ingress,
@@ -90,6 +99,8 @@ pub struct DataplaneOptions {
     /// Pin directory on bpffs, unique per instance, e.g. `/sys/fs/bpf/tollgate/<instance>`.
     pub pin_dir: PathBuf,
     pub mode: Mode,
+    /// TCX, tc clsact, or whichever the kernel has (`auto`).
+    pub attach: AttachRequest,
 }
 
 /// One attached program, for the startup summary.
@@ -104,8 +115,11 @@ pub struct AttachInfo {
     /// Program function name in the object.
     pub program: &'static str,
     pub program_id: u32,
+    /// The TCX link's id; 0 for a tc filter (no link object).
     pub link_id: u32,
-    /// The link was pinned by an earlier run and the program was swapped into it.
+    pub mode: AttachMode,
+    /// The link was pinned by an earlier run (tc: our filter was there) and the program was
+    /// swapped into it.
     pub adopted: bool,
 }
 
@@ -114,9 +128,11 @@ pub struct Dataplane {
     ebpf: Ebpf,
     root: PathBuf,
     attached: Vec<AttachInfo>,
+    attach_mode: AttachMode,
     link_pins: Vec<PathBuf>,
-    /// Held so that the links stay open while we run (they are pinned too).
-    _links: Vec<FdLink>,
+    /// Held so that the links stay open while we run (TCX links are pinned too; tc filters
+    /// stay until `detach`).
+    links: Vec<loader::HeldLink>,
 }
 
 impl Dataplane {
@@ -126,6 +142,11 @@ impl Dataplane {
     /// into the pinned links instead of attaching a second time.
     pub fn start(opts: DataplaneOptions) -> Result<Dataplane, DataplaneError> {
         loader::start(opts)
+    }
+
+    /// TCX or tc clsact, as chosen at start.
+    pub fn attach_mode(&self) -> AttachMode {
+        self.attach_mode
     }
 
     /// What is attached where (for the startup summary).
@@ -192,7 +213,8 @@ impl Dataplane {
         loader::write_config(&mut self.ebpf, mode)
     }
 
-    /// Detaches every link and removes this instance's pins (for `tollgate stop`).
+    /// Detaches every link (deletes the tc filters) and removes this instance's pins (for
+    /// `tollgate stop`). The clsact qdisc of the tc fallback stays.
     pub fn detach(self) -> Result<(), DataplaneError> {
         loader::detach(self)
     }

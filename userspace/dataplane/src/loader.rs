@@ -1,25 +1,57 @@
-//! The lifecycle of the attached probes: mounting bpffs, loading the embedded object with
-//! maps pinned by an earlier run of the same ABI, filling the program array, attaching (or
-//! adopting pinned links), and detaching with every pin removed.
+//! The lifecycle of the attached probes: checking the kernel and choosing the attach mode,
+//! mounting bpffs, loading the embedded object with maps pinned by an earlier run of the
+//! same ABI, filling the program array, attaching (TCX: or adopting pinned links; tc: or
+//! replacing our own filter in place), and detaching with every pin removed.
+//!
+//! The tc fallback (kernels before 6.6, or `attach = "tc"`): a cls_bpf filter on the clsact
+//! qdisc at a fixed priority and handle ([`TC_PRIORITY`], [`TC_HANDLE`]) per hook. Netlink
+//! filters cannot be pinned, so what stands for the pinned link is an empty directory
+//! `abi<N>/tc/<iface>/<hook>` under the pin root, and the filter itself, which outlives the
+//! process like a pinned link does:
+//! - a restart (after a clean exit or a crash) replaces the program of the filter at our
+//!   priority and handle in one netlink request (no packet goes unseen, no second filter);
+//! - `detach` (`tollgate stop`) deletes the filters and the directories;
+//! - an interface no longer configured, a switch to TCX, or a pin root of another ABI:
+//!   the filters its directories name are deleted once the new programs are attached.
+//!
+//! The clsact qdisc is left in place (other tools may hang filters on it).
 
-use std::{collections::HashSet, fs, io, path::Path};
+use std::{collections::HashSet, fs, io, mem::ManuallyDrop, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData},
     programs::{
-        SchedClassifier, TcAttachType,
-        links::{FdLink, PinnedLink},
-        tc::SchedClassifierLink,
+        ProgramError, SchedClassifier, TcAttachType,
+        links::{FdLink, Link, PinnedLink},
+        tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
     },
 };
+use nix::errno::Errno;
 use tollgate_common::{self as abi, Config, IfaceInfo};
 
 use crate::{
     AttachInfo, Dataplane, DataplaneOptions, Hook, Mode, Role,
     error::{DataplaneError, map_err, map_mut},
     event::Direction,
+    kernel::{self, AttachMode},
 };
+
+/// The tc fallback's filter priority ("tg"): fixed, so that a restarted daemon finds its own
+/// filter. Lower runs first; this leaves 1..0x7466 to filters that must run before ours.
+pub const TC_PRIORITY: u16 = 0x7467;
+/// The tc fallback's filter handle at [`TC_PRIORITY`].
+pub const TC_HANDLE: u32 = 0x7467_0001;
+
+/// What keeps an attachment alive while the daemon runs.
+pub(crate) enum HeldLink {
+    /// A TCX link; it is pinned too, so closing it on exit does not detach it.
+    Tcx(#[expect(dead_code, reason = "held to keep the link open, never read")] FdLink),
+    /// A tc filter. aya deletes a netlink filter when its link is dropped; the filter must
+    /// outlive the process like a pinned link, so the link is only dropped through
+    /// [`detach`] (it holds plain numbers: nothing leaks).
+    Tc(ManuallyDrop<SchedClassifierLink>),
+}
 
 /// The probes object, built by build.rs.
 pub(crate) static PROBES: &[u8] =
@@ -98,16 +130,23 @@ pub(crate) fn write_config(ebpf: &mut Ebpf, mode: Mode) -> Result<(), DataplaneE
 
 /// See [`Dataplane::start`].
 pub(crate) fn start(opts: DataplaneOptions) -> Result<Dataplane, DataplaneError> {
+    let (release, machine) = kernel::running_kernel();
+    let attach_mode = kernel::decide(&release, &machine, opts.attach)?;
+    tracing::info!(kernel = %release, %machine, requested = %opts.attach, mode = %attach_mode, "attach mode");
     if opts.pin_dir.starts_with(BPFFS_ROOT) {
         ensure_bpffs()?;
     }
     let root = opts.pin_dir.join(format!("abi{}", abi::ABI_VERSION));
-    let (maps_dir, progs_dir, links_dir) =
-        (root.join("maps"), root.join("progs"), root.join("links"));
-    for d in [&maps_dir, &progs_dir, &links_dir] {
+    let (maps_dir, progs_dir, links_dir, tc_dir) = (
+        root.join("maps"),
+        root.join("progs"),
+        root.join("links"),
+        root.join("tc"),
+    );
+    for d in [&maps_dir, &progs_dir, &links_dir, &tc_dir] {
         mkdir(d)?;
     }
-    remove_other_abis(&opts.pin_dir, &root);
+    let old_abi_tc = remove_other_abis(&opts.pin_dir, &root);
     drop_resized_ring(&maps_dir);
 
     let mut loader = EbpfLoader::new();
@@ -178,16 +217,43 @@ pub(crate) fn start(opts: DataplaneOptions) -> Result<Dataplane, DataplaneError>
     let mut attached = Vec::new();
     let mut links = Vec::new();
     let mut link_pins = Vec::new();
+    let mut tc_current = HashSet::new();
+    if attach_mode == AttachMode::Tc {
+        for (iface, _, _) in &ifaces {
+            add_clsact(iface)?;
+        }
+    }
     for (iface, ifindex, role) in &ifaces {
         for hook in [Hook::Ingress, Hook::Egress] {
             let (pname, direction) = program_for(*role, hook);
-            let pin = links_dir.join(format!("{iface}-{role}-{hook}"));
-            let (link, adopted) = attach_or_adopt(&mut ebpf, pname, iface, hook, &pin)?;
-            let info = link.info().map_err(|source| DataplaneError::Link {
-                path: pin.clone(),
-                source,
-            })?;
-            tracing::debug!(%iface, %hook, program = pname, adopted, "attached");
+            let (link, adopted, link_id) = match attach_mode {
+                AttachMode::Tcx => {
+                    let pin = links_dir.join(format!("{iface}-{role}-{hook}"));
+                    let (link, adopted) = attach_or_adopt(&mut ebpf, pname, iface, hook, &pin)?;
+                    let info = link.info().map_err(|source| DataplaneError::Link {
+                        path: pin.clone(),
+                        source,
+                    })?;
+                    link_pins.push(pin);
+                    (HeldLink::Tcx(link), adopted, info.id())
+                }
+                AttachMode::Tc => {
+                    // The mark first: a crash right after the attach leaves a filter that the
+                    // next start knows about.
+                    mkdir(&tc_dir.join(iface).join(hook.to_string()))?;
+                    let (link, adopted) = tc_attach_or_replace(&mut ebpf, pname, iface, hook)?;
+                    tc_current.insert((iface.clone(), hook));
+                    (HeldLink::Tc(ManuallyDrop::new(link)), adopted, 0)
+                }
+            };
+            let program_id = classifier(&mut ebpf, pname)?
+                .info()
+                .map_err(|source| DataplaneError::Program {
+                    name: pname,
+                    source,
+                })?
+                .id();
+            tracing::debug!(%iface, %hook, program = pname, mode = %attach_mode, adopted, "attached");
             attached.push(AttachInfo {
                 interface: iface.clone(),
                 ifindex: *ifindex,
@@ -195,15 +261,16 @@ pub(crate) fn start(opts: DataplaneOptions) -> Result<Dataplane, DataplaneError>
                 hook,
                 direction,
                 program: pname,
-                program_id: info.program_id(),
-                link_id: info.id(),
+                program_id,
+                link_id,
+                mode: attach_mode,
                 adopted,
             });
             links.push(link);
-            link_pins.push(pin);
         }
     }
-    // Links of interfaces or roles no longer configured: unpinning detaches them.
+    // Links of interfaces or roles no longer configured (or of the other attach mode):
+    // unpinning detaches them.
     if let Ok(rd) = fs::read_dir(&links_dir) {
         for e in rd.flatten() {
             let p = e.path();
@@ -213,12 +280,23 @@ pub(crate) fn start(opts: DataplaneOptions) -> Result<Dataplane, DataplaneError>
             }
         }
     }
+    // Filters of interfaces no longer configured, of the other attach mode, or of another
+    // ABI's pins (deleted only now: a filter we attach to again was replaced in place).
+    for (iface, hook) in read_tc_marks(&tc_dir).into_iter().chain(old_abi_tc) {
+        if !tc_current.contains(&(iface.clone(), hook)) {
+            tracing::info!(%iface, %hook, "deleting stale tc filter");
+            delete_tc_filter(&iface, hook);
+            let _ = fs::remove_dir(tc_dir.join(&iface).join(hook.to_string()));
+            let _ = fs::remove_dir(tc_dir.join(&iface));
+        }
+    }
     Ok(Dataplane {
         ebpf,
         root,
         attached,
+        attach_mode,
         link_pins,
-        _links: links,
+        links,
     })
 }
 
@@ -227,10 +305,36 @@ pub(crate) fn detach(dataplane: Dataplane) -> Result<(), DataplaneError> {
     let Dataplane {
         ebpf,
         root,
+        attached,
         link_pins,
-        _links,
+        links,
         ..
     } = dataplane;
+    // tc filters: deleted through their links. One already gone (deleted by hand, or its
+    // interface removed) is not an error; any other failure is reported after the rest of
+    // the cleanup.
+    let mut tc_error = None;
+    let tc_hooks = attached
+        .iter()
+        .filter(|a| a.mode == AttachMode::Tc)
+        .map(|a| (a.interface.clone(), a.hook));
+    let tc_links = links.into_iter().filter_map(|l| match l {
+        HeldLink::Tc(l) => Some(l),
+        HeldLink::Tcx(_) => None,
+    });
+    for ((iface, hook), link) in tc_hooks.zip(tc_links) {
+        match ManuallyDrop::into_inner(link).detach() {
+            Ok(()) => {}
+            Err(e) if filter_gone(&e) => {}
+            Err(source) => {
+                tc_error.get_or_insert(DataplaneError::TcFilter {
+                    iface,
+                    hook,
+                    source,
+                });
+            }
+        }
+    }
     for p in &link_pins {
         match fs::remove_file(p) {
             Ok(()) => {}
@@ -243,7 +347,6 @@ pub(crate) fn detach(dataplane: Dataplane) -> Result<(), DataplaneError> {
             }
         }
     }
-    drop(_links);
     drop(ebpf);
     match fs::remove_dir_all(&root) {
         Ok(()) => {}
@@ -254,7 +357,7 @@ pub(crate) fn detach(dataplane: Dataplane) -> Result<(), DataplaneError> {
         // Only removes the instance directory when nothing else lives there.
         let _ = fs::remove_dir(parent);
     }
-    Ok(())
+    tc_error.map_or(Ok(()), Err)
 }
 
 /// Puts the SNI pipeline into the program array the packet programs tail-call.
@@ -377,10 +480,13 @@ fn drop_resized_ring(maps_dir: &Path) {
     }
 }
 
-/// Removes pin directories of other ABI versions under `pin_dir` (their links detach).
-fn remove_other_abis(pin_dir: &Path, keep: &Path) {
+/// Removes pin directories of other ABI versions under `pin_dir` (their links detach) and
+/// returns the tc filters they had marked, for the caller to delete once its own programs
+/// are attached.
+fn remove_other_abis(pin_dir: &Path, keep: &Path) -> Vec<(String, Hook)> {
+    let mut tc = Vec::new();
     let Ok(rd) = fs::read_dir(pin_dir) else {
-        return;
+        return tc;
     };
     for e in rd.flatten() {
         let p = e.path();
@@ -390,7 +496,139 @@ fn remove_other_abis(pin_dir: &Path, keep: &Path) {
             .is_some_and(|n| n.starts_with("abi"));
         if is_abi && p != keep {
             tracing::info!(dir = %p.display(), "removing pins of another ABI version");
+            tc.extend(read_tc_marks(&p.join("tc")));
             let _ = fs::remove_dir_all(&p);
         }
     }
+    tc
+}
+
+fn tc_attach_type(hook: Hook) -> TcAttachType {
+    match hook {
+        Hook::Ingress => TcAttachType::Ingress,
+        Hook::Egress => TcAttachType::Egress,
+    }
+}
+
+/// The OS error code somewhere in an error's chain (netlink errors carry the kernel's).
+fn os_error(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if let Some(n) = c
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::raw_os_error)
+        {
+            return Some(n);
+        }
+        if let Some(n) = c
+            .downcast_ref::<aya::sys::NetlinkError>()
+            .and_then(aya::sys::NetlinkError::raw_os_error)
+        {
+            return Some(n);
+        }
+        cur = c.source();
+    }
+    None
+}
+
+/// The filter (or its interface) no longer exists.
+fn filter_gone(e: &ProgramError) -> bool {
+    matches!(
+        os_error(e).map(Errno::from_raw),
+        Some(Errno::ENOENT | Errno::ENODEV)
+    )
+}
+
+/// Adds the clsact qdisc to `iface` unless it is there already.
+fn add_clsact(iface: &str) -> Result<(), DataplaneError> {
+    match aya::programs::tc::qdisc_add_clsact(iface) {
+        Ok(()) => Ok(()),
+        Err(e) if os_error(&e).map(Errno::from_raw) == Some(Errno::EEXIST) => Ok(()),
+        Err(source) => Err(DataplaneError::Clsact {
+            iface: iface.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Replaces the program of our filter (an earlier run's) in one netlink request, or, when
+/// there is none, adds the filter at [`TC_PRIORITY`] / [`TC_HANDLE`]. The bool: replaced.
+fn tc_attach_or_replace(
+    ebpf: &mut Ebpf,
+    pname: &'static str,
+    iface: &str,
+    hook: Hook,
+) -> Result<(SchedClassifierLink, bool), DataplaneError> {
+    let prog = classifier(ebpf, pname)?;
+    let ferr = |source| DataplaneError::TcFilter {
+        iface: iface.to_owned(),
+        hook,
+        source,
+    };
+    let attach_type = tc_attach_type(hook);
+    let handle = TcHandle::from(TC_HANDLE);
+    let ours = SchedClassifierLink::attached(iface, attach_type, TC_PRIORITY, handle, None)
+        .map_err(|e| ferr(ProgramError::IOError(e)))?;
+    // Without NLM_F_CREATE the kernel only replaces: ENOENT when there is no such filter.
+    match prog.attach_to_link(ours) {
+        Ok(id) => return Ok((prog.take_link(id).map_err(ferr)?, true)),
+        Err(e) if filter_gone(&e) => {}
+        Err(e) => {
+            tracing::debug!(%iface, %hook, error = %e, "replacing the tc filter failed; adding one")
+        }
+    }
+    let id = prog
+        .attach_with_options(
+            iface,
+            attach_type,
+            TcAttachOptions::Netlink(NlOptions {
+                priority: TC_PRIORITY,
+                handle,
+                classid: None,
+            }),
+        )
+        .map_err(ferr)?;
+    Ok((prog.take_link(id).map_err(ferr)?, false))
+}
+
+/// Deletes our filter on `iface` at `hook`; one already gone is fine (logged otherwise).
+fn delete_tc_filter(iface: &str, hook: Hook) {
+    let handle = TcHandle::from(TC_HANDLE);
+    let link =
+        match SchedClassifierLink::attached(iface, tc_attach_type(hook), TC_PRIORITY, handle, None)
+        {
+            Ok(l) => l,
+            // The interface is gone, and its filters with it.
+            Err(_) => return,
+        };
+    match link.detach() {
+        Ok(()) => {}
+        Err(e) if filter_gone(&e) => {}
+        Err(e) => tracing::warn!(%iface, %hook, error = %e, "deleting a stale tc filter"),
+    }
+}
+
+/// The (interface, hook) pairs marked under a `tc` directory (`<iface>/<hook>`).
+fn read_tc_marks(tc_dir: &Path) -> Vec<(String, Hook)> {
+    let mut out = Vec::new();
+    let Ok(rd) = fs::read_dir(tc_dir) else {
+        return out;
+    };
+    for iface in rd.flatten() {
+        let Some(name) = iface.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let Ok(hooks) = fs::read_dir(iface.path()) else {
+            continue;
+        };
+        for h in hooks.flatten() {
+            let hook = match h.file_name().to_str() {
+                Some("ingress") => Hook::Ingress,
+                Some("egress") => Hook::Egress,
+                _ => continue,
+            };
+            out.push((name.clone(), hook));
+        }
+    }
+    out
 }

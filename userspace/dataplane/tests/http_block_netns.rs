@@ -14,8 +14,8 @@ use std::{
 };
 
 use tollgate_dataplane::{
-    Action, Dataplane, DataplaneOptions, Mode, PayloadKind, Role, block_page_html, send_block_page,
-    testing::is_root,
+    Action, AttachRequest, Dataplane, DataplaneOptions, Mode, PayloadKind, Role, block_page_html,
+    send_block_page, testing::is_root,
 };
 
 mod common;
@@ -110,6 +110,7 @@ fn blocked_http_host_gets_the_block_page() {
         interfaces: vec![("tgehs0".to_owned(), Role::Lan)],
         pin_dir: topo.pin_dir.clone(),
         mode: Mode::Enforce,
+        attach: AttachRequest::Auto,
     };
     let cns = topo.client_ns.clone();
     let path = format!("/run/netns/{}", topo.server_ns);

@@ -4,7 +4,12 @@
 //! over segments by a small MTU with offloads off on the client), counters, pin adoption on
 //! restart and detach. (The probes sit where segments arrive: on the sending host's own egress
 //! TCP hands TC unsegmented GSO packets even with offloads off.)
-//! Needs root and ip/openssl/curl/ethtool; skips with a message otherwise.
+//!
+//! The capture/adopt/detach and the enforcement cases run twice: attached with TCX, and with
+//! the tc clsact fallback forced (what kernels before 6.6 get), which must count, capture,
+//! block, survive a restart without a second filter, and leave no filter after detach.
+//! Needs root and ip/openssl/curl/ethtool (and tc for the fallback); skips with a message
+//! otherwise.
 
 use std::{
     fs,
@@ -15,8 +20,8 @@ use std::{
 
 use aya::programs::{SchedClassifier, tc::TcAttachType};
 use tollgate_dataplane::{
-    Action, Dataplane, DataplaneOptions, Direction, Mode, PayloadEvent, PayloadKind, Role,
-    testing::is_root,
+    Action, AttachMode, AttachRequest, Dataplane, DataplaneOptions, Direction, Mode, PayloadEvent,
+    PayloadKind, Role, testing::is_root,
 };
 
 mod common;
@@ -28,10 +33,6 @@ const SNI: &str = "smoke.tollgate.test";
 
 fn tools_present() -> bool {
     common::tools_present(&["ip", "openssl", "curl", "ethtool"])
-}
-
-fn setup() -> Topo {
-    setup_named("")
 }
 
 fn setup_named(tag: &str) -> Topo {
@@ -193,12 +194,71 @@ fn tcx_count(hook: TcAttachType) -> usize {
         .unwrap_or(0)
 }
 
+/// `tc filter show dev tgds0 <hook>` in the current namespace (empty without a clsact
+/// qdisc).
+fn tc_filters(hook: &str) -> String {
+    let out = Command::new("tc")
+        .args(["filter", "show", "dev", "tgds0", hook])
+        .output()
+        .expect("tc filter show");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Our cls_bpf filters on tgds0 at `hook`: the lines that carry our handle.
+fn tc_count(hook: &str) -> usize {
+    let handle = format!("handle {:#x}", tollgate_dataplane::TC_HANDLE);
+    tc_filters(hook)
+        .lines()
+        .filter(|l| l.contains(" bpf ") && l.contains(&handle))
+        .count()
+}
+
+/// Programs attached to tgds0 as (TCX ingress, TCX egress, tc ingress, tc egress).
+type Counts = (usize, usize, usize, usize);
+
+fn hook_counts() -> Counts {
+    (
+        tcx_count(TcAttachType::Ingress),
+        tcx_count(TcAttachType::Egress),
+        tc_count("ingress"),
+        tc_count("egress"),
+    )
+}
+
+/// What one attach mode must look like: one program per hook, of that mode only.
+fn expected_counts(attach: AttachRequest) -> Counts {
+    match attach {
+        AttachRequest::Tc => (0, 0, 1, 1),
+        _ => (1, 1, 0, 0),
+    }
+}
+
+/// Skips (with a message) the tc case when `tc` is missing.
+fn mode_tools_present(attach: AttachRequest) -> bool {
+    if attach == AttachRequest::Tc && !common::tools_present(&["tc"]) {
+        eprintln!("skipping: the tc fallback test needs tc (iproute2)");
+        return false;
+    }
+    true
+}
+
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
 #[test]
 fn attach_capture_adopt_detach() {
+    capture_adopt_detach(AttachRequest::Tcx, "");
+}
+
+/// The same with the tc clsact fallback forced: a restart replaces our filter's program
+/// (no second filter) and detach leaves no filter.
+#[test]
+fn tc_fallback_attach_capture_adopt_detach() {
+    capture_adopt_detach(AttachRequest::Tc, "t");
+}
+
+fn capture_adopt_detach(attach: AttachRequest, tag: &str) {
     if !is_root() {
         eprintln!("skipping: needs root");
         return;
@@ -207,13 +267,17 @@ fn attach_capture_adopt_detach() {
         eprintln!("skipping: needs ip, openssl, curl, ethtool");
         return;
     }
-    let mut topo = setup();
+    if !mode_tools_present(attach) {
+        return;
+    }
+    let mut topo = setup_named(tag);
     start_server(&mut topo);
     let pin_dir = topo.pin_dir.clone();
     let opts = DataplaneOptions {
         interfaces: vec![("tgds0".to_owned(), Role::Lan)],
         pin_dir: pin_dir.clone(),
         mode: Mode::Monitor,
+        attach,
     };
 
     // First run: attach, drive traffic, read events and counters; then exit without detaching.
@@ -224,10 +288,7 @@ fn attach_capture_adopt_detach() {
     let (events, flows, stats, attached, counts) = in_ns(&server_ns, move |rt| {
         let mut dp = Dataplane::start(o).expect("start");
         let attached = dp.attached();
-        let counts = (
-            tcx_count(TcAttachType::Ingress),
-            tcx_count(TcAttachType::Egress),
-        );
+        let counts = hook_counts();
         let mut reader = rt
             .block_on(async { dp.take_event_reader() })
             .expect("reader");
@@ -253,13 +314,23 @@ fn attach_capture_adopt_detach() {
         (events, flows, stats, attached, counts)
     });
 
+    let want_mode = match attach {
+        AttachRequest::Tc => AttachMode::Tc,
+        _ => AttachMode::Tcx,
+    };
     assert_eq!(attached.len(), 2);
     assert!(
-        attached
-            .iter()
-            .all(|a| !a.adopted && a.link_id != 0 && a.program_id != 0)
+        attached.iter().all(|a| !a.adopted
+            && a.mode == want_mode
+            && (a.link_id != 0) == (want_mode == AttachMode::Tcx)
+            && a.program_id != 0),
+        "{attached:?}"
     );
-    assert_eq!(counts, (1, 1), "one TCX program per hook");
+    assert_eq!(
+        counts,
+        expected_counts(attach),
+        "one program per hook, (tcx in, tcx out, tc in, tc out)"
+    );
 
     // TLS events from the user toward the server, carrying the SNI, split over segments.
     let tls: Vec<&PayloadEvent> = events
@@ -316,10 +387,7 @@ fn attach_capture_adopt_detach() {
     let before_bytes: u64 = f.iter().map(|f| f.bytes_down).sum();
     let (attached2, counts2, flows2) = in_ns(&server_ns, move |_rt| {
         let dp = Dataplane::start(o).expect("restart");
-        let counts = (
-            tcx_count(TcAttachType::Ingress),
-            tcx_count(TcAttachType::Egress),
-        );
+        let counts = hook_counts();
         assert!(curl(&cns), "curl after restart");
         let flows = dp.flow_counters().unwrap();
         let attached = dp.attached();
@@ -327,7 +395,11 @@ fn attach_capture_adopt_detach() {
         (attached, counts, flows)
     });
     assert!(attached2.iter().all(|a| a.adopted), "{attached2:?}");
-    assert_eq!(counts2, (1, 1), "adoption must not attach twice");
+    assert_eq!(
+        counts2,
+        expected_counts(attach),
+        "adoption must not attach twice"
+    );
     let after_bytes: u64 = flows2
         .iter()
         .filter(|f| f.flow.remote_port == 4433)
@@ -337,25 +409,36 @@ fn attach_capture_adopt_detach() {
 
     // Detached: no programs left, pins gone. (A link whose last reference was its pin goes
     // away when bpffs evicts the inode, which may lag the unlink a little.)
-    let counts3 = in_ns(&server_ns, |_| {
+    let (counts3, filters) = in_ns(&server_ns, |_| {
         let deadline = Instant::now() + Duration::from_secs(2);
         loop {
-            let c = (
-                tcx_count(TcAttachType::Ingress),
-                tcx_count(TcAttachType::Egress),
-            );
-            if c == (0, 0) || Instant::now() > deadline {
-                return c;
+            let c = hook_counts();
+            if c == (0, 0, 0, 0) || Instant::now() > deadline {
+                return (c, tc_filters("ingress") + &tc_filters("egress"));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
     });
-    assert_eq!(counts3, (0, 0));
+    assert_eq!(counts3, (0, 0, 0, 0));
+    assert!(
+        filters.trim().is_empty(),
+        "no tc filter may remain: {filters}"
+    );
     assert!(!Path::new(&pin_dir).exists());
 }
 
 #[test]
 fn enforce_resets_blocked_names_and_prefixes_for_real_clients() {
+    enforce_resets(AttachRequest::Tcx, "e");
+}
+
+/// The same verdicts with the tc clsact fallback forced.
+#[test]
+fn tc_fallback_enforce_resets_blocked_names_and_prefixes_for_real_clients() {
+    enforce_resets(AttachRequest::Tc, "te");
+}
+
+fn enforce_resets(attach: AttachRequest, tag: &str) {
     if !is_root() {
         eprintln!("skipping: needs root");
         return;
@@ -364,18 +447,23 @@ fn enforce_resets_blocked_names_and_prefixes_for_real_clients() {
         eprintln!("skipping: needs ip, openssl, curl, ethtool");
         return;
     }
-    let mut topo = setup_named("e");
+    if !mode_tools_present(attach) {
+        return;
+    }
+    let mut topo = setup_named(tag);
     start_server(&mut topo);
     let opts = DataplaneOptions {
         interfaces: vec![("tgds0".to_owned(), Role::Lan)],
         pin_dir: topo.pin_dir.clone(),
         mode: Mode::Enforce,
+        attach,
     };
     let cns = topo.client_ns.clone();
     let server_ns = topo.server_ns.clone();
     let (allowed, blocked_name, name_secs, blocked_ip, ip_secs, stats) =
         in_ns(&server_ns, move |_rt| {
             let mut dp = Dataplane::start(opts).expect("start");
+            assert_eq!(hook_counts(), expected_counts(attach), "attached as asked");
             let deadline = Instant::now() + Duration::from_secs(10);
             while !curl(&cns) {
                 assert!(Instant::now() < deadline, "curl never succeeded");
@@ -467,6 +555,7 @@ fn chrome_hello_split_over_segments_is_seen_and_blocked() {
         interfaces: vec![("tgds0".to_owned(), Role::Lan)],
         pin_dir: topo.pin_dir.clone(),
         mode: Mode::Enforce,
+        attach: AttachRequest::Auto,
     };
     let cns = topo.client_ns.clone();
     let server_ns = topo.server_ns.clone();
@@ -531,5 +620,72 @@ fn chrome_hello_split_over_segments_is_seen_and_blocked() {
     assert!(
         split >= 1,
         "expected a Chrome-sized hello over two segments"
+    );
+}
+
+/// Switching the attach mode between runs, and dropping an interface from the config, leave
+/// one program per hook of the new mode (the other mode's link or filter is removed), and
+/// the tc filters of an interface no longer configured are deleted although netlink filters
+/// have no pin.
+#[test]
+fn switching_attach_mode_and_dropping_an_interface_leave_no_stale_hook() {
+    if !is_root() {
+        eprintln!("skipping: needs root");
+        return;
+    }
+    if !tools_present() || !mode_tools_present(AttachRequest::Tc) {
+        eprintln!("skipping: needs ip, openssl, curl, ethtool, tc");
+        return;
+    }
+    let topo = setup_named("m");
+    let pin_dir = topo.pin_dir.clone();
+    // (attach, interfaces, detach at the end, what must be attached after the start)
+    let steps: Vec<(AttachRequest, Vec<&'static str>, bool, Counts)> = vec![
+        (AttachRequest::Tcx, vec!["tgds0"], false, (1, 1, 0, 0)),
+        (AttachRequest::Tc, vec!["tgds0"], false, (0, 0, 1, 1)),
+        (AttachRequest::Tc, vec!["tgds0"], false, (0, 0, 1, 1)),
+        (AttachRequest::Tcx, vec!["tgds0"], false, (1, 1, 0, 0)),
+        (AttachRequest::Tc, vec!["tgds0"], false, (0, 0, 1, 1)),
+        (AttachRequest::Tc, vec![], false, (0, 0, 0, 0)),
+        (AttachRequest::Tc, vec!["tgds0"], true, (0, 0, 1, 1)),
+    ];
+    let want: Vec<_> = steps.iter().map(|s| s.3).chain([(0, 0, 0, 0)]).collect();
+    let counts = in_ns(&topo.server_ns, move |_rt| {
+        // A TCX link whose pin is removed goes when bpffs evicts the inode, which may lag the
+        // unlink a little: wait up to 2 s for the expected picture.
+        let settled = |want| {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            loop {
+                let c = hook_counts();
+                if c == want || Instant::now() > deadline {
+                    return c;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        let mut out = Vec::new();
+        for (attach, interfaces, detach, want) in steps {
+            let dp = Dataplane::start(DataplaneOptions {
+                interfaces: interfaces
+                    .iter()
+                    .map(|i| ((*i).to_owned(), Role::Lan))
+                    .collect(),
+                pin_dir: pin_dir.clone(),
+                mode: Mode::Monitor,
+                attach,
+            })
+            .expect("start");
+            out.push(settled(want));
+            // Without detach the programs stay attached, as after a daemon's exit.
+            if detach {
+                dp.detach().expect("detach");
+            }
+        }
+        out.push(settled((0, 0, 0, 0)));
+        out
+    });
+    assert_eq!(
+        counts, want,
+        "(tcx in, tcx out, tc in, tc out) after each start, then after detach"
     );
 }

@@ -18,7 +18,8 @@ use std::{
 };
 
 use tollgate_dataplane::{
-    Action, Dataplane, DataplaneOptions, DataplaneStats, Mode, PayloadKind, Role, testing::is_root,
+    Action, AttachRequest, Dataplane, DataplaneOptions, DataplaneStats, Mode, PayloadKind, Role,
+    testing::is_root,
 };
 
 mod common;
@@ -160,6 +161,7 @@ fn quic_handshake_held_until_the_verdict() {
         interfaces: vec![("tgeqs0".to_owned(), Role::Lan)],
         pin_dir: topo.pin_dir.clone(),
         mode: Mode::Enforce,
+        attach: AttachRequest::Auto,
     };
     let cns = topo.client_ns.clone();
     let path = format!("/run/netns/{}", topo.server_ns);

@@ -36,6 +36,9 @@ pub struct Config {
     /// Flow table limits.
     #[serde(default)]
     pub flows: FlowsConfig,
+    /// How the kernel programs attach (`[dataplane]`).
+    #[serde(default)]
+    pub dataplane: DataplaneConfig,
     /// Risk weights (`[catalog]`, `[catalog.weights]`).
     #[serde(default)]
     pub catalog: CatalogConfig,
@@ -254,6 +257,36 @@ fn default_retention_days() -> u32 {
 }
 fn default_activity_max_mb() -> u64 {
     256
+}
+
+/// `[dataplane]`: how the kernel programs attach.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataplaneConfig {
+    /// `auto`: TCX on Linux 6.6 and later, tc clsact (netlink) before; `tcx` or `tc` force
+    /// one. The environment variable `TOLLGATE_ATTACH` overrides it.
+    #[serde(default)]
+    pub attach: AttachSetting,
+}
+
+/// `[dataplane] attach`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachSetting {
+    #[default]
+    Auto,
+    Tcx,
+    Tc,
+}
+
+impl From<AttachSetting> for tollgate_dataplane::AttachRequest {
+    fn from(a: AttachSetting) -> Self {
+        match a {
+            AttachSetting::Auto => Self::Auto,
+            AttachSetting::Tcx => Self::Tcx,
+            AttachSetting::Tc => Self::Tc,
+        }
+    }
 }
 
 /// `[metrics]`: where `GET /metrics` is served in the Prometheus text format.

@@ -13,6 +13,7 @@ use tollgate::config::Config;
 const SECTIONS: &[(&str, &str)] = &[
     ("top level", "@\n"),
     ("[flows]", "[flows]\n@\n"),
+    ("[dataplane]", "[dataplane]\n@\n"),
     ("[[interfaces]]", "[[interfaces]]\nname = \"eth0\"\n@\n"),
     ("[catalog]", "[catalog]\n@\n"),
     ("[catalog.weights]", "[catalog.weights]\n@\n"),

@@ -66,6 +66,7 @@ impl Core {
         let dp = self.dp.stats().unwrap_or_default();
         serde_json::json!({
             "mode": self.cfg.mode.to_string(),
+            "attach_mode": self.dp.attach_mode().as_str(),
             "hub": self.hub.as_ref().map(|h| h.status()),
             "flows": st.flows,
             "named_flows": st.named_flows,

@@ -24,10 +24,12 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use tokio::sync::{mpsc, oneshot};
 use tollgate_catalog::Catalog;
-use tollgate_dataplane::{Dataplane, DataplaneOptions, EventReader, FlowTuple, PayloadEvent};
+use tollgate_dataplane::{
+    AttachRequest, Dataplane, DataplaneOptions, EventReader, FlowTuple, PayloadEvent,
+};
 use tollgate_discovery::aggregate::{AggregateOptions, Aggregator};
 use tollgate_discovery::flow_table::{FlowTable, FlowTableLimits};
 use tollgate_discovery::users::Users;
@@ -381,10 +383,12 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating state_dir {}", cfg.state_dir.display()))?;
     let pin_dir = pin_dir(netns.as_deref());
+    let attach = AttachRequest::from_env_or(cfg.dataplane.attach.into()).map_err(|e| anyhow!(e))?;
     let mut dp = Dataplane::start(DataplaneOptions {
         interfaces: interfaces.clone(),
         pin_dir: pin_dir.clone(),
         mode: cfg.mode,
+        attach,
     })
     .context("starting the dataplane")?;
 
@@ -403,20 +407,33 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
     if let Some(ns) = &netns {
         crate::outln!("  network namespace {ns}");
     }
+    let (release, _) = tollgate_dataplane::kernel::running_kernel();
+    crate::outln!(
+        "  attach mode {} (requested {attach}, kernel {release})",
+        dp.attach_mode()
+    );
     for a in dp.attached() {
+        let hooked = match a.mode {
+            tollgate_dataplane::AttachMode::Tcx => format!("link {}", a.link_id),
+            tollgate_dataplane::AttachMode::Tc => format!(
+                "filter pref {:#x} handle {:#x}",
+                tollgate_dataplane::TC_PRIORITY,
+                tollgate_dataplane::TC_HANDLE
+            ),
+        };
         crate::outln!(
-            "  attached tcx {:<7} on {} ({}, {} traffic) program {} id {} link {}{}",
+            "  attached {} {:<7} on {} ({}, {} traffic) program {} id {} {hooked}{}",
+            a.mode,
             a.hook.to_string(),
             a.interface,
             a.role,
             a.direction,
             a.program,
             a.program_id,
-            a.link_id,
-            if a.adopted {
-                " (adopted pinned link)"
-            } else {
-                ""
+            match (a.adopted, a.mode) {
+                (false, _) => "",
+                (true, tollgate_dataplane::AttachMode::Tcx) => " (adopted pinned link)",
+                (true, tollgate_dataplane::AttachMode::Tc) => " (replaced our filter)",
             }
         );
     }

@@ -83,6 +83,7 @@ impl Core {
         let needs_restart: Vec<&'static str> = [
             ("mode", new.mode != self.cfg.mode),
             ("interfaces", new.interfaces != self.cfg.interfaces),
+            ("dataplane", new.dataplane != self.cfg.dataplane),
             ("enforcement", new.enforcement != self.cfg.enforcement),
             ("proxy", new.proxy != self.cfg.proxy),
             ("hub", new.hub != self.cfg.hub),
