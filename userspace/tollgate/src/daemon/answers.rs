@@ -66,6 +66,8 @@ impl Core {
         let dp = self.dp.stats().unwrap_or_default();
         serde_json::json!({
             "mode": self.cfg.mode.to_string(),
+            "started_at": self.started_at,
+            "uptime_secs": (chrono::Utc::now() - self.started_at).num_seconds().max(0),
             "hub": self.hub.as_ref().map(|h| h.status()),
             "flows": st.flows,
             "named_flows": st.named_flows,
