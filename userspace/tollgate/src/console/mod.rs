@@ -186,8 +186,8 @@ fn secure_headers(r: &mut Answer) {
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
-            "default-src 'self'; script-src 'none'; object-src 'none'; form-action 'self'; \
-             frame-ancestors 'none'; base-uri 'none'",
+            "default-src 'self'; img-src 'self' data:; script-src 'none'; object-src 'none'; \
+             form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
     );
     h.insert(
