@@ -7,6 +7,10 @@ use std::fmt::Write as _;
 use html_escape::{encode_double_quoted_attribute as attr, encode_text as esc};
 use serde_json::Value;
 
+/// Rows of the apps and users tables at most (the riskiest apps, the first users); the rest
+/// are counted, and `tollgate apps --json` has them all.
+pub const MAX_ROWS: usize = 1000;
+
 const NAV: &[(&str, &str)] = &[
     ("/", "Overview"),
     ("/discovery", "Cloud Discovery"),
@@ -308,8 +312,11 @@ fn users_of(data: &Value) -> &[Value] {
 
 /// Cloud Discovery: the apps by risk, then the users.
 pub fn discovery(data: &Value) -> String {
-    let rows: Vec<String> = apps_of(data)
-        .into_iter()
+    let all_apps = apps_of(data);
+    let all_users = users_of(data);
+    let rows: Vec<String> = all_apps
+        .iter()
+        .take(MAX_ROWS)
         .map(|a| {
             let id = s(a, "id");
             format!(
@@ -328,12 +335,22 @@ pub fn discovery(data: &Value) -> String {
             )
         })
         .collect();
-    let users: Vec<String> = users_of(data).iter().map(user_row).collect();
+    let users: Vec<String> = all_users.iter().take(MAX_ROWS).map(user_row).collect();
     let totals = data.get("totals").unwrap_or(&Value::Null);
+    let more = |all: usize, what: &str| {
+        if all > MAX_ROWS {
+            format!(
+                "<p>{} more {what} not shown: <code>tollgate apps --json</code> lists them all.</p>",
+                all - MAX_ROWS
+            )
+        } else {
+            String::new()
+        }
+    };
     let body = format!(
         "<p>Apps seen through this gateway since the daemon started, the riskiest first \
-         (risk score 0–10, lower is riskier). {} transactions, {} up, {} down.</p>{}\
-         <h2>Users</h2>{}",
+         (risk score 0–10, lower is riskier). {} transactions, {} up, {} down.</p>{}{}\
+         <h2>Users</h2>{}{}",
         n(totals, "transactions"),
         bytes(n(totals, "bytes_up")),
         bytes(n(totals, "bytes_down")),
@@ -351,6 +368,7 @@ pub fn discovery(data: &Value) -> String {
             ],
             &rows
         ),
+        more(all_apps.len(), "apps"),
         table(
             &[
                 "User",
@@ -363,6 +381,7 @@ pub fn discovery(data: &Value) -> String {
             ],
             &users
         ),
+        more(all_users.len(), "users"),
     );
     layout("Cloud Discovery", Some("/discovery"), &body)
 }

@@ -262,3 +262,34 @@ fn token_file_is_private_and_new_each_time() {
     std::fs::write(token_path(dir.path()), "<html>").unwrap();
     assert!(read_token(dir.path()).is_err());
 }
+
+#[test]
+fn a_huge_discovery_is_cut_to_the_riskiest_rows() {
+    let apps: Vec<_> = (0..pages::MAX_ROWS + 5)
+        .map(|i| {
+            json!({"id": format!("app{i}"), "name": format!("App {i}"),
+                   "risk_score": (i % 10) as f64, "bytes_up": i, "bytes_down": 0})
+        })
+        .collect();
+    let users: Vec<_> = (0..pages::MAX_ROWS + 2)
+        .map(|i| json!({"user": format!("u{i}"), "top_apps": []}))
+        .collect();
+    let html = pages::discovery(&json!({"apps": apps, "users": users}));
+    assert!(html.contains("5 more apps not shown"), "{html}");
+    assert!(html.contains("2 more users not shown"));
+    assert_eq!(
+        html.matches("href=\"/discovery?app=").count(),
+        pages::MAX_ROWS
+    );
+    // The riskiest (score 0) are the ones kept; the first row is the riskiest, busiest one.
+    let first = html.find("href=\"/discovery?app=").unwrap();
+    assert!(
+        html[first..].starts_with("href=\"/discovery?app=app1000\""),
+        "{}",
+        &html[first..first + 60]
+    );
+    assert!(
+        !html.contains("?app=app9\""),
+        "a score-9 app is among the cut ones"
+    );
+}
