@@ -230,6 +230,25 @@ fn cookie_token(headers: &HeaderMap) -> Option<&str> {
         .map(|(_, v)| v)
 }
 
+/// The request's Host names this machine's loopback (any port: `ssh -L` may pick another);
+/// a request without a Host header (HTTP/1.0) is let through to the token check.
+fn loopback_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST) else {
+        return true;
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn same(given: &str, token: &str) -> bool {
     bool::from(given.as_bytes().ct_eq(token.as_bytes()))
 }
@@ -284,6 +303,16 @@ pub async fn respond<H: Handler>(
         r.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return r;
+    }
+    // DNS rebinding (a site whose name resolves to 127.0.0.1) would find no cookie anyway;
+    // refusing other host names also keeps the console out of such a page's reach.
+    if !loopback_host(headers) {
+        return message(
+            StatusCode::MISDIRECTED_REQUEST,
+            "Wrong host name",
+            "Open the console as http://127.0.0.1:PORT/ (or localhost, [::1]): the URL \
+             `tollgate console` prints.",
+        );
     }
     let path = uri.path();
     let q = query(uri);

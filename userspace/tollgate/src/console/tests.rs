@@ -84,7 +84,9 @@ async fn get(addr: std::net::SocketAddr, path: &str, cookie: Option<&str>) -> St
     let cookie = cookie.map_or(String::new(), |c| format!("cookie: {c}\r\n"));
     raw(
         addr,
-        &format!("GET {path} HTTP/1.1\r\nhost: x\r\n{cookie}connection: close\r\n\r\n"),
+        &format!(
+            "GET {path} HTTP/1.1\r\nhost: 127.0.0.1:8470\r\n{cookie}connection: close\r\n\r\n"
+        ),
     )
     .await
 }
@@ -185,7 +187,7 @@ async fn only_get_and_no_panic_on_odd_requests() {
         let r = raw(
             addr,
             &format!(
-                "{method} / HTTP/1.1\r\nhost: x\r\ncookie: {cookie}\r\ncontent-length: 3\r\nconnection: close\r\n\r\nabc"
+                "{method} / HTTP/1.1\r\nhost: 127.0.0.1:8470\r\ncookie: {cookie}\r\ncontent-length: 3\r\nconnection: close\r\n\r\nabc"
             ),
         )
         .await;
@@ -194,7 +196,7 @@ async fn only_get_and_no_panic_on_odd_requests() {
     // A POST with the token does not log in either.
     let r = raw(
         addr,
-        &format!("POST /?token={TOKEN} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"),
+        &format!("POST /?token={TOKEN} HTTP/1.1\r\nhost: 127.0.0.1:8470\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"),
     )
     .await;
     assert!(r.starts_with("HTTP/1.1 405"), "{r}");
@@ -220,7 +222,7 @@ async fn only_get_and_no_panic_on_odd_requests() {
     }
     // A huge header is refused, and the console still answers.
     let big = format!(
-        "GET / HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+        "GET / HTTP/1.1\r\nhost: 127.0.0.1:8470\r\nx-big: {}\r\n\r\n",
         "a".repeat(256 * 1024)
     );
     let mut c = TcpStream::connect(addr).await.unwrap();
@@ -234,6 +236,27 @@ async fn only_get_and_no_panic_on_odd_requests() {
     );
     let ok = get(addr, "/", Some(&cookie)).await;
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    // Another host name (DNS rebinding) is refused even with the cookie; loopback names pass.
+    for (host, status) in [
+        ("evil.example", "421"),
+        ("evil.example:8470", "421"),
+        ("127.0.0.1.evil.example", "421"),
+        ("localhost:9000", "200"),
+        ("[::1]:8470", "200"),
+        ("127.0.0.2", "200"),
+    ] {
+        let r = raw(
+            addr,
+            &format!(
+                "GET / HTTP/1.1\r\nhost: {host}\r\ncookie: {cookie}\r\nconnection: close\r\n\r\n"
+            ),
+        )
+        .await;
+        assert!(r.starts_with(&format!("HTTP/1.1 {status}")), "{host}: {r}");
+        if status == "421" {
+            assert!(!r.contains("flows"), "{host}: {r}");
+        }
+    }
     // The stylesheet is served (the 401 page uses it), and it is the hub's.
     let css = get(addr, "/assets/style.css", None).await;
     assert!(css.starts_with("HTTP/1.1 200"), "{css}");
