@@ -193,6 +193,16 @@ async fn only_get_and_no_panic_on_odd_requests() {
         .await;
         assert!(r.starts_with("HTTP/1.1 405"), "{method}: {r}");
     }
+    // HEAD answers like GET, without the page.
+    let head = raw(
+        addr,
+        &format!(
+            "HEAD / HTTP/1.1\r\nhost: 127.0.0.1\r\ncookie: {cookie}\r\nconnection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(!head.contains("<html"), "{head}");
     // A POST with the token does not log in either.
     let r = raw(
         addr,
