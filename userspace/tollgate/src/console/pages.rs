@@ -487,13 +487,23 @@ pub fn app(data: &Value, id: &str) -> String {
     layout(s(a, "name"), Some("/discovery"), &body)
 }
 
+/// The alert's user (or address) linked to their activity, and its app linked to its
+/// discovery page.
 fn alert_entities(a: &Value) -> (String, String) {
     let e = a.get("entities").unwrap_or(&Value::Null);
     let user = match (e.get("user").and_then(Value::as_str), s(e, "ip")) {
-        (Some(u), _) => esc(u).into_owned(),
+        (Some(u), _) => format!("<a href=\"/activity?user={}\">{}</a>", attr(&q(u)), esc(u)),
         (None, ip) => esc(ip).into_owned(),
     };
-    (user, esc(s(e, "app")).into_owned())
+    let app = match e.get("app").and_then(Value::as_str) {
+        Some(app) => format!(
+            "<a href=\"/discovery?app={}\">{}</a>",
+            attr(&q(app)),
+            esc(app)
+        ),
+        None => String::new(),
+    };
+    (user, app)
 }
 
 fn sev(a: &Value) -> String {
