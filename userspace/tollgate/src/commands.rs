@@ -686,3 +686,20 @@ pub fn alerts(
         }
     }
 }
+
+/// `tollgate console`: the URL that logs a browser into the running daemon's read-only
+/// console (`[console] listen` of the config, the token the daemon wrote to state_dir).
+pub fn console(config: Option<&Path>) -> Result<(), Failure> {
+    let cfg = load_config(config)?;
+    let Some(listen) = cfg.console.listen else {
+        return Err(Failure::Usage(format!(
+            "{} has no [console] listen: the console is off (see docs/CONFIG.md, [console])",
+            config.map_or("the embedded default config".into(), |p| p
+                .display()
+                .to_string())
+        )));
+    };
+    let token = crate::console::read_token(&cfg.state_dir)?;
+    crate::outln!("{}", crate::console::login_url(listen, &token));
+    Ok(())
+}

@@ -101,6 +101,9 @@ pub struct Config {
     /// The Prometheus `/metrics` listener (`[metrics]`), off unless `listen` is set.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// The read-only local web console (`[console]`), off unless `listen` is set.
+    #[serde(default)]
+    pub console: ConsoleConfig,
     /// Continuous log collection (`[collect]`): syslog listeners and watched directories,
     /// run by `tollgate collect`.
     #[serde(default)]
@@ -294,6 +297,17 @@ impl From<AttachSetting> for tollgate_dataplane::AttachRequest {
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// `ADDR:PORT` of the plain-HTTP listener (e.g. `"127.0.0.1:9464"`); none: no listener.
+    #[serde(default)]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+/// `[console]`: the gateway's read-only local web console (users' names and activity, so
+/// loopback only: admins reach it over `ssh -L`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// `127.0.0.1:PORT` (or `[::1]:PORT`) of the plain-HTTP console; none: no console. A
+    /// non-loopback address is refused.
     #[serde(default)]
     pub listen: Option<std::net::SocketAddr>,
 }
@@ -663,6 +677,21 @@ impl Config {
         if let Err(tollgate_proxy::ProxyError::Config { key, message }) = self.proxy.validate() {
             return fail(&format!("proxy.{key}"), &key, message);
         }
+        // The console shows users' names and activity and has no accounts: only this host
+        // may reach it (and, on it, only whoever can read the token file).
+        if let Some(addr) = self.console.listen
+            && !addr.ip().is_loopback()
+        {
+            return fail(
+                "console.listen",
+                &addr.to_string(),
+                format!(
+                    "{addr} is not a loopback address: the console shows users' names and \
+                     activity and has no accounts, so it listens on 127.0.0.1 or [::1] only \
+                     (reach it from elsewhere with `ssh -L`)"
+                ),
+            );
+        }
         if self.flows.max_flows == 0 {
             return fail("flows.max_flows", "max_flows", "must be at least 1".into());
         }
@@ -906,6 +935,29 @@ tag = "monitored"
     }
 
     #[test]
+    fn the_console_listens_on_loopback_only() {
+        let ok = Config::parse("[console]\nlisten = \"127.0.0.1:8080\"\n", "c.toml").unwrap();
+        assert_eq!(ok.console.listen, Some("127.0.0.1:8080".parse().unwrap()));
+        let v6 = Config::parse("[console]\nlisten = \"[::1]:8080\"\n", "c.toml").unwrap();
+        assert!(v6.console.listen.is_some());
+        assert_eq!(Config::parse("", "c.toml").unwrap().console.listen, None);
+        for addr in [
+            "0.0.0.0:8080",
+            "[::]:8080",
+            "192.168.1.1:8080",
+            "10.0.0.1:80",
+        ] {
+            let text = format!(
+                "[metrics]\nlisten = \"127.0.0.1:9464\"\n\n[console]\nlisten = \"{addr}\"\n"
+            );
+            let e = Config::parse(&text, "c.toml").unwrap_err().to_string();
+            assert!(e.contains("console.listen"), "{addr}: {e}");
+            assert!(e.contains("loopback"), "{addr}: {e}");
+            assert!(e.starts_with("c.toml:5:"), "the line of the address: {e}");
+        }
+    }
+
+    #[test]
     fn a_bundle_may_not_set_the_boxs_own_sections() {
         let local = Config::parse(LOCAL, "local.toml").unwrap();
         for (bundle, key) in [
@@ -916,6 +968,7 @@ tag = "monitored"
                 "interfaces",
             ),
             ("state_dir = \"/tmp\"\n", "state_dir"),
+            ("[console]\nlisten = \"127.0.0.1:8080\"\n", "console"),
         ] {
             let e = local
                 .with_bundle(bundle, "bundle revision 9")

@@ -30,6 +30,7 @@ pub mod collect;
 pub mod commands;
 pub mod config;
 pub mod connectors;
+pub mod console;
 pub mod control;
 pub mod daemon;
 pub mod enforce;

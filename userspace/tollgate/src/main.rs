@@ -150,6 +150,13 @@ enum Command {
         #[arg(long, global = true)]
         control: Option<PathBuf>,
     },
+    /// Print the URL (with this run's token) of the daemon's read-only web console
+    /// (`[console] listen`); from another machine, forward the port with `ssh -L` first.
+    Console {
+        /// The daemon's config (its [console] listen and state_dir).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Join a management hub with a one-time token from `tollgate-hub token create`.
     Enroll {
         /// The hub, e.g. https://hub.example.net:9443
@@ -259,6 +266,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::CheckConfig { config } => commands::check_config(&config),
+        Command::Console { config } => commands::console(config.as_deref()),
         Command::Enroll { url, token, config } => commands::enroll(config.as_deref(), &url, &token),
         Command::Run {
             config,

@@ -258,3 +258,75 @@ fn check_config_checks_activity_policies_and_alert_sinks() {
         "{err}"
     );
 }
+
+/// `tollgate console` prints the URL with the token the daemon wrote; without a console in
+/// the config it is a usage error (64), and without the token file (no daemon) a runtime one;
+/// `run` and `check-config` refuse a console on a non-loopback address, naming the key.
+#[test]
+fn tollgate_console_prints_the_url_with_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let path = dir.path().join("gw.toml");
+    let base = format!("state_dir = \"{}\"\n", state.display());
+    std::fs::write(&path, &base).unwrap();
+    let out = tollgate()
+        .arg("console")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("[console]"),
+        "{out:?}"
+    );
+
+    std::fs::write(
+        &path,
+        format!("{base}[console]\nlisten = \"127.0.0.1:8470\"\n"),
+    )
+    .unwrap();
+    let out = tollgate()
+        .arg("console")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("console-token"),
+        "{out:?}"
+    );
+
+    let token = tollgate::console::write_token(&state).unwrap();
+    let out = tollgate()
+        .arg("console")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("http://127.0.0.1:8470/?token={token}")
+    );
+
+    std::fs::write(
+        &path,
+        format!("{base}\n[console]\nlisten = \"0.0.0.0:8470\"\n"),
+    )
+    .unwrap();
+    for args in [
+        &["check-config"][..],
+        &["run", "--config"][..],
+        &["console", "--config"][..],
+    ] {
+        let out = tollgate().args(args).arg(&path).output().unwrap();
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("gw.toml:4:"), "{args:?}: {err}");
+        assert!(err.contains("console.listen"), "{args:?}: {err}");
+        assert!(err.contains("loopback"), "{args:?}: {err}");
+    }
+}

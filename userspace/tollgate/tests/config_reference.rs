@@ -43,6 +43,7 @@ const SECTIONS: &[(&str, &str)] = &[
     ("[discovery]", "[discovery]\n@\n"),
     ("[hub]", "[hub]\n@\n"),
     ("[metrics]", "[metrics]\n@\n"),
+    ("[console]", "[console]\n@\n"),
     ("[activity]", "[activity]\n@\n"),
     (
         "[[activity_policies]]",

@@ -67,6 +67,8 @@ impl Core {
         serde_json::json!({
             "mode": self.cfg.mode.to_string(),
             "attach_mode": self.dp.attach_mode().as_str(),
+            "started_at": self.started_at,
+            "uptime_secs": (chrono::Utc::now() - self.started_at).num_seconds().max(0),
             "hub": self.hub.as_ref().map(|h| h.status()),
             "flows": st.flows,
             "named_flows": st.named_flows,

@@ -285,6 +285,21 @@ async fn start_metrics(
     )))
 }
 
+/// Writes a new console token and serves the read-only console on `[console] listen`
+/// (loopback only, checked at config load), answering its pages through the control handler.
+async fn start_console(
+    addr: std::net::SocketAddr,
+    state_dir: &Path,
+    handler: Arc<ControlHandler>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let token = crate::console::write_token(state_dir).context("the console's token")?;
+    let task = crate::console::start(addr, token, handler).await?;
+    crate::outln!(
+        "  read-only console on http://{addr}/ (`tollgate console` prints the URL to log in)"
+    );
+    Ok(task)
+}
+
 /// The state the core task owns.
 struct Core {
     cfg: Config,
@@ -312,6 +327,8 @@ struct Core {
     /// Warns when the kernel loses work (ring drops, full maps).
     pressure: crate::pressure::PressureWatch,
     events_total: u64,
+    /// When this run of the daemon started (status: `started_at`, `uptime_secs`).
+    started_at: DateTime<Utc>,
     events_at_last_status: u64,
     last_status: Instant,
     /// The event reader task's error counts.
@@ -547,6 +564,7 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
         tags,
         users,
         events_total: 0,
+        started_at: Utc::now(),
         events_at_last_status: 0,
         last_status: Instant::now(),
         reader: Arc::new(ReaderCounts::default()),
@@ -638,13 +656,21 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
         Some(addr) => Some(start_metrics(addr, tx.clone()).await?),
         None => None,
     };
-    let handler = ControlHandler {
+    let handler = Arc::new(ControlHandler {
         tx,
         state_dir: core.cfg.state_dir.clone(),
         retention_days: core.cfg.activity.retention_days,
+    });
+    let console = match core.cfg.console.listen {
+        Some(addr) => Some(start_console(addr, &core.cfg.state_dir, handler.clone()).await?),
+        None => {
+            // A token of an earlier run with a console opens nothing; do not leave it lying.
+            let _ = std::fs::remove_file(crate::console::token_path(&core.cfg.state_dir));
+            None
+        }
     };
     let server = tokio::spawn(async move {
-        if let Err(e) = control::serve(&socket, Arc::new(handler)).await {
+        if let Err(e) = control::serve(&socket, handler).await {
             tracing::error!("control socket: {e:#}");
         }
     });
@@ -747,6 +773,9 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
     }
     if let Some(m) = metrics {
         m.abort();
+    }
+    if let Some(c) = console {
+        c.abort();
     }
     reader_task.abort();
     if let Some(a) = &mut core.alerting {

@@ -89,6 +89,7 @@ impl Core {
             ("hub", new.hub != self.cfg.hub),
             ("activity", new.activity != self.cfg.activity),
             ("geoip", new.geoip != self.cfg.geoip),
+            ("console", new.console != self.cfg.console),
             (
                 "discovery.interval_secs",
                 new.discovery.interval_secs != self.cfg.discovery.interval_secs,
