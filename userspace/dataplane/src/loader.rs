@@ -595,20 +595,44 @@ fn tc_attach_or_replace(
 }
 
 /// Deletes our filter on `iface` at `hook`; one already gone is fine (logged otherwise).
-fn delete_tc_filter(iface: &str, hook: Hook) {
+/// True when a filter was deleted.
+fn delete_tc_filter(iface: &str, hook: Hook) -> bool {
     let handle = TcHandle::from(TC_HANDLE);
     let link =
         match SchedClassifierLink::attached(iface, tc_attach_type(hook), TC_PRIORITY, handle, None)
         {
             Ok(l) => l,
             // The interface is gone, and its filters with it.
-            Err(_) => return,
+            Err(_) => return false,
         };
     match link.detach() {
-        Ok(()) => {}
-        Err(e) if filter_gone(&e) => {}
-        Err(e) => tracing::warn!(%iface, %hook, error = %e, "deleting a stale tc filter"),
+        Ok(()) => true,
+        Err(e) if filter_gone(&e) => false,
+        Err(e) => {
+            tracing::warn!(%iface, %hook, error = %e, "deleting a stale tc filter");
+            false
+        }
     }
+}
+
+/// See [`crate::remove_instance`].
+pub(crate) fn remove_instance(
+    pin_dir: &Path,
+    delete_filters: bool,
+) -> Result<usize, DataplaneError> {
+    let mut deleted = 0;
+    if delete_filters && let Ok(rd) = fs::read_dir(pin_dir) {
+        for abi_dir in rd.flatten() {
+            for (iface, hook) in read_tc_marks(&abi_dir.path().join("tc")) {
+                deleted += usize::from(delete_tc_filter(&iface, hook));
+            }
+        }
+    }
+    fs::remove_dir_all(pin_dir).map_err(|source| DataplaneError::PinDir {
+        path: pin_dir.to_path_buf(),
+        source,
+    })?;
+    Ok(deleted)
 }
 
 /// The (interface, hook) pairs marked under a `tc` directory (`<iface>/<hook>`).
