@@ -75,6 +75,14 @@ use aya::Ebpf;
 
 pub use tollgate_common::{Mode, Role};
 
+/// Removes a daemon instance's pins when the daemon is gone (`tollgate stop` after a crash):
+/// TCX links detach with their pins; the tc filters the pins mark (`abi<N>/tc/<iface>/<hook>`)
+/// are deleted first when `delete_filters` (they live in the calling thread's network
+/// namespace, which must be the instance's). Returns how many filters were deleted.
+pub fn remove_instance(pin_dir: &Path, delete_filters: bool) -> Result<usize, DataplaneError> {
+    loader::remove_instance(pin_dir, delete_filters)
+}
+
 /// A TC hook (TCX or clsact).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Hook {

@@ -50,7 +50,11 @@ pub(crate) enum HeldLink {
     /// A tc filter. aya deletes a netlink filter when its link is dropped; the filter must
     /// outlive the process like a pinned link, so the link is only dropped through
     /// [`detach`] (it holds plain numbers: nothing leaks).
-    Tc(ManuallyDrop<SchedClassifierLink>),
+    Tc {
+        iface: String,
+        hook: Hook,
+        link: ManuallyDrop<SchedClassifierLink>,
+    },
 }
 
 /// The probes object, built by build.rs.
@@ -243,7 +247,12 @@ pub(crate) fn start(opts: DataplaneOptions) -> Result<Dataplane, DataplaneError>
                     mkdir(&tc_dir.join(iface).join(hook.to_string()))?;
                     let (link, adopted) = tc_attach_or_replace(&mut ebpf, pname, iface, hook)?;
                     tc_current.insert((iface.clone(), hook));
-                    (HeldLink::Tc(ManuallyDrop::new(link)), adopted, 0)
+                    let held = HeldLink::Tc {
+                        iface: iface.clone(),
+                        hook,
+                        link: ManuallyDrop::new(link),
+                    };
+                    (held, adopted, 0)
                 }
             };
             let program_id = classifier(&mut ebpf, pname)?
@@ -305,7 +314,6 @@ pub(crate) fn detach(dataplane: Dataplane) -> Result<(), DataplaneError> {
     let Dataplane {
         ebpf,
         root,
-        attached,
         link_pins,
         links,
         ..
@@ -314,15 +322,10 @@ pub(crate) fn detach(dataplane: Dataplane) -> Result<(), DataplaneError> {
     // interface removed) is not an error; any other failure is reported after the rest of
     // the cleanup.
     let mut tc_error = None;
-    let tc_hooks = attached
-        .iter()
-        .filter(|a| a.mode == AttachMode::Tc)
-        .map(|a| (a.interface.clone(), a.hook));
-    let tc_links = links.into_iter().filter_map(|l| match l {
-        HeldLink::Tc(l) => Some(l),
-        HeldLink::Tcx(_) => None,
-    });
-    for ((iface, hook), link) in tc_hooks.zip(tc_links) {
+    for held in links {
+        let HeldLink::Tc { iface, hook, link } = held else {
+            continue;
+        };
         match ManuallyDrop::into_inner(link).detach() {
             Ok(()) => {}
             Err(e) if filter_gone(&e) => {}
@@ -592,20 +595,44 @@ fn tc_attach_or_replace(
 }
 
 /// Deletes our filter on `iface` at `hook`; one already gone is fine (logged otherwise).
-fn delete_tc_filter(iface: &str, hook: Hook) {
+/// True when a filter was deleted.
+fn delete_tc_filter(iface: &str, hook: Hook) -> bool {
     let handle = TcHandle::from(TC_HANDLE);
     let link =
         match SchedClassifierLink::attached(iface, tc_attach_type(hook), TC_PRIORITY, handle, None)
         {
             Ok(l) => l,
             // The interface is gone, and its filters with it.
-            Err(_) => return,
+            Err(_) => return false,
         };
     match link.detach() {
-        Ok(()) => {}
-        Err(e) if filter_gone(&e) => {}
-        Err(e) => tracing::warn!(%iface, %hook, error = %e, "deleting a stale tc filter"),
+        Ok(()) => true,
+        Err(e) if filter_gone(&e) => false,
+        Err(e) => {
+            tracing::warn!(%iface, %hook, error = %e, "deleting a stale tc filter");
+            false
+        }
     }
+}
+
+/// See [`crate::remove_instance`].
+pub(crate) fn remove_instance(
+    pin_dir: &Path,
+    delete_filters: bool,
+) -> Result<usize, DataplaneError> {
+    let mut deleted = 0;
+    if delete_filters && let Ok(rd) = fs::read_dir(pin_dir) {
+        for abi_dir in rd.flatten() {
+            for (iface, hook) in read_tc_marks(&abi_dir.path().join("tc")) {
+                deleted += usize::from(delete_tc_filter(&iface, hook));
+            }
+        }
+    }
+    fs::remove_dir_all(pin_dir).map_err(|source| DataplaneError::PinDir {
+        path: pin_dir.to_path_buf(),
+        source,
+    })?;
+    Ok(deleted)
 }
 
 /// The (interface, hook) pairs marked under a `tc` directory (`<iface>/<hook>`).

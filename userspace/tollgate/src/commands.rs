@@ -294,10 +294,23 @@ pub fn stop(
                     pins.display()
                 ))));
             }
-            std::fs::remove_dir_all(&pins)
+            // tc filters (the fallback before Linux 6.6) have no pin: they are deleted in the
+            // instance's namespace. When it cannot be entered (gone, and its interfaces and
+            // filters with it), none are touched: the host's are another instance's.
+            let in_ns = match netns {
+                Some(ns) => match crate::netns::enter(ns) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        crate::outln!("tollgate: no tc filters deleted: {e:#}");
+                        false
+                    }
+                },
+                None => true,
+            };
+            let filters = tollgate_dataplane::remove_instance(&pins, in_ns)
                 .with_context(|| format!("removing the pins under {}", pins.display()))?;
             crate::outln!(
-                "no daemon answered; removed the pins under {} (programs detached)",
+                "no daemon answered; removed the pins under {} and {filters} tc filter(s) (programs detached)",
                 pins.display()
             );
             Ok(())

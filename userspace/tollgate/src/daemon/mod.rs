@@ -450,7 +450,8 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
             match (a.adopted, a.mode) {
                 (false, _) => "",
                 (true, tollgate_dataplane::AttachMode::Tcx) => " (adopted pinned link)",
-                (true, tollgate_dataplane::AttachMode::Tc) => " (replaced our filter)",
+                (true, tollgate_dataplane::AttachMode::Tc) =>
+                    " (adopted our tc filter: program replaced)",
             }
         );
     }
