@@ -133,7 +133,31 @@ fn the_gateways_offline_commands_answer_the_same_on_arm64() {
         &native,
         &["check-config", "configs/default.toml"],
     );
-    same(&qemu, &arm, &native, &["export", "blocklist", "--help"]);
+    // A config that unsanctions two apps: their domains in each export format.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gw.toml");
+    std::fs::write(
+        &config,
+        "[apps.dropbox]\ntag = \"unsanctioned\"\n\n[apps.box]\ntag = \"unsanctioned\"\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    for format in ["nft", "squid", "paloalto-edl", "domains"] {
+        let list = same(
+            &qemu,
+            &arm,
+            &native,
+            &[
+                "export",
+                "blocklist",
+                "--format",
+                format,
+                "--config",
+                config,
+            ],
+        );
+        assert!(list.contains("dropbox"), "{format}: {list}");
+    }
 }
 
 #[test]
