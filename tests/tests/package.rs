@@ -83,6 +83,13 @@ dpkg -r tollgate > "$S/remove.log" 2>&1; echo $? > "$S/remove.rc"
 for i in $(seq 1 50); do kill -0 $daemon 2>/dev/null || break; sleep 0.2; done
 kill -0 $daemon 2>/dev/null && echo yes > "$S/alive-after-remove"
 kill -9 $daemon 2>/dev/null
+# The kernel frees programs after their last reference asynchronously (a prog array is emptied
+# by deferred work once no user holds it, a program after an RCU grace period): give it up to
+# 10 s before reading what is left. A program still there then is a leak.
+for i in $(seq 1 100); do
+    bpftool prog show 2>/dev/null | grep -q ' name tg_' || break
+    sleep 0.1
+done
 bpftool prog show > "$S/attached-after.txt" 2>&1
 test -e /usr/bin/tollgate && echo yes > "$S/binary-left"
 
