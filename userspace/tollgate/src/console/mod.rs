@@ -72,27 +72,9 @@ pub fn new_token() -> Result<String> {
 /// Makes a new token and writes it to `<state_dir>/console-token`, mode 0600: written to a
 /// fresh file (never through an existing path or symlink), then renamed over the old one.
 pub fn write_token(state_dir: &Path) -> Result<String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let token = new_token()?;
-    let path = token_path(state_dir);
-    let tmp = state_dir.join(format!(".{TOKEN_FILE}.{}.tmp", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(token.as_bytes())?;
-        f.write_all(b"\n")?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("writing {}", path.display()));
-    }
+    tollgate_activity::alert::write_atomic(state_dir, TOKEN_FILE, format!("{token}\n").as_bytes())
+        .with_context(|| format!("writing {}", token_path(state_dir).display()))?;
     Ok(token)
 }
 
