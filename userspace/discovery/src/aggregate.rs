@@ -22,10 +22,12 @@ use tollgate_catalog::Catalog;
 use crate::record::{FlowRecord, L4Proto, NameSource};
 use crate::users::Users;
 
+mod id_set;
+use id_set::IdSet;
+
 // Keys come from traffic and logs (attacker-influenced), so a keyed, DoS-resistant hasher;
 // ahash is several times faster than SipHash on these short strings.
 type HashMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
-type HashSet<T> = std::collections::HashSet<T, ahash::RandomState>;
 
 /// Default cap on distinct unknown domains kept.
 pub const DEFAULT_MAX_UNKNOWN_DOMAINS: usize = 50_000;
@@ -214,6 +216,11 @@ impl Counts {
     fn bytes(&self) -> u64 {
         self.up.saturating_add(self.down)
     }
+    fn merge(&mut self, o: &Counts) {
+        self.up = self.up.saturating_add(o.up);
+        self.down = self.down.saturating_add(o.down);
+        self.tx = self.tx.saturating_add(o.tx);
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -233,6 +240,10 @@ impl Span {
         self.first = self.first.min(r.first_seen);
         self.last = self.last.max(r.last_seen).max(r.first_seen);
     }
+    fn merge(&mut self, o: &Span) {
+        self.first = self.first.min(o.first);
+        self.last = self.last.max(o.last);
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -240,8 +251,8 @@ struct AppAgg {
     c: Counts,
     span: Span,
     /// Interned user keys and source addresses.
-    users: HashSet<u32>,
-    ips: HashSet<u32>,
+    users: IdSet,
+    ips: IdSet,
     matched_by: BTreeMap<&'static str, u64>,
     rules: HashMap<String, u64>,
     hours: BTreeMap<i64, Counts>,
@@ -252,8 +263,9 @@ struct UserAgg {
     is_user: bool,
     c: Counts,
     span: Span,
-    devices: HashSet<String>,
-    ips: HashSet<IpAddr>,
+    /// The first few seen, in order (so that parts merged in order list the same ones).
+    devices: Vec<String>,
+    ips: Vec<IpAddr>,
     /// Bytes per interned app id.
     apps: HashMap<u32, u64>,
 }
@@ -262,8 +274,9 @@ struct UserAgg {
 struct SourceAgg {
     c: Counts,
     span: Span,
-    users: HashSet<u32>,
-    apps: HashSet<u32>,
+    /// The first few users seen, in order.
+    users: Vec<u32>,
+    apps: IdSet,
 }
 
 #[derive(Debug, Clone)]
@@ -273,7 +286,7 @@ struct UnknownAgg {
     /// Up to MAX_LISTED example hosts and their hashes (compared instead of the strings).
     hosts: Vec<String>,
     host_hashes: Vec<u64>,
-    users: HashSet<u32>,
+    users: IdSet,
 }
 
 /// The incremental aggregator.
@@ -326,6 +339,11 @@ pub fn base_domain(name: &str) -> std::borrow::Cow<'_, str> {
     Cow::Borrowed(psl::domain_str(name).unwrap_or(name))
 }
 
+/// The bucket of hour `h`.
+fn hour_bucket(hours: &mut BTreeMap<i64, Counts>, h: i64) -> &mut Counts {
+    hours.entry(h).or_default()
+}
+
 fn hour_of(t: DateTime<Utc>) -> i64 {
     t.timestamp().div_euclid(3600)
 }
@@ -336,9 +354,10 @@ fn hour_start(h: i64) -> DateTime<Utc> {
         .unwrap_or_default()
 }
 
-fn insert_capped<T: std::hash::Hash + Eq + Clone>(set: &mut HashSet<T>, v: &T, cap: usize) {
-    if set.len() < cap && !set.contains(v) {
-        set.insert(v.clone());
+/// Lists `v` unless it is listed or the list is full (short lists: a scan is cheaper than a hash).
+fn push_capped<T: PartialEq + Clone>(list: &mut Vec<T>, v: &T, cap: usize) {
+    if list.len() < cap && !list.contains(v) {
+        list.push(v.clone());
     }
 }
 
@@ -377,10 +396,8 @@ impl Aggregator {
             Some(s) => s.add(rec),
             None => self.span = Some(Span::new(rec)),
         }
-        self.hours
-            .entry(hour_of(rec.first_seen))
-            .or_default()
-            .add(rec);
+        let hour = hour_of(rec.first_seen);
+        hour_bucket(&mut self.hours, hour).add(rec);
 
         let name = rec.name.as_deref().filter(|n| !n.is_empty());
         let by_name = name.and_then(|n| catalog.classify_name(n));
@@ -396,9 +413,9 @@ impl Aggregator {
             ),
         };
         let app_id = m.map(|m| m.app.id.as_str());
-        let app_ix = m.map(|m| self.intern_app(m.app.id.as_str(), rec));
-        let key_ix = key.map(|k| self.intern_user(k, who.user.is_some(), rec));
-        let src_ix = self.intern_source(rec);
+        let app_ix = m.map(|m| self.intern_app(m.app.id.as_str(), Span::new(rec)));
+        let key_ix = key.map(|k| self.intern_user(k, who.user.is_some(), Span::new(rec)));
+        let src_ix = self.intern_source(rec.src, Span::new(rec));
 
         if let (Some(m), Some(ix)) = (m, app_ix) {
             self.totals.matched_transactions += 1;
@@ -418,7 +435,7 @@ impl Aggregator {
                     }
                     None => {}
                 }
-                a.hours.entry(hour_of(rec.first_seen)).or_default().add(rec);
+                hour_bucket(&mut a.hours, hour).add(rec);
             }
         } else if let Some(n) = name {
             self.totals.unknown_transactions += 1;
@@ -439,7 +456,7 @@ impl Aggregator {
                         span: Span::new(rec),
                         hosts: Vec::new(),
                         host_hashes: Vec::new(),
-                        users: HashSet::default(),
+                        users: IdSet::default(),
                     }),
             };
             u.c.add(rec);
@@ -468,11 +485,11 @@ impl Aggregator {
             if let Some(d) = who.device
                 && who.user.is_some()
                 && u.devices.len() < MAX_LISTED
-                && !u.devices.contains(d)
+                && !u.devices.iter().any(|x| x == d)
             {
-                u.devices.insert(d.to_owned());
+                u.devices.push(d.to_owned());
             }
-            insert_capped(&mut u.ips, &rec.src, MAX_LISTED);
+            push_capped(&mut u.ips, &rec.src, MAX_LISTED);
             if let Some(ix) = app_ix {
                 let b = rec.bytes_up.saturating_add(rec.bytes_down);
                 let x = u.apps.entry(ix).or_default();
@@ -483,10 +500,8 @@ impl Aggregator {
         if let Some((_, s)) = self.sources.get_mut(src_ix as usize) {
             s.c.add(rec);
             s.span.add(rec);
-            if let Some(k) = key_ix
-                && s.users.len() < MAX_LISTED
-            {
-                s.users.insert(k);
+            if let Some(k) = key_ix {
+                push_capped(&mut s.users, &k, MAX_LISTED);
             }
             if let Some(ix) = app_ix {
                 s.apps.insert(ix);
@@ -517,7 +532,154 @@ impl Aggregator {
         }
     }
 
-    fn intern_app(&mut self, id: &str, rec: &FlowRecord) -> u32 {
+    /// Folds in what `other` counted: an aggregator with the same options that took the
+    /// records of a later part of the same input (a log file read in parts on several
+    /// threads). The result is what adding those records here would have given, but for the
+    /// caps: listed sets stop at their caps in merge order, and unknown domains beyond their
+    /// cap are pruned (and counted) as [`Self::add`] does.
+    pub fn merge(&mut self, other: Aggregator) {
+        let Aggregator {
+            apps,
+            users,
+            sources,
+            unknown,
+            hours,
+            totals,
+            span,
+            flows,
+            ..
+        } = other;
+        let t = &mut self.totals;
+        t.records += totals.records;
+        t.transactions += totals.transactions;
+        t.bytes_up = t.bytes_up.saturating_add(totals.bytes_up);
+        t.bytes_down = t.bytes_down.saturating_add(totals.bytes_down);
+        t.matched_transactions += totals.matched_transactions;
+        t.unknown_transactions += totals.unknown_transactions;
+        t.unnamed_transactions += totals.unnamed_transactions;
+        t.excluded_records += totals.excluded_records;
+        t.outside_window_records += totals.outside_window_records;
+        t.unknown_domains_dropped += totals.unknown_domains_dropped;
+        match (&mut self.span, span) {
+            (Some(s), Some(o)) => s.merge(&o),
+            (s @ None, o) => *s = o,
+            (Some(_), None) => {}
+        }
+        for (h, c) in hours {
+            self.hours.entry(h).or_default().merge(&c);
+        }
+        // Other's interned numbers, as this one's.
+        let app_map: Vec<u32> = apps
+            .iter()
+            .map(|(id, a)| self.intern_app(id, a.span))
+            .collect();
+        let user_map: Vec<u32> = users
+            .iter()
+            .map(|(k, u)| self.intern_user(k, u.is_user, u.span))
+            .collect();
+        let source_map: Vec<u32> = sources
+            .iter()
+            .map(|(ip, s)| self.intern_source(*ip, s.span))
+            .collect();
+        let map = |m: &[u32], ix: u32| m.get(ix as usize).copied();
+        for ((_, o), &ix) in apps.into_iter().zip(&app_map) {
+            let Some((_, a)) = self.apps.get_mut(ix as usize) else {
+                continue;
+            };
+            a.c.merge(&o.c);
+            a.span.merge(&o.span);
+            for u in o.users.iter().filter_map(|u| map(&user_map, u)) {
+                a.users.insert(u);
+            }
+            for s in o.ips.iter().filter_map(|s| map(&source_map, s)) {
+                a.ips.insert(s);
+            }
+            for (how, n) in o.matched_by {
+                *a.matched_by.entry(how).or_default() += n;
+            }
+            for (rule, n) in o.rules {
+                let full = a.rules.len() >= MAX_LISTED;
+                match a.rules.get_mut(&rule) {
+                    Some(m) => *m += n,
+                    None if !full => {
+                        a.rules.insert(rule, n);
+                    }
+                    None => {}
+                }
+            }
+            for (h, c) in o.hours {
+                a.hours.entry(h).or_default().merge(&c);
+            }
+        }
+        for ((_, o), &ix) in users.into_iter().zip(&user_map) {
+            let Some((_, u)) = self.users.get_mut(ix as usize) else {
+                continue;
+            };
+            u.c.merge(&o.c);
+            u.span.merge(&o.span);
+            for d in &o.devices {
+                push_capped(&mut u.devices, d, MAX_LISTED);
+            }
+            for ip in &o.ips {
+                push_capped(&mut u.ips, ip, MAX_LISTED);
+            }
+            for (app, b) in o.apps {
+                if let Some(app) = map(&app_map, app) {
+                    let x = u.apps.entry(app).or_default();
+                    *x = x.saturating_add(b);
+                }
+            }
+        }
+        for ((_, o), &ix) in sources.into_iter().zip(&source_map) {
+            let Some((_, s)) = self.sources.get_mut(ix as usize) else {
+                continue;
+            };
+            s.c.merge(&o.c);
+            s.span.merge(&o.span);
+            for u in o.users.iter().filter_map(|&u| map(&user_map, u)) {
+                push_capped(&mut s.users, &u, MAX_LISTED);
+            }
+            for a in o.apps.iter().filter_map(|a| map(&app_map, a)) {
+                s.apps.insert(a);
+            }
+        }
+        for (dom, o) in unknown {
+            if self.unknown.len() >= self.opts.max_unknown_domains.max(1)
+                && !self.unknown.contains_key(&dom)
+            {
+                self.prune_unknown();
+            }
+            let hasher = self.hasher.clone();
+            let u = self.unknown.entry(dom).or_insert_with(|| UnknownAgg {
+                c: Counts::default(),
+                span: o.span,
+                hosts: Vec::new(),
+                host_hashes: Vec::new(),
+                users: IdSet::default(),
+            });
+            u.c.merge(&o.c);
+            u.span.merge(&o.span);
+            for host in o.hosts {
+                if u.hosts.len() >= MAX_LISTED {
+                    break;
+                }
+                let h = hasher.hash_one(&host);
+                if !u.host_hashes.contains(&h) {
+                    u.host_hashes.push(h);
+                    u.hosts.push(host);
+                }
+            }
+            for k in o.users.iter().filter_map(|k| map(&user_map, k)) {
+                if u.users.len() >= 1024 {
+                    break;
+                }
+                u.users.insert(k);
+            }
+        }
+        self.flows.extend(flows);
+    }
+
+    fn intern_app(&mut self, id: &str, span: Span) -> u32 {
         if let Some(&ix) = self.app_ids.get(id) {
             return ix;
         }
@@ -527,9 +689,9 @@ impl Aggregator {
             id.to_owned(),
             AppAgg {
                 c: Counts::default(),
-                span: Span::new(rec),
-                users: HashSet::default(),
-                ips: HashSet::default(),
+                span,
+                users: IdSet::default(),
+                ips: IdSet::default(),
                 matched_by: BTreeMap::new(),
                 rules: HashMap::default(),
                 hours: BTreeMap::new(),
@@ -538,7 +700,7 @@ impl Aggregator {
         ix
     }
 
-    fn intern_user(&mut self, key: &str, is_user: bool, rec: &FlowRecord) -> u32 {
+    fn intern_user(&mut self, key: &str, is_user: bool, span: Span) -> u32 {
         if let Some(&ix) = self.user_ids.get(key) {
             return ix;
         }
@@ -549,28 +711,28 @@ impl Aggregator {
             UserAgg {
                 is_user,
                 c: Counts::default(),
-                span: Span::new(rec),
-                devices: HashSet::default(),
-                ips: HashSet::default(),
+                span,
+                devices: Vec::new(),
+                ips: Vec::new(),
                 apps: HashMap::default(),
             },
         ));
         ix
     }
 
-    fn intern_source(&mut self, rec: &FlowRecord) -> u32 {
-        if let Some(&ix) = self.source_ids.get(&rec.src) {
+    fn intern_source(&mut self, src: IpAddr, span: Span) -> u32 {
+        if let Some(&ix) = self.source_ids.get(&src) {
             return ix;
         }
         let ix = u32::try_from(self.sources.len()).unwrap_or(u32::MAX);
-        self.source_ids.insert(rec.src, ix);
+        self.source_ids.insert(src, ix);
         self.sources.push((
-            rec.src,
+            src,
             SourceAgg {
                 c: Counts::default(),
-                span: Span::new(rec),
-                users: HashSet::default(),
-                apps: HashSet::default(),
+                span,
+                users: Vec::new(),
+                apps: IdSet::default(),
             },
         ));
         ix
@@ -685,9 +847,9 @@ impl Aggregator {
                     .map(|(ix, b)| (self.app_name(*ix), *b))
                     .collect();
                 top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-                let mut devices: Vec<String> = u.devices.iter().cloned().collect();
+                let mut devices: Vec<String> = u.devices.clone();
                 devices.sort();
-                let mut ips: Vec<IpAddr> = u.ips.iter().copied().collect();
+                let mut ips: Vec<IpAddr> = u.ips.clone();
                 ips.sort();
                 UserView {
                     user: k.clone(),
@@ -817,6 +979,95 @@ mod tests {
             last_seen: t(at),
             src_mac: None,
             user: user.map(str::to_owned),
+        }
+    }
+
+    /// Records over many users, sources, apps, unknown domains and hours: enough for the big
+    /// id sets to turn into bitmaps.
+    fn many_records(n: u32) -> Vec<FlowRecord> {
+        let names = [
+            Some("www.dropbox.com"),
+            Some("app.slack.com"),
+            None,
+            Some("x.unknown-thing.io"),
+        ];
+        (0..n)
+            .map(|i| {
+                let src = format!("10.{}.{}.{}", i % 3, (i / 7) % 200, 1 + i % 250);
+                let at = format!("2025-11-26T{:02}:{:02}:00Z", (i / 60) % 24, i % 60);
+                let user = format!("user{}", i % 37);
+                let unknown = format!("h{}.site{}.example", i % 5, i % 700);
+                let name = match names[(i % 5) as usize % names.len()] {
+                    Some("x.unknown-thing.io") => Some(unknown.as_str()),
+                    other => other,
+                };
+                rec(
+                    &src,
+                    if i % 3 == 0 { "162.125.1.1" } else { "9.9.9.9" },
+                    name,
+                    if i % 2 == 0 {
+                        NameSource::Sni
+                    } else {
+                        NameSource::Log
+                    },
+                    u64::from(i % 100),
+                    u64::from(i % 1000),
+                    &at,
+                    (i % 4 != 0).then_some(user.as_str()),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn merged_parts_report_what_one_aggregator_reports() {
+        let cat = Catalog::from_data(DATA, &CatalogConfig::default(), &[], chrono::Utc::now())
+            .expect("catalog");
+        let users = Users::default();
+        let opts = AggregateOptions {
+            keep_flows: true,
+            ..AggregateOptions::default()
+        };
+        let recs = many_records(6000);
+        let mut whole = Aggregator::new(opts.clone());
+        for r in &recs {
+            whole.add(r, &cat, &users);
+        }
+        let want = whole.snapshot(&cat, &|_| None);
+        assert!(want.sources.len() > 1000, "enough sources for bitmaps");
+        for cuts in [
+            vec![0, 6000],
+            vec![1, 3000, 5999],
+            vec![100, 101, 2500, 4000],
+        ] {
+            let mut first = Aggregator::new(opts.clone());
+            let mut parts = Vec::new();
+            let mut from = 0;
+            for (k, &to) in cuts.iter().enumerate() {
+                let mut a = Aggregator::new(opts.clone());
+                for r in &recs[from..to] {
+                    if k == 0 {
+                        first.add(r, &cat, &users);
+                    } else {
+                        a.add(r, &cat, &users);
+                    }
+                }
+                if k > 0 {
+                    parts.push(a);
+                }
+                from = to;
+            }
+            let mut last = Aggregator::new(opts.clone());
+            for r in &recs[from..] {
+                last.add(r, &cat, &users);
+            }
+            parts.push(last);
+            for p in parts {
+                first.merge(p);
+            }
+            let got = first.snapshot(&cat, &|_| None);
+            assert_eq!(got, want, "cut at {cuts:?}");
+            assert_eq!(first.flows(), whole.flows(), "flows in input order");
         }
     }
 

@@ -223,6 +223,7 @@ fn run(path: &Path) {
         gb_h(agg_cpu) / 50.0
     );
     std::hint::black_box(bytes);
+    parallel(path);
 }
 
 /// CPU time of this process so far (user + system), from /proc: with other work on the
@@ -274,6 +275,76 @@ fn aggregate_only(path: &Path) {
     );
 }
 
+/// `tollgate discover`'s path (parts on threads, one aggregator per part, merged), with
+/// `threads` threads (0: one per core), in a process of its own so that its peak RSS is its
+/// own. Prints one line: wall seconds, CPU seconds, peak RSS in KiB.
+fn discover_only(path: &Path, threads: usize) {
+    use tollgate_logs::discover::{DiscoverOptions, discover};
+    let catalog = Catalog::builtin(chrono::Utc::now()).expect("catalog");
+    let users = Users::default();
+    let opts = DiscoverOptions {
+        threads,
+        ..DiscoverOptions::default()
+    };
+    let (t, c) = (Instant::now(), cpu_secs());
+    let report = discover(&[path.to_owned()], &opts, &catalog, &users);
+    let (wall, cpu) = (t.elapsed().as_secs_f64(), cpu_secs() - c);
+    std::hint::black_box(&report);
+    println!("{wall:.3} {cpu:.3} {}", peak_rss_kib());
+}
+
+/// VmHWM of this process, KiB.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Runs `discover_only` in a child process; (wall s, CPU s, peak RSS MiB).
+fn discover_child(path: &Path, threads: usize) -> (f64, f64, f64) {
+    let out = Command::new(std::env::current_exe().expect("own path"))
+        .arg("discover")
+        .arg(path)
+        .arg(threads.to_string())
+        .output()
+        .expect("run discover child");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let f: Vec<f64> = text
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    match f.as_slice() {
+        [w, c, r] => (*w, *c, *r / 1024.0),
+        _ => panic!("discover child printed {text:?}"),
+    }
+}
+
+/// `tollgate discover` on one thread (the baseline) and on every core.
+fn parallel(path: &Path) {
+    let size = std::fs::metadata(path).expect("input").len();
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let (w1, c1, r1) = discover_child(path, 1);
+    println!(
+        "discover, 1 thread:       {w1:.2} s wall = {:.0} MB/s, {c1:.2} s CPU = {:.0} MB/s per core, peak RSS {r1:.0} MiB (baseline)",
+        mbs(size, w1),
+        mbs(size, c1)
+    );
+    let (wn, cn, rn) = discover_child(path, 0);
+    println!(
+        "discover, {cores} threads:      {wn:.2} s wall = {:.0} MB/s, {cn:.2} s CPU = {:.0} MB/s per core, peak RSS {rn:.0} MiB; {:.2}x the 1-thread speed",
+        mbs(size, wn),
+        mbs(size, cn),
+        w1 / wn
+    );
+    println!(
+        "a 2 GB (2^31 bytes) log at this speed: {:.1} s wall",
+        (1u64 << 31) as f64 / (size as f64 / wn)
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
@@ -285,6 +356,11 @@ fn main() {
         Some("run") => run(Path::new(args.get(2).expect("run PATH"))),
         Some("import") => import_only(Path::new(args.get(2).expect("import PATH"))),
         Some("aggregate") => aggregate_only(Path::new(args.get(2).expect("aggregate PATH"))),
+        Some("discover") => discover_only(
+            Path::new(args.get(2).expect("discover PATH [THREADS]")),
+            args.get(3).and_then(|t| t.parse().ok()).unwrap_or(0),
+        ),
+        Some("parallel") => parallel(Path::new(args.get(2).expect("parallel PATH"))),
         _ => eprintln!("usage: log_bench generate PATH MB | log_bench run PATH"),
     }
 }

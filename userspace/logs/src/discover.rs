@@ -19,7 +19,7 @@ use tollgate_discovery::record::{BadLine, InputStats};
 use tollgate_discovery::report::{DiscoveryReport, ReportFormat, Window};
 use tollgate_discovery::users::Users;
 
-use crate::{LogOptions, import_file};
+use crate::{LogOptions, import_file_parts};
 
 /// Options of `tollgate discover`.
 #[derive(Debug, Clone, Default)]
@@ -37,6 +37,9 @@ pub struct DiscoverOptions {
     pub logs: LogOptions,
     /// Sanction tags per app id (`tag` in the report; apps not in the map have `null`).
     pub tags: BTreeMap<String, String>,
+    /// Threads a large plain log file is read on (0: one per core; see
+    /// [`import_file_parts`]).
+    pub threads: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,11 +78,12 @@ pub fn discover(
     catalog: &Catalog,
     users: &Users,
 ) -> DiscoveryReport {
-    let mut agg = Aggregator::new(AggregateOptions {
+    let agg_opts = AggregateOptions {
         window: opts.window,
         keep_flows: opts.include_flows,
         ..AggregateOptions::default()
-    });
+    };
+    let mut agg = Aggregator::new(agg_opts.clone());
     let mut stats = Vec::with_capacity(inputs.len());
     for path in inputs {
         let label = path.display().to_string();
@@ -98,10 +102,21 @@ pub fn discover(
         match kind {
             Kind::Pcap => stats.push(import_capture(path, &mut agg, catalog, users)),
             Kind::Log => {
-                let mut sink =
-                    |r: tollgate_discovery::record::FlowRecord| agg.add(&r, catalog, users);
-                match import_file(path, &opts.logs, &mut sink) {
-                    Ok(s) => stats.push(s),
+                let parts = import_file_parts(
+                    path,
+                    &opts.logs,
+                    opts.threads,
+                    &mut agg,
+                    &|| Aggregator::new(agg_opts.clone()),
+                    &|a, r| a.add(&r, catalog, users),
+                );
+                match parts {
+                    Ok((s, rest)) => {
+                        for part in rest {
+                            agg.merge(part);
+                        }
+                        stats.push(s);
+                    }
                     Err(e) => stats.push(InputStats {
                         file: label,
                         format: "unknown".into(),

@@ -464,6 +464,9 @@ struct Lines<R> {
     r: R,
     buf: Vec<u8>,
     line_no: u64,
+    /// Bytes consumed so far (newlines included): where the next line starts, counted from
+    /// where the reader started.
+    pos: u64,
 }
 
 enum Next {
@@ -501,6 +504,7 @@ impl<R: BufRead> Lines<R> {
                         }
                     }
                     self.r.consume(i + 1);
+                    self.pos += i as u64 + 1;
                     break;
                 }
                 None => {
@@ -514,6 +518,7 @@ impl<R: BufRead> Lines<R> {
                         }
                     }
                     self.r.consume(n);
+                    self.pos += n as u64;
                 }
             }
         }
@@ -602,6 +607,7 @@ fn import_reader_at<R: BufRead>(
         r: reader,
         buf: Vec::with_capacity(4096),
         line_no: 0,
+        pos: 0,
     };
     let mut c = Counter {
         stats: InputStats {
@@ -613,9 +619,45 @@ fn import_reader_at<R: BufRead>(
         now: default_time,
         sink,
     };
-    // Forced format?
-    let forced = match &opts.force_format {
-        Some(name) => Some(if let Some(f) = LogFormat::from_name(name) {
+    let (mut parser, sample) = match pick_parser(&mut lines, opts, label)? {
+        Picked::Empty => {
+            // An empty file: nothing to do, nothing wrong.
+            c.stats.format = "empty".to_owned();
+            return Ok(c.stats);
+        }
+        Picked::Parser(p, sample) => (*p, sample),
+    };
+    c.stats.format = parser.name();
+    for (n, text) in sample {
+        match text {
+            Some(t) => c.line(&mut parser, n, &t),
+            None => {
+                c.stats.lines += 1;
+                c.bad(n, "line too long", "");
+            }
+        }
+    }
+    read_lines(&mut lines, &mut parser, &mut c, u64::MAX).map_err(io_err)?;
+    Ok(c.stats)
+}
+
+/// What the first lines of an input decided.
+enum Picked<'a> {
+    /// Nothing but blank lines, or nothing at all.
+    Empty,
+    /// The parser, and the lines read to choose it (with their numbers; `None` for a line
+    /// too long to keep), still to be parsed.
+    Parser(Box<Parser<'a>>, Vec<(u64, Option<String>)>),
+}
+
+/// The forced format, or the one that most of the first [`SNIFF_LINES`] non-blank lines fit.
+fn pick_parser<'a, R: BufRead>(
+    lines: &mut Lines<R>,
+    opts: &'a LogOptions,
+    label: &Path,
+) -> Result<Picked<'a>, LogError> {
+    if let Some(name) = &opts.force_format {
+        let parser = if let Some(f) = LogFormat::from_name(name) {
             Parser::Builtin(f, w3c::W3cState::default())
         } else if let Some(cf) = opts
             .custom
@@ -634,59 +676,48 @@ fn import_reader_at<R: BufRead>(
                 name: name.clone(),
                 known,
             });
-        }),
-        None => None,
+        };
+        return Ok(Picked::Parser(Box::new(parser), Vec::new()));
+    }
+    let io_err = |source| LogError::Io {
+        path: label.to_owned(),
+        source,
     };
-    // Sample lines for detection (kept with their numbers; too-long lines noted).
     let mut sample: Vec<(u64, Option<String>)> = Vec::new();
-    let mut parser = match forced {
-        Some(p) => p,
-        None => {
-            let mut texts = Vec::new();
-            loop {
-                if texts.len() >= SNIFF_LINES {
-                    break;
+    let mut texts = Vec::new();
+    while texts.len() < SNIFF_LINES {
+        match lines.next().map_err(io_err)? {
+            Next::Eof => break,
+            Next::TooLong(n) => sample.push((n, None)),
+            Next::Line(n) => {
+                if is_blank(&lines.buf) {
+                    continue;
                 }
-                match lines.next().map_err(io_err)? {
-                    Next::Eof => break,
-                    Next::TooLong(n) => sample.push((n, None)),
-                    Next::Line(n) => {
-                        if is_blank(&lines.buf) {
-                            continue;
-                        }
-                        let s = String::from_utf8_lossy(&lines.buf).into_owned();
-                        texts.push(s.clone());
-                        sample.push((n, Some(s)));
-                    }
-                }
-            }
-            match detect(&texts, &opts.custom) {
-                Some(p) => p,
-                None => {
-                    if texts.is_empty() && sample.is_empty() {
-                        // An empty file: nothing to do, nothing wrong.
-                        c.stats.format = "empty".to_owned();
-                        return Ok(c.stats);
-                    }
-                    return Err(LogError::UnknownFormat {
-                        path: label.to_owned(),
-                    });
-                }
-            }
-        }
-    };
-    c.stats.format = parser.name();
-    for (n, text) in sample {
-        match text {
-            Some(t) => c.line(&mut parser, n, &t),
-            None => {
-                c.stats.lines += 1;
-                c.bad(n, "line too long", "");
+                let s = String::from_utf8_lossy(&lines.buf).into_owned();
+                texts.push(s.clone());
+                sample.push((n, Some(s)));
             }
         }
     }
-    loop {
-        match lines.next().map_err(io_err)? {
+    match detect(&texts, &opts.custom) {
+        Some(p) => Ok(Picked::Parser(Box::new(p), sample)),
+        None if texts.is_empty() && sample.is_empty() => Ok(Picked::Empty),
+        None => Err(LogError::UnknownFormat {
+            path: label.to_owned(),
+        }),
+    }
+}
+
+/// Parses lines until the end of the input or until the next line would start at or after
+/// `end` (a position counted as [`Lines::pos`] is).
+fn read_lines<R: BufRead>(
+    lines: &mut Lines<R>,
+    parser: &mut Parser<'_>,
+    c: &mut Counter<'_>,
+    end: u64,
+) -> io::Result<()> {
+    while lines.pos < end {
+        match lines.next()? {
             Next::Eof => break,
             Next::TooLong(n) => {
                 c.stats.lines += 1;
@@ -696,18 +727,221 @@ fn import_reader_at<R: BufRead>(
                 if is_blank(&lines.buf) {
                     continue;
                 }
-                let line_no = n;
                 match std::str::from_utf8(&lines.buf) {
-                    Ok(s) => c.line(&mut parser, line_no, s),
+                    Ok(s) => c.line(parser, n, s),
                     Err(_) => {
                         let s = String::from_utf8_lossy(&lines.buf).into_owned();
-                        c.line(&mut parser, line_no, &s);
+                        c.line(parser, n, &s);
                     }
                 }
             }
         }
     }
-    Ok(c.stats)
+    Ok(())
+}
+
+/// Parts of a file smaller than this are not worth a thread of their own.
+pub const MIN_PART_BYTES: u64 = 16 << 20;
+
+impl<'a> Parser<'a> {
+    /// A parser of the same format for another part of the same file, when the format keeps
+    /// nothing from one line to the next (W3C's `#Fields` and a custom format's header row
+    /// are state: such files are read in one piece).
+    fn fresh(&self) -> Option<Parser<'a>> {
+        match self {
+            Parser::Builtin(LogFormat::W3c, _) => None,
+            Parser::Builtin(f, _) => Some(Parser::Builtin(*f, w3c::W3cState::default())),
+            Parser::Custom(c) if c.f.header => None,
+            Parser::Custom(c) => Some(Parser::Custom(custom::CustomParser::new(c.f))),
+        }
+    }
+}
+
+/// Import one log file in parts, on up to `threads` threads (0: one per core), so that a
+/// large file takes the time of its largest part rather than of the whole.
+///
+/// Records of the file's first part go to `first` (on the calling thread); each further part
+/// gets its own accumulator from `new_part`, and those come back in file order, for the
+/// caller to fold into `first` one after the other, as if the lines had been read in order.
+/// A part begins at the first line that starts inside it, so every line is read exactly
+/// once. The stats are the file's: counts add up, and bad lines keep the file's line numbers.
+///
+/// Read in one piece, on the calling thread, as [`import_file`] does: a gzip file (its
+/// stream cannot be entered in the middle), a file smaller than two [`MIN_PART_BYTES`], and
+/// formats that carry state from line to line (W3C, custom formats with a header row).
+///
+/// One difference from reading in one piece: a line without a time of its own takes the time
+/// of the line before it in its part; before a part's first timed line, the file's
+/// modification time (every built-in format but `pfsense` without a year has a time on each
+/// line it turns into a record).
+pub fn import_file_parts<A: Send>(
+    path: &Path,
+    opts: &LogOptions,
+    threads: usize,
+    first: &mut A,
+    new_part: &(dyn Fn() -> A + Sync),
+    add: &(dyn Fn(&mut A, FlowRecord) + Sync),
+) -> Result<(InputStats, Vec<A>), LogError> {
+    import_parts_sized(path, opts, threads, MIN_PART_BYTES, first, new_part, add)
+}
+
+/// [`import_file_parts`] with parts of at least `min_part` bytes.
+fn import_parts_sized<A: Send>(
+    path: &Path,
+    opts: &LogOptions,
+    threads: usize,
+    min_part: u64,
+    first: &mut A,
+    new_part: &(dyn Fn() -> A + Sync),
+    add: &(dyn Fn(&mut A, FlowRecord) + Sync),
+) -> Result<(InputStats, Vec<A>), LogError> {
+    for c in &opts.custom {
+        c.validate()?;
+    }
+    let io_err = |source| LogError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let threads = match threads {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    let meta = std::fs::metadata(path).map_err(io_err)?;
+    let mtime = meta
+        .modified()
+        .ok()
+        .map(DateTime::<Utc>::from)
+        .unwrap_or_else(Utc::now);
+    let size = meta.len();
+    let parts = usize::try_from(size / min_part.max(1))
+        .unwrap_or(usize::MAX)
+        .min(threads);
+    let whole = |first: &mut A| {
+        let st = import_file(path, opts, &mut |r| add(first, r))?;
+        Ok((st, Vec::new()))
+    };
+    if parts < 2 {
+        return whole(first);
+    }
+    let mut magic = [0u8; 2];
+    let n = read_fully(&mut File::open(path).map_err(io_err)?, &mut magic).map_err(io_err)?;
+    if n == 2 && magic == [0x1f, 0x8b] {
+        return whole(first);
+    }
+    let mut head = Lines {
+        r: BufReader::with_capacity(64 * 1024, File::open(path).map_err(io_err)?),
+        buf: Vec::with_capacity(4096),
+        line_no: 0,
+        pos: 0,
+    };
+    let parser = match pick_parser(&mut head, opts, path)? {
+        Picked::Parser(p, _) => p,
+        Picked::Empty => return whole(first),
+    };
+    let mut workers = Vec::with_capacity(parts);
+    for _ in 0..parts {
+        match parser.fresh() {
+            Some(p) => workers.push(p),
+            None => return whole(first),
+        }
+    }
+    drop(head);
+    let format = parser.name();
+    // Part k is the lines that start in [bounds[k], bounds[k + 1]).
+    let bounds: Vec<u64> = (0..=parts as u64)
+        .map(|k| u64::try_from(u128::from(size) * u128::from(k) / parts as u128).unwrap_or(size))
+        .collect();
+    let mut workers = workers.into_iter();
+    let first_parser = workers.next();
+    let results = std::thread::scope(|s| {
+        let handles: Vec<_> = workers
+            .enumerate()
+            .map(|(i, p)| {
+                let (start, end) = (bounds[i + 1], bounds[i + 2]);
+                s.spawn(move || {
+                    let mut acc = new_part();
+                    read_part(path, start, end, p, opts, mtime, &mut |r| add(&mut acc, r))
+                        .map(|(st, n)| (st, n, acc))
+                })
+            })
+            .collect();
+        let head = match first_parser {
+            Some(p) => read_part(path, 0, bounds[1], p, opts, mtime, &mut |r| add(first, r)),
+            None => Ok((InputStats::default(), 0)),
+        };
+        let rest: Vec<_> = handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(io::Error::other("a log import thread stopped unexpectedly"))
+                })
+            })
+            .collect();
+        (head, rest)
+    });
+    let (head, rest) = results;
+    let (head_stats, mut lines_before) = head.map_err(io_err)?;
+    let mut stats = InputStats {
+        file: path.display().to_string(),
+        format,
+        ..head_stats
+    };
+    let mut accs = Vec::with_capacity(rest.len());
+    for r in rest {
+        let (st, n, acc) = r.map_err(io_err)?;
+        stats.lines += st.lines;
+        stats.parsed += st.parsed;
+        stats.unparsed += st.unparsed;
+        stats.records += st.records;
+        for mut b in st.bad_lines {
+            if stats.bad_lines.len() >= opts.max_bad_lines {
+                break;
+            }
+            b.line += lines_before;
+            stats.bad_lines.push(b);
+        }
+        lines_before += n;
+        accs.push(acc);
+    }
+    Ok((stats, accs))
+}
+
+/// Reads the lines that start in `[start, end)` of a plain file; returns their counts and
+/// how many lines (blank ones too) the part has.
+fn read_part(
+    path: &Path,
+    start: u64,
+    end: u64,
+    mut parser: Parser<'_>,
+    opts: &LogOptions,
+    now: DateTime<Utc>,
+    sink: &mut dyn FnMut(FlowRecord),
+) -> io::Result<(InputStats, u64)> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = File::open(path)?;
+    // From the byte before the part: the line that ends there (or runs through it) belongs
+    // to the part before.
+    let from = start.saturating_sub(1);
+    f.seek(SeekFrom::Start(from))?;
+    let mut lines = Lines {
+        r: BufReader::with_capacity(256 * 1024, f),
+        buf: Vec::with_capacity(4096),
+        line_no: 0,
+        pos: from,
+    };
+    if start > 0 {
+        lines.next()?;
+        lines.line_no = 0;
+    }
+    let mut c = Counter {
+        stats: InputStats::default(),
+        max_bad: opts.max_bad_lines,
+        last_time: None,
+        now,
+        sink,
+    };
+    read_lines(&mut lines, &mut parser, &mut c, end)?;
+    Ok((c.stats, lines.line_no))
 }
 
 #[cfg(test)]
@@ -724,6 +958,109 @@ mod tests {
         )
         .expect("import");
         (st, recs)
+    }
+
+    /// A Squid log with everything that can sit at a part's edge: blank lines, CRLF, garbage,
+    /// a line longer than `MAX_LINE`, no newline at the end.
+    fn awkward_squid_log() -> String {
+        let good = [
+            "1764144000.120    312 192.0.2.10 TCP_TUNNEL/200 48211 CONNECT www.dropbox.com:443 alice HIER_DIRECT/198.51.100.7 -",
+            "1764144003.455     88 192.0.2.11 TCP_MISS/200 1534 GET http://slack.com/robots.txt - HIER_DIRECT/198.51.100.8 text/plain",
+        ];
+        let mut text = String::new();
+        for i in 0..3000 {
+            match i % 97 {
+                13 => text.push('\n'),
+                29 => text.push_str("not a squid line at all\n"),
+                41 => text.push_str("  \r\n"),
+                _ => {
+                    text.push_str(good[i % 2]);
+                    text.push_str(if i % 5 == 0 { "\r\n" } else { "\n" });
+                }
+            }
+            if i == 1500 {
+                text.push_str(&"x".repeat(MAX_LINE + 10));
+                text.push('\n');
+            }
+        }
+        text.push_str(good[0]);
+        text
+    }
+
+    fn import_in_parts(
+        path: &Path,
+        threads: usize,
+        min_part: u64,
+    ) -> (InputStats, Vec<FlowRecord>, usize) {
+        let opts = LogOptions {
+            max_bad_lines: 1000,
+            ..LogOptions::default()
+        };
+        let mut first = Vec::new();
+        let (st, rest) = import_parts_sized(
+            path,
+            &opts,
+            threads,
+            min_part,
+            &mut first,
+            &Vec::new,
+            &|v: &mut Vec<FlowRecord>, r| v.push(r),
+        )
+        .expect("import in parts");
+        let parts = 1 + rest.len();
+        for part in rest {
+            first.extend(part);
+        }
+        (st, first, parts)
+    }
+
+    #[test]
+    fn a_file_read_in_parts_gives_what_one_pass_gives() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("access.log");
+        std::fs::write(&path, awkward_squid_log()).expect("write");
+        let opts = LogOptions {
+            max_bad_lines: 1000,
+            ..LogOptions::default()
+        };
+        let mut want_recs = Vec::new();
+        let want = import_file(&path, &opts, &mut |r| want_recs.push(r)).expect("one pass");
+        assert!(want.unparsed > 30 && want.records > 2800, "{want:?}");
+        // Part sizes that put edges everywhere: inside lines, on newlines, inside the long line.
+        for (threads, min_part) in [(2, 1024), (7, 1024), (64, 4096), (3, 100_000), (16, 1)] {
+            let (got, recs, parts) = import_in_parts(&path, threads, min_part);
+            assert!(parts > 1, "{threads} threads, {min_part}: read in parts");
+            assert_eq!(got, want, "{threads} threads, parts of {min_part}");
+            assert_eq!(recs, want_recs, "{threads} threads, parts of {min_part}");
+        }
+    }
+
+    #[test]
+    fn stateful_and_compressed_files_are_read_in_one_part() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let w3c = dir.path().join("u_ex.log");
+        let mut text = String::from(
+            "#Software: Microsoft Internet Information Services 10.0\n#Fields: date time c-ip cs-method cs-uri-stem cs-host sc-status sc-bytes cs-bytes\n",
+        );
+        for i in 0..2000 {
+            text.push_str(&format!(
+                "2025-11-26 08:00:{:02} 10.0.0.{} GET / www.dropbox.com 200 {} 100\n",
+                i % 60,
+                i % 200,
+                i
+            ));
+        }
+        std::fs::write(&w3c, &text).expect("write");
+        let (st, recs, parts) = import_in_parts(&w3c, 4, 1024);
+        assert_eq!((parts, st.records, recs.len()), (1, 2000, 2000), "{st:?}");
+
+        let gz = dir.path().join("access.log.gz");
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut enc, awkward_squid_log().as_bytes()).expect("gzip");
+        std::fs::write(&gz, enc.finish().expect("gzip")).expect("write");
+        let (st, _, parts) = import_in_parts(&gz, 4, 64);
+        assert_eq!(parts, 1);
+        assert!(st.records > 2800, "{st:?}");
     }
 
     #[test]

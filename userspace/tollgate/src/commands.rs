@@ -425,6 +425,7 @@ pub struct DiscoverArgs<'a> {
     pub summary: bool,
     pub output: Option<&'a Path>,
     pub config: Option<&'a Path>,
+    pub threads: usize,
     pub files: &'a [PathBuf],
 }
 
@@ -441,6 +442,7 @@ pub fn discover(args: &DiscoverArgs<'_>) -> Result<(), Failure> {
     let mut opts = DiscoverOptions {
         format,
         include_flows: args.flows || args.summary,
+        threads: args.threads,
         ..Default::default()
     };
     opts.logs.custom = cfg.log_formats.clone();

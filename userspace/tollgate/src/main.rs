@@ -89,6 +89,9 @@ enum Command {
         /// Config with users, custom apps, tags and custom log formats.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Threads a large plain log file is read on, in parts (0: one per core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -359,6 +362,7 @@ fn main() -> ExitCode {
             summary,
             output,
             config,
+            threads,
             files,
         } => commands::discover(&commands::DiscoverArgs {
             format: match format {
@@ -371,6 +375,7 @@ fn main() -> ExitCode {
             summary,
             output: output.as_deref(),
             config: config.as_deref(),
+            threads,
             files: &files,
         }),
         Command::Collect { config } => commands::collect(&config),

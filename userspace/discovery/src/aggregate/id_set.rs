@@ -1,0 +1,117 @@
+//! A set of interned ids (the aggregator's small, dense numbers for users and sources).
+
+type HashSet<T> = std::collections::HashSet<T, ahash::RandomState>;
+
+/// Sparse sets stay hash sets until they hold this many ids.
+const DENSE_FROM: usize = 256;
+/// Bits a hash set spends per id, about (4 bytes of key and 1 of control, at 7/8 load).
+const HASH_BITS_PER_ID: usize = 48;
+
+/// A hash set while it is sparse, a bitmap once the bitmap would be no larger: the big sets
+/// (an app's users and source addresses over a large log) then cost a bit test per record
+/// instead of a hash probe into a table that no longer fits the cache, and never more memory
+/// than the hash set they replace.
+#[derive(Debug, Clone)]
+pub(super) enum IdSet {
+    Sparse(HashSet<u32>),
+    Dense { bits: Vec<u64>, len: usize },
+}
+
+impl Default for IdSet {
+    fn default() -> Self {
+        IdSet::Sparse(HashSet::default())
+    }
+}
+
+impl IdSet {
+    pub(super) fn len(&self) -> usize {
+        match self {
+            IdSet::Sparse(s) => s.len(),
+            IdSet::Dense { len, .. } => *len,
+        }
+    }
+
+    pub(super) fn insert(&mut self, id: u32) -> bool {
+        match self {
+            IdSet::Dense { bits, len } => {
+                let word = (id / 64) as usize;
+                if word >= bits.len() {
+                    bits.resize(word + 1, 0);
+                }
+                let mask = 1u64 << (id % 64);
+                match bits.get_mut(word) {
+                    Some(w) if *w & mask == 0 => {
+                        *w |= mask;
+                        *len += 1;
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            IdSet::Sparse(s) => {
+                let new = s.insert(id);
+                // Looked at each time the set doubles: amortised O(1).
+                if new && s.len() >= DENSE_FROM && s.len().is_power_of_two() {
+                    let max = s.iter().copied().max().unwrap_or(0) as usize;
+                    if max < s.len() * HASH_BITS_PER_ID {
+                        let mut bits = vec![0u64; max / 64 + 1];
+                        for &i in s.iter() {
+                            if let Some(w) = bits.get_mut((i / 64) as usize) {
+                                *w |= 1u64 << (i % 64);
+                            }
+                        }
+                        *self = IdSet::Dense { bits, len: s.len() };
+                    }
+                }
+                new
+            }
+        }
+    }
+
+    pub(super) fn iter(&self) -> Box<dyn Iterator<Item = u32> + '_> {
+        match self {
+            IdSet::Sparse(s) => Box::new(s.iter().copied()),
+            IdSet::Dense { bits, .. } => Box::new(bits.iter().enumerate().flat_map(|(w, &b)| {
+                (0..64u32)
+                    .filter(move |i| b & (1u64 << i) != 0)
+                    .map(move |i| (w as u32) * 64 + i)
+            })),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sparse_and_dense_sets_agree_with_a_reference() {
+        let mut set = IdSet::default();
+        let mut reference = std::collections::BTreeSet::new();
+        // Dense ids first (the set turns into a bitmap), then repeats and far ids.
+        let ids = (0..5000u32)
+            .map(|i| (i * 7919) % 3000)
+            .chain([2999, 0, 70_000, 70_000, 64, 63]);
+        for id in ids {
+            assert_eq!(set.insert(id), reference.insert(id), "insert {id}");
+            assert_eq!(set.len(), reference.len());
+        }
+        assert!(
+            matches!(set, IdSet::Dense { .. }),
+            "3000 dense ids make a bitmap"
+        );
+        let mut got: Vec<u32> = set.iter().collect();
+        got.sort_unstable();
+        assert_eq!(got, reference.into_iter().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_sparse_set_of_far_apart_ids_stays_a_hash_set() {
+        let mut set = IdSet::default();
+        for i in 0..1024u32 {
+            set.insert(i * 100_000);
+        }
+        assert!(matches!(set, IdSet::Sparse(_)));
+        assert_eq!(set.len(), 1024);
+    }
+}
