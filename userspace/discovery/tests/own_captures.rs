@@ -102,8 +102,9 @@ fn chromium_at_mtu_1400_tls_and_quic() {
     );
 }
 
-/// The in-memory path (files up to IN_MEMORY_MAX) and the streaming path (larger files)
-/// give the same records, for pcap and (with the nDPI corpus present) pcapng.
+/// Parsing a capture held in memory (`import_bytes`, what the fuzz target drives) and
+/// streaming it (`import_reader`, what `tollgate discover` does) give the same records, for
+/// pcap and (with the nDPI corpus present) pcapng.
 #[test]
 fn streaming_and_in_memory_imports_agree() {
     use tollgate_discovery::pcap::{import_bytes, import_reader};

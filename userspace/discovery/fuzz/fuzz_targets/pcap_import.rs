@@ -1,13 +1,14 @@
 //! Whole capture files: pcap-file's parsers, the L2-L4 decoder and the flow table with all
 //! the parsers behind it. The first byte picks pcap or pcapng framing so the fuzzer need not
-//! find the magic numbers.
+//! find the magic numbers. The same file streamed through a small buffer (its size also from
+//! the first byte) must give the same counts as the in-memory parse.
 #![no_main]
 
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 use tollgate_discovery::flow_table::{FlowTable, FlowTableLimits};
-use tollgate_discovery::pcap::import_bytes;
+use tollgate_discovery::pcap::{import_bytes, import_stream};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&sel, rest)) = data.split_first() else { return };
@@ -29,8 +30,20 @@ fuzz_target!(|data: &[u8]| {
         max_flows: 256,
         ..FlowTableLimits::default()
     });
-    if import_bytes(Path::new("fuzz"), &file, &mut t).is_ok() {
+    let whole = import_bytes(Path::new("fuzz"), &file, &mut t);
+    if whole.is_ok() {
         let _ = t.records().count();
         let _ = t.stats();
+    }
+    let mut u = FlowTable::new(FlowTableLimits {
+        max_flows: 256,
+        ..FlowTableLimits::default()
+    });
+    let ng = file.starts_with(&[0x0a, 0x0d, 0x0d, 0x0a]);
+    let streamed = import_stream(Path::new("fuzz"), &file[..], ng, &mut u, 1 + usize::from(sel / 3));
+    match (whole, streamed) {
+        (Ok(a), Ok(b)) => assert_eq!(a, b, "streamed and in-memory counts differ"),
+        (Err(_), Err(_)) => {}
+        (a, b) => panic!("in memory {a:?}, streamed {b:?}"),
     }
 });
