@@ -7,25 +7,34 @@ const DENSE_FROM: usize = 256;
 /// Bits a hash set spends per id, about (4 bytes of key and 1 of control, at 7/8 load).
 const HASH_BITS_PER_ID: usize = 48;
 
-/// A hash set while it is sparse, a bitmap once the bitmap would be no larger: the big sets
-/// (an app's users and source addresses over a large log) then cost a bit test per record
-/// instead of a hash probe into a table that no longer fits the cache, and never more memory
-/// than the hash set they replace.
+/// Ids held in place before a set moves to the heap (fits in the hash set's own size).
+const INLINE: usize = 12;
+
+/// A few ids in place, then a hash set while it is sparse, then a bitmap once the bitmap
+/// would be no larger. Most sets are small (a source address's apps, an unknown domain's
+/// users) and cost neither an allocation nor a hash; the big ones (an app's users and
+/// source addresses over a large log) cost a bit test per record instead of a hash probe
+/// into a table that no longer fits the cache, and never more memory than a hash set.
 #[derive(Debug, Clone)]
 pub(super) enum IdSet {
+    Inline { len: u8, ids: [u32; INLINE] },
     Sparse(HashSet<u32>),
     Dense { bits: Vec<u64>, len: usize },
 }
 
 impl Default for IdSet {
     fn default() -> Self {
-        IdSet::Sparse(HashSet::default())
+        IdSet::Inline {
+            len: 0,
+            ids: [0; INLINE],
+        }
     }
 }
 
 impl IdSet {
     pub(super) fn len(&self) -> usize {
         match self {
+            IdSet::Inline { len, .. } => usize::from(*len),
             IdSet::Sparse(s) => s.len(),
             IdSet::Dense { len, .. } => *len,
         }
@@ -33,6 +42,23 @@ impl IdSet {
 
     pub(super) fn insert(&mut self, id: u32) -> bool {
         match self {
+            IdSet::Inline { len, ids } => {
+                let n = usize::from(*len);
+                if ids.iter().take(n).any(|&x| x == id) {
+                    return false;
+                }
+                if n < INLINE {
+                    if let Some(slot) = ids.get_mut(n) {
+                        *slot = id;
+                        *len += 1;
+                    }
+                } else {
+                    let mut set: HashSet<u32> = ids.iter().copied().collect();
+                    set.insert(id);
+                    *self = IdSet::Sparse(set);
+                }
+                true
+            }
             IdSet::Dense { bits, len } => {
                 let word = (id / 64) as usize;
                 if word >= bits.len() {
@@ -70,6 +96,7 @@ impl IdSet {
 
     pub(super) fn iter(&self) -> Box<dyn Iterator<Item = u32> + '_> {
         match self {
+            IdSet::Inline { len, ids } => Box::new(ids.iter().take(usize::from(*len)).copied()),
             IdSet::Sparse(s) => Box::new(s.iter().copied()),
             IdSet::Dense { bits, .. } => Box::new(bits.iter().enumerate().flat_map(|(w, &b)| {
                 (0..64u32)
@@ -110,6 +137,12 @@ mod tests {
         let mut set = IdSet::default();
         for i in 0..1024u32 {
             set.insert(i * 100_000);
+            if i < 12 {
+                assert!(
+                    matches!(set, IdSet::Inline { .. }),
+                    "a few ids stay in place"
+                );
+            }
         }
         assert!(matches!(set, IdSet::Sparse(_)));
         assert_eq!(set.len(), 1024);
