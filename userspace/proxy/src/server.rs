@@ -370,7 +370,10 @@ async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
         shared.server_h1.clone()
     };
     let start = tokio_rustls::StartHandshake::from_parts(*accepted, tcp);
-    let tls = match tokio::time::timeout(hs_timeout, start.into_stream(cfg)).await {
+    // The handshake and the HTTP connection below are boxed: inline, the connection task
+    // would be as large as its largest phase (~8 KiB) for its whole life; boxed, each phase
+    // holds only what it uses, and the handshake's memory goes when it ends.
+    let tls = match tokio::time::timeout(hs_timeout, Box::pin(start.into_stream(cfg))).await {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => {
             let how = handshake_end(&e);
@@ -448,7 +451,7 @@ async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
             .max_concurrent_streams(256)
             .keep_alive_interval(Some(Duration::from_secs(60)))
             .serve_connection(TokioIo::new(tls), svc);
-        tokio::pin!(conn);
+        let mut conn = Box::pin(conn);
         tokio::select! {
             r = conn.as_mut() => r,
             _ = activity.expired(idle) => {
@@ -477,7 +480,7 @@ async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
             .max_buf_size(cfg.max_header_bytes.max(8192))
             .serve_connection(TokioIo::new(guard), svc)
             .with_upgrades();
-        tokio::pin!(conn);
+        let mut conn = Box::pin(conn);
         tokio::select! {
             r = conn.as_mut() => r,
             _ = activity.expired(idle) => {
