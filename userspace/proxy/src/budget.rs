@@ -154,6 +154,34 @@ impl Share {
         Ok(())
     }
 
+    /// Grow the share to `total` bytes in one piece: at once if the memory is free now;
+    /// otherwise the share gives back what it holds and waits for the whole `total`, so that
+    /// it never holds part of the budget while it waits for more (shares doing that could
+    /// wait for each other until they time out).
+    pub async fn grow_whole(&mut self, total: usize) -> Result<(), Exhausted> {
+        if self.need(total)?.is_none() || self.try_grow(total).is_ok() {
+            return Ok(());
+        }
+        self.permit = None;
+        self.units = 0;
+        self.grow(total).await
+    }
+
+    /// Give back what the share holds beyond `total` bytes (a reservation larger than the
+    /// body turned out to be).
+    pub fn shrink(&mut self, total: usize) {
+        let keep = units_for(total);
+        if keep >= self.units {
+            return;
+        }
+        if keep == 0 {
+            self.permit = None;
+        } else if let Some(p) = &mut self.permit {
+            drop(p.split(self.units - keep));
+        }
+        self.units = keep;
+    }
+
     /// Count a refusal (the caller gives up on this share).
     pub fn refused(&self) {
         self.budget.refusals.fetch_add(1, Ordering::Relaxed);
@@ -214,5 +242,54 @@ mod tests {
         assert_eq!(d.try_grow(5 * 1024), Err(Exhausted), "no waiting");
         assert!(d.try_grow(4 * 1024).is_ok());
         assert!(b.waits.load(Ordering::Relaxed) >= 1);
+    }
+
+    #[tokio::test]
+    async fn shrink_gives_back_the_excess() {
+        let b = Budget::new(8 * 1024);
+        let mut a = b.share();
+        a.grow(8 * 1024).await.unwrap();
+        a.shrink(3 * 1024 - 100);
+        assert_eq!(a.bytes(), 3 * 1024);
+        assert_eq!(b.in_use(), 3 * 1024);
+        a.shrink(10 * 1024);
+        assert_eq!(b.in_use(), 3 * 1024, "shrinking never grows");
+        a.shrink(0);
+        assert_eq!((a.bytes(), b.in_use()), (0, 0));
+        a.grow(1024).await.unwrap();
+        assert_eq!(b.in_use(), 1024, "a shrunk share can grow again");
+    }
+
+    /// Two shares that each hold half the budget and want more: with `grow_whole` the one
+    /// that waits gives back what it holds, so the other can finish.
+    #[tokio::test]
+    async fn grow_whole_never_holds_while_waiting() {
+        let b = Budget::new(8 * 1024);
+        let mut a = b.share();
+        a.grow(4 * 1024).await.unwrap();
+        let mut c = b.share();
+        c.grow(4 * 1024).await.unwrap();
+        let waiter = {
+            let mut c = c;
+            tokio::spawn(async move {
+                c.grow_whole(6 * 1024).await.unwrap();
+                c
+            })
+        };
+        // The waiter let go of its 4 KiB: `a` gets the rest of the budget without waiting.
+        a.grow(8 * 1024).await.unwrap();
+        assert_eq!(b.in_use(), 8 * 1024);
+        assert!(!waiter.is_finished());
+        drop(a);
+        let c = waiter.await.unwrap();
+        assert_eq!((c.bytes(), b.in_use()), (6 * 1024, 6 * 1024));
+        let mut d = b.share();
+        assert_eq!(
+            d.grow_whole(9 * 1024).await,
+            Err(Exhausted),
+            "larger than all"
+        );
+        d.grow_whole(2 * 1024).await.unwrap();
+        assert_eq!(b.in_use(), 8 * 1024);
     }
 }

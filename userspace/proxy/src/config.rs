@@ -78,7 +78,8 @@ pub struct ProxyConfig {
     pub max_connections_per_client: usize,
     /// Memory for every body buffered or decoded for inspection, all connections together.
     /// A body that cannot get its share waits (up to `body_read_timeout_secs`) and is then
-    /// refused with 503; the proxy never goes past this.
+    /// refused with 503; the proxy never goes past this. A download whose content a policy
+    /// scans takes its share (up to 1 MiB, then its length) before its request is sent.
     pub max_buffered_bytes: ByteSize,
     /// A connection (HTTP/1.1 or HTTP/2 without a request in flight, a splice, a WebSocket
     /// tunnel) with no traffic for this long is closed.

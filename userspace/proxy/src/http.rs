@@ -167,9 +167,9 @@ fn framing_problem(req: &Request<Incoming>) -> Option<&'static str> {
     None
 }
 
-/// Largest frame a buffered body is handed on in. hyper's HTTP/1 writer copies each frame
-/// into its write buffer whole: a 16 MiB frame would be a second 16 MiB copy, outside the
-/// inspection memory budget; slices of the buffered bytes cost nothing.
+/// Largest frame a buffered body is handed on in. hyper's writers may copy a frame whole
+/// (HTTP/2 framing; HTTP/1 when it flattens writes): a 16 MiB frame would be a second 16 MiB
+/// copy, outside the inspection memory budget; slices of the buffered bytes cost nothing.
 const SLICE: usize = 16 * 1024;
 
 /// A buffered body handed on in [`SLICE`]-sized frames (zero-copy slices).
@@ -313,8 +313,13 @@ async fn buffer(
                 .unwrap_or(usize::MAX)
                 .min(cap.saturating_mul(2).saturating_add(1));
             waiting.store(true, Relaxed);
-            share.grow(want).await.map_err(|_| BufferError::Busy)?;
+            share
+                .grow_whole(want)
+                .await
+                .map_err(|_| BufferError::Busy)?;
             waiting.store(false, Relaxed);
+            // A download admitted with a larger reservation gives back what it does not need.
+            share.shrink(want);
             buf.reserve(want.min(cap.saturating_add(1)));
         }
         loop {
@@ -350,6 +355,10 @@ async fn buffer(
         Err(_) if waiting.load(Relaxed) => return Err(BufferError::Busy),
         Err(_) => return Err(BufferError::Timeout),
     };
+    if expected.is_none() {
+        // Counted at capacity; an admission reservation beyond it goes back.
+        share.shrink(buf.capacity());
+    }
     let bytes = buf.freeze();
     Ok(if complete {
         Buffered::Complete(bytes)
@@ -454,6 +463,11 @@ impl ConnCtx {
 
     /// Inspect a body against the transfer rules of `policies` for this app (uploads or
     /// downloads), buffering as the rules need. `piece`: the body is a 206 piece of a file.
+    /// `reserved`: memory taken for it before the request went out (see [`Self::admit`]).
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the body, what is known about it, and the memory reserved for it"
+    )]
     async fn inspect(
         &self,
         policies: &Arc<Policies>,
@@ -462,6 +476,7 @@ impl ConnCtx {
         boundary: Result<Option<String>, &'static str>,
         body: ProxyBody,
         piece: bool,
+        reserved: Option<Share>,
     ) -> Inspected {
         let cfg = &self.shared.cfg;
         let rules = policies.transfer_rules(&self.app, upload);
@@ -504,7 +519,7 @@ impl ConnCtx {
             .filter_map(|r| r.rule.max_size())
             .min();
         let cap = usize::try_from(cfg.max_inspect_bytes.0).unwrap_or(usize::MAX);
-        let mut share = self.shared.budget.share();
+        let mut share = reserved.unwrap_or_else(|| self.shared.budget.share());
         // A form body is scanned form-decoded, a second copy: reserved with the body.
         let form = meta.content_type.as_deref() == Some("application/x-www-form-urlencoded");
         let expected = meta
@@ -656,6 +671,29 @@ impl ConnCtx {
             .unwrap_or_else(|e| (None, Some(format!("inspection failed: {e}")), spare))
     }
 }
+
+/// Copies the request target and header values out of the client connection's read buffer.
+/// hyper hands them out as slices of that buffer, which keeps the whole buffer (8 KiB or more)
+/// alive; a request that waits for admission then holds it as well as the connection's next
+/// read buffer. A value that does not copy cleanly stays as it is.
+fn detach(head: &mut http::request::Parts) {
+    if let Ok(u) = Uri::try_from(head.uri.to_string()) {
+        head.uri = u;
+    }
+    for v in head.headers.values_mut() {
+        if let Ok(c) = HeaderValue::from_bytes(v.as_bytes()) {
+            let sensitive = v.is_sensitive();
+            *v = c;
+            v.set_sensitive(sensitive);
+        }
+    }
+}
+
+/// Inspection memory a download that scans content reserves before its request goes to the
+/// origin. Most inspected downloads (pages, API answers, documents) fit; a larger one asks for
+/// the rest once its length is known. The default 256 MiB budget admits 256 at once, the
+/// default number of connections to one origin.
+const ADMIT_RESERVE: usize = 1024 * 1024;
 
 /// Why a body was refused for lack of inspection memory (answered 503).
 const BUDGET_EXHAUSTED: &str = "the gateway's inspection memory is taken by other transfers";
@@ -1022,6 +1060,8 @@ impl ConnCtx {
         }
         let body_idle = Duration::from_secs(self.shared.cfg.body_idle_timeout_secs);
         let mut body: ProxyBody = body.map_err(BoxError::from).boxed();
+        // An inspected upload may hold a share of the budget until it is sent.
+        let mut upload_held = false;
         if concerned && !body.is_end_stream() {
             let rules = policies.transfer_rules(&self.app, true);
             if !rules.is_empty() {
@@ -1029,7 +1069,9 @@ impl ConnCtx {
                 let boundary = header_str(&parts.headers, header::CONTENT_TYPE)
                     .map_or(Ok(None), policy::multipart_boundary);
                 let ins =
-                    Box::pin(self.inspect(&policies, true, meta, boundary, body, false)).await;
+                    Box::pin(self.inspect(&policies, true, meta, boundary, body, false, None))
+                        .await;
+                upload_held = !ins.busy;
                 body = ins.body;
                 if let Some(d) = ins.decision {
                     self.audit(&info, &d);
@@ -1053,12 +1095,78 @@ impl ConnCtx {
             body = IdleBody::new(body, body_idle).boxed();
         }
 
+        // A response that will be buffered for inspection is admitted before the request goes
+        // to the origin: a transfer waiting for inspection memory holds no origin connection
+        // and no half-read response, only its client connection.
+        let reserved = if downloads_judged
+            && method != Method::HEAD.as_str()
+            && policies
+                .transfer_rules(&self.app, false)
+                .iter()
+                .any(|r| r.rule.reads_content())
+        {
+            match self.admit(!upload_held, &mut parts).await {
+                Ok(s) => s,
+                Err(d) => {
+                    self.audit(&info, &d);
+                    return self.busy(html, &d);
+                }
+            }
+        } else {
+            None
+        };
+
         let resp = match self.forward(parts, body, &authority).await {
             Ok(r) => r,
             Err(msg) => return self.upstream_failed(html, &msg),
         };
-        self.judge_response(&policies, concerned, &info, html, resp)
+        self.judge_response(&policies, concerned, &info, html, resp, reserved)
             .await
+    }
+
+    /// Reserve inspection memory for a download before its request is sent. Waits (up to
+    /// `body_read_timeout_secs`, as a body waiting for its share does) unless `wait` is false:
+    /// a request whose inspected upload holds memory only takes the reservation if it is free
+    /// now, and is otherwise buffered after the response comes (a share never waits while
+    /// another one of the same transfer holds memory). A reservation that does not come in
+    /// time is refused and counted, like a body's share.
+    async fn admit(
+        &self,
+        wait: bool,
+        head: &mut http::request::Parts,
+    ) -> Result<Option<Share>, Decision> {
+        let budget = &self.shared.budget;
+        let reserve = ADMIT_RESERVE
+            .min(usize::try_from(self.shared.cfg.max_inspect_bytes.0).unwrap_or(usize::MAX))
+            .min(usize::try_from(budget.capacity()).unwrap_or(usize::MAX));
+        let mut share = budget.share();
+        if share.try_grow(reserve).is_ok() {
+            return Ok(Some(share));
+        }
+        if !wait {
+            return Ok(None);
+        }
+        // The origin connection opened for this client's handshake is not kept idle while
+        // this transfer waits: others may use it.
+        let first = self.first.lock().ok().and_then(|mut g| g.take());
+        if let Some(Conn::H1(h)) = first {
+            self.shared.pool.put_h1(self.key.clone(), h);
+        }
+        detach(head);
+        let timeout = Duration::from_secs(self.shared.cfg.body_read_timeout_secs);
+        match tokio::time::timeout(timeout, share.grow(reserve)).await {
+            Ok(Ok(())) => Ok(Some(share)),
+            _ => {
+                share.refused();
+                Err(Decision {
+                    action: Action::Block,
+                    policy: "inspection limit".into(),
+                    stage: "download",
+                    reason: BUDGET_EXHAUSTED.into(),
+                    evidence: Vec::new(),
+                })
+            }
+        }
     }
 
     /// Download inspection of a response (also of a refused upgrade).
@@ -1069,6 +1177,7 @@ impl ConnCtx {
         info: &RequestInfo<'_>,
         html: bool,
         resp: Response<ProxyBody>,
+        reserved: Option<Share>,
     ) -> Response<ProxyBody> {
         let body_idle = Duration::from_secs(self.shared.cfg.body_idle_timeout_secs);
         let (mut rparts, rbody) = resp.into_parts();
@@ -1081,7 +1190,9 @@ impl ConnCtx {
             let boundary = header_str(&rparts.headers, header::CONTENT_TYPE)
                 .map_or(Ok(None), policy::multipart_boundary);
             let piece = rparts.status == StatusCode::PARTIAL_CONTENT;
-            let ins = Box::pin(self.inspect(policies, false, meta, boundary, rbody, piece)).await;
+            let ins =
+                Box::pin(self.inspect(policies, false, meta, boundary, rbody, piece, reserved))
+                    .await;
             if let Some(d) = &ins.decision {
                 self.audit(info, d);
                 if ins.busy {
@@ -1168,6 +1279,7 @@ impl ConnCtx {
                 info,
                 html,
                 Response::from_parts(p, b.map_err(BoxError::from).boxed()),
+                None,
             ))
             .await;
             let (mut p, b) = judged.into_parts();
@@ -1291,5 +1403,47 @@ impl ConnCtx {
             }
         }
         Err("request to the server failed".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `detach` keeps the request head as it was, in memory of its own.
+    #[test]
+    fn detach_copies_the_head_out_of_the_read_buffer() {
+        let buf = Bytes::from_static(b"/files/a%20b?x=1 text/html; q=0.9 \xe9t\xe9");
+        let inside = |p: *const u8| {
+            let r = buf.as_ptr_range();
+            r.contains(&p)
+        };
+        let (mut head, ()) = Request::builder()
+            .uri(Uri::from_maybe_shared(buf.slice(0..16)).unwrap())
+            .header(
+                header::ACCEPT,
+                HeaderValue::from_maybe_shared(buf.slice(17..33)).unwrap(),
+            )
+            .header(
+                "x-latin",
+                HeaderValue::from_maybe_shared(buf.slice(34..)).unwrap(),
+            )
+            .body(())
+            .unwrap()
+            .into_parts();
+        let mut secret = HeaderValue::from_static("Bearer abc");
+        secret.set_sensitive(true);
+        head.headers.insert(header::AUTHORIZATION, secret);
+        assert!(inside(head.headers[header::ACCEPT].as_bytes().as_ptr()));
+        detach(&mut head);
+        assert_eq!(head.uri, "/files/a%20b?x=1");
+        assert_eq!(head.uri.query(), Some("x=1"));
+        assert_eq!(head.headers[header::ACCEPT], "text/html; q=0.9");
+        assert_eq!(head.headers["x-latin"].as_bytes(), b"\xe9t\xe9");
+        assert!(head.headers[header::AUTHORIZATION].is_sensitive());
+        for v in head.headers.values() {
+            assert!(!inside(v.as_bytes().as_ptr()), "{v:?} still in the buffer");
+        }
+        assert!(!inside(head.uri.path().as_ptr()));
     }
 }

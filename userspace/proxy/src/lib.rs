@@ -33,8 +33,10 @@
 //! under session control) follow `uninspectable` (default: closed); every splice of a
 //! steered connection is audited. The proxy never connects to loopback, link-local,
 //! multicast, unspecified, its own or `protected_destinations` addresses. Bodies buffered or
-//! decoded for inspection share one memory budget (`max_buffered_bytes`); decoding and
-//! scanning run on the blocking pool.
+//! decoded for inspection share one memory budget (`max_buffered_bytes`); a download whose
+//! content a policy scans reserves its share before the request goes to the origin, so a
+//! transfer waiting for memory holds no origin connection. Decoding and scanning run on the
+//! blocking pool.
 //!
 //! # For the daemon
 //!

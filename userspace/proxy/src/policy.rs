@@ -120,10 +120,14 @@ impl CTransfer {
             .content_encoding
             .as_deref()
             .is_some_and(|c| !c.trim().is_empty() && !c.trim().eq_ignore_ascii_case("identity"));
-        !self.content.is_empty()
-            || !self.custom.is_empty()
+        self.reads_content()
             || (multipart && (!self.exts.is_empty() || !self.mimes.is_empty()))
             || (self.max_size.is_some() && (meta.size.is_none() || coded))
+    }
+
+    /// The rule scans content: every body it judges is buffered, whatever its headers say.
+    pub fn reads_content(&self) -> bool {
+        !self.content.is_empty() || !self.custom.is_empty()
     }
 
     fn is_empty(&self) -> bool {

@@ -370,7 +370,10 @@ async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
         shared.server_h1.clone()
     };
     let start = tokio_rustls::StartHandshake::from_parts(*accepted, tcp);
-    let tls = match tokio::time::timeout(hs_timeout, start.into_stream(cfg)).await {
+    // The handshake and the HTTP connection below are boxed: inline, the connection task
+    // would be as large as its largest phase (~8 KiB) for its whole life; boxed, each phase
+    // holds only what it uses, and the handshake's memory goes when it ends.
+    let tls = match tokio::time::timeout(hs_timeout, Box::pin(start.into_stream(cfg))).await {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => {
             let how = handshake_end(&e);
@@ -448,7 +451,7 @@ async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
             .max_concurrent_streams(256)
             .keep_alive_interval(Some(Duration::from_secs(60)))
             .serve_connection(TokioIo::new(tls), svc);
-        tokio::pin!(conn);
+        let mut conn = Box::pin(conn);
         tokio::select! {
             r = conn.as_mut() => r,
             _ = activity.expired(idle) => {
@@ -465,14 +468,19 @@ async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
             verdict,
         );
         let conn = hyper::server::conn::http1::Builder::new()
-            // One TLS record (and one write) per response head + small body, not one per part.
-            .writev(false)
+            // Vectored writes: hyper queues the body's frames (slices of an inspected body, or
+            // the origin's) instead of copying them into a write buffer of its own, which
+            // grows to `max_buf_size` and stays that large for the life of the connection
+            // (64 KiB and more for every client connection that ever received a large body).
+            // rustls still puts a response head and a small body in one TLS record and one
+            // write (`Linger` and `H1Guard` pass the vectored writes through).
+            .writev(true)
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(cfg.header_read_timeout_secs))
             .max_buf_size(cfg.max_header_bytes.max(8192))
             .serve_connection(TokioIo::new(guard), svc)
             .with_upgrades();
-        tokio::pin!(conn);
+        let mut conn = Box::pin(conn);
         tokio::select! {
             r = conn.as_mut() => r,
             _ = activity.expired(idle) => {
@@ -548,6 +556,19 @@ impl tokio::io::AsyncWrite for Linger {
             Ok(io) => std::pin::Pin::new(io).poll_write(cx, buf),
             Err(e) => std::task::Poll::Ready(Err(e)),
         }
+    }
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.io() {
+            Ok(io) => std::pin::Pin::new(io).poll_write_vectored(cx, bufs),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.as_ref().is_none_or(|io| io.is_write_vectored())
     }
     fn poll_flush(
         mut self: std::pin::Pin<&mut Self>,

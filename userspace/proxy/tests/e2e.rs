@@ -1608,6 +1608,211 @@ async fn upload_burst_stays_within_the_budget() {
     assert_eq!(st.buffered_bytes, 0, "memory not given back: {st:?}");
 }
 
+const DOWNLOAD_CONTENT_POLICY: &str = r#"
+[[session_policies]]
+name = "no card numbers in downloads"
+apps = ["files"]
+action = "block"
+download = { content = ["credit_card"] }
+"#;
+
+/// An HTTP/1.1 TLS origin that counts its connections and requests; a request for a path
+/// under `/held` gets its answer only when the test adds a permit to `release`.
+struct HeldOrigin {
+    addr: SocketAddr,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
+    requests: Arc<std::sync::atomic::AtomicUsize>,
+    release: Arc<tokio::sync::Semaphore>,
+}
+
+async fn start_held_origin(ca: &TestCa) -> HeldOrigin {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (certs, key) = ca.leaf("files.test");
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let o = HeldOrigin {
+        addr: l.local_addr().unwrap(),
+        connections: Arc::new(AtomicUsize::new(0)),
+        requests: Arc::new(AtomicUsize::new(0)),
+        release: Arc::new(tokio::sync::Semaphore::new(0)),
+    };
+    let (connections, requests, release) =
+        (o.connections.clone(), o.requests.clone(), o.release.clone());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            connections.fetch_add(1, Ordering::SeqCst);
+            let (acceptor, requests, release) =
+                (acceptor.clone(), requests.clone(), release.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let (requests, release) = (requests.clone(), release.clone());
+                    async move {
+                        requests.fetch_add(1, Ordering::SeqCst);
+                        if req.uri().path().starts_with("/held") {
+                            release.acquire().await.unwrap().forget();
+                        }
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
+                            "answer to {}\n",
+                            req.uri().path()
+                        )))))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    o
+}
+
+/// Waits (polling) until `cond` holds; panics after a generous while.
+async fn until(what: &str, cond: impl Fn() -> bool) {
+    for _ in 0..3000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+/// A download that will be buffered for inspection is admitted to the inspection memory
+/// budget before its request goes to the origin: while the budget is taken, a second
+/// download waits holding only its client connection (no origin connection, no request
+/// sent), and goes ahead once the first one is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspected_downloads_are_admitted_before_the_origin_request() {
+    use std::sync::atomic::Ordering::SeqCst;
+    if !have_curl() {
+        eprintln!("skip: curl not installed");
+        return;
+    }
+    let ca = TestCa::new("tollgate test origin CA");
+    let o = start_held_origin(&ca).await;
+    let mib = tollgate_proxy::config::ByteSize(1024 * 1024);
+    let (env, proxy) = start_proxy_with(
+        "admit",
+        o.addr,
+        &ca.issuer.pem(),
+        DOWNLOAD_CONTENT_POLICY,
+        |c| {
+            c.max_inspect_bytes = mib;
+            c.max_buffered_bytes = mib;
+            c.body_read_timeout_secs = 60;
+        },
+    )
+    .await;
+    let get = |path: &'static str| {
+        let ca = env.proxy_ca.clone();
+        tokio::spawn(async move { curl(proxy, "files.test", path, &ca, &["--http1.1"]).await })
+    };
+    let first = get("/held/first");
+    until("the first request reached the origin", || {
+        o.requests.load(SeqCst) == 1
+    })
+    .await;
+    let h = &env.handle;
+    assert_eq!(
+        h.stats().buffered_bytes,
+        mib.0,
+        "the first download's reservation"
+    );
+    let second = get("/second");
+    until("the second download waits or reaches the origin", || {
+        h.stats().budget_waits >= 1 || o.requests.load(SeqCst) > 1
+    })
+    .await;
+    assert_eq!(
+        o.requests.load(SeqCst),
+        1,
+        "the second request went upstream"
+    );
+    assert_eq!(
+        o.connections.load(SeqCst),
+        1,
+        "the waiting download opened an origin connection"
+    );
+    o.release.add_permits(1);
+    let (code, body, err) = first.await.unwrap();
+    assert_eq!(code, 200, "{err}");
+    assert_eq!(body, b"answer to /held/first\n");
+    let (code, body, err) = second.await.unwrap();
+    assert_eq!(code, 200, "{err}");
+    assert_eq!(body, b"answer to /second\n");
+    let st = h.stats();
+    assert_eq!(o.requests.load(SeqCst), 2);
+    assert_eq!(st.budget_refusals, 0, "{st:?}");
+    assert_eq!(st.buffered_bytes, 0, "memory not given back: {st:?}");
+    assert!(st.buffered_bytes_peak <= mib.0, "{st:?}");
+}
+
+/// A download that cannot get its inspection memory reservation in time is refused with 503
+/// (counted, audited) and never sent to the origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_not_admitted_in_time_is_refused() {
+    use std::sync::atomic::Ordering::SeqCst;
+    if !have_curl() {
+        eprintln!("skip: curl not installed");
+        return;
+    }
+    let ca = TestCa::new("tollgate test origin CA");
+    let o = start_held_origin(&ca).await;
+    let mib = tollgate_proxy::config::ByteSize(1024 * 1024);
+    let (env, proxy) = start_proxy_with(
+        "admit-refused",
+        o.addr,
+        &ca.issuer.pem(),
+        DOWNLOAD_CONTENT_POLICY,
+        |c| {
+            c.max_inspect_bytes = mib;
+            c.max_buffered_bytes = mib;
+            c.body_read_timeout_secs = 1;
+        },
+    )
+    .await;
+    let get = |path: &'static str| {
+        let ca = env.proxy_ca.clone();
+        tokio::spawn(async move { curl(proxy, "files.test", path, &ca, &["--http1.1"]).await })
+    };
+    // The first download holds the whole budget while the origin keeps its answer.
+    let first = get("/held/first");
+    until("the first request reached the origin", || {
+        o.requests.load(SeqCst) == 1
+    })
+    .await;
+    let (code, body, err) = get("/refused").await.unwrap();
+    assert_eq!(code, 503, "{err} {}", String::from_utf8_lossy(&body));
+    let st = env.handle.stats();
+    assert_eq!(st.budget_refusals, 1, "{st:?}");
+    assert_eq!(
+        o.requests.load(SeqCst),
+        1,
+        "the refused request went upstream"
+    );
+    until("the refusal is audited", || {
+        audit_log(&env)
+            .lines()
+            .any(|l| l.contains("/refused") && l.contains("inspection memory"))
+    })
+    .await;
+    o.release.add_permits(1);
+    let (code, _, err) = first.await.unwrap();
+    assert_eq!(code, 200, "{err}");
+    assert_eq!(env.handle.stats().buffered_bytes, 0);
+}
+
 /// The proxy connects only to the original destination, never to loopback, the gateway's own
 /// addresses or protected ranges.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
