@@ -265,7 +265,29 @@ enum LogFormat {
     Json,
 }
 
+/// glibc serves an allocation from the heap unless it is at least `M_MMAP_THRESHOLD`, and
+/// raises that threshold (up to 32 MiB) each time a large block is freed: after a while the
+/// session proxy's inspected bodies (up to a MiB each, freed when a transfer ends) all live in
+/// the heap and leave it fragmented. Fixed at 256 KiB, they get mappings of their own that go
+/// back to the kernel when freed: 1,000 concurrent inspected 1 MiB downloads peak at 73 MiB
+/// instead of 93 MiB (`tests/bench/proxy_memory.sh`, which sets the same threshold). An admin's
+/// `MALLOC_MMAP_THRESHOLD_` wins.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn fix_mmap_threshold() {
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; this runs first in main, before
+        // any other thread exists.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn fix_mmap_threshold() {}
+
 fn main() -> ExitCode {
+    fix_mmap_threshold();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::CheckConfig { config } => commands::check_config(&config),
