@@ -253,8 +253,10 @@ struct AppAgg {
     /// Interned user keys and source addresses.
     users: IdSet,
     ips: IdSet,
-    matched_by: BTreeMap<&'static str, u64>,
-    rules: HashMap<String, u64>,
+    /// Matches per [`METHODS`] entry.
+    matched_by: [u64; METHODS.len()],
+    /// The rules that matched and how often (at most `MAX_LISTED`: a scan beats a hash).
+    rules: Vec<(String, u64)>,
     hours: BTreeMap<i64, Counts>,
 }
 
@@ -309,13 +311,18 @@ pub struct Aggregator {
     flows: Vec<FlowRow>,
 }
 
-fn method(src: Option<NameSource>) -> &'static str {
+/// What a match was made by, in the order reports list them (`matched_by` counts per app
+/// are an array indexed by this, not a map keyed by the string).
+const METHODS: [&str; 6] = ["dns", "http", "ip", "log", "quic", "sni"];
+const BY_IP: usize = 2;
+
+fn method(src: Option<NameSource>) -> usize {
     match src {
-        Some(NameSource::Sni) => "sni",
-        Some(NameSource::Quic) => "quic",
-        Some(NameSource::Dns) => "dns",
-        Some(NameSource::Http) => "http",
-        Some(NameSource::Log) | None => "log",
+        Some(NameSource::Dns) => 0,
+        Some(NameSource::Http) => 1,
+        Some(NameSource::Log) | None => 3,
+        Some(NameSource::Quic) => 4,
+        Some(NameSource::Sni) => 5,
     }
 }
 
@@ -409,7 +416,7 @@ impl Aggregator {
                 } else {
                     catalog.classify_ip(rec.dst)
                 },
-                "ip",
+                BY_IP,
             ),
         };
         let app_id = m.map(|m| m.app.id.as_str());
@@ -426,13 +433,13 @@ impl Aggregator {
                     a.users.insert(k);
                 }
                 a.ips.insert(src_ix);
-                *a.matched_by.entry(how).or_default() += 1;
+                if let Some(n) = a.matched_by.get_mut(how) {
+                    *n += 1;
+                }
                 let full = a.rules.len() >= MAX_LISTED;
-                match a.rules.get_mut(m.rule) {
-                    Some(n) => *n += 1,
-                    None if !full => {
-                        a.rules.insert(m.rule.to_owned(), 1);
-                    }
+                match a.rules.iter_mut().find(|(r, _)| r == m.rule) {
+                    Some((_, n)) => *n += 1,
+                    None if !full => a.rules.push((m.rule.to_owned(), 1)),
                     None => {}
                 }
                 hour_bucket(&mut a.hours, hour).add(rec);
@@ -522,7 +529,7 @@ impl Aggregator {
                 user: who.user.map(str::to_owned),
                 device: who.device.map(str::to_owned),
                 app: app_id.map(str::to_owned),
-                matched_by: m.map(|_| how.to_owned()),
+                matched_by: m.and_then(|_| METHODS.get(how)).map(|h| (*h).to_owned()),
                 rule: m.map(|m| m.rule.to_owned()),
                 bytes_up: rec.bytes_up,
                 bytes_down: rec.bytes_down,
@@ -594,16 +601,14 @@ impl Aggregator {
             for s in o.ips.iter().filter_map(|s| map(&source_map, s)) {
                 a.ips.insert(s);
             }
-            for (how, n) in o.matched_by {
-                *a.matched_by.entry(how).or_default() += n;
+            for (mine, theirs) in a.matched_by.iter_mut().zip(o.matched_by) {
+                *mine += theirs;
             }
             for (rule, n) in o.rules {
                 let full = a.rules.len() >= MAX_LISTED;
-                match a.rules.get_mut(&rule) {
-                    Some(m) => *m += n,
-                    None if !full => {
-                        a.rules.insert(rule, n);
-                    }
+                match a.rules.iter_mut().find(|(r, _)| *r == rule) {
+                    Some((_, m)) => *m += n,
+                    None if !full => a.rules.push((rule, n)),
                     None => {}
                 }
             }
@@ -692,8 +697,8 @@ impl Aggregator {
                 span,
                 users: IdSet::default(),
                 ips: IdSet::default(),
-                matched_by: BTreeMap::new(),
-                rules: HashMap::default(),
+                matched_by: [0; METHODS.len()],
+                rules: Vec::new(),
                 hours: BTreeMap::new(),
             },
         ));
@@ -823,14 +828,15 @@ impl Aggregator {
         let app_details = apps
             .iter()
             .map(|(id, a)| {
-                let mut rules: Vec<(&String, &u64)> = a.rules.iter().collect();
+                let mut rules: Vec<(&String, &u64)> = a.rules.iter().map(|(r, n)| (r, n)).collect();
                 rules.sort_by(|x, y| y.1.cmp(x.1).then(x.0.cmp(y.0)));
                 AppDetail {
                     id: (*id).clone(),
-                    matched_by: a
-                        .matched_by
+                    matched_by: METHODS
                         .iter()
-                        .map(|(k, v)| ((*k).to_owned(), *v))
+                        .zip(a.matched_by)
+                        .filter(|(_, n)| *n > 0)
+                        .map(|(k, n)| ((*k).to_owned(), n))
                         .collect(),
                     rules: rules.into_iter().map(|(r, _)| r.clone()).collect(),
                     hourly: hourly(&a.hours),
