@@ -189,13 +189,7 @@ pub fn import_bytes(
             match parser.next_packet(rest) {
                 Ok((r, pkt)) => {
                     rest = r;
-                    feed(
-                        &mut stats,
-                        table,
-                        link,
-                        &pkt.data,
-                        to_datetime(pkt.timestamp),
-                    );
+                    feed_pcap(&mut stats, table, link, &pkt);
                 }
                 Err(_) => {
                     stats.truncated = true;
@@ -326,13 +320,7 @@ pub fn import_stream<R: Read>(
                 data.len() - rest.len()
             }),
             (None, Some(parser), Some(link)) => parser.next_packet(data).map(|(rest, pkt)| {
-                feed(
-                    &mut stats,
-                    table,
-                    link,
-                    &pkt.data,
-                    to_datetime(pkt.timestamp),
-                );
+                feed_pcap(&mut stats, table, link, &pkt);
                 data.len() - rest.len()
             }),
             _ => break,
@@ -352,6 +340,16 @@ pub fn import_stream<R: Read>(
         }
     }
     Ok(stats)
+}
+
+/// One classic pcap record.
+fn feed_pcap(
+    stats: &mut PcapStats,
+    table: &mut FlowTable,
+    link: LinkType,
+    pkt: &pcap_file::pcap::PcapPacket<'_>,
+) {
+    feed(stats, table, link, &pkt.data, to_datetime(pkt.timestamp));
 }
 
 fn feed(

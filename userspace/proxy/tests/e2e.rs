@@ -1688,6 +1688,64 @@ async fn until(what: &str, cond: impl Fn() -> bool) {
     panic!("never happened: {what}");
 }
 
+/// A proxy whose inspection memory budget is one 1 MiB download, and that download (of
+/// `/held/first`) already running and holding it, its answer held at the origin until
+/// `o.release` gets a permit.
+struct BudgetHeld {
+    o: HeldOrigin,
+    env: Env,
+    proxy: SocketAddr,
+    mib: tollgate_proxy::config::ByteSize,
+    first: tokio::task::JoinHandle<(u16, Vec<u8>, String)>,
+}
+
+impl BudgetHeld {
+    async fn start(tag: &str, body_read_timeout_secs: u64) -> BudgetHeld {
+        use std::sync::atomic::Ordering::SeqCst;
+        let ca = TestCa::new("tollgate test origin CA");
+        let o = start_held_origin(&ca).await;
+        let mib = tollgate_proxy::config::ByteSize(1024 * 1024);
+        let (env, proxy) = start_proxy_with(
+            tag,
+            o.addr,
+            &ca.issuer.pem(),
+            DOWNLOAD_CONTENT_POLICY,
+            |c| {
+                c.max_inspect_bytes = mib;
+                c.max_buffered_bytes = mib;
+                c.body_read_timeout_secs = body_read_timeout_secs;
+            },
+        )
+        .await;
+        let first = get(&env, proxy, "/held/first");
+        until("the first request reached the origin", || {
+            o.requests.load(SeqCst) == 1
+        })
+        .await;
+        BudgetHeld {
+            o,
+            env,
+            proxy,
+            mib,
+            first,
+        }
+    }
+
+    fn get(&self, path: &'static str) -> tokio::task::JoinHandle<(u16, Vec<u8>, String)> {
+        get(&self.env, self.proxy, path)
+    }
+}
+
+/// A download of `path` from files.test through the proxy, running.
+fn get(
+    env: &Env,
+    proxy: SocketAddr,
+    path: &'static str,
+) -> tokio::task::JoinHandle<(u16, Vec<u8>, String)> {
+    let ca = env.proxy_ca.clone();
+    tokio::spawn(async move { curl(proxy, "files.test", path, &ca, &["--http1.1"]).await })
+}
+
 /// A download that will be buffered for inspection is admitted to the inspection memory
 /// budget before its request goes to the origin: while the budget is taken, a second
 /// download waits holding only its client connection (no origin connection, no request
@@ -1699,37 +1757,20 @@ async fn inspected_downloads_are_admitted_before_the_origin_request() {
         eprintln!("skip: curl not installed");
         return;
     }
-    let ca = TestCa::new("tollgate test origin CA");
-    let o = start_held_origin(&ca).await;
-    let mib = tollgate_proxy::config::ByteSize(1024 * 1024);
-    let (env, proxy) = start_proxy_with(
-        "admit",
-        o.addr,
-        &ca.issuer.pem(),
-        DOWNLOAD_CONTENT_POLICY,
-        |c| {
-            c.max_inspect_bytes = mib;
-            c.max_buffered_bytes = mib;
-            c.body_read_timeout_secs = 60;
-        },
-    )
-    .await;
-    let get = |path: &'static str| {
-        let ca = env.proxy_ca.clone();
-        tokio::spawn(async move { curl(proxy, "files.test", path, &ca, &["--http1.1"]).await })
-    };
-    let first = get("/held/first");
-    until("the first request reached the origin", || {
-        o.requests.load(SeqCst) == 1
-    })
-    .await;
+    let BudgetHeld {
+        o,
+        env,
+        proxy,
+        mib,
+        first,
+    } = BudgetHeld::start("admit", 60).await;
     let h = &env.handle;
     assert_eq!(
         h.stats().buffered_bytes,
         mib.0,
         "the first download's reservation"
     );
-    let second = get("/second");
+    let second = get(&env, proxy, "/second");
     until("the second download waits or reaches the origin", || {
         h.stats().budget_waits >= 1 || o.requests.load(SeqCst) > 1
     })
@@ -1767,50 +1808,27 @@ async fn a_download_not_admitted_in_time_is_refused() {
         eprintln!("skip: curl not installed");
         return;
     }
-    let ca = TestCa::new("tollgate test origin CA");
-    let o = start_held_origin(&ca).await;
-    let mib = tollgate_proxy::config::ByteSize(1024 * 1024);
-    let (env, proxy) = start_proxy_with(
-        "admit-refused",
-        o.addr,
-        &ca.issuer.pem(),
-        DOWNLOAD_CONTENT_POLICY,
-        |c| {
-            c.max_inspect_bytes = mib;
-            c.max_buffered_bytes = mib;
-            c.body_read_timeout_secs = 1;
-        },
-    )
-    .await;
-    let get = |path: &'static str| {
-        let ca = env.proxy_ca.clone();
-        tokio::spawn(async move { curl(proxy, "files.test", path, &ca, &["--http1.1"]).await })
-    };
     // The first download holds the whole budget while the origin keeps its answer.
-    let first = get("/held/first");
-    until("the first request reached the origin", || {
-        o.requests.load(SeqCst) == 1
-    })
-    .await;
-    let (code, body, err) = get("/refused").await.unwrap();
+    let held = BudgetHeld::start("admit-refused", 1).await;
+    let (code, body, err) = held.get("/refused").await.unwrap();
     assert_eq!(code, 503, "{err} {}", String::from_utf8_lossy(&body));
-    let st = env.handle.stats();
+    let st = held.env.handle.stats();
     assert_eq!(st.budget_refusals, 1, "{st:?}");
     assert_eq!(
-        o.requests.load(SeqCst),
+        held.o.requests.load(SeqCst),
         1,
         "the refused request went upstream"
     );
     until("the refusal is audited", || {
-        audit_log(&env)
+        audit_log(&held.env)
             .lines()
             .any(|l| l.contains("/refused") && l.contains("inspection memory"))
     })
     .await;
-    o.release.add_permits(1);
-    let (code, _, err) = first.await.unwrap();
+    held.o.release.add_permits(1);
+    let (code, _, err) = held.first.await.unwrap();
     assert_eq!(code, 200, "{err}");
-    assert_eq!(env.handle.stats().buffered_bytes, 0);
+    assert_eq!(held.env.handle.stats().buffered_bytes, 0);
 }
 
 /// The proxy connects only to the original destination, never to loopback, the gateway's own
