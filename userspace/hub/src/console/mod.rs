@@ -32,11 +32,10 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use subtle::ConstantTimeEq;
+use tollgate_console_kit::{Answer, Headers, cookie, query};
 
 use crate::server::State;
 use store::{Range, Role, Session};
-
-type Answer = Response<Full<Bytes>>;
 
 /// The session cookie's name.
 pub const COOKIE: &str = "tg_console";
@@ -58,37 +57,15 @@ const SCRIPT: &str = include_str!("../../console/console.js");
 const UPLOT_JS: &str = include_str!("../../console/vendor/uPlot.iife.min.js");
 const UPLOT_CSS: &str = include_str!("../../console/vendor/uPlot.min.css");
 
-fn secure_headers(r: &mut Answer) {
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-             connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        ),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("same-origin"),
-    );
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-}
+/// The security headers of every answer: only the console's own scripts and styles.
+const HEADERS: Headers = Headers {
+    csp: "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+          connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    referrer_policy: "same-origin",
+};
 
 fn page(status: StatusCode, html: String) -> Answer {
-    let mut r = Response::new(Full::new(Bytes::from(html)));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    secure_headers(&mut r);
-    r
+    HEADERS.page(status, html)
 }
 
 fn redirect(to: &str) -> Answer {
@@ -97,20 +74,12 @@ fn redirect(to: &str) -> Answer {
     if let Ok(v) = HeaderValue::from_str(to) {
         r.headers_mut().insert(header::LOCATION, v);
     }
-    secure_headers(&mut r);
+    HEADERS.secure(&mut r);
     r
 }
 
 fn asset(body: &'static str, kind: &'static str) -> Answer {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
-    r.headers_mut().insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=3600"),
-    );
-    secure_headers(&mut r);
-    r
+    HEADERS.asset(body, kind, "public, max-age=3600")
 }
 
 fn error(status: StatusCode, message: &str, session: Option<&Session>) -> Answer {
@@ -124,24 +93,6 @@ fn unavailable(e: impl std::fmt::Display, session: Option<&Session>) -> Answer {
         "The hub's database is unavailable.",
         session,
     )
-}
-
-fn cookie_token(req: &Request<Incoming>) -> Option<String> {
-    req.headers()
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v.to_string())
-}
-
-/// The query string's parameters.
-fn query(req: &Request<Incoming>) -> HashMap<String, String> {
-    form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
-        .into_owned()
-        .collect()
 }
 
 /// Whether a state change comes from the console's own pages: `Origin` (or, without it,
@@ -263,7 +214,7 @@ pub async fn handle(state: &State, peer: SocketAddr, req: Request<Incoming>) -> 
         (&Method::POST, "/console/login") => return login(state, peer, req).await,
         _ => {}
     }
-    let token = cookie_token(&req);
+    let token = cookie(req.headers(), COOKIE).map(str::to_string);
     let session = match &token {
         Some(t) => match state.db.console_session(t).await {
             Ok(s) => s,
@@ -330,7 +281,7 @@ pub async fn handle(state: &State, peer: SocketAddr, req: Request<Incoming>) -> 
             Some(&session),
         );
     }
-    let q = query(&req);
+    let q = query(req.uri());
     view(state, &session, &path, &q).await
 }
 

@@ -4,8 +4,8 @@
 
 use std::fmt::Write as _;
 
-use html_escape::{encode_double_quoted_attribute as attr, encode_text as esc};
 use tollgate_catalog::Catalog;
+use tollgate_console_kit::{attr, esc, q, risk, table};
 
 use super::store::{AppTotal, Role, Session, UseRow};
 use crate::db::{AuditView, GatewayView};
@@ -83,52 +83,12 @@ fn bytes(n: i64) -> String {
     }
 }
 
-fn risk(score: Option<f64>) -> String {
-    match score {
-        Some(r) => {
-            let cls = if r < 4.0 {
-                "high"
-            } else if r < 7.0 {
-                "medium"
-            } else {
-                "low"
-            };
-            format!("<span class=\"risk {cls}\">{r:.1}</span>")
-        }
-        None => "<span class=\"risk\">–</span>".into(),
-    }
-}
-
-fn q(s: &str) -> String {
-    form_urlencoded::byte_serialize(s.as_bytes()).collect()
-}
-
 /// The range's query string (`days=7&site=paris`).
 fn range_q(days: i64, site: Option<&str>) -> String {
     match site {
         Some(s) => format!("days={days}&site={}", q(s)),
         None => format!("days={days}"),
     }
-}
-
-fn table(head: &[&str], rows: &[String]) -> String {
-    let mut t = String::from("<div class=\"scroll\"><table><thead><tr>");
-    for h in head {
-        let _ = write!(t, "<th>{h}</th>");
-    }
-    t.push_str("</tr></thead><tbody>");
-    if rows.is_empty() {
-        let _ = write!(
-            t,
-            "<tr><td colspan=\"{}\" class=\"empty\">Nothing yet.</td></tr>",
-            head.len()
-        );
-    }
-    for r in rows {
-        t.push_str(r);
-    }
-    t.push_str("</tbody></table></div>");
-    t
 }
 
 /// The traffic chart over `[since, now]`: hours without traffic are drawn as zero.

@@ -21,7 +21,6 @@
 
 mod pages;
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -36,6 +35,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tollgate_console_kit::{Answer, Headers, cookie, query};
 
 use crate::control::{self, Handler, Reply, Request};
 
@@ -51,8 +51,6 @@ const MAX_ANSWER: usize = 64 * 1024 * 1024;
 /// The stylesheet is the hub console's own file, built in from where the hub keeps it, so
 /// the two consoles look alike and there is one copy to maintain.
 const STYLE: &str = include_str!("../../../hub/console/style.css");
-
-type Answer = Response<Full<Bytes>>;
 
 /// The token file of `state_dir`.
 pub fn token_path(state_dir: &Path) -> PathBuf {
@@ -163,53 +161,19 @@ pub async fn serve<H: Handler>(
     }
 }
 
-fn secure_headers(r: &mut Answer) {
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'self'; img-src 'self' data:; script-src 'none'; object-src 'none'; \
-             form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        ),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-}
+/// The security headers of every answer: only the console's own stylesheet, no script at all.
+const HEADERS: Headers = Headers {
+    csp: "default-src 'self'; img-src 'self' data:; script-src 'none'; object-src 'none'; \
+          form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    referrer_policy: "no-referrer",
+};
 
 fn page(status: StatusCode, html: String) -> Answer {
-    let mut r = Response::new(Full::new(Bytes::from(html)));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    secure_headers(&mut r);
-    r
+    HEADERS.page(status, html)
 }
 
 fn message(status: StatusCode, title: &str, text: &str) -> Answer {
     page(status, pages::message(title, text))
-}
-
-/// The token in the request's cookie, if any.
-fn cookie_token(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v)
 }
 
 /// The request's Host names this machine's loopback (any port: `ssh -L` may pick another);
@@ -233,14 +197,6 @@ fn loopback_host(headers: &HeaderMap) -> bool {
 
 fn same(given: &str, token: &str) -> bool {
     bool::from(given.as_bytes().ct_eq(token.as_bytes()))
-}
-
-/// The query string's parameters (the last of a repeated name wins; bad escapes are kept as
-/// they are, never an error).
-fn query(uri: &Uri) -> HashMap<String, String> {
-    form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
-        .into_owned()
-        .collect()
 }
 
 /// One control request's data, or the daemon's error as text.
@@ -315,24 +271,14 @@ pub async fn respond<H: Handler>(
         }
         r.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        secure_headers(&mut r);
+        HEADERS.secure(&mut r);
         return r;
     }
     if path == "/assets/style.css" {
         // The stylesheet is no secret, and the 401 page uses it too.
-        let mut r = Response::new(Full::new(Bytes::from_static(STYLE.as_bytes())));
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/css; charset=utf-8"),
-        );
-        r.headers_mut().insert(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("max-age=3600"),
-        );
-        secure_headers(&mut r);
-        return r;
+        return HEADERS.asset(STYLE, "text/css; charset=utf-8", "max-age=3600");
     }
-    if !cookie_token(headers).is_some_and(|c| same(c, token)) {
+    if !cookie(headers, COOKIE).is_some_and(|c| same(c, token)) {
         return unauthorized();
     }
     let fail = |e: String| {

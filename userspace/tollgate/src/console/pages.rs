@@ -4,8 +4,8 @@
 
 use std::fmt::Write as _;
 
-use html_escape::{encode_double_quoted_attribute as attr, encode_text as esc};
 use serde_json::Value;
+use tollgate_console_kit::{attr, esc, q, risk, table};
 
 /// Rows of the apps and users tables at most (the riskiest apps, the first users); the rest
 /// are counted, and `tollgate apps --json` has them all.
@@ -70,11 +70,6 @@ fn n(v: &Value, k: &str) -> u64 {
     v.get(k).and_then(Value::as_u64).unwrap_or(0)
 }
 
-/// A URL query component.
-fn q(s: &str) -> String {
-    form_urlencoded::byte_serialize(s.as_bytes()).collect()
-}
-
 /// An RFC 3339 time shortened to the second.
 fn when(t: &str) -> String {
     chrono::DateTime::parse_from_rfc3339(t)
@@ -118,42 +113,6 @@ fn duration(secs: u64) -> String {
     } else {
         format!("{s} s")
     }
-}
-
-fn risk(score: Option<f64>) -> String {
-    match score {
-        Some(r) => {
-            let cls = if r < 4.0 {
-                "high"
-            } else if r < 7.0 {
-                "medium"
-            } else {
-                "low"
-            };
-            format!("<span class=\"risk {cls}\">{r:.1}</span>")
-        }
-        None => "<span class=\"risk\">–</span>".into(),
-    }
-}
-
-fn table(head: &[&str], rows: &[String]) -> String {
-    let mut t = String::from("<div class=\"scroll\"><table><thead><tr>");
-    for h in head {
-        let _ = write!(t, "<th>{h}</th>");
-    }
-    t.push_str("</tr></thead><tbody>");
-    if rows.is_empty() {
-        let _ = write!(
-            t,
-            "<tr><td colspan=\"{}\" class=\"empty\">Nothing yet.</td></tr>",
-            head.len()
-        );
-    }
-    for r in rows {
-        t.push_str(r);
-    }
-    t.push_str("</tbody></table></div>");
-    t
 }
 
 fn dl(items: &[(&str, String)]) -> String {
