@@ -350,11 +350,24 @@ fn ensure_python_packages() -> Result<()> {
         return Ok(());
     }
     eprintln!("setup: pip install {}", missing.join(" "));
-    status(
-        Command::new("python3")
-            .args(["-m", "pip", "install", "-q", "--root-user-action=ignore"])
-            .args(&missing),
-    )
+    let mut pip = Command::new("python3");
+    pip.args(["-m", "pip", "install", "-q", "--root-user-action=ignore"]);
+    // A distribution's own python3 (Debian's) refuses pip installs (PEP 668) unless told.
+    // The tests run `python3` as found on PATH, so the packages must go into that one: a
+    // virtual environment would not be the python3 the tests start.
+    let externally_managed = Command::new("python3")
+        .args([
+            "-c",
+            "import os, sys, sysconfig; \
+             sys.exit(not os.path.exists(os.path.join(sysconfig.get_path('stdlib'), 'EXTERNALLY-MANAGED')))",
+        ])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if externally_managed {
+        pip.arg("--break-system-packages");
+    }
+    status(pip.args(&missing))
 }
 
 /// cargo-fuzz, pinned, into `.tools/bin` (a stamp records the version).
