@@ -218,19 +218,25 @@ async fn start_origin(
     start_origin_on(certs, key, "127.0.0.1:0".parse().unwrap()).await
 }
 
+/// A test origin's TLS settings: ring, the safe protocol versions, the given certificate.
+fn origin_tls(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> rustls::ServerConfig {
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap()
+}
+
 async fn start_origin_on(
     certs: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     bind: SocketAddr,
 ) -> SocketAddr {
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
+    let mut cfg = origin_tls(certs, key);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
     let l = TcpListener::bind(bind).await.unwrap();
@@ -1628,15 +1634,7 @@ struct HeldOrigin {
 async fn start_held_origin(ca: &TestCa) -> HeldOrigin {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let (certs, key) = ca.leaf("files.test");
-    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(origin_tls(certs, key)));
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let o = HeldOrigin {
         addr: l.local_addr().unwrap(),
