@@ -855,6 +855,10 @@ pub fn multipart_boundary(content_type: &str) -> Result<Option<String>, &'static
 
 /// Most parts of a multipart body inspected; a body with more is over the limit.
 pub const MAX_PARTS: usize = 256;
+/// Most Content-Type or Content-Disposition headers one part may carry. A part has one of
+/// each; thousands of them would be a small body that becomes a large list of strings, so a
+/// part with more cannot be judged.
+pub const MAX_PART_HEADERS: usize = 8;
 
 /// Names and media types of the parts of a multipart body. `Err` when it has more than
 /// [`MAX_PARTS`] parts, or (when `complete`) no opening or closing delimiter or a part
@@ -896,14 +900,23 @@ pub fn multipart_parts(
             return Err("malformed multipart part");
         }
         let head = String::from_utf8_lossy(rest.get(..head_end).unwrap_or(&[]));
+        let (mut dispositions, mut content_types) = (0, 0);
         for line in head.split('\n') {
             let line = line.trim_end_matches('\r');
             let Some((k, v)) = line.split_once(':') else {
                 continue;
             };
             if k.trim().eq_ignore_ascii_case("content-disposition") {
+                dispositions += 1;
+                if dispositions > MAX_PART_HEADERS {
+                    return Err("too many headers in a multipart part");
+                }
                 names.extend(disposition_filenames(v));
             } else if k.trim().eq_ignore_ascii_case("content-type") {
+                content_types += 1;
+                if content_types > MAX_PART_HEADERS {
+                    return Err("too many headers in a multipart part");
+                }
                 types.push(media_type(v));
             }
         }
@@ -951,6 +964,22 @@ mod tests {
             user_agent: "curl/7.88",
             now: time::macros::datetime!(2026-11-26 12:00 UTC),
         }
+    }
+
+    /// Found by the multipart fuzz target: a part with thousands of Content-Type lines
+    /// turned a small body into thousands of strings. More than a few is refused.
+    #[test]
+    fn a_part_with_too_many_type_headers_cannot_be_judged() {
+        let mut body = String::from("--b\r\n");
+        for _ in 0..MAX_PART_HEADERS {
+            body.push_str("Content-Type: text/plain\r\n");
+        }
+        body.push_str("\r\nx\r\n--b--\r\n");
+        let (_, types) = multipart_parts(body.as_bytes(), "b", true).expect("a few headers");
+        assert_eq!(types.len(), MAX_PART_HEADERS);
+        let many = body.replacen("--b\r\n", "--b\r\nContent-Type: a/b\r\n", 1);
+        assert!(multipart_parts(many.as_bytes(), "b", true).is_err());
+        assert!(multipart_parts(many.as_bytes(), "b", false).is_err());
     }
 
     #[test]
