@@ -83,7 +83,8 @@ pub fn import_pcap(path: &Path, table: &mut FlowTable) -> Result<PcapStats, Pcap
     import_reader(path, head.chain(file), magic == PCAPNG_MAGIC, table)
 }
 
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+/// Reads until `buf` is full or the input ends (a magic number, a header); how many bytes.
+pub fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while let Some(rest) = buf.get_mut(n..).filter(|r| !r.is_empty()) {
         match r.read(rest) {

@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Read;
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
@@ -51,14 +50,7 @@ enum Kind {
 fn sniff_kind(path: &std::path::Path) -> std::io::Result<Kind> {
     let mut f = File::open(path)?;
     let mut m = [0u8; 4];
-    let mut n = 0;
-    while n < 4 {
-        let k = f.read(m.get_mut(n..).unwrap_or(&mut []))?;
-        if k == 0 {
-            break;
-        }
-        n += k;
-    }
+    let n = tollgate_discovery::pcap::read_full(&mut f, &mut m)?;
     let pcap = n == 4
         && matches!(
             m,

@@ -27,7 +27,7 @@ mod w3c;
 mod zscaler;
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -420,7 +420,7 @@ pub fn open_input(path: &Path) -> Result<Box<dyn BufRead + Send>, LogError> {
     };
     let mut f = File::open(path).map_err(io_err)?;
     let mut magic = [0u8; 2];
-    let n = read_fully(&mut f, &mut magic).map_err(io_err)?;
+    let n = tollgate_discovery::pcap::read_full(&mut f, &mut magic).map_err(io_err)?;
     let f = File::open(path).map_err(io_err)?;
     if n == 2 && magic == [0x1f, 0x8b] {
         let gz = flate2::read::MultiGzDecoder::new(BufReader::with_capacity(256 * 1024, f));
@@ -428,19 +428,6 @@ pub fn open_input(path: &Path) -> Result<Box<dyn BufRead + Send>, LogError> {
     } else {
         Ok(Box::new(BufReader::with_capacity(256 * 1024, f)))
     }
-}
-
-fn read_fully(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(buf.get_mut(n..).unwrap_or(&mut [])) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// Import one log file: detect, parse, hand each record to `sink`.
@@ -824,7 +811,8 @@ fn import_parts_sized<A: Send>(
         return whole(first);
     }
     let mut magic = [0u8; 2];
-    let n = read_fully(&mut File::open(path).map_err(io_err)?, &mut magic).map_err(io_err)?;
+    let n = tollgate_discovery::pcap::read_full(&mut File::open(path).map_err(io_err)?, &mut magic)
+        .map_err(io_err)?;
     if n == 2 && magic == [0x1f, 0x8b] {
         return whole(first);
     }
