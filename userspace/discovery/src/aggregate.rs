@@ -22,7 +22,10 @@ use tollgate_catalog::Catalog;
 use crate::record::{FlowRecord, L4Proto, NameSource};
 use crate::users::Users;
 
+mod domain_key;
 mod id_set;
+use arrayvec::ArrayVec;
+use domain_key::DomainKey;
 use id_set::IdSet;
 
 // Keys come from traffic and logs (attacker-influenced), so a keyed, DoS-resistant hasher;
@@ -276,8 +279,8 @@ struct UserAgg {
 struct SourceAgg {
     c: Counts,
     span: Span,
-    /// The first few users seen, in order.
-    users: Vec<u32>,
+    /// The first few users seen, in order (in place: no second cache line to read per record).
+    users: ArrayVec<u32, MAX_LISTED>,
     apps: IdSet,
 }
 
@@ -287,7 +290,7 @@ struct UnknownAgg {
     span: Span,
     /// Up to MAX_LISTED example hosts and their hashes (compared instead of the strings).
     hosts: Vec<String>,
-    host_hashes: Vec<u64>,
+    host_hashes: ArrayVec<u64, MAX_LISTED>,
     users: IdSet,
 }
 
@@ -304,7 +307,7 @@ pub struct Aggregator {
     hasher: ahash::RandomState,
     source_ids: HashMap<IpAddr, u32>,
     sources: Vec<(IpAddr, SourceAgg)>,
-    unknown: HashMap<String, UnknownAgg>,
+    unknown: HashMap<DomainKey, UnknownAgg>,
     hours: BTreeMap<i64, Counts>,
     totals: Totals,
     span: Option<Span>,
@@ -359,6 +362,13 @@ fn hour_start(h: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(h.saturating_mul(3600), 0)
         .single()
         .unwrap_or_default()
+}
+
+/// Lists `v` in a list held in place, unless it is listed or the list is full.
+fn push_listed(list: &mut ArrayVec<u32, MAX_LISTED>, v: u32) {
+    if !list.is_full() && !list.contains(&v) {
+        list.push(v);
+    }
 }
 
 /// Lists `v` unless it is listed or the list is full (short lists: a scan is cheaper than a hash).
@@ -457,12 +467,12 @@ impl Aggregator {
                 Some(u) => u,
                 None => self
                     .unknown
-                    .entry(dom.to_owned())
+                    .entry(DomainKey::new(dom))
                     .or_insert_with(|| UnknownAgg {
                         c: Counts::default(),
                         span: Span::new(rec),
                         hosts: Vec::new(),
-                        host_hashes: Vec::new(),
+                        host_hashes: ArrayVec::new(),
                         users: IdSet::default(),
                     }),
             };
@@ -508,7 +518,7 @@ impl Aggregator {
             s.c.add(rec);
             s.span.add(rec);
             if let Some(k) = key_ix {
-                push_capped(&mut s.users, &k, MAX_LISTED);
+                push_listed(&mut s.users, k);
             }
             if let Some(ix) = app_ix {
                 s.apps.insert(ix);
@@ -642,7 +652,7 @@ impl Aggregator {
             s.c.merge(&o.c);
             s.span.merge(&o.span);
             for u in o.users.iter().filter_map(|&u| map(&user_map, u)) {
-                push_capped(&mut s.users, &u, MAX_LISTED);
+                push_listed(&mut s.users, u);
             }
             for a in o.apps.iter().filter_map(|a| map(&app_map, a)) {
                 s.apps.insert(a);
@@ -650,7 +660,7 @@ impl Aggregator {
         }
         for (dom, o) in unknown {
             if self.unknown.len() >= self.opts.max_unknown_domains.max(1)
-                && !self.unknown.contains_key(&dom)
+                && !self.unknown.contains_key(dom.as_str())
             {
                 self.prune_unknown();
             }
@@ -659,7 +669,7 @@ impl Aggregator {
                 c: Counts::default(),
                 span: o.span,
                 hosts: Vec::new(),
-                host_hashes: Vec::new(),
+                host_hashes: ArrayVec::new(),
                 users: IdSet::default(),
             });
             u.c.merge(&o.c);
@@ -736,7 +746,7 @@ impl Aggregator {
             SourceAgg {
                 c: Counts::default(),
                 span,
-                users: Vec::new(),
+                users: ArrayVec::new(),
                 apps: IdSet::default(),
             },
         ));
@@ -761,9 +771,9 @@ impl Aggregator {
         self.unknown.retain(|_, u| u.c.tx > cut);
         // Everything had the same count: drop arbitrarily down to half.
         if self.unknown.len() == before {
-            let keys: Vec<String> = self.unknown.keys().take(mid).cloned().collect();
+            let keys: Vec<DomainKey> = self.unknown.keys().take(mid).cloned().collect();
             for k in keys {
-                self.unknown.remove(&k);
+                self.unknown.remove(k.as_str());
             }
         }
         self.totals.unknown_domains_dropped += (before - self.unknown.len()) as u64;
@@ -911,7 +921,7 @@ impl Aggregator {
                 let mut hosts: Vec<String> = u.hosts.clone();
                 hosts.sort();
                 UnknownDomain {
-                    domain: d.clone(),
+                    domain: d.as_str().to_owned(),
                     hosts,
                     bytes_up: u.c.up,
                     bytes_down: u.c.down,

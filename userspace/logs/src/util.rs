@@ -213,11 +213,48 @@ pub(crate) fn normalize_host(s: &str) -> Option<HostPart> {
 /// Parse an IP address, tolerating surrounding quotes and an IPv6 zone-less bracket form.
 pub(crate) fn parse_ip(s: &str) -> Option<IpAddr> {
     let s = s.trim().trim_matches('"');
+    if let Some(v4) = dotted_quad(s.as_bytes()) {
+        return Some(IpAddr::V4(v4));
+    }
     let s = s
         .strip_prefix('[')
         .and_then(|x| x.strip_suffix(']'))
         .unwrap_or(s);
     s.parse().ok()
+}
+
+/// The common case of [`parse_ip`], several times faster than the standard parser: four
+/// decimal octets in canonical form (no leading zeros, each at most 255). Anything else is
+/// `None` and left to the standard parser, so what is accepted, and as what, does not change.
+fn dotted_quad(b: &[u8]) -> Option<std::net::Ipv4Addr> {
+    if b.len() < 7 || b.len() > 15 {
+        return None;
+    }
+    let mut octets = [0u8; 4];
+    let mut i = 0;
+    for (n, octet) in octets.iter_mut().enumerate() {
+        if n > 0 {
+            if b.get(i) != Some(&b'.') {
+                return None;
+            }
+            i += 1;
+        }
+        let start = i;
+        let mut v = 0u32;
+        while let Some(&d) = b.get(i).filter(|d| d.is_ascii_digit()) {
+            v = v * 10 + u32::from(d - b'0');
+            i += 1;
+            if i - start > 3 {
+                return None;
+            }
+        }
+        let digits = i - start;
+        if digits == 0 || (digits > 1 && b.get(start) == Some(&b'0')) {
+            return None;
+        }
+        *octet = u8::try_from(v).ok()?;
+    }
+    (i == b.len()).then_some(std::net::Ipv4Addr::from(octets))
 }
 
 pub(crate) fn parse_u64(s: &str) -> u64 {
@@ -579,6 +616,64 @@ pub(crate) fn field<'a>(f: &'a [Cow<'_, str>], i: usize) -> &'a str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fast dotted-quad path accepts exactly what the standard parser accepts, as the
+    /// same address, and leaves everything else to it.
+    #[test]
+    fn dotted_quad_agrees_with_the_standard_parser() {
+        let mut cases: Vec<String> = [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.1.2.3",
+            "256.1.2.3",
+            "01.2.3.4",
+            "1.2.3.04",
+            "1.2.3",
+            "1.2.3.4.5",
+            "1..2.3",
+            ".1.2.3",
+            "1.2.3.",
+            "1.2.3.4 ",
+            " 1.2.3.4",
+            "1.2.3.4x",
+            "1000.2.3.4",
+            "1.2.3.0000",
+            "+1.2.3.4",
+            "1.2.3.-4",
+            "١.٢.٣.٤",
+            "",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        let mut x = 0x9e37_79b9_u32;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let alphabet = b"0123456789.";
+            let len = 1 + (x % 16) as usize;
+            let s: String = (0..len)
+                .map(|i| char::from(alphabet[((x >> (i % 28)) as usize + i * 7) % alphabet.len()]))
+                .collect();
+            cases.push(s);
+            let a = x.to_be_bytes();
+            cases.push(format!("{}.{}.{}.{}", a[0], a[1], a[2], a[3]));
+        }
+        for c in &cases {
+            let std_v4 = c.parse::<std::net::Ipv4Addr>().ok();
+            let fast = dotted_quad(c.as_bytes());
+            assert!(
+                fast.is_none() || fast == std_v4,
+                "{c:?}: fast {fast:?}, std {std_v4:?}"
+            );
+            assert_eq!(parse_ip(c), c.trim().parse::<IpAddr>().ok(), "{c:?}");
+        }
+        assert_eq!(
+            dotted_quad(b"192.0.2.10"),
+            Some(std::net::Ipv4Addr::new(192, 0, 2, 10))
+        );
+    }
 
     #[test]
     fn hosts() {
