@@ -30,15 +30,15 @@ pub(crate) fn parse_native(line: &str, fallback: DateTime<Utc>) -> LineOutcome {
     let Some(src) = parse_ip(client) else {
         return LineOutcome::Bad("squid native: bad client address");
     };
-    if !code.contains('/') {
+    if memchr::memchr(b'/', code.as_bytes()).is_none() {
         return LineOutcome::Bad("squid native: bad result code");
     }
     if !bytes.bytes().all(|b| b.is_ascii_digit()) {
         return LineOutcome::Bad("squid native: bad byte count");
     }
     let dst = hier
-        .and_then(|h| h.split_once('/'))
-        .and_then(|(_, peer)| parse_ip(peer));
+        .and_then(|h| h.get(memchr::memchr(b'/', h.as_bytes())? + 1..))
+        .and_then(parse_ip);
     let default_port = if method.eq_ignore_ascii_case("CONNECT") {
         443
     } else {
@@ -90,7 +90,11 @@ impl<'a> Iterator for Fields<'a> {
 
 /// "1157689312.049" or "1157689312" without going through a float.
 fn parse_epoch_fast(s: &str) -> Option<DateTime<Utc>> {
-    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
+    // memchr, not `split_once('.')`: the char searcher was 3% of a large import.
+    let (secs, frac) = match memchr::memchr(b'.', s.as_bytes()) {
+        Some(i) => (s.get(..i).unwrap_or(s), s.get(i + 1..).unwrap_or("")),
+        None => (s, ""),
+    };
     if secs.is_empty() || secs.len() > 12 || !secs.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
