@@ -14,7 +14,25 @@ use pcap_file::pcapng::{Block, PcapNgParser};
 use thiserror::Error;
 
 use crate::flow_table::FlowTable;
-use crate::packet::{Decoded, LinkType, decode};
+use crate::packet::{Decoded, LinkType, PacketView, decode};
+
+mod sharded;
+pub use sharded::{PARALLEL_MIN_BYTES, import_pcap_threads, import_pcap_threads_from};
+
+/// Where decoded packets go: the flow table, or the reader of a sharded import.
+trait Sink {
+    fn packet(&mut self, p: &PacketView<'_>);
+    /// The import stops before the next record (a sharded import whose workers failed).
+    fn stopped(&self) -> bool {
+        false
+    }
+}
+
+impl Sink for FlowTable {
+    fn packet(&mut self, p: &PacketView<'_>) {
+        self.observe_packet(p);
+    }
+}
 
 /// What an import did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -57,6 +75,9 @@ pub enum PcapError {
         #[source]
         source: std::io::Error,
     },
+    /// A thread of a sharded import stopped (it panicked): the import has no result.
+    #[error("{}: import failed: {reason}", path.display())]
+    Worker { path: PathBuf, reason: String },
 }
 
 /// Bytes read at a time: captures are streamed through one buffer of this size, parsed in
@@ -69,18 +90,36 @@ pub const MAX_RECORD: usize = 64 << 20;
 
 /// Import a pcap or pcapng file (told apart by its magic number).
 pub fn import_pcap(path: &Path, table: &mut FlowTable) -> Result<PcapStats, PcapError> {
+    let c = open_capture(path)?;
+    import_reader(path, c.reader, c.pcapng, table)
+}
+
+/// A capture file opened for streaming: its bytes (magic number included), its kind, its size.
+struct Capture {
+    reader: std::io::Chain<std::io::Take<std::io::Cursor<[u8; 4]>>, File>,
+    pcapng: bool,
+    size: u64,
+}
+
+fn open_capture(path: &Path) -> Result<Capture, PcapError> {
     let open_err = |source| PcapError::Open {
         path: path.to_path_buf(),
         source,
     };
-    let mut file = File::open(path).map_err(open_err)?;
-    let mut magic = [0u8; 4];
-    let n = read_full(&mut file, &mut magic).map_err(|source| PcapError::Read {
+    let read_err = |source| PcapError::Read {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let mut file = File::open(path).map_err(open_err)?;
+    let size = file.metadata().map_err(read_err)?.len();
+    let mut magic = [0u8; 4];
+    let n = read_full(&mut file, &mut magic).map_err(read_err)?;
     let head = std::io::Cursor::new(magic).take(n as u64);
-    import_reader(path, head.chain(file), magic == PCAPNG_MAGIC, table)
+    Ok(Capture {
+        reader: head.chain(file),
+        pcapng: magic == PCAPNG_MAGIC,
+        size,
+    })
 }
 
 /// Reads until `buf` is full or the input ends (a magic number, a header); how many bytes.
@@ -209,7 +248,7 @@ struct NgState {
 }
 
 impl NgState {
-    fn block(&mut self, stats: &mut PcapStats, table: &mut FlowTable, block: Block<'_>) {
+    fn block<S: Sink>(&mut self, stats: &mut PcapStats, table: &mut S, block: Block<'_>) {
         match block {
             Block::SectionHeader(_) => self.ifaces.clear(),
             Block::InterfaceDescription(idb) => {
@@ -276,6 +315,17 @@ pub fn import_stream<R: Read>(
     table: &mut FlowTable,
     chunk: usize,
 ) -> Result<PcapStats, PcapError> {
+    stream_into(path, reader, pcapng, table, chunk)
+}
+
+/// [`import_stream`] into any [`Sink`].
+fn stream_into<R: Read, S: Sink>(
+    path: &Path,
+    reader: R,
+    pcapng: bool,
+    table: &mut S,
+    chunk: usize,
+) -> Result<PcapStats, PcapError> {
     use pcap_file::PcapError as Parse;
     let fmt_err = |source| PcapError::Format {
         path: path.to_path_buf(),
@@ -308,6 +358,9 @@ pub fn import_stream<R: Read>(
         .map(|p| LinkType::from_linktype(u32::from(p.header().datalink)));
     stats.format = if pcapng { "pcapng" } else { "pcap" };
     loop {
+        if table.stopped() {
+            break;
+        }
         let data = ch.data();
         if data.is_empty() {
             if ch.fill().map_err(read_err)? {
@@ -344,18 +397,18 @@ pub fn import_stream<R: Read>(
 }
 
 /// One classic pcap record.
-fn feed_pcap(
+fn feed_pcap<S: Sink>(
     stats: &mut PcapStats,
-    table: &mut FlowTable,
+    table: &mut S,
     link: LinkType,
     pkt: &pcap_file::pcap::PcapPacket<'_>,
 ) {
     feed(stats, table, link, &pkt.data, to_datetime(pkt.timestamp));
 }
 
-fn feed(
+fn feed<S: Sink>(
     stats: &mut PcapStats,
-    table: &mut FlowTable,
+    table: &mut S,
     link: LinkType,
     data: &[u8],
     ts: DateTime<Utc>,
@@ -365,7 +418,7 @@ fn feed(
     match decode(link, data, ts) {
         Decoded::Packet(p) => {
             stats.packets += 1;
-            table.observe_packet(&p);
+            table.packet(&p);
         }
         Decoded::Fragment => stats.fragments += 1,
         Decoded::Other => stats.other += 1,

@@ -12,8 +12,8 @@ use chrono::{DateTime, Utc};
 use tollgate_catalog::Catalog;
 
 use tollgate_discovery::aggregate::{AggregateOptions, Aggregator};
-use tollgate_discovery::flow_table::{FlowTable, FlowTableLimits};
-use tollgate_discovery::pcap::import_pcap;
+use tollgate_discovery::flow_table::FlowTableLimits;
+use tollgate_discovery::pcap::import_pcap_threads;
 use tollgate_discovery::record::{BadLine, InputStats};
 use tollgate_discovery::report::{DiscoveryReport, ReportFormat, Window};
 use tollgate_discovery::users::Users;
@@ -37,7 +37,8 @@ pub struct DiscoverOptions {
     /// Sanction tags per app id (`tag` in the report; apps not in the map have `null`).
     pub tags: BTreeMap<String, String>,
     /// Threads a large plain log file is read on (0: one per core; see
-    /// [`import_file_parts`]).
+    /// [`import_file_parts`]), and a large capture
+    /// ([`tollgate_discovery::pcap::import_pcap_threads`]).
     pub threads: usize,
 }
 
@@ -92,7 +93,7 @@ pub fn discover(
             }
         };
         match kind {
-            Kind::Pcap => stats.push(import_capture(path, &mut agg, catalog, users)),
+            Kind::Pcap => stats.push(import_capture(path, opts.threads, &mut agg, catalog, users)),
             Kind::Log => {
                 let parts = import_file_parts(
                     path,
@@ -141,41 +142,41 @@ pub fn discover(
 
 /// A pcap/pcapng file: packets go through the wire helper's importer and flow table; each
 /// flow becomes one record. In the stats `lines` are frames, `parsed` frames that decoded
-/// (TCP/UDP packets, fragments and other protocols), `unparsed` malformed frames.
+/// (TCP/UDP packets, fragments and other protocols), `unparsed` malformed frames. A large
+/// capture is read on `threads` threads (0: one per core), with the same records
+/// ([`import_pcap_threads`]).
 fn import_capture(
     path: &std::path::Path,
+    threads: usize,
     agg: &mut Aggregator,
     catalog: &Catalog,
     users: &Users,
 ) -> InputStats {
     let label = path.display().to_string();
-    let mut table = FlowTable::new(FlowTableLimits::default());
-    match import_pcap(path, &mut table) {
-        Ok(ps) => {
-            let mut records = 0u64;
-            for r in table.records() {
-                agg.add(&r, catalog, users);
-                records += 1;
-            }
-            InputStats {
-                file: label,
-                format: ps.format.to_owned(),
-                lines: ps.frames,
-                parsed: ps.frames.saturating_sub(ps.malformed),
-                unparsed: ps.malformed,
-                records,
-                bad_lines: if ps.truncated {
-                    vec![BadLine {
-                        line: ps.frames + 1,
-                        reason: "capture truncated here; the frames before were used".to_owned(),
-                        text: String::new(),
-                    }]
-                } else {
-                    Vec::new()
-                },
-                error: None,
-            }
-        }
+    let mut records = 0u64;
+    let imported = import_pcap_threads(path, &FlowTableLimits::default(), threads, &mut |r| {
+        agg.add(&r, catalog, users);
+        records += 1;
+    });
+    match imported {
+        Ok(ps) => InputStats {
+            file: label,
+            format: ps.format.to_owned(),
+            lines: ps.frames,
+            parsed: ps.frames.saturating_sub(ps.malformed),
+            unparsed: ps.malformed,
+            records,
+            bad_lines: if ps.truncated {
+                vec![BadLine {
+                    line: ps.frames + 1,
+                    reason: "capture truncated here; the frames before were used".to_owned(),
+                    text: String::new(),
+                }]
+            } else {
+                Vec::new()
+            },
+            error: None,
+        },
         Err(e) => InputStats {
             file: label,
             format: "pcap".into(),

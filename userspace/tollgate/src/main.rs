@@ -89,7 +89,8 @@ enum Command {
         /// Config with users, custom apps, tags and custom log formats.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Threads a large plain log file is read on, in parts (0: one per core).
+        /// Threads a large plain log file is read on, in parts, and a large capture's flows
+        /// are followed on, in shards (0: one per core).
         #[arg(long, default_value_t = 0)]
         threads: usize,
         #[arg(required = true)]

@@ -42,6 +42,7 @@ mod dns_answers;
 mod dns_cache;
 mod evidence;
 mod meta;
+mod mirror;
 mod names;
 mod quic;
 mod tcp;
@@ -53,6 +54,7 @@ use dns_cache::DnsCache;
 use evidence::{Evidence, packet_evidence, set_client};
 pub use meta::FlowMeta;
 use meta::Meta;
+pub(crate) use mirror::{Admitted, Mirror};
 use names::Names;
 pub use names::{MAX_NAME_LEN, clean_name};
 use quic::QuicRecheck;
@@ -348,6 +350,10 @@ pub struct FlowTable {
     dns_answers: Option<Vec<DnsAnswer>>,
     /// QUIC-named live flows whose later Initials are read again.
     quic_recheck: QuicRecheck,
+    /// One shard of a sharded capture import ([`crate::pcap`]): sweeps (idle expiry) and the
+    /// flow cap are decided for all shards by the reader's [`Mirror`], which sends each
+    /// sweep as [`FlowTable::expire`] and never sends a packet the full table would refuse.
+    external_sweeps: bool,
 }
 
 const SWEEP_EVERY: u32 = 8192;
@@ -372,6 +378,30 @@ impl FlowTable {
             pending_order: VecDeque::new(),
             dns_answers: None,
             quic_recheck: QuicRecheck::default(),
+            external_sweeps: false,
+        }
+    }
+
+    /// A table for one shard of a sharded import: no sweeps or flow cap of its own (see
+    /// `external_sweeps`).
+    pub(crate) fn for_shard(limits: FlowTableLimits) -> Self {
+        FlowTable {
+            external_sweeps: true,
+            ..FlowTable::new(limits)
+        }
+    }
+
+    /// Payloads not buffered because the table-wide budget was spent
+    /// ([`FlowTableStats::buffer_budget_drops`], without building the whole stats).
+    pub(crate) fn buffer_budget_drops(&self) -> u64 {
+        self.stats.buffer_budget_drops
+    }
+
+    /// The import's clock moves on to `now` (a shard's clock follows every packet of the
+    /// capture, not only its own).
+    pub(crate) fn advance_now(&mut self, now: DateTime<Utc>) {
+        if now > self.now {
+            self.now = now;
         }
     }
 
@@ -645,7 +675,10 @@ impl FlowTable {
         self.ops_since_sweep = self.ops_since_sweep.saturating_add(1);
         // A sweep visits every flow: run it once per `max(SWEEP_EVERY, flows)` operations so
         // that its cost stays a bounded share of each operation however large the table is.
-        if self.ops_since_sweep as usize >= self.flows.len().max(SWEEP_EVERY as usize) {
+        // (`Mirror::admit` makes the same decisions for a sharded import: keep them alike.)
+        if !self.external_sweeps
+            && self.ops_since_sweep as usize >= self.flows.len().max(SWEEP_EVERY as usize)
+        {
             self.ops_since_sweep = 0;
             let now = self.now;
             self.expire(now);
@@ -657,7 +690,7 @@ impl FlowTable {
             None => packet_evidence(proto, sender, receiver, flags, payload),
         };
         if !self.flows.contains_key(&ck) {
-            if self.flows.len() >= self.limits.max_flows {
+            if !self.external_sweeps && self.flows.len() >= self.limits.max_flows {
                 // A full table is swept for idle flows at most once a second: a flood of
                 // new flows must not turn every packet into a scan of the table.
                 let now = self.now;
