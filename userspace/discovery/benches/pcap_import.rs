@@ -7,21 +7,16 @@
 //! `cargo bench -p tollgate-discovery --bench pcap_import`
 
 use cpu_time::ThreadTime;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use pcap_file::pcap::PcapParser;
 use pcap_file::pcapng::PcapNgParser;
 use tollgate_discovery::flow_table::{FlowTable, FlowTableLimits};
 use tollgate_discovery::pcap::import_bytes;
 
-fn corpus() -> Option<PathBuf> {
-    let base = match std::env::var_os("TOLLGATE_CORPUS") {
-        Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus"),
-    };
-    let d = base.join("ndpi/pcap");
-    d.is_dir().then_some(d)
-}
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::ndpi_pcap_dir as corpus;
 
 fn read_only(files: &[(PathBuf, Vec<u8>)]) -> u64 {
     let mut n = 0;

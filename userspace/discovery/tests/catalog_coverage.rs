@@ -9,7 +9,7 @@
 //! prints a skip message.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use tollgate_catalog::{Catalog, CatalogConfig};
 use tollgate_discovery::aggregate::base_domain;
@@ -17,14 +17,8 @@ use tollgate_discovery::flow_table::{FlowTable, FlowTableLimits};
 use tollgate_discovery::pcap::import_pcap;
 use tollgate_discovery::record::FlowRecord;
 
-fn corpus_dir() -> Option<PathBuf> {
-    let base = match std::env::var_os("TOLLGATE_CORPUS") {
-        Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus"),
-    };
-    let d = base.join("ndpi/pcap");
-    d.is_dir().then_some(d)
-}
+mod common;
+use common::ndpi_pcap_dir as corpus_dir;
 
 #[derive(Debug, Default)]
 struct Coverage {

@@ -18,14 +18,8 @@ fn own_captures() -> Vec<PathBuf> {
     list(&Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/pcap"))
 }
 
-fn corpus() -> Option<PathBuf> {
-    let base = match std::env::var_os("TOLLGATE_CORPUS") {
-        Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus"),
-    };
-    let d = base.join("ndpi/pcap");
-    d.is_dir().then_some(d)
-}
+mod common;
+use common::ndpi_pcap_dir as corpus;
 
 fn list(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
