@@ -12,6 +12,10 @@
 //! plus classification and aggregation with the shipped catalog. It prints MB/s for each
 //! and the ratio to `wc -l`. Everything runs on one thread, so MB/s is per core.
 //!
+//! Read the file once just before timing (`cat FILE > /dev/null`): on a machine that reclaims
+//! idle memory (DAMON `pageout`, as on these VMs) a file left alone drops out of the page
+//! cache, and the next run pays the disk read in CPU time. Compare builds in one run.
+//!
 //! Example binaries may panic on bad arguments: this is a developer tool.
 
 use std::io::{BufRead, BufReader, BufWriter, Write};
