@@ -144,6 +144,81 @@ pub fn decode(link: LinkType, frame: &[u8], ts: DateTime<Utc>) -> Decoded<'_> {
     from_sliced(&sliced, mac, ts, 0)
 }
 
+/// A flow's key read straight from a plain frame: `(proto, sender, receiver)`.
+pub type FlowKey = (L4Proto, (IpAddr, u16), (IpAddr, u16));
+
+/// The flow of a frame in the plainest case, without [`decode`]'s work: Ethernet II (or raw
+/// IP) carrying an unfragmented IPv4 or IPv6 packet whose declared lengths fit the frame,
+/// with TCP or UDP right after the IP header and its whole header present. For such a frame
+/// [`decode`] gives a [`Decoded::Packet`] with this key (`tests/packet_peek.rs` checks this
+/// on every frame of the captures and on mutated ones); anything else (VLAN tags, fragments,
+/// tunnels, GTP, lengths the lax parser would trim, other link types) is `None`, and only
+/// [`decode`] tells. A sharded capture import reads every frame's flow this way and decodes
+/// only its own.
+pub fn peek_flow(link: LinkType, frame: &[u8]) -> Option<FlowKey> {
+    let ip = match link {
+        LinkType::Ethernet => match frame.get(12..14)? {
+            [0x08, 0x00] | [0x86, 0xdd] => frame.get(14..)?,
+            _ => return None,
+        },
+        LinkType::RawIp => frame,
+        _ => return None,
+    };
+    let (proto, src, dst, l4) = match ip.first()? >> 4 {
+        4 => {
+            let ihl = usize::from(ip.first()? & 0x0f) * 4;
+            let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
+            let frag = u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]);
+            if ihl < 20 || total < ihl || frag & 0x3fff != 0 {
+                return None;
+            }
+            let a: [u8; 4] = ip.get(12..16)?.try_into().ok()?;
+            let b: [u8; 4] = ip.get(16..20)?.try_into().ok()?;
+            (
+                *ip.get(9)?,
+                IpAddr::from(a),
+                IpAddr::from(b),
+                ip.get(ihl..total)?,
+            )
+        }
+        6 => {
+            let len = usize::from(u16::from_be_bytes([*ip.get(4)?, *ip.get(5)?]));
+            if len == 0 {
+                return None;
+            }
+            let a: [u8; 16] = ip.get(8..24)?.try_into().ok()?;
+            let b: [u8; 16] = ip.get(24..40)?.try_into().ok()?;
+            (
+                *ip.get(6)?,
+                IpAddr::from(a),
+                IpAddr::from(b),
+                ip.get(40..40 + len)?,
+            )
+        }
+        _ => return None,
+    };
+    let sport = u16::from_be_bytes([*l4.first()?, *l4.get(1)?]);
+    let dport = u16::from_be_bytes([*l4.get(2)?, *l4.get(3)?]);
+    let proto = match proto {
+        6 => {
+            let offset = usize::from(l4.get(12)? >> 4) * 4;
+            if offset < 20 || offset > l4.len() {
+                return None;
+            }
+            L4Proto::Tcp
+        }
+        17 => {
+            let len = usize::from(u16::from_be_bytes([*l4.get(4)?, *l4.get(5)?]));
+            if len != l4.len() || len < 8 || sport == GTP_U_PORT || dport == GTP_U_PORT {
+                return None;
+            }
+            L4Proto::Udp
+        }
+        _ => return None,
+    };
+    Some((proto, (src, sport), (dst, dport)))
+}
+
 /// The IP packet inside a PPPoE session payload.
 fn pppoe_inner(p: &[u8]) -> Option<&[u8]> {
     let proto = u16::from_be_bytes([*p.get(6)?, *p.get(7)?]);

@@ -19,9 +19,17 @@ use crate::packet::{Decoded, LinkType, PacketView, decode};
 mod sharded;
 pub use sharded::{PARALLEL_MIN_BYTES, import_pcap_threads, import_pcap_threads_from};
 
-/// Where decoded packets go: the flow table, or the reader of a sharded import.
+/// Where frames go: the flow table, or a worker of a sharded import.
 trait Sink {
     fn packet(&mut self, p: &PacketView<'_>);
+    /// One captured frame: counted in `stats`, and its packet, if it decodes to one, to
+    /// [`Sink::packet`].
+    fn frame(&mut self, stats: &mut PcapStats, link: LinkType, data: &[u8], ts: DateTime<Utc>)
+    where
+        Self: Sized,
+    {
+        decode_frame(stats, self, link, data, ts);
+    }
     /// The import stops before the next record (a sharded import whose workers failed).
     fn stopped(&self) -> bool {
         false
@@ -270,11 +278,11 @@ impl NgState {
                 // pcap-file reports the raw timestamp as nanoseconds; rescale by the
                 // interface's resolution.
                 let raw = u64::try_from(epb.timestamp.as_nanos()).unwrap_or(u64::MAX);
-                feed(stats, table, link, &epb.data, ts_from_units(raw, units));
+                table.frame(stats, link, &epb.data, ts_from_units(raw, units));
             }
             Block::SimplePacket(spb) => {
                 let link = self.ifaces.first().map_or(LinkType::Ethernet, |i| i.0);
-                feed(stats, table, link, &spb.data, DateTime::UNIX_EPOCH);
+                table.frame(stats, link, &spb.data, DateTime::UNIX_EPOCH);
             }
             Block::Packet(pb) => {
                 let (link, units) = self
@@ -282,13 +290,7 @@ impl NgState {
                     .get(usize::from(pb.interface_id))
                     .copied()
                     .unwrap_or((LinkType::Ethernet, 1_000_000));
-                feed(
-                    stats,
-                    table,
-                    link,
-                    &pb.data,
-                    ts_from_units(pb.timestamp, units),
-                );
+                table.frame(stats, link, &pb.data, ts_from_units(pb.timestamp, units));
             }
             _ => {}
         }
@@ -403,10 +405,11 @@ fn feed_pcap<S: Sink>(
     link: LinkType,
     pkt: &pcap_file::pcap::PcapPacket<'_>,
 ) {
-    feed(stats, table, link, &pkt.data, to_datetime(pkt.timestamp));
+    table.frame(stats, link, &pkt.data, to_datetime(pkt.timestamp));
 }
 
-fn feed<S: Sink>(
+/// What a frame is, counted; its packet to the sink.
+fn decode_frame<S: Sink>(
     stats: &mut PcapStats,
     table: &mut S,
     link: LinkType,

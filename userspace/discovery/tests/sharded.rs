@@ -86,6 +86,15 @@ fn tight() -> FlowTableLimits {
     }
 }
 
+/// Flows going idle within seconds in a table that never fills: the shards sweep at the
+/// same packets as the single table, and the result is theirs (no fallback to one thread).
+fn short_idle() -> FlowTableLimits {
+    FlowTableLimits {
+        idle_timeout: Duration::from_secs(2),
+        ..FlowTableLimits::default()
+    }
+}
+
 /// A reassembly budget this small runs out: the shards see it and the capture is imported
 /// again on one thread, with the same result.
 fn small_budget() -> FlowTableLimits {
@@ -99,7 +108,12 @@ fn small_budget() -> FlowTableLimits {
 fn own_captures_same_as_one_thread() {
     let files = own_captures();
     assert!(files.len() >= 4, "{files:?}");
-    for limits in [FlowTableLimits::default(), tight(), small_budget()] {
+    for limits in [
+        FlowTableLimits::default(),
+        short_idle(),
+        tight(),
+        small_budget(),
+    ] {
         same_everywhere(&files, &limits);
     }
 }
@@ -111,7 +125,7 @@ fn ndpi_corpus_same_as_one_thread() {
         return;
     };
     let files = list(&dir);
-    for limits in [FlowTableLimits::default(), tight()] {
+    for limits in [FlowTableLimits::default(), short_idle(), tight()] {
         same_everywhere(&files, &limits);
     }
 }
@@ -167,7 +181,7 @@ fn merged_corpus_same_as_one_thread() {
         packets > 8192 * 3,
         "{packets} packets: too few for periodic sweeps"
     );
-    for limits in [FlowTableLimits::default(), tight()] {
+    for limits in [FlowTableLimits::default(), short_idle(), tight()] {
         same_everywhere(std::slice::from_ref(&out), &limits);
     }
 }

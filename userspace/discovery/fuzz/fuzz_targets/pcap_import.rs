@@ -1,6 +1,7 @@
 //! Whole capture files: pcap-file's parsers, the L2-L4 decoder and the flow table with all
 //! the parsers behind it. The first byte picks pcap or pcapng framing so the fuzzer need not
-//! find the magic numbers. The same file streamed through a small buffer (its size also from
+//! find the magic numbers. The input is also one frame for `packet::peek_flow`, which must
+//! agree with the decoder. The same file streamed through a small buffer (its size also from
 //! the first byte) must give the same counts as the in-memory parse.
 #![no_main]
 
@@ -8,6 +9,7 @@ use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 use tollgate_discovery::flow_table::{FlowTable, FlowTableLimits};
+use tollgate_discovery::packet::{Decoded, LinkType, decode, peek_flow};
 use tollgate_discovery::pcap::{import_bytes, import_stream};
 
 fuzz_target!(|data: &[u8]| {
@@ -26,6 +28,18 @@ fuzz_target!(|data: &[u8]| {
         _ => {}
     }
     file.extend_from_slice(rest);
+    // The input as one frame: where the sharded import's shortcut reads a flow, the decoder
+    // decodes a packet of that flow.
+    for link in [LinkType::Ethernet, LinkType::RawIp] {
+        if let Some((proto, s, d)) = peek_flow(link, rest) {
+            match decode(link, rest, Default::default()) {
+                Decoded::Packet(p) => {
+                    assert_eq!((p.proto, (p.src, p.sport), (p.dst, p.dport)), (proto, s, d));
+                }
+                other => panic!("peeked {proto:?} {s:?} {d:?}, decoded {other:?}"),
+            }
+        }
+    }
     let mut t = FlowTable::new(FlowTableLimits {
         max_flows: 256,
         ..FlowTableLimits::default()

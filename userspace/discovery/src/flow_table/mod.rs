@@ -26,7 +26,8 @@
 //! side, packets inspected per side, DNS cache entries, finished records kept. Hitting a cap
 //! counts a drop in [`FlowTableStats`]; it never fails a packet.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,7 +43,6 @@ mod dns_answers;
 mod dns_cache;
 mod evidence;
 mod meta;
-mod mirror;
 mod names;
 mod quic;
 mod tcp;
@@ -54,7 +54,6 @@ use dns_cache::DnsCache;
 use evidence::{Evidence, packet_evidence, set_client};
 pub use meta::FlowMeta;
 use meta::Meta;
-pub(crate) use mirror::{Admitted, Mirror};
 use names::Names;
 pub use names::{MAX_NAME_LEN, clean_name};
 use quic::QuicRecheck;
@@ -324,6 +323,37 @@ struct Flow {
     name_source: Option<NameSource>,
     meta: Option<Box<Meta>>,
     inspect: Option<Box<Inspect>>,
+    /// Tells this flow's [`Expiry`] entry from those of earlier flows of the same key.
+    generation: u64,
+}
+
+/// A live flow's place in the expiry order: the flow's last packet time when the entry was
+/// made (the flow's own may be later since), oldest first.
+#[derive(Debug, Clone, Copy)]
+struct Expiry {
+    last_seen: DateTime<Utc>,
+    generation: u64,
+    key: CanonKey,
+}
+
+impl PartialEq for Expiry {
+    fn eq(&self, other: &Self) -> bool {
+        (self.last_seen, self.generation) == (other.last_seen, other.generation)
+    }
+}
+
+impl Eq for Expiry {}
+
+impl PartialOrd for Expiry {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Expiry {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.last_seen, self.generation).cmp(&(other.last_seen, other.generation))
+    }
 }
 
 /// The flow table. See the module documentation.
@@ -333,6 +363,11 @@ pub struct FlowTable {
     /// aHash: several lookups per packet, and the keys come from the network (ahash's
     /// per-table random keys keep collision floods out).
     flows: HashMap<CanonKey, Flow, ahash::RandomState>,
+    /// One entry per live flow, oldest first: a sweep takes the idle flows from its front
+    /// instead of visiting every flow, so sweeps can be frequent however large the table.
+    expiry: BinaryHeap<Reverse<Expiry>>,
+    /// Flows made so far (the next flow's `generation`).
+    generations: u64,
     finished: Vec<FlowRecord>,
     dns: DnsCache,
     stats: FlowTableStats,
@@ -350,12 +385,25 @@ pub struct FlowTable {
     dns_answers: Option<Vec<DnsAnswer>>,
     /// QUIC-named live flows whose later Initials are read again.
     quic_recheck: QuicRecheck,
-    /// One shard of a sharded capture import ([`crate::pcap`]): sweeps (idle expiry) and the
-    /// flow cap are decided for all shards by the reader's [`Mirror`], which sends each
-    /// sweep as [`FlowTable::expire`] and never sends a packet the full table would refuse.
-    external_sweeps: bool,
 }
 
+/// A flow's shard in a sharded capture import: a hash of its direction-free key under
+/// `state` (random per import, so that no capture can aim its flows at one shard), and
+/// whether it has port 53 on either end (every shard reads those flows: DNS answers name
+/// other flows).
+pub(crate) fn flow_shard(
+    state: &ahash::RandomState,
+    proto: L4Proto,
+    sender: Endpoint,
+    receiver: Endpoint,
+) -> (u64, bool) {
+    let (ck, _) = CanonKey::of(proto, sender, receiver);
+    (state.hash_one(ck), ck.a.1 == 53 || ck.b.1 == 53)
+}
+
+/// Packets (and payload copies) between two idle sweeps. Fixed, so that when the sweeps
+/// come depends on the packet stream alone, not on the table: each shard of a sharded
+/// capture import ([`crate::pcap`]) sweeps at the same packets as one table would.
 const SWEEP_EVERY: u32 = 8192;
 
 /// Question names kept per DNS flow in [`FlowMeta::dns_queries`].
@@ -367,6 +415,8 @@ impl FlowTable {
             dns: DnsCache::new(limits.max_dns_cache, limits.dns_min_ttl),
             limits,
             flows: HashMap::default(),
+            expiry: BinaryHeap::new(),
+            generations: 0,
             finished: Vec::new(),
             stats: FlowTableStats::default(),
             now: DateTime::UNIX_EPOCH,
@@ -378,16 +428,6 @@ impl FlowTable {
             pending_order: VecDeque::new(),
             dns_answers: None,
             quic_recheck: QuicRecheck::default(),
-            external_sweeps: false,
-        }
-    }
-
-    /// A table for one shard of a sharded import: no sweeps or flow cap of its own (see
-    /// `external_sweeps`).
-    pub(crate) fn for_shard(limits: FlowTableLimits) -> Self {
-        FlowTable {
-            external_sweeps: true,
-            ..FlowTable::new(limits)
         }
     }
 
@@ -397,12 +437,21 @@ impl FlowTable {
         self.stats.buffer_budget_drops
     }
 
-    /// The import's clock moves on to `now` (a shard's clock follows every packet of the
-    /// capture, not only its own).
-    pub(crate) fn advance_now(&mut self, now: DateTime<Utc>) {
-        if now > self.now {
-            self.now = now;
-        }
+    /// Whether the table was ever full (a new flow found it at [`FlowTableLimits::max_flows`]:
+    /// it was swept, and the flow refused if that freed nothing).
+    pub(crate) fn was_full(&self) -> bool {
+        self.full_sweep_at.is_some()
+    }
+
+    /// Records of finished flows held.
+    pub(crate) fn finished_len(&self) -> usize {
+        self.finished.len()
+    }
+
+    /// A packet at `ts` that another shard of a sharded import handles: the clock and the
+    /// sweeps move on as they would for a packet of this table ([`FlowTable::flow_for`]).
+    pub(crate) fn pass(&mut self, ts: DateTime<Utc>) {
+        self.tick(ts);
     }
 
     pub fn limits(&self) -> &FlowTableLimits {
@@ -575,15 +624,27 @@ impl FlowTable {
     /// call it on a timer.
     pub fn expire(&mut self, now: DateTime<Utc>) {
         let idle = TimeDelta::from_std(self.limits.idle_timeout).unwrap_or(TimeDelta::MAX);
-        let stale: Vec<CanonKey> = self
-            .flows
-            .iter()
-            .filter(|(_, f)| f.last_seen + idle < now)
-            .map(|(k, _)| *k)
-            .collect();
-        for k in stale {
-            self.finish(k);
-            self.stats.flows_expired += 1;
+        let idle_at = |last: DateTime<Utc>| last.checked_add_signed(idle).is_some_and(|t| t < now);
+        while let Some(Reverse(e)) = self.expiry.peek().copied() {
+            if !idle_at(e.last_seen) {
+                break;
+            }
+            self.expiry.pop();
+            // (Flows leave the table only here: every entry's flow is there.)
+            let Some(f) = self
+                .flows
+                .get(&e.key)
+                .filter(|f| f.generation == e.generation)
+            else {
+                continue;
+            };
+            if idle_at(f.last_seen) {
+                self.finish(e.key);
+                self.stats.flows_expired += 1;
+            } else {
+                let last_seen = f.last_seen;
+                self.expiry.push(Reverse(Expiry { last_seen, ..e }));
+            }
         }
         self.dns.expire(now);
         self.expire_queries(now);
@@ -669,20 +730,7 @@ impl FlowTable {
         flags: u8,
         payload: &[u8],
     ) -> Option<(CanonKey, usize)> {
-        if ts > self.now {
-            self.now = ts;
-        }
-        self.ops_since_sweep = self.ops_since_sweep.saturating_add(1);
-        // A sweep visits every flow: run it once per `max(SWEEP_EVERY, flows)` operations so
-        // that its cost stays a bounded share of each operation however large the table is.
-        // (`Mirror::admit` makes the same decisions for a sharded import: keep them alike.)
-        if !self.external_sweeps
-            && self.ops_since_sweep as usize >= self.flows.len().max(SWEEP_EVERY as usize)
-        {
-            self.ops_since_sweep = 0;
-            let now = self.now;
-            self.expire(now);
-        }
+        self.tick(ts);
         let (ck, side) = CanonKey::of(proto, sender, receiver);
         // Evidence from this packet: (sender is client?, strength).
         let ev = match given {
@@ -690,7 +738,7 @@ impl FlowTable {
             None => packet_evidence(proto, sender, receiver, flags, payload),
         };
         if !self.flows.contains_key(&ck) {
-            if !self.external_sweeps && self.flows.len() >= self.limits.max_flows {
+            if self.flows.len() >= self.limits.max_flows {
                 // A full table is swept for idle flows at most once a second: a flood of
                 // new flows must not turn every packet into a scan of the table.
                 let now = self.now;
@@ -708,6 +756,13 @@ impl FlowTable {
             }
             let (sender_is_client, evidence) = ev.unwrap_or((true, Evidence::FirstPacket));
             let client = if sender_is_client { side } else { 1 - side };
+            let generation = self.generations;
+            self.generations += 1;
+            self.expiry.push(Reverse(Expiry {
+                last_seen: ts,
+                generation,
+                key: ck,
+            }));
             self.flows.insert(
                 ck,
                 Flow {
@@ -723,6 +778,7 @@ impl FlowTable {
                     name_source: None,
                     meta: None,
                     inspect: None,
+                    generation,
                 },
             );
         }
@@ -734,6 +790,19 @@ impl FlowTable {
         f.last_seen = f.last_seen.max(ts);
         f.tcp_flags |= flags;
         Some((ck, side))
+    }
+
+    /// The clock moves on to `ts`, and every [`SWEEP_EVERY`] calls idle flows are swept.
+    fn tick(&mut self, ts: DateTime<Utc>) {
+        if ts > self.now {
+            self.now = ts;
+        }
+        self.ops_since_sweep = self.ops_since_sweep.saturating_add(1);
+        if self.ops_since_sweep >= SWEEP_EVERY {
+            self.ops_since_sweep = 0;
+            let now = self.now;
+            self.expire(now);
+        }
     }
 
     fn inspect(
