@@ -6,10 +6,11 @@ use core::ptr;
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
 use tollgate_common::{
     ACTION_BLOCK, ACTION_DROP, ACTION_NONE, ACTION_REFUSE, BLOCK_PAGE_MARK, CONFIG_F_NO_QUIC_HOLD,
-    CONFIG_F_REFUSE_DNS, CONFIG_F_SESSION, DIR_DOWN, DIR_UP, FLOW_F_ISN, FLOW_F_NAMED,
-    FLOW_F_QUIC_HOLD, FLOW_F_QUIC_RELEASED, FLOW_F_STARTED, FLOW_F_UNREADABLE, FlowValue, KIND_DNS,
-    KIND_QUIC, PAYLOAD_CAP, PROG_INDEX_HOST, PROG_INDEX_QNAME, PROG_INDEX_SNI, PROTO_TCP,
-    PROTO_UDP, QUIC_HOLD_NS, STAT_BYTES, STAT_DEDUP, STAT_DROPS, STAT_FLOW_MAP_FULL, STAT_PACKETS,
+    CONFIG_F_REFUSE_DNS, CONFIG_F_SESSION, Config, DEFAULT_INSPECT_PACKETS, DIR_DOWN, DIR_UP,
+    FLOW_F_AT_START, FLOW_F_HELLO_PENDING, FLOW_F_HTTP, FLOW_F_ISN, FLOW_F_NAMED, FLOW_F_QUIC_HOLD,
+    FLOW_F_QUIC_RELEASED, FLOW_F_STARTED, FLOW_F_UNREADABLE, FlowValue, KIND_DNS, KIND_QUIC,
+    PAYLOAD_CAP, PROG_INDEX_HOST, PROG_INDEX_QNAME, PROG_INDEX_SNI, PROTO_TCP, PROTO_UDP,
+    QUIC_HOLD_NS, STAT_BYTES, STAT_DEDUP, STAT_DROPS, STAT_FLOW_MAP_FULL, STAT_PACKETS,
     STAT_STEER_LOST_RESET, STAT_STEER_QUIC_REFUSED, STAT_UNREADABLE_FRAGMENTED, STEER_TCP_PORT,
     STEER_UDP_PORT, tcp_flags,
 };
@@ -208,7 +209,7 @@ pub(crate) fn try_run(ctx: &TcContext, dir: u8, egress: bool) -> Result<i32, i32
         return Ok(action);
     }
 
-    if pkt.payload_len == 0 {
+    if pkt.payload_len == 0 || past_inspection(&pkt, flow, up, cfg) {
         return Ok(PASS);
     }
     let names = cfg.is_some_and(|c| c.generation != 0);
@@ -309,6 +310,29 @@ pub(crate) fn try_run(ctx: &TcContext, dir: u8, egress: bool) -> Result<i32, i32
         }
     }
     Ok(PASS)
+}
+
+/// Whether nothing below the counters would act on this packet: its flow used up its
+/// inspection budget in this direction (`inspect` would return at the budget check), it is on
+/// no port whose packets are always looked at (443: hellos and QUIC Initials; 53: DNS), and
+/// nothing is followed across its packets (a hello in pieces, a stream start, plain HTTP).
+/// Most packets of a long flow end here, without the inspection code's checks.
+#[inline(always)]
+fn past_inspection(pkt: &Pkt, flow: &FlowValue, up: bool, cfg: Option<&Config>) -> bool {
+    let limit = match cfg {
+        Some(c) if c.inspect_packets != 0 => c.inspect_packets,
+        _ => DEFAULT_INSPECT_PACKETS,
+    };
+    let inspected = if up {
+        flow.inspected_up
+    } else {
+        flow.inspected_down
+    };
+    inspected >= limit
+        && pkt.key.remote_port != UNREADABLE_PORT
+        && pkt.key.remote_port != DNS_PORT
+        && pkt.key.user_port != DNS_PORT
+        && flow.flags & (FLOW_F_HELLO_PENDING | FLOW_F_AT_START | FLOW_F_HTTP) == 0
 }
 
 /// A packet whose flow the flow map could not take (an LRU insert can fail under memory
