@@ -88,6 +88,24 @@ pub enum PcapError {
     Worker { path: PathBuf, reason: String },
 }
 
+impl PcapError {
+    /// The `Format` error of `path`, for `map_err`.
+    fn format(path: &Path) -> impl Fn(pcap_file::PcapError) -> PcapError + Copy + '_ {
+        move |source| PcapError::Format {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// The `Read` error of `path`, for `map_err`.
+    fn read(path: &Path) -> impl Fn(std::io::Error) -> PcapError + Copy + '_ {
+        move |source| PcapError::Read {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
 /// Bytes read at a time: captures are streamed through one buffer of this size, parsed in
 /// place (reading a file whole into fresh memory cost more in page faults than the parsing;
 /// pcap-file's own readers zero an 8 MB buffer per file).
@@ -114,10 +132,7 @@ fn open_capture(path: &Path) -> Result<Capture, PcapError> {
         path: path.to_path_buf(),
         source,
     };
-    let read_err = |source| PcapError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
+    let read_err = PcapError::read(path);
     let mut file = File::open(path).map_err(open_err)?;
     let size = file.metadata().map_err(read_err)?.len();
     let mut magic = [0u8; 4];
@@ -208,10 +223,7 @@ pub fn import_bytes(
     data: &[u8],
     table: &mut FlowTable,
 ) -> Result<PcapStats, PcapError> {
-    let fmt_err = |source| PcapError::Format {
-        path: path.to_path_buf(),
-        source,
-    };
+    let fmt_err = PcapError::format(path);
     let mut stats = PcapStats::default();
     if data.starts_with(&PCAPNG_MAGIC) {
         stats.format = "pcapng";
@@ -329,14 +341,8 @@ fn stream_into<R: Read, S: Sink>(
     chunk: usize,
 ) -> Result<PcapStats, PcapError> {
     use pcap_file::PcapError as Parse;
-    let fmt_err = |source| PcapError::Format {
-        path: path.to_path_buf(),
-        source,
-    };
-    let read_err = |source| PcapError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
+    let fmt_err = PcapError::format(path);
+    let read_err = PcapError::read(path);
     let mut stats = PcapStats::default();
     let mut ch = Chunks::new(reader, chunk);
     // The file header (pcap: 24 bytes; pcapng: the whole section header block).

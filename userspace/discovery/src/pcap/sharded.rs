@@ -403,14 +403,8 @@ fn sharded(
     c: super::Capture,
     knobs: &Knobs,
 ) -> Result<Option<Sharded>, PcapError> {
-    let fmt_err = |source| PcapError::Format {
-        path: path.to_path_buf(),
-        source,
-    };
-    let read_err = |source| PcapError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
+    let fmt_err = PcapError::format(path);
+    let read_err = PcapError::read(path);
     let worker_err = |reason: String| PcapError::Worker {
         path: path.to_path_buf(),
         reason,
