@@ -1105,7 +1105,7 @@ impl ConnCtx {
                 .iter()
                 .any(|r| r.rule.reads_content())
         {
-            match self.admit(!upload_held, &mut parts).await {
+            match Box::pin(self.admit(!upload_held, &mut parts)).await {
                 Ok(s) => s,
                 Err(d) => {
                     self.audit(&info, &d);
@@ -1116,12 +1116,15 @@ impl ConnCtx {
             None
         };
 
-        let resp = match self.forward(parts, body, &authority).await {
+        // The steps after the request head are boxed (`admit` above, `forward`, and
+        // `judge_response`): sending the request is the largest (~1.1 KiB of state), and
+        // inline each would size the state of every request in flight, including the many
+        // that only wait in `admit` for inspection memory.
+        let resp = match Box::pin(self.forward(parts, body, &authority)).await {
             Ok(r) => r,
             Err(msg) => return self.upstream_failed(html, &msg),
         };
-        self.judge_response(&policies, concerned, &info, html, resp, reserved)
-            .await
+        Box::pin(self.judge_response(&policies, concerned, &info, html, resp, reserved)).await
     }
 
     /// Reserve inspection memory for a download before its request is sent. Waits (up to

@@ -245,11 +245,48 @@ enum NotInspected {
     Uninspectable(String),
 }
 
-async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
-    let _ = tcp.set_nodelay(true);
-    let Some(dst) = original_destination(&shared, &tcp) else {
-        tracing::debug!("{peer}: connection to the proxy itself refused");
+async fn handle(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+    // Two phases, so that the connection's task stays small while it serves: everything up
+    // to the client handshake (the ClientHello and our copy of it, rustls' `Accepted`, the
+    // handshake, a splice) runs in a box of its own, freed once the handshake is done. Inline,
+    // the task would be as large as its largest phase (~3 KiB) for its whole life, times
+    // every open connection.
+    let Some(conn) = Box::pin(intercept(&shared, tcp, peer)).await else {
         return;
+    };
+    serve_http(&shared, conn).await;
+}
+
+/// A decrypted client connection, ready for HTTP. Handed over boxed: inline, its TLS
+/// stream (~1.2 KiB, moved on into hyper's connection) would size the serving phase too.
+struct Intercepted {
+    tls: tokio_rustls::server::TlsStream<TcpStream>,
+    ctx: Arc<ConnCtx>,
+    client_h2: bool,
+    token: String,
+    verdict: Arc<std::sync::OnceLock<&'static str>>,
+    activity: Arc<crate::idle::Activity>,
+}
+
+impl Intercepted {
+    /// Out of its box, which is freed here (not at the end of the caller's scope).
+    fn unbox(self: Box<Self>) -> Self {
+        *self
+    }
+}
+
+/// Everything before HTTP: the destination, the ClientHello, the interception decision, the
+/// origin and the client handshake. `None` when the connection was spliced, refused or
+/// failed (and is finished).
+async fn intercept(
+    shared: &Arc<Shared>,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+) -> Option<Box<Intercepted>> {
+    let _ = tcp.set_nodelay(true);
+    let Some(dst) = original_destination(shared, &tcp) else {
+        tracing::debug!("{peer}: connection to the proxy itself refused");
+        return None;
     };
     if let Some(why) = shared.destination_refused(dst.ip()) {
         shared
@@ -258,21 +295,22 @@ async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
             .fetch_add(1, Ordering::Relaxed);
         tracing::info!("{peer} -> {dst}: refused: {why}");
         shared.audit_connection(peer.ip(), "-", "-", "destination", "block", why);
-        return;
+        return None;
     }
     let hs_timeout = Duration::from_secs(shared.cfg.handshake_timeout_secs);
     let hello = match read_hello(&mut tcp, hs_timeout).await {
         Ok(h) => h,
         Err(e) => {
             tracing::debug!("{peer} -> {dst}: {e}");
-            return;
+            return None;
         }
     };
     let (accepted, raw) = match hello {
         Hello::Other { raw } => {
             let why =
                 NotInspected::Uninspectable("no TLS ClientHello that parses within 64 KiB".into());
-            return not_inspected(&shared, tcp, peer, dst, &raw, "-", why).await;
+            not_inspected(shared, tcp, peer, dst, &raw, "-", why).await;
+            return None;
         }
         Hello::Tls { accepted, raw } => (accepted, raw),
     };
@@ -284,25 +322,20 @@ async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
     };
     let Some(sni) = sni else {
         let why = NotInspected::Uninspectable("no server name (SNI)".into());
-        return not_inspected(&shared, tcp, peer, dst, &raw, "-", why).await;
+        not_inspected(shared, tcp, peer, dst, &raw, "-", why).await;
+        return None;
     };
     let app = match shared.intercept_decision(peer.ip(), &sni) {
         Verdict::Intercept(app) => app,
         Verdict::Bypass(why) => {
-            return not_inspected(
-                &shared,
-                tcp,
-                peer,
-                dst,
-                &raw,
-                &sni,
-                NotInspected::Bypass(why),
-            )
-            .await;
+            let why = NotInspected::Bypass(why);
+            not_inspected(shared, tcp, peer, dst, &raw, &sni, why).await;
+            return None;
         }
         Verdict::Uninspectable(why) => {
             let why = NotInspected::Uninspectable(why);
-            return not_inspected(&shared, tcp, peer, dst, &raw, &sni, why).await;
+            not_inspected(shared, tcp, peer, dst, &raw, &sni, why).await;
+            return None;
         }
         Verdict::RejectBypass(app) => {
             shared
@@ -321,7 +354,8 @@ async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
                     shared.cfg.client_reject_bypass_secs
                 ),
             );
-            return splice(&shared, tcp, dst, &raw).await;
+            splice(shared, tcp, dst, &raw).await;
+            return None;
         }
     };
     shared.stats.intercepted.fetch_add(1, Ordering::Relaxed);
@@ -347,7 +381,7 @@ async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
             }
             Err(UpstreamFailure::Connect(e)) => {
                 tracing::info!("{peer} -> {dst} ({sni}): origin unreachable: {e}");
-                return; // as if the origin refused: the client sees a closed connection
+                return None; // as if the origin refused: the client sees a closed connection
             }
             Err(e) => {
                 shared
@@ -362,7 +396,7 @@ async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
     // Make sure the leaf exists before the (synchronous) resolver runs.
     if let Err(e) = shared.ca.leaf(&sni) {
         tracing::warn!("{sni}: {e}");
-        return;
+        return None;
     }
     let cfg = if h2 {
         shared.server_h2.clone()
@@ -398,7 +432,7 @@ async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
                         "audit",
                         format!("the client rejected the gateway's certificate ({e}); {then}"),
                     );
-                    return;
+                    return None;
                 }
             }
             shared
@@ -406,9 +440,9 @@ async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
                 .client_handshake_failures
                 .fetch_add(1, Ordering::Relaxed);
             tracing::debug!("{peer} ({sni}): client handshake: {e}");
-            return;
+            return None;
         }
-        Err(_) => return,
+        Err(_) => return None,
     };
     shared.handshake_ok(peer.ip(), &sni);
     let client_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
@@ -419,7 +453,7 @@ async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
         .is_some_and(|c| !c.is_empty());
     let Some(token) = random_token() else {
         tracing::warn!("no randomness for the connection secret; closing {peer}");
-        return;
+        return None;
     };
     let verdict: Arc<std::sync::OnceLock<&'static str>> = Arc::default();
     let activity = crate::idle::Activity::new();
@@ -439,7 +473,32 @@ async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
         first: Mutex::new(first),
         activity: activity.clone(),
     });
-    let svc = service_fn(move |req| ctx.clone().handle(req));
+    Some(Box::new(Intercepted {
+        tls,
+        ctx,
+        client_h2,
+        token,
+        verdict,
+        activity,
+    }))
+}
+
+/// Serves HTTP/1.1 or HTTP/2 on a decrypted client connection until it ends.
+async fn serve_http(shared: &Arc<Shared>, conn: Box<Intercepted>) {
+    let Intercepted {
+        tls,
+        ctx,
+        client_h2,
+        token,
+        verdict,
+        activity,
+    } = conn.unbox();
+    let peer = ctx.src;
+    // The request's future is boxed: hyper keeps its service's future in an allocation of
+    // that future's size for the connection's whole life (~2.6 KiB inline, even between
+    // requests); boxed, it holds a pointer and the request's state lives only while the
+    // request is in flight.
+    let svc = service_fn(move |req| Box::pin(ctx.clone().handle(req)));
     let cfg = &shared.cfg;
     let idle = Duration::from_secs(cfg.idle_timeout_secs);
     // A connection with no request in flight for `idle_timeout_secs` is closed gracefully
@@ -467,6 +526,13 @@ async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
             token,
             verdict,
         );
+        // What an HTTP/1.1 client connection costs at least (heaptrack, hyper 1.12, rustls
+        // 0.23): hyper's read buffer (8 KiB, reserved before every read, also while a request
+        // waits: hyper reads to notice a client that goes away) and its response-head write
+        // buffer (8 KiB, allocated with the connection even with `writev`); no Builder option
+        // lowers either (`max_buf_size` is at least 8 KiB, and it is a maximum). rustls' record
+        // buffer (4 KiB) and keys (~1 KiB), the TLS stream (~1.2 KiB, in hyper's box), the
+        // task and, while a request is in flight, its future (~0.5 and ~1.5 KiB) come on top.
         let conn = hyper::server::conn::http1::Builder::new()
             // Vectored writes: hyper queues the body's frames (slices of an inspected body, or
             // the origin's) instead of copying them into a write buffer of its own, which
@@ -587,5 +653,30 @@ impl tokio::io::AsyncWrite for Linger {
             Ok(io) => std::pin::Pin::new(io).poll_shutdown(cx),
             Err(e) => std::task::Poll::Ready(Err(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn future_size<A, B, C, F: std::future::Future>(_: impl Fn(A, B, C) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    fn future_size2<A, B, F: std::future::Future>(_: impl Fn(A, B) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every open connection holds its task (the `handle` future) and, while a request is in
+    /// flight, that request's future: both stay small, the handshake's and the origin
+    /// request's state being boxed apart. (Release builds: ~0.5 and ~1.5 KiB.)
+    #[test]
+    fn per_connection_futures_stay_small() {
+        let task = future_size(handle);
+        let request = future_size2(ConnCtx::handle);
+        eprintln!("connection task future {task} B, request future {request} B");
+        assert!(task <= 1024, "connection task future: {task} B");
+        assert!(request <= 3072, "request future: {request} B");
     }
 }
