@@ -38,6 +38,31 @@ fn a_peeked_flow_is_the_decoded_one() {
             }
         }
     }
+    // Frames whose outer headers name another flow than the decoder's: GTP-U (the decoder
+    // reads the user packet inside) and IPv4 in IPv4.
+    let inner_tcp = ipv4(6, [10, 45, 0, 2], [93, 184, 216, 34], &{
+        let mut t = vec![
+            0xc0, 0x01, 0x01, 0xbb, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff,
+        ];
+        t.extend_from_slice(&[0, 0, 0, 0]);
+        t
+    });
+    let mut gtp = vec![0x30, 0xff];
+    gtp.extend_from_slice(&(inner_tcp.len() as u16).to_be_bytes());
+    gtp.extend_from_slice(&[0, 0, 0, 7]);
+    gtp.extend_from_slice(&inner_tcp);
+    let mut udp = vec![0x08, 0x68, 0x08, 0x68];
+    udp.extend_from_slice(&((gtp.len() + 8) as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(&gtp);
+    for outer in [
+        ipv4(17, [172, 16, 0, 1], [172, 16, 0, 2], &udp),
+        ipv4(4, [172, 16, 0, 1], [172, 16, 0, 2], &inner_tcp),
+    ] {
+        let mut f = vec![0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0x08, 0x00];
+        f.extend_from_slice(&outer);
+        frames.push((LinkType::Ethernet, f));
+    }
     let agree = |link: LinkType, f: &[u8]| -> bool {
         let Some((proto, sender, receiver)) = peek_flow(link, f) else {
             return false;
@@ -86,4 +111,16 @@ fn a_peeked_flow_is_the_decoded_one() {
         let cut = (next() as usize) % (m.len() + 1);
         agree(*link, m.get(..cut).unwrap_or(&[]));
     }
+}
+
+/// An IPv4 packet (no options) around `payload`.
+fn ipv4(proto: u8, src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
+    let total = (20 + payload.len()) as u16;
+    let mut p = vec![0x45, 0];
+    p.extend_from_slice(&total.to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0, 0, 64, proto, 0, 0]);
+    p.extend_from_slice(&src);
+    p.extend_from_slice(&dst);
+    p.extend_from_slice(payload);
+    p
 }
