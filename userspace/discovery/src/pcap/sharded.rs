@@ -79,9 +79,8 @@ pub const PARALLEL_MIN_BYTES: u64 = 64 << 20;
 /// Workers at most, whatever the thread count asked for.
 const MAX_SHARDS: usize = 64;
 
-/// Import a capture with `threads` worker threads (0: one per core, at most 64) besides
-/// the calling thread (which reads), calling `each` with every
-/// flow record. A capture smaller than [`PARALLEL_MIN_BYTES`], or one thread, takes the
+/// Import a capture with `threads` worker threads (0: one per core, at most 64; the calling
+/// thread waits for them), calling `each` with every flow record. A capture smaller than [`PARALLEL_MIN_BYTES`], or one thread, takes the
 /// single-threaded path ([`super::import_pcap`] into one [`FlowTable`]). The records (in no
 /// particular order) and the stats are those of the single-threaded import; see the
 /// module documentation.
@@ -110,7 +109,7 @@ pub fn import_pcap_threads_from(
 struct Knobs {
     /// Bytes mapped at a time.
     window: usize,
-    /// This worker panics at its first chunk.
+    /// This worker panics as it starts.
     fail_worker: Option<usize>,
 }
 
