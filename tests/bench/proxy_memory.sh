@@ -81,9 +81,10 @@ POL
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 wait_port "$ORIGIN_PORT" || { echo "nginx did not start" >&2; exit 1; }
 
-# The daemon fixes glibc's mmap threshold at 256 KiB in its main (fix_mmap_threshold);
-# bench_proxy runs the proxy library without that main, so it gets the same setting here.
-MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-262144} \
+# The daemon fixes glibc's mmap threshold at 256 KiB and its arenas at one in its main
+# (tune_allocator); bench_proxy runs the proxy library without that main, so it gets the
+# same settings here.
+MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-262144} MALLOC_ARENA_MAX=${MALLOC_ARENA_MAX:-1} \
 "$PROXY" --listen "127.0.0.1:$PROXY_PORT" --origin "127.0.0.1:$ORIGIN_PORT" \
   --ca "$WORK/intercept-ca.pem" --ca-key "$WORK/intercept-ca.key" --upstream-ca "$WORK/origin-ca.pem" \
   --policies "$WORK/policies.toml" --max-buffered "$MAX_BUFFERED" 2> "$WORK/proxy.log" &

@@ -172,6 +172,26 @@ fn framing_problem(req: &Request<Incoming>) -> Option<&'static str> {
 /// copy, outside the inspection memory budget; slices of the buffered bytes cost nothing.
 const SLICE: usize = 16 * 1024;
 
+/// An inspected body's bytes, which give their memory share back when the last slice of them
+/// is freed. hyper queues the slices of a body and drops the body itself before it has
+/// written them; a share held by the body would go back while up to the whole buffer still
+/// waits for a slow client, and the next body would be admitted on top of it.
+fn held_by(body: Bytes, share: Share) -> Bytes {
+    struct Held {
+        body: Bytes,
+        _share: Share,
+    }
+    impl AsRef<[u8]> for Held {
+        fn as_ref(&self) -> &[u8] {
+            &self.body
+        }
+    }
+    Bytes::from_owner(Held {
+        body,
+        _share: share,
+    })
+}
+
 /// A buffered body handed on in [`SLICE`]-sized frames (zero-copy slices).
 struct Sliced {
     rest: Bytes,
@@ -579,11 +599,7 @@ impl ConnCtx {
                 }
                 Inspected {
                     decision: policy::stricter(seen, problem.map(limit)),
-                    body: Holding {
-                        inner: Sliced::new(b).boxed(),
-                        guard: share,
-                    }
-                    .boxed(),
+                    body: Sliced::new(held_by(b, share)).boxed(),
                     busy: false,
                 }
             }
@@ -613,13 +629,9 @@ impl ConnCtx {
                 };
                 Inspected {
                     decision,
-                    body: Holding {
-                        inner: PrefixedBody {
-                            prefix: Some(prefix),
-                            rest: Some(rest),
-                        }
-                        .boxed(),
-                        guard: share,
+                    body: PrefixedBody {
+                        prefix: Some(held_by(prefix, share)),
+                        rest: Some(rest),
                     }
                     .boxed(),
                     busy: false,
@@ -1412,6 +1424,30 @@ impl ConnCtx {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An inspected body's memory share goes back when the last slice of it is freed, not when
+    /// the body is: hyper drops the body while its last slices still wait in its write queue.
+    #[tokio::test]
+    async fn an_inspected_body_holds_its_share_until_its_last_slice_is_freed() {
+        let budget = crate::budget::Budget::new(4 << 20);
+        let mut share = budget.share();
+        share.grow(1 << 20).await.unwrap();
+        let held = budget.in_use();
+        assert!(held >= 1 << 20);
+        let mut body = Sliced::new(held_by(Bytes::from(vec![7u8; 1 << 20]), share));
+        let mut slices = Vec::new();
+        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+        {
+            slices.push(frame.unwrap().into_data().unwrap());
+        }
+        drop(body);
+        assert_eq!(budget.in_use(), held, "slices in flight keep the share");
+        let last = slices.pop().unwrap();
+        slices.clear();
+        assert_eq!(budget.in_use(), held, "one slice still holds the buffer");
+        drop(last);
+        assert_eq!(budget.in_use(), 0);
+    }
 
     /// `detach` keeps the request head as it was, in memory of its own.
     #[test]

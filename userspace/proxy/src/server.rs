@@ -23,6 +23,13 @@ use crate::http::ConnCtx;
 use crate::shared::{HandshakeEnd, MAX_HELLO_BYTES, Shared, Verdict, normalize_name};
 use crate::upstream::{Key, UpstreamFailure};
 
+/// Encrypted bytes a client connection may hold that its socket has not taken yet: one full
+/// TLS record (16 KiB of body, the proxy's slice size, and its framing). rustls' default is
+/// 64 KiB, which a slow client fills on every connection that sends it a body; the kernel's
+/// socket buffer is the queue, this only bridges one write (1 MiB less at the peak of
+/// `tests/bench/proxy_memory.sh`, 1,000 downloads, at the same request rate).
+const CLIENT_TLS_SEND_LIMIT: usize = 17 * 1024;
+
 /// The accept loop; ends when `shutdown` turns true. Connections are accepted first and
 /// closed at once when over a limit, so that the kernel's accept queue (shared by every
 /// steered SYN) never fills up.
@@ -407,7 +414,7 @@ async fn intercept(
     // The handshake and the HTTP connection below are boxed: inline, the connection task
     // would be as large as its largest phase (~8 KiB) for its whole life; boxed, each phase
     // holds only what it uses, and the handshake's memory goes when it ends.
-    let tls = match tokio::time::timeout(hs_timeout, Box::pin(start.into_stream(cfg))).await {
+    let mut tls = match tokio::time::timeout(hs_timeout, Box::pin(start.into_stream(cfg))).await {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => {
             let how = handshake_end(&e);
@@ -445,6 +452,9 @@ async fn intercept(
         Err(_) => return None,
     };
     shared.handshake_ok(peer.ip(), &sni);
+    tls.get_mut()
+        .1
+        .set_buffer_limit(Some(CLIENT_TLS_SEND_LIMIT));
     let client_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let client_cert = tls
         .get_ref()
