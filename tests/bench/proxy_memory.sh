@@ -108,6 +108,6 @@ base=$(awk '/VmRSS/ {print $2}' /proc/$PROXY_PID/status)
 out=$(wrk -t2 -c"$CONNS_BIG" -d"${DURATION}s" --timeout 30s "https://localhost:$PROXY_PORT/1m.bin")
 echo "$out" | grep -E "Requests/sec|Transfer/sec|Non-2xx|Socket errors" || true
 hwm=$(awk '/VmHWM/ {print $2}' /proc/$PROXY_PID/status)
-echo "proxy_rss_before_kib=$base proxy_peak_rss_kib=$hwm proxy_peak_rss_mib=$((hwm / 1024))"
+echo "proxy_rss_before_kib=$base proxy_peak_rss_kib=$hwm proxy_peak_rss_mib=$(awk -v k="$hwm" 'BEGIN{printf "%.1f", k/1024}')"
 kill -TERM $PROXY_PID; sleep 0.5
 grep -o 'buffered_bytes_peak: [0-9]*\|budget_waits: [0-9]*\|budget_refusals: [0-9]*' "$WORK/proxy.log" | tr '\n' ' '; echo
