@@ -26,8 +26,8 @@ use crate::upstream::{Key, UpstreamFailure};
 /// Encrypted bytes a client connection may hold that its socket has not taken yet: one full
 /// TLS record (16 KiB of body, the proxy's slice size, and its framing). rustls' default is
 /// 64 KiB, which a slow client fills on every connection that sends it a body; the kernel's
-/// socket buffer is the queue, this only bridges one write (1 MiB less at the peak of
-/// `tests/bench/proxy_memory.sh`, 1,000 downloads, at the same request rate).
+/// socket buffer is the queue, this only bridges one write (about 1 MiB less at the peak of
+/// `tests/bench/proxy_memory.sh`, 1,000 downloads).
 const CLIENT_TLS_SEND_LIMIT: usize = 17 * 1024;
 
 /// The accept loop; ends when `shutdown` turns true. Connections are accepted first and

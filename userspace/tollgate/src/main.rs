@@ -285,17 +285,16 @@ enum LogFormat {
 ///   each thread's cache without the lock.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn tune_allocator() {
-    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
-        // SAFETY: mallopt only sets an allocator parameter; this runs first in main, before
-        // any other thread exists.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
-        }
-    }
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: as above.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 1);
+    for (admin_var, param, value) in [
+        ("MALLOC_MMAP_THRESHOLD_", libc::M_MMAP_THRESHOLD, 256 * 1024),
+        ("MALLOC_ARENA_MAX", libc::M_ARENA_MAX, 1),
+    ] {
+        if std::env::var_os(admin_var).is_none() {
+            // SAFETY: mallopt only sets an allocator parameter; this runs first in main,
+            // before any other thread exists.
+            unsafe {
+                libc::mallopt(param, value);
+            }
         }
     }
 }
