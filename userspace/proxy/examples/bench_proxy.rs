@@ -77,12 +77,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         audit_log: audit.map(PathBuf::from),
         ..ProxyConfig::default()
     };
+    let max_buffered_bytes = max_buffered.unwrap_or(cfg.max_buffered_bytes);
     let cfg = ProxyConfig {
         max_upstream_connections_per_origin: per_origin
             .unwrap_or(cfg.max_upstream_connections_per_origin),
-        max_buffered_bytes: max_buffered.unwrap_or(cfg.max_buffered_bytes),
-        // The load generator opens every connection from one address.
+        max_buffered_bytes,
+        // The load generator opens every connection from one address: it stands for many
+        // clients, so neither per-client limit applies.
         max_connections_per_client: 100_000,
+        max_buffered_bytes_per_client: Some(max_buffered_bytes),
         ..cfg
     };
     let policies: PolicySet = match policies_file {

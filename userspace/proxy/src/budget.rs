@@ -5,11 +5,17 @@
 //! are held; when the budget is spent it waits for others to finish (bounded by the body's
 //! read timeout) and is then refused.
 //!
+//! No client may hold more than its part of the budget (`max_buffered_bytes_per_client`): a
+//! host that opens many inspected transfers and does not read them (or reads them slowly)
+//! waits for its own memory, and other users' transfers still get theirs.
+//!
 //! The budget counts KiB (rounded up), so one request can ask for any size in one call.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -25,10 +31,17 @@ const UNIT: usize = 1024;
 pub struct Budget {
     sem: Arc<Semaphore>,
     units: usize,
+    /// What one client address may hold; equal to `units` when clients are not limited.
+    client_units: usize,
+    /// Each client address's part, while it holds memory: the semaphore lives as long as a
+    /// share of that client holds it (the last one removes the entry).
+    clients: Mutex<HashMap<IpAddr, Arc<Semaphore>>>,
     /// Most bytes (in whole KiB) held at once since start.
     peak: AtomicU64,
     /// Shares that had to wait for memory.
     pub waits: AtomicU64,
+    /// Shares that waited because their client already held its part.
+    pub client_waits: AtomicU64,
     /// Shares refused because the memory did not free up in time.
     pub refusals: AtomicU64,
 }
@@ -37,16 +50,24 @@ pub struct Budget {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Exhausted;
 
+fn units_of(bytes: u64) -> usize {
+    usize::try_from(bytes / UNIT as u64)
+        .unwrap_or(usize::MAX)
+        .clamp(1, Semaphore::MAX_PERMITS)
+}
+
 impl Budget {
-    pub fn new(bytes: u64) -> Arc<Budget> {
-        let units = usize::try_from(bytes / UNIT as u64)
-            .unwrap_or(usize::MAX)
-            .clamp(1, Semaphore::MAX_PERMITS);
+    /// `bytes` for all clients together, `per_client` for any one source address.
+    pub fn new(bytes: u64, per_client: u64) -> Arc<Budget> {
+        let units = units_of(bytes);
         Arc::new(Budget {
             sem: Arc::new(Semaphore::new(units)),
             units,
+            client_units: units_of(per_client).min(units),
+            clients: Mutex::new(HashMap::new()),
             peak: AtomicU64::new(0),
             waits: AtomicU64::new(0),
+            client_waits: AtomicU64::new(0),
             refusals: AtomicU64::new(0),
         })
     }
@@ -66,13 +87,50 @@ impl Budget {
         (self.units * UNIT) as u64
     }
 
-    /// An empty share of this budget.
-    pub fn share(self: &Arc<Self>) -> Share {
+    /// An empty share of this budget, for a body of `client`'s.
+    pub fn share(self: &Arc<Self>, client: IpAddr) -> Share {
         Share {
             budget: self.clone(),
+            client,
+            client_part: None,
             permit: None,
+            client_permit: None,
             units: 0,
         }
+    }
+
+    /// `client`'s part of the budget; `None` when clients are not limited.
+    fn client_part(&self, client: IpAddr) -> Option<Arc<Semaphore>> {
+        if self.client_units >= self.units {
+            return None;
+        }
+        let mut clients = self.clients.lock().ok()?;
+        Some(
+            clients
+                .entry(client)
+                .or_insert_with(|| Arc::new(Semaphore::new(self.client_units)))
+                .clone(),
+        )
+    }
+
+    /// A share of `client` let go of its part: the last one removes the entry. Under the
+    /// lock, so that no share takes the part between the count and the removal.
+    fn release_client_part(&self, client: IpAddr, part: Arc<Semaphore>) {
+        let Ok(mut clients) = self.clients.lock() else {
+            return;
+        };
+        // The map's reference and ours: no share (and no permit) of this client is left.
+        if Arc::strong_count(&part) == 2
+            && clients.get(&client).is_some_and(|p| Arc::ptr_eq(p, &part))
+        {
+            clients.remove(&client);
+        }
+        drop(part);
+    }
+
+    /// Client addresses holding inspection memory now.
+    pub fn clients_holding(&self) -> usize {
+        self.clients.lock().map(|c| c.len()).unwrap_or(0)
     }
 
     fn note_peak(&self) {
@@ -88,8 +146,36 @@ fn units_for(bytes: usize) -> usize {
 #[derive(Debug)]
 pub struct Share {
     budget: Arc<Budget>,
+    client: IpAddr,
+    /// The client's part of the budget, taken at the first growth.
+    client_part: Option<Arc<Semaphore>>,
     permit: Option<OwnedSemaphorePermit>,
+    /// The same units, from the client's part (none when clients are not limited).
+    client_permit: Option<OwnedSemaphorePermit>,
     units: usize,
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        self.permit = None;
+        self.client_permit = None;
+        if let Some(part) = self.client_part.take() {
+            self.budget.release_client_part(self.client, part);
+        }
+    }
+}
+
+/// Both permits of one growth: the client's part first, then the whole budget's.
+struct Grant {
+    client: Option<OwnedSemaphorePermit>,
+    all: OwnedSemaphorePermit,
+}
+
+fn merge(into: &mut Option<OwnedSemaphorePermit>, p: OwnedSemaphorePermit) {
+    match into {
+        Some(held) => held.merge(p),
+        None => *into = Some(p),
+    }
 }
 
 impl Share {
@@ -103,7 +189,7 @@ impl Share {
         if want <= self.units {
             return Ok(None);
         }
-        if want > self.budget.units {
+        if want > self.budget.client_units {
             return Err(Exhausted);
         }
         u32::try_from(want - self.units)
@@ -111,13 +197,20 @@ impl Share {
             .map_err(|_| Exhausted)
     }
 
-    fn add(&mut self, p: OwnedSemaphorePermit) {
-        self.units += p.num_permits();
-        match &mut self.permit {
-            Some(held) => held.merge(p),
-            None => self.permit = Some(p),
+    fn add(&mut self, g: Grant) {
+        self.units += g.all.num_permits();
+        merge(&mut self.permit, g.all);
+        if let Some(c) = g.client {
+            merge(&mut self.client_permit, c);
         }
         self.budget.note_peak();
+    }
+
+    fn client_part(&mut self) -> Option<Arc<Semaphore>> {
+        if self.client_part.is_none() {
+            self.client_part = self.budget.client_part(self.client);
+        }
+        self.client_part.clone()
     }
 
     /// Grow the share to `total` bytes, waiting for memory as long as the caller lets it.
@@ -125,15 +218,25 @@ impl Share {
         let Some(n) = self.need(total)? else {
             return Ok(());
         };
+        let client = match self.client_part() {
+            None => None,
+            Some(part) => Some(match part.clone().try_acquire_many_owned(n) {
+                Ok(p) => p,
+                Err(_) => {
+                    self.budget.client_waits.fetch_add(1, Ordering::Relaxed);
+                    part.acquire_many_owned(n).await.map_err(|_| Exhausted)?
+                }
+            }),
+        };
         let sem = self.budget.sem.clone();
-        let p = match sem.clone().try_acquire_many_owned(n) {
+        let all = match sem.clone().try_acquire_many_owned(n) {
             Ok(p) => p,
             Err(_) => {
                 self.budget.waits.fetch_add(1, Ordering::Relaxed);
                 sem.acquire_many_owned(n).await.map_err(|_| Exhausted)?
             }
         };
-        self.add(p);
+        self.add(Grant { client, all });
         Ok(())
     }
 
@@ -144,13 +247,17 @@ impl Share {
         let Some(n) = self.need(total)? else {
             return Ok(());
         };
-        let p = self
+        let client = match self.client_part() {
+            None => None,
+            Some(part) => Some(part.try_acquire_many_owned(n).map_err(|_| Exhausted)?),
+        };
+        let all = self
             .budget
             .sem
             .clone()
             .try_acquire_many_owned(n)
             .map_err(|_| Exhausted)?;
-        self.add(p);
+        self.add(Grant { client, all });
         Ok(())
     }
 
@@ -163,6 +270,7 @@ impl Share {
             return Ok(());
         }
         self.permit = None;
+        self.client_permit = None;
         self.units = 0;
         self.grow(total).await
     }
@@ -174,10 +282,12 @@ impl Share {
         if keep >= self.units {
             return;
         }
-        if keep == 0 {
-            self.permit = None;
-        } else if let Some(p) = &mut self.permit {
-            drop(p.split(self.units - keep));
+        for permit in [&mut self.permit, &mut self.client_permit] {
+            if keep == 0 {
+                *permit = None;
+            } else if let Some(p) = permit {
+                drop(p.split(self.units - keep));
+            }
         }
         self.units = keep;
     }
@@ -216,14 +326,18 @@ impl<G: Unpin> Body for Holding<G> {
 mod tests {
     use super::*;
 
+    use std::net::Ipv4Addr;
     use std::time::Duration;
+
+    const HOST_A: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+    const HOST_B: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
 
     #[tokio::test]
     async fn shares_stay_within_the_budget() {
-        let b = Budget::new(10 * 1024);
-        let mut a = b.share();
+        let b = Budget::new(10 * 1024, 10 * 1024);
+        let mut a = b.share(HOST_A);
         a.grow(6 * 1024).await.unwrap();
-        let mut c = b.share();
+        let mut c = b.share(HOST_A);
         assert!(
             tokio::time::timeout(Duration::from_millis(50), c.grow(6 * 1024))
                 .await
@@ -238,7 +352,7 @@ mod tests {
             .unwrap();
         assert!(b.peak() <= b.capacity());
         assert_eq!(c.grow(11 * 1024).await, Err(Exhausted), "larger than all");
-        let mut d = b.share();
+        let mut d = b.share(HOST_A);
         assert_eq!(d.try_grow(5 * 1024), Err(Exhausted), "no waiting");
         assert!(d.try_grow(4 * 1024).is_ok());
         assert!(b.waits.load(Ordering::Relaxed) >= 1);
@@ -246,8 +360,8 @@ mod tests {
 
     #[tokio::test]
     async fn shrink_gives_back_the_excess() {
-        let b = Budget::new(8 * 1024);
-        let mut a = b.share();
+        let b = Budget::new(8 * 1024, 8 * 1024);
+        let mut a = b.share(HOST_A);
         a.grow(8 * 1024).await.unwrap();
         a.shrink(3 * 1024 - 100);
         assert_eq!(a.bytes(), 3 * 1024);
@@ -264,10 +378,10 @@ mod tests {
     /// that waits gives back what it holds, so the other can finish.
     #[tokio::test]
     async fn grow_whole_never_holds_while_waiting() {
-        let b = Budget::new(8 * 1024);
-        let mut a = b.share();
+        let b = Budget::new(8 * 1024, 8 * 1024);
+        let mut a = b.share(HOST_A);
         a.grow(4 * 1024).await.unwrap();
-        let mut c = b.share();
+        let mut c = b.share(HOST_A);
         c.grow(4 * 1024).await.unwrap();
         let waiter = {
             let mut c = c;
@@ -283,7 +397,7 @@ mod tests {
         drop(a);
         let c = waiter.await.unwrap();
         assert_eq!((c.bytes(), b.in_use()), (6 * 1024, 6 * 1024));
-        let mut d = b.share();
+        let mut d = b.share(HOST_A);
         assert_eq!(
             d.grow_whole(9 * 1024).await,
             Err(Exhausted),
@@ -291,5 +405,50 @@ mod tests {
         );
         d.grow_whole(2 * 1024).await.unwrap();
         assert_eq!(b.in_use(), 8 * 1024);
+    }
+
+    /// One client that holds its part waits for its own memory; another client still gets
+    /// the rest of the budget at once, and the client's entry goes when its last share does.
+    #[tokio::test]
+    async fn one_client_cannot_take_the_whole_budget() {
+        let b = Budget::new(8 * 1024, 3 * 1024);
+        let mut a1 = b.share(HOST_A);
+        a1.grow(2 * 1024).await.unwrap();
+        let mut a2 = b.share(HOST_A);
+        assert_eq!(a2.try_grow(2 * 1024), Err(Exhausted), "A's part is 3 KiB");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), a2.grow(2 * 1024))
+                .await
+                .is_err(),
+            "A must wait for its own memory"
+        );
+        assert_eq!(b.client_waits.load(Ordering::Relaxed), 1);
+        assert_eq!(b.in_use(), 2 * 1024, "a cancelled wait holds nothing");
+        let mut other = b.share(HOST_B);
+        other.try_grow(3 * 1024).unwrap();
+        assert_eq!(b.in_use(), 5 * 1024);
+        assert_eq!(
+            b.share(HOST_A).grow(4 * 1024).await,
+            Err(Exhausted),
+            "larger than a client's part"
+        );
+        a2.grow(1024).await.unwrap();
+        a1.shrink(1024);
+        a2.grow(2 * 1024).await.unwrap();
+        assert_eq!(b.in_use(), 6 * 1024);
+        assert_eq!(b.clients_holding(), 2);
+        drop((a1, a2));
+        assert_eq!(b.clients_holding(), 1, "A's entry is gone with its shares");
+        drop(other);
+        assert_eq!((b.clients_holding(), b.in_use()), (0, 0));
+    }
+
+    /// Without a per-client limit no client entry is kept at all.
+    #[tokio::test]
+    async fn unlimited_clients_keep_no_entries() {
+        let b = Budget::new(8 * 1024, 8 * 1024);
+        let mut a = b.share(HOST_A);
+        a.grow(8 * 1024).await.unwrap();
+        assert_eq!(b.clients_holding(), 0);
     }
 }

@@ -81,6 +81,16 @@ pub struct ProxyConfig {
     /// refused with 503; the proxy never goes past this. A download whose content a policy
     /// scans takes its share (up to 1 MiB, then its length) before its request is sent.
     pub max_buffered_bytes: ByteSize,
+    /// Of `max_buffered_bytes`, what the bodies of one source address may hold together; its
+    /// further bodies wait for its own (then 503), while other clients' bodies go ahead.
+    /// Default: a quarter of `max_buffered_bytes`, and at least twice `max_inspect_bytes` (a
+    /// form body is held as sent and form-decoded). Raise
+    /// it for a source address that many users share (a terminal server, a NAT).
+    pub max_buffered_bytes_per_client: Option<ByteSize>,
+    /// A client connection with response bytes waiting that takes none of them for this long
+    /// is closed (as nginx's `send_timeout`): a client that stops reading would otherwise
+    /// hold its responses' inspection memory for as long as its TCP connection lives.
+    pub client_send_timeout_secs: u64,
     /// A connection (HTTP/1.1 or HTTP/2 without a request in flight, a splice, a WebSocket
     /// tunnel) with no traffic for this long is closed.
     pub idle_timeout_secs: u64,
@@ -128,6 +138,8 @@ impl Default for ProxyConfig {
             max_connections: 10_000,
             max_connections_per_client: 512,
             max_buffered_bytes: ByteSize(256 * 1024 * 1024),
+            max_buffered_bytes_per_client: None,
+            client_send_timeout_secs: 60,
             idle_timeout_secs: 300,
             body_idle_timeout_secs: 60,
             leaf_cache_size: 1024,
@@ -171,6 +183,7 @@ impl ProxyConfig {
             ("idle_timeout_secs", self.idle_timeout_secs),
             ("body_idle_timeout_secs", self.body_idle_timeout_secs),
             ("body_read_timeout_secs", self.body_read_timeout_secs),
+            ("client_send_timeout_secs", self.client_send_timeout_secs),
         ] {
             if v == 0 {
                 return bad(key, "must be at least 1");
@@ -185,7 +198,32 @@ impl ProxyConfig {
         if self.max_buffered_bytes.0 > (usize::MAX >> 4) as u64 {
             return bad("max_buffered_bytes", "too large");
         }
+        if let Some(per_client) = self.max_buffered_bytes_per_client {
+            if per_client.0 < self.max_inspect_bytes.0 {
+                return bad(
+                    "max_buffered_bytes_per_client",
+                    "must be at least max_inspect_bytes (one body must fit)",
+                );
+            }
+            if per_client.0 > self.max_buffered_bytes.0 {
+                return bad(
+                    "max_buffered_bytes_per_client",
+                    "must be at most max_buffered_bytes",
+                );
+            }
+        }
         Ok(())
+    }
+
+    /// What one source address's bodies may hold (see `max_buffered_bytes_per_client`).
+    pub fn buffered_bytes_per_client(&self) -> u64 {
+        self.max_buffered_bytes_per_client
+            .map(|b| b.0)
+            // A form body is held twice (as sent, and form-decoded).
+            .unwrap_or(
+                (self.max_buffered_bytes.0 / 4).max(self.max_inspect_bytes.0.saturating_mul(2)),
+            )
+            .min(self.max_buffered_bytes.0)
     }
 }
 
@@ -495,5 +533,60 @@ time = { from = "18:00", to = "08:00", days = ["sat", "sun"] }
         assert_eq!(ByteSize::parse("12"), Some(ByteSize(12)));
         assert_eq!(ByteSize::parse("ten"), None);
         assert_eq!(ByteSize::parse("5XB"), None);
+    }
+
+    #[test]
+    fn a_clients_part_of_the_budget() {
+        let mib = |n: u64| ByteSize(n << 20);
+        let doc: Doc = toml::from_str("[proxy]\n").unwrap();
+        let p = doc.proxy;
+        assert_eq!(
+            p.buffered_bytes_per_client(),
+            64 << 20,
+            "a quarter of 256 MiB"
+        );
+        let small = ProxyConfig {
+            max_buffered_bytes: mib(40),
+            ..p.clone()
+        };
+        assert_eq!(
+            small.buffered_bytes_per_client(),
+            32 << 20,
+            "at least two bodies' worth"
+        );
+        let doc: Doc = toml::from_str(
+            "[proxy]\nmax_buffered_bytes_per_client = \"100MiB\"\nclient_send_timeout_secs = 30\n",
+        )
+        .unwrap();
+        assert_eq!(doc.proxy.buffered_bytes_per_client(), 100 << 20);
+        assert_eq!(doc.proxy.client_send_timeout_secs, 30);
+        for (bad, key) in [
+            (
+                ProxyConfig {
+                    max_buffered_bytes_per_client: Some(mib(8)),
+                    ..p.clone()
+                },
+                "max_buffered_bytes_per_client",
+            ),
+            (
+                ProxyConfig {
+                    max_buffered_bytes_per_client: Some(mib(512)),
+                    ..p.clone()
+                },
+                "max_buffered_bytes_per_client",
+            ),
+            (
+                ProxyConfig {
+                    client_send_timeout_secs: 0,
+                    ..p.clone()
+                },
+                "client_send_timeout_secs",
+            ),
+        ] {
+            match bad.validate() {
+                Err(crate::ProxyError::Config { key: k, .. }) => assert_eq!(k, key),
+                other => panic!("{key}: {other:?}"),
+            }
+        }
     }
 }

@@ -539,7 +539,7 @@ impl ConnCtx {
             .filter_map(|r| r.rule.max_size())
             .min();
         let cap = usize::try_from(cfg.max_inspect_bytes.0).unwrap_or(usize::MAX);
-        let mut share = reserved.unwrap_or_else(|| self.shared.budget.share());
+        let mut share = reserved.unwrap_or_else(|| self.shared.budget.share(self.src.ip()));
         // A form body is scanned form-decoded, a second copy: reserved with the body.
         let form = meta.content_type.as_deref() == Some("application/x-www-form-urlencoded");
         let expected = meta
@@ -661,7 +661,7 @@ impl ConnCtx {
         let policies = policies.clone();
         let app = self.app.clone();
         let cap = usize::try_from(self.shared.cfg.max_inspect_bytes.0).unwrap_or(usize::MAX);
-        let spare = self.shared.budget.share();
+        let spare = self.shared.budget.share(self.src.ip());
         let job = tokio::task::spawn_blocking(move || {
             let rules = policies.transfer_rules(&app, upload);
             let mut share = share;
@@ -1154,7 +1154,7 @@ impl ConnCtx {
         let reserve = ADMIT_RESERVE
             .min(usize::try_from(self.shared.cfg.max_inspect_bytes.0).unwrap_or(usize::MAX))
             .min(usize::try_from(budget.capacity()).unwrap_or(usize::MAX));
-        let mut share = budget.share();
+        let mut share = budget.share(self.src.ip());
         if share.try_grow(reserve).is_ok() {
             return Ok(Some(share));
         }
@@ -1429,8 +1429,8 @@ mod tests {
     /// the body is: hyper drops the body while its last slices still wait in its write queue.
     #[tokio::test]
     async fn an_inspected_body_holds_its_share_until_its_last_slice_is_freed() {
-        let budget = crate::budget::Budget::new(4 << 20);
-        let mut share = budget.share();
+        let budget = crate::budget::Budget::new(4 << 20, 4 << 20);
+        let mut share = budget.share(std::net::Ipv4Addr::LOCALHOST.into());
         share.grow(1 << 20).await.unwrap();
         let held = budget.in_use();
         assert!(held >= 1 << 20);

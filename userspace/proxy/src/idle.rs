@@ -1,6 +1,7 @@
 //! Inactivity limits: a connection, tunnel or body that stops moving must not hold a
 //! connection permit or an origin slot for ever (`idle_timeout_secs`,
-//! `body_idle_timeout_secs`).
+//! `body_idle_timeout_secs`), and a client that stops reading must not hold the memory of
+//! the responses it does not take (`client_send_timeout_secs`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,12 +16,16 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::upstream::{BoxError, ProxyBody};
 
-/// When something last happened, and how many exchanges are in flight.
+/// When something last happened, how many exchanges are in flight, and since when the
+/// connection has been unable to send.
 #[derive(Debug)]
 pub struct Activity {
     base: Instant,
     last_ms: AtomicU64,
     in_flight: AtomicUsize,
+    /// When a write to the client started to wait (milliseconds since `base`, plus one); 0
+    /// while writes go through or nothing waits to be written.
+    send_blocked_since: AtomicU64,
 }
 
 impl Activity {
@@ -29,6 +34,7 @@ impl Activity {
             base: Instant::now(),
             last_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            send_blocked_since: AtomicU64::new(0),
         })
     }
 
@@ -59,14 +65,48 @@ impl Activity {
 
     /// Resolves once nothing happened (and nothing was in flight) for `limit`.
     pub async fn expired(&self, limit: Duration) {
-        loop {
-            let idle = self.idle_for();
-            if idle >= limit {
-                return;
-            }
-            let tick = (limit - idle).max(Duration::from_millis(50));
-            tokio::time::sleep(tick).await;
+        held_for(limit, || self.idle_for()).await
+    }
+
+    /// A write to the client could not go through (its receive window and our socket
+    /// buffer are full).
+    fn send_blocked(&self) {
+        let now = self.now_ms().saturating_add(1);
+        let _ =
+            self.send_blocked_since
+                .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// A write to the client went through, or nothing waits to be written.
+    fn send_moved(&self) {
+        self.send_blocked_since.store(0, Ordering::Relaxed);
+    }
+
+    /// How long writes to the client have been waiting; zero while they go through.
+    pub fn send_blocked_for(&self) -> Duration {
+        match self.send_blocked_since.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            since => Duration::from_millis(self.now_ms().saturating_sub(since - 1)),
         }
+    }
+
+    /// Resolves once writes to the client have waited for `limit` without a byte going out.
+    pub async fn send_stalled(&self, limit: Duration) {
+        held_for(limit, || self.send_blocked_for()).await
+    }
+}
+
+/// Resolves once `held()` (how long a condition has held, zero when it does not) reaches
+/// `limit`. Checks at most every quarter of `limit`, so the end comes at most a quarter late
+/// without a timer per event.
+async fn held_for(limit: Duration, held: impl Fn() -> Duration) {
+    loop {
+        let h = held();
+        if h >= limit {
+            return;
+        }
+        let tick = (limit - h).min(limit / 4).max(Duration::from_millis(50));
+        tokio::time::sleep(tick).await;
     }
 }
 
@@ -119,6 +159,69 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A client stream that records in an [`Activity`] whether its writes go through, for
+/// `client_send_timeout_secs`. A write or flush that waits marks the connection blocked from
+/// that moment; one that moves bytes (or finds nothing left to flush) clears the mark. A
+/// connection with nothing to send is never blocked, however long it waits for its origin.
+pub struct SendWatch<T> {
+    pub inner: T,
+    pub activity: Arc<Activity>,
+}
+
+impl<T> SendWatch<T> {
+    fn note<R>(&self, r: &Poll<std::io::Result<R>>, moved: impl FnOnce(&R) -> bool) {
+        match r {
+            Poll::Pending => self.activity.send_blocked(),
+            Poll::Ready(Ok(v)) if moved(v) => self.activity.send_moved(),
+            Poll::Ready(_) => {}
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for SendWatch<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for SendWatch<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note(&r, |n| *n > 0);
+        r
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.note(&r, |n| *n > 0);
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.note(&r, |_| true);
+        r
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.note(&r, |_| true);
+        r
     }
 }
 
@@ -225,6 +328,55 @@ mod tests {
         let mut b = IdleBody::new(Silent.boxed(), Duration::from_millis(50));
         let r = tokio::time::timeout(Duration::from_secs(2), b.frame()).await;
         assert!(matches!(r, Ok(Some(Err(_)))), "stalled body must fail");
+    }
+
+    /// A writer that takes nothing until `open` is set.
+    struct Gate {
+        open: bool,
+    }
+
+    impl AsyncWrite for Gate {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            if self.open {
+                Poll::Ready(Ok(buf.len()))
+            } else {
+                Poll::Pending
+            }
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_blocked_send_stalls_until_bytes_move() {
+        let a = Activity::new();
+        let limit = Duration::from_millis(100);
+        let mut w = SendWatch {
+            inner: Gate { open: false },
+            activity: a.clone(),
+        };
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        // Nothing written yet: waiting for an origin is not a stall.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), a.send_stalled(limit))
+                .await
+                .is_err()
+        );
+        assert!(Pin::new(&mut w).poll_write(&mut cx, b"x").is_pending());
+        tokio::time::timeout(Duration::from_secs(2), a.send_stalled(limit))
+            .await
+            .expect("a write that waits stalls the connection");
+        w.inner.open = true;
+        assert!(Pin::new(&mut w).poll_write(&mut cx, b"x").is_ready());
+        assert_eq!(a.send_blocked_for(), Duration::ZERO, "bytes moved");
     }
 
     #[tokio::test]

@@ -88,6 +88,9 @@
 //! max_connections = 10000              # more: accepted and closed at once (counted)
 //! max_connections_per_client = 512
 //! max_buffered_bytes = "256MiB"        # every body held for inspection together
+//! max_buffered_bytes_per_client = "64MiB"  # one source address's bodies (default: a
+//!                                      # quarter of max_buffered_bytes)
+//! client_send_timeout_secs = 60        # a client that takes no response bytes is cut
 //! idle_timeout_secs = 300              # idle h1/h2 connections, splices, tunnels
 //! body_idle_timeout_secs = 60          # a streamed body that stops moving
 //! leaf_cache_size = 1024
@@ -258,6 +261,9 @@ pub struct StatsSnapshot {
     pub client_limit_hits: u64,
     /// Connections, splices and tunnels closed for inactivity.
     pub idle_closed: u64,
+    /// Client connections closed because they took no response bytes for
+    /// `client_send_timeout_secs` (a client that stopped reading).
+    pub client_send_timeouts: u64,
     /// Bytes of bodies held for inspection now, the most held at once, and the budget.
     pub buffered_bytes: u64,
     pub buffered_bytes_peak: u64,
@@ -265,6 +271,8 @@ pub struct StatsSnapshot {
     /// Bodies that waited for inspection memory, and bodies refused (503) for lack of it.
     pub budget_waits: u64,
     pub budget_refusals: u64,
+    /// Bodies that waited because their client already held `max_buffered_bytes_per_client`.
+    pub budget_client_waits: u64,
 }
 
 impl SessionProxy {
@@ -442,11 +450,13 @@ impl ProxyHandle {
             connection_limit_hits: s.connection_limit_hits.load(Ordering::Relaxed),
             client_limit_hits: s.client_limit_hits.load(Ordering::Relaxed),
             idle_closed: s.idle_closed.load(Ordering::Relaxed),
+            client_send_timeouts: s.client_send_timeouts.load(Ordering::Relaxed),
             buffered_bytes: b.in_use(),
             buffered_bytes_peak: b.peak(),
             buffered_bytes_budget: b.capacity(),
             budget_waits: b.waits.load(Ordering::Relaxed),
             budget_refusals: b.refusals.load(Ordering::Relaxed),
+            budget_client_waits: b.client_waits.load(Ordering::Relaxed),
         }
     }
 

@@ -511,8 +511,16 @@ async fn serve_http(shared: &Arc<Shared>, conn: Box<Intercepted>) {
     let svc = service_fn(move |req| Box::pin(ctx.clone().handle(req)));
     let cfg = &shared.cfg;
     let idle = Duration::from_secs(cfg.idle_timeout_secs);
+    let send_limit = Duration::from_secs(cfg.client_send_timeout_secs);
+    // Whether the client takes what is written to it (`client_send_timeout_secs`).
+    let tls = crate::idle::SendWatch {
+        inner: tls,
+        activity: activity.clone(),
+    };
     // A connection with no request in flight for `idle_timeout_secs` is closed gracefully
-    // (h2 keep-alive pings do not count as use).
+    // (h2 keep-alive pings do not count as use). One whose client has taken no response
+    // bytes for `client_send_timeout_secs` is dropped at once: a graceful end would have to
+    // write to it.
     let res = if client_h2 {
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -527,6 +535,11 @@ async fn serve_http(shared: &Arc<Shared>, conn: Box<Intercepted>) {
                 shared.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
                 conn.as_mut().graceful_shutdown();
                 tokio::time::timeout(Duration::from_secs(5), conn).await.unwrap_or(Ok(()))
+            }
+            _ = activity.send_stalled(send_limit) => {
+                shared.stats.client_send_timeouts.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("{peer}: took no response bytes for {send_limit:?}; closed");
+                Ok(())
             }
         }
     } else {
@@ -564,6 +577,11 @@ async fn serve_http(shared: &Arc<Shared>, conn: Box<Intercepted>) {
                 conn.as_mut().graceful_shutdown();
                 tokio::time::timeout(Duration::from_secs(5), conn).await.unwrap_or(Ok(()))
             }
+            _ = activity.send_stalled(send_limit) => {
+                shared.stats.client_send_timeouts.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("{peer}: took no response bytes for {send_limit:?}; closed");
+                Ok(())
+            }
         }
     };
     if let Err(e) = res {
@@ -571,19 +589,22 @@ async fn serve_http(shared: &Arc<Shared>, conn: Box<Intercepted>) {
     }
 }
 
+/// A decrypted client connection, watched for writes that do not go through.
+type ClientStream = crate::idle::SendWatch<tokio_rustls::server::TlsStream<TcpStream>>;
+
 /// Wraps the client stream of an HTTP/1.1 connection so that, when hyper drops it, the
 /// remaining client bytes are read for a moment before the socket closes ("lingering
 /// close", as nginx does): closing with unread bytes makes the kernel send a reset, which
 /// can destroy the response the client has not read yet.
 struct Linger {
-    io: Option<tokio_rustls::server::TlsStream<TcpStream>>,
+    io: Option<ClientStream>,
 }
 
 /// How long a closed HTTP/1.1 connection keeps draining the client.
 const LINGER: Duration = Duration::from_secs(2);
 
 impl Linger {
-    fn io(&mut self) -> std::io::Result<&mut tokio_rustls::server::TlsStream<TcpStream>> {
+    fn io(&mut self) -> std::io::Result<&mut ClientStream> {
         self.io
             .as_mut()
             .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotConnected))

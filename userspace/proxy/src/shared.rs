@@ -54,6 +54,9 @@ pub struct Stats {
     pub client_limit_hits: AtomicU64,
     /// Connections, splices and tunnels closed after `idle_timeout_secs` without traffic.
     pub idle_closed: AtomicU64,
+    /// Client connections closed because they took no response bytes for
+    /// `client_send_timeout_secs`.
+    pub client_send_timeouts: AtomicU64,
     /// From a request's head to its response's head (policy, inspection of an upload,
     /// the origin's answer): what the proxy adds to a user's wait, and what the origin takes.
     pub request_seconds: Latency,
@@ -242,7 +245,7 @@ impl Shared {
             c.send_tls13_tickets = 2;
             Ok(Arc::new(c))
         };
-        let cfg_budget = cfg.max_buffered_bytes.0;
+        let budget = Budget::new(cfg.max_buffered_bytes.0, cfg.buffered_bytes_per_client());
         Ok(Shared {
             server_h2: build(vec![b"h2".to_vec(), b"http/1.1".to_vec()])?,
             server_h1: build(vec![b"http/1.1".to_vec()])?,
@@ -256,7 +259,7 @@ impl Shared {
             app_lookup,
             destination,
             stats: Stats::default(),
-            budget: Budget::new(cfg_budget),
+            budget,
             allow_loopback,
             per_client: Mutex::new(HashMap::new()),
             local: Mutex::new((None, Arc::new(Vec::new()))),

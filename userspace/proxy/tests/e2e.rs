@@ -172,6 +172,8 @@ async fn origin_service(
                 _ => Response::new(Full::new(Bytes::from(all))),
             }
         }
+        // Larger than what the kernel's socket buffers hold (4 MiB send, at most).
+        "/huge.bin" => Response::new(Full::new(Bytes::from(big_body().repeat(8)))),
         "/close" => Response::builder()
             .header("connection", "close")
             .body(Full::new(Bytes::from_static(b"closing")))
@@ -604,6 +606,15 @@ async fn tls_to_proxy(
     proxy: SocketAddr,
     proxy_ca: &Path,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    tls_over(tcp, proxy_ca).await
+}
+
+/// TLS as `files.test` over a connection to the proxy, trusting only the proxy's CA.
+async fn tls_over(
+    tcp: tokio::net::TcpStream,
+    proxy_ca: &Path,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     roots
@@ -616,7 +627,6 @@ async fn tls_to_proxy(
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("files.test").unwrap();
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(name, tcp)
@@ -1957,4 +1967,147 @@ async fn certificate_failure_after_a_verified_origin_is_counted() {
     assert_eq!(code, 502, "{}", String::from_utf8_lossy(&body));
     let st = env.handle.stats();
     assert_eq!(st.upstream_cert_failures, 1, "{st:?}");
+}
+
+/// A client that asks for an inspected download and then stops reading loses its connection
+/// after `client_send_timeout_secs`, and the download's inspection memory comes back. Before,
+/// the connection (and the memory) stayed for as long as the client kept its TCP connection
+/// open: `idle_timeout_secs` does not count a connection with a response in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_gives_back_its_memory() {
+    let Some((ca, origin)) = files_origin().await else {
+        return;
+    };
+    let (env, proxy) = start_proxy_with(
+        "send-stall",
+        origin,
+        &ca.issuer.pem(),
+        DOWNLOAD_CONTENT_POLICY,
+        |c| {
+            c.client_send_timeout_secs = 1;
+            c.max_inspect_bytes = tollgate_proxy::config::ByteSize(16 << 20);
+        },
+    )
+    .await;
+    let h = &env.handle;
+    // A small receive buffer, so that the 8 MiB answer cannot sit in the client's kernel.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(proxy).await.unwrap();
+    let mut tls = tls_over(tcp, &env.proxy_ca).await;
+    tls.write_all(b"GET /huge.bin HTTP/1.1\r\nHost: files.test\r\n\r\n")
+        .await
+        .unwrap();
+    until("the download holds inspection memory", || {
+        h.stats().buffered_bytes > 0
+    })
+    .await;
+    until("the stalled client is cut off", || {
+        h.stats().client_send_timeouts >= 1
+    })
+    .await;
+    until("the memory comes back", || h.stats().buffered_bytes == 0).await;
+    // The proxy closed the connection: what the client reads now ends.
+    let mut sink = vec![0u8; 64 * 1024];
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match tls.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection stayed open");
+    // A client that reads is not cut off: the same download, read, completes.
+    let (code, body, err) = curl(
+        proxy,
+        "files.test",
+        "/big.bin",
+        &env.proxy_ca,
+        &["--http1.1"],
+    )
+    .await;
+    assert_eq!((code, body.len()), (200, 1_048_576), "{err}");
+    assert_eq!(h.stats().client_send_timeouts, 1);
+}
+
+/// A download of `path` through the proxy from source address `source` (on loopback).
+fn get_from(
+    env: &Env,
+    proxy: SocketAddr,
+    path: &'static str,
+    source: &'static str,
+) -> tokio::task::JoinHandle<(u16, Vec<u8>, String)> {
+    let ca = env.proxy_ca.clone();
+    tokio::spawn(async move {
+        curl(
+            proxy,
+            "files.test",
+            path,
+            &ca,
+            &["--http1.1", "--interface", source],
+        )
+        .await
+    })
+}
+
+/// One client address cannot take everyone's inspection memory: its downloads beyond
+/// `max_buffered_bytes_per_client` wait for its own, while another client's download goes
+/// ahead at once. Before, one host with many inspected downloads in flight (up to
+/// `max_connections_per_client`, 512) could hold the whole budget, and everyone else's
+/// inspected transfers waited and got 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_hold_everyones_inspection_memory() {
+    use std::sync::atomic::Ordering::SeqCst;
+    if !have_curl() {
+        eprintln!("skip: curl not installed");
+        return;
+    }
+    let ca = TestCa::new("tollgate test origin CA");
+    let o = start_held_origin(&ca).await;
+    let mib = tollgate_proxy::config::ByteSize(1024 * 1024);
+    let (env, proxy) = start_proxy_with(
+        "per-client",
+        o.addr,
+        &ca.issuer.pem(),
+        DOWNLOAD_CONTENT_POLICY,
+        |c| {
+            c.max_inspect_bytes = mib;
+            c.max_buffered_bytes = tollgate_proxy::config::ByteSize(2 * mib.0);
+            c.max_buffered_bytes_per_client = Some(mib);
+        },
+    )
+    .await;
+    let h = &env.handle;
+    // Host A's first download takes its whole part and waits at the origin.
+    let a1 = get_from(&env, proxy, "/held/a1", "127.0.0.2");
+    until("A's first request reached the origin", || {
+        o.requests.load(SeqCst) == 1
+    })
+    .await;
+    let a2 = get_from(&env, proxy, "/held/a2", "127.0.0.2");
+    until("A's second download waits for A's part", || {
+        h.stats().budget_client_waits >= 1
+    })
+    .await;
+    assert_eq!(
+        o.requests.load(SeqCst),
+        1,
+        "A's second request went upstream"
+    );
+    // Host B is not held up by A.
+    let (code, body, err) = get_from(&env, proxy, "/b", "127.0.0.3").await.unwrap();
+    assert_eq!(code, 200, "{err}");
+    assert_eq!(body, b"answer to /b\n");
+    assert!(!a2.is_finished(), "A's second download did not wait");
+    o.release.add_permits(2);
+    for (j, path) in [(a1, "/held/a1"), (a2, "/held/a2")] {
+        let (code, body, err) = j.await.unwrap();
+        assert_eq!(code, 200, "{path}: {err}");
+        assert_eq!(body, format!("answer to {path}\n").as_bytes());
+    }
+    let st = h.stats();
+    assert_eq!((st.budget_refusals, st.buffered_bytes), (0, 0), "{st:?}");
+    assert!(st.buffered_bytes_peak <= 2 * mib.0, "{st:?}");
 }
