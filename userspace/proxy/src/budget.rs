@@ -13,16 +13,10 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
-use crate::upstream::{BoxError, ProxyBody};
 
 const UNIT: usize = 1024;
 
@@ -295,30 +289,6 @@ impl Share {
     /// Count a refusal (the caller gives up on this share).
     pub fn refused(&self) {
         self.budget.refusals.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// A body that holds `guard` until it is dropped (sent or abandoned): a memory share while
-/// an inspected body is sent on, an in-flight mark while a response is streamed.
-pub struct Holding<G> {
-    pub inner: ProxyBody,
-    pub guard: G,
-}
-
-impl<G: Unpin> Body for Holding<G> {
-    type Data = Bytes;
-    type Error = BoxError;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

@@ -88,8 +88,10 @@ pub struct ProxyConfig {
     /// it for a source address that many users share (a terminal server, a NAT).
     pub max_buffered_bytes_per_client: Option<ByteSize>,
     /// A client connection with response bytes waiting that takes none of them for this long
-    /// is closed (as nginx's `send_timeout`): a client that stops reading would otherwise
-    /// hold its responses' inspection memory for as long as its TCP connection lives.
+    /// is closed (as nginx's `send_timeout`), and so is an HTTP/2 connection with a stream
+    /// whose window the client keeps shut that long while data waits for it: a client that
+    /// stops reading would otherwise hold its responses' inspection memory (and their origin
+    /// connections) for as long as its TCP connection lives.
     pub client_send_timeout_secs: u64,
     /// A connection (HTTP/1.1 or HTTP/2 without a request in flight, a splice, a WebSocket
     /// tunnel) with no traffic for this long is closed.

@@ -17,7 +17,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::audit::{AuditRecord, now_rfc3339};
-use crate::budget::{Holding, Share};
+use crate::budget::Share;
 use crate::config::{Action, OverLimitAction};
 use crate::idle::IdleBody;
 use crate::policy::{self, Decision, Policies, RequestInfo, TransferMeta};
@@ -214,6 +214,15 @@ impl Body for Sliced {
             return Poll::Ready(None);
         }
         let n = self.rest.len().min(SLICE);
+        if n == self.rest.len() {
+            // The last slice is a copy, so that the buffer and its memory share go back once
+            // the slices before it are sent: an HTTP/2 client that keeps the stream's window
+            // shut at the very end would otherwise hold the whole body with one slice, after
+            // the body (and its watch) is gone.
+            let last = Bytes::copy_from_slice(&self.rest);
+            self.rest = Bytes::new();
+            return Poll::Ready(Some(Ok(Frame::data(last))));
+        }
         let chunk = self.rest.split_to(n);
         Poll::Ready(Some(Ok(Frame::data(chunk))))
     }
@@ -892,11 +901,9 @@ impl ConnCtx {
         let resp = self.handle_inner(req).await;
         self.shared.stats.request_seconds.observe(started.elapsed());
         let (p, b) = resp.into_parts();
-        // The connection counts as busy until the response body is done.
-        let body = Holding {
-            inner: b,
-            guard: flight,
-        };
+        // The connection counts as busy until the response body is done, and as stalled
+        // while the client leaves the body's frames untaken (`client_send_timeout_secs`).
+        let body = self.activity.watch_body(b, flight);
         Ok(Response::from_parts(p, body.boxed()))
     }
 
@@ -1425,8 +1432,9 @@ impl ConnCtx {
 mod tests {
     use super::*;
 
-    /// An inspected body's memory share goes back when the last slice of it is freed, not when
-    /// the body is: hyper drops the body while its last slices still wait in its write queue.
+    /// An inspected body's memory share goes back when its slices are freed, not when the
+    /// body is: hyper drops the body while its last slices still wait in its write queue. The
+    /// very last slice is a copy (a stalled HTTP/2 stream's tail holds 16 KiB, not the body).
     #[tokio::test]
     async fn an_inspected_body_holds_its_share_until_its_last_slice_is_freed() {
         let budget = crate::budget::Budget::new(4 << 20, 4 << 20);
@@ -1443,10 +1451,12 @@ mod tests {
         drop(body);
         assert_eq!(budget.in_use(), held, "slices in flight keep the share");
         let last = slices.pop().unwrap();
+        let first = slices.remove(0);
         slices.clear();
         assert_eq!(budget.in_use(), held, "one slice still holds the buffer");
-        drop(last);
-        assert_eq!(budget.in_use(), 0);
+        drop(first);
+        assert_eq!(budget.in_use(), 0, "the last slice is a copy of its own");
+        assert_eq!(last.len(), SLICE);
     }
 
     /// `detach` keeps the request head as it was, in memory of its own.

@@ -5,8 +5,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -26,15 +26,41 @@ pub struct Activity {
     /// When a write to the client started to wait (milliseconds since `base`, plus one); 0
     /// while writes go through or nothing waits to be written.
     send_blocked_since: AtomicU64,
+    /// The response bodies being sent on this connection (see [`WatchedBody`]); HTTP/2
+    /// only, where one stream can stall while the connection's socket moves.
+    bodies: Mutex<Vec<Weak<Taking>>>,
+    watch_streams: bool,
+}
+
+/// How the client takes one response body: when the body was last asked for a frame, and
+/// whether it was then waiting for its own source (the origin) rather than for the client.
+#[derive(Debug)]
+struct Taking {
+    last_asked_ms: AtomicU64,
+    source_pending: AtomicBool,
 }
 
 impl Activity {
     pub fn new() -> Arc<Activity> {
+        Self::build(false)
+    }
+
+    /// For an HTTP/2 client connection: each response body is watched on its own (see
+    /// [`Activity::watch_body`]). On HTTP/1.1 the socket says it all: hyper asks for the
+    /// next frame only once its write queue drains, so a slow client (a large origin chunk
+    /// at a few KB/s) would look stalled while its socket moves.
+    pub fn for_streams() -> Arc<Activity> {
+        Self::build(true)
+    }
+
+    fn build(watch_streams: bool) -> Arc<Activity> {
         Arc::new(Activity {
             base: Instant::now(),
             last_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             send_blocked_since: AtomicU64::new(0),
+            bodies: Mutex::new(Vec::new()),
+            watch_streams,
         })
     }
 
@@ -82,17 +108,58 @@ impl Activity {
         self.send_blocked_since.store(0, Ordering::Relaxed);
     }
 
-    /// How long writes to the client have been waiting; zero while they go through.
+    /// How long the client has been taking nothing: writes to it have waited (its receive
+    /// window and our socket buffer are full), or, on HTTP/2, a response body has had a frame
+    /// ready that the connection did not ask for (a stream whose window the client keeps
+    /// shut while its other streams, and so the socket, move). Zero while everything moves.
     pub fn send_blocked_for(&self) -> Duration {
-        match self.send_blocked_since.load(Ordering::Relaxed) {
-            0 => Duration::ZERO,
-            since => Duration::from_millis(self.now_ms().saturating_sub(since - 1)),
-        }
+        let now = self.now_ms();
+        let socket = match self.send_blocked_since.load(Ordering::Relaxed) {
+            0 => 0,
+            since => now.saturating_sub(since - 1),
+        };
+        let body = self
+            .bodies
+            .lock()
+            .map(|bodies| {
+                bodies
+                    .iter()
+                    .filter_map(Weak::upgrade)
+                    .filter(|t| !t.source_pending.load(Ordering::Relaxed))
+                    .map(|t| now.saturating_sub(t.last_asked_ms.load(Ordering::Relaxed)))
+                    .max()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0);
+        Duration::from_millis(socket.max(body))
     }
 
-    /// Resolves once writes to the client have waited for `limit` without a byte going out.
+    /// Resolves once the client has taken nothing for `limit` (see
+    /// [`Activity::send_blocked_for`]).
     pub async fn send_stalled(&self, limit: Duration) {
         held_for(limit, || self.send_blocked_for()).await
+    }
+
+    /// A response body to send on this connection: it counts as an exchange in flight until
+    /// it is dropped, and as taken by the client only while the client asks for its frames.
+    pub fn watch_body(self: &Arc<Self>, inner: ProxyBody, flight: InFlight) -> WatchedBody {
+        let taking = self.watch_streams.then(|| {
+            let taking = Arc::new(Taking {
+                last_asked_ms: AtomicU64::new(self.now_ms()),
+                source_pending: AtomicBool::new(false),
+            });
+            if let Ok(mut bodies) = self.bodies.lock() {
+                bodies.retain(|w| w.strong_count() > 0);
+                bodies.push(Arc::downgrade(&taking));
+            }
+            taking
+        });
+        WatchedBody {
+            inner,
+            taking,
+            activity: self.clone(),
+            _flight: flight,
+        }
     }
 }
 
@@ -222,6 +289,44 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for SendWatch<T> {
         let r = Pin::new(&mut self.inner).poll_shutdown(cx);
         self.note(&r, |_| true);
         r
+    }
+}
+
+/// A response body that tells its connection's [`Activity`] when the client last asked for
+/// a frame (see [`Activity::watch_body`]). A frame handed over leaves the client owing the
+/// next request for one; a body waiting for its origin owes the client nothing.
+pub struct WatchedBody {
+    inner: ProxyBody,
+    taking: Option<Arc<Taking>>,
+    activity: Arc<Activity>,
+    _flight: InFlight,
+}
+
+impl Body for WatchedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let Some(taking) = &this.taking else {
+            return Pin::new(&mut this.inner).poll_frame(cx);
+        };
+        taking
+            .last_asked_ms
+            .store(this.activity.now_ms(), Ordering::Relaxed);
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        taking
+            .source_pending
+            .store(r.is_pending(), Ordering::Relaxed);
+        r
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -377,6 +482,34 @@ mod tests {
         w.inner.open = true;
         assert!(Pin::new(&mut w).poll_write(&mut cx, b"x").is_ready());
         assert_eq!(a.send_blocked_for(), Duration::ZERO, "bytes moved");
+    }
+
+    /// A body with frames ready that nobody asks for (an HTTP/2 stream whose window the
+    /// client keeps shut) stalls its connection; one waiting for its origin does not.
+    #[tokio::test]
+    async fn a_body_nobody_asks_for_stalls() {
+        use http_body_util::Full;
+        let limit = Duration::from_millis(100);
+        let a = Activity::for_streams();
+        let waiting = a.watch_body(Silent.boxed(), a.begin());
+        let mut waiting = Box::pin(waiting);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(waiting.as_mut().poll_frame(&mut cx).is_pending());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), a.send_stalled(limit))
+                .await
+                .is_err(),
+            "a body waiting for its origin is no stall"
+        );
+        let ready = Full::new(Bytes::from_static(b"abc"))
+            .map_err(|never| match never {})
+            .boxed();
+        let ready = a.watch_body(ready, a.begin());
+        tokio::time::timeout(Duration::from_secs(2), a.send_stalled(limit))
+            .await
+            .expect("a ready body nobody asks for stalls");
+        drop(ready);
+        assert!(a.send_blocked_for() < limit, "a dropped body is forgotten");
     }
 
     #[tokio::test]

@@ -466,7 +466,11 @@ async fn intercept(
         return None;
     };
     let verdict: Arc<std::sync::OnceLock<&'static str>> = Arc::default();
-    let activity = crate::idle::Activity::new();
+    let activity = if client_h2 {
+        crate::idle::Activity::for_streams()
+    } else {
+        crate::idle::Activity::new()
+    };
     activity.touch();
     let ctx = Arc::new(ConnCtx {
         guard_token: token.clone(),

@@ -615,18 +615,38 @@ async fn tls_over(
     tcp: tokio::net::TcpStream,
     proxy_ca: &Path,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    tls_over_alpn(tcp, proxy_ca, Vec::new()).await
+}
+
+/// TLS to the proxy as `files.test`, with HTTP/2 agreed.
+async fn h2_tls_to_proxy(
+    proxy: SocketAddr,
+    proxy_ca: &Path,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let tls = tls_over_alpn(tcp, proxy_ca, vec![b"h2".to_vec()]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    tls
+}
+
+async fn tls_over_alpn(
+    tcp: tokio::net::TcpStream,
+    proxy_ca: &Path,
+    alpn: Vec<Vec<u8>>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_file(proxy_ca).unwrap())
         .unwrap();
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
+    cfg.alpn_protocols = alpn;
     let name = rustls::pki_types::ServerName::try_from("files.test").unwrap();
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(name, tcp)
@@ -1532,26 +1552,7 @@ async fn idle_http2_connections_are_closed() {
         c.idle_timeout_secs = 1
     })
     .await;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_file(&env.proxy_ca).unwrap())
-        .unwrap();
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("files.test").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let tls = h2_tls_to_proxy(proxy, &env.proxy_ca).await;
     let (mut send, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
             .await
@@ -2019,16 +2020,86 @@ async fn a_client_that_stops_reading_gives_back_its_memory() {
     })
     .await;
     assert!(ended.is_ok(), "the connection stayed open");
-    // A client that reads is not cut off: the same download, read, completes.
+    // A client that reads, even slowly, is not cut off: the same download at 4 MB/s
+    // (two seconds, twice the limit) completes.
     let (code, body, err) = curl(
         proxy,
         "files.test",
-        "/big.bin",
+        "/huge.bin",
         &env.proxy_ca,
-        &["--http1.1"],
+        &["--http1.1", "--limit-rate", "4M"],
     )
     .await;
-    assert_eq!((code, body.len()), (200, 1_048_576), "{err}");
+    assert_eq!((code, body.len()), (200, 8 << 20), "{err}");
+    assert_eq!(h.stats().client_send_timeouts, 1);
+}
+
+/// The same over HTTP/2, where the client stalls only the stream: it never reads the body,
+/// so its stream window stays shut after the first 64 KiB while the connection itself (and
+/// its socket) stays healthy. The stalled stream still costs the client its connection, and
+/// the inspected body's memory comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_stream_left_unread_gives_back_its_memory() {
+    let Some((ca, origin)) = files_origin().await else {
+        return;
+    };
+    let (env, proxy) = start_proxy_with(
+        "h2-stall",
+        origin,
+        &ca.issuer.pem(),
+        DOWNLOAD_CONTENT_POLICY,
+        |c| {
+            c.client_send_timeout_secs = 1;
+            c.max_inspect_bytes = tollgate_proxy::config::ByteSize(16 << 20);
+        },
+    )
+    .await;
+    let h = &env.handle;
+    let tls = h2_tls_to_proxy(proxy, &env.proxy_ca).await;
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(65_535)
+        .handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = Request::builder()
+        .uri("https://files.test/huge.bin")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // The body is kept, never read.
+    let _unread = resp.into_body();
+    until("the stalled stream's connection is cut off", || {
+        h.stats().client_send_timeouts >= 1
+    })
+    .await;
+    until("the memory comes back", || h.stats().buffered_bytes == 0).await;
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), conn).await;
+    assert!(ended.is_ok(), "the connection stayed open");
+    // A stream read slowly (a 20 ms pause every 64 KiB, about 3 s in all, with the same
+    // 64 KiB window) is not cut off.
+    let tls = h2_tls_to_proxy(proxy, &env.proxy_ca).await;
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(65_535)
+        .handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .uri("https://files.test/huge.bin")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let mut body = send.send_request(req).await.unwrap().into_body();
+    let (mut got, mut paused_at) = (0, 0);
+    while let Some(frame) = body.frame().await {
+        got += frame.unwrap().data_ref().map_or(0, |d| d.len());
+        if got - paused_at >= 64 * 1024 {
+            paused_at = got;
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(got, 8 << 20);
     assert_eq!(h.stats().client_send_timeouts, 1);
 }
 
