@@ -1970,6 +1970,47 @@ async fn certificate_failure_after_a_verified_origin_is_counted() {
     assert_eq!(st.upstream_cert_failures, 1, "{st:?}");
 }
 
+/// A proxy that inspects downloads of up to 16 MiB and cuts off a client that takes nothing
+/// for a second.
+async fn start_send_stall_proxy(tag: &str, ca: &TestCa, origin: SocketAddr) -> (Env, SocketAddr) {
+    start_proxy_with(
+        tag,
+        origin,
+        &ca.issuer.pem(),
+        DOWNLOAD_CONTENT_POLICY,
+        |c| {
+            c.client_send_timeout_secs = 1;
+            c.max_inspect_bytes = tollgate_proxy::config::ByteSize(16 << 20);
+        },
+    )
+    .await
+}
+
+/// `/huge.bin` over a new HTTP/2 connection whose stream window is 64 KiB: the response's
+/// body (unread) and the connection's task.
+async fn h2_huge_with_small_window(
+    proxy: SocketAddr,
+    proxy_ca: &Path,
+) -> (
+    hyper::body::Incoming,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
+    let tls = h2_tls_to_proxy(proxy, proxy_ca).await;
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(65_535)
+        .handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = Request::builder()
+        .uri("https://files.test/huge.bin")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    (resp.into_body(), conn)
+}
+
 /// A client that asks for an inspected download and then stops reading loses its connection
 /// after `client_send_timeout_secs`, and the download's inspection memory comes back. Before,
 /// the connection (and the memory) stayed for as long as the client kept its TCP connection
@@ -1979,17 +2020,7 @@ async fn a_client_that_stops_reading_gives_back_its_memory() {
     let Some((ca, origin)) = files_origin().await else {
         return;
     };
-    let (env, proxy) = start_proxy_with(
-        "send-stall",
-        origin,
-        &ca.issuer.pem(),
-        DOWNLOAD_CONTENT_POLICY,
-        |c| {
-            c.client_send_timeout_secs = 1;
-            c.max_inspect_bytes = tollgate_proxy::config::ByteSize(16 << 20);
-        },
-    )
-    .await;
+    let (env, proxy) = start_send_stall_proxy("send-stall", &ca, origin).await;
     let h = &env.handle;
     // A small receive buffer, so that the 8 MiB answer cannot sit in the client's kernel.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -2043,33 +2074,9 @@ async fn an_http2_stream_left_unread_gives_back_its_memory() {
     let Some((ca, origin)) = files_origin().await else {
         return;
     };
-    let (env, proxy) = start_proxy_with(
-        "h2-stall",
-        origin,
-        &ca.issuer.pem(),
-        DOWNLOAD_CONTENT_POLICY,
-        |c| {
-            c.client_send_timeout_secs = 1;
-            c.max_inspect_bytes = tollgate_proxy::config::ByteSize(16 << 20);
-        },
-    )
-    .await;
+    let (env, proxy) = start_send_stall_proxy("h2-stall", &ca, origin).await;
     let h = &env.handle;
-    let tls = h2_tls_to_proxy(proxy, &env.proxy_ca).await;
-    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .initial_stream_window_size(65_535)
-        .handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    let conn = tokio::spawn(conn);
-    let req = Request::builder()
-        .uri("https://files.test/huge.bin")
-        .body(http_body_util::Empty::<Bytes>::new())
-        .unwrap();
-    let resp = send.send_request(req).await.unwrap();
-    assert_eq!(resp.status(), 200);
-    // The body is kept, never read.
-    let _unread = resp.into_body();
+    let (_unread, conn) = h2_huge_with_small_window(proxy, &env.proxy_ca).await;
     until("the stalled stream's connection is cut off", || {
         h.stats().client_send_timeouts >= 1
     })
@@ -2079,18 +2086,7 @@ async fn an_http2_stream_left_unread_gives_back_its_memory() {
     assert!(ended.is_ok(), "the connection stayed open");
     // A stream read slowly (a 20 ms pause every 64 KiB, about 3 s in all, with the same
     // 64 KiB window) is not cut off.
-    let tls = h2_tls_to_proxy(proxy, &env.proxy_ca).await;
-    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .initial_stream_window_size(65_535)
-        .handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = Request::builder()
-        .uri("https://files.test/huge.bin")
-        .body(http_body_util::Empty::<Bytes>::new())
-        .unwrap();
-    let mut body = send.send_request(req).await.unwrap().into_body();
+    let (mut body, _conn) = h2_huge_with_small_window(proxy, &env.proxy_ca).await;
     let (mut got, mut paused_at) = (0, 0);
     while let Some(frame) = body.frame().await {
         got += frame.unwrap().data_ref().map_or(0, |d| d.len());
