@@ -214,6 +214,8 @@ impl FlowTable {
     }
 
     /// A record's TTL, at most [`FlowTableLimits::dns_max_ttl`] (counted when capped).
+    ///
+    /// [`FlowTableLimits::dns_max_ttl`]: super::FlowTableLimits::dns_max_ttl
     fn cap_ttl(&mut self, ttl: u32) -> Duration {
         let ttl = Duration::from_secs(u64::from(ttl));
         if ttl > self.limits.dns_max_ttl {
