@@ -165,6 +165,21 @@ struct Grant {
     all: OwnedSemaphorePermit,
 }
 
+/// `n` units of `sem`: at once if they are free, else after a wait counted in `waits`.
+async fn take(
+    sem: Arc<Semaphore>,
+    n: u32,
+    waits: &AtomicU64,
+) -> Result<OwnedSemaphorePermit, Exhausted> {
+    match sem.clone().try_acquire_many_owned(n) {
+        Ok(p) => Ok(p),
+        Err(_) => {
+            waits.fetch_add(1, Ordering::Relaxed);
+            sem.acquire_many_owned(n).await.map_err(|_| Exhausted)
+        }
+    }
+}
+
 fn merge(into: &mut Option<OwnedSemaphorePermit>, p: OwnedSemaphorePermit) {
     match into {
         Some(held) => held.merge(p),
@@ -214,22 +229,9 @@ impl Share {
         };
         let client = match self.client_part() {
             None => None,
-            Some(part) => Some(match part.clone().try_acquire_many_owned(n) {
-                Ok(p) => p,
-                Err(_) => {
-                    self.budget.client_waits.fetch_add(1, Ordering::Relaxed);
-                    part.acquire_many_owned(n).await.map_err(|_| Exhausted)?
-                }
-            }),
+            Some(part) => Some(take(part, n, &self.budget.client_waits).await?),
         };
-        let sem = self.budget.sem.clone();
-        let all = match sem.clone().try_acquire_many_owned(n) {
-            Ok(p) => p,
-            Err(_) => {
-                self.budget.waits.fetch_add(1, Ordering::Relaxed);
-                sem.acquire_many_owned(n).await.map_err(|_| Exhausted)?
-            }
-        };
+        let all = take(self.budget.sem.clone(), n, &self.budget.waits).await?;
         self.add(Grant { client, all });
         Ok(())
     }

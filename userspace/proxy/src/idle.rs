@@ -157,8 +157,7 @@ impl Activity {
         WatchedBody {
             inner,
             taking,
-            activity: self.clone(),
-            _flight: flight,
+            flight,
         }
     }
 }
@@ -298,8 +297,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for SendWatch<T> {
 pub struct WatchedBody {
     inner: ProxyBody,
     taking: Option<Arc<Taking>>,
-    activity: Arc<Activity>,
-    _flight: InFlight,
+    /// The exchange in flight, and so the connection's [`Activity`].
+    flight: InFlight,
 }
 
 impl Body for WatchedBody {
@@ -315,7 +314,7 @@ impl Body for WatchedBody {
         };
         taking
             .last_asked_ms
-            .store(this.activity.now_ms(), Ordering::Relaxed);
+            .store(this.flight.0.now_ms(), Ordering::Relaxed);
         let r = Pin::new(&mut this.inner).poll_frame(cx);
         taking
             .source_pending

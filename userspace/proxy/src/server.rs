@@ -514,17 +514,11 @@ async fn serve_http(shared: &Arc<Shared>, conn: Box<Intercepted>) {
     // request is in flight.
     let svc = service_fn(move |req| Box::pin(ctx.clone().handle(req)));
     let cfg = &shared.cfg;
-    let idle = Duration::from_secs(cfg.idle_timeout_secs);
-    let send_limit = Duration::from_secs(cfg.client_send_timeout_secs);
     // Whether the client takes what is written to it (`client_send_timeout_secs`).
     let tls = crate::idle::SendWatch {
         inner: tls,
         activity: activity.clone(),
     };
-    // A connection with no request in flight for `idle_timeout_secs` is closed gracefully
-    // (h2 keep-alive pings do not count as use). One whose client has taken no response
-    // bytes for `client_send_timeout_secs` is dropped at once: a graceful end would have to
-    // write to it.
     let res = if client_h2 {
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -532,20 +526,10 @@ async fn serve_http(shared: &Arc<Shared>, conn: Box<Intercepted>) {
             .max_concurrent_streams(256)
             .keep_alive_interval(Some(Duration::from_secs(60)))
             .serve_connection(TokioIo::new(tls), svc);
-        let mut conn = Box::pin(conn);
-        tokio::select! {
-            r = conn.as_mut() => r,
-            _ = activity.expired(idle) => {
-                shared.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
-                conn.as_mut().graceful_shutdown();
-                tokio::time::timeout(Duration::from_secs(5), conn).await.unwrap_or(Ok(()))
-            }
-            _ = activity.send_stalled(send_limit) => {
-                shared.stats.client_send_timeouts.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!("{peer}: took no response bytes for {send_limit:?}; closed");
-                Ok(())
-            }
-        }
+        drive(shared, &activity, peer, Box::pin(conn), |c| {
+            c.graceful_shutdown()
+        })
+        .await
     } else {
         let guard = H1Guard::new(
             Linger { io: Some(tls) },
@@ -573,23 +557,46 @@ async fn serve_http(shared: &Arc<Shared>, conn: Box<Intercepted>) {
             .max_buf_size(cfg.max_header_bytes.max(8192))
             .serve_connection(TokioIo::new(guard), svc)
             .with_upgrades();
-        let mut conn = Box::pin(conn);
-        tokio::select! {
-            r = conn.as_mut() => r,
-            _ = activity.expired(idle) => {
-                shared.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
-                conn.as_mut().graceful_shutdown();
-                tokio::time::timeout(Duration::from_secs(5), conn).await.unwrap_or(Ok(()))
-            }
-            _ = activity.send_stalled(send_limit) => {
-                shared.stats.client_send_timeouts.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!("{peer}: took no response bytes for {send_limit:?}; closed");
-                Ok(())
-            }
-        }
+        drive(shared, &activity, peer, Box::pin(conn), |c| {
+            c.graceful_shutdown()
+        })
+        .await
     };
     if let Err(e) = res {
         tracing::debug!("{peer}: connection ended: {e}");
+    }
+}
+
+/// Serves a client connection (either protocol) until it ends. One with no request in
+/// flight for `idle_timeout_secs` is closed gracefully (h2 keep-alive pings do not count as
+/// use). One whose client has taken no response bytes for `client_send_timeout_secs` is
+/// dropped at once: a graceful end would have to write to it.
+async fn drive<C>(
+    shared: &Shared,
+    activity: &crate::idle::Activity,
+    peer: SocketAddr,
+    // Boxed by the caller: the connection's task would otherwise hold it by value, as this
+    // function's argument, beside the boxed copy.
+    mut conn: std::pin::Pin<Box<C>>,
+    graceful_shutdown: impl FnOnce(std::pin::Pin<&mut C>),
+) -> hyper::Result<()>
+where
+    C: std::future::Future<Output = hyper::Result<()>>,
+{
+    let idle = Duration::from_secs(shared.cfg.idle_timeout_secs);
+    let send_limit = Duration::from_secs(shared.cfg.client_send_timeout_secs);
+    tokio::select! {
+        r = conn.as_mut() => r,
+        _ = activity.expired(idle) => {
+            shared.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+            graceful_shutdown(conn.as_mut());
+            tokio::time::timeout(Duration::from_secs(5), conn).await.unwrap_or(Ok(()))
+        }
+        _ = activity.send_stalled(send_limit) => {
+            shared.stats.client_send_timeouts.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("{peer}: took no response bytes for {send_limit:?}; closed");
+            Ok(())
+        }
     }
 }
 
