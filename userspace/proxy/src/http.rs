@@ -892,19 +892,27 @@ fn upgrade_kind(req: &Request<Incoming>) -> UpgradeKind {
 }
 
 impl ConnCtx {
-    pub async fn handle(
+    /// The response to one request. The request is moved into `handle_inner`'s future, boxed,
+    /// before anything waits. An `async fn` keeps its arguments beside its body's own copy of
+    /// them for as long as it runs, and an awaited future beside the variable it came from: a
+    /// request handed down through two of them was held four times over in every request in
+    /// flight (`per_connection_futures_stay_small`).
+    pub fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
-    ) -> Result<Response<ProxyBody>, Infallible> {
+    ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static {
         let flight = self.activity.begin();
         let started = std::time::Instant::now();
-        let resp = self.handle_inner(req).await;
-        self.shared.stats.request_seconds.observe(started.elapsed());
-        let (p, b) = resp.into_parts();
-        // The connection counts as busy until the response body is done, and as stalled
-        // while the client leaves the body's frames untaken (`client_send_timeout_secs`).
-        let body = self.activity.watch_body(b, flight);
-        Ok(Response::from_parts(p, body.boxed()))
+        let inner = Box::pin(Arc::clone(&self).handle_inner(req));
+        async move {
+            let resp = inner.await;
+            self.shared.stats.request_seconds.observe(started.elapsed());
+            let (p, b) = resp.into_parts();
+            // The connection counts as busy until the response body is done, and as stalled
+            // while the client leaves the body's frames untaken (`client_send_timeout_secs`).
+            let body = self.activity.watch_body(b, flight);
+            Ok(Response::from_parts(p, body.boxed()))
+        }
     }
 
     fn reject(&self, why: &str) -> Response<ProxyBody> {
@@ -946,204 +954,217 @@ impl ConnCtx {
         r
     }
 
-    async fn handle_inner(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
-        if let Some(v) = req.headers_mut().remove(crate::guard::GUARD_HEADER)
-            && v.as_bytes() == self.guard_token.as_bytes()
-            && let Some(why) = self.guard_verdict.get()
-        {
-            return self.reject(why);
-        }
-        if let Some(problem) = framing_problem(&req) {
-            return self.reject(problem);
-        }
-        let html = wants_html(req.headers());
-        // The authority judged here is the one the origin receives: an h2 `:authority` (or an
-        // absolute-form target) that disagrees with `Host` is refused, and Host is rewritten.
-        let hosts: Vec<&HeaderValue> = req.headers().get_all(header::HOST).iter().collect();
-        if hosts.len() > 1 {
-            return self.reject("more than one Host header");
-        }
-        let host_hdr = hosts
-            .first()
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-        let uri_auth = req.uri().authority().map(|a| a.as_str().to_string());
-        if let (Some(a), Some(h)) = (&uri_auth, &host_hdr)
-            && policy::normalize_host(a) != policy::normalize_host(h)
-        {
-            return self.reject("the request's authority and Host header disagree");
-        }
-        let authority = uri_auth.or(host_hdr).unwrap_or_else(|| self.sni.clone());
-        let host = policy::normalize_host(&authority);
-        let path = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "/".into());
-        let norm_path = policy::normalize_path(&path);
-        let method = req.method().as_str().to_string();
-        let ua = header_str(req.headers(), header::USER_AGENT)
-            .unwrap_or("")
-            .to_string();
-        let info = RequestInfo {
-            app: &self.app,
-            src: self.src.ip(),
-            user: self.user.as_deref(),
-            managed: self.managed,
-            host: &host,
-            method: &method,
-            path: &path,
-            norm_path: &norm_path,
-            user_agent: &ua,
-            now: time::OffsetDateTime::now_utc(),
-        };
-
-        if let Some(fail) = &self.upstream_error {
-            let d = Decision {
-                action: Action::Block,
-                policy: "upstream certificate verification".into(),
-                stage: "tls",
-                reason: fail.to_string(),
-                evidence: Vec::new(),
+    /// `handle`'s work: a plain function returning a future, so that the request is that
+    /// future's only copy of it (see `handle`).
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn would hold the request twice (see handle)"
+    )]
+    pub(crate) fn handle_inner(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static {
+        async move {
+            if let Some(v) = req.headers_mut().remove(crate::guard::GUARD_HEADER)
+                && v.as_bytes() == self.guard_token.as_bytes()
+                && let Some(why) = self.guard_verdict.get()
+            {
+                return self.reject(why);
+            }
+            if let Some(problem) = framing_problem(&req) {
+                return self.reject(problem);
+            }
+            let html = wants_html(req.headers());
+            // The authority judged here is the one the origin receives: an h2 `:authority` (or an
+            // absolute-form target) that disagrees with `Host` is refused, and Host is rewritten.
+            let hosts: Vec<&HeaderValue> = req.headers().get_all(header::HOST).iter().collect();
+            if hosts.len() > 1 {
+                return self.reject("more than one Host header");
+            }
+            let host_hdr = hosts
+                .first()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            let uri_auth = req.uri().authority().map(|a| a.as_str().to_string());
+            if let (Some(a), Some(h)) = (&uri_auth, &host_hdr)
+                && policy::normalize_host(a) != policy::normalize_host(h)
+            {
+                return self.reject("the request's authority and Host header disagree");
+            }
+            let authority = uri_auth.or(host_hdr).unwrap_or_else(|| self.sni.clone());
+            let host = policy::normalize_host(&authority);
+            let path = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| "/".into());
+            let norm_path = policy::normalize_path(&path);
+            let method = req.method().as_str().to_string();
+            let ua = header_str(req.headers(), header::USER_AGENT)
+                .unwrap_or("")
+                .to_string();
+            let info = RequestInfo {
+                app: &self.app,
+                src: self.src.ip(),
+                user: self.user.as_deref(),
+                managed: self.managed,
+                host: &host,
+                method: &method,
+                path: &path,
+                norm_path: &norm_path,
+                user_agent: &ua,
+                now: time::OffsetDateTime::now_utc(),
             };
-            self.audit(&info, &d);
-            return block_response(
-                StatusCode::BAD_GATEWAY,
-                html,
-                "Unsafe connection blocked",
-                &self.app,
-                &d.policy,
-                &format!(
-                    "Tollgate could not verify the identity of {}: {fail}. The connection was stopped to protect you.",
-                    self.sni
-                ),
-            );
-        }
 
-        if let Some((policy, left)) =
-            self.shared
-                .session_blocks
-                .check(self.user.as_deref(), self.src.ip(), &self.app)
-        {
-            let d = Decision {
-                action: Action::Block,
-                policy: format!("governance: {policy}"),
-                stage: "governance",
-                reason: format!(
-                    "sessions to {} are blocked for {} s more after an alert of {policy:?}",
-                    self.app,
-                    left.as_secs()
-                ),
-                evidence: Vec::new(),
-            };
-            self.audit(&info, &d);
-            return self.blocked(html, &d);
-        }
-
-        let policies: Arc<Policies> = self.shared.policies.borrow().clone();
-        let concerned = policies.concerns(&self.app);
-        if concerned {
-            let d = policy::stricter(policies.access(&info), policies.activity(&info));
-            if let Some(d) = d {
+            if let Some(fail) = &self.upstream_error {
+                let d = Decision {
+                    action: Action::Block,
+                    policy: "upstream certificate verification".into(),
+                    stage: "tls",
+                    reason: fail.to_string(),
+                    evidence: Vec::new(),
+                };
                 self.audit(&info, &d);
-                if d.action == Action::Block {
-                    return self.blocked(html, &d);
-                }
+                return block_response(
+                    StatusCode::BAD_GATEWAY,
+                    html,
+                    "Unsafe connection blocked",
+                    &self.app,
+                    &d.policy,
+                    &format!(
+                        "Tollgate could not verify the identity of {}: {fail}. The connection was stopped to protect you.",
+                        self.sni
+                    ),
+                );
             }
-        }
 
-        if req.headers().contains_key(header::UPGRADE) {
-            match upgrade_kind(&req) {
-                UpgradeKind::WebSocket => {
-                    return Box::pin(self.upgrade(req, &authority, html, &policies, &info)).await;
-                }
-                UpgradeKind::Refused(why) => {
-                    let mut r = self.reject(why);
-                    *r.status_mut() = StatusCode::BAD_REQUEST;
-                    return r;
-                }
-                // Served as a plain request: forward() drops the Upgrade header.
-                UpgradeKind::Plain => {}
+            if let Some((policy, left)) =
+                self.shared
+                    .session_blocks
+                    .check(self.user.as_deref(), self.src.ip(), &self.app)
+            {
+                let d = Decision {
+                    action: Action::Block,
+                    policy: format!("governance: {policy}"),
+                    stage: "governance",
+                    reason: format!(
+                        "sessions to {} are blocked for {} s more after an alert of {policy:?}",
+                        self.app,
+                        left.as_secs()
+                    ),
+                    evidence: Vec::new(),
+                };
+                self.audit(&info, &d);
+                return self.blocked(html, &d);
             }
-        }
 
-        let (mut parts, body) = req.into_parts();
-        let downloads_judged = concerned && !policies.transfer_rules(&self.app, false).is_empty();
-        if concerned {
-            // Responses must come back in a coding the proxy can inspect.
-            crate::decode::narrow_accept_encoding(&mut parts.headers);
-        }
-        if downloads_judged {
-            // A file fetched in ranges would be judged piece by piece: fetch it whole.
-            parts.headers.remove(header::RANGE);
-            parts.headers.remove(header::IF_RANGE);
-        }
-        let body_idle = Duration::from_secs(self.shared.cfg.body_idle_timeout_secs);
-        let mut body: ProxyBody = body.map_err(BoxError::from).boxed();
-        // An inspected upload may hold a share of the budget until it is sent.
-        let mut upload_held = false;
-        if concerned && !body.is_end_stream() {
-            let rules = policies.transfer_rules(&self.app, true);
-            if !rules.is_empty() {
-                let meta = transfer_meta(&parts.headers, &path);
-                let boundary = header_str(&parts.headers, header::CONTENT_TYPE)
-                    .map_or(Ok(None), policy::multipart_boundary);
-                let ins =
-                    Box::pin(self.inspect(&policies, true, meta, boundary, body, false, None))
-                        .await;
-                upload_held = !ins.busy;
-                body = ins.body;
-                if let Some(d) = ins.decision {
+            let policies: Arc<Policies> = self.shared.policies.borrow().clone();
+            let concerned = policies.concerns(&self.app);
+            if concerned {
+                let d = policy::stricter(policies.access(&info), policies.activity(&info));
+                if let Some(d) = d {
                     self.audit(&info, &d);
-                    if ins.busy {
-                        return self.busy(html, &d);
-                    }
                     if d.action == Action::Block {
                         return self.blocked(html, &d);
                     }
                 }
-                // A buffered body has a known length now.
-                if let Some(n) = body.size_hint().exact() {
-                    parts.headers.remove(header::TRANSFER_ENCODING);
-                    parts
-                        .headers
-                        .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
+
+            if req.headers().contains_key(header::UPGRADE) {
+                match upgrade_kind(&req) {
+                    UpgradeKind::WebSocket => {
+                        return Box::pin(self.upgrade(req, &authority, html, &policies, &info))
+                            .await;
+                    }
+                    UpgradeKind::Refused(why) => {
+                        let mut r = self.reject(why);
+                        *r.status_mut() = StatusCode::BAD_REQUEST;
+                        return r;
+                    }
+                    // Served as a plain request: forward() drops the Upgrade header.
+                    UpgradeKind::Plain => {}
                 }
             }
-        }
-        if !body.is_end_stream() {
-            body = IdleBody::new(body, body_idle).boxed();
-        }
 
-        // A response that will be buffered for inspection is admitted before the request goes
-        // to the origin: a transfer waiting for inspection memory holds no origin connection
-        // and no half-read response, only its client connection.
-        let reserved = if downloads_judged
-            && method != Method::HEAD.as_str()
-            && policies
-                .transfer_rules(&self.app, false)
-                .iter()
-                .any(|r| r.rule.reads_content())
-        {
-            match Box::pin(self.admit(!upload_held, &mut parts)).await {
-                Ok(s) => s,
-                Err(d) => {
-                    self.audit(&info, &d);
-                    return self.busy(html, &d);
+            let (mut parts, body) = req.into_parts();
+            let downloads_judged =
+                concerned && !policies.transfer_rules(&self.app, false).is_empty();
+            if concerned {
+                // Responses must come back in a coding the proxy can inspect.
+                crate::decode::narrow_accept_encoding(&mut parts.headers);
+            }
+            if downloads_judged {
+                // A file fetched in ranges would be judged piece by piece: fetch it whole.
+                parts.headers.remove(header::RANGE);
+                parts.headers.remove(header::IF_RANGE);
+            }
+            let body_idle = Duration::from_secs(self.shared.cfg.body_idle_timeout_secs);
+            let mut body: ProxyBody = body.map_err(BoxError::from).boxed();
+            // An inspected upload may hold a share of the budget until it is sent.
+            let mut upload_held = false;
+            if concerned && !body.is_end_stream() {
+                let rules = policies.transfer_rules(&self.app, true);
+                if !rules.is_empty() {
+                    let meta = transfer_meta(&parts.headers, &path);
+                    let boundary = header_str(&parts.headers, header::CONTENT_TYPE)
+                        .map_or(Ok(None), policy::multipart_boundary);
+                    let ins =
+                        Box::pin(self.inspect(&policies, true, meta, boundary, body, false, None))
+                            .await;
+                    upload_held = !ins.busy;
+                    body = ins.body;
+                    if let Some(d) = ins.decision {
+                        self.audit(&info, &d);
+                        if ins.busy {
+                            return self.busy(html, &d);
+                        }
+                        if d.action == Action::Block {
+                            return self.blocked(html, &d);
+                        }
+                    }
+                    // A buffered body has a known length now.
+                    if let Some(n) = body.size_hint().exact() {
+                        parts.headers.remove(header::TRANSFER_ENCODING);
+                        parts
+                            .headers
+                            .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+                    }
                 }
             }
-        } else {
-            None
-        };
+            if !body.is_end_stream() {
+                body = IdleBody::new(body, body_idle).boxed();
+            }
 
-        // The steps after the request head are boxed (`admit` above, `forward`, and
-        // `judge_response`): sending the request is the largest (~1.1 KiB of state), and
-        // inline each would size the state of every request in flight, including the many
-        // that only wait in `admit` for inspection memory.
-        let resp = match Box::pin(self.forward(parts, body, &authority)).await {
-            Ok(r) => r,
-            Err(msg) => return self.upstream_failed(html, &msg),
-        };
-        Box::pin(self.judge_response(&policies, concerned, &info, html, resp, reserved)).await
+            // A response that will be buffered for inspection is admitted before the request goes
+            // to the origin: a transfer waiting for inspection memory holds no origin connection
+            // and no half-read response, only its client connection.
+            let reserved = if downloads_judged
+                && method != Method::HEAD.as_str()
+                && policies
+                    .transfer_rules(&self.app, false)
+                    .iter()
+                    .any(|r| r.rule.reads_content())
+            {
+                match Box::pin(self.admit(!upload_held, &mut parts)).await {
+                    Ok(s) => s,
+                    Err(d) => {
+                        self.audit(&info, &d);
+                        return self.busy(html, &d);
+                    }
+                }
+            } else {
+                None
+            };
+
+            // The steps after the request head are boxed (`admit` above, `forward`, and
+            // `judge_response`): sending the request is the largest (~1.1 KiB of state), and
+            // inline each would size the state of every request in flight, including the many
+            // that only wait in `admit` for inspection memory.
+            let resp = match Box::pin(self.forward(parts, body, &authority)).await {
+                Ok(r) => r,
+                Err(msg) => return self.upstream_failed(html, &msg),
+            };
+            Box::pin(self.judge_response(&policies, concerned, &info, html, resp, reserved)).await
+        }
     }
 
     /// Reserve inspection memory for a download before its request is sent. Waits (up to

@@ -712,13 +712,14 @@ mod tests {
 
     /// Every open connection holds its task (the `handle` future) and, while a request is in
     /// flight, that request's future: both stay small, the handshake's and the origin
-    /// request's state being boxed apart. (Release builds: ~0.5 and ~1.5 KiB.)
+    /// request's state being boxed apart. (Release builds: 800 B and ~1 KiB.)
     #[test]
     fn per_connection_futures_stay_small() {
         let task = future_size(handle);
-        let request = future_size2(ConnCtx::handle);
+        // `handle` boxes `handle_inner`'s future: a request in flight holds both.
+        let request = future_size2(ConnCtx::handle) + future_size2(ConnCtx::handle_inner);
         eprintln!("connection task future {task} B, request future {request} B");
         assert!(task <= 1024, "connection task future: {task} B");
-        assert!(request <= 3072, "request future: {request} B");
+        assert!(request <= 1280, "request future: {request} B");
     }
 }
