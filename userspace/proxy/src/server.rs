@@ -508,11 +508,10 @@ async fn serve_http(shared: &Arc<Shared>, conn: Box<Intercepted>) {
         activity,
     } = conn.unbox();
     let peer = ctx.src;
-    // The request's future is boxed: hyper keeps its service's future in an allocation of
-    // that future's size for the connection's whole life (~2.6 KiB inline, even between
-    // requests); boxed, it holds a pointer and the request's state lives only while the
-    // request is in flight.
-    let svc = service_fn(move |req| Box::pin(ctx.clone().handle(req)));
+    // hyper keeps its service's future inline for the connection's whole life, even between
+    // requests: `handle` returns a small future (under 100 B) that boxes the request's state
+    // itself, so that state lives only while the request is in flight.
+    let svc = service_fn(move |req| ctx.clone().handle(req));
     let cfg = &shared.cfg;
     // Whether the client takes what is written to it (`client_send_timeout_secs`).
     let tls = crate::idle::SendWatch {
