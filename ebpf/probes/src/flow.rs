@@ -1,8 +1,6 @@
 //! The per-packet work of the four entry points: flow counters, cached verdicts, session
 //! control, inspection, and the hand-over of a name to the pipeline.
 
-use core::ptr;
-
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
 use tollgate_common::{
     ACTION_BLOCK, ACTION_DROP, ACTION_NONE, ACTION_REFUSE, BLOCK_PAGE_MARK, CONFIG_F_NO_QUIC_HOLD,
@@ -19,7 +17,7 @@ use crate::access::{
     read, sk_field_ifindex, sk_field_ingress_ifindex, sk_gso_segs, sk_mark, stat, stat2,
 };
 use crate::inspect::{KIND_HOLD, forwarded_dns_answer, inspect};
-use crate::maps::{TG_CONFIG, TG_FLOWS, TG_FSCRATCH, TG_IFACES, TG_JOB, TG_PROGS, job};
+use crate::maps::{TG_CONFIG, TG_FLOWS, TG_FSCRATCH, TG_IFACES, TG_JOB, TG_PROGS};
 use crate::parse::{DNS_PORT, Pkt, parse};
 use crate::pipeline::{JOB_DNS, JOB_DNS_ANSWER, JOB_HTTP};
 use crate::steer::{refuse_steered, session_dns, steer_tcp, steered_destination};
@@ -219,8 +217,7 @@ pub(crate) fn try_run(ctx: &TcContext, dir: u8, egress: bool) -> Result<i32, i32
         && pkt.key.proto == PROTO_TCP
         && pkt.key.remote_port == UNREADABLE_PORT
         && flow.flags & FLOW_F_NAMED == 0
-        // SAFETY: this CPU's job, written by `parse` for this packet.
-        && job().is_some_and(|j| unsafe { ptr::read_volatile(&j.frag_first) } != 0)
+        && pkt.frag_first != 0
     {
         unreadable_tail(ctx, &pkt, dir, egress, STAT_UNREADABLE_FRAGMENTED);
         return Ok(PASS);

@@ -14,7 +14,7 @@ use tollgate_common::{
     STAT_VLAN_DEEP, STAT_WOULD_DROP,
 };
 
-use crate::access::{read, sk_vlan, stat};
+use crate::access::{opaque, read, sk_vlan, stat};
 use crate::maps::{TG_CONFIG, TG_PROGS, job};
 use crate::steer::steered_destination;
 use crate::verdict::{enforcing, evaluate};
@@ -44,6 +44,9 @@ pub(crate) struct Pkt {
     pub(crate) tcp_flags: u8,
     pub(crate) l3_off: u32,
     pub(crate) l4_off: u32,
+    /// Not 0 for the first fragment of a fragmented datagram (a number the verifier does not
+    /// know, see `opaque`).
+    pub(crate) frag_first: u32,
 }
 
 /// Source/destination of a parsed packet before normalization.
@@ -83,13 +86,8 @@ pub(crate) fn parse(ctx: &TcContext, dir: u8, egress: bool) -> Result<Pkt, i32> 
     if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
         return Err(portless_tail(ctx, dir, egress, STAT_VLAN_DEEP, 0));
     }
-    // The L3 offset goes through map memory: the verifier then checks the rest of the
-    // program once, not once per number of tags.
-    let job = job().ok_or(ON_PARSE_ERROR)?;
-    // SAFETY: job is this CPU's map value.
-    unsafe { ptr::write_volatile(&mut job.l3_off, l3_off as u32) };
-    // SAFETY: as above.
-    let l3_off = (unsafe { ptr::read_volatile(&job.l3_off) } & 0xff) as usize;
+    // The verifier checks the rest of the program once, not once per number of tags.
+    let l3_off = (opaque(ctx, l3_off as u32) & 0xff) as usize;
     let skb_len = ctx.len();
     let raw = match proto {
         ETH_P_IPV4 => parse_ipv4(ctx, l3_off, skb_len)?,
@@ -102,10 +100,8 @@ pub(crate) fn parse(ctx: &TcContext, dir: u8, egress: bool) -> Result<Pkt, i32> 
     if raw.frag == FRAG_OVERFLOW {
         return Err(portless_raw(ctx, &raw, dir, egress, STAT_IPV6_EXT_OVERFLOW));
     }
-    // Whether this is a first fragment is read back where it is used (through map memory,
-    // so that it does not double the verifier's paths in between).
-    // SAFETY: job is this CPU's map value.
-    unsafe { ptr::write_volatile(&mut job.frag_first, u32::from(raw.frag == FRAG_FIRST)) };
+    // Opaque, so that it does not double the verifier's paths between here and its use.
+    let frag_first = opaque(ctx, u32::from(raw.frag == FRAG_FIRST));
     let (sport, dport, hdr_len, tcp_seq, tcp_ack, tcp_flags) = match raw.proto {
         PROTO_TCP => {
             let Some(h) = read::<[u8; 20]>(ctx, raw.l4_off) else {
@@ -187,6 +183,7 @@ pub(crate) fn parse(ctx: &TcContext, dir: u8, egress: bool) -> Result<Pkt, i32> 
         tcp_flags,
         l3_off: l3_off as u32,
         l4_off: raw.l4_off as u32,
+        frag_first,
     })
 }
 

@@ -163,9 +163,6 @@ pub(crate) struct Job {
     pub(crate) cursor: u32,
     /// `tg_portless`: `PORTLESS_*` flags.
     pub(crate) portless: u32,
-    /// `parse`: the L3 offset, and 1 for the first fragment of a fragmented datagram.
-    pub(crate) l3_off: u32,
-    pub(crate) frag_first: u32,
     /// `ipv6_ext_walk`'s state: header type, offset, bytes left, `FRAG_*`.
     pub(crate) ext_next: u32,
     pub(crate) ext_off: u32,

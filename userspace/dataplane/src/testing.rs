@@ -41,6 +41,8 @@ pub struct RunResult {
     pub data_out: Vec<u8>,
     /// `skb->mark` as the program left it.
     pub mark: u32,
+    /// `skb->cb` as the program left it.
+    pub cb: [u32; 5],
 }
 
 /// `TC_ACT_UNSPEC`: the pass verdict in a TCX chain.
@@ -128,6 +130,22 @@ impl ProbeHarness {
         self.run_ctx(program, frame, 1, Some(&ctx))
     }
 
+    /// Like [`ProbeHarness::run`], with the skb's control block (`cb[0..5]`) set, as a program
+    /// earlier in the TCX chain may have left it.
+    pub fn run_with_cb(
+        &self,
+        program: &'static str,
+        frame: &[u8],
+        cb: [u32; 5],
+    ) -> Result<RunResult, DataplaneError> {
+        // struct __sk_buff: cb[5] at bytes 48..68.
+        let mut ctx = [0u8; 68];
+        for (i, v) in cb.iter().enumerate() {
+            ctx[48 + 4 * i..52 + 4 * i].copy_from_slice(&v.to_ne_bytes());
+        }
+        self.run_ctx(program, frame, 1, Some(&ctx))
+    }
+
     /// Marks an ifindex as one Tollgate is attached to (what `Dataplane::start` does).
     pub fn add_iface(&mut self, ifindex: u32, lan: bool) -> Result<(), DataplaneError> {
         let mut m: BpfHashMap<&mut MapData, u32, abi::IfaceInfo> =
@@ -167,12 +185,20 @@ impl ProbeHarness {
             })?;
         out.truncate(r.data_size_out as usize);
         // struct __sk_buff: len, pkt_type, mark, ...
-        let mark = u32::from_ne_bytes([ctx_out[8], ctx_out[9], ctx_out[10], ctx_out[11]]);
+        let word = |at: usize| {
+            u32::from_ne_bytes([
+                ctx_out[at],
+                ctx_out[at + 1],
+                ctx_out[at + 2],
+                ctx_out[at + 3],
+            ])
+        };
         Ok(RunResult {
             action: r.return_value as i32,
             duration: r.duration,
             data_out: out,
-            mark,
+            mark: word(8),
+            cb: [word(48), word(52), word(56), word(60), word(64)],
         })
     }
 

@@ -72,6 +72,34 @@ fn all_programs_verify_and_noop_passes() {
     assert_eq!(r.action, TC_ACT_UNSPEC);
 }
 
+/// The programs use `skb->cb` as scratch (`opaque`) and put back what was there: a program
+/// before Tollgate's in the TCX chain may pass values in it to one after.
+#[test]
+fn the_control_block_passes_through_unchanged() {
+    let Some(h) = harness() else { return };
+    let hello = fixture("tls_clienthello_chrome.hex");
+    let packets = [
+        udp(USER4, REMOTE4, 40001, 9000, &[7u8; 64]),
+        udp(USER6, REMOTE6, 40002, 53, &[0u8; 40]),
+        tcp(USER4, REMOTE4, 40003, 443, 1, &hello),
+        tcp(
+            USER6,
+            REMOTE6,
+            40004,
+            8080,
+            1,
+            b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n",
+        ),
+    ];
+    let cb = [0xdead_beef, 0x0102_0304, 7, 0xffff_ffff, 42];
+    for p in &packets {
+        for prog in [abi::PROG_LAN_INGRESS, abi::PROG_LAN_EGRESS] {
+            let r = h.run_with_cb(prog, &p.frame(), cb).expect("test run");
+            assert_eq!(r.cb, cb, "{prog}");
+        }
+    }
+}
+
 #[test]
 fn whole_clienthello_gives_one_event_and_counters() {
     let Some(mut h) = harness() else { return };
