@@ -34,31 +34,7 @@ bench_on_exit "'$PEER/topo.sh' down"
 "$PEER/topo.sh" up
 eval "$("$PEER/topo.sh" env)"
 
-python3 - "$WORK" "$IF_GW_C" <<'PY'
-import sys
-work, iface = sys.argv[1], sys.argv[2]
-domains = ", ".join(f'"blocked{i}.example-{i % 97}.net"' for i in range(10_000))
-ips = ", ".join(f'"100.64.{i // 256}.{i % 256}/32"' for i in range(10_000))
-open(f"{work}/run.toml", "w").write(f"""mode = "enforce"
-state_dir = "{work}/state"
-control_socket = "{work}/control.sock"
-status_interval_secs = 0
-
-[[interfaces]]
-name = "{iface}"
-role = "lan"
-
-[[custom_apps]]
-id = "bench-blocked"
-name = "Bench blocked"
-category = "Cloud storage"
-domains = [{domains}]
-ip_ranges = [{ips}]
-
-[apps.bench-blocked]
-tag = "unsanctioned"
-""")
-PY
+python3 "$PEER/../forwarding_config.py" "$WORK" enforce "$IF_GW_C" > "$WORK/run.toml"
 
 bench_bg iperf3s "$WORK/iperf3s.log" ip netns exec "$NS_SERVER" taskset -c 1 iperf3 -s -p $PORT
 bench_wait_port "$NS_SERVER" $PORT 10 || bench_die "iperf3 server did not start"

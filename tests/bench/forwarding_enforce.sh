@@ -15,31 +15,7 @@ TOLLGATE=${TOLLGATE_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/tollgate}
 [ -x "$BENCH" ] || { echo "no $BENCH (the peer bench harness)" >&2; exit 1; }
 WORK=$(mktemp -d /tmp/tollgate-fwd.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
-python3 - "$WORK" "${MODE:-enforce}" <<'PY'
-import sys
-work, mode = sys.argv[1], sys.argv[2]
-domains = ", ".join(f'"blocked{i}.example-{i % 97}.net"' for i in range(10_000))
-ips = ", ".join(f'"100.64.{i // 256}.{i % 256}/32"' for i in range(10_000))
-open(f"{work}/tollgate.toml.in", "w").write(f"""mode = "{mode}"
-state_dir = "{work}/state"
-control_socket = "{work}/control.sock"
-status_interval_secs = 0
-
-[[interfaces]]
-name = "IFACE"
-role = "lan"
-
-[[custom_apps]]
-id = "bench-blocked"
-name = "Bench blocked"
-category = "Cloud storage"
-domains = [{domains}]
-ip_ranges = [{ips}]
-
-[apps.bench-blocked]
-tag = "unsanctioned"
-""")
-PY
+python3 "$ROOT/tests/bench/forwarding_config.py" "$WORK" "${MODE:-enforce}" IFACE > "$WORK/tollgate.toml.in"
 export SUT_CMD_BG=1 SUT_NAME="tollgate-${MODE:-enforce}" SUT_BPF_PROGS="tg_lan_ingress tg_lan_egress"
 export SUT_CMD="sed \"s/IFACE/\$IF_GW_C/\" $WORK/tollgate.toml.in > $WORK/run.toml && exec $TOLLGATE run --config $WORK/run.toml >> $WORK/sut.log 2>&1"
 REPEATS=${REPEATS:-5} "$BENCH"
