@@ -54,23 +54,34 @@ pub(crate) const ON_PARSE_ERROR: i32 = PASS;
 pub(crate) const DROP: i32 = TC_ACT_SHOT;
 
 // ---- entry points ----
+//
+// `#[classifier]` wraps each function below in the exported entry point and calls it. Left to
+// LLVM, the LAN programs' bodies (over 6,000 instructions) stayed separate functions: every
+// packet then paid a BPF-to-BPF call and return (each return through the kernel's return
+// thunk) and the tail-call counter's hand-over between them. `#[inline(always)]` (kept on
+// the inner function by the macro) makes each program one function; about 2 ns less per
+// packet in place (`tests/bench/forwarding_ab.sh`, 6 rounds: 99.6 -> 97.4 ns median).
 
 #[classifier]
+#[inline(always)]
 pub fn tg_lan_ingress(ctx: TcContext) -> i32 {
     run(&ctx, DIR_UP, false)
 }
 
 #[classifier]
+#[inline(always)]
 pub fn tg_lan_egress(ctx: TcContext) -> i32 {
     run(&ctx, DIR_DOWN, true)
 }
 
 #[classifier]
+#[inline(always)]
 pub fn tg_wan_ingress(ctx: TcContext) -> i32 {
     run(&ctx, DIR_DOWN, false)
 }
 
 #[classifier]
+#[inline(always)]
 pub fn tg_wan_egress(ctx: TcContext) -> i32 {
     run(&ctx, DIR_UP, true)
 }
