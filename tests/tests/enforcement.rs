@@ -540,3 +540,60 @@ fn a_decoy_quic_initial_does_not_let_a_blocked_app_through() {
     );
     daemon.stop();
 }
+
+/// Under `ip netns exec` the daemon sees a /sys of its own and a new bpffs in it (iproute2
+/// mounts one; else the daemon does): its pins, and the programs attached through them, end
+/// with the process. The
+/// exit message used to say they stay. Now the start warns and the exit message says what
+/// happens; with `--netns` (the host's bpffs) they stay, and it says so.
+#[test]
+fn the_exit_message_says_whether_the_pins_stay() {
+    let test = "the_exit_message_says_whether_the_pins_stay";
+    if !ready(test) {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = Topology::new("pn", 1500).expect("topology");
+    let daemon = Daemon::prepare(&mut topo, "monitor", "").expect("config");
+    let exited = |topo: &Topology, log: &str| {
+        tollgate_e2e::wait_for(Duration::from_secs(15), || {
+            let text = topo.log(log);
+            text.contains("tollgate: exiting").then_some(text)
+        })
+    };
+
+    // `ip netns exec`: a bpffs of its own.
+    let gw = topo.gateway.clone();
+    let cmd = format!(
+        "{} run --config {}",
+        tollgate_e2e::tollgate_bin().display(),
+        daemon.config.display()
+    );
+    topo.spawn(&gw, &cmd, "private.log").expect("spawn");
+    tollgate_e2e::wait_for(Duration::from_secs(20), || {
+        daemon.socket.exists().then_some(())
+    })
+    .unwrap_or_else(|| panic!("the daemon did not come up:\n{}", topo.log("private.log")));
+    daemon.signal("TERM").expect("SIGTERM");
+    let text = exited(&topo, "private.log").expect("no exit message");
+    assert!(text.contains("running under `ip netns exec"), "{text}");
+    assert!(
+        text.contains("private to this process's mount namespace")
+            && !text.contains("stay attached"),
+        "{text}"
+    );
+
+    // `--netns`: the host's bpffs; the pins stay for the next run.
+    daemon.spawn(&mut topo).expect("daemon");
+    daemon.signal("TERM").expect("SIGTERM");
+    let text = exited(&topo, &daemon.log).expect("no exit message");
+    assert!(text.contains("stay attached and pinned"), "{text}");
+    assert!(!text.contains("running under `ip netns exec"), "{text}");
+    assert!(
+        std::path::Path::new("/sys/fs/bpf/tollgate")
+            .join(&topo.gateway)
+            .exists(),
+        "the pins are gone"
+    );
+    daemon.stop();
+}

@@ -141,6 +141,9 @@ pub struct Dataplane {
     /// Held so that the links stay open while we run (TCX links are pinned too; tc filters
     /// stay until `detach`).
     links: Vec<loader::HeldLink>,
+    /// False when the pins live on a bpffs that ends with this process (see
+    /// [`Dataplane::pins_outlive_exit`]).
+    pins_outlive_exit: bool,
 }
 
 impl Dataplane {
@@ -150,6 +153,13 @@ impl Dataplane {
     /// into the pinned links instead of attaching a second time.
     pub fn start(opts: DataplaneOptions) -> Result<Dataplane, DataplaneError> {
         loader::start(opts)
+    }
+
+    /// Whether the pins (and so the attached programs and the maps' contents) stay after this
+    /// process exits without `detach`. Not when the daemon had to mount bpffs in a private
+    /// mount namespace, as under `ip netns exec`: that bpffs goes with the namespace.
+    pub fn pins_outlive_exit(&self) -> bool {
+        self.pins_outlive_exit
     }
 
     /// TCX or tc clsact, as chosen at start.

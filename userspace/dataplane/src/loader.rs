@@ -116,6 +116,34 @@ pub fn ensure_bpffs() -> Result<(), DataplaneError> {
     .map_err(|e| err(io::Error::from(e)))
 }
 
+/// The network namespace named in `ip netns exec NAME`, when this process runs under it. That
+/// command gives its child a mount namespace of its own and mounts a new sysfs (with NAME as
+/// its source) and a new bpffs in it: pins made there, and the programs attached through
+/// them, are gone when the namespace's last process exits. (PID 1's view of /sys/fs/bpf,
+/// which would tell any private bpffs, is not readable in every VM or container.)
+fn under_ip_netns_exec() -> Option<String> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let name = sysfs_source(&mountinfo)?;
+    Path::new("/run/netns").join(&name).exists().then_some(name)
+}
+
+/// The source of the sysfs mounted at /sys last (the one in force) in a mountinfo text, when
+/// it is not the usual "sysfs" or "none".
+pub(crate) fn sysfs_source(mountinfo: &str) -> Option<String> {
+    let source = mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (mount, fs) = line.split_once(" - ")?;
+            let point = mount.split(' ').nth(4)?;
+            let mut fs = fs.split(' ');
+            (point == "/sys" && fs.next()? == "sysfs").then(|| fs.next().map(str::to_string))?
+        })
+        .next_back()?;
+    let plain_name =
+        !source.is_empty() && !source.contains(['/', '\\']) && source != "." && source != "..";
+    (source != "sysfs" && source != "none" && plain_name).then_some(source)
+}
+
 fn mkdir(path: &Path) -> Result<(), DataplaneError> {
     fs::create_dir_all(path).map_err(|source| DataplaneError::PinDir {
         path: path.to_path_buf(),
@@ -140,6 +168,15 @@ pub(crate) fn start(opts: DataplaneOptions) -> Result<Dataplane, DataplaneError>
     if opts.pin_dir.starts_with(BPFFS_ROOT) {
         ensure_bpffs()?;
     }
+    let private_to = under_ip_netns_exec().filter(|_| opts.pin_dir.starts_with(BPFFS_ROOT));
+    if let Some(name) = &private_to {
+        tracing::warn!(
+            "running under `ip netns exec {name}`: the bpffs at {BPFFS_ROOT} is that \
+             command's own, so its pins, and the programs attached through them, end with this \
+             process. `tollgate run --netns {name}` keeps the host's bpffs"
+        );
+    }
+    let pins_outlive_exit = private_to.is_none();
     let root = opts.pin_dir.join(format!("abi{}", abi::ABI_VERSION));
     let (maps_dir, progs_dir, links_dir, tc_dir) = (
         root.join("maps"),
@@ -306,6 +343,7 @@ pub(crate) fn start(opts: DataplaneOptions) -> Result<Dataplane, DataplaneError>
         attach_mode,
         link_pins,
         links,
+        pins_outlive_exit,
     })
 }
 
@@ -658,4 +696,27 @@ fn read_tc_marks(tc_dir: &Path) -> Vec<(String, Hook)> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOST: &str = "23 27 0:22 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw\n\
+                        45 23 0:40 / /sys/fs/bpf rw,relatime shared:8 - bpf bpf rw,mode=700\n";
+
+    #[test]
+    fn the_sysfs_of_ip_netns_exec_is_told_apart() {
+        assert_eq!(sysfs_source(HOST), None);
+        // `ip netns exec gw ...`: the namespace's own sysfs over the host's, named after it.
+        let netns = format!("{HOST}52 49 0:41 / /sys rw,relatime - sysfs gw rw\n");
+        assert_eq!(sysfs_source(&netns).as_deref(), Some("gw"));
+        // The last mount at /sys is the one in force.
+        let back = format!("{netns}60 49 0:42 / /sys rw,relatime - sysfs sysfs rw\n");
+        assert_eq!(sysfs_source(&back), None);
+        assert_eq!(sysfs_source("1 2 0:3 / /sys rw - sysfs none rw\n"), None);
+        // Not a name that could be under /run/netns.
+        assert_eq!(sysfs_source("1 2 0:3 / /sys rw - sysfs ../x rw\n"), None);
+        assert_eq!(sysfs_source("garbage\n\n - \n"), None);
+    }
 }

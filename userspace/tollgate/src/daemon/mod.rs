@@ -792,9 +792,16 @@ pub async fn run(parts: DaemonParts) -> Result<()> {
     if detach {
         core.dp.detach().context("detaching")?;
         crate::outln!("tollgate: stopped; programs detached and pins removed");
-    } else {
+    } else if core.dp.pins_outlive_exit() {
         crate::outln!(
             "tollgate: exiting; programs stay attached and pinned under {} (`tollgate stop` removes them)",
+            pin_dir.display()
+        );
+    } else {
+        crate::outln!(
+            "tollgate: exiting; the pins under {} are on a bpffs private to this process's mount \
+             namespace (as under `ip netns exec`): the programs and pins end with it \
+             (`tollgate run --netns NAME` keeps them)",
             pin_dir.display()
         );
     }
