@@ -543,8 +543,7 @@ fn a_decoy_quic_initial_does_not_let_a_blocked_app_through() {
 
 /// Under `ip netns exec` the daemon sees a /sys of its own and a new bpffs in it (iproute2
 /// mounts one; else the daemon does): its pins, and the programs attached through them, end
-/// with the process. The
-/// exit message used to say they stay. Now the start warns and the exit message says what
+/// with the process. The exit message used to say they stay. Now the start warns and the exit message says what
 /// happens; with `--netns` (the host's bpffs) they stay, and it says so.
 #[test]
 fn the_exit_message_says_whether_the_pins_stay() {

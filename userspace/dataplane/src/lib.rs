@@ -156,8 +156,8 @@ impl Dataplane {
     }
 
     /// Whether the pins (and so the attached programs and the maps' contents) stay after this
-    /// process exits without `detach`. Not when the daemon had to mount bpffs in a private
-    /// mount namespace, as under `ip netns exec`: that bpffs goes with the namespace.
+    /// process exits without `detach`. Not under `ip netns exec`: the bpffs there is that
+    /// command's own, and goes with its mount namespace.
     pub fn pins_outlive_exit(&self) -> bool {
         self.pins_outlive_exit
     }

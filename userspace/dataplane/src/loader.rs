@@ -165,18 +165,18 @@ pub(crate) fn start(opts: DataplaneOptions) -> Result<Dataplane, DataplaneError>
     let (release, machine) = kernel::running_kernel();
     let attach_mode = kernel::decide(&release, &machine, opts.attach)?;
     tracing::info!(kernel = %release, %machine, requested = %opts.attach, mode = %attach_mode, "attach mode");
+    let mut pins_outlive_exit = true;
     if opts.pin_dir.starts_with(BPFFS_ROOT) {
         ensure_bpffs()?;
+        if let Some(name) = under_ip_netns_exec() {
+            tracing::warn!(
+                "running under `ip netns exec {name}`: the bpffs at {BPFFS_ROOT} is that \
+                 command's own, so its pins, and the programs attached through them, end with \
+                 this process. `tollgate run --netns {name}` keeps the host's bpffs"
+            );
+            pins_outlive_exit = false;
+        }
     }
-    let private_to = under_ip_netns_exec().filter(|_| opts.pin_dir.starts_with(BPFFS_ROOT));
-    if let Some(name) = &private_to {
-        tracing::warn!(
-            "running under `ip netns exec {name}`: the bpffs at {BPFFS_ROOT} is that \
-             command's own, so its pins, and the programs attached through them, end with this \
-             process. `tollgate run --netns {name}` keeps the host's bpffs"
-        );
-    }
-    let pins_outlive_exit = private_to.is_none();
     let root = opts.pin_dir.join(format!("abi{}", abi::ABI_VERSION));
     let (maps_dir, progs_dir, links_dir, tc_dir) = (
         root.join("maps"),
