@@ -7,7 +7,7 @@
 //! [`users::UsersError`]) and each fallible function returns the one of its part (rendering a
 //! report returns the `io::Error` of the caller's writer), so a caller matches exactly what
 //! can happen.
-// One exception, in `pcap::sharded`: a sharded capture import maps the file (`Window`).
+// One exception, in `pcap::sharded`: a prefetch hint for the frames a worker reads next.
 #![deny(unsafe_code)]
 
 pub mod aggregate;

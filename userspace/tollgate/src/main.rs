@@ -90,9 +90,7 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
         /// Threads a large plain log file is read on, in parts, and a large capture's flows
-        /// are followed on, in shards (0: one per core). A large capture is read through a
-        /// memory map: do not truncate it while it is imported (the import would die with
-        /// SIGBUS); with `--threads 1` it is streamed instead.
+        /// are followed on, in shards (0: one per core).
         #[arg(long, default_value_t = 0)]
         threads: usize,
         #[arg(required = true)]

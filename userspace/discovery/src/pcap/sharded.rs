@@ -2,18 +2,28 @@
 //!
 //! # How the work is split
 //!
-//! Each of N workers maps the file a window at a time ([`Window`]) and reads every record,
-//! and gives to its own [`FlowTable`] only the packets of its flows: a flow's shard is a hash
-//! of its canonical (direction-free) 5-tuple, so both directions of a flow meet in one table.
-//! A plain frame's flow is read from fixed header offsets ([`peek_flow`]); only the worker
-//! that owns it decodes it. At the end the shards' records are put together.
+//! The file is read a [`PART`] at a time. Each part is walked once, by whichever worker
+//! gets there first ([`Coordinator::part`]): its records are parsed, each packet's flow is
+//! read ([`peek_flow`] from fixed header offsets, or by decoding the frames it cannot
+//! read), and the packet's shard is chosen by a hash of its canonical (direction-free)
+//! 5-tuple, so both directions of a flow meet in one table. The part's index (frame place,
+//! time, shard; about 32 bytes a packet) is shared. Every worker then goes through every
+//! part's index in file order: it decodes its own packets into its own [`FlowTable`] and
+//! passes the others' times to it. At the end the shards' records are put together.
 //!
-//! What every worker repeats is reading the records, the header peek and one hash per packet;
-//! the flow tables' work (lookups, reassembly, TLS, QUIC, DNS and HTTP parsing, counters) is
-//! split. Two designs before this one sent packets from one reader thread to the workers,
-//! with a mirror of the whole flow set in the reader; the reader then did most of the work
-//! alone, and two cores imported no faster than one.
+//! A part's walk needs the previous part's walk (records are not self-synchronising: the
+//! next starts where the last one ended), so walks follow one another, each by one worker,
+//! one part ahead of the readers where it can. The flow tables' work (lookups, reassembly,
+//! TLS, QUIC, DNS and HTTP parsing, counters) is split.
 //!
+//! Designs tried before this one:
+//! - one reader thread sending packets to the workers, with a mirror of the whole flow set
+//!   in the reader: the reader did most of the work alone, and two cores imported no
+//!   faster than one;
+//! - every worker mapping the file and walking, peeking and hashing every record itself:
+//!   1.35x on two cores (857 MB capture), against about 1.4x with the shared walk. Parts
+//!   are read, not mapped (see [`read_part`]).
+
 //! # State that crosses flows, and how the result stays exact
 //!
 //! - **The clock and idle sweeps.** A table sweeps idle flows out every 8192 (`SWEEP_EVERY`)
@@ -39,8 +49,7 @@
 //! - **The finished list** (`max_finished`). Past it, a single table keeps the flows its
 //!   sweeps finished first, in an order no other import reproduces: when the shards
 //!   together finished more than that, the capture is imported again on one thread.
-//! - **The statistics** ([`PcapStats`]) are counted by every worker, which all read every
-//!   record; they are the first worker's.
+//! - **The statistics** ([`PcapStats`]) are counted by the walk of each part, and summed.
 //! - Interned names (`Names`) and the live daemon's QUIC rechecks change no record.
 //!
 //! The table-wide statistics ([`crate::flow_table::FlowTableStats`]) are not put together:
@@ -49,14 +58,16 @@
 //!
 //! # Memory
 //!
-//! A [`WINDOW`] of the file mapped per worker (more only for a record larger than that, up
-//! to [`super::MAX_RECORD`]), and each worker's share of the flows (with every DNS flow).
+//! At most [`MAX_AHEAD`] parts that not every worker has read, and one per worker being
+//! read, each a [`PART`] of the file (more only for a record larger than that, up to
+//! [`super::MAX_RECORD`]) and its index; and each worker's share of the flows (with every
+//! DNS flow). A part's bytes are used again for a later part.
 //!
-//! A worker that panics or cannot read makes the others stop at their next window, and the
-//! import returns [`PcapError::Worker`] or [`PcapError::Read`].
+//! A worker (or walk) that panics or cannot read makes the others stop at their next part,
+//! and the import returns [`PcapError::Worker`] or [`PcapError::Read`].
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use pcap_file::PcapError as Parse;
 use pcap_file::pcap::PcapParser;
@@ -107,8 +118,8 @@ pub fn import_pcap_threads_from(
 /// Test settings of a sharded import.
 #[derive(Debug, Clone, Copy)]
 struct Knobs {
-    /// Bytes mapped at a time.
-    window: usize,
+    /// Bytes of the file in a part.
+    part: usize,
     /// This worker panics as it starts.
     fail_worker: Option<usize>,
 }
@@ -116,7 +127,7 @@ struct Knobs {
 impl Default for Knobs {
     fn default() -> Self {
         Knobs {
-            window: WINDOW,
+            part: PART,
             fail_worker: None,
         }
     }
@@ -226,163 +237,443 @@ impl Records {
     }
 }
 
-/// A capture file read through a map of a window of it at a time, so that the memory it
-/// takes stays a window's whatever the file's size.
+/// Reads `len` bytes of `file` (`size` bytes long) from `from` into `buf` (fewer where the
+/// file ends), reusing its memory; whether the file ended sooner than `size` said (another
+/// program cut it).
 ///
-/// The map is of a file another program could change: one that truncates the file while it
-/// is read makes the next read of a page past the new end fail with SIGBUS (as for any
-/// program that maps files, ripgrep for one). `tollgate discover` documents it; the
-/// streaming import, which has no such limit, is the one taken for small files and one
-/// thread.
-struct Window {
-    file: std::fs::File,
+/// Read, not mapped: a map of the file would make a program that truncates it meanwhile
+/// kill the import (SIGBUS), and with the walk done once the one copy a read makes cost no
+/// more than the map's page faults (`examples/pcap_threads`, 857 MB capture). A file cut
+/// meanwhile reads as a capture that ends there (truncated).
+fn read_part(
+    file: &std::fs::File,
     size: u64,
-    map: Option<memmap2::Mmap>,
-    /// The file offset of the map's first byte (a page boundary).
-    base: u64,
+    from: u64,
+    len: usize,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let to = from.saturating_add(len as u64).min(size);
+    let want = usize::try_from(to.saturating_sub(from))
+        .map_err(|_| std::io::Error::other("part too large"))?;
+    // Bytes already in the buffer are overwritten, not zeroed first.
+    if buf.len() < want {
+        buf.resize(want, 0);
+    } else {
+        buf.truncate(want);
+    }
+    let mut got = 0;
+    while got < want {
+        match file.read_at(&mut buf[got..], from + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(got);
+    Ok(got < want)
 }
 
-impl Window {
-    /// The file's `len` bytes from `from` (fewer where the file ends).
-    #[allow(unsafe_code, reason = "mapping a file; see the type's documentation")]
-    fn at(&mut self, from: u64, len: usize) -> std::io::Result<&[u8]> {
-        let to = from.saturating_add(len as u64).min(self.size);
-        let covered = self
-            .map
-            .as_ref()
-            .is_some_and(|m| self.base <= from && self.base + m.len() as u64 >= to);
-        if !covered {
-            self.map = None;
-            let page = PAGE as u64;
-            self.base = from / page * page;
-            let len = usize::try_from(to - self.base)
-                .map_err(|_| std::io::Error::other("window too large"))?;
-            // SAFETY: the map is read only, and only while the file keeps its size; see
-            // the type's documentation for what a truncation by another program does.
-            let map = unsafe {
-                memmap2::MmapOptions::new()
-                    .offset(self.base)
-                    .len(len)
-                    .map(&self.file)?
-            };
-            // Read once, front to back: the kernel reads ahead and drops pages behind.
-            let _ = map.advise(memmap2::Advice::Sequential);
-            self.map = Some(map);
+/// Bytes of the file in one part (the records one worker walks for all), unless a record
+/// is larger.
+const PART: usize = 2 << 20;
+/// Parts walked and not yet read by every worker, at most: the memory of a sharded import
+/// is this many parts' bytes and their indexes (about 32 bytes a packet), plus a part per
+/// worker.
+const MAX_AHEAD: usize = 4;
+/// A worker asks for the frame this many packets ahead of the one it reads.
+const PREFETCH_PACKETS: usize = 12;
+
+/// Asks the CPU for the first bytes of `data` (a hint: nothing waits for them).
+#[inline(always)]
+#[allow(unsafe_code, reason = "a prefetch hint")]
+fn prefetch(data: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(b) = data.first() {
+        // SAFETY: a prefetch reads nothing into the program and cannot fault; the address
+        // is in `data`.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                (b as *const u8).cast(),
+            );
         }
-        let map = self.map.as_deref().unwrap_or(&[]);
-        let start = usize::try_from(from - self.base).unwrap_or(usize::MAX);
-        let end = usize::try_from(to - self.base).unwrap_or(usize::MAX);
-        Ok(map.get(start..end).unwrap_or(&[]))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
+}
+
+/// [`IndexEntry::owner`] of a packet every shard reads (a DNS flow's).
+const EVERY_SHARD: u32 = u32::MAX;
+
+/// One packet of a walked part: where its frame is, what it is, and whose.
+struct IndexEntry {
+    /// Offset of the frame in the part's bytes, or in its `copied` bytes.
+    start: usize,
+    len: u32,
+    /// The shard that owns the packet's flow, or [`EVERY_SHARD`].
+    owner: u32,
+    ts: DateTime<Utc>,
+    link: LinkType,
+    /// The frame is in `copied` (a parser that handed back bytes it did not borrow).
+    copied: bool,
+}
+
+/// The packets of a run of records, walked once: each worker reads its own packets' frames
+/// from the part's bytes and passes the others' times to its table.
+struct Part {
+    bytes: Vec<u8>,
+    copied: Vec<u8>,
+    entries: Vec<IndexEntry>,
+}
+
+impl Part {
+    fn frame(&self, e: &IndexEntry) -> &[u8] {
+        let bytes: &[u8] = if e.copied { &self.copied } else { &self.bytes };
+        bytes
+            .get(e.start..e.start.saturating_add(e.len as usize))
+            .unwrap_or(&[])
     }
 }
 
-/// Bytes mapped at a time, per worker.
-const WINDOW: usize = 32 << 20;
-/// The map offset's alignment (the page size of every platform we build for, or a multiple).
-const PAGE: usize = 64 << 10;
-
-/// A worker's end of the packets: its own flows (and every DNS flow) into its table; the
-/// others' packets move its clock and sweeps on.
-struct ShardSink {
-    table: FlowTable,
-    /// The same for every worker.
-    hash: ahash::RandomState,
-    me: usize,
+/// The walker's end of the records: each packet's flow read (by [`peek_flow`], or by
+/// decoding the frames it cannot read), its shard chosen, its frame's place kept.
+struct IndexSink<'a> {
+    /// The address and length of the part's bytes.
+    bytes: (usize, usize),
+    entries: &'a mut Vec<IndexEntry>,
+    copied: &'a mut Vec<u8>,
+    hash: &'a ahash::RandomState,
     shards: usize,
+    /// The frame being decoded by [`decode_frame`], until its packet arrives.
+    pending: Option<(usize, u32, bool, LinkType, DateTime<Utc>)>,
 }
 
-impl ShardSink {
-    fn mine(&self, (proto, sender, receiver): FlowKey) -> bool {
-        let (hash, dns) = flow_shard(&self.hash, proto, sender, receiver);
-        dns || shard_of(hash, self.shards) == self.me
-    }
-
-    /// Whether this shard's table did what the single table would (it was never full, so it
-    /// never swept or refused for that; it never ran out of reassembly budget).
-    fn exact(&self) -> bool {
-        !self.table.was_full() && self.table.buffer_budget_drops() == 0
-    }
-}
-
-impl Sink for ShardSink {
-    fn packet(&mut self, p: &PacketView<'_>) {
-        if self.mine((p.proto, (p.src, p.sport), (p.dst, p.dport))) {
-            self.table.observe_packet(p);
+impl IndexSink<'_> {
+    fn owner(&self, (proto, sender, receiver): FlowKey) -> u32 {
+        let (hash, dns) = flow_shard(self.hash, proto, sender, receiver);
+        if dns {
+            EVERY_SHARD
         } else {
-            self.table.pass(p.ts);
+            u32::try_from(shard_of(hash, self.shards)).unwrap_or(0)
         }
     }
 
-    /// A plain frame's flow is read without decoding it ([`peek_flow`]): other workers'
-    /// packets cost a few header reads and a hash here. The rest are decoded.
+    /// Where `data` is: in the part's bytes (the parsers borrow from them), else copied aside.
+    fn locate(&mut self, data: &[u8]) -> (usize, u32, bool) {
+        let addr = data.as_ptr() as usize;
+        let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        let (base, bytes_len) = self.bytes;
+        if addr >= base && addr.saturating_add(data.len()) <= base.saturating_add(bytes_len) {
+            (addr - base, len, false)
+        } else {
+            let start = self.copied.len();
+            self.copied.extend_from_slice(data);
+            (start, len, true)
+        }
+    }
+
+    fn push(
+        &mut self,
+        (start, len, copied): (usize, u32, bool),
+        link: LinkType,
+        ts: DateTime<Utc>,
+        owner: u32,
+    ) {
+        self.entries.push(IndexEntry {
+            start,
+            len,
+            owner,
+            ts,
+            link,
+            copied,
+        });
+    }
+}
+
+impl Sink for IndexSink<'_> {
+    fn packet(&mut self, p: &PacketView<'_>) {
+        let owner = self.owner((p.proto, (p.src, p.sport), (p.dst, p.dport)));
+        if let Some((start, len, copied, link, ts)) = self.pending.take() {
+            self.push((start, len, copied), link, ts, owner);
+        }
+    }
+
+    /// A plain frame's flow is read without decoding it ([`peek_flow`]); the rest are
+    /// decoded here, and again by their owner.
     fn frame(&mut self, stats: &mut PcapStats, link: LinkType, data: &[u8], ts: DateTime<Utc>) {
         let Some(key) = peek_flow(link, data) else {
+            let (start, len, copied) = self.locate(data);
+            self.pending = Some((start, len, copied, link, ts));
             decode_frame(stats, self, link, data, ts);
+            self.pending = None;
             return;
         };
         stats.frames += 1;
         stats.captured_bytes += data.len() as u64;
         stats.packets += 1;
-        if !self.mine(key) {
-            self.table.pass(ts);
-            return;
-        }
-        match decode(link, data, ts) {
-            Decoded::Packet(p) => self.table.observe_packet(&p),
-            // `peek_flow` answers only for frames that decode to a packet of its flow.
-            _ => debug_assert!(false, "peek_flow and decode disagree"),
-        }
+        let owner = self.owner(key);
+        let place = self.locate(data);
+        self.push(place, link, ts, owner);
     }
 }
 
-/// A worker: the whole file after its header, every record; its own flows into its table.
-fn work(
-    mut file: Window,
-    header: usize,
-    pcapng: bool,
-    window: usize,
-    mut sink: ShardSink,
-    max_finished: usize,
-    stop: &AtomicBool,
-) -> std::io::Result<Option<(FlowTable, PcapStats)>> {
+/// Where the walk of the records is between parts: handed from the worker that walked a
+/// part to the one that walks the next.
+struct Walk {
+    records: Records,
+    /// The file offset of the next record.
+    pos: u64,
+    /// Bytes to map for the next part (more than a part while one record is larger).
+    need: usize,
+}
+
+/// What a walk of one part gave: the part (none at the end of the file), its frames'
+/// statistics, and whether the walk is over (the file ended, or a record did not parse).
+type Walked = (Option<Part>, PcapStats, bool);
+
+/// The records from `walk.pos` that fit in a part, indexed.
+fn walk_part(
+    file: &std::fs::File,
+    size: u64,
+    walk: &mut Walk,
+    part_len: usize,
+    hash: &ahash::RandomState,
+    shards: usize,
+    mut bytes: Vec<u8>,
+) -> std::io::Result<Walked> {
     let mut stats = PcapStats::default();
-    let Ok((mut records, _)) = Records::new(pcapng, file.at(0, header)?) else {
-        return Ok(None);
-    };
-    let mut pos = header as u64;
-    let window = window.max(1);
-    let mut need = window;
-    while pos < file.size && !stop.load(Ordering::Relaxed) {
-        let size = file.size;
-        let data = file.at(pos, need)?;
-        let data_len = data.len();
-        let whole_rest = pos + data_len as u64 >= size;
-        let (used, fed) = records.feed(data, &mut stats, &mut sink);
-        pos += used as u64;
-        match fed {
-            Fed::All => need = window,
+    loop {
+        if walk.pos >= size {
+            return Ok((None, stats, true));
+        }
+        let cut = read_part(file, size, walk.pos, walk.need, &mut bytes)?;
+        let mut entries = Vec::new();
+        let mut copied = Vec::new();
+        let data_len = bytes.len();
+        let whole_rest = cut || walk.pos + data_len as u64 >= size;
+        let mut sink = IndexSink {
+            bytes: (bytes.as_ptr() as usize, bytes.len()),
+            entries: &mut entries,
+            copied: &mut copied,
+            hash,
+            shards,
+            pending: None,
+        };
+        let (used, fed) = walk.records.feed(&bytes, &mut stats, &mut sink);
+        walk.pos += used as u64;
+        let end = match fed {
+            Fed::All => {
+                walk.need = part_len;
+                walk.pos >= size || cut
+            }
             Fed::Incomplete if whole_rest => {
                 stats.truncated = true;
-                break;
+                true
             }
-            // A record past the window's end: from it, in a window large enough.
-            Fed::Incomplete if used > 0 => need = window,
+            // A record past the part's end: the next part starts with it.
+            Fed::Incomplete if used > 0 => {
+                walk.need = part_len;
+                false
+            }
             // One record larger than the streaming import can hold.
             Fed::Incomplete if data_len > MAX_RECORD => {
                 stats.truncated = true;
-                break;
+                true
             }
-            Fed::Incomplete => need = need.saturating_mul(2).min(MAX_RECORD + 1),
+            // One record larger than a part: again, with more bytes.
+            Fed::Incomplete => {
+                walk.need = walk.need.saturating_mul(2).min(MAX_RECORD + 1);
+                continue;
+            }
             Fed::Bad => {
                 stats.truncated = true;
-                break;
+                true
             }
-        }
-        if !sink.exact() || sink.table.finished_len() > max_finished {
-            stop.store(true, Ordering::Relaxed);
+        };
+        let part = Part {
+            bytes,
+            copied,
+            entries,
+        };
+        return Ok((Some(part), stats, end));
+    }
+}
+
+/// What the workers share: the walk, the parts walked and not yet read by all, the sum of
+/// the parts' statistics.
+struct Shared {
+    /// `None` while a worker walks a part.
+    walk: Option<Walk>,
+    /// `parts[i]` is part `first + i`.
+    parts: std::collections::VecDeque<Arc<Part>>,
+    first: usize,
+    /// Parts walked so far.
+    walked: usize,
+    /// No part comes after the last walked.
+    done: bool,
+    stats: PcapStats,
+    /// Per worker: the parts it has read.
+    read: Vec<usize>,
+    /// The import stops: a worker failed, or a shard cannot give the single table's result.
+    stop: bool,
+    error: Option<std::io::Error>,
+    /// The bytes of parts every worker has read, for the next parts (fresh memory would be
+    /// faulted in page by page each time).
+    spare: Vec<Vec<u8>>,
+}
+
+/// The workers' meeting point: [`Shared`] and the signal that it changed.
+struct Coordinator {
+    state: Mutex<Shared>,
+    changed: Condvar,
+    file: std::fs::File,
+    size: u64,
+    part_len: usize,
+    hash: ahash::RandomState,
+    shards: usize,
+}
+
+impl Coordinator {
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every worker stops at its next part, and none waits for one.
+    fn stop(&self) {
+        self.lock().stop = true;
+        self.changed.notify_all();
+    }
+
+    /// Part `k` for worker `me`, walked first if nobody has (and the part after it, so that
+    /// the next is ready when the workers get there); `None` at the end or when the import
+    /// stops.
+    fn part(&self, k: usize) -> Option<Arc<Part>> {
+        let mut g = self.lock();
+        loop {
+            if g.stop {
+                return None;
+            }
+            let oldest = g.read.iter().copied().min().unwrap_or(0);
+            if !g.done
+                && g.walked <= k + 1
+                && g.walked - oldest < MAX_AHEAD
+                && let Some(mut walk) = g.walk.take()
+            {
+                let bytes = g.spare.pop().unwrap_or_default();
+                drop(g);
+                // A walker that panics stops the import, or the others would wait.
+                let guard = StopOnDrop(self);
+                let walked = walk_part(
+                    &self.file,
+                    self.size,
+                    &mut walk,
+                    self.part_len,
+                    &self.hash,
+                    self.shards,
+                    bytes,
+                );
+                std::mem::forget(guard);
+                g = self.lock();
+                g.walk = Some(walk);
+                match walked {
+                    Ok((part, stats, end)) => {
+                        add_stats(&mut g.stats, &stats);
+                        if let Some(part) = part {
+                            g.parts.push_back(Arc::new(part));
+                            g.walked += 1;
+                        }
+                        g.done |= end;
+                    }
+                    Err(e) => {
+                        g.error = Some(e);
+                        g.stop = true;
+                    }
+                }
+                self.changed.notify_all();
+                continue;
+            }
+            if k < g.walked {
+                return k.checked_sub(g.first).and_then(|i| g.parts.get(i)).cloned();
+            }
+            if g.done {
+                return None;
+            }
+            g = self.changed.wait(g).unwrap_or_else(PoisonError::into_inner);
         }
     }
-    Ok(Some((sink.table, stats)))
+
+    /// Worker `me` has read the parts before `k`: those every worker has read are dropped.
+    fn read_up_to(&self, me: usize, k: usize) {
+        let mut g = self.lock();
+        if let Some(r) = g.read.get_mut(me) {
+            *r = k;
+        }
+        let oldest = g.read.iter().copied().min().unwrap_or(0);
+        while g.first < oldest {
+            let Some(part) = g.parts.pop_front() else {
+                break;
+            };
+            g.first += 1;
+            // The last reference unless a worker still holds it (then it is simply freed).
+            if let Ok(part) = Arc::try_unwrap(part) {
+                g.spare.push(part.bytes);
+            }
+        }
+        self.changed.notify_all();
+    }
+}
+
+/// Stops the import when dropped: held across work that may panic, forgotten after it.
+struct StopOnDrop<'a>(&'a Coordinator);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
+fn add_stats(sum: &mut PcapStats, part: &PcapStats) {
+    sum.frames += part.frames;
+    sum.packets += part.packets;
+    sum.fragments += part.fragments;
+    sum.other += part.other;
+    sum.malformed += part.malformed;
+    sum.captured_bytes += part.captured_bytes;
+    sum.truncated |= part.truncated;
+}
+
+/// A worker: every part in file order; its own packets (and every DNS packet) into its
+/// table, the others' times to its clock.
+fn work(co: &Coordinator, me: usize, mut table: FlowTable, max_finished: usize) -> FlowTable {
+    let me_owner = u32::try_from(me).unwrap_or(EVERY_SHARD);
+    let mut k = 0;
+    while let Some(part) = co.part(k) {
+        for (i, e) in part.entries.iter().enumerate() {
+            if let Some(ahead) = part.entries.get(i + PREFETCH_PACKETS)
+                && (ahead.owner == me_owner || ahead.owner == EVERY_SHARD)
+            {
+                prefetch(part.frame(ahead));
+            }
+            if e.owner == me_owner || e.owner == EVERY_SHARD {
+                match decode(e.link, part.frame(e), e.ts) {
+                    Decoded::Packet(p) => table.observe_packet(&p),
+                    // The walker found a packet in this frame.
+                    _ => debug_assert!(false, "a frame decoded twice differs"),
+                }
+            } else {
+                table.pass(e.ts);
+            }
+        }
+        drop(part);
+        k += 1;
+        co.read_up_to(me, k);
+        let exact = !table.was_full() && table.buffer_budget_drops() == 0;
+        if !exact || table.finished_len() > max_finished {
+            co.stop();
+        }
+    }
+    table
 }
 
 /// A sharded import's result: the stats, each shard's table, the hash that chose them.
@@ -393,7 +684,7 @@ struct Sharded {
 }
 
 /// The sharded import; `None` when the shards cannot give the single table's result (a
-/// cap was reached, see the module documentation) or the file cannot be mapped (not a
+/// cap was reached, see the module documentation) or the file cannot be read in parts (not a
 /// regular file): the caller imports on one thread.
 fn sharded(
     path: &Path,
@@ -409,75 +700,77 @@ fn sharded(
         reason,
     };
     let pcapng = c.pcapng;
-    let open = || -> std::io::Result<Window> {
-        let file = std::fs::File::open(path)?;
-        let meta = file.metadata()?;
-        if !meta.is_file() {
-            return Err(std::io::Error::other("not a regular file"));
-        }
-        Ok(Window {
-            file,
-            size: meta.len(),
-            map: None,
-            base: 0,
-        })
-    };
-    let Ok(mut first) = open() else {
+    let Ok(file) = std::fs::File::open(path) else {
         return Ok(None);
+    };
+    let size = match file.metadata() {
+        Ok(m) if m.is_file() => m.len(),
+        _ => return Ok(None),
     };
     // The file header (pcap: 24 bytes; pcapng: the whole section header block), read as
     // the streaming import reads it, with its errors.
     let mut need = 24;
-    let header = loop {
-        let data = first.at(0, need).map_err(read_err)?;
-        match Records::new(pcapng, data) {
-            Ok((_, used)) => break used,
-            Err(Parse::IncompleteBuffer) if data.len() as u64 == first.size => {
+    let mut data = Vec::new();
+    let (records, header) = loop {
+        let cut = read_part(&file, size, 0, need, &mut data).map_err(read_err)?;
+        match Records::new(pcapng, &data) {
+            Ok(r) => break r,
+            Err(Parse::IncompleteBuffer) if cut || data.len() as u64 == size => {
                 return Err(fmt_err(Parse::IncompleteBuffer));
             }
             Err(Parse::IncompleteBuffer) => need = need.saturating_mul(2),
             Err(e) => return Err(fmt_err(e)),
         }
     };
-    let mut files = vec![first];
-    for _ in 1..threads {
-        files.push(open().map_err(read_err)?);
-    }
     let shard_limits = FlowTableLimits {
         max_flows: limits.max_flows / threads,
         max_buffered_bytes: limits.max_buffered_bytes / threads,
         ..limits.clone()
     };
-    let hash = ahash::RandomState::new();
-    let stop = AtomicBool::new(false);
+    let part_len = knobs.part.max(1);
+    let co = Coordinator {
+        state: Mutex::new(Shared {
+            walk: Some(Walk {
+                records,
+                pos: header as u64,
+                need: part_len,
+            }),
+            parts: std::collections::VecDeque::new(),
+            first: 0,
+            walked: 0,
+            done: false,
+            stats: PcapStats::default(),
+            read: vec![0; threads],
+            stop: false,
+            error: None,
+            spare: Vec::new(),
+        }),
+        changed: Condvar::new(),
+        file,
+        size,
+        part_len,
+        hash: ahash::RandomState::new(),
+        shards: threads,
+    };
     let joined = std::thread::scope(|s| {
-        let handles: Vec<_> = files
-            .into_iter()
-            .enumerate()
-            .map(|(me, file)| {
-                let sink = ShardSink {
-                    table: FlowTable::new(shard_limits.clone()),
-                    hash: hash.clone(),
-                    me,
-                    shards: threads,
-                };
+        let handles: Vec<_> = (0..threads)
+            .map(|me| {
+                let table = FlowTable::new(shard_limits.clone());
                 let max_finished = limits.max_finished;
-                let stop = &stop;
+                let co = &co;
                 let fail = knobs.fail_worker == Some(me);
-                let window = knobs.window;
                 std::thread::Builder::new()
                     .name(format!("pcap-shard-{me}"))
                     .spawn_scoped(s, move || {
+                        // A worker that dies stops the others (which would wait for it).
+                        let guard = StopOnDrop(co);
                         if fail {
                             // Tests: a worker that dies.
                             panic!("worker {me} failed (test)");
                         }
-                        let shard = work(file, header, pcapng, window, sink, max_finished, stop);
-                        if !matches!(shard, Ok(Some(_))) {
-                            // The others stop too: the import has no result.
-                            stop.store(true, Ordering::Relaxed);
-                        }
-                        shard
+                        let table = work(co, me, table, max_finished);
+                        std::mem::forget(guard);
+                        table
                     })
             })
             .collect();
@@ -485,48 +778,51 @@ fn sharded(
             .into_iter()
             .map(|h| match h {
                 Ok(h) => h.join().map_err(|e| {
-                    stop.store(true, Ordering::Relaxed);
+                    co.stop();
                     e.downcast_ref::<&str>()
                         .map(|s| s.to_string())
                         .or_else(|| e.downcast_ref::<String>().cloned())
                         .unwrap_or_else(|| "a worker thread panicked".to_owned())
                 }),
                 Err(e) => {
-                    stop.store(true, Ordering::Relaxed);
+                    co.stop();
                     Err(format!("cannot start a worker thread: {e}"))
                 }
             })
             .collect::<Vec<_>>()
     });
-    let mut shards = Vec::with_capacity(threads);
+    let mut tables = Vec::with_capacity(threads);
     for j in joined {
         match j {
-            Ok(Ok(Some(shard))) => shards.push(shard),
-            Ok(Ok(None)) => {
-                return Err(worker_err("a worker could not read the header".to_owned()));
-            }
-            Ok(Err(e)) => return Err(read_err(e)),
+            Ok(table) => tables.push(table),
             Err(reason) => return Err(worker_err(reason)),
         }
+    }
+    let shared = co
+        .state
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner);
+    if let Some(e) = shared.error {
+        return Err(read_err(e));
     }
     // Past the finished list's cap a single table keeps the flows its hash order finished
     // first, which no other import can reproduce. (DNS flows are counted once per shard
     // here: this may send back to one thread a capture that did not need it, never the
     // other way.)
-    let finished: usize = shards.iter().map(|(t, _)| t.finished_len()).sum();
+    let finished: usize = tables.iter().map(FlowTable::finished_len).sum();
     if finished > limits.max_finished
-        || shards
+        || tables
             .iter()
-            .any(|(t, _)| t.was_full() || t.buffer_budget_drops() > 0)
+            .any(|t| t.was_full() || t.buffer_budget_drops() > 0)
     {
         return Ok(None);
     }
-    let mut stats = shards.first().map(|(_, s)| s.clone()).unwrap_or_default();
+    let mut stats = shared.stats;
     stats.format = if pcapng { "pcapng" } else { "pcap" };
     Ok(Some(Sharded {
         stats,
-        tables: shards.into_iter().map(|(t, _)| t).collect(),
-        hash,
+        tables,
+        hash: co.hash,
     }))
 }
 
@@ -583,7 +879,7 @@ mod tests {
         for i in 0..3 {
             let mut n = 0;
             let knobs = Knobs {
-                window: 4096,
+                part: 4096,
                 fail_worker: Some(i),
             };
             let e = import_with(
@@ -599,6 +895,43 @@ mod tests {
             assert!(e.to_string().contains("chromium_mtu1400.pcap"), "{e}");
             assert_eq!(n, 0);
         }
+    }
+
+    /// A file cut by another program while it is read (shorter than its size said at the
+    /// start) ends the walk where it ends, with the records before it; no part is walked
+    /// forever.
+    #[test]
+    fn a_file_cut_while_read_ends_the_walk() {
+        let path = capture();
+        let file = std::fs::File::open(&path).expect("open");
+        let real = file.metadata().expect("meta").len();
+        let mut head = Vec::new();
+        read_part(&file, real, 0, 24, &mut head).expect("header");
+        let (parser, header) = Records::new(false, &head).expect("pcap header");
+        let mut walk = Walk {
+            records: parser,
+            pos: header as u64,
+            need: 4096,
+        };
+        let hash = ahash::RandomState::new();
+        let mut frames = 0;
+        let mut bytes = Vec::new();
+        let mut parts = 0;
+        loop {
+            // The size the file had when the import began: larger than it is now.
+            let (part, stats, end) =
+                walk_part(&file, real + 100_000, &mut walk, 4096, &hash, 2, bytes).expect("walk");
+            frames += stats.frames;
+            parts += 1;
+            assert!(parts < 10_000, "the walk does not end");
+            bytes = part.map(|p| p.bytes).unwrap_or_default();
+            if end {
+                break;
+            }
+        }
+        let (one, _) = records(&path, 1, &Knobs::default());
+        assert_eq!(frames, one.frames);
+        assert_eq!(walk.pos, real);
     }
 
     /// `from` (classic pcap) as pcapng: one interface with nanosecond timestamps.
@@ -631,11 +964,11 @@ mod tests {
         }
     }
 
-    /// Window edges anywhere (inside record headers and records, in both formats, with
-    /// records larger than a window) change nothing, and a file cut inside a record is
+    /// Part edges anywhere (inside record headers and records, in both formats, with
+    /// records larger than a part) change nothing, and a file cut inside a record is
     /// imported up to it and said to be truncated, as on one thread.
     #[test]
-    fn window_edges_and_a_cut_record_change_nothing() {
+    fn part_edges_and_a_cut_record_change_nothing() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/pcap");
         let tmp = tempfile::tempdir().expect("tempdir");
         let mut files: Vec<_> = std::fs::read_dir(&dir)
@@ -655,15 +988,15 @@ mod tests {
         }
         for f in &files {
             let one = records(f, 1, &Knobs::default());
-            for window in [1, 7, 100, 4096, WINDOW] {
+            for (threads, part) in [(2, 1), (2, 7), (3, 100), (2, 4096), (3, 4096), (2, PART)] {
                 let knobs = Knobs {
-                    window,
+                    part,
                     fail_worker: None,
                 };
                 assert_eq!(
-                    records(f, 2, &knobs),
+                    records(f, threads, &knobs),
                     one,
-                    "{} in {window}-byte windows",
+                    "{} in {part}-byte parts on {threads} threads",
                     f.display()
                 );
             }
