@@ -24,9 +24,11 @@ use crate::users::Users;
 
 mod domain_key;
 mod id_set;
+mod sample;
 use arrayvec::ArrayVec;
 use domain_key::DomainKey;
 use id_set::IdSet;
+use sample::Sample;
 
 // Keys come from traffic and logs (attacker-influenced), so a keyed, DoS-resistant hasher;
 // ahash is several times faster than SipHash on these short strings.
@@ -268,9 +270,9 @@ struct UserAgg {
     is_user: bool,
     c: Counts,
     span: Span,
-    /// The first few seen, in order (so that parts merged in order list the same ones).
-    devices: Vec<String>,
-    ips: Vec<IpAddr>,
+    /// A few examples of each ([`Sample`]: the same ones in any record order).
+    devices: Sample<String>,
+    ips: Sample<IpAddr>,
     /// Bytes per interned app id.
     apps: HashMap<u32, u64>,
 }
@@ -288,9 +290,8 @@ struct SourceAgg {
 struct UnknownAgg {
     c: Counts,
     span: Span,
-    /// Up to MAX_LISTED example hosts and their hashes (compared instead of the strings).
-    hosts: Vec<String>,
-    host_hashes: ArrayVec<u64, MAX_LISTED>,
+    /// A few example hosts ([`Sample`]: the same ones in any record order).
+    hosts: Sample<String>,
     users: IdSet,
 }
 
@@ -304,7 +305,6 @@ pub struct Aggregator {
     apps: Vec<(String, AppAgg)>,
     user_ids: HashMap<String, u32>,
     users: Vec<(String, UserAgg)>,
-    hasher: ahash::RandomState,
     source_ids: HashMap<IpAddr, u32>,
     sources: Vec<(IpAddr, SourceAgg)>,
     unknown: HashMap<DomainKey, UnknownAgg>,
@@ -368,13 +368,6 @@ fn hour_start(h: i64) -> DateTime<Utc> {
 fn push_listed(list: &mut ArrayVec<u32, MAX_LISTED>, v: u32) {
     if !list.is_full() && !list.contains(&v) {
         list.push(v);
-    }
-}
-
-/// Lists `v` unless it is listed or the list is full (short lists: a scan is cheaper than a hash).
-fn push_capped<T: PartialEq + Clone>(list: &mut Vec<T>, v: &T, cap: usize) {
-    if list.len() < cap && !list.contains(v) {
-        list.push(v.clone());
     }
 }
 
@@ -471,20 +464,13 @@ impl Aggregator {
                     .or_insert_with(|| UnknownAgg {
                         c: Counts::default(),
                         span: Span::new(rec),
-                        hosts: Vec::new(),
-                        host_hashes: ArrayVec::new(),
+                        hosts: Sample::default(),
                         users: IdSet::default(),
                     }),
             };
             u.c.add(rec);
             u.span.add(rec);
-            if u.hosts.len() < MAX_LISTED {
-                let h = self.hasher.hash_one(n);
-                if !u.host_hashes.contains(&h) {
-                    u.host_hashes.push(h);
-                    u.hosts.push(n.to_owned());
-                }
-            }
+            u.hosts.add(n);
             if let Some(k) = key_ix
                 && u.users.len() < 1024
             {
@@ -501,12 +487,10 @@ impl Aggregator {
             u.span.add(rec);
             if let Some(d) = who.device
                 && who.user.is_some()
-                && u.devices.len() < MAX_LISTED
-                && !u.devices.iter().any(|x| x == d)
             {
-                u.devices.push(d.to_owned());
+                u.devices.add(d);
             }
-            push_capped(&mut u.ips, &rec.src, MAX_LISTED);
+            u.ips.add(&rec.src);
             if let Some(ix) = app_ix {
                 let b = rec.bytes_up.saturating_add(rec.bytes_down);
                 let x = u.apps.entry(ix).or_default();
@@ -632,12 +616,8 @@ impl Aggregator {
             };
             u.c.merge(&o.c);
             u.span.merge(&o.span);
-            for d in &o.devices {
-                push_capped(&mut u.devices, d, MAX_LISTED);
-            }
-            for ip in &o.ips {
-                push_capped(&mut u.ips, ip, MAX_LISTED);
-            }
+            u.devices.merge(&o.devices);
+            u.ips.merge(&o.ips);
             for (app, b) in o.apps {
                 if let Some(app) = map(&app_map, app) {
                     let x = u.apps.entry(app).or_default();
@@ -664,26 +644,15 @@ impl Aggregator {
             {
                 self.prune_unknown();
             }
-            let hasher = self.hasher.clone();
             let u = self.unknown.entry(dom).or_insert_with(|| UnknownAgg {
                 c: Counts::default(),
                 span: o.span,
-                hosts: Vec::new(),
-                host_hashes: ArrayVec::new(),
+                hosts: Sample::default(),
                 users: IdSet::default(),
             });
             u.c.merge(&o.c);
             u.span.merge(&o.span);
-            for host in o.hosts {
-                if u.hosts.len() >= MAX_LISTED {
-                    break;
-                }
-                let h = hasher.hash_one(&host);
-                if !u.host_hashes.contains(&h) {
-                    u.host_hashes.push(h);
-                    u.hosts.push(host);
-                }
-            }
+            u.hosts.merge(&o.hosts);
             for k in o.users.iter().filter_map(|k| map(&user_map, k)) {
                 if u.users.len() >= 1024 {
                     break;
@@ -727,8 +696,8 @@ impl Aggregator {
                 is_user,
                 c: Counts::default(),
                 span,
-                devices: Vec::new(),
-                ips: Vec::new(),
+                devices: Sample::default(),
+                ips: Sample::default(),
                 apps: HashMap::default(),
             },
         ));
@@ -863,10 +832,8 @@ impl Aggregator {
                     .map(|(ix, b)| (self.app_name(*ix), *b))
                     .collect();
                 top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-                let mut devices: Vec<String> = u.devices.clone();
-                devices.sort();
-                let mut ips: Vec<IpAddr> = u.ips.clone();
-                ips.sort();
+                let devices = u.devices.sorted();
+                let ips = u.ips.sorted();
                 UserView {
                     user: k.clone(),
                     kind: if u.is_user { "user" } else { "device" }.to_owned(),
@@ -918,8 +885,7 @@ impl Aggregator {
             .unknown
             .iter()
             .map(|(d, u)| {
-                let mut hosts: Vec<String> = u.hosts.clone();
-                hosts.sort();
+                let hosts = u.hosts.sorted();
                 UnknownDomain {
                     domain: d.as_str().to_owned(),
                     hosts,
@@ -1085,6 +1051,58 @@ mod tests {
             assert_eq!(got, want, "cut at {cuts:?}");
             assert_eq!(first.flows(), whole.flows(), "flows in input order");
         }
+    }
+
+    /// The same records in another order (a capture imported on several threads gives them
+    /// shard by shard) give the same report: capped lists (example hosts of an unknown
+    /// domain, a user's devices and addresses) are [`Sample`]s, not the first values that
+    /// came. Each list here has more values than its cap.
+    #[test]
+    fn record_order_does_not_change_the_report() {
+        let cat = Catalog::from_data(DATA, &CatalogConfig::default(), &[], chrono::Utc::now())
+            .expect("catalog");
+        let users = Users::default();
+        let recs: Vec<FlowRecord> = (0..200u32)
+            .map(|i| {
+                let host = format!("h{}.many-hosts.example", i % 40);
+                rec(
+                    &format!("10.0.{}.{}", i % 3, 1 + i % 40),
+                    "9.9.9.9",
+                    Some(host.as_str()),
+                    NameSource::Sni,
+                    1,
+                    2,
+                    "2025-11-26T10:00:00Z",
+                    Some("alice"),
+                )
+            })
+            .collect();
+        let snapshot = |order: &mut dyn Iterator<Item = &FlowRecord>| {
+            let mut a = Aggregator::new(AggregateOptions::default());
+            for r in order {
+                a.add(r, &cat, &users);
+            }
+            a.snapshot(&cat, &|_| None)
+        };
+        let forward = snapshot(&mut recs.iter());
+        let u = forward
+            .unknown_domains
+            .iter()
+            .find(|u| u.domain == "many-hosts.example")
+            .expect("the unknown domain");
+        assert_eq!(u.hosts.len(), MAX_LISTED);
+        let alice = forward
+            .users
+            .iter()
+            .find(|u| u.user == "alice")
+            .expect("alice");
+        assert_eq!(alice.ips.len(), MAX_LISTED);
+        assert_eq!(snapshot(&mut recs.iter().rev()), forward);
+        let odd_first = recs.iter().skip(1).step_by(2).chain(recs.iter().step_by(2));
+        assert_eq!(
+            snapshot(&mut odd_first.collect::<Vec<_>>().into_iter()),
+            forward
+        );
     }
 
     #[test]
