@@ -934,6 +934,53 @@ mod tests {
         assert_eq!(walk.pos, real);
     }
 
+    /// Spoilt captures (bytes changed anywhere: record lengths, link headers, payloads, in
+    /// both formats) give the one-thread result on several threads, whatever the walk of a
+    /// part meets: a record that does not parse, a length past the file, a frame the peek
+    /// and the decoder must agree on.
+    #[test]
+    fn spoilt_captures_give_the_one_thread_result() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let ng = tmp.path().join("chromium.pcapng");
+        write_pcapng(&capture(), &ng);
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            // xorshift64*: a fixed sequence, so that a failure is repeated by the next run.
+            seed ^= seed >> 12;
+            seed ^= seed << 25;
+            seed ^= seed >> 27;
+            seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        };
+        for original in [capture(), ng] {
+            let bytes = std::fs::read(&original).expect("read");
+            for round in 0..40 {
+                let mut spoilt = bytes.clone();
+                for _ in 0..1 + next() % 4 {
+                    // Past the file header (a bad header is a format error on any path).
+                    let at = 64 + (next() as usize) % (spoilt.len() - 64);
+                    if let Some(b) = spoilt.get_mut(at) {
+                        *b = next() as u8;
+                    }
+                }
+                let f = tmp.path().join(format!("spoilt-{round}"));
+                std::fs::write(&f, &spoilt).expect("write");
+                let one = records(&f, 1, &Knobs::default());
+                for (threads, part) in [(2, 333), (3, 4096)] {
+                    let knobs = Knobs {
+                        part,
+                        fail_worker: None,
+                    };
+                    assert_eq!(
+                        records(&f, threads, &knobs),
+                        one,
+                        "{} round {round}, {threads} threads, {part}-byte parts",
+                        original.display()
+                    );
+                }
+            }
+        }
+    }
+
     /// `from` (classic pcap) as pcapng: one interface with nanosecond timestamps.
     fn write_pcapng(from: &Path, to: &Path) {
         use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketBlock;
