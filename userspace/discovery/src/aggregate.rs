@@ -763,6 +763,12 @@ impl Aggregator {
         &self.flows
     }
 
+    /// The flows kept with `keep_flows`, handed over (a large log's list is most of the
+    /// aggregator's memory: a copy would double the peak).
+    pub fn take_flows(&mut self) -> Vec<FlowRow> {
+        std::mem::take(&mut self.flows)
+    }
+
     /// Render the current state. `tag` gives an app's sanction tag (`None` = untagged).
     pub fn snapshot(&self, catalog: &Catalog, tag: &dyn Fn(&str) -> Option<String>) -> Snapshot {
         let mut apps: Vec<(&String, &AppAgg)> = self.apps.iter().map(|(k, a)| (k, a)).collect();

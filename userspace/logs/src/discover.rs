@@ -136,7 +136,7 @@ pub fn discover(
         .window
         .map(|(start, end)| Window { start, end })
         .or(data_window);
-    let flows = opts.include_flows.then(|| agg.flows().to_vec());
+    let flows = opts.include_flows.then(|| agg.take_flows());
     DiscoveryReport::new(stats, snap, window, new_since, flows)
 }
 
