@@ -22,14 +22,12 @@ pub(super) const SAMPLE_LEN: usize = super::MAX_LISTED;
 
 /// The fixed hash of the samples: the same in every process and thread of this program.
 /// (Nothing here is a hash table an attacker could fill: a sample holds 16 values.)
-fn fixed_hasher() -> ahash::RandomState {
-    ahash::RandomState::with_seeds(
-        0x7461_6c6c_6761_7465,
-        0x6578_616d_706c_6573,
-        0x0000_0000_0000_0010,
-        0x0000_0000_0000_0001,
-    )
-}
+const FIXED_HASH: ahash::RandomState = ahash::RandomState::with_seeds(
+    0x7461_6c6c_6761_7465,
+    0x6578_616d_706c_6573,
+    0x0000_0000_0000_0010,
+    0x0000_0000_0000_0001,
+);
 
 #[derive(Debug, Clone)]
 pub(super) struct Sample<T> {
@@ -54,7 +52,7 @@ impl<T> Sample<T> {
         T: Borrow<Q>,
         Q: Hash + ToOwned<Owned = T> + ?Sized,
     {
-        let h = fixed_hasher().hash_one(v);
+        let h = FIXED_HASH.hash_one(v);
         if self.hashes.is_full() && self.hashes.last().is_some_and(|&max| h >= max) {
             return;
         }

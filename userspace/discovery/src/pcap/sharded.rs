@@ -21,8 +21,8 @@
 //!   in the reader: the reader did most of the work alone, and two cores imported no
 //!   faster than one;
 //! - every worker mapping the file and walking, peeking and hashing every record itself:
-//!   1.35x on two cores (857 MB capture), against about 1.4x with the shared walk. Parts
-//!   are read, not mapped (see [`read_part`]).
+//!   1.28-1.31x on two cores (857 MB capture), against 1.46-1.52x with the shared walk
+//!   (`examples/pcap_threads`). Parts are read, not mapped (see [`read_part`]).
 
 //! # State that crosses flows, and how the result stays exact
 //!
@@ -424,7 +424,7 @@ struct Walk {
     records: Records,
     /// The file offset of the next record.
     pos: u64,
-    /// Bytes to map for the next part (more than a part while one record is larger).
+    /// Bytes to read for the next part (more than a part while one record is larger).
     need: usize,
 }
 
@@ -759,7 +759,7 @@ fn sharded(
                 let max_finished = limits.max_finished;
                 let co = &co;
                 let fail = knobs.fail_worker == Some(me);
-                std::thread::Builder::new()
+                let spawned = std::thread::Builder::new()
                     .name(format!("pcap-shard-{me}"))
                     .spawn_scoped(s, move || {
                         // A worker that dies stops the others (which would wait for it).
@@ -771,7 +771,14 @@ fn sharded(
                         let table = work(co, me, table, max_finished);
                         std::mem::forget(guard);
                         table
-                    })
+                    });
+                if spawned.is_err() {
+                    // At once, not when the handles are joined: the workers already running
+                    // would wait (MAX_AHEAD) for this one to read its parts, and the join of
+                    // the first of them would never return.
+                    co.stop();
+                }
+                spawned
             })
             .collect();
         handles
