@@ -246,6 +246,12 @@ async fn rsyslog_receives_cef_over_tcp_and_udp() {
         done.duration_since(start).as_millis()
     );
     assert!(done.duration_since(start) < Duration::from_secs(2));
+    // The sender counts a record once its write returns, which can be after rsyslog has
+    // already filed the line: wait a moment for the count rather than read it at once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while sinks.stats()[0].sent < 51 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(sinks.stats()[0].sent, 51);
     drop(sinks);
 
