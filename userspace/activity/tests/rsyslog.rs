@@ -248,8 +248,8 @@ async fn rsyslog_receives_cef_over_tcp_and_udp() {
     assert!(done.duration_since(start) < Duration::from_secs(2));
     // The sender counts a record once its write returns, which can be after rsyslog has
     // already filed the line: wait a moment for the count rather than read it at once.
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    while sinks.stats()[0].sent < 51 && std::time::Instant::now() < deadline {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while sinks.stats()[0].sent < 51 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(sinks.stats()[0].sent, 51);
