@@ -140,6 +140,10 @@ pub struct Totals {
     pub unknown_transactions: u64,
     /// Records with neither a name nor an IP any app claims.
     pub unnamed_transactions: u64,
+    /// Records that carry a name (SNI, QUIC, DNS, HTTP Host or a log's host), whether or not
+    /// an app claims it.
+    #[serde(default)]
+    pub named_transactions: u64,
     pub excluded_records: u64,
     pub outside_window_records: u64,
     /// Unknown domains dropped because of the cap.
@@ -410,6 +414,9 @@ impl Aggregator {
         hour_bucket(&mut self.hours, hour).add(rec);
 
         let name = rec.name.as_deref().filter(|n| !n.is_empty());
+        if name.is_some() {
+            self.totals.named_transactions += 1;
+        }
         let by_name = name.and_then(|n| catalog.classify_name(n));
         let (m, how) = match by_name {
             Some(m) => (Some(m), method(rec.name_source)),
@@ -558,6 +565,7 @@ impl Aggregator {
         t.matched_transactions += totals.matched_transactions;
         t.unknown_transactions += totals.unknown_transactions;
         t.unnamed_transactions += totals.unnamed_transactions;
+        t.named_transactions += totals.named_transactions;
         t.excluded_records += totals.excluded_records;
         t.outside_window_records += totals.outside_window_records;
         t.unknown_domains_dropped += totals.unknown_domains_dropped;
@@ -1264,6 +1272,12 @@ mod tests {
             ),
             (4, 2, 1)
         );
+        let named = agg
+            .flows()
+            .iter()
+            .filter(|f| f.name.as_deref().is_some_and(|n| !n.is_empty()))
+            .count();
+        assert_eq!(tot.named_transactions, named as u64);
         assert_eq!(tot.bytes_up, 100 + 50 + 1 + 7 + 3 + 3 + 1);
         let bob = snap.users.iter().find(|u| u.user == "bob").expect("bob");
         assert_eq!((bob.transactions, bob.apps, bob.bytes_down), (2, 1, 502));

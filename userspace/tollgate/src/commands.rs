@@ -441,7 +441,8 @@ pub fn discover(args: &DiscoverArgs<'_>) -> Result<(), Failure> {
     let format: ReportFormat = args.format.parse().map_err(Failure::Usage)?;
     let mut opts = DiscoverOptions {
         format,
-        include_flows: args.flows || args.summary,
+        // `--summary` counts from the totals: it keeps no row per record.
+        include_flows: args.flows,
         threads: args.threads,
         ..Default::default()
     };
@@ -463,9 +464,8 @@ pub fn discover(args: &DiscoverArgs<'_>) -> Result<(), Failure> {
         );
     }
     if args.summary {
-        let rows = report.flows.as_deref().unwrap_or(&[]);
-        let flows = rows.len();
-        let named = rows.iter().filter(|r| r.name.is_some()).count();
+        let flows = report.totals.transactions;
+        let named = report.totals.named_transactions;
         crate::outln!("flows={flows}\nsni_flows={named}\nproc_ms={proc_ms:.3}");
     } else {
         let mut sink: Box<dyn Write> = match args.output {
