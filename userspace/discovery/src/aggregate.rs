@@ -23,7 +23,10 @@ use crate::record::{FlowRecord, L4Proto, NameSource};
 use crate::users::Users;
 
 mod domain_key;
+mod flow_list;
 mod id_set;
+
+pub use flow_list::{FlowList, SPILL_ROWS};
 mod sample;
 use arrayvec::ArrayVec;
 use domain_key::DomainKey;
@@ -315,7 +318,7 @@ pub struct Aggregator {
     hours: BTreeMap<i64, Counts>,
     totals: Totals,
     span: Option<Span>,
-    flows: Vec<FlowRow>,
+    flows: FlowList,
 }
 
 /// What a match was made by, in the order reports list them (`matched_by` counts per app
@@ -668,7 +671,7 @@ impl Aggregator {
                 u.users.insert(k);
             }
         }
-        self.flows.extend(flows);
+        self.flows.append(flows);
     }
 
     fn intern_app(&mut self, id: &str, span: Span) -> u32 {
@@ -767,13 +770,12 @@ impl Aggregator {
     }
 
     /// The flows kept with `keep_flows`.
-    pub fn flows(&self) -> &[FlowRow] {
+    pub fn flows(&self) -> &FlowList {
         &self.flows
     }
 
-    /// The flows kept with `keep_flows`, handed over (a large log's list is most of the
-    /// aggregator's memory: a copy would double the peak).
-    pub fn take_flows(&mut self) -> Vec<FlowRow> {
+    /// The flows kept with `keep_flows`, handed over.
+    pub fn take_flows(&mut self) -> FlowList {
         std::mem::take(&mut self.flows)
     }
 
@@ -1275,6 +1277,7 @@ mod tests {
         let named = agg
             .flows()
             .iter()
+            .map(|f| f.expect("read"))
             .filter(|f| f.name.as_deref().is_some_and(|n| !n.is_empty()))
             .count();
         assert_eq!(tot.named_transactions, named as u64);
@@ -1283,7 +1286,8 @@ mod tests {
         assert_eq!((bob.transactions, bob.apps, bob.bytes_down), (2, 1, 502));
         assert_eq!(snap.sources.len(), 3);
         assert_eq!(agg.flows().len(), 7);
-        assert_eq!(agg.flows()[1].matched_by.as_deref(), Some("sni"));
+        let second = agg.flows().iter().nth(1).expect("two rows").expect("read");
+        assert_eq!(second.matched_by.as_deref(), Some("sni"));
         // The per-app view has exactly the fields of `tollgate apps --json`.
         let v = serde_json::to_value(d).expect("json");
         let mut keys: Vec<&str> = v

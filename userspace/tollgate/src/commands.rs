@@ -463,6 +463,12 @@ pub fn discover(args: &DiscoverArgs<'_>) -> Result<(), Failure> {
             failed.error.as_deref().unwrap_or("input failed")
         );
     }
+    if let Some(e) = report.flows.as_ref().and_then(|f| f.spill_error()) {
+        eprintln!(
+            "tollgate: the flow list stays in memory: no temporary file for it under {} ({e})",
+            std::env::temp_dir().display()
+        );
+    }
     if args.summary {
         let flows = report.totals.transactions;
         let named = report.totals.named_transactions;

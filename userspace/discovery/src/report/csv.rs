@@ -28,7 +28,8 @@ pub(super) fn render(r: &DiscoveryReport, out: &mut dyn Write) -> io::Result<()>
             out,
             "first_seen,last_seen,proto,src,sport,dst,dport,name,user,device,app,matched_by,rule,bytes_up,bytes_down"
         )?;
-        for f in flows {
+        for f in flows.iter() {
+            let f = f?;
             let proto = match f.proto {
                 crate::record::L4Proto::Tcp => "tcp",
                 crate::record::L4Proto::Udp => "udp",

@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{
-    AppDetail, AppView, FlowRow, HourBucket, Snapshot, SourceView, Totals, UnknownDomain, UserView,
+    AppDetail, AppView, FlowList, HourBucket, Snapshot, SourceView, Totals, UnknownDomain, UserView,
 };
 use crate::record::InputStats;
 
@@ -74,7 +74,7 @@ pub struct DiscoveryReport {
     pub app_details: Vec<AppDetail>,
     pub hourly: Vec<HourBucket>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub flows: Option<Vec<FlowRow>>,
+    pub flows: Option<FlowList>,
 }
 
 impl DiscoveryReport {
@@ -83,7 +83,7 @@ impl DiscoveryReport {
         snap: Snapshot,
         window: Option<Window>,
         new_since: Option<DateTime<Utc>>,
-        flows: Option<Vec<FlowRow>>,
+        flows: Option<FlowList>,
     ) -> DiscoveryReport {
         let new_apps = match new_since {
             Some(t) => snap
