@@ -14,13 +14,17 @@ use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 
+use std::net::IpAddr;
+
+use chrono::{TimeZone, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer, ser::Error as _};
 
 use super::FlowRow;
+use crate::record::{L4Proto, NameSource};
 
-/// Rows of one in-memory run before it goes to a file (~60 MiB of rows): inputs of up to
-/// this many records (most logs a day brings) never touch a file.
-pub const SPILL_ROWS: usize = 1 << 17;
+/// Rows of one in-memory run before it goes to a file (~30 MiB of rows): an input of up to
+/// this many records never touches a file.
+pub const SPILL_ROWS: usize = 1 << 16;
 
 /// Longest encoded row accepted when reading a spill file back (a row's strings are a
 /// name, a user, a device, an app, a method and a rule: far below this).
@@ -131,7 +135,7 @@ fn spill(rows: &[FlowRow]) -> io::Result<File> {
     let mut buf = Vec::with_capacity(512);
     for row in rows {
         buf.clear();
-        buf = postcard::to_extend(row, buf).map_err(io::Error::other)?;
+        buf = postcard::to_extend(&encoded(row), buf).map_err(io::Error::other)?;
         let n = u32::try_from(buf.len()).map_err(io::Error::other)?;
         w.write_all(&n.to_le_bytes())?;
         w.write_all(&buf)?;
@@ -139,6 +143,92 @@ fn spill(rows: &[FlowRow]) -> io::Result<File> {
     w.flush()?;
     drop(w);
     Ok(file)
+}
+
+/// A row as written to a spill file: times as seconds and nanoseconds (a row's JSON form
+/// spells them as RFC 3339 text, which took most of the time of a spill and its read-back).
+type Encoded<'a> = (
+    (i64, u32, i64, u32),
+    (
+        L4Proto,
+        IpAddr,
+        u16,
+        IpAddr,
+        u16,
+        Option<&'a str>,
+        Option<NameSource>,
+        Option<&'a str>,
+        Option<&'a str>,
+        Option<&'a str>,
+        Option<&'a str>,
+        Option<&'a str>,
+        u64,
+        u64,
+        u64,
+        u64,
+    ),
+);
+
+fn encoded(r: &FlowRow) -> Encoded<'_> {
+    (
+        (
+            r.first_seen.timestamp(),
+            r.first_seen.timestamp_subsec_nanos(),
+            r.last_seen.timestamp(),
+            r.last_seen.timestamp_subsec_nanos(),
+        ),
+        (
+            r.proto,
+            r.src,
+            r.sport,
+            r.dst,
+            r.dport,
+            r.name.as_deref(),
+            r.name_source,
+            r.user.as_deref(),
+            r.device.as_deref(),
+            r.app.as_deref(),
+            r.matched_by.as_deref(),
+            r.rule.as_deref(),
+            r.bytes_up,
+            r.bytes_down,
+            r.packets_up,
+            r.packets_down,
+        ),
+    )
+}
+
+fn decoded(bytes: &[u8]) -> io::Result<FlowRow> {
+    let bad =
+        |m: String| io::Error::new(io::ErrorKind::InvalidData, format!("flow spill file: {m}"));
+    let ((fs, fns, ls, lns), rest): Encoded<'_> =
+        postcard::from_bytes(bytes).map_err(|e| bad(e.to_string()))?;
+    let time = |s: i64, ns: u32| {
+        Utc.timestamp_opt(s, ns)
+            .single()
+            .ok_or_else(|| bad(format!("time {s}.{ns:09} out of range")))
+    };
+    let own = |s: Option<&str>| s.map(str::to_owned);
+    Ok(FlowRow {
+        first_seen: time(fs, fns)?,
+        last_seen: time(ls, lns)?,
+        proto: rest.0,
+        src: rest.1,
+        sport: rest.2,
+        dst: rest.3,
+        dport: rest.4,
+        name: own(rest.5),
+        name_source: rest.6,
+        user: own(rest.7),
+        device: own(rest.8),
+        app: own(rest.9),
+        matched_by: own(rest.10),
+        rule: own(rest.11),
+        bytes_up: rest.12,
+        bytes_down: rest.13,
+        packets_up: rest.14,
+        packets_down: rest.15,
+    })
 }
 
 /// Reads a file from an offset of its own (positional reads: any number of walks at once).
@@ -218,8 +308,7 @@ fn read_row(reader: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<FlowRow> {
     }
     buf.resize(n as usize, 0);
     reader.read_exact(buf)?;
-    postcard::from_bytes(buf)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("flow spill file: {e}")))
+    decoded(buf)
 }
 
 impl From<Vec<FlowRow>> for FlowList {
@@ -291,8 +380,6 @@ impl<'de> Deserialize<'de> for FlowList {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{L4Proto, NameSource};
-    use chrono::{TimeZone, Utc};
 
     fn row(i: u64) -> FlowRow {
         FlowRow {
