@@ -25,11 +25,10 @@ use crate::users::Users;
 mod domain_key;
 mod flow_list;
 mod id_set;
-
-pub use flow_list::{FlowList, SPILL_ROWS};
 mod sample;
 use arrayvec::ArrayVec;
 use domain_key::DomainKey;
+pub use flow_list::{FlowList, SPILL_ROWS};
 use id_set::IdSet;
 use sample::Sample;
 

@@ -85,22 +85,16 @@ impl FlowList {
             _ => self.runs.push(Run::Memory(vec![row])),
         }
         if self.spill_error.is_none()
-            && let Some(Run::Memory(rows)) = self.runs.last_mut()
+            && let Some(last) = self.runs.last_mut()
+            && let Run::Memory(rows) = last
             && rows.len() >= limit
         {
-            let rows = std::mem::take(rows);
-            match spill(&rows) {
+            match spill(rows) {
                 Ok(file) => {
-                    let n = rows.len() as u64;
-                    self.runs.pop();
-                    self.runs.push(Run::File { file, rows: n });
+                    let rows = rows.len() as u64;
+                    *last = Run::File { file, rows };
                 }
-                Err(e) => {
-                    self.spill_error = Some(e.to_string());
-                    if let Some(Run::Memory(slot)) = self.runs.last_mut() {
-                        *slot = rows;
-                    }
-                }
+                Err(e) => self.spill_error = Some(e.to_string()),
             }
         }
     }
