@@ -81,6 +81,20 @@ impl ProbeHarness {
         Ok(Self { ebpf, ring })
     }
 
+    /// Attaches `name` at `iface`'s ingress the way the daemon attaches its programs (TCX where
+    /// the kernel has it); the link lasts as long as the harness. For benchmarks that measure
+    /// a program in place, such as the empty program as the floor of forwarding.
+    pub fn attach_ingress(
+        &mut self,
+        name: &'static str,
+        iface: &str,
+    ) -> Result<(), DataplaneError> {
+        classifier(&mut self.ebpf, name)?
+            .attach(iface, aya::programs::TcAttachType::Ingress)
+            .map_err(|source| DataplaneError::Program { name, source })?;
+        Ok(())
+    }
+
     fn prog(&self, name: &'static str) -> Result<&SchedClassifier, DataplaneError> {
         let p = self
             .ebpf
