@@ -32,9 +32,11 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+port_open() { (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null; }
+wait_port() { for _ in $(seq 100); do port_open "$1" && return 0; sleep 0.1; done; return 1; }
 # A process left on either port (an earlier run's proxy) would answer in place of this run's.
 for p in "$ORIGIN_PORT" "$PROXY_PORT"; do
-  if (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then
+  if port_open "$p"; then
     echo "port $p is already in use (a stale proxy or nginx?): $(ss -Hltnp "sport = :$p" 2>/dev/null | head -1)" >&2
     exit 1
   fi
@@ -89,7 +91,6 @@ apps = ["bench"]
 action = "block"
 download = { content = ["credit_card"] }
 POL
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 wait_port "$ORIGIN_PORT" || { echo "nginx did not start" >&2; exit 1; }
 
 # The daemon fixes glibc's mmap threshold at 256 KiB and its arenas at one in its main
