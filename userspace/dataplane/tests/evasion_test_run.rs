@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 
 use tollgate_dataplane::{
-    Action, Mode, Unreadable, abi,
+    Action, FlowTuple, L4Proto, Mode, Unreadable, abi, flow_key,
     testing::{L4, PacketSpec, ProbeHarness, TC_ACT_SHOT, TC_ACT_UNSPEC, tcp_flags},
 };
 
@@ -280,6 +280,33 @@ fn hellos_without_a_readable_sni_are_unreadable() {
         run(h, &syn(44004));
         assert_eq!(run(h, &data(44004, 0, &hello(""))), TC_ACT_UNSPEC);
         assert!(stat(h, abi::STAT_WOULD_DROP) >= 1);
+    });
+}
+
+/// A flow whose SNI was read is marked named (what keeps a later hello without a name from
+/// making it unreadable), whether or not its name has a verdict: `tg_verdict` marks it with the
+/// same flow lookup that records the verdict. One without a readable name is not.
+#[test]
+fn a_flow_whose_name_was_read_is_marked_named() {
+    with_harness(|h| {
+        setup(h, Unreadable::Block);
+        for (sport, sni, action) in [
+            (45000, "ok.example", TC_ACT_UNSPEC),
+            (45001, BLOCKED_SNI, TC_ACT_SHOT),
+            (45002, "", TC_ACT_SHOT),
+        ] {
+            run(h, &syn(sport));
+            assert_eq!(run(h, &data(sport, 0, &hello(sni))), action, "{sni:?}");
+            let tuple = FlowTuple::new(L4Proto::Tcp, (ip(USER4), sport), (ip(REMOTE4), 443));
+            let key = flow_key(&tuple, 0).expect("flow key");
+            let flow = h.flow_value(&key).unwrap().expect("tracked");
+            assert_eq!(
+                flow.flags & abi::FLOW_F_NAMED != 0,
+                !sni.is_empty(),
+                "{sni:?}: flags {:#x}",
+                flow.flags
+            );
+        }
     });
 }
 
