@@ -28,7 +28,8 @@ pub const BENCHES: &[Bench] = &[
         name: "forwarding",
         what: "forwarding through the gateway in enforce mode vs bare and nftables",
         root: true,
-        script: "cargo build --release -p tollgate-dataplane --example tcx_noop\n\
+        script: "cargo build --release -p tollgate\n\
+                 cargo build --release -p tollgate-dataplane --example tcx_noop\n\
                  tests/bench/forwarding_enforce.sh",
     },
     Bench {
